@@ -1,0 +1,93 @@
+"""What the sans-IO core reports after consuming bytes (see Connection.receive_data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import YamuxError
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpened:
+    """The peer opened a stream; it waits for Connection.accept_stream."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAcknowledged:
+    """The peer ACKed a stream we opened."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived:
+    """Payload for a stream; call Connection.consume once the application has taken it."""
+
+    stream_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUpdated:
+    """The peer granted more send credit on a stream."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """The peer sent FIN: no more data will arrive on this stream."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReset:
+    """The stream is gone at once: the peer sent RST, or broke the stream's rules."""
+
+    stream_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamClosed:
+    """Both sides sent FIN and our FIN is out; the core forgot the stream."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    """An answer to one of our pings, carrying its opaque value."""
+
+    opaque: int
+
+
+@dataclass(frozen=True, slots=True)
+class GoAwayReceived:
+    """The peer sent Go Away 0: it accepts no new streams; existing ones go on."""
+
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTerminated:
+    """The session is over; ``error`` says why. Go Away, if owed, is already queued."""
+
+    error: YamuxError
+
+
+Event = (
+    StreamOpened
+    | StreamAcknowledged
+    | DataReceived
+    | WindowUpdated
+    | StreamEnded
+    | StreamReset
+    | StreamClosed
+    | PongReceived
+    | GoAwayReceived
+    | SessionTerminated
+)

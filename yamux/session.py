@@ -1,0 +1,599 @@
+"""The asyncio adapter: runs the sans-IO Connection over any asyncio transport.
+
+It owns everything with a clock (keepalive, open/close/write timeouts, ping
+round-trip times) and every task and timer it starts; ``close()`` cancels them
+all and closes the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from .config import Config
+from .connection import Connection
+from .const import GoAwayCode
+from .errors import (
+    ConnectionWriteTimeoutError,
+    GoAwayError,
+    KeepaliveTimeoutError,
+    SessionClosedError,
+    StreamOpenTimeoutError,
+    StreamResetError,
+    YamuxError,
+)
+from .events import (
+    DataReceived,
+    GoAwayReceived,
+    PongReceived,
+    SessionTerminated,
+    StreamAcknowledged,
+    StreamClosed,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+    WindowUpdated,
+)
+from .stream import WRITE_BUFFER_LIMIT, Stream
+
+logger = logging.getLogger("yamux.session")
+
+StreamHandler = Callable[[Stream, Stream], Awaitable[None]]
+FLUSH_BUDGET = 256 * 1024
+"""Payload framed per take_data call; the transport's pause_writing stops the loop sooner."""
+
+
+class _SessionProtocol(asyncio.Protocol):
+    """Forwards transport callbacks to the Session."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.session._connection_made(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self.session._data_received(data)
+
+    def eof_received(self) -> bool:
+        self.session._shutdown(SessionClosedError("peer closed the connection (EOF)"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session._connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.session._pause_writing()
+
+    def resume_writing(self) -> None:
+        self.session._resume_writing()
+
+
+class Session:
+    """A yamux session. Create with ``connect``, ``Session.attach`` or ``start_server``."""
+
+    def __init__(self, *, client: bool, config: Config | None = None) -> None:
+        self.config = config or Config()
+        self.client = client
+        self._core = Connection(client=client, config=self.config)
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.WriteTransport | None = None
+        self._protocol = _SessionProtocol(self)
+        self._streams: dict[int, Stream] = {}
+        self._accept_queue: deque[Stream] = deque()
+        self._accept_waiter: asyncio.Future[None] | None = None
+        self._open_waiters: deque[asyncio.Future[None]] = deque()
+        self._drain_waiting: dict[int, Stream] = {}
+        self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
+        self._write_paused = False
+        self._write_stall: tuple[asyncio.TimerHandle, int] | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self._closed = self._loop.create_future()
+        self.close_reason: YamuxError | None = None
+        """Why the session ended (None while it runs)."""
+
+    # ---------------------------------------------------------------- creation
+    @classmethod
+    def attach(
+        cls,
+        transport: asyncio.Transport,
+        *,
+        client: bool,
+        config: Config | None = None,
+        initial_data: bytes = b"",
+    ) -> Session:
+        """Switch an already connected transport to yamux, e.g. after a text greeting.
+
+        ``initial_data`` is what the old protocol read beyond its greeting.
+        """
+        session = cls(client=client, config=config)
+        transport.set_protocol(session._protocol)
+        session._connection_made(transport)
+        if initial_data:
+            session._data_received(initial_data)
+        return session
+
+    def protocol(self) -> asyncio.Protocol:
+        """The protocol to hand to ``loop.create_connection`` and friends."""
+        return self._protocol
+
+    # ------------------------------------------------------------------ public
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    @property
+    def num_streams(self) -> int:
+        return self._core.num_streams
+
+    @property
+    def remote_go_away(self) -> bool:
+        return self._core.remote_go_away
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if self._transport is None:
+            return default
+        return self._transport.get_extra_info(name, default)
+
+    async def open_stream(self) -> Stream:
+        """Open a stream. Waits while ``accept_backlog`` of our opens are still unACKed."""
+        while True:
+            self._raise_if_closed()
+            if not self._core.backlog_full:
+                break
+            waiter = self._loop.create_future()
+            self._open_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._open_waiters:
+                    self._open_waiters.remove(waiter)
+        stream_id = self._core.open_stream()
+        stream = Stream(self, stream_id)
+        self._streams[stream_id] = stream
+        if self.config.stream_open_timeout:
+            stream._open_timer = self._loop.call_later(
+                self.config.stream_open_timeout, self._open_timed_out, stream_id
+            )
+        self._flush()
+        return stream
+
+    async def accept_stream(self) -> Stream:
+        """The next stream the peer opened; raises SessionClosedError once the session ends."""
+        while not self._accept_queue:
+            self._raise_if_closed()
+            waiter = self._accept_waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._accept_waiter = None
+        stream = self._accept_queue.popleft()
+        self._core.accept_stream(stream.id)
+        self._flush()
+        return stream
+
+    def __aiter__(self) -> AsyncIterator[Stream]:
+        return self._iterate_streams()
+
+    async def _iterate_streams(self) -> AsyncIterator[Stream]:
+        while True:
+            try:
+                yield await self.accept_stream()
+            except SessionClosedError:
+                return
+
+    async def serve(self, handler: StreamHandler) -> None:
+        """Run ``handler(reader, writer)`` for every accepted stream until the session ends.
+
+        Handler tasks belong to the session: they are cancelled when it closes. A
+        handler that raises resets its stream; the error is logged.
+        """
+        async for stream in self:
+            self._spawn(self._run_handler(handler, stream), name=f"yamux-stream-{stream.id}")
+
+    async def ping(self) -> float:
+        """Round-trip time in seconds of one ping (wrap in ``asyncio.timeout`` to bound it)."""
+        self._raise_if_closed()
+        opaque = self._core.ping()
+        future: asyncio.Future[float] = self._loop.create_future()
+        self._pings[opaque] = (future, self._loop.time())
+        self._flush()
+        try:
+            return await future
+        finally:
+            self._pings.pop(opaque, None)
+
+    def go_away(self, code: int = GoAwayCode.NORMAL) -> None:
+        """Refuse new streams from the peer. A non-zero code also ends the session."""
+        if self._closing:
+            return
+        if code == GoAwayCode.NORMAL:
+            self._core.go_away(code)
+            self._flush()
+        else:
+            self._shutdown(SessionClosedError(f"we sent go away code {code}"), code)
+
+    async def close(self) -> None:
+        """Send Go Away, reset every stream, close the transport and wait until it is closed."""
+        self._shutdown(SessionClosedError("session closed locally"), GoAwayCode.NORMAL)
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Until the transport is closed; never raises (see ``close_reason``)."""
+        await asyncio.shield(self._closed)
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ---------------------------------------------------- called by Stream
+    def _send(self, stream_id: int, data: bytes) -> None:
+        self._core.send_data(stream_id, data)
+        self._flush()
+
+    def _pending_bytes(self, stream_id: int) -> int:
+        return self._core.pending_bytes(stream_id)
+
+    def _consume(self, stream_id: int, length: int) -> None:
+        core = self._core
+        core.consume(stream_id, length)
+        if core.has_control:
+            self._flush()
+
+    def _close_stream(self, stream: Stream) -> None:
+        if stream._open_timer is not None:
+            stream._open_timer.cancel()
+            stream._open_timer = None
+        self._core.close_stream(stream.id)
+        if stream._eof:
+            self._flush()
+            return
+        if self.config.stream_close_timeout:
+            stream._close_timer = self._loop.call_later(
+                self.config.stream_close_timeout, self._close_timed_out, stream
+            )
+        self._flush()
+        self._wake_openers()
+
+    def _reset_stream(self, stream: Stream) -> None:
+        self._core.reset_stream(stream.id)
+        self._streams.pop(stream.id, None)
+        self._drain_waiting.pop(stream.id, None)
+        stream._fail(StreamResetError("reset locally"))
+        self._flush()
+        self._wake_openers()
+
+    # ------------------------------------------------------ transport events
+    def _connection_made(self, transport: asyncio.WriteTransport) -> None:
+        self._transport = transport
+        if self.config.enable_keepalive:
+            self._spawn(self._keepalive(), name="yamux-keepalive")
+
+    def _data_received(self, data: bytes) -> None:
+        streams = self._streams
+        for event in self._core.receive_data(data):
+            kind = type(event)
+            if kind is DataReceived:
+                streams[event.stream_id]._feed(event.data)
+            elif kind is WindowUpdated:
+                continue
+            elif kind is StreamOpened:
+                stream = Stream(self, event.stream_id)
+                streams[event.stream_id] = stream
+                self._accept_queue.append(stream)
+                if self._accept_waiter is not None and not self._accept_waiter.done():
+                    self._accept_waiter.set_result(None)
+            elif kind is StreamAcknowledged:
+                stream = streams[event.stream_id]
+                if stream._open_timer is not None:
+                    stream._open_timer.cancel()
+                    stream._open_timer = None
+            elif kind is StreamEnded:
+                stream = streams[event.stream_id]
+                stream._feed_eof()
+                if stream._close_timer is not None:
+                    stream._close_timer.cancel()
+                    stream._close_timer = None
+            elif kind is StreamClosed:
+                self._forget(event.stream_id)
+            elif kind is StreamReset:
+                stream = streams.pop(event.stream_id)
+                self._drain_waiting.pop(event.stream_id, None)
+                stream._fail(StreamResetError(event.reason))
+            elif kind is PongReceived:
+                entry = self._pings.get(event.opaque)
+                if entry is None:
+                    logger.debug("ignoring pong %d nobody waits for", event.opaque)
+                elif not entry[0].done():
+                    entry[0].set_result(self._loop.time() - entry[1])
+            elif kind is GoAwayReceived:
+                logger.info("peer sent go away: no new streams on this session")
+            elif kind is SessionTerminated:
+                self._shutdown(event.error)
+                return
+        self._flush()
+        self._wake_openers()
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            self._shutdown(SessionClosedError("connection closed"))
+        else:
+            self._shutdown(SessionClosedError("connection lost", reason=exc))  # type: ignore[arg-type]
+        self._transport = None
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def _pause_writing(self) -> None:
+        self._write_paused = True
+        if self._transport is not None and self._write_stall is None:
+            self._arm_write_stall(self._transport.get_write_buffer_size())
+
+    def _resume_writing(self) -> None:
+        self._write_paused = False
+        if self._write_stall is not None:
+            self._write_stall[0].cancel()
+            self._write_stall = None
+        self._flush()
+
+    # ----------------------------------------------------------------- output
+    def _flush(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        core = self._core
+        if core.has_control:
+            transport.writelines(core.take_control())
+        while core.has_data and not self._write_paused:
+            transport.writelines(core.take_data(FLUSH_BUDGET))
+            for stream_id in core.take_finished():
+                self._forget(stream_id)
+        if self._drain_waiting:
+            self._wake_drained()
+
+    def _wake_drained(self) -> None:
+        core = self._core
+        for stream_id, stream in list(self._drain_waiting.items()):
+            pending = core.pending_bytes(stream_id)
+            if stream._closed_waiter is not None and pending == 0:
+                stream._closed_waiter.set_result(None)
+                stream._closed_waiter = None
+            if stream._drain_waiter is not None and pending <= WRITE_BUFFER_LIMIT:
+                stream._drain_waiter.set_result(None)
+                stream._drain_waiter = None
+            if stream._drain_waiter is None and stream._closed_waiter is None:
+                del self._drain_waiting[stream_id]
+
+    def _wake_openers(self) -> None:
+        """Wake every waiting open_stream; each checks the backlog again."""
+        if self._open_waiters and (self._closing or not self._core.backlog_full):
+            while self._open_waiters:
+                waiter = self._open_waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    # ----------------------------------------------------------------- timers
+    def _arm_write_stall(self, buffered: int) -> None:
+        timer = self._loop.call_later(
+            self.config.connection_write_timeout, self._write_stall_check
+        )
+        self._write_stall = (timer, buffered)
+
+    def _write_stall_check(self) -> None:
+        """The transport stayed paused a whole write timeout: fail unless it made progress."""
+        if self._write_stall is None or self._transport is None:
+            return
+        before = self._write_stall[1]
+        now = self._transport.get_write_buffer_size()
+        if now < before:
+            self._arm_write_stall(now)
+            return
+        self._write_stall = None
+        self._shutdown(ConnectionWriteTimeoutError(
+            f"connection write timeout: the peer accepted no bytes for "
+            f"{self.config.connection_write_timeout} s ({now} bytes waiting)"
+        ))
+
+    def _open_timed_out(self, stream_id: int) -> None:
+        self._shutdown(
+            StreamOpenTimeoutError(
+                f"stream {stream_id} was not acknowledged within "
+                f"{self.config.stream_open_timeout} s (stream open timeout)"
+            ),
+            GoAwayCode.INTERNAL_ERROR,
+        )
+
+    def _close_timed_out(self, stream: Stream) -> None:
+        stream._close_timer = None
+        logger.warning(
+            "stream %d: peer sent no FIN within %s s of our close; resetting",
+            stream.id, self.config.stream_close_timeout,
+        )
+        self._reset_stream(stream)
+
+    async def _keepalive(self) -> None:
+        interval = self.config.keepalive_interval
+        timeout = self.config.connection_write_timeout
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.ping()
+            except TimeoutError:
+                self._shutdown(KeepaliveTimeoutError(
+                    f"keepalive failed: no answer to a ping within {timeout} s"
+                ))
+                return
+            except SessionClosedError:
+                return
+
+    # --------------------------------------------------------------- shutdown
+    def _shutdown(self, error: YamuxError, code: int | None = None) -> None:
+        """End the session: tell the peer (Go Away ``code``), fail every waiter, close."""
+        if self._closing:
+            return
+        self._closing = True
+        self.close_reason = error
+        level = logging.DEBUG if isinstance(error, SessionClosedError) else logging.WARNING
+        logger.log(level, "session ended: %s", error)
+        self._core.terminate(error, code)
+        self._flush()
+        if self._write_stall is not None:
+            self._write_stall[0].cancel()
+            self._write_stall = None
+        for stream in list(self._streams.values()):
+            stream._fail(error)
+        self._streams.clear()
+        self._drain_waiting.clear()
+        self._accept_queue.clear()
+        if self._accept_waiter is not None and not self._accept_waiter.done():
+            self._accept_waiter.set_result(None)
+        self._wake_openers()
+        for future, _ in self._pings.values():
+            if not future.done():
+                future.set_exception(SessionClosedError(reason=error))
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        transport = self._transport
+        if transport is None:
+            if not self._closed.done():
+                self._closed.set_result(None)
+            return
+        transport.close()
+        self._abort_timer = self._loop.call_later(
+            self.config.connection_write_timeout, transport.abort
+        )
+
+    def _raise_if_closed(self) -> None:
+        if self._closing:
+            raise SessionClosedError(reason=self.close_reason)
+        if self._core.remote_go_away:
+            raise GoAwayError(GoAwayCode.NORMAL)
+
+    def _forget(self, stream_id: int) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            stream._cancel_timers()
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = self._loop.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _run_handler(self, handler: StreamHandler, stream: Stream) -> None:
+        try:
+            await handler(stream, stream)
+        except (YamuxError, ConnectionError) as exc:
+            logger.info("stream %d handler ended: %s", stream.id, exc)
+            stream.reset()
+        except Exception:
+            logger.exception("stream %d handler failed; resetting the stream", stream.id)
+            stream.reset()
+            raise
+
+
+async def connect(
+    host: str,
+    port: int,
+    *,
+    client: bool = True,
+    config: Config | None = None,
+    **kwargs: Any,
+) -> Session:
+    """Open a TCP connection and start a yamux session on it (client role by default).
+
+    Extra keyword arguments go to ``loop.create_connection`` (``ssl=`` for TLS).
+    """
+    session = Session(client=client, config=config)
+    await asyncio.get_running_loop().create_connection(session.protocol, host, port, **kwargs)
+    return session
+
+
+class Server:
+    """TCP listener whose every connection is a yamux session handed to ``session_handler``.
+
+    Owns its sessions and handler tasks: ``close()`` closes all of them.
+    """
+
+    def __init__(self, session_handler: Callable[[Session], Awaitable[None]],
+                 *, client: bool, config: Config | None) -> None:
+        self._handler = session_handler
+        self._client = client
+        self._config = config
+        self._server: asyncio.Server | None = None
+        self._sessions: set[Session] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    @property
+    def port(self) -> int:
+        return int(self.sockets[0].getsockname()[1])
+
+    def _protocol(self) -> asyncio.Protocol:
+        session = Session(client=self._client, config=self._config)
+        self._sessions.add(session)
+        task = asyncio.get_running_loop().create_task(self._run(session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return session.protocol()
+
+    async def _run(self, session: Session) -> None:
+        try:
+            await self._handler(session)
+        except YamuxError as exc:
+            logger.info("session handler ended: %s", exc)
+        finally:
+            await session.close()
+            self._sessions.discard(session)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for session in list(self._sessions):
+            await session.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def start_server(
+    session_handler: Callable[[Session], Awaitable[None]],
+    host: str | None = None,
+    port: int = 0,
+    *,
+    client: bool = False,
+    config: Config | None = None,
+    **kwargs: Any,
+) -> Server:
+    """Listen on TCP; each connection becomes a Session (server role by default)."""
+    server = Server(session_handler, client=client, config=config)
+    server._server = await asyncio.get_running_loop().create_server(
+        server._protocol, host, port, **kwargs
+    )
+    return server

@@ -1,0 +1,331 @@
+"""A yamux stream with the API of asyncio's StreamReader and StreamWriter in one object.
+
+Code written for ``asyncio.start_server``'s ``(reader, writer)`` runs unchanged
+on ``stream.pair()``. The differences that matter: ``close()`` and
+``write_eof()`` both send FIN (a half-close: reading goes on until the peer's
+FIN), ``reset()`` aborts both directions with RST, and a reset surfaces as
+StreamResetError (a ConnectionResetError) on both sides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    SessionClosedError,
+    StreamClosedError,
+    StreamResetError,
+    StreamTimeoutError,
+    YamuxError,
+)
+
+if TYPE_CHECKING:
+    from .session import Session
+
+DEFAULT_LIMIT = 64 * 1024
+"""readline/readuntil give up (LimitOverrunError) past this many bytes without a separator."""
+WRITE_BUFFER_LIMIT = 64 * 1024
+"""drain() waits while more than this is written but not yet handed to the transport."""
+
+
+class Stream:
+    """One yamux stream. Obtain it from Session.open_stream or Session.accept_stream."""
+
+    __slots__ = (
+        "_buffer",
+        "_close_timer",
+        "_closed_waiter",
+        "_deadlines",
+        "_drain_waiter",
+        "_eof",
+        "_error",
+        "_fin_queued",
+        "_limit",
+        "_open_timer",
+        "_read_timeout",
+        "_read_waiter",
+        "_session",
+        "_write_timeout",
+        "id",
+    )
+
+    def __init__(self, session: Session, stream_id: int, limit: int = DEFAULT_LIMIT) -> None:
+        self._session = session
+        self.id = stream_id
+        self._limit = limit
+        self._buffer = bytearray()
+        self._eof = False
+        self._error: YamuxError | None = None
+        self._fin_queued = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._closed_waiter: asyncio.Future[None] | None = None
+        self._deadlines: list[float | None] = [None, None]
+        self._read_timeout: asyncio.Timeout | None = None
+        self._write_timeout: asyncio.Timeout | None = None
+        self._open_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        state = "reset" if isinstance(self._error, StreamResetError) else (
+            "eof" if self._eof else "open")
+        return f"<yamux.Stream id={self.id} {state} buffered={len(self._buffer)}>"
+
+    # ------------------------------------------------------------ reader side
+    def pair(self) -> tuple[Stream, Stream]:
+        """``(reader, writer)`` for code written against asyncio streams; both are this stream."""
+        return self, self
+
+    def at_eof(self) -> bool:
+        """True once the peer's FIN arrived and every byte before it was read."""
+        return self._eof and not self._buffer
+
+    def exception(self) -> YamuxError | None:
+        return self._error
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all until EOF if ``n < 0``); ``b""`` at EOF."""
+        if n == 0:
+            return b""
+        if n < 0:
+            parts = bytearray()
+            while True:
+                chunk = await self.read(self._session.config.max_stream_window_size)
+                if not chunk:
+                    return bytes(parts)
+                parts += chunk
+        while not self._buffer:
+            if self._eof:
+                return b""
+            await self._wait_for_data()
+        return self._take(n)
+
+    async def readexactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes, or IncompleteReadError with what came before EOF."""
+        if n < 0:
+            raise ValueError("readexactly size can not be less than zero")
+        out = bytearray()
+        while len(out) < n:
+            if self._buffer:
+                out += self._take(n - len(out))
+            elif self._eof:
+                raise asyncio.IncompleteReadError(bytes(out), n)
+            else:
+                await self._wait_for_data()
+        return bytes(out)
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        """Bytes up to and including ``separator``, with asyncio's errors for EOF and limit."""
+        if not separator:
+            raise ValueError("Separator should be at least one-byte string")
+        seplen = len(separator)
+        offset = 0
+        while True:
+            index = self._buffer.find(separator, offset)
+            if index >= 0:
+                return self._take(index + seplen)
+            offset = max(0, len(self._buffer) + 1 - seplen)
+            if len(self._buffer) > self._limit:
+                raise asyncio.LimitOverrunError(
+                    "Separator is not found, and chunk exceed the limit", offset
+                )
+            if self._eof:
+                partial = self._take(len(self._buffer))
+                raise asyncio.IncompleteReadError(partial, None)
+            await self._wait_for_data()
+
+    async def readline(self) -> bytes:
+        """A line ending in ``\\n``, or the rest before EOF (asyncio's semantics)."""
+        try:
+            return await self.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+        except asyncio.LimitOverrunError as exc:
+            if self._buffer.startswith(b"\n", exc.consumed):
+                self._take(exc.consumed + 1)
+            else:
+                self._take(len(self._buffer))
+            raise ValueError(exc.args[0]) from None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+    # ------------------------------------------------------------ writer side
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data``; it goes out as the peer's window allows. Use drain() for backpressure."""
+        if self._error is not None:
+            raise self._error_for("write")
+        if self._fin_queued:
+            raise StreamClosedError(f"stream {self.id}: write after close/write_eof")
+        if data:
+            self._session._send(self.id, data if type(data) is bytes else bytes(data))
+
+    def writelines(self, data: list[bytes | bytearray | memoryview]) -> None:
+        for chunk in data:
+            self.write(chunk)
+
+    async def drain(self) -> None:
+        """Wait until the data written is (nearly all) handed to the transport."""
+        session = self._session
+        while True:
+            if self._error is not None:
+                raise self._error_for("drain")
+            if session._pending_bytes(self.id) <= WRITE_BUFFER_LIMIT:
+                return
+            if self._drain_waiter is None:
+                self._drain_waiter = session._loop.create_future()
+                session._drain_waiting[self.id] = self
+            deadline = self._deadlines[1]
+            try:
+                async with asyncio.timeout_at(deadline) as timeout:
+                    self._write_timeout = timeout
+                    await asyncio.shield(self._drain_waiter)
+            except TimeoutError:
+                raise StreamTimeoutError(f"stream {self.id}: write deadline passed") from None
+            finally:
+                self._write_timeout = None
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """Send FIN after the data already written; reading goes on until the peer's FIN."""
+        if self._fin_queued or self._error is not None:
+            return
+        self._fin_queued = True
+        self._session._close_stream(self)
+
+    def close(self) -> None:
+        """Half-close, as write_eof. The peer sees EOF; a stream it never closes is reset later."""
+        self.write_eof()
+
+    def is_closing(self) -> bool:
+        return self._fin_queued or self._error is not None
+
+    async def wait_closed(self) -> None:
+        """Wait until our FIN is handed to the transport, or the stream is reset; never raises."""
+        session = self._session
+        while self._error is None and session._pending_bytes(self.id):
+            if self._closed_waiter is None:
+                self._closed_waiter = session._loop.create_future()
+                session._drain_waiting[self.id] = self
+            await asyncio.shield(self._closed_waiter)
+
+    def reset(self) -> None:
+        """Abort both directions with RST; pending and buffered bytes are discarded."""
+        if self._error is None:
+            self._session._reset_stream(self)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``stream_id`` and ``session``; anything else comes from the session's transport."""
+        if name == "stream_id":
+            return self.id
+        if name == "session":
+            return self._session
+        return self._session.get_extra_info(name, default)
+
+    # --------------------------------------------------------------- deadlines
+    def set_read_deadline(self, when: float | None) -> None:
+        """Reads blocked past ``when`` (loop.time() clock) raise StreamTimeoutError; None clears.
+
+        Applies to a read that is already waiting, too.
+        """
+        self._deadlines[0] = when
+        if self._read_timeout is not None:
+            self._read_timeout.reschedule(when)
+
+    def set_write_deadline(self, when: float | None) -> None:
+        """Like set_read_deadline, for drain()."""
+        self._deadlines[1] = when
+        if self._write_timeout is not None:
+            self._write_timeout.reschedule(when)
+
+    def set_deadline(self, when: float | None) -> None:
+        self.set_read_deadline(when)
+        self.set_write_deadline(when)
+
+    # ---------------------------------------------------- called by Session
+    def _feed(self, data: bytes) -> None:
+        self._buffer += data
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _feed_eof(self) -> None:
+        self._eof = True
+        self._wake_reader()
+
+    def _fail(self, error: YamuxError) -> None:
+        """End with ``error``. A reset drops buffered bytes; a session end keeps them to read."""
+        if self._error is not None:
+            return
+        self._error = error
+        if isinstance(error, StreamResetError):
+            self._buffer.clear()
+        self._cancel_timers()
+        self._wake_reader()
+        self._wake_writers()
+
+    def _wake_reader(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_writers(self) -> None:
+        for name in ("_drain_waiter", "_closed_waiter"):
+            waiter = getattr(self, name)
+            if waiter is not None:
+                setattr(self, name, None)
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _cancel_timers(self) -> None:
+        for name in ("_open_timer", "_close_timer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
+
+    # --------------------------------------------------------------- internals
+    def _take(self, n: int) -> bytes:
+        buffer = self._buffer
+        if n >= len(buffer):
+            data = bytes(buffer)
+            buffer.clear()
+        else:
+            data = bytes(buffer[:n])
+            del buffer[:n]
+        self._session._consume(self.id, len(data))
+        return data
+
+    async def _wait_for_data(self) -> None:
+        if self._error is not None:
+            raise self._error_for("read")
+        waiter = self._session._loop.create_future()
+        self._read_waiter = waiter
+        try:
+            async with asyncio.timeout_at(self._deadlines[0]) as timeout:
+                self._read_timeout = timeout
+                await waiter
+        except TimeoutError:
+            raise StreamTimeoutError(f"stream {self.id}: read deadline passed") from None
+        finally:
+            self._read_waiter = None
+            self._read_timeout = None
+        if self._error is not None and not self._buffer and not self._eof:
+            raise self._error_for("read")
+
+    def _error_for(self, operation: str) -> YamuxError:
+        error = self._error
+        assert error is not None
+        if isinstance(error, StreamResetError | StreamClosedError):
+            return type(error)(f"stream {self.id}: {operation} failed: {error}")
+        return SessionClosedError(f"stream {self.id}: {operation} failed", reason=error)
