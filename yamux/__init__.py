@@ -26,7 +26,7 @@ from .errors import (
     YamuxError,
 )
 from .frame import Frame, FrameDecoder
-from .session import Server, Session, connect, start_server
+from .session import Server, Session, connect, connect_pipes, start_server
 from .stream import Stream
 
 __all__ = [
@@ -56,5 +56,6 @@ __all__ = [
     "TooManyStreamsError",
     "YamuxError",
     "connect",
+    "connect_pipes",
     "start_server",
 ]

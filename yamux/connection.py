@@ -160,8 +160,6 @@ class Connection:
             return
         self._check_alive()
         st.fin_queued = True
-        if st.open_state is OpenState.SYN_SENT and st.leave_backlog():
-            self.unacked_outbound -= 1
         if st.sendable:
             self._sendable[stream_id] = st
 

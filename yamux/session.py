@@ -72,6 +72,16 @@ class _SessionProtocol(asyncio.Protocol):
         self.session._resume_writing()
 
 
+class _ReadPipeProtocol(_SessionProtocol):
+    """The read half when reading and writing are two transports (pipes)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.session._read_transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session._shutdown(SessionClosedError("read pipe closed"))
+
+
 class Session:
     """A yamux session. Create with ``connect``, ``Session.attach`` or ``start_server``."""
 
@@ -81,6 +91,7 @@ class Session:
         self._core = Connection(client=client, config=self.config)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.WriteTransport | None = None
+        self._read_transport: asyncio.BaseTransport | None = None
         self._protocol = _SessionProtocol(self)
         self._streams: dict[int, Stream] = {}
         self._accept_queue: deque[Stream] = deque()
@@ -219,7 +230,11 @@ class Session:
             self._shutdown(SessionClosedError(f"we sent go away code {code}"), code)
 
     async def close(self) -> None:
-        """Send Go Away, reset every stream, close the transport and wait until it is closed."""
+        """Close the session: what the peer's windows allow is still sent, then Go Away.
+
+        Every stream then ends with SessionClosedError and the transport closes.
+        """
+        self._flush(force=True)
         self._shutdown(SessionClosedError("session closed locally"), GoAwayCode.NORMAL)
         await self.wait_closed()
 
@@ -345,14 +360,15 @@ class Session:
         self._flush()
 
     # ----------------------------------------------------------------- output
-    def _flush(self) -> None:
+    def _flush(self, force: bool = False) -> None:
+        """Write control frames, then stream data while the transport wants more (or ``force``)."""
         transport = self._transport
         if transport is None or transport.is_closing():
             return
         core = self._core
         if core.has_control:
             transport.writelines(core.take_control())
-        while core.has_data and not self._write_paused:
+        while core.has_data and (force or not self._write_paused):
             transport.writelines(core.take_data(FLUSH_BUDGET))
             for stream_id in core.take_finished():
                 self._forget(stream_id)
@@ -464,6 +480,8 @@ class Session:
         for task in self._tasks:
             if task is not current:
                 task.cancel()
+        if self._read_transport is not None:
+            self._read_transport.close()
         transport = self._transport
         if transport is None:
             if not self._closed.done():
@@ -505,6 +523,17 @@ class Session:
             logger.exception("stream %d handler failed; resetting the stream", stream.id)
             stream.reset()
             raise
+
+
+async def connect_pipes(
+    read_pipe: Any, write_pipe: Any, *, client: bool, config: Config | None = None
+) -> Session:
+    """Run a session over two pipes (file objects), e.g. a child process's stdin and stdout."""
+    session = Session(client=client, config=config)
+    loop = asyncio.get_running_loop()
+    await loop.connect_write_pipe(session.protocol, write_pipe)
+    await loop.connect_read_pipe(lambda: _ReadPipeProtocol(session), read_pipe)
+    return session
 
 
 async def connect(
