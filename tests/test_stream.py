@@ -1,0 +1,180 @@
+"""The Stream's asyncio StreamReader/StreamWriter API, and sessions over TLS and pipes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import require_program
+
+import yamux
+from yamux_peers import session_pair
+
+
+async def upper_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A handler written for asyncio.start_server, used unchanged on yamux streams."""
+    peer = writer.get_extra_info("peername")
+    assert peer is not None
+    async for line in reader:
+        if line == b"quit\n":
+            break
+        writer.write(line.upper())
+        await writer.drain()
+    rest = await reader.readexactly(3)
+    writer.write(b"rest=" + rest)
+    writer.close()
+    await writer.wait_closed()
+
+
+async def talk_to_upper(reader: object, writer: object) -> bytes:
+    writer.write(b"hello\nworld\nquit\nabc")  # type: ignore[attr-defined]
+    writer.write_eof()  # type: ignore[attr-defined]
+    return await reader.read()  # type: ignore[attr-defined,no-any-return]
+
+
+async def test_asyncio_start_server_handler_runs_unchanged_on_a_yamux_stream() -> None:
+    plain = await asyncio.start_server(upper_handler, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection(*plain.sockets[0].getsockname()[:2])
+    over_tcp = await talk_to_upper(reader, writer)
+    writer.close()
+    await writer.wait_closed()
+    plain.close()
+    await plain.wait_closed()
+
+    async with session_pair() as (client, server):
+        serving = asyncio.create_task(server.serve(upper_handler))  # type: ignore[arg-type]
+        stream = await client.open_stream()
+        over_yamux = await talk_to_upper(*stream.pair())
+        serving.cancel()
+    assert over_tcp == over_yamux == b"HELLO\nWORLD\nrest=abc"
+
+
+async def test_reader_methods_follow_asyncio_semantics() -> None:
+    async with session_pair() as (client, server):
+        stream = await client.open_stream()
+        stream.write(b"line one\nA|B|tail")
+        stream.write_eof()
+        peer = await server.accept_stream()
+        assert await peer.readline() == b"line one\n"
+        assert await peer.readuntil(b"|") == b"A|"
+        assert await peer.readexactly(2) == b"B|"
+        assert not peer.at_eof()
+        with pytest.raises(asyncio.IncompleteReadError) as incomplete:
+            await peer.readexactly(10)
+        assert incomplete.value.partial == b"tail"
+        assert peer.at_eof()
+        assert await peer.read(5) == b""
+        assert await peer.readline() == b""
+        assert peer.can_write_eof()
+        assert peer.get_extra_info("stream_id") == stream.id
+        assert peer.get_extra_info("session") is server
+        assert peer.get_extra_info("sockname")[0] == "127.0.0.1"
+
+
+async def test_readuntil_without_separator_past_the_limit_raises_instead_of_deadlocking() -> None:
+    async with session_pair() as (client, server):
+        stream = await client.open_stream()
+        stream.write(b"x" * (100 * 1024))
+        peer = await server.accept_stream()
+        with pytest.raises(asyncio.LimitOverrunError):
+            await asyncio.wait_for(peer.readuntil(b"\n"), 2)
+        with pytest.raises(ValueError, match="limit"):
+            await asyncio.wait_for(peer.readline(), 2)
+
+
+async def test_readexactly_larger_than_the_window_does_not_deadlock() -> None:
+    payload = os.urandom(3 * 1024 * 1024)
+    async with session_pair() as (client, server):
+        stream = await client.open_stream()
+        stream.write(payload)
+        peer = await server.accept_stream()
+        assert await asyncio.wait_for(peer.readexactly(len(payload)), 5) == payload
+
+
+async def test_reading_continues_after_our_own_fin_until_the_peers() -> None:
+    async with session_pair() as (client, server):
+        stream = await client.open_stream()
+        stream.write(b"question")
+        stream.close()
+        assert stream.is_closing()
+        await stream.wait_closed()
+        peer = await server.accept_stream()
+        assert await peer.read() == b"question"
+        for word in (b"long ", b"answer"):
+            peer.write(word)
+            await peer.drain()
+        peer.close()
+        assert await stream.read() == b"long answer"
+        assert stream.at_eof()
+
+
+async def test_buffered_bytes_stay_readable_after_the_session_ends() -> None:
+    async with session_pair() as (client, server):
+        stream = await client.open_stream()
+        stream.write(b"last words")
+        peer = await server.accept_stream()
+        await asyncio.sleep(0.05)
+        await client.close()
+        await asyncio.wait_for(server.wait_closed(), 2)
+        assert await peer.read(100) == b"last words"
+        with pytest.raises(yamux.SessionClosedError):
+            await peer.read(100)
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    openssl = require_program("openssl")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+async def test_session_over_tls(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+
+    async def echo_session(session: yamux.Session) -> None:
+        async def echo(reader: yamux.Stream, writer: yamux.Stream) -> None:
+            writer.write(await reader.read())
+            writer.close()
+
+        await session.serve(echo)
+
+    server = await yamux.start_server(echo_session, "127.0.0.1", 0, ssl=server_ctx)
+    client = await yamux.connect("127.0.0.1", server.port, ssl=client_ctx)
+    assert client.get_extra_info("ssl_object") is not None
+    stream = await client.open_stream()
+    payload = os.urandom(1024 * 1024)
+    stream.write(payload)
+    stream.write_eof()
+    assert await stream.read() == payload
+    await client.close()
+    await server.close()
+
+
+async def test_session_over_a_pair_of_pipes() -> None:
+    a_read, b_write = os.pipe()
+    b_read, a_write = os.pipe()
+    files = [open(fd, mode) for fd, mode in  # noqa: SIM115, ASYNC230 - sessions close them
+             ((a_read, "rb"), (a_write, "wb"), (b_read, "rb"), (b_write, "wb"))]
+    client = await yamux.connect_pipes(files[0], files[1], client=True)
+    server = await yamux.connect_pipes(files[2], files[3], client=False)
+    stream = await client.open_stream()
+    stream.write(b"through a pipe")
+    stream.write_eof()
+    peer = await server.accept_stream()
+    assert await peer.read() == b"through a pipe"
+    assert await server.ping() > 0
+    await client.close()
+    await asyncio.wait_for(server.wait_closed(), 2)
+    assert server.closed
