@@ -37,11 +37,11 @@ class Config:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         for name in ("keepalive_interval", "connection_write_timeout"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
         for name in ("stream_open_timeout", "stream_close_timeout"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
                 raise ConfigError(f"{name} must be >= 0 seconds (0 disables), got {value!r}")
         window = self.max_stream_window_size
         if type(window) is not int or window < INITIAL_STREAM_WINDOW:

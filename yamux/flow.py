@@ -26,7 +26,7 @@ class ReceiveWindow:
 
     def initial_grant(self) -> int:
         """The delta to put on our SYN or ACK so the peer may use our whole window."""
-        delta = self.max_window - INITIAL_STREAM_WINDOW
+        delta = self.max_window - self.buffered - self.credit
         self.credit += delta
         return delta
 
