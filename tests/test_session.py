@@ -162,6 +162,34 @@ async def test_go_away_makes_the_peers_next_open_fail_and_existing_streams_go_on
         assert await accepted.readexactly(10) == b"still here"
 
 
+async def test_go_away_wakes_an_open_blocked_on_the_backlog_and_is_awaitable() -> None:
+    async with raw_peer(config=yamux.Config(accept_backlog=1)) as (session, peer):
+        await session.open_stream()
+        blocked = asyncio.create_task(session.open_stream())
+        waiting = asyncio.create_task(session.wait_go_away())
+        await asyncio.sleep(0.05)
+        assert not blocked.done()
+        assert not waiting.done()
+        peer.send(FrameType.GO_AWAY, 0, 0, GoAwayCode.NORMAL)
+        with pytest.raises(yamux.GoAwayError):
+            await asyncio.wait_for(blocked, 2)
+        await asyncio.wait_for(waiting, 2)
+        ping = asyncio.create_task(session.ping())  # pings and accepts still work after go away
+        request = await peer.expect(FrameType.PING)
+        peer.send(FrameType.PING, Flag.ACK, 0, request.length)
+        assert await asyncio.wait_for(ping, 2) >= 0
+        peer.send(FrameType.WINDOW_UPDATE, Flag.SYN, 2, 0)
+        assert (await asyncio.wait_for(session.accept_stream(), 2)).id == 2
+
+
+async def test_wait_go_away_raises_if_the_session_ends_first() -> None:
+    async with raw_peer() as (session, peer):
+        waiting = asyncio.create_task(session.wait_go_away())
+        peer.writer.close()  # EOF without a Go Away
+        with pytest.raises(yamux.SessionClosedError):
+            await asyncio.wait_for(waiting, 2)
+
+
 async def test_go_away_with_error_code_ends_the_peers_session() -> None:
     async with session_pair() as (client, server):
         server.go_away(GoAwayCode.INTERNAL_ERROR)

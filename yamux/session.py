@@ -105,6 +105,7 @@ class Session:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._closed = self._loop.create_future()
+        self._go_away: asyncio.Future[None] = self._loop.create_future()
         self.close_reason: YamuxError | None = None
         """Why the session ended (None while it runs)."""
 
@@ -155,6 +156,8 @@ class Session:
         """Open a stream. Waits while ``accept_backlog`` of our opens are still unACKed."""
         while True:
             self._raise_if_closed()
+            if self._core.remote_go_away:
+                raise GoAwayError(GoAwayCode.NORMAL)
             if not self._core.backlog_full:
                 break
             waiter = self._loop.create_future()
@@ -218,6 +221,19 @@ class Session:
             return await future
         finally:
             self._pings.pop(opaque, None)
+
+    async def wait_go_away(self) -> None:
+        """Return once the peer sent Go Away 0 (it takes no new streams; existing ones go on).
+
+        Raises SessionClosedError if the session ends first.
+        """
+        closed = asyncio.ensure_future(self.wait_closed())
+        try:
+            await asyncio.wait([self._go_away, closed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+        if not self._go_away.done():
+            raise SessionClosedError(reason=self.close_reason)
 
     def go_away(self, code: int = GoAwayCode.NORMAL) -> None:
         """Refuse new streams from the peer. A non-zero code also ends the session."""
@@ -330,6 +346,9 @@ class Session:
                     entry[0].set_result(self._loop.time() - entry[1])
             elif kind is GoAwayReceived:
                 logger.info("peer sent go away: no new streams on this session")
+                if not self._go_away.done():
+                    self._go_away.set_result(None)
+                self._wake_openers(force=True)
             elif kind is SessionTerminated:
                 self._shutdown(event.error)
                 return
@@ -388,9 +407,9 @@ class Session:
             if stream._drain_waiter is None and stream._closed_waiter is None:
                 del self._drain_waiting[stream_id]
 
-    def _wake_openers(self) -> None:
+    def _wake_openers(self, force: bool = False) -> None:
         """Wake every waiting open_stream; each checks the backlog again."""
-        if self._open_waiters and (self._closing or not self._core.backlog_full):
+        if self._open_waiters and (force or self._closing or not self._core.backlog_full):
             while self._open_waiters:
                 waiter = self._open_waiters.popleft()
                 if not waiter.done():
@@ -495,8 +514,6 @@ class Session:
     def _raise_if_closed(self) -> None:
         if self._closing:
             raise SessionClosedError(reason=self.close_reason)
-        if self._core.remote_go_away:
-            raise GoAwayError(GoAwayCode.NORMAL)
 
     def _forget(self, stream_id: int) -> None:
         stream = self._streams.pop(stream_id, None)
