@@ -29,7 +29,7 @@ if [[ ! -d "$GOPATH/src/github.com/hashicorp/yamux" ]]; then
 fi
 
 cd "$here/go"
-for prog in yamux-peer go-relay go-forwarder; do
+for prog in yamux-peer go-relay go-forwarder loadgen echo-server; do
     go build -trimpath -ldflags='-s -w' -o "$out/$prog" "./$prog"
 done
 echo "build.sh: built into $out" >&2

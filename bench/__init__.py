@@ -1,0 +1,1 @@
+"""Benchmarks of the relay (``python -m bench``); see bench/README.md."""
