@@ -178,3 +178,104 @@ async def test_session_over_a_pair_of_pipes() -> None:
     await client.close()
     await asyncio.wait_for(server.wait_closed(), 2)
     assert server.closed
+
+
+class Recorder(asyncio.Protocol):
+    """Records the callbacks a stream in protocol mode makes."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.calls: list[str] = []
+        self.lost: BaseException | None = None
+        self.changed = asyncio.Event()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        self.changed.set()
+
+    def eof_received(self) -> None:
+        self.calls.append("eof")
+        self.changed.set()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.calls.append("lost")
+        self.lost = exc
+        self.changed.set()
+
+    def pause_writing(self) -> None:
+        self.calls.append("pause_writing")
+
+    def resume_writing(self) -> None:
+        self.calls.append("resume_writing")
+        self.changed.set()
+
+    async def wait_for(self, condition: object) -> None:
+        async with asyncio.timeout(5):
+            while not condition():  # type: ignore[operator]
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def test_protocol_mode_delivers_buffered_then_live_data_then_eof() -> None:
+    async with session_pair() as (client, server):
+        stream = await client.open_stream()
+        stream.write(b"early ")
+        peer = await server.accept_stream()
+        await asyncio.sleep(0.02)
+        recorder = Recorder()
+        peer.set_protocol(recorder)
+        assert recorder.data == b"early "
+        stream.write(b"late")
+        stream.write_eof()
+        await recorder.wait_for(lambda: "eof" in recorder.calls)
+        assert recorder.data == b"early late"
+        assert recorder.calls == ["eof"]
+        peer.write(b"answer after eof")
+        peer.close()
+        assert await stream.read() == b"answer after eof"
+
+
+async def test_protocol_mode_reports_a_reset_as_connection_lost() -> None:
+    async with session_pair() as (client, server):
+        stream = await client.open_stream()
+        stream.write(b"x")
+        peer = await server.accept_stream()
+        recorder = Recorder()
+        peer.set_protocol(recorder)
+        stream.reset()
+        await recorder.wait_for(lambda: "lost" in recorder.calls)
+        assert isinstance(recorder.lost, yamux.StreamResetError)
+
+
+async def test_protocol_mode_pause_reading_withholds_credit_from_the_sender() -> None:
+    async with session_pair() as (client, server):
+        stream = await client.open_stream()
+        stream.write(b"!")
+        peer = await server.accept_stream()
+        recorder = Recorder()
+        peer.set_protocol(recorder)
+        await recorder.wait_for(lambda: recorder.data == b"!")
+        peer.pause_reading()
+        assert not peer.is_reading()
+        payload = os.urandom(1024 * 1024)
+        stream.write(payload)
+        await asyncio.sleep(0.1)
+        assert client._core.send_credit(stream.id) == 0  # the peer holds a full window
+        assert len(recorder.data) == 1
+        peer.resume_reading()
+        stream.write_eof()
+        await recorder.wait_for(lambda: "eof" in recorder.calls)
+        assert recorder.data == b"!" + payload
+
+
+async def test_protocol_mode_pauses_and_resumes_writing_with_the_peers_window() -> None:
+    async with session_pair() as (client, server):
+        stream = await client.open_stream()
+        recorder = Recorder()
+        stream.set_protocol(recorder)
+        stream.write(os.urandom(1024 * 1024))  # the peer has not even accepted yet
+        assert recorder.calls == ["pause_writing"]
+        peer = await server.accept_stream()
+        assert len(await peer.readexactly(1024 * 1024)) == 1024 * 1024
+        await recorder.wait_for(lambda: "resume_writing" in recorder.calls)
+        assert recorder.calls == ["pause_writing", "resume_writing"]

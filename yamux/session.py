@@ -37,7 +37,7 @@ from .events import (
     StreamReset,
     WindowUpdated,
 )
-from .stream import WRITE_BUFFER_LIMIT, Stream
+from .stream import Stream
 
 logger = logging.getLogger("yamux.session")
 
@@ -397,14 +397,7 @@ class Session:
     def _wake_drained(self) -> None:
         core = self._core
         for stream_id, stream in list(self._drain_waiting.items()):
-            pending = core.pending_bytes(stream_id)
-            if stream._closed_waiter is not None and pending == 0:
-                stream._closed_waiter.set_result(None)
-                stream._closed_waiter = None
-            if stream._drain_waiter is not None and pending <= WRITE_BUFFER_LIMIT:
-                stream._drain_waiter.set_result(None)
-                stream._drain_waiter = None
-            if stream._drain_waiter is None and stream._closed_waiter is None:
+            if not stream._pending_changed(core.pending_bytes(stream_id)):
                 del self._drain_waiting[stream_id]
 
     def _wake_openers(self, force: bool = False) -> None:

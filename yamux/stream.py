@@ -40,14 +40,18 @@ class Stream:
         "_deadlines",
         "_drain_waiter",
         "_eof",
+        "_eof_delivered",
         "_error",
         "_fin_queued",
         "_limit",
         "_open_timer",
+        "_protocol",
         "_read_timeout",
         "_read_waiter",
+        "_reading_paused",
         "_session",
         "_write_timeout",
+        "_writing_paused",
         "id",
     )
 
@@ -57,6 +61,7 @@ class Stream:
         self._limit = limit
         self._buffer = bytearray()
         self._eof = False
+        self._eof_delivered = False
         self._error: YamuxError | None = None
         self._fin_queued = False
         self._read_waiter: asyncio.Future[None] | None = None
@@ -67,6 +72,9 @@ class Stream:
         self._write_timeout: asyncio.Timeout | None = None
         self._open_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        self._protocol: asyncio.Protocol | None = None
+        self._reading_paused = False
+        self._writing_paused = False
 
     def __repr__(self) -> str:
         state = "reset" if isinstance(self._error, StreamResetError) else (
@@ -166,7 +174,13 @@ class Stream:
         if self._fin_queued:
             raise StreamClosedError(f"stream {self.id}: write after close/write_eof")
         if data:
-            self._session._send(self.id, data if type(data) is bytes else bytes(data))
+            session = self._session
+            session._send(self.id, data if type(data) is bytes else bytes(data))
+            if (self._protocol is not None and not self._writing_paused
+                    and session._pending_bytes(self.id) > WRITE_BUFFER_LIMIT):
+                self._writing_paused = True
+                session._drain_waiting[self.id] = self
+                self._protocol.pause_writing()
 
     def writelines(self, data: list[bytes | bytearray | memoryview]) -> None:
         for chunk in data:
@@ -232,6 +246,58 @@ class Stream:
             return self._session
         return self._session.get_extra_info(name, default)
 
+    # ---------------------------------------------------------- protocol mode
+    def set_protocol(self, protocol: asyncio.Protocol) -> None:
+        """Deliver to ``protocol`` by callbacks instead of through read(), as a transport does.
+
+        For splicing a stream to a socket without a task per direction: the
+        protocol gets ``data_received``, ``eof_received`` (the peer's FIN),
+        ``connection_lost(exc)`` (reset or session end; None never comes, a FIN
+        both ways is not a loss), and ``pause_writing``/``resume_writing`` as
+        what we wrote waits for the peer's window. Bytes are consumed (credit
+        goes back to the peer) as they are delivered; ``pause_reading`` holds
+        them back, so the peer stops once our window is full.
+        """
+        self._protocol = protocol
+        self._deliver()
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            self._deliver()
+
+    def is_reading(self) -> bool:
+        return not self._reading_paused
+
+    def _deliver(self) -> None:
+        protocol = self._protocol
+        if protocol is None or self._reading_paused:
+            return
+        if self._buffer:
+            protocol.data_received(self._take(len(self._buffer)))
+        if self._eof and not self._buffer and not self._reading_paused and not self._eof_delivered:
+            self._eof_delivered = True
+            protocol.eof_received()
+
+    def _pending_changed(self, pending: int) -> bool:
+        """Wake what waits on our unsent bytes; True while something still waits."""
+        if self._closed_waiter is not None and pending == 0:
+            self._closed_waiter.set_result(None)
+            self._closed_waiter = None
+        if pending <= WRITE_BUFFER_LIMIT:
+            if self._drain_waiter is not None:
+                self._drain_waiter.set_result(None)
+                self._drain_waiter = None
+            if self._writing_paused:
+                self._writing_paused = False
+                if self._protocol is not None:
+                    self._protocol.resume_writing()
+        return self._drain_waiter is not None or self._closed_waiter is not None or (
+            self._writing_paused)
+
     # --------------------------------------------------------------- deadlines
     def set_read_deadline(self, when: float | None) -> None:
         """Reads blocked past ``when`` (loop.time() clock) raise StreamTimeoutError; None clears.
@@ -254,6 +320,11 @@ class Stream:
 
     # ---------------------------------------------------- called by Session
     def _feed(self, data: bytes) -> None:
+        protocol = self._protocol
+        if protocol is not None and not self._reading_paused and not self._buffer:
+            self._session._consume(self.id, len(data))
+            protocol.data_received(data)
+            return
         self._buffer += data
         waiter = self._read_waiter
         if waiter is not None and not waiter.done():
@@ -261,6 +332,8 @@ class Stream:
 
     def _feed_eof(self) -> None:
         self._eof = True
+        if self._protocol is not None:
+            self._deliver()
         self._wake_reader()
 
     def _fail(self, error: YamuxError) -> None:
@@ -273,6 +346,10 @@ class Stream:
         self._cancel_timers()
         self._wake_reader()
         self._wake_writers()
+        protocol = self._protocol
+        if protocol is not None:
+            self._protocol = None
+            protocol.connection_lost(error)
 
     def _wake_reader(self) -> None:
         waiter = self._read_waiter
