@@ -1,0 +1,41 @@
+"""An echo server that registers directly with a relay through the Python API.
+
+    relay 7000 &                                   # a relay (control port 7000)
+    python examples/echo_server.py 127.0.0.1 7000  # prints the public endpoint
+    socat - TCP:127.0.0.1:PUBLIC_PORT              # type lines, they come back
+
+The handler is exactly what you would give ``asyncio.start_server``; only the
+call that starts the server changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import relay
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(64 * 1024):
+        writer.write(data)
+        await writer.drain()
+    writer.close()  # the client sent EOF: send ours after the last byte
+
+
+async def main(relay_host: str, relay_port: int) -> None:
+    server = await relay.start_server(echo, relay_host, relay_port)
+    print(server.public_endpoint, flush=True)  # e.g. 127.0.0.1:4532
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
+    port = int(sys.argv[2]) if len(sys.argv) > 2 else 7000
+    try:
+        asyncio.run(main(host, port))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (OSError, TimeoutError) as exc:  # relay unreachable, refused, or lost
+        sys.exit(f"echo_server: {exc}")

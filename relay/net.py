@@ -1,0 +1,88 @@
+"""Listening sockets: the bind address is resolved once, then every listener is numeric.
+
+With no bind address the relay listens on every interface, IPv4 and IPv6, on
+ONE socket (an IPv6 socket with IPV6_V6ONLY off) so that an OS-chosen public
+port is the same for both families; asyncio's ``host=None`` would open one
+socket per family, each with its own ephemeral port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+LISTEN_BACKLOG = 511
+"""Pending connections the kernel queues per listener (200 clients connecting at once fit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BindAddress:
+    family: int
+    host: str
+    """Numeric address to bind."""
+    dual_stack: bool = False
+    """An IPv6 socket that accepts IPv4 too."""
+
+    def listen(self, port: int, backlog: int = LISTEN_BACKLOG) -> socket.socket:
+        """A bound, listening, non-blocking socket on ``port`` (0: the OS chooses)."""
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.dual_stack:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((self.host, port))
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def __str__(self) -> str:
+        if self.dual_stack:
+            return "all interfaces (IPv4 and IPv6)"
+        return f"[{self.host}]" if self.family == socket.AF_INET6 else self.host
+
+
+def _ipv6_dual_stack_works() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0))
+    except OSError:
+        return False
+    return True
+
+
+def resolve_bind_address(host: str | None) -> BindAddress:
+    """Resolve ``host`` (None or "": every interface) once; raises OSError if it cannot be."""
+    if not host:
+        if _ipv6_dual_stack_works():
+            return BindAddress(socket.AF_INET6, "::", dual_stack=True)
+        return BindAddress(socket.AF_INET, "0.0.0.0")
+    infos = socket.getaddrinfo(
+        host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, _, _, _, sockaddr = infos[0]
+    return BindAddress(family, str(sockaddr[0]))
+
+
+def format_endpoint(host: str, port: int) -> str:
+    """``host:port``, with brackets around an IPv6 literal."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """Why a connect failed, in a few words (asyncio's "Connect call failed" says what, not why)."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{os.strerror(exc.errno).lower()} (errno {exc.errno})"
+    if isinstance(exc, OSError) and isinstance(exc.__cause__, OSError):
+        return describe_os_error(exc.__cause__)
+    return str(exc) or type(exc).__name__

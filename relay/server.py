@@ -1,0 +1,404 @@
+"""The relay server, ``relay <localport>``.
+
+Each connection to the control port registers a service: the relay opens a
+public listener for it, sends the port line (see ``relay.protocol``), and
+switches the connection to a yamux session in the client role. Every public
+connection then becomes one stream on that session, piped both ways by
+``relay.pipe``.
+
+A registration is confirmed when the registered side answers a yamux ping
+within ``handshake_timeout``; garbage ends the session at once (protocol
+error), silence at the timeout. Whenever a session ends, for whatever reason,
+its public listener is closed at once and its public connections are reset, so
+the port is free again. What a stranger can make the relay allocate is bounded:
+``max_sessions`` registrations (each one listener), ``max_connections`` public
+connections per session, and per stream the yamux window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import logging
+import socket
+from dataclasses import dataclass, field
+from functools import partial
+
+import yamux
+
+from .net import BindAddress, format_endpoint, resolve_bind_address
+from .pipe import SocketEnd, pipe
+from .protocol import error_line, port_line
+
+logger = logging.getLogger("relay.server")
+
+DEFAULT_MAX_SESSIONS = 100
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+
+class NoFreePortError(OSError):
+    """Every port of the configured range is taken."""
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if not peer:
+        return "unknown peer"
+    return format_endpoint(str(peer[0]), int(peer[1]))
+
+
+def _retrieve(task: asyncio.Task[object]) -> None:
+    """Mark a task's exception as seen (its owner reports the session's end instead)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def describe_end(reason: BaseException | None) -> str:
+    """Why a session ended, for the log."""
+    if reason is None:
+        return "closed"
+    if isinstance(reason, yamux.ProtocolError):
+        return f"yamux protocol error: {reason} (not a yamux peer?)"
+    return str(reason)
+
+
+@dataclass(eq=False)
+class _Registration:
+    id: int
+    peer: str
+    public_port: int
+    sock: socket.socket
+    session: yamux.Session
+    listener: asyncio.Server | None = None
+    task: asyncio.Task[None] | None = None
+    handshake: asyncio.Task[float] | None = None
+    connections: set[asyncio.Task[None]] = field(default_factory=set)
+    confirmed: bool = False
+    ending: bool = False
+    end_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A registered session as seen from outside (``RelayServer.sessions``)."""
+
+    id: int
+    peer: str
+    public_port: int
+    confirmed: bool
+    connections: int
+
+
+class _ControlProtocol(asyncio.Protocol):
+    """A new connection on the control port; it is handed over to yamux at once."""
+
+    def __init__(self, relay: RelayServer) -> None:
+        self._relay = relay
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._relay._registration_made(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        """Only reached by a refused connection that is being closed: ignore."""
+
+    def eof_received(self) -> bool:
+        return False
+
+
+class RelayServer:
+    """``relay <port>`` as an object: ``await start()``, then ``close()`` / ``wait_closed()``.
+
+    ``port`` is the control port (0: the OS chooses; see ``.port`` after start).
+    ``host`` is the bind address of the control port and of every public
+    listener (None: every interface, IPv4 and IPv6). ``port_range`` (low, high)
+    restricts public ports; None lets the OS choose.
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        host: str | None = None,
+        port_range: tuple[int, int] | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        yamux_config: yamux.Config | None = None,
+    ) -> None:
+        if port_range is not None:
+            low, high = port_range
+            if not 1 <= low <= high <= 65535:
+                raise ValueError(f"port_range must be 1 <= low <= high <= 65535, got {port_range}")
+        if max_sessions < 1 or max_connections < 1:
+            raise ValueError("max_sessions and max_connections must be at least 1")
+        self._requested_port = port
+        self.host = host
+        self.port_range = port_range
+        self.max_sessions = max_sessions
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        self.yamux_config = yamux_config or yamux.Config()
+        self._bind: BindAddress | None = None
+        self._control: asyncio.Server | None = None
+        self._registrations: dict[int, _Registration] = {}
+        self._ports_in_use: set[int] = set()
+        self._ids = itertools.count(1)
+        self._cursor = 0
+        self._closing = False
+        self._serving: asyncio.Future[None] | None = None
+
+    # ----------------------------------------------------------------- public
+    async def start(self) -> None:
+        """Bind the control port and start accepting registrations."""
+        loop = asyncio.get_running_loop()
+        self._bind = resolve_bind_address(self.host)
+        sock = self._bind.listen(self._requested_port)
+        try:
+            self._control = await loop.create_server(lambda: _ControlProtocol(self), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._serving = loop.create_future()
+        logger.info("Serving relay requests on port %d", self.port)
+        logger.debug(
+            "bound to %s; public ports %s; at most %d sessions of %d connections each",
+            self._bind,
+            "chosen by the OS" if self.port_range is None else "{}-{}".format(*self.port_range),
+            self.max_sessions, self.max_connections,
+        )
+
+    @property
+    def port(self) -> int:
+        """The control port."""
+        if self._control is None or not self._control.sockets:
+            raise RuntimeError("the relay is not listening")
+        return int(self._control.sockets[0].getsockname()[1])
+
+    @property
+    def sessions(self) -> list[SessionInfo]:
+        return [
+            SessionInfo(r.id, r.peer, r.public_port, r.confirmed, len(r.connections))
+            for r in self._registrations.values()
+        ]
+
+    async def serve_forever(self) -> None:
+        """Run until cancelled (then close) or until ``close()``."""
+        if self._serving is None:
+            await self.start()
+        assert self._serving is not None
+        try:
+            await asyncio.shield(self._serving)
+        except asyncio.CancelledError:
+            self.close()
+            await self.wait_closed()
+            raise
+
+    def close(self) -> None:
+        """Stop accepting registrations and end every session (Go Away, then close)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._control is not None:
+            self._control.close()
+        for reg in list(self._registrations.values()):
+            if reg.ending:  # already cleaning up; let it finish
+                continue
+            reg.end_reason = reg.end_reason or "relay shutting down"
+            if reg.task is not None:
+                reg.task.cancel()
+        if self._serving is not None and not self._serving.done():
+            self._serving.set_result(None)
+
+    async def wait_closed(self) -> None:
+        if self._control is not None:
+            await self._control.wait_closed()
+        while self._registrations:
+            regs = list(self._registrations.values())
+            tasks = [r.task for r in regs if r.task is not None and not r.task.done()]
+            if tasks:
+                await asyncio.wait(tasks)
+            for reg in regs:  # a task cancelled before it ever ran did not clean up
+                await self._end(reg)
+
+    async def __aenter__(self) -> RelayServer:
+        if self._serving is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    # ----------------------------------------------------------- registering
+    def _registration_made(self, transport: asyncio.Transport) -> None:
+        peer = _peer(transport)
+        if self._closing:
+            transport.abort()
+            return
+        if len(self._registrations) >= self.max_sessions:
+            self._refuse(
+                transport, peer,
+                f"relay is full: {len(self._registrations)} sessions, the maximum "
+                f"(--max-sessions {self.max_sessions})",
+            )
+            return
+        try:
+            sock = self._open_public_listener()
+        except OSError as exc:
+            self._refuse(transport, peer, str(exc) if isinstance(exc, NoFreePortError)
+                         else f"cannot open a public port: {exc}")
+            return
+        public_port = int(sock.getsockname()[1])
+        transport.write(port_line(public_port))
+        session = yamux.Session.attach(transport, client=True, config=self.yamux_config)
+        reg = _Registration(next(self._ids), peer, public_port, sock, session)
+        self._registrations[reg.id] = reg
+        self._ports_in_use.add(public_port)
+        loop = asyncio.get_running_loop()
+        # The handshake ping goes out right after the port line (its task runs before the
+        # loop polls again), so a registering side sees exactly: port line, yamux ping.
+        reg.handshake = loop.create_task(session.ping(), name=f"relay-handshake-{reg.id}")
+        reg.handshake.add_done_callback(_retrieve)
+        reg.task = loop.create_task(self._run(reg), name=f"relay-session-{reg.id}")
+
+    def _refuse(self, transport: asyncio.Transport, peer: str, reason: str) -> None:
+        logger.warning("refusing registration from %s: %s", peer, reason)
+        transport.write(error_line(reason))
+        transport.close()
+
+    def _open_public_listener(self) -> socket.socket:
+        assert self._bind is not None
+        if self.port_range is None:
+            return self._bind.listen(0)
+        low, high = self.port_range
+        count = high - low + 1
+        for i in range(count):
+            offset = (self._cursor + i) % count
+            port = low + offset
+            if port in self._ports_in_use:
+                continue
+            try:
+                sock = self._bind.listen(port)
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue
+                raise
+            # Next time start after this port: a port just freed is not handed to a
+            # different client at once, while stale public clients may still knock.
+            self._cursor = (offset + 1) % count
+            return sock
+        raise NoFreePortError(f"no free port in range {low}-{high}")
+
+    async def _run(self, reg: _Registration) -> None:
+        session = reg.session
+        try:
+            reg.listener = await asyncio.get_running_loop().create_server(
+                partial(SocketEnd, partial(self._public_connection, reg)), sock=reg.sock
+            )
+            logger.info("session %d from %s: public port %d", reg.id, reg.peer, reg.public_port)
+            assert reg.handshake is not None
+            try:
+                async with asyncio.timeout(self.handshake_timeout):
+                    rtt = await reg.handshake
+            except TimeoutError:
+                reg.end_reason = (
+                    f"no answer to the yamux ping within {self.handshake_timeout:g} s "
+                    f"(stalled, or not a yamux peer)"
+                )
+                return
+            reg.confirmed = True
+            logger.debug("session %d confirmed (ping %.1f ms)", reg.id, rtt * 1000)
+            rejecting = asyncio.get_running_loop().create_task(
+                self._reject_streams(reg), name=f"relay-reject-{reg.id}")
+            try:
+                # Go Away from the registered side: no stream can be opened any more, so
+                # the public port is useless; free it now, not at the next connection.
+                await session.wait_go_away()
+                reg.end_reason = "the registered side sent go away"
+            finally:
+                rejecting.cancel()
+                await asyncio.wait([rejecting])
+        except yamux.SessionClosedError:
+            pass
+        finally:
+            await self._end(reg)
+
+    async def _reject_streams(self, reg: _Registration) -> None:
+        """Streams go one way only (relay -> registered side); reset any the other way."""
+        async for stream in reg.session:
+            logger.warning(
+                "session %d: the registered side opened stream %d, which this protocol "
+                "does not use; resetting it", reg.id, stream.id,
+            )
+            stream.reset()
+
+    async def _end(self, reg: _Registration) -> None:
+        """Free everything of a session: the listener first, so the port is free at once."""
+        if reg.ending:
+            return
+        reg.ending = True
+        if reg.handshake is not None:
+            reg.handshake.cancel()
+        if reg.listener is not None:
+            reg.listener.close()
+        else:
+            reg.sock.close()
+        self._ports_in_use.discard(reg.public_port)
+        for task in reg.connections:
+            task.cancel()
+        closed_by_peer = reg.session.closed
+        try:
+            await reg.session.close()
+            if reg.connections:
+                await asyncio.wait(reg.connections)
+        finally:
+            self._registrations.pop(reg.id, None)
+        if reg.end_reason is None:
+            reg.end_reason = describe_end(reg.session.close_reason if closed_by_peer else None)
+        level = logging.INFO if reg.confirmed or self._closing else logging.WARNING
+        logger.log(level, "session %d from %s ended: %s; public port %d closed",
+                   reg.id, reg.peer, reg.end_reason, reg.public_port)
+
+    # ----------------------------------------------------- public connections
+    def _public_connection(self, reg: _Registration, end: SocketEnd) -> None:
+        if reg.ending or reg.session.closed:
+            end.abort()
+            return
+        if len(reg.connections) >= self.max_connections:
+            logger.warning(
+                "session %d: refusing a public connection from %s: %d open, the maximum "
+                "(--max-connections %d)", reg.id, _peer(end.transport), len(reg.connections),
+                self.max_connections,
+            )
+            end.abort()
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._relay_connection(reg, end), name=f"relay-public-{reg.id}"
+        )
+        reg.connections.add(task)
+        task.add_done_callback(reg.connections.discard)
+
+    async def _relay_connection(self, reg: _Registration, end: SocketEnd) -> None:
+        try:
+            stream = await reg.session.open_stream()
+        except yamux.TooManyStreamsError as exc:
+            logger.warning("session %d: refusing a public connection: %s", reg.id, exc)
+            end.abort()
+            return
+        except yamux.SessionClosedError:
+            end.abort()
+            return
+        except yamux.SessionError as exc:  # go away, stream ids exhausted: the session is done
+            end.abort()
+            reg.end_reason = f"cannot open streams any more: {exc}"
+            await reg.session.close()
+            return
+        peer = _peer(end.transport) if end.transport is not None else "?"
+        logger.debug("session %d: public connection from %s on stream %d", reg.id, peer, stream.id)
+        result = await pipe(end, stream)
+        logger.debug(
+            "session %d: stream %d from %s done: %d bytes in, %d out%s", reg.id, stream.id, peer,
+            result.sent, result.received, f" ({result.error})" if result.error else "",
+        )
