@@ -12,8 +12,13 @@ import os
 import socket
 from dataclasses import dataclass
 
-LISTEN_BACKLOG = 511
-"""Pending connections the kernel queues per listener (200 clients connecting at once fit)."""
+LISTEN_BACKLOG = 4096
+"""Pending connections the kernel queues per listener (capped by net.core.somaxconn).
+
+asyncio's create_server(sock=...) calls listen() again with its own default
+of 100, so pass this as ``backlog=`` there too: with 100, a burst of clients
+overflows the queue and each dropped SYN costs its client a 1 s retransmit.
+"""
 
 
 @dataclass(frozen=True, slots=True)

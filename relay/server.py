@@ -27,7 +27,7 @@ from functools import partial
 
 import yamux
 
-from .net import BindAddress, format_endpoint, resolve_bind_address
+from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
 from .pipe import SocketEnd, pipe
 from .protocol import error_line, port_line
 
@@ -156,7 +156,9 @@ class RelayServer:
         self._bind = resolve_bind_address(self.host)
         sock = self._bind.listen(self._requested_port)
         try:
-            self._control = await loop.create_server(lambda: _ControlProtocol(self), sock=sock)
+            self._control = await loop.create_server(
+                lambda: _ControlProtocol(self), sock=sock, backlog=LISTEN_BACKLOG
+            )
         except BaseException:
             sock.close()
             raise
@@ -295,7 +297,8 @@ class RelayServer:
         session = reg.session
         try:
             reg.listener = await asyncio.get_running_loop().create_server(
-                partial(SocketEnd, partial(self._public_connection, reg)), sock=reg.sock
+                partial(SocketEnd, partial(self._public_connection, reg)), sock=reg.sock,
+                backlog=LISTEN_BACKLOG,
             )
             logger.info("session %d from %s: public port %d", reg.id, reg.peer, reg.public_port)
             assert reg.handshake is not None
