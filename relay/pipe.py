@@ -59,6 +59,8 @@ class SocketEnd(asyncio.Protocol):
         self._on_connected = on_connected
         self._splice: _Splice | None = None
         self._lost = False
+        self._early: list[bytes] = []
+        """Bytes, then b"" for EOF, that came before the splice (uvloop may read while paused)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -69,10 +71,14 @@ class SocketEnd(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._splice is not None:
             self._splice.socket_data(data)
+        else:
+            self._early.append(data)
 
     def eof_received(self) -> bool:
         if self._splice is not None:
             self._splice.socket_eof()
+        else:
+            self._early.append(b"")
         return True  # half-close: keep the transport open to send the rest of the answer
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -200,7 +206,15 @@ async def pipe(end: SocketEnd, stream: yamux.Stream) -> PipeResult:
         return splice.result
     end._splice = splice
     stream.set_protocol(splice)
-    if not splice.finished:
+    early, end._early = end._early, []
+    for data in early:
+        if splice.finished:
+            break
+        if data:
+            splice.socket_data(data)
+        else:
+            splice.socket_eof()
+    if not splice.finished and not (early and early[-1] == b""):
         end.transport.resume_reading()  # type: ignore[union-attr]
     try:
         await done

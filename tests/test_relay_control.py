@@ -109,7 +109,10 @@ def test_garbage_stalled_and_slow_registrations_end_only_themselves(procs, echo_
         # Garbage: the relay answers Go Away "protocol error" (code 1) and closes at once.
         for sock in garbage:
             sock.settimeout(5)
-            assert control_frames(recv_all(sock)) == [(PING, SYN, 0, 1), (GO_AWAY, 0, 0, 1)]
+            frames = control_frames(recv_all(sock))
+            # The handshake ping goes out first unless the garbage (sent before the port
+            # line) was already read by then, as uvloop may do; either way Go Away 1 ends it.
+            assert frames in ([(PING, SYN, 0, 1), (GO_AWAY, 0, 0, 1)], [(GO_AWAY, 0, 0, 1)])
         relay.wait_line(r"ended: yamux protocol error: invalid frame header: version=71")
         # Meanwhile the real session works.
         assert echo_roundtrip(good_port, b"still here\n") == b"still here\n"

@@ -21,13 +21,19 @@ def procs():
         yield group
 
 
-@pytest.fixture
-def redis_behind_relay(procs):
-    """(public port, redis port, processes): redis-server <- forwarder <- relay."""
+@pytest.fixture(params=["asyncio", "uvloop"])
+def redis_behind_relay(procs, request):
+    """(public port, redis port, processes): redis-server <- forwarder <- relay.
+
+    Once on asyncio's own event loop and once on uvloop (the ``fast`` extra).
+    """
     redis_server = require_program("redis-server")
+    if request.param == "uvloop" and os.environ.get("CI") != "true":
+        pytest.importorskip("uvloop")  # installed by the test extra; under CI its absence fails
+    loop = ("--event-loop", request.param)
     _, redis_port = procs.redis(redis_server)
-    _, relay_port = procs.relay()
-    _, public_port = procs.forwarder(relay_port, redis_port)
+    _, relay_port = procs.relay(*loop)
+    _, public_port = procs.forwarder(relay_port, redis_port, *loop)
     return public_port, redis_port, procs
 
 

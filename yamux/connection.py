@@ -48,7 +48,7 @@ _DATA = FrameType.DATA
 _WINDOW_UPDATE = FrameType.WINDOW_UPDATE
 _PING = FrameType.PING
 _GO_AWAY = FrameType.GO_AWAY
-_SYN, _ACK, _FIN, _RST = Flag.SYN, Flag.ACK, Flag.FIN, Flag.RST
+_SYN, _ACK, _FIN, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.RST)
 _MAX_STREAM_ID = 0xFFFFFFFF
 
 

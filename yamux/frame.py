@@ -34,10 +34,14 @@ _DATA = FrameType.DATA
 
 
 class Frame(NamedTuple):
-    """A decoded frame. ``body`` is non-empty only for Data frames."""
+    """A decoded frame. ``body`` is non-empty only for Data frames.
+
+    ``flags`` is a plain int (compare with ``Flag`` members): IntFlag arithmetic
+    on every frame cost a measurable share of the relay's CPU.
+    """
 
     type: FrameType
-    flags: Flag
+    flags: int
     stream_id: int
     length: int
     body: bytes = b""
@@ -53,14 +57,14 @@ def encode_frame(frame: Frame) -> bytes:
     return encode_header(frame.type, frame.flags, frame.stream_id, frame.length) + frame.body
 
 
-def parse_header(header: bytes | bytearray, offset: int = 0) -> tuple[FrameType, Flag, int, int]:
+def parse_header(header: bytes | bytearray, offset: int = 0) -> tuple[FrameType, int, int, int]:
     """Validate and unpack one 12-byte header; errors name the field and its value."""
     version, type_, flags, stream_id, length = _unpack_header(header, offset)
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"invalid frame header: version={version}, expected {PROTOCOL_VERSION}")
     if type_ >= len(_TYPES):
         raise ProtocolError(f"invalid frame header: type={type_} is not a known frame type")
-    return _TYPES[type_], Flag(flags), stream_id, length
+    return _TYPES[type_], flags, stream_id, length
 
 
 class FrameDecoder:
@@ -75,7 +79,7 @@ class FrameDecoder:
     def __init__(self, max_body: int) -> None:
         self._max_body = max_body
         self._header_buf = bytearray()
-        self._pending: tuple[FrameType, Flag, int, int] | None = None
+        self._pending: tuple[FrameType, int, int, int] | None = None
         self._body_parts: list[bytes] = []
         self._body_missing = 0
 
@@ -84,7 +88,7 @@ class FrameDecoder:
         """Bytes held for a frame not yet complete."""
         return len(self._header_buf) + sum(map(len, self._body_parts))
 
-    def _check_length(self, header: tuple[FrameType, Flag, int, int]) -> None:
+    def _check_length(self, header: tuple[FrameType, int, int, int]) -> None:
         if header[0] is _DATA and header[3] > self._max_body:
             raise ProtocolError(
                 f"invalid frame header: length={header[3]} exceeds the maximum body "
