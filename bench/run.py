@@ -212,6 +212,8 @@ class Env:
     echo_addr: str = ""
     redis_addr: str = ""
     py_relay_opts: list[str] = field(default_factory=list)
+    py_loop: str = "auto"
+    """--event-loop of the project's relay and forwarder: auto (uvloop if installed), asyncio."""
     py_env: dict[str, str] = field(default_factory=dict)
 
     def go(self, prog: str) -> str:
@@ -322,7 +324,8 @@ def start_py_pair(env: Env, target: str) -> Pair:
     relay = None
     for _ in range(5):  # the relay takes no port 0: pick a free one, retry if taken meanwhile
         port = free_port()
-        relay = Proc("py-relay", [env.python, "-m", "relay", *env.py_relay_opts, str(port)],
+        relay = Proc("py-relay", [env.python, "-m", "relay", *env.py_relay_opts,
+                                  "--event-loop", env.py_loop, str(port)],
                      env.logdir, env=env.py_env)
         try:
             relay.wait_for(SERVING, 30, "out err")
@@ -336,7 +339,8 @@ def start_py_pair(env: Env, target: str) -> Pair:
         raise BenchError("the project relay found no free control port")
     target_host, target_port = target.rsplit(":", 1)
     try:
-        fwd = Proc("py-forwarder", [env.python, "-m", "relay", f"--localForwardPort={target_port}",
+        fwd = Proc("py-forwarder", [env.python, "-m", "relay", "--event-loop", env.py_loop,
+                                    f"--localForwardPort={target_port}",
                                     "--local-forward-host", target_host, HOST, str(port)],
                    env.logdir, env=env.py_env)
     except BaseException:
@@ -623,7 +627,7 @@ def render(summary: dict[str, Any], machine: dict[str, Any], paths: list[str]) -
     out.append("## Relay benchmark")
     out.append("")
     for key in ("date", "nproc", "cpu", "python", "go", "kernel", "load_before",
-                "load_after", "mode", "repeat", "duration_s"):
+                "load_after", "mode", "event_loop", "repeat", "duration_s"):
         if key in machine:
             out.append(f"- {key}: {machine[key]}")
     out.append("")
@@ -714,6 +718,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", metavar="FILE", help="also write every run and the summary here")
     ap.add_argument("--python", default=sys.executable,
                     help="interpreter that runs `-m relay` (default: this one)")
+    ap.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                    help="event loop of the project's relay and forwarder (default auto: "
+                         "uvloop when installed)")
     ap.add_argument("--no-build", action="store_true",
                     help="do not run interop/build.sh; use interop/build/ as it is")
     ap.add_argument("--keep-logs", action="store_true",
@@ -747,13 +754,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     atexit.register(stop_all)
     raise_nofile()
     logdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
-    env = Env(logdir=logdir, python=args.python, quick=args.quick)
+    env = Env(logdir=logdir, python=args.python, quick=args.quick, py_loop=args.event_loop)
     wls = [wl for wl in workloads(args.quick) if wl.name in args.workloads]
     paths = [p for p in PATHS if p in args.path_list]
     runs: list[dict[str, Any]] = []
     unusable: dict[str, str] = {}
     machine = machine_info(args.python)
     machine["mode"] = "quick" if args.quick else "default"
+    machine["event_loop"] = args.event_loop
     machine["repeat"] = args.repeat
     idle_conns = 2000 if args.quick else 10_000
     if nofile_limit() < idle_conns + 1000 and any(wl.name == "idle" for wl in wls):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+
+from relay_support import ECHO_SCRIPT, Processes, processes
 
 
 def open_socket_fds() -> set[str]:
@@ -57,3 +59,16 @@ def require_program(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture
+def procs() -> Iterator[Processes]:
+    """Real subprocesses (relay, forwarder, redis, scripts), all stopped after the test."""
+    with processes() as group:
+        yield group
+
+
+@pytest.fixture
+def echo_port(procs: Processes) -> int:
+    """Port of a half-close-aware TCP echo service in its own process."""
+    return procs.script(ECHO_SCRIPT, "0", name="echo")[1]

@@ -14,16 +14,9 @@ from relay_support import (
     connection_refused,
     echo_roundtrip,
     free_port,
-    processes,
     relay_command,
     wait_until,
 )
-
-
-@pytest.fixture
-def procs():
-    with processes() as group:
-        yield group
 
 
 def run_relay(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -25,18 +25,11 @@ from relay_support import (
     connection_refused,
     echo_roundtrip,
     free_port,
-    processes,
     relay_command,
     wait_until,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def procs():
-    with processes() as group:
-        yield group
 
 
 def start_example(procs, name: str, *args: str):

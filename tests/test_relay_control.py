@@ -10,13 +10,11 @@ import time
 import pytest
 
 from relay_support import (
-    ECHO_SCRIPT,
     ENDPOINT,
     HOST,
     connection_refused,
     echo_roundtrip,
     free_port,
-    processes,
     recv_all,
     wait_until,
 )
@@ -27,17 +25,6 @@ HEADER = struct.Struct(">BBHII")  # version, type, flags, stream id, length
 WINDOW_UPDATE, PING, GO_AWAY = 1, 2, 3
 SYN, ACK = 1, 2
 FAST_RECONNECT = ("--reconnect-delay", "0.1", "--reconnect-max-delay", "0.3")
-
-
-@pytest.fixture
-def procs():
-    with processes() as group:
-        yield group
-
-
-@pytest.fixture
-def echo_port(procs):
-    return procs.script(ECHO_SCRIPT, "0", name="echo")[1]
 
 
 def read_line(sock: socket.socket, limit: int = 1024) -> bytes:

@@ -10,30 +10,17 @@ import time
 import pytest
 
 from relay_support import (
-    ECHO_SCRIPT,
     ENDPOINT,
     HOST,
     connection_refused,
     echo_roundtrip,
     free_port,
-    processes,
     wait_until,
 )
 
 pytestmark = pytest.mark.e2e
 
 FAST_RECONNECT = ("--reconnect-delay", "0.1", "--reconnect-max-delay", "0.4")
-
-
-@pytest.fixture
-def procs():
-    with processes() as group:
-        yield group
-
-
-@pytest.fixture
-def echo_port(procs):
-    return procs.script(ECHO_SCRIPT, "0", name="echo")[1]
 
 
 def test_forwarder_killed_public_port_closes_within_a_second(procs, echo_port):

@@ -10,15 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import require_program
 
-from relay_support import HOST, RespReader, processes, resp_command
+from relay_support import HOST, RespReader, resp_command
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def procs():
-    with processes() as group:
-        yield group
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])

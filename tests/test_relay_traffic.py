@@ -19,17 +19,10 @@ from relay_support import (
     SINK_SCRIPT,
     echo_roundtrip,
     free_port,
-    processes,
     recv_all,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def procs():
-    with processes() as group:
-        yield group
 
 
 @pytest.fixture

@@ -529,10 +529,9 @@ class Session:
         except (YamuxError, ConnectionError) as exc:
             logger.info("stream %d handler ended: %s", stream.id, exc)
             stream.reset()
-        except Exception:
+        except Exception:  # logged with its traceback; the session and other streams go on
             logger.exception("stream %d handler failed; resetting the stream", stream.id)
             stream.reset()
-            raise
 
 
 async def connect_pipes(
