@@ -15,6 +15,7 @@ APT_PACKAGES=(
     redis-tools
     curl
     socat
+    openssl
 )
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
