@@ -10,7 +10,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${1:-$here/build}"
 mkdir -p "$out"
 
-export GOPATH="${GOPATH:-/usr/share/gocode}"
+# Debian's packaged sources, plus the project's own shared package (relayinterop/...).
+debian_gopath="${YAMUX_GOPATH:-/usr/share/gocode}"
+export GOPATH="$here/gopath:$debian_gopath"
 export GO111MODULE=off
 export CGO_ENABLED=0
 # A writable build cache even when HOME is unset or read-only (CI containers).
@@ -22,8 +24,8 @@ if [[ -z "${GOCACHE:-}" ]]; then
     fi
 fi
 
-if [[ ! -d "$GOPATH/src/github.com/hashicorp/yamux" ]]; then
-    echo "build.sh: $GOPATH/src/github.com/hashicorp/yamux is missing" \
+if [[ ! -d "$debian_gopath/src/github.com/hashicorp/yamux" ]]; then
+    echo "build.sh: $debian_gopath/src/github.com/hashicorp/yamux is missing" \
         "(apt-get install golang-github-hashicorp-yamux-dev)" >&2
     exit 1
 fi

@@ -10,7 +10,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -19,10 +18,10 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
+	"relayinterop/tunnel"
 )
 
 var (
@@ -119,30 +118,5 @@ func forward(st net.Conn) {
 		st.Close()
 		return
 	}
-	pipe(tcp, st)
-}
-
-// pipe copies both ways with half-close and closes both ends when both
-// directions are done.
-func pipe(tcp *net.TCPConn, st net.Conn) {
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { // TCP -> stream; TCP EOF becomes the stream's FIN
-		defer wg.Done()
-		if _, err := io.Copy(st, tcp); err != nil && !errors.Is(err, net.ErrClosed) {
-			tcp.Close()
-		}
-		st.Close()
-	}()
-	go func() { // stream -> TCP; stream EOF becomes the TCP FIN
-		defer wg.Done()
-		if _, err := io.Copy(tcp, st); err != nil {
-			tcp.Close()
-			return
-		}
-		tcp.CloseWrite()
-	}()
-	wg.Wait()
-	tcp.Close()
-	st.Close()
+	tunnel.Pipe(tcp, st)
 }

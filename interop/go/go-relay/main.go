@@ -18,10 +18,8 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log"
 	"net"
 	"os"
@@ -30,6 +28,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
+	"relayinterop/tunnel"
 )
 
 var (
@@ -127,34 +126,9 @@ func serveForwarder(c net.Conn) {
 				pc.Close()
 				return
 			}
-			pipe(pc.(*net.TCPConn), st)
+			tunnel.Pipe(pc.(*net.TCPConn), st)
 		}()
 	}
 	sess.Close()
 	log.Printf("%s: session ended, public port %d closed", who, pubPort)
-}
-
-// pipe copies both ways with half-close and closes both ends when both
-// directions are done.
-func pipe(tcp *net.TCPConn, st net.Conn) {
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { // TCP -> stream; TCP EOF becomes the stream's FIN
-		defer wg.Done()
-		if _, err := io.Copy(st, tcp); err != nil && !errors.Is(err, net.ErrClosed) {
-			tcp.Close()
-		}
-		st.Close()
-	}()
-	go func() { // stream -> TCP; stream EOF becomes the TCP FIN
-		defer wg.Done()
-		if _, err := io.Copy(tcp, st); err != nil {
-			tcp.Close()
-			return
-		}
-		tcp.CloseWrite()
-	}()
-	wg.Wait()
-	tcp.Close()
-	st.Close()
 }
