@@ -279,27 +279,25 @@ class Session:
             self._flush()
 
     def _close_stream(self, stream: Stream) -> None:
-        if stream._open_timer is not None:
-            stream._open_timer.cancel()
-            stream._open_timer = None
+        stream._cancel_timer("_open_timer")
         self._core.close_stream(stream.id)
-        if stream._eof:
-            self._flush()
-            return
-        if self.config.stream_close_timeout:
+        if not stream._eof and self.config.stream_close_timeout:
             stream._close_timer = self._loop.call_later(
                 self.config.stream_close_timeout, self._close_timed_out, stream
             )
         self._flush()
-        self._wake_openers()
 
     def _reset_stream(self, stream: Stream) -> None:
         self._core.reset_stream(stream.id)
-        self._streams.pop(stream.id, None)
-        self._drain_waiting.pop(stream.id, None)
-        stream._fail(StreamResetError("reset locally"))
+        self._drop_reset(stream, "reset locally")
         self._flush()
         self._wake_openers()
+
+    def _drop_reset(self, stream: Stream, reason: str) -> None:
+        """A reset stream, ours or the peer's, leaves the session at once."""
+        self._streams.pop(stream.id, None)
+        self._drain_waiting.pop(stream.id, None)
+        stream._fail(StreamResetError(reason))
 
     # ------------------------------------------------------ transport events
     def _connection_made(self, transport: asyncio.WriteTransport) -> None:
@@ -322,22 +320,15 @@ class Session:
                 if self._accept_waiter is not None and not self._accept_waiter.done():
                     self._accept_waiter.set_result(None)
             elif kind is StreamAcknowledged:
-                stream = streams[event.stream_id]
-                if stream._open_timer is not None:
-                    stream._open_timer.cancel()
-                    stream._open_timer = None
+                streams[event.stream_id]._cancel_timer("_open_timer")
             elif kind is StreamEnded:
                 stream = streams[event.stream_id]
                 stream._feed_eof()
-                if stream._close_timer is not None:
-                    stream._close_timer.cancel()
-                    stream._close_timer = None
+                stream._cancel_timer("_close_timer")
             elif kind is StreamClosed:
                 self._forget(event.stream_id)
             elif kind is StreamReset:
-                stream = streams.pop(event.stream_id)
-                self._drain_waiting.pop(event.stream_id, None)
-                stream._fail(StreamResetError(event.reason))
+                self._drop_reset(streams[event.stream_id], event.reason)
             elif kind is PongReceived:
                 entry = self._pings.get(event.opaque)
                 if entry is None:

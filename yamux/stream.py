@@ -365,11 +365,15 @@ class Stream:
                     waiter.set_result(None)
 
     def _cancel_timers(self) -> None:
-        for name in ("_open_timer", "_close_timer"):
-            timer = getattr(self, name)
-            if timer is not None:
-                timer.cancel()
-                setattr(self, name, None)
+        self._cancel_timer("_open_timer")
+        self._cancel_timer("_close_timer")
+
+    def _cancel_timer(self, name: str) -> None:
+        """Cancel the session's ``_open_timer`` or ``_close_timer`` of this stream, if set."""
+        timer = getattr(self, name)
+        if timer is not None:
+            timer.cancel()
+            setattr(self, name, None)
 
     # --------------------------------------------------------------- internals
     def _take(self, n: int) -> bytes:
