@@ -100,6 +100,17 @@ async def test_resetting_an_unacknowledged_stream_returns_its_backlog_credit() -
             (9, Flag.SYN)]
 
 
+async def test_finishing_an_unacknowledged_stream_wakes_a_blocked_open() -> None:
+    async with raw_peer(config=yamux.Config(accept_backlog=1)) as (session, peer):
+        stream = await session.open_stream()
+        blocked = asyncio.create_task(session.open_stream())
+        peer.send(FrameType.WINDOW_UPDATE, Flag.FIN, stream.id, 0)  # FIN, never an ACK
+        assert await asyncio.wait_for(stream.read(), 2) == b""
+        assert not blocked.done()
+        stream.close()  # our FIN goes out after the peer's: the stream is finished
+        assert (await asyncio.wait_for(blocked, 2)).id == 3
+
+
 async def test_open_blocked_by_backlog_fails_when_session_closes() -> None:
     async with raw_peer(config=yamux.Config(accept_backlog=2)) as (session, _peer):
         await session.open_stream()

@@ -380,8 +380,11 @@ class Session:
             transport.writelines(core.take_control())
         while core.has_data and (force or not self._write_paused):
             transport.writelines(core.take_data(FLUSH_BUDGET))
-            for stream_id in core.take_finished():
+            finished = core.take_finished()
+            for stream_id in finished:
                 self._forget(stream_id)
+            if finished:
+                self._wake_openers()  # a finished stream that was never ACKed frees backlog
         if self._drain_waiting:
             self._wake_drained()
 
