@@ -306,13 +306,23 @@ def start_go_pair(env: Env, target: str) -> Pair:
                               "-public-bind", HOST], env.logdir)
     try:
         port = relay.wait_for(SERVING, 10, "out err").group(1)
-        fwd = Proc("go-forwarder", [env.go("go-forwarder"), "-relay", f"{HOST}:{port}",
-                                    "-local", target], env.logdir)
+    except BaseException:
+        relay.stop()
+        raise
+    return with_forwarder(relay, "go-forwarder", [env.go("go-forwarder"), "-relay",
+                                                  f"{HOST}:{port}", "-local", target], env, 10)
+
+
+def with_forwarder(relay: Proc, name: str, argv: list[str], env: Env, timeout: float,
+                   proc_env: dict[str, str] | None = None) -> Pair:
+    """Start the forwarder `argv` in front of `relay`; stop both if it shows no endpoint."""
+    try:
+        fwd = Proc(name, argv, env.logdir, env=proc_env)
     except BaseException:
         relay.stop()
         raise
     try:
-        endpoint = fwd.wait_for(ENDPOINT, 10).group(1)
+        endpoint = fwd.wait_for(ENDPOINT, timeout).group(1)
     except BaseException:
         fwd.stop()
         relay.stop()
@@ -338,21 +348,10 @@ def start_py_pair(env: Env, target: str) -> Pair:
     if relay is None:
         raise BenchError("the project relay found no free control port")
     target_host, target_port = target.rsplit(":", 1)
-    try:
-        fwd = Proc("py-forwarder", [env.python, "-m", "relay", "--event-loop", env.py_loop,
-                                    f"--localForwardPort={target_port}",
-                                    "--local-forward-host", target_host, HOST, str(port)],
-                   env.logdir, env=env.py_env)
-    except BaseException:
-        relay.stop()
-        raise
-    try:
-        endpoint = fwd.wait_for(ENDPOINT, 30).group(1)
-    except BaseException:
-        fwd.stop()
-        relay.stop()
-        raise
-    return Pair(relay, fwd, endpoint)
+    return with_forwarder(relay, "py-forwarder", [
+        env.python, "-m", "relay", "--event-loop", env.py_loop,
+        f"--localForwardPort={target_port}", "--local-forward-host", target_host, HOST, str(port),
+    ], env, 30, env.py_env)
 
 
 @contextlib.contextmanager
