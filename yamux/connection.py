@@ -248,30 +248,28 @@ class Connection:
 
     # ------------------------------------------------------------------- input
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        """Consume bytes from the peer; returns what happened, in order."""
-        events: list[Event] = []
-        if self.closed:
-            return events
-        try:
-            for frame in self._decoder.feed(data):
-                self._handle_frame(frame, events)
-        except ProtocolError as exc:
-            logger.warning("protocol error from peer: %s", exc)
-            self.terminate(exc, GoAwayCode.PROTOCOL_ERROR)
-            events.append(SessionTerminated(exc))
-        return events
+        """Consume bytes from the peer; returns what happened, in order.
+
+        Processing stops at the first frame that ends the session: SessionTerminated
+        is then the last event, and later frames in ``data`` are ignored.
+        """
+        return self.receive_frames(self._decoder.feed(data))
 
     def receive_frames(self, frames: Iterable[Frame]) -> list[Event]:
         """Like receive_data for frames already decoded (used by tests)."""
         events: list[Event] = []
+        if self.closed:
+            return events
         try:
             for frame in frames:
-                if self.closed:
-                    break
                 self._handle_frame(frame, events)
+                if self.error is not None:
+                    break
         except ProtocolError as exc:
+            logger.warning("protocol error from peer: %s", exc)
             self.terminate(exc, GoAwayCode.PROTOCOL_ERROR)
-            events.append(SessionTerminated(exc))
+        if self.error is not None:
+            events.append(SessionTerminated(self.error))
         return events
 
     def _handle_frame(self, frame: Frame, events: list[Event]) -> None:
@@ -291,9 +289,7 @@ class Connection:
                 self.remote_go_away = True
                 events.append(GoAwayReceived(code))
             else:
-                error = RemoteGoAwayError(code)
-                self.terminate(error)
-                events.append(SessionTerminated(error))
+                self.terminate(RemoteGoAwayError(code))
 
     def _handle_stream_frame(self, frame: Frame, events: list[Event]) -> None:
         stream_id = frame.stream_id

@@ -1,0 +1,78 @@
+"""The sans-IO core against hostile or unusual peers: whatever arrives, state stays bounded.
+
+Frames are hand-made, as an attacker (or a peer from another yamux family)
+would send them; assertions are on events, counters and the frames we answer.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from yamux import Config, Connection, Flag, Frame, FrameDecoder, FrameType, GoAwayCode
+from yamux.events import Event, SessionTerminated
+from yamux.frame import encode_header
+
+DATA, WU, PING, GO_AWAY = FrameType.DATA, FrameType.WINDOW_UPDATE, FrameType.PING, FrameType.GO_AWAY
+SYN, ACK, FIN, RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.RST)
+
+
+def raw(type_: FrameType, flags: int, stream_id: int, length: int, body: bytes = b"") -> bytes:
+    return encode_header(type_, flags, stream_id, length) + body
+
+
+def sent_frames(conn: Connection) -> list[Frame]:
+    out = b"".join(bytes(c) for c in conn.take_control() + conn.take_data(1 << 40))
+    return list(FrameDecoder(1 << 32).feed(out))
+
+
+# ------------------------------------------------ item 7: stop at the first fatal event
+def test_frames_after_a_fatal_go_away_in_the_same_chunk_produce_nothing() -> None:
+    conn = Connection(client=False)
+    chunk = (raw(GO_AWAY, 0, 0, GoAwayCode.PROTOCOL_ERROR)
+             + raw(WU, SYN, 1, 0) + raw(DATA, SYN, 3, 4, b"abcd") + raw(PING, SYN, 0, 7))
+    events = conn.receive_data(chunk)
+    assert len(events) == 1
+    assert isinstance(events[0], SessionTerminated)
+    assert conn.num_streams == 0
+    assert not any(f.type is PING for f in sent_frames(conn))
+
+
+def _frame(type_: FrameType, flags: int, stream_id: int, length: int) -> bytes:
+    body = bytes(min(length, 64)) if type_ is DATA else b""
+    return raw(type_, flags, stream_id, len(body) if type_ is DATA else length, body)
+
+
+frames = st.lists(
+    st.builds(
+        _frame,
+        st.sampled_from(list(FrameType)),
+        st.integers(0, 15),
+        st.sampled_from([0, 1, 2, 3, 4, 5]),
+        st.sampled_from([0, 1, 2, 64, 0xFFFFFFFF]),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(frames, st.booleans(), st.integers(1, 7))
+def test_no_event_follows_session_terminated_in_one_call(
+    chunks: list[bytes], client: bool, split: int
+) -> None:
+    conn = Connection(client=client, config=Config(accept_backlog=2, max_streams=3))
+    data = b"".join(chunks)
+    step = max(1, len(data) // split)
+    seen_end = False
+    for pos in range(0, max(len(data), 1), step):
+        events: list[Event] = conn.receive_data(data[pos : pos + step])
+        ends = [i for i, e in enumerate(events) if isinstance(e, SessionTerminated)]
+        assert len(ends) <= 1
+        if ends:
+            assert ends[0] == len(events) - 1
+            assert not seen_end
+            seen_end = True
+        elif seen_end:
+            assert events == []
+        if conn.closed:
+            assert conn.num_streams == 0
