@@ -213,7 +213,12 @@ class Connection:
         return out
 
     def take_data(self, budget: int) -> list[bytes | memoryview]:
-        """Frame up to about ``budget`` payload bytes, one frame per stream per round."""
+        """Frame up to about ``budget`` payload bytes, one frame per stream per round.
+
+        FIN always goes on its own Window Update frame after the last data, as
+        hashicorp sends it: a peer that handles FIN before a Data frame's payload
+        (``@chainsafe/libp2p-yamux``) would otherwise drop that payload.
+        """
         out: list[bytes | memoryview] = []
         sendable = self._sendable
         max_frame = self.config.max_frame_size
@@ -221,17 +226,14 @@ class Connection:
             stream_id = next(iter(sendable))
             st = sendable.pop(stream_id)
             size = min(st.pending_bytes, st.send.credit, max_frame)
-            flags = 0
-            if size == st.pending_bytes and st.fin_queued:
-                flags = _FIN
-                st.fin_sent = True
             if size:
-                out.append(encode_header(_DATA, flags, stream_id, size))
+                out.append(encode_header(_DATA, 0, stream_id, size))
                 self._take_pending(st, size, out)
                 st.send.credit -= size
                 budget -= size
-            else:
-                out.append(encode_header(_WINDOW_UPDATE, flags, stream_id, 0))
+            if st.fin_queued and not st.pending_bytes:
+                out.append(encode_header(_WINDOW_UPDATE, _FIN, stream_id, 0))
+                st.fin_sent = True
             if st.fin_sent:
                 if st.remote_fin:
                     self._forget(st)
