@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from yamux import Config, Connection, Flag, Frame, FrameDecoder, FrameType, GoAwayCode
-from yamux.events import Event, SessionTerminated
+from yamux.events import DataReceived, Event, SessionTerminated, StreamReset
 from yamux.frame import encode_header
 
 DATA, WU, PING, GO_AWAY = FrameType.DATA, FrameType.WINDOW_UPDATE, FrameType.PING, FrameType.GO_AWAY
@@ -76,3 +76,32 @@ def test_no_event_follows_session_terminated_in_one_call(
             assert events == []
         if conn.closed:
             assert conn.num_streams == 0
+
+
+# --------------------------------------- issue 13 fix 2: a RST's length is not a window delta
+def _established(conn: Connection, stream_id: int) -> None:
+    conn.receive_data(raw(WU, SYN, stream_id, 0))
+    conn.accept_stream(stream_id)
+    conn.take_control()
+
+
+def test_go_yamux_reset_with_error_code_in_the_length_resets_only_that_stream() -> None:
+    conn = Connection(client=False)
+    _established(conn, 1)
+    _established(conn, 3)
+    events = conn.receive_data(raw(WU, RST, 1, 0xFFFFFFFF))
+    assert events == [StreamReset(1, "reset by peer")]
+    assert not conn.closed
+    assert conn.stream_ids() == [3]
+    assert conn.receive_data(raw(DATA, 0, 3, 2, b"ok")) == [DataReceived(3, b"ok")]
+
+
+def test_reset_on_a_data_frame_discards_its_payload_whatever_the_window() -> None:
+    conn = Connection(client=False, config=Config())
+    _established(conn, 1)
+    conn.receive_data(raw(DATA, 0, 1, 200 * 1024, bytes(200 * 1024)))
+    body = bytes(100 * 1024)  # beyond the 56 KiB of window left: would be a protocol violation
+    events = conn.receive_data(raw(DATA, RST, 1, len(body), body))
+    assert events == [StreamReset(1, "reset by peer")]
+    assert not conn.closed
+    assert conn.discarded_bytes == len(body)

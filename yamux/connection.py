@@ -310,6 +310,13 @@ class Connection:
             if st.leave_backlog():
                 self.unacked_outbound -= 1
             events.append(StreamAcknowledged(stream_id))
+        if flags & _RST:
+            # go-yamux puts an error code in a RST's length: it is no window delta,
+            # and a reset discards the frame's payload like everything unread.
+            self.discarded_bytes += len(frame.body)
+            self._forget(st)
+            events.append(StreamReset(stream_id, "reset by peer"))
+            return
         if frame.type is _WINDOW_UPDATE:
             if frame.length:
                 st.send.grant(stream_id, frame.length)
@@ -325,10 +332,6 @@ class Connection:
                 return
             st.recv.receive(stream_id, frame.length)
             events.append(DataReceived(stream_id, frame.body))
-        if flags & _RST:
-            self._forget(st)
-            events.append(StreamReset(stream_id, "reset by peer"))
-            return
         if flags & _FIN and not st.remote_fin:
             st.remote_fin = True
             events.append(StreamEnded(stream_id))
