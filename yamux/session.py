@@ -94,7 +94,8 @@ class Session:
         self._read_transport: asyncio.BaseTransport | None = None
         self._protocol = _SessionProtocol(self)
         self._streams: dict[int, Stream] = {}
-        self._accept_queue: deque[Stream] = deque()
+        self._accept_queue: dict[int, Stream] = {}
+        """Streams the peer opened, oldest first; a reset one leaves at once (core-bounded)."""
         self._accept_waiter: asyncio.Future[None] | None = None
         self._open_waiters: deque[asyncio.Future[None]] = deque()
         self._drain_waiting: dict[int, Stream] = {}
@@ -186,7 +187,7 @@ class Session:
                 await waiter
             finally:
                 self._accept_waiter = None
-        stream = self._accept_queue.popleft()
+        stream = self._accept_queue.pop(next(iter(self._accept_queue)))
         self._core.accept_stream(stream.id)
         self._flush()
         return stream
@@ -297,6 +298,7 @@ class Session:
         """A reset stream, ours or the peer's, leaves the session at once."""
         self._streams.pop(stream.id, None)
         self._drain_waiting.pop(stream.id, None)
+        self._accept_queue.pop(stream.id, None)
         stream._fail(StreamResetError(reason))
 
     # ------------------------------------------------------ transport events
@@ -316,7 +318,7 @@ class Session:
             elif kind is StreamOpened:
                 stream = Stream(self, event.stream_id)
                 streams[event.stream_id] = stream
-                self._accept_queue.append(stream)
+                self._accept_queue[event.stream_id] = stream
                 if self._accept_waiter is not None and not self._accept_waiter.done():
                     self._accept_waiter.set_result(None)
             elif kind is StreamAcknowledged:
