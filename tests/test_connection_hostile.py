@@ -9,7 +9,16 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from yamux import Config, Connection, Flag, Frame, FrameDecoder, FrameType, GoAwayCode
+from yamux import (
+    Config,
+    Connection,
+    ControlQueueFullError,
+    Flag,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    GoAwayCode,
+)
 from yamux.events import DataReceived, Event, SessionTerminated, StreamReset
 from yamux.frame import encode_header
 
@@ -105,3 +114,36 @@ def test_reset_on_a_data_frame_discards_its_payload_whatever_the_window() -> Non
     assert events == [StreamReset(1, "reset by peer")]
     assert not conn.closed
     assert conn.discarded_bytes == len(body)
+
+
+# ------------------------------------------- item 3: the control-frame queue is bounded
+def test_ping_flood_from_a_peer_that_never_reads_ends_the_session_at_the_limit() -> None:
+    config = Config(control_queue_limit=1200)  # 100 frames of 12 bytes
+    conn = Connection(client=False, config=config)
+    events = conn.receive_data(b"".join(raw(PING, SYN, 0, n) for n in range(100)))
+    assert events == []
+    events = conn.receive_data(raw(PING, SYN, 0, 100) + raw(WU, SYN, 1, 0))
+    assert len(events) == 1
+    assert isinstance(events[0], SessionTerminated)
+    assert isinstance(events[0].error, ControlQueueFullError)
+    assert "not reading" in str(events[0].error)
+    assert "control_queue_limit" in str(events[0].error)
+    assert len(conn.take_control()) <= 101
+
+
+def test_control_frames_are_taken_within_a_byte_limit_in_order() -> None:
+    conn = Connection(client=False)
+    conn.receive_data(b"".join(raw(PING, SYN, 0, n) for n in range(10)))
+    first = conn.take_control(limit=40)  # three frames of 12 bytes fit
+    assert [f.length for f in FrameDecoder(1 << 32).feed(b"".join(first))] == [0, 1, 2]
+    rest = conn.take_control()
+    assert [f.length for f in FrameDecoder(1 << 32).feed(b"".join(rest))] == list(range(3, 10))
+    assert not conn.has_control
+
+
+def test_draining_the_control_queue_keeps_a_busy_session_alive() -> None:
+    conn = Connection(client=False, config=Config(control_queue_limit=1200))
+    for round_ in range(50):
+        conn.receive_data(b"".join(raw(PING, SYN, 0, n) for n in range(90)))
+        assert not conn.closed, round_
+        conn.take_control()

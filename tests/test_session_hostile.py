@@ -7,9 +7,12 @@ RSS measurements lives elsewhere); each attack is real frames on a real socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 
 import yamux
 from yamux.const import Flag, FrameType
+from yamux.frame import encode_header
 from yamux_peers import raw_peer
 
 WU = FrameType.WINDOW_UPDATE
@@ -34,3 +37,38 @@ async def test_reset_streams_leave_the_accept_queue_and_it_never_exceeds_the_bac
         assert [s.id for s in accepted] == [40_001, 40_005, 40_007, 40_009]
         assert len(session._accept_queue) == 0
         assert session.num_streams == 4
+
+
+async def test_ping_flood_from_a_peer_that_never_reads_is_cut_with_a_clear_reason() -> None:
+    """A peer pings as fast as it can and reads nothing: the pongs it owes stay bounded."""
+    sessions: asyncio.Queue[yamux.Session] = asyncio.Queue()
+
+    async def on_session(session: yamux.Session) -> None:
+        await sessions.put(session)
+        await session.wait_closed()
+
+    config = yamux.Config(enable_keepalive=False, connection_write_timeout=60)
+    async with await yamux.start_server(on_session, "127.0.0.1", 0, config=config) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # we never read it anyway
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        _, writer = await asyncio.open_connection(sock=sock, limit=4096)
+        session = await asyncio.wait_for(sessions.get(), 5)
+        pings = b"".join(encode_header(FrameType.PING, SYN, 0, n) for n in range(5461))
+        sent = 0
+        peak = 0
+        with contextlib.suppress(ConnectionError):
+            async with asyncio.timeout(20):
+                while not session.closed and sent < 256 * 1024 * 1024:
+                    writer.write(pings)
+                    await writer.drain()
+                    sent += len(pings)
+                    peak = max(peak, session._transport.get_write_buffer_size()
+                               if session._transport is not None else 0)
+        await asyncio.wait_for(session.wait_closed(), 20)
+        writer.close()
+        assert isinstance(session.close_reason, yamux.ControlQueueFullError)
+        assert "not reading" in str(session.close_reason)
+        assert peak < 1024 * 1024, peak
+        assert sent < 64 * 1024 * 1024, sent

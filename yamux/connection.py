@@ -1,7 +1,8 @@
 """The sans-IO session core: bytes in, events and bytes out, no sockets, no clocks.
 
 Outgoing bytes come in two queues. Control frames (SYN/ACK, window updates,
-pings and pongs, RST, Go Away) are small and always written at once. Stream
+pings and pongs, RST, Go Away) are small and written at once while the peer
+reads; the queue is bounded (``Config.control_queue_limit``) for when it does not. Stream
 data waits in per-stream queues and is framed only when the I/O adapter asks
 for it (``take_data``), i.e. when the transport has room; so a pong never waits
 behind megabytes of queued bulk data, and streams share the connection
@@ -14,8 +15,9 @@ import logging
 from collections.abc import Iterable
 
 from .config import Config
-from .const import Flag, FrameType, GoAwayCode
+from .const import HEADER_SIZE, Flag, FrameType, GoAwayCode
 from .errors import (
+    ControlQueueFullError,
     GoAwayError,
     ProtocolError,
     RemoteGoAwayError,
@@ -126,9 +128,7 @@ class Connection:
         st = StreamState(stream_id, OpenState.SYN_SENT, self.config.max_stream_window_size)
         self._streams[stream_id] = st
         self.unacked_outbound += 1
-        self._control.append(
-            encode_header(_WINDOW_UPDATE, _SYN, stream_id, st.recv.initial_grant())
-        )
+        self._queue_control(encode_header(_WINDOW_UPDATE, _SYN, stream_id, st.recv.initial_grant()))
         return stream_id
 
     def accept_stream(self, stream_id: int) -> None:
@@ -139,9 +139,7 @@ class Connection:
         st.open_state = OpenState.ESTABLISHED
         if st.leave_backlog():
             self.unaccepted_inbound -= 1
-        self._control.append(
-            encode_header(_WINDOW_UPDATE, _ACK, stream_id, st.recv.initial_grant())
-        )
+        self._queue_control(encode_header(_WINDOW_UPDATE, _ACK, stream_id, st.recv.initial_grant()))
 
     def send_data(self, stream_id: int, data: bytes | memoryview) -> None:
         """Queue payload; it is framed within the peer's window by take_data."""
@@ -170,7 +168,7 @@ class Connection:
             return
         self._forget(st)
         if not self.closed:
-            self._control.append(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
+            self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
 
     def consume(self, stream_id: int, length: int) -> None:
         """The application took ``length`` received bytes; maybe queue a window update."""
@@ -179,13 +177,13 @@ class Connection:
             return
         delta = st.recv.consume(length)
         if delta and not st.remote_fin:
-            self._control.append(encode_header(_WINDOW_UPDATE, 0, stream_id, delta))
+            self._queue_control(encode_header(_WINDOW_UPDATE, 0, stream_id, delta))
 
     def ping(self) -> int:
         """Queue a ping; returns the opaque value its pong will carry."""
         self._check_alive()
         self._ping_id = (self._ping_id + 1) & _MAX_STREAM_ID
-        self._control.append(encode_header(_PING, _SYN, 0, self._ping_id))
+        self._queue_control(encode_header(_PING, _SYN, 0, self._ping_id))
         return self._ping_id
 
     def go_away(self, code: int = GoAwayCode.NORMAL) -> None:
@@ -207,8 +205,13 @@ class Connection:
         self._forget_all()
 
     # ------------------------------------------------------------------ output
-    def take_control(self) -> list[bytes]:
+    def take_control(self, limit: int | None = None) -> list[bytes]:
+        """Queued control frames, oldest first; at most ``limit`` bytes of them if given."""
         out = self._control
+        if limit is not None and limit < len(out) * HEADER_SIZE:
+            count = limit // HEADER_SIZE
+            self._control = out[count:]
+            return out[:count]
         self._control = []
         return out
 
@@ -281,7 +284,7 @@ class Connection:
         elif type_ is _PING:
             self._require_session_id(frame)
             if frame.flags & _SYN:
-                self._control.append(encode_header(_PING, _ACK, 0, frame.length))
+                self._queue_control(encode_header(_PING, _ACK, 0, frame.length))
             else:
                 events.append(PongReceived(frame.length))
         else:
@@ -360,7 +363,7 @@ class Connection:
             refusal = f"accept backlog of {self.config.accept_backlog} streams is full"
         if refusal is not None:
             logger.warning("refusing stream %d: %s", stream_id, refusal)
-            self._control.append(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
+            self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
             return None
         st = StreamState(stream_id, OpenState.SYN_RECEIVED, self.config.max_stream_window_size)
         self._streams[stream_id] = st
@@ -369,6 +372,23 @@ class Connection:
         return st
 
     # ---------------------------------------------------------------- internals
+    def _queue_control(self, frame: bytes) -> None:
+        """Queue one control frame; a peer that lets them pile up past the limit is cut off.
+
+        The adapter writes control frames at once unless the transport is paused
+        (the peer is not reading), so the queue only grows while the peer owes us
+        reads; pongs, updates and resets it provokes meanwhile must not grow
+        without bound (a ping flood).
+        """
+        control = self._control
+        control.append(frame)
+        if len(control) * HEADER_SIZE > self.config.control_queue_limit and not self.closed:
+            self.terminate(ControlQueueFullError(
+                f"peer is not reading: {len(control)} control frames (pongs, window updates, "
+                f"resets) wait to be written, over the limit of "
+                f"{self.config.control_queue_limit} bytes (control_queue_limit)"
+            ))
+
     def _reset_for_misbehaviour(self, st: StreamState, reason: str, events: list[Event]) -> None:
         """A stream-level violation ends only that stream."""
         logger.warning("resetting %s", reason)

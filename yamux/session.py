@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import Config
 from .connection import Connection
-from .const import GoAwayCode
+from .const import HEADER_SIZE, GoAwayCode
 from .errors import (
     ConnectionWriteTimeoutError,
     GoAwayError,
@@ -44,6 +44,9 @@ logger = logging.getLogger("yamux.session")
 StreamHandler = Callable[[Stream, Stream], Awaitable[None]]
 FLUSH_BUDGET = 256 * 1024
 """Payload framed per take_data call; the transport's pause_writing stops the loop sooner."""
+PAUSED_CONTROL_ALLOWANCE = 64 * 1024
+"""Control bytes still handed to a paused transport (a pong need not wait for resume);
+beyond it they wait in the core's bounded queue."""
 
 
 class _SessionProtocol(asyncio.Protocol):
@@ -101,6 +104,8 @@ class Session:
         self._drain_waiting: dict[int, Stream] = {}
         self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
         self._write_paused = False
+        self._paused_control = 0
+        """Control bytes written since the transport paused."""
         self._write_stall: tuple[asyncio.TimerHandle, int] | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -366,6 +371,7 @@ class Session:
 
     def _resume_writing(self) -> None:
         self._write_paused = False
+        self._paused_control = 0
         if self._write_stall is not None:
             self._write_stall[0].cancel()
             self._write_stall = None
@@ -373,13 +379,26 @@ class Session:
 
     # ----------------------------------------------------------------- output
     def _flush(self, force: bool = False) -> None:
-        """Write control frames, then stream data while the transport wants more (or ``force``)."""
+        """Write control frames, then stream data while the transport wants more (or ``force``).
+
+        While the transport is paused, control frames go out only up to
+        PAUSED_CONTROL_ALLOWANCE; the rest waits in the core, whose queue is
+        bounded, so a peer that does not read cannot make us buffer without end.
+        """
+        core = self._core
+        if core.error is not None and not self._closing:
+            self._shutdown(core.error)  # the core ended itself on a command (control queue full)
+            return
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        core = self._core
         if core.has_control:
-            transport.writelines(core.take_control())
+            if force or not self._write_paused:
+                transport.writelines(core.take_control())
+            elif self._paused_control < PAUSED_CONTROL_ALLOWANCE:
+                frames = core.take_control(PAUSED_CONTROL_ALLOWANCE - self._paused_control)
+                self._paused_control += len(frames) * HEADER_SIZE
+                transport.writelines(frames)
         while core.has_data and (force or not self._write_paused):
             transport.writelines(core.take_data(FLUSH_BUDGET))
             finished = core.take_finished()
