@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
+
+import pytest
 
 import yamux
 from yamux.const import Flag, FrameType
-from yamux.frame import encode_header
+from yamux.frame import FrameDecoder, encode_header
 from yamux_peers import raw_peer
 
 WU = FrameType.WINDOW_UPDATE
@@ -72,3 +75,41 @@ async def test_ping_flood_from_a_peer_that_never_reads_is_cut_with_a_clear_reaso
         assert "not reading" in str(session.close_reason)
         assert peak < 1024 * 1024, peak
         assert sent < 64 * 1024 * 1024, sent
+
+
+async def test_100k_bad_frames_write_under_100_log_lines_with_counts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Refused SYNs, violations, stray pongs and repeated Go Away: the log stays short."""
+    config = yamux.Config(accept_backlog=1, enable_keepalive=False)
+    with caplog.at_level(logging.DEBUG, "yamux"):
+        async with raw_peer(client=False, config=config) as (session, peer):
+            pong = asyncio.create_task(read_until_pong(peer.reader, 424242))
+            peer.send(WU, SYN, 1, 0)  # fills the backlog of 1: every later SYN is refused
+            frames = []
+            for n in range(25_000):
+                frames.append(encode_header(WU, SYN, 3 + 2 * n, 0))  # refused
+                frames.append(encode_header(FrameType.PING, Flag.ACK, 0, n))  # nobody pinged
+                frames.append(encode_header(FrameType.GO_AWAY, 0, 0, 0))
+                frames.append(encode_header(FrameType.DATA, 0, 100_001 + 2 * n, 1) + b"x")
+            peer.writer.write(b"".join(frames))
+            await peer.writer.drain()
+            peer.send(FrameType.PING, SYN, 0, 424242)  # answered once all the above is read
+            await asyncio.wait_for(pong, 30)
+            assert not session.closed
+            assert session._core.discarded_frames >= 50_000
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("yamux")]
+    assert len(lines) < 100, lines[:20]
+    summary = [line for line in lines if "suppressed log messages" in line]
+    assert summary, lines
+    assert "x stream-refused" in summary[0]
+
+
+async def read_until_pong(reader: asyncio.StreamReader, opaque: int) -> None:
+    """Read (the peer must read our RSTs, or we rightly cut it off) until our pong shows."""
+    decoder = FrameDecoder(1 << 31)
+    while chunk := await reader.read(1 << 16):
+        for frame in decoder.feed(chunk):
+            if frame.type is FrameType.PING and frame.flags & Flag.ACK and frame.length == opaque:
+                return
+    raise EOFError("session closed before answering the ping")

@@ -38,6 +38,7 @@ from .events import (
     StreamClosed,
     StreamEnded,
     StreamOpened,
+    StreamRefused,
     StreamReset,
     WindowUpdated,
 )
@@ -75,8 +76,10 @@ class Connection:
         self.remote_go_away = False
         self.error: YamuxError | None = None
         """Why the session ended; None while it is alive."""
+        self.discarded_frames = 0
+        """Frames for streams we no longer know (reset or refused), counted, never logged."""
         self.discarded_bytes = 0
-        """Payload that arrived for streams we no longer know (reset or refused)."""
+        """Their payload, and that of Data|RST frames."""
 
     # ----------------------------------------------------------------- queries
     @property
@@ -305,8 +308,8 @@ class Connection:
         if flags & _SYN:
             st = self._incoming_stream(frame, st, events)
         if st is None:
+            self.discarded_frames += 1
             self.discarded_bytes += len(frame.body)
-            logger.debug("discarding %s for unknown stream %d", frame.type.name, stream_id)
             return
         if flags & _ACK and st.open_state is OpenState.SYN_SENT:
             st.open_state = OpenState.ESTABLISHED
@@ -362,8 +365,8 @@ class Connection:
         elif self.unaccepted_inbound >= self.config.accept_backlog:
             refusal = f"accept backlog of {self.config.accept_backlog} streams is full"
         if refusal is not None:
-            logger.warning("refusing stream %d: %s", stream_id, refusal)
             self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
+            events.append(StreamRefused(stream_id, refusal))
             return None
         st = StreamState(stream_id, OpenState.SYN_RECEIVED, self.config.max_stream_window_size)
         self._streams[stream_id] = st
@@ -390,10 +393,9 @@ class Connection:
             ))
 
     def _reset_for_misbehaviour(self, st: StreamState, reason: str, events: list[Event]) -> None:
-        """A stream-level violation ends only that stream."""
-        logger.warning("resetting %s", reason)
+        """A stream-level violation ends only that stream (the adapter logs it, rate-limited)."""
         self.reset_stream(st.id)
-        events.append(StreamReset(st.id, reason))
+        events.append(StreamReset(st.id, reason, violation=True))
 
     def _writable_stream(self, stream_id: int) -> StreamState:
         self._check_alive()

@@ -34,9 +34,11 @@ from .events import (
     StreamClosed,
     StreamEnded,
     StreamOpened,
+    StreamRefused,
     StreamReset,
     WindowUpdated,
 )
+from .ratelimit import RateLimitedLog
 from .stream import Stream
 
 logger = logging.getLogger("yamux.session")
@@ -114,6 +116,8 @@ class Session:
         self._go_away: asyncio.Future[None] = self._loop.create_future()
         self.close_reason: YamuxError | None = None
         """Why the session ended (None while it runs)."""
+        self._log = RateLimitedLog(logger)
+        """Every line the peer can trigger over and over goes through this."""
 
     # ---------------------------------------------------------------- creation
     @classmethod
@@ -335,15 +339,22 @@ class Session:
             elif kind is StreamClosed:
                 self._forget(event.stream_id)
             elif kind is StreamReset:
+                if event.violation:
+                    self._log.log(logging.WARNING, "stream-violation", "resetting %s", event.reason)
                 self._drop_reset(streams[event.stream_id], event.reason)
+            elif kind is StreamRefused:
+                self._log.log(logging.WARNING, "stream-refused", "refusing stream %d: %s",
+                              event.stream_id, event.reason)
             elif kind is PongReceived:
                 entry = self._pings.get(event.opaque)
                 if entry is None:
-                    logger.debug("ignoring pong %d nobody waits for", event.opaque)
+                    self._log.log(logging.DEBUG, "stray-pong",
+                                  "ignoring pong %d nobody waits for", event.opaque)
                 elif not entry[0].done():
                     entry[0].set_result(self._loop.time() - entry[1])
             elif kind is GoAwayReceived:
-                logger.info("peer sent go away: no new streams on this session")
+                self._log.log(logging.INFO, "go-away",
+                              "peer sent go away: no new streams on this session")
                 if not self._go_away.done():
                     self._go_away.set_result(None)
                 self._wake_openers(force=True)
@@ -456,7 +467,8 @@ class Session:
 
     def _close_timed_out(self, stream: Stream) -> None:
         stream._close_timer = None
-        logger.warning(
+        self._log.log(
+            logging.WARNING, "close-timeout",
             "stream %d: peer sent no FIN within %s s of our close; resetting",
             stream.id, self.config.stream_close_timeout,
         )
@@ -487,6 +499,10 @@ class Session:
         self.close_reason = error
         level = logging.DEBUG if isinstance(error, SessionClosedError) else logging.WARNING
         logger.log(level, "session ended: %s", error)
+        self._log.summary(logging.WARNING, "session ended")
+        if self._core.discarded_frames:
+            logger.debug("session ended: discarded %d frames (%d bytes) for unknown streams",
+                         self._core.discarded_frames, self._core.discarded_bytes)
         self._core.terminate(error, code)
         self._flush()
         if self._write_stall is not None:
@@ -542,10 +558,13 @@ class Session:
         try:
             await handler(stream, stream)
         except (YamuxError, ConnectionError) as exc:
-            logger.info("stream %d handler ended: %s", stream.id, exc)
+            self._log.log(logging.INFO, "handler-ended", "stream %d handler ended: %s",
+                          stream.id, exc)
             stream.reset()
-        except Exception:  # logged with its traceback; the session and other streams go on
-            logger.exception("stream %d handler failed; resetting the stream", stream.id)
+        except Exception as exc:  # logged with its traceback; the session and other streams go on
+            self._log.log(logging.ERROR, "handler-failed",
+                          "stream %d handler failed; resetting the stream", stream.id,
+                          exc_info=exc)
             stream.reset()
 
 
