@@ -30,9 +30,9 @@ def test_config_is_immutable() -> None:
         Config().accept_backlog = 1  # type: ignore[misc]
 
 
-POSITIVE_INTS = ["accept_backlog", "max_streams", "max_frame_size"]
+POSITIVE_INTS = ["accept_backlog", "max_streams", "max_frame_size", "control_queue_limit"]
 POSITIVE_SECONDS = ["keepalive_interval", "connection_write_timeout"]
-NON_NEGATIVE_SECONDS = ["stream_open_timeout", "stream_close_timeout"]
+NON_NEGATIVE_SECONDS = ["stream_open_timeout", "stream_close_timeout", "go_away_timeout"]
 
 INVALID = (
     [(name, value) for name in POSITIVE_INTS

@@ -25,6 +25,10 @@ class Config:
     """An opened stream not ACKed in time ends the session (as hashicorp does); 0 disables."""
     stream_close_timeout: float = 300.0
     """A stream we closed whose peer never sends FIN is reset after this; 0 disables."""
+    go_away_timeout: float = 30.0
+    """Once Go Away is sent or received, a stream on which the peer sends nothing for this
+    long is reset (it is reset between one and two times this after its last frame): libp2p
+    peers drop their streams on Go Away without FIN or RST and keep the socket. 0 disables."""
     max_streams: int = 65536
     """Live streams per session; beyond it inbound SYNs are refused with RST."""
     max_frame_size: int = 64 * 1024
@@ -42,7 +46,7 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
-        for name in ("stream_open_timeout", "stream_close_timeout"):
+        for name in ("stream_open_timeout", "stream_close_timeout", "go_away_timeout"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
                 raise ConfigError(f"{name} must be >= 0 seconds (0 disables), got {value!r}")

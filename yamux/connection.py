@@ -109,6 +109,15 @@ class Connection:
         st = self._streams.get(stream_id)
         return st.send.credit if st is not None else 0
 
+    def silent_streams(self) -> list[int]:
+        """Streams that received no frame since the previous call; starts a new period."""
+        silent = []
+        for stream_id, st in self._streams.items():
+            if not st.heard:
+                silent.append(stream_id)
+            st.heard = False
+        return silent
+
     def pending_bytes(self, stream_id: int) -> int:
         """Bytes written to a stream and not yet framed."""
         st = self._streams.get(stream_id)
@@ -311,6 +320,7 @@ class Connection:
             self.discarded_frames += 1
             self.discarded_bytes += len(frame.body)
             return
+        st.heard = True
         if flags & _ACK and st.open_state is OpenState.SYN_SENT:
             st.open_state = OpenState.ESTABLISHED
             if st.leave_backlog():

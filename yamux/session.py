@@ -112,6 +112,7 @@ class Session:
         self._abort_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._watching_abandoned = False
         self._closed = self._loop.create_future()
         self._go_away: asyncio.Future[None] = self._loop.create_future()
         self.close_reason: YamuxError | None = None
@@ -251,6 +252,7 @@ class Session:
             return
         if code == GoAwayCode.NORMAL:
             self._core.go_away(code)
+            self._watch_abandoned_streams()
             self._flush()
         else:
             self._shutdown(SessionClosedError(f"we sent go away code {code}"), code)
@@ -357,6 +359,7 @@ class Session:
                               "peer sent go away: no new streams on this session")
                 if not self._go_away.done():
                     self._go_away.set_result(None)
+                self._watch_abandoned_streams()
                 self._wake_openers(force=True)
             elif kind is SessionTerminated:
                 self._shutdown(event.error)
@@ -473,6 +476,38 @@ class Session:
             stream.id, self.config.stream_close_timeout,
         )
         self._reset_stream(stream)
+
+    def _watch_abandoned_streams(self) -> None:
+        """After Go Away either way, start resetting streams the peer went silent on (once)."""
+        if self.config.go_away_timeout and not self._watching_abandoned:
+            self._watching_abandoned = True
+            self._spawn(self._reset_abandoned_streams(), name="yamux-go-away-watch")
+
+    async def _reset_abandoned_streams(self) -> None:
+        """Every go_away_timeout, reset the streams that got no frame during the last one.
+
+        A libp2p peer drops its streams on Go Away without FIN or RST and keeps the
+        socket (and may go on answering pings), so such streams would wait forever.
+        A stream the peer still sends anything on (data, window updates) goes on.
+        """
+        timeout = self.config.go_away_timeout
+        core = self._core
+        core.silent_streams()
+        while True:
+            await asyncio.sleep(timeout)
+            silent = core.silent_streams()
+            for stream_id in silent:
+                reason = (f"no frame from the peer for {timeout:g} s after go away "
+                          f"(the peer abandoned the stream)")
+                self._log.log(logging.WARNING, "go-away-abandoned", "stream %d: %s; resetting",
+                              stream_id, reason)
+                core.reset_stream(stream_id)
+                stream = self._streams.get(stream_id)
+                if stream is not None:
+                    self._drop_reset(stream, reason)
+            if silent:
+                self._flush()
+                self._wake_openers()
 
     async def _keepalive(self) -> None:
         interval = self.config.keepalive_interval
