@@ -25,7 +25,6 @@ import argparse
 import atexit
 import contextlib
 import datetime
-import fcntl
 import json
 import os
 import platform
@@ -33,7 +32,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +41,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+if not __package__:  # run as `python bench/run.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from testkit import gobuild
+from testkit.ports import free_port
+from testkit.procs import Proc, ProcessError, ProcGroup, Stream, raise_nofile
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_DIR = REPO / "interop" / "build"
@@ -67,136 +72,42 @@ class BenchError(RuntimeError):
 # --------------------------------------------------------------------- processes
 
 
-def raise_nofile() -> None:
-    """Lift RLIMIT_NOFILE as far as allowed (10,000 connections need 10,000+ descriptors).
-
-    Used in the bench itself and, through preexec_fn, in every process it starts.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= NOFILE_WANTED and soft != resource.RLIM_INFINITY:
-        return
-    if hard == resource.RLIM_INFINITY or hard >= NOFILE_WANTED:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE_WANTED, hard))
-        return
-    try:  # raising the hard limit needs CAP_SYS_RESOURCE
-        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE_WANTED, NOFILE_WANTED))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def nofile_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-_LIVE: dict[int, Proc] = {}
+PROCS = ProcGroup(new_session=True, more_files=True)
+"""Every process of the bench (in its own process group, descriptors raised); stop_all ends them."""
 
 
-class Proc:
-    """A child process in its own process group, its output in files; stop() always works."""
+def start(name: str, argv: Sequence[str], logdir: Path, *,
+          env: dict[str, str] | None = None, stdin: bool = False) -> Proc:
+    return PROCS.start(argv, name, env=env, stdin=stdin, log_dir=logdir)
 
-    def __init__(self, name: str, argv: Sequence[str], logdir: Path, *,
-                 env: dict[str, str] | None = None, stdin: bool = False) -> None:
-        self.name = name
-        self.argv = list(argv)
-        stamp = time.monotonic_ns()
-        self.out_path = logdir / f"{name}.{stamp}.out"
-        self.err_path = logdir / f"{name}.{stamp}.err"
-        self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in stop()
-        self._err = open(self.err_path, "wb")  # noqa: SIM115
-        self.popen = subprocess.Popen(
-            self.argv, stdout=self._out, stderr=self._err,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            cwd=REPO, env=env, start_new_session=True, preexec_fn=raise_nofile,
-        )
-        self.pid = self.popen.pid
-        _LIVE[self.pid] = self
 
-    def stdout(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return self.err_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def wait_for(self, pattern: str, timeout: float, streams: str = "out") -> re.Match[str]:
-        """Poll the output files until `pattern` matches a line; raise if the process dies."""
-        regex = re.compile(pattern, re.MULTILINE)
-        deadline = time.monotonic() + timeout
-        while True:
-            for text in ([self.stdout()] if "out" in streams else []) + (
-                    [self.stderr()] if "err" in streams else []):
-                m = regex.search(text)
-                if m:
-                    return m
-            if not self.alive():
-                raise BenchError(f"{self.name} exited ({self.popen.returncode}) before "
-                                 f"printing /{pattern}/: {self.tail()}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"{self.name} printed no /{pattern}/ within {timeout:g} s: "
-                                 f"{self.tail()}")
-            time.sleep(0.02)
-
-    def tail(self, n: int = 600) -> str:
-        text = (self.stdout()[-n:] + " | stderr: " + self.stderr()[-n:]).strip()
-        return text.replace("\n", " / ")
-
-    def cpu_seconds(self) -> float:
-        """utime + stime of the process (from /proc/PID/stat), in seconds."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            stat = f.read()
-        fields = stat[stat.rindex(")") + 2:].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat
-
-    def rss_bytes(self) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise BenchError(f"{self.name}: no VmRSS")
-
-    def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL it after 3 s; close the log files."""
-        try:
-            if self.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.pid, signal.SIGTERM)
-                try:
-                    self.popen.wait(3)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(self.pid, signal.SIGKILL)
-                    self.popen.wait(5)
-            # Anything the process left in its group goes too.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
-        finally:
-            if self.popen.stdin:
-                with contextlib.suppress(OSError):
-                    self.popen.stdin.close()
-            self._out.close()
-            self._err.close()
-            _LIVE.pop(self.pid, None)
+def stop(proc: Proc) -> None:
+    """SIGTERM the process group, SIGKILL it after 3 s."""
+    PROCS.stop(proc, grace=3.0)
 
 
 def stop_all() -> None:
-    for proc in list(_LIVE.values()):
-        with contextlib.suppress(Exception):
-            proc.stop()
+    with contextlib.suppress(Exception):
+        PROCS.close(grace=3.0)
+
+
+def wait_for(proc: Proc, pattern: str, timeout: float, stream: Stream = "stdout") -> re.Match[str]:
+    try:
+        return proc.wait_line(pattern, stream=stream, timeout=timeout)[1]
+    except ProcessError:
+        raise BenchError(f"{proc.name} printed no /{pattern}/ within {timeout:g} s "
+                         f"(exit status {proc.returncode}): {proc.tail()}") from None
 
 
 def run_to_end(proc: Proc, timeout: float) -> int:
     try:
-        return proc.popen.wait(timeout)
+        return proc.wait(timeout)
     except subprocess.TimeoutExpired:
         raise BenchError(f"{proc.name} still running after {timeout:g} s: {proc.tail()}") from None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------- services
@@ -228,20 +139,16 @@ def build_go() -> None:
                              "(apt-get install golang-go golang-github-hashicorp-yamux-dev)")
         log("`go` not found; using the programs already in interop/build/")
         return
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    with open(BUILD_DIR / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = subprocess.run(["bash", str(BUILD_SCRIPT), str(BUILD_DIR)],
-                              capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise BenchError(f"interop/build.sh failed ({proc.returncode}):\n{proc.stderr}")
-    log(f"Go programs built in {time.monotonic() - t0:.1f} s")
+    try:
+        took = gobuild.build_go(BUILD_DIR)
+    except gobuild.GoBuildError as exc:
+        raise BenchError(str(exc)) from None
+    log(f"Go programs built in {took:.1f} s")
 
 
 def start_echo(env: Env) -> Proc:
-    proc = Proc("echo-server", [env.go("echo-server"), "-addr", f"{HOST}:0"], env.logdir)
-    env.echo_addr = proc.wait_for(r"^(\S+:\d+)$", 10).group(1)
+    proc = start("echo-server", [env.go("echo-server"), "-addr", f"{HOST}:0"], env.logdir)
+    env.echo_addr = wait_for(proc, r"^(\S+:\d+)$", 10).group(1)
     return proc
 
 
@@ -252,14 +159,14 @@ def start_redis(env: Env) -> Proc | None:
         return None
     for _ in range(5):
         port = free_port()
-        proc = Proc("redis-server", [
+        proc = start("redis-server", [
             "redis-server", "--port", str(port), "--bind", HOST, "--save", "",
             "--appendonly", "no", "--daemonize", "no", "--maxclients", "10000",
             "--dir", str(env.logdir)], env.logdir)
         try:
-            proc.wait_for(r"Ready to accept connections", 10)
+            wait_for(proc, r"Ready to accept connections", 10)
         except BenchError:
-            proc.stop()
+            stop(proc)
             continue
         env.redis_addr = f"{HOST}:{port}"
         return proc
@@ -302,12 +209,12 @@ ENDPOINT = r"^(\S+:\d+)\s*$"
 
 
 def start_go_pair(env: Env, target: str) -> Pair:
-    relay = Proc("go-relay", [env.go("go-relay"), "-port", "0", "-bind", HOST,
-                              "-public-bind", HOST], env.logdir)
+    relay = start("go-relay", [env.go("go-relay"), "-port", "0", "-bind", HOST,
+                               "-public-bind", HOST], env.logdir)
     try:
-        port = relay.wait_for(SERVING, 10, "out err").group(1)
+        port = wait_for(relay, SERVING, 10, "both").group(1)
     except BaseException:
-        relay.stop()
+        stop(relay)
         raise
     return with_forwarder(relay, "go-forwarder", [env.go("go-forwarder"), "-relay",
                                                   f"{HOST}:{port}", "-local", target], env, 10)
@@ -317,15 +224,15 @@ def with_forwarder(relay: Proc, name: str, argv: list[str], env: Env, timeout: f
                    proc_env: dict[str, str] | None = None) -> Pair:
     """Start the forwarder `argv` in front of `relay`; stop both if it shows no endpoint."""
     try:
-        fwd = Proc(name, argv, env.logdir, env=proc_env)
+        fwd = start(name, argv, env.logdir, env=proc_env)
     except BaseException:
-        relay.stop()
+        stop(relay)
         raise
     try:
-        endpoint = fwd.wait_for(ENDPOINT, timeout).group(1)
+        endpoint = wait_for(fwd, ENDPOINT, timeout).group(1)
     except BaseException:
-        fwd.stop()
-        relay.stop()
+        stop(fwd)
+        stop(relay)
         raise
     return Pair(relay, fwd, endpoint)
 
@@ -334,14 +241,14 @@ def start_py_pair(env: Env, target: str) -> Pair:
     relay = None
     for _ in range(5):  # the relay takes no port 0: pick a free one, retry if taken meanwhile
         port = free_port()
-        relay = Proc("py-relay", [env.python, "-m", "relay", *env.py_relay_opts,
-                                  "--event-loop", env.py_loop, str(port)],
-                     env.logdir, env=env.py_env)
+        relay = start("py-relay", [env.python, "-m", "relay", *env.py_relay_opts,
+                                   "--event-loop", env.py_loop, str(port)],
+                      env.logdir, env=env.py_env)
         try:
-            relay.wait_for(SERVING, 30, "out err")
+            wait_for(relay, SERVING, 30, "both")
             break
         except BenchError as exc:
-            relay.stop()
+            stop(relay)
             relay = None
             if "in use" not in str(exc):
                 raise
@@ -364,8 +271,8 @@ def path_endpoint(env: Env, path: str, target: str) -> Iterator[Pair | None]:
     try:
         yield pair
     finally:
-        pair.forwarder.stop()
-        pair.relay.stop()
+        stop(pair.forwarder)
+        stop(pair.relay)
 
 
 # --------------------------------------------------------------------- workloads
@@ -391,16 +298,16 @@ class Workload:
 
 
 def loadgen(env: Env, args: list[str], timeout: float) -> dict[str, Any]:
-    proc = Proc("loadgen", [env.go("loadgen"), *args], env.logdir)
+    proc = start("loadgen", [env.go("loadgen"), *args], env.logdir)
     try:
         code = run_to_end(proc, timeout)
         return parse_loadgen(proc, code)
     finally:
-        proc.stop()
+        stop(proc)
 
 
 def parse_loadgen(proc: Proc, code: int) -> dict[str, Any]:
-    lines = [ln for ln in proc.stdout().splitlines() if ln.startswith("{")]
+    lines = [ln for ln in proc.stdout_text.splitlines() if ln.startswith("{")]
     if not lines:
         raise BenchError(f"loadgen exited {code} without a result: {proc.tail()}")
     res: dict[str, Any] = json.loads(lines[-1])
@@ -449,11 +356,11 @@ def connrate_workload(duration: float) -> Workload:
 def idle_workload(conns: int, timeout: float) -> Workload:
     def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
         before = {p.name: p.rss_bytes() for p in pair.procs()} if pair else {}
-        proc = Proc("loadgen", [env.go("loadgen"), "idle", "-addr", addr, "-conns", str(conns),
-                                "-size", "64", "-timeout", f"{timeout:g}s"], env.logdir,
-                    stdin=True)
+        proc = start("loadgen", [env.go("loadgen"), "idle", "-addr", addr, "-conns", str(conns),
+                                 "-size", "64", "-timeout", f"{timeout:g}s"], env.logdir,
+                     stdin=True)
         try:
-            proc.wait_for(r"^READY ", timeout + 5)
+            wait_for(proc, r"^READY ", timeout + 5)
             res: dict[str, Any] = {}
             if pair:
                 time.sleep(0.3)  # let the relay side settle after the last exchange
@@ -462,13 +369,11 @@ def idle_workload(conns: int, timeout: float) -> Workload:
                     res[f"{role}_rss_before"] = before[p.name]
                     res[f"{role}_rss_after"] = after
                     res[f"{role}_rss_per_conn"] = (after - before[p.name]) / conns
-            assert proc.popen.stdin is not None
-            proc.popen.stdin.write(b"close\n")
-            proc.popen.stdin.flush()
+            proc.write_stdin("close\n")
             code = run_to_end(proc, 30)
             res.update(parse_loadgen(proc, code))
         finally:
-            proc.stop()
+            stop(proc)
         res["all_work"] = 1.0 if res.get("exchanged") == conns else 0.0
         res["ops"] = conns
         return res
@@ -488,16 +393,16 @@ REDIS_LINE = re.compile(r"\b(SET|GET): ([\d.]+) requests per second")
 def redis_workload(requests: int, timeout: float) -> Workload:
     def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
         host, port = addr.rsplit(":", 1)
-        proc = Proc("redis-benchmark", ["redis-benchmark", "-h", host, "-p", port,
-                                        "-t", "set,get", "-c", "50", "-n", str(requests), "-q"],
-                    env.logdir)
+        proc = start("redis-benchmark", ["redis-benchmark", "-h", host, "-p", port,
+                                         "-t", "set,get", "-c", "50", "-n", str(requests), "-q"],
+                     env.logdir)
         try:
             code = run_to_end(proc, timeout)
-            found = dict(REDIS_LINE.findall(proc.stdout().replace("\r", "\n")))
+            found = dict(REDIS_LINE.findall(proc.stdout_text.replace("\r", "\n")))
             if code != 0 or set(found) != {"SET", "GET"}:
                 raise BenchError(f"redis-benchmark exited {code}: {proc.tail()}")
         finally:
-            proc.stop()
+            stop(proc)
         return {"set_ops_per_s": float(found["SET"]), "get_ops_per_s": float(found["GET"]),
                 "ops": 2 * requests}
     return Workload("redis", "redis-benchmark SET/GET, 50 clients", [
@@ -800,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           for m in wl.metrics if res.get(m.key) is not None)
                         log(f"{wl.name} rep {rep + 1}/{args.repeat} {path}: {shown} "
                             f"({res['wall_s']:.1f} s)")
-                    except BenchError as exc:
+                    except (BenchError, ProcessError) as exc:
                         broken.add(path)
                         runs.append({"workload": wl.name, "path": path, "rep": rep,
                                      "ok": False, "error": str(exc)})
@@ -818,7 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for proc in (redis, echo):
             if proc:
-                proc.stop()
+                stop(proc)
         stop_all()
         if not args.keep_logs:
             shutil.rmtree(logdir, ignore_errors=True)
