@@ -4,10 +4,11 @@ Every connection accepted on the listen address is proxied to the target, and
 each direction is modelled as a bottleneck of ``rate`` bytes/s followed by
 ``delay`` seconds of propagation: a chunk read at time t leaves the bottleneck
 at ``max(t, previous departure) + len / rate`` and is written to the other
-side ``delay`` later. Bytes in flight per direction (queued at the bottleneck
-or propagating) are bounded by about ``rate * delay`` plus a queue of
-``slack`` bytes; beyond that the proxy stops reading its source, so TCP's own
-flow control pushes back on the sender, as a full router queue would. A
+side ``delay`` later. The bottleneck of a direction is shared by all proxied
+connections, as one link's is. Bytes in flight per direction (queued at the
+bottleneck or propagating) are bounded by about ``rate * delay`` plus a queue
+of ``slack`` bytes; beyond that the proxy stops reading its sources, so TCP's
+own flow control pushes back on the senders, as a full router queue would. A
 window-limited protocol running through it (yamux over the proxied TCP
 connection) therefore sees the round trip: it cannot get more than
 window / (2 * delay) per stream.
@@ -50,16 +51,44 @@ BATCH: Final = 0.001
 READ_SIZE: Final = 256 * 1024
 
 
+class _Pipe:
+    """One direction of the link, shared by all connections: the bottleneck and its bound."""
+
+    def __init__(self, link: SlowLink) -> None:
+        self.link = link
+        self.busy_until = 0.0
+        self.in_flight = 0
+        self.stalled: set[_Direction] = set()
+        """Connections whose source is paused until the pipe has room again."""
+
+    def full(self) -> bool:
+        return self.in_flight >= self.link.buffer_bytes
+
+    def admit(self, nbytes: int) -> float:
+        """Queue ``nbytes`` at the bottleneck; return when they reach the far end."""
+        rate = self.link.rate
+        start = max(self.link.loop.time(), self.busy_until)
+        self.busy_until = start + (nbytes / rate if rate else 0.0)
+        self.in_flight += nbytes
+        return self.busy_until + self.link.delay
+
+    def release(self, nbytes: int) -> None:
+        self.in_flight -= nbytes
+        if self.stalled and not self.full():
+            for direction in list(self.stalled):
+                direction.update_source()
+
+
 class _Direction:
-    """One way through the link: the queue of (due time, chunk) and its accounting."""
+    """One way of one connection: its queue of (due time, chunk), its source and sink."""
 
     def __init__(self, link: SlowLink, conn: _Connection, name: str) -> None:
         self.link = link
         self.conn = conn
         self.name = name
+        self.pipe = link.pipes[name]
         self.queue: collections.deque[tuple[float, bytes]] = collections.deque()
-        self.in_flight = 0
-        self.busy_until = 0.0
+        self.queued = 0
         self.timer: asyncio.TimerHandle | None = None
         self.source: asyncio.Transport | None = None
         self.sink: asyncio.Transport | None = None
@@ -69,19 +98,9 @@ class _Direction:
         self.eof_done = False
         self.close_when_flushed = False
 
-    @property
-    def limit(self) -> int:
-        return self.link.buffer_bytes
-
     def push(self, data: bytes) -> None:
-        loop = self.link.loop
-        now = loop.time()
-        rate = self.link.rate
-        start = max(now, self.busy_until)
-        self.busy_until = start + (len(data) / rate if rate else 0.0)
-        due = self.busy_until + self.link.delay
-        self.queue.append((due, data))
-        self.in_flight += len(data)
+        self.queue.append((self.pipe.admit(len(data)), data))
+        self.queued += len(data)
         self.update_source()
         self.schedule()
 
@@ -114,7 +133,8 @@ class _Direction:
             parts.append(self.queue.popleft()[1])
         if parts:
             data = b"".join(parts)
-            self.in_flight -= len(data)
+            self.queued -= len(data)
+            self.pipe.release(len(data))
             sink.write(data)
             self.conn.delivered(self.name, len(data))
         if self.queue:
@@ -132,8 +152,14 @@ class _Direction:
     def update_source(self) -> None:
         """Pause reading the source while the link is full or the sink cannot take more."""
         if self.source is None or self.source.is_closing():
+            self.pipe.stalled.discard(self)
             return
-        should_pause = self.in_flight >= self.limit or self.sink_paused
+        full = self.pipe.full()
+        if full:
+            self.pipe.stalled.add(self)
+        else:
+            self.pipe.stalled.discard(self)
+        should_pause = full or self.sink_paused
         if should_pause and not self.source_paused:
             self.source_paused = True
             self.source.pause_reading()
@@ -146,7 +172,9 @@ class _Direction:
             self.timer.cancel()
             self.timer = None
         self.queue.clear()
-        self.in_flight = 0
+        self.pipe.stalled.discard(self)
+        queued, self.queued = self.queued, 0
+        self.pipe.release(queued)
 
 
 class _Side(asyncio.Protocol):
@@ -275,6 +303,7 @@ class SlowLink:
         if buffer is None:
             buffer = int(self.rate * self.delay) + slack if self.rate else UNLIMITED_BUFFER
         self.buffer_bytes = max(buffer, READ_SIZE)
+        self.pipes = {"up": _Pipe(self), "down": _Pipe(self)}
         self.dead = False
         self.connections: set[_Connection] = set()
         self.bytes_delivered = {"up": 0, "down": 0}

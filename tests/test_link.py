@@ -66,31 +66,34 @@ async def test_each_direction_is_delayed() -> None:
     assert 0.099 <= rtt < 0.3, f"64-byte round trip took {rtt * 1000:.1f} ms, want ~100"
 
 
-async def test_rate_limits_throughput_and_bytes_arrive_intact() -> None:
-    received = bytearray()
-    done = asyncio.Event()
+async def test_rate_is_shared_by_connections_and_bytes_arrive_intact() -> None:
+    received: dict[bytes, bytearray] = {}
 
     async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(1 << 20):
-            received.extend(data)
-        done.set()
+        data = bytearray()
+        while chunk := await reader.read(1 << 20):
+            data.extend(chunk)
+        received[bytes(data[:1])] = data
+        writer.close()
+        await writer.wait_closed()
+
+    async def send(port: int, payload: bytes) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(payload)
+        writer.write_eof()
+        assert await reader.read() == b""  # the sink closes once it has everything
         writer.close()
         await writer.wait_closed()
 
     server = await asyncio.start_server(sink, "127.0.0.1", 0)
-    payload = bytes(range(256)) * (3 * 4096)  # 3 MiB
+    payloads = [bytes([n]) + bytes(range(256)) * (6 * 1024) for n in (1, 2)]  # 1.5 MiB each
     rate = 6e6
     async with server, SlowLink("127.0.0.1", port_of(server), delay=0.01, rate=rate) as link:
-        _, writer = await asyncio.open_connection("127.0.0.1", link.port)
         t0 = time.monotonic()
-        writer.write(payload)
-        writer.write_eof()
-        await asyncio.wait_for(done.wait(), 30)
+        await asyncio.wait_for(asyncio.gather(*(send(link.port, p) for p in payloads)), 30)
         took = time.monotonic() - t0
-        writer.close()
-        await writer.wait_closed()
-    assert received == payload
-    expected = len(payload) / rate + 0.01
+    assert received == {p[:1]: p for p in payloads}
+    expected = sum(map(len, payloads)) / rate + 2 * 0.01
     assert expected * 0.95 <= took < expected * 2.5, f"{took:.2f} s, want ~{expected:.2f}"
 
 
