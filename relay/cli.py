@@ -25,6 +25,7 @@ import click
 import yamux
 
 from . import config as config_file
+from . import logs
 from .forwarder import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_LOCAL_HOST,
@@ -116,13 +117,13 @@ class GroupedOption(click.Option):
         ctx.meta[f"relay.source.{self.name}"] = source  # for get_error_hint, called before
         return value, source                           # click records the source itself
 
-    def get_error_hint(self, ctx: click.Context) -> str:
+    def get_error_hint(self, ctx: click.Context | None) -> str:
         """Name where a bad value came from: the flag, its env var, or the config file."""
         hint = " / ".join(f"'{name}'" for name in self.opts)
-        source = ctx.meta.get(f"relay.source.{self.name}")
+        source = ctx.meta.get(f"relay.source.{self.name}") if ctx is not None else None
         if source is click.core.ParameterSource.ENVIRONMENT and self.envvar:
             return f"{hint} (env var {self.envvar})"
-        if source is click.core.ParameterSource.DEFAULT_MAP:
+        if source is click.core.ParameterSource.DEFAULT_MAP and ctx is not None:
             found = loaded_config(ctx)
             return f"{hint} (in {found.path if found is not None else 'the config file'})"
         return hint
@@ -205,6 +206,11 @@ option("-v", "--verbose", is_flag=True, group=COMMON,
        help="Debug logging (same as --log-level debug).")
 option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info",
        show_default=True, group=COMMON, help="Logging threshold (logs go to stderr).")
+option("--log-format", type=click.Choice(logs.LOG_FORMATS), default="text", show_default=True,
+       group=COMMON, help="text: TIME LEVEL logger: message key=value...; logfmt; json: one "
+                          "object per line. Times are UTC ISO-8601.")
+option("--connection-log/--no-connection-log", default=True, show_default=True, group=COMMON,
+       help="One INFO line per relayed connection when it ends (bytes both ways, duration).")
 
 
 # ------------------------------------------------------------- config file
@@ -653,25 +659,9 @@ async def _run_forwarders(forwarders: Sequence[Forwarder]) -> int:
         await asyncio.wait(tasks)
 
 
-class _DropRepeatedYamuxReasons(logging.Filter):
-    """yamux logs why a session ended; relay.server and relay.forwarder say it again, with
-    the peer and the port. Keep theirs only (``-v`` shows everything)."""
-
-    REPEATED = ("session ended: %s", "protocol error from peer: %s")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in self.REPEATED
-
-
 def _setup_logging(opts: dict[str, Any]) -> None:
     level = "debug" if opts["verbose"] else str(opts["log_level"])
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if level != "debug":
-        for name in ("yamux.session", "yamux.connection"):
-            logging.getLogger(name).addFilter(_DropRepeatedYamuxReasons())
+    logs.setup(level, opts["log_format"], connection_log=opts["connection_log"])
 
 
 async def _serve_relay(server: RelayServer, port: int) -> int:
