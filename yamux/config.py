@@ -17,8 +17,11 @@ class Config:
     """Inbound streams waiting for accept(); also caps our own opens awaiting ACK."""
     enable_keepalive: bool = True
     keepalive_interval: float = 30.0
+    keepalive_timeout: float = 10.0
+    """After a keepalive ping, how long the peer may stay silent (no pong, no frame at all)
+    before the session is declared dead. Any frame counts: a busy session is alive."""
     connection_write_timeout: float = 10.0
-    """How long the transport may refuse bytes, and how long a keepalive ping may go unanswered."""
+    """How long the transport may refuse bytes before the session ends."""
     max_stream_window_size: int = INITIAL_STREAM_WINDOW
     """Receive window per stream; the excess over 256 KiB is granted on SYN/ACK."""
     stream_open_timeout: float = 75.0
@@ -33,6 +36,10 @@ class Config:
     """Live streams per session; beyond it inbound SYNs are refused with RST."""
     max_frame_size: int = 64 * 1024
     """Largest Data body we send. Incoming bodies are bounded by our window instead."""
+    tcp_notsent_lowat: int = 128 * 1024
+    """TCP_NOTSENT_LOWAT for a session's TCP socket: the kernel holds at most about this
+    much unsent data, the rest waits in our queues where pongs and window updates
+    overtake it. 0 leaves the kernel's default (unbounded: megabytes on a slow link)."""
     control_queue_limit: int = 256 * 1024
     """Bytes of control frames (12 each: pongs, window updates, RSTs) held for a peer
     that does not read; one more ends the session with ControlQueueFullError."""
@@ -42,10 +49,14 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("keepalive_interval", "connection_write_timeout"):
+        for name in ("keepalive_interval", "keepalive_timeout", "connection_write_timeout"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        lowat = self.tcp_notsent_lowat
+        if type(lowat) is not int or lowat < 0:
+            raise ConfigError(f"tcp_notsent_lowat must be an integer >= 0 (0: kernel default), "
+                              f"got {lowat!r}")
         for name in ("stream_open_timeout", "stream_close_timeout", "go_away_timeout"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:

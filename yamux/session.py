@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,6 +19,7 @@ from .connection import Connection
 from .const import HEADER_SIZE, GoAwayCode
 from .errors import (
     ConnectionWriteTimeoutError,
+    ControlQueueFullError,
     GoAwayError,
     KeepaliveTimeoutError,
     SessionClosedError,
@@ -49,6 +51,9 @@ FLUSH_BUDGET = 256 * 1024
 PAUSED_CONTROL_ALLOWANCE = 64 * 1024
 """Control bytes still handed to a paused transport (a pong need not wait for resume);
 beyond it they wait in the core's bounded queue."""
+
+_PEER_GONE = (KeepaliveTimeoutError, ConnectionWriteTimeoutError, ControlQueueFullError)
+"""Ends after which the peer reads nothing more: the transport is aborted, not flushed."""
 
 
 class _SessionProtocol(asyncio.Protocol):
@@ -105,6 +110,10 @@ class Session:
         self._open_waiters: deque[asyncio.Future[None]] = deque()
         self._drain_waiting: dict[int, Stream] = {}
         self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
+        self._last_heard = self._loop.time()
+        """When bytes last arrived from the peer: any frame is proof of life."""
+        self.rtt: float | None = None
+        """Smoothed round-trip time of the keepalive pings, once one was answered."""
         self._write_paused = False
         self._paused_control = 0
         """Control bytes written since the transport paused."""
@@ -315,10 +324,18 @@ class Session:
     # ------------------------------------------------------ transport events
     def _connection_made(self, transport: asyncio.WriteTransport) -> None:
         self._transport = transport
+        lowat = self.config.tcp_notsent_lowat
+        sock = transport.get_extra_info("socket")
+        if (lowat and sock is not None and sock.type == socket.SOCK_STREAM
+                and sock.family in (socket.AF_INET, socket.AF_INET6)):
+            # Unsent bytes in the kernel are out of our reach: keep them few, so a pong
+            # never waits behind megabytes of bulk data (keepalive on slow links).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, lowat)
         if self.config.enable_keepalive:
             self._spawn(self._keepalive(), name="yamux-keepalive")
 
     def _data_received(self, data: bytes) -> None:
+        self._last_heard = self._loop.time()
         streams = self._streams
         for event in self._core.receive_data(data):
             kind = type(event)
@@ -510,20 +527,38 @@ class Session:
                 self._wake_openers()
 
     async def _keepalive(self) -> None:
+        """Ping every keepalive_interval; dead only if nothing at all arrives for the timeout.
+
+        A pong can wait behind the peer's queued bulk data on a slow link, but that
+        data arriving proves the peer alive; so the deadline is keepalive_timeout
+        after the ping or after the last bytes received, whichever is later.
+        """
         interval = self.config.keepalive_interval
-        timeout = self.config.connection_write_timeout
+        timeout = self.config.keepalive_timeout
+        loop = self._loop
         while True:
             await asyncio.sleep(interval)
+            opaque = self._core.ping()
+            sent = loop.time()
+            future: asyncio.Future[float] = loop.create_future()
+            self._pings[opaque] = (future, sent)
+            self._flush()
             try:
-                async with asyncio.timeout(timeout):
-                    await self.ping()
-            except TimeoutError:
-                self._shutdown(KeepaliveTimeoutError(
-                    f"keepalive failed: no answer to a ping within {timeout} s"
-                ))
+                while not future.done():
+                    remaining = max(sent, self._last_heard) + timeout - loop.time()
+                    if remaining <= 0:
+                        self._shutdown(KeepaliveTimeoutError(
+                            f"keepalive failed: nothing from the peer within {timeout:g} s "
+                            f"of a ping"
+                        ))
+                        return
+                    await asyncio.wait([future], timeout=remaining)
+            finally:
+                self._pings.pop(opaque, None)
+            if future.exception() is not None:
                 return
-            except SessionClosedError:
-                return
+            rtt = future.result()
+            self.rtt = rtt if self.rtt is None else 0.875 * self.rtt + 0.125 * rtt
 
     # --------------------------------------------------------------- shutdown
     def _shutdown(self, error: YamuxError, code: int | None = None) -> None:
@@ -564,6 +599,9 @@ class Session:
         if transport is None:
             if not self._closed.done():
                 self._closed.set_result(None)
+            return
+        if isinstance(error, _PEER_GONE):
+            transport.abort()  # nothing would reach the peer: do not wait to flush
             return
         transport.close()
         self._abort_timer = self._loop.call_later(
