@@ -72,7 +72,7 @@ class SocketEnd(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.transport.pause_reading()
+        transport.pause_reading()  # type: ignore[attr-defined]
         if self._on_connected is not None:
             self._on_connected(self)
 
