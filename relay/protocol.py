@@ -114,11 +114,18 @@ class GreetingProtocol(asyncio.Protocol):
         line = bytes(self._buffer[:newline])
         rest = bytes(self._buffer[newline + 1:])
         self._buffer.clear()
+        self._line_received(line, rest)
+
+    def _line_received(self, line: bytes, rest: bytes) -> None:
+        """A greeting line arrived (``rest``: what followed it); subclasses answer challenges."""
         try:
             port = parse_greeting(line)
         except RegistrationError as exc:
             self._fail(exc)
             return
+        self._registered(port, rest)
+
+    def _registered(self, port: int, rest: bytes) -> None:
         assert self.transport is not None
         session = yamux.Session.attach(
             self.transport, client=False, config=self._config, initial_data=rest
