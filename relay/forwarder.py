@@ -121,6 +121,11 @@ class Forwarder:
                 try:
                     logger.info("public endpoint %s forwards to %s",
                                 server.public_endpoint, self.local_endpoint)
+                    if self.proxy_protocol is not None and not server.client_address:
+                        logger.warning(
+                            "the relay does not send client addresses (seed protocol); the "
+                            "PROXY v%d headers to %s will not name the client",
+                            self.proxy_protocol, self.local_endpoint)
                     self.on_endpoint(server.public_endpoint)
                     await server.wait_closed()
                     reason = server.close_reason  # before close(), which clears it

@@ -261,10 +261,9 @@ class ClientOptions:
             raise ValueError(f"port must be 1-65535, got {self.port}")
 
     def v2_only(self) -> list[str]:
-        """What a seed relay cannot honour."""
+        """What a seed relay cannot honour (the client address is best effort: not listed)."""
         wanted = [("a secret", self.secret is not None), ("a client name", self.name is not None),
-                  (f"port {self.port}", self.port is not None),
-                  ("the client address", self.client_address)]
+                  (f"port {self.port}", self.port is not None)]
         return [what for what, on in wanted if on]
 
 
@@ -311,8 +310,6 @@ class RegisteringProtocol(GreetingProtocol):
                 "RELAY_SECRET or secret=)", sent=False))
             return
         client_addr = options.client_address and FEATURE_CLIENT_ADDR in challenge.features
-        if options.client_address and not client_addr:
-            logger.warning("the relay does not offer client addresses; streams carry none")
         self.version = 2
         self.client_address = client_addr
         assert self.transport is not None

@@ -100,10 +100,10 @@ class ChallengeProtocol(asyncio.Protocol):
         newline = self._buffer.find(b"\n")
         if newline < 0:
             if len(self._buffer) >= MAX_GREETING:
-                self._fail(f"response line longer than {MAX_GREETING - 1} bytes")
+                self._fail(f"bad response: response line longer than {MAX_GREETING - 1} bytes")
             return
         if newline + 1 < len(self._buffer):
-            self._fail("data after the response line: wait for the port line before yamux")
+            self._fail("bad response: data after the response line (wait for the port line)")
             return
         line = bytes(self._buffer[:newline]).rstrip(b"\r")
         challenge = self._challenge
