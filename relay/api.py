@@ -33,7 +33,7 @@ import yamux
 
 from .handshake import ClientOptions, RegisteringProtocol
 from .net import format_endpoint
-from .protocol import RegistrationError
+from .protocol import RegistrationError, RelayClosedError
 from .proxy_protocol import (
     V2_HEADER_LENGTH,
     ProxyAddresses,
@@ -131,7 +131,17 @@ async def register_v2(
                 if described is None:
                     raise
                 raise TLSError(f"relay {endpoint}: {described}") from exc
-            session, public_port_ = await protocol.result
+            try:
+                session, public_port_ = await protocol.result
+            except RelayClosedError as exc:
+                if not ssl or protocol.version != 1:
+                    raise
+                # A TLS 1.3 relay refuses a client certificate after the handshake, and
+                # asyncio reports its alert as a plain close: say what it most likely was.
+                raise TLSError(
+                    f"relay {endpoint}: {exc}, right after the TLS handshake: does it require "
+                    f"a client certificate (--tls-cert/--tls-key) that it did not accept?"
+                ) from exc
         registered = True
         return Registration(session, public_port_, protocol.version, protocol.client_address)
     except TimeoutError:

@@ -31,6 +31,10 @@ class RegistrationError(ConnectionError):
     """The relay did not give us a public port (refused, or not a relay at all)."""
 
 
+class RelayClosedError(RegistrationError):
+    """The relay closed the connection before its greeting line was complete."""
+
+
 class RelayRefusedError(RegistrationError):
     """The relay answered with an ``error: ...`` line; ``reason`` is its text."""
 
@@ -133,7 +137,7 @@ class GreetingProtocol(asyncio.Protocol):
         self.result.set_result((session, port))
 
     def eof_received(self) -> bool:
-        self._fail(RegistrationError(
+        self._fail(RelayClosedError(
             "the relay closed the connection before sending a port line"
             + (f" (it sent {_excerpt(self._buffer)})" if self._buffer else "")
         ))
