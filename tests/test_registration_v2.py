@@ -310,3 +310,21 @@ def test_challenge_is_never_a_port_line_and_is_versioned() -> None:
 def test_registration_error_hierarchy() -> None:
     assert issubclass(AuthenticationError, RelayRefusedError)
     assert issubclass(RelayRefusedError, RegistrationError)
+
+
+def test_the_worked_example_in_the_protocol_document() -> None:
+    """docs/protocol.md's example is what the code computes (an implementer checks against it)."""
+    import re
+    from pathlib import Path
+
+    from relay.handshake import Challenge
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    nonce = re.search(r"nonce=([0-9a-f]{64}) auth=required", doc)
+    assert nonce is not None
+    challenge = Challenge(nonce=nonce.group(1).encode(), auth_required=True)
+    assert challenge.line().decode() in doc
+    secret = b"correct horse battery staple"
+    full = response_line(challenge, secret=secret, name="alice", port=5000, client_addr=True)
+    bare = response_line(challenge, secret=secret)
+    assert f"\n{full.decode()}" in doc
+    assert f"`{bare.decode().strip()}`" in doc
