@@ -328,3 +328,14 @@ def test_the_worked_example_in_the_protocol_document() -> None:
     bare = response_line(challenge, secret=secret)
     assert f"\n{full.decode()}" in doc
     assert f"`{bare.decode().strip()}`" in doc
+
+
+@pytest.mark.parametrize(("host", "secret", "warned"), [
+    (None, None, True), ("0.0.0.0", None, True), (HOST, None, False), (None, SECRET, False),
+])
+async def test_warning_when_open_beyond_loopback_without_auth(
+        host: str | None, secret: str | None, warned: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with RelayServer(0, host=host, secret=secret):
+        pass
+    assert ("without authentication: anyone who can reach port" in caplog.text) is warned
