@@ -12,8 +12,9 @@ the ports it may hold come with it. An auth file looks like::
     secret_file = "/etc/relay/bob.secret"
     ports = [6000, "6100-6199"]
 
-``parse_auth_clients`` takes the already-parsed ``clients`` table, so a larger
-config file can hold it too.
+or, equally, one ``[[clients]]`` table per client with ``name = "alice"``.
+``parse_auth_clients`` takes the already-parsed ``clients`` value (either
+shape), so a larger config file can hold it too.
 """
 
 from __future__ import annotations
@@ -158,13 +159,32 @@ class AuthRefused(RegistrationError):
     """A proof the relay refuses; ``str()`` is the reason on the error line."""
 
 
-def parse_auth_clients(table: Mapping[str, Any], base: Path | None = None) -> dict[str, AuthClient]:
-    """Clients from a parsed TOML table ``{name: {secret|secret_file, ports?}}``.
+def _by_name(entries: list[Any]) -> dict[str, Any]:
+    """``[[clients]]`` tables with ``name = ...`` keyed by their names."""
+    table: dict[str, Any] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+            raise AuthConfigError(f"clients[{index}]: expected a table with name = \"...\"")
+        name = entry["name"]
+        if name in table:
+            raise AuthConfigError(f"clients: {name!r} is listed twice")
+        table[name] = {key: value for key, value in entry.items() if key != "name"}
+    return table
+
+
+def parse_auth_clients(
+    table: Mapping[str, Any] | list[Any], base: Path | None = None
+) -> dict[str, AuthClient]:
+    """Clients from parsed TOML: ``{name: {secret|secret_file, ports?}}`` (``[clients.NAME]``
+    tables) or a list of tables that each have a ``name`` (``[[clients]]``).
 
     ``base`` resolves relative ``secret_file`` paths (the auth file's directory).
     """
+    if isinstance(table, list):
+        table = _by_name(table)
     if not isinstance(table, Mapping) or not table:
-        raise AuthConfigError("clients: expected a table of [clients.NAME] entries")
+        raise AuthConfigError("clients: expected [clients.NAME] tables or [[clients]] tables "
+                              "with name = ...")
     clients = {}
     for name, entry in table.items():
         where = f"clients.{name}"

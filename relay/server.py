@@ -43,8 +43,9 @@ DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_PENDING = 1000
 """Most control connections between accept and a checked v2 response."""
-PROTOCOLS = ("seed", "v2")
-"""``seed``: the port line first (the Go design); ``v2``: the relay challenges first."""
+PROTOCOLS = ("yamux", "v2")
+"""``yamux``: the seed protocol, port line first (the Go design); ``v2``: registration v2,
+the relay challenges first (docs/protocol.md)."""
 
 
 class NoFreePortError(OSError):
@@ -147,7 +148,7 @@ class RelayServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         yamux_config: yamux.Config | None = None,
-        protocol: str = "seed",
+        protocol: str = "yamux",
         secret: str | bytes | None = None,
         auth_clients: dict[str, object] | None = None,
         auth: Authenticator | None = None,
@@ -282,7 +283,7 @@ class RelayServer:
 
     # ----------------------------------------------------------- registering
     def _control_protocol(self) -> asyncio.Protocol:
-        if self.protocol == "seed":
+        if self.protocol == "yamux":
             return _ControlProtocol(self)
         return ChallengeProtocol(
             auth=self.auth, failures=self.auth_failures, timeout=self.handshake_timeout,

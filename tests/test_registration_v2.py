@@ -258,7 +258,7 @@ secret_file = "bob.secret"
 
 
 @pytest.mark.parametrize(("table", "message"), [
-    ({}, "expected a table"),
+    ({}, "expected [clients.NAME] tables"),
     ({"a": {"secret": "short"}}, "at least 8 bytes"),
     ({"a": {"secret": "long enough", "ports": "9-1"}}, "LOW <= HIGH"),
     ({"a": {"secret": "long enough", "port": 5}}, "unknown key(s) port"),
@@ -339,3 +339,13 @@ async def test_warning_when_open_beyond_loopback_without_auth(
     async with RelayServer(0, host=host, secret=secret):
         pass
     assert ("without authentication: anyone who can reach port" in caplog.text) is warned
+
+
+def test_auth_clients_as_a_list_of_named_tables() -> None:
+    clients = parse_auth_clients([{"name": "alice", "secret": "alice's secret", "ports": 5000},
+                                  {"name": "bob", "secret": "bob's secret"}])
+    assert sorted(clients) == ["alice", "bob"]
+    assert 5000 in clients["alice"].ports  # type: ignore[operator]
+    assert "alice's secret" not in repr(clients["alice"])
+    with pytest.raises(AuthConfigError, match="listed twice"):
+        parse_auth_clients([{"name": "a", "secret": "12345678"}, {"name": "a", "secret": "x"}])
