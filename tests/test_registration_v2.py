@@ -349,3 +349,14 @@ def test_auth_clients_as_a_list_of_named_tables() -> None:
     assert "alice's secret" not in repr(clients["alice"])
     with pytest.raises(AuthConfigError, match="listed twice"):
         parse_auth_clients([{"name": "a", "secret": "12345678"}, {"name": "a", "secret": "x"}])
+
+
+async def test_closing_the_relay_drops_pending_challenges() -> None:
+    server = RelayServer(0, host=HOST, secret=SECRET)
+    await server.start()
+    reader, writer, line = await raw_greeting(server.port)
+    assert is_challenge(line.rstrip(b"\n"))
+    server.close()
+    await server.wait_closed()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    await close_writer(writer)
