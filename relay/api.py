@@ -130,7 +130,7 @@ async def register_v2(
                 described = describe_tls_error(exc) if ssl else None
                 if described is None:
                     raise
-                raise TLSError(f"relay {endpoint}: {described}") from exc
+                raise TLSError(described) from exc
             try:
                 session, public_port_ = await protocol.result
             except RelayClosedError as exc:
@@ -139,8 +139,8 @@ async def register_v2(
                 # A TLS 1.3 relay refuses a client certificate after the handshake, and
                 # asyncio reports its alert as a plain close: say what it most likely was.
                 raise TLSError(
-                    f"relay {endpoint}: {exc}, right after the TLS handshake: does it require "
-                    f"a client certificate (--tls-cert/--tls-key) that it did not accept?"
+                    f"{exc}, right after the TLS handshake: does it require a client "
+                    f"certificate (--tls-cert/--tls-key) that it did not accept?"
                 ) from exc
         registered = True
         return Registration(session, public_port_, protocol.version, protocol.client_address)

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from registration_support import PUBLIC_CLIENT, listening_ports
 
 import relay
@@ -360,3 +362,33 @@ async def test_closing_the_relay_drops_pending_challenges() -> None:
     await server.wait_closed()
     assert await asyncio.wait_for(reader.read(), 5) == b""
     await close_writer(writer)
+
+
+@given(
+    name=st.none() | st.from_regex(r"[A-Za-z0-9._@-]{1,64}", fullmatch=True),
+    port=st.none() | st.integers(1, 65535),
+    client_addr=st.booleans(),
+    secret=st.binary(min_size=8, max_size=64),
+)
+def test_response_roundtrip(name: str | None, port: int | None, client_addr: bool,
+                            secret: bytes) -> None:
+    from relay.handshake import Challenge, parse_response, proof_matches
+    challenge = Challenge.fresh(auth_required=True)
+    line = response_line(challenge, secret=secret, name=name, port=port, client_addr=client_addr)
+    response = parse_response(line.rstrip(b"\n"), challenge)
+    assert (response.name, response.port, response.client_addr) == (name, port, client_addr)
+    assert proof_matches(secret, challenge.nonce, response)
+    assert not proof_matches(secret + b"x", challenge.nonce, response)
+    assert not proof_matches(secret, Challenge.fresh(True).nonce, response)
+
+
+@given(st.binary(max_size=300))
+def test_any_response_bytes_are_refused_with_a_reason_or_parsed(line: bytes) -> None:
+    from relay.handshake import Challenge, parse_response
+    """Hostile bytes end in HandshakeError with a reason (sent back), never another error."""
+    reasons = []
+    try:
+        parse_response(line, Challenge.fresh(auth_required=True))
+    except HandshakeError as exc:
+        reasons.append(str(exc))
+    assert all(reasons)
