@@ -19,6 +19,7 @@ import logging
 import random
 import ssl
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ from .protocol import RegistrationError
 from .proxy_protocol import ProxyAddresses, header
 
 logger = logging.getLogger("relay.forwarder")
+connections_logger = logging.getLogger("relay.connections")
 
 DEFAULT_LOCAL_HOST = "127.0.0.1"
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -143,6 +145,7 @@ class Forwarder:
 
     async def _forward(self, stream: yamux.Stream, _writer: yamux.Stream) -> None:
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         client: ProxyAddresses | None = stream.get_extra_info("client_address")
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -159,5 +162,10 @@ class Forwarder:
         if self.proxy_protocol is not None and end.transport is not None:
             end.transport.write(header(self.proxy_protocol, client))
         result = await pipe(end, stream)
-        logger.debug("stream %d done: %d bytes to the relay, %d to the service%s", stream.id,
-                     result.sent, result.received, f" ({result.error})" if result.error else "")
+        connections_logger.info(
+            "stream %d to %s closed: %d bytes to the relay, %d to the service%s", stream.id,
+            self.local_endpoint, result.sent, result.received,
+            f" ({result.error})" if result.error else "",
+            extra={"stream": stream.id, "local": self.local_endpoint, "bytes_in": result.received,
+                   "bytes_out": result.sent, "duration": round(time.monotonic() - started, 6),
+                   "reason": str(result.error) if result.error else "closed"})

@@ -23,6 +23,7 @@ import itertools
 import logging
 import socket
 import ssl as ssl_module
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,6 +38,7 @@ from .proxy_protocol import addresses_of, v2_header
 from .registration import ChallengeProtocol, RegistrationRequest
 
 logger = logging.getLogger("relay.server")
+connections_logger = logging.getLogger("relay.connections")
 
 DEFAULT_MAX_SESSIONS = 100
 DEFAULT_MAX_CONNECTIONS = 1000
@@ -93,6 +95,14 @@ class _Registration:
     confirmed: bool = False
     ending: bool = False
     end_reason: str | None = None
+
+    def log_fields(self) -> dict[str, object]:
+        """The stable log fields of this session (see ``relay.logs.FIELDS``)."""
+        fields: dict[str, object] = {"session": self.id, "peer": self.peer,
+                                     "public_port": self.public_port}
+        if self.request is not None and self.request.client is not None:
+            fields["client"] = self.request.client
+        return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +213,8 @@ class RelayServer:
             sock.close()
             raise
         self._serving = loop.create_future()
-        logger.info("Serving relay requests on port %d", self.port)
+        logger.info("Serving relay requests on port %d", self.port,
+                    extra={"control_port": self.port})
         if self.auth is None and not self._bind.is_loopback():
             logger.warning(
                 "the relay listens on %s without authentication: anyone who can reach port %d "
@@ -329,7 +340,8 @@ class RelayServer:
         reg.task = loop.create_task(self._run(reg), name=f"relay-session-{reg.id}")
 
     def _refuse(self, transport: asyncio.Transport, peer: str, reason: str) -> None:
-        logger.warning("refusing registration from %s: %s", peer, reason)
+        logger.warning("refusing registration from %s: %s", peer, reason,
+                       extra={"peer": peer, "reason": reason})
         transport.write(error_line(reason))
         transport.close()
 
@@ -406,7 +418,8 @@ class RelayServer:
                 backlog=LISTEN_BACKLOG,
             )
             logger.info("session %d from %s%s: public port %d", reg.id, reg.peer,
-                        f" ({reg.request.describe()})" if reg.request else "", reg.public_port)
+                        f" ({reg.request.describe()})" if reg.request else "", reg.public_port,
+                        extra=reg.log_fields())
             assert reg.handshake is not None
             try:
                 async with asyncio.timeout(self.handshake_timeout):
@@ -468,7 +481,8 @@ class RelayServer:
             reg.end_reason = describe_end(reg.session.close_reason if closed_by_peer else None)
         level = logging.INFO if reg.confirmed or self._closing else logging.WARNING
         logger.log(level, "session %d from %s ended: %s; public port %d closed",
-                   reg.id, reg.peer, reg.end_reason, reg.public_port)
+                   reg.id, reg.peer, reg.end_reason, reg.public_port,
+                   extra={**reg.log_fields(), "reason": reg.end_reason})
 
     # ----------------------------------------------------- public connections
     def _public_connection(self, reg: _Registration, end: SocketEnd) -> None:
@@ -490,6 +504,7 @@ class RelayServer:
         task.add_done_callback(reg.connections.discard)
 
     async def _relay_connection(self, reg: _Registration, end: SocketEnd) -> None:
+        started = time.monotonic()
         try:
             stream = await reg.session.open_stream()
         except yamux.TooManyStreamsError as exc:
@@ -511,7 +526,12 @@ class RelayServer:
                 end.transport.get_extra_info("sockname"))))
         logger.debug("session %d: public connection from %s on stream %d", reg.id, peer, stream.id)
         result = await pipe(end, stream)
-        logger.debug(
-            "session %d: stream %d from %s done: %d bytes in, %d out%s", reg.id, stream.id, peer,
-            result.sent, result.received, f" ({result.error})" if result.error else "",
+        connections_logger.info(
+            "session %d: connection from %s on stream %d closed: %d bytes in, %d out%s",
+            reg.id, peer, stream.id, result.sent, result.received,
+            f" ({result.error})" if result.error else "",
+            extra={**reg.log_fields(), "peer": peer, "stream": stream.id,
+                   "bytes_in": result.sent, "bytes_out": result.received,
+                   "duration": round(time.monotonic() - started, 6),
+                   "reason": str(result.error) if result.error else "closed"},
         )
