@@ -23,16 +23,21 @@ import errno
 import itertools
 import logging
 import socket
+import ssl as ssl_module
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 import yamux
 
+from .auth import Authenticator, FailureLimiter, PortSet
 from .limits import IdleWatch, Limits, SourceSlots, share, source_of
 from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
 from .pipe import SocketEnd, pipe
-from .protocol import error_line, port_line
+from .protocol import RegistrationError, error_line, port_line
+from .proxy_protocol import addresses_of, v2_header
+from .registration import ChallengeProtocol, RegistrationRequest
 
 logger = logging.getLogger("relay.server")
 connections_logger = logging.getLogger("relay.connections")
@@ -40,10 +45,19 @@ connections_logger = logging.getLogger("relay.connections")
 DEFAULT_MAX_SESSIONS = 100
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_MAX_PENDING = 1000
+"""Most control connections between accept and a checked v2 response."""
+PROTOCOLS = ("yamux", "v2")
+"""``yamux``: the seed protocol, port line first (the Go design); ``v2``: registration v2,
+the relay challenges first (docs/protocol.md)."""
 
 
 class NoFreePortError(OSError):
     """Every port of the configured range is taken."""
+
+
+class PortRefusedError(RegistrationError):
+    """A requested public port this client may not have (or that is taken)."""
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
@@ -78,6 +92,7 @@ class _Registration:
     source: str
     sources: SourceSlots
     """Public connections per source."""
+    request: RegistrationRequest | None = None
     listener: asyncio.Server | None = None
     task: asyncio.Task[None] | None = None
     handshake: asyncio.Task[float] | None = None
@@ -88,7 +103,11 @@ class _Registration:
 
     def log_fields(self) -> dict[str, object]:
         """The stable log fields of this session (see ``relay.logs.FIELDS``)."""
-        return {"session": self.id, "peer": self.peer, "public_port": self.public_port}
+        fields: dict[str, object] = {"session": self.id, "peer": self.peer,
+                                     "public_port": self.public_port}
+        if self.request is not None and self.request.client is not None:
+            fields["client"] = self.request.client
+        return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +119,8 @@ class SessionInfo:
     public_port: int
     confirmed: bool
     connections: int
+    client: str | None = None
+    """The client's name (registration v2); None for a seed-protocol registration."""
 
 
 class _ControlProtocol(asyncio.Protocol):
@@ -125,6 +146,11 @@ class RelayServer:
     ``host`` is the bind address of the control port and of every public
     listener (None: every interface, IPv4 and IPv6). ``port_range`` (low, high)
     restricts public ports; None lets the OS choose.
+
+    ``protocol="v2"``, or any of ``secret`` / ``auth_clients`` / ``auth``, makes
+    the relay challenge every control connection first (registration v2, see
+    docs/protocol.md): nothing is allocated before the response is checked.
+    ``ssl`` wraps the control port (and so all relayed traffic) in TLS.
     """
 
     def __init__(
@@ -138,7 +164,18 @@ class RelayServer:
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         yamux_config: yamux.Config | None = None,
         limits: Limits | None = None,
+        protocol: str = "yamux",
+        secret: str | bytes | None = None,
+        auth_clients: dict[str, object] | None = None,
+        auth: Authenticator | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        auth_failures: FailureLimiter | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        if auth is None and (secret is not None or auth_clients):
+            auth = Authenticator(secret=secret, clients=auth_clients)  # type: ignore[arg-type]
         if port_range is not None:
             low, high = port_range
             if not 1 <= low <= high <= 65535:
@@ -158,6 +195,12 @@ class RelayServer:
         self._connections_per_source = share(self.limits.max_connections_per_source,
                                              max_connections)
         self._idle = IdleWatch(self.limits.idle_timeout, self._idle_connection)
+        self.auth = auth
+        self.protocol = "v2" if auth is not None else protocol
+        self.ssl = ssl
+        self.auth_failures = auth_failures or FailureLimiter()
+        self.max_pending = max_pending
+        self._pending: set[ChallengeProtocol] = set()
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | None = None
         self._registrations: dict[int, _Registration] = {}
@@ -175,7 +218,8 @@ class RelayServer:
         sock = self._bind.listen(self._requested_port)
         try:
             self._control = await loop.create_server(
-                lambda: _ControlProtocol(self), sock=sock, backlog=LISTEN_BACKLOG
+                self._control_protocol, sock=sock, backlog=LISTEN_BACKLOG, ssl=self.ssl,
+                ssl_handshake_timeout=self.handshake_timeout if self.ssl else None,
             )
         except BaseException:
             sock.close()
@@ -183,11 +227,16 @@ class RelayServer:
         self._serving = loop.create_future()
         logger.info("Serving relay requests on port %d", self.port,
                     extra={"control_port": self.port})
+        if self.auth is None and not self._bind.is_loopback():
+            logger.warning(
+                "the relay listens on %s without authentication: anyone who can reach port %d "
+                "gets a public port (use --secret or --auth-file)", self._bind, self.port)
         logger.debug(
-            "bound to %s; public ports %s; at most %d sessions of %d connections each",
-            self._bind,
+            "bound to %s; public ports %s; at most %d sessions of %d connections each; "
+            "registration %s%s%s", self._bind,
             "chosen by the OS" if self.port_range is None else "{}-{}".format(*self.port_range),
-            self.max_sessions, self.max_connections,
+            self.max_sessions, self.max_connections, self.protocol,
+            f", {self.auth!r}" if self.auth else "", ", TLS" if self.ssl else "",
         )
 
     @property
@@ -200,7 +249,8 @@ class RelayServer:
     @property
     def sessions(self) -> list[SessionInfo]:
         return [
-            SessionInfo(r.id, r.peer, r.public_port, r.confirmed, len(r.connections))
+            SessionInfo(r.id, r.peer, r.public_port, r.confirmed, len(r.connections),
+                        r.request.client if r.request else None)
             for r in self._registrations.values()
         ]
 
@@ -224,6 +274,8 @@ class RelayServer:
         self._idle.close()
         if self._control is not None:
             self._control.close()
+        for gate in list(self._pending):
+            gate.abort()
         for reg in list(self._registrations.values()):
             if reg.ending:  # already cleaning up; let it finish
                 continue
@@ -254,7 +306,19 @@ class RelayServer:
         await self.wait_closed()
 
     # ----------------------------------------------------------- registering
-    def _registration_made(self, transport: asyncio.Transport) -> None:
+    def _control_protocol(self) -> asyncio.Protocol:
+        if self.protocol == "yamux":
+            return _ControlProtocol(self)
+        return ChallengeProtocol(
+            auth=self.auth, failures=self.auth_failures, timeout=self.handshake_timeout,
+            peer=_peer, accepted=self._registration_made, pending=self._pending,
+            max_pending=self.max_pending,
+        )
+
+    def _registration_made(
+        self, transport: asyncio.Transport, request: RegistrationRequest | None = None
+    ) -> None:
+        """Allocate for a registration: seed at once, v2 once its proof is checked."""
         peer = _peer(transport)
         if self._closing:
             transport.abort()
@@ -276,7 +340,11 @@ class RelayServer:
             )
             return
         try:
-            sock = self._open_public_listener()
+            sock = self._open_public_listener(request)
+        except PortRefusedError as exc:
+            self._registering.release(source)
+            self._refuse(transport, peer, str(exc))
+            return
         except OSError as exc:
             self._registering.release(source)
             self._refuse(transport, peer, str(exc) if isinstance(exc, NoFreePortError)
@@ -286,7 +354,7 @@ class RelayServer:
         transport.write(port_line(public_port))
         session = yamux.Session.attach(transport, client=True, config=self.yamux_config)
         reg = _Registration(next(self._ids), peer, public_port, sock, session, source,
-                            SourceSlots(self._connections_per_source))
+                            SourceSlots(self._connections_per_source), request)
         self._registrations[reg.id] = reg
         self._ports_in_use.add(public_port)
         loop = asyncio.get_running_loop()
@@ -302,15 +370,33 @@ class RelayServer:
         transport.write(error_line(reason))
         transport.close()
 
-    def _open_public_listener(self) -> socket.socket:
+    def _open_public_listener(self, request: RegistrationRequest | None) -> socket.socket:
+        """The public listener: the requested port, or one the policy picks.
+
+        Policy (replaced by leases in issue #10): a requested port must be inside
+        ``port_range`` and the client's allowed ports, and free; otherwise the next
+        free port of ``port_range`` (and of the client's allowed ports) in turn.
+        """
         assert self._bind is not None
-        if self.port_range is None:
+        allowed = request.allowed_ports if request is not None else None
+        if request is not None and request.requested_port is not None:
+            return self._open_requested_port(request.requested_port, allowed, request)
+        if self.port_range is None and allowed is None:
             return self._bind.listen(0)
-        low, high = self.port_range
-        count = high - low + 1
+        low, high = self.port_range or (1, 65535)
+        candidates: Sequence[int]
+        if allowed is not None:
+            candidates = [p for p in allowed if low <= p <= high]
+        else:
+            candidates = range(low, high + 1)
+        count = len(candidates)
+        if count == 0:
+            raise PortRefusedError(
+                f"no port both in --port-range {low}-{high} and allowed for "
+                f"{request.describe() if request else 'this client'} ({allowed})")
         for i in range(count):
             offset = (self._cursor + i) % count
-            port = low + offset
+            port = candidates[offset]
             if port in self._ports_in_use:
                 continue
             try:
@@ -323,7 +409,31 @@ class RelayServer:
             # different client at once, while stale public clients may still knock.
             self._cursor = (offset + 1) % count
             return sock
+        if allowed is not None:
+            raise NoFreePortError(f"no free port among the ports allowed for "
+                                  f"{request.describe() if request else 'this client'}")
         raise NoFreePortError(f"no free port in range {low}-{high}")
+
+    def _open_requested_port(
+        self, port: int, allowed: PortSet | None, request: RegistrationRequest
+    ) -> socket.socket:
+        assert self._bind is not None
+        if allowed is not None and port not in allowed:
+            raise PortRefusedError(
+                f"port {port} is not allowed for {request.describe()} (allowed: {allowed})")
+        if self.port_range is not None and not (
+                self.port_range[0] <= port <= self.port_range[1]):
+            raise PortRefusedError(
+                "port {} is outside the relay's port range {}-{}".format(port, *self.port_range))
+        if port in self._ports_in_use:
+            raise PortRefusedError(f"port {port} is in use")
+        try:
+            return self._bind.listen(port)
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise PortRefusedError(f"port {port} is not available: "
+                                       f"{exc.strerror or exc}") from None
+            raise
 
     async def _run(self, reg: _Registration) -> None:
         session = reg.session
@@ -332,7 +442,8 @@ class RelayServer:
                 partial(SocketEnd, partial(self._public_connection, reg)), sock=reg.sock,
                 backlog=LISTEN_BACKLOG,
             )
-            logger.info("session %d from %s: public port %d", reg.id, reg.peer, reg.public_port,
+            logger.info("session %d from %s%s: public port %d", reg.id, reg.peer,
+                        f" ({reg.request.describe()})" if reg.request else "", reg.public_port,
                         extra=reg.log_fields())
             assert reg.handshake is not None
             try:
@@ -464,6 +575,10 @@ class RelayServer:
             await reg.session.close()
             return
         peer = _peer(end.transport) if end.transport is not None else "?"
+        if reg.request is not None and reg.request.client_address and end.transport is not None:
+            stream.write(v2_header(addresses_of(
+                end.transport.get_extra_info("peername"),
+                end.transport.get_extra_info("sockname"))))
         logger.debug("session %d: public connection from %s on stream %d", reg.id, peer, stream.id)
         result = await pipe(end, stream)
         connections_logger.info(
