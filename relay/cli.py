@@ -199,7 +199,8 @@ option("--keepalive-interval", type=SECONDS, default=30.0, show_default=True,
        help="Interval of yamux keepalive pings on the relay connection.")
 option("--keepalive-timeout", type=SECONDS, default=10.0, show_default=True, metavar="SECONDS",
        group=COMMON,
-       help="A ping unanswered (or a connection not writable) this long ends the session.")
+       help="After a keepalive ping, nothing at all from the peer this long ends the "
+            "session (any frame proves it alive; a busy link is not a dead one).")
 option("--event-loop", type=click.Choice(EVENT_LOOPS), default="auto", show_default=True,
        group=COMMON, help="asyncio's own loop or uvloop; auto uses uvloop when it is installed.")
 option("-v", "--verbose", is_flag=True, group=COMMON,
@@ -590,7 +591,7 @@ def _yamux_config(opts: dict[str, Any]) -> yamux.Config:
     try:
         return yamux.Config(
             keepalive_interval=opts["keepalive_interval"],
-            connection_write_timeout=opts["keepalive_timeout"],
+            keepalive_timeout=opts["keepalive_timeout"],
         )
     except yamux.ConfigError as exc:
         raise click.UsageError(str(exc)) from None
