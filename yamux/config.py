@@ -23,7 +23,15 @@ class Config:
     connection_write_timeout: float = 10.0
     """How long the transport may refuse bytes before the session ends."""
     max_stream_window_size: int = INITIAL_STREAM_WINDOW
-    """Receive window per stream; the excess over 256 KiB is granted on SYN/ACK."""
+    """Receive window per stream; the excess over 256 KiB is granted on SYN/ACK. With
+    window_autotune, the most a stream's window may grow to instead."""
+    window_autotune: bool = False
+    """Start every stream at 256 KiB and double its window (up to max_stream_window_size,
+    within max_session_window) while the window, not the reader, limits it; see flow.py.
+    Off: hashicorp's fixed window. On with the default 256 KiB maximum: no change at all."""
+    max_session_window: int = 64 * 1024 * 1024
+    """With window_autotune: growth stops while the sum of the session's stream windows
+    would pass this (each stream's first 256 KiB is the protocol's and always granted)."""
     stream_open_timeout: float = 75.0
     """An opened stream not ACKed in time ends the session (as hashicorp does); 0 disables."""
     stream_close_timeout: float = 300.0
@@ -69,8 +77,14 @@ class Config:
             )
         if window > 0xFFFFFFFF:
             raise ConfigError(f"max_stream_window_size must fit in 32 bits, got {window!r}")
-        if not isinstance(self.enable_keepalive, bool):
-            raise ConfigError(f"enable_keepalive must be a bool, got {self.enable_keepalive!r}")
+        for name in ("enable_keepalive", "window_autotune"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        budget = self.max_session_window
+        if type(budget) is not int or budget < INITIAL_STREAM_WINDOW:
+            raise ConfigError(
+                f"max_session_window must be an integer >= {INITIAL_STREAM_WINDOW}, got {budget!r}"
+            )
 
     def replace(self, **changes: object) -> Config:
         """A copy with some fields changed, validated again."""

@@ -8,6 +8,7 @@ all and closes the transport.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections import deque
@@ -295,7 +296,7 @@ class Session:
 
     def _consume(self, stream_id: int, length: int) -> None:
         core = self._core
-        core.consume(stream_id, length)
+        core.consume(stream_id, length, self._loop.time())
         if core.has_control:
             self._flush()
 
@@ -333,6 +334,9 @@ class Session:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, lowat)
         if self.config.enable_keepalive:
             self._spawn(self._keepalive(), name="yamux-keepalive")
+        tuner = self._core.tuner
+        if tuner is not None and tuner.can_grow:
+            self._spawn(self._measure_rtt(), name="yamux-rtt")
 
     def _data_received(self, data: bytes) -> None:
         self._last_heard = self._loop.time()
@@ -557,8 +561,17 @@ class Session:
                 self._pings.pop(opaque, None)
             if future.exception() is not None:
                 return
-            rtt = future.result()
-            self.rtt = rtt if self.rtt is None else 0.875 * self.rtt + 0.125 * rtt
+            self._record_rtt(future.result())
+
+    async def _measure_rtt(self) -> None:
+        """One ping at the start, so window auto-tuning need not wait for the keepalive."""
+        with contextlib.suppress(SessionClosedError):
+            self._record_rtt(await self.ping())
+
+    def _record_rtt(self, rtt: float) -> None:
+        self.rtt = rtt if self.rtt is None else 0.875 * self.rtt + 0.125 * rtt
+        if self._core.tuner is not None:
+            self._core.tuner.rtt = self.rtt
 
     # --------------------------------------------------------------- shutdown
     def _shutdown(self, error: YamuxError, code: int | None = None) -> None:
