@@ -559,8 +559,9 @@ class Session:
                     await asyncio.wait([future], timeout=remaining)
             finally:
                 self._pings.pop(opaque, None)
-            if future.exception() is not None:
-                return
+                ended = future.done() and future.exception() is not None  # also if cancelled
+            if ended:
+                return  # the session ended; close_reason says why
             self._record_rtt(future.result())
 
     async def _measure_rtt(self) -> None:
