@@ -18,7 +18,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import click
 
@@ -101,6 +101,28 @@ class PortRange(click.ParamType):  # type: ignore[type-arg]
         if low > high:
             self.fail(f"{value!r}: LOW must not be greater than HIGH", param, ctx)
         return low, high
+
+
+SIZE_UNITS: Final = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20,
+                     "MIB": 1 << 20, "G": 1 << 30, "GIB": 1 << 30}
+
+
+class ByteSize(click.ParamType):  # type: ignore[type-arg]
+    """A size in bytes: a plain integer, or with a binary unit (``256KiB``, ``16MiB``, ``1GiB``)."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        number = text.rstrip("BbIiKkMmGg")
+        unit = SIZE_UNITS.get(text[len(number):].upper())
+        if not number.isdigit() or unit is None:
+            self.fail(f"{value!r} is not a size: bytes, or a number with KiB, MiB or GiB",
+                      param, ctx)
+        return int(number) * unit
 
 
 # ------------------------------------------------------------ option registry
@@ -201,6 +223,20 @@ option("--keepalive-timeout", type=SECONDS, default=10.0, show_default=True, met
        group=COMMON,
        help="After a keepalive ping, nothing at all from the peer this long ends the "
             "session (any frame proves it alive; a busy link is not a dead one).")
+option("--max-stream-window", type=ByteSize(), default="256KiB", show_default=True,
+       group=COMMON,
+       help="Largest receive window of one yamux stream. With --window-autotune (the default) a "
+            "stream starts at 256 KiB and grows towards this only while the window limits its "
+            "throughput (long links: 16MiB fills 1 Gbit/s at 100 ms); without, every stream is "
+            "granted all of it at once. Memory per stream is at most this.")
+option("--max-session-window", type=ByteSize(), default="64MiB", show_default=True,
+       group=COMMON,
+       help="With --window-autotune: windows grow only while the sum of one session's stream "
+            "windows stays within this (each stream's first 256 KiB always counts).")
+option("--window-autotune/--no-window-autotune", default=True, show_default=True,
+       group=COMMON,
+       help="Grow stream windows as measured (needs --max-stream-window above 256KiB); "
+            "--no-window-autotune: hashicorp's fixed window of --max-stream-window.")
 option("--event-loop", type=click.Choice(EVENT_LOOPS), default="auto", show_default=True,
        group=COMMON, help="asyncio's own loop or uvloop; auto uses uvloop when it is installed.")
 option("-v", "--verbose", is_flag=True, group=COMMON,
@@ -592,6 +628,9 @@ def _yamux_config(opts: dict[str, Any]) -> yamux.Config:
         return yamux.Config(
             keepalive_interval=opts["keepalive_interval"],
             keepalive_timeout=opts["keepalive_timeout"],
+            max_stream_window_size=opts["max_stream_window"],
+            max_session_window=opts["max_session_window"],
+            window_autotune=opts["window_autotune"],
         )
     except yamux.ConfigError as exc:
         raise click.UsageError(str(exc)) from None
