@@ -513,7 +513,7 @@ class Session:
         """
         timeout = self.config.go_away_timeout
         core = self._core
-        core.silent_streams()
+        core.silent_streams()  # starts watching
         while True:
             await asyncio.sleep(timeout)
             silent = core.silent_streams()
