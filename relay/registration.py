@@ -14,8 +14,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from yamux.ratelimit import RateLimitedLog
+
 from .auth import Authenticator, AuthRefused, FailureLimiter, PortSet
 from .handshake import Challenge, HandshakeError, parse_response
+from .limits import SourceSlots, source_of
 from .protocol import MAX_GREETING, error_line
 
 logger = logging.getLogger("relay.registration")
@@ -61,7 +64,11 @@ class ChallengeProtocol(asyncio.Protocol):
         accepted: Callable[[asyncio.Transport, RegistrationRequest], None],
         pending: set[ChallengeProtocol],
         max_pending: int,
+        per_source: SourceSlots | None = None,
+        log: RateLimitedLog | None = None,
     ) -> None:
+        """``per_source``: the relay's slots for registrations in progress per source (held
+        from the first byte until the proof is checked); ``log``: rate-limits refusals."""
         self._auth = auth
         self._failures = failures
         self._timeout = timeout
@@ -69,6 +76,9 @@ class ChallengeProtocol(asyncio.Protocol):
         self._accepted = accepted
         self._pending = pending
         self._max_pending = max_pending
+        self._per_source = per_source
+        self._held_slot: str | None = None
+        self._log = log
         self._buffer = bytearray()
         self._challenge: Challenge | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -88,6 +98,15 @@ class ChallengeProtocol(asyncio.Protocol):
         if len(self._pending) >= self._max_pending:
             self._refuse(f"too many registrations in progress ({len(self._pending)}); retry later")
             return
+        if self._per_source is not None:
+            slot = source_of(transport.get_extra_info("peername"))
+            if not self._per_source.acquire(slot):
+                self._refuse(
+                    f"{self._per_source.held(slot)} registrations from {slot} are still in "
+                    f"their handshake, the maximum (--max-pending-registrations-per-source "
+                    f"{self._per_source.limit})")
+                return
+            self._held_slot = slot
         self._pending.add(self)
         self._challenge = Challenge.fresh(auth_required=self._auth is not None)
         transport.write(self._challenge.line())  # type: ignore[attr-defined]
@@ -152,8 +171,12 @@ class ChallengeProtocol(asyncio.Protocol):
 
     def _refuse(self, reason: str, *, send: bool = True, quiet: bool = False) -> None:
         self._done()
-        logger.log(logging.DEBUG if quiet else logging.WARNING,
-                   "refusing registration from %s: %s", self.peer, reason)
+        level = logging.DEBUG if quiet else logging.WARNING
+        if self._log is not None:  # a stranger can make these: rate-limited
+            self._log.log(level, "refused: v2 registration", "refusing registration from %s: %s",
+                          self.peer, reason)
+        else:
+            logger.log(level, "refusing registration from %s: %s", self.peer, reason)
         assert self.transport is not None
         if send:
             self.transport.write(error_line(reason))
@@ -162,6 +185,9 @@ class ChallengeProtocol(asyncio.Protocol):
     def _done(self) -> None:
         self._challenge = None
         self._pending.discard(self)
+        if self._held_slot is not None and self._per_source is not None:
+            self._per_source.release(self._held_slot)  # the relay takes one for the ping
+            self._held_slot = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

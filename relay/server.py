@@ -39,6 +39,7 @@ from .pipe import SocketEnd, pipe
 from .protocol import RegistrationError, error_line, port_line
 from .proxy_protocol import addresses_of, v2_header
 from .registration import ChallengeProtocol, RegistrationRequest
+from .registration import logger as registration_logger
 
 logger = logging.getLogger("relay.server")
 connections_logger = logging.getLogger("relay.connections")
@@ -200,6 +201,7 @@ class RelayServer:
         self._idle = IdleWatch(self.limits.idle_timeout, self._idle_connection)
         self._log = RateLimitedLog(logger)
         """Lines any stranger can trigger: refused and failed registrations."""
+        self._challenge_log = RateLimitedLog(registration_logger)
         self.auth = auth
         self.protocol = "v2" if auth is not None else protocol
         self.ssl = ssl
@@ -278,6 +280,7 @@ class RelayServer:
         self._closing = True
         self._idle.close()
         self._log.summary(logging.WARNING, "relay")
+        self._challenge_log.summary(logging.WARNING, "relay")
         if self._control is not None:
             self._control.close()
         for gate in list(self._pending):
@@ -318,7 +321,8 @@ class RelayServer:
         return ChallengeProtocol(
             auth=self.auth, failures=self.auth_failures, timeout=self.handshake_timeout,
             peer=_peer, accepted=self._registration_made, pending=self._pending,
-            max_pending=self.max_pending,
+            max_pending=self.max_pending, per_source=self._registering,
+            log=self._challenge_log,
         )
 
     def _registration_made(

@@ -161,6 +161,27 @@ async def test_one_source_cannot_take_every_registration_slot() -> None:
                 sock.close()
 
 
+async def test_registration_v2_challenges_count_per_source() -> None:
+    """With registration v2 a connection is in progress from its challenge on."""
+    limits = Limits(max_pending_registrations_per_source=2)
+    async with relay.RelayServer(0, host=HOST, protocol="v2", limits=limits) as relay_server:
+        silent = []
+        try:
+            for _ in range(3):
+                silent.append(socket.create_connection((HOST, relay_server.port)))
+            lines = [await asyncio.to_thread(_first_line, sock) for sock in silent]
+            assert "nonce=" in lines[0]  # challenges
+            assert "nonce=" in lines[1]
+            assert lines[2].startswith("error: 2 registrations from 127.0.0.1 are still")
+            served = await relay.start_server(echo, HOST, relay_server.port,
+                                              local_addr=(OTHER, 0))
+            async with served:
+                assert await roundtrip(served.public_port, HOST) == b"hello\n"
+        finally:
+            for sock in silent:
+                sock.close()
+
+
 def _first_line(sock: socket.socket) -> str:
     sock.settimeout(5)
     data = b""
