@@ -94,5 +94,6 @@ def test_idle_connections_from_one_address(loop: str) -> None:
     assert out.notes["still_open"] == 0, describe(out)
     assert out.notes["idle_closed"] + out.notes["refused"] == 1000, describe(out)
     first, last = out.notes["closed_after_s"]
-    assert first >= timeout, describe(out)
+    # Timed from our connect() returning; the relay may have accepted a few ms earlier.
+    assert first >= timeout - 0.1, describe(out)
     assert last < timeout + 3.0, describe(out)
