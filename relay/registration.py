@@ -45,12 +45,6 @@ class RegistrationRequest:
             f"unauthenticated client {self.client}")
 
 
-def source_address(transport: asyncio.BaseTransport) -> str:
-    """The peer's IP address (the unit of rate limiting), or ``?``."""
-    peer = transport.get_extra_info("peername")
-    return str(peer[0]) if peer else "?"
-
-
 class ChallengeProtocol(asyncio.Protocol):
     """One control connection of a v2 relay, until its proof is checked."""
 
@@ -88,7 +82,7 @@ class ChallengeProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = self._peer(transport)
-        source = source_address(transport)
+        source = source_of(transport.get_extra_info("peername"))
         wait = self._failures.blocked_for(source)
         if wait > 0:
             logger.debug("refusing %s at once: too many failed registrations", self.peer)
@@ -99,14 +93,13 @@ class ChallengeProtocol(asyncio.Protocol):
             self._refuse(f"too many registrations in progress ({len(self._pending)}); retry later")
             return
         if self._per_source is not None:
-            slot = source_of(transport.get_extra_info("peername"))
-            if not self._per_source.acquire(slot):
+            if not self._per_source.acquire(source):
                 self._refuse(
-                    f"{self._per_source.held(slot)} registrations from {slot} are still in "
+                    f"{self._per_source.held(source)} registrations from {source} are still in "
                     f"their handshake, the maximum (--max-pending-registrations-per-source "
                     f"{self._per_source.limit})")
                 return
-            self._held_slot = slot
+            self._held_slot = source
         self._pending.add(self)
         self._challenge = Challenge.fresh(auth_required=self._auth is not None)
         transport.write(self._challenge.line())  # type: ignore[attr-defined]
@@ -163,10 +156,11 @@ class ChallengeProtocol(asyncio.Protocol):
 
     def _fail(self, reason: str, *, send: bool = True) -> None:
         assert self.transport is not None
-        count = self._failures.failed(source_address(self.transport))
+        source = source_of(self.transport.get_extra_info("peername"))
+        count = self._failures.failed(source)
         if count == self._failures.limit:
             logger.warning("%s: %d failed registrations within %g s; refusing it for a while",
-                           source_address(self.transport), count, self._failures.window)
+                           source, count, self._failures.window)
         self._refuse(reason, send=send, quiet=count > self._failures.limit)
 
     def _refuse(self, reason: str, *, send: bool = True, quiet: bool = False) -> None:
