@@ -33,6 +33,7 @@ from .forwarder import (
     DEFAULT_RECONNECT_MAX_DELAY,
     Forwarder,
 )
+from .limits import DEFAULT_IDLE_TIMEOUT, Limits
 from .server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -197,6 +198,16 @@ option("--max-connections", type=click.IntRange(min=1), default=DEFAULT_MAX_CONN
 option("--handshake-timeout", type=SECONDS, default=DEFAULT_HANDSHAKE_TIMEOUT,
        show_default=True, metavar="SECONDS", group=RELAY,
        help="A registering side must answer a yamux ping within this, or it is dropped.")
+option("--idle-timeout", type=click.FloatRange(min=0), default=DEFAULT_IDLE_TIMEOUT,
+       show_default=True, metavar="SECONDS", group=RELAY,
+       help="Reset a public connection that moved no byte either way for this long; 0: never.")
+option("--max-connections-per-source", type=click.IntRange(min=0), metavar="N", group=RELAY,
+       help="Most public connections per service from one address (IPv6: one /64); 0: no "
+            "limit.  [default: nine tenths of --max-connections]")
+option("--max-pending-registrations-per-source", type=click.IntRange(min=0), metavar="N",
+       group=RELAY,
+       help="Most registrations from one address still in their handshake; 0: no limit.  "
+            "[default: nine tenths of --max-sessions]")
 option("--protocol", type=click.Choice(PROTOCOLS), default=PROTOCOLS[0], show_default=True,
        group=RELAY, help="Registration protocol: yamux is the seed's (port line, then yamux).")
 
@@ -647,6 +658,11 @@ def build_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> RelaySe
         port, host=opts["bind"], port_range=opts["port_range"],
         max_sessions=opts["max_sessions"], max_connections=opts["max_connections"],
         handshake_timeout=opts["handshake_timeout"], yamux_config=_yamux_config(opts),
+        limits=Limits(
+            idle_timeout=opts["idle_timeout"],
+            max_connections_per_source=opts["max_connections_per_source"],
+            max_pending_registrations_per_source=opts["max_pending_registrations_per_source"],
+        ),
     )
 
 
