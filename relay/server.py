@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import yamux
+from yamux.ratelimit import RateLimitedLog
 
 from .auth import Authenticator, FailureLimiter, PortSet
 from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
@@ -189,6 +190,8 @@ class RelayServer:
         self.auth_failures = auth_failures or FailureLimiter()
         self.max_pending = max_pending
         self._pending: set[ChallengeProtocol] = set()
+        self._refusals = RateLimitedLog(logging.getLogger("relay.registration"))
+        """Refused v2 registrations: a stranger must not be able to write our log."""
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | None = None
         self._registrations: dict[int, _Registration] = {}
@@ -263,6 +266,7 @@ class RelayServer:
             self._control.close()
         for gate in list(self._pending):
             gate.abort()
+        self._refusals.summary(logging.WARNING, "registration refusals")
         for reg in list(self._registrations.values()):
             if reg.ending:  # already cleaning up; let it finish
                 continue
@@ -299,7 +303,7 @@ class RelayServer:
         return ChallengeProtocol(
             auth=self.auth, failures=self.auth_failures, timeout=self.handshake_timeout,
             peer=_peer, accepted=self._registration_made, pending=self._pending,
-            max_pending=self.max_pending,
+            max_pending=self.max_pending, log=self._refusals,
         )
 
     def _registration_made(

@@ -392,3 +392,20 @@ def test_any_response_bytes_are_refused_with_a_reason_or_parsed(line: bytes) -> 
     except HandshakeError as exc:
         reasons.append(str(exc))
     assert all(reasons)
+
+
+async def test_refusals_cannot_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """30 wrong proofs (the source never blocked here) write a bounded number of lines."""
+    limiter = FailureLimiter(limit=1000, window=60)
+    async with RelayServer(0, host=HOST, secret=SECRET, auth_failures=limiter) as server:
+        for _ in range(30):
+            reader, writer, line = await raw_greeting(server.port)
+            challenge = parse_challenge(line.rstrip(b"\n"))
+            writer.write(response_line(challenge, secret=b"wrong secret!"))
+            assert await reader.readline() == b"error: auth failed: wrong secret\n"
+            await close_writer(writer)
+    refusals = [r for r in caplog.records if r.getMessage().startswith("refusing registration")]
+    assert 5 <= len(refusals) <= 7
+    summary = [m for m in caplog.messages if "suppressed log messages" in m]
+    assert summary
+    assert "x auth" in summary[0]
