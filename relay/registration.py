@@ -10,6 +10,7 @@ bytes; every refusal is ``error: <reason>`` and the connection is closed.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,9 +46,20 @@ class RegistrationRequest:
 
 
 def source_address(transport: asyncio.BaseTransport) -> str:
-    """The peer's IP address (the unit of rate limiting), or ``?``."""
+    """The unit of rate limiting: the peer's IPv4 address, or its IPv6 /64 (one host's share
+    of addresses; an attacker rotating within it stays one source), or ``?``."""
     peer = transport.get_extra_info("peername")
-    return str(peer[0]) if peer else "?"
+    if not peer:
+        return "?"
+    try:
+        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    except ValueError:
+        return str(peer[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class ChallengeProtocol(asyncio.Protocol):

@@ -409,3 +409,19 @@ async def test_refusals_cannot_flood_the_log(caplog: pytest.LogCaptureFixture) -
     summary = [m for m in caplog.messages if "suppressed log messages" in m]
     assert summary
     assert "x auth" in summary[0]
+
+
+def test_failure_sources_are_ipv4_addresses_or_ipv6_64s() -> None:
+    from relay.registration import source_address
+
+    class Peer:
+        def __init__(self, peer: tuple[str, int] | None) -> None:
+            self.peer = peer
+
+        def get_extra_info(self, name: str) -> object:
+            return self.peer
+
+    assert source_address(Peer(("::ffff:192.0.2.7", 1))) == "192.0.2.7"  # type: ignore[arg-type]
+    assert source_address(Peer(("2001:db8:1:2:aaaa::1", 1))) == "2001:db8:1:2::/64"  # type: ignore[arg-type]
+    assert source_address(Peer(("198.51.100.1", 1))) == "198.51.100.1"  # type: ignore[arg-type]
+    assert source_address(Peer(None)) == "?"  # type: ignore[arg-type]
