@@ -10,7 +10,6 @@ bytes; every refusal is ``error: <reason>`` and the connection is closed.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from yamux.ratelimit import RateLimitedLog
 
 from .auth import Authenticator, AuthRefused, FailureLimiter, PortSet
 from .handshake import Challenge, HandshakeError, parse_response
+from .limits import SourceSlots, source_of
 from .protocol import MAX_GREETING, error_line
 
 logger = logging.getLogger("relay.registration")
@@ -46,20 +46,8 @@ class RegistrationRequest:
 
 
 def source_address(transport: asyncio.BaseTransport) -> str:
-    """The unit of rate limiting: the peer's IPv4 address, or its IPv6 /64 (one host's share
-    of addresses; an attacker rotating within it stays one source), or ``?``."""
-    peer = transport.get_extra_info("peername")
-    if not peer:
-        return "?"
-    try:
-        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
-    except ValueError:
-        return str(peer[0])
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
+    """The unit of failure counting: ``relay.limits.source_of`` (IPv4 address, IPv6 /64)."""
+    return source_of(transport.get_extra_info("peername"))
 
 
 class ChallengeProtocol(asyncio.Protocol):
@@ -75,6 +63,7 @@ class ChallengeProtocol(asyncio.Protocol):
         accepted: Callable[[asyncio.Transport, RegistrationRequest], None],
         pending: set[ChallengeProtocol],
         max_pending: int,
+        per_source: SourceSlots,
         log: RateLimitedLog,
     ) -> None:
         self._auth = auth
@@ -84,6 +73,9 @@ class ChallengeProtocol(asyncio.Protocol):
         self._accepted = accepted
         self._pending = pending
         self._max_pending = max_pending
+        self._per_source = per_source
+        self._source: str | None = None
+        """Set while this connection holds a slot of ``per_source``."""
         self._log = log
         self._buffer = bytearray()
         self._challenge: Challenge | None = None
@@ -104,6 +96,12 @@ class ChallengeProtocol(asyncio.Protocol):
             self._refuse(f"too many registrations in progress ({len(self._pending)}); retry later",
                          key="busy")
             return
+        if not self._per_source.acquire(source):
+            self._refuse(f"{self._per_source.held(source)} registrations from {source} are "
+                         f"still unanswered, the maximum (--max-pending-registrations-per-source "
+                         f"{self._per_source.limit})", key="busy")
+            return
+        self._source = source
         self._pending.add(self)
         self._challenge = Challenge.fresh(auth_required=self._auth is not None)
         transport.write(self._challenge.line())  # type: ignore[attr-defined]
@@ -186,6 +184,9 @@ class ChallengeProtocol(asyncio.Protocol):
     def _done(self) -> None:
         self._challenge = None
         self._pending.discard(self)
+        if self._source is not None:
+            self._per_source.release(self._source)
+            self._source = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -12,7 +12,8 @@ error), silence at the timeout. Whenever a session ends, for whatever reason,
 its public listener is closed at once and its public connections are reset, so
 the port is free again. What a stranger can make the relay allocate is bounded:
 ``max_sessions`` registrations (each one listener), ``max_connections`` public
-connections per session, and per stream the yamux window.
+connections per session, and per stream the yamux window; ``relay.limits`` adds
+per-source shares of those and the idle timeout.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import yamux
 from yamux.ratelimit import RateLimitedLog
 
 from .auth import Authenticator, FailureLimiter, PortSet
+from .limits import IdleWatch, Limits, SourceSlots, share, source_of
 from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
 from .pipe import SocketEnd, pipe
 from .protocol import RegistrationError, error_line, port_line
@@ -88,6 +90,9 @@ class _Registration:
     public_port: int
     sock: socket.socket
     session: yamux.Session
+    source: str
+    sources: SourceSlots
+    """Public connections per source."""
     request: RegistrationRequest | None = None
     listener: asyncio.Server | None = None
     task: asyncio.Task[None] | None = None
@@ -159,6 +164,7 @@ class RelayServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         yamux_config: yamux.Config | None = None,
+        limits: Limits | None = None,
         protocol: str = "yamux",
         secret: str | bytes | None = None,
         auth_clients: dict[str, object] | None = None,
@@ -184,12 +190,21 @@ class RelayServer:
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self.yamux_config = yamux_config or yamux.Config()
+        self.limits = limits or Limits()
+        self._registering = SourceSlots(
+            share(self.limits.max_pending_registrations_per_source, max_sessions))
+        self._connections_per_source = share(self.limits.max_connections_per_source,
+                                             max_connections)
+        self._idle = IdleWatch(self.limits.idle_timeout, self._idle_connection)
         self.auth = auth
         self.protocol = "v2" if auth is not None else protocol
         self.ssl = ssl
         self.auth_failures = auth_failures or FailureLimiter()
         self.max_pending = max_pending
         self._pending: set[ChallengeProtocol] = set()
+        self._challenging = SourceSlots(
+            share(self.limits.max_pending_registrations_per_source, max_pending))
+        """Per source, v2 connections whose response is not checked yet."""
         self._refusals = RateLimitedLog(logging.getLogger("relay.registration"))
         """Refused v2 registrations: a stranger must not be able to write our log."""
         self._bind: BindAddress | None = None
@@ -262,6 +277,7 @@ class RelayServer:
         if self._closing:
             return
         self._closing = True
+        self._idle.close()
         if self._control is not None:
             self._control.close()
         for gate in list(self._pending):
@@ -303,7 +319,7 @@ class RelayServer:
         return ChallengeProtocol(
             auth=self.auth, failures=self.auth_failures, timeout=self.handshake_timeout,
             peer=_peer, accepted=self._registration_made, pending=self._pending,
-            max_pending=self.max_pending, log=self._refusals,
+            max_pending=self.max_pending, per_source=self._challenging, log=self._refusals,
         )
 
     def _registration_made(
@@ -321,19 +337,31 @@ class RelayServer:
                 f"(--max-sessions {self.max_sessions})",
             )
             return
+        source = source_of(transport.get_extra_info("peername"))
+        if not self._registering.acquire(source):
+            self._refuse(
+                transport, peer,
+                f"{self._registering.held(source)} registrations from {source} are still in "
+                f"their handshake, the maximum (--max-pending-registrations-per-source "
+                f"{self._registering.limit})",
+            )
+            return
         try:
             sock = self._open_public_listener(request)
         except PortRefusedError as exc:
+            self._registering.release(source)
             self._refuse(transport, peer, str(exc))
             return
         except OSError as exc:
+            self._registering.release(source)
             self._refuse(transport, peer, str(exc) if isinstance(exc, NoFreePortError)
                          else f"cannot open a public port: {exc}")
             return
         public_port = int(sock.getsockname()[1])
         transport.write(port_line(public_port))
         session = yamux.Session.attach(transport, client=True, config=self.yamux_config)
-        reg = _Registration(next(self._ids), peer, public_port, sock, session, request)
+        reg = _Registration(next(self._ids), peer, public_port, sock, session, source,
+                            SourceSlots(self._connections_per_source), request)
         self._registrations[reg.id] = reg
         self._ports_in_use.add(public_port)
         loop = asyncio.get_running_loop()
@@ -435,6 +463,7 @@ class RelayServer:
                 )
                 return
             reg.confirmed = True
+            self._registering.release(reg.source)
             logger.debug("session %d confirmed (ping %.1f ms)", reg.id, rtt * 1000)
             rejecting = asyncio.get_running_loop().create_task(
                 self._reject_streams(reg), name=f"relay-reject-{reg.id}")
@@ -465,6 +494,8 @@ class RelayServer:
         if reg.ending:
             return
         reg.ending = True
+        if not reg.confirmed:
+            self._registering.release(reg.source)
         if reg.handshake is not None:
             reg.handshake.cancel()
         if reg.listener is not None:
@@ -490,14 +521,25 @@ class RelayServer:
 
     # ----------------------------------------------------- public connections
     def _public_connection(self, reg: _Registration, end: SocketEnd) -> None:
+        transport = end.transport
+        assert transport is not None
         if reg.ending or reg.session.closed:
             end.abort()
             return
         if len(reg.connections) >= self.max_connections:
             logger.warning(
                 "session %d: refusing a public connection from %s: %d open, the maximum "
-                "(--max-connections %d)", reg.id, _peer(end.transport), len(reg.connections),
+                "(--max-connections %d)", reg.id, _peer(transport), len(reg.connections),
                 self.max_connections,
+            )
+            end.abort()
+            return
+        source = source_of(transport.get_extra_info("peername"))
+        if not reg.sources.acquire(source):
+            logger.warning(
+                "session %d: refusing a public connection from %s: %d open from %s, the "
+                "maximum (--max-connections-per-source %d)", reg.id, _peer(transport),
+                reg.sources.held(source), source, reg.sources.limit,
             )
             end.abort()
             return
@@ -505,12 +547,28 @@ class RelayServer:
             self._relay_connection(reg, end), name=f"relay-public-{reg.id}"
         )
         reg.connections.add(task)
-        task.add_done_callback(reg.connections.discard)
+        self._idle.watch(end)
+        task.add_done_callback(partial(self._connection_done, reg, end, source))
+
+    def _connection_done(self, reg: _Registration, end: SocketEnd, source: str,
+                         task: asyncio.Task[None]) -> None:
+        reg.connections.discard(task)
+        reg.sources.release(source)
+        self._idle.forget(end)
+
+    def _idle_connection(self, end: SocketEnd) -> None:
+        logger.debug("resetting public connection from %s: idle for %g s (--idle-timeout)",
+                     _peer(end.transport) if end.transport is not None else "?",
+                     self.limits.idle_timeout)
+        end.abort()
 
     async def _relay_connection(self, reg: _Registration, end: SocketEnd) -> None:
         started = time.monotonic()
         try:
             stream = await reg.session.open_stream()
+        except asyncio.CancelledError:
+            end.abort()
+            raise
         except yamux.TooManyStreamsError as exc:
             logger.warning("session %d: refusing a public connection: %s", reg.id, exc)
             end.abort()

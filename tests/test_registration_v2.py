@@ -411,17 +411,24 @@ async def test_refusals_cannot_flood_the_log(caplog: pytest.LogCaptureFixture) -
     assert "x auth" in summary[0]
 
 
-def test_failure_sources_are_ipv4_addresses_or_ipv6_64s() -> None:
-    from relay.registration import source_address
 
-    class Peer:
-        def __init__(self, peer: tuple[str, int] | None) -> None:
-            self.peer = peer
-
-        def get_extra_info(self, name: str) -> object:
-            return self.peer
-
-    assert source_address(Peer(("::ffff:192.0.2.7", 1))) == "192.0.2.7"  # type: ignore[arg-type]
-    assert source_address(Peer(("2001:db8:1:2:aaaa::1", 1))) == "2001:db8:1:2::/64"  # type: ignore[arg-type]
-    assert source_address(Peer(("198.51.100.1", 1))) == "198.51.100.1"  # type: ignore[arg-type]
-    assert source_address(Peer(None)) == "?"  # type: ignore[arg-type]
+async def test_unanswered_challenges_are_limited_per_source() -> None:
+    from relay.limits import Limits
+    limits = Limits(max_pending_registrations_per_source=2)
+    async with RelayServer(0, host=HOST, secret=SECRET, limits=limits) as server:
+        held = [await raw_greeting(server.port) for _ in range(2)]
+        assert all(is_challenge(line.rstrip(b"\n")) for _, _, line in held)
+        _reader, writer, line = await raw_greeting(server.port)
+        assert line.startswith(b"error: 2 registrations from 127.0.0.1 are still unanswered")
+        await close_writer(writer)
+        # Another source is not affected, and a slot is free again once a challenge ends.
+        reader, other = await asyncio.open_connection(HOST, server.port,
+                                                      local_addr=("127.0.0.2", 0))
+        assert is_challenge((await reader.readline()).rstrip(b"\n"))
+        await close_writer(other)
+        await close_writer(held[0][1])
+        await asyncio.sleep(0.1)
+        async with await relay.start_server(echo_handler, HOST, server.port,
+                                            secret=SECRET) as served:
+            assert await roundtrip(served.public_port) == b"hello through v2\n"
+        await close_writer(held[1][1])
