@@ -6,6 +6,11 @@ switches the connection to a yamux session in the client role. Every public
 connection then becomes one stream on that session, piped both ways by
 ``relay.pipe``.
 
+With a secret, an auth file or ``protocol="v2"`` the relay first challenges
+(``relay.registration``, docs/protocol.md) and allocates only for a checked
+response, honouring its ``RegistrationRequest`` (requested port, the client's
+allowed ports, the client address at the start of each stream).
+
 A registration is confirmed when the registered side answers a yamux ping
 within ``handshake_timeout``; garbage ends the session at once (protocol
 error), silence at the timeout. Whenever a session ends, for whatever reason,
