@@ -64,6 +64,7 @@ class ChallengeProtocol(asyncio.Protocol):
         pending: set[ChallengeProtocol],
         max_pending: int,
         per_source: SourceSlots,
+        busy_reason: Callable[[str], str],
         log: RateLimitedLog,
     ) -> None:
         self._auth = auth
@@ -74,8 +75,10 @@ class ChallengeProtocol(asyncio.Protocol):
         self._pending = pending
         self._max_pending = max_pending
         self._per_source = per_source
+        self._busy_reason = busy_reason
         self._source: str | None = None
-        """Set while this connection holds a slot of ``per_source``."""
+        """Set while this connection holds a slot of ``per_source`` (the relay's unfinished
+        registrations of a source); on success the slot passes to the registration."""
         self._log = log
         self._buffer = bytearray()
         self._challenge: Challenge | None = None
@@ -97,9 +100,7 @@ class ChallengeProtocol(asyncio.Protocol):
                          key="busy")
             return
         if not self._per_source.acquire(source):
-            self._refuse(f"{self._per_source.held(source)} registrations from {source} are "
-                         f"still unanswered, the maximum (--max-pending-registrations-per-source "
-                         f"{self._per_source.limit})", key="busy")
+            self._refuse(self._busy_reason(source), key="busy")
             return
         self._source = source
         self._pending.add(self)
@@ -134,6 +135,7 @@ class ChallengeProtocol(asyncio.Protocol):
             else:
                 self._fail(f"bad response: {exc}")
             return
+        self._source = None  # the slot goes on with the registration
         self._done()
         assert self.transport is not None
         self._accepted(self.transport, RegistrationRequest(

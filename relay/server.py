@@ -207,9 +207,6 @@ class RelayServer:
         self.auth_failures = auth_failures or FailureLimiter()
         self.max_pending = max_pending
         self._pending: set[ChallengeProtocol] = set()
-        self._challenging = SourceSlots(
-            share(self.limits.max_pending_registrations_per_source, max_pending))
-        """Per source, v2 connections whose response is not checked yet."""
         self._refusals = RateLimitedLog(logging.getLogger("relay.registration"))
         """Refused v2 registrations: a stranger must not be able to write our log."""
         self._bind: BindAddress | None = None
@@ -324,31 +321,35 @@ class RelayServer:
         return ChallengeProtocol(
             auth=self.auth, failures=self.auth_failures, timeout=self.handshake_timeout,
             peer=_peer, accepted=self._registration_made, pending=self._pending,
-            max_pending=self.max_pending, per_source=self._challenging, log=self._refusals,
+            max_pending=self.max_pending, per_source=self._registering,
+            busy_reason=self._busy_reason, log=self._refusals,
         )
 
     def _registration_made(
         self, transport: asyncio.Transport, request: RegistrationRequest | None = None
     ) -> None:
-        """Allocate for a registration: seed at once, v2 once its proof is checked."""
+        """Allocate for a registration: seed at once, v2 once its proof is checked.
+
+        The source's slot of unfinished registrations (``_registering``) is taken here
+        for the seed protocol; a v2 registration has held it since its connection
+        arrived (``ChallengeProtocol``). Either way it is released when the yamux ping
+        is answered or the registration ends.
+        """
         peer = _peer(transport)
+        source = source_of(transport.get_extra_info("peername"))
+        if request is None and not self._registering.acquire(source):
+            self._refuse(transport, peer, self._busy_reason(source))
+            return
         if self._closing:
+            self._registering.release(source)
             transport.abort()
             return
         if len(self._registrations) >= self.max_sessions:
+            self._registering.release(source)
             self._refuse(
                 transport, peer,
                 f"relay is full: {len(self._registrations)} sessions, the maximum "
                 f"(--max-sessions {self.max_sessions})",
-            )
-            return
-        source = source_of(transport.get_extra_info("peername"))
-        if not self._registering.acquire(source):
-            self._refuse(
-                transport, peer,
-                f"{self._registering.held(source)} registrations from {source} are still in "
-                f"their handshake, the maximum (--max-pending-registrations-per-source "
-                f"{self._registering.limit})",
             )
             return
         try:
@@ -375,6 +376,11 @@ class RelayServer:
         reg.handshake = loop.create_task(session.ping(), name=f"relay-handshake-{reg.id}")
         reg.handshake.add_done_callback(_retrieve)
         reg.task = loop.create_task(self._run(reg), name=f"relay-session-{reg.id}")
+
+    def _busy_reason(self, source: str) -> str:
+        return (f"{self._registering.held(source)} registrations from {source} are still in "
+                f"their handshake, the maximum (--max-pending-registrations-per-source "
+                f"{self._registering.limit})")
 
     def _refuse(self, transport: asyncio.Transport, peer: str, reason: str) -> None:
         logger.warning("refusing registration from %s: %s", peer, reason,

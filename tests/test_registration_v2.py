@@ -419,7 +419,8 @@ async def test_unanswered_challenges_are_limited_per_source() -> None:
         held = [await raw_greeting(server.port) for _ in range(2)]
         assert all(is_challenge(line.rstrip(b"\n")) for _, _, line in held)
         _reader, writer, line = await raw_greeting(server.port)
-        assert line.startswith(b"error: 2 registrations from 127.0.0.1 are still unanswered")
+        assert line.startswith(b"error: 2 registrations from 127.0.0.1 are still in their "
+                               b"handshake, the maximum (--max-pending-registrations-per-source")
         await close_writer(writer)
         # Another source is not affected, and a slot is free again once a challenge ends.
         reader, other = await asyncio.open_connection(HOST, server.port,
@@ -432,3 +433,21 @@ async def test_unanswered_challenges_are_limited_per_source() -> None:
                                             secret=SECRET) as served:
             assert await roundtrip(served.public_port) == b"hello through v2\n"
         await close_writer(held[1][1])
+
+
+async def test_one_slot_per_source_from_arrival_until_the_ping_is_answered() -> None:
+    """The slot is held across both phases (challenge, then yamux ping) and freed after."""
+    from relay.limits import Limits
+    limits = Limits(max_pending_registrations_per_source=1)
+    async with RelayServer(0, host=HOST, secret=SECRET, limits=limits) as server:
+        async with await relay.start_server(echo_handler, HOST, server.port,
+                                            secret=SECRET) as first:
+            await asyncio.sleep(0.2)  # the relay's ping is answered: the slot is free again
+            async with await relay.start_server(echo_handler, HOST, server.port,
+                                                secret=SECRET) as second:
+                assert first.public_port != second.public_port
+        _reader, writer, line = await raw_greeting(server.port)  # holds the only slot
+        assert is_challenge(line.rstrip(b"\n"))
+        with pytest.raises(RelayRefusedError, match="still in their handshake"):
+            await relay.start_server(echo_handler, HOST, server.port, secret=SECRET)
+        await close_writer(writer)
