@@ -27,13 +27,7 @@ import yamux
 
 from . import config as config_file
 from . import logs
-from .auth import (
-    AuthConfigError,
-    Authenticator,
-    load_auth_file,
-    parse_auth_clients,
-    read_secret_file,
-)
+from .auth import AuthConfigError, Authenticator, parse_auth_clients, read_secret_file
 from .forwarder import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_LOCAL_HOST,
@@ -191,7 +185,8 @@ option("--protocol", type=click.Choice(PROTOCOLS), default=PROTOCOLS[0], show_de
                          "--auth-file.")
 option("--auth-file", type=click.Path(dir_okay=False), metavar="FILE", group=RELAY,
        help="TOML file of named clients, each with its own secret and the ports it may hold "
-            "([clients.NAME] secret = ..., ports = \"5000-5009\").")
+            "([clients.NAME] secret = ..., ports = \"5000-5009\"). Re-read when it changes: "
+            "a removed client is disconnected.")
 option("--tls-client-ca", type=click.Path(dir_okay=False), metavar="FILE", group=RELAY,
        help="Require a client certificate signed by this CA (mutual TLS; needs --tls-cert).")
 
@@ -652,19 +647,15 @@ def _authenticator(ctx: click.Context, opts: dict[str, Any]) -> Authenticator | 
     secret = _secret(ctx, opts)
     found = loaded_config(ctx)
     try:
-        clients = load_auth_file(opts["auth_file"]) if opts["auth_file"] else {}
+        clients = {}
         if found is not None and found.clients:
-            for name, client in parse_auth_clients(found.clients, found.path.parent).items():
-                if name in clients:
-                    raise AuthConfigError(f"client {name!r} is in both --auth-file and "
-                                          f"{found.path}")
-                clients[name] = client
-        if secret is not None and clients:
+            clients = parse_auth_clients(found.clients, found.path.parent)
+        if secret is not None and (clients or opts["auth_file"]):
             raise AuthConfigError("give a shared secret (--secret, RELAY_SECRET, --secret-file) "
                                   "or named clients (--auth-file, [[server.clients]]), not both")
-        if secret is None and not clients:
+        if secret is None and not clients and not opts["auth_file"]:
             return None
-        return Authenticator(secret=secret, clients=clients or None)
+        return Authenticator(secret=secret, clients=clients, auth_file=opts["auth_file"])
     except AuthConfigError as exc:
         raise click.UsageError(str(exc), ctx) from None
 

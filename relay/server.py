@@ -37,7 +37,7 @@ from functools import partial
 import yamux
 from yamux.ratelimit import RateLimitedLog
 
-from .auth import Authenticator, FailureLimiter, PortSet
+from .auth import Authenticator, FailureLimiter, PortSet, watch_auth_file
 from .limits import IdleWatch, Limits, SourceSlots, share, source_of
 from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
 from .pipe import SocketEnd, pipe
@@ -207,6 +207,7 @@ class RelayServer:
         self.auth_failures = auth_failures or FailureLimiter()
         self.max_pending = max_pending
         self._pending: set[ChallengeProtocol] = set()
+        self._auth_watch: asyncio.Task[None] | None = None
         self._refusals = RateLimitedLog(logging.getLogger("relay.registration"))
         """Refused v2 registrations: a stranger must not be able to write our log."""
         self._bind: BindAddress | None = None
@@ -233,6 +234,9 @@ class RelayServer:
             sock.close()
             raise
         self._serving = loop.create_future()
+        if self.auth is not None and self.auth.auth_file is not None:
+            self._auth_watch = loop.create_task(
+                watch_auth_file(self.auth, self._revoke), name="relay-auth-file")
         logger.info("Serving relay requests on port %d", self.port,
                     extra={"control_port": self.port})
         if self.auth is None and not self._bind.is_loopback():
@@ -284,6 +288,8 @@ class RelayServer:
             self._control.close()
         for gate in list(self._pending):
             gate.abort()
+        if self._auth_watch is not None:
+            self._auth_watch.cancel()
         self._refusals.summary(logging.WARNING, "registration refusals")
         for reg in list(self._registrations.values()):
             if reg.ending:  # already cleaning up; let it finish
@@ -297,6 +303,8 @@ class RelayServer:
     async def wait_closed(self) -> None:
         if self._control is not None:
             await self._control.wait_closed()
+        if self._auth_watch is not None:
+            await asyncio.wait([self._auth_watch])
         while self._registrations:
             regs = list(self._registrations.values())
             tasks = [r.task for r in regs if r.task is not None and not r.task.done()]
@@ -376,6 +384,16 @@ class RelayServer:
         reg.handshake = loop.create_task(session.ping(), name=f"relay-handshake-{reg.id}")
         reg.handshake.add_done_callback(_retrieve)
         reg.task = loop.create_task(self._run(reg), name=f"relay-session-{reg.id}")
+
+    def _revoke(self, names: set[str]) -> None:
+        """End the sessions of clients whose auth-file entry was removed or changed."""
+        for reg in list(self._registrations.values()):
+            client = reg.request.client if reg.request is not None else None
+            if client in names and reg.request is not None and reg.request.authenticated \
+                    and not reg.ending and reg.task is not None:
+                reg.end_reason = (f"client {client} was removed from the auth file or its "
+                                  f"secret or ports changed")
+                reg.task.cancel()
 
     def _busy_reason(self, source: str) -> str:
         return (f"{self._registering.held(source)} registrations from {source} are still in "
