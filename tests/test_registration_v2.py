@@ -451,3 +451,16 @@ async def test_one_slot_per_source_from_arrival_until_the_ping_is_answered() -> 
         with pytest.raises(RelayRefusedError, match="still in their handshake"):
             await relay.start_server(echo_handler, HOST, server.port, secret=SECRET)
         await close_writer(writer)
+
+
+def test_failure_limiter_is_bounded_and_forgets() -> None:
+    limiter = FailureLimiter(limit=2, window=0.2, max_sources=3)
+    for source in ("a", "b", "c", "d", "e"):
+        limiter.failed(source)
+    assert len(limiter._failures) == 3  # the oldest sources were forgotten
+    limiter.failed("e")
+    assert 0 < limiter.blocked_for("e") <= 0.2
+    assert limiter.blocked_for("d") == 0
+    import time
+    time.sleep(0.25)
+    assert limiter.blocked_for("e") == 0
