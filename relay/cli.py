@@ -210,6 +210,9 @@ option("--tls", is_flag=True, group=FORWARDER,
        help="Connect to the relay over TLS, verifying its certificate (system CAs) and host name.")
 option("--tls-ca", type=click.Path(dir_okay=False), metavar="FILE", group=FORWARDER,
        help="Verify the relay's certificate with this CA instead of the system's (implies --tls).")
+option("--tls-server-name", metavar="NAME", group=FORWARDER,
+       help="The name the relay's certificate must carry, if not HOST (e.g. HOST is an IP "
+            "address; implies --tls).")
 option("--proxy-protocol", type=click.Choice(tuple(PROXY_VERSIONS)), group=FORWARDER,
        help="Send the local service a PROXY protocol header (v1 text, v2 binary) with the "
             "public client's address before the first byte.")
@@ -680,7 +683,7 @@ def build_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> RelaySe
 
 
 def _client_tls(ctx: click.Context, opts: dict[str, Any]) -> ssl.SSLContext | None:
-    if not (opts["tls"] or opts["tls_ca"] or opts["tls_cert"]):
+    if not (opts["tls"] or opts["tls_ca"] or opts["tls_cert"] or opts["tls_server_name"]):
         if opts["tls_key"] is not None:
             raise click.UsageError("--tls-key needs --tls-cert", ctx)
         return None
@@ -710,6 +713,7 @@ def build_forwarders(ctx: click.Context, host: str, port: int, services: Sequenc
             reconnect_max_delay=opts["reconnect_max_delay"],
             connect_timeout=opts["connect_timeout"], yamux_config=_yamux_config(opts),
             secret=secret, name=opts["client_name"], ssl=tls,
+            tls_server_name=opts["tls_server_name"],
             proxy_protocol=PROXY_VERSIONS.get(opts["proxy_protocol"] or ""),
         )
         for service in services

@@ -130,10 +130,18 @@ def test_tls_relay_and_forwarder(procs: Processes, echo_port: int, certs: Certif
                                      "--tls-ca", str(certs.other_ca), "--no-reconnect")
     assert wrong_ca.wait(15) == 1
     assert "TLS certificate was not accepted" in wrong_ca.stderr_text
+    wrong_name = procs.start_forwarder(control, echo_port, "--secret", SECRET, "--tls-ca",
+                                       str(certs.ca), "--tls-server-name", "relay.example",
+                                       "--no-reconnect")
+    assert wrong_name.wait(15) == 1
+    assert "Hostname mismatch" in wrong_name.stderr_text
+    _, by_name = procs.forwarder(control, echo_port, "--secret", SECRET, "--tls-ca",
+                                 str(certs.ca), "--tls-server-name", "localhost")
+    assert echo_roundtrip(by_name) == b"ping through the relay\n"
     plaintext = procs.start_forwarder(control, echo_port, "--secret", SECRET, "--no-reconnect",
                                       "--connect-timeout", "2")
     assert plaintext.wait(15) == 1
-    assert listening_ports(relay.pid) == {control, public}
+    assert listening_ports(relay.pid) == {control, public, by_name}
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
