@@ -45,11 +45,6 @@ class RegistrationRequest:
             f"unauthenticated client {self.client}")
 
 
-def source_address(transport: asyncio.BaseTransport) -> str:
-    """The unit of failure counting: ``relay.limits.source_of`` (IPv4 address, IPv6 /64)."""
-    return source_of(transport.get_extra_info("peername"))
-
-
 class ChallengeProtocol(asyncio.Protocol):
     """One control connection of a v2 relay, until its proof is checked."""
 
@@ -89,7 +84,7 @@ class ChallengeProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = self._peer(transport)
-        source = source_address(transport)
+        source = source_of(transport.get_extra_info("peername"))
         wait = self._failures.blocked_for(source)
         if wait > 0:
             self._refuse(f"too many failed registrations from {source}; retry in {wait:.0f} s",
@@ -165,7 +160,7 @@ class ChallengeProtocol(asyncio.Protocol):
     def _fail(self, reason: str, *, send: bool = True, key: str = "bad-response") -> None:
         """A failure of this source: counted for its block (``FailureLimiter``), then refused."""
         assert self.transport is not None
-        source = source_address(self.transport)
+        source = source_of(self.transport.get_extra_info("peername"))
         count = self._failures.failed(source)
         if count == self._failures.limit:
             self._log.log(logging.WARNING, "blocking",
