@@ -59,7 +59,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, Self
 
 INTEROP_DIR: Final = Path(__file__).resolve().parent
 REPO_ROOT: Final = INTEROP_DIR.parent
@@ -299,51 +299,33 @@ class Finished:
 _counter = itertools.count()
 
 
-class GoProcess:
-    """Handle on one running Go program (in a container, or directly in fallback mode).
+class LocalProcess:
+    """Handle on one running program: its output as it comes, its exit, its removal.
 
     Stdout is read line by line as it arrives (``readline``) and also kept in
-    full; stderr is collected. ``close`` (also on ``with`` exit) removes the
-    container by id, so nothing outlives the test even on errors.
+    full; stderr is collected. ``close`` (also on ``with`` exit) kills it, so
+    nothing outlives the test even on errors. The JS and py-libp2p peers run as
+    these; :class:`GoProcess` adds the container.
     """
 
-    def __init__(self, program: str, args: Sequence[str]) -> None:
-        if program not in PROGRAMS:
-            raise ValueError(f"unknown program {program!r}; one of {PROGRAMS}")
+    def __init__(self, program: str, cmd: Sequence[str], args: Sequence[str] | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.program = program
-        self.args = list(args)
+        self.args = list(cmd[1:] if args is None else args)
         self.started = time.monotonic()
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._stdout: list[str] = []
         self._stderr: list[str] = []
         self._closed = False
         self._result: Finished | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._cidfile: Path | None = None
-        self._cid: str | None = None
-        image = build_image()
-        if image is None:
-            self.name: str | None = None
-            cmd = [str(BUILD_DIR / program), *self.args]
-            env = None
-        else:
-            self.name = f"relay-interop-{os.getpid()}-{next(_counter)}-{program}"
-            self._tmp = tempfile.TemporaryDirectory(prefix="relay-interop-")
-            self._cidfile = Path(self._tmp.name) / "cid"
-            cmd = [
-                "podman", "--runtime", "runc", "run", "--rm", "--pull=never",
-                "--network=host", "--name", self.name, "--label", CONTAINER_LABEL,
-                "--cidfile", str(self._cidfile), image, f"/{program}", *self.args,
-            ]  # fmt: skip
-            env = _podman_env()
         self._proc = subprocess.Popen(
-            cmd,
+            list(cmd),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             errors="replace",
-            env=env,
+            env=None if env is None else dict(env),
         )
         assert self._proc.stdout is not None
         assert self._proc.stderr is not None
@@ -398,22 +380,6 @@ class GoProcess:
         """Pid of the local process (podman client, or the program in direct mode)."""
         return self._proc.pid
 
-    @property
-    def container_id(self) -> str | None:
-        """Full container id (None in direct mode or if podman never created it)."""
-        if self._cid is None and self._cidfile is not None:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                with contextlib.suppress(FileNotFoundError):
-                    text = self._cidfile.read_text().strip()
-                    if text:
-                        self._cid = text
-                        break
-                if self._proc.poll() is not None and not self._cidfile.exists():
-                    break
-                time.sleep(0.02)
-        return self._cid
-
     # -- lifecycle
 
     def wait(self, timeout: float = 120) -> Finished:
@@ -452,10 +418,79 @@ class GoProcess:
         return self._result
 
     def close(self) -> None:
-        """Remove the container by id (or kill the process); idempotent."""
+        """Kill the program if it still runs; idempotent."""
         if self._closed:
             return
         self._closed = True
+        self._remove()
+
+    def _remove(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=10)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _where(self) -> str:
+        return f"pid {self._proc.pid}"
+
+    def _describe(self, what: str) -> str:
+        out, err = self.output()
+        return (
+            f"{self.program} {' '.join(self.args)} ({self._where()}) {what}\n"
+            f"--- stdout\n{out}--- stderr\n{err[-8000:]}"
+        )
+
+
+class GoProcess(LocalProcess):
+    """One Go program, in a podman container (or directly in fallback mode).
+
+    ``close`` removes the container by id.
+    """
+
+    def __init__(self, program: str, args: Sequence[str]) -> None:
+        if program not in PROGRAMS:
+            raise ValueError(f"unknown program {program!r}; one of {PROGRAMS}")
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._cidfile: Path | None = None
+        self._cid: str | None = None
+        image = build_image()
+        if image is None:
+            self.name: str | None = None
+            super().__init__(program, [str(BUILD_DIR / program), *args], args)
+            return
+        self.name = f"relay-interop-{os.getpid()}-{next(_counter)}-{program}"
+        self._tmp = tempfile.TemporaryDirectory(prefix="relay-interop-")
+        self._cidfile = Path(self._tmp.name) / "cid"
+        cmd = [
+            "podman", "--runtime", "runc", "run", "--rm", "--pull=never",
+            "--network=host", "--name", self.name, "--label", CONTAINER_LABEL,
+            "--cidfile", str(self._cidfile), image, f"/{program}", *args,
+        ]  # fmt: skip
+        super().__init__(program, cmd, args, _podman_env())
+
+    @property
+    def container_id(self) -> str | None:
+        """Full container id (None in direct mode or if podman never created it)."""
+        if self._cid is None and self._cidfile is not None:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with contextlib.suppress(FileNotFoundError):
+                    text = self._cidfile.read_text().strip()
+                    if text:
+                        self._cid = text
+                        break
+                if self._proc.poll() is not None and not self._cidfile.exists():
+                    break
+                time.sleep(0.02)
+        return self._cid
+
+    def _remove(self) -> None:
         try:
             if self._cidfile is not None:
                 running = self._proc.poll() is None
@@ -463,27 +498,13 @@ class GoProcess:
                 target = cid or self.name
                 if target:
                     _podman("rm", "-f", "-t", "0", "--ignore", target, check=False, timeout=60)
-            if self._proc.poll() is None:
-                self._proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=10)
+            super()._remove()
         finally:
             if self._tmp is not None:
                 self._tmp.cleanup()
 
-    def __enter__(self) -> GoProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _describe(self, what: str) -> str:
-        out, err = self.output()
-        where = f"container {self._cid or self.name}" if self.name else f"pid {self._proc.pid}"
-        return (
-            f"{self.program} {' '.join(self.args)} ({where}) {what}\n"
-            f"--- stdout\n{out}--- stderr\n{err[-8000:]}"
-        )
+    def _where(self) -> str:
+        return f"container {self._cid or self.name}" if self.name else super()._where()
 
 
 def start(program: str, *args: str) -> GoProcess:

@@ -19,7 +19,7 @@ SCENARIOS.md) from its own point of view, using a wire tap like the Go peer's
 (:class:`WireTap`): frame counts per direction, largest Data frame, RST frames,
 pings, SYN/ACK window grants.
 
-Manual use: ``python -m interop.py_peer echo client`` (Python = yamux client).
+Manual use: ``python -m interop.py_peer echo client [--family js]`` (Python = yamux client).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any, Final
 import yamux
 from yamux.const import Flag, FrameType
 
-from . import harness
+from . import families, harness
 
 logger = logging.getLogger("interop.py_peer")
 
@@ -1254,6 +1254,8 @@ class Outcome:
     params: Params
     py_role: str
     report: Report
+    family: str = "go"
+    """The peer's yamux family (interop/families.py); ``go_*`` fields hold its peer's output."""
     go: harness.Finished | None = None
     go_error: str | None = None
     """The harness's own failure (timeout, ...), with whatever Go printed."""
@@ -1297,10 +1299,10 @@ class Outcome:
         p = self.params
         knobs = {k: v for k, v in dataclasses.asdict(p).items() if k != "scenario"}
         out = [
-            f"=== scenario {p.scenario}: python yamux {self.py_role} vs Go yamux-peer "
+            f"=== scenario {p.scenario}: python yamux {self.py_role} vs {self.family} yamux-peer "
             f"-role {self.go_role}  ({'OK' if self.ok else 'FAILED'}, {self.wall_s:.2f}s)",
             f"knobs: {knobs}",
-            f"go command: yamux-peer {' '.join(self.go_args)}",
+            f"{self.family} peer command: yamux-peer {' '.join(self.go_args)}",
             f"verdicts: go={'ok' if self.go_ok else 'FAILED'} "
             f"python={'ok' if self.py_ok else 'FAILED'}",
         ]
@@ -1319,23 +1321,29 @@ class Outcome:
 
 
 async def run_against_go(scenario: str, py_role: str, **overrides: Any) -> Outcome:
-    """Run one scenario: Python in ``py_role`` ("client" = active) against the Go peer.
+    """:func:`run_against` the Go peer (hashicorp/yamux)."""
+    return await run_against("go", scenario, py_role, **overrides)
+
+
+async def run_against(family: str, scenario: str, py_role: str, **overrides: Any) -> Outcome:
+    """Run one scenario: Python in ``py_role`` ("client" = active) against ``family``'s peer.
 
     Never raises for a scenario failure: look at ``Outcome.ok`` and ``describe()``.
-    The Go peer's container is removed before this returns, whatever happened.
+    The peer (container or process) is removed before this returns, whatever happened.
     """
     if py_role not in ROLES:
         raise ValueError(f"py_role must be one of {ROLES}")
+    fam = families.family(family)
     params = Params.for_scenario(scenario, **overrides)
     report = Report(scenario, py_role, params)
-    outcome = Outcome(params, py_role, report)
+    outcome = Outcome(params, py_role, report, family)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     async with PeerListener(client=py_role == "client", config=params.config(),
                             tap=report.tap) as listener:
         assert listener.accepted is not None
         go = await asyncio.to_thread(
-            harness.start_peer, outcome.go_role, listener.addr, scenario, **params.go_knobs()
+            fam.start_peer, outcome.go_role, listener.addr, scenario, **params.go_knobs()
         )
         outcome.go_args = list(go.args)
         go_exit = asyncio.ensure_future(go.await_exit(within=params.timeout + 30))
@@ -1343,7 +1351,7 @@ async def run_against_go(scenario: str, py_role: str, **overrides: Any) -> Outco
             await asyncio.wait({listener.accepted, go_exit}, timeout=60,
                                return_when=asyncio.FIRST_COMPLETED)
             if not listener.accepted.done():
-                raise ScenarioError("the Go peer did not connect"
+                raise ScenarioError(f"the {family} peer did not connect"
                                     + (" (it exited)" if go_exit.done() else " within 60s"))
             session = report.session = listener.accepted.result()
             side = run_active if py_role == "client" else run_passive
@@ -1360,7 +1368,7 @@ async def run_against_go(scenario: str, py_role: str, **overrides: Any) -> Outco
             except harness.HarnessError as exc:
                 outcome.go_error = str(exc)
             except TimeoutError:
-                outcome.go_error = "Go peer did not exit within 30s after our session ended"
+                outcome.go_error = f"{family} peer did not exit within 30s after our session ended"
             finally:
                 if not go_exit.done():
                     await asyncio.to_thread(go.close)
@@ -1384,12 +1392,14 @@ def main(argv: list[str] | None = None) -> int:
     for knob in ("size", "down", "window", "streams", "backlog", "count"):
         ap.add_argument(f"--{knob}", type=int)
     ap.add_argument("--keepalive-interval", type=float)
+    ap.add_argument("--family", choices=sorted(families.FAMILIES), default="go",
+                    help="the peer's yamux implementation (default: go)")
     ap.add_argument("-v", "--verbose", action="store_true")
     ns = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.WARNING)
     overrides = {k: v for k, v in vars(ns).items()
-                 if k not in ("scenario", "role", "verbose") and v is not None}
-    outcome = asyncio.run(run_against_go(ns.scenario, ns.role, **overrides))
+                 if k not in ("scenario", "role", "verbose", "family") and v is not None}
+    outcome = asyncio.run(run_against(ns.family, ns.scenario, ns.role, **overrides))
     print(outcome.describe())
     return 0 if outcome.ok else 1
 
