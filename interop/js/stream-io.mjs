@@ -58,6 +58,27 @@ export function isReset (err) {
   return err?.name === 'StreamResetError'
 }
 
+/**
+ * Queue bytes on a libp2p stream and wait until it has handed all of them to the muxer.
+ *
+ * Not onDrain(): the package resolves it on any drain of the socket, also while this
+ * stream's send window is still exhausted, so a writer looping on it queues without bound.
+ */
+export async function sendAll (stream, data) {
+  stream.send(data)
+  while (stream.writeBufferLength > 0) {
+    await new Promise((resolve, reject) => {
+      const idle = () => { stream.removeEventListener('close', closed); resolve() }
+      const closed = evt => {
+        stream.removeEventListener('idle', idle)
+        reject(evt.error ?? new Error(`stream ${stream.status}`))
+      }
+      stream.addEventListener('idle', idle, { once: true })
+      stream.addEventListener('close', closed, { once: true })
+    })
+  }
+}
+
 /** One yamux stream with buffered reads and awaited writes. */
 export class Conn {
   constructor (stream) {
@@ -160,27 +181,9 @@ export class Conn {
     if (extra) throw new ScenarioError(`expected EOF, got ${extra} extra bytes first`)
   }
 
-  /**
-   * Queue bytes and wait until the stream has handed all of them to the muxer.
-   *
-   * Not onDrain(): the package resolves it on any drain of the socket, also while this
-   * stream's send window is still exhausted, so a writer looping on it queues without bound.
-   */
   async write (data) {
-    const s = this.stream
     try {
-      s.send(data)
-      while (s.writeBufferLength > 0) {
-        await new Promise((resolve, reject) => {
-          const idle = () => { s.removeEventListener('close', closed); resolve() }
-          const closed = evt => {
-            s.removeEventListener('idle', idle)
-            reject(evt.error ?? new Error(`stream ${s.status}`))
-          }
-          s.addEventListener('idle', idle, { once: true })
-          s.addEventListener('close', closed, { once: true })
-        })
-      }
+      await sendAll(this.stream, data)
     } catch (err) {
       throw new ScenarioError(`write failed: ${err.name}: ${err.message}`)
     }
