@@ -27,6 +27,8 @@ from .harness import GoProcess, HarnessError, LocalProcess
 JS_DIR: Final = harness.INTEROP_DIR / "js"
 LIBP2P_DIR: Final = harness.INTEROP_DIR / "libp2p"
 LIBP2P_VENV: Final = harness.INTEROP_DIR / ".venv-libp2p"
+NODE_FALLBACK: Final = harness.INTEROP_DIR / ".node" / "node_modules" / ".bin" / "node"
+"""Node 20 from the npm registry, installed where the distribution's node is older."""
 INSTALL_HINT: Final = "run scripts/install-test-deps.sh"
 
 
@@ -62,19 +64,25 @@ class Family:
         return LocalProcess(f"{self.name}-peer", self.command(args), args)
 
 
-def _node_version() -> int:
-    done = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False)
+def _node_version(node: str) -> int:
     try:
+        done = subprocess.run([node, "--version"], capture_output=True, text=True, check=False)
         return int(done.stdout.strip().lstrip("v").split(".")[0])
-    except ValueError:
+    except (OSError, ValueError):
         return 0
 
 
+def node() -> str:
+    """The node to run: the system's if it is >= 20, else interop/.node's (npm's node@20)."""
+    system = shutil.which("node")
+    if system is not None and _node_version(system) >= 20:
+        return system
+    return str(NODE_FALLBACK) if NODE_FALLBACK.exists() else (system or "node")
+
+
 def _js_missing() -> str | None:
-    if shutil.which("node") is None:
-        return "`node` not found (apt-get install nodejs npm)"
-    if _node_version() < 20:
-        return "Node.js 20 or newer is needed"
+    if _node_version(node()) < 20:
+        return "Node.js 20 or newer is needed (apt-get install nodejs npm; npm's node@20)"
     if not (JS_DIR / "node_modules" / "@chainsafe" / "libp2p-yamux").is_dir():
         return f"{JS_DIR}/node_modules is not installed (npm ci)"
     return None
@@ -99,7 +107,7 @@ FAMILIES: Final = {
     "go": Family("go", "hashicorp/yamux (Debian 12, Go)", lambda: None, None),
     "js": Family(
         "js", "@chainsafe/libp2p-yamux 8.0.1 (Node.js)", _js_missing,
-        lambda args: ["node", str(JS_DIR / "yamux-peer.mjs"), *args],
+        lambda args: [node(), str(JS_DIR / "yamux-peer.mjs"), *args],
     ),
     "libp2p": Family(
         "libp2p", "py-libp2p 0.8.1 yamux (trio)", _libp2p_missing,
