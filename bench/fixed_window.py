@@ -12,12 +12,10 @@ import dataclasses
 import runpy
 import sys
 
-del sys.path[0]  # this file's directory (bench/) must not shadow anything of the relay's
-
-import yamux  # noqa: E402
-
 
 def set_default_window(size: int) -> None:
+    import yamux
+
     config = yamux.Config
     init = config.__init__
     if init.__kwdefaults__ and "max_stream_window_size" in init.__kwdefaults__:
@@ -33,6 +31,7 @@ def set_default_window(size: int) -> None:
 
 
 if __name__ == "__main__":
+    del sys.path[0]  # this file's directory (bench/) must not shadow anything of the relay's
     set_default_window(int(sys.argv[1]))
     sys.argv = ["relay", *sys.argv[2:]]
     runpy.run_module("relay", run_name="__main__", alter_sys=True)
