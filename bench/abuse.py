@@ -34,17 +34,15 @@ import contextlib
 import os
 import re
 import resource
-import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testkit.ports import free_port
+from testkit.procs import Proc, ProcessError
 from yamux.const import Flag, FrameType
 from yamux.frame import encode_header, parse_header
 
@@ -64,91 +62,29 @@ class AbuseError(RuntimeError):
 
 
 # ----------------------------------------------------------------- processes
-class Process:
-    """A child process whose stdout and stderr lines are collected by threads."""
+def start_process(args: list[str], name: str) -> Proc:
+    """A child running this tree's code (its root first on PYTHONPATH), output collected."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return Proc(args, name, env={"PYTHONPATH": path})
 
-    def __init__(self, args: list[str], name: str) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        self.name = name
-        self.args = args
-        self.popen = subprocess.Popen(
-            args, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, errors="replace")
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._lock = threading.Condition()
-        self._threads = [threading.Thread(target=self._collect, args=(pipe, lines), daemon=True)
-                         for pipe, lines in ((self.popen.stdout, self.stdout),
-                                             (self.popen.stderr, self.stderr))]
-        for thread in self._threads:
-            thread.start()
 
-    def _collect(self, pipe: Any, lines: list[str]) -> None:
-        for line in pipe:
-            with self._lock:
-                lines.append(line.rstrip("\n"))
-                self._lock.notify_all()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def rss(self) -> int:
-        """Resident set size in bytes (0 once the process is gone)."""
-        try:
-            with open(f"/proc/{self.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
+def rss(proc: Proc) -> int:
+    """Resident set size in bytes (0 once the process is gone)."""
+    try:
+        return proc.rss_bytes()
+    except (OSError, ProcessError):
         return 0
 
-    def wait_line(self, pattern: re.Pattern[str], stream: str = "stderr",
-                  timeout: float = 15.0) -> re.Match[str]:
-        lines = self.stderr if stream == "stderr" else self.stdout
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while True:
-                for line in lines:
-                    if match := pattern.search(line):
-                        return match
-                if time.monotonic() > deadline or self.popen.poll() is not None:
-                    raise AbuseError(f"{self.name}: no line matching {pattern.pattern!r}:\n"
-                                     + "\n".join(self.stderr[-20:]))
-                self._lock.wait(0.1)
 
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        for thread in self._threads:
-            thread.join(5)
-        for pipe in (self.popen.stdout, self.popen.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def start_relay(loop: str, *args: str) -> tuple[Process, int]:
+def start_relay(loop: str, *args: str) -> tuple[Proc, int]:
     """``relay --bind 127.0.0.1 --event-loop LOOP ARGS PORT``, once it serves."""
     for _ in range(3):
         port = free_port()
-        proc = Process([sys.executable, "-m", "relay", "--bind", HOST, "--event-loop", loop,
+        proc = start_process([sys.executable, "-m", "relay", "--bind", HOST, "--event-loop", loop,
                         *args, str(port)], "relay")
         try:
             proc.wait_line(SERVING)
-        except AbuseError:
+        except ProcessError:
             proc.stop()
             if "address already in use" in "\n".join(proc.stderr).lower():
                 continue
@@ -157,11 +93,11 @@ def start_relay(loop: str, *args: str) -> tuple[Process, int]:
     raise AbuseError("no free control port for the relay")
 
 
-def start_forwarder(loop: str, relay_port: int, local_port: int) -> tuple[Process, int]:
-    proc = Process([sys.executable, "-m", "relay", f"--localForwardPort={local_port}",
+def start_forwarder(loop: str, relay_port: int, local_port: int) -> tuple[Proc, int]:
+    proc = start_process([sys.executable, "-m", "relay", f"--localForwardPort={local_port}",
                     "--event-loop", loop, HOST, str(relay_port)], "forwarder")
     try:
-        match = proc.wait_line(ENDPOINT, stream="stdout")
+        _, match = proc.wait_line(ENDPOINT, stream="stdout")
     except BaseException:
         proc.stop()
         raise
@@ -171,25 +107,25 @@ def start_forwarder(loop: str, relay_port: int, local_port: int) -> tuple[Proces
 class RssSampler:
     """Samples a process's RSS every 20 ms in a thread; ``peak`` since ``start()``."""
 
-    def __init__(self, proc: Process) -> None:
+    def __init__(self, proc: Proc) -> None:
         self.proc = proc
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> RssSampler:
-        self.peak = self.proc.rss()
+        self.peak = rss(self.proc)
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join(5)
-        self.peak = max(self.peak, self.proc.rss())
+        self.peak = max(self.peak, rss(self.proc))
 
     def _run(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.proc.rss())
+            self.peak = max(self.peak, rss(self.proc))
 
 
 # ------------------------------------------------------ a hand-made registrant
@@ -318,10 +254,10 @@ class Outcome:
         return self.rss_peak - self.rss_before
 
 
-Attack = Callable[[Process, int, str, float, dict[str, Any]], Awaitable[None]]
+Attack = Callable[[Proc, int, str, float, dict[str, Any]], Awaitable[None]]
 
 
-async def slow_ack_sender(relay: Process, port: int, loop_name: str, seconds: float,
+async def slow_ack_sender(relay: Proc, port: int, loop_name: str, seconds: float,
                           notes: dict[str, Any]) -> None:
     registrant = await RawRegistrant.register(port)
     holders: list[asyncio.StreamWriter] = []
@@ -336,7 +272,7 @@ async def slow_ack_sender(relay: Process, port: int, loop_name: str, seconds: fl
         await registrant.close()
 
 
-async def non_reading_service(relay: Process, port: int, loop_name: str, seconds: float,
+async def non_reading_service(relay: Proc, port: int, loop_name: str, seconds: float,
                               notes: dict[str, Any], clients: int = 100) -> None:
     loop = asyncio.get_running_loop()
     held: list[asyncio.BaseTransport] = []
@@ -352,7 +288,7 @@ async def non_reading_service(relay: Process, port: int, loop_name: str, seconds
         deadline = loop.time() + seconds
         sent = await asyncio.gather(*(push(public_port, deadline) for _ in range(clients)))
         notes["sent_mib"] = round(sum(sent) / MIB, 1)
-        notes["forwarder_rss_mib"] = round(forwarder.rss() / MIB, 1)
+        notes["forwarder_rss_mib"] = round(rss(forwarder) / MIB, 1)
     finally:
         forwarder.stop()
         for transport in held:
@@ -361,7 +297,7 @@ async def non_reading_service(relay: Process, port: int, loop_name: str, seconds
         await service.wait_closed()
 
 
-async def syn_rst(relay: Process, port: int, loop_name: str, seconds: float,
+async def syn_rst(relay: Proc, port: int, loop_name: str, seconds: float,
                   notes: dict[str, Any], frames: int = 500_000) -> None:
     registrant = await RawRegistrant.register(port)
     loop = asyncio.get_running_loop()
@@ -388,7 +324,7 @@ async def syn_rst(relay: Process, port: int, loop_name: str, seconds: float,
         await registrant.close()
 
 
-async def ping_flood(relay: Process, port: int, loop_name: str, seconds: float,
+async def ping_flood(relay: Proc, port: int, loop_name: str, seconds: float,
                      notes: dict[str, Any]) -> None:
     registrant = await RawRegistrant.register(port)
     registrant.stop_reading()
@@ -414,7 +350,7 @@ async def ping_flood(relay: Process, port: int, loop_name: str, seconds: float,
         await registrant.close()
 
 
-async def bad_frames(relay: Process, port: int, loop_name: str, seconds: float,
+async def bad_frames(relay: Proc, port: int, loop_name: str, seconds: float,
                      notes: dict[str, Any], frames: int = 100_000) -> None:
     """Three kinds in turn: a SYN (a stream the relay does not accept), Data for an unknown
     stream, a SYN|RST; none is fatal to the session."""
@@ -443,7 +379,7 @@ async def bad_frames(relay: Process, port: int, loop_name: str, seconds: float,
         await registrant.close()
 
 
-async def refused_connections(relay: Process, port: int, loop_name: str, seconds: float,
+async def refused_connections(relay: Proc, port: int, loop_name: str, seconds: float,
                               notes: dict[str, Any], attempts: int = 5000) -> None:
     """The relay runs with --max-connections 1; one connection holds the slot."""
     registrant = await RawRegistrant.register(port)
@@ -470,7 +406,7 @@ async def refused_connections(relay: Process, port: int, loop_name: str, seconds
         await registrant.close()
 
 
-async def idle_flood(relay: Process, port: int, loop_name: str, seconds: float,
+async def idle_flood(relay: Proc, port: int, loop_name: str, seconds: float,
                      notes: dict[str, Any], conns: int = 1000) -> None:
     """The relay runs with --max-connections 1000 and a short --idle-timeout (``seconds``)."""
     loop = asyncio.get_running_loop()
@@ -548,7 +484,7 @@ def run(attack: str, loop: str, seconds: float, **kwargs: Any) -> Outcome:
     relay, port = start_relay(loop, *options)
     notes: dict[str, Any] = {}
     try:
-        rss_before = relay.rss()
+        rss_before = rss(relay)
         lines_before = len(relay.stderr)
         with RssSampler(relay) as sampler:
             asyncio.run(function(relay, port, loop, seconds, notes, **kwargs))
@@ -577,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         for loop in args.loop or LOOPS:
             try:
                 out = run(attack, loop, args.seconds)
-            except AbuseError as exc:
+            except (AbuseError, ProcessError) as exc:
                 print(f"{attack:<20} {loop:<8} harness error: {exc}", flush=True)
                 continue
             notes = ", ".join(f"{k}={v}" for k, v in out.notes.items())
