@@ -28,12 +28,10 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import queue
 import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -46,6 +44,8 @@ from conftest import require_program
 import relay
 import yamux
 from interop import harness
+from testkit.ports import free_port
+from testkit.procs import Proc, ProcessError
 
 pytestmark = [pytest.mark.interop, pytest.mark.e2e]
 
@@ -67,93 +67,30 @@ def go_programs() -> None:
 # --------------------------------------------------------------------------- processes
 
 
-class Program:
-    """A local subprocess (Python relay/forwarder CLI, redis, http.server) with its output."""
-
-    def __init__(self, name: str, args: list[str]) -> None:
-        self.name = name
-        self.args = args
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, errors="replace", cwd=REPO, env=env,
-        )
-        self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
-        self._queues: dict[str, queue.Queue[str | None]] = {"stdout": queue.Queue(),
-                                                            "stderr": queue.Queue()}
-        self._threads = [
-            threading.Thread(target=self._pump, args=(which, pipe), daemon=True)
-            for which, pipe in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr))
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _pump(self, which: str, pipe: object) -> None:
-        for line in pipe:  # type: ignore[attr-defined]
-            self.lines[which].append(line)
-            self._queues[which].put(line.rstrip("\n"))
-        self._queues[which].put(None)
-
-    def wait_for(self, pattern: str, which: str = "stderr",
-                 timeout: float = START_TIMEOUT) -> re.Match[str]:
-        """The first new line of ``which`` matching ``pattern``."""
-        deadline = time.monotonic() + timeout
-        regex = re.compile(pattern)
-        while True:
-            try:
-                line = self._queues[which].get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"{self.name}: no line matching {pattern!r} within "
-                                     f"{timeout}s\n{self.describe()}") from None
-            if line is None:
-                self._queues[which].put(None)
-                raise AssertionError(f"{self.name} ended before printing {pattern!r}\n"
-                                     f"{self.describe()}")
-            if match := regex.search(line):
-                return match
-
-    def describe(self) -> str:
-        rc = self.proc.poll()
-        return (f"--- {self.name} ({' '.join(self.args)}) exit={rc}\n"
-                f"stdout:\n{''.join(self.lines['stdout'])[-4000:]}"
-                f"stderr:\n{''.join(self.lines['stderr'])[-6000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for t in self._threads:
-            t.join(5)
-
-
 class Stack:
     """Every process and container of one test; ``close`` removes them all."""
 
     def __init__(self) -> None:
-        self.programs: list[Program] = []
+        self.programs: list[Proc] = []
         self.go: list[harness.GoProcess] = []
 
     # -- local programs
 
-    def start(self, name: str, args: list[str]) -> Program:
-        program = Program(name, args)
+    def start(self, name: str, args: list[str]) -> Proc:
+        program = Proc(args, name)
         self.programs.append(program)
         return program
 
     def redis(self) -> int:
         server = require_program("redis-server")
-        port = harness.free_port()
+        port = free_port()
         self.start("redis-server", [server, "--port", str(port), "--bind", HOST, "--save", "",
                                     "--appendonly", "no", "--daemonize", "no"])
         wait_tcp(port)
         return port
 
     def http_server(self, directory: Path) -> int:
-        port = harness.free_port()
+        port = free_port()
         self.start("http.server", [sys.executable, "-m", "http.server", "--bind", HOST,
                                    "--directory", str(directory), str(port)])
         wait_tcp(port)
@@ -162,14 +99,15 @@ class Stack:
     def python_relay(self) -> int:
         """``relay PORT`` (our CLI); returns the control port it serves on."""
         for _ in range(3):  # a free port may be taken in between: retry
-            port = harness.free_port()
+            port = free_port()
             prog = self.start("python relay", [sys.executable, "-m", "relay", "--bind", HOST,
                                                str(port)])
             try:
-                prog.wait_for(rf"Serving relay requests on port {port}\b")
+                prog.wait_line(rf"Serving relay requests on port {port}\b",
+                               timeout=START_TIMEOUT)
                 return port
-            except AssertionError:
-                if prog.proc.poll() is None:
+            except ProcessError:
+                if prog.alive():
                     raise
         raise AssertionError("the Python relay did not start\n" + self.describe())
 
@@ -178,7 +116,9 @@ class Stack:
         prog = self.start("python forwarder", [
             sys.executable, "-m", "relay", f"--localForwardPort={local_port}", HOST,
             str(relay_port)])
-        return int(prog.wait_for(rf"^{re.escape(HOST)}:(\d+)$", "stdout").group(1))
+        _, match = prog.wait_line(rf"^{re.escape(HOST)}:(\d+)$", stream="stdout",
+                                  timeout=START_TIMEOUT)
+        return int(match.group(1))
 
     # -- Go programs
 
@@ -321,7 +261,7 @@ def test_go_relay_python_forwarder(
     redis_traffic(redis_public, redis_port)
     http_traffic(http_public, blob)
     for prog in stack.programs:
-        assert prog.proc.poll() is None, f"{prog.name} exited\n{prog.describe()}"
+        assert prog.alive(), f"{prog.name} exited\n{prog.describe()}"
 
 
 def test_python_relay_go_forwarder(
@@ -341,7 +281,7 @@ def test_python_relay_go_forwarder(
     assert redis_public != http_public
     redis_traffic(redis_public, redis_port)
     http_traffic(http_public, blob)
-    assert stack.programs[0].proc.poll() is None, "the Python relay exited"
+    assert stack.programs[0].alive(), "the Python relay exited"
 
 
 async def _pipe(reader: yamux.Stream | asyncio.StreamReader,
