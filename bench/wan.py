@@ -199,6 +199,14 @@ def cell_value(runs: list[dict[str, Any]], key: str) -> tuple[float | None, int,
     return (statistics.median(ok) if ok else None), len(runs), failed
 
 
+def measured_rtt(runs: list[dict[str, Any]], rtt: float) -> str:
+    """`` (2.43 measured)``: the direct path's 64-byte p50, the link's real round trip."""
+    sel = [r for r in runs if r["rtt_ms"] == rtt and r["workload"] == "latency"
+           and r["path"] == "direct"]
+    value = cell_value(sel, "p50_us")[0]
+    return "" if value is None else f" ({value / 1000:.3g} measured)"
+
+
 def render_wan(runs: list[dict[str, Any]], rtts: list[float], paths: list[str],
                wls: list[Workload], machine: dict[str, Any]) -> str:
     out = ["## WAN benchmark (python -m bench --wan)", ""]
@@ -217,7 +225,7 @@ def render_wan(runs: list[dict[str, Any]], rtts: list[float], paths: list[str],
         out.append("|" + "---|" * len(heads))
         for rtt in rtts:
             medians = {}
-            cells = [f"{rtt:g} ms"]
+            cells = [f"{rtt:g} ms{measured_rtt(runs, rtt)}"]
             for path in paths:
                 sel = [r for r in runs if r["rtt_ms"] == rtt and r["workload"] == wl.name
                        and r["path"] == path]
