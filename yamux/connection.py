@@ -119,6 +119,11 @@ class Connection:
         st = self._streams.get(stream_id)
         return st.send.credit if st is not None else 0
 
+    @property
+    def heard_any(self) -> bool:
+        """A stream frame arrived since silent_streams last looked."""
+        return bool(self._heard)
+
     def silent_streams(self) -> list[int]:
         """Streams that received no frame since the previous call; starts a new period.
 
