@@ -560,9 +560,9 @@ class Session:
                 while not future.done():
                     remaining = max(sent, self._last_heard) + timeout - loop.time()
                     if remaining <= 0:
+                        # Nothing at all arrived either (the peer is not merely busy).
                         self._shutdown(KeepaliveTimeoutError(
-                            f"keepalive failed: nothing from the peer within {timeout:g} s "
-                            f"of a ping"
+                            f"keepalive failed: no answer to a ping within {timeout} s"
                         ))
                         return
                     await asyncio.wait([future], timeout=remaining)
