@@ -13,6 +13,8 @@ APT_PACKAGES=(
     runc
     redis-server
     redis-tools
+    iperf3
+    iproute2
     curl
     socat
     openssl
