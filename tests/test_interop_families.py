@@ -223,6 +223,7 @@ async def test_goaway_ends_session(family: str) -> None:
             stream.write(b"HOLD\n")
             assert await asyncio.wait_for(stream.readline(), 10) == b"READY\n"
             session.go_away()
+            ended: type[BaseException]
             try:
                 async with asyncio.timeout(bound):
                     data = await stream.read(1024)

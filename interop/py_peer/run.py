@@ -171,8 +171,8 @@ async def run_against(family: str, scenario: str, py_role: str, **overrides: Any
         outcome.go_args = list(go.args)
         go_exit = asyncio.ensure_future(go.await_exit(within=params.timeout + 30))
         try:
-            await asyncio.wait({listener.accepted, go_exit}, timeout=60,
-                               return_when=asyncio.FIRST_COMPLETED)
+            first: set[asyncio.Future[Any]] = {listener.accepted, go_exit}
+            await asyncio.wait(first, timeout=60, return_when=asyncio.FIRST_COMPLETED)
             if not listener.accepted.done():
                 raise ScenarioError(f"the {family} peer did not connect"
                                     + (" (it exited)" if go_exit.done() else " within 60s"))
