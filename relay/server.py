@@ -18,7 +18,6 @@ connections per session, and per stream the yamux window.
 from __future__ import annotations
 
 import asyncio
-import errno
 import itertools
 import logging
 import socket
@@ -27,8 +26,10 @@ from functools import partial
 
 import yamux
 
+from .leases import DEFAULT_LEASE_TTL, LeaseStore
 from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
 from .pipe import SocketEnd, pipe
+from .ports import PortAllocator, PortRefusedError, PortRequest
 from .protocol import error_line, port_line
 
 logger = logging.getLogger("relay.server")
@@ -36,10 +37,8 @@ logger = logging.getLogger("relay.server")
 DEFAULT_MAX_SESSIONS = 100
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
-
-
-class NoFreePortError(OSError):
-    """Every port of the configured range is taken."""
+LEASE_REFRESH_INTERVAL = 60.0
+"""Seconds between saving "still in use" for the leases of registered sessions (at most)."""
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
@@ -113,7 +112,9 @@ class RelayServer:
     ``port`` is the control port (0: the OS chooses; see ``.port`` after start).
     ``host`` is the bind address of the control port and of every public
     listener (None: every interface, IPv4 and IPv6). ``port_range`` (low, high)
-    restricts public ports; None lets the OS choose.
+    restricts public ports; None lets the OS choose. ``state_dir`` keeps the
+    port leases across relay restarts (None: in memory); a lease unused for
+    ``lease_ttl`` seconds ends (see ``relay.leases`` and ``relay.ports``).
     """
 
     def __init__(
@@ -126,7 +127,11 @@ class RelayServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         yamux_config: yamux.Config | None = None,
+        state_dir: str | None = None,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
     ) -> None:
+        if lease_ttl <= 0:
+            raise ValueError(f"lease_ttl must be positive, got {lease_ttl}")
         if port_range is not None:
             low, high = port_range
             if not 1 <= low <= high <= 65535:
@@ -140,12 +145,14 @@ class RelayServer:
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self.yamux_config = yamux_config or yamux.Config()
+        self.state_dir = state_dir
+        self.lease_ttl = lease_ttl
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | None = None
+        self._ports: PortAllocator | None = None
+        self._lease_refresh: asyncio.Task[None] | None = None
         self._registrations: dict[int, _Registration] = {}
-        self._ports_in_use: set[int] = set()
         self._ids = itertools.count(1)
-        self._cursor = 0
         self._closing = False
         self._serving: asyncio.Future[None] | None = None
 
@@ -154,21 +161,26 @@ class RelayServer:
         """Bind the control port and start accepting registrations."""
         loop = asyncio.get_running_loop()
         self._bind = resolve_bind_address(self.host)
-        sock = self._bind.listen(self._requested_port)
+        leases = LeaseStore.open(self.state_dir, self.lease_ttl)
         try:
-            self._control = await loop.create_server(
-                lambda: _ControlProtocol(self), sock=sock, backlog=LISTEN_BACKLOG
-            )
+            sock = self._bind.listen(self._requested_port)
+            try:
+                self._control = await loop.create_server(
+                    lambda: _ControlProtocol(self), sock=sock, backlog=LISTEN_BACKLOG
+                )
+            except BaseException:
+                sock.close()
+                raise
         except BaseException:
-            sock.close()
+            leases.close()
             raise
+        self._ports = PortAllocator(self._bind, self.port_range, leases)
+        self._lease_refresh = loop.create_task(self._refresh_leases(), name="relay-leases")
         self._serving = loop.create_future()
         logger.info("Serving relay requests on port %d", self.port)
         logger.debug(
-            "bound to %s; public ports %s; at most %d sessions of %d connections each",
-            self._bind,
-            "chosen by the OS" if self.port_range is None else "{}-{}".format(*self.port_range),
-            self.max_sessions, self.max_connections,
+            "bound to %s; %s; at most %d sessions of %d connections each",
+            self._bind, self._ports.describe(), self.max_sessions, self.max_connections,
         )
 
     @property
@@ -204,6 +216,8 @@ class RelayServer:
         self._closing = True
         if self._control is not None:
             self._control.close()
+        if self._lease_refresh is not None:
+            self._lease_refresh.cancel()
         for reg in list(self._registrations.values()):
             if reg.ending:  # already cleaning up; let it finish
                 continue
@@ -223,6 +237,10 @@ class RelayServer:
                 await asyncio.wait(tasks)
             for reg in regs:  # a task cancelled before it ever ran did not clean up
                 await self._end(reg)
+        if self._lease_refresh is not None:
+            await asyncio.wait([self._lease_refresh])
+        if self._ports is not None:
+            self._ports.leases.close()
 
     async def __aenter__(self) -> RelayServer:
         if self._serving is None:
@@ -246,18 +264,20 @@ class RelayServer:
                 f"(--max-sessions {self.max_sessions})",
             )
             return
+        assert self._ports is not None
         try:
-            sock = self._open_public_listener()
+            sock = self._ports.allocate(PortRequest())
+        except PortRefusedError as exc:
+            self._refuse(transport, peer, str(exc))
+            return
         except OSError as exc:
-            self._refuse(transport, peer, str(exc) if isinstance(exc, NoFreePortError)
-                         else f"cannot open a public port: {exc}")
+            self._refuse(transport, peer, f"cannot open a public port: {exc}")
             return
         public_port = int(sock.getsockname()[1])
         transport.write(port_line(public_port))
         session = yamux.Session.attach(transport, client=True, config=self.yamux_config)
         reg = _Registration(next(self._ids), peer, public_port, sock, session)
         self._registrations[reg.id] = reg
-        self._ports_in_use.add(public_port)
         loop = asyncio.get_running_loop()
         # The handshake ping goes out right after the port line (its task runs before the
         # loop polls again), so a registering side sees exactly: port line, yamux ping.
@@ -269,29 +289,6 @@ class RelayServer:
         logger.warning("refusing registration from %s: %s", peer, reason)
         transport.write(error_line(reason))
         transport.close()
-
-    def _open_public_listener(self) -> socket.socket:
-        assert self._bind is not None
-        if self.port_range is None:
-            return self._bind.listen(0)
-        low, high = self.port_range
-        count = high - low + 1
-        for i in range(count):
-            offset = (self._cursor + i) % count
-            port = low + offset
-            if port in self._ports_in_use:
-                continue
-            try:
-                sock = self._bind.listen(port)
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    continue
-                raise
-            # Next time start after this port: a port just freed is not handed to a
-            # different client at once, while stale public clients may still knock.
-            self._cursor = (offset + 1) % count
-            return sock
-        raise NoFreePortError(f"no free port in range {low}-{high}")
 
     async def _run(self, reg: _Registration) -> None:
         session = reg.session
@@ -348,7 +345,8 @@ class RelayServer:
             reg.listener.close()
         else:
             reg.sock.close()
-        self._ports_in_use.discard(reg.public_port)
+        assert self._ports is not None
+        self._ports.release(reg.public_port)
         for task in reg.connections:
             task.cancel()
         closed_by_peer = reg.session.closed
@@ -363,6 +361,16 @@ class RelayServer:
         level = logging.INFO if reg.confirmed or self._closing else logging.WARNING
         logger.log(level, "session %d from %s ended: %s; public port %d closed",
                    reg.id, reg.peer, reg.end_reason, reg.public_port)
+
+    async def _refresh_leases(self) -> None:
+        """Registered owners keep their leases fresh, so a relay crash does not age them."""
+        assert self._ports is not None
+        interval = min(LEASE_REFRESH_INTERVAL, self.lease_ttl / 4)
+        while True:
+            await asyncio.sleep(interval)
+            active = self._ports.active_keys()
+            self._ports.leases.touch(active)
+            self._ports.leases.expire(active)
 
     # ----------------------------------------------------- public connections
     def _public_connection(self, reg: _Registration, end: SocketEnd) -> None:
