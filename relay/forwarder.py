@@ -15,6 +15,7 @@ import asyncio
 import logging
 import re
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from .pipe import SocketEnd, pipe
 from .reconnect import DEFAULT_RECONNECT_DELAY, DEFAULT_RECONNECT_MAX_DELAY
 
 logger = logging.getLogger("relay.forwarder")
+connections_logger = logging.getLogger("relay.connections")
 
 DEFAULT_LOCAL_HOST = "127.0.0.1"
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -169,6 +171,7 @@ class Forwarder:
 
     async def _forward(self, service: Service, stream: yamux.Stream) -> None:
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, end = await loop.create_connection(
@@ -182,5 +185,10 @@ class Forwarder:
             return
         logger.debug("stream %d: connected to %s", stream.id, service.local_endpoint)
         result = await pipe(end, stream)
-        logger.debug("stream %d done: %d bytes to the relay, %d to the service%s", stream.id,
-                     result.sent, result.received, f" ({result.error})" if result.error else "")
+        connections_logger.info(
+            "stream %d to %s closed: %d bytes to the relay, %d to the service%s", stream.id,
+            self.local_endpoint, result.sent, result.received,
+            f" ({result.error})" if result.error else "",
+            extra={"stream": stream.id, "local": self.local_endpoint, "bytes_in": result.received,
+                   "bytes_out": result.sent, "duration": round(time.monotonic() - started, 6),
+                   "reason": str(result.error) if result.error else "closed"})
