@@ -62,14 +62,14 @@ class Service:
             check_name(self.name, "service name")
 
     @classmethod
-    def parse(cls, text: str) -> Service:
+    def parse(cls, text: str, default_host: str = DEFAULT_LOCAL_HOST) -> Service:
         """``NAME=[LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT]``, e.g. ``redis=6379:7201``."""
         match = _SERVICE.fullmatch(text.strip())
         if match is None:
             raise ValueError(
                 f"{text!r} is not NAME=[LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT], e.g. redis=6379 "
                 f"or web=10.0.0.5:80:7202")
-        host = match.group("host") or DEFAULT_LOCAL_HOST
+        host = match.group("host") or default_host
         remote = match.group("remote")
         return cls(int(match.group("local")), host.strip("[]"), match.group("name"),
                    None if remote is None else int(remote))
@@ -187,8 +187,9 @@ class Forwarder:
         result = await pipe(end, stream)
         connections_logger.info(
             "stream %d to %s closed: %d bytes to the relay, %d to the service%s", stream.id,
-            self.local_endpoint, result.sent, result.received,
+            service.local_endpoint, result.sent, result.received,
             f" ({result.error})" if result.error else "",
-            extra={"stream": stream.id, "local": self.local_endpoint, "bytes_in": result.received,
+            extra={"stream": stream.id, "local": service.local_endpoint,
+                   "bytes_in": result.received,
                    "bytes_out": result.sent, "duration": round(time.monotonic() - started, 6),
                    "reason": str(result.error) if result.error else "closed"})

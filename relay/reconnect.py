@@ -15,6 +15,8 @@ import logging
 import random
 import time
 
+from yamux.ratelimit import RateLimitedLog
+
 DEFAULT_RECONNECT_DELAY = 0.5
 DEFAULT_RECONNECT_MAX_DELAY = 5.0
 RETRY_LOG_INTERVAL = 60.0
@@ -43,10 +45,11 @@ class Backoff:
 
 
 class RetryLog:
-    """Failed attempts of one outage: the first at WARNING, then one summary a minute.
+    """Failed attempts of one outage: the first at WARNING, then at most one a minute.
 
-    Every attempt is logged at DEBUG; a WARNING also when the reason changes.
-    ``recovered()`` says at INFO how long the outage lasted.
+    Built on yamux's ``RateLimitedLog`` (the later lines count what they held
+    back); every attempt is also logged at DEBUG. ``recovered()`` says at INFO
+    how many attempts the outage cost and how long it lasted.
     """
 
     def __init__(self, logger: logging.Logger, what: str,
@@ -56,31 +59,24 @@ class RetryLog:
         self.interval = interval
         self.failures = 0
         self._first = 0.0
-        self._last_logged = 0.0
-        self._suppressed = 0
-        self._last_reason = ""
+        self._limited = self._new_limit()
+
+    def _new_limit(self) -> RateLimitedLog:
+        return RateLimitedLog(self.logger, burst=1, interval=self.interval,
+                              max_interval=self.interval)
 
     def failed(self, reason: str, delay: float) -> None:
-        now = time.monotonic()
         if self.failures == 0:
-            self._first = now
+            self._first = time.monotonic()
         self.failures += 1
-        if (self.failures == 1 or reason != self._last_reason
-                or now - self._last_logged >= self.interval):
-            more = (f" ({self._suppressed} more failed attempts since the last message)"
-                    if self._suppressed else "")
-            self.logger.warning("%s: %s; retrying in %.2f s%s", self.what, reason, delay, more)
-            self._last_logged = now
-            self._suppressed = 0
-        else:
-            self.logger.debug("%s: %s; retrying in %.2f s", self.what, reason, delay)
-            self._suppressed += 1
-        self._last_reason = reason
+        self.logger.debug("%s: %s; retrying in %.2f s (attempt %d)", self.what, reason, delay,
+                          self.failures)
+        self._limited.log(logging.WARNING, "failed", "%s: %s; retrying in %.2f s", self.what,
+                          reason, delay)
 
     def recovered(self) -> None:
         if self.failures:
             self.logger.info("%s: succeeded after %d failed attempt(s) in %.1f s", self.what,
                              self.failures, time.monotonic() - self._first)
         self.failures = 0
-        self._suppressed = 0
-        self._last_reason = ""
+        self._limited = self._new_limit()

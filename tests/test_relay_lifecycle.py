@@ -85,7 +85,8 @@ def test_reconnect_backoff_doubles_and_is_capped(procs, echo_port):
     delays: list[float] = []
     after = 0
     while len(delays) < 6:
-        index, match = forwarder.wait_line(r"cannot register .* retrying in (\d+\.\d\d) s",
+        index, match = forwarder.wait_line(r"DEBUG relay.api: cannot register .* retrying in "
+                                           r"(\d+\.\d\d) s \(attempt",
                                            after=after)
         delays.append(float(match.group(1)))
         after = index + 1
