@@ -5,7 +5,8 @@
     socat - TCP:127.0.0.1:PUBLIC_PORT              # type lines, they come back
 
 The handler is exactly what you would give ``asyncio.start_server``; only the
-call that starts the server changed.
+call that starts the server changed. When the relay restarts, the server
+registers again by itself and prints its endpoint again (``on_endpoint``).
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     writer.close()  # the client sent EOF: send ours after the last byte
 
 
+def announce(endpoint: str) -> None:
+    print(endpoint, flush=True)  # e.g. 127.0.0.1:4532, again after each reconnect
+
+
 async def main(relay_host: str, relay_port: int) -> None:
-    server = await relay.start_server(echo, relay_host, relay_port)
-    print(server.public_endpoint, flush=True)  # e.g. 127.0.0.1:4532
+    server = await relay.start_server(echo, relay_host, relay_port, on_endpoint=announce)
     async with server:
-        await server.serve_forever()
+        await server.serve_forever()  # survives relay restarts (reconnect=True by default)
 
 
 if __name__ == "__main__":
