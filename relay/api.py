@@ -14,21 +14,41 @@ FIN and the reader still reads until the public client's EOF.
 
 When the relay goes away (restart, network loss) the server registers again
 by itself and reports the new endpoint (``on_endpoint=``, ``await
-server.wait_endpoint()``); the forwarder is built on the same loop.
+server.wait_endpoint()``); the forwarder is built on the same loop. With
+``name=`` (registration v2) the relay keeps the public port for that name
+(a lease), so the endpoint stays the same across reconnects and restarts.
+
+Against a relay that runs registration v2 (docs/protocol.md), ``secret=``
+answers its challenge, ``public_port=`` asks for a port, ``client_address=True``
+makes ``get_extra_info("peername")`` of each stream the public client's
+address, and ``ssl=`` (an SSLContext, or True for the system CAs) wraps the
+connection in TLS. Against a seed relay (e.g. the Go one) these are not used
+and a warning says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as ssl_module
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import yamux
 
+from .handshake import ClientOptions, RegisteringProtocol
 from .net import describe_os_error, format_endpoint
-from .protocol import GreetingProtocol, RegistrationError
+from .protocol import RegistrationError, RelayClosedError
+from .proxy_protocol import (
+    V2_HEADER_LENGTH,
+    ProxyAddresses,
+    ProxyHeaderError,
+    parse_v2_fixed,
+    parse_v2_payload,
+)
 from .reconnect import DEFAULT_RECONNECT_DELAY, DEFAULT_RECONNECT_MAX_DELAY, Backoff, RetryLog
+from .tls import describe_tls_error
 
 logger = logging.getLogger("relay.api")
 
@@ -40,6 +60,22 @@ Handler = Callable[[yamux.Stream, yamux.Stream], Awaitable[None]]
 
 class RelayDisconnectedError(ConnectionError):
     """The session with the relay ended while serving; the public port is gone."""
+
+
+class TLSError(RegistrationError):
+    """The TLS handshake with the relay failed (certificate not trusted, wrong host, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A registered session and what was negotiated."""
+
+    session: yamux.Session
+    public_port: int
+    version: int
+    """2 if the relay challenged (registration v2), 1 for a seed relay."""
+    client_address: bool
+    """Every stream starts with a PROXY v2 header naming the public client."""
 
 
 async def register(
@@ -56,21 +92,65 @@ async def register(
     (``async for stream in session``) to get one stream per public connection.
     Raises OSError if the relay cannot be reached, RegistrationError (a
     ConnectionError) if it answers anything but a port (RelayRefusedError for
-    an ``error: ...`` line), TimeoutError after ``connect_timeout`` seconds. Extra
-    keyword arguments go to ``loop.create_connection``.
+    an ``error: ...`` line, AuthenticationError when it refused the secret),
+    TimeoutError after ``connect_timeout`` seconds. Takes the keyword arguments
+    of ``register_v2``; the rest go to ``loop.create_connection``.
     """
+    registration = await register_v2(
+        host, port, config=config, connect_timeout=connect_timeout, **kwargs)
+    return registration.session, registration.public_port
+
+
+async def register_v2(
+    host: str,
+    port: int,
+    *,
+    config: yamux.Config | None = None,
+    connect_timeout: float = DEFAULT_TIMEOUT,
+    secret: str | bytes | None = None,
+    name: str | None = None,
+    public_port: int | None = None,
+    client_address: bool = False,
+    ssl: ssl_module.SSLContext | bool | None = None,
+    **kwargs: Any,
+) -> Registration:
+    """``register`` with everything that was negotiated (see ``Registration``)."""
     loop = asyncio.get_running_loop()
-    protocol: GreetingProtocol | None = None
+    options = ClientOptions(
+        secret=secret.encode("utf-8") if isinstance(secret, str) else secret,
+        name=name, port=public_port, client_address=client_address)
+    protocol: RegisteringProtocol | None = None
     endpoint = format_endpoint(host, port)
     registered = False
+    if ssl is True:
+        ssl = ssl_module.create_default_context()
+    if ssl:
+        kwargs.setdefault("ssl_handshake_timeout", connect_timeout)
     try:
         async with asyncio.timeout(connect_timeout):
-            _, protocol = await loop.create_connection(
-                lambda: GreetingProtocol(config), host, port, **kwargs
-            )
-            result = await protocol.result
+            try:
+                _, protocol = await loop.create_connection(
+                    lambda: RegisteringProtocol(config, options), host, port,
+                    ssl=ssl or None, **kwargs
+                )
+            except (ssl_module.SSLError, ConnectionResetError) as exc:
+                described = describe_tls_error(exc) if ssl else None
+                if described is None:
+                    raise
+                raise TLSError(described) from exc
+            try:
+                session, public_port_ = await protocol.result
+            except RelayClosedError as exc:
+                if not ssl or protocol.version != 1:
+                    raise
+                # A TLS 1.3 relay refuses a client certificate after the handshake, and
+                # asyncio reports its alert as a plain close: say what it most likely was.
+                raise TLSError(
+                    f"{exc}, right after the TLS handshake: does it require a client "
+                    f"certificate (--tls-cert/--tls-key) that it did not accept?"
+                ) from exc
         registered = True
-        return result
+        return Registration(session, public_port_, protocol.version, protocol.client_address)
     except TimeoutError:
         what = "connect to" if protocol is None else "get a port line from"
         raise TimeoutError(
@@ -105,25 +185,24 @@ class RelayedServer:
         *,
         reconnect: bool = True,
         on_endpoint: Callable[[str], object] | None = None,
-        config: yamux.Config | None = None,
-        connect_timeout: float = DEFAULT_TIMEOUT,
         reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
         reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY,
-        connect_kwargs: dict[str, Any] | None = None,
+        **register_kwargs: Any,
     ) -> None:
         self._handler = handler
         self.relay_host = relay_host
         self.relay_port = relay_port
         self.reconnect = reconnect
         self.on_endpoint = on_endpoint
-        self.config = config
-        self.connect_timeout = connect_timeout
         self.backoff = Backoff(reconnect_delay, reconnect_max_delay)
-        self._connect_kwargs = connect_kwargs or {}
+        self.register_kwargs = register_kwargs
+        """What every registration passes to ``register_v2`` (secret, name, public_port...)."""
         self.session: yamux.Session | None = None
         """The current session with the relay (None before the first registration)."""
         self.public_port: int | None = None
         """The public port of the current (or, while reconnecting, the last) registration."""
+        self.client_address = False
+        """Streams start with the public client's address (read off before the handler)."""
         self.registrations = 0
         """Successful registrations so far (1 + the reconnects)."""
         self._handlers: set[asyncio.Task[None]] = set()
@@ -197,7 +276,7 @@ class RelayedServer:
         """Register and serve in the background; without ``retry`` a first failure raises."""
         if self._task is not None:
             raise RuntimeError("the server was already started")
-        first = None if retry else self._attach(*await self._register())
+        first = None if retry else self._attach(await self._register())
         self._task = asyncio.get_running_loop().create_task(
             self._maintain(first), name=f"relay-server-{self.relay_endpoint}")
 
@@ -241,9 +320,8 @@ class RelayedServer:
             return "the server is closed"
         return f"lost the relay at {self.relay_endpoint}: {self._lost_reason}"
 
-    async def _register(self) -> tuple[yamux.Session, int]:
-        return await register(self.relay_host, self.relay_port, config=self.config,
-                              connect_timeout=self.connect_timeout, **self._connect_kwargs)
+    async def _register(self) -> Registration:
+        return await register_v2(self.relay_host, self.relay_port, **self.register_kwargs)
 
     async def _maintain(self, session: yamux.Session | None) -> None:
         """The one reconnect loop: register, serve until the session ends, wait, again."""
@@ -267,7 +345,7 @@ class RelayedServer:
                         await asyncio.sleep(delay)
                         continue
                     retries.recovered()
-                    session = self._attach(*registered)
+                    session = self._attach(registered)
                 started = loop.time()
                 reason = await self._serve(session)
                 session = None
@@ -289,10 +367,11 @@ class RelayedServer:
                 if not waiter.done():
                     waiter.set_exception(RelayDisconnectedError(self._stopped_message()))
 
-    def _attach(self, session: yamux.Session, port: int) -> yamux.Session:
+    def _attach(self, registration: Registration) -> yamux.Session:
         """A new registration: it is the current one; tell whoever waits for the endpoint."""
-        self.session = session
-        self.public_port = port
+        self.session = registration.session
+        self.public_port = registration.public_port
+        self.client_address = registration.client_address
         self.registrations += 1
         self._lost_reason = None
         endpoint = self.public_endpoint
@@ -304,7 +383,7 @@ class RelayedServer:
                 self.on_endpoint(endpoint)
             except Exception:
                 logger.exception("on_endpoint(%r) failed", endpoint)
-        return session
+        return registration.session
 
     async def _serve(self, session: yamux.Session) -> str:
         """Run handlers for the streams of ``session`` until it ends; why it ended."""
@@ -333,11 +412,13 @@ class RelayedServer:
 
     async def _run_handler(self, stream: yamux.Stream) -> None:
         try:
+            if self.client_address:
+                await read_client_address(stream)
             await self._handler(stream, stream)
         except asyncio.CancelledError:
             stream.reset()
             raise
-        except (yamux.YamuxError, ConnectionError) as exc:
+        except (yamux.YamuxError, ConnectionError, asyncio.IncompleteReadError) as exc:
             logger.debug("stream %d: handler ended: %s", stream.id, exc)
             stream.reset()
         except Exception:
@@ -358,30 +439,59 @@ async def start_server(
     connect_timeout: float = DEFAULT_TIMEOUT,
     reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
     reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY,
+    secret: str | bytes | None = None,
+    name: str | None = None,
+    public_port: int | None = None,
+    client_address: bool = True,
+    ssl: ssl_module.SSLContext | bool | None = None,
     **kwargs: Any,
 ) -> RelayedServer:
     """Register with the relay at ``host:port`` and serve each relayed connection.
 
     ``client_connected_cb(reader, writer)`` has the shape of asyncio.start_server's
     callback; the returned server exposes ``public_port`` / ``public_endpoint``.
-    The first registration raises as ``register()`` does; after that the server
-    registers again whenever the relay is lost (``reconnect=False``: it stops),
-    calling ``on_endpoint(endpoint)`` each time. Extra keyword arguments go to
+    With a v2 relay, ``writer.get_extra_info("peername")`` is the public client
+    (``client_address``, on by default), ``name`` keeps the public port (a lease)
+    and ``public_port`` asks for one. The first registration raises as
+    ``register()`` does; after that the server registers again whenever the
+    relay is lost (``reconnect=False``: it stops), calling
+    ``on_endpoint(endpoint)`` each time. Extra keyword arguments go to
     ``loop.create_connection``.
     """
     server = RelayedServer(
         client_connected_cb, host, port, reconnect=reconnect, on_endpoint=on_endpoint,
-        config=config, connect_timeout=connect_timeout, reconnect_delay=reconnect_delay,
-        reconnect_max_delay=reconnect_max_delay, connect_kwargs=kwargs,
+        reconnect_delay=reconnect_delay, reconnect_max_delay=reconnect_max_delay,
+        config=config, connect_timeout=connect_timeout, secret=secret, name=name,
+        public_port=public_port, client_address=client_address, ssl=ssl, **kwargs,
     )
     await server.start()
     return server
 
 
+async def read_client_address(stream: yamux.Stream) -> ProxyAddresses | None:
+    """Read a stream's PROXY v2 header; the public client becomes its ``peername``.
+
+    The addresses are also ``get_extra_info("client_address")``: a ProxyAddresses,
+    or None if the relay did not know them (a LOCAL header).
+    """
+    fixed = await stream.readexactly(V2_HEADER_LENGTH)
+    version_command, family, length = parse_v2_fixed(fixed)
+    payload = await stream.readexactly(length) if length else b""
+    addresses = parse_v2_payload(version_command, family, payload)
+    stream.set_extra_info("client_address", addresses)
+    if addresses is not None:
+        stream.set_extra_info("peername", addresses.source)
+        stream.set_extra_info("sockname", addresses.destination)
+    return addresses
+
+
 __all__ = [
+    "ProxyHeaderError",
+    "Registration",
     "RegistrationError",
     "RelayDisconnectedError",
     "RelayedServer",
     "register",
+    "register_v2",
     "start_server",
 ]

@@ -7,6 +7,12 @@ is down resets that stream only. When the relay connection ends it reconnects
 with exponential backoff and jitter and prints the new endpoint: the loop is
 the Python API's (``RelayedServer``), the delays ``relay.reconnect``'s. One
 forwarder can expose several services (``Service``), each its own registration.
+
+Against a registration-v2 relay it answers the challenge with ``secret``,
+sends each service's name (the relay keeps its public port for it: a lease)
+and requested port, and with ``proxy_protocol`` (1 or 2) it asks for the
+public client's address and sends it to the local service as a PROXY protocol
+header before the first byte.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +32,7 @@ from .api import RelayedServer
 from .leases import check_name
 from .net import describe_os_error, format_endpoint
 from .pipe import SocketEnd, pipe
+from .proxy_protocol import ProxyAddresses, header
 from .reconnect import DEFAULT_RECONNECT_DELAY, DEFAULT_RECONNECT_MAX_DELAY
 
 logger = logging.getLogger("relay.forwarder")
@@ -95,9 +103,9 @@ class Forwarder:
 
     ``local_port`` (with ``local_host``, ``name``, ``remote_port``) is the one
     service of ``relay --localForwardPort``; ``services`` adds more, each its
-    own registration. Each endpoint goes to ``on_endpoint(service, endpoint)``;
-    the default prints it: alone on a line with one service (the seed's
-    output), ``NAME HOST:PORT`` with several.
+    own registration. After each registration ``on_endpoint(line)`` gets the
+    endpoint line, which by default is printed: ``HOST:PORT`` alone with one
+    service (the seed's output), ``NAME HOST:PORT`` with several.
     """
 
     relay_host: str
@@ -112,7 +120,15 @@ class Forwarder:
     reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     yamux_config: yamux.Config | None = None
-    on_endpoint: Callable[[Service, str], object] | None = None
+    secret: str | bytes | None = None
+    client_name: str | None = None
+    """Our client name at a v2 relay (selects the secret of its auth file). It is then each
+    service's identity for its lease, and ``name=`` on the wire; without it each service's
+    own name is."""
+    ssl: ssl.SSLContext | None = None
+    proxy_protocol: int | None = None
+    """Send a PROXY protocol header of this version (1 or 2) to the local service."""
+    on_endpoint: Callable[[str], object] = print_endpoint
     servers: list[RelayedServer] = field(default_factory=list, init=False)
     """One per service while running."""
 
@@ -155,23 +171,28 @@ class Forwarder:
 
         def registered(endpoint: str) -> None:
             logger.info("public endpoint %s forwards to %s", endpoint, service.local_endpoint)
-            if self.on_endpoint is not None:
-                self.on_endpoint(service, endpoint)
-            elif len(self.services) == 1:
-                print_endpoint(endpoint)
-            else:
-                print_endpoint(f"{service.name} {endpoint}")
+            if self.proxy_protocol is not None and not server.client_address:
+                logger.warning(
+                    "the relay does not send client addresses (seed protocol); the PROXY v%d "
+                    "headers to %s will not name the client", self.proxy_protocol,
+                    service.local_endpoint)
+            self.on_endpoint(endpoint if len(self.services) == 1
+                             else f"{service.name} {endpoint}")
 
-        return RelayedServer(
+        server = RelayedServer(
             forward, self.relay_host, self.relay_port, reconnect=self.reconnect,
             on_endpoint=registered, config=self.yamux_config,
             connect_timeout=self.connect_timeout, reconnect_delay=self.reconnect_delay,
-            reconnect_max_delay=self.reconnect_max_delay,
+            reconnect_max_delay=self.reconnect_max_delay, secret=self.secret,
+            name=self.client_name or service.name, public_port=service.remote_port,
+            client_address=self.proxy_protocol is not None, ssl=self.ssl,
         )
+        return server
 
     async def _forward(self, service: Service, stream: yamux.Stream) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        client: ProxyAddresses | None = stream.get_extra_info("client_address")
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, end = await loop.create_connection(
@@ -183,7 +204,10 @@ class Forwarder:
                            stream.id, service.local_endpoint, reason)
             stream.reset()
             return
-        logger.debug("stream %d: connected to %s", stream.id, service.local_endpoint)
+        logger.debug("stream %d: connected to %s%s", stream.id, service.local_endpoint,
+                     f" for {format_endpoint(*client.source)}" if client else "")
+        if self.proxy_protocol is not None and end.transport is not None:
+            end.transport.write(header(self.proxy_protocol, client))
         result = await pipe(end, stream)
         connections_logger.info(
             "stream %d to %s closed: %d bytes to the relay, %d to the service%s", stream.id,

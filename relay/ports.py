@@ -24,11 +24,10 @@ from __future__ import annotations
 import bisect
 import errno
 import logging
-import re
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .auth import PortSet
 from .leases import Identity, LeaseStore
 from .net import BindAddress
 
@@ -58,61 +57,10 @@ class NoFreePortError(PortRefusedError):
     """Every port a registration could have is in use or leased."""
 
 
-class PortSet:
-    """Ports as sorted, disjoint ranges, e.g. ``PortSet.parse("7200-7209,8080")``."""
-
-    __slots__ = ("ranges",)
-
-    def __init__(self, ranges: list[tuple[int, int]]) -> None:
-        merged: list[tuple[int, int]] = []
-        for low, high in sorted(ranges):
-            if not 1 <= low <= high <= 65535:
-                raise ValueError(f"port range {low}-{high} is not within 1-65535, low <= high")
-            if merged and low <= merged[-1][1] + 1:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], high))
-            else:
-                merged.append((low, high))
-        self.ranges = tuple(merged)
-
-    @classmethod
-    def parse(cls, text: str) -> PortSet:
-        """``"7200-7209,8080"``; ValueError saying what is wrong."""
-        ranges = []
-        for part in text.split(","):
-            item = part.strip()
-            match = re.fullmatch(r"(\d{1,5})(?:\s*-\s*(\d{1,5}))?", item)
-            if match is None:
-                raise ValueError(f"{item!r} is not a port or a port range LOW-HIGH")
-            low = int(match.group(1))
-            high = int(match.group(2)) if match.group(2) else low
-            ranges.append((low, high))
-        return cls(ranges)
-
-    def __contains__(self, port: object) -> bool:
-        return isinstance(port, int) and any(low <= port <= high for low, high in self.ranges)
-
-    def __iter__(self) -> Iterator[int]:
-        for low, high in self.ranges:
-            yield from range(low, high + 1)
-
-    def __len__(self) -> int:
-        return sum(high - low + 1 for low, high in self.ranges)
-
-    def __and__(self, other: PortSet) -> PortSet:
-        return PortSet([(max(a, c), min(b, d)) for a, b in self.ranges for c, d in other.ranges
-                        if max(a, c) <= min(b, d)])
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PortSet) and self.ranges == other.ranges
-
-    def __hash__(self) -> int:
-        return hash(self.ranges)
-
-    def __str__(self) -> str:
-        return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in self.ranges)
-
-    def __repr__(self) -> str:
-        return f"PortSet.parse({str(self)!r})"
+def intersection(a: PortSet, b: PortSet) -> PortSet:
+    """Ports in both ``a`` and ``b``."""
+    return PortSet(tuple((max(lo, low), min(hi, high)) for lo, hi in a.ranges
+                         for low, high in b.ranges if max(lo, low) <= min(hi, high)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +81,7 @@ class PortAllocator:
     def __init__(self, bind: BindAddress, port_range: tuple[int, int] | None,
                  leases: LeaseStore) -> None:
         self.bind = bind
-        self.port_range = None if port_range is None else PortSet([port_range])
+        self.port_range = None if port_range is None else PortSet((port_range,))
         self.leases = leases
         self.in_use: dict[int, str | None] = {}
         """Open public ports -> the lease key of their registration (None: anonymous)."""
@@ -176,7 +124,7 @@ class PortAllocator:
             return request.allowed
         if request.allowed is None:
             return self.port_range
-        return self.port_range & request.allowed
+        return intersection(self.port_range, request.allowed)
 
     def _requested(self, request: PortRequest, port: int) -> socket.socket:
         if not 1 <= port <= 65535:

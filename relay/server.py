@@ -21,17 +21,23 @@ import asyncio
 import itertools
 import logging
 import socket
+import ssl as ssl_module
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 
 import yamux
+from yamux.ratelimit import RateLimitedLog
 
-from .leases import DEFAULT_LEASE_TTL, LeaseStore
+from .auth import Authenticator, FailureLimiter
+from .leases import DEFAULT_LEASE_TTL, Identity, LeaseStore
 from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
 from .pipe import SocketEnd, pipe
 from .ports import PortAllocator, PortRefusedError, PortRequest
 from .protocol import error_line, port_line
+from .proxy_protocol import addresses_of, v2_header
+from .registration import ChallengeProtocol, RegistrationRequest
 
 logger = logging.getLogger("relay.server")
 connections_logger = logging.getLogger("relay.connections")
@@ -41,6 +47,33 @@ DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 LEASE_REFRESH_INTERVAL = 60.0
 """Seconds between saving "still in use" for the leases of registered sessions (at most)."""
+DEFAULT_MAX_PENDING = 1000
+"""Most control connections between accept and a checked v2 response."""
+PROTOCOLS = ("yamux", "v2")
+"""``yamux``: the seed protocol, port line first (the Go design); ``v2``: registration v2,
+the relay challenges first (docs/protocol.md)."""
+
+
+REPLACE_PING_TIMEOUT = 2.0
+"""A registration whose identity already has a session pings that session this long: an
+answer refuses the newcomer (two processes with one name), silence replaces the old one
+(its owner reconnected after a network blip the relay has not noticed yet)."""
+
+
+def port_request(request: RegistrationRequest | None) -> PortRequest:
+    """What the port policy needs of a registration: its identity, port and allowance.
+
+    The identity is the client name: authenticated (a secret or the auth file)
+    or, without authentication, only claimed; seed and nameless registrations
+    have none and get no lease.
+    """
+    if request is None:
+        return PortRequest()
+    identity = None
+    if request.client is not None:
+        identity = (Identity(client=request.client) if request.authenticated
+                    else Identity(name=request.client))
+    return PortRequest(identity, request.requested_port, request.allowed_ports)
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
@@ -72,6 +105,8 @@ class _Registration:
     public_port: int
     sock: socket.socket
     session: yamux.Session
+    request: RegistrationRequest | None = None
+    identity: Identity | None = None
     listener: asyncio.Server | None = None
     task: asyncio.Task[None] | None = None
     handshake: asyncio.Task[float] | None = None
@@ -82,7 +117,11 @@ class _Registration:
 
     def log_fields(self) -> dict[str, object]:
         """The stable log fields of this session (see ``relay.logs.FIELDS``)."""
-        return {"session": self.id, "peer": self.peer, "public_port": self.public_port}
+        fields: dict[str, object] = {"session": self.id, "peer": self.peer,
+                                     "public_port": self.public_port}
+        if self.request is not None and self.request.client is not None:
+            fields["client"] = self.request.client
+        return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +133,8 @@ class SessionInfo:
     public_port: int
     confirmed: bool
     connections: int
+    client: str | None = None
+    """The client's name (registration v2); None for a seed-protocol registration."""
 
 
 class _ControlProtocol(asyncio.Protocol):
@@ -121,6 +162,11 @@ class RelayServer:
     restricts public ports; None lets the OS choose. ``state_dir`` keeps the
     port leases across relay restarts (None: in memory); a lease unused for
     ``lease_ttl`` seconds ends (see ``relay.leases`` and ``relay.ports``).
+
+    ``protocol="v2"``, or any of ``secret`` / ``auth_clients`` / ``auth``, makes
+    the relay challenge every control connection first (registration v2, see
+    docs/protocol.md): nothing is allocated before the response is checked.
+    ``ssl`` wraps the control port (and so all relayed traffic) in TLS.
     """
 
     def __init__(
@@ -133,9 +179,20 @@ class RelayServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         yamux_config: yamux.Config | None = None,
+        protocol: str = "yamux",
+        secret: str | bytes | None = None,
+        auth_clients: dict[str, object] | None = None,
+        auth: Authenticator | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        auth_failures: FailureLimiter | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
         state_dir: str | None = None,
         lease_ttl: float = DEFAULT_LEASE_TTL,
     ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        if auth is None and (secret is not None or auth_clients):
+            auth = Authenticator(secret=secret, clients=auth_clients)  # type: ignore[arg-type]
         if lease_ttl <= 0:
             raise ValueError(f"lease_ttl must be positive, got {lease_ttl}")
         if port_range is not None:
@@ -151,12 +208,21 @@ class RelayServer:
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self.yamux_config = yamux_config or yamux.Config()
+        self.auth = auth
+        self.protocol = "v2" if auth is not None else protocol
+        self.ssl = ssl
+        self.auth_failures = auth_failures or FailureLimiter()
+        self.max_pending = max_pending
+        self._pending: set[ChallengeProtocol] = set()
+        self._refusals = RateLimitedLog(logging.getLogger("relay.registration"))
+        """Refused v2 registrations: a stranger must not be able to write our log."""
         self.state_dir = state_dir
         self.lease_ttl = lease_ttl
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | None = None
         self._ports: PortAllocator | None = None
         self._lease_refresh: asyncio.Task[None] | None = None
+        self._replacements: set[asyncio.Task[None]] = set()
         self._registrations: dict[int, _Registration] = {}
         self._ids = itertools.count(1)
         self._closing = False
@@ -172,7 +238,8 @@ class RelayServer:
             sock = self._bind.listen(self._requested_port)
             try:
                 self._control = await loop.create_server(
-                    lambda: _ControlProtocol(self), sock=sock, backlog=LISTEN_BACKLOG
+                    self._control_protocol, sock=sock, backlog=LISTEN_BACKLOG, ssl=self.ssl,
+                    ssl_handshake_timeout=self.handshake_timeout if self.ssl else None,
                 )
             except BaseException:
                 sock.close()
@@ -185,9 +252,15 @@ class RelayServer:
         self._serving = loop.create_future()
         logger.info("Serving relay requests on port %d", self.port,
                     extra={"control_port": self.port})
+        if self.auth is None and not self._bind.is_loopback():
+            logger.warning(
+                "the relay listens on %s without authentication: anyone who can reach port %d "
+                "gets a public port (use --secret or --auth-file)", self._bind, self.port)
         logger.debug(
-            "bound to %s; %s; at most %d sessions of %d connections each",
-            self._bind, self._ports.describe(), self.max_sessions, self.max_connections,
+            "bound to %s; %s; at most %d sessions of %d connections each; "
+            "registration %s%s%s", self._bind, self._ports.describe(),
+            self.max_sessions, self.max_connections, self.protocol,
+            f", {self.auth!r}" if self.auth else "", ", TLS" if self.ssl else "",
         )
 
     @property
@@ -200,7 +273,8 @@ class RelayServer:
     @property
     def sessions(self) -> list[SessionInfo]:
         return [
-            SessionInfo(r.id, r.peer, r.public_port, r.confirmed, len(r.connections))
+            SessionInfo(r.id, r.peer, r.public_port, r.confirmed, len(r.connections),
+                        r.request.client if r.request else None)
             for r in self._registrations.values()
         ]
 
@@ -225,6 +299,11 @@ class RelayServer:
             self._control.close()
         if self._lease_refresh is not None:
             self._lease_refresh.cancel()
+        for task in self._replacements:
+            task.cancel()
+        for gate in list(self._pending):
+            gate.abort()
+        self._refusals.summary(logging.WARNING, "registration refusals")
         for reg in list(self._registrations.values()):
             if reg.ending:  # already cleaning up; let it finish
                 continue
@@ -246,6 +325,8 @@ class RelayServer:
                 await self._end(reg)
         if self._lease_refresh is not None:
             await asyncio.wait([self._lease_refresh])
+        if self._replacements:
+            await asyncio.wait(self._replacements)
         if self._ports is not None:
             self._ports.leases.close()
 
@@ -259,7 +340,19 @@ class RelayServer:
         await self.wait_closed()
 
     # ----------------------------------------------------------- registering
-    def _registration_made(self, transport: asyncio.Transport) -> None:
+    def _control_protocol(self) -> asyncio.Protocol:
+        if self.protocol == "yamux":
+            return _ControlProtocol(self)
+        return ChallengeProtocol(
+            auth=self.auth, failures=self.auth_failures, timeout=self.handshake_timeout,
+            peer=_peer, accepted=self._registration_made, pending=self._pending,
+            max_pending=self.max_pending, log=self._refusals,
+        )
+
+    def _registration_made(
+        self, transport: asyncio.Transport, request: RegistrationRequest | None = None
+    ) -> None:
+        """Allocate for a registration: seed at once, v2 once its proof is checked."""
         peer = _peer(transport)
         if self._closing:
             transport.abort()
@@ -272,8 +365,14 @@ class RelayServer:
             )
             return
         assert self._ports is not None
+        wanted = port_request(request)
+        if wanted.identity is not None:
+            holder = self._holder(wanted.identity)
+            if holder is not None:
+                self._replacing(self._replace(transport, request, wanted.identity, holder))
+                return
         try:
-            sock = self._ports.allocate(PortRequest())
+            sock = self._ports.allocate(wanted)
         except PortRefusedError as exc:
             self._refuse(transport, peer, str(exc))
             return
@@ -283,7 +382,8 @@ class RelayServer:
         public_port = int(sock.getsockname()[1])
         transport.write(port_line(public_port))
         session = yamux.Session.attach(transport, client=True, config=self.yamux_config)
-        reg = _Registration(next(self._ids), peer, public_port, sock, session)
+        reg = _Registration(next(self._ids), peer, public_port, sock, session, request,
+                            wanted.identity)
         self._registrations[reg.id] = reg
         loop = asyncio.get_running_loop()
         # The handshake ping goes out right after the port line (its task runs before the
@@ -291,6 +391,48 @@ class RelayServer:
         reg.handshake = loop.create_task(session.ping(), name=f"relay-handshake-{reg.id}")
         reg.handshake.add_done_callback(_retrieve)
         reg.task = loop.create_task(self._run(reg), name=f"relay-session-{reg.id}")
+
+    def _holder(self, identity: Identity) -> _Registration | None:
+        for reg in self._registrations.values():
+            if reg.identity == identity and not reg.ending:
+                return reg
+        return None
+
+    def _replacing(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name="relay-replace")
+        self._replacements.add(task)
+        task.add_done_callback(self._replacements.discard)
+
+    async def _replace(self, transport: asyncio.Transport, request: RegistrationRequest | None,
+                       identity: Identity, holder: _Registration) -> None:
+        """``identity`` registers again while its old session looks alive: is it?"""
+        try:
+            async with asyncio.timeout(REPLACE_PING_TIMEOUT):
+                await holder.session.ping()
+        except (TimeoutError, yamux.YamuxError):
+            pass
+        except asyncio.CancelledError:  # the relay is closing
+            transport.abort()
+            raise
+        else:
+            if not holder.ending:
+                self._refuse(transport, _peer(transport),
+                             f"{identity} is already registered (public port "
+                             f"{holder.public_port}) and that session is alive")
+                return
+        logger.info("session %d: %s registers again from %s; ending the old session, which "
+                    "did not answer a ping", holder.id, identity, _peer(transport))
+        holder.end_reason = holder.end_reason or "replaced by a new registration of its owner"
+        if holder.task is not None:
+            holder.task.cancel()
+            try:
+                await asyncio.wait([holder.task])
+            except asyncio.CancelledError:
+                transport.abort()
+                raise
+        if transport.is_closing():
+            return
+        self._registration_made(transport, request)
 
     def _refuse(self, transport: asyncio.Transport, peer: str, reason: str) -> None:
         logger.warning("refusing registration from %s: %s", peer, reason,
@@ -305,7 +447,8 @@ class RelayServer:
                 partial(SocketEnd, partial(self._public_connection, reg)), sock=reg.sock,
                 backlog=LISTEN_BACKLOG,
             )
-            logger.info("session %d from %s: public port %d", reg.id, reg.peer, reg.public_port,
+            logger.info("session %d from %s%s: public port %d", reg.id, reg.peer,
+                        f" ({reg.request.describe()})" if reg.request else "", reg.public_port,
                         extra=reg.log_fields())
             assert reg.handshake is not None
             try:
@@ -418,6 +561,10 @@ class RelayServer:
             await reg.session.close()
             return
         peer = _peer(end.transport) if end.transport is not None else "?"
+        if reg.request is not None and reg.request.client_address and end.transport is not None:
+            stream.write(v2_header(addresses_of(
+                end.transport.get_extra_info("peername"),
+                end.transport.get_extra_info("sockname"))))
         logger.debug("session %d: public connection from %s on stream %d", reg.id, peer, stream.id)
         result = await pipe(end, stream)
         connections_logger.info(
