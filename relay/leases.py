@@ -67,15 +67,18 @@ def check_name(name: str, what: str = "name") -> str:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who registers: an authenticated ``client``, a service ``name``, or both.
+    """Who registers: an authenticated ``client`` (with the ``port`` it asks for, if any),
+    or a ``name`` that nobody checked.
 
-    An authenticated client with several services tells them apart by name,
-    each with a lease of its own. The store key keeps the two kinds apart, so
-    that an unauthenticated name never matches a client of the auth file.
+    An authenticated client may run several services: each that asks for its
+    own port is an identity of its own, with its own lease. The store key keeps
+    the kinds apart, so that an unauthenticated name never matches a client of
+    the auth file.
     """
 
     client: str | None = None
     name: str | None = None
+    port: int | None = None
 
     def __post_init__(self) -> None:
         if self.client is None and self.name is None:
@@ -85,7 +88,8 @@ class Identity:
     def key(self) -> str:
         if self.client is None:
             return f"name:{self.name}"
-        return f"client:{self.client}" + ("" if self.name is None else f"/{self.name}")
+        return (f"client:{self.client}" + ("" if self.name is None else f"/{self.name}")
+                + ("" if self.port is None else f"#{self.port}"))
 
     @property
     def authenticated(self) -> bool:
@@ -94,7 +98,8 @@ class Identity:
     def __str__(self) -> str:
         if self.client is None:
             return f"name {self.name!r}"
-        return f"client {self.client!r}" + ("" if self.name is None else f" name {self.name!r}")
+        return (f"client {self.client!r}" + ("" if self.name is None else f" name {self.name!r}")
+                + ("" if self.port is None else f" (port {self.port})"))
 
 
 @dataclass(slots=True)

@@ -126,16 +126,24 @@ class PortAllocator:
             return self.port_range
         return intersection(self.port_range, request.allowed)
 
-    def _requested(self, request: PortRequest, port: int) -> socket.socket:
+    def check(self, request: PortRequest) -> None:
+        """Refuse a requested port the range or the allowance excludes (nothing is bound)."""
+        port = request.port
+        if port is None:
+            return
         if not 1 <= port <= 65535:
             raise PortNotAllowedError(f"port {port} is not a port number (1-65535)")
         if self.port_range is not None and port not in self.port_range:
             raise PortOutsideRangeError(
                 f"port {port} is outside the relay's port range {self.port_range}")
         if request.allowed is not None and port not in request.allowed:
-            who = "this client" if request.identity is None else str(request.identity)
+            client = None if request.identity is None else request.identity.client
+            who = "this client" if client is None else f"client {client}"
             raise PortNotAllowedError(
                 f"port {port} is not allowed for {who} (allowed: {request.allowed})")
+
+    def _requested(self, request: PortRequest, port: int) -> socket.socket:
+        self.check(request)
         key = None if request.identity is None else request.identity.key
         lease = self.leases.on_port(port)
         if lease is not None and lease.key != key:

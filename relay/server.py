@@ -63,16 +63,17 @@ answer refuses the newcomer (two processes with one name), silence replaces the 
 def port_request(request: RegistrationRequest | None) -> PortRequest:
     """What the port policy needs of a registration: its identity, port and allowance.
 
-    The identity is the client name: authenticated (a secret or the auth file)
-    or, without authentication, only claimed; seed and nameless registrations
-    have none and get no lease.
+    The identity is the client name: authenticated (a secret or the auth file),
+    then with the port it asks for (a client's services each ask for their
+    own), or, without authentication, only claimed; seed and nameless
+    registrations have none and get no lease.
     """
     if request is None:
         return PortRequest()
     identity = None
     if request.client is not None:
-        identity = (Identity(client=request.client) if request.authenticated
-                    else Identity(name=request.client))
+        identity = (Identity(client=request.client, port=request.requested_port)
+                    if request.authenticated else Identity(name=request.client))
     return PortRequest(identity, request.requested_port, request.allowed_ports)
 
 
@@ -366,6 +367,11 @@ class RelayServer:
             return
         assert self._ports is not None
         wanted = port_request(request)
+        try:
+            self._ports.check(wanted)
+        except PortRefusedError as exc:
+            self._refuse(transport, peer, str(exc))
+            return
         if wanted.identity is not None:
             holder = self._holder(wanted.identity)
             if holder is not None:

@@ -36,6 +36,28 @@ def relay_command() -> list[str]:
     return [sys.executable, "-m", "relay"]
 
 
+def free_port_block(size: int) -> tuple[int, int]:
+    """``(low, high)``: ``size`` consecutive ports that nothing listens on right now."""
+    for _ in range(50):
+        low = free_port()
+        if low + size > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(low, low + size):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((HOST, port))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return low, low + size - 1
+    raise AssertionError(f"no block of {size} free ports")
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.01, message: str = "") -> float:
     """Poll ``predicate`` until true; returns the seconds it took; fails after ``timeout``."""
     start = time.monotonic()
