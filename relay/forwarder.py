@@ -23,7 +23,7 @@ import re
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
 import yamux
@@ -91,6 +91,18 @@ class Service:
         return self.name or self.local_endpoint
 
 
+async def _first_of(waits: list[Coroutine[None, None, object]], when: str,
+                    limit: float | None = None) -> None:
+    """``asyncio.wait`` on coroutines that cancels (and reaps) what is still pending."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, timeout=limit, return_when=when)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def print_endpoint(line: str) -> None:
     """The forwarder's stdout: one line per endpoint, nothing else."""
     sys.stdout.write(line + "\n")
@@ -152,11 +164,20 @@ class Forwarder:
         """Serve until cancelled; returns 1 when a relay session is lost and reconnecting is off."""
         self.servers = [self._server(service) for service in self.services]
         try:
-            for server in self.servers:
+            # Services that ask for a port register first: otherwise one without could be
+            # handed that port by the relay's round robin a moment before (and lease it).
+            asking = [srv for srv, svc in zip(self.servers, self.services, strict=True)
+                      if svc.remote_port is not None]
+            for server in asking:
                 await server.start(retry=True)
-            await asyncio.wait([asyncio.ensure_future(server.wait_closed())
-                                for server in self.servers],
-                               return_when=asyncio.FIRST_COMPLETED)
+            if asking and len(asking) < len(self.servers):
+                await _first_of([server.wait_endpoint() for server in asking],
+                                asyncio.ALL_COMPLETED, self.connect_timeout)
+            for server in self.servers:
+                if server not in asking:
+                    await server.start(retry=True)
+            await _first_of([server.wait_closed() for server in self.servers],
+                            asyncio.FIRST_COMPLETED)
             return 1
         finally:
             for server in self.servers:
