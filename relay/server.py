@@ -12,7 +12,8 @@ error), silence at the timeout. Whenever a session ends, for whatever reason,
 its public listener is closed at once and its public connections are reset, so
 the port is free again. What a stranger can make the relay allocate is bounded:
 ``max_sessions`` registrations (each one listener), ``max_connections`` public
-connections per session, and per stream the yamux window.
+connections per session, and per stream the yamux window; ``relay.limits`` adds
+per-source shares of those and the idle timeout.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from yamux.ratelimit import RateLimitedLog
 
 from .auth import Authenticator, FailureLimiter
 from .leases import DEFAULT_LEASE_TTL, Identity, LeaseStore
+from .limits import IdleWatch, Limits, SourceSlots, share, source_of
 from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
 from .pipe import SocketEnd, pipe
 from .ports import PortAllocator, PortRefusedError, PortRequest
@@ -106,6 +108,9 @@ class _Registration:
     public_port: int
     sock: socket.socket
     session: yamux.Session
+    source: str
+    sources: SourceSlots
+    """Public connections per source."""
     request: RegistrationRequest | None = None
     identity: Identity | None = None
     listener: asyncio.Server | None = None
@@ -180,6 +185,7 @@ class RelayServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         yamux_config: yamux.Config | None = None,
+        limits: Limits | None = None,
         protocol: str = "yamux",
         secret: str | bytes | None = None,
         auth_clients: dict[str, object] | None = None,
@@ -209,6 +215,12 @@ class RelayServer:
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self.yamux_config = yamux_config or yamux.Config()
+        self.limits = limits or Limits()
+        self._registering = SourceSlots(
+            share(self.limits.max_pending_registrations_per_source, max_sessions))
+        self._connections_per_source = share(self.limits.max_connections_per_source,
+                                             max_connections)
+        self._idle = IdleWatch(self.limits.idle_timeout, self._idle_connection)
         self.auth = auth
         self.protocol = "v2" if auth is not None else protocol
         self.ssl = ssl
@@ -296,6 +308,7 @@ class RelayServer:
         if self._closing:
             return
         self._closing = True
+        self._idle.close()
         if self._control is not None:
             self._control.close()
         if self._lease_refresh is not None:
@@ -365,30 +378,44 @@ class RelayServer:
                 f"(--max-sessions {self.max_sessions})",
             )
             return
+        source = source_of(transport.get_extra_info("peername"))
+        if not self._registering.acquire(source):
+            self._refuse(
+                transport, peer,
+                f"{self._registering.held(source)} registrations from {source} are still in "
+                f"their handshake, the maximum (--max-pending-registrations-per-source "
+                f"{self._registering.limit})",
+            )
+            return
         assert self._ports is not None
         wanted = port_request(request)
         try:
             self._ports.check(wanted)
         except PortRefusedError as exc:
+            self._registering.release(source)
             self._refuse(transport, peer, str(exc))
             return
         if wanted.identity is not None:
             holder = self._holder(wanted.identity)
-            if holder is not None:
+            if holder is not None:  # decided after a ping; _registration_made runs again then
+                self._registering.release(source)
                 self._replacing(self._replace(transport, request, wanted.identity, holder))
                 return
         try:
             sock = self._ports.allocate(wanted)
         except PortRefusedError as exc:
+            self._registering.release(source)
             self._refuse(transport, peer, str(exc))
             return
         except OSError as exc:
+            self._registering.release(source)
             self._refuse(transport, peer, f"cannot open a public port: {exc}")
             return
         public_port = int(sock.getsockname()[1])
         transport.write(port_line(public_port))
         session = yamux.Session.attach(transport, client=True, config=self.yamux_config)
-        reg = _Registration(next(self._ids), peer, public_port, sock, session, request,
+        reg = _Registration(next(self._ids), peer, public_port, sock, session, source,
+                            SourceSlots(self._connections_per_source), request,
                             wanted.identity)
         self._registrations[reg.id] = reg
         loop = asyncio.get_running_loop()
@@ -467,6 +494,7 @@ class RelayServer:
                 )
                 return
             reg.confirmed = True
+            self._registering.release(reg.source)
             logger.debug("session %d confirmed (ping %.1f ms)", reg.id, rtt * 1000)
             rejecting = asyncio.get_running_loop().create_task(
                 self._reject_streams(reg), name=f"relay-reject-{reg.id}")
@@ -497,6 +525,8 @@ class RelayServer:
         if reg.ending:
             return
         reg.ending = True
+        if not reg.confirmed:
+            self._registering.release(reg.source)
         if reg.handshake is not None:
             reg.handshake.cancel()
         if reg.listener is not None:
@@ -533,14 +563,25 @@ class RelayServer:
 
     # ----------------------------------------------------- public connections
     def _public_connection(self, reg: _Registration, end: SocketEnd) -> None:
+        transport = end.transport
+        assert transport is not None
         if reg.ending or reg.session.closed:
             end.abort()
             return
         if len(reg.connections) >= self.max_connections:
             logger.warning(
                 "session %d: refusing a public connection from %s: %d open, the maximum "
-                "(--max-connections %d)", reg.id, _peer(end.transport), len(reg.connections),
+                "(--max-connections %d)", reg.id, _peer(transport), len(reg.connections),
                 self.max_connections,
+            )
+            end.abort()
+            return
+        source = source_of(transport.get_extra_info("peername"))
+        if not reg.sources.acquire(source):
+            logger.warning(
+                "session %d: refusing a public connection from %s: %d open from %s, the "
+                "maximum (--max-connections-per-source %d)", reg.id, _peer(transport),
+                reg.sources.held(source), source, reg.sources.limit,
             )
             end.abort()
             return
@@ -548,12 +589,28 @@ class RelayServer:
             self._relay_connection(reg, end), name=f"relay-public-{reg.id}"
         )
         reg.connections.add(task)
-        task.add_done_callback(reg.connections.discard)
+        self._idle.watch(end)
+        task.add_done_callback(partial(self._connection_done, reg, end, source))
+
+    def _connection_done(self, reg: _Registration, end: SocketEnd, source: str,
+                         task: asyncio.Task[None]) -> None:
+        reg.connections.discard(task)
+        reg.sources.release(source)
+        self._idle.forget(end)
+
+    def _idle_connection(self, end: SocketEnd) -> None:
+        logger.debug("resetting public connection from %s: idle for %g s (--idle-timeout)",
+                     _peer(end.transport) if end.transport is not None else "?",
+                     self.limits.idle_timeout)
+        end.abort()
 
     async def _relay_connection(self, reg: _Registration, end: SocketEnd) -> None:
         started = time.monotonic()
         try:
             stream = await reg.session.open_stream()
+        except asyncio.CancelledError:
+            end.abort()
+            raise
         except yamux.TooManyStreamsError as exc:
             logger.warning("session %d: refusing a public connection: %s", reg.id, exc)
             end.abort()
