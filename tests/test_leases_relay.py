@@ -13,7 +13,7 @@ from relay.api import register_v2
 from relay.auth import parse_auth_clients
 from relay.protocol import RelayRefusedError
 from relay.server import RelayServer
-from relay_support import free_port_block
+from relay_support import echo_roundtrip, free_port_block
 
 HOST = "127.0.0.1"
 SECRET = "correct horse battery staple"
@@ -25,14 +25,7 @@ async def echo(reader, writer) -> None:
 
 
 async def roundtrip(port: int, payload: bytes = b"hello\n") -> bytes:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    try:
-        writer.write(payload)
-        writer.write_eof()
-        return await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
-        await asyncio.gather(writer.wait_closed(), return_exceptions=True)
+    return await asyncio.to_thread(echo_roundtrip, port, payload)
 
 
 async def test_a_name_alive_elsewhere_is_refused_a_silent_one_is_replaced(caplog):
