@@ -207,7 +207,7 @@ option("--remote-port", type=PORT, metavar="PORT", group=FORWARDER,
 option("--name", metavar="NAME", group=FORWARDER,
        help="Name of the service: the relay keeps its public port for it across reconnects "
             "and restarts (a lease; without auth a convenience, not security).")
-option("--service", "services", metavar="NAME=[HOST:]LOCAL_PORT[:REMOTE_PORT]", multiple=True,
+option("--service", "service", metavar="NAME=[HOST:]LOCAL_PORT[:REMOTE_PORT]", multiple=True,
        group=FORWARDER,
        help="One more service to expose, with its own registration and lease; repeatable, "
             "e.g. --service redis=6379:7201 --service web=8080.")
@@ -455,7 +455,7 @@ the relay is lost with --no-reconnect.
 def _seed(ctx: click.Context, **opts: Any) -> None:
     args: tuple[str, ...] = opts.pop("args")
     local_port = opts.pop("local_forward_port")
-    forwarder_mode = local_port is not None or bool(opts["services"])
+    forwarder_mode = local_port is not None or bool(opts["service"])
     _check_seed_arguments(ctx, args, forwarder_mode)
     _check_mode_options(ctx, forwarder_mode)
     if forwarder_mode:
@@ -501,13 +501,13 @@ server_command = GroupedCommand(
 def _forward(ctx: click.Context, args: tuple[str, ...], **opts: Any) -> None:
     found = loaded_config(ctx)
     file_forward = found.forward if found is not None else {}
-    if opts["services"] and args and (len(args) == 2 or ":" in args[0]) and len(args) <= 2:
-        host, port = _relay_address(ctx, args)  # every service from --service
-        services = []
-    elif len(args) == 3 or (len(args) == 2 and ":" in args[1]):
+    if len(args) == 3 or (len(args) == 2 and ":" in args[1]):
         local_port = _port_argument(ctx, args[0], "LOCAL_PORT")
         host, port = _relay_address(ctx, args[1:])
         services = [Service(local_port)]
+    elif opts["service"] and (len(args) == 2 or (len(args) == 1 and ":" in args[0])):
+        host, port = _relay_address(ctx, args)  # every service from --service
+        services = []
     elif not args and found is not None and "relay" in file_forward:
         host, port = _relay_address(ctx, (str(file_forward["relay"]),))
         services = _file_services(ctx, found)
@@ -761,7 +761,7 @@ def build_forwarder(ctx: click.Context, host: str, port: int, services: Sequence
             raise click.UsageError(
                 "--name and --remote-port apply to a single LOCAL_PORT service; give each of "
                 "several services its own with --service NAME=LOCAL_PORT[:REMOTE_PORT]", ctx)
-        forwarded += [ForwardedService.parse(text, default_host) for text in opts["services"]]
+        forwarded += [ForwardedService.parse(text, default_host) for text in opts["service"]]
         return Forwarder(
             relay_host=host, relay_port=port, services=forwarded,
             reconnect=opts["reconnect"], reconnect_delay=opts["reconnect_delay"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -18,6 +19,7 @@ import pytest
 from conftest import require_program
 
 from relay_support import (
+    ECHO_SCRIPT,
     HOST,
     RespReader,
     connection_refused,
@@ -181,3 +183,28 @@ def test_corrupt_lease_store_is_moved_aside_and_the_relay_serves(procs, echo_por
                      relay.stderr_text), relay.stderr_text
     _, port = procs.forwarder(relay_port, echo_port, "--name", "svc")
     assert echo_roundtrip(port) == b"ping through the relay\n"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--service", "redis", "h:1"], "'redis' is not NAME=[LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT]"),
+    (["--service", "a=1", "--service", "a=2", "h:1"], "service names must differ"),
+    (["--service", "a=1", "--name", "b", "h:1"], "--name and --remote-port apply to a single"),
+    (["--name", "no spaces", "1", "h:1"], "service name 'no spaces' may only contain"),
+    (["--remote-port", "0", "1", "h:1"], "'--remote-port'"),
+])
+def test_service_options_usage_errors(args, message):
+    done = subprocess.run([*relay_command(), "forward", *args], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+
+
+def test_local_port_and_more_services_in_one_command(procs, echo_port):
+    _, other_port = procs.script(ECHO_SCRIPT, "0", name="echo2")
+    _, relay_port = procs.relay(*V2)
+    forwarder = procs.start([*relay_command(), "forward", "--name", "first", str(echo_port),
+                             f"{HOST}:{relay_port}", "--service", f"second={other_port}"],
+                            "forwarder")
+    ports = endpoints(forwarder, 2)
+    for port in ports.values():
+        assert echo_roundtrip(port) == b"ping through the relay\n"
