@@ -31,28 +31,28 @@ async def roundtrip(port: int, payload: bytes = b"hello\n") -> bytes:
 async def test_a_name_alive_elsewhere_is_refused_a_silent_one_is_replaced(caplog):
     caplog.set_level(logging.INFO, logger="relay.server")
     async with RelayServer(0, host=HOST, protocol="v2") as server:
-        first = await register_v2(HOST, server.port, name="svc")
+        # A registering side that answers the challenge by hand, then goes silent: it
+        # never answers a ping (a peer behind a dead network path).
+        reader, writer = await asyncio.open_connection(HOST, server.port)
         try:
-            # The owner of "svc" answers pings: a second "svc" is a different process.
+            assert (await reader.readline()).startswith(b"error: v2 needed")
+            writer.write(b"relay/2 name=svc\n")
+            silent_port = int(await reader.readline())
+            first = await register_v2(HOST, server.port, name="other")
+            # The owner of "other" answers pings: a second "other" is another process.
             with pytest.raises(RelayRefusedError,
-                               match=rf"name 'svc' is already registered \(public port "
+                               match=rf"name 'other' is already registered \(public port "
                                      rf"{first.public_port}\) and that session is alive"):
-                await register_v2(HOST, server.port, name="svc")
-            # Silence (a network blip the relay has not noticed yet): the newcomer wins,
-            # on the same port.
-            first.session._transport.pause_reading()  # no ping is answered any more
-            second = await register_v2(HOST, server.port, name="svc", connect_timeout=10)
-            try:
-                assert second.public_port == first.public_port
-                assert "registers again from" in caplog.text
-                assert [s.public_port for s in server.sessions] == [second.public_port]
-                served = await relay.start_server(echo, HOST, server.port, name="other")
-                async with served:
-                    assert await roundtrip(served.public_port) == b"hello\n"
-            finally:
-                await second.session.close()
-        finally:
+                await register_v2(HOST, server.port, name="other")
             await first.session.close()
+            # "svc" again while its silent session looks alive: the newcomer gets its port.
+            async with await relay.start_server(echo, HOST, server.port, name="svc") as again:
+                assert again.public_port == silent_port
+                assert "registers again from" in caplog.text
+                assert await roundtrip(again.public_port) == b"hello\n"
+        finally:
+            writer.close()
+            await asyncio.gather(writer.wait_closed(), return_exceptions=True)
 
 
 async def test_leases_survive_a_relay_restart_in_process(tmp_path: Path):
