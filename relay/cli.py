@@ -38,6 +38,7 @@ from .forwarder import DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_HOST, Forwarder
 from .forwarder import Service as ForwardedService
 from .handshake import NAME
 from .leases import DEFAULT_LEASE_TTL, StateDirError
+from .ports import DEFAULT_MAX_NAME_LEASES
 from .reconnect import DEFAULT_RECONNECT_DELAY, DEFAULT_RECONNECT_MAX_DELAY
 from .server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -197,6 +198,9 @@ option("--state-dir", type=click.Path(file_okay=False), metavar="DIR", group=REL
 option("--lease-ttl", type=SECONDS, default=DEFAULT_LEASE_TTL, show_default=True,
        metavar="SECONDS", group=RELAY,
        help="A client's port stays reserved for it this long after it went away.")
+option("--max-name-leases", type=click.IntRange(min=0), default=DEFAULT_MAX_NAME_LEASES,
+       show_default=True, group=RELAY,
+       help="Most leases of unauthenticated names; beyond it a new name is refused.")
 
 # -- forwarder options
 option("--local-forward-host", default=DEFAULT_LOCAL_HOST, show_default=True, metavar="HOST",
@@ -716,6 +720,7 @@ def build_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> RelaySe
         handshake_timeout=opts["handshake_timeout"], yamux_config=_yamux_config(opts),
         protocol=opts["protocol"], auth=_authenticator(ctx, opts), ssl=tls,
         state_dir=opts["state_dir"], lease_ttl=opts["lease_ttl"],
+        max_name_leases=opts["max_name_leases"],
     )
 
 

@@ -35,6 +35,9 @@ logger = logging.getLogger("relay.ports")
 
 OS_CHOICE_ATTEMPTS = 64
 """Ports the OS may pick that are leased to someone away before we give up."""
+DEFAULT_MAX_NAME_LEASES = 1000
+"""Leases of unauthenticated names at most: a stranger registering under ever new names
+must not reserve every port for a day (authenticated clients are not counted)."""
 
 
 class PortRefusedError(Exception):
@@ -55,6 +58,10 @@ class PortNotAllowedError(PortRefusedError):
 
 class NoFreePortError(PortRefusedError):
     """Every port a registration could have is in use or leased."""
+
+
+class TooManyLeasesError(PortRefusedError):
+    """A new unauthenticated name, but the relay holds the most leases of such names."""
 
 
 def intersection(a: PortSet, b: PortSet) -> PortSet:
@@ -79,8 +86,9 @@ class PortAllocator:
     """Chooses, binds and remembers public ports; ``allocate`` / ``release``."""
 
     def __init__(self, bind: BindAddress, port_range: tuple[int, int] | None,
-                 leases: LeaseStore) -> None:
+                 leases: LeaseStore, max_name_leases: int = DEFAULT_MAX_NAME_LEASES) -> None:
         self.bind = bind
+        self.max_name_leases = max_name_leases
         self.port_range = None if port_range is None else PortSet((port_range,))
         self.leases = leases
         self.in_use: dict[int, str | None] = {}
@@ -92,6 +100,14 @@ class PortAllocator:
         """A bound, listening socket for ``request``; raises PortRefusedError (or OSError)."""
         key = None if request.identity is None else request.identity.key
         self.leases.expire(self.active_keys())
+        if (request.identity is not None and not request.identity.authenticated
+                and self.leases.of(request.identity.key) is None):
+            names = sum(1 for lease in self.leases if lease.key.startswith("name:"))
+            if names >= self.max_name_leases:
+                raise TooManyLeasesError(
+                    f"the relay holds {names} leases of unauthenticated names, the maximum "
+                    f"(--max-name-leases {self.max_name_leases}); register without a name, "
+                    f"or wait until unused leases end")
         if request.port is not None:
             sock = self._requested(request, request.port)
         else:

@@ -36,7 +36,7 @@ from .leases import DEFAULT_LEASE_TTL, Identity, LeaseStore
 from .limits import IdleWatch, Limits, SourceSlots, share, source_of
 from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
 from .pipe import SocketEnd, pipe
-from .ports import PortAllocator, PortRefusedError, PortRequest
+from .ports import DEFAULT_MAX_NAME_LEASES, PortAllocator, PortRefusedError, PortRequest
 from .protocol import error_line, port_line
 from .proxy_protocol import addresses_of, v2_header
 from .registration import ChallengeProtocol, RegistrationRequest
@@ -195,6 +195,7 @@ class RelayServer:
         max_pending: int = DEFAULT_MAX_PENDING,
         state_dir: str | None = None,
         lease_ttl: float = DEFAULT_LEASE_TTL,
+        max_name_leases: int = DEFAULT_MAX_NAME_LEASES,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
@@ -231,6 +232,7 @@ class RelayServer:
         """Refused v2 registrations: a stranger must not be able to write our log."""
         self.state_dir = state_dir
         self.lease_ttl = lease_ttl
+        self.max_name_leases = max_name_leases
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | None = None
         self._ports: PortAllocator | None = None
@@ -260,7 +262,7 @@ class RelayServer:
         except BaseException:
             leases.close()
             raise
-        self._ports = PortAllocator(self._bind, self.port_range, leases)
+        self._ports = PortAllocator(self._bind, self.port_range, leases, self.max_name_leases)
         self._lease_refresh = loop.create_task(self._refresh_leases(), name="relay-leases")
         self._serving = loop.create_future()
         logger.info("Serving relay requests on port %d", self.port,

@@ -21,6 +21,7 @@ from relay.ports import (
     PortOutsideRangeError,
     PortRequest,
     PortTakenError,
+    TooManyLeasesError,
     intersection,
 )
 from relay_support import free_port_block
@@ -273,3 +274,17 @@ def test_unusable_state_dir_keeps_leases_in_memory(tmp_path: Path, caplog):
     store.close()
     assert "cannot use the state directory" in caplog.text
     assert "kept in memory only" in caplog.text
+
+
+def test_leases_of_unauthenticated_names_are_bounded(sockets):
+    allocator = PortAllocator(LOOPBACK, None, LeaseStore(None), max_name_leases=1)
+    alice_port = grant(allocator, sockets, identity=ALICE)
+    close_port(allocator, sockets, alice_port)
+    with pytest.raises(TooManyLeasesError,
+                       match=r"the relay holds 1 leases of unauthenticated names, the maximum "
+                             r"\(--max-name-leases 1\)"):
+        allocator.allocate(PortRequest(identity=BOB))
+    assert allocator.leases.of(BOB.key) is None
+    grant(allocator, sockets)  # without a name: no lease, no limit
+    grant(allocator, sockets, identity=Identity(client="carol"))  # authenticated: not counted
+    assert grant(allocator, sockets, identity=ALICE) == alice_port  # her own lease: fine
