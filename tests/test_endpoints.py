@@ -208,3 +208,15 @@ def test_local_port_and_more_services_in_one_command(procs, echo_port):
     ports = endpoints(forwarder, 2)
     for port in ports.values():
         assert echo_roundtrip(port) == b"ping through the relay\n"
+
+
+def test_config_file_services_ask_for_their_ports(procs, echo_port, tmp_path):
+    low, high = free_port_block(2)
+    _, relay_port = procs.relay(*V2, "--port-range", f"{low}-{high}")
+    config = tmp_path / "services.toml"
+    config.write_text(
+        f'[forward]\nrelay = "{HOST}:{relay_port}"\n'
+        f'[[forward.services]]\nname = "one"\nlocal-port = {echo_port}\nremote-port = {high}\n'
+        f'[[forward.services]]\nname = "two"\nlocal-port = {echo_port}\n')
+    forwarder = procs.start([*relay_command(), "forward", "--config", str(config)], "forwarder")
+    assert endpoints(forwarder, 2) == {"one": high, "two": low}
