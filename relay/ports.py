@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from .auth import PortSet
 from .leases import Identity, LeaseStore
 from .net import BindAddress
+from .protocol import RegistrationError
 
 logger = logging.getLogger("relay.ports")
 
@@ -40,7 +41,7 @@ DEFAULT_MAX_NAME_LEASES = 1000
 must not reserve every port for a day (authenticated clients are not counted)."""
 
 
-class PortRefusedError(Exception):
+class PortRefusedError(RegistrationError):
     """A registration cannot have a public port; ``str()`` is the reason for the error line."""
 
 
