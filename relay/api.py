@@ -292,6 +292,8 @@ class RelayedServer:
         """Until the server stopped and every handler finished (never raises)."""
         if self._task is not None:
             await asyncio.wait([self._task])
+        if self.session is not None and not self.session.closed:
+            await self.session.close()  # closed before its task ever ran
 
     async def serve_forever(self) -> None:
         """Serve until cancelled (then close) or until close(); raise if it stops on its own.

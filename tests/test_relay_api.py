@@ -385,3 +385,11 @@ async def test_wait_endpoint_fails_when_the_server_stops_without_reconnect():
     finally:
         relay_server.close()
         await relay_server.wait_closed()
+
+
+async def test_closed_at_once_after_start_leaves_nothing_behind(relay_server):
+    server = await relay.start_server(echo, HOST, relay_server.port)
+    server.close()  # before its task ran even once
+    await server.wait_closed()
+    assert not server.is_serving()
+    await eventually(lambda: asyncio.sleep(0, not relay_server.sessions))
