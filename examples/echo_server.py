@@ -4,7 +4,7 @@
     python examples/echo_server.py 127.0.0.1 7000  # prints the public endpoint
     socat - TCP:127.0.0.1:PUBLIC_PORT              # type lines, they come back
 
-    relay server --protocol v2 --state-dir state 7000 &
+    relay server --state-dir state 7000 &               # leases, registration v2
     python examples/echo_server.py 127.0.0.1 7000 echo   # a name: the same port every time
 
 The handler is exactly what you would give ``asyncio.start_server``; only the

@@ -194,7 +194,8 @@ option("--tls-client-ca", type=click.Path(dir_okay=False), metavar="FILE", group
        help="Require a client certificate signed by this CA (mutual TLS; needs --tls-cert).")
 option("--state-dir", type=click.Path(file_okay=False), metavar="DIR", group=RELAY,
        help="Keep port leases here (SQLite), so services get their ports back after a relay "
-            "restart.  [default: leases in memory only]")
+            "restart; implies --protocol v2 (names need it).  [default: leases in memory "
+            "only]")
 option("--lease-ttl", type=SECONDS, default=DEFAULT_LEASE_TTL, show_default=True,
        metavar="SECONDS", group=RELAY,
        help="A client's port stays reserved for it this long after it went away.")

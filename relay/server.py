@@ -166,8 +166,9 @@ class RelayServer:
     ``host`` is the bind address of the control port and of every public
     listener (None: every interface, IPv4 and IPv6). ``port_range`` (low, high)
     restricts public ports; None lets the OS choose. ``state_dir`` keeps the
-    port leases across relay restarts (None: in memory); a lease unused for
-    ``lease_ttl`` seconds ends (see ``relay.leases`` and ``relay.ports``).
+    port leases across relay restarts (None: in memory) and implies
+    registration v2; a lease unused for ``lease_ttl`` seconds ends (see
+    ``relay.leases`` and ``relay.ports``).
 
     ``protocol="v2"``, or any of ``secret`` / ``auth_clients`` / ``auth``, makes
     the relay challenge every control connection first (registration v2, see
@@ -223,7 +224,9 @@ class RelayServer:
                                              max_connections)
         self._idle = IdleWatch(self.limits.idle_timeout, self._idle_connection)
         self.auth = auth
-        self.protocol = "v2" if auth is not None else protocol
+        # Leases are kept per name, which only registration v2 carries: a state dir, like
+        # authentication, turns it on.
+        self.protocol = "v2" if auth is not None or state_dir is not None else protocol
         self.ssl = ssl
         self.auth_failures = auth_failures or FailureLimiter()
         self.max_pending = max_pending

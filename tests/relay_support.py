@@ -10,6 +10,7 @@ of them.
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import socket
 import sys
@@ -37,11 +38,14 @@ def relay_command() -> list[str]:
 
 
 def free_port_block(size: int) -> tuple[int, int]:
-    """``(low, high)``: ``size`` consecutive ports that nothing listens on right now."""
+    """``(low, high)``: ``size`` consecutive ports that nothing listens on right now.
+
+    Below the kernel's ephemeral range, where no outgoing connection (of this
+    or any other process on a busy machine) takes one of them meanwhile.
+    """
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(50):
-        low = free_port()
-        if low + size > 65535:
-            continue
+        low = random.randrange(10000, max(10001, ephemeral_low - size))
         socks = []
         try:
             for port in range(low, low + size):

@@ -220,3 +220,23 @@ def test_config_file_services_ask_for_their_ports(procs, echo_port, tmp_path):
         f'[[forward.services]]\nname = "two"\nlocal-port = {echo_port}\n')
     forwarder = procs.start([*relay_command(), "forward", "--config", str(config)], "forwarder")
     assert endpoints(forwarder, 2) == {"one": high, "two": low}
+
+
+def test_state_dir_alone_is_enough_for_names(procs, echo_port, tmp_path):
+    """--state-dir implies registration v2: the name reaches the relay without --protocol."""
+    relay, relay_port = procs.relay("--state-dir", str(tmp_path))
+    named, port = procs.forwarder(relay_port, echo_port, "--name", "svc")
+    named.kill()
+    relay.wait_line(rf"ended: .*public port {port} closed")
+    _, again = procs.forwarder(relay_port, echo_port, "--name", "svc")
+    assert again == port
+    assert "not used" not in named.stderr_text
+
+
+def test_a_name_against_a_seed_relay_says_it_is_not_used(procs, echo_port):
+    _, relay_port = procs.relay()
+    forwarder, port = procs.forwarder(relay_port, echo_port, "--name", "svc",
+                                      "--remote-port", str(free_port()))
+    forwarder.wait_line(r"the relay speaks the seed protocol .*: a client name, port \d+ not "
+                        r"used \(they need a relay with --protocol v2 or --state-dir\)")
+    assert echo_roundtrip(port) == b"ping through the relay\n"
