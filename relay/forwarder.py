@@ -138,6 +138,8 @@ class Forwarder:
     service's identity for its lease, and ``name=`` on the wire; without it each service's
     own name is."""
     ssl: ssl.SSLContext | None = None
+    tls_server_name: str | None = None
+    """The name the relay's certificate must carry (default: ``relay_host``)."""
     proxy_protocol: int | None = None
     """Send a PROXY protocol header of this version (1 or 2) to the local service."""
     on_endpoint: Callable[[str], object] = print_endpoint
@@ -207,6 +209,8 @@ class Forwarder:
             reconnect_max_delay=self.reconnect_max_delay, secret=self.secret,
             name=self.client_name or service.name, public_port=service.remote_port,
             client_address=self.proxy_protocol is not None, ssl=self.ssl,
+            **({"server_hostname": self.tls_server_name}
+               if self.ssl is not None and self.tls_server_name else {}),
         )
         return server
 

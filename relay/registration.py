@@ -18,6 +18,7 @@ from yamux.ratelimit import RateLimitedLog
 
 from .auth import Authenticator, AuthRefused, FailureLimiter, PortSet
 from .handshake import Challenge, HandshakeError, parse_response
+from .limits import SourceSlots, source_of
 from .protocol import MAX_GREETING, error_line
 
 logger = logging.getLogger("relay.registration")
@@ -44,12 +45,6 @@ class RegistrationRequest:
             f"unauthenticated client {self.client}")
 
 
-def source_address(transport: asyncio.BaseTransport) -> str:
-    """The peer's IP address (the unit of rate limiting), or ``?``."""
-    peer = transport.get_extra_info("peername")
-    return str(peer[0]) if peer else "?"
-
-
 class ChallengeProtocol(asyncio.Protocol):
     """One control connection of a v2 relay, until its proof is checked."""
 
@@ -63,6 +58,8 @@ class ChallengeProtocol(asyncio.Protocol):
         accepted: Callable[[asyncio.Transport, RegistrationRequest], None],
         pending: set[ChallengeProtocol],
         max_pending: int,
+        per_source: SourceSlots,
+        busy_reason: Callable[[str], str],
         log: RateLimitedLog,
     ) -> None:
         self._auth = auth
@@ -72,6 +69,11 @@ class ChallengeProtocol(asyncio.Protocol):
         self._accepted = accepted
         self._pending = pending
         self._max_pending = max_pending
+        self._per_source = per_source
+        self._busy_reason = busy_reason
+        self._source: str | None = None
+        """Set while this connection holds a slot of ``per_source`` (the relay's unfinished
+        registrations of a source); on success the slot passes to the registration."""
         self._log = log
         self._buffer = bytearray()
         self._challenge: Challenge | None = None
@@ -82,7 +84,7 @@ class ChallengeProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = self._peer(transport)
-        source = source_address(transport)
+        source = source_of(transport.get_extra_info("peername"))
         wait = self._failures.blocked_for(source)
         if wait > 0:
             self._refuse(f"too many failed registrations from {source}; retry in {wait:.0f} s",
@@ -92,6 +94,10 @@ class ChallengeProtocol(asyncio.Protocol):
             self._refuse(f"too many registrations in progress ({len(self._pending)}); retry later",
                          key="busy")
             return
+        if not self._per_source.acquire(source):
+            self._refuse(self._busy_reason(source), key="busy")
+            return
+        self._source = source
         self._pending.add(self)
         self._challenge = Challenge.fresh(auth_required=self._auth is not None)
         transport.write(self._challenge.line())  # type: ignore[attr-defined]
@@ -124,6 +130,7 @@ class ChallengeProtocol(asyncio.Protocol):
             else:
                 self._fail(f"bad response: {exc}")
             return
+        self._source = None  # the slot goes on with the registration
         self._done()
         assert self.transport is not None
         self._accepted(self.transport, RegistrationRequest(
@@ -153,7 +160,7 @@ class ChallengeProtocol(asyncio.Protocol):
     def _fail(self, reason: str, *, send: bool = True, key: str = "bad-response") -> None:
         """A failure of this source: counted for its block (``FailureLimiter``), then refused."""
         assert self.transport is not None
-        source = source_address(self.transport)
+        source = source_of(self.transport.get_extra_info("peername"))
         count = self._failures.failed(source)
         if count == self._failures.limit:
             self._log.log(logging.WARNING, "blocking",
@@ -174,6 +181,9 @@ class ChallengeProtocol(asyncio.Protocol):
     def _done(self) -> None:
         self._challenge = None
         self._pending.discard(self)
+        if self._source is not None:
+            self._per_source.release(self._source)
+            self._source = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -6,6 +6,11 @@ switches the connection to a yamux session in the client role. Every public
 connection then becomes one stream on that session, piped both ways by
 ``relay.pipe``.
 
+With a secret, an auth file or ``protocol="v2"`` the relay first challenges
+(``relay.registration``, docs/protocol.md) and allocates only for a checked
+response, honouring its ``RegistrationRequest`` (requested port, the client's
+allowed ports, the client address at the start of each stream).
+
 A registration is confirmed when the registered side answers a yamux ping
 within ``handshake_timeout``; garbage ends the session at once (protocol
 error), silence at the timeout. Whenever a session ends, for whatever reason,
@@ -31,7 +36,7 @@ from functools import partial
 import yamux
 from yamux.ratelimit import RateLimitedLog
 
-from .auth import Authenticator, FailureLimiter
+from .auth import Authenticator, FailureLimiter, watch_auth_file
 from .leases import DEFAULT_LEASE_TTL, Identity, LeaseStore
 from .limits import IdleWatch, Limits, SourceSlots, share, source_of
 from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
@@ -40,6 +45,7 @@ from .ports import DEFAULT_MAX_NAME_LEASES, PortAllocator, PortRefusedError, Por
 from .protocol import error_line, port_line
 from .proxy_protocol import addresses_of, v2_header
 from .registration import ChallengeProtocol, RegistrationRequest
+from .registration import logger as registration_logger
 
 logger = logging.getLogger("relay.server")
 connections_logger = logging.getLogger("relay.connections")
@@ -117,6 +123,8 @@ class _Registration:
     task: asyncio.Task[None] | None = None
     handshake: asyncio.Task[float] | None = None
     connections: set[asyncio.Task[None]] = field(default_factory=set)
+    log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(logger))
+    """Lines the session's peers can trigger (refused public connections, ...)."""
     confirmed: bool = False
     ending: bool = False
     end_reason: str | None = None
@@ -223,6 +231,10 @@ class RelayServer:
         self._connections_per_source = share(self.limits.max_connections_per_source,
                                              max_connections)
         self._idle = IdleWatch(self.limits.idle_timeout, self._idle_connection)
+        self._log = RateLimitedLog(logger)
+        """Lines any stranger can trigger: refused and failed registrations."""
+        self._challenge_log = RateLimitedLog(registration_logger)
+        """Refused v2 registrations: a stranger must not be able to write our log."""
         self.auth = auth
         # Leases are kept per name, which only registration v2 carries: a state dir, like
         # authentication, turns it on.
@@ -231,8 +243,7 @@ class RelayServer:
         self.auth_failures = auth_failures or FailureLimiter()
         self.max_pending = max_pending
         self._pending: set[ChallengeProtocol] = set()
-        self._refusals = RateLimitedLog(logging.getLogger("relay.registration"))
-        """Refused v2 registrations: a stranger must not be able to write our log."""
+        self._auth_watch: asyncio.Task[None] | None = None
         self.state_dir = state_dir
         self.lease_ttl = lease_ttl
         self.max_name_leases = max_name_leases
@@ -268,6 +279,9 @@ class RelayServer:
         self._ports = PortAllocator(self._bind, self.port_range, leases, self.max_name_leases)
         self._lease_refresh = loop.create_task(self._refresh_leases(), name="relay-leases")
         self._serving = loop.create_future()
+        if self.auth is not None and self.auth.auth_file is not None:
+            self._auth_watch = loop.create_task(
+                watch_auth_file(self.auth, self._revoke), name="relay-auth-file")
         logger.info("Serving relay requests on port %d", self.port,
                     extra={"control_port": self.port})
         if self.auth is None and not self._bind.is_loopback():
@@ -314,6 +328,8 @@ class RelayServer:
             return
         self._closing = True
         self._idle.close()
+        self._log.summary(logging.WARNING, "relay")
+        self._challenge_log.summary(logging.WARNING, "relay")
         if self._control is not None:
             self._control.close()
         if self._lease_refresh is not None:
@@ -322,7 +338,8 @@ class RelayServer:
             task.cancel()
         for gate in list(self._pending):
             gate.abort()
-        self._refusals.summary(logging.WARNING, "registration refusals")
+        if self._auth_watch is not None:
+            self._auth_watch.cancel()
         for reg in list(self._registrations.values()):
             if reg.ending:  # already cleaning up; let it finish
                 continue
@@ -335,6 +352,8 @@ class RelayServer:
     async def wait_closed(self) -> None:
         if self._control is not None:
             await self._control.wait_closed()
+        if self._auth_watch is not None:
+            await asyncio.wait([self._auth_watch])
         while self._registrations:
             regs = list(self._registrations.values())
             tasks = [r.task for r in regs if r.task is not None and not r.task.done()]
@@ -365,31 +384,36 @@ class RelayServer:
         return ChallengeProtocol(
             auth=self.auth, failures=self.auth_failures, timeout=self.handshake_timeout,
             peer=_peer, accepted=self._registration_made, pending=self._pending,
-            max_pending=self.max_pending, log=self._refusals,
+            max_pending=self.max_pending, per_source=self._registering,
+            busy_reason=self._busy_reason, log=self._challenge_log,
         )
 
     def _registration_made(
         self, transport: asyncio.Transport, request: RegistrationRequest | None = None
     ) -> None:
-        """Allocate for a registration: seed at once, v2 once its proof is checked."""
+        """Allocate for a registration: seed at once, v2 once its proof is checked.
+
+        The source's slot of unfinished registrations (``_registering``) is taken here
+        for the seed protocol; a v2 registration has held it since its connection
+        arrived (``ChallengeProtocol``). Either way it is released when the yamux ping
+        is answered or the registration ends.
+        """
         peer = _peer(transport)
+        source = source_of(transport.get_extra_info("peername"))
+        if request is None and not self._registering.acquire(source):
+            self._refuse(transport, peer, "registrations in handshake per source",
+                         self._busy_reason(source))
+            return
         if self._closing:
+            self._registering.release(source)
             transport.abort()
             return
         if len(self._registrations) >= self.max_sessions:
+            self._registering.release(source)
             self._refuse(
-                transport, peer,
+                transport, peer, "relay full",
                 f"relay is full: {len(self._registrations)} sessions, the maximum "
                 f"(--max-sessions {self.max_sessions})",
-            )
-            return
-        source = source_of(transport.get_extra_info("peername"))
-        if not self._registering.acquire(source):
-            self._refuse(
-                transport, peer,
-                f"{self._registering.held(source)} registrations from {source} are still in "
-                f"their handshake, the maximum (--max-pending-registrations-per-source "
-                f"{self._registering.limit})",
             )
             return
         assert self._ports is not None
@@ -398,23 +422,23 @@ class RelayServer:
             self._ports.check(wanted)
         except PortRefusedError as exc:
             self._registering.release(source)
-            self._refuse(transport, peer, str(exc))
+            self._refuse(transport, peer, "port refused", str(exc))
             return
         if wanted.identity is not None:
             holder = self._holder(wanted.identity)
             if holder is not None:  # decided after a ping; _registration_made runs again then
-                self._registering.release(source)
-                self._replacing(self._replace(transport, request, wanted.identity, holder))
+                self._replacing(self._replace(transport, request, source, wanted.identity,
+                                              holder))
                 return
         try:
             sock = self._ports.allocate(wanted)
         except PortRefusedError as exc:
             self._registering.release(source)
-            self._refuse(transport, peer, str(exc))
+            self._refuse(transport, peer, "port refused", str(exc))
             return
         except OSError as exc:
             self._registering.release(source)
-            self._refuse(transport, peer, f"cannot open a public port: {exc}")
+            self._refuse(transport, peer, "no public port", f"cannot open a public port: {exc}")
             return
         public_port = int(sock.getsockname()[1])
         transport.write(port_line(public_port))
@@ -442,7 +466,7 @@ class RelayServer:
         task.add_done_callback(self._replacements.discard)
 
     async def _replace(self, transport: asyncio.Transport, request: RegistrationRequest | None,
-                       identity: Identity, holder: _Registration) -> None:
+                       source: str, identity: Identity, holder: _Registration) -> None:
         """``identity`` registers again while its old session looks alive: is it?"""
         try:
             async with asyncio.timeout(REPLACE_PING_TIMEOUT):
@@ -450,11 +474,13 @@ class RelayServer:
         except (TimeoutError, yamux.YamuxError):
             pass
         except asyncio.CancelledError:  # the relay is closing
+            self._registering.release(source)
             transport.abort()
             raise
         else:
             if not holder.ending:
-                self._refuse(transport, _peer(transport),
+                self._registering.release(source)
+                self._refuse(transport, _peer(transport), "name in use",
                              f"{identity} is already registered (public port "
                              f"{holder.public_port}) and that session is alive")
                 return
@@ -466,15 +492,33 @@ class RelayServer:
             try:
                 await asyncio.wait([holder.task])
             except asyncio.CancelledError:
+                self._registering.release(source)
                 transport.abort()
                 raise
         if transport.is_closing():
+            self._registering.release(source)
             return
-        self._registration_made(transport, request)
+        self._registration_made(transport, request)  # still holding the source's slot
 
-    def _refuse(self, transport: asyncio.Transport, peer: str, reason: str) -> None:
-        logger.warning("refusing registration from %s: %s", peer, reason,
-                       extra={"peer": peer, "reason": reason})
+    def _revoke(self, names: set[str]) -> None:
+        """End the sessions of clients whose auth-file entry was removed or changed."""
+        for reg in list(self._registrations.values()):
+            client = reg.request.client if reg.request is not None else None
+            if client in names and reg.request is not None and reg.request.authenticated \
+                    and not reg.ending and reg.task is not None:
+                reg.end_reason = (f"client {client} was removed from the auth file or its "
+                                  f"secret or ports changed")
+                reg.task.cancel()
+
+    def _busy_reason(self, source: str) -> str:
+        return (f"{self._registering.held(source)} registrations from {source} are still in "
+                f"their handshake, the maximum (--max-pending-registrations-per-source "
+                f"{self._registering.limit})")
+
+    def _refuse(self, transport: asyncio.Transport, peer: str, kind: str, reason: str) -> None:
+        """Answer an error line and close; the log line is rate-limited per ``kind``."""
+        self._log.log(logging.WARNING, f"refused: {kind}", "refusing registration from %s: %s",
+                      peer, reason, extra={"peer": peer, "reason": reason})
         transport.write(error_line(reason))
         transport.close()
 
@@ -485,9 +529,8 @@ class RelayServer:
                 partial(SocketEnd, partial(self._public_connection, reg)), sock=reg.sock,
                 backlog=LISTEN_BACKLOG,
             )
-            logger.info("session %d from %s%s: public port %d", reg.id, reg.peer,
-                        f" ({reg.request.describe()})" if reg.request else "", reg.public_port,
-                        extra=reg.log_fields())
+            logger.debug("session %d from %s: public port %d, waiting for the handshake ping",
+                         reg.id, reg.peer, reg.public_port)
             assert reg.handshake is not None
             try:
                 async with asyncio.timeout(self.handshake_timeout):
@@ -500,7 +543,10 @@ class RelayServer:
                 return
             reg.confirmed = True
             self._registering.release(reg.source)
-            logger.debug("session %d confirmed (ping %.1f ms)", reg.id, rtt * 1000)
+            # Logged once confirmed: a flood of failed handshakes goes through self._log.
+            logger.info("session %d from %s%s: public port %d (ping %.1f ms)", reg.id, reg.peer,
+                        f" ({reg.request.describe()})" if reg.request else "", reg.public_port,
+                        rtt * 1000, extra=reg.log_fields())
             rejecting = asyncio.get_running_loop().create_task(
                 self._reject_streams(reg), name=f"relay-reject-{reg.id}")
             try:
@@ -519,9 +565,10 @@ class RelayServer:
     async def _reject_streams(self, reg: _Registration) -> None:
         """Streams go one way only (relay -> registered side); reset any the other way."""
         async for stream in reg.session:
-            logger.warning(
+            reg.log.log(
+                logging.WARNING, "stream from the registered side",
                 "session %d: the registered side opened stream %d, which this protocol "
-                "does not use; resetting it", reg.id, stream.id,
+                "does not use; resetting it", reg.id, stream.id, extra=reg.log_fields(),
             )
             stream.reset()
 
@@ -551,10 +598,18 @@ class RelayServer:
             self._registrations.pop(reg.id, None)
         if reg.end_reason is None:
             reg.end_reason = describe_end(reg.session.close_reason if closed_by_peer else None)
-        level = logging.INFO if reg.confirmed or self._closing else logging.WARNING
-        logger.log(level, "session %d from %s ended: %s; public port %d closed",
-                   reg.id, reg.peer, reg.end_reason, reg.public_port,
-                   extra={**reg.log_fields(), "reason": reg.end_reason})
+        what = f"session {reg.id} from {reg.peer}"
+        reg.log.summary(logging.WARNING, what)
+        fields = {**reg.log_fields(), "reason": reg.end_reason}
+        if reg.confirmed or self._closing:
+            logger.info("%s ended: %s; public port %d closed",
+                        what, reg.end_reason, reg.public_port, extra=fields)
+        else:  # anyone can make these: rate-limited like refusals, per kind of failure
+            cause = reg.session.close_reason if closed_by_peer else None
+            kind = type(cause).__name__ if cause is not None else "no answer"
+            self._log.log(logging.WARNING, f"failed handshake: {kind}",
+                          "%s ended: %s; public port %d closed",
+                          what, reg.end_reason, reg.public_port, extra=fields)
 
     async def _refresh_leases(self) -> None:
         """Registered owners keep their leases fresh, so a relay crash does not age them."""
@@ -574,19 +629,21 @@ class RelayServer:
             end.abort()
             return
         if len(reg.connections) >= self.max_connections:
-            logger.warning(
+            reg.log.log(
+                logging.WARNING, "public refused: max connections",
                 "session %d: refusing a public connection from %s: %d open, the maximum "
                 "(--max-connections %d)", reg.id, _peer(transport), len(reg.connections),
-                self.max_connections,
+                self.max_connections, extra=reg.log_fields(),
             )
             end.abort()
             return
         source = source_of(transport.get_extra_info("peername"))
         if not reg.sources.acquire(source):
-            logger.warning(
+            reg.log.log(
+                logging.WARNING, "public refused: per source",
                 "session %d: refusing a public connection from %s: %d open from %s, the "
                 "maximum (--max-connections-per-source %d)", reg.id, _peer(transport),
-                reg.sources.held(source), source, reg.sources.limit,
+                reg.sources.held(source), source, reg.sources.limit, extra=reg.log_fields(),
             )
             end.abort()
             return
@@ -617,7 +674,9 @@ class RelayServer:
             end.abort()
             raise
         except yamux.TooManyStreamsError as exc:
-            logger.warning("session %d: refusing a public connection: %s", reg.id, exc)
+            reg.log.log(logging.WARNING, "public refused: streams",
+                        "session %d: refusing a public connection: %s", reg.id, exc,
+                        extra=reg.log_fields())
             end.abort()
             return
         except yamux.SessionClosedError:

@@ -130,10 +130,18 @@ def test_tls_relay_and_forwarder(procs: Processes, echo_port: int, certs: Certif
                                      "--tls-ca", str(certs.other_ca), "--no-reconnect")
     assert wrong_ca.wait(15) == 1
     assert "TLS certificate was not accepted" in wrong_ca.stderr_text
+    wrong_name = procs.start_forwarder(control, echo_port, "--secret", SECRET, "--tls-ca",
+                                       str(certs.ca), "--tls-server-name", "relay.example",
+                                       "--no-reconnect")
+    assert wrong_name.wait(15) == 1
+    assert "Hostname mismatch" in wrong_name.stderr_text
+    _, by_name = procs.forwarder(control, echo_port, "--secret", SECRET, "--tls-ca",
+                                 str(certs.ca), "--tls-server-name", "localhost")
+    assert echo_roundtrip(by_name) == b"ping through the relay\n"
     plaintext = procs.start_forwarder(control, echo_port, "--secret", SECRET, "--no-reconnect",
                                       "--connect-timeout", "2")
     assert plaintext.wait(15) == 1
-    assert listening_ports(relay.pid) == {control, public}
+    assert listening_ports(relay.pid) == {control, public, by_name}
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -183,3 +191,33 @@ def test_bad_registration_options_are_usage_errors(args: list[str], message: str
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_editing_the_auth_file_revokes_a_client_without_a_restart(
+        procs: Processes, echo_port: int, tmp_path: Path) -> None:
+    auth = tmp_path / "auth.toml"
+    alice = '[clients.alice]\nsecret = "alice secret 1"\n'
+    auth.write_text(alice + '\n[clients.bob]\nsecret = "bob secret 22"\n')
+    relay, control = procs.relay("--auth-file", str(auth))
+    _, alice_public = procs.forwarder(control, echo_port, "--client-name", "alice",
+                                      "--secret", "alice secret 1")
+    bob, bob_public = procs.forwarder(control, echo_port, "--client-name", "bob",
+                                      "--secret", "bob secret 22", "--no-reconnect")
+    assert echo_roundtrip(bob_public) == b"ping through the relay\n"
+    auth.write_text("# bob's secret leaked\n" + alice)
+    assert bob.wait(15) == 1  # disconnected, and with --no-reconnect it exits
+    relay.wait_line(r"access ended or changed for bob")
+    relay.wait_line(rf"client bob was removed from the auth file .*public port {bob_public} "
+                    rf"closed")
+    assert bob_public not in listening_ports(relay.pid)
+    assert echo_roundtrip(alice_public) == b"ping through the relay\n"
+    again = procs.start_forwarder(control, echo_port, "--client-name", "bob",
+                                  "--secret", "bob secret 22", "--no-reconnect")
+    assert again.wait(15) == 1
+    assert "unknown client or wrong secret" in again.stderr_text
+    # A broken edit keeps the clients in force.
+    auth.write_text("[clients.alice\n")
+    relay.wait_line(r"auth file .*: .*the clients in force stay")
+    _, alice_again = procs.forwarder(control, echo_port, "--client-name", "alice",
+                                     "--secret", "alice secret 1")
+    assert echo_roundtrip(alice_again) == b"ping through the relay\n"
