@@ -389,9 +389,13 @@ class RelayServer:
         )
 
     def _registration_made(
-        self, transport: asyncio.Transport, request: RegistrationRequest | None = None
+        self, transport: asyncio.Transport, request: RegistrationRequest | None = None,
+        *, lease: bool = True,
     ) -> None:
         """Allocate for a registration: seed at once, v2 once its proof is checked.
+
+        ``lease=False``: a second live session of an authenticated client gets a port
+        of its own, without touching the lease of the first (see ``_replace``).
 
         The source's slot of unfinished registrations (``_registering``) is taken here
         for the seed protocol; a v2 registration has held it since its connection
@@ -418,6 +422,8 @@ class RelayServer:
             return
         assert self._ports is not None
         wanted = port_request(request)
+        if not lease:
+            wanted = PortRequest(None, wanted.port, wanted.allowed)
         try:
             self._ports.check(wanted)
         except PortRefusedError as exc:
@@ -478,6 +484,15 @@ class RelayServer:
             transport.abort()
             raise
         else:
+            if not holder.ending and identity.authenticated:
+                # An authenticated client may run several services at once.
+                logger.info("%s already has a live session on public port %d; this one gets "
+                            "a port of its own, without a lease", identity, holder.public_port)
+                if not transport.is_closing():
+                    self._registration_made(transport, request, lease=False)
+                else:
+                    self._registering.release(source)
+                return
             if not holder.ending:
                 self._registering.release(source)
                 self._refuse(transport, _peer(transport), "name in use",

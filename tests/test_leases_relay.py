@@ -101,3 +101,19 @@ async def test_an_authenticated_client_runs_several_services_each_with_its_port(
             # gets no port (both are taken) rather than one of theirs.
             with pytest.raises(RelayRefusedError, match="no free port"):
                 await relay.start_server(echo, HOST, srv.port, name="alice", secret=SECRET)
+
+
+async def test_an_authenticated_client_without_ports_runs_several_sessions(tmp_path: Path):
+    clients = parse_auth_clients({"alice": {"secret": SECRET}})
+    async with RelayServer(0, host=HOST, auth_clients=clients, state_dir=str(tmp_path)) as srv:
+        first = await relay.start_server(echo, HOST, srv.port, name="alice", secret=SECRET)
+        async with first:
+            second = await relay.start_server(echo, HOST, srv.port, name="alice", secret=SECRET)
+            async with second:
+                assert first.public_port != second.public_port
+                assert await roundtrip(second.public_port) == b"hello\n"
+            port = first.public_port
+        # The lease stayed with the first one's port.
+        async with await relay.start_server(echo, HOST, srv.port, name="alice",
+                                            secret=SECRET) as again:
+            assert again.public_port == port
