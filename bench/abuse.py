@@ -33,22 +33,21 @@ import asyncio
 import contextlib
 import os
 import re
-import resource
+import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from testkit.ports import free_port
-from testkit.procs import Proc, ProcessError
+from testkit.procs import REPO, Proc, ProcessError, raise_nofile
 from yamux.const import Flag, FrameType
-from yamux.frame import encode_header, parse_header
+from yamux.frame import FrameDecoder, encode_header
 
 HOST = "127.0.0.1"
 OTHER_SOURCE = "127.0.0.2"
-REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 SERVING = re.compile(r"Serving relay requests on port (\d+)")
 ENDPOINT = re.compile(r"^127\.0\.0\.1:(\d+)$")
@@ -62,14 +61,13 @@ class AbuseError(RuntimeError):
 
 
 # ----------------------------------------------------------------- processes
-def start_process(args: list[str], name: str) -> Proc:
-    """A child running this tree's code (its root first on PYTHONPATH), output collected."""
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return Proc(args, name, env={"PYTHONPATH": path})
+def python_env() -> dict[str, str]:
+    """Children import this checkout (``-m relay``), whatever PYTHONPATH says first."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 def rss(proc: Proc) -> int:
-    """Resident set size in bytes (0 once the process is gone)."""
+    """Resident set size in bytes; 0 once the process is gone."""
     try:
         return proc.rss_bytes()
     except (OSError, ProcessError):
@@ -80,13 +78,13 @@ def start_relay(loop: str, *args: str) -> tuple[Proc, int]:
     """``relay --bind 127.0.0.1 --event-loop LOOP ARGS PORT``, once it serves."""
     for _ in range(3):
         port = free_port()
-        proc = start_process([sys.executable, "-m", "relay", "--bind", HOST, "--event-loop", loop,
-                        *args, str(port)], "relay")
+        proc = Proc([sys.executable, "-m", "relay", "--bind", HOST, "--event-loop", loop,
+                     *args, str(port)], "relay", env=python_env(), more_files=True)
         try:
             proc.wait_line(SERVING)
         except ProcessError:
             proc.stop()
-            if "address already in use" in "\n".join(proc.stderr).lower():
+            if "address already in use" in proc.stderr_text.lower():
                 continue
             raise
         return proc, port
@@ -94,8 +92,9 @@ def start_relay(loop: str, *args: str) -> tuple[Proc, int]:
 
 
 def start_forwarder(loop: str, relay_port: int, local_port: int) -> tuple[Proc, int]:
-    proc = start_process([sys.executable, "-m", "relay", f"--localForwardPort={local_port}",
-                    "--event-loop", loop, HOST, str(relay_port)], "forwarder")
+    proc = Proc([sys.executable, "-m", "relay", f"--localForwardPort={local_port}",
+                 "--event-loop", loop, HOST, str(relay_port)], "forwarder", env=python_env(),
+                more_files=True)
     try:
         _, match = proc.wait_line(ENDPOINT, stream="stdout")
     except BaseException:
@@ -132,31 +131,46 @@ class RssSampler:
 class RawRegistrant:
     """A registered side speaking yamux by hand, so it can misbehave.
 
-    It reads the port line, then frames: it answers pings (unless ``answer_pings``
-    is off), never ACKs the relay's SYNs (it counts them), and drops data.
-    ``stop_reading()`` stops reading the socket altogether.
+    It reads the port line, then frames (in large reads, so it keeps up with
+    whatever the relay answers): it answers pings, never ACKs the relay's SYNs
+    (it counts them), and drops data. ``stop_reading()`` stops reading the
+    socket altogether; with ``rcvbuf`` small the kernel buffers little for it.
     """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 public_port: int) -> None:
+                 public_port: int, initial: bytes) -> None:
         self.reader = reader
         self.writer = writer
         self.public_port = public_port
         self.syns = 0
         self.pings_answered = 0
-        self.closed = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._reading = True
         self._changed = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._read_frames())
+        self._task = asyncio.get_running_loop().create_task(self._read_frames(initial))
 
     @classmethod
-    async def register(cls, relay_port: int) -> RawRegistrant:
-        reader, writer = await asyncio.open_connection(HOST, relay_port, limit=1 << 20)
-        line = await asyncio.wait_for(reader.readline(), 10)
+    async def register(cls, relay_port: int, rcvbuf: int | None = None) -> RawRegistrant:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        try:
+            if rcvbuf is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (HOST, relay_port))
+        except BaseException:
+            sock.close()
+            raise
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+        try:
+            line = await asyncio.wait_for(reader.readuntil(b"\n"), 10)
+        except BaseException:
+            writer.transport.abort()
+            raise
         if not line.strip().isdigit():
-            writer.close()
+            writer.transport.abort()
             raise AbuseError(f"the relay refused the registration: {line!r}")
-        registrant = cls(reader, writer, int(line))
+        registrant = cls(reader, writer, int(line), b"")
         await registrant.until(lambda: registrant.pings_answered > 0)  # the handshake ping
         return registrant
 
@@ -167,30 +181,30 @@ class RawRegistrant:
                 self._changed.clear()
                 await self._changed.wait()
 
-    async def _read_frames(self) -> None:
-        reader, writer = self.reader, self.writer
+    async def _read_frames(self, initial: bytes) -> None:
+        decoder = FrameDecoder(max_body=1 << 32)
+        data = initial
         try:
-            while True:
-                if not self._reading:
-                    return
-                header = await reader.readexactly(12)
-                kind, flags, _, length = parse_header(header)
-                if kind is FrameType.DATA and length:
-                    await reader.readexactly(length)
-                elif kind is FrameType.PING and flags & Flag.SYN:
-                    writer.write(encode_header(FrameType.PING, Flag.ACK, 0, length))
-                    self.pings_answered += 1
-                    self._changed.set()
-                elif kind is FrameType.WINDOW_UPDATE and flags & Flag.SYN:
-                    self.syns += 1
-                    self._changed.set()
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            while self._reading:
+                for frame in decoder.feed(data):
+                    if frame.type is FrameType.PING and frame.flags & Flag.SYN:
+                        self.writer.write(encode_header(FrameType.PING, Flag.ACK, 0, frame.length))
+                        self.pings_answered += 1
+                        self._changed.set()
+                    elif frame.type is FrameType.WINDOW_UPDATE and frame.flags & Flag.SYN:
+                        self.syns += 1
+                        self._changed.set()
+                data = await self.reader.read(1 << 20)
+                if not data:
+                    raise ConnectionResetError("EOF from the relay")
+        except ConnectionError as exc:
             if not self.closed.done():
                 self.closed.set_result(str(exc) or type(exc).__name__)
 
     def stop_reading(self) -> None:
         """Never read again: whatever the relay sends piles up on its side."""
         self._reading = False
+        self.writer.transport.pause_reading()  # type: ignore[attr-defined]
 
     async def send(self, frames: bytes) -> None:
         self.writer.write(frames)
@@ -200,15 +214,8 @@ class RawRegistrant:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
-
-
-def raise_nofile_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(needed, soft)), hard))
+        self.writer.transport.abort()
+        await asyncio.sleep(0)
 
 
 async def close_writers(writers: list[asyncio.StreamWriter]) -> None:
@@ -327,15 +334,16 @@ async def syn_rst(relay: Proc, port: int, loop_name: str, seconds: float,
 
 async def ping_flood(relay: Proc, port: int, loop_name: str, seconds: float,
                      notes: dict[str, Any]) -> None:
-    registrant = await RawRegistrant.register(port)
+    registrant = await RawRegistrant.register(port, rcvbuf=4096)
     registrant.stop_reading()
     loop = asyncio.get_running_loop()
     start = loop.time()
     deadline = start + seconds
     pings = b"".join(encode_header(FrameType.PING, Flag.SYN, 0, n) for n in range(5000))
     sent = 0
+    cut_after = None
     try:
-        with contextlib.suppress(ConnectionError):
+        try:
             while (remaining := deadline - loop.time()) > 0:
                 registrant.writer.write(pings)
                 try:
@@ -343,10 +351,17 @@ async def ping_flood(relay: Proc, port: int, loop_name: str, seconds: float,
                 except TimeoutError:
                     break
                 sent += len(pings)
+        except ConnectionError:
+            cut_after = loop.time() - start
         notes["sent_mib"] = round(sent / MIB, 1)
-        cut = [line for line in relay.stderr if "session 1 from" in line and "ended" in line]
-        notes["session"] = f"cut after {loop.time() - start:.1f} s: {cut[0].split('ended: ')[-1]}" \
-            if cut else "still up"
+        if cut_after is None:
+            notes["session"] = "still up"
+        else:
+            with contextlib.suppress(ProcessError):
+                await relay.await_line(r" ended: ", timeout=5)
+            ended = [line for line in relay.stderr if " ended: " in line]
+            reason = ended[0].split(" ended: ")[1].split(";")[0] if ended else "?"
+            notes["session"] = f"cut after {cut_after:.1f} s: {reason}"
     finally:
         await registrant.close()
 
@@ -411,22 +426,30 @@ async def idle_flood(relay: Proc, port: int, loop_name: str, seconds: float,
                      notes: dict[str, Any], conns: int = 1000) -> None:
     """The relay runs with --max-connections 1000 and a short --idle-timeout (``seconds``)."""
     loop = asyncio.get_running_loop()
-    raise_nofile_limit(4 * conns + 100)
+    raise_nofile()
 
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
+    backends: list[asyncio.Transport] = []
 
-    service = await asyncio.start_server(echo, HOST, 0, backlog=4096)
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+            backends.append(self.transport)
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+
+    service = await loop.create_server(Echo, HOST, 0, backlog=4096)
     forwarder, public_port = start_forwarder(loop_name, port, service.sockets[0].getsockname()[1])
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
         opened: list[float] = []
+        refused_at_connect = 0
         for _ in range(conns):
-            idle.append(await asyncio.open_connection(HOST, public_port))
+            try:
+                idle.append(await asyncio.open_connection(HOST, public_port))
+            except ConnectionError:  # reset before our connect() returned
+                refused_at_connect += 1
+                continue
             opened.append(loop.time())
 
         async def lifetime(reader: asyncio.StreamReader, since: float) -> float:
@@ -438,15 +461,21 @@ async def idle_flood(relay: Proc, port: int, loop_name: str, seconds: float,
                    for (reader, _), since in zip(idle, opened, strict=True)]
         await asyncio.sleep(0.5)  # the relay has accepted or refused all of them by now
         refused = {task for task in endings if task.done()}
-        notes["refused"] = len(refused)
+        notes["refused"] = len(refused) + refused_at_connect
         start = loop.time()
-        reader, writer = await asyncio.open_connection(HOST, public_port,
-                                                       local_addr=(OTHER_SOURCE, 0))
-        writer.write(b"hello from another address\n")
-        answer = await asyncio.wait_for(reader.readline(), 5)
-        notes["other_client_s"] = round(loop.time() - start, 3)
-        notes["other_client_ok"] = answer == b"hello from another address\n"
-        writer.close()
+        try:
+            reader, writer = await asyncio.open_connection(HOST, public_port,
+                                                           local_addr=(OTHER_SOURCE, 0))
+            try:
+                writer.write(b"hello from another address\n")
+                answer = await asyncio.wait_for(reader.readline(), 5)
+            finally:
+                writer.transport.abort()
+            notes["other_client_s"] = round(loop.time() - start, 3)
+            notes["other_client_ok"] = answer == b"hello from another address\n"
+        except (ConnectionError, TimeoutError) as exc:
+            notes["other_client_ok"] = False
+            notes["other_client_error"] = type(exc).__name__
         waiting = [task for task in endings if task not in refused]
         done, pending = await asyncio.wait(waiting, timeout=seconds * 3 + 5) if waiting \
             else (set(), set())
@@ -461,6 +490,8 @@ async def idle_flood(relay: Proc, port: int, loop_name: str, seconds: float,
         for _, writer in idle:
             writer.transport.abort()
         forwarder.stop()
+        for transport in backends:
+            transport.abort()
         service.close()
         await service.wait_closed()
 
@@ -477,10 +508,18 @@ ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
 """name: (attack, relay options)."""
 
 
+def relay_has_option(name: str) -> bool:
+    """Whether this checkout's relay knows ``name`` (to measure a relay from before it did)."""
+    help_text = subprocess.run([sys.executable, "-m", "relay", "--help"], capture_output=True,
+                               text=True, env={**os.environ, **python_env()}, cwd=REPO,
+                               timeout=60, check=False).stdout
+    return name in help_text
+
+
 def run(attack: str, loop: str, seconds: float, **kwargs: Any) -> Outcome:
     """One attack against a fresh relay process; the relay is stopped afterwards."""
     function, options = ATTACKS[attack]
-    if attack == "idle-flood":
+    if attack == "idle-flood" and relay_has_option("--idle-timeout"):
         options = (*options, "--idle-timeout", f"{seconds:g}")
     relay, port = start_relay(loop, *options)
     notes: dict[str, Any] = {}
@@ -489,8 +528,8 @@ def run(attack: str, loop: str, seconds: float, **kwargs: Any) -> Outcome:
         lines_before = len(relay.stderr)
         with RssSampler(relay) as sampler:
             asyncio.run(function(relay, port, loop, seconds, notes, **kwargs))
-        if relay.popen.poll() is not None:
-            raise AbuseError(f"the relay exited ({relay.popen.returncode}):\n"
+        if not relay.alive():
+            raise AbuseError(f"the relay exited ({relay.returncode}):\n"
                              + "\n".join(relay.stderr[-20:]))
         return Outcome(attack, loop, seconds, rss_before, sampler.peak,
                        len(relay.stderr) - lines_before, notes)

@@ -14,8 +14,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from yamux.ratelimit import RateLimitedLog
+
 from .auth import Authenticator, AuthRefused, FailureLimiter, PortSet
 from .handshake import Challenge, HandshakeError, parse_response
+from .limits import SourceSlots, source_of
 from .protocol import MAX_GREETING, error_line
 
 logger = logging.getLogger("relay.registration")
@@ -42,12 +45,6 @@ class RegistrationRequest:
             f"unauthenticated client {self.client}")
 
 
-def source_address(transport: asyncio.BaseTransport) -> str:
-    """The peer's IP address (the unit of rate limiting), or ``?``."""
-    peer = transport.get_extra_info("peername")
-    return str(peer[0]) if peer else "?"
-
-
 class ChallengeProtocol(asyncio.Protocol):
     """One control connection of a v2 relay, until its proof is checked."""
 
@@ -61,6 +58,9 @@ class ChallengeProtocol(asyncio.Protocol):
         accepted: Callable[[asyncio.Transport, RegistrationRequest], None],
         pending: set[ChallengeProtocol],
         max_pending: int,
+        per_source: SourceSlots,
+        busy_reason: Callable[[str], str],
+        log: RateLimitedLog,
     ) -> None:
         self._auth = auth
         self._failures = failures
@@ -69,6 +69,12 @@ class ChallengeProtocol(asyncio.Protocol):
         self._accepted = accepted
         self._pending = pending
         self._max_pending = max_pending
+        self._per_source = per_source
+        self._busy_reason = busy_reason
+        self._source: str | None = None
+        """Set while this connection holds a slot of ``per_source`` (the relay's unfinished
+        registrations of a source); on success the slot passes to the registration."""
+        self._log = log
         self._buffer = bytearray()
         self._challenge: Challenge | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -78,16 +84,20 @@ class ChallengeProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = self._peer(transport)
-        source = source_address(transport)
+        source = source_of(transport.get_extra_info("peername"))
         wait = self._failures.blocked_for(source)
         if wait > 0:
-            logger.debug("refusing %s at once: too many failed registrations", self.peer)
             self._refuse(f"too many failed registrations from {source}; retry in {wait:.0f} s",
-                         quiet=True)
+                         key="blocked", level=logging.DEBUG)
             return
         if len(self._pending) >= self._max_pending:
-            self._refuse(f"too many registrations in progress ({len(self._pending)}); retry later")
+            self._refuse(f"too many registrations in progress ({len(self._pending)}); retry later",
+                         key="busy")
             return
+        if not self._per_source.acquire(source):
+            self._refuse(self._busy_reason(source), key="busy")
+            return
+        self._source = source
         self._pending.add(self)
         self._challenge = Challenge.fresh(auth_required=self._auth is not None)
         transport.write(self._challenge.line())  # type: ignore[attr-defined]
@@ -115,8 +125,12 @@ class ChallengeProtocol(asyncio.Protocol):
             else:
                 client, authenticated, ports = response.name, False, None
         except (HandshakeError, AuthRefused) as exc:
-            self._fail(str(exc) if isinstance(exc, AuthRefused) else f"bad response: {exc}")
+            if isinstance(exc, AuthRefused):
+                self._fail(str(exc), key="auth")
+            else:
+                self._fail(f"bad response: {exc}")
             return
+        self._source = None  # the slot goes on with the registration
         self._done()
         assert self.transport is not None
         self._accepted(self.transport, RegistrationRequest(
@@ -126,7 +140,8 @@ class ChallengeProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self._challenge is not None:
-            self._fail("closed the connection before answering the challenge", send=False)
+            self._fail("closed the connection before answering the challenge", send=False,
+                       key="no-answer")
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -140,20 +155,24 @@ class ChallengeProtocol(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        self._fail(f"no answer to the challenge within {self._timeout:g} s")
+        self._fail(f"no answer to the challenge within {self._timeout:g} s", key="no-answer")
 
-    def _fail(self, reason: str, *, send: bool = True) -> None:
+    def _fail(self, reason: str, *, send: bool = True, key: str = "bad-response") -> None:
+        """A failure of this source: counted for its block (``FailureLimiter``), then refused."""
         assert self.transport is not None
-        count = self._failures.failed(source_address(self.transport))
+        source = source_of(self.transport.get_extra_info("peername"))
+        count = self._failures.failed(source)
         if count == self._failures.limit:
-            logger.warning("%s: %d failed registrations within %g s; refusing it for a while",
-                           source_address(self.transport), count, self._failures.window)
-        self._refuse(reason, send=send, quiet=count > self._failures.limit)
+            self._log.log(logging.WARNING, "blocking",
+                          "%s: %d failed registrations within %g s; refusing it for a while",
+                          source, count, self._failures.window)
+        self._refuse(reason, send=send, key=key)
 
-    def _refuse(self, reason: str, *, send: bool = True, quiet: bool = False) -> None:
+    def _refuse(self, reason: str, *, send: bool = True, key: str,
+                level: int = logging.WARNING) -> None:
+        """Log (rate-limited per kind of refusal), send ``error: reason``, close."""
         self._done()
-        logger.log(logging.DEBUG if quiet else logging.WARNING,
-                   "refusing registration from %s: %s", self.peer, reason)
+        self._log.log(level, key, "refusing registration from %s: %s", self.peer, reason)
         assert self.transport is not None
         if send:
             self.transport.write(error_line(reason))
@@ -162,6 +181,9 @@ class ChallengeProtocol(asyncio.Protocol):
     def _done(self) -> None:
         self._challenge = None
         self._pending.discard(self)
+        if self._source is not None:
+            self._per_source.release(self._source)
+            self._source = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -28,11 +28,16 @@ import asyncio
 import contextlib
 import hashlib
 import os
+<<<<<<< HEAD
+import subprocess
+import sys
+=======
 import re
 import socket
 import subprocess
 import sys
 import time
+>>>>>>> bench
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,8 +49,13 @@ from conftest import require_program
 import relay
 import yamux
 from interop import harness
+<<<<<<< HEAD
+from relay_support import Processes, connection_refused, wait_until
+from testkit.ports import free_port
+=======
 from testkit.ports import free_port
 from testkit.procs import Proc, ProcessError
+>>>>>>> bench
 
 pytestmark = [pytest.mark.interop, pytest.mark.e2e]
 
@@ -68,14 +78,32 @@ def go_programs() -> None:
 
 
 class Stack:
-    """Every process and container of one test; ``close`` removes them all."""
+    """Every process and container of one test; ``close`` removes them all.
 
+<<<<<<< HEAD
+    Local programs (relay and forwarder CLIs, redis, http.server) are testkit
+    processes of a ``Processes`` group; the Go programs are harness handles.
+    """
+
+    def __init__(self, procs: Processes) -> None:
+        self.procs = procs
+=======
     def __init__(self) -> None:
         self.programs: list[Proc] = []
+>>>>>>> bench
         self.go: list[harness.GoProcess] = []
 
     # -- local programs
 
+<<<<<<< HEAD
+    def redis(self) -> int:
+        return self.procs.redis(require_program("redis-server"))[1]
+
+    def http_server(self, directory: Path) -> int:
+        port = free_port()
+        self.procs.start([sys.executable, "-m", "http.server", "--bind", HOST, "--directory",
+                          str(directory), str(port)], "http.server")
+=======
     def start(self, name: str, args: list[str]) -> Proc:
         program = Proc(args, name)
         self.programs.append(program)
@@ -93,11 +121,19 @@ class Stack:
         port = free_port()
         self.start("http.server", [sys.executable, "-m", "http.server", "--bind", HOST,
                                    "--directory", str(directory), str(port)])
+>>>>>>> bench
         wait_tcp(port)
         return port
 
     def python_relay(self) -> int:
         """``relay PORT`` (our CLI); returns the control port it serves on."""
+<<<<<<< HEAD
+        return self.procs.relay()[1]
+
+    def python_forwarder(self, relay_port: int, local_port: int) -> int:
+        """``relay --localForwardPort=P HOST PORT``; returns the public port it printed."""
+        return self.procs.forwarder(relay_port, local_port)[1]
+=======
         for _ in range(3):  # a free port may be taken in between: retry
             port = free_port()
             prog = self.start("python relay", [sys.executable, "-m", "relay", "--bind", HOST,
@@ -119,6 +155,7 @@ class Stack:
         _, match = prog.wait_line(rf"^{re.escape(HOST)}:(\d+)$", stream="stdout",
                                   timeout=START_TIMEOUT)
         return int(match.group(1))
+>>>>>>> bench
 
     # -- Go programs
 
@@ -134,8 +171,12 @@ class Stack:
         assert host == HOST, f"go-forwarder announced {public!r}"
         return int(port)
 
+    def all_running(self) -> None:
+        for proc in self.procs.procs:
+            assert proc.alive(), f"{proc.name} exited\n{proc.describe()}"
+
     def describe(self) -> str:
-        parts = [p.describe() for p in self.programs]
+        parts = [self.procs.describe()]
         for g in self.go:
             out, err = g.output()
             parts.append(f"--- {g.program} {' '.join(g.args)}\nstdout:\n{out}"
@@ -145,22 +186,20 @@ class Stack:
     def close(self) -> None:
         for g in self.go:
             g.close()
-        for p in reversed(self.programs):
-            p.stop()
 
 
 @pytest.fixture
-def stack() -> Iterator[Stack]:
+def stack(procs: Processes) -> Iterator[Stack]:
     """Processes of the test; all stopped/removed at the end.
 
     Their output is printed at teardown, which pytest shows for failing tests only.
     """
-    s = Stack()
+    s = Stack(procs)
     try:
         yield s
     finally:
-        s.close()
         print(s.describe())
+        s.close()
 
 
 @pytest.fixture
@@ -171,16 +210,9 @@ def blob_dir(tmp_path: Path) -> tuple[Path, bytes]:
     return tmp_path, blob
 
 
-def wait_tcp(port: int, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((HOST, port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nothing accepts on {HOST}:{port}") from None
-            time.sleep(0.05)
+def wait_tcp(port: int) -> None:
+    wait_until(lambda: not connection_refused(port), START_TIMEOUT,
+               message=f"something accepts on {HOST}:{port}")
 
 
 # --------------------------------------------------------------------------- traffic
@@ -260,8 +292,12 @@ def test_go_relay_python_forwarder(
     assert redis_public != http_public
     redis_traffic(redis_public, redis_port)
     http_traffic(http_public, blob)
+<<<<<<< HEAD
+    stack.all_running()
+=======
     for prog in stack.programs:
         assert prog.alive(), f"{prog.name} exited\n{prog.describe()}"
+>>>>>>> bench
 
 
 def test_python_relay_go_forwarder(
@@ -281,7 +317,11 @@ def test_python_relay_go_forwarder(
     assert redis_public != http_public
     redis_traffic(redis_public, redis_port)
     http_traffic(http_public, blob)
+<<<<<<< HEAD
+    stack.all_running()
+=======
     assert stack.programs[0].alive(), "the Python relay exited"
+>>>>>>> bench
 
 
 async def _pipe(reader: yamux.Stream | asyncio.StreamReader,
