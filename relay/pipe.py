@@ -58,6 +58,9 @@ class SocketEnd(asyncio.Protocol):
     ``on_connected(end)`` runs from ``connection_made``.
     """
 
+    __slots__ = ("_early", "_early_size", "_lost", "_on_connected", "_splice",
+                 "_writing_paused", "activity", "transport")
+
     def __init__(self, on_connected: Callable[[SocketEnd], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self._on_connected = on_connected
@@ -147,6 +150,9 @@ class SocketEnd(asyncio.Protocol):
 
 class _Splice(asyncio.Protocol):
     """Protocol of the stream side, and the socket side's partner; owns the pipe's outcome."""
+
+    __slots__ = ("_done", "_down_done", "_up_done", "end", "finished", "result",
+                 "socket_paused", "stream", "transport")
 
     def __init__(self, end: SocketEnd, stream: yamux.Stream, done: asyncio.Future[None]) -> None:
         assert end.transport is not None
