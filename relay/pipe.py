@@ -33,8 +33,11 @@ from dataclasses import dataclass
 import yamux
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
-EARLY_DATA_LIMIT = yamux.const.INITIAL_STREAM_WINDOW
-"""Most bytes a public connection holds before its stream opens: one read, at most a window."""
+EARLY_DATA_PAUSE = 64 * 1024
+"""Stop reading a socket whose stream is not open yet once it holds this much (the same
+limit as a stream's write buffer); at most one more read arrives after that."""
+MAX_READ = 256 * 1024
+"""The largest single read of either loop (asyncio's ``max_size``, uvloop's buffer)."""
 
 
 @dataclass(slots=True)
@@ -52,9 +55,11 @@ class SocketEnd(asyncio.Protocol):
     """The TCP side of a pipe.
 
     Reading starts paused: nothing is read from the socket until ``pipe()``
-    splices it to a stream, so a connection waiting for its stream to open
-    holds at most one read (uvloop reads once even when ``pause_reading`` is
-    called in ``connection_made``; we pause again on the first early byte).
+    splices it to a stream. uvloop reads anyway (``pause_reading`` in
+    ``connection_made`` does not hold there), so a connection waiting for its
+    stream to open pauses again once it holds ``EARLY_DATA_PAUSE`` bytes: it
+    holds at most that plus one read, and a small request (the usual case)
+    goes through without a pause/resume round.
     ``on_connected(end)`` runs from ``connection_made``.
     """
 
@@ -86,7 +91,8 @@ class SocketEnd(asyncio.Protocol):
             return
         self._early.append(data)
         self._early_size += len(data)
-        self.transport.pause_reading()  # type: ignore[union-attr]
+        if self._early_size >= EARLY_DATA_PAUSE:
+            self.transport.pause_reading()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         if self._splice is not None:

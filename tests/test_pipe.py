@@ -16,7 +16,7 @@ import pytest
 import uvloop
 
 import yamux
-from relay.pipe import EARLY_DATA_LIMIT, PipeResult, SocketEnd, pipe
+from relay.pipe import EARLY_DATA_PAUSE, MAX_READ, PipeResult, SocketEnd, pipe
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -127,10 +127,10 @@ def piping_received(r: Rig) -> int:
 
 
 async def test_early_data_is_bounded_while_the_stream_is_not_open() -> None:
-    """A client that sends before its stream opens fills at most one read, then waits.
+    """A client that sends before its stream opens fills 64 KiB and one read, then waits.
 
     uvloop reads a socket even when reading is paused in connection_made; the
-    pipe must pause again and keep what it holds under one window.
+    pipe must pause again and keep what it holds bounded.
     """
     async with rig() as r:
         r.client.setblocking(True)
@@ -144,8 +144,8 @@ async def test_early_data_is_bounded_while_the_stream_is_not_open() -> None:
             for _ in range(20000):
                 pushed += r.client.send(b"y" * 65536)
         await asyncio.sleep(0.2)
-        assert pushed > 2 * EARLY_DATA_LIMIT  # the kernel took more than we may hold
-        assert r.end.early_bytes <= EARLY_DATA_LIMIT
+        assert pushed > 4 * (EARLY_DATA_PAUSE + MAX_READ)  # the kernel took more than we may hold
+        assert r.end.early_bytes <= EARLY_DATA_PAUSE + MAX_READ
         # Once the stream opens, everything arrives, in order and complete.
         r.client.setblocking(False)
         r.client.shutdown(socket.SHUT_WR)
