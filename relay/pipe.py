@@ -63,8 +63,8 @@ class SocketEnd(asyncio.Protocol):
     ``on_connected(end)`` runs from ``connection_made``.
     """
 
-    __slots__ = ("_early", "_early_size", "_lost", "_on_connected", "_splice",
-                 "_writing_paused", "activity", "transport")
+    __slots__ = ("_early", "_early_size", "_lost", "_on_connected", "_splice", "activity",
+                 "in_resume_writing", "transport")
 
     def __init__(self, on_connected: Callable[[SocketEnd], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
@@ -74,7 +74,8 @@ class SocketEnd(asyncio.Protocol):
         self._early: list[bytes] = []
         """Bytes, then b"" for EOF, that came before the splice (uvloop may read while paused)."""
         self._early_size = 0
-        self._writing_paused = False
+        self.in_resume_writing = False
+        """Inside the transport's ``resume_writing`` callback (see there)."""
         self.activity = 0
         """Chunks moved either way; the idle timeout watches it change."""
 
@@ -109,25 +110,25 @@ class SocketEnd(asyncio.Protocol):
             self._splice.socket_lost(exc)
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
         if self._splice is not None:
             self._splice.stream.pause_reading()
 
     def resume_writing(self) -> None:
-        """Resume the stream on the next loop iteration, not inside the transport's callback.
+        """Resume the stream; what it delivers here is written at once, its FIN later.
 
-        Resuming delivers the stream's data, FIN or end, which writes, shuts down
-        or closes this very transport. From inside its ``resume_writing``, asyncio
-        (3.11) then runs ``_call_connection_lost`` twice or ``shutdown`` twice
-        ("Exception in callback ...").
+        The stream's FIN shuts down and may close this very transport. From inside
+        its ``resume_writing`` (with an empty buffer) asyncio 3.11 then runs
+        ``shutdown`` or ``_call_connection_lost`` a second time ("Exception in
+        callback ..."), so ``_Splice.eof_received`` defers itself while
+        ``in_resume_writing``. Data is not deferred: that would cost a loop
+        iteration per backpressure round on the bulk path.
         """
-        self._writing_paused = False
         if self._splice is not None:
-            asyncio.get_running_loop().call_soon(self._resume_stream)
-
-    def _resume_stream(self) -> None:
-        if self._splice is not None and not self._writing_paused:
-            self._splice.stream.resume_reading()
+            self.in_resume_writing = True
+            try:
+                self._splice.stream.resume_reading()
+            finally:
+                self.in_resume_writing = False
 
     @property
     def early_bytes(self) -> int:
@@ -203,6 +204,11 @@ class _Splice(asyncio.Protocol):
         self.result.received += len(data)
 
     def eof_received(self) -> None:
+        if self.end.in_resume_writing:
+            asyncio.get_running_loop().call_soon(self.eof_received)
+            return
+        if self.finished:
+            return
         if not self.transport.is_closing():
             try:
                 self.transport.write_eof()
