@@ -120,7 +120,7 @@ def test_frozen_forwarder_detected_by_relay_keepalive(procs, echo_port):
     forwarder, public_port = procs.forwarder(relay_port, echo_port, *FAST_RECONNECT)
     forwarder.send_signal(signal.SIGSTOP)
     try:
-        relay.wait_line(rf"ended: keepalive failed: no answer to a ping within 0.5 s; "
+        relay.wait_line(rf"ended: keepalive failed: nothing from the peer within 0.5 s of a ping; "
                         rf"public port {public_port} closed", timeout=10)
         assert connection_refused(public_port)
     finally:
