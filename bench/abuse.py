@@ -261,8 +261,7 @@ class Outcome:
         return self.rss_peak - self.rss_before
 
 
-Attack = Callable[..., Coroutine[Any, Any, None]]
-"""``attack(relay, port, loop_name, seconds, notes, **options)``."""
+Attack = Callable[[Proc, int, str, float, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 async def slow_ack_sender(relay: Proc, port: int, loop_name: str, seconds: float,
