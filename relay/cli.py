@@ -33,6 +33,7 @@ from .forwarder import (
     DEFAULT_RECONNECT_MAX_DELAY,
     Forwarder,
 )
+from .net import format_endpoint
 from .server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -101,6 +102,29 @@ class PortRange(click.ParamType):  # type: ignore[type-arg]
         if low > high:
             self.fail(f"{value!r}: LOW must not be greater than HIGH", param, ctx)
         return low, high
+
+
+class Endpoint(click.ParamType):  # type: ignore[type-arg]
+    """``HOST:PORT`` (``[v6]:PORT``) to listen on; port 0 lets the OS choose."""
+
+    name = "HOST:PORT"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[str, int]:
+        if isinstance(value, tuple):
+            return value
+        host, sep, port_text = str(value).strip().rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host:
+            self.fail(f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:9100", param, ctx)
+        try:
+            port = int(port_text)
+        except ValueError:
+            self.fail(f"{value!r}: {port_text!r} is not a port number", param, ctx)
+        if not 0 <= port <= 65535:
+            self.fail(f"{value!r}: ports must be 0-65535", param, ctx)
+        return host, port
 
 
 # ------------------------------------------------------------ option registry
@@ -209,6 +233,9 @@ option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), defau
 option("--log-format", type=click.Choice(logs.LOG_FORMATS), default="text", show_default=True,
        group=COMMON, help="text: TIME LEVEL logger: message key=value...; logfmt; json: one "
                           "object per line. Times are UTC ISO-8601.")
+option("--metrics", type=Endpoint(), group=COMMON,
+       help="Serve Prometheus metrics at http://HOST:PORT/metrics and a JSON status of every "
+            "registration at /status.  [default: off]")
 option("--connection-log/--no-connection-log", default=True, show_default=True, group=COMMON,
        help="One INFO line per relayed connection when it ends (bytes both ways, duration).")
 
@@ -624,6 +651,7 @@ def build_forwarders(ctx: click.Context, host: str, port: int, services: Sequenc
             reconnect=opts["reconnect"], reconnect_delay=opts["reconnect_delay"],
             reconnect_max_delay=opts["reconnect_max_delay"],
             connect_timeout=opts["connect_timeout"], yamux_config=_yamux_config(opts),
+            name=service.name,
         )
         for service in services
     ]
@@ -633,7 +661,8 @@ def _run_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> NoReturn
     server = build_server(ctx, port, opts)
     loop_factory = event_loop_factory(opts["event_loop"])
     _setup_logging(opts)
-    ctx.exit(run_until_signal(lambda: _serve_relay(server, port), loop_factory))
+    ctx.exit(run_until_signal(lambda: _serve_relay(server, port, opts["metrics"]),
+                              loop_factory))
 
 
 def _run_forward(ctx: click.Context, host: str, port: int, services: Sequence[Service],
@@ -641,11 +670,20 @@ def _run_forward(ctx: click.Context, host: str, port: int, services: Sequence[Se
     forwarders = build_forwarders(ctx, host, port, services, opts)
     loop_factory = event_loop_factory(opts["event_loop"])
     _setup_logging(opts)
-    ctx.exit(run_until_signal(lambda: _run_forwarders(forwarders), loop_factory))
+    ctx.exit(run_until_signal(lambda: _run_forwarders(forwarders, opts["metrics"]),
+                              loop_factory))
 
 
-async def _run_forwarders(forwarders: Sequence[Forwarder]) -> int:
+async def _run_forwarders(forwarders: Sequence[Forwarder],
+                          metrics_address: tuple[str, int] | None) -> int:
     """Run every forwarder; the first one to exit (reconnect off) ends them all."""
+    from . import metrics
+    async with metrics.exposed(metrics_address, metrics.ForwarderCollector(forwarders),
+                               lambda: metrics.forwarder_status(forwarders)):
+        return await _run_all(forwarders)
+
+
+async def _run_all(forwarders: Sequence[Forwarder]) -> int:
     if len(forwarders) == 1:
         return await forwarders[0].run()
     tasks = [asyncio.create_task(f.run(), name=f"forwarder-{f.local_endpoint}")
@@ -664,14 +702,22 @@ def _setup_logging(opts: dict[str, Any]) -> None:
     logs.setup(level, opts["log_format"], connection_log=opts["connection_log"])
 
 
-async def _serve_relay(server: RelayServer, port: int) -> int:
+async def _serve_relay(server: RelayServer, port: int,
+                       metrics_address: tuple[str, int] | None) -> int:
+    from . import metrics
     try:
         await server.start()
     except OSError as exc:
         logger.error("cannot listen on port %d: %s", port, exc.strerror or exc)
         return 1
     try:
-        await server.serve_forever()
+        async with metrics.exposed(metrics_address, metrics.RelayCollector(server),
+                                   lambda: metrics.relay_status(server)):
+            await server.serve_forever()
+    except OSError as exc:
+        logger.error("cannot serve metrics on %s: %s", format_endpoint(*metrics_address or
+                     ("?", 0)), exc.strerror or exc)
+        return 1
     finally:
         server.close()
         await server.wait_closed()

@@ -23,6 +23,7 @@ from .api import RelayedServer, start_server
 from .net import describe_os_error, format_endpoint
 from .pipe import SocketEnd, pipe
 from .protocol import RegistrationError
+from .stats import Traffic
 
 logger = logging.getLogger("relay.forwarder")
 connections_logger = logging.getLogger("relay.connections")
@@ -74,6 +75,13 @@ class Forwarder:
     on_endpoint: Callable[[str], None] = field(default=_print_endpoint)
     """Called with ``HOST:PORT`` after every successful registration (default: print it)."""
     server: RelayedServer | None = field(default=None, init=False)
+    name: str | None = None
+    """The service's name (config file), for logs, metrics and status."""
+    traffic: Traffic = field(default_factory=Traffic, init=False)
+    """Streams and bytes, for metrics: socket -> stream is from the local service."""
+    registrations_total: int = field(default=0, init=False)
+    local_failures: int = field(default=0, init=False)
+    """Streams reset because the local service could not be reached."""
 
     @property
     def relay_endpoint(self) -> str:
@@ -100,6 +108,7 @@ class Forwarder:
             else:
                 backoff.reset()
                 self.server = server
+                self.registrations_total += 1
                 try:
                     logger.info("public endpoint %s forwards to %s",
                                 server.public_endpoint, self.local_endpoint)
@@ -130,9 +139,14 @@ class Forwarder:
             logger.warning("stream %d: local service %s is unreachable (%s); resetting the stream",
                            stream.id, self.local_endpoint, reason)
             stream.reset()
+            self.local_failures += 1
             return
         logger.debug("stream %d: connected to %s", stream.id, self.local_endpoint)
-        result = await pipe(end, stream)
+        result = self.traffic.opened()
+        try:
+            await pipe(end, stream, result)
+        finally:
+            self.traffic.closed(result)
         connections_logger.info(
             "stream %d to %s closed: %d bytes to the relay, %d to the service%s", stream.id,
             self.local_endpoint, result.sent, result.received,

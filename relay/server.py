@@ -29,8 +29,9 @@ from functools import partial
 import yamux
 
 from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
-from .pipe import SocketEnd, pipe
+from .pipe import PipeResult, SocketEnd, pipe
 from .protocol import error_line, port_line
+from .stats import RelayStats, Traffic
 
 logger = logging.getLogger("relay.server")
 connections_logger = logging.getLogger("relay.connections")
@@ -80,6 +81,7 @@ class _Registration:
     confirmed: bool = False
     ending: bool = False
     end_reason: str | None = None
+    traffic: Traffic = field(default_factory=Traffic)
 
     def log_fields(self) -> dict[str, object]:
         """The stable log fields of this session (see ``relay.logs.FIELDS``)."""
@@ -95,6 +97,18 @@ class SessionInfo:
     public_port: int
     confirmed: bool
     connections: int
+    since: float = 0.0
+    """Unix time of the registration."""
+    bytes_in: int = 0
+    """From the public clients, connections still open included."""
+    bytes_out: int = 0
+    streams: int = 0
+    rtt: float | None = None
+    """Seconds of the last keepalive (or handshake) ping."""
+    stalls: int = 0
+    """Times a stream paused its public connection because the peer's window was full."""
+    client: str | None = None
+    """The registered client's name, when registration authenticates it."""
 
 
 class _ControlProtocol(asyncio.Protocol):
@@ -154,6 +168,8 @@ class RelayServer:
         self._cursor = 0
         self._closing = False
         self._serving: asyncio.Future[None] | None = None
+        self.stats = RelayStats()
+        """Counters for metrics (``relay.metrics``)."""
 
     # ----------------------------------------------------------------- public
     async def start(self) -> None:
@@ -188,7 +204,10 @@ class RelayServer:
     @property
     def sessions(self) -> list[SessionInfo]:
         return [
-            SessionInfo(r.id, r.peer, r.public_port, r.confirmed, len(r.connections))
+            SessionInfo(r.id, r.peer, r.public_port, r.confirmed, len(r.connections),
+                        since=r.traffic.since, bytes_in=r.traffic.bytes_in,
+                        bytes_out=r.traffic.bytes_out, streams=r.session.num_streams,
+                        rtt=r.session.last_rtt, stalls=r.traffic.stalls)
             for r in self._registrations.values()
         ]
 
@@ -250,14 +269,14 @@ class RelayServer:
             self._refuse(
                 transport, peer,
                 f"relay is full: {len(self._registrations)} sessions, the maximum "
-                f"(--max-sessions {self.max_sessions})",
+                f"(--max-sessions {self.max_sessions})", code="full",
             )
             return
         try:
             sock = self._open_public_listener()
         except OSError as exc:
             self._refuse(transport, peer, str(exc) if isinstance(exc, NoFreePortError)
-                         else f"cannot open a public port: {exc}")
+                         else f"cannot open a public port: {exc}", code="no_port")
             return
         public_port = int(sock.getsockname()[1])
         transport.write(port_line(public_port))
@@ -265,6 +284,7 @@ class RelayServer:
         reg = _Registration(next(self._ids), peer, public_port, sock, session)
         self._registrations[reg.id] = reg
         self._ports_in_use.add(public_port)
+        self.stats.sessions_total += 1
         loop = asyncio.get_running_loop()
         # The handshake ping goes out right after the port line (its task runs before the
         # loop polls again), so a registering side sees exactly: port line, yamux ping.
@@ -272,7 +292,10 @@ class RelayServer:
         reg.handshake.add_done_callback(_retrieve)
         reg.task = loop.create_task(self._run(reg), name=f"relay-session-{reg.id}")
 
-    def _refuse(self, transport: asyncio.Transport, peer: str, reason: str) -> None:
+    def _refuse(self, transport: asyncio.Transport, peer: str, reason: str, *,
+                code: str) -> None:
+        """Send the error line and close; ``code`` is the metrics label of the reason."""
+        self.stats.refused[code] += 1
         logger.warning("refusing registration from %s: %s", peer, reason,
                        extra={"peer": peer, "reason": reason})
         transport.write(error_line(reason))
@@ -367,6 +390,7 @@ class RelayServer:
                 await asyncio.wait(reg.connections)
         finally:
             self._registrations.pop(reg.id, None)
+            self.stats.session_ended(reg.traffic)
         if reg.end_reason is None:
             reg.end_reason = describe_end(reg.session.close_reason if closed_by_peer else None)
         level = logging.INFO if reg.confirmed or self._closing else logging.WARNING
@@ -385,15 +409,20 @@ class RelayServer:
                 "(--max-connections %d)", reg.id, _peer(end.transport), len(reg.connections),
                 self.max_connections,
             )
+            self.stats.connections_refused["max_connections"] += 1
             end.abort()
             return
+        result = reg.traffic.opened()
+        self.stats.connections_total += 1
         task = asyncio.get_running_loop().create_task(
-            self._relay_connection(reg, end), name=f"relay-public-{reg.id}"
+            self._relay_connection(reg, end, result), name=f"relay-public-{reg.id}"
         )
         reg.connections.add(task)
         task.add_done_callback(reg.connections.discard)
+        task.add_done_callback(lambda _: reg.traffic.closed(result))
 
-    async def _relay_connection(self, reg: _Registration, end: SocketEnd) -> None:
+    async def _relay_connection(self, reg: _Registration, end: SocketEnd,
+                                result: PipeResult) -> None:
         started = time.monotonic()
         try:
             stream = await reg.session.open_stream()
@@ -411,7 +440,7 @@ class RelayServer:
             return
         peer = _peer(end.transport) if end.transport is not None else "?"
         logger.debug("session %d: public connection from %s on stream %d", reg.id, peer, stream.id)
-        result = await pipe(end, stream)
+        await pipe(end, stream, result)
         connections_logger.info(
             "session %d: connection from %s on stream %d closed: %d bytes in, %d out%s",
             reg.id, peer, stream.id, result.sent, result.received,

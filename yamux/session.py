@@ -108,6 +108,8 @@ class Session:
         self._go_away: asyncio.Future[None] = self._loop.create_future()
         self.close_reason: YamuxError | None = None
         """Why the session ended (None while it runs)."""
+        self.last_rtt: float | None = None
+        """Seconds of the last answered ping (keepalive or ``ping()``), for metrics."""
 
     # ---------------------------------------------------------------- creation
     @classmethod
@@ -334,7 +336,8 @@ class Session:
                 if entry is None:
                     logger.debug("ignoring pong %d nobody waits for", event.opaque)
                 elif not entry[0].done():
-                    entry[0].set_result(self._loop.time() - entry[1])
+                    self.last_rtt = self._loop.time() - entry[1]
+                    entry[0].set_result(self.last_rtt)
             elif kind is GoAwayReceived:
                 logger.info("peer sent go away: no new streams on this session")
                 if not self._go_away.done():
