@@ -5,18 +5,31 @@ shape, the listener lives on the relay); ``RelayServer`` is the relay itself
 and ``Forwarder`` puts an unmodified local service behind it.
 """
 
-from .api import RelayDisconnectedError, RelayedServer, register, start_server
+from .api import (
+    Registration,
+    RelayDisconnectedError,
+    RelayedServer,
+    TLSError,
+    register,
+    register_v2,
+    start_server,
+)
 from .forwarder import Forwarder
+from .handshake import AuthenticationError
 from .protocol import RegistrationError, RelayRefusedError
 from .server import RelayServer
 
 __all__ = [
+    "AuthenticationError",
     "Forwarder",
+    "Registration",
     "RegistrationError",
     "RelayDisconnectedError",
     "RelayRefusedError",
     "RelayServer",
     "RelayedServer",
+    "TLSError",
     "register",
+    "register_v2",
     "start_server",
 ]

@@ -99,7 +99,7 @@ class RelayCollector(Collector):
             refused.add_metric([reason], count)
         yield refused
         yield CounterMetricFamily("relay_auth_failures", "Registrations that failed "
-                                  "authentication.", stats.auth_failures)
+                                  "authentication.", server.auth_failures.total)
         yield GaugeMetricFamily("relay_draining", "1 while draining (after SIGTERM).",
                                 1 if getattr(server, "draining", False) else 0)
 

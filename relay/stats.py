@@ -70,10 +70,9 @@ class RelayStats:
     bytes_out: int = 0
     stalls: int = 0
     refused: Counter[str] = field(default_factory=Counter)
-    """Registrations refused, by reason: full, no_port, draining, auth, limit, ..."""
+    """Registrations refused after authentication, by reason: full, no_port, ..."""
     connections_refused: Counter[str] = field(default_factory=Counter)
-    """Public connections refused, by reason: max_connections, draining, ..."""
-    auth_failures: int = 0
+    """Public connections refused, by reason: max_connections, per_source, draining, ..."""
 
     def session_ended(self, traffic: Traffic) -> None:
         """Keep a finished session's totals in the relay-wide counters."""

@@ -11,6 +11,7 @@ from .const import Flag, FrameType, GoAwayCode
 from .errors import (
     ConfigError,
     ConnectionWriteTimeoutError,
+    ControlQueueFullError,
     GoAwayError,
     KeepaliveTimeoutError,
     ProtocolError,
@@ -34,6 +35,7 @@ __all__ = [
     "ConfigError",
     "Connection",
     "ConnectionWriteTimeoutError",
+    "ControlQueueFullError",
     "Flag",
     "Frame",
     "FrameDecoder",

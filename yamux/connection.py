@@ -1,7 +1,8 @@
 """The sans-IO session core: bytes in, events and bytes out, no sockets, no clocks.
 
 Outgoing bytes come in two queues. Control frames (SYN/ACK, window updates,
-pings and pongs, RST, Go Away) are small and always written at once. Stream
+pings and pongs, RST, Go Away) are small and written at once while the peer
+reads; the queue is bounded (``Config.control_queue_limit``) for when it does not. Stream
 data waits in per-stream queues and is framed only when the I/O adapter asks
 for it (``take_data``), i.e. when the transport has room; so a pong never waits
 behind megabytes of queued bulk data, and streams share the connection
@@ -14,8 +15,9 @@ import logging
 from collections.abc import Iterable
 
 from .config import Config
-from .const import Flag, FrameType, GoAwayCode
+from .const import HEADER_SIZE, Flag, FrameType, GoAwayCode
 from .errors import (
+    ControlQueueFullError,
     GoAwayError,
     ProtocolError,
     RemoteGoAwayError,
@@ -36,6 +38,7 @@ from .events import (
     StreamClosed,
     StreamEnded,
     StreamOpened,
+    StreamRefused,
     StreamReset,
     WindowUpdated,
 )
@@ -73,8 +76,10 @@ class Connection:
         self.remote_go_away = False
         self.error: YamuxError | None = None
         """Why the session ended; None while it is alive."""
+        self.discarded_frames = 0
+        """Frames for streams we no longer know (reset or refused), counted, never logged."""
         self.discarded_bytes = 0
-        """Payload that arrived for streams we no longer know (reset or refused)."""
+        """Their payload, and that of Data|RST frames."""
 
     # ----------------------------------------------------------------- queries
     @property
@@ -126,9 +131,7 @@ class Connection:
         st = StreamState(stream_id, OpenState.SYN_SENT, self.config.max_stream_window_size)
         self._streams[stream_id] = st
         self.unacked_outbound += 1
-        self._control.append(
-            encode_header(_WINDOW_UPDATE, _SYN, stream_id, st.recv.initial_grant())
-        )
+        self._queue_control(encode_header(_WINDOW_UPDATE, _SYN, stream_id, st.recv.initial_grant()))
         return stream_id
 
     def accept_stream(self, stream_id: int) -> None:
@@ -139,9 +142,7 @@ class Connection:
         st.open_state = OpenState.ESTABLISHED
         if st.leave_backlog():
             self.unaccepted_inbound -= 1
-        self._control.append(
-            encode_header(_WINDOW_UPDATE, _ACK, stream_id, st.recv.initial_grant())
-        )
+        self._queue_control(encode_header(_WINDOW_UPDATE, _ACK, stream_id, st.recv.initial_grant()))
 
     def send_data(self, stream_id: int, data: bytes | memoryview) -> None:
         """Queue payload; it is framed within the peer's window by take_data."""
@@ -170,7 +171,7 @@ class Connection:
             return
         self._forget(st)
         if not self.closed:
-            self._control.append(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
+            self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
 
     def consume(self, stream_id: int, length: int) -> None:
         """The application took ``length`` received bytes; maybe queue a window update."""
@@ -179,13 +180,13 @@ class Connection:
             return
         delta = st.recv.consume(length)
         if delta and not st.remote_fin:
-            self._control.append(encode_header(_WINDOW_UPDATE, 0, stream_id, delta))
+            self._queue_control(encode_header(_WINDOW_UPDATE, 0, stream_id, delta))
 
     def ping(self) -> int:
         """Queue a ping; returns the opaque value its pong will carry."""
         self._check_alive()
         self._ping_id = (self._ping_id + 1) & _MAX_STREAM_ID
-        self._control.append(encode_header(_PING, _SYN, 0, self._ping_id))
+        self._queue_control(encode_header(_PING, _SYN, 0, self._ping_id))
         return self._ping_id
 
     def go_away(self, code: int = GoAwayCode.NORMAL) -> None:
@@ -207,13 +208,23 @@ class Connection:
         self._forget_all()
 
     # ------------------------------------------------------------------ output
-    def take_control(self) -> list[bytes]:
+    def take_control(self, limit: int | None = None) -> list[bytes]:
+        """Queued control frames, oldest first; at most ``limit`` bytes of them if given."""
         out = self._control
+        if limit is not None and limit < len(out) * HEADER_SIZE:
+            count = limit // HEADER_SIZE
+            self._control = out[count:]
+            return out[:count]
         self._control = []
         return out
 
     def take_data(self, budget: int) -> list[bytes | memoryview]:
-        """Frame up to about ``budget`` payload bytes, one frame per stream per round."""
+        """Frame up to about ``budget`` payload bytes, one frame per stream per round.
+
+        FIN always goes on its own Window Update frame after the last data, as
+        hashicorp sends it: a peer that handles FIN before a Data frame's payload
+        (``@chainsafe/libp2p-yamux``) would otherwise drop that payload.
+        """
         out: list[bytes | memoryview] = []
         sendable = self._sendable
         max_frame = self.config.max_frame_size
@@ -221,17 +232,14 @@ class Connection:
             stream_id = next(iter(sendable))
             st = sendable.pop(stream_id)
             size = min(st.pending_bytes, st.send.credit, max_frame)
-            flags = 0
-            if size == st.pending_bytes and st.fin_queued:
-                flags = _FIN
-                st.fin_sent = True
             if size:
-                out.append(encode_header(_DATA, flags, stream_id, size))
+                out.append(encode_header(_DATA, 0, stream_id, size))
                 self._take_pending(st, size, out)
                 st.send.credit -= size
                 budget -= size
-            else:
-                out.append(encode_header(_WINDOW_UPDATE, flags, stream_id, 0))
+            if st.fin_queued and not st.pending_bytes:
+                out.append(encode_header(_WINDOW_UPDATE, _FIN, stream_id, 0))
+                st.fin_sent = True
             if st.fin_sent:
                 if st.remote_fin:
                     self._forget(st)
@@ -248,30 +256,28 @@ class Connection:
 
     # ------------------------------------------------------------------- input
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        """Consume bytes from the peer; returns what happened, in order."""
-        events: list[Event] = []
-        if self.closed:
-            return events
-        try:
-            for frame in self._decoder.feed(data):
-                self._handle_frame(frame, events)
-        except ProtocolError as exc:
-            logger.warning("protocol error from peer: %s", exc)
-            self.terminate(exc, GoAwayCode.PROTOCOL_ERROR)
-            events.append(SessionTerminated(exc))
-        return events
+        """Consume bytes from the peer; returns what happened, in order.
+
+        Processing stops at the first frame that ends the session: SessionTerminated
+        is then the last event, and later frames in ``data`` are ignored.
+        """
+        return self.receive_frames(self._decoder.feed(data))
 
     def receive_frames(self, frames: Iterable[Frame]) -> list[Event]:
         """Like receive_data for frames already decoded (used by tests)."""
         events: list[Event] = []
+        if self.closed:
+            return events
         try:
             for frame in frames:
-                if self.closed:
-                    break
                 self._handle_frame(frame, events)
+                if self.error is not None:
+                    break
         except ProtocolError as exc:
+            logger.warning("protocol error from peer: %s", exc)
             self.terminate(exc, GoAwayCode.PROTOCOL_ERROR)
-            events.append(SessionTerminated(exc))
+        if self.error is not None:
+            events.append(SessionTerminated(self.error))
         return events
 
     def _handle_frame(self, frame: Frame, events: list[Event]) -> None:
@@ -281,7 +287,7 @@ class Connection:
         elif type_ is _PING:
             self._require_session_id(frame)
             if frame.flags & _SYN:
-                self._control.append(encode_header(_PING, _ACK, 0, frame.length))
+                self._queue_control(encode_header(_PING, _ACK, 0, frame.length))
             else:
                 events.append(PongReceived(frame.length))
         else:
@@ -291,9 +297,7 @@ class Connection:
                 self.remote_go_away = True
                 events.append(GoAwayReceived(code))
             else:
-                error = RemoteGoAwayError(code)
-                self.terminate(error)
-                events.append(SessionTerminated(error))
+                self.terminate(RemoteGoAwayError(code))
 
     def _handle_stream_frame(self, frame: Frame, events: list[Event]) -> None:
         stream_id = frame.stream_id
@@ -304,14 +308,21 @@ class Connection:
         if flags & _SYN:
             st = self._incoming_stream(frame, st, events)
         if st is None:
+            self.discarded_frames += 1
             self.discarded_bytes += len(frame.body)
-            logger.debug("discarding %s for unknown stream %d", frame.type.name, stream_id)
             return
         if flags & _ACK and st.open_state is OpenState.SYN_SENT:
             st.open_state = OpenState.ESTABLISHED
             if st.leave_backlog():
                 self.unacked_outbound -= 1
             events.append(StreamAcknowledged(stream_id))
+        if flags & _RST:
+            # go-yamux puts an error code in a RST's length: it is no window delta,
+            # and a reset discards the frame's payload like everything unread.
+            self.discarded_bytes += len(frame.body)
+            self._forget(st)
+            events.append(StreamReset(stream_id, "reset by peer"))
+            return
         if frame.type is _WINDOW_UPDATE:
             if frame.length:
                 st.send.grant(stream_id, frame.length)
@@ -327,10 +338,6 @@ class Connection:
                 return
             st.recv.receive(stream_id, frame.length)
             events.append(DataReceived(stream_id, frame.body))
-        if flags & _RST:
-            self._forget(st)
-            events.append(StreamReset(stream_id, "reset by peer"))
-            return
         if flags & _FIN and not st.remote_fin:
             st.remote_fin = True
             events.append(StreamEnded(stream_id))
@@ -358,8 +365,8 @@ class Connection:
         elif self.unaccepted_inbound >= self.config.accept_backlog:
             refusal = f"accept backlog of {self.config.accept_backlog} streams is full"
         if refusal is not None:
-            logger.warning("refusing stream %d: %s", stream_id, refusal)
-            self._control.append(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
+            self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
+            events.append(StreamRefused(stream_id, refusal))
             return None
         st = StreamState(stream_id, OpenState.SYN_RECEIVED, self.config.max_stream_window_size)
         self._streams[stream_id] = st
@@ -368,11 +375,27 @@ class Connection:
         return st
 
     # ---------------------------------------------------------------- internals
+    def _queue_control(self, frame: bytes) -> None:
+        """Queue one control frame; a peer that lets them pile up past the limit is cut off.
+
+        The adapter writes control frames at once unless the transport is paused
+        (the peer is not reading), so the queue only grows while the peer owes us
+        reads; pongs, updates and resets it provokes meanwhile must not grow
+        without bound (a ping flood).
+        """
+        control = self._control
+        control.append(frame)
+        if len(control) * HEADER_SIZE > self.config.control_queue_limit and not self.closed:
+            self.terminate(ControlQueueFullError(
+                f"peer is not reading: {len(control)} control frames (pongs, window updates, "
+                f"resets) wait to be written, over the limit of "
+                f"{self.config.control_queue_limit} bytes (control_queue_limit)"
+            ))
+
     def _reset_for_misbehaviour(self, st: StreamState, reason: str, events: list[Event]) -> None:
-        """A stream-level violation ends only that stream."""
-        logger.warning("resetting %s", reason)
+        """A stream-level violation ends only that stream (the adapter logs it, rate-limited)."""
         self.reset_stream(st.id)
-        events.append(StreamReset(st.id, reason))
+        events.append(StreamReset(st.id, reason, violation=True))
 
     def _writable_stream(self, stream_id: int) -> StreamState:
         self._check_alive()

@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import Config
 from .connection import Connection
-from .const import GoAwayCode
+from .const import HEADER_SIZE, GoAwayCode
 from .errors import (
     ConnectionWriteTimeoutError,
     GoAwayError,
@@ -34,9 +34,11 @@ from .events import (
     StreamClosed,
     StreamEnded,
     StreamOpened,
+    StreamRefused,
     StreamReset,
     WindowUpdated,
 )
+from .ratelimit import RateLimitedLog
 from .stream import Stream
 
 logger = logging.getLogger("yamux.session")
@@ -44,6 +46,9 @@ logger = logging.getLogger("yamux.session")
 StreamHandler = Callable[[Stream, Stream], Awaitable[None]]
 FLUSH_BUDGET = 256 * 1024
 """Payload framed per take_data call; the transport's pause_writing stops the loop sooner."""
+PAUSED_CONTROL_ALLOWANCE = 64 * 1024
+"""Control bytes still handed to a paused transport (a pong need not wait for resume);
+beyond it they wait in the core's bounded queue."""
 
 
 class _SessionProtocol(asyncio.Protocol):
@@ -94,12 +99,15 @@ class Session:
         self._read_transport: asyncio.BaseTransport | None = None
         self._protocol = _SessionProtocol(self)
         self._streams: dict[int, Stream] = {}
-        self._accept_queue: deque[Stream] = deque()
+        self._accept_queue: dict[int, Stream] = {}
+        """Streams the peer opened, oldest first; a reset one leaves at once (core-bounded)."""
         self._accept_waiter: asyncio.Future[None] | None = None
         self._open_waiters: deque[asyncio.Future[None]] = deque()
         self._drain_waiting: dict[int, Stream] = {}
         self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
         self._write_paused = False
+        self._paused_control = 0
+        """Control bytes written since the transport paused."""
         self._write_stall: tuple[asyncio.TimerHandle, int] | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -110,6 +118,8 @@ class Session:
         """Why the session ended (None while it runs)."""
         self.last_rtt: float | None = None
         """Seconds of the last answered ping (keepalive or ``ping()``), for metrics."""
+        self._log = RateLimitedLog(logger)
+        """Every line the peer can trigger over and over goes through this."""
 
     # ---------------------------------------------------------------- creation
     @classmethod
@@ -188,7 +198,7 @@ class Session:
                 await waiter
             finally:
                 self._accept_waiter = None
-        stream = self._accept_queue.popleft()
+        stream = self._accept_queue.pop(next(iter(self._accept_queue)))
         self._core.accept_stream(stream.id)
         self._flush()
         return stream
@@ -299,6 +309,7 @@ class Session:
         """A reset stream, ours or the peer's, leaves the session at once."""
         self._streams.pop(stream.id, None)
         self._drain_waiting.pop(stream.id, None)
+        self._accept_queue.pop(stream.id, None)
         stream._fail(StreamResetError(reason))
 
     # ------------------------------------------------------ transport events
@@ -318,7 +329,7 @@ class Session:
             elif kind is StreamOpened:
                 stream = Stream(self, event.stream_id)
                 streams[event.stream_id] = stream
-                self._accept_queue.append(stream)
+                self._accept_queue[event.stream_id] = stream
                 if self._accept_waiter is not None and not self._accept_waiter.done():
                     self._accept_waiter.set_result(None)
             elif kind is StreamAcknowledged:
@@ -330,16 +341,23 @@ class Session:
             elif kind is StreamClosed:
                 self._forget(event.stream_id)
             elif kind is StreamReset:
+                if event.violation:
+                    self._log.log(logging.WARNING, "stream-violation", "resetting %s", event.reason)
                 self._drop_reset(streams[event.stream_id], event.reason)
+            elif kind is StreamRefused:
+                self._log.log(logging.WARNING, "stream-refused", "refusing stream %d: %s",
+                              event.stream_id, event.reason)
             elif kind is PongReceived:
                 entry = self._pings.get(event.opaque)
                 if entry is None:
-                    logger.debug("ignoring pong %d nobody waits for", event.opaque)
+                    self._log.log(logging.DEBUG, "stray-pong",
+                                  "ignoring pong %d nobody waits for", event.opaque)
                 elif not entry[0].done():
                     self.last_rtt = self._loop.time() - entry[1]
                     entry[0].set_result(self.last_rtt)
             elif kind is GoAwayReceived:
-                logger.info("peer sent go away: no new streams on this session")
+                self._log.log(logging.INFO, "go-away",
+                              "peer sent go away: no new streams on this session")
                 if not self._go_away.done():
                     self._go_away.set_result(None)
                 self._wake_openers(force=True)
@@ -367,6 +385,7 @@ class Session:
 
     def _resume_writing(self) -> None:
         self._write_paused = False
+        self._paused_control = 0
         if self._write_stall is not None:
             self._write_stall[0].cancel()
             self._write_stall = None
@@ -374,13 +393,26 @@ class Session:
 
     # ----------------------------------------------------------------- output
     def _flush(self, force: bool = False) -> None:
-        """Write control frames, then stream data while the transport wants more (or ``force``)."""
+        """Write control frames, then stream data while the transport wants more (or ``force``).
+
+        While the transport is paused, control frames go out only up to
+        PAUSED_CONTROL_ALLOWANCE; the rest waits in the core, whose queue is
+        bounded, so a peer that does not read cannot make us buffer without end.
+        """
+        core = self._core
+        if core.error is not None and not self._closing:
+            self._shutdown(core.error)  # the core ended itself on a command (control queue full)
+            return
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        core = self._core
         if core.has_control:
-            transport.writelines(core.take_control())
+            if force or not self._write_paused:
+                transport.writelines(core.take_control())
+            elif self._paused_control < PAUSED_CONTROL_ALLOWANCE:
+                frames = core.take_control(PAUSED_CONTROL_ALLOWANCE - self._paused_control)
+                self._paused_control += len(frames) * HEADER_SIZE
+                transport.writelines(frames)
         while core.has_data and (force or not self._write_paused):
             transport.writelines(core.take_data(FLUSH_BUDGET))
             finished = core.take_finished()
@@ -438,7 +470,8 @@ class Session:
 
     def _close_timed_out(self, stream: Stream) -> None:
         stream._close_timer = None
-        logger.warning(
+        self._log.log(
+            logging.WARNING, "close-timeout",
             "stream %d: peer sent no FIN within %s s of our close; resetting",
             stream.id, self.config.stream_close_timeout,
         )
@@ -469,6 +502,10 @@ class Session:
         self.close_reason = error
         level = logging.DEBUG if isinstance(error, SessionClosedError) else logging.WARNING
         logger.log(level, "session ended: %s", error)
+        self._log.summary(logging.WARNING, "session ended")
+        if self._core.discarded_frames:
+            logger.debug("session ended: discarded %d frames (%d bytes) for unknown streams",
+                         self._core.discarded_frames, self._core.discarded_bytes)
         self._core.terminate(error, code)
         self._flush()
         if self._write_stall is not None:
@@ -524,10 +561,13 @@ class Session:
         try:
             await handler(stream, stream)
         except (YamuxError, ConnectionError) as exc:
-            logger.info("stream %d handler ended: %s", stream.id, exc)
+            self._log.log(logging.INFO, "handler-ended", "stream %d handler ended: %s",
+                          stream.id, exc)
             stream.reset()
-        except Exception:  # logged with its traceback; the session and other streams go on
-            logger.exception("stream %d handler failed; resetting the stream", stream.id)
+        except Exception as exc:  # logged with its traceback; the session and other streams go on
+            self._log.log(logging.ERROR, "handler-failed",
+                          "stream %d handler failed; resetting the stream", stream.id,
+                          exc_info=exc)
             stream.reset()
 
 

@@ -42,6 +42,7 @@ class Stream:
         "_eof",
         "_eof_delivered",
         "_error",
+        "_extra",
         "_fin_queued",
         "_limit",
         "_open_timer",
@@ -63,6 +64,7 @@ class Stream:
         self._eof = False
         self._eof_delivered = False
         self._error: YamuxError | None = None
+        self._extra: dict[str, Any] | None = None
         self._fin_queued = False
         self._read_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -239,12 +241,24 @@ class Stream:
             self._session._reset_stream(self)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """``stream_id`` and ``session``; anything else comes from the session's transport."""
+        """``stream_id``, ``session``, what ``set_extra_info`` set; else the transport's."""
+        if self._extra is not None and name in self._extra:
+            return self._extra[name]
         if name == "stream_id":
             return self.id
         if name == "session":
             return self._session
         return self._session.get_extra_info(name, default)
+
+    def set_extra_info(self, name: str, value: Any) -> None:
+        """Override one ``get_extra_info`` key for this stream only.
+
+        For a layer above yamux that knows better than the session's transport,
+        e.g. a relay reporting the public client as ``peername``.
+        """
+        if self._extra is None:
+            self._extra = {}
+        self._extra[name] = value
 
     # ---------------------------------------------------------- protocol mode
     def set_protocol(self, protocol: asyncio.Protocol) -> None:
