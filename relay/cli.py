@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -25,7 +23,7 @@ import click
 import yamux
 
 from . import config as config_file
-from . import logs
+from . import drain, logs
 from .forwarder import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_LOCAL_HOST,
@@ -51,8 +49,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 PROTOCOLS = ("yamux",)
 """Registration protocols of ``relay server --protocol``; the first is the default (the seed's)."""
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 0
+EXIT_SIGINT = drain.EXIT_SIGINT
 ENV_PREFIX = "RELAY_"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -236,6 +233,10 @@ option("--log-format", type=click.Choice(logs.LOG_FORMATS), default="text", show
 option("--metrics", type=Endpoint(), group=COMMON,
        help="Serve Prometheus metrics at http://HOST:PORT/metrics and a JSON status of every "
             "registration at /status.  [default: off]")
+option("--drain-timeout", type=click.FloatRange(min=0), default=drain.DEFAULT_DRAIN_TIMEOUT,
+       show_default=True, metavar="SECONDS", group=COMMON,
+       help="On SIGTERM stop taking new connections at once (Go Away) and give the ones in "
+            "flight this long to finish; 0 closes them at once. A second signal stops at once.")
 option("--connection-log/--no-connection-log", default=True, show_default=True, group=COMMON,
        help="One INFO line per relayed connection when it ends (bytes both ways, duration).")
 
@@ -661,8 +662,9 @@ def _run_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> NoReturn
     server = build_server(ctx, port, opts)
     loop_factory = event_loop_factory(opts["event_loop"])
     _setup_logging(opts)
-    ctx.exit(run_until_signal(lambda: _serve_relay(server, port, opts["metrics"]),
-                              loop_factory))
+    ctx.exit(drain.run_until_signal(
+        lambda: _serve_relay(server, port, opts["metrics"]), loop_factory,
+        drain=drain.relay_drain(server), drain_timeout=opts["drain_timeout"]))
 
 
 def _run_forward(ctx: click.Context, host: str, port: int, services: Sequence[Service],
@@ -670,8 +672,9 @@ def _run_forward(ctx: click.Context, host: str, port: int, services: Sequence[Se
     forwarders = build_forwarders(ctx, host, port, services, opts)
     loop_factory = event_loop_factory(opts["event_loop"])
     _setup_logging(opts)
-    ctx.exit(run_until_signal(lambda: _run_forwarders(forwarders, opts["metrics"]),
-                              loop_factory))
+    ctx.exit(drain.run_until_signal(
+        lambda: _run_forwarders(forwarders, opts["metrics"]), loop_factory,
+        drain=drain.forwarder_drain(forwarders), drain_timeout=opts["drain_timeout"]))
 
 
 async def _run_forwarders(forwarders: Sequence[Forwarder],
@@ -722,51 +725,6 @@ async def _serve_relay(server: RelayServer, port: int,
         server.close()
         await server.wait_closed()
     return 0
-
-
-def run_until_signal(
-    main: Callable[[], Awaitable[int]],
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
-) -> int:
-    """Run ``main()`` in a fresh event loop; SIGINT/SIGTERM cancel it for a clean shutdown.
-
-    Returns main's exit status, 130 after SIGINT and 0 after SIGTERM. A second
-    signal during the shutdown exits at once.
-    """
-
-    async def runner() -> int:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        received: list[int] = []
-
-        def on_signal(signum: int) -> None:
-            name = signal.Signals(signum).name
-            if received:
-                logger.warning("%s again: exiting now", name)
-                os._exit(EXIT_SIGINT if signum == signal.SIGINT else 128 + signum)
-            received.append(signum)
-            logger.info("%s received: shutting down", name)
-            task.cancel()
-
-        logger.debug("event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
-        try:
-            return await main()
-        except asyncio.CancelledError:
-            if not received:
-                raise
-            return EXIT_SIGINT if received[0] == signal.SIGINT else EXIT_SIGTERM
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
-
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner_:
-            return runner_.run(runner())
-    except KeyboardInterrupt:
-        return EXIT_SIGINT
 
 
 def main() -> None:

@@ -97,6 +97,7 @@ class Forwarder:
     registrations_total: int = field(default=0, init=False)
     local_failures: int = field(default=0, init=False)
     """Streams reset because the local service could not be reached."""
+    draining: bool = field(default=False, init=False)
 
     @property
     def relay_endpoint(self) -> str:
@@ -146,13 +147,26 @@ class Forwarder:
                     await server.wait_closed()
                 logger.warning("lost the relay at %s: %s; public endpoint %s is gone",
                                self.relay_endpoint, reason, server.public_endpoint)
+            if self.draining:
+                return 0
             if not self.reconnect:
                 return 1
             delay = backoff.next_delay()
             logger.info("reconnecting to %s in %.2f s", self.relay_endpoint, delay)
             await asyncio.sleep(delay)
 
+    def drain(self) -> None:
+        """Reset every new stream from now on (the relay resets its public connection), and
+        do not reconnect; streams in flight go on. Closing the session then sends Go Away.
+
+        Resetting rather than sending Go Away now keeps the streams in flight alive with
+        every relay: the seed relay ends a session at the registered side's Go Away."""
+        self.draining = True
+
     async def _forward(self, stream: yamux.Stream, _writer: yamux.Stream) -> None:
+        if self.draining:
+            stream.reset()
+            return
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         client: ProxyAddresses | None = stream.get_extra_info("client_address")

@@ -101,7 +101,7 @@ class RelayCollector(Collector):
         yield CounterMetricFamily("relay_auth_failures", "Registrations that failed "
                                   "authentication.", server.auth_failures.total)
         yield GaugeMetricFamily("relay_draining", "1 while draining (after SIGTERM).",
-                                1 if getattr(server, "draining", False) else 0)
+                                1 if server.draining else 0)
 
 
 def relay_status(server: RelayServer) -> dict[str, Any]:
@@ -109,7 +109,7 @@ def relay_status(server: RelayServer) -> dict[str, Any]:
     return {
         "role": "relay",
         "control_port": server.port,
-        "draining": bool(getattr(server, "draining", False)),
+        "draining": server.draining,
         "registrations": [
             {
                 "session": info.id,

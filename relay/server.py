@@ -223,6 +223,7 @@ class RelayServer:
         self._serving: asyncio.Future[None] | None = None
         self.stats = RelayStats()
         """Counters for metrics (``relay.metrics``)."""
+        self.draining = False
 
     # ----------------------------------------------------------------- public
     async def start(self) -> None:
@@ -302,6 +303,29 @@ class RelayServer:
         if self._serving is not None and not self._serving.done():
             self._serving.set_result(None)
 
+    def drain(self) -> None:
+        """Stop taking registrations and public connections at once, and send Go Away to
+        every session; connections in flight go on (``relay.drain`` waits for them)."""
+        if self.draining or self._closing:
+            return
+        self.draining = True
+        if self._control is not None:
+            self._control.close()
+        for reg in self._registrations.values():
+            self._stop_listening(reg)
+            reg.session.go_away()
+
+    async def wait_idle(self) -> None:
+        """Until no public connection is open (for a drain)."""
+        while busy := [r.traffic for r in self._registrations.values()
+                       if r.traffic.open_connections]:
+            await busy[0].wait_idle()
+
+    def _stop_listening(self, reg: _Registration) -> None:
+        if reg.listener is not None:
+            reg.listener.close()
+        self._ports_in_use.discard(reg.public_port)
+
     async def wait_closed(self) -> None:
         if self._control is not None:
             await self._control.wait_closed()
@@ -339,6 +363,9 @@ class RelayServer:
         peer = _peer(transport)
         if self._closing:
             transport.abort()
+            return
+        if self.draining:
+            self._refuse(transport, peer, "relay is shutting down", code="draining")
             return
         if len(self._registrations) >= self.max_sessions:
             self._refuse(

@@ -7,6 +7,7 @@ byte counts of connections still open are read live at scrape time (from the
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,19 +27,30 @@ class Traffic:
     closed_stalls: int = 0
     live: set[PipeResult] = field(default_factory=set)
     """Results of the pipes still running, updated by them as bytes flow."""
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._idle.set()
 
     def opened(self) -> PipeResult:
         """Count a new connection; the returned result is to be passed to ``pipe()``."""
         result = PipeResult()
         self.connections_total += 1
         self.live.add(result)
+        self._idle.clear()
         return result
 
     def closed(self, result: PipeResult) -> None:
         self.live.discard(result)
+        if not self.live:
+            self._idle.set()
         self.closed_in += result.sent
         self.closed_out += result.received
         self.closed_stalls += result.stalls
+
+    async def wait_idle(self) -> None:
+        """Until no connection is open (for a drain)."""
+        await self._idle.wait()
 
     @property
     def open_connections(self) -> int:
