@@ -23,13 +23,14 @@ import click
 import yamux
 
 from . import config as config_file
-from . import drain, logs
+from . import drain, logs, sdnotify
 from .forwarder import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_LOCAL_HOST,
     DEFAULT_RECONNECT_DELAY,
     DEFAULT_RECONNECT_MAX_DELAY,
     Forwarder,
+    print_endpoint,
 )
 from .net import format_endpoint
 from .server import (
@@ -640,7 +641,7 @@ def build_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> RelaySe
 
 def build_forwarders(ctx: click.Context, host: str, port: int, services: Sequence[Service],
                      opts: dict[str, Any]) -> list[Forwarder]:
-    """One forwarder per service, from the merged options."""
+    """One forwarder per service, from the merged options (READY=1 once all registered)."""
     if opts["reconnect_max_delay"] < opts["reconnect_delay"]:
         raise click.BadParameter(
             f"{opts['reconnect_max_delay']:g} is less than --reconnect-delay "
@@ -652,10 +653,25 @@ def build_forwarders(ctx: click.Context, host: str, port: int, services: Sequenc
             reconnect=opts["reconnect"], reconnect_delay=opts["reconnect_delay"],
             reconnect_max_delay=opts["reconnect_max_delay"],
             connect_timeout=opts["connect_timeout"], yamux_config=_yamux_config(opts),
-            name=service.name,
+            name=service.name, on_endpoint=_ReadyWhenAllRegistered(len(services)),
         )
         for service in services
     ]
+
+
+class _ReadyWhenAllRegistered:
+    """Print each endpoint; tell systemd READY=1 once every service got its first one."""
+
+    def __init__(self, services: int) -> None:
+        self.waiting = services
+        self.endpoints: list[str] = []
+
+    def __call__(self, endpoint: str) -> None:
+        print_endpoint(endpoint)
+        self.endpoints.append(endpoint)
+        self.waiting -= 1
+        if self.waiting == 0:
+            sdnotify.ready("forwarding; public endpoints " + " ".join(self.endpoints))
 
 
 def _run_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> NoReturn:
@@ -664,7 +680,8 @@ def _run_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> NoReturn
     _setup_logging(opts)
     ctx.exit(drain.run_until_signal(
         lambda: _serve_relay(server, port, opts["metrics"]), loop_factory,
-        drain=drain.relay_drain(server), drain_timeout=opts["drain_timeout"]))
+        drain=drain.relay_drain(server), drain_timeout=opts["drain_timeout"],
+        on_drain=lambda: sdnotify.stopping("draining")))
 
 
 def _run_forward(ctx: click.Context, host: str, port: int, services: Sequence[Service],
@@ -674,7 +691,8 @@ def _run_forward(ctx: click.Context, host: str, port: int, services: Sequence[Se
     _setup_logging(opts)
     ctx.exit(drain.run_until_signal(
         lambda: _run_forwarders(forwarders, opts["metrics"]), loop_factory,
-        drain=drain.forwarder_drain(forwarders), drain_timeout=opts["drain_timeout"]))
+        drain=drain.forwarder_drain(forwarders), drain_timeout=opts["drain_timeout"],
+        on_drain=lambda: sdnotify.stopping("draining")))
 
 
 async def _run_forwarders(forwarders: Sequence[Forwarder],
@@ -713,6 +731,7 @@ async def _serve_relay(server: RelayServer, port: int,
     except OSError as exc:
         logger.error("cannot listen on port %d: %s", port, exc.strerror or exc)
         return 1
+    sdnotify.ready(f"serving relay requests on port {server.port}")
     try:
         async with metrics.exposed(metrics_address, metrics.RelayCollector(server),
                                    lambda: metrics.relay_status(server)):

@@ -58,7 +58,7 @@ def run_until_signal(
     *,
     drain: Drain | None = None,
     drain_timeout: float = 0.0,
-    on_drain: Callable[[], None] | None = None,
+    on_drain: Callable[[], object] | None = None,
 ) -> int:
     """Run ``main()`` in a fresh event loop until it returns or a signal stops it.
 

@@ -15,7 +15,9 @@ header before the first byte.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import random
 import ssl
 import sys
@@ -62,9 +64,19 @@ class Backoff:
         self.attempt = 0
 
 
-def _print_endpoint(endpoint: str) -> None:
-    sys.stdout.write(endpoint + "\n")
-    sys.stdout.flush()
+def print_endpoint(endpoint: str) -> None:
+    """Print the endpoint; a closed stdout (``relay ... | head -1``) is logged, not fatal."""
+    try:
+        sys.stdout.write(endpoint + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError) as exc:  # BrokenPipeError; ValueError: stdout was closed
+        logger.warning("cannot print the endpoint to stdout (%s); forwarding goes on and "
+                       "endpoints are only logged from now on", exc,
+                       extra={"endpoint": endpoint})
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # later writes and the exit flush succeed
+            os.close(devnull)
 
 
 @dataclass
@@ -87,7 +99,7 @@ class Forwarder:
     ssl: ssl.SSLContext | None = None
     proxy_protocol: int | None = None
     """Send a PROXY protocol header of this version (1 or 2) to the local service."""
-    on_endpoint: Callable[[str], None] = field(default=_print_endpoint)
+    on_endpoint: Callable[[str], None] = field(default=print_endpoint)
     """Called with ``HOST:PORT`` after every successful registration (default: print it)."""
     server: RelayedServer | None = field(default=None, init=False)
     name: str | None = None

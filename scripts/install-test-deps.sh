@@ -19,6 +19,7 @@ APT_PACKAGES=(
     haproxy
     nginx-light
     libnginx-mod-stream
+    systemd
 )
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

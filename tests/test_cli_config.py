@@ -162,3 +162,31 @@ def test_config_file_forwards_several_services(procs, tmp_path):
     forwarder.send_signal(signal.SIGTERM)
     assert forwarder.wait(10) == 0
     wait_until(lambda: all(connection_refused(p) for p in ports), timeout=10)
+
+
+def test_closed_stdout_is_logged_and_the_forwarder_goes_on(procs, tmp_path):
+    """``relay forward ... | head -1``: after the reader is gone, reconnects still work."""
+    _, echo_port = procs.script(ECHO_SCRIPT, "0", name="echo")
+    relay, relay_port = procs.relay()
+    log = tmp_path / "forwarder.log"
+    with log.open("w") as stderr:
+        forwarder = subprocess.Popen(
+            [*relay_command(), "forward", "--reconnect-delay", "0.2", str(echo_port),
+             f"{HOST}:{relay_port}"], stdout=subprocess.PIPE, stderr=stderr,
+            stdin=subprocess.DEVNULL, text=True)
+    try:
+        first = forwarder.stdout.readline().strip()  # what head -1 reads
+        forwarder.stdout.close()  # ... and then head exits
+        assert ENDPOINT.match(first)
+        relay.send_signal(signal.SIGINT)  # the relay restarts: the forwarder prints again
+        relay.wait(10)
+        relay, _ = procs.relay(port=relay_port)
+        wait_until(lambda: "cannot print the endpoint to stdout" in log.read_text(), timeout=15)
+        wait_until(lambda: log.read_text().count("public endpoint") >= 2, timeout=15)
+        endpoint = log.read_text().rsplit("public endpoint ", 1)[1].split()[0]
+        assert echo_roundtrip(int(endpoint.rsplit(":", 1)[1])) == b"ping through the relay\n"
+        assert forwarder.poll() is None
+    finally:
+        forwarder.send_signal(signal.SIGTERM)
+        assert forwarder.wait(10) == 0
+    assert "Traceback" not in log.read_text()
