@@ -33,6 +33,7 @@ from .forwarder import (
     print_endpoint,
 )
 from .net import format_endpoint
+from .notify import NotifyRelay
 from .server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -48,7 +49,7 @@ PORT = click.IntRange(1, 65535)
 SECONDS = click.FloatRange(min=0, min_open=True)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
-PROTOCOLS = ("yamux",)
+PROTOCOLS = ("yamux", "notify")
 """Registration protocols of ``relay server --protocol``; the first is the default (the seed's)."""
 EXIT_SIGINT = drain.EXIT_SIGINT
 ENV_PREFIX = "RELAY_"
@@ -198,7 +199,9 @@ option("--handshake-timeout", type=SECONDS, default=DEFAULT_HANDSHAKE_TIMEOUT,
        show_default=True, metavar="SECONDS", group=RELAY,
        help="A registering side must answer a yamux ping within this, or it is dropped.")
 option("--protocol", type=click.Choice(PROTOCOLS), default=PROTOCOLS[0], show_default=True,
-       group=RELAY, help="Registration protocol: yamux is the seed's (port line, then yamux).")
+       group=RELAY, help="Registration protocol: yamux is the seed's (port line, then yamux); "
+                         "notify the first seed design ([NEW]<port> lines, the server dials "
+                         "back, one TCP connection per client; docs/notify-protocol.md).")
 
 # -- forwarder options
 option("--local-forward-host", default=DEFAULT_LOCAL_HOST, show_default=True, metavar="HOST",
@@ -625,13 +628,19 @@ def _yamux_config(opts: dict[str, Any]) -> yamux.Config:
         raise click.UsageError(str(exc)) from None
 
 
-def build_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> RelayServer:
+def build_server(ctx: click.Context, port: int,
+                 opts: dict[str, Any]) -> RelayServer | NotifyRelay:
     """The relay that ``relay server`` runs, from the merged options."""
     found = loaded_config(ctx)
     if found is not None and found.clients:
         raise click.UsageError(
             f"{found.path}: [[server.clients]] needs registration authentication, which this "
             f"relay does not support yet", ctx)
+    if opts["protocol"] == "notify":
+        return NotifyRelay(
+            port, host=opts["bind"], port_range=opts["port_range"],
+            max_sessions=opts["max_sessions"], max_connections=opts["max_connections"],
+            handshake_timeout=opts["handshake_timeout"])
     return RelayServer(
         port, host=opts["bind"], port_range=opts["port_range"],
         max_sessions=opts["max_sessions"], max_connections=opts["max_connections"],
@@ -723,7 +732,7 @@ def _setup_logging(opts: dict[str, Any]) -> None:
     logs.setup(level, opts["log_format"], connection_log=opts["connection_log"])
 
 
-async def _serve_relay(server: RelayServer, port: int,
+async def _serve_relay(server: RelayServer | NotifyRelay, port: int,
                        metrics_address: tuple[str, int] | None) -> int:
     from . import metrics
     try:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from .forwarder import Forwarder
+from .notify import NotifyRelay
 from .server import RelayServer
 
 logger = logging.getLogger("relay.drain")
@@ -36,7 +37,7 @@ class Drain:
     wait_idle: Callable[[], Awaitable[None]]
 
 
-def relay_drain(server: RelayServer) -> Drain:
+def relay_drain(server: RelayServer | NotifyRelay) -> Drain:
     return Drain(server.drain, server.wait_idle)
 
 

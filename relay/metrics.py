@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from .forwarder import Forwarder
 from .net import format_endpoint
+from .notify import NotifyRelay
 from .server import RelayServer
 
 logger = logging.getLogger("relay.metrics")
@@ -41,7 +42,7 @@ def service_label(public_port: int, client: str | None = None) -> str:
 class RelayCollector(Collector):
     """Every relay_* family, from ``RelayServer.sessions`` and ``RelayServer.stats``."""
 
-    def __init__(self, server: RelayServer) -> None:
+    def __init__(self, server: RelayServer | NotifyRelay) -> None:
         self.server = server
 
     def collect(self) -> Iterator[Metric]:
@@ -104,7 +105,7 @@ class RelayCollector(Collector):
                                 1 if server.draining else 0)
 
 
-def relay_status(server: RelayServer) -> dict[str, Any]:
+def relay_status(server: RelayServer | NotifyRelay) -> dict[str, Any]:
     """``/status`` of a relay: every registration."""
     return {
         "role": "relay",
