@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable
 
 from .config import Config
-from .const import HEADER_SIZE, Flag, FrameType, GoAwayCode
+from .const import HEADER_SIZE, INITIAL_STREAM_WINDOW, Flag, FrameType, GoAwayCode
 from .errors import (
     ControlQueueFullError,
     GoAwayError,
@@ -42,6 +42,7 @@ from .events import (
     StreamReset,
     WindowUpdated,
 )
+from .flow import WindowTuner
 from .frame import Frame, FrameDecoder, encode_header
 from .stream_state import OpenState, StreamState
 
@@ -68,6 +69,13 @@ class Connection:
         self._finished: list[int] = []
         self._decoder = FrameDecoder(max(self.config.max_frame_size,
                                          self.config.max_stream_window_size))
+        self.tuner: WindowTuner | None = None
+        """Receive-window auto-tuning (Config.window_autotune); the adapter feeds its RTT."""
+        self._stream_window = self.config.max_stream_window_size
+        if self.config.window_autotune:
+            self.tuner = WindowTuner(self.config.max_stream_window_size,
+                                     self.config.max_session_window)
+            self._stream_window = INITIAL_STREAM_WINDOW
         self._ping_id = 0
         self.unacked_outbound = 0
         """Our opens awaiting ACK; open_stream should wait while this reaches the backlog."""
@@ -109,6 +117,15 @@ class Connection:
         st = self._streams.get(stream_id)
         return st.send.credit if st is not None else 0
 
+    def silent_streams(self) -> list[int]:
+        """Streams that received no frame since the previous call; starts a new period."""
+        silent = []
+        for stream_id, st in self._streams.items():
+            if not st.heard:
+                silent.append(stream_id)
+            st.heard = False
+        return silent
+
     def pending_bytes(self, stream_id: int) -> int:
         """Bytes written to a stream and not yet framed."""
         st = self._streams.get(stream_id)
@@ -128,8 +145,7 @@ class Connection:
         if stream_id > _MAX_STREAM_ID:
             raise SessionError("stream ids exhausted on this session")
         self._next_id += 2
-        st = StreamState(stream_id, OpenState.SYN_SENT, self.config.max_stream_window_size)
-        self._streams[stream_id] = st
+        st = self._new_stream(stream_id, OpenState.SYN_SENT)
         self.unacked_outbound += 1
         self._queue_control(encode_header(_WINDOW_UPDATE, _SYN, stream_id, st.recv.initial_grant()))
         return stream_id
@@ -173,12 +189,15 @@ class Connection:
         if not self.closed:
             self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
 
-    def consume(self, stream_id: int, length: int) -> None:
-        """The application took ``length`` received bytes; maybe queue a window update."""
+    def consume(self, stream_id: int, length: int, now: float = 0.0) -> None:
+        """The application took ``length`` received bytes; maybe queue a window update.
+
+        ``now`` (seconds, any clock) matters only to window auto-tuning.
+        """
         st = self._streams.get(stream_id)
         if st is None or self.closed:
             return
-        delta = st.recv.consume(length)
+        delta = st.recv.consume(length, self.tuner, now)
         if delta and not st.remote_fin:
             self._queue_control(encode_header(_WINDOW_UPDATE, 0, stream_id, delta))
 
@@ -311,6 +330,7 @@ class Connection:
             self.discarded_frames += 1
             self.discarded_bytes += len(frame.body)
             return
+        st.heard = True
         if flags & _ACK and st.open_state is OpenState.SYN_SENT:
             st.open_state = OpenState.ESTABLISHED
             if st.leave_backlog():
@@ -368,8 +388,7 @@ class Connection:
             self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
             events.append(StreamRefused(stream_id, refusal))
             return None
-        st = StreamState(stream_id, OpenState.SYN_RECEIVED, self.config.max_stream_window_size)
-        self._streams[stream_id] = st
+        st = self._new_stream(stream_id, OpenState.SYN_RECEIVED)
         self.unaccepted_inbound += 1
         events.append(StreamOpened(stream_id))
         return st
@@ -421,8 +440,16 @@ class Connection:
                 pending[0] = view[size:]
                 size = 0
 
+    def _new_stream(self, stream_id: int, open_state: OpenState) -> StreamState:
+        st = StreamState(stream_id, open_state, self._stream_window)
+        self._streams[stream_id] = st
+        if self.tuner is not None:
+            self.tuner.used += self._stream_window
+        return st
+
     def _forget(self, st: StreamState) -> None:
-        self._streams.pop(st.id, None)
+        if self._streams.pop(st.id, None) is not None and self.tuner is not None:
+            self.tuner.used -= st.recv.max_window
         self._sendable.pop(st.id, None)
         st.pending.clear()
         st.pending_bytes = 0

@@ -8,7 +8,9 @@ all and closes the transport.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,6 +20,7 @@ from .connection import Connection
 from .const import HEADER_SIZE, GoAwayCode
 from .errors import (
     ConnectionWriteTimeoutError,
+    ControlQueueFullError,
     GoAwayError,
     KeepaliveTimeoutError,
     SessionClosedError,
@@ -49,6 +52,9 @@ FLUSH_BUDGET = 256 * 1024
 PAUSED_CONTROL_ALLOWANCE = 64 * 1024
 """Control bytes still handed to a paused transport (a pong need not wait for resume);
 beyond it they wait in the core's bounded queue."""
+
+_PEER_GONE = (KeepaliveTimeoutError, ConnectionWriteTimeoutError, ControlQueueFullError)
+"""Ends after which the peer reads nothing more: the transport is aborted, not flushed."""
 
 
 class _SessionProtocol(asyncio.Protocol):
@@ -105,6 +111,10 @@ class Session:
         self._open_waiters: deque[asyncio.Future[None]] = deque()
         self._drain_waiting: dict[int, Stream] = {}
         self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
+        self._last_heard = self._loop.time()
+        """When bytes last arrived from the peer: any frame is proof of life."""
+        self.rtt: float | None = None
+        """Smoothed round-trip time of the keepalive pings, once one was answered."""
         self._write_paused = False
         self._paused_control = 0
         """Control bytes written since the transport paused."""
@@ -112,6 +122,7 @@ class Session:
         self._abort_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._watching_abandoned = False
         self._closed = self._loop.create_future()
         self._go_away: asyncio.Future[None] = self._loop.create_future()
         self.close_reason: YamuxError | None = None
@@ -253,6 +264,7 @@ class Session:
             return
         if code == GoAwayCode.NORMAL:
             self._core.go_away(code)
+            self._watch_abandoned_streams()
             self._flush()
         else:
             self._shutdown(SessionClosedError(f"we sent go away code {code}"), code)
@@ -286,7 +298,7 @@ class Session:
 
     def _consume(self, stream_id: int, length: int) -> None:
         core = self._core
-        core.consume(stream_id, length)
+        core.consume(stream_id, length, self._loop.time())
         if core.has_control:
             self._flush()
 
@@ -315,10 +327,21 @@ class Session:
     # ------------------------------------------------------ transport events
     def _connection_made(self, transport: asyncio.WriteTransport) -> None:
         self._transport = transport
+        lowat = self.config.tcp_notsent_lowat
+        sock = transport.get_extra_info("socket")
+        if (lowat and sock is not None and sock.type == socket.SOCK_STREAM
+                and sock.family in (socket.AF_INET, socket.AF_INET6)):
+            # Unsent bytes in the kernel are out of our reach: keep them few, so a pong
+            # never waits behind megabytes of bulk data (keepalive on slow links).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, lowat)
         if self.config.enable_keepalive:
             self._spawn(self._keepalive(), name="yamux-keepalive")
+        tuner = self._core.tuner
+        if tuner is not None and tuner.can_grow:
+            self._spawn(self._measure_rtt(), name="yamux-rtt")
 
     def _data_received(self, data: bytes) -> None:
+        self._last_heard = self._loop.time()
         streams = self._streams
         for event in self._core.receive_data(data):
             kind = type(event)
@@ -360,6 +383,7 @@ class Session:
                               "peer sent go away: no new streams on this session")
                 if not self._go_away.done():
                     self._go_away.set_result(None)
+                self._watch_abandoned_streams()
                 self._wake_openers(force=True)
             elif kind is SessionTerminated:
                 self._shutdown(event.error)
@@ -477,21 +501,81 @@ class Session:
         )
         self._reset_stream(stream)
 
+    def _watch_abandoned_streams(self) -> None:
+        """After Go Away either way, start resetting streams the peer went silent on (once)."""
+        if self.config.go_away_timeout and not self._watching_abandoned:
+            self._watching_abandoned = True
+            self._spawn(self._reset_abandoned_streams(), name="yamux-go-away-watch")
+
+    async def _reset_abandoned_streams(self) -> None:
+        """Every go_away_timeout, reset the streams that got no frame during the last one.
+
+        A libp2p peer drops its streams on Go Away without FIN or RST and keeps the
+        socket (and may go on answering pings), so such streams would wait forever.
+        A stream the peer still sends anything on (data, window updates) goes on.
+        """
+        timeout = self.config.go_away_timeout
+        core = self._core
+        core.silent_streams()
+        while True:
+            await asyncio.sleep(timeout)
+            silent = core.silent_streams()
+            for stream_id in silent:
+                reason = (f"no frame from the peer for {timeout:g} s after go away "
+                          f"(the peer abandoned the stream)")
+                self._log.log(logging.WARNING, "go-away-abandoned", "stream %d: %s; resetting",
+                              stream_id, reason)
+                core.reset_stream(stream_id)
+                stream = self._streams.get(stream_id)
+                if stream is not None:
+                    self._drop_reset(stream, reason)
+            if silent:
+                self._flush()
+                self._wake_openers()
+
     async def _keepalive(self) -> None:
+        """Ping every keepalive_interval; dead only if nothing at all arrives for the timeout.
+
+        A pong can wait behind the peer's queued bulk data on a slow link, but that
+        data arriving proves the peer alive; so the deadline is keepalive_timeout
+        after the ping or after the last bytes received, whichever is later.
+        """
         interval = self.config.keepalive_interval
-        timeout = self.config.connection_write_timeout
+        timeout = self.config.keepalive_timeout
+        loop = self._loop
         while True:
             await asyncio.sleep(interval)
+            opaque = self._core.ping()
+            sent = loop.time()
+            future: asyncio.Future[float] = loop.create_future()
+            self._pings[opaque] = (future, sent)
+            self._flush()
             try:
-                async with asyncio.timeout(timeout):
-                    await self.ping()
-            except TimeoutError:
-                self._shutdown(KeepaliveTimeoutError(
-                    f"keepalive failed: no answer to a ping within {timeout} s"
-                ))
-                return
-            except SessionClosedError:
-                return
+                while not future.done():
+                    remaining = max(sent, self._last_heard) + timeout - loop.time()
+                    if remaining <= 0:
+                        self._shutdown(KeepaliveTimeoutError(
+                            f"keepalive failed: nothing from the peer within {timeout:g} s "
+                            f"of a ping"
+                        ))
+                        return
+                    await asyncio.wait([future], timeout=remaining)
+            finally:
+                self._pings.pop(opaque, None)
+                ended = future.done() and future.exception() is not None  # also if cancelled
+            if ended:
+                return  # the session ended; close_reason says why
+            self._record_rtt(future.result())
+
+    async def _measure_rtt(self) -> None:
+        """One ping at the start, so window auto-tuning need not wait for the keepalive."""
+        with contextlib.suppress(SessionClosedError):
+            self._record_rtt(await self.ping())
+
+    def _record_rtt(self, rtt: float) -> None:
+        self.rtt = rtt if self.rtt is None else 0.875 * self.rtt + 0.125 * rtt
+        if self._core.tuner is not None:
+            self._core.tuner.rtt = self.rtt
 
     # --------------------------------------------------------------- shutdown
     def _shutdown(self, error: YamuxError, code: int | None = None) -> None:
@@ -532,6 +616,9 @@ class Session:
         if transport is None:
             if not self._closed.done():
                 self._closed.set_result(None)
+            return
+        if isinstance(error, _PEER_GONE):
+            transport.abort()  # nothing would reach the peer: do not wait to flush
             return
         transport.close()
         self._abort_timer = self._loop.call_later(
