@@ -24,6 +24,7 @@ import yamux
 
 from . import config as config_file
 from . import drain, logs, sdnotify
+from .auth import AuthClient, AuthConfigError, parse_auth_clients
 from .forwarder import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_LOCAL_HOST,
@@ -683,10 +684,15 @@ def build_server(ctx: click.Context, port: int,
                  opts: dict[str, Any]) -> RelayServer | NotifyRelay:
     """The relay that ``relay server`` runs, from the merged options."""
     found = loaded_config(ctx)
+    auth_clients: dict[str, AuthClient] | None = None
     if found is not None and found.clients:
-        raise click.UsageError(
-            f"{found.path}: [[server.clients]] needs registration authentication, which this "
-            f"relay does not support yet", ctx)
+        if opts["protocol"] == "notify":
+            raise click.UsageError(f"{found.path}: [[server.clients]]: the notify protocol has "
+                                   f"no authentication", ctx)
+        try:
+            auth_clients = parse_auth_clients(found.clients, base=found.path.parent)
+        except AuthConfigError as exc:
+            raise click.UsageError(f"{found.path}: [[server.clients]]: {exc}", ctx) from None
     if opts["protocol"] == "notify":
         return NotifyRelay(
             port, host=opts["bind"], port_range=opts["port_range"],
@@ -696,6 +702,7 @@ def build_server(ctx: click.Context, port: int,
         port, host=opts["bind"], port_range=opts["port_range"],
         max_sessions=opts["max_sessions"], max_connections=opts["max_connections"],
         handshake_timeout=opts["handshake_timeout"], yamux_config=_yamux_config(opts),
+        auth_clients=auth_clients,  # type: ignore[arg-type]
         limits=Limits(
             idle_timeout=opts["idle_timeout"],
             max_connections_per_source=opts["max_connections_per_source"],

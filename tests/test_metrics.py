@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -11,7 +12,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay_support import ECHO_SCRIPT, HOST, echo_roundtrip, free_port
+from relay_support import ECHO_SCRIPT, HOST, echo_roundtrip, free_port, relay_command
 
 METRICS = r"metrics on http://([\d.]+:\d+)/metrics"
 
@@ -106,3 +107,37 @@ def test_curl_scrapes_metrics_and_status(procs):
                               f"http://{HOST}:{port}/nothing"], capture_output=True, text=True,
                              timeout=10)
     assert missing.stdout == "404"
+
+
+async def test_config_file_auth_clients_and_refusal_metrics(procs, tmp_path):
+    """[[server.clients]] in the config file authenticate; failures and refusals are counted."""
+    import relay
+    from relay.handshake import AuthenticationError
+
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[server]\nbind = "{HOST}"\nmax-sessions = 1\n'
+                      f'max-pending-registrations-per-source = 0\nmetrics = "{HOST}:0"\n'
+                      '[[server.clients]]\nname = "alice"\nsecret = "alice-secret-1"\n')
+    port = free_port()
+    proc = procs.start([*relay_command(), "server", "--config", str(config), str(port)], "relay")
+    _, match = await proc.await_line(METRICS)
+    endpoint = match.group(1)
+    with pytest.raises(AuthenticationError):
+        await relay.start_server(lambda r, w: None, HOST, port, secret="wrong-secret-1",
+                                 name="alice")
+    server = await relay.start_server(lambda r, w: None, HOST, port, secret="alice-secret-1",
+                                      name="alice")
+    try:
+        with pytest.raises(relay.RelayRefusedError, match="relay is full"):
+            await relay.start_server(lambda r, w: None, HOST, port, secret="alice-secret-1",
+                                     name="alice")
+        samples = await asyncio.to_thread(scrape, endpoint)
+        assert samples[("relay_auth_failures_total", ())] == 1
+        assert samples[("relay_registrations_refused_total", (("reason", "relay_full"),))] == 1
+        (registration,) = (await asyncio.to_thread(status, endpoint))["registrations"]
+        assert registration["client"] == "alice"
+        assert ("relay_service_bytes_total", (("direction", "in"), ("service", "alice"))) \
+            in samples
+    finally:
+        server.close()
+        await server.wait_closed()
