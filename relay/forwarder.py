@@ -94,16 +94,17 @@ class Forwarder:
     yamux_config: yamux.Config | None = None
     secret: str | bytes | None = None
     name: str | None = None
+    """The name it registers under (registration v2), also its label in metrics and status."""
     public_port: int | None = None
     """Ask the relay for this public port (registration v2)."""
     ssl: ssl.SSLContext | None = None
+    tls_server_name: str | None = None
+    """The name the relay's certificate must carry (default: ``relay_host``)."""
     proxy_protocol: int | None = None
     """Send a PROXY protocol header of this version (1 or 2) to the local service."""
     on_endpoint: Callable[[str], None] = field(default=print_endpoint)
     """Called with ``HOST:PORT`` after every successful registration (default: print it)."""
     server: RelayedServer | None = field(default=None, init=False)
-    name: str | None = None
-    """The service's name (config file), for logs, metrics and status."""
     traffic: Traffic = field(default_factory=Traffic, init=False)
     """Streams and bytes, for metrics: socket -> stream is from the local service."""
     registrations_total: int = field(default=0, init=False)
@@ -129,6 +130,8 @@ class Forwarder:
                     config=self.yamux_config, connect_timeout=self.connect_timeout,
                     secret=self.secret, name=self.name, public_port=self.public_port,
                     client_address=self.proxy_protocol is not None, ssl=self.ssl,
+                    **({"server_hostname": self.tls_server_name}
+                       if self.ssl is not None and self.tls_server_name else {}),
                 )
             except AuthenticationError as exc:
                 logger.error("relay %s: %s (check --secret / RELAY_SECRET)",
