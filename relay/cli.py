@@ -681,6 +681,7 @@ class Service:
     local_port: int
     local_host: str | None = None
     name: str | None = None
+    public_port: int | None = None
 
 
 def _file_services(ctx: click.Context, found: config_file.ConfigFile) -> list[Service]:
@@ -699,6 +700,8 @@ def _file_services(ctx: click.Context, found: config_file.ConfigFile) -> list[Se
         services.append(Service(
             _port_argument(ctx, str(table["local_port"]), "local-port"),
             local_host=table.get("local_host"), name=table.get("name"),
+            public_port=(_port_argument(ctx, str(table["public_port"]), "public-port")
+                         if "public_port" in table else None),
         ))
     return services
 
@@ -817,7 +820,7 @@ def build_forwarders(ctx: click.Context, host: str, port: int, services: Sequenc
             secret=secret, name=service.name or opts["client_name"], ssl=tls,
             tls_server_name=opts["tls_server_name"],
             proxy_protocol=PROXY_VERSIONS.get(opts["proxy_protocol"] or ""),
-            on_endpoint=_ReadyWhenAllRegistered(len(services)),
+            public_port=service.public_port, on_endpoint=_ReadyWhenAllRegistered(len(services)),
         )
         for service in services
     ]

@@ -190,3 +190,20 @@ def test_closed_stdout_is_logged_and_the_forwarder_goes_on(procs, tmp_path):
         forwarder.send_signal(signal.SIGTERM)
         assert forwarder.wait(10) == 0
     assert "Traceback" not in log.read_text()
+
+
+def test_config_file_service_asks_for_its_public_port(procs, tmp_path):
+    """A [[forward.services]] public-port is requested from a v2 relay (a secret)."""
+    _, echo_port = procs.script(ECHO_SCRIPT, "0", name="echo")
+    secret = "config-file-secret"
+    relay, relay_port = procs.relay("--secret", secret)
+    wanted = free_port()
+    config = tmp_path / "services.toml"
+    config.write_text(f'[forward]\nrelay = "{HOST}:{relay_port}"\nsecret = "{secret}"\n'
+                      f'[[forward.services]]\nname = "echo"\nlocal-port = {echo_port}\n'
+                      f'public-port = {wanted}\n')
+    forwarder = procs.start([*relay_command(), "forward", "--config", str(config)], "forwarder")
+    _, match = forwarder.wait_line(ENDPOINT, stream="stdout")
+    assert int(match.group(1)) == wanted
+    assert echo_roundtrip(wanted) == b"ping through the relay\n"
+    relay.wait_line(r"client echo")
