@@ -32,7 +32,13 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .auth import FailureLimiter
-from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
+from .net import (
+    LISTEN_BACKLOG,
+    BindAddress,
+    format_endpoint,
+    listening_port,
+    resolve_bind_address,
+)
 from .pipe import PipeResult
 from .protocol import error_line, port_line
 from .server import (
@@ -127,9 +133,7 @@ class NotifyRelay:
 
     @property
     def port(self) -> int:
-        if self._control is None or not self._control.sockets:
-            raise RuntimeError("the relay is not listening")
-        return int(self._control.sockets[0].getsockname()[1])
+        return listening_port(self._control)
 
     @property
     def sessions(self) -> list[SessionInfo]:

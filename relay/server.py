@@ -39,7 +39,13 @@ from yamux.ratelimit import RateLimitedLog
 
 from .auth import Authenticator, FailureLimiter, PortSet, watch_auth_file
 from .limits import IdleWatch, Limits, SourceSlots, share, source_of
-from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
+from .net import (
+    LISTEN_BACKLOG,
+    BindAddress,
+    format_endpoint,
+    listening_port,
+    resolve_bind_address,
+)
 from .pipe import PipeResult, SocketEnd, pipe
 from .protocol import RegistrationError, error_line, port_line
 from .proxy_protocol import addresses_of, v2_header
@@ -274,9 +280,7 @@ class RelayServer:
     @property
     def port(self) -> int:
         """The control port."""
-        if self._control is None or not self._control.sockets:
-            raise RuntimeError("the relay is not listening")
-        return int(self._control.sockets[0].getsockname()[1])
+        return listening_port(self._control)
 
     @property
     def sessions(self) -> list[SessionInfo]:
