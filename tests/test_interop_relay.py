@@ -28,16 +28,8 @@ import asyncio
 import contextlib
 import hashlib
 import os
-<<<<<<< HEAD
 import subprocess
 import sys
-=======
-import re
-import socket
-import subprocess
-import sys
-import time
->>>>>>> bench
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -49,13 +41,8 @@ from conftest import require_program
 import relay
 import yamux
 from interop import harness
-<<<<<<< HEAD
 from relay_support import Processes, connection_refused, wait_until
 from testkit.ports import free_port
-=======
-from testkit.ports import free_port
-from testkit.procs import Proc, ProcessError
->>>>>>> bench
 
 pytestmark = [pytest.mark.interop, pytest.mark.e2e]
 
@@ -80,22 +67,16 @@ def go_programs() -> None:
 class Stack:
     """Every process and container of one test; ``close`` removes them all.
 
-<<<<<<< HEAD
     Local programs (relay and forwarder CLIs, redis, http.server) are testkit
     processes of a ``Processes`` group; the Go programs are harness handles.
     """
 
     def __init__(self, procs: Processes) -> None:
         self.procs = procs
-=======
-    def __init__(self) -> None:
-        self.programs: list[Proc] = []
->>>>>>> bench
         self.go: list[harness.GoProcess] = []
 
     # -- local programs
 
-<<<<<<< HEAD
     def redis(self) -> int:
         return self.procs.redis(require_program("redis-server"))[1]
 
@@ -103,59 +84,16 @@ class Stack:
         port = free_port()
         self.procs.start([sys.executable, "-m", "http.server", "--bind", HOST, "--directory",
                           str(directory), str(port)], "http.server")
-=======
-    def start(self, name: str, args: list[str]) -> Proc:
-        program = Proc(args, name)
-        self.programs.append(program)
-        return program
-
-    def redis(self) -> int:
-        server = require_program("redis-server")
-        port = free_port()
-        self.start("redis-server", [server, "--port", str(port), "--bind", HOST, "--save", "",
-                                    "--appendonly", "no", "--daemonize", "no"])
-        wait_tcp(port)
-        return port
-
-    def http_server(self, directory: Path) -> int:
-        port = free_port()
-        self.start("http.server", [sys.executable, "-m", "http.server", "--bind", HOST,
-                                   "--directory", str(directory), str(port)])
->>>>>>> bench
         wait_tcp(port)
         return port
 
     def python_relay(self) -> int:
         """``relay PORT`` (our CLI); returns the control port it serves on."""
-<<<<<<< HEAD
         return self.procs.relay()[1]
 
     def python_forwarder(self, relay_port: int, local_port: int) -> int:
         """``relay --localForwardPort=P HOST PORT``; returns the public port it printed."""
         return self.procs.forwarder(relay_port, local_port)[1]
-=======
-        for _ in range(3):  # a free port may be taken in between: retry
-            port = free_port()
-            prog = self.start("python relay", [sys.executable, "-m", "relay", "--bind", HOST,
-                                               str(port)])
-            try:
-                prog.wait_line(rf"Serving relay requests on port {port}\b",
-                               timeout=START_TIMEOUT)
-                return port
-            except ProcessError:
-                if prog.alive():
-                    raise
-        raise AssertionError("the Python relay did not start\n" + self.describe())
-
-    def python_forwarder(self, relay_port: int, local_port: int) -> int:
-        """``relay --localForwardPort=P HOST PORT``; returns the public port it printed."""
-        prog = self.start("python forwarder", [
-            sys.executable, "-m", "relay", f"--localForwardPort={local_port}", HOST,
-            str(relay_port)])
-        _, match = prog.wait_line(rf"^{re.escape(HOST)}:(\d+)$", stream="stdout",
-                                  timeout=START_TIMEOUT)
-        return int(match.group(1))
->>>>>>> bench
 
     # -- Go programs
 
@@ -292,12 +230,7 @@ def test_go_relay_python_forwarder(
     assert redis_public != http_public
     redis_traffic(redis_public, redis_port)
     http_traffic(http_public, blob)
-<<<<<<< HEAD
     stack.all_running()
-=======
-    for prog in stack.programs:
-        assert prog.alive(), f"{prog.name} exited\n{prog.describe()}"
->>>>>>> bench
 
 
 def test_python_relay_go_forwarder(
@@ -317,11 +250,7 @@ def test_python_relay_go_forwarder(
     assert redis_public != http_public
     redis_traffic(redis_public, redis_port)
     http_traffic(http_public, blob)
-<<<<<<< HEAD
     stack.all_running()
-=======
-    assert stack.programs[0].alive(), "the Python relay exited"
->>>>>>> bench
 
 
 async def _pipe(reader: yamux.Stream | asyncio.StreamReader,
