@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -913,9 +914,32 @@ async def _serve_relay(server: RelayServer | NotifyRelay, port: int,
     return 0
 
 
+def _json_requested(argv: Sequence[str]) -> bool:
+    """``--log-format json`` on the command line or in RELAY_LOG_FORMAT (before parsing)."""
+    for i, arg in enumerate(argv):
+        if arg == "--log-format=json" or (arg == "--log-format" and argv[i + 1:i + 2] == ["json"]):
+            return True
+    return os.environ.get(ENV_PREFIX + "LOG_FORMAT") == "json"
+
+
 def main() -> None:
-    """Console script entry point (``relay``)."""
+    """Console script entry point (``relay``).
+
+    With ``--log-format json`` a usage error is one JSON log line too, so that
+    every stderr line stays a JSON object; otherwise click prints it as usual.
+    """
+    argv = sys.argv[1:]
     try:
-        cli.main(prog_name="relay")
-    except KeyboardInterrupt:
+        code = cli.main(argv, prog_name="relay", standalone_mode=False)
+    except click.ClickException as exc:
+        if not _json_requested(argv):
+            exc.show()
+        else:
+            logs.setup("info", "json")
+            usage = exc.ctx.get_usage() if isinstance(exc, click.UsageError) and exc.ctx else None
+            logger.error("%s", exc.format_message(),
+                         extra={"exit_code": exc.exit_code, "usage": usage})
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
         sys.exit(EXIT_SIGINT)
+    sys.exit(code if isinstance(code, int) else 0)
