@@ -567,6 +567,9 @@ def _forward(ctx: click.Context, args: tuple[str, ...], **opts: Any) -> None:
     elif not args and found is not None and "relay" in file_forward:
         host, port = _relay_address(ctx, (str(file_forward["relay"]),))
         services = _file_services(ctx, found)
+    elif len(args) == 1 and found is not None and "relay" in file_forward:
+        host, port = _relay_address(ctx, (str(file_forward["relay"]),))
+        services = [Service(_port_argument(ctx, args[0], "LOCAL_PORT"))]
     elif len(args) == 2:
         raise click.UsageError(
             f"got {' '.join(args)}: give LOCAL_PORT and the relay as HOST PORT or HOST:PORT, "

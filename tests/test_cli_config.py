@@ -207,3 +207,14 @@ def test_config_file_service_asks_for_its_public_port(procs, tmp_path):
     assert int(match.group(1)) == wanted
     assert echo_roundtrip(wanted) == b"ping through the relay\n"
     relay.wait_line(r"client echo")
+
+
+def test_local_port_argument_with_the_relay_from_the_file(procs, tmp_path):
+    _, echo_port = procs.script(ECHO_SCRIPT, "0", name="echo")
+    _, relay_port = procs.relay()
+    config = tmp_path / "forward.toml"
+    config.write_text(f'[forward]\nrelay = "{HOST}:{relay_port}"\n')
+    forwarder = procs.start([*relay_command(), "forward", "--config", str(config),
+                             str(echo_port)], "forwarder")
+    _, match = forwarder.wait_line(ENDPOINT, stream="stdout")
+    assert echo_roundtrip(int(match.group(1))) == b"ping through the relay\n"
