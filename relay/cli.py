@@ -588,7 +588,7 @@ forward_command = GroupedCommand(
     context_settings=CONTEXT,
     short_help="Run a forwarder: expose LOCAL_PORT through the relay at HOST PORT.",
     usages=("[OPTIONS] LOCAL_PORT HOST PORT", "[OPTIONS] LOCAL_PORT HOST:PORT",
-            "[OPTIONS] --config FILE"),
+            "[OPTIONS] --config FILE [LOCAL_PORT]"),
     params=[click.Argument(["args"], nargs=-1, metavar="LOCAL_PORT HOST PORT"),
             *command_params(FORWARDER, COMMON)],
 )
