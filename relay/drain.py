@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .forwarder import Forwarder
@@ -41,16 +41,12 @@ def relay_drain(server: RelayServer | NotifyRelay) -> Drain:
     return Drain(server.drain, server.wait_idle)
 
 
-def forwarder_drain(forwarders: Sequence[Forwarder]) -> Drain:
-    def start() -> None:
-        for forwarder in forwarders:
-            forwarder.drain()
-
+def forwarder_drain(forwarder: Forwarder) -> Drain:
     async def wait_idle() -> None:
-        for forwarder in forwarders:
-            await forwarder.traffic.wait_idle()
+        for traffic in forwarder.traffic.values():
+            await traffic.wait_idle()
 
-    return Drain(start, wait_idle)
+    return Drain(forwarder.drain, wait_idle)
 
 
 def run_until_signal(

@@ -14,14 +14,16 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .api import RelayedServer
 from .forwarder import Forwarder
+from .forwarder import Service as ForwardedService
 from .net import format_endpoint
 from .notify import NotifyRelay
 from .server import RelayServer
@@ -133,8 +135,8 @@ def relay_status(server: RelayServer | NotifyRelay) -> dict[str, Any]:
 class ForwarderCollector(Collector):
     """relay_forwarder_* families: the forwarder's side of each service."""
 
-    def __init__(self, forwarders: Sequence[Forwarder]) -> None:
-        self.forwarders = forwarders
+    def __init__(self, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
 
     def collect(self) -> Iterator[Metric]:
         registered = GaugeMetricFamily("relay_forwarder_registered",
@@ -159,43 +161,57 @@ class ForwarderCollector(Collector):
         stalls = CounterMetricFamily("relay_forwarder_window_stalls",
                                      "Times a stream paused the local connection because the "
                                      "relay's yamux window was full.", labels=["service"])
-        for fwd in self.forwarders:
-            label = fwd.name or fwd.local_endpoint
-            server = fwd.server
-            registered.add_metric([label], 1 if server is not None else 0)
-            registrations.add_metric([label], fwd.registrations_total)
-            traffic = fwd.traffic
-            streams.add_metric([label], traffic.connections_total)
-            open_streams.add_metric([label], traffic.open_connections)
-            service_bytes.add_metric([label, "in"], traffic.bytes_out)  # stream -> socket
-            service_bytes.add_metric([label, "out"], traffic.bytes_in)
-            failures.add_metric([label], fwd.local_failures)
-            stalls.add_metric([label], traffic.stalls)
-            if server is not None and server.session.last_rtt is not None:
-                rtt.add_metric([label], server.session.last_rtt)
+        for service, server in _services(self.forwarder):
+            label = [service_name(service)]
+            session = server.session if server is not None else None
+            registered.add_metric(label, 1 if server is not None and server.is_serving() else 0)
+            registrations.add_metric(label, server.registrations if server is not None else 0)
+            traffic = self.forwarder.traffic[service]
+            streams.add_metric(label, traffic.connections_total)
+            open_streams.add_metric(label, traffic.open_connections)
+            service_bytes.add_metric([*label, "in"], traffic.bytes_out)  # stream -> socket
+            service_bytes.add_metric([*label, "out"], traffic.bytes_in)
+            failures.add_metric(label, self.forwarder.local_failures[service])
+            stalls.add_metric(label, traffic.stalls)
+            if session is not None and session.last_rtt is not None:
+                rtt.add_metric(label, session.last_rtt)
         yield from (registered, registrations, streams, open_streams, service_bytes, failures,
                     rtt, stalls)
 
 
-def forwarder_status(forwarders: Sequence[Forwarder]) -> dict[str, Any]:
+def service_name(service: ForwardedService) -> str:
+    """A forwarded service's label: its name, else its local endpoint."""
+    return service.name or service.local_endpoint
+
+
+def _services(forwarder: Forwarder) -> list[tuple[ForwardedService, RelayedServer | None]]:
+    servers: list[RelayedServer | None] = list(forwarder.servers)
+    if len(servers) != len(forwarder.services):  # not running (yet, or any more)
+        servers = [None] * len(forwarder.services)
+    return list(zip(forwarder.services, servers, strict=True))
+
+
+def forwarder_status(forwarder: Forwarder) -> dict[str, Any]:
     """``/status`` of a forwarder: each service and its registration."""
-    return {
-        "role": "forwarder",
-        "services": [
-            {
-                "name": fwd.name,
-                "relay": fwd.relay_endpoint,
-                "local": fwd.local_endpoint,
-                "public_endpoint": fwd.server.public_endpoint if fwd.server else None,
-                "since": _iso(fwd.traffic.since),
-                "open_connections": fwd.traffic.open_connections,
-                "bytes_in": fwd.traffic.bytes_out,
-                "bytes_out": fwd.traffic.bytes_in,
-                "keepalive_rtt_seconds": fwd.server.session.last_rtt if fwd.server else None,
-            }
-            for fwd in forwarders
-        ],
-    }
+    services = []
+    for service, server in _services(forwarder):
+        traffic = forwarder.traffic[service]
+        serving = server is not None and server.is_serving()
+        session = server.session if server is not None else None
+        services.append({
+            "name": service.name,
+            "relay": forwarder.relay_endpoint,
+            "local": service.local_endpoint,
+            "public_endpoint": server.public_endpoint if server is not None and serving
+            else None,
+            "registrations": server.registrations if server is not None else 0,
+            "since": _iso(traffic.since),
+            "open_connections": traffic.open_connections,
+            "bytes_in": traffic.bytes_out,
+            "bytes_out": traffic.bytes_in,
+            "keepalive_rtt_seconds": session.last_rtt if session is not None else None,
+        })
+    return {"role": "forwarder", "draining": forwarder.draining, "services": services}
 
 
 def _iso(unix: float) -> str:

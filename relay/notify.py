@@ -40,12 +40,12 @@ from .net import (
     resolve_bind_address,
 )
 from .pipe import PipeResult
+from .ports import NoFreePortError
 from .protocol import error_line, port_line
 from .server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_SESSIONS,
-    NoFreePortError,
     SessionInfo,
 )
 from .stats import RelayStats, Traffic

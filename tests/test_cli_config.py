@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -153,9 +154,12 @@ def test_config_file_forwards_several_services(procs, tmp_path):
         f'[[forward.services]]\nname = "two"\nlocal_port = {other_port}\n'
         f'local-host = "{HOST}"\n')
     forwarder = procs.start([*relay_command(), "forward", "--config", str(config)], "forwarder")
-    first, _ = forwarder.wait_line(ENDPOINT, stream="stdout")
-    index, _ = forwarder.wait_line(ENDPOINT, stream="stdout", after=first + 1)
-    ports = [int(ENDPOINT.match(line).group(1)) for line in forwarder.stdout[:index + 1]]
+    named = re.compile(rf"^(one|two) {re.escape(HOST)}:(\d+)$")  # NAME HOST:PORT each
+    first, _ = forwarder.wait_line(named, stream="stdout")
+    index, _ = forwarder.wait_line(named, stream="stdout", after=first + 1)
+    lines = dict(named.match(line).groups() for line in forwarder.stdout[:index + 1])
+    assert sorted(lines) == ["one", "two"]
+    ports = [int(port) for port in lines.values()]
     assert len(set(ports)) == 2
     for public_port in ports:
         assert echo_roundtrip(public_port) == b"ping through the relay\n"
@@ -193,7 +197,7 @@ def test_closed_stdout_is_logged_and_the_forwarder_goes_on(procs, tmp_path):
 
 
 def test_config_file_service_asks_for_its_public_port(procs, tmp_path):
-    """A [[forward.services]] public-port is requested from a v2 relay (a secret)."""
+    """A [[forward.services]] remote-port is requested from a v2 relay (a secret)."""
     _, echo_port = procs.script(ECHO_SCRIPT, "0", name="echo")
     secret = "config-file-secret"
     relay, relay_port = procs.relay("--secret", secret)
@@ -201,7 +205,7 @@ def test_config_file_service_asks_for_its_public_port(procs, tmp_path):
     config = tmp_path / "services.toml"
     config.write_text(f'[forward]\nrelay = "{HOST}:{relay_port}"\nsecret = "{secret}"\n'
                       f'[[forward.services]]\nname = "echo"\nlocal-port = {echo_port}\n'
-                      f'public-port = {wanted}\n')
+                      f'remote-port = {wanted}\n')
     forwarder = procs.start([*relay_command(), "forward", "--config", str(config)], "forwarder")
     _, match = forwarder.wait_line(ENDPOINT, stream="stdout")
     assert int(match.group(1)) == wanted
