@@ -791,11 +791,11 @@ def build_server(ctx: click.Context, port: int,
     """The relay that ``relay server`` runs, from the merged options."""
     if opts["protocol"] == "notify":
         found = loaded_config(ctx)
-        if opts["secret"] or opts["secret_file"] or opts["auth_file"] or opts["tls_cert"] or (
-                found is not None and found.clients):
-            raise click.UsageError("the notify protocol has no authentication and no TLS: "
-                                   "drop --secret, --auth-file, [[server.clients]], --tls-cert",
-                                   ctx)
+        if (opts["secret"] or opts["secret_file"] or opts["auth_file"] or opts["tls_cert"]
+                or opts["state_dir"] or (found is not None and found.clients)):
+            raise click.UsageError("the notify protocol has no authentication, TLS or leases: "
+                                   "drop --secret, --auth-file, [[server.clients]], --tls-cert, "
+                                   "--state-dir", ctx)
         return NotifyRelay(
             port, host=opts["bind"], port_range=opts["port_range"],
             max_sessions=opts["max_sessions"], max_connections=opts["max_connections"],
