@@ -127,6 +127,8 @@ class Session:
         self._go_away: asyncio.Future[None] = self._loop.create_future()
         self.close_reason: YamuxError | None = None
         """Why the session ended (None while it runs)."""
+        self.last_rtt: float | None = None
+        """Seconds of the last answered ping (keepalive or ``ping()``), for metrics."""
         self._log = RateLimitedLog(logger)
         """Every line the peer can trigger over and over goes through this."""
 
@@ -374,7 +376,8 @@ class Session:
                     self._log.log(logging.DEBUG, "stray-pong",
                                   "ignoring pong %d nobody waits for", event.opaque)
                 elif not entry[0].done():
-                    entry[0].set_result(self._loop.time() - entry[1])
+                    self.last_rtt = self._loop.time() - entry[1]
+                    entry[0].set_result(self.last_rtt)
             elif kind is GoAwayReceived:
                 self._log.log(logging.INFO, "go-away",
                               "peer sent go away: no new streams on this session")
