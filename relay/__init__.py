@@ -14,7 +14,7 @@ from .api import (
     register_v2,
     start_server,
 )
-from .forwarder import Forwarder
+from .forwarder import Forwarder, Service
 from .handshake import AuthenticationError
 from .protocol import RegistrationError, RelayRefusedError
 from .server import RelayServer
@@ -28,6 +28,7 @@ __all__ = [
     "RelayRefusedError",
     "RelayServer",
     "RelayedServer",
+    "Service",
     "TLSError",
     "register",
     "register_v2",

@@ -69,6 +69,8 @@ class Connection:
         self._finished: list[int] = []
         self._decoder = FrameDecoder(max(self.config.max_frame_size,
                                          self.config.max_stream_window_size))
+        self._heard: set[int] | None = None
+        """Streams that received a frame, once silent_streams is in use."""
         self.tuner: WindowTuner | None = None
         """Receive-window auto-tuning (Config.window_autotune); the adapter feeds its RTT."""
         self._stream_window = self.config.max_stream_window_size
@@ -117,14 +119,21 @@ class Connection:
         st = self._streams.get(stream_id)
         return st.send.credit if st is not None else 0
 
+    @property
+    def heard_any(self) -> bool:
+        """A stream frame arrived since silent_streams last looked."""
+        return bool(self._heard)
+
     def silent_streams(self) -> list[int]:
-        """Streams that received no frame since the previous call; starts a new period."""
-        silent = []
-        for stream_id, st in self._streams.items():
-            if not st.heard:
-                silent.append(stream_id)
-            st.heard = False
-        return silent
+        """Streams that received no frame since the previous call; starts a new period.
+
+        Nothing is tracked before the first call (it costs nothing per stream).
+        """
+        heard = self._heard
+        self._heard = set()
+        if heard is None:
+            return []
+        return [stream_id for stream_id in self._streams if stream_id not in heard]
 
     def pending_bytes(self, stream_id: int) -> int:
         """Bytes written to a stream and not yet framed."""
@@ -330,7 +339,8 @@ class Connection:
             self.discarded_frames += 1
             self.discarded_bytes += len(frame.body)
             return
-        st.heard = True
+        if self._heard is not None:
+            self._heard.add(stream_id)
         if flags & _ACK and st.open_state is OpenState.SYN_SENT:
             st.open_state = OpenState.ESTABLISHED
             if st.leave_backlog():

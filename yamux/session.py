@@ -127,6 +127,8 @@ class Session:
         self._go_away: asyncio.Future[None] = self._loop.create_future()
         self.close_reason: YamuxError | None = None
         """Why the session ended (None while it runs)."""
+        self.last_rtt: float | None = None
+        """Seconds of the last answered ping (keepalive or ``ping()``), for metrics."""
         self._log = RateLimitedLog(logger)
         """Every line the peer can trigger over and over goes through this."""
 
@@ -374,7 +376,8 @@ class Session:
                     self._log.log(logging.DEBUG, "stray-pong",
                                   "ignoring pong %d nobody waits for", event.opaque)
                 elif not entry[0].done():
-                    entry[0].set_result(self._loop.time() - entry[1])
+                    self.last_rtt = self._loop.time() - entry[1]
+                    entry[0].set_result(self.last_rtt)
             elif kind is GoAwayReceived:
                 self._log.log(logging.INFO, "go-away",
                               "peer sent go away: no new streams on this session")
@@ -508,15 +511,23 @@ class Session:
         """Every go_away_timeout, reset the streams that got no frame during the last one.
 
         A libp2p peer drops its streams on Go Away without FIN or RST and keeps the
-        socket (and may go on answering pings), so such streams would wait forever.
+        socket (and goes on answering pings), so such streams would wait forever.
         A stream the peer still sends anything on (data, window updates) goes on.
+        A session left without streams for a whole period closes: after Go Away
+        it is winding down, and a libp2p peer will not close it.
         """
         timeout = self.config.go_away_timeout
         core = self._core
-        core.silent_streams()
+        core.silent_streams()  # starts watching
+        was_empty = False
         while True:
             await asyncio.sleep(timeout)
+            heard = core.heard_any
             silent = core.silent_streams()
+            if was_empty and not heard and not core.num_streams:
+                self._shutdown(SessionClosedError(
+                    f"session closed: no streams for {timeout:g} s after go away"))
+                return
             for stream_id in silent:
                 reason = (f"no frame from the peer for {timeout:g} s after go away "
                           f"(the peer abandoned the stream)")
@@ -529,6 +540,7 @@ class Session:
             if silent:
                 self._flush()
                 self._wake_openers()
+            was_empty = not core.num_streams
 
     async def _keepalive(self) -> None:
         """Ping every keepalive_interval; dead only if nothing at all arrives for the timeout.

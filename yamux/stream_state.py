@@ -26,7 +26,6 @@ class StreamState:
     __slots__ = (
         "fin_queued",
         "fin_sent",
-        "heard",
         "id",
         "in_backlog",
         "open_state",
@@ -49,8 +48,6 @@ class StreamState:
         self.fin_queued = False
         self.fin_sent = False
         self.remote_fin = False
-        self.heard = False
-        """A frame for this stream arrived since Connection.silent_streams last looked."""
 
     @property
     def sendable(self) -> bool:
