@@ -57,7 +57,7 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 0
 
 
-class PortRange(click.ParamType):
+class PortRange(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2 only
     """``LOW-HIGH``, both ports, LOW <= HIGH."""
 
     name = "LOW-HIGH"
@@ -200,7 +200,7 @@ the relay is lost with --no-reconnect, ...).
         show_default=True, help="Logging threshold (logs go to stderr).")
 @click.version_option(package_name="relay", message="%(prog)s %(version)s")
 @click.pass_context
-def cli(ctx: click.Context, args: tuple[str, ...], **opts: Any) -> None:
+def cli(ctx: click.Context, /, args: tuple[str, ...], **opts: Any) -> None:
     forwarder_mode = opts["local_forward_port"] is not None
     _check_mode(ctx, args, forwarder_mode)
     _check_options(ctx, forwarder_mode, opts)

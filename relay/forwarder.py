@@ -43,7 +43,7 @@ class Backoff:
         self.attempt = 0
 
     def next_delay(self) -> float:
-        base = min(self.maximum, self.initial * 2 ** min(self.attempt, 60))
+        base = min(self.maximum, self.initial * 2.0 ** min(self.attempt, 60))
         self.attempt += 1
         return min(self.maximum, base * random.uniform(1 - self.jitter, 1 + self.jitter))
 

@@ -29,6 +29,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import yamux
 
@@ -63,7 +64,7 @@ class SocketEnd(asyncio.Protocol):
         """Bytes, then b"" for EOF, that came before the splice (uvloop may read while paused)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         self.transport.pause_reading()
         if self._on_connected is not None:
             self._on_connected(self)

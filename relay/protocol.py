@@ -52,7 +52,7 @@ def error_line(reason: str) -> bytes:
     return ERROR_PREFIX + text.encode("ascii") + b"\n"
 
 
-def _excerpt(data: bytes) -> str:
+def _excerpt(data: bytes | bytearray) -> str:
     text = repr(bytes(data[:40]))
     return text + ("..." if len(data) > 40 else "")
 

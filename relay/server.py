@@ -42,8 +42,8 @@ class NoFreePortError(OSError):
     """Every port of the configured range is taken."""
 
 
-def _peer(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
+def _peer(transport: asyncio.BaseTransport | None) -> str:
+    peer = transport.get_extra_info("peername") if transport is not None else None
     if not peer:
         return "unknown peer"
     return format_endpoint(str(peer[0]), int(peer[1]))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, assert_never
 
 from .config import Config
 from .connection import Connection
@@ -308,41 +308,43 @@ class Session:
     def _data_received(self, data: bytes) -> None:
         streams = self._streams
         for event in self._core.receive_data(data):
-            kind = type(event)
-            if kind is DataReceived:
-                streams[event.stream_id]._feed(event.data)
-            elif kind is WindowUpdated:
-                continue
-            elif kind is StreamOpened:
-                stream = Stream(self, event.stream_id)
-                streams[event.stream_id] = stream
-                self._accept_queue.append(stream)
-                if self._accept_waiter is not None and not self._accept_waiter.done():
-                    self._accept_waiter.set_result(None)
-            elif kind is StreamAcknowledged:
-                streams[event.stream_id]._cancel_timer("_open_timer")
-            elif kind is StreamEnded:
-                stream = streams[event.stream_id]
-                stream._feed_eof()
-                stream._cancel_timer("_close_timer")
-            elif kind is StreamClosed:
-                self._forget(event.stream_id)
-            elif kind is StreamReset:
-                self._drop_reset(streams[event.stream_id], event.reason)
-            elif kind is PongReceived:
-                entry = self._pings.get(event.opaque)
-                if entry is None:
-                    logger.debug("ignoring pong %d nobody waits for", event.opaque)
-                elif not entry[0].done():
-                    entry[0].set_result(self._loop.time() - entry[1])
-            elif kind is GoAwayReceived:
-                logger.info("peer sent go away: no new streams on this session")
-                if not self._go_away.done():
-                    self._go_away.set_result(None)
-                self._wake_openers(force=True)
-            elif kind is SessionTerminated:
-                self._shutdown(event.error)
-                return
+            match event:
+                case DataReceived(stream_id, payload):
+                    streams[stream_id]._feed(payload)
+                case WindowUpdated():
+                    pass
+                case StreamOpened(stream_id):
+                    stream = Stream(self, stream_id)
+                    streams[stream_id] = stream
+                    self._accept_queue.append(stream)
+                    if self._accept_waiter is not None and not self._accept_waiter.done():
+                        self._accept_waiter.set_result(None)
+                case StreamAcknowledged(stream_id):
+                    streams[stream_id]._cancel_timer("_open_timer")
+                case StreamEnded(stream_id):
+                    stream = streams[stream_id]
+                    stream._feed_eof()
+                    stream._cancel_timer("_close_timer")
+                case StreamClosed(stream_id):
+                    self._forget(stream_id)
+                case StreamReset(stream_id, reason):
+                    self._drop_reset(streams[stream_id], reason)
+                case PongReceived(opaque):
+                    entry = self._pings.get(opaque)
+                    if entry is None:
+                        logger.debug("ignoring pong %d nobody waits for", opaque)
+                    elif not entry[0].done():
+                        entry[0].set_result(self._loop.time() - entry[1])
+                case GoAwayReceived():
+                    logger.info("peer sent go away: no new streams on this session")
+                    if not self._go_away.done():
+                        self._go_away.set_result(None)
+                    self._wake_openers(force=True)
+                case SessionTerminated(error):
+                    self._shutdown(error)
+                    return
+                case _:
+                    assert_never(event)
         self._flush()
         self._wake_openers()
 
@@ -350,7 +352,7 @@ class Session:
         if exc is None:
             self._shutdown(SessionClosedError("connection closed"))
         else:
-            self._shutdown(SessionClosedError("connection lost", reason=exc))  # type: ignore[arg-type]
+            self._shutdown(SessionClosedError("connection lost", reason=exc))
         self._transport = None
         if self._abort_timer is not None:
             self._abort_timer.cancel()
@@ -507,8 +509,8 @@ class Session:
         if stream is not None:
             stream._cancel_timers()
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
-        task = self._loop.create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = self._loop.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
