@@ -89,19 +89,17 @@ class RelayedServer:
         self, handler: Handler, session: yamux.Session, relay_host: str, relay_port: int,
         public_port: int,
     ) -> None:
-        loop = asyncio.get_running_loop()
         self._handler = handler
         self.session = session
         self.relay_host = relay_host
         self.relay_port = relay_port
         self.public_port = public_port
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers = yamux.TaskOwner(logger)
+        self._tasks = yamux.TaskOwner(logger)
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
-        self._closed: asyncio.Future[None] = loop.create_future()
-        self._accept_task = loop.create_task(
-            self._accept_loop(), name=f"relay-accept-{public_port}"
-        )
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tasks.spawn(self._serve(), name=f"relay-accept-{public_port}")
 
     # -------------------------------------------------------------- queries
     @property
@@ -146,7 +144,7 @@ class RelayedServer:
             return
         self._closing = True
         if not self.session.closed:
-            self._close_task = asyncio.get_running_loop().create_task(self.session.close())
+            self._close_task = self._tasks.spawn(self.session.close(), name="relay-close")
 
     async def wait_closed(self) -> None:
         """Until the session is over and every handler finished (never raises)."""
@@ -176,40 +174,15 @@ class RelayedServer:
         await self.wait_closed()
 
     # ------------------------------------------------------------- internals
-    async def _accept_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _serve(self) -> None:
+        """yamux's accept loop and handler policy; the handlers are ours to count and close."""
         try:
-            while True:
-                try:
-                    stream = await self.session.accept_stream()
-                except yamux.SessionClosedError:
-                    break
-                task = loop.create_task(self._run_handler(stream), name=f"relay-conn-{stream.id}")
-                self._handlers.add(task)
-                task.add_done_callback(self._handlers.discard)
+            await self.session.serve(self._handler, tasks=self._handlers, logger=logger)
         finally:
             await self.session.close()
-            for task in self._handlers:
-                task.cancel()
-            if self._handlers:
-                await asyncio.wait(self._handlers)
+            await self._handlers.close()
             if not self._closed.done():
                 self._closed.set_result(None)
-
-    async def _run_handler(self, stream: yamux.Stream) -> None:
-        try:
-            await self._handler(stream, stream)
-        except asyncio.CancelledError:
-            stream.reset()
-            raise
-        except (yamux.YamuxError, ConnectionError) as exc:
-            logger.debug("stream %d: handler ended: %s", stream.id, exc)
-            stream.reset()
-        except Exception:
-            logger.exception("stream %d: handler failed; resetting the stream", stream.id)
-            stream.reset()
-        else:
-            stream.close()
 
 
 async def start_server(

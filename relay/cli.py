@@ -286,24 +286,11 @@ def _port_argument(ctx: click.Context, text: str, name: str) -> int:
     return port
 
 
-class _DropRepeatedYamuxReasons(logging.Filter):
-    """yamux logs why a session ended; relay.server and relay.forwarder say it again, with
-    the peer and the port. Keep theirs only (``-v`` shows everything)."""
-
-    REPEATED = ("session ended: %s", "protocol error from peer: %s")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in self.REPEATED
-
-
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if level != "debug":
-        for name in ("yamux.session", "yamux.connection"):
-            logging.getLogger(name).addFilter(_DropRepeatedYamuxReasons())
 
 
 async def _serve_relay(server: RelayServer, port: int) -> int:

@@ -74,7 +74,7 @@ class _Registration:
     listener: asyncio.Server | None = None
     task: asyncio.Task[None] | None = None
     handshake: asyncio.Task[float] | None = None
-    connections: set[asyncio.Task[None]] = field(default_factory=set)
+    connections: yamux.TaskOwner = field(default_factory=lambda: yamux.TaskOwner(logger))
     confirmed: bool = False
     ending: bool = False
     end_reason: str | None = None
@@ -349,13 +349,11 @@ class RelayServer:
         else:
             reg.sock.close()
         self._ports_in_use.discard(reg.public_port)
-        for task in reg.connections:
-            task.cancel()
+        reg.connections.cancel()
         closed_by_peer = reg.session.closed
         try:
             await reg.session.close()
-            if reg.connections:
-                await asyncio.wait(reg.connections)
+            await reg.connections.wait()
         finally:
             self._registrations.pop(reg.id, None)
         if reg.end_reason is None:
@@ -377,11 +375,7 @@ class RelayServer:
             )
             end.abort()
             return
-        task = asyncio.get_running_loop().create_task(
-            self._relay_connection(reg, end), name=f"relay-public-{reg.id}"
-        )
-        reg.connections.add(task)
-        task.add_done_callback(reg.connections.discard)
+        reg.connections.spawn(self._relay_connection(reg, end), name=f"relay-public-{reg.id}")
 
     async def _relay_connection(self, reg: _Registration, end: SocketEnd) -> None:
         try:

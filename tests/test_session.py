@@ -65,7 +65,7 @@ async def test_incoming_ping_is_answered_on_a_congested_session() -> None:
         stream.write(os.urandom(4 * MIB))
         await asyncio.sleep(0.05)
         assert client._core.send_credit(stream.id) == 0
-        assert stream._session._pending_bytes(stream.id) > 0
+        assert client.pending_bytes(stream.id) > 0
         assert await asyncio.wait_for(server.ping(), 2) < 2
         assert await asyncio.wait_for(client.ping(), 2) < 2
 

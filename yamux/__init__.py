@@ -25,37 +25,70 @@ from .errors import (
     TooManyStreamsError,
     YamuxError,
 )
+from .events import (
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    PongReceived,
+    SessionTerminated,
+    StreamAcknowledged,
+    StreamClosed,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+    WindowUpdated,
+)
 from .frame import Frame, FrameDecoder
-from .session import Server, Session, connect, connect_pipes, start_server
-from .stream import Stream
+from .server import Server, start_server
+from .session import Session, connect, connect_pipes
+from .stream import Stream, StreamLink
+from .stream_state import State, StreamStateError
+from .tasks import StreamHandler, TaskOwner, run_stream_handler
 
 __all__ = [
     "Config",
     "ConfigError",
     "Connection",
     "ConnectionWriteTimeoutError",
+    "DataReceived",
+    "Event",
     "Flag",
     "Frame",
     "FrameDecoder",
     "FrameType",
     "GoAwayCode",
     "GoAwayError",
+    "GoAwayReceived",
     "KeepaliveTimeoutError",
+    "PongReceived",
     "ProtocolError",
     "RemoteGoAwayError",
     "Server",
     "Session",
     "SessionClosedError",
     "SessionError",
+    "SessionTerminated",
+    "State",
     "Stream",
+    "StreamAcknowledged",
+    "StreamClosed",
     "StreamClosedError",
+    "StreamEnded",
     "StreamError",
+    "StreamHandler",
+    "StreamLink",
     "StreamOpenTimeoutError",
+    "StreamOpened",
+    "StreamReset",
     "StreamResetError",
+    "StreamStateError",
     "StreamTimeoutError",
+    "TaskOwner",
     "TooManyStreamsError",
+    "WindowUpdated",
     "YamuxError",
     "connect",
     "connect_pipes",
+    "run_stream_handler",
     "start_server",
 ]

@@ -1,11 +1,13 @@
-"""The flow-control rule, in one place.
+"""The flow-control rule, in one place: all window arithmetic, receive and send.
 
 Each direction of a stream has credit. The sender may only put Data payload
-bytes on the wire while it has credit; the receiver hands credit back with a
-Window Update once the application has consumed at least half of its maximum
-window, which keeps memory per stream bounded by the window while letting a
-fast reader stream at full speed (hashicorp's rule; an update per Data frame
-would defeat backpressure).
+bytes on the wire while it has credit, at most ``max_frame_size`` per frame,
+and debits what it sent; the receiver hands credit back with a Window Update
+once the application has consumed at least half of its maximum window, which
+keeps memory per stream bounded by the window while letting a fast reader
+stream at full speed (hashicorp's rule; an update per Data frame would defeat
+backpressure). After the peer's FIN nothing more can arrive, so no update is
+sent any more.
 """
 
 from __future__ import annotations
@@ -17,12 +19,18 @@ from .errors import ProtocolError
 class ReceiveWindow:
     """Credit we granted the peer for one stream, and bytes it has used but we not consumed."""
 
-    __slots__ = ("buffered", "credit", "max_window")
+    __slots__ = ("buffered", "credit", "ended", "max_window")
 
     def __init__(self, max_window: int) -> None:
         self.max_window = max_window
         self.credit = INITIAL_STREAM_WINDOW
         self.buffered = 0
+        self.ended = False
+        """The peer sent FIN: it cannot use credit any more, so none is granted."""
+
+    def end(self) -> None:
+        """The peer's FIN arrived."""
+        self.ended = True
 
     def initial_grant(self) -> int:
         """The delta to put on our SYN or ACK so the peer may use our whole window."""
@@ -44,7 +52,7 @@ class ReceiveWindow:
         """The application consumed ``length`` bytes; return the update to send, or 0."""
         self.buffered -= length
         delta = self.max_window - self.buffered - self.credit
-        if delta < self.max_window // 2:
+        if self.ended or delta < self.max_window // 2:
             return 0
         self.credit += delta
         return delta
@@ -66,3 +74,11 @@ class SendWindow:
                 f"stream {stream_id}: window update of {delta} bytes grows the send window "
                 f"past 2**32-1"
             )
+
+    def frame_size(self, pending: int, max_frame: int) -> int:
+        """Payload bytes the next Data frame may carry: within credit and the frame limit."""
+        return min(pending, self.credit, max_frame)
+
+    def debit(self, size: int) -> None:
+        """``size`` payload bytes went on the wire."""
+        self.credit -= size

@@ -2,7 +2,9 @@
 
 It owns everything with a clock (keepalive, open/close/write timeouts, ping
 round-trip times) and every task and timer it starts; ``close()`` cancels them
-all and closes the transport.
+all, waits for its tasks and closes the transport. Streams talk to it through
+the ``StreamLink`` methods (by stream id, like h2's connection) and it feeds
+them through their public ``feed_*`` methods.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any, assert_never
 
 from .config import Config
@@ -27,6 +29,7 @@ from .errors import (
 )
 from .events import (
     DataReceived,
+    Event,
     GoAwayReceived,
     PongReceived,
     SessionTerminated,
@@ -38,10 +41,9 @@ from .events import (
     WindowUpdated,
 )
 from .stream import Stream
+from .stream_state import State
+from .tasks import StreamHandler, TaskOwner, run_stream_handler
 
-logger = logging.getLogger("yamux.session")
-
-StreamHandler = Callable[[Stream, Stream], Awaitable[None]]
 FLUSH_BUDGET = 256 * 1024
 """Payload framed per take_data call; the transport's pause_writing stops the loop sooner."""
 
@@ -83,11 +85,18 @@ class _ReadPipeProtocol(_SessionProtocol):
 
 
 class Session:
-    """A yamux session. Create with ``connect``, ``Session.attach`` or ``start_server``."""
+    """A yamux session. Create with ``connect``, ``Session.attach`` or ``start_server``.
 
-    def __init__(self, *, client: bool, config: Config | None = None) -> None:
+    ``logger`` (default ``yamux.session``) gets its few log lines; why the
+    session ended is ``close_reason``, for its owner to report.
+    """
+
+    def __init__(
+        self, *, client: bool, config: Config | None = None, logger: logging.Logger | None = None
+    ) -> None:
         self.config = config or Config()
         self.client = client
+        self._logger = logger or logging.getLogger("yamux.session")
         self._core = Connection(client=client, config=self.config)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.WriteTransport | None = None
@@ -98,11 +107,13 @@ class Session:
         self._accept_waiter: asyncio.Future[None] | None = None
         self._open_waiters: deque[asyncio.Future[None]] = deque()
         self._drain_waiting: dict[int, Stream] = {}
+        self._open_timers: dict[int, asyncio.TimerHandle] = {}
+        self._close_timers: dict[int, asyncio.TimerHandle] = {}
         self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
         self._write_paused = False
         self._write_stall: tuple[asyncio.TimerHandle, int] | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskOwner(self._logger)
         self._closing = False
         self._closed = self._loop.create_future()
         self._go_away: asyncio.Future[None] = self._loop.create_future()
@@ -148,6 +159,9 @@ class Session:
         return self._core.remote_go_away
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``session`` is this session; anything else comes from the transport."""
+        if name == "session":
+            return self
         if self._transport is None:
             return default
         return self._transport.get_extra_info(name, default)
@@ -167,11 +181,12 @@ class Session:
             finally:
                 if waiter in self._open_waiters:
                     self._open_waiters.remove(waiter)
-        stream_id = self._core.open_stream()
-        stream = Stream(self, stream_id)
+        core = self._core
+        stream_id = core.open_stream()
+        stream = Stream(self, stream_id, core.stream_state(stream_id))
         self._streams[stream_id] = stream
         if self.config.stream_open_timeout:
-            stream._open_timer = self._loop.call_later(
+            self._open_timers[stream_id] = self._loop.call_later(
                 self.config.stream_open_timeout, self._open_timed_out, stream_id
             )
         self._flush()
@@ -201,14 +216,25 @@ class Session:
             except SessionClosedError:
                 return
 
-    async def serve(self, handler: StreamHandler) -> None:
+    async def serve(
+        self,
+        handler: StreamHandler,
+        *,
+        tasks: TaskOwner | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
         """Run ``handler(reader, writer)`` for every accepted stream until the session ends.
 
-        Handler tasks belong to the session: they are cancelled when it closes. A
-        handler that raises resets its stream; the error is logged.
+        The stream is closed when the handler returns and reset when it raises
+        (the error goes to ``logger``) or is cancelled. Handler tasks belong to
+        ``tasks``, by default the session's own, which ``close()`` cancels and
+        waits for.
         """
+        owner = self._tasks if tasks is None else tasks
+        log = self._logger if logger is None else logger
         async for stream in self:
-            self._spawn(self._run_handler(handler, stream), name=f"yamux-stream-{stream.id}")
+            owner.spawn(run_stream_handler(handler, stream, log),
+                        name=f"yamux-stream-{stream.id}")
 
     async def ping(self) -> float:
         """Round-trip time in seconds of one ping (wrap in ``asyncio.timeout`` to bound it)."""
@@ -248,10 +274,12 @@ class Session:
     async def close(self) -> None:
         """Close the session: what the peer's windows allow is still sent, then Go Away.
 
-        Every stream then ends with SessionClosedError and the transport closes.
+        Every stream then ends with SessionClosedError, the session's tasks are
+        cancelled and awaited, and the transport closes.
         """
         self._flush(force=True)
         self._shutdown(SessionClosedError("session closed locally"), GoAwayCode.NORMAL)
+        await self._tasks.close()
         await self.wait_closed()
 
     async def wait_closed(self) -> None:
@@ -264,89 +292,96 @@ class Session:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # ---------------------------------------------------- called by Stream
-    def _send(self, stream_id: int, data: bytes) -> None:
+    # ------------------------------------------- StreamLink: called by Stream
+    @property
+    def read_chunk_size(self) -> int:
+        return self.config.max_stream_window_size
+
+    def send_data(self, stream_id: int, data: bytes) -> None:
         self._core.send_data(stream_id, data)
         self._flush()
 
-    def _pending_bytes(self, stream_id: int) -> int:
+    def pending_bytes(self, stream_id: int) -> int:
         return self._core.pending_bytes(stream_id)
 
-    def _consume(self, stream_id: int, length: int) -> None:
+    def consume(self, stream_id: int, length: int) -> None:
         core = self._core
         core.consume(stream_id, length)
         if core.has_control:
             self._flush()
 
-    def _close_stream(self, stream: Stream) -> None:
-        stream._cancel_timer("_open_timer")
-        self._core.close_stream(stream.id)
-        if not stream._eof and self.config.stream_close_timeout:
-            stream._close_timer = self._loop.call_later(
-                self.config.stream_close_timeout, self._close_timed_out, stream
+    def close_stream(self, stream_id: int) -> None:
+        self._cancel_timer(self._open_timers, stream_id)
+        self._core.close_stream(stream_id)
+        stream = self._streams.get(stream_id)
+        if (stream is not None and stream.state is State.LOCAL_CLOSE
+                and self.config.stream_close_timeout):
+            self._close_timers[stream_id] = self._loop.call_later(
+                self.config.stream_close_timeout, self._close_timed_out, stream_id
             )
         self._flush()
 
-    def _reset_stream(self, stream: Stream) -> None:
-        self._core.reset_stream(stream.id)
-        self._drop_reset(stream, "reset locally")
+    def reset_stream(self, stream_id: int) -> None:
+        self._core.reset_stream(stream_id)
+        self._drop_reset(stream_id, "reset locally")
         self._flush()
         self._wake_openers()
 
-    def _drop_reset(self, stream: Stream, reason: str) -> None:
-        """A reset stream, ours or the peer's, leaves the session at once."""
-        self._streams.pop(stream.id, None)
-        self._drain_waiting.pop(stream.id, None)
-        stream._fail(StreamResetError(reason))
+    def watch_pending(self, stream: Stream) -> None:
+        self._drain_waiting[stream.id] = stream
 
     # ------------------------------------------------------ transport events
     def _connection_made(self, transport: asyncio.WriteTransport) -> None:
         self._transport = transport
         if self.config.enable_keepalive:
-            self._spawn(self._keepalive(), name="yamux-keepalive")
+            self._tasks.spawn(self._keepalive(), name="yamux-keepalive")
 
     def _data_received(self, data: bytes) -> None:
+        if self._dispatch(self._core.receive_data(data)):
+            self._flush()
+            self._wake_openers()
+
+    def _dispatch(self, events: list[Event]) -> bool:
+        """Carry out the core's events; False once the session is over."""
         streams = self._streams
-        for event in self._core.receive_data(data):
+        for event in events:
             match event:
                 case DataReceived(stream_id, payload):
-                    streams[stream_id]._feed(payload)
+                    streams[stream_id].feed_data(payload)
                 case WindowUpdated():
                     pass
-                case StreamOpened(stream_id):
-                    stream = Stream(self, stream_id)
+                case StreamOpened(stream_id, state):
+                    stream = Stream(self, stream_id, state)
                     streams[stream_id] = stream
                     self._accept_queue.append(stream)
                     if self._accept_waiter is not None and not self._accept_waiter.done():
                         self._accept_waiter.set_result(None)
                 case StreamAcknowledged(stream_id):
-                    streams[stream_id]._cancel_timer("_open_timer")
+                    self._cancel_timer(self._open_timers, stream_id)
                 case StreamEnded(stream_id):
-                    stream = streams[stream_id]
-                    stream._feed_eof()
-                    stream._cancel_timer("_close_timer")
+                    streams[stream_id].feed_eof()
+                    self._cancel_timer(self._close_timers, stream_id)
                 case StreamClosed(stream_id):
                     self._forget(stream_id)
                 case StreamReset(stream_id, reason):
-                    self._drop_reset(streams[stream_id], reason)
+                    self._drop_reset(stream_id, reason)
                 case PongReceived(opaque):
                     entry = self._pings.get(opaque)
                     if entry is None:
-                        logger.debug("ignoring pong %d nobody waits for", opaque)
+                        self._logger.debug("ignoring pong %d nobody waits for", opaque)
                     elif not entry[0].done():
                         entry[0].set_result(self._loop.time() - entry[1])
                 case GoAwayReceived():
-                    logger.info("peer sent go away: no new streams on this session")
+                    self._logger.info("peer sent go away: no new streams on this session")
                     if not self._go_away.done():
                         self._go_away.set_result(None)
                     self._wake_openers(force=True)
                 case SessionTerminated(error):
                     self._shutdown(error)
-                    return
+                    return False
                 case _:
                     assert_never(event)
-        self._flush()
-        self._wake_openers()
+        return True
 
     def _connection_lost(self, exc: Exception | None) -> None:
         if exc is None:
@@ -382,10 +417,9 @@ class Session:
             transport.writelines(core.take_control())
         while core.has_data and (force or not self._write_paused):
             transport.writelines(core.take_data(FLUSH_BUDGET))
-            finished = core.take_finished()
-            for stream_id in finished:
-                self._forget(stream_id)
-            if finished:
+            events = core.take_events()
+            if events:
+                self._dispatch(events)
                 self._wake_openers()  # a finished stream that was never ACKed frees backlog
         if self._drain_waiting:
             self._wake_drained()
@@ -393,7 +427,7 @@ class Session:
     def _wake_drained(self) -> None:
         core = self._core
         for stream_id, stream in list(self._drain_waiting.items()):
-            if not stream._pending_changed(core.pending_bytes(stream_id)):
+            if not stream.pending_changed(core.pending_bytes(stream_id)):
                 del self._drain_waiting[stream_id]
 
     def _wake_openers(self, force: bool = False) -> None:
@@ -435,13 +469,19 @@ class Session:
             GoAwayCode.INTERNAL_ERROR,
         )
 
-    def _close_timed_out(self, stream: Stream) -> None:
-        stream._close_timer = None
-        logger.warning(
+    def _close_timed_out(self, stream_id: int) -> None:
+        self._close_timers.pop(stream_id, None)
+        self._logger.warning(
             "stream %d: peer sent no FIN within %s s of our close; resetting",
-            stream.id, self.config.stream_close_timeout,
+            stream_id, self.config.stream_close_timeout,
         )
-        self._reset_stream(stream)
+        self.reset_stream(stream_id)
+
+    @staticmethod
+    def _cancel_timer(timers: dict[int, asyncio.TimerHandle], stream_id: int) -> None:
+        timer = timers.pop(stream_id, None)
+        if timer is not None:
+            timer.cancel()
 
     async def _keepalive(self) -> None:
         interval = self.config.keepalive_interval
@@ -461,20 +501,27 @@ class Session:
 
     # --------------------------------------------------------------- shutdown
     def _shutdown(self, error: YamuxError, code: int | None = None) -> None:
-        """End the session: tell the peer (Go Away ``code``), fail every waiter, close."""
+        """End the session: tell the peer (Go Away ``code``), fail every waiter, close.
+
+        Logged at debug level only: the session's owner reports ``close_reason``
+        with what it knows (the peer, the port).
+        """
         if self._closing:
             return
         self._closing = True
         self.close_reason = error
-        level = logging.DEBUG if isinstance(error, SessionClosedError) else logging.WARNING
-        logger.log(level, "session ended: %s", error)
+        self._logger.debug("session ended: %s", error)
         self._core.terminate(error, code)
         self._flush()
         if self._write_stall is not None:
             self._write_stall[0].cancel()
             self._write_stall = None
+        for timers in (self._open_timers, self._close_timers):
+            for timer in timers.values():
+                timer.cancel()
+            timers.clear()
         for stream in list(self._streams.values()):
-            stream._fail(error)
+            stream.set_exception(error)
         self._streams.clear()
         self._drain_waiting.clear()
         self._accept_queue.clear()
@@ -484,10 +531,7 @@ class Session:
         for future, _ in self._pings.values():
             if not future.done():
                 future.set_exception(SessionClosedError(reason=error))
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
+        self._tasks.cancel()
         if self._read_transport is not None:
             self._read_transport.close()
         transport = self._transport
@@ -505,29 +549,17 @@ class Session:
             raise SessionClosedError(reason=self.close_reason)
 
     def _forget(self, stream_id: int) -> None:
-        stream = self._streams.pop(stream_id, None)
+        self._streams.pop(stream_id, None)
+        self._cancel_timer(self._open_timers, stream_id)
+        self._cancel_timer(self._close_timers, stream_id)
+
+    def _drop_reset(self, stream_id: int, reason: str) -> None:
+        """A reset stream, ours or the peer's, leaves the session at once."""
+        stream = self._streams.get(stream_id)
+        self._forget(stream_id)
+        self._drain_waiting.pop(stream_id, None)
         if stream is not None:
-            stream._cancel_timers()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = self._loop.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("task %s failed", task.get_name(), exc_info=task.exception())
-
-    async def _run_handler(self, handler: StreamHandler, stream: Stream) -> None:
-        try:
-            await handler(stream, stream)
-        except (YamuxError, ConnectionError) as exc:
-            logger.info("stream %d handler ended: %s", stream.id, exc)
-            stream.reset()
-        except Exception:  # logged with its traceback; the session and other streams go on
-            logger.exception("stream %d handler failed; resetting the stream", stream.id)
-            stream.reset()
+            stream.set_exception(StreamResetError(reason))
 
 
 async def connect_pipes(
@@ -556,78 +588,3 @@ async def connect(
     session = Session(client=client, config=config)
     await asyncio.get_running_loop().create_connection(session.protocol, host, port, **kwargs)
     return session
-
-
-class Server:
-    """TCP listener whose every connection is a yamux session handed to ``session_handler``.
-
-    Owns its sessions and handler tasks: ``close()`` closes all of them.
-    """
-
-    def __init__(self, session_handler: Callable[[Session], Awaitable[None]],
-                 *, client: bool, config: Config | None) -> None:
-        self._handler = session_handler
-        self._client = client
-        self._config = config
-        self._server: asyncio.Server | None = None
-        self._sessions: set[Session] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def sockets(self) -> tuple[Any, ...]:
-        return tuple(self._server.sockets) if self._server is not None else ()
-
-    @property
-    def port(self) -> int:
-        return int(self.sockets[0].getsockname()[1])
-
-    def _protocol(self) -> asyncio.Protocol:
-        session = Session(client=self._client, config=self._config)
-        self._sessions.add(session)
-        task = asyncio.get_running_loop().create_task(self._run(session))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return session.protocol()
-
-    async def _run(self, session: Session) -> None:
-        try:
-            await self._handler(session)
-        except YamuxError as exc:
-            logger.info("session handler ended: %s", exc)
-        finally:
-            await session.close()
-            self._sessions.discard(session)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for session in list(self._sessions):
-            await session.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def __aenter__(self) -> Server:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-
-async def start_server(
-    session_handler: Callable[[Session], Awaitable[None]],
-    host: str | None = None,
-    port: int = 0,
-    *,
-    client: bool = False,
-    config: Config | None = None,
-    **kwargs: Any,
-) -> Server:
-    """Listen on TCP; each connection becomes a Session (server role by default)."""
-    server = Server(session_handler, client=client, config=config)
-    server._server = await asyncio.get_running_loop().create_server(
-        server._protocol, host, port, **kwargs
-    )
-    return server
