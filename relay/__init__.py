@@ -5,15 +5,23 @@ shape, the listener lives on the relay); ``RelayServer`` is the relay itself
 and ``Forwarder`` puts an unmodified local service behind it.
 """
 
-from .api import RelayDisconnectedError, RelayedServer, register, start_server
+from .api import RelayedServer, register, start_server
+from .errors import (
+    NoFreePortError,
+    RegistrationError,
+    RelayDisconnectedError,
+    RelayError,
+    RelayRefusedError,
+)
 from .forwarder import Forwarder
-from .protocol import RegistrationError, RelayRefusedError
 from .server import RelayServer
 
 __all__ = [
     "Forwarder",
+    "NoFreePortError",
     "RegistrationError",
     "RelayDisconnectedError",
+    "RelayError",
     "RelayRefusedError",
     "RelayServer",
     "RelayedServer",

@@ -22,8 +22,9 @@ from typing import Any
 
 import yamux
 
+from .errors import RegistrationError, RelayDisconnectedError
 from .net import format_endpoint
-from .protocol import GreetingProtocol, RegistrationError
+from .protocol import GreetingProtocol
 
 logger = logging.getLogger("relay.api")
 
@@ -31,10 +32,6 @@ DEFAULT_TIMEOUT = 10.0
 """Seconds to connect to the relay and receive the port line."""
 
 Handler = Callable[[yamux.Stream, yamux.Stream], Awaitable[None]]
-
-
-class RelayDisconnectedError(ConnectionError):
-    """The session with the relay ended while serving; the public port is gone."""
 
 
 async def register(

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import yamux
 
 from .api import RelayedServer, start_server
+from .errors import RegistrationError
 from .net import describe_os_error, format_endpoint
 from .pipe import SocketEnd, pipe
-from .protocol import RegistrationError
 
 logger = logging.getLogger("relay.forwarder")
 

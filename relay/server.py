@@ -27,6 +27,7 @@ from functools import partial
 
 import yamux
 
+from .errors import NoFreePortError
 from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
 from .pipe import SocketEnd, pipe
 from .protocol import error_line, port_line
@@ -36,10 +37,6 @@ logger = logging.getLogger("relay.server")
 DEFAULT_MAX_SESSIONS = 100
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
-
-
-class NoFreePortError(OSError):
-    """Every port of the configured range is taken."""
 
 
 def _peer(transport: asyncio.BaseTransport | None) -> str:

@@ -22,9 +22,9 @@ from yamux import (
     FrameDecoder,
     FrameType,
     GoAwayCode,
-    GoAwayError,
+    NoNewStreamsError,
+    PeerTerminatedError,
     ProtocolError,
-    RemoteGoAwayError,
     SessionClosedError,
     StreamClosedError,
     StreamResetError,
@@ -471,7 +471,7 @@ def test_same_role_pairing_is_rejected_with_go_away_1(role: bool) -> None:
     assert isinstance(of_type(pair.events[b], SessionTerminated)[0].error, ProtocolError)
     assert "same yamux role" in str(b.error)
     assert pair.sent[b][-1] == Frame(GO_AWAY, Flag.NONE, 0, GoAwayCode.PROTOCOL_ERROR)
-    assert isinstance(a.error, RemoteGoAwayError)
+    assert isinstance(a.error, PeerTerminatedError)
     assert a.error.code == GoAwayCode.PROTOCOL_ERROR
 
 
@@ -593,7 +593,7 @@ def test_remote_go_away_normal_stops_new_streams_but_existing_ones_go_on() -> No
     assert pair.take_sent(server) == [Frame(GO_AWAY, Flag.NONE, 0, GoAwayCode.NORMAL)]
     assert pair.take_events(client) == [GoAwayReceived(GoAwayCode.NORMAL)]
     assert client.remote_go_away
-    with pytest.raises(GoAwayError) as info:
+    with pytest.raises(NoNewStreamsError) as info:
         client.open_stream()
     assert info.value.code == GoAwayCode.NORMAL
     assert client.num_streams == 1
@@ -620,7 +620,7 @@ def test_remote_go_away_with_error_code_ends_the_session(code: int) -> None:
     events = client.receive_data(raw(GO_AWAY, 0, 0, code))
     assert len(events) == 1
     assert isinstance(events[0], SessionTerminated)
-    assert isinstance(events[0].error, RemoteGoAwayError)
+    assert isinstance(events[0].error, PeerTerminatedError)
     assert events[0].error.code == code
     assert client.closed
     assert client.num_streams == 0
@@ -1090,7 +1090,7 @@ class PairModel:
         if conn.backlog_full:  # Session.open_stream waits here
             return
         if side.got_go_away:
-            with pytest.raises(GoAwayError):
+            with pytest.raises(NoNewStreamsError):
                 conn.open_stream()
             return
         if conn.num_streams >= conn.config.max_streams:

@@ -17,7 +17,8 @@ import pytest
 
 import relay
 import yamux
-from relay.protocol import RegistrationError, error_line, parse_greeting, port_line
+from relay.errors import RegistrationError
+from relay.protocol import error_line, parse_greeting, port_line
 
 HOST = "127.0.0.1"
 

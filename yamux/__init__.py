@@ -11,10 +11,10 @@ from .const import Flag, FrameType, GoAwayCode
 from .errors import (
     ConfigError,
     ConnectionWriteTimeoutError,
-    GoAwayError,
     KeepaliveTimeoutError,
+    NoNewStreamsError,
+    PeerTerminatedError,
     ProtocolError,
-    RemoteGoAwayError,
     SessionClosedError,
     SessionError,
     StreamClosedError,
@@ -24,6 +24,7 @@ from .errors import (
     StreamTimeoutError,
     TooManyStreamsError,
     YamuxError,
+    deprecated_error,
 )
 from .events import (
     DataReceived,
@@ -57,12 +58,12 @@ __all__ = [
     "FrameDecoder",
     "FrameType",
     "GoAwayCode",
-    "GoAwayError",
     "GoAwayReceived",
     "KeepaliveTimeoutError",
+    "NoNewStreamsError",
+    "PeerTerminatedError",
     "PongReceived",
     "ProtocolError",
-    "RemoteGoAwayError",
     "Server",
     "Session",
     "SessionClosedError",
@@ -92,3 +93,8 @@ __all__ = [
     "run_stream_handler",
     "start_server",
 ]
+
+
+def __getattr__(name: str) -> type[YamuxError]:
+    """The deprecated error names (GoAwayError, RemoteGoAwayError), with a warning."""
+    return deprecated_error(name, __name__)

@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from .config import Config
 from .const import Flag, FrameType, GoAwayCode
 from .errors import (
-    GoAwayError,
+    NoNewStreamsError,
+    PeerTerminatedError,
     ProtocolError,
-    RemoteGoAwayError,
     SessionClosedError,
     SessionError,
     StreamClosedError,
@@ -147,7 +147,7 @@ class Connection:
         """Allocate the next stream id and queue its SYN (carrying any extra window grant)."""
         self._check_alive()
         if self.remote_go_away:
-            raise GoAwayError(GoAwayCode.NORMAL)
+            raise NoNewStreamsError(GoAwayCode.NORMAL)
         if len(self._streams) >= self.config.max_streams:
             raise TooManyStreamsError(
                 f"session has {len(self._streams)} streams, the maximum (max_streams)"
@@ -325,7 +325,7 @@ class Connection:
                 self.remote_go_away = True
                 self._events.append(GoAwayReceived(code))
             else:
-                error = RemoteGoAwayError(code)
+                error = PeerTerminatedError(code)
                 self.terminate(error)
                 self._events.append(SessionTerminated(error))
 

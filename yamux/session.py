@@ -20,8 +20,8 @@ from .connection import Connection
 from .const import GoAwayCode
 from .errors import (
     ConnectionWriteTimeoutError,
-    GoAwayError,
     KeepaliveTimeoutError,
+    NoNewStreamsError,
     SessionClosedError,
     StreamOpenTimeoutError,
     StreamResetError,
@@ -171,7 +171,7 @@ class Session:
         while True:
             self._raise_if_closed()
             if self._core.remote_go_away:
-                raise GoAwayError(GoAwayCode.NORMAL)
+                raise NoNewStreamsError(GoAwayCode.NORMAL)
             if not self._core.backlog_full:
                 break
             waiter = self._loop.create_future()

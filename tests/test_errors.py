@@ -1,0 +1,35 @@
+"""Error names: the hashicorp-reading names, the deprecated old ones, the relay's base class."""
+
+from __future__ import annotations
+
+import pytest
+
+import relay
+import yamux
+from yamux import errors
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("GoAwayError", yamux.NoNewStreamsError), ("RemoteGoAwayError", yamux.PeerTerminatedError)],
+)
+def test_old_error_names_still_work_with_a_deprecation_warning(old: str, new: type) -> None:
+    for module in (yamux, errors):
+        with pytest.warns(DeprecationWarning, match=f"yamux.{old} is deprecated; use yamux"):
+            assert getattr(module, old) is new
+
+
+def test_unknown_names_are_still_attribute_errors() -> None:
+    with pytest.raises(AttributeError, match="NoSuchError"):
+        _ = yamux.NoSuchError  # type: ignore[attr-defined]
+
+
+def test_relay_errors_share_a_base_and_keep_their_standard_bases() -> None:
+    for error, standard in [
+        (relay.RegistrationError, ConnectionError),
+        (relay.RelayRefusedError, ConnectionError),
+        (relay.RelayDisconnectedError, ConnectionError),
+        (relay.NoFreePortError, OSError),
+    ]:
+        assert issubclass(error, relay.RelayError)
+        assert issubclass(error, standard)
