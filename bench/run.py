@@ -5,530 +5,61 @@ Run from the repository root::
     python -m bench                 # the full set, about 3-4 minutes (3 repetitions)
     python -m bench --quick         # a smaller set, under a minute
     python -m bench --only latency,connrate --paths go,py --repeat 5 --json out.json
+    python -m bench --baseline /tmp/base   # also the relay of another source tree
+    python -m bench --wan           # over emulated WAN links (bench/wan.py; needs root)
 
 Every workload runs on each path -- ``direct`` (the load generator talks to the
-echo server itself), ``go`` (interop/build/go-relay + go-forwarder) and ``py``
-(``python -m relay`` as relay and as forwarder) -- alternating the paths within
+echo server itself), ``go`` (interop/build/go-relay + go-forwarder), ``py``
+(``python -m relay`` as relay and as forwarder) and, with ``--baseline``,
+``base`` (the same from another source tree) -- alternating the paths within
 each repetition; a fresh relay + forwarder pair is started for every run and
 killed after it. The load comes from the Go program interop/go/loadgen, the echo
 service is interop/go/echo-server, redis numbers come from Debian's redis-server
 and redis-benchmark. Everything listens on 127.0.0.1 only.
 
-The script needs only the standard library. It builds the Go programs with
-interop/build.sh (under the same lock as interop/harness.py). See bench/README.md
-for how to read the output.
+The modules: processes (start/stop, Go build), services (echo, redis, relay
+pairs), workloads (what is measured), report (medians, ratios, tables); this
+one runs them. See bench/README.md for how to read the output.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
-import datetime
-import fcntl
 import json
 import os
-import platform
-import re
-import resource
 import shutil
 import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-BUILD_DIR = REPO / "interop" / "build"
-BUILD_SCRIPT = REPO / "interop" / "build.sh"
-GO_PROGRAMS = ("go-relay", "go-forwarder", "loadgen", "echo-server")
-HOST = "127.0.0.1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-NOFILE_WANTED = 65536
-
-PATHS = ("direct", "go", "py")
-PATH_TITLES = {"direct": "direct", "go": "Go relay", "py": "project relay"}
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-class BenchError(RuntimeError):
-    """A run could not be done (a process did not start, died, or timed out)."""
-
-
-# --------------------------------------------------------------------- processes
-
-
-def raise_nofile() -> None:
-    """Lift RLIMIT_NOFILE as far as allowed (10,000 connections need 10,000+ descriptors).
-
-    Used in the bench itself and, through preexec_fn, in every process it starts.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= NOFILE_WANTED and soft != resource.RLIM_INFINITY:
-        return
-    if hard == resource.RLIM_INFINITY or hard >= NOFILE_WANTED:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE_WANTED, hard))
-        return
-    try:  # raising the hard limit needs CAP_SYS_RESOURCE
-        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE_WANTED, NOFILE_WANTED))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def nofile_limit() -> int:
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-_LIVE: dict[int, Proc] = {}
-
-
-class Proc:
-    """A child process in its own process group, its output in files; stop() always works."""
-
-    def __init__(self, name: str, argv: Sequence[str], logdir: Path, *,
-                 env: dict[str, str] | None = None, stdin: bool = False) -> None:
-        self.name = name
-        self.argv = list(argv)
-        stamp = time.monotonic_ns()
-        self.out_path = logdir / f"{name}.{stamp}.out"
-        self.err_path = logdir / f"{name}.{stamp}.err"
-        self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in stop()
-        self._err = open(self.err_path, "wb")  # noqa: SIM115
-        self.popen = subprocess.Popen(
-            self.argv, stdout=self._out, stderr=self._err,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            cwd=REPO, env=env, start_new_session=True, preexec_fn=raise_nofile,
-        )
-        self.pid = self.popen.pid
-        _LIVE[self.pid] = self
-
-    def stdout(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return self.err_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def wait_for(self, pattern: str, timeout: float, streams: str = "out") -> re.Match[str]:
-        """Poll the output files until `pattern` matches a line; raise if the process dies."""
-        regex = re.compile(pattern, re.MULTILINE)
-        deadline = time.monotonic() + timeout
-        while True:
-            for text in ([self.stdout()] if "out" in streams else []) + (
-                    [self.stderr()] if "err" in streams else []):
-                m = regex.search(text)
-                if m:
-                    return m
-            if not self.alive():
-                raise BenchError(f"{self.name} exited ({self.popen.returncode}) before "
-                                 f"printing /{pattern}/: {self.tail()}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"{self.name} printed no /{pattern}/ within {timeout:g} s: "
-                                 f"{self.tail()}")
-            time.sleep(0.02)
-
-    def tail(self, n: int = 600) -> str:
-        text = (self.stdout()[-n:] + " | stderr: " + self.stderr()[-n:]).strip()
-        return text.replace("\n", " / ")
-
-    def cpu_seconds(self) -> float:
-        """utime + stime of the process (from /proc/PID/stat), in seconds."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            stat = f.read()
-        fields = stat[stat.rindex(")") + 2:].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat
-
-    def rss_bytes(self) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise BenchError(f"{self.name}: no VmRSS")
-
-    def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL it after 3 s; close the log files."""
-        try:
-            if self.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.pid, signal.SIGTERM)
-                try:
-                    self.popen.wait(3)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(self.pid, signal.SIGKILL)
-                    self.popen.wait(5)
-            # Anything the process left in its group goes too.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
-        finally:
-            if self.popen.stdin:
-                with contextlib.suppress(OSError):
-                    self.popen.stdin.close()
-            self._out.close()
-            self._err.close()
-            _LIVE.pop(self.pid, None)
-
-
-def stop_all() -> None:
-    for proc in list(_LIVE.values()):
-        with contextlib.suppress(Exception):
-            proc.stop()
-
-
-def run_to_end(proc: Proc, timeout: float) -> int:
-    try:
-        return proc.popen.wait(timeout)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"{proc.name} still running after {timeout:g} s: {proc.tail()}") from None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-# ---------------------------------------------------------------------- services
-
-
-@dataclass
-class Env:
-    """What every run needs: tools, the echo and redis services, options."""
-
-    logdir: Path
-    python: str
-    quick: bool
-    echo_addr: str = ""
-    redis_addr: str = ""
-    py_relay_opts: list[str] = field(default_factory=list)
-    py_loop: str = "auto"
-    """--event-loop of the project's relay and forwarder: auto (uvloop if installed), asyncio."""
-    py_env: dict[str, str] = field(default_factory=dict)
-
-    def go(self, prog: str) -> str:
-        return str(BUILD_DIR / prog)
-
-
-def build_go() -> None:
-    if shutil.which("go") is None:
-        missing = [p for p in GO_PROGRAMS if not (BUILD_DIR / p).exists()]
-        if missing:
-            raise BenchError(f"`go` not found and {', '.join(missing)} not built "
-                             "(apt-get install golang-go golang-github-hashicorp-yamux-dev)")
-        log("`go` not found; using the programs already in interop/build/")
-        return
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    with open(BUILD_DIR / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = subprocess.run(["bash", str(BUILD_SCRIPT), str(BUILD_DIR)],
-                              capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise BenchError(f"interop/build.sh failed ({proc.returncode}):\n{proc.stderr}")
-    log(f"Go programs built in {time.monotonic() - t0:.1f} s")
-
-
-def start_echo(env: Env) -> Proc:
-    proc = Proc("echo-server", [env.go("echo-server"), "-addr", f"{HOST}:0"], env.logdir)
-    env.echo_addr = proc.wait_for(r"^(\S+:\d+)$", 10).group(1)
-    return proc
-
-
-def start_redis(env: Env) -> Proc | None:
-    if shutil.which("redis-server") is None or shutil.which("redis-benchmark") is None:
-        log("redis-server / redis-benchmark not found (apt-get install redis-server): "
-            "skipping the redis workload")
-        return None
-    for _ in range(5):
-        port = free_port()
-        proc = Proc("redis-server", [
-            "redis-server", "--port", str(port), "--bind", HOST, "--save", "",
-            "--appendonly", "no", "--daemonize", "no", "--maxclients", "10000",
-            "--dir", str(env.logdir)], env.logdir)
-        try:
-            proc.wait_for(r"Ready to accept connections", 10)
-        except BenchError:
-            proc.stop()
-            continue
-        env.redis_addr = f"{HOST}:{port}"
-        return proc
-    raise BenchError("redis-server did not start")
-
-
-def probe_py_relay(env: Env) -> None:
-    """Check that `python -m relay` exists and learn which options it has."""
-    env.py_env = dict(os.environ)
-    env.py_env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO)] + ([env.py_env["PYTHONPATH"]] if env.py_env.get("PYTHONPATH") else []))
-    proc = subprocess.run([env.python, "-m", "relay", "--help"], capture_output=True, text=True,
-                          cwd=REPO, env=env.py_env, timeout=30, check=False)
-    if proc.returncode != 0:
-        raise BenchError(f"`{env.python} -m relay --help` failed ({proc.returncode}): "
-                         f"{proc.stderr.strip()[-500:]}")
-    opts = []
-    if "--bind" in proc.stdout:
-        opts += ["--bind", HOST]
-    if "--max-connections" in proc.stdout:
-        # The default (1000 per registered service) is below the 10,000-connection workload.
-        opts += ["--max-connections", "1000000"]
-    env.py_relay_opts = opts
-
-
-@dataclass
-class Pair:
-    """A relay and a forwarder in front of `target`; `endpoint` is the public HOST:PORT."""
-
-    relay: Proc
-    forwarder: Proc
-    endpoint: str
-
-    def procs(self) -> tuple[Proc, Proc]:
-        return self.relay, self.forwarder
-
-
-SERVING = r"Serving relay requests on port (\d+)"
-ENDPOINT = r"^(\S+:\d+)\s*$"
-
-
-def start_go_pair(env: Env, target: str) -> Pair:
-    relay = Proc("go-relay", [env.go("go-relay"), "-port", "0", "-bind", HOST,
-                              "-public-bind", HOST], env.logdir)
-    try:
-        port = relay.wait_for(SERVING, 10, "out err").group(1)
-    except BaseException:
-        relay.stop()
-        raise
-    return with_forwarder(relay, "go-forwarder", [env.go("go-forwarder"), "-relay",
-                                                  f"{HOST}:{port}", "-local", target], env, 10)
-
-
-def with_forwarder(relay: Proc, name: str, argv: list[str], env: Env, timeout: float,
-                   proc_env: dict[str, str] | None = None) -> Pair:
-    """Start the forwarder `argv` in front of `relay`; stop both if it shows no endpoint."""
-    try:
-        fwd = Proc(name, argv, env.logdir, env=proc_env)
-    except BaseException:
-        relay.stop()
-        raise
-    try:
-        endpoint = fwd.wait_for(ENDPOINT, timeout).group(1)
-    except BaseException:
-        fwd.stop()
-        relay.stop()
-        raise
-    return Pair(relay, fwd, endpoint)
-
-
-def start_py_pair(env: Env, target: str) -> Pair:
-    relay = None
-    for _ in range(5):  # the relay takes no port 0: pick a free one, retry if taken meanwhile
-        port = free_port()
-        relay = Proc("py-relay", [env.python, "-m", "relay", *env.py_relay_opts,
-                                  "--event-loop", env.py_loop, str(port)],
-                     env.logdir, env=env.py_env)
-        try:
-            relay.wait_for(SERVING, 30, "out err")
-            break
-        except BenchError as exc:
-            relay.stop()
-            relay = None
-            if "in use" not in str(exc):
-                raise
-    if relay is None:
-        raise BenchError("the project relay found no free control port")
-    target_host, target_port = target.rsplit(":", 1)
-    return with_forwarder(relay, "py-forwarder", [
-        env.python, "-m", "relay", "--event-loop", env.py_loop,
-        f"--localForwardPort={target_port}", "--local-forward-host", target_host, HOST, str(port),
-    ], env, 30, env.py_env)
-
-
-@contextlib.contextmanager
-def path_endpoint(env: Env, path: str, target: str) -> Iterator[Pair | None]:
-    """Yield the pair for `path` (None for direct), always stopping it afterwards."""
-    if path == "direct":
-        yield None
-        return
-    pair = start_go_pair(env, target) if path == "go" else start_py_pair(env, target)
-    try:
-        yield pair
-    finally:
-        pair.forwarder.stop()
-        pair.relay.stop()
-
-
-# --------------------------------------------------------------------- workloads
-
-
-@dataclass
-class Metric:
-    key: str     # key in a run's result
-    label: str   # row label in the table
-    unit: str
-    better: str  # "higher" or "lower"
-    fmt: str = "{:.0f}"
-
-
-@dataclass
-class Workload:
-    name: str
-    title: str
-    metrics: list[Metric]
-    run: Callable[[Env, str, Pair | None], dict[str, Any]]
-    cpu_per: str  # "GB" (per GB moved, both directions) or "op"
-    timeout: float
-
-
-def loadgen(env: Env, args: list[str], timeout: float) -> dict[str, Any]:
-    proc = Proc("loadgen", [env.go("loadgen"), *args], env.logdir)
-    try:
-        code = run_to_end(proc, timeout)
-        return parse_loadgen(proc, code)
-    finally:
-        proc.stop()
-
-
-def parse_loadgen(proc: Proc, code: int) -> dict[str, Any]:
-    lines = [ln for ln in proc.stdout().splitlines() if ln.startswith("{")]
-    if not lines:
-        raise BenchError(f"loadgen exited {code} without a result: {proc.tail()}")
-    res: dict[str, Any] = json.loads(lines[-1])
-    if not res.get("ok"):
-        raise BenchError(f"loadgen: {res.get('error', 'failed')} (exit {code})")
-    return res
-
-
-def echo_workload(name: str, title: str, conns: int, size: int, timeout: float) -> Workload:
-    def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
-        return loadgen(env, ["echo", "-addr", addr, "-conns", str(conns), "-bytes", str(size),
-                             "-timeout", f"{timeout:g}s"], timeout + 10)
-    metrics = [Metric("mb_per_s", title, "MB/s", "higher")]
-    if conns >= 1000:  # opening many at once is a result of its own (not in the MB/s)
-        metrics.append(Metric("connect_s", f"{conns} conns: time to connect all", "s", "lower",
-                              "{:.2f}"))
-    return Workload(name, title, metrics, run, "GB", timeout)
-
-
-def latency_workload(n: int, duration: float) -> Workload:
-    timeout = duration + 30
-
-    def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
-        res = loadgen(env, ["latency", "-addr", addr, "-size", "64", "-n", str(n),
-                            "-duration", f"{duration:g}s", "-timeout", f"{timeout:g}s"],
-                      timeout + 10)
-        res["ops"] = res["round_trips"]
-        return res
-    return Workload("latency", "64-byte request/response, 1 connection", [
-        Metric("p50_us", "64 B round trip p50", "us", "lower", "{:.1f}"),
-        Metric("p99_us", "64 B round trip p99", "us", "lower", "{:.1f}"),
-    ], run, "op", timeout)
-
-
-def connrate_workload(duration: float) -> Workload:
-    def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
-        res = loadgen(env, ["connrate", "-addr", addr, "-size", "64", "-concurrency", "16",
-                            "-duration", f"{duration:g}s", "-timeout", "10s"], duration + 30)
-        res["ops"] = res["connections"]
-        return res
-    return Workload("connrate", "new connections (connect, 64 B exchange, close), 16 at once",
-                    [Metric("conns_per_s", "new connections", "conn/s", "higher")], run, "op",
-                    duration + 30)
-
-
-def idle_workload(conns: int, timeout: float) -> Workload:
-    def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
-        before = {p.name: p.rss_bytes() for p in pair.procs()} if pair else {}
-        proc = Proc("loadgen", [env.go("loadgen"), "idle", "-addr", addr, "-conns", str(conns),
-                                "-size", "64", "-timeout", f"{timeout:g}s"], env.logdir,
-                    stdin=True)
-        try:
-            proc.wait_for(r"^READY ", timeout + 5)
-            res: dict[str, Any] = {}
-            if pair:
-                time.sleep(0.3)  # let the relay side settle after the last exchange
-                for p, role in ((pair.relay, "relay"), (pair.forwarder, "forwarder")):
-                    after = p.rss_bytes()
-                    res[f"{role}_rss_before"] = before[p.name]
-                    res[f"{role}_rss_after"] = after
-                    res[f"{role}_rss_per_conn"] = (after - before[p.name]) / conns
-            assert proc.popen.stdin is not None
-            proc.popen.stdin.write(b"close\n")
-            proc.popen.stdin.flush()
-            code = run_to_end(proc, 30)
-            res.update(parse_loadgen(proc, code))
-        finally:
-            proc.stop()
-        res["all_work"] = 1.0 if res.get("exchanged") == conns else 0.0
-        res["ops"] = conns
-        return res
-    k = f"{conns // 1000}k" if conns % 1000 == 0 else str(conns)
-    return Workload("idle", f"{conns} concurrent idle connections", [
-        Metric("all_work", f"{k} idle conns: all work (1 = yes)", "", "higher", "{:.0f}"),
-        Metric("open_s", f"{k} idle conns: time to open all", "s", "lower", "{:.2f}"),
-        Metric("relay_rss_per_conn", f"{k} idle conns: relay RSS/conn", "bytes", "lower"),
-        Metric("forwarder_rss_per_conn", f"{k} idle conns: forwarder RSS/conn", "bytes",
-               "lower"),
-    ], run, "op", timeout)
-
-
-REDIS_LINE = re.compile(r"\b(SET|GET): ([\d.]+) requests per second")
-
-
-def redis_workload(requests: int, timeout: float) -> Workload:
-    def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
-        host, port = addr.rsplit(":", 1)
-        proc = Proc("redis-benchmark", ["redis-benchmark", "-h", host, "-p", port,
-                                        "-t", "set,get", "-c", "50", "-n", str(requests), "-q"],
-                    env.logdir)
-        try:
-            code = run_to_end(proc, timeout)
-            found = dict(REDIS_LINE.findall(proc.stdout().replace("\r", "\n")))
-            if code != 0 or set(found) != {"SET", "GET"}:
-                raise BenchError(f"redis-benchmark exited {code}: {proc.tail()}")
-        finally:
-            proc.stop()
-        return {"set_ops_per_s": float(found["SET"]), "get_ops_per_s": float(found["GET"]),
-                "ops": 2 * requests}
-    return Workload("redis", "redis-benchmark SET/GET, 50 clients", [
-        Metric("set_ops_per_s", "redis-benchmark SET", "ops/s", "higher"),
-        Metric("get_ops_per_s", "redis-benchmark GET", "ops/s", "higher"),
-    ], run, "op", timeout)
-
-
-def workloads(quick: bool) -> list[Workload]:
-    if quick:
-        return [
-            echo_workload("1x1GB", "1 conn x 200 MB echoed", 1, 200_000_000, 60),
-            echo_workload("100x10MB", "100 conns x 2 MB echoed", 100, 2_000_000, 60),
-            echo_workload("1000x100KB", "1000 conns x 20 KB echoed", 1000, 20_000, 60),
-            latency_workload(2000, 1.0),
-            connrate_workload(1.0),
-            idle_workload(2000, 60),
-            redis_workload(10_000, 60),
-        ]
-    return [
-        echo_workload("1x1GB", "1 conn x 1 GB echoed", 1, 1_000_000_000, 90),
-        echo_workload("100x10MB", "100 conns x 10 MB echoed", 100, 10_000_000, 90),
-        echo_workload("1000x100KB", "1000 conns x 100 KB echoed", 1000, 100_000, 60),
-        latency_workload(10_000, 3.0),
-        connrate_workload(2.0),
-        idle_workload(10_000, 90),
-        redis_workload(50_000, 90),
-    ]
-
-
-# ------------------------------------------------------------------------ runner
+if not __package__:  # run as `python bench/run.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.processes import (
+    REPO,
+    BenchError,
+    build_go,
+    log,
+    nofile_limit,
+    stop,
+    stop_all,
+)
+from bench.report import machine_info, render, summarize
+from bench.services import (
+    PATHS,
+    Env,
+    path_endpoint,
+    probe_tree,
+    start_echo,
+    start_redis,
+)
+from bench.workloads import Workload, workloads
+from testkit.procs import ProcessError, raise_nofile
 
 
 def run_one(env: Env, wl: Workload, path: str) -> dict[str, Any]:
@@ -548,158 +79,52 @@ def run_one(env: Env, wl: Workload, path: str) -> dict[str, Any]:
     return res
 
 
-def cpu_cost(res: dict[str, Any], role: str, per: str) -> float | None:
-    cpu = res.get(f"{role}_cpu_s")
-    if cpu is None:
-        return None
-    if per == "GB":
-        moved = res.get("bytes_moved") or 0
-        return cpu / (moved / 1e9) if moved else None
-    ops = res.get("ops") or 0
-    return cpu / ops * 1e6 if ops else None  # microseconds per op
+def run_alternating(wl: Workload, paths: list[str], repeat: int, unusable: dict[str, str],
+                    one: Callable[[str], dict[str, Any]], label: str = "") -> list[dict[str, Any]]:
+    """``repeat`` rounds of ``one(path)`` for every path, in an order rotated each round.
 
-
-def median_or_none(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.median(vals) if vals else None
-
-
-def summarize(wls: list[Workload], paths: list[str], runs: list[dict[str, Any]],
-              repeat: int) -> dict[str, Any]:
-    rows = []
-    cpu_rows = []
-    for wl in wls:
-        by_path = {p: [r for r in runs if r["workload"] == wl.name and r["path"] == p]
-                   for p in paths}
-        for m in wl.metrics:
-            row: dict[str, Any] = {"workload": wl.name, "metric": m.key, "label": m.label,
-                                   "unit": m.unit, "better": m.better, "fmt": m.fmt}
-            for p in paths:
-                ok = [r["result"][m.key] for r in by_path[p]
-                      if r["ok"] and r["result"].get(m.key) is not None]
-                failed = [r["error"] for r in by_path[p] if not r["ok"]]
-                row[p] = {"median": statistics.median(ok) if ok else None, "values": ok,
-                          "runs": len(by_path[p]), "failed": len(failed),
-                          "errors": failed[:3]}
-            go, py = row.get("go", {}).get("median"), row.get("py", {}).get("median")
-            row["ratio"] = py / go if go and py is not None else None
-            rows.append(row)
-        unit = "CPU s per GB moved" if wl.cpu_per == "GB" else "CPU us per op"
-        crow: dict[str, Any] = {"workload": wl.name, "title": wl.title, "unit": unit}
-        for p in paths:
-            if p == "direct":
+    A path that fails is not retried for this workload (its later runs are
+    recorded as failed), nor is one in ``unusable``.
+    """
+    runs: list[dict[str, Any]] = []
+    broken = set(unusable)
+    name = label or wl.name
+    for rep in range(repeat):
+        order = paths[rep % len(paths):] + paths[:rep % len(paths)]
+        for path in order:
+            record: dict[str, Any] = {"workload": wl.name, "path": path, "rep": rep}
+            if path in broken:
+                runs.append({**record, "ok": False,
+                             "error": unusable.get(path, "skipped after an earlier failure")})
                 continue
-            ok = [r["result"] for r in by_path[p] if r["ok"]]
-            crow[p] = {role: median_or_none([cpu_cost(r, role, wl.cpu_per) for r in ok])
-                       for role in ("relay", "forwarder")}
-        go_c, py_c = crow.get("go"), crow.get("py")
-        if go_c and py_c and None not in go_c.values() and None not in py_c.values():
-            go_sum = go_c["relay"] + go_c["forwarder"]
-            crow["ratio"] = (py_c["relay"] + py_c["forwarder"]) / go_sum if go_sum else None
-        else:
-            crow["ratio"] = None
-        cpu_rows.append(crow)
-    return {"rows": rows, "cpu_rows": cpu_rows, "repeat": repeat}
-
-
-def fmt_cell(cell: dict[str, Any] | None, fmt: str) -> str:
-    if cell is None:
-        return "-"
-    if cell["median"] is None and not cell["failed"]:
-        return "n/a"
-    if cell["median"] is None:
-        return f"FAIL ({cell['failed']}/{cell['runs']})" if cell["runs"] else "-"
-    text = fmt.format(cell["median"])
-    if cell["failed"]:
-        text += f" ({cell['runs'] - cell['failed']}/{cell['runs']} ok)"
-    return text
-
-
-def fmt_num(v: float | None) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.3g}" if v < 100 else f"{v:.0f}"
-
-
-def render(summary: dict[str, Any], machine: dict[str, Any], paths: list[str]) -> str:
-    out = []
-    out.append("## Relay benchmark")
-    out.append("")
-    for key in ("date", "nproc", "cpu", "python", "go", "kernel", "load_before",
-                "load_after", "mode", "event_loop", "repeat", "duration_s"):
-        if key in machine:
-            out.append(f"- {key}: {machine[key]}")
-    out.append("")
-    heads = ["workload", *(PATH_TITLES[p] for p in paths)]
-    if "go" in paths and "py" in paths:
-        heads.append("ratio project/Go")
-    out.append("| " + " | ".join(heads) + " |")
-    out.append("|" + "---|" * len(heads))
-    for row in summary["rows"]:
-        label = f"{row['label']} ({row['unit']}, {row['better']} is better)" if row["unit"] \
-            else f"{row['label']}"
-        cells = [label]
-        for p in paths:
-            cells.append(fmt_cell(row.get(p), row["fmt"]))
-        if "go" in paths and "py" in paths:
-            cells.append("-" if row["ratio"] is None else f"{row['ratio']:.2f}")
-        out.append("| " + " | ".join(cells) + " |")
-    relay_paths = [p for p in paths if p != "direct"]
-    if relay_paths:
-        out.append("")
-        out.append("CPU time of the relay and forwarder processes (utime+stime), medians; "
-                   "GB moved counts both directions:")
-        out.append("")
-        heads = ["workload", "unit"]
-        for p in relay_paths:
-            heads += [f"{PATH_TITLES[p]}: relay", f"{PATH_TITLES[p]}: forwarder"]
-        if len(relay_paths) == 2:
-            heads.append("ratio project/Go (sum)")
-        out.append("| " + " | ".join(heads) + " |")
-        out.append("|" + "---|" * len(heads))
-        for crow in summary["cpu_rows"]:
-            cells = [crow["title"], crow["unit"]]
-            for p in relay_paths:
-                cells += [fmt_num(crow[p]["relay"]), fmt_num(crow[p]["forwarder"])]
-            if len(relay_paths) == 2:
-                cells.append("-" if crow["ratio"] is None else f"{crow['ratio']:.2f}")
-            out.append("| " + " | ".join(cells) + " |")
-    failures = [(row["label"], p, e) for row in summary["rows"] for p in paths
-                for e in (row.get(p) or {}).get("errors", [])]
-    if failures:
-        out.append("")
-        out.append("Failures:")
-        seen = set()
-        for label, p, e in failures:
-            if (p, e) in seen:
+            try:
+                res = one(path)
+            except (BenchError, ProcessError) as exc:
+                broken.add(path)
+                runs.append({**record, "ok": False, "error": str(exc)})
+                log(f"{name} rep {rep + 1}/{repeat} {path}: FAILED: {exc}")
                 continue
-            seen.add((p, e))
-            out.append(f"- {PATH_TITLES[p]}, {label}: {e[:400]}")
-    return "\n".join(out)
+            runs.append({**record, "ok": True, "result": res})
+            shown = ", ".join(f"{m.key}={m.fmt.format(res[m.key])}"
+                              for m in wl.metrics if res.get(m.key) is not None)
+            log(f"{name} rep {rep + 1}/{repeat} {path}: {shown} ({res['wall_s']:.1f} s)")
+    return runs
 
 
-def machine_info(python: str) -> dict[str, Any]:
-    cpu = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    pyver = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
-                           capture_output=True, text=True, check=False).stdout.strip()
-    gover = "?"
-    if shutil.which("go"):
-        gover = subprocess.run(["go", "version"], capture_output=True, text=True,
-                               check=False).stdout.strip().removeprefix("go version ")
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": pyver,
-        "go": gover,
-        "kernel": platform.release(),
-        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
+def probe_trees(env: Env, paths: list[str], baseline: Path | None) -> dict[str, str]:
+    """Find the relay of this tree (and of --baseline); return the paths that cannot run."""
+    unusable: dict[str, str] = {}
+    for path, root in (("py", REPO), ("base", baseline)):
+        if path not in paths or root is None:
+            continue
+        try:
+            env.trees[path] = tree = probe_tree(env, root)
+            log(f"{path}: {tree.module_file}")
+        except BenchError as exc:
+            # Still measure the other paths; every run of this one is reported as failed.
+            unusable[path] = str(exc)
+            log(f"the relay of {root} cannot run: {exc}")
+    return unusable
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -710,8 +135,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="smaller workloads, one repetition (under a minute)")
     ap.add_argument("--only", metavar="W1,W2", help=f"workloads to run: {','.join(names)}")
-    ap.add_argument("--paths", default=",".join(PATHS), metavar="P1,P2",
-                    help="paths to run (default: direct,go,py)")
+    ap.add_argument("--paths", default="direct,go,py", metavar="P1,P2",
+                    help="paths to run (default: direct,go,py; base is added by --baseline)")
+    ap.add_argument("--baseline", type=Path, metavar="PATH",
+                    help="also run the relay of this source tree (e.g. a `git worktree add "
+                         "/tmp/base REV`), interleaved with this one, as path `base`")
     ap.add_argument("--repeat", type=int, metavar="N",
                     help="repetitions of every workload on every path (default 3; 1 with --quick)")
     ap.add_argument("--json", metavar="FILE", help="also write every run and the summary here")
@@ -730,9 +158,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if bad:
         ap.error(f"unknown workload(s) {', '.join(bad)}; choose from {', '.join(names)}")
     args.path_list = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if args.baseline is not None:
+        if not (args.baseline / "relay").is_dir():
+            ap.error(f"--baseline {args.baseline}: no relay/ package there")
+        if "base" not in args.path_list:
+            args.path_list.append("base")
     bad = [p for p in args.path_list if p not in PATHS]
     if bad or not args.path_list:
         ap.error(f"unknown path(s) {', '.join(bad)}; choose from {', '.join(PATHS)}")
+    if "base" in args.path_list and args.baseline is None:
+        ap.error("path `base` needs --baseline PATH")
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     if args.repeat < 1:
@@ -744,23 +179,33 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    t_start = time.monotonic()
-    # SIGTERM / SIGHUP unwind like Ctrl-C, so every finally (and stop_all) runs.
+def install_signal_handlers() -> None:
+    """SIGTERM / SIGHUP unwind like Ctrl-C, so every finally (and stop_all) runs."""
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
     atexit.register(stop_all)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--wan" in argv:
+        from bench import wan
+        argv.remove("--wan")
+        return wan.main(argv)
+    args = parse_args(argv)
+    t_start = time.monotonic()
+    install_signal_handlers()
     raise_nofile()
     logdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     env = Env(logdir=logdir, python=args.python, quick=args.quick, py_loop=args.event_loop)
     wls = [wl for wl in workloads(args.quick) if wl.name in args.workloads]
     paths = [p for p in PATHS if p in args.path_list]
     runs: list[dict[str, Any]] = []
-    unusable: dict[str, str] = {}
     machine = machine_info(args.python)
     machine["mode"] = "quick" if args.quick else "default"
     machine["event_loop"] = args.event_loop
+    if args.baseline is not None:
+        machine["baseline"] = str(args.baseline.resolve())
     machine["repeat"] = args.repeat
     idle_conns = 2000 if args.quick else 10_000
     if nofile_limit() < idle_conns + 1000 and any(wl.name == "idle" for wl in wls):
@@ -769,13 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not args.no_build:
             build_go()
-        if "py" in paths:
-            try:
-                probe_py_relay(env)
-            except BenchError as exc:
-                # Still measure the other paths; every py run is reported as failed.
-                unusable["py"] = str(exc)
-                log(f"the project relay cannot run: {exc}")
+        unusable = probe_trees(env, paths, args.baseline)
         echo = start_echo(env)
         if any(wl.name == "redis" for wl in wls):
             redis = start_redis(env)
@@ -783,28 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 wls = [wl for wl in wls if wl.name != "redis"]
         log(f"echo server {env.echo_addr}, redis {env.redis_addr or '-'}, logs in {logdir}")
         for wl in wls:
-            broken = set(unusable)  # a path that failed is not retried for this workload
-            for rep in range(args.repeat):
-                order = paths[rep % len(paths):] + paths[:rep % len(paths)]
-                for path in order:
-                    if path in broken:
-                        why = unusable.get(path, "skipped after an earlier failure")
-                        runs.append({"workload": wl.name, "path": path, "rep": rep,
-                                     "ok": False, "error": why})
-                        continue
-                    try:
-                        res = run_one(env, wl, path)
-                        runs.append({"workload": wl.name, "path": path, "rep": rep, "ok": True,
-                                     "result": res})
-                        shown = ", ".join(f"{m.key}={m.fmt.format(res[m.key])}"
-                                          for m in wl.metrics if res.get(m.key) is not None)
-                        log(f"{wl.name} rep {rep + 1}/{args.repeat} {path}: {shown} "
-                            f"({res['wall_s']:.1f} s)")
-                    except BenchError as exc:
-                        broken.add(path)
-                        runs.append({"workload": wl.name, "path": path, "rep": rep,
-                                     "ok": False, "error": str(exc)})
-                        log(f"{wl.name} rep {rep + 1}/{args.repeat} {path}: FAILED: {exc}")
+            runs += run_alternating(wl, paths, args.repeat, unusable,
+                                    lambda path, wl=wl: run_one(env, wl, path))
             if echo and not echo.alive():
                 raise BenchError(f"the echo server died: {echo.tail()}")
     except KeyboardInterrupt:
@@ -818,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for proc in (redis, echo):
             if proc:
-                proc.stop()
+                stop(proc)
         stop_all()
         if not args.keep_logs:
             shutil.rmtree(logdir, ignore_errors=True)

@@ -1,4 +1,13 @@
-"""Command line: ``relay PORT`` is a relay, ``relay --localForwardPort=P HOST PORT`` a forwarder."""
+"""Command line: ``relay server PORT``, ``relay forward LOCAL_PORT HOST PORT``, and the seed forms.
+
+Every option is declared ONCE below with ``option(...)``, under the mode it
+belongs to (``relay``, ``forwarder`` or ``common``). From that one declaration
+it becomes an option of the subcommand of its mode and of the seed command
+(``relay PORT`` / ``relay --localForwardPort=P HOST PORT``), gets its
+``RELAY_<NAME>`` environment variable (shown in --help) and may be set in the
+config file. To add an option: add one ``option(...)`` call in its section,
+then read ``opts["its_name"]`` in ``build_server`` or ``build_forwarders``.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +16,16 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import click
 
 import yamux
 
+from . import config as config_file
+from . import logs
 from .forwarder import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_LOCAL_HOST,
@@ -30,10 +42,21 @@ from .server import (
 
 logger = logging.getLogger("relay.cli")
 
+DISTRIBUTION = "yamux-relay"
+"""The name on PyPI (``relay`` there is an unrelated project); the command stays ``relay``."""
 PORT = click.IntRange(1, 65535)
 SECONDS = click.FloatRange(min=0, min_open=True)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+PROTOCOLS = ("yamux",)
+"""Registration protocols of ``relay server --protocol``; the first is the default (the seed's)."""
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 0
+ENV_PREFIX = "RELAY_"
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+RELAY, FORWARDER, COMMON = "relay", "forwarder", "common"
+"""Option groups: relay-only, forwarder-only, both."""
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -49,15 +72,14 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     except ImportError:
         if choice == "uvloop":
             raise click.UsageError(
-                "--event-loop uvloop: uvloop is not installed (pip install 'relay[fast]')"
+                f"--event-loop uvloop: uvloop is not installed "
+                f"(pip install '{DISTRIBUTION}[fast]')"
             ) from None
         return None
     return uvloop.new_event_loop
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 0
 
 
-class PortRange(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2 only
+class PortRange(click.ParamType):  # type: ignore[type-arg]
     """``LOW-HIGH``, both ports, LOW <= HIGH."""
 
     name = "LOW-HIGH"
@@ -81,34 +103,182 @@ class PortRange(click.ParamType):  # type: ignore[type-arg]  # generic from clic
         return low, high
 
 
+# ------------------------------------------------------------ option registry
 class GroupedOption(click.Option):
-    """An option listed under a heading of ``relay --help`` (relay, forwarder or common)."""
+    """An option listed under the heading of its mode in --help."""
 
-    def __init__(self, *args: Any, group: str = "common", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, group: str = COMMON, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.group = group
 
+    def consume_value(self, ctx: click.Context,
+                      opts: Mapping[str, Any]) -> tuple[Any, click.core.ParameterSource]:
+        value, source = super().consume_value(ctx, opts)
+        ctx.meta[f"relay.source.{self.name}"] = source  # for get_error_hint, called before
+        return value, source                           # click records the source itself
 
-GROUPS = (
-    ("relay", "Relay options (relay PORT)"),
-    ("forwarder", "Forwarder options (relay --local-forward-port LOCAL_PORT HOST PORT)"),
-    ("common", "Common options"),
-)
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        """Name where a bad value came from: the flag, its env var, or the config file."""
+        hint = " / ".join(f"'{name}'" for name in self.opts)
+        source = ctx.meta.get(f"relay.source.{self.name}") if ctx is not None else None
+        if source is click.core.ParameterSource.ENVIRONMENT and self.envvar:
+            return f"{hint} (env var {self.envvar})"
+        if source is click.core.ParameterSource.DEFAULT_MAP and ctx is not None:
+            found = loaded_config(ctx)
+            return f"{hint} (in {found.path if found is not None else 'the config file'})"
+        return hint
 
 
-class RelayCommand(click.Command):
-    """Two usage lines, and options grouped by mode in --help."""
+@dataclass(frozen=True)
+class OptionSpec:
+    decls: tuple[str, ...]
+    group: str
+    kwargs: dict[str, Any]
+
+    def build(self) -> GroupedOption:
+        opt = GroupedOption(self.decls, group=self.group, **self.kwargs)
+        if opt.envvar is None and opt.name is not None and self.kwargs.get("expose_value", True):
+            opt.envvar = ENV_PREFIX + opt.name.upper()
+            opt.show_envvar = True
+        return opt
+
+
+OPTIONS: list[OptionSpec] = []
+
+
+def option(*decls: str, group: str, **kwargs: Any) -> None:
+    """Declare an option once: subcommand of its group, seed form, env var and config file."""
+    OPTIONS.append(OptionSpec(decls, group, kwargs))
+
+
+def options_of(*groups: str) -> list[GroupedOption]:
+    return [spec.build() for spec in OPTIONS if spec.group in groups]
+
+
+def option_names(*groups: str) -> set[str]:
+    return {name for opt in options_of(*groups) if (name := opt.name) is not None}
+
+
+# -- relay (server) options
+option("--bind", metavar="ADDRESS", group=RELAY,
+       help="Address of the control port and of the public ports.  "
+            "[default: all interfaces, IPv4 and IPv6]")
+option("--port-range", type=PortRange(), group=RELAY,
+       help="Open public ports only in this range, e.g. 5000-5099.  "
+            "[default: any port the OS chooses]")
+option("--max-sessions", type=click.IntRange(min=1), default=DEFAULT_MAX_SESSIONS,
+       show_default=True, group=RELAY,
+       help="Most registered services at once; beyond it a registration gets an error line.")
+option("--max-connections", type=click.IntRange(min=1), default=DEFAULT_MAX_CONNECTIONS,
+       show_default=True, group=RELAY,
+       help="Most open public connections per registered service; beyond it they are reset.")
+option("--handshake-timeout", type=SECONDS, default=DEFAULT_HANDSHAKE_TIMEOUT,
+       show_default=True, metavar="SECONDS", group=RELAY,
+       help="A registering side must answer a yamux ping within this, or it is dropped.")
+option("--protocol", type=click.Choice(PROTOCOLS), default=PROTOCOLS[0], show_default=True,
+       group=RELAY, help="Registration protocol: yamux is the seed's (port line, then yamux).")
+
+# -- forwarder options
+option("--local-forward-host", default=DEFAULT_LOCAL_HOST, show_default=True, metavar="HOST",
+       group=FORWARDER, help="Host of the local service.")
+option("--reconnect/--no-reconnect", default=True, show_default=True, group=FORWARDER,
+       help="Reconnect when the relay connection is lost or cannot be made (else exit 1).")
+option("--reconnect-delay", type=SECONDS, default=DEFAULT_RECONNECT_DELAY, show_default=True,
+       metavar="SECONDS", group=FORWARDER,
+       help="First reconnect delay; it doubles (+-20% jitter) after each failure.")
+option("--reconnect-max-delay", type=SECONDS, default=DEFAULT_RECONNECT_MAX_DELAY,
+       show_default=True, metavar="SECONDS", group=FORWARDER, help="Longest reconnect delay.")
+option("--connect-timeout", type=SECONDS, default=DEFAULT_CONNECT_TIMEOUT, show_default=True,
+       metavar="SECONDS", group=FORWARDER,
+       help="Time to connect to the relay and get the port line; also to reach the local "
+            "service.")
+
+# -- common options
+option("--keepalive-interval", type=SECONDS, default=30.0, show_default=True,
+       metavar="SECONDS", group=COMMON,
+       help="Interval of yamux keepalive pings on the relay connection.")
+option("--keepalive-timeout", type=SECONDS, default=10.0, show_default=True, metavar="SECONDS",
+       group=COMMON,
+       help="A ping unanswered (or a connection not writable) this long ends the session.")
+option("--event-loop", type=click.Choice(EVENT_LOOPS), default="auto", show_default=True,
+       group=COMMON, help="asyncio's own loop or uvloop; auto uses uvloop when it is installed.")
+option("-v", "--verbose", is_flag=True, group=COMMON,
+       help="Debug logging (same as --log-level debug).")
+option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info",
+       show_default=True, group=COMMON, help="Logging threshold (logs go to stderr).")
+option("--log-format", type=click.Choice(logs.LOG_FORMATS), default="text", show_default=True,
+       group=COMMON, help="text: TIME LEVEL logger: message key=value...; logfmt; json: one "
+                          "object per line. Times are UTC ISO-8601.")
+option("--connection-log/--no-connection-log", default=True, show_default=True, group=COMMON,
+       help="One INFO line per relayed connection when it ends (bytes both ways, duration).")
+
+
+# ------------------------------------------------------------- config file
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Eager: read the file before any other option, as the ``default_map`` of the command."""
+    if value is None:
+        return
+    try:
+        loaded = config_file.load(
+            value, common=option_names(COMMON), server=option_names(RELAY),
+            forward=option_names(FORWARDER) | {"local_forward_port"},
+        )
+    except config_file.ConfigFileError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    modes: dict[str, tuple[str, ...]] = {
+        "server": (config_file.SERVER_SECTION,),
+        "forward": (config_file.FORWARD_SECTION,),
+    }
+    defaults = loaded.defaults(*modes.get(ctx.info_name or "", (
+        config_file.SERVER_SECTION, config_file.FORWARD_SECTION)))
+    arguments = config_file.SERVER_ARGUMENTS | config_file.FORWARD_ARGUMENTS
+    ctx.default_map = {k: v for k, v in defaults.items() if k not in arguments}
+    ctx.meta["relay.config"] = loaded
+
+
+def config_option() -> click.Option:
+    return GroupedOption(
+        ["--config"], group=COMMON, metavar="FILE", envvar=ENV_PREFIX + "CONFIG",
+        show_envvar=True, is_eager=True, expose_value=False, callback=_load_config,
+        type=click.Path(dir_okay=False),
+        help="TOML file of option defaults, forwarded services and auth clients "
+             "(flag > environment > file > default).",
+    )
+
+
+def loaded_config(ctx: click.Context) -> config_file.ConfigFile | None:
+    found: config_file.ConfigFile | None = ctx.meta.get("relay.config")
+    return found
+
+
+# --------------------------------------------------------------- help layout
+GROUP_HEADINGS = {
+    RELAY: "Relay options (relay server / relay PORT)",
+    FORWARDER: "Forwarder options (relay forward / relay --local-forward-port)",
+    COMMON: "Common options",
+}
+
+
+class GroupedCommand(click.Command):
+    """Options grouped by mode in --help; ``usages`` replace click's usage line."""
+
+    def __init__(self, *args: Any, usages: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.usages = usages
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        formatter.write_usage(ctx.command_path, "[OPTIONS] PORT")
-        forwarder_usage = "[OPTIONS] --local-forward-port LOCAL_PORT HOST PORT"
-        formatter.write_usage(ctx.command_path, forwarder_usage, prefix="   or: ")
+        if not self.usages:
+            super().format_usage(ctx, formatter)
+            return
+        for i, usage in enumerate(self.usages):
+            formatter.write_usage(ctx.command_path, usage, prefix="Usage: " if i == 0
+                                  else "   or: ")
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        for group, heading in GROUPS:
+        for group, heading in GROUP_HEADINGS.items():
             rows = []
             for param in self.get_params(ctx):
-                if getattr(param, "group", "common") != group:
+                if getattr(param, "group", COMMON) != group:
                     continue
                 record = param.get_help_record(ctx)
                 if record is not None:
@@ -118,137 +288,224 @@ class RelayCommand(click.Command):
                     formatter.write_dl(rows)
 
 
-def option(*names: str, group: str = "common", **kwargs: Any) -> Callable[..., Any]:
-    return click.option(*names, cls=GroupedOption, group=group, **kwargs)
+def version_option() -> click.Option:
+    def show(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if not value or ctx.resilient_parsing:
+            return
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            found = version(DISTRIBUTION)
+        except PackageNotFoundError:
+            found = "unknown (not installed)"
+        click.echo(f"relay {found} ({DISTRIBUTION}, Python {sys.version.split()[0]})")
+        ctx.exit(0)
+
+    return GroupedOption(["-V", "--version"], group=COMMON, is_flag=True, expose_value=False,
+                         is_eager=True, callback=show, help="Show the version and exit.")
 
 
-HELP = """Expose a TCP service behind NAT on a public port of a relay.
+def command_params(*groups: str) -> list[click.Parameter]:
+    return [*options_of(*groups), config_option(), version_option()]
+
+
+# ----------------------------------------------------------------- commands
+SEED_HELP = """Expose a TCP service behind NAT on a public port of a relay.
 
 \b
-Relay mode, one argument:
+Relay mode, one argument (the same as relay server PORT):
   Listen for registrations on control PORT. Each registering service gets a
   public port of its own, sent to it as one line (e.g. "4532\\n"); then the
   connection becomes a yamux session, and every connection to the public
   port is relayed to the service as one stream of that session.
 
 \b
-Forwarder mode, --local-forward-port and two arguments:
+Forwarder mode, --local-forward-port and two arguments (the same as
+relay forward LOCAL_PORT HOST PORT):
   Register with the relay at HOST PORT, print the public endpoint
   HOST:PUBLIC_PORT alone on a line of stdout, and forward every relayed
   connection to LOCAL_HOST:LOCAL_PORT. Reconnects with exponential backoff
   when the relay goes away, and prints the new endpoint.
 
 \b
-Examples:
-  relay 7000                                 # a relay, control port 7000
-  relay --port-range 5000-5099 7000          # public ports from a range
-  relay --localForwardPort=6379 relay.example.com 7000
-                                             # expose the local redis
-  redis-cli -h relay.example.com -p 4532     # use the printed endpoint
+Commands (each with its own --help):
+  server   run a relay:      relay server [OPTIONS] PORT
+  forward  run a forwarder:  relay forward [OPTIONS] LOCAL_PORT HOST PORT
 
 \b
+Examples:
+  relay 7000                                 # a relay, control port 7000
+  relay server --port-range 5000-5099 7000   # public ports from a range
+  relay --localForwardPort=6379 relay.example.com 7000
+                                             # expose the local redis
+  relay forward 6379 relay.example.com:7000  # the same
+  redis-cli -h relay.example.com -p 4532     # use the printed endpoint
+  RELAY_BIND=127.0.0.1 relay 7000            # any option from the environment
+  relay server --config relay.toml           # or from a TOML file
+
+\b
+Every option can also be set by the environment variable shown with it, or
+in the --config file (keys are the long option names; see the README).
+Precedence: command line > environment > config file > default.
 Logs go to stderr; the forwarder's stdout carries only endpoints.
 Exit status: 0 on success and after SIGTERM, 130 after Ctrl-C (SIGINT),
 2 on a usage error, 1 on a runtime failure (the control port is in use,
 the relay is lost with --no-reconnect, ...).
 """
 
+SERVER_HELP = """Run a relay: accept registrations on control PORT.
 
-@click.command(cls=RelayCommand, help=HELP, context_settings={
-    "help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("args", nargs=-1, metavar="PORT | HOST PORT")
-@option("--bind", metavar="ADDRESS", group="relay",
-        help="Address of the control port and of the public ports.  "
-             "[default: all interfaces, IPv4 and IPv6]")
-@option("--port-range", type=PortRange(), group="relay",
-        help="Open public ports only in this range, e.g. 5000-5099.  "
-             "[default: any port the OS chooses]")
-@option("--max-sessions", type=click.IntRange(min=1), default=DEFAULT_MAX_SESSIONS,
-        show_default=True, group="relay",
-        help="Most registered services at once; beyond it a registration gets an error line.")
-@option("--max-connections", type=click.IntRange(min=1), default=DEFAULT_MAX_CONNECTIONS,
-        show_default=True, group="relay",
-        help="Most open public connections per registered service; beyond it they are reset.")
-@option("--handshake-timeout", type=SECONDS, default=DEFAULT_HANDSHAKE_TIMEOUT,
-        show_default=True, metavar="SECONDS", group="relay",
-        help="A registering side must answer a yamux ping within this, or it is dropped.")
-@option("--local-forward-port", "--localForwardPort", "local_forward_port", type=PORT,
-        metavar="LOCAL_PORT", group="forwarder",
-        help="Port of the local service to expose; selects forwarder mode.")
-@option("--local-forward-host", default=DEFAULT_LOCAL_HOST, show_default=True, metavar="HOST",
-        group="forwarder", help="Host of the local service.")
-@option("--reconnect/--no-reconnect", default=True, show_default=True, group="forwarder",
-        help="Reconnect when the relay connection is lost or cannot be made (else exit 1).")
-@option("--reconnect-delay", type=SECONDS, default=DEFAULT_RECONNECT_DELAY, show_default=True,
-        metavar="SECONDS", group="forwarder",
-        help="First reconnect delay; it doubles (+-20% jitter) after each failure.")
-@option("--reconnect-max-delay", type=SECONDS, default=DEFAULT_RECONNECT_MAX_DELAY,
-        show_default=True, metavar="SECONDS", group="forwarder",
-        help="Longest reconnect delay.")
-@option("--connect-timeout", type=SECONDS, default=DEFAULT_CONNECT_TIMEOUT, show_default=True,
-        metavar="SECONDS", group="forwarder",
-        help="Time to connect to the relay and get the port line; also to reach the local "
-             "service.")
-@option("--keepalive-interval", type=SECONDS, default=30.0, show_default=True, metavar="SECONDS",
-        help="Interval of yamux keepalive pings on the relay connection.")
-@option("--keepalive-timeout", type=SECONDS, default=10.0, show_default=True, metavar="SECONDS",
-        help="A ping unanswered (or a connection not writable) this long ends the session.")
-@option("--event-loop", type=click.Choice(EVENT_LOOPS), default="auto", show_default=True,
-        help="asyncio's own loop or uvloop; auto uses uvloop when it is installed.")
-@option("-v", "--verbose", is_flag=True, help="Debug logging (same as --log-level debug).")
-@option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info",
-        show_default=True, help="Logging threshold (logs go to stderr).")
-@click.version_option(package_name="relay", message="%(prog)s %(version)s")
-@click.pass_context
-def cli(ctx: click.Context, /, args: tuple[str, ...], **opts: Any) -> None:
+\b
+Each registering service gets a public port of its own, sent to it as one
+line (e.g. "4532\\n"); then the connection becomes a yamux session, and
+every connection to the public port is relayed to the service as one stream.
+
+\b
+Examples:
+  relay server 7000
+  relay server --bind 0.0.0.0 --port-range 5000-5099 7000
+  RELAY_MAX_SESSIONS=20 relay server 7000
+  relay server --config /etc/relay/relay.toml      # PORT from [server] port
+
+\b
+The seed form "relay PORT" is the same command.
+Exit status: 0 on success and after SIGTERM, 130 after Ctrl-C, 2 on a usage
+error, 1 on a runtime failure (e.g. the control port is in use).
+"""
+
+FORWARD_HELP = """Run a forwarder: expose LOCAL_PORT through the relay at HOST PORT.
+
+\b
+Registers with the relay, prints the public endpoint HOST:PUBLIC_PORT alone
+on a line of stdout, and forwards every relayed connection to
+LOCAL_HOST:LOCAL_PORT (--local-forward-host). Reconnects with exponential
+backoff when the relay goes away, and prints the new endpoint.
+The relay may be given as HOST PORT or HOST:PORT ([v6addr]:PORT for IPv6).
+
+\b
+Examples:
+  relay forward 6379 relay.example.com 7000
+  relay forward 6379 relay.example.com:7000
+  relay forward --config services.toml     # every [[forward.services]]
+
+\b
+The seed form "relay --localForwardPort=6379 HOST PORT" is the same command.
+Exit status: 0 after SIGTERM, 130 after Ctrl-C, 2 on a usage error, 1 when
+the relay is lost with --no-reconnect.
+"""
+
+
+def _seed(ctx: click.Context, **opts: Any) -> None:
+    args: tuple[str, ...] = opts.pop("args")
     forwarder_mode = opts["local_forward_port"] is not None
-    _check_mode(ctx, args, forwarder_mode)
-    _check_options(ctx, forwarder_mode, opts)
-    level = "debug" if opts["verbose"] else opts["log_level"]
-    _setup_logging(level)
-    loop_factory = event_loop_factory(opts["event_loop"])
-    try:
-        yamux_config = yamux.Config(
-            keepalive_interval=opts["keepalive_interval"],
-            connection_write_timeout=opts["keepalive_timeout"],
-        )
-    except yamux.ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    _check_seed_arguments(ctx, args, forwarder_mode)
+    _check_mode_options(ctx, forwarder_mode)
     if forwarder_mode:
-        host, port_text = args
-        port = _port_argument(ctx, port_text, "PORT")
-        forwarder = Forwarder(
-            relay_host=host, relay_port=port,
-            local_port=opts["local_forward_port"], local_host=opts["local_forward_host"],
-            reconnect=opts["reconnect"], reconnect_delay=opts["reconnect_delay"],
-            reconnect_max_delay=opts["reconnect_max_delay"],
-            connect_timeout=opts["connect_timeout"], yamux_config=yamux_config,
-        )
-        code = run_until_signal(forwarder.run, loop_factory)
+        host, port = _relay_address(ctx, args)
+        _run_forward(ctx, host, port, [Service(opts.pop("local_forward_port"))], opts)
     else:
-        port = _port_argument(ctx, args[0], "PORT")
-        server = RelayServer(
-            port, host=opts["bind"], port_range=opts["port_range"],
-            max_sessions=opts["max_sessions"], max_connections=opts["max_connections"],
-            handshake_timeout=opts["handshake_timeout"], yamux_config=yamux_config,
-        )
-        code = run_until_signal(lambda: _serve_relay(server, port), loop_factory)
-    ctx.exit(code)
+        _run_server(ctx, _port_argument(ctx, args[0], "PORT"), opts)
 
 
-def _check_mode(ctx: click.Context, args: tuple[str, ...], forwarder_mode: bool) -> None:
+seed_command = GroupedCommand(
+    "relay", callback=click.pass_context(_seed), help=SEED_HELP, context_settings=CONTEXT,
+    usages=("[OPTIONS] PORT", "[OPTIONS] --local-forward-port LOCAL_PORT HOST PORT",
+            "server [OPTIONS] PORT", "forward [OPTIONS] LOCAL_PORT HOST PORT"),
+    params=[
+        click.Argument(["args"], nargs=-1, metavar="PORT | HOST PORT"),
+        GroupedOption(["--local-forward-port", "--localForwardPort", "local_forward_port"],
+                      type=PORT, metavar="LOCAL_PORT", group=FORWARDER,
+                      help="Port of the local service to expose; selects forwarder mode."),
+        *command_params(RELAY, FORWARDER, COMMON),
+    ],
+)
+
+
+def _server(ctx: click.Context, port: int | None, **opts: Any) -> None:
+    if port is None:
+        found = loaded_config(ctx)
+        if found is None or "port" not in found.server:
+            raise click.UsageError("missing argument PORT (or port in the [server] table of "
+                                   "the --config file)", ctx)
+        port = _port_argument(ctx, str(found.server["port"]), "PORT")
+    _run_server(ctx, port, opts)
+
+
+server_command = GroupedCommand(
+    "server", callback=click.pass_context(_server), help=SERVER_HELP, context_settings=CONTEXT,
+    short_help="Run a relay: accept registrations on control PORT.",
+    params=[click.Argument(["port"], type=PORT, required=False),
+            *command_params(RELAY, COMMON)],
+)
+
+
+def _forward(ctx: click.Context, args: tuple[str, ...], **opts: Any) -> None:
+    found = loaded_config(ctx)
+    file_forward = found.forward if found is not None else {}
+    if len(args) == 3 or (len(args) == 2 and ":" in args[1]):
+        local_port = _port_argument(ctx, args[0], "LOCAL_PORT")
+        host, port = _relay_address(ctx, args[1:])
+        services = [Service(local_port)]
+    elif not args and found is not None and "relay" in file_forward:
+        host, port = _relay_address(ctx, (str(file_forward["relay"]),))
+        services = _file_services(ctx, found)
+    elif len(args) == 2:
+        raise click.UsageError(
+            f"got {' '.join(args)}: give LOCAL_PORT and the relay as HOST PORT or HOST:PORT, "
+            f"e.g. relay forward 6379 {args[1]} 7000", ctx)
+    else:
+        raise click.UsageError(
+            f"expected LOCAL_PORT HOST PORT (or LOCAL_PORT HOST:PORT), got "
+            f"{len(args)} argument{'s' if len(args) != 1 else ''}"
+            f"{': ' + ' '.join(args) if args else ''}; "
+            f"e.g. relay forward 6379 relay.example.com 7000", ctx)
+    _run_forward(ctx, host, port, services, opts)
+
+
+forward_command = GroupedCommand(
+    "forward", callback=click.pass_context(_forward), help=FORWARD_HELP,
+    context_settings=CONTEXT,
+    short_help="Run a forwarder: expose LOCAL_PORT through the relay at HOST PORT.",
+    usages=("[OPTIONS] LOCAL_PORT HOST PORT", "[OPTIONS] LOCAL_PORT HOST:PORT",
+            "[OPTIONS] --config FILE"),
+    params=[click.Argument(["args"], nargs=-1, metavar="LOCAL_PORT HOST PORT"),
+            *command_params(FORWARDER, COMMON)],
+)
+
+
+class RelayCLI(click.Group):
+    """``relay server|forward ...``; anything else is the seed form (``seed_command``)."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        if not args or args[0] not in self.commands:
+            return seed_command.make_context(info_name, args, parent, **extra)
+        return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        if ctx.command is seed_command:
+            return seed_command.invoke(ctx)
+        return super().invoke(ctx)
+
+
+cli = RelayCLI("relay", commands=[server_command, forward_command], context_settings=CONTEXT,
+               help=SEED_HELP)
+
+
+# ------------------------------------------------------------ argument checks
+def _check_seed_arguments(ctx: click.Context, args: tuple[str, ...],
+                          forwarder_mode: bool) -> None:
     if forwarder_mode:
+        if len(args) == 1 and ":" in args[0]:
+            return
         if len(args) != 2:
             raise click.UsageError(
                 f"forwarder mode (--local-forward-port) takes two arguments, HOST and PORT of "
                 f"the relay; got {len(args)}: {' '.join(args) or 'none'}", ctx)
-        if not args[0]:
-            raise click.BadParameter("the relay host must not be empty", ctx, param_hint="'HOST'")
         return
     if not args:
         raise click.UsageError(
             "missing argument: PORT to run a relay, or --local-forward-port LOCAL_PORT HOST PORT "
-            "to run a forwarder", ctx)
+            "to run a forwarder (see relay server --help, relay forward --help)", ctx)
     if len(args) == 2:
         raise click.UsageError(
             f"got HOST PORT ({' '.join(args)}) but no --local-forward-port: which local port "
@@ -259,8 +516,8 @@ def _check_mode(ctx: click.Context, args: tuple[str, ...], forwarder_mode: bool)
             f"--local-forward-port", ctx)
 
 
-def _check_options(ctx: click.Context, forwarder_mode: bool, opts: dict[str, Any]) -> None:
-    wrong_group = "relay" if forwarder_mode else "forwarder"
+def _check_mode_options(ctx: click.Context, forwarder_mode: bool) -> None:
+    wrong_group = RELAY if forwarder_mode else FORWARDER
     for param in ctx.command.params:
         if getattr(param, "group", None) != wrong_group or param.name is None:
             continue
@@ -268,10 +525,6 @@ def _check_options(ctx: click.Context, forwarder_mode: bool, opts: dict[str, Any
             mode = "forwarder mode" if forwarder_mode else "relay mode"
             raise click.UsageError(
                 f"{param.opts[0]} is a {wrong_group} option; it does not apply to {mode}", ctx)
-    if opts["reconnect_max_delay"] < opts["reconnect_delay"]:
-        raise click.BadParameter(
-            f"{opts['reconnect_max_delay']:g} is less than --reconnect-delay "
-            f"{opts['reconnect_delay']:g}", ctx, param_hint="'--reconnect-max-delay'")
 
 
 def _port_argument(ctx: click.Context, text: str, name: str) -> int:
@@ -286,11 +539,129 @@ def _port_argument(ctx: click.Context, text: str, name: str) -> int:
     return port
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+def _relay_address(ctx: click.Context, args: Sequence[str]) -> tuple[str, int]:
+    """``HOST PORT`` or ``HOST:PORT`` (``[v6]:PORT``) of the relay."""
+    if len(args) == 2:
+        host, port_text = args
+    else:
+        host, sep, port_text = args[0].rpartition(":")
+        if not sep or not host:
+            raise click.BadParameter(
+                f"{args[0]!r}: the relay is HOST PORT or HOST:PORT, e.g. relay.example.com:7000",
+                ctx, param_hint="'HOST:PORT'")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+    if not host:
+        raise click.BadParameter("the relay host must not be empty", ctx, param_hint="'HOST'")
+    return host, _port_argument(ctx, port_text, "PORT")
+
+
+@dataclass(frozen=True)
+class Service:
+    """One local service to expose (``[[forward.services]]`` or LOCAL_PORT)."""
+
+    local_port: int
+    local_host: str | None = None
+    name: str | None = None
+
+
+def _file_services(ctx: click.Context, found: config_file.ConfigFile) -> list[Service]:
+    if not found.services:
+        local_port = found.forward.get("local_port")
+        if local_port is None:
+            raise click.UsageError(
+                f"{found.path}: [forward] has a relay but no local-port and no "
+                f"[[forward.services]]", ctx)
+        return [Service(_port_argument(ctx, str(local_port), "local-port"))]
+    services = []
+    for i, table in enumerate(found.services):
+        if "local_port" not in table:
+            raise click.UsageError(f"{found.path}: [[forward.services]] #{i + 1} has no "
+                                   f"local-port", ctx)
+        services.append(Service(
+            _port_argument(ctx, str(table["local_port"]), "local-port"),
+            local_host=table.get("local_host"), name=table.get("name"),
+        ))
+    return services
+
+
+# ------------------------------------------------------------------ running
+def _yamux_config(opts: dict[str, Any]) -> yamux.Config:
+    try:
+        return yamux.Config(
+            keepalive_interval=opts["keepalive_interval"],
+            connection_write_timeout=opts["keepalive_timeout"],
+        )
+    except yamux.ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def build_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> RelayServer:
+    """The relay that ``relay server`` runs, from the merged options."""
+    found = loaded_config(ctx)
+    if found is not None and found.clients:
+        raise click.UsageError(
+            f"{found.path}: [[server.clients]] needs registration authentication, which this "
+            f"relay does not support yet", ctx)
+    return RelayServer(
+        port, host=opts["bind"], port_range=opts["port_range"],
+        max_sessions=opts["max_sessions"], max_connections=opts["max_connections"],
+        handshake_timeout=opts["handshake_timeout"], yamux_config=_yamux_config(opts),
     )
+
+
+def build_forwarders(ctx: click.Context, host: str, port: int, services: Sequence[Service],
+                     opts: dict[str, Any]) -> list[Forwarder]:
+    """One forwarder per service, from the merged options."""
+    if opts["reconnect_max_delay"] < opts["reconnect_delay"]:
+        raise click.BadParameter(
+            f"{opts['reconnect_max_delay']:g} is less than --reconnect-delay "
+            f"{opts['reconnect_delay']:g}", ctx, param_hint="'--reconnect-max-delay'")
+    return [
+        Forwarder(
+            relay_host=host, relay_port=port, local_port=service.local_port,
+            local_host=service.local_host or opts["local_forward_host"],
+            reconnect=opts["reconnect"], reconnect_delay=opts["reconnect_delay"],
+            reconnect_max_delay=opts["reconnect_max_delay"],
+            connect_timeout=opts["connect_timeout"], yamux_config=_yamux_config(opts),
+        )
+        for service in services
+    ]
+
+
+def _run_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> NoReturn:
+    server = build_server(ctx, port, opts)
+    loop_factory = event_loop_factory(opts["event_loop"])
+    _setup_logging(opts)
+    ctx.exit(run_until_signal(lambda: _serve_relay(server, port), loop_factory))
+
+
+def _run_forward(ctx: click.Context, host: str, port: int, services: Sequence[Service],
+                 opts: dict[str, Any]) -> NoReturn:
+    forwarders = build_forwarders(ctx, host, port, services, opts)
+    loop_factory = event_loop_factory(opts["event_loop"])
+    _setup_logging(opts)
+    ctx.exit(run_until_signal(lambda: _run_forwarders(forwarders), loop_factory))
+
+
+async def _run_forwarders(forwarders: Sequence[Forwarder]) -> int:
+    """Run every forwarder; the first one to exit (reconnect off) ends them all."""
+    if len(forwarders) == 1:
+        return await forwarders[0].run()
+    tasks = [asyncio.create_task(f.run(), name=f"forwarder-{f.local_endpoint}")
+             for f in forwarders]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        return max(task.result() for task in done)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+
+
+def _setup_logging(opts: dict[str, Any]) -> None:
+    level = "debug" if opts["verbose"] else str(opts["log_level"])
+    logs.setup(level, opts["log_format"], connection_log=opts["connection_log"])
 
 
 async def _serve_relay(server: RelayServer, port: int) -> int:
@@ -355,6 +726,6 @@ def run_until_signal(
 def main() -> None:
     """Console script entry point (``relay``)."""
     try:
-        cli()
+        cli.main(prog_name="relay")
     except KeyboardInterrupt:
         sys.exit(EXIT_SIGINT)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from .net import describe_os_error, format_endpoint
 from .pipe import SocketEnd, pipe
 
 logger = logging.getLogger("relay.forwarder")
+connections_logger = logging.getLogger("relay.connections")
 
 DEFAULT_LOCAL_HOST = "127.0.0.1"
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -118,6 +120,7 @@ class Forwarder:
 
     async def _forward(self, stream: yamux.Stream, _writer: yamux.Stream) -> None:
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, end = await loop.create_connection(SocketEnd, self.local_host, self.local_port)
@@ -130,5 +133,10 @@ class Forwarder:
             return
         logger.debug("stream %d: connected to %s", stream.id, self.local_endpoint)
         result = await pipe(end, stream)
-        logger.debug("stream %d done: %d bytes to the relay, %d to the service%s", stream.id,
-                     result.sent, result.received, f" ({result.error})" if result.error else "")
+        connections_logger.info(
+            "stream %d to %s closed: %d bytes to the relay, %d to the service%s", stream.id,
+            self.local_endpoint, result.sent, result.received,
+            f" ({result.error})" if result.error else "",
+            extra={"stream": stream.id, "local": self.local_endpoint, "bytes_in": result.received,
+                   "bytes_out": result.sent, "duration": round(time.monotonic() - started, 6),
+                   "reason": str(result.error) if result.error else "closed"})

@@ -22,6 +22,7 @@ import errno
 import itertools
 import logging
 import socket
+import time
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -33,6 +34,7 @@ from .pipe import SocketEnd, pipe
 from .protocol import error_line, port_line
 
 logger = logging.getLogger("relay.server")
+connections_logger = logging.getLogger("relay.connections")
 
 DEFAULT_MAX_SESSIONS = 100
 DEFAULT_MAX_CONNECTIONS = 1000
@@ -75,6 +77,10 @@ class _Registration:
     confirmed: bool = False
     ending: bool = False
     end_reason: str | None = None
+
+    def log_fields(self) -> dict[str, object]:
+        """The stable log fields of this session (see ``relay.logs.FIELDS``)."""
+        return {"session": self.id, "peer": self.peer, "public_port": self.public_port}
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +166,8 @@ class RelayServer:
             sock.close()
             raise
         self._serving = loop.create_future()
-        logger.info("Serving relay requests on port %d", self.port)
+        logger.info("Serving relay requests on port %d", self.port,
+                    extra={"control_port": self.port})
         logger.debug(
             "bound to %s; public ports %s; at most %d sessions of %d connections each",
             self._bind,
@@ -263,7 +270,8 @@ class RelayServer:
         reg.task = loop.create_task(self._run(reg), name=f"relay-session-{reg.id}")
 
     def _refuse(self, transport: asyncio.Transport, peer: str, reason: str) -> None:
-        logger.warning("refusing registration from %s: %s", peer, reason)
+        logger.warning("refusing registration from %s: %s", peer, reason,
+                       extra={"peer": peer, "reason": reason})
         transport.write(error_line(reason))
         transport.close()
 
@@ -297,7 +305,8 @@ class RelayServer:
                 partial(SocketEnd, partial(self._public_connection, reg)), sock=reg.sock,
                 backlog=LISTEN_BACKLOG,
             )
-            logger.info("session %d from %s: public port %d", reg.id, reg.peer, reg.public_port)
+            logger.info("session %d from %s: public port %d", reg.id, reg.peer, reg.public_port,
+                        extra=reg.log_fields())
             assert reg.handshake is not None
             try:
                 async with asyncio.timeout(self.handshake_timeout):
@@ -357,7 +366,8 @@ class RelayServer:
             reg.end_reason = describe_end(reg.session.close_reason if closed_by_peer else None)
         level = logging.INFO if reg.confirmed or self._closing else logging.WARNING
         logger.log(level, "session %d from %s ended: %s; public port %d closed",
-                   reg.id, reg.peer, reg.end_reason, reg.public_port)
+                   reg.id, reg.peer, reg.end_reason, reg.public_port,
+                   extra={**reg.log_fields(), "reason": reg.end_reason})
 
     # ----------------------------------------------------- public connections
     def _public_connection(self, reg: _Registration, end: SocketEnd) -> None:
@@ -375,6 +385,7 @@ class RelayServer:
         reg.connections.spawn(self._relay_connection(reg, end), name=f"relay-public-{reg.id}")
 
     async def _relay_connection(self, reg: _Registration, end: SocketEnd) -> None:
+        started = time.monotonic()
         try:
             stream = await reg.session.open_stream()
         except yamux.TooManyStreamsError as exc:
@@ -392,7 +403,12 @@ class RelayServer:
         peer = _peer(end.transport) if end.transport is not None else "?"
         logger.debug("session %d: public connection from %s on stream %d", reg.id, peer, stream.id)
         result = await pipe(end, stream)
-        logger.debug(
-            "session %d: stream %d from %s done: %d bytes in, %d out%s", reg.id, stream.id, peer,
-            result.sent, result.received, f" ({result.error})" if result.error else "",
+        connections_logger.info(
+            "session %d: connection from %s on stream %d closed: %d bytes in, %d out%s",
+            reg.id, peer, stream.id, result.sent, result.received,
+            f" ({result.error})" if result.error else "",
+            extra={**reg.log_fields(), "peer": peer, "stream": stream.id,
+                   "bytes_in": result.sent, "bytes_out": result.received,
+                   "duration": round(time.monotonic() - started, 6),
+                   "reason": str(result.error) if result.error else "closed"},
         )

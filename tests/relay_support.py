@@ -2,31 +2,28 @@
 
 Real processes only: the ``relay`` console script of this interpreter, the
 example programs, redis-server. Every process is started through a
-``Processes`` group whose ``close()`` (called by each test module's fixture
-finalizer) terminates, kills if needed, and waits for all of them.
+``Processes`` group (testkit's ProcGroup) whose ``close()`` (called by each
+test module's fixture finalizer) terminates, kills if needed, and waits for all
+of them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 import sysconfig
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from testkit.ports import free_port
+from testkit.procs import Proc, ProcessError, ProcGroup
+
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
-READY_TIMEOUT = 15.0
-"""Seconds a process gets to become ready (generous: CI machines are slow and shared)."""
 ENDPOINT = re.compile(r"^127\.0\.0\.1:(\d+)$")
 SERVING = re.compile(r"Serving relay requests on port (\d+)")
 
@@ -37,13 +34,6 @@ def relay_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "relay"]
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (the OS's choice)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.01, message: str = "") -> float:
@@ -81,131 +71,6 @@ def echo_roundtrip(port: int, payload: bytes = b"ping through the relay\n",
         return recv_all(sock)
 
 
-class Proc:
-    """A subprocess whose stdout and stderr lines are collected by two threads."""
-
-    def __init__(self, args: list[str], name: str, env: dict[str, str] | None = None) -> None:
-        self.args = args
-        self.name = name
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.popen = subprocess.Popen(
-            args, cwd=REPO, env=full_env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
-        )
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._changed = threading.Condition()
-        self._threads = [
-            threading.Thread(target=self._collect, args=(self.popen.stdout, self.stdout),
-                             daemon=True, name=f"{name}-stdout"),
-            threading.Thread(target=self._collect, args=(self.popen.stderr, self.stderr),
-                             daemon=True, name=f"{name}-stderr"),
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _collect(self, pipe, lines: list[str]) -> None:
-        for line in pipe:
-            with self._changed:
-                lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    @property
-    def stderr_text(self) -> str:
-        with self._changed:
-            return "\n".join(self.stderr)
-
-    @property
-    def stdout_text(self) -> str:
-        with self._changed:
-            return "\n".join(self.stdout)
-
-    def _search(self, lines: list[str], pattern: re.Pattern[str], after: int):
-        for index in range(after, len(lines)):
-            match = pattern.search(lines[index])
-            if match:
-                return index, match
-        return None
-
-    def wait_line(self, pattern: str | re.Pattern[str], *, stream: str = "stderr",
-                  timeout: float = READY_TIMEOUT, after: int = 0) -> tuple[int, re.Match[str]]:
-        """The first line (index >= ``after``) of stdout/stderr matching ``pattern``."""
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        lines = self.stdout if stream == "stdout" else self.stderr
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                found = self._search(lines, regex, after)
-                if found is not None:
-                    return found
-                remaining = deadline - time.monotonic()
-                exited = self.popen.poll() is not None and not any(
-                    t.is_alive() for t in self._threads)
-                if remaining <= 0 or exited:
-                    raise AssertionError(
-                        f"{self.name}: no {stream} line matching {regex.pattern!r} within "
-                        f"{timeout} s (exit status {self.popen.poll()}).\n{self.describe()}"
-                    )
-                self._changed.wait(min(remaining, 0.1))
-
-    async def await_line(self, pattern: str | re.Pattern[str], *, stream: str = "stderr",
-                         timeout: float = READY_TIMEOUT,
-                         after: int = 0) -> tuple[int, re.Match[str]]:
-        """``wait_line`` for async tests: polls, so the event loop keeps running."""
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self.wait_line(regex, stream=stream, timeout=0, after=after)
-            except AssertionError:
-                if time.monotonic() > deadline or self.popen.poll() is not None:
-                    raise
-            await asyncio.sleep(0.02)
-
-    def describe(self) -> str:
-        return (f"--- {self.name} {' '.join(self.args)}\n--- stdout:\n{self.stdout_text}\n"
-                f"--- stderr:\n{self.stderr_text}")
-
-    async def await_exit(self, timeout: float = READY_TIMEOUT) -> int:
-        """``wait`` for async tests (in a worker thread, so the event loop keeps running)."""
-        return await asyncio.to_thread(self.wait, timeout)
-
-    def send_signal(self, signum: int) -> None:
-        self.popen.send_signal(signum)
-
-    def wait(self, timeout: float = READY_TIMEOUT) -> int:
-        code = self.popen.wait(timeout)
-        for thread in self._threads:
-            thread.join(timeout)
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL and reap."""
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.wait()
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 5 s; always reaps and closes the pipes."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.wait(5)
-        for pipe in (self.popen.stdout, self.popen.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
 SINK_SCRIPT = r"""
 import asyncio, hashlib, sys
 async def handle(reader, writer):
@@ -240,16 +105,8 @@ asyncio.run(main())
 """A TCP echo service, half-close aware."""
 
 
-class Processes:
-    """Every process a test starts; ``close()`` stops and reaps them all."""
-
-    def __init__(self) -> None:
-        self.procs: list[Proc] = []
-
-    def start(self, args: list[str], name: str, env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(args, name, env)
-        self.procs.append(proc)
-        return proc
+class Processes(ProcGroup):
+    """Every process a test starts, with starters for the relay's own programs."""
 
     def relay(self, *args: str, port: int | None = None) -> tuple[Proc, int]:
         """``relay --bind 127.0.0.1 PORT ARGS``, once it logs that it serves.
@@ -261,7 +118,7 @@ class Processes:
             proc = self.start([*relay_command(), "--bind", HOST, *args, str(chosen)], "relay")
             try:
                 _, match = proc.wait_line(SERVING)
-            except AssertionError:
+            except ProcessError:
                 if port is not None or "address already in use" not in proc.stderr_text:
                     raise
                 continue
@@ -294,13 +151,6 @@ class Processes:
              "no", "--daemonize", "no"], "redis-server")
         proc.wait_line(r"Ready to accept connections", stream="stdout")
         return proc, port
-
-    def close(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-
-    def describe(self) -> str:
-        return "\n".join(proc.describe() for proc in self.procs)
 
 
 @contextlib.contextmanager

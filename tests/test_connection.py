@@ -42,6 +42,7 @@ from yamux.events import (
     StreamClosed,
     StreamEnded,
     StreamOpened,
+    StreamRefused,
     StreamReset,
     WindowUpdated,
 )
@@ -641,7 +642,7 @@ def test_local_go_away_refuses_new_syns_with_rst() -> None:
     server.go_away(GoAwayCode.NORMAL)
     new = client.open_stream()  # crosses the go away on the wire
     client.send_data(new, b"too late")
-    assert server.receive_data(flush(client)) == []
+    assert server.receive_data(flush(client)) == [StreamRefused(new, "we sent go away")]
     assert server.discarded_bytes == len(b"too late")
     assert decode(flush(server)) == [
         Frame(GO_AWAY, Flag.NONE, 0, GoAwayCode.NORMAL), Frame(WU, RST, new, 0)
@@ -683,7 +684,10 @@ def test_full_accept_backlog_refuses_with_rst() -> None:
     client, server = pair.client, pair.server
     ids = [client.open_stream() for _ in range(3)]
     pair.pump()
-    assert pair.take_events(server) == [StreamOpened(ids[0]), StreamOpened(ids[1])]
+    assert pair.take_events(server) == [
+        StreamOpened(ids[0]), StreamOpened(ids[1]),
+        StreamRefused(ids[2], "accept backlog of 2 streams is full"),
+    ]
     assert Frame(WU, RST, ids[2], 0) in pair.sent[server]
     assert pair.take_events(client) == [StreamReset(ids[2], "reset by peer")]
     assert client.unacked_outbound == 2
@@ -804,7 +808,8 @@ def test_fin_goes_out_after_all_queued_data() -> None:
     server.consume(sid, W)
     pair.pump()
     sent = pair.take_sent(client)
-    assert sent == [Frame(DATA, FIN, sid, 100, payload(100, W))]  # FIN rides on the last data
+    # FIN never rides on data (a JS peer drops such a frame's payload): its own frame follows
+    assert sent == [Frame(DATA, Flag.NONE, sid, 100, payload(100, W)), Frame(WU, FIN, sid, 0)]
     assert pair.received(server, sid) == payload(W + 100)
     assert pair.events[server][-1] == StreamEnded(sid)
 
@@ -1044,6 +1049,10 @@ class PairModel:
             assert event.code == 0
             assert peer.sent_go_away
             side.got_go_away = True
+        elif isinstance(event, StreamRefused):
+            assert event.stream_id in peer.opened
+            assert event.stream_id not in side.live
+            note("refused SYN")
         else:
             self.check_stream_event(side, peer, window, event)
 

@@ -11,6 +11,7 @@ from .const import Flag, FrameType, GoAwayCode
 from .errors import (
     ConfigError,
     ConnectionWriteTimeoutError,
+    ControlQueueFullError,
     KeepaliveTimeoutError,
     NoNewStreamsError,
     PeerTerminatedError,
@@ -51,6 +52,7 @@ __all__ = [
     "ConfigError",
     "Connection",
     "ConnectionWriteTimeoutError",
+    "ControlQueueFullError",
     "DataReceived",
     "Event",
     "Flag",

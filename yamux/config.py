@@ -29,9 +29,12 @@ class Config:
     """Live streams per session; beyond it inbound SYNs are refused with RST."""
     max_frame_size: int = 64 * 1024
     """Largest Data body we send. Incoming bodies are bounded by our window instead."""
+    control_queue_limit: int = 256 * 1024
+    """Bytes of control frames (12 each: pongs, window updates, RSTs) held for a peer
+    that does not read; one more ends the session with ControlQueueFullError."""
 
     def __post_init__(self) -> None:
-        for name in ("accept_backlog", "max_streams", "max_frame_size"):
+        for name in ("accept_backlog", "max_streams", "max_frame_size", "control_queue_limit"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")

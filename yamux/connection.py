@@ -1,7 +1,8 @@
 """The sans-IO session core: bytes in, events and bytes out, no sockets, no clocks.
 
 Outgoing bytes come in two queues. Control frames (SYN/ACK, window updates,
-pings and pongs, RST, Go Away) are small and always written at once. Stream
+pings and pongs, RST, Go Away) are small and written at once while the peer
+reads; the queue is bounded (``Config.control_queue_limit``) for when it does not. Stream
 data waits in per-stream queues and is framed only when the I/O adapter asks
 for it (``take_data``), i.e. when the transport has room; so a pong never waits
 behind megabytes of queued bulk data, and streams share the connection
@@ -10,12 +11,12 @@ round-robin.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
 from .config import Config
-from .const import Flag, FrameType, GoAwayCode
+from .const import HEADER_SIZE, Flag, FrameType, GoAwayCode
 from .errors import (
+    ControlQueueFullError,
     NoNewStreamsError,
     PeerTerminatedError,
     ProtocolError,
@@ -36,6 +37,7 @@ from .events import (
     StreamClosed,
     StreamEnded,
     StreamOpened,
+    StreamRefused,
     StreamReset,
     WindowUpdated,
 )
@@ -75,18 +77,15 @@ class _StreamRecord:
 class Connection:
     """One yamux session's protocol state. ``client`` opens odd stream ids, the server even.
 
-    Everything it has to report comes out as events: ``receive_data`` returns
-    them, and ``take_events`` hands over those that local calls produced (a
-    stream ``take_data`` finished). ``logger`` gets the few lines about
-    streams it refuses or resets; the session's end is an event, not a log line.
+    Everything it has to report comes out as events, never as log lines (a
+    peer must not write our log): ``receive_data`` returns them, and
+    ``take_events`` hands over those that local calls produced (a stream
+    ``take_data`` finished).
     """
 
-    def __init__(
-        self, *, client: bool, config: Config | None = None, logger: logging.Logger | None = None
-    ) -> None:
+    def __init__(self, *, client: bool, config: Config | None = None) -> None:
         self.client = client
         self.config = config or Config()
-        self._logger = logger or logging.getLogger("yamux.connection")
         self._next_id = 1 if client else 2
         self._streams: dict[int, _StreamRecord] = {}
         self._sendable: dict[int, _StreamRecord] = {}
@@ -102,8 +101,10 @@ class Connection:
         self.remote_go_away = False
         self.error: YamuxError | None = None
         """Why the session ended; None while it is alive."""
+        self.discarded_frames = 0
+        """Frames for streams we no longer know (reset or refused), counted, never logged."""
         self.discarded_bytes = 0
-        """Payload that arrived for streams we no longer know (reset or refused)."""
+        """Their payload, and that of Data|RST frames."""
 
     # ----------------------------------------------------------------- queries
     @property
@@ -160,7 +161,7 @@ class Connection:
         rec.state.process(Input.SEND_SYN)
         self._streams[stream_id] = rec
         self.unacked_outbound += 1
-        self._control.append(
+        self._queue_control(
             encode_header(_WINDOW_UPDATE, _SYN, stream_id, rec.recv.initial_grant())
         )
         return stream_id
@@ -209,7 +210,7 @@ class Connection:
             return
         self._apply(rec, rec.state.process(Input.SEND_RST))
         if not self.closed:
-            self._control.append(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
+            self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
 
     def consume(self, stream_id: int, length: int) -> None:
         """The application took ``length`` received bytes; maybe queue a window update."""
@@ -218,20 +219,20 @@ class Connection:
             return
         delta = rec.recv.consume(length)
         if delta:
-            self._control.append(encode_header(_WINDOW_UPDATE, 0, stream_id, delta))
+            self._queue_control(encode_header(_WINDOW_UPDATE, 0, stream_id, delta))
 
     def ping(self) -> int:
         """Queue a ping; returns the opaque value its pong will carry."""
         self._check_alive()
         self._ping_id = (self._ping_id + 1) & _MAX_STREAM_ID
-        self._control.append(encode_header(_PING, _SYN, 0, self._ping_id))
+        self._queue_control(encode_header(_PING, _SYN, 0, self._ping_id))
         return self._ping_id
 
     def go_away(self, code: int = GoAwayCode.NORMAL) -> None:
         """Tell the peer we accept no new streams. A non-zero code also ends the session."""
         self._check_alive()
         self.local_go_away = True
-        self._control.append(encode_header(_GO_AWAY, 0, 0, code))
+        self._queue_control(encode_header(_GO_AWAY, 0, 0, code))
         if code != GoAwayCode.NORMAL:
             self.error = SessionClosedError(f"we sent go away code {code}")
             self._forget_all()
@@ -241,18 +242,28 @@ class Connection:
         if self.closed:
             return
         if code is not None:
-            self._control.append(encode_header(_GO_AWAY, 0, 0, code))
+            self._queue_control(encode_header(_GO_AWAY, 0, 0, code))
         self.error = error
         self._forget_all()
 
     # ------------------------------------------------------------------ output
-    def take_control(self) -> list[bytes]:
+    def take_control(self, limit: int | None = None) -> list[bytes]:
+        """Queued control frames, oldest first; at most ``limit`` bytes of them if given."""
         out = self._control
+        if limit is not None and limit < len(out) * HEADER_SIZE:
+            count = limit // HEADER_SIZE
+            self._control = out[count:]
+            return out[:count]
         self._control = []
         return out
 
     def take_data(self, budget: int) -> list[bytes | memoryview]:
-        """Frame up to about ``budget`` payload bytes, one frame per stream per round."""
+        """Frame up to about ``budget`` payload bytes, one frame per stream per round.
+
+        FIN always goes on its own Window Update frame after the last data, as
+        hashicorp sends it: a peer that handles FIN before a Data frame's payload
+        (``@chainsafe/libp2p-yamux``) would otherwise drop that payload.
+        """
         out: list[bytes | memoryview] = []
         sendable = self._sendable
         max_frame = self.config.max_frame_size
@@ -261,15 +272,13 @@ class Connection:
             rec = sendable.pop(stream_id)
             buffer = rec.out
             size = rec.send.frame_size(buffer.size, max_frame)
-            fin = size == buffer.size and buffer.fin
             if size:
-                out.append(encode_header(_DATA, _FIN if fin else 0, stream_id, size))
+                out.append(encode_header(_DATA, 0, stream_id, size))
                 buffer.take(size, out)
                 rec.send.debit(size)
                 budget -= size
-            else:
-                out.append(encode_header(_WINDOW_UPDATE, _FIN if fin else 0, stream_id, 0))
-            if fin:
+            if buffer.fin and not buffer.size:
+                out.append(encode_header(_WINDOW_UPDATE, _FIN, stream_id, 0))
                 buffer.fin = False
                 if rec.state.state is State.CLOSED:
                     self._forget(rec)
@@ -286,26 +295,25 @@ class Connection:
 
     # ------------------------------------------------------------------- input
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        """Consume bytes from the peer; returns what happened, in order."""
-        if not self.closed:
-            try:
-                for frame in self._decoder.feed(data):
-                    self._handle_frame(frame)
-            except ProtocolError as exc:
-                self.terminate(exc, GoAwayCode.PROTOCOL_ERROR)
-                self._events.append(SessionTerminated(exc))
-        return self.take_events()
+        """Consume bytes from the peer; returns what happened, in order.
+
+        Processing stops at the first frame that ends the session: SessionTerminated
+        is then the last event, and later frames in ``data`` are ignored.
+        """
+        return self.receive_frames(self._decoder.feed(data))
 
     def receive_frames(self, frames: Iterable[Frame]) -> list[Event]:
         """Like receive_data for frames already decoded (used by tests)."""
-        try:
-            for frame in frames:
-                if self.closed:
-                    break
-                self._handle_frame(frame)
-        except ProtocolError as exc:
-            self.terminate(exc, GoAwayCode.PROTOCOL_ERROR)
-            self._events.append(SessionTerminated(exc))
+        if not self.closed:
+            try:
+                for frame in frames:
+                    self._handle_frame(frame)
+                    if self.error is not None:
+                        break
+            except ProtocolError as exc:
+                self.terminate(exc, GoAwayCode.PROTOCOL_ERROR)
+            if self.error is not None:
+                self._events.append(SessionTerminated(self.error))
         return self.take_events()
 
     def _handle_frame(self, frame: Frame) -> None:
@@ -315,7 +323,7 @@ class Connection:
         elif type_ is _PING:
             self._require_session_id(frame)
             if frame.flags & _SYN:
-                self._control.append(encode_header(_PING, _ACK, 0, frame.length))
+                self._queue_control(encode_header(_PING, _ACK, 0, frame.length))
             else:
                 self._events.append(PongReceived(frame.length))
         else:
@@ -325,9 +333,7 @@ class Connection:
                 self.remote_go_away = True
                 self._events.append(GoAwayReceived(code))
             else:
-                error = PeerTerminatedError(code)
-                self.terminate(error)
-                self._events.append(SessionTerminated(error))
+                self.terminate(PeerTerminatedError(code))
 
     def _handle_stream_frame(self, frame: Frame) -> None:
         stream_id = frame.stream_id
@@ -338,12 +344,19 @@ class Connection:
         if flags & _SYN:
             rec = self._incoming_stream(frame, rec)
         if rec is None:
+            self.discarded_frames += 1
             self.discarded_bytes += len(frame.body)
-            self._logger.debug("discarding %s for unknown stream %d", frame.type.name, stream_id)
             return
         state = rec.state
         if flags & _ACK:
             self._apply(rec, state.process(Input.RECV_ACK))
+        if flags & _RST:
+            # go-yamux puts an error code in a RST's length: it is no window delta,
+            # and a reset discards the frame's payload like everything unread.
+            self.discarded_bytes += len(frame.body)
+            self._apply(rec, state.process(Input.RECV_RST))
+            self._events.append(StreamReset(stream_id, "reset by peer"))
+            return
         if frame.type is _WINDOW_UPDATE:
             if frame.length:
                 rec.send.grant(stream_id, frame.length)
@@ -361,10 +374,6 @@ class Connection:
                 return
             rec.recv.receive(stream_id, frame.length)
             self._events.append(DataReceived(stream_id, frame.body))
-        if flags & _RST:
-            self._apply(rec, state.process(Input.RECV_RST))
-            self._events.append(StreamReset(stream_id, "reset by peer"))
-            return
         if flags & _FIN:
             self._apply(rec, state.process(Input.RECV_FIN))
 
@@ -393,8 +402,8 @@ class Connection:
         elif self.unaccepted_inbound >= self.config.accept_backlog:
             refusal = f"accept backlog of {self.config.accept_backlog} streams is full"
         if refusal is not None:
-            self._logger.warning("refusing stream %d: %s", stream_id, refusal)
-            self._control.append(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
+            self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
+            self._events.append(StreamRefused(stream_id, refusal))
             return None
         rec = _StreamRecord(stream_id, self.config.max_stream_window_size)
         rec.state.process(Input.RECV_SYN)
@@ -412,7 +421,7 @@ class Connection:
                 self._events.append(StreamAcknowledged(rec.id))
             elif effect is Effect.ACCEPTED:
                 self.unaccepted_inbound -= 1
-                self._control.append(
+                self._queue_control(
                     encode_header(_WINDOW_UPDATE, _ACK, rec.id, rec.recv.initial_grant())
                 )
             elif effect is Effect.ENDED:
@@ -425,11 +434,27 @@ class Connection:
             else:
                 self._forget(rec)
 
+    def _queue_control(self, frame: bytes) -> None:
+        """Queue one control frame; a peer that lets them pile up past the limit is cut off.
+
+        The adapter writes control frames at once unless the transport is paused
+        (the peer is not reading), so the queue only grows while the peer owes us
+        reads; pongs, updates and resets it provokes meanwhile must not grow
+        without bound (a ping flood).
+        """
+        control = self._control
+        control.append(frame)
+        if len(control) * HEADER_SIZE > self.config.control_queue_limit and not self.closed:
+            self.terminate(ControlQueueFullError(
+                f"peer is not reading: {len(control)} control frames (pongs, window updates, "
+                f"resets) wait to be written, over the limit of "
+                f"{self.config.control_queue_limit} bytes (control_queue_limit)"
+            ))
+
     def _reset_for_misbehaviour(self, rec: _StreamRecord, reason: str) -> None:
-        """A stream-level violation ends only that stream."""
-        self._logger.warning("resetting %s", reason)
+        """A stream-level violation ends only that stream (the adapter logs it, rate-limited)."""
         self.reset_stream(rec.id)
-        self._events.append(StreamReset(rec.id, reason))
+        self._events.append(StreamReset(rec.id, reason, violation=True))
 
     def _forget(self, rec: _StreamRecord) -> None:
         self._streams.pop(rec.id, None)

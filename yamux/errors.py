@@ -64,6 +64,10 @@ class StreamOpenTimeoutError(SessionError, TimeoutError):
     """An opened stream was not acknowledged in time; like hashicorp, the session ends."""
 
 
+class ControlQueueFullError(SessionError):
+    """The peer stopped reading while it kept us owing control frames (pongs, updates, resets)."""
+
+
 class TooManyStreamsError(SessionError):
     """Opening one more stream would exceed Config.max_streams."""
 

@@ -55,6 +55,16 @@ class StreamReset:
 
     stream_id: int
     reason: str
+    violation: bool = False
+    """True when we reset it because the peer broke the stream's rules (worth logging)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRefused:
+    """The peer tried to open a stream and we answered RST; it never existed for us."""
+
+    stream_id: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +102,7 @@ Event = (
     | WindowUpdated
     | StreamEnded
     | StreamReset
+    | StreamRefused
     | StreamClosed
     | PongReceived
     | GoAwayReceived

@@ -17,7 +17,7 @@ from typing import Any, assert_never
 
 from .config import Config
 from .connection import Connection
-from .const import GoAwayCode
+from .const import HEADER_SIZE, GoAwayCode
 from .errors import (
     ConnectionWriteTimeoutError,
     KeepaliveTimeoutError,
@@ -37,15 +37,20 @@ from .events import (
     StreamClosed,
     StreamEnded,
     StreamOpened,
+    StreamRefused,
     StreamReset,
     WindowUpdated,
 )
+from .ratelimit import RateLimitedLog
 from .stream import Stream
 from .stream_state import State
 from .tasks import StreamHandler, TaskOwner, run_stream_handler
 
 FLUSH_BUDGET = 256 * 1024
 """Payload framed per take_data call; the transport's pause_writing stops the loop sooner."""
+PAUSED_CONTROL_ALLOWANCE = 64 * 1024
+"""Control bytes still handed to a paused transport (a pong need not wait for resume);
+beyond it they wait in the core's bounded queue."""
 
 
 class _SessionProtocol(asyncio.Protocol):
@@ -87,8 +92,9 @@ class _ReadPipeProtocol(_SessionProtocol):
 class Session:
     """A yamux session. Create with ``connect``, ``Session.attach`` or ``start_server``.
 
-    ``logger`` (default ``yamux.session``) gets its few log lines; why the
-    session ended is ``close_reason``, for its owner to report.
+    ``logger`` (default ``yamux.session``) gets its few log lines, rate-limited
+    where the peer can provoke them; why the session ended is ``close_reason``,
+    for its owner to report.
     """
 
     def __init__(
@@ -103,7 +109,8 @@ class Session:
         self._read_transport: asyncio.BaseTransport | None = None
         self._protocol = _SessionProtocol(self)
         self._streams: dict[int, Stream] = {}
-        self._accept_queue: deque[Stream] = deque()
+        self._accept_queue: dict[int, Stream] = {}
+        """Streams the peer opened, oldest first; a reset one leaves at once (core-bounded)."""
         self._accept_waiter: asyncio.Future[None] | None = None
         self._open_waiters: deque[asyncio.Future[None]] = deque()
         self._drain_waiting: dict[int, Stream] = {}
@@ -111,8 +118,12 @@ class Session:
         self._close_timers: dict[int, asyncio.TimerHandle] = {}
         self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
         self._write_paused = False
+        self._paused_control = 0
+        """Control bytes written since the transport paused."""
         self._write_stall: tuple[asyncio.TimerHandle, int] | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
+        self._log = RateLimitedLog(self._logger)
+        """Every line the peer can trigger over and over goes through this."""
         self._tasks = TaskOwner(self._logger)
         self._closing = False
         self._closed = self._loop.create_future()
@@ -201,7 +212,7 @@ class Session:
                 await waiter
             finally:
                 self._accept_waiter = None
-        stream = self._accept_queue.popleft()
+        stream = self._accept_queue.pop(next(iter(self._accept_queue)))
         self._core.accept_stream(stream.id)
         self._flush()
         return stream
@@ -231,7 +242,7 @@ class Session:
         waits for.
         """
         owner = self._tasks if tasks is None else tasks
-        log = self._logger if logger is None else logger
+        log = self._log if logger is None else RateLimitedLog(logger)
         async for stream in self:
             owner.spawn(run_stream_handler(handler, stream, log),
                         name=f"yamux-stream-{stream.id}")
@@ -353,7 +364,7 @@ class Session:
                 case StreamOpened(stream_id, state):
                     stream = Stream(self, stream_id, state)
                     streams[stream_id] = stream
-                    self._accept_queue.append(stream)
+                    self._accept_queue[stream_id] = stream
                     if self._accept_waiter is not None and not self._accept_waiter.done():
                         self._accept_waiter.set_result(None)
                 case StreamAcknowledged(stream_id):
@@ -363,16 +374,23 @@ class Session:
                     self._cancel_timer(self._close_timers, stream_id)
                 case StreamClosed(stream_id):
                     self._forget(stream_id)
-                case StreamReset(stream_id, reason):
+                case StreamReset(stream_id, reason, violation):
+                    if violation:
+                        self._log.log(logging.WARNING, "stream-violation", "resetting %s", reason)
                     self._drop_reset(stream_id, reason)
+                case StreamRefused(stream_id, reason):
+                    self._log.log(logging.WARNING, "stream-refused", "refusing stream %d: %s",
+                                  stream_id, reason)
                 case PongReceived(opaque):
                     entry = self._pings.get(opaque)
                     if entry is None:
-                        self._logger.debug("ignoring pong %d nobody waits for", opaque)
+                        self._log.log(logging.DEBUG, "stray-pong",
+                                      "ignoring pong %d nobody waits for", opaque)
                     elif not entry[0].done():
                         entry[0].set_result(self._loop.time() - entry[1])
                 case GoAwayReceived():
-                    self._logger.info("peer sent go away: no new streams on this session")
+                    self._log.log(logging.INFO, "go-away",
+                                  "peer sent go away: no new streams on this session")
                     if not self._go_away.done():
                         self._go_away.set_result(None)
                     self._wake_openers(force=True)
@@ -401,6 +419,7 @@ class Session:
 
     def _resume_writing(self) -> None:
         self._write_paused = False
+        self._paused_control = 0
         if self._write_stall is not None:
             self._write_stall[0].cancel()
             self._write_stall = None
@@ -408,13 +427,26 @@ class Session:
 
     # ----------------------------------------------------------------- output
     def _flush(self, force: bool = False) -> None:
-        """Write control frames, then stream data while the transport wants more (or ``force``)."""
+        """Write control frames, then stream data while the transport wants more (or ``force``).
+
+        While the transport is paused, control frames go out only up to
+        PAUSED_CONTROL_ALLOWANCE; the rest waits in the core, whose queue is
+        bounded, so a peer that does not read cannot make us buffer without end.
+        """
+        core = self._core
+        if core.error is not None and not self._closing:
+            self._shutdown(core.error)  # the core ended itself on a command (control queue full)
+            return
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        core = self._core
         if core.has_control:
-            transport.writelines(core.take_control())
+            if force or not self._write_paused:
+                transport.writelines(core.take_control())
+            elif self._paused_control < PAUSED_CONTROL_ALLOWANCE:
+                frames = core.take_control(PAUSED_CONTROL_ALLOWANCE - self._paused_control)
+                self._paused_control += len(frames) * HEADER_SIZE
+                transport.writelines(frames)
         while core.has_data and (force or not self._write_paused):
             transport.writelines(core.take_data(FLUSH_BUDGET))
             events = core.take_events()
@@ -471,7 +503,8 @@ class Session:
 
     def _close_timed_out(self, stream_id: int) -> None:
         self._close_timers.pop(stream_id, None)
-        self._logger.warning(
+        self._log.log(
+            logging.WARNING, "close-timeout",
             "stream %d: peer sent no FIN within %s s of our close; resetting",
             stream_id, self.config.stream_close_timeout,
         )
@@ -511,6 +544,12 @@ class Session:
         self._closing = True
         self.close_reason = error
         self._logger.debug("session ended: %s", error)
+        self._log.summary(logging.WARNING, "session ended")
+        if self._core.discarded_frames:
+            self._logger.debug(
+                "session ended: discarded %d frames (%d bytes) for unknown streams",
+                self._core.discarded_frames, self._core.discarded_bytes,
+            )
         self._core.terminate(error, code)
         self._flush()
         if self._write_stall is not None:
@@ -558,6 +597,7 @@ class Session:
         stream = self._streams.get(stream_id)
         self._forget(stream_id)
         self._drain_waiting.pop(stream_id, None)
+        self._accept_queue.pop(stream_id, None)
         if stream is not None:
             stream.set_exception(StreamResetError(reason))
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import YamuxError
+from .ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
     from .stream import Stream
@@ -62,21 +63,23 @@ class TaskOwner:
             self._logger.error("task %s failed", task.get_name(), exc_info=exc)
 
 
-async def run_stream_handler(
-    handler: StreamHandler, stream: Stream, logger: logging.Logger
-) -> None:
+async def run_stream_handler(handler: StreamHandler, stream: Stream, log: RateLimitedLog) -> None:
     """Run ``handler(stream, stream)``: close the stream when it returns, reset it on error
-    or cancellation (the peer then knows the answer is incomplete)."""
+    or cancellation (the peer then knows the answer is incomplete).
+
+    Failures go to ``log``, rate-limited: a peer can make every handler fail.
+    """
     try:
         await handler(stream, stream)
     except asyncio.CancelledError:
         stream.reset()
         raise
     except (YamuxError, ConnectionError) as exc:
-        logger.debug("stream %d: handler ended: %s", stream.id, exc)
+        log.log(logging.INFO, "handler-ended", "stream %d: handler ended: %s", stream.id, exc)
         stream.reset()
-    except Exception:  # logged with its traceback; the session and other streams go on
-        logger.exception("stream %d: handler failed; resetting the stream", stream.id)
+    except Exception as exc:  # logged with its traceback; the session and other streams go on
+        log.log(logging.ERROR, "handler-failed",
+                "stream %d: handler failed; resetting the stream", stream.id, exc_info=exc)
         stream.reset()
     else:
         stream.close()
