@@ -42,10 +42,11 @@ from .events import (
 )
 from .frame import Frame, FrameDecoder
 from .server import Server, start_server
-from .session import Session, connect, connect_pipes
+from .session import Session
 from .stream import Stream, StreamLink
 from .stream_state import State, StreamStateError
 from .tasks import StreamHandler, TaskOwner, run_stream_handler
+from .transport import connect, connect_pipes
 
 __all__ = [
     "Config",

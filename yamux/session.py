@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any, assert_never
+from typing import Any, assert_never, cast
 
 from .config import Config
 from .connection import Connection
@@ -45,6 +45,7 @@ from .ratelimit import RateLimitedLog
 from .stream import Stream
 from .stream_state import State
 from .tasks import StreamHandler, TaskOwner, run_stream_handler
+from .timers import PingTimes, StreamTimers, WriteStallWatch
 
 FLUSH_BUDGET = 256 * 1024
 """Payload framed per take_data call; the transport's pause_writing stops the loop sooner."""
@@ -53,44 +54,10 @@ PAUSED_CONTROL_ALLOWANCE = 64 * 1024
 beyond it they wait in the core's bounded queue."""
 
 
-class _SessionProtocol(asyncio.Protocol):
-    """Forwards transport callbacks to the Session."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.session._connection_made(transport)  # type: ignore[arg-type]
-
-    def data_received(self, data: bytes) -> None:
-        self.session._data_received(data)
-
-    def eof_received(self) -> bool:
-        self.session._shutdown(SessionClosedError("peer closed the connection (EOF)"))
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.session._connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.session._pause_writing()
-
-    def resume_writing(self) -> None:
-        self.session._resume_writing()
-
-
-class _ReadPipeProtocol(_SessionProtocol):
-    """The read half when reading and writing are two transports (pipes)."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.session._read_transport = transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.session._shutdown(SessionClosedError("read pipe closed"))
-
-
-class Session:
+class Session(asyncio.Protocol):
     """A yamux session. Create with ``connect``, ``Session.attach`` or ``start_server``.
+
+    It is the asyncio protocol of its transport (``protocol()`` returns itself).
 
     ``logger`` (default ``yamux.session``) gets its few log lines, rate-limited
     where the peer can provoke them; why the session ended is ``close_reason``,
@@ -107,20 +74,22 @@ class Session:
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.WriteTransport | None = None
         self._read_transport: asyncio.BaseTransport | None = None
-        self._protocol = _SessionProtocol(self)
         self._streams: dict[int, Stream] = {}
         self._accept_queue: dict[int, Stream] = {}
         """Streams the peer opened, oldest first; a reset one leaves at once (core-bounded)."""
         self._accept_waiter: asyncio.Future[None] | None = None
         self._open_waiters: deque[asyncio.Future[None]] = deque()
         self._drain_waiting: dict[int, Stream] = {}
-        self._open_timers: dict[int, asyncio.TimerHandle] = {}
-        self._close_timers: dict[int, asyncio.TimerHandle] = {}
-        self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
+        self._open_timers = StreamTimers(
+            self._loop, self.config.stream_open_timeout, self._open_timed_out)
+        self._close_timers = StreamTimers(
+            self._loop, self.config.stream_close_timeout, self._close_timed_out)
+        self._pings = PingTimes(self._loop)
         self._write_paused = False
         self._paused_control = 0
         """Control bytes written since the transport paused."""
-        self._write_stall: tuple[asyncio.TimerHandle, int] | None = None
+        self._write_stall = WriteStallWatch(
+            self._loop, self.config.connection_write_timeout, self._write_stalled)
         self._abort_timer: asyncio.TimerHandle | None = None
         self._log = RateLimitedLog(self._logger)
         """Every line the peer can trigger over and over goes through this."""
@@ -146,15 +115,15 @@ class Session:
         ``initial_data`` is what the old protocol read beyond its greeting.
         """
         session = cls(client=client, config=config)
-        transport.set_protocol(session._protocol)
-        session._connection_made(transport)
+        transport.set_protocol(session)
+        session.connection_made(transport)
         if initial_data:
-            session._data_received(initial_data)
+            session.data_received(initial_data)
         return session
 
     def protocol(self) -> asyncio.Protocol:
         """The protocol to hand to ``loop.create_connection`` and friends."""
-        return self._protocol
+        return self
 
     # ------------------------------------------------------------------ public
     @property
@@ -196,10 +165,7 @@ class Session:
         stream_id = core.open_stream()
         stream = Stream(self, stream_id, core.stream_state(stream_id))
         self._streams[stream_id] = stream
-        if self.config.stream_open_timeout:
-            self._open_timers[stream_id] = self._loop.call_later(
-                self.config.stream_open_timeout, self._open_timed_out, stream_id
-            )
+        self._open_timers.arm(stream_id)
         self._flush()
         return stream
 
@@ -217,10 +183,8 @@ class Session:
         self._flush()
         return stream
 
-    def __aiter__(self) -> AsyncIterator[Stream]:
-        return self._iterate_streams()
-
-    async def _iterate_streams(self) -> AsyncIterator[Stream]:
+    async def __aiter__(self) -> AsyncIterator[Stream]:
+        """Every stream the peer opens, until the session ends."""
         while True:
             try:
                 yield await self.accept_stream()
@@ -251,13 +215,12 @@ class Session:
         """Round-trip time in seconds of one ping (wrap in ``asyncio.timeout`` to bound it)."""
         self._raise_if_closed()
         opaque = self._core.ping()
-        future: asyncio.Future[float] = self._loop.create_future()
-        self._pings[opaque] = (future, self._loop.time())
+        round_trip = self._pings.start(opaque)
         self._flush()
         try:
-            return await future
+            return await round_trip
         finally:
-            self._pings.pop(opaque, None)
+            self._pings.discard(opaque)
 
     async def wait_go_away(self) -> None:
         """Return once the peer sent Go Away 0 (it takes no new streams; existing ones go on).
@@ -322,14 +285,11 @@ class Session:
             self._flush()
 
     def close_stream(self, stream_id: int) -> None:
-        self._cancel_timer(self._open_timers, stream_id)
+        self._open_timers.cancel(stream_id)
         self._core.close_stream(stream_id)
         stream = self._streams.get(stream_id)
-        if (stream is not None and stream.state is State.LOCAL_CLOSE
-                and self.config.stream_close_timeout):
-            self._close_timers[stream_id] = self._loop.call_later(
-                self.config.stream_close_timeout, self._close_timed_out, stream_id
-            )
+        if stream is not None and stream.state is State.LOCAL_CLOSE:
+            self._close_timers.arm(stream_id)
         self._flush()
 
     def reset_stream(self, stream_id: int) -> None:
@@ -341,13 +301,21 @@ class Session:
     def watch_pending(self, stream: Stream) -> None:
         self._drain_waiting[stream.id] = stream
 
-    # ------------------------------------------------------ transport events
-    def _connection_made(self, transport: asyncio.WriteTransport) -> None:
-        self._transport = transport
+    # ------------------------------------------- asyncio.Protocol callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.WriteTransport, transport)
         if self.config.enable_keepalive:
             self._tasks.spawn(self._keepalive(), name="yamux-keepalive")
 
-    def _data_received(self, data: bytes) -> None:
+    def attach_read_transport(self, transport: asyncio.BaseTransport) -> None:
+        """A second transport that only reads (two pipes); closed when the session ends."""
+        self._read_transport = transport
+
+    def eof_received(self) -> bool:
+        self._shutdown(SessionClosedError("peer closed the connection (EOF)"))
+        return False
+
+    def data_received(self, data: bytes) -> None:
         if self._dispatch(self._core.receive_data(data)):
             self._flush()
             self._wake_openers()
@@ -368,10 +336,10 @@ class Session:
                     if self._accept_waiter is not None and not self._accept_waiter.done():
                         self._accept_waiter.set_result(None)
                 case StreamAcknowledged(stream_id):
-                    self._cancel_timer(self._open_timers, stream_id)
+                    self._open_timers.cancel(stream_id)
                 case StreamEnded(stream_id):
                     streams[stream_id].feed_eof()
-                    self._cancel_timer(self._close_timers, stream_id)
+                    self._close_timers.cancel(stream_id)
                 case StreamClosed(stream_id):
                     self._forget(stream_id)
                 case StreamReset(stream_id, reason, violation):
@@ -382,12 +350,9 @@ class Session:
                     self._log.log(logging.WARNING, "stream-refused", "refusing stream %d: %s",
                                   stream_id, reason)
                 case PongReceived(opaque):
-                    entry = self._pings.get(opaque)
-                    if entry is None:
+                    if not self._pings.pong(opaque):
                         self._log.log(logging.DEBUG, "stray-pong",
                                       "ignoring pong %d nobody waits for", opaque)
-                    elif not entry[0].done():
-                        entry[0].set_result(self._loop.time() - entry[1])
                 case GoAwayReceived():
                     self._log.log(logging.INFO, "go-away",
                                   "peer sent go away: no new streams on this session")
@@ -401,7 +366,7 @@ class Session:
                     assert_never(event)
         return True
 
-    def _connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         if exc is None:
             self._shutdown(SessionClosedError("connection closed"))
         else:
@@ -412,17 +377,15 @@ class Session:
         if not self._closed.done():
             self._closed.set_result(None)
 
-    def _pause_writing(self) -> None:
+    def pause_writing(self) -> None:
         self._write_paused = True
-        if self._transport is not None and self._write_stall is None:
-            self._arm_write_stall(self._transport.get_write_buffer_size())
+        if self._transport is not None:
+            self._write_stall.start(self._transport)
 
-    def _resume_writing(self) -> None:
+    def resume_writing(self) -> None:
         self._write_paused = False
         self._paused_control = 0
-        if self._write_stall is not None:
-            self._write_stall[0].cancel()
-            self._write_stall = None
+        self._write_stall.cancel()
         self._flush()
 
     # ----------------------------------------------------------------- output
@@ -471,25 +434,10 @@ class Session:
                     waiter.set_result(None)
 
     # ----------------------------------------------------------------- timers
-    def _arm_write_stall(self, buffered: int) -> None:
-        timer = self._loop.call_later(
-            self.config.connection_write_timeout, self._write_stall_check
-        )
-        self._write_stall = (timer, buffered)
-
-    def _write_stall_check(self) -> None:
-        """The transport stayed paused a whole write timeout: fail unless it made progress."""
-        if self._write_stall is None or self._transport is None:
-            return
-        before = self._write_stall[1]
-        now = self._transport.get_write_buffer_size()
-        if now < before:
-            self._arm_write_stall(now)
-            return
-        self._write_stall = None
+    def _write_stalled(self, buffered: int) -> None:
         self._shutdown(ConnectionWriteTimeoutError(
             f"connection write timeout: the peer accepted no bytes for "
-            f"{self.config.connection_write_timeout} s ({now} bytes waiting)"
+            f"{self.config.connection_write_timeout} s ({buffered} bytes waiting)"
         ))
 
     def _open_timed_out(self, stream_id: int) -> None:
@@ -502,19 +450,12 @@ class Session:
         )
 
     def _close_timed_out(self, stream_id: int) -> None:
-        self._close_timers.pop(stream_id, None)
         self._log.log(
             logging.WARNING, "close-timeout",
             "stream %d: peer sent no FIN within %s s of our close; resetting",
             stream_id, self.config.stream_close_timeout,
         )
         self.reset_stream(stream_id)
-
-    @staticmethod
-    def _cancel_timer(timers: dict[int, asyncio.TimerHandle], stream_id: int) -> None:
-        timer = timers.pop(stream_id, None)
-        if timer is not None:
-            timer.cancel()
 
     async def _keepalive(self) -> None:
         interval = self.config.keepalive_interval
@@ -552,13 +493,9 @@ class Session:
             )
         self._core.terminate(error, code)
         self._flush()
-        if self._write_stall is not None:
-            self._write_stall[0].cancel()
-            self._write_stall = None
-        for timers in (self._open_timers, self._close_timers):
-            for timer in timers.values():
-                timer.cancel()
-            timers.clear()
+        self._write_stall.cancel()
+        self._open_timers.cancel_all()
+        self._close_timers.cancel_all()
         for stream in list(self._streams.values()):
             stream.set_exception(error)
         self._streams.clear()
@@ -567,9 +504,7 @@ class Session:
         if self._accept_waiter is not None and not self._accept_waiter.done():
             self._accept_waiter.set_result(None)
         self._wake_openers()
-        for future, _ in self._pings.values():
-            if not future.done():
-                future.set_exception(SessionClosedError(reason=error))
+        self._pings.fail_all(SessionClosedError(reason=error))
         self._tasks.cancel()
         if self._read_transport is not None:
             self._read_transport.close()
@@ -589,8 +524,8 @@ class Session:
 
     def _forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
-        self._cancel_timer(self._open_timers, stream_id)
-        self._cancel_timer(self._close_timers, stream_id)
+        self._open_timers.cancel(stream_id)
+        self._close_timers.cancel(stream_id)
 
     def _drop_reset(self, stream_id: int, reason: str) -> None:
         """A reset stream, ours or the peer's, leaves the session at once."""
@@ -600,31 +535,3 @@ class Session:
         self._accept_queue.pop(stream_id, None)
         if stream is not None:
             stream.set_exception(StreamResetError(reason))
-
-
-async def connect_pipes(
-    read_pipe: Any, write_pipe: Any, *, client: bool, config: Config | None = None
-) -> Session:
-    """Run a session over two pipes (file objects), e.g. a child process's stdin and stdout."""
-    session = Session(client=client, config=config)
-    loop = asyncio.get_running_loop()
-    await loop.connect_write_pipe(session.protocol, write_pipe)
-    await loop.connect_read_pipe(lambda: _ReadPipeProtocol(session), read_pipe)
-    return session
-
-
-async def connect(
-    host: str,
-    port: int,
-    *,
-    client: bool = True,
-    config: Config | None = None,
-    **kwargs: Any,
-) -> Session:
-    """Open a TCP connection and start a yamux session on it (client role by default).
-
-    Extra keyword arguments go to ``loop.create_connection`` (``ssl=`` for TLS).
-    """
-    session = Session(client=client, config=config)
-    await asyncio.get_running_loop().create_connection(session.protocol, host, port, **kwargs)
-    return session
