@@ -5,7 +5,14 @@ shape, the listener lives on the relay); ``RelayServer`` is the relay itself
 and ``Forwarder`` puts an unmodified local service behind it.
 """
 
-from .api import RelayedServer, register, start_server
+from .api import (
+    Registration,
+    RelayedServer,
+    TLSError,
+    register,
+    register_v2,
+    start_server,
+)
 from .errors import (
     NoFreePortError,
     RegistrationError,
@@ -14,17 +21,22 @@ from .errors import (
     RelayRefusedError,
 )
 from .forwarder import Forwarder
+from .handshake import AuthenticationError
 from .server import RelayServer
 
 __all__ = [
+    "AuthenticationError",
     "Forwarder",
     "NoFreePortError",
+    "Registration",
     "RegistrationError",
     "RelayDisconnectedError",
     "RelayError",
     "RelayRefusedError",
     "RelayServer",
     "RelayedServer",
+    "TLSError",
     "register",
+    "register_v2",
     "start_server",
 ]

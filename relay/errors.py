@@ -15,6 +15,10 @@ class RegistrationError(RelayError, ConnectionError):
     """The relay did not give us a public port (refused, or not a relay at all)."""
 
 
+class RelayClosedError(RegistrationError):
+    """The relay closed the connection before its greeting line was complete."""
+
+
 class RelayRefusedError(RegistrationError):
     """The relay answered with an ``error: ...`` line; ``reason`` is its text."""
 

@@ -5,6 +5,11 @@ Registers with the relay (``relay.api``), prints the public endpoint
 local service and pipes bytes both ways (``relay.pipe``). A local service that
 is down resets that stream only. When the relay connection ends it reconnects
 with exponential backoff and jitter and prints the new endpoint.
+
+Against a registration-v2 relay it answers the challenge with ``secret``,
+asks for ``public_port``, and with ``proxy_protocol`` (1 or 2) it asks for the
+public client's address and sends it to the local service as a PROXY protocol
+header before the first byte.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -21,8 +27,10 @@ import yamux
 
 from .api import RelayedServer, start_server
 from .errors import RegistrationError
+from .handshake import AuthenticationError
 from .net import describe_os_error, format_endpoint
 from .pipe import SocketEnd, pipe
+from .proxy_protocol import ProxyAddresses, header
 
 logger = logging.getLogger("relay.forwarder")
 connections_logger = logging.getLogger("relay.connections")
@@ -71,6 +79,13 @@ class Forwarder:
     reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     yamux_config: yamux.Config | None = None
+    secret: str | bytes | None = None
+    name: str | None = None
+    public_port: int | None = None
+    """Ask the relay for this public port (registration v2)."""
+    ssl: ssl.SSLContext | None = None
+    proxy_protocol: int | None = None
+    """Send a PROXY protocol header of this version (1 or 2) to the local service."""
     on_endpoint: Callable[[str], None] = field(default=_print_endpoint)
     """Called with ``HOST:PORT`` after every successful registration (default: print it)."""
     server: RelayedServer | None = field(default=None, init=False)
@@ -91,7 +106,12 @@ class Forwarder:
                 server = await start_server(
                     self._forward, self.relay_host, self.relay_port,
                     config=self.yamux_config, connect_timeout=self.connect_timeout,
+                    secret=self.secret, name=self.name, public_port=self.public_port,
+                    client_address=self.proxy_protocol is not None, ssl=self.ssl,
                 )
+            except AuthenticationError as exc:
+                logger.error("relay %s: %s (check --secret / RELAY_SECRET)",
+                             self.relay_endpoint, exc)
             except RegistrationError as exc:
                 logger.error("relay %s: %s", self.relay_endpoint, exc)
             except (OSError, TimeoutError) as exc:
@@ -103,6 +123,11 @@ class Forwarder:
                 try:
                     logger.info("public endpoint %s forwards to %s",
                                 server.public_endpoint, self.local_endpoint)
+                    if self.proxy_protocol is not None and not server.client_address:
+                        logger.warning(
+                            "the relay does not send client addresses (seed protocol); the "
+                            "PROXY v%d headers to %s will not name the client",
+                            self.proxy_protocol, self.local_endpoint)
                     self.on_endpoint(server.public_endpoint)
                     await server.wait_closed()
                     reason = server.close_reason  # before close(), which clears it
@@ -121,6 +146,7 @@ class Forwarder:
     async def _forward(self, stream: yamux.Stream, _writer: yamux.Stream) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        client: ProxyAddresses | None = stream.get_extra_info("client_address")
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, end = await loop.create_connection(SocketEnd, self.local_host, self.local_port)
@@ -131,7 +157,10 @@ class Forwarder:
                            stream.id, self.local_endpoint, reason)
             stream.reset()
             return
-        logger.debug("stream %d: connected to %s", stream.id, self.local_endpoint)
+        logger.debug("stream %d: connected to %s%s", stream.id, self.local_endpoint,
+                     f" for {format_endpoint(*client.source)}" if client else "")
+        if self.proxy_protocol is not None and end.transport is not None:
+            end.transport.write(header(self.proxy_protocol, client))
         result = await pipe(end, stream)
         connections_logger.info(
             "stream %d to %s closed: %d bytes to the relay, %d to the service%s", stream.id,

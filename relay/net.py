@@ -8,6 +8,7 @@ socket per family, each with its own ephemeral port.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ class BindAddress:
             sock.close()
             raise
         return sock
+
+    def is_loopback(self) -> bool:
+        """Only this machine can connect (127.0.0.0/8, ::1)."""
+        return not self.dual_stack and ipaddress.ip_address(self.host).is_loopback
 
     def __str__(self) -> str:
         if self.dual_stack:

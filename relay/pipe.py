@@ -34,6 +34,8 @@ from typing import cast
 import yamux
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+EARLY_DATA_LIMIT = yamux.const.INITIAL_STREAM_WINDOW
+"""Most bytes a public connection holds before its stream opens: one read, at most a window."""
 
 
 @dataclass(slots=True)
@@ -52,7 +54,9 @@ class SocketEnd(asyncio.Protocol):
 
     Reading starts paused: nothing is read from the socket until ``pipe()``
     splices it to a stream, so a connection waiting for its stream to open
-    buffers nothing. ``on_connected(end)`` runs from ``connection_made``.
+    holds at most one read (uvloop reads once even when ``pause_reading`` is
+    called in ``connection_made``; we pause again on the first early byte).
+    ``on_connected(end)`` runs from ``connection_made``.
     """
 
     def __init__(self, on_connected: Callable[[SocketEnd], None] | None = None) -> None:
@@ -62,6 +66,10 @@ class SocketEnd(asyncio.Protocol):
         self._lost = False
         self._early: list[bytes] = []
         """Bytes, then b"" for EOF, that came before the splice (uvloop may read while paused)."""
+        self._early_size = 0
+        self._writing_paused = False
+        self.activity = 0
+        """Chunks moved either way; the idle timeout watches it change."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -70,10 +78,13 @@ class SocketEnd(asyncio.Protocol):
             self._on_connected(self)
 
     def data_received(self, data: bytes) -> None:
+        self.activity += 1
         if self._splice is not None:
             self._splice.socket_data(data)
-        else:
-            self._early.append(data)
+            return
+        self._early.append(data)
+        self._early_size += len(data)
+        self.transport.pause_reading()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         if self._splice is not None:
@@ -84,16 +95,36 @@ class SocketEnd(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._early.clear()
+        self._early_size = 0
         if self._splice is not None:
             self._splice.socket_lost(exc)
 
     def pause_writing(self) -> None:
+        self._writing_paused = True
         if self._splice is not None:
             self._splice.stream.pause_reading()
 
     def resume_writing(self) -> None:
+        """Resume the stream on the next loop iteration, not inside the transport's callback.
+
+        Resuming delivers the stream's data, FIN or end, which writes, shuts down
+        or closes this very transport. From inside its ``resume_writing``, asyncio
+        (3.11) then runs ``_call_connection_lost`` twice or ``shutdown`` twice
+        ("Exception in callback ...").
+        """
+        self._writing_paused = False
         if self._splice is not None:
+            asyncio.get_running_loop().call_soon(self._resume_stream)
+
+    def _resume_stream(self) -> None:
+        if self._splice is not None and not self._writing_paused:
             self._splice.stream.resume_reading()
+
+    @property
+    def early_bytes(self) -> int:
+        """Bytes read before the stream opened, not yet handed to it."""
+        return self._early_size
 
     @property
     def closed(self) -> bool:
@@ -109,6 +140,10 @@ class SocketEnd(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         transport.abort()
+
+    def _take_early(self) -> list[bytes]:
+        early, self._early, self._early_size = self._early, [], 0
+        return early
 
 
 class _Splice(asyncio.Protocol):
@@ -127,6 +162,8 @@ class _Splice(asyncio.Protocol):
         """The socket sent EOF and we passed it on as FIN."""
         self._down_done = False
         """The stream sent FIN and we passed it on as a socket shutdown."""
+        self.socket_paused = False
+        """We paused reading the socket because the stream holds too much unsent data."""
 
     # -------------------------------------------------- socket -> stream
     def socket_data(self, data: bytes) -> None:
@@ -150,6 +187,7 @@ class _Splice(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return
+        self.end.activity += 1
         self.transport.write(data)
         self.result.received += len(data)
 
@@ -168,10 +206,12 @@ class _Splice(asyncio.Protocol):
             self.fail(exc or yamux.StreamResetError("stream ended"))
 
     def pause_writing(self) -> None:
+        self.socket_paused = True
         if not self._up_done and not self.transport.is_closing():
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.socket_paused = False
         if not self._up_done and not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -207,7 +247,7 @@ async def pipe(end: SocketEnd, stream: yamux.Stream) -> PipeResult:
         return splice.result
     end._splice = splice
     stream.set_protocol(splice)
-    early, end._early = end._early, []
+    early = end._take_early()
     for data in early:
         if splice.finished:
             break
@@ -215,7 +255,8 @@ async def pipe(end: SocketEnd, stream: yamux.Stream) -> PipeResult:
             splice.socket_data(data)
         else:
             splice.socket_eof()
-    if not splice.finished and not (early and early[-1] == b""):
+    # Replaying may have filled the stream and paused the socket: only resume if not.
+    if not splice.finished and not splice.socket_paused and not (early and early[-1] == b""):
         end.transport.resume_reading()  # type: ignore[union-attr]
     try:
         await done

@@ -19,6 +19,7 @@ import re
 import yamux
 
 from .errors import RegistrationError as RegistrationError  # re-exported: old import path
+from .errors import RelayClosedError as RelayClosedError
 from .errors import RelayRefusedError as RelayRefusedError
 
 logger = logging.getLogger("relay.protocol")
@@ -105,11 +106,18 @@ class GreetingProtocol(asyncio.Protocol):
         line = bytes(self._buffer[:newline])
         rest = bytes(self._buffer[newline + 1:])
         self._buffer.clear()
+        self._line_received(line, rest)
+
+    def _line_received(self, line: bytes, rest: bytes) -> None:
+        """A greeting line arrived (``rest``: what followed it); subclasses answer challenges."""
         try:
             port = parse_greeting(line)
         except RegistrationError as exc:
             self._fail(exc)
             return
+        self._registered(port, rest)
+
+    def _registered(self, port: int, rest: bytes) -> None:
         assert self.transport is not None
         session = yamux.Session.attach(
             self.transport, client=False, config=self._config, initial_data=rest
@@ -117,7 +125,7 @@ class GreetingProtocol(asyncio.Protocol):
         self.result.set_result((session, port))
 
     def eof_received(self) -> bool:
-        self._fail(RegistrationError(
+        self._fail(RelayClosedError(
             "the relay closed the connection before sending a port line"
             + (f" (it sent {_excerpt(self._buffer)})" if self._buffer else "")
         ))

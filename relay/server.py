@@ -12,7 +12,8 @@ error), silence at the timeout. Whenever a session ends, for whatever reason,
 its public listener is closed at once and its public connections are reset, so
 the port is free again. What a stranger can make the relay allocate is bounded:
 ``max_sessions`` registrations (each one listener), ``max_connections`` public
-connections per session, and per stream the yamux window.
+connections per session, and per stream the yamux window; ``relay.limits`` adds
+per-source shares of those and the idle timeout.
 """
 
 from __future__ import annotations
@@ -22,16 +23,22 @@ import errno
 import itertools
 import logging
 import socket
+import ssl as ssl_module
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 import yamux
 
+from .auth import Authenticator, FailureLimiter, PortSet
 from .errors import NoFreePortError
+from .limits import IdleWatch, Limits, SourceSlots, share, source_of
 from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
 from .pipe import SocketEnd, pipe
-from .protocol import error_line, port_line
+from .protocol import RegistrationError, error_line, port_line
+from .proxy_protocol import addresses_of, v2_header
+from .registration import ChallengeProtocol, RegistrationRequest
 
 logger = logging.getLogger("relay.server")
 connections_logger = logging.getLogger("relay.connections")
@@ -39,6 +46,15 @@ connections_logger = logging.getLogger("relay.connections")
 DEFAULT_MAX_SESSIONS = 100
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_MAX_PENDING = 1000
+"""Most control connections between accept and a checked v2 response."""
+PROTOCOLS = ("yamux", "v2")
+"""``yamux``: the seed protocol, port line first (the Go design); ``v2``: registration v2,
+the relay challenges first (docs/protocol.md)."""
+
+
+class PortRefusedError(RegistrationError):
+    """A requested public port this client may not have (or that is taken)."""
 
 
 def _peer(transport: asyncio.BaseTransport | None) -> str:
@@ -70,6 +86,10 @@ class _Registration:
     public_port: int
     sock: socket.socket
     session: yamux.Session
+    source: str
+    sources: SourceSlots
+    """Public connections per source."""
+    request: RegistrationRequest | None = None
     listener: asyncio.Server | None = None
     task: asyncio.Task[None] | None = None
     handshake: asyncio.Task[float] | None = None
@@ -80,7 +100,11 @@ class _Registration:
 
     def log_fields(self) -> dict[str, object]:
         """The stable log fields of this session (see ``relay.logs.FIELDS``)."""
-        return {"session": self.id, "peer": self.peer, "public_port": self.public_port}
+        fields: dict[str, object] = {"session": self.id, "peer": self.peer,
+                                     "public_port": self.public_port}
+        if self.request is not None and self.request.client is not None:
+            fields["client"] = self.request.client
+        return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +116,8 @@ class SessionInfo:
     public_port: int
     confirmed: bool
     connections: int
+    client: str | None = None
+    """The client's name (registration v2); None for a seed-protocol registration."""
 
 
 class _ControlProtocol(asyncio.Protocol):
@@ -117,6 +143,11 @@ class RelayServer:
     ``host`` is the bind address of the control port and of every public
     listener (None: every interface, IPv4 and IPv6). ``port_range`` (low, high)
     restricts public ports; None lets the OS choose.
+
+    ``protocol="v2"``, or any of ``secret`` / ``auth_clients`` / ``auth``, makes
+    the relay challenge every control connection first (registration v2, see
+    docs/protocol.md): nothing is allocated before the response is checked.
+    ``ssl`` wraps the control port (and so all relayed traffic) in TLS.
     """
 
     def __init__(
@@ -129,7 +160,19 @@ class RelayServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         yamux_config: yamux.Config | None = None,
+        limits: Limits | None = None,
+        protocol: str = "yamux",
+        secret: str | bytes | None = None,
+        auth_clients: dict[str, object] | None = None,
+        auth: Authenticator | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        auth_failures: FailureLimiter | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        if auth is None and (secret is not None or auth_clients):
+            auth = Authenticator(secret=secret, clients=auth_clients)  # type: ignore[arg-type]
         if port_range is not None:
             low, high = port_range
             if not 1 <= low <= high <= 65535:
@@ -143,6 +186,18 @@ class RelayServer:
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self.yamux_config = yamux_config or yamux.Config()
+        self.limits = limits or Limits()
+        self._registering = SourceSlots(
+            share(self.limits.max_pending_registrations_per_source, max_sessions))
+        self._connections_per_source = share(self.limits.max_connections_per_source,
+                                             max_connections)
+        self._idle = IdleWatch(self.limits.idle_timeout, self._idle_connection)
+        self.auth = auth
+        self.protocol = "v2" if auth is not None else protocol
+        self.ssl = ssl
+        self.auth_failures = auth_failures or FailureLimiter()
+        self.max_pending = max_pending
+        self._pending: set[ChallengeProtocol] = set()
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | None = None
         self._registrations: dict[int, _Registration] = {}
@@ -160,7 +215,8 @@ class RelayServer:
         sock = self._bind.listen(self._requested_port)
         try:
             self._control = await loop.create_server(
-                lambda: _ControlProtocol(self), sock=sock, backlog=LISTEN_BACKLOG
+                self._control_protocol, sock=sock, backlog=LISTEN_BACKLOG, ssl=self.ssl,
+                ssl_handshake_timeout=self.handshake_timeout if self.ssl else None,
             )
         except BaseException:
             sock.close()
@@ -168,11 +224,16 @@ class RelayServer:
         self._serving = loop.create_future()
         logger.info("Serving relay requests on port %d", self.port,
                     extra={"control_port": self.port})
+        if self.auth is None and not self._bind.is_loopback():
+            logger.warning(
+                "the relay listens on %s without authentication: anyone who can reach port %d "
+                "gets a public port (use --secret or --auth-file)", self._bind, self.port)
         logger.debug(
-            "bound to %s; public ports %s; at most %d sessions of %d connections each",
-            self._bind,
+            "bound to %s; public ports %s; at most %d sessions of %d connections each; "
+            "registration %s%s%s", self._bind,
             "chosen by the OS" if self.port_range is None else "{}-{}".format(*self.port_range),
-            self.max_sessions, self.max_connections,
+            self.max_sessions, self.max_connections, self.protocol,
+            f", {self.auth!r}" if self.auth else "", ", TLS" if self.ssl else "",
         )
 
     @property
@@ -185,7 +246,8 @@ class RelayServer:
     @property
     def sessions(self) -> list[SessionInfo]:
         return [
-            SessionInfo(r.id, r.peer, r.public_port, r.confirmed, len(r.connections))
+            SessionInfo(r.id, r.peer, r.public_port, r.confirmed, len(r.connections),
+                        r.request.client if r.request else None)
             for r in self._registrations.values()
         ]
 
@@ -206,8 +268,11 @@ class RelayServer:
         if self._closing:
             return
         self._closing = True
+        self._idle.close()
         if self._control is not None:
             self._control.close()
+        for gate in list(self._pending):
+            gate.abort()
         for reg in list(self._registrations.values()):
             if reg.ending:  # already cleaning up; let it finish
                 continue
@@ -238,7 +303,19 @@ class RelayServer:
         await self.wait_closed()
 
     # ----------------------------------------------------------- registering
-    def _registration_made(self, transport: asyncio.Transport) -> None:
+    def _control_protocol(self) -> asyncio.Protocol:
+        if self.protocol == "yamux":
+            return _ControlProtocol(self)
+        return ChallengeProtocol(
+            auth=self.auth, failures=self.auth_failures, timeout=self.handshake_timeout,
+            peer=_peer, accepted=self._registration_made, pending=self._pending,
+            max_pending=self.max_pending,
+        )
+
+    def _registration_made(
+        self, transport: asyncio.Transport, request: RegistrationRequest | None = None
+    ) -> None:
+        """Allocate for a registration: seed at once, v2 once its proof is checked."""
         peer = _peer(transport)
         if self._closing:
             transport.abort()
@@ -250,16 +327,31 @@ class RelayServer:
                 f"(--max-sessions {self.max_sessions})",
             )
             return
+        source = source_of(transport.get_extra_info("peername"))
+        if not self._registering.acquire(source):
+            self._refuse(
+                transport, peer,
+                f"{self._registering.held(source)} registrations from {source} are still in "
+                f"their handshake, the maximum (--max-pending-registrations-per-source "
+                f"{self._registering.limit})",
+            )
+            return
         try:
-            sock = self._open_public_listener()
+            sock = self._open_public_listener(request)
+        except PortRefusedError as exc:
+            self._registering.release(source)
+            self._refuse(transport, peer, str(exc))
+            return
         except OSError as exc:
+            self._registering.release(source)
             self._refuse(transport, peer, str(exc) if isinstance(exc, NoFreePortError)
                          else f"cannot open a public port: {exc}")
             return
         public_port = int(sock.getsockname()[1])
         transport.write(port_line(public_port))
         session = yamux.Session.attach(transport, client=True, config=self.yamux_config)
-        reg = _Registration(next(self._ids), peer, public_port, sock, session)
+        reg = _Registration(next(self._ids), peer, public_port, sock, session, source,
+                            SourceSlots(self._connections_per_source), request)
         self._registrations[reg.id] = reg
         self._ports_in_use.add(public_port)
         loop = asyncio.get_running_loop()
@@ -275,15 +367,33 @@ class RelayServer:
         transport.write(error_line(reason))
         transport.close()
 
-    def _open_public_listener(self) -> socket.socket:
+    def _open_public_listener(self, request: RegistrationRequest | None) -> socket.socket:
+        """The public listener: the requested port, or one the policy picks.
+
+        Policy (replaced by leases in issue #10): a requested port must be inside
+        ``port_range`` and the client's allowed ports, and free; otherwise the next
+        free port of ``port_range`` (and of the client's allowed ports) in turn.
+        """
         assert self._bind is not None
-        if self.port_range is None:
+        allowed = request.allowed_ports if request is not None else None
+        if request is not None and request.requested_port is not None:
+            return self._open_requested_port(request.requested_port, allowed, request)
+        if self.port_range is None and allowed is None:
             return self._bind.listen(0)
-        low, high = self.port_range
-        count = high - low + 1
+        low, high = self.port_range or (1, 65535)
+        candidates: Sequence[int]
+        if allowed is not None:
+            candidates = [p for p in allowed if low <= p <= high]
+        else:
+            candidates = range(low, high + 1)
+        count = len(candidates)
+        if count == 0:
+            raise PortRefusedError(
+                f"no port both in --port-range {low}-{high} and allowed for "
+                f"{request.describe() if request else 'this client'} ({allowed})")
         for i in range(count):
             offset = (self._cursor + i) % count
-            port = low + offset
+            port = candidates[offset]
             if port in self._ports_in_use:
                 continue
             try:
@@ -296,7 +406,31 @@ class RelayServer:
             # different client at once, while stale public clients may still knock.
             self._cursor = (offset + 1) % count
             return sock
+        if allowed is not None:
+            raise NoFreePortError(f"no free port among the ports allowed for "
+                                  f"{request.describe() if request else 'this client'}")
         raise NoFreePortError(f"no free port in range {low}-{high}")
+
+    def _open_requested_port(
+        self, port: int, allowed: PortSet | None, request: RegistrationRequest
+    ) -> socket.socket:
+        assert self._bind is not None
+        if allowed is not None and port not in allowed:
+            raise PortRefusedError(
+                f"port {port} is not allowed for {request.describe()} (allowed: {allowed})")
+        if self.port_range is not None and not (
+                self.port_range[0] <= port <= self.port_range[1]):
+            raise PortRefusedError(
+                "port {} is outside the relay's port range {}-{}".format(port, *self.port_range))
+        if port in self._ports_in_use:
+            raise PortRefusedError(f"port {port} is in use")
+        try:
+            return self._bind.listen(port)
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise PortRefusedError(f"port {port} is not available: "
+                                       f"{exc.strerror or exc}") from None
+            raise
 
     async def _run(self, reg: _Registration) -> None:
         session = reg.session
@@ -305,7 +439,8 @@ class RelayServer:
                 partial(SocketEnd, partial(self._public_connection, reg)), sock=reg.sock,
                 backlog=LISTEN_BACKLOG,
             )
-            logger.info("session %d from %s: public port %d", reg.id, reg.peer, reg.public_port,
+            logger.info("session %d from %s%s: public port %d", reg.id, reg.peer,
+                        f" ({reg.request.describe()})" if reg.request else "", reg.public_port,
                         extra=reg.log_fields())
             assert reg.handshake is not None
             try:
@@ -318,6 +453,7 @@ class RelayServer:
                 )
                 return
             reg.confirmed = True
+            self._registering.release(reg.source)
             logger.debug("session %d confirmed (ping %.1f ms)", reg.id, rtt * 1000)
             rejecting = asyncio.get_running_loop().create_task(
                 self._reject_streams(reg), name=f"relay-reject-{reg.id}")
@@ -348,6 +484,8 @@ class RelayServer:
         if reg.ending:
             return
         reg.ending = True
+        if not reg.confirmed:
+            self._registering.release(reg.source)
         if reg.handshake is not None:
             reg.handshake.cancel()
         if reg.listener is not None:
@@ -371,23 +509,52 @@ class RelayServer:
 
     # ----------------------------------------------------- public connections
     def _public_connection(self, reg: _Registration, end: SocketEnd) -> None:
+        transport = end.transport
+        assert transport is not None
         if reg.ending or reg.session.closed:
             end.abort()
             return
         if len(reg.connections) >= self.max_connections:
             logger.warning(
                 "session %d: refusing a public connection from %s: %d open, the maximum "
-                "(--max-connections %d)", reg.id, _peer(end.transport), len(reg.connections),
+                "(--max-connections %d)", reg.id, _peer(transport), len(reg.connections),
                 self.max_connections,
             )
             end.abort()
             return
-        reg.connections.spawn(self._relay_connection(reg, end), name=f"relay-public-{reg.id}")
+        source = source_of(transport.get_extra_info("peername"))
+        if not reg.sources.acquire(source):
+            logger.warning(
+                "session %d: refusing a public connection from %s: %d open from %s, the "
+                "maximum (--max-connections-per-source %d)", reg.id, _peer(transport),
+                reg.sources.held(source), source, reg.sources.limit,
+            )
+            end.abort()
+            return
+        task = reg.connections.spawn(
+            self._relay_connection(reg, end), name=f"relay-public-{reg.id}"
+        )
+        self._idle.watch(end)
+        task.add_done_callback(partial(self._connection_done, reg, end, source))
+
+    def _connection_done(self, reg: _Registration, end: SocketEnd, source: str,
+                         task: asyncio.Task[None]) -> None:
+        reg.sources.release(source)
+        self._idle.forget(end)
+
+    def _idle_connection(self, end: SocketEnd) -> None:
+        logger.debug("resetting public connection from %s: idle for %g s (--idle-timeout)",
+                     _peer(end.transport) if end.transport is not None else "?",
+                     self.limits.idle_timeout)
+        end.abort()
 
     async def _relay_connection(self, reg: _Registration, end: SocketEnd) -> None:
         started = time.monotonic()
         try:
             stream = await reg.session.open_stream()
+        except asyncio.CancelledError:
+            end.abort()
+            raise
         except yamux.TooManyStreamsError as exc:
             logger.warning("session %d: refusing a public connection: %s", reg.id, exc)
             end.abort()
@@ -401,6 +568,10 @@ class RelayServer:
             await reg.session.close()
             return
         peer = _peer(end.transport) if end.transport is not None else "?"
+        if reg.request is not None and reg.request.client_address and end.transport is not None:
+            stream.write(v2_header(addresses_of(
+                end.transport.get_extra_info("peername"),
+                end.transport.get_extra_info("sockname"))))
         logger.debug("session %d: public connection from %s on stream %d", reg.id, peer, stream.id)
         result = await pipe(end, stream)
         connections_logger.info(

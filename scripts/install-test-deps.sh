@@ -16,6 +16,9 @@ APT_PACKAGES=(
     curl
     socat
     openssl
+    haproxy
+    nginx-light
+    libnginx-mod-stream
 )
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
+
 import pytest
 
 import relay
@@ -33,3 +37,15 @@ def test_relay_errors_share_a_base_and_keep_their_standard_bases() -> None:
     ]:
         assert issubclass(error, relay.RelayError)
         assert issubclass(error, standard)
+
+
+def test_every_exception_the_relay_package_defines_derives_from_relay_error() -> None:
+    defined = []
+    for info in pkgutil.iter_modules(relay.__path__, "relay."):
+        if info.name == "relay.__main__":
+            continue
+        module = importlib.import_module(info.name)
+        defined += [cls for _, cls in inspect.getmembers(module, inspect.isclass)
+                    if issubclass(cls, BaseException) and cls.__module__ == info.name]
+    assert len(defined) >= 8
+    assert [cls.__qualname__ for cls in defined if not issubclass(cls, relay.RelayError)] == []

@@ -72,6 +72,7 @@ class Stream:
         "_drain_waiter",
         "_eof_delivered",
         "_error",
+        "_extra",
         "_limit",
         "_link",
         "_protocol",
@@ -94,6 +95,7 @@ class Stream:
         self._buffer = bytearray()
         self._eof_delivered = False
         self._error: YamuxError | None = None
+        self._extra: dict[str, Any] | None = None
         self._read_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed_waiter: asyncio.Future[None] | None = None
@@ -275,10 +277,22 @@ class Stream:
             self.set_exception(StreamResetError("reset locally"))
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """``stream_id`` and ``session``; anything else comes from the session's transport."""
+        """``stream_id``, ``session``, what ``set_extra_info`` set; else the transport's."""
+        if self._extra is not None and name in self._extra:
+            return self._extra[name]
         if name == "stream_id":
             return self.id
         return self._link.get_extra_info(name, default)
+
+    def set_extra_info(self, name: str, value: Any) -> None:
+        """Override one ``get_extra_info`` key for this stream only.
+
+        For a layer above yamux that knows better than the session's transport,
+        e.g. a relay reporting the public client as ``peername``.
+        """
+        if self._extra is None:
+            self._extra = {}
+        self._extra[name] = value
 
     # ---------------------------------------------------------- protocol mode
     def set_protocol(self, protocol: asyncio.Protocol) -> None:

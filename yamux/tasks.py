@@ -74,7 +74,7 @@ async def run_stream_handler(handler: StreamHandler, stream: Stream, log: RateLi
     except asyncio.CancelledError:
         stream.reset()
         raise
-    except (YamuxError, ConnectionError) as exc:
+    except (YamuxError, ConnectionError, asyncio.IncompleteReadError) as exc:
         log.log(logging.INFO, "handler-ended", "stream %d: handler ended: %s", stream.id, exc)
         stream.reset()
     except Exception as exc:  # logged with its traceback; the session and other streams go on

@@ -1,4 +1,4 @@
-"""The session's clocks that are not tasks: per-stream timeouts, the write-stall watch, ping times."""
+"""The session's clocks that are not tasks: stream timeouts, the write-stall watch, ping times."""
 
 from __future__ import annotations
 

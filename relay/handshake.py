@@ -1,0 +1,318 @@
+"""Registration v2: the challenge line and the response line (sans-IO; see docs/protocol.md).
+
+A relay that needs more than the seed protocol speaks first, with a line that
+can never be a port line and that a seed client shows as a refusal::
+
+    error: v2 needed: this relay requires registration v2 (upgrade the client); relay/2 \
+nonce=<64 hex> auth=required features=client-addr
+
+The client answers with one line; ``proof`` is last and covers everything before it::
+
+    relay/2 name=alice port=5000 client-addr=1 proof=<64 hex>
+
+and the relay replies as in the seed protocol: a port line (then yamux) or
+``error: <reason>``. The nonce is fresh for every connection, so a recorded
+response is worthless on any other connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from dataclasses import dataclass, field
+
+import yamux
+
+from .protocol import (
+    ERROR_PREFIX,
+    MAX_GREETING,
+    GreetingProtocol,
+    RegistrationError,
+    RelayRefusedError,
+)
+
+logger = logging.getLogger("relay.handshake")
+
+VERSION = 2
+"""The registration version this code speaks (the seed protocol is version 1)."""
+VERSION_TOKEN = b"relay/%d" % VERSION
+CHALLENGE_TEXT = (
+    b"error: v2 needed: this relay requires registration v2 (upgrade the client); "
+)
+"""The human part of the challenge: what a seed client shows. Its first 16 bytes
+(``error: v2 needed``) are all the Go seed forwarder prints of a long line."""
+HMAC_LABEL = b"relay registration v2\n"
+"""Domain separation: the secret signs nothing else with this prefix."""
+NONCE_BYTES = 32
+FEATURE_CLIENT_ADDR = "client-addr"
+FEATURES = (FEATURE_CLIENT_ADDR,)
+AUTH_FAILED = "auth failed"
+"""Every refusal of a proof starts with this, so clients can tell it from others."""
+
+_HEX64 = re.compile(rb"[0-9a-f]{64}")
+_KEY = re.compile(rb"[a-z][a-z0-9-]{0,31}")
+_VALUE = re.compile(rb"[A-Za-z0-9._:@/+,-]{0,128}")
+NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+"""A client name: what may appear in ``name=`` (and as an auth-file table key)."""
+
+
+class AuthenticationError(RelayRefusedError):
+    """The relay refused our proof: wrong or missing secret, or an unknown client name."""
+
+    def __init__(self, reason: str, *, sent: bool = True) -> None:
+        super().__init__(reason)
+        self.args = (f"the relay refused our secret: {reason}" if sent else reason,)
+
+
+class HandshakeError(RegistrationError):
+    """A v2 line that breaks the rules of docs/protocol.md; ``str()`` is the reason sent back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """What the relay offers: a nonce, whether a proof is required, the optional features."""
+
+    nonce: bytes
+    """64 lowercase hex digits, ASCII."""
+    auth_required: bool
+    features: frozenset[str] = frozenset(FEATURES)
+    accepts: frozenset[int] = frozenset({VERSION})
+    version: int = VERSION
+
+    @classmethod
+    def fresh(cls, auth_required: bool) -> Challenge:
+        return cls(secrets.token_hex(NONCE_BYTES).encode("ascii"), auth_required)
+
+    def line(self) -> bytes:
+        features = ",".join(sorted(self.features)) or "-"
+        return (CHALLENGE_TEXT + b"relay/%d nonce=%s auth=%s features=%s\n" % (
+            self.version, self.nonce, b"required" if self.auth_required else b"none",
+            features.encode("ascii"),
+        ))
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What a client asks for; ``name`` is unauthenticated until the relay checked the proof."""
+
+    name: str | None = None
+    port: int | None = None
+    client_addr: bool = False
+    proof: bytes | None = None
+    """64 lowercase hex digits, or None when the relay asked for no proof."""
+    signed: bytes = field(default=b"", compare=False)
+    """The bytes the proof covers: the line up to (not including) `` proof=``."""
+
+
+def sign(secret: bytes, nonce: bytes, signed: bytes) -> bytes:
+    """The proof: HMAC-SHA256(secret, label || nonce || LF || signed part), lowercase hex."""
+    mac = hmac.new(secret, HMAC_LABEL + nonce + b"\n" + signed, hashlib.sha256)
+    return mac.hexdigest().encode("ascii")
+
+
+def proof_matches(secret: bytes, nonce: bytes, response: Response) -> bool:
+    """Constant-time check of ``response.proof`` against ``secret``."""
+    if response.proof is None:
+        return False
+    return hmac.compare_digest(sign(secret, nonce, response.signed), response.proof)
+
+
+def is_challenge(line: bytes) -> bool:
+    """Is this greeting line (no newline) a v2 challenge rather than a refusal?"""
+    return line.startswith(ERROR_PREFIX) and any(
+        token.startswith(b"relay/") for token in line.split(b" ")
+    )
+
+
+def parse_challenge(line: bytes) -> Challenge:
+    """The challenge of a greeting line (no newline); HandshakeError if we cannot answer it."""
+    tokens = line.split(b" ")
+    start = next(i for i, token in enumerate(tokens) if token.startswith(b"relay/"))
+    version_text = tokens[start][len(b"relay/"):]
+    if not version_text.isdigit():
+        raise HandshakeError(f"malformed challenge version {tokens[start]!r}")
+    fields = _fields(tokens[start + 1:], "challenge")
+    accepts_text = fields.get("accept", version_text.decode())
+    try:
+        accepts = frozenset(int(v) for v in accepts_text.split(","))
+    except ValueError:
+        raise HandshakeError(f"malformed accept={accepts_text!r} in the challenge") from None
+    if VERSION not in accepts:
+        raise HandshakeError(
+            f"the relay requires registration version {accepts_text}; this client speaks "
+            f"version {VERSION} (upgrade the client)")
+    nonce = fields.get("nonce", "").encode("ascii")
+    if not _HEX64.fullmatch(nonce):
+        raise HandshakeError("the challenge has no valid nonce (64 lowercase hex digits)")
+    auth = fields.get("auth", "required")
+    features = fields.get("features", "-")
+    return Challenge(
+        nonce=nonce,
+        auth_required=auth != "none",
+        features=frozenset(f for f in features.split(",") if f and f != "-"),
+        accepts=accepts,
+        version=int(version_text),
+    )
+
+
+def response_line(
+    challenge: Challenge,
+    *,
+    secret: bytes | None,
+    name: str | None = None,
+    port: int | None = None,
+    client_addr: bool = False,
+) -> bytes:
+    """The client's answer to ``challenge`` (with its newline)."""
+    parts = [VERSION_TOKEN]
+    if name is not None:
+        if not NAME.fullmatch(name):
+            raise ValueError(f"client name {name!r}: use 1-64 of A-Z a-z 0-9 . _ @ -")
+        parts.append(b"name=" + name.encode("ascii"))
+    if port is not None:
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port must be 1-65535, got {port}")
+        parts.append(b"port=%d" % port)
+    if client_addr:
+        parts.append(b"client-addr=1")
+    signed = b" ".join(parts)
+    if secret is not None:
+        return signed + b" proof=" + sign(secret, challenge.nonce, signed) + b"\n"
+    return signed + b"\n"
+
+
+def parse_response(line: bytes, challenge: Challenge) -> Response:
+    """The relay's view of a response line (no newline); HandshakeError if malformed."""
+    if len(line) >= MAX_GREETING:
+        raise HandshakeError(f"response line longer than {MAX_GREETING - 1} bytes")
+    tokens = line.split(b" ")
+    if tokens[0] != b"relay/%d" % challenge.version:
+        shown = tokens[0][:16].decode("ascii", "replace")
+        raise HandshakeError(
+            f"expected a response starting with relay/{challenge.version}, got {shown!r}")
+    proof: bytes | None = None
+    signed = line
+    if tokens[-1].startswith(b"proof="):
+        proof = tokens[-1][len(b"proof="):]
+        if not _HEX64.fullmatch(proof):
+            raise HandshakeError("proof= must be 64 lowercase hex digits")
+        tokens = tokens[:-1]
+        signed = b" ".join(tokens)
+    fields = _fields(tokens[1:], "response")
+    for key in fields:
+        if key not in ("name", "port", FEATURE_CLIENT_ADDR):
+            raise HandshakeError(f"unknown option {key!r}")
+    name = fields.get("name")
+    if name is not None and not NAME.fullmatch(name):
+        raise HandshakeError("name= must be 1-64 of A-Z a-z 0-9 . _ @ -")
+    port: int | None = None
+    if "port" in fields:
+        text = fields["port"]
+        if not (text.isdigit() and len(text) <= 5 and 1 <= int(text) <= 65535):
+            raise HandshakeError(f"port={text!r} is not a port number (1-65535)")
+        port = int(text)
+    client_addr = fields.get(FEATURE_CLIENT_ADDR, "0")
+    if client_addr not in ("0", "1"):
+        raise HandshakeError("client-addr= must be 0 or 1")
+    if client_addr == "1" and FEATURE_CLIENT_ADDR not in challenge.features:
+        raise HandshakeError("client-addr was not offered")
+    return Response(name=name, port=port, client_addr=client_addr == "1", proof=proof,
+                    signed=signed)
+
+
+def _fields(tokens: list[bytes], what: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for token in tokens:
+        key, sep, value = token.partition(b"=")
+        if not sep or not _KEY.fullmatch(key) or not _VALUE.fullmatch(value):
+            shown = token[:32].decode("ascii", "replace")
+            raise HandshakeError(f"malformed field {shown!r} in the {what} (want key=value)")
+        text = key.decode("ascii")
+        if text in fields:
+            raise HandshakeError(f"field {text!r} twice in the {what}")
+        fields[text] = value.decode("ascii")
+    return fields
+
+
+def refusal(line: bytes) -> RelayRefusedError:
+    """The exception for an ``error: ...`` line that is not a challenge."""
+    reason = line[len(ERROR_PREFIX):].decode("ascii", "replace")
+    if reason.startswith(AUTH_FAILED):
+        return AuthenticationError(reason)
+    return RelayRefusedError(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    """What a registering side brings to a v2 relay; all optional."""
+
+    secret: bytes | None = None
+    name: str | None = None
+    port: int | None = None
+    client_address: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name is not None and not NAME.fullmatch(self.name):
+            raise ValueError(f"client name {self.name!r}: use 1-64 of A-Z a-z 0-9 . _ @ -")
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be 1-65535, got {self.port}")
+
+    def v2_only(self) -> list[str]:
+        """What a seed relay cannot honour (the client address is best effort: not listed)."""
+        wanted = [("a secret", self.secret is not None), ("a client name", self.name is not None),
+                  (f"port {self.port}", self.port is not None)]
+        return [what for what, on in wanted if on]
+
+
+class RegisteringProtocol(GreetingProtocol):
+    """The registering side: answers a v2 challenge, or takes a seed relay's port line.
+
+    After ``result`` resolves, ``version`` is 2 if a challenge was answered (1 for
+    a seed relay) and ``client_address`` says whether every stream starts with a
+    PROXY v2 header.
+    """
+
+    def __init__(self, config: yamux.Config | None, options: ClientOptions) -> None:
+        super().__init__(config)
+        self.options = options
+        self.version = 1
+        self.client_address = False
+
+    def _line_received(self, line: bytes, rest: bytes) -> None:
+        if self.version == 1 and is_challenge(line):
+            self._answer(line, rest)
+            return
+        if line.startswith(ERROR_PREFIX):
+            self._fail(refusal(line))
+            return
+        if self.version == 1 and self.options.v2_only():
+            logger.warning(
+                "the relay speaks the seed protocol (it sent its port line without a "
+                "challenge): %s not used", ", ".join(self.options.v2_only()))
+        super()._line_received(line, rest)
+
+    def _answer(self, line: bytes, rest: bytes) -> None:
+        options = self.options
+        if rest:
+            self._fail(HandshakeError("the relay sent data after its challenge"))
+            return
+        try:
+            challenge = parse_challenge(line)
+        except HandshakeError as exc:
+            self._fail(exc)
+            return
+        if challenge.auth_required and options.secret is None:
+            self._fail(AuthenticationError(
+                "this relay requires a secret and none is configured (--secret, "
+                "RELAY_SECRET or secret=)", sent=False))
+            return
+        client_addr = options.client_address and FEATURE_CLIENT_ADDR in challenge.features
+        self.version = 2
+        self.client_address = client_addr
+        assert self.transport is not None
+        self.transport.write(response_line(
+            challenge, secret=options.secret if challenge.auth_required else None,
+            name=options.name, port=options.port, client_addr=client_addr))

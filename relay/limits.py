@@ -1,0 +1,163 @@
+"""What one stranger may hold on the relay: per-source slots, and the idle timeout.
+
+A public port or the control port is open to anyone, so a single address must
+not be able to take every slot (``--max-connections`` public connections of a
+service, ``--max-sessions`` registrations) and keep them forever. Three knobs,
+each 0 to turn it off:
+
+* ``max_connections_per_source``: concurrent public connections per service
+  from one source (default: nine tenths of ``--max-connections``);
+* ``max_pending_registrations_per_source``: registrations from one source
+  that have not yet answered the handshake ping (default: nine tenths of
+  ``--max-sessions``);
+* ``idle_timeout``: a public connection that moved no byte either way for
+  this long is reset (both the socket and its stream).
+
+A source is an IPv4 address, or an IPv6 /64 (one host usually owns a whole
+/64, so counting single IPv6 addresses would be no limit at all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .pipe import SocketEnd
+
+DEFAULT_IDLE_TIMEOUT = 600.0
+"""Ten minutes of no byte either way (ssh or a database connection without keepalives
+usually says something sooner; a browser's idle keep-alive connection is long gone)."""
+
+IPV6_PREFIX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The relay's per-source limits and idle timeout (0 turns each off).
+
+    A per-source limit of None keeps a tenth of the slots for other sources
+    (see ``share``): one source never takes every slot, while a busy client
+    behind one address (a load test, an office behind NAT) and small limits
+    such as ``--max-connections 2`` work as before. A relay facing the internet
+    should set a tighter number.
+    """
+
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_connections_per_source: int | None = None
+    max_pending_registrations_per_source: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.idle_timeout >= 0:
+            raise ValueError(f"idle_timeout must be >= 0 seconds (0: off), got {self.idle_timeout}")
+        for name in ("max_connections_per_source", "max_pending_registrations_per_source"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0 (0: off), got {value}")
+
+
+def share(per_source: int | None, slots: int) -> int:
+    """A per-source limit out of ``slots`` in all: as given, or by default all but a tenth."""
+    return slots - slots // 10 if per_source is None else per_source
+
+
+def source_of(peername: Any) -> str:
+    """The source a peer address counts against: the IPv4 address, or the IPv6 /64."""
+    if not peername:
+        return "unknown"
+    host = str(peername[0]).split("%", 1)[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return str(address)
+
+
+class SourceSlots:
+    """Counts what each source holds; ``acquire`` refuses past ``limit`` (0: no limit)."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError(f"a per-source limit must be >= 0 (0: off), got {limit}")
+        self.limit = limit
+        self._held: dict[str, int] = {}
+
+    def held(self, source: str) -> int:
+        return self._held.get(source, 0)
+
+    def acquire(self, source: str) -> bool:
+        held = self._held.get(source, 0)
+        if self.limit and held >= self.limit:
+            return False
+        self._held[source] = held + 1
+        return True
+
+    def release(self, source: str) -> None:
+        held = self._held.get(source, 0) - 1
+        if held > 0:
+            self._held[source] = held
+        else:
+            self._held.pop(source, None)
+
+    def __len__(self) -> int:
+        """Sources holding at least one slot."""
+        return len(self._held)
+
+
+class IdleWatch:
+    """Resets public connections that moved no byte either way for ``timeout`` seconds.
+
+    One timer for all connections, not one per connection: it ticks every
+    tenth of the timeout (at most every 10 s, at least every 50 ms) while
+    something is watched, and compares each connection's activity counter
+    with the last tick. A connection is closed between ``timeout`` and
+    ``timeout`` + two ticks after its last byte.
+    """
+
+    def __init__(self, timeout: float, on_idle: Callable[[SocketEnd], None]) -> None:
+        if timeout < 0:
+            raise ValueError(f"idle timeout must be >= 0 seconds (0: off), got {timeout}")
+        self.timeout = timeout
+        self._on_idle = on_idle
+        self._tick = min(max(timeout / 10, 0.05), 10.0)
+        self._watched: dict[SocketEnd, tuple[int, float]] = {}
+        """Each connection's activity counter at its last change, and when that was."""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, end: SocketEnd) -> None:
+        if not self.timeout:
+            return
+        loop = asyncio.get_running_loop()
+        self._watched[end] = (end.activity, loop.time())
+        if self._timer is None:
+            self._timer = loop.call_later(self._tick, self._check)
+
+    def forget(self, end: SocketEnd) -> None:
+        self._watched.pop(end, None)
+
+    def close(self) -> None:
+        self._watched.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        idle = []
+        watched = self._watched
+        for end, (seen, since) in watched.items():
+            if end.activity != seen:
+                watched[end] = (end.activity, now)
+            elif now - since >= self.timeout:
+                idle.append(end)
+        for end in idle:
+            del watched[end]
+            self._on_idle(end)
+        self._timer = loop.call_later(self._tick, self._check) if watched else None

@@ -1,0 +1,167 @@
+"""The relay's side of registration v2: challenge, read the response, check the proof.
+
+``ChallengeProtocol`` owns a control connection from its first byte until the
+proof is checked; only then does it hand a ``RegistrationRequest`` to the
+relay, which allocates (public listener, yamux session). Until that point a
+connection costs a transport, a timer and at most ``MAX_GREETING`` buffered
+bytes; every refusal is ``error: <reason>`` and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .auth import Authenticator, AuthRefused, FailureLimiter, PortSet
+from .handshake import Challenge, HandshakeError, parse_response
+from .protocol import MAX_GREETING, error_line
+
+logger = logging.getLogger("relay.registration")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRequest:
+    """What a checked v2 response asks for; the relay's port policy decides on it."""
+
+    client: str | None
+    """The client's name: authenticated with an auth file, informational otherwise."""
+    authenticated: bool
+    requested_port: int | None = None
+    allowed_ports: PortSet | None = None
+    """Ports this client may hold (auth file); None: whatever the relay's range allows."""
+    client_address: bool = False
+    """Start every stream with a PROXY v2 header naming the public client."""
+
+    def describe(self) -> str:
+        """For logs: ``client alice`` (authenticated) or ``unauthenticated client bob``."""
+        if self.client is None:
+            return "authenticated client" if self.authenticated else "anonymous client"
+        return f"client {self.client}" if self.authenticated else (
+            f"unauthenticated client {self.client}")
+
+
+def source_address(transport: asyncio.BaseTransport) -> str:
+    """The peer's IP address (the unit of rate limiting), or ``?``."""
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if peer else "?"
+
+
+class ChallengeProtocol(asyncio.Protocol):
+    """One control connection of a v2 relay, until its proof is checked."""
+
+    def __init__(
+        self,
+        *,
+        auth: Authenticator | None,
+        failures: FailureLimiter,
+        timeout: float,
+        peer: Callable[[asyncio.BaseTransport], str],
+        accepted: Callable[[asyncio.Transport, RegistrationRequest], None],
+        pending: set[ChallengeProtocol],
+        max_pending: int,
+    ) -> None:
+        self._auth = auth
+        self._failures = failures
+        self._timeout = timeout
+        self._peer = peer
+        self._accepted = accepted
+        self._pending = pending
+        self._max_pending = max_pending
+        self._buffer = bytearray()
+        self._challenge: Challenge | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = self._peer(transport)
+        source = source_address(transport)
+        wait = self._failures.blocked_for(source)
+        if wait > 0:
+            logger.debug("refusing %s at once: too many failed registrations", self.peer)
+            self._refuse(f"too many failed registrations from {source}; retry in {wait:.0f} s",
+                         quiet=True)
+            return
+        if len(self._pending) >= self._max_pending:
+            self._refuse(f"too many registrations in progress ({len(self._pending)}); retry later")
+            return
+        self._pending.add(self)
+        self._challenge = Challenge.fresh(auth_required=self._auth is not None)
+        transport.write(self._challenge.line())  # type: ignore[attr-defined]
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self._challenge is None:  # refused already; the connection is closing
+            return
+        self._buffer += data
+        newline = self._buffer.find(b"\n")
+        if newline < 0:
+            if len(self._buffer) >= MAX_GREETING:
+                self._fail(f"bad response: response line longer than {MAX_GREETING - 1} bytes")
+            return
+        if newline + 1 < len(self._buffer):
+            self._fail("bad response: data after the response line (wait for the port line)")
+            return
+        line = bytes(self._buffer[:newline]).rstrip(b"\r")
+        challenge = self._challenge
+        try:
+            response = parse_response(line, challenge)
+            if self._auth is not None:
+                identity = self._auth.check(challenge, response)
+                client, authenticated, ports = identity.name, True, identity.ports
+            else:
+                client, authenticated, ports = response.name, False, None
+        except (HandshakeError, AuthRefused) as exc:
+            self._fail(str(exc) if isinstance(exc, AuthRefused) else f"bad response: {exc}")
+            return
+        self._done()
+        assert self.transport is not None
+        self._accepted(self.transport, RegistrationRequest(
+            client=client, authenticated=authenticated, requested_port=response.port,
+            allowed_ports=ports, client_address=response.client_addr,
+        ))
+
+    def eof_received(self) -> bool:
+        if self._challenge is not None:
+            self._fail("closed the connection before answering the challenge", send=False)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done()
+
+    def abort(self) -> None:
+        """Drop the connection (relay shutting down)."""
+        self._done()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._fail(f"no answer to the challenge within {self._timeout:g} s")
+
+    def _fail(self, reason: str, *, send: bool = True) -> None:
+        assert self.transport is not None
+        count = self._failures.failed(source_address(self.transport))
+        if count == self._failures.limit:
+            logger.warning("%s: %d failed registrations within %g s; refusing it for a while",
+                           source_address(self.transport), count, self._failures.window)
+        self._refuse(reason, send=send, quiet=count > self._failures.limit)
+
+    def _refuse(self, reason: str, *, send: bool = True, quiet: bool = False) -> None:
+        self._done()
+        logger.log(logging.DEBUG if quiet else logging.WARNING,
+                   "refusing registration from %s: %s", self.peer, reason)
+        assert self.transport is not None
+        if send:
+            self.transport.write(error_line(reason))
+        self.transport.close()
+
+    def _done(self) -> None:
+        self._challenge = None
+        self._pending.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

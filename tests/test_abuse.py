@@ -1,0 +1,97 @@
+"""Issue #8's attacks against a real relay process, on uvloop and on asyncio's loop.
+
+Each test starts ``relay --event-loop LOOP`` as a subprocess, attacks it over
+real sockets on 127.0.0.0/8 for a few seconds (``bench/abuse.py`` holds the
+attacks and runs them longer), and asserts the bound: the relay's RSS growth
+(sampled from /proc/PID/status every 20 ms while the attack runs), its log
+lines, or who gets served. Run alone with ``pytest -m abuse``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import abuse
+
+pytestmark = pytest.mark.abuse
+
+MIB = 1024 * 1024
+MAX_GROWTH = 64 * MIB
+"""Issue #8: relay RSS growth under 64 MiB, whatever the attacker sends."""
+MAX_LOG_LINES = 100
+"""Issue #8: under 100 log lines per hostile session for 100k bad frames."""
+ATTACK_SECONDS = 3.0
+LOOPS = pytest.mark.parametrize("loop", abuse.LOOPS)
+
+
+def describe(out: abuse.Outcome) -> str:
+    return (f"{out.attack} on {out.loop}: RSS {out.rss_before / MIB:.1f} -> "
+            f"{out.rss_peak / MIB:.1f} MiB, {out.log_lines} log lines, {out.notes}")
+
+
+@LOOPS
+def test_client_sending_while_its_stream_waits_for_the_backlog(loop: str) -> None:
+    """Issue #8 item 1: the registered side never ACKs; a public client sends flat out."""
+    out = abuse.run("slow-ack-sender", loop, ATTACK_SECONDS)
+    assert out.growth < MAX_GROWTH, describe(out)
+    # The client is held back: the relay read at most one window, the kernel took the rest.
+    assert out.notes["sent_mib"] < 64, describe(out)
+
+
+@LOOPS
+def test_hundred_clients_pushing_into_a_service_that_does_not_read(loop: str) -> None:
+    """Issue #8 item 1: 100 public clients, a real forwarder, a service that never reads."""
+    out = abuse.run("non-reading-service", loop, ATTACK_SECONDS)
+    assert out.notes["sent_mib"] > 10, describe(out)  # the attack did push
+    assert out.growth < MAX_GROWTH, describe(out)
+
+
+@LOOPS
+def test_window_update_syn_rst_flood(loop: str) -> None:
+    """Issue #8 item 2: 500,000 Window Update SYN|RST frames from the registered side."""
+    out = abuse.run("syn-rst", loop, ATTACK_SECONDS)
+    assert out.notes["frames"] == 500_000, describe(out)
+    assert out.growth < MAX_GROWTH, describe(out)
+    assert out.log_lines < MAX_LOG_LINES, describe(out)
+
+
+@LOOPS
+def test_ping_flood_from_a_side_that_never_reads(loop: str) -> None:
+    """Issue #8 item 3: pings in, pongs never read: bounded, then the session is cut."""
+    out = abuse.run("ping-flood", loop, ATTACK_SECONDS)
+    assert out.growth < MAX_GROWTH, describe(out)
+    assert out.notes["session"].startswith("cut"), describe(out)
+
+
+@LOOPS
+def test_bad_frames_do_not_write_the_log(loop: str) -> None:
+    """Issue #8 item 4: 100k non-fatal bad frames on one session: under 100 log lines."""
+    out = abuse.run("bad-frames", loop, 1.0)
+    assert out.notes["session"] == "still up", describe(out)  # bad frames are not fatal
+    assert out.notes["session_lines"] < MAX_LOG_LINES, describe(out)
+
+
+@LOOPS
+def test_refused_public_connections_do_not_write_the_log(loop: str) -> None:
+    """Issue #8 item 4: thousands of refused public connections: a handful of lines."""
+    out = abuse.run("refused-connections", loop, 1.0, attempts=2000)
+    assert out.notes["attempts"] == 2000, describe(out)
+    assert out.notes["session_lines"] < MAX_LOG_LINES, describe(out)
+
+
+@LOOPS
+def test_idle_connections_from_one_address(loop: str) -> None:
+    """Issue #8 item 5: 1,000 idle connections from 127.0.0.1 (--max-connections 1000).
+
+    A client from 127.0.0.2 is served at once; the idle ones close at the
+    idle timeout (here 3 s), not before, and all of them.
+    """
+    timeout = ATTACK_SECONDS
+    out = abuse.run("idle-flood", loop, timeout)
+    assert out.notes["other_client_ok"], describe(out)
+    assert out.notes["other_client_s"] < 1.0, describe(out)
+    assert out.notes["still_open"] == 0, describe(out)
+    assert out.notes["idle_closed"] + out.notes["refused"] == 1000, describe(out)
+    first, last = out.notes["closed_after_s"]
+    assert first >= timeout, describe(out)
+    assert last < timeout + 3.0, describe(out)

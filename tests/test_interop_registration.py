@@ -1,0 +1,72 @@
+"""Registration v2 against the Go seed peers (hashicorp/yamux, in podman).
+
+* The Go forwarder (seed protocol only) against a relay that requires v2: it
+  exits at once with the challenge's readable start, and nothing is allocated.
+* Our v2-capable client against the Go relay (seed only): it sees a plain port
+  line, registers in seed mode, and says its secret was not used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from registration_support import listening_ports
+
+import relay
+from interop import harness
+from relay.server import RelayServer
+
+pytestmark = [pytest.mark.interop, pytest.mark.e2e]
+
+HOST = "127.0.0.1"
+SECRET = "interop secret"
+
+
+@pytest.fixture(scope="module")
+def go_programs() -> None:
+    reason = harness.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    harness.build_image()
+
+
+@pytest.mark.parametrize("relay_options", [{"secret": SECRET}, {"protocol": "v2"}],
+                         ids=["secret", "protocol-v2"])
+async def test_go_forwarder_fails_clearly_against_a_v2_relay(
+        go_programs: None, relay_options: dict[str, str]) -> None:
+    async with RelayServer(0, host=HOST, **relay_options) as server:  # type: ignore[arg-type]
+        before = listening_ports(os.getpid())
+        proc = harness.start("go-forwarder", "-relay", f"{HOST}:{server.port}",
+                             "-local", f"{HOST}:9")
+        try:
+            finished = await proc.await_exit(within=60)
+        finally:
+            proc.close()
+        assert finished.returncode == 1
+        assert "error: v2 needed" in finished.stderr
+        assert finished.stdout == ""  # no endpoint announced
+        assert listening_ports(os.getpid()) == before
+        assert server.sessions == []
+
+
+async def test_v2_client_registers_with_the_go_relay_in_seed_mode(
+        go_programs: None, caplog: pytest.LogCaptureFixture) -> None:
+    go_relay, control_port = harness.start_relay()
+    try:
+        async def handler(reader, writer) -> None:  # type: ignore[no-untyped-def]
+            writer.write(b"seed mode ok\n")
+            await writer.drain()
+
+        async with await relay.start_server(handler, HOST, control_port,
+                                            secret=SECRET) as served:
+            assert served.client_address is False
+            reader, writer = await asyncio.open_connection(HOST, served.public_port)
+            assert await asyncio.wait_for(reader.readline(), 10) == b"seed mode ok\n"
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        go_relay.close()
+    assert "the relay speaks the seed protocol" in caplog.text
+    assert "a secret not used" in caplog.text

@@ -1,0 +1,169 @@
+"""relay.limits through a real RelayServer: idle timeout and per-source shares.
+
+Other sources are other loopback addresses (127.0.0.2, ...): the whole
+127.0.0.0/8 is local, so a client can bind one as its source address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import pytest
+
+import relay
+from relay.limits import Limits, SourceSlots, share, source_of
+
+HOST = "127.0.0.1"
+OTHER = "127.0.0.2"
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+async def roundtrip(port: int, source: str, payload: bytes = b"hello\n") -> bytes:
+    reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source, 0))
+    try:
+        writer.write(payload)
+        writer.write_eof()
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def closed_by_relay(reader: asyncio.StreamReader) -> bool:
+    """True once the relay closed or reset the connection."""
+    try:
+        return await reader.read(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_source_of_groups_ipv6_by_64_and_unmaps_ipv4() -> None:
+    assert source_of(("10.1.2.3", 5)) == "10.1.2.3"
+    assert source_of(("::ffff:10.1.2.3", 5, 0, 0)) == "10.1.2.3"
+    assert source_of(("2001:db8:1:2:aaaa::1", 5, 0, 0)) == "2001:db8:1:2::/64"
+    assert source_of(("2001:db8:1:2:bbbb::9", 5, 0, 0)) == "2001:db8:1:2::/64"
+    assert source_of(None) == "unknown"
+
+
+def test_source_slots_and_defaults() -> None:
+    slots = SourceSlots(2)
+    assert slots.acquire("a")
+    assert slots.acquire("a")
+    assert not slots.acquire("a")
+    assert slots.acquire("b")
+    slots.release("a")
+    assert slots.acquire("a")
+    assert SourceSlots(0).acquire("a")  # 0: no limit
+    assert share(None, 1000) == 900
+    assert share(None, 2) == 2
+    assert share(7, 1000) == 7
+    with pytest.raises(ValueError, match="idle_timeout"):
+        Limits(idle_timeout=-1)
+    with pytest.raises(ValueError, match="max_connections_per_source"):
+        Limits(max_connections_per_source=-1)
+
+
+async def test_idle_public_connections_are_reset_active_ones_stay() -> None:
+    limits = Limits(idle_timeout=0.5)
+    async with relay.RelayServer(0, host=HOST, limits=limits) as relay_server, \
+            await relay.start_server(echo, HOST, relay_server.port) as server:
+        idle_reader, idle_writer = await asyncio.open_connection(HOST, server.public_port)
+        busy_reader, busy_writer = await asyncio.open_connection(HOST, server.public_port)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        idle_closed = loop.create_task(closed_by_relay(idle_reader))
+        try:
+            elapsed = None
+            for _ in range(15):  # 1.5 s of a byte every 0.1 s: never idle
+                busy_writer.write(b"x")
+                assert await asyncio.wait_for(busy_reader.readexactly(1), 5) == b"x"
+                await asyncio.sleep(0.1)
+                if elapsed is None and idle_closed.done():
+                    assert idle_closed.result()
+                    elapsed = loop.time() - start
+            assert elapsed is not None, "the idle connection is still open after 1.5 s"
+            assert elapsed >= 0.5  # closed at the timeout, not before
+            busy_writer.write_eof()
+            assert await asyncio.wait_for(busy_reader.read(), 5) == b""
+        finally:
+            idle_closed.cancel()
+            for writer in (idle_writer, busy_writer):
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+
+
+async def test_idle_timeout_zero_is_off() -> None:
+    async with relay.RelayServer(0, host=HOST, limits=Limits(idle_timeout=0)) as relay_server, \
+            await relay.start_server(echo, HOST, relay_server.port) as server:
+        reader, writer = await asyncio.open_connection(HOST, server.public_port)
+        try:
+            await asyncio.sleep(0.3)
+            writer.write(b"still here")
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), 5) == b"still here"
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
+async def test_one_source_cannot_take_every_public_connection() -> None:
+    limits = Limits(max_connections_per_source=3)
+    async with relay.RelayServer(0, host=HOST, max_connections=5, limits=limits) as relay_server, \
+            await relay.start_server(echo, HOST, relay_server.port) as server:
+        held = [await asyncio.open_connection(HOST, server.public_port) for _ in range(4)]
+        try:
+            assert await asyncio.wait_for(closed_by_relay(held[3][0]), 5)  # the 4th is refused
+            for reader, writer in held[:3]:  # the first three work
+                writer.write(b"a")
+                assert await asyncio.wait_for(reader.readexactly(1), 5) == b"a"
+            assert await roundtrip(server.public_port, OTHER) == b"hello\n"
+        finally:
+            for _, writer in held:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        # Slots come back when connections end.
+        await asyncio.sleep(0.1)
+        assert await roundtrip(server.public_port, HOST) == b"hello\n"
+
+
+async def test_one_source_cannot_take_every_registration_slot() -> None:
+    """Silent registrations (no answer to the handshake ping) from one address."""
+    limits = Limits(max_pending_registrations_per_source=2)
+    async with relay.RelayServer(0, host=HOST, max_sessions=10, limits=limits) as relay_server:
+        silent = []
+        try:
+            for _ in range(3):
+                sock = socket.create_connection((HOST, relay_server.port))
+                silent.append(sock)
+            lines = [await asyncio.to_thread(_first_line, sock) for sock in silent]
+            assert lines[0].isdigit()
+            assert lines[1].isdigit()
+            assert "still in their handshake" in lines[2]
+            assert "--max-pending-registrations-per-source 2" in lines[2]
+            session, _ = await relay.register(HOST, relay_server.port, local_addr=(OTHER, 0))
+            await session.close()
+        finally:
+            for sock in silent:
+                sock.close()
+
+
+def _first_line(sock: socket.socket) -> str:
+    sock.settimeout(5)
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode().strip()

@@ -1,0 +1,394 @@
+"""Registration v2 over real sockets, in process: challenge, proof, replay, ports, addresses.
+
+The relay and the registering side are this process; public clients are real
+TCP connections (from 127.0.0.5, so their address is recognisable). What the
+relay allocates is read from /proc (the listening sockets of this process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from registration_support import PUBLIC_CLIENT, listening_ports
+
+import relay
+from relay.auth import AuthConfigError, FailureLimiter, load_auth_file, parse_auth_clients
+from relay.handshake import (
+    AuthenticationError,
+    HandshakeError,
+    is_challenge,
+    parse_challenge,
+    response_line,
+)
+from relay.protocol import RegistrationError, RelayRefusedError
+from relay.server import RelayServer
+
+HOST = "127.0.0.1"
+SECRET = "correct horse battery staple"
+
+
+async def echo_handler(reader, writer) -> None:  # type: ignore[no-untyped-def]
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+
+
+async def whoami_handler(reader, writer) -> None:  # type: ignore[no-untyped-def]
+    host, port = writer.get_extra_info("peername")[:2]
+    writer.write(f"{host} {port}\n".encode())
+    await writer.drain()
+
+
+async def raw_greeting(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A raw TCP client on the control port and the first line the relay sends."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    line = await asyncio.wait_for(reader.readline(), 5)
+    return reader, writer, line
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    await writer.wait_closed()
+
+
+async def roundtrip(port: int, payload: bytes = b"hello through v2\n") -> bytes:
+    reader, writer = await asyncio.open_connection(HOST, port, local_addr=(PUBLIC_CLIENT, 0))
+    writer.write(payload)
+    writer.write_eof()
+    data = await asyncio.wait_for(reader.read(), 10)
+    await close_writer(writer)
+    return data
+
+
+# ------------------------------------------------------------------ the exchange
+
+
+async def test_seed_client_gets_a_clear_error_and_nothing_is_allocated() -> None:
+    async with RelayServer(0, host=HOST, secret=SECRET) as server:
+        before = listening_ports(os.getpid())
+        _reader, writer, line = await raw_greeting(server.port)
+        assert line.startswith(b"error: v2 needed")
+        assert b"nonce=" in line
+        assert not line[:1].isdigit()
+        assert listening_ports(os.getpid()) == before
+        assert server.sessions == []
+        # A seed client sends nothing; at the handshake timeout it is dropped, still nothing.
+        await close_writer(writer)
+        assert listening_ports(os.getpid()) == before
+
+
+async def test_right_secret_registers_and_carries_traffic() -> None:
+    async with RelayServer(0, host=HOST, secret=SECRET) as server, await relay.start_server(
+            echo_handler, HOST, server.port, secret=SECRET, name="web") as served:
+        assert served.public_port in listening_ports(os.getpid())
+        assert await roundtrip(served.public_port) == b"hello through v2\n"
+        assert [s.client for s in server.sessions] == ["web"]
+
+
+async def test_wrong_or_missing_secret_is_refused_before_allocation(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with RelayServer(0, host=HOST, secret=SECRET) as server:
+        before = listening_ports(os.getpid())
+        with pytest.raises(AuthenticationError, match="refused our secret: auth failed: wrong"):
+            await relay.start_server(echo_handler, HOST, server.port, secret="not the secret")
+        with pytest.raises(AuthenticationError, match="requires a secret and none"):
+            await relay.start_server(echo_handler, HOST, server.port)
+        assert listening_ports(os.getpid()) == before
+        assert server.sessions == []
+    assert "refusing registration from 127.0.0.1" in caplog.text
+    assert "auth failed: wrong secret" in caplog.text
+
+
+async def test_replayed_response_is_refused_and_allocates_nothing() -> None:
+    async with RelayServer(0, host=HOST, secret=SECRET) as server:
+        # A genuine exchange, recorded on the wire.
+        reader, writer, challenge_line = await raw_greeting(server.port)
+        challenge = parse_challenge(challenge_line.rstrip(b"\n"))
+        recorded = response_line(challenge, secret=SECRET.encode(), name="web", port=None)
+        writer.write(recorded)
+        port_line = await asyncio.wait_for(reader.readline(), 5)
+        assert port_line.rstrip(b"\n").isdigit()
+        assert len(server.sessions) == 1
+        await close_writer(writer)
+        await asyncio.sleep(0.1)
+        before = listening_ports(os.getpid())
+        sessions = len(server.sessions)
+        # The attacker replays the recorded response on a new connection.
+        reader, writer, second = await raw_greeting(server.port)
+        assert parse_challenge(second.rstrip(b"\n")).nonce != challenge.nonce
+        writer.write(recorded)
+        answer = await asyncio.wait_for(reader.readline(), 5)
+        assert answer == b"error: auth failed: wrong secret\n"
+        assert await reader.read() == b""
+        await close_writer(writer)
+        assert listening_ports(os.getpid()) == before
+        assert len(server.sessions) <= sessions
+
+
+async def test_altered_response_is_refused() -> None:
+    """The proof covers the options: a port or name changed in flight breaks it."""
+    async with RelayServer(0, host=HOST, secret=SECRET) as server:
+        reader, writer, line = await raw_greeting(server.port)
+        challenge = parse_challenge(line.rstrip(b"\n"))
+        genuine = response_line(challenge, secret=SECRET.encode(), name="web")
+        writer.write(genuine.replace(b"name=web", b"name=evil"))
+        assert await asyncio.wait_for(reader.readline(), 5) == b"error: auth failed: wrong secret\n"
+        await close_writer(writer)
+
+
+@pytest.mark.parametrize(("response", "reason"), [
+    (b"relay/3 proof=" + b"0" * 64 + b"\n", b"error: bad response: expected a response starting"),
+    (b"relay/2 colour=blue proof=" + b"0" * 64 + b"\n", b"error: bad response: unknown option"),
+    (b"relay/2 port=70000 proof=" + b"0" * 64 + b"\n", b"error: bad response: port='70000'"),
+    (b"relay/2 port=1 port=2\n", b"error: bad response: field 'port' twice"),
+    (b"relay/2 name=web\n", b"error: auth failed: this relay requires a secret"),
+    (b"x" * 2000, b"error: bad response: response line longer than 1023 bytes"),
+], ids=["version", "unknown-key", "bad-port", "duplicate", "no-proof", "too-long"])
+async def test_malformed_responses_get_a_reason(response: bytes, reason: bytes) -> None:
+    async with RelayServer(0, host=HOST, secret=SECRET) as server:
+        reader, writer, _ = await raw_greeting(server.port)
+        writer.write(response)
+        answer = await asyncio.wait_for(reader.readline(), 5)
+        assert answer.startswith(reason), answer
+        assert server.sessions == []
+        await close_writer(writer)
+
+
+async def test_silent_client_is_dropped_at_the_handshake_timeout() -> None:
+    async with RelayServer(0, host=HOST, secret=SECRET, handshake_timeout=0.3) as server:
+        reader, writer, _ = await raw_greeting(server.port)
+        answer = await asyncio.wait_for(reader.readline(), 5)
+        assert answer == b"error: no answer to the challenge within 0.3 s\n"
+        await close_writer(writer)
+
+
+async def test_failures_are_rate_limited_per_source(caplog: pytest.LogCaptureFixture) -> None:
+    limiter = FailureLimiter(limit=3, window=30)
+    async with RelayServer(0, host=HOST, secret=SECRET, auth_failures=limiter) as server:
+        for _ in range(3):
+            with pytest.raises(AuthenticationError):
+                await relay.start_server(echo_handler, HOST, server.port, secret="wrong secret")
+        # Blocked now, even with the right secret: refused at once, no nonce spent.
+        _reader, writer, line = await raw_greeting(server.port)
+        assert line.startswith(b"error: too many failed registrations from 127.0.0.1; retry in")
+        await close_writer(writer)
+        with pytest.raises(RelayRefusedError, match="too many failed"):
+            await relay.start_server(echo_handler, HOST, server.port, secret=SECRET)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING
+                and r.name == "relay.registration"]
+    assert len(warnings) == 4  # three refusals and one "refusing it for a while"
+
+
+async def test_v2_without_auth_and_the_seed_default() -> None:
+    async with RelayServer(0, host=HOST, protocol="v2") as server:
+        _reader, writer, line = await raw_greeting(server.port)
+        assert is_challenge(line.rstrip(b"\n"))
+        assert b"auth=none" in line
+        await close_writer(writer)
+        async with await relay.start_server(echo_handler, HOST, server.port,
+                                            name="anon") as served:
+            assert await roundtrip(served.public_port) == b"hello through v2\n"
+    async with RelayServer(0, host=HOST) as seed:
+        _reader, writer, line = await raw_greeting(seed.port)
+        assert line.rstrip(b"\n").isdigit()  # the seed protocol, byte for byte
+        await close_writer(writer)
+
+
+async def test_v2_client_options_on_a_seed_relay_warn(caplog: pytest.LogCaptureFixture) -> None:
+    async with RelayServer(0, host=HOST) as server, await relay.start_server(
+            echo_handler, HOST, server.port, secret=SECRET) as served:
+        assert await roundtrip(served.public_port) == b"hello through v2\n"
+        assert served.client_address is False
+    assert "the relay speaks the seed protocol" in caplog.text
+    assert "a secret not used" in caplog.text
+
+
+# ------------------------------------------------------------------ public ports
+
+
+async def test_requested_port_inside_the_range_and_refusals() -> None:
+    low = 20000 + os.getpid() % 20000
+    async with RelayServer(0, host=HOST, secret=SECRET, port_range=(low, low + 4)) as server:
+        async with await relay.start_server(echo_handler, HOST, server.port, secret=SECRET,
+                                            public_port=low + 3) as served:
+            assert served.public_port == low + 3
+            with pytest.raises(RelayRefusedError, match=f"port {low + 3} is in use"):
+                await relay.start_server(echo_handler, HOST, server.port, secret=SECRET,
+                                         public_port=low + 3)
+        with pytest.raises(RelayRefusedError, match="outside the relay's port range"):
+            await relay.start_server(echo_handler, HOST, server.port, secret=SECRET,
+                                     public_port=low + 10)
+
+
+async def test_auth_file_clients_and_their_ports(tmp_path: Path) -> None:
+    low = 20000 + os.getpid() % 20000
+    auth_file = tmp_path / "auth.toml"
+    (tmp_path / "bob.secret").write_text("bob's own secret\n")
+    auth_file.write_text(f"""
+[clients.alice]
+secret = "alice's secret"
+ports = "{low}-{low + 1}"
+
+[clients.bob]
+secret_file = "bob.secret"
+""")
+    clients = load_auth_file(auth_file)
+    assert set(clients) == {"alice", "bob"}
+    async with RelayServer(0, host=HOST, auth_clients=clients) as server:
+        async with await relay.start_server(echo_handler, HOST, server.port, name="alice",
+                                            secret="alice's secret") as alice:
+            assert alice.public_port in (low, low + 1)
+            assert [s.client for s in server.sessions] == ["alice"]
+            with pytest.raises(RelayRefusedError, match=f"port {low + 5} is not allowed for "
+                                                        f"client alice"):
+                await relay.start_server(echo_handler, HOST, server.port, name="alice",
+                                         secret="alice's secret", public_port=low + 5)
+        async with await relay.start_server(echo_handler, HOST, server.port, name="bob",
+                                            secret="bob's own secret") as bob:
+            assert await roundtrip(bob.public_port) == b"hello through v2\n"
+        # One client's secret does not open another's name; unknown names look the same.
+        for name, secret in (("alice", "bob's own secret"), ("mallory", "alice's secret")):
+            with pytest.raises(AuthenticationError, match="unknown client or wrong secret"):
+                await relay.start_server(echo_handler, HOST, server.port, name=name,
+                                         secret=secret)
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({}, "expected [clients.NAME] tables"),
+    ({"a": {"secret": "short"}}, "at least 8 bytes"),
+    ({"a": {"secret": "long enough", "ports": "9-1"}}, "LOW <= HIGH"),
+    ({"a": {"secret": "long enough", "port": 5}}, "unknown key(s) port"),
+    ({"a b": {"secret": "long enough"}}, "a name is"),
+    ({"a": {}}, "exactly one of secret or secret_file"),
+])
+def test_auth_table_errors(table: dict[str, object], message: str) -> None:
+    with pytest.raises(AuthConfigError) as info:
+        parse_auth_clients(table)
+    assert message in str(info.value)
+
+
+# ------------------------------------------------------------------ client address
+
+
+async def test_handler_sees_the_public_client_address() -> None:
+    async with RelayServer(0, host=HOST, protocol="v2") as server, await relay.start_server(
+            whoami_handler, HOST, server.port) as served:
+        assert served.client_address is True
+        reader, writer = await asyncio.open_connection(
+            HOST, served.public_port, local_addr=(PUBLIC_CLIENT, 0))
+        source_port = writer.get_extra_info("sockname")[1]
+        line = await asyncio.wait_for(reader.readline(), 10)
+        assert line == f"{PUBLIC_CLIENT} {source_port}\n".encode()
+        await close_writer(writer)
+
+
+async def test_without_client_address_streams_carry_only_client_bytes() -> None:
+    async with RelayServer(0, host=HOST, protocol="v2") as server, await relay.start_server(
+            echo_handler, HOST, server.port, client_address=False) as served:
+        assert served.client_address is False
+        assert await roundtrip(served.public_port) == b"hello through v2\n"
+
+
+def test_challenge_is_never_a_port_line_and_is_versioned() -> None:
+    from relay.handshake import Challenge
+    from relay.protocol import parse_greeting
+    line = Challenge.fresh(auth_required=True).line()
+    assert line.endswith(b"\n")
+    assert len(line) < 1024
+    with pytest.raises(RelayRefusedError, match="v2 needed"):
+        parse_greeting(line.rstrip(b"\n"))  # what a seed client of ours shows
+    assert line[:16] == b"error: v2 needed"  # all the Go seed forwarder prints
+    future = line.replace(b"relay/2", b"relay/3").replace(b" auth=", b" accept=3 auth=")
+    with pytest.raises(HandshakeError, match="requires registration version 3"):
+        parse_challenge(future.rstrip(b"\n"))
+
+
+def test_registration_error_hierarchy() -> None:
+    assert issubclass(AuthenticationError, RelayRefusedError)
+    assert issubclass(RelayRefusedError, RegistrationError)
+
+
+def test_the_worked_example_in_the_protocol_document() -> None:
+    """docs/protocol.md's example is what the code computes (an implementer checks against it)."""
+    import re
+    from pathlib import Path
+
+    from relay.handshake import Challenge
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    nonce = re.search(r"nonce=([0-9a-f]{64}) auth=required", doc)
+    assert nonce is not None
+    challenge = Challenge(nonce=nonce.group(1).encode(), auth_required=True)
+    assert challenge.line().decode() in doc
+    secret = b"correct horse battery staple"
+    full = response_line(challenge, secret=secret, name="alice", port=5000, client_addr=True)
+    bare = response_line(challenge, secret=secret)
+    assert f"\n{full.decode()}" in doc
+    assert f"`{bare.decode().strip()}`" in doc
+
+
+@pytest.mark.parametrize(("host", "secret", "warned"), [
+    (None, None, True), ("0.0.0.0", None, True), (HOST, None, False), (None, SECRET, False),
+])
+async def test_warning_when_open_beyond_loopback_without_auth(
+        host: str | None, secret: str | None, warned: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with RelayServer(0, host=host, secret=secret):
+        pass
+    assert ("without authentication: anyone who can reach port" in caplog.text) is warned
+
+
+def test_auth_clients_as_a_list_of_named_tables() -> None:
+    clients = parse_auth_clients([{"name": "alice", "secret": "alice's secret", "ports": 5000},
+                                  {"name": "bob", "secret": "bob's secret"}])
+    assert sorted(clients) == ["alice", "bob"]
+    assert 5000 in clients["alice"].ports  # type: ignore[operator]
+    assert "alice's secret" not in repr(clients["alice"])
+    with pytest.raises(AuthConfigError, match="listed twice"):
+        parse_auth_clients([{"name": "a", "secret": "12345678"}, {"name": "a", "secret": "x"}])
+
+
+async def test_closing_the_relay_drops_pending_challenges() -> None:
+    server = RelayServer(0, host=HOST, secret=SECRET)
+    await server.start()
+    reader, writer, line = await raw_greeting(server.port)
+    assert is_challenge(line.rstrip(b"\n"))
+    server.close()
+    await server.wait_closed()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    await close_writer(writer)
+
+
+@given(
+    name=st.none() | st.from_regex(r"[A-Za-z0-9._@-]{1,64}", fullmatch=True),
+    port=st.none() | st.integers(1, 65535),
+    client_addr=st.booleans(),
+    secret=st.binary(min_size=8, max_size=64),
+)
+def test_response_roundtrip(name: str | None, port: int | None, client_addr: bool,
+                            secret: bytes) -> None:
+    from relay.handshake import Challenge, parse_response, proof_matches
+    challenge = Challenge.fresh(auth_required=True)
+    line = response_line(challenge, secret=secret, name=name, port=port, client_addr=client_addr)
+    response = parse_response(line.rstrip(b"\n"), challenge)
+    assert (response.name, response.port, response.client_addr) == (name, port, client_addr)
+    assert proof_matches(secret, challenge.nonce, response)
+    assert not proof_matches(secret + b"x", challenge.nonce, response)
+    assert not proof_matches(secret, Challenge.fresh(True).nonce, response)
+
+
+@given(st.binary(max_size=300))
+def test_any_response_bytes_are_refused_with_a_reason_or_parsed(line: bytes) -> None:
+    from relay.handshake import Challenge, parse_response
+    """Hostile bytes end in HandshakeError with a reason (sent back), never another error."""
+    reasons = []
+    try:
+        parse_response(line, Challenge.fresh(auth_required=True))
+    except HandshakeError as exc:
+        reasons.append(str(exc))
+    assert all(reasons)
