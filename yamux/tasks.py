@@ -40,10 +40,13 @@ class TaskOwner:
         return task
 
     def cancel(self) -> None:
-        """Cancel every task but the one calling (a task may close its own owner)."""
+        """Cancel every task but the one calling (a task may close its own owner).
+
+        A task already cancelled is not cancelled again: its cleanup may await.
+        """
         current = asyncio.current_task()
         for task in self._tasks:
-            if task is not current:
+            if task is not current and not task.cancelling():
                 task.cancel()
 
     async def close(self) -> None:
