@@ -37,6 +37,7 @@ from .events import (
     StreamClosed,
     StreamEnded,
     StreamOpened,
+    StreamRefused,
     StreamReset,
     WindowUpdated,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "StreamLink",
     "StreamOpenTimeoutError",
     "StreamOpened",
+    "StreamRefused",
     "StreamReset",
     "StreamResetError",
     "StreamStateError",

@@ -1,4 +1,4 @@
-"""Error names: the hashicorp-reading names, the deprecated old ones, the relay's base class."""
+"""Public names: error names a hashicorp user reads right, deprecated old ones, exported events."""
 
 from __future__ import annotations
 
@@ -49,3 +49,12 @@ def test_every_exception_the_relay_package_defines_derives_from_relay_error() ->
                     if issubclass(cls, BaseException) and cls.__module__ == info.name]
     assert len(defined) >= 8
     assert [cls.__qualname__ for cls in defined if not issubclass(cls, relay.RelayError)] == []
+
+
+def test_every_event_the_core_reports_is_exported_from_yamux() -> None:
+    from yamux import events
+
+    defined = {name for name, cls in inspect.getmembers(events, inspect.isclass)
+               if cls.__module__ == "yamux.events"}
+    assert len(defined) >= 10
+    assert sorted(defined - set(yamux.__all__)) == []
