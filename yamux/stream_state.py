@@ -38,6 +38,8 @@ from .errors import ProtocolError
 
 
 class State(Enum):
+    __hash__ = object.__hash__  # Enum's own hashes the name in Python: too slow per frame
+
     INIT = "init"
     SYN_SENT = "SYN sent"
     SYN_RECEIVED = "SYN received"
@@ -49,6 +51,8 @@ class State(Enum):
 
 
 class Handshake(Enum):
+    __hash__ = object.__hash__
+
     NONE = "none"
     AWAITING_ACK = "awaiting ACK"
     """We sent SYN; the peer has not ACKed yet."""
@@ -57,6 +61,8 @@ class Handshake(Enum):
 
 
 class Input(Enum):
+    __hash__ = object.__hash__
+
     SEND_SYN = "send SYN"
     RECV_SYN = "receive SYN"
     SEND_ACK = "send ACK"
@@ -166,12 +172,15 @@ class StreamMachine:
 
     def process(self, input_: Input) -> tuple[Effect, ...]:
         """Apply one input; return its side effects, or raise StreamStateError if illegal."""
+        state = self.state
         try:
-            self.state, effects = LIFECYCLE[self.state, input_]
+            self.state, effects = LIFECYCLE[state, input_]
         except KeyError:
             raise StreamStateError(
-                f"{input_.value} is not allowed in state {self.state.value}"
+                f"{input_.value} is not allowed in state {state.value}"
             ) from None
+        if self.handshake is Handshake.NONE and state is not State.INIT:
+            return effects  # the handshake is over: nothing in HANDSHAKE applies
         step = HANDSHAKE.get((self.handshake, input_))
         if step is None:
             return effects
