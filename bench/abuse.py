@@ -33,24 +33,21 @@ import asyncio
 import contextlib
 import os
 import re
-import resource
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from testkit.ports import free_port
+from testkit.procs import REPO, Proc, ProcessError, raise_nofile
 from yamux.const import Flag, FrameType
-from yamux.frame import encode_header, parse_header
+from yamux.frame import FrameDecoder, encode_header
 
 HOST = "127.0.0.1"
 OTHER_SOURCE = "127.0.0.2"
-REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 SERVING = re.compile(r"Serving relay requests on port (\d+)")
 ENDPOINT = re.compile(r"^127\.0\.0\.1:(\d+)$")
@@ -64,104 +61,42 @@ class AbuseError(RuntimeError):
 
 
 # ----------------------------------------------------------------- processes
-class Process:
-    """A child process whose stdout and stderr lines are collected by threads."""
+def python_env() -> dict[str, str]:
+    """Children import this checkout (``-m relay``), whatever PYTHONPATH says first."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
-    def __init__(self, args: list[str], name: str) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        self.name = name
-        self.args = args
-        self.popen = subprocess.Popen(
-            args, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, errors="replace")
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._lock = threading.Condition()
-        self._threads = [threading.Thread(target=self._collect, args=(pipe, lines), daemon=True)
-                         for pipe, lines in ((self.popen.stdout, self.stdout),
-                                             (self.popen.stderr, self.stderr))]
-        for thread in self._threads:
-            thread.start()
 
-    def _collect(self, pipe: Any, lines: list[str]) -> None:
-        for line in pipe:
-            with self._lock:
-                lines.append(line.rstrip("\n"))
-                self._lock.notify_all()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def rss(self) -> int:
-        """Resident set size in bytes (0 once the process is gone)."""
-        try:
-            with open(f"/proc/{self.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
+def rss(proc: Proc) -> int:
+    """Resident set size in bytes; 0 once the process is gone."""
+    try:
+        return proc.rss_bytes()
+    except (OSError, ProcessError):
         return 0
 
-    def wait_line(self, pattern: re.Pattern[str], stream: str = "stderr",
-                  timeout: float = 15.0) -> re.Match[str]:
-        lines = self.stderr if stream == "stderr" else self.stdout
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while True:
-                for line in lines:
-                    if match := pattern.search(line):
-                        return match
-                if time.monotonic() > deadline or self.popen.poll() is not None:
-                    raise AbuseError(f"{self.name}: no line matching {pattern.pattern!r}:\n"
-                                     + "\n".join(self.stderr[-20:]))
-                self._lock.wait(0.1)
 
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        for thread in self._threads:
-            thread.join(5)
-        for pipe in (self.popen.stdout, self.popen.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def start_relay(loop: str, *args: str) -> tuple[Process, int]:
+def start_relay(loop: str, *args: str) -> tuple[Proc, int]:
     """``relay --bind 127.0.0.1 --event-loop LOOP ARGS PORT``, once it serves."""
     for _ in range(3):
         port = free_port()
-        proc = Process([sys.executable, "-m", "relay", "--bind", HOST, "--event-loop", loop,
-                        *args, str(port)], "relay")
+        proc = Proc([sys.executable, "-m", "relay", "--bind", HOST, "--event-loop", loop,
+                     *args, str(port)], "relay", env=python_env(), more_files=True)
         try:
             proc.wait_line(SERVING)
-        except AbuseError:
+        except ProcessError:
             proc.stop()
-            if "address already in use" in "\n".join(proc.stderr).lower():
+            if "address already in use" in proc.stderr_text.lower():
                 continue
             raise
         return proc, port
     raise AbuseError("no free control port for the relay")
 
 
-def start_forwarder(loop: str, relay_port: int, local_port: int) -> tuple[Process, int]:
-    proc = Process([sys.executable, "-m", "relay", f"--localForwardPort={local_port}",
-                    "--event-loop", loop, HOST, str(relay_port)], "forwarder")
+def start_forwarder(loop: str, relay_port: int, local_port: int) -> tuple[Proc, int]:
+    proc = Proc([sys.executable, "-m", "relay", f"--localForwardPort={local_port}",
+                 "--event-loop", loop, HOST, str(relay_port)], "forwarder", env=python_env(),
+                more_files=True)
     try:
-        match = proc.wait_line(ENDPOINT, stream="stdout")
+        _, match = proc.wait_line(ENDPOINT, stream="stdout")
     except BaseException:
         proc.stop()
         raise
@@ -171,56 +106,71 @@ def start_forwarder(loop: str, relay_port: int, local_port: int) -> tuple[Proces
 class RssSampler:
     """Samples a process's RSS every 20 ms in a thread; ``peak`` since ``start()``."""
 
-    def __init__(self, proc: Process) -> None:
+    def __init__(self, proc: Proc) -> None:
         self.proc = proc
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> RssSampler:
-        self.peak = self.proc.rss()
+        self.peak = rss(self.proc)
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join(5)
-        self.peak = max(self.peak, self.proc.rss())
+        self.peak = max(self.peak, rss(self.proc))
 
     def _run(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.proc.rss())
+            self.peak = max(self.peak, rss(self.proc))
 
 
 # ------------------------------------------------------ a hand-made registrant
 class RawRegistrant:
     """A registered side speaking yamux by hand, so it can misbehave.
 
-    It reads the port line, then frames: it answers pings (unless ``answer_pings``
-    is off), never ACKs the relay's SYNs (it counts them), and drops data.
-    ``stop_reading()`` stops reading the socket altogether.
+    It reads the port line, then frames (in large reads, so it keeps up with
+    whatever the relay answers): it answers pings, never ACKs the relay's SYNs
+    (it counts them), and drops data. ``stop_reading()`` stops reading the
+    socket altogether; with ``rcvbuf`` small the kernel buffers little for it.
     """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 public_port: int) -> None:
+                 public_port: int, initial: bytes) -> None:
         self.reader = reader
         self.writer = writer
         self.public_port = public_port
         self.syns = 0
         self.pings_answered = 0
-        self.closed = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._reading = True
         self._changed = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._read_frames())
+        self._task = asyncio.get_running_loop().create_task(self._read_frames(initial))
 
     @classmethod
-    async def register(cls, relay_port: int) -> RawRegistrant:
-        reader, writer = await asyncio.open_connection(HOST, relay_port, limit=1 << 20)
-        line = await asyncio.wait_for(reader.readline(), 10)
+    async def register(cls, relay_port: int, rcvbuf: int | None = None) -> RawRegistrant:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        try:
+            if rcvbuf is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (HOST, relay_port))
+        except BaseException:
+            sock.close()
+            raise
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+        try:
+            line = await asyncio.wait_for(reader.readuntil(b"\n"), 10)
+        except BaseException:
+            writer.transport.abort()
+            raise
         if not line.strip().isdigit():
-            writer.close()
+            writer.transport.abort()
             raise AbuseError(f"the relay refused the registration: {line!r}")
-        registrant = cls(reader, writer, int(line))
+        registrant = cls(reader, writer, int(line), b"")
         await registrant.until(lambda: registrant.pings_answered > 0)  # the handshake ping
         return registrant
 
@@ -231,30 +181,30 @@ class RawRegistrant:
                 self._changed.clear()
                 await self._changed.wait()
 
-    async def _read_frames(self) -> None:
-        reader, writer = self.reader, self.writer
+    async def _read_frames(self, initial: bytes) -> None:
+        decoder = FrameDecoder(max_body=1 << 32)
+        data = initial
         try:
-            while True:
-                if not self._reading:
-                    return
-                header = await reader.readexactly(12)
-                kind, flags, _, length = parse_header(header)
-                if kind is FrameType.DATA and length:
-                    await reader.readexactly(length)
-                elif kind is FrameType.PING and flags & Flag.SYN:
-                    writer.write(encode_header(FrameType.PING, Flag.ACK, 0, length))
-                    self.pings_answered += 1
-                    self._changed.set()
-                elif kind is FrameType.WINDOW_UPDATE and flags & Flag.SYN:
-                    self.syns += 1
-                    self._changed.set()
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            while self._reading:
+                for frame in decoder.feed(data):
+                    if frame.type is FrameType.PING and frame.flags & Flag.SYN:
+                        self.writer.write(encode_header(FrameType.PING, Flag.ACK, 0, frame.length))
+                        self.pings_answered += 1
+                        self._changed.set()
+                    elif frame.type is FrameType.WINDOW_UPDATE and frame.flags & Flag.SYN:
+                        self.syns += 1
+                        self._changed.set()
+                data = await self.reader.read(1 << 20)
+                if not data:
+                    raise ConnectionResetError("EOF from the relay")
+        except ConnectionError as exc:
             if not self.closed.done():
                 self.closed.set_result(str(exc) or type(exc).__name__)
 
     def stop_reading(self) -> None:
         """Never read again: whatever the relay sends piles up on its side."""
         self._reading = False
+        self.writer.transport.pause_reading()  # type: ignore[attr-defined]
 
     async def send(self, frames: bytes) -> None:
         self.writer.write(frames)
@@ -264,15 +214,8 @@ class RawRegistrant:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
-
-
-def raise_nofile_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(needed, soft)), hard))
+        self.writer.transport.abort()
+        await asyncio.sleep(0)
 
 
 async def close_writers(writers: list[asyncio.StreamWriter]) -> None:
@@ -318,10 +261,10 @@ class Outcome:
         return self.rss_peak - self.rss_before
 
 
-Attack = Callable[[Process, int, str, float, dict[str, Any]], Awaitable[None]]
+Attack = Callable[[Proc, int, str, float, dict[str, Any]], Awaitable[None]]
 
 
-async def slow_ack_sender(relay: Process, port: int, loop_name: str, seconds: float,
+async def slow_ack_sender(relay: Proc, port: int, loop_name: str, seconds: float,
                           notes: dict[str, Any]) -> None:
     registrant = await RawRegistrant.register(port)
     holders: list[asyncio.StreamWriter] = []
@@ -336,7 +279,7 @@ async def slow_ack_sender(relay: Process, port: int, loop_name: str, seconds: fl
         await registrant.close()
 
 
-async def non_reading_service(relay: Process, port: int, loop_name: str, seconds: float,
+async def non_reading_service(relay: Proc, port: int, loop_name: str, seconds: float,
                               notes: dict[str, Any], clients: int = 100) -> None:
     loop = asyncio.get_running_loop()
     held: list[asyncio.BaseTransport] = []
@@ -352,7 +295,7 @@ async def non_reading_service(relay: Process, port: int, loop_name: str, seconds
         deadline = loop.time() + seconds
         sent = await asyncio.gather(*(push(public_port, deadline) for _ in range(clients)))
         notes["sent_mib"] = round(sum(sent) / MIB, 1)
-        notes["forwarder_rss_mib"] = round(forwarder.rss() / MIB, 1)
+        notes["forwarder_rss_mib"] = round(rss(forwarder) / MIB, 1)
     finally:
         forwarder.stop()
         for transport in held:
@@ -361,7 +304,7 @@ async def non_reading_service(relay: Process, port: int, loop_name: str, seconds
         await service.wait_closed()
 
 
-async def syn_rst(relay: Process, port: int, loop_name: str, seconds: float,
+async def syn_rst(relay: Proc, port: int, loop_name: str, seconds: float,
                   notes: dict[str, Any], frames: int = 500_000) -> None:
     registrant = await RawRegistrant.register(port)
     loop = asyncio.get_running_loop()
@@ -388,17 +331,18 @@ async def syn_rst(relay: Process, port: int, loop_name: str, seconds: float,
         await registrant.close()
 
 
-async def ping_flood(relay: Process, port: int, loop_name: str, seconds: float,
+async def ping_flood(relay: Proc, port: int, loop_name: str, seconds: float,
                      notes: dict[str, Any]) -> None:
-    registrant = await RawRegistrant.register(port)
+    registrant = await RawRegistrant.register(port, rcvbuf=4096)
     registrant.stop_reading()
     loop = asyncio.get_running_loop()
     start = loop.time()
     deadline = start + seconds
     pings = b"".join(encode_header(FrameType.PING, Flag.SYN, 0, n) for n in range(5000))
     sent = 0
+    cut_after = None
     try:
-        with contextlib.suppress(ConnectionError):
+        try:
             while (remaining := deadline - loop.time()) > 0:
                 registrant.writer.write(pings)
                 try:
@@ -406,15 +350,22 @@ async def ping_flood(relay: Process, port: int, loop_name: str, seconds: float,
                 except TimeoutError:
                     break
                 sent += len(pings)
+        except ConnectionError:
+            cut_after = loop.time() - start
         notes["sent_mib"] = round(sent / MIB, 1)
-        cut = [line for line in relay.stderr if "session 1 from" in line and "ended" in line]
-        notes["session"] = f"cut after {loop.time() - start:.1f} s: {cut[0].split('ended: ')[-1]}" \
-            if cut else "still up"
+        if cut_after is None:
+            notes["session"] = "still up"
+        else:
+            with contextlib.suppress(ProcessError):
+                await relay.await_line(r" ended: ", timeout=5)
+            ended = [line for line in relay.stderr if " ended: " in line]
+            reason = ended[0].split(" ended: ")[1].split(";")[0] if ended else "?"
+            notes["session"] = f"cut after {cut_after:.1f} s: {reason}"
     finally:
         await registrant.close()
 
 
-async def bad_frames(relay: Process, port: int, loop_name: str, seconds: float,
+async def bad_frames(relay: Proc, port: int, loop_name: str, seconds: float,
                      notes: dict[str, Any], frames: int = 100_000) -> None:
     """Three kinds in turn: a SYN (a stream the relay does not accept), Data for an unknown
     stream, a SYN|RST; none is fatal to the session."""
@@ -443,7 +394,7 @@ async def bad_frames(relay: Process, port: int, loop_name: str, seconds: float,
         await registrant.close()
 
 
-async def refused_connections(relay: Process, port: int, loop_name: str, seconds: float,
+async def refused_connections(relay: Proc, port: int, loop_name: str, seconds: float,
                               notes: dict[str, Any], attempts: int = 5000) -> None:
     """The relay runs with --max-connections 1; one connection holds the slot."""
     registrant = await RawRegistrant.register(port)
@@ -470,26 +421,34 @@ async def refused_connections(relay: Process, port: int, loop_name: str, seconds
         await registrant.close()
 
 
-async def idle_flood(relay: Process, port: int, loop_name: str, seconds: float,
+async def idle_flood(relay: Proc, port: int, loop_name: str, seconds: float,
                      notes: dict[str, Any], conns: int = 1000) -> None:
     """The relay runs with --max-connections 1000 and a short --idle-timeout (``seconds``)."""
     loop = asyncio.get_running_loop()
-    raise_nofile_limit(4 * conns + 100)
+    raise_nofile()
 
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
+    backends: list[asyncio.Transport] = []
 
-    service = await asyncio.start_server(echo, HOST, 0, backlog=4096)
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+            backends.append(self.transport)
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+
+    service = await loop.create_server(Echo, HOST, 0, backlog=4096)
     forwarder, public_port = start_forwarder(loop_name, port, service.sockets[0].getsockname()[1])
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
         opened: list[float] = []
+        refused_at_connect = 0
         for _ in range(conns):
-            idle.append(await asyncio.open_connection(HOST, public_port))
+            try:
+                idle.append(await asyncio.open_connection(HOST, public_port))
+            except ConnectionError:  # reset before our connect() returned
+                refused_at_connect += 1
+                continue
             opened.append(loop.time())
 
         async def lifetime(reader: asyncio.StreamReader, since: float) -> float:
@@ -501,15 +460,21 @@ async def idle_flood(relay: Process, port: int, loop_name: str, seconds: float,
                    for (reader, _), since in zip(idle, opened, strict=True)]
         await asyncio.sleep(0.5)  # the relay has accepted or refused all of them by now
         refused = {task for task in endings if task.done()}
-        notes["refused"] = len(refused)
+        notes["refused"] = len(refused) + refused_at_connect
         start = loop.time()
-        reader, writer = await asyncio.open_connection(HOST, public_port,
-                                                       local_addr=(OTHER_SOURCE, 0))
-        writer.write(b"hello from another address\n")
-        answer = await asyncio.wait_for(reader.readline(), 5)
-        notes["other_client_s"] = round(loop.time() - start, 3)
-        notes["other_client_ok"] = answer == b"hello from another address\n"
-        writer.close()
+        try:
+            reader, writer = await asyncio.open_connection(HOST, public_port,
+                                                           local_addr=(OTHER_SOURCE, 0))
+            try:
+                writer.write(b"hello from another address\n")
+                answer = await asyncio.wait_for(reader.readline(), 5)
+            finally:
+                writer.transport.abort()
+            notes["other_client_s"] = round(loop.time() - start, 3)
+            notes["other_client_ok"] = answer == b"hello from another address\n"
+        except (ConnectionError, TimeoutError) as exc:
+            notes["other_client_ok"] = False
+            notes["other_client_error"] = type(exc).__name__
         waiting = [task for task in endings if task not in refused]
         done, pending = await asyncio.wait(waiting, timeout=seconds * 3 + 5) if waiting \
             else (set(), set())
@@ -524,6 +489,8 @@ async def idle_flood(relay: Process, port: int, loop_name: str, seconds: float,
         for _, writer in idle:
             writer.transport.abort()
         forwarder.stop()
+        for transport in backends:
+            transport.abort()
         service.close()
         await service.wait_closed()
 
@@ -540,20 +507,28 @@ ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
 """name: (attack, relay options)."""
 
 
+def relay_has_option(name: str) -> bool:
+    """Whether this checkout's relay knows ``name`` (to measure a relay from before it did)."""
+    help_text = subprocess.run([sys.executable, "-m", "relay", "--help"], capture_output=True,
+                               text=True, env={**os.environ, **python_env()}, cwd=REPO,
+                               timeout=60, check=False).stdout
+    return name in help_text
+
+
 def run(attack: str, loop: str, seconds: float, **kwargs: Any) -> Outcome:
     """One attack against a fresh relay process; the relay is stopped afterwards."""
     function, options = ATTACKS[attack]
-    if attack == "idle-flood":
+    if attack == "idle-flood" and relay_has_option("--idle-timeout"):
         options = (*options, "--idle-timeout", f"{seconds:g}")
     relay, port = start_relay(loop, *options)
     notes: dict[str, Any] = {}
     try:
-        rss_before = relay.rss()
+        rss_before = rss(relay)
         lines_before = len(relay.stderr)
         with RssSampler(relay) as sampler:
             asyncio.run(function(relay, port, loop, seconds, notes, **kwargs))
-        if relay.popen.poll() is not None:
-            raise AbuseError(f"the relay exited ({relay.popen.returncode}):\n"
+        if not relay.alive():
+            raise AbuseError(f"the relay exited ({relay.returncode}):\n"
                              + "\n".join(relay.stderr[-20:]))
         return Outcome(attack, loop, seconds, rss_before, sampler.peak,
                        len(relay.stderr) - lines_before, notes)
@@ -577,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         for loop in args.loop or LOOPS:
             try:
                 out = run(attack, loop, args.seconds)
-            except AbuseError as exc:
+            except (AbuseError, ProcessError) as exc:
                 print(f"{attack:<20} {loop:<8} harness error: {exc}", flush=True)
                 continue
             notes = ", ".join(f"{k}={v}" for k, v in out.notes.items())

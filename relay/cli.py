@@ -18,7 +18,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import click
 
@@ -33,6 +33,7 @@ from .forwarder import (
     DEFAULT_RECONNECT_MAX_DELAY,
     Forwarder,
 )
+from .limits import DEFAULT_IDLE_TIMEOUT, Limits
 from .server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -101,6 +102,28 @@ class PortRange(click.ParamType):  # type: ignore[type-arg]
         if low > high:
             self.fail(f"{value!r}: LOW must not be greater than HIGH", param, ctx)
         return low, high
+
+
+SIZE_UNITS: Final = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20,
+                     "MIB": 1 << 20, "G": 1 << 30, "GIB": 1 << 30}
+
+
+class ByteSize(click.ParamType):  # type: ignore[type-arg]
+    """A size in bytes: a plain integer, or with a binary unit (``256KiB``, ``16MiB``, ``1GiB``)."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        number = text.rstrip("BbIiKkMmGg")
+        unit = SIZE_UNITS.get(text[len(number):].upper())
+        if not number.isdigit() or unit is None:
+            self.fail(f"{value!r} is not a size: bytes, or a number with KiB, MiB or GiB",
+                      param, ctx)
+        return int(number) * unit
 
 
 # ------------------------------------------------------------ option registry
@@ -175,6 +198,16 @@ option("--max-connections", type=click.IntRange(min=1), default=DEFAULT_MAX_CONN
 option("--handshake-timeout", type=SECONDS, default=DEFAULT_HANDSHAKE_TIMEOUT,
        show_default=True, metavar="SECONDS", group=RELAY,
        help="A registering side must answer a yamux ping within this, or it is dropped.")
+option("--idle-timeout", type=click.FloatRange(min=0), default=DEFAULT_IDLE_TIMEOUT,
+       show_default=True, metavar="SECONDS", group=RELAY,
+       help="Reset a public connection that moved no byte either way for this long; 0: never.")
+option("--max-connections-per-source", type=click.IntRange(min=0), metavar="N", group=RELAY,
+       help="Most public connections per service from one address (IPv6: one /64); 0: no "
+            "limit.  [default: nine tenths of --max-connections]")
+option("--max-pending-registrations-per-source", type=click.IntRange(min=0), metavar="N",
+       group=RELAY,
+       help="Most registrations from one address still in their handshake; 0: no limit.  "
+            "[default: nine tenths of --max-sessions]")
 option("--protocol", type=click.Choice(PROTOCOLS), default=PROTOCOLS[0], show_default=True,
        group=RELAY, help="Registration protocol: yamux is the seed's (port line, then yamux).")
 
@@ -199,7 +232,22 @@ option("--keepalive-interval", type=SECONDS, default=30.0, show_default=True,
        help="Interval of yamux keepalive pings on the relay connection.")
 option("--keepalive-timeout", type=SECONDS, default=10.0, show_default=True, metavar="SECONDS",
        group=COMMON,
-       help="A ping unanswered (or a connection not writable) this long ends the session.")
+       help="After a keepalive ping, nothing at all from the peer this long ends the "
+            "session (any frame proves it alive; a busy link is not a dead one).")
+option("--max-stream-window", type=ByteSize(), default="256KiB", show_default=True,
+       group=COMMON,
+       help="Largest receive window of one yamux stream. With --window-autotune (the default) a "
+            "stream starts at 256 KiB and grows towards this only while the window limits its "
+            "throughput (long links: 16MiB fills 1 Gbit/s at 100 ms); without, every stream is "
+            "granted all of it at once. Memory per stream is at most this.")
+option("--max-session-window", type=ByteSize(), default="64MiB", show_default=True,
+       group=COMMON,
+       help="With --window-autotune: windows grow only while the sum of one session's stream "
+            "windows stays within this (each stream's first 256 KiB always counts).")
+option("--window-autotune/--no-window-autotune", default=True, show_default=True,
+       group=COMMON,
+       help="Grow stream windows as measured (needs --max-stream-window above 256KiB); "
+            "--no-window-autotune: hashicorp's fixed window of --max-stream-window.")
 option("--event-loop", type=click.Choice(EVENT_LOOPS), default="auto", show_default=True,
        group=COMMON, help="asyncio's own loop or uvloop; auto uses uvloop when it is installed.")
 option("-v", "--verbose", is_flag=True, group=COMMON,
@@ -590,7 +638,10 @@ def _yamux_config(opts: dict[str, Any]) -> yamux.Config:
     try:
         return yamux.Config(
             keepalive_interval=opts["keepalive_interval"],
-            connection_write_timeout=opts["keepalive_timeout"],
+            keepalive_timeout=opts["keepalive_timeout"],
+            max_stream_window_size=opts["max_stream_window"],
+            max_session_window=opts["max_session_window"],
+            window_autotune=opts["window_autotune"],
         )
     except yamux.ConfigError as exc:
         raise click.UsageError(str(exc)) from None
@@ -607,6 +658,11 @@ def build_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> RelaySe
         port, host=opts["bind"], port_range=opts["port_range"],
         max_sessions=opts["max_sessions"], max_connections=opts["max_connections"],
         handshake_timeout=opts["handshake_timeout"], yamux_config=_yamux_config(opts),
+        limits=Limits(
+            idle_timeout=opts["idle_timeout"],
+            max_connections_per_source=opts["max_connections_per_source"],
+            max_pending_registrations_per_source=opts["max_pending_registrations_per_source"],
+        ),
     )
 
 

@@ -67,7 +67,10 @@ def source_of(peername: Any) -> str:
     """The source a peer address counts against: the IPv4 address, or the IPv6 /64."""
     if not peername:
         return "unknown"
-    host = str(peername[0]).split("%", 1)[0]
+    host = str(peername[0])
+    if ":" not in host:
+        return host  # IPv4, already canonical as the OS reports it (the common, fast case)
+    host = host.split("%", 1)[0]
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

@@ -14,8 +14,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from yamux.ratelimit import RateLimitedLog
+
 from .auth import Authenticator, AuthRefused, FailureLimiter, PortSet
 from .handshake import Challenge, HandshakeError, parse_response
+from .limits import SourceSlots, source_of
 from .protocol import MAX_GREETING, error_line
 
 logger = logging.getLogger("relay.registration")
@@ -42,12 +45,6 @@ class RegistrationRequest:
             f"unauthenticated client {self.client}")
 
 
-def source_address(transport: asyncio.BaseTransport) -> str:
-    """The peer's IP address (the unit of rate limiting), or ``?``."""
-    peer = transport.get_extra_info("peername")
-    return str(peer[0]) if peer else "?"
-
-
 class ChallengeProtocol(asyncio.Protocol):
     """One control connection of a v2 relay, until its proof is checked."""
 
@@ -61,7 +58,11 @@ class ChallengeProtocol(asyncio.Protocol):
         accepted: Callable[[asyncio.Transport, RegistrationRequest], None],
         pending: set[ChallengeProtocol],
         max_pending: int,
+        per_source: SourceSlots | None = None,
+        log: RateLimitedLog | None = None,
     ) -> None:
+        """``per_source``: the relay's slots for registrations in progress per source (held
+        from the first byte until the proof is checked); ``log``: rate-limits refusals."""
         self._auth = auth
         self._failures = failures
         self._timeout = timeout
@@ -69,6 +70,9 @@ class ChallengeProtocol(asyncio.Protocol):
         self._accepted = accepted
         self._pending = pending
         self._max_pending = max_pending
+        self._per_source = per_source
+        self._held_slot: str | None = None
+        self._log = log
         self._buffer = bytearray()
         self._challenge: Challenge | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -78,7 +82,7 @@ class ChallengeProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = self._peer(transport)
-        source = source_address(transport)
+        source = source_of(transport.get_extra_info("peername"))
         wait = self._failures.blocked_for(source)
         if wait > 0:
             logger.debug("refusing %s at once: too many failed registrations", self.peer)
@@ -88,6 +92,14 @@ class ChallengeProtocol(asyncio.Protocol):
         if len(self._pending) >= self._max_pending:
             self._refuse(f"too many registrations in progress ({len(self._pending)}); retry later")
             return
+        if self._per_source is not None:
+            if not self._per_source.acquire(source):
+                self._refuse(
+                    f"{self._per_source.held(source)} registrations from {source} are still in "
+                    f"their handshake, the maximum (--max-pending-registrations-per-source "
+                    f"{self._per_source.limit})")
+                return
+            self._held_slot = source
         self._pending.add(self)
         self._challenge = Challenge.fresh(auth_required=self._auth is not None)
         transport.write(self._challenge.line())  # type: ignore[attr-defined]
@@ -144,16 +156,21 @@ class ChallengeProtocol(asyncio.Protocol):
 
     def _fail(self, reason: str, *, send: bool = True) -> None:
         assert self.transport is not None
-        count = self._failures.failed(source_address(self.transport))
+        source = source_of(self.transport.get_extra_info("peername"))
+        count = self._failures.failed(source)
         if count == self._failures.limit:
             logger.warning("%s: %d failed registrations within %g s; refusing it for a while",
-                           source_address(self.transport), count, self._failures.window)
+                           source, count, self._failures.window)
         self._refuse(reason, send=send, quiet=count > self._failures.limit)
 
     def _refuse(self, reason: str, *, send: bool = True, quiet: bool = False) -> None:
         self._done()
-        logger.log(logging.DEBUG if quiet else logging.WARNING,
-                   "refusing registration from %s: %s", self.peer, reason)
+        level = logging.DEBUG if quiet else logging.WARNING
+        if self._log is not None:  # a stranger can make these: rate-limited
+            self._log.log(level, "refused: v2 registration", "refusing registration from %s: %s",
+                          self.peer, reason)
+        else:
+            logger.log(level, "refusing registration from %s: %s", self.peer, reason)
         assert self.transport is not None
         if send:
             self.transport.write(error_line(reason))
@@ -162,6 +179,9 @@ class ChallengeProtocol(asyncio.Protocol):
     def _done(self) -> None:
         self._challenge = None
         self._pending.discard(self)
+        if self._held_slot is not None and self._per_source is not None:
+            self._per_source.release(self._held_slot)  # the relay takes one for the ping
+            self._held_slot = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

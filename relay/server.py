@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import yamux
+from yamux.ratelimit import RateLimitedLog
 
 from .auth import Authenticator, FailureLimiter, PortSet
 from .errors import NoFreePortError
@@ -39,6 +40,7 @@ from .pipe import SocketEnd, pipe
 from .protocol import RegistrationError, error_line, port_line
 from .proxy_protocol import addresses_of, v2_header
 from .registration import ChallengeProtocol, RegistrationRequest
+from .registration import logger as registration_logger
 
 logger = logging.getLogger("relay.server")
 connections_logger = logging.getLogger("relay.connections")
@@ -94,6 +96,8 @@ class _Registration:
     task: asyncio.Task[None] | None = None
     handshake: asyncio.Task[float] | None = None
     connections: yamux.TaskOwner = field(default_factory=lambda: yamux.TaskOwner(logger))
+    log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(logger))
+    """Lines the session's peers can trigger (refused public connections, ...)."""
     confirmed: bool = False
     ending: bool = False
     end_reason: str | None = None
@@ -192,6 +196,9 @@ class RelayServer:
         self._connections_per_source = share(self.limits.max_connections_per_source,
                                              max_connections)
         self._idle = IdleWatch(self.limits.idle_timeout, self._idle_connection)
+        self._log = RateLimitedLog(logger)
+        """Lines any stranger can trigger: refused and failed registrations."""
+        self._challenge_log = RateLimitedLog(registration_logger)
         self.auth = auth
         self.protocol = "v2" if auth is not None else protocol
         self.ssl = ssl
@@ -269,6 +276,8 @@ class RelayServer:
             return
         self._closing = True
         self._idle.close()
+        self._log.summary(logging.WARNING, "relay")
+        self._challenge_log.summary(logging.WARNING, "relay")
         if self._control is not None:
             self._control.close()
         for gate in list(self._pending):
@@ -309,7 +318,8 @@ class RelayServer:
         return ChallengeProtocol(
             auth=self.auth, failures=self.auth_failures, timeout=self.handshake_timeout,
             peer=_peer, accepted=self._registration_made, pending=self._pending,
-            max_pending=self.max_pending,
+            max_pending=self.max_pending, per_source=self._registering,
+            log=self._challenge_log,
         )
 
     def _registration_made(
@@ -322,7 +332,7 @@ class RelayServer:
             return
         if len(self._registrations) >= self.max_sessions:
             self._refuse(
-                transport, peer,
+                transport, peer, "relay full",
                 f"relay is full: {len(self._registrations)} sessions, the maximum "
                 f"(--max-sessions {self.max_sessions})",
             )
@@ -330,7 +340,7 @@ class RelayServer:
         source = source_of(transport.get_extra_info("peername"))
         if not self._registering.acquire(source):
             self._refuse(
-                transport, peer,
+                transport, peer, "registrations in handshake per source",
                 f"{self._registering.held(source)} registrations from {source} are still in "
                 f"their handshake, the maximum (--max-pending-registrations-per-source "
                 f"{self._registering.limit})",
@@ -340,11 +350,12 @@ class RelayServer:
             sock = self._open_public_listener(request)
         except PortRefusedError as exc:
             self._registering.release(source)
-            self._refuse(transport, peer, str(exc))
+            self._refuse(transport, peer, "port refused", str(exc))
             return
         except OSError as exc:
             self._registering.release(source)
-            self._refuse(transport, peer, str(exc) if isinstance(exc, NoFreePortError)
+            self._refuse(transport, peer, "no public port",
+                         str(exc) if isinstance(exc, NoFreePortError)
                          else f"cannot open a public port: {exc}")
             return
         public_port = int(sock.getsockname()[1])
@@ -361,9 +372,10 @@ class RelayServer:
         reg.handshake.add_done_callback(_retrieve)
         reg.task = loop.create_task(self._run(reg), name=f"relay-session-{reg.id}")
 
-    def _refuse(self, transport: asyncio.Transport, peer: str, reason: str) -> None:
-        logger.warning("refusing registration from %s: %s", peer, reason,
-                       extra={"peer": peer, "reason": reason})
+    def _refuse(self, transport: asyncio.Transport, peer: str, kind: str, reason: str) -> None:
+        """Answer an error line and close; the log line is rate-limited per ``kind``."""
+        self._log.log(logging.WARNING, f"refused: {kind}", "refusing registration from %s: %s",
+                      peer, reason, extra={"peer": peer, "reason": reason})
         transport.write(error_line(reason))
         transport.close()
 
@@ -439,9 +451,8 @@ class RelayServer:
                 partial(SocketEnd, partial(self._public_connection, reg)), sock=reg.sock,
                 backlog=LISTEN_BACKLOG,
             )
-            logger.info("session %d from %s%s: public port %d", reg.id, reg.peer,
-                        f" ({reg.request.describe()})" if reg.request else "", reg.public_port,
-                        extra=reg.log_fields())
+            logger.debug("session %d from %s: public port %d, waiting for the handshake ping",
+                         reg.id, reg.peer, reg.public_port)
             assert reg.handshake is not None
             try:
                 async with asyncio.timeout(self.handshake_timeout):
@@ -454,7 +465,10 @@ class RelayServer:
                 return
             reg.confirmed = True
             self._registering.release(reg.source)
-            logger.debug("session %d confirmed (ping %.1f ms)", reg.id, rtt * 1000)
+            # Logged once confirmed: a flood of failed handshakes goes through self._log.
+            logger.info("session %d from %s%s: public port %d (ping %.1f ms)", reg.id, reg.peer,
+                        f" ({reg.request.describe()})" if reg.request else "", reg.public_port,
+                        rtt * 1000, extra=reg.log_fields())
             rejecting = asyncio.get_running_loop().create_task(
                 self._reject_streams(reg), name=f"relay-reject-{reg.id}")
             try:
@@ -473,9 +487,10 @@ class RelayServer:
     async def _reject_streams(self, reg: _Registration) -> None:
         """Streams go one way only (relay -> registered side); reset any the other way."""
         async for stream in reg.session:
-            logger.warning(
+            reg.log.log(
+                logging.WARNING, "stream from the registered side",
                 "session %d: the registered side opened stream %d, which this protocol "
-                "does not use; resetting it", reg.id, stream.id,
+                "does not use; resetting it", reg.id, stream.id, extra=reg.log_fields(),
             )
             stream.reset()
 
@@ -502,10 +517,18 @@ class RelayServer:
             self._registrations.pop(reg.id, None)
         if reg.end_reason is None:
             reg.end_reason = describe_end(reg.session.close_reason if closed_by_peer else None)
-        level = logging.INFO if reg.confirmed or self._closing else logging.WARNING
-        logger.log(level, "session %d from %s ended: %s; public port %d closed",
-                   reg.id, reg.peer, reg.end_reason, reg.public_port,
-                   extra={**reg.log_fields(), "reason": reg.end_reason})
+        what = f"session {reg.id} from {reg.peer}"
+        reg.log.summary(logging.WARNING, what)
+        fields = {**reg.log_fields(), "reason": reg.end_reason}
+        if reg.confirmed or self._closing:
+            logger.info("%s ended: %s; public port %d closed",
+                        what, reg.end_reason, reg.public_port, extra=fields)
+        else:  # anyone can make these: rate-limited like refusals, per kind of failure
+            cause = reg.session.close_reason if closed_by_peer else None
+            kind = type(cause).__name__ if cause is not None else "no answer"
+            self._log.log(logging.WARNING, f"failed handshake: {kind}",
+                          "%s ended: %s; public port %d closed",
+                          what, reg.end_reason, reg.public_port, extra=fields)
 
     # ----------------------------------------------------- public connections
     def _public_connection(self, reg: _Registration, end: SocketEnd) -> None:
@@ -515,19 +538,21 @@ class RelayServer:
             end.abort()
             return
         if len(reg.connections) >= self.max_connections:
-            logger.warning(
+            reg.log.log(
+                logging.WARNING, "public refused: max connections",
                 "session %d: refusing a public connection from %s: %d open, the maximum "
                 "(--max-connections %d)", reg.id, _peer(transport), len(reg.connections),
-                self.max_connections,
+                self.max_connections, extra=reg.log_fields(),
             )
             end.abort()
             return
         source = source_of(transport.get_extra_info("peername"))
         if not reg.sources.acquire(source):
-            logger.warning(
+            reg.log.log(
+                logging.WARNING, "public refused: per source",
                 "session %d: refusing a public connection from %s: %d open from %s, the "
                 "maximum (--max-connections-per-source %d)", reg.id, _peer(transport),
-                reg.sources.held(source), source, reg.sources.limit,
+                reg.sources.held(source), source, reg.sources.limit, extra=reg.log_fields(),
             )
             end.abort()
             return
@@ -556,7 +581,9 @@ class RelayServer:
             end.abort()
             raise
         except yamux.TooManyStreamsError as exc:
-            logger.warning("session %d: refusing a public connection: %s", reg.id, exc)
+            reg.log.log(logging.WARNING, "public refused: streams",
+                        "session %d: refusing a public connection: %s", reg.id, exc,
+                        extra=reg.log_fields())
             end.abort()
             return
         except yamux.SessionClosedError:

@@ -133,3 +133,23 @@ def test_log_level_warning_hides_info(procs):
     relay.send_signal(signal.SIGTERM)
     assert relay.wait(10) == 0
     assert "INFO" not in relay.stderr_text  # not even "Serving relay requests"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("--max-stream-window", "lots", "7000"),
+     "Invalid value for '--max-stream-window': 'lots' is not a size"),
+    (("--max-stream-window", "100KiB", "7000"), "max_stream_window_size must be an integer >= "
+                                                "262144, got 102400"),
+    (("--max-session-window", "1KiB", "7000"), "max_session_window must be an integer >= 262144"),
+])
+def test_window_sizes_are_checked_with_a_clear_error(args, expected):
+    done = run_relay(*args)
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_help_documents_the_window_options():
+    out = run_relay("server", "--help").stdout
+    for option in ("--max-stream-window", "--max-session-window", "--window-autotune"):
+        assert option in out, option

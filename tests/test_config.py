@@ -30,9 +30,9 @@ def test_config_is_immutable() -> None:
         Config().accept_backlog = 1  # type: ignore[misc]
 
 
-POSITIVE_INTS = ["accept_backlog", "max_streams", "max_frame_size"]
-POSITIVE_SECONDS = ["keepalive_interval", "connection_write_timeout"]
-NON_NEGATIVE_SECONDS = ["stream_open_timeout", "stream_close_timeout"]
+POSITIVE_INTS = ["accept_backlog", "max_streams", "max_frame_size", "control_queue_limit"]
+POSITIVE_SECONDS = ["keepalive_interval", "keepalive_timeout", "connection_write_timeout"]
+NON_NEGATIVE_SECONDS = ["stream_open_timeout", "stream_close_timeout", "go_away_timeout"]
 
 INVALID = (
     [(name, value) for name in POSITIVE_INTS
@@ -45,6 +45,7 @@ INVALID = (
        for value in (0, INITIAL_STREAM_WINDOW - 1, -INITIAL_STREAM_WINDOW,
                      float(INITIAL_STREAM_WINDOW * 2), True, "262144", None, 2**32)]
     + [("enable_keepalive", value) for value in (1, 0, "yes", None)]
+    + [("tcp_notsent_lowat", value) for value in (-1, 1.5, True, "0", None)]
 )
 
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import subprocess
 
 import pytest
 
 import relay
 from relay.limits import Limits, SourceSlots, share, source_of
+from relay_support import relay_command
 
 HOST = "127.0.0.1"
 OTHER = "127.0.0.2"
@@ -158,6 +161,27 @@ async def test_one_source_cannot_take_every_registration_slot() -> None:
                 sock.close()
 
 
+async def test_registration_v2_challenges_count_per_source() -> None:
+    """With registration v2 a connection is in progress from its challenge on."""
+    limits = Limits(max_pending_registrations_per_source=2)
+    async with relay.RelayServer(0, host=HOST, protocol="v2", limits=limits) as relay_server:
+        silent = []
+        try:
+            for _ in range(3):
+                silent.append(socket.create_connection((HOST, relay_server.port)))
+            lines = [await asyncio.to_thread(_first_line, sock) for sock in silent]
+            assert "nonce=" in lines[0]  # challenges
+            assert "nonce=" in lines[1]
+            assert lines[2].startswith("error: 2 registrations from 127.0.0.1 are still")
+            served = await relay.start_server(echo, HOST, relay_server.port,
+                                              local_addr=(OTHER, 0))
+            async with served:
+                assert await roundtrip(served.public_port, HOST) == b"hello\n"
+        finally:
+            for sock in silent:
+                sock.close()
+
+
 def _first_line(sock: socket.socket) -> str:
     sock.settimeout(5)
     data = b""
@@ -167,3 +191,41 @@ def _first_line(sock: socket.socket) -> str:
             break
         data += chunk
     return data.decode().strip()
+
+
+# ------------------------------------------------------------------ the CLI
+def test_cli_options_and_env_vars_reach_the_relay(procs, echo_port, monkeypatch) -> None:
+    """``--idle-timeout`` on the command line, the per-source limit from RELAY_* env."""
+    monkeypatch.setenv("RELAY_MAX_CONNECTIONS_PER_SOURCE", "1")
+    relay_proc, relay_port = procs.relay("--idle-timeout", "0.5")
+    monkeypatch.delenv("RELAY_MAX_CONNECTIONS_PER_SOURCE")
+    _, public_port = procs.forwarder(relay_port, echo_port)
+    held = socket.create_connection((HOST, public_port), timeout=5)
+    try:
+        held.sendall(b"a")
+        assert held.recv(1) == b"a"
+        with socket.create_connection((HOST, public_port), timeout=5) as second, \
+                contextlib.suppress(ConnectionResetError):
+            assert second.recv(1) == b""  # refused: one per source
+        with socket.create_connection((HOST, public_port), timeout=5,
+                                      source_address=(OTHER, 0)) as other:
+            other.sendall(b"b")
+            assert other.recv(1) == b"b"
+        with contextlib.suppress(ConnectionResetError):
+            assert held.recv(1) == b""  # idle for 0.5 s: reset
+        relay_proc.wait_line(r"--max-connections-per-source 1\)")
+    finally:
+        held.close()
+
+
+@pytest.mark.parametrize(("args", "env", "expected"), [
+    (["--idle-timeout", "-1"], {}, "'--idle-timeout'"),
+    (["--max-connections-per-source", "many"], {}, "'--max-connections-per-source'"),
+    ([], {"RELAY_MAX_PENDING_REGISTRATIONS_PER_SOURCE": "-2"},
+     "RELAY_MAX_PENDING_REGISTRATIONS_PER_SOURCE"),
+])
+def test_cli_rejects_bad_limits_naming_them(args, env, expected) -> None:
+    proc = subprocess.run([*relay_command(), *args, "7000"], capture_output=True, text=True,
+                          timeout=30, env={**os.environ, **env}, check=False)
+    assert proc.returncode == 2
+    assert expected in proc.stderr

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import random
+import socket
 
 import pytest
 
@@ -372,7 +373,7 @@ async def test_write_deadline_set_on_an_already_blocked_drain() -> None:
 
 # ----------------------------------------------------------------- keepalive
 async def test_keepalive_pings_flow_and_keep_the_session_alive() -> None:
-    config = yamux.Config(keepalive_interval=0.05, connection_write_timeout=1)
+    config = yamux.Config(keepalive_interval=0.05, keepalive_timeout=1)
     async with raw_peer(config=config) as (session, peer):
         for _ in range(3):
             ping = await peer.expect(FrameType.PING, timeout=1)
@@ -382,7 +383,7 @@ async def test_keepalive_pings_flow_and_keep_the_session_alive() -> None:
 
 
 async def test_keepalive_timeout_closes_the_session() -> None:
-    config = yamux.Config(keepalive_interval=0.05, connection_write_timeout=0.1)
+    config = yamux.Config(keepalive_interval=0.05, keepalive_timeout=0.1)
     async with raw_peer(config=config) as (session, _peer):
         await asyncio.wait_for(session.wait_closed(), 2)
         assert isinstance(session.close_reason, yamux.KeepaliveTimeoutError)
@@ -390,7 +391,7 @@ async def test_keepalive_timeout_closes_the_session() -> None:
 
 
 async def test_keepalive_on_both_sides_survives_bulk_transfer() -> None:
-    config = yamux.Config(keepalive_interval=0.02, connection_write_timeout=0.5)
+    config = yamux.Config(keepalive_interval=0.02, keepalive_timeout=0.5)
     async with session_pair(config, config) as (client, server):
         server_task = asyncio.create_task(server.serve(echo_handler))
         stream = await client.open_stream()
@@ -632,3 +633,30 @@ async def test_1_gib_through_one_stream() -> None:
         sent, received = await echo_digest(client, 1024 * MIB)
         assert sent == received
         server_task.cancel()
+
+
+async def test_any_frame_from_the_peer_is_proof_of_life_for_the_keepalive() -> None:
+    """A peer that never answers pings but keeps sending is busy, not dead."""
+    config = yamux.Config(keepalive_interval=0.05, keepalive_timeout=0.2)
+    async with raw_peer(config=config) as (session, peer):
+        stream = await session.open_stream()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while loop.time() - start < 1.0:
+            peer.send(FrameType.WINDOW_UPDATE, Flag.ACK, stream.id, 0)
+            await asyncio.sleep(0.05)
+        assert not session.closed
+        await asyncio.wait_for(session.wait_closed(), 1)  # silent: dead within the timeout
+        assert isinstance(session.close_reason, yamux.KeepaliveTimeoutError)
+
+
+async def test_tcp_sessions_keep_the_kernels_unsent_queue_small() -> None:
+    config = yamux.Config(tcp_notsent_lowat=96 * KIB)
+    async with session_pair(config, yamux.Config(tcp_notsent_lowat=0)) as (client, server):
+        for session, expected in ((client, 96 * KIB), (server, None)):
+            sock = session.get_extra_info("socket")
+            value = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+            if expected is None:
+                assert value == 0  # not set: the system-wide default (unbounded) applies
+            else:
+                assert value == expected

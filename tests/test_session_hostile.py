@@ -15,7 +15,7 @@ import pytest
 
 import yamux
 from yamux.const import Flag, FrameType
-from yamux.frame import FrameDecoder, encode_header
+from yamux.frame import Frame, FrameDecoder, encode_header
 from yamux_peers import raw_peer
 
 WU = FrameType.WINDOW_UPDATE
@@ -67,8 +67,7 @@ async def test_ping_flood_from_a_peer_that_never_reads_is_cut_with_a_clear_reaso
                     writer.write(pings)
                     await writer.drain()
                     sent += len(pings)
-                    peak = max(peak, session._transport.get_write_buffer_size()
-                               if session._transport is not None else 0)
+                    peak = max(peak, session.write_buffer_size)
         await asyncio.wait_for(session.wait_closed(), 20)
         writer.close()
         assert isinstance(session.close_reason, yamux.ControlQueueFullError)
@@ -113,3 +112,39 @@ async def read_until_pong(reader: asyncio.StreamReader, opaque: int) -> None:
             if frame.type is FrameType.PING and frame.flags & Flag.ACK and frame.length == opaque:
                 return
     raise EOFError("session closed before answering the ping")
+
+
+# ------------------------- issue 13 fix 3: streams a peer abandons after Go Away end in time
+@pytest.mark.parametrize("who_goes_away", ["peer", "we"])
+async def test_streams_the_peer_abandons_after_go_away_are_reset_in_bounded_time(
+    who_goes_away: str,
+) -> None:
+    """A libp2p peer drops its streams on Go Away without FIN or RST and keeps the socket."""
+    config = yamux.Config(enable_keepalive=False, go_away_timeout=0.3)
+    async with raw_peer(client=False, config=config) as (session, peer):
+        peer.send(WU, SYN, 1, 0)
+        peer.send(WU, SYN, 3, 0)
+        abandoned = await asyncio.wait_for(session.accept_stream(), 5)
+        active = await asyncio.wait_for(session.accept_stream(), 5)
+        if who_goes_away == "peer":
+            peer.send(FrameType.GO_AWAY, 0, 0, 0)
+            await asyncio.wait_for(session.wait_go_away(), 5)
+        else:
+            session.go_away()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        reading = asyncio.ensure_future(abandoned.read())
+        while not reading.done() and loop.time() - start < 3:
+            peer.send(FrameType.DATA, 0, 3, 4, b"live")  # the other stream goes on
+            await asyncio.sleep(0.05)
+        with pytest.raises(yamux.StreamResetError, match="go away"):
+            await reading
+        assert 0.3 <= loop.time() - start < 1.5
+        frames = [await peer.next_frame() for _ in range(2)]
+        while frames[-1].flags != RST:  # after the ACKs and maybe our Go Away
+            frames.append(await peer.next_frame())
+        assert frames[-1] == Frame(WU, RST, 1, 0)
+        assert not active.at_eof()
+        assert active.exception() is None
+        assert (await active.read(4)) == b"live"
+        assert session.num_streams == 1

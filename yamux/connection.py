@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .config import Config
-from .const import HEADER_SIZE, Flag, FrameType, GoAwayCode
+from .const import HEADER_SIZE, INITIAL_STREAM_WINDOW, Flag, FrameType, GoAwayCode
 from .errors import (
     ControlQueueFullError,
     NoNewStreamsError,
@@ -41,7 +41,7 @@ from .events import (
     StreamReset,
     WindowUpdated,
 )
-from .flow import ReceiveWindow, SendWindow
+from .flow import ReceiveWindow, SendWindow, WindowTuner
 from .frame import Frame, FrameDecoder, encode_header
 from .send_buffer import SendBuffer
 from .stream_state import Effect, Handshake, Input, State, StreamMachine, StreamStateError
@@ -57,7 +57,7 @@ _MAX_STREAM_ID = 0xFFFFFFFF
 class _StreamRecord:
     """What the core keeps per stream: its state machine, both windows, its unsent bytes."""
 
-    __slots__ = ("id", "out", "recv", "send", "state")
+    __slots__ = ("heard", "id", "out", "recv", "send", "state")
 
     def __init__(self, stream_id: int, max_window: int) -> None:
         self.id = stream_id
@@ -65,6 +65,8 @@ class _StreamRecord:
         self.recv = ReceiveWindow(max_window)
         self.send = SendWindow()
         self.out = SendBuffer()
+        self.heard = False
+        """A frame for this stream arrived since Connection.silent_streams last looked."""
 
     @property
     def sendable(self) -> bool:
@@ -93,6 +95,13 @@ class Connection:
         self._events: list[Event] = []
         self._decoder = FrameDecoder(max(self.config.max_frame_size,
                                          self.config.max_stream_window_size))
+        self.tuner: WindowTuner | None = None
+        """Receive-window auto-tuning (Config.window_autotune); the adapter feeds its RTT."""
+        self._stream_window = self.config.max_stream_window_size
+        if self.config.window_autotune:
+            self.tuner = WindowTuner(self.config.max_stream_window_size,
+                                     self.config.max_session_window)
+            self._stream_window = INITIAL_STREAM_WINDOW
         self._ping_id = 0
         self.unacked_outbound = 0
         """Our opens awaiting ACK; open_stream should wait while this reaches the backlog."""
@@ -130,6 +139,15 @@ class Connection:
     def stream_ids(self) -> list[int]:
         return list(self._streams)
 
+    def silent_streams(self) -> list[int]:
+        """Streams that received no frame since the previous call; starts a new period."""
+        silent = []
+        for stream_id, rec in self._streams.items():
+            if not rec.heard:
+                silent.append(stream_id)
+            rec.heard = False
+        return silent
+
     def stream_state(self, stream_id: int) -> StreamMachine:
         """The state machine of a live stream (a Stream keeps it to read, never to change)."""
         return self._streams[stream_id].state
@@ -157,9 +175,7 @@ class Connection:
         if stream_id > _MAX_STREAM_ID:
             raise SessionError("stream ids exhausted on this session")
         self._next_id += 2
-        rec = _StreamRecord(stream_id, self.config.max_stream_window_size)
-        rec.state.process(Input.SEND_SYN)
-        self._streams[stream_id] = rec
+        rec = self._new_stream(stream_id, Input.SEND_SYN)
         self.unacked_outbound += 1
         self._queue_control(
             encode_header(_WINDOW_UPDATE, _SYN, stream_id, rec.recv.initial_grant())
@@ -212,12 +228,15 @@ class Connection:
         if not self.closed:
             self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
 
-    def consume(self, stream_id: int, length: int) -> None:
-        """The application took ``length`` received bytes; maybe queue a window update."""
+    def consume(self, stream_id: int, length: int, now: float = 0.0) -> None:
+        """The application took ``length`` received bytes; maybe queue a window update.
+
+        ``now`` (seconds, any clock) matters only to window auto-tuning.
+        """
         rec = self._streams.get(stream_id)
         if rec is None or self.closed:
             return
-        delta = rec.recv.consume(length)
+        delta = rec.recv.consume(length, self.tuner, now)
         if delta:
             self._queue_control(encode_header(_WINDOW_UPDATE, 0, stream_id, delta))
 
@@ -347,6 +366,7 @@ class Connection:
             self.discarded_frames += 1
             self.discarded_bytes += len(frame.body)
             return
+        rec.heard = True
         state = rec.state
         if flags & _ACK:
             self._apply(rec, state.process(Input.RECV_ACK))
@@ -405,9 +425,7 @@ class Connection:
             self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
             self._events.append(StreamRefused(stream_id, refusal))
             return None
-        rec = _StreamRecord(stream_id, self.config.max_stream_window_size)
-        rec.state.process(Input.RECV_SYN)
-        self._streams[stream_id] = rec
+        rec = self._new_stream(stream_id, Input.RECV_SYN)
         self.unaccepted_inbound += 1
         self._events.append(StreamOpened(stream_id, rec.state))
         return rec
@@ -456,8 +474,17 @@ class Connection:
         self.reset_stream(rec.id)
         self._events.append(StreamReset(rec.id, reason, violation=True))
 
+    def _new_stream(self, stream_id: int, opening: Input) -> _StreamRecord:
+        rec = _StreamRecord(stream_id, self._stream_window)
+        rec.state.process(opening)
+        self._streams[stream_id] = rec
+        if self.tuner is not None:
+            self.tuner.used += self._stream_window
+        return rec
+
     def _forget(self, rec: _StreamRecord) -> None:
-        self._streams.pop(rec.id, None)
+        if self._streams.pop(rec.id, None) is not None and self.tuner is not None:
+            self.tuner.used -= rec.recv.max_window
         self._sendable.pop(rec.id, None)
         rec.out.clear()
         handshake = rec.state.handshake

@@ -1,13 +1,25 @@
-"""The flow-control rule, in one place: all window arithmetic, receive and send.
+"""The flow-control rule, in one place: all window arithmetic, receive and send,
+with optional receive-window auto-tuning.
 
 Each direction of a stream has credit. The sender may only put Data payload
 bytes on the wire while it has credit, at most ``max_frame_size`` per frame,
 and debits what it sent; the receiver hands credit back with a Window Update
-once the application has consumed at least half of its maximum window, which
-keeps memory per stream bounded by the window while letting a fast reader
-stream at full speed (hashicorp's rule; an update per Data frame would defeat
+once the application has consumed at least half of its window, which keeps
+memory per stream bounded by the window while letting a fast reader stream at
+full speed (hashicorp's rule; an update per Data frame would defeat
 backpressure). After the peer's FIN nothing more can arrive, so no update is
 sent any more.
+
+One stream moves at most about window / RTT, so a fixed 256 KiB window caps a
+stream at a few MB/s over real distances, while a fixed large window lets
+every slow or hostile stream pin that much memory. ``WindowTuner`` (off unless
+``Config.window_autotune``) grows a stream's window only when the window, not
+the reader, is the limit: when the next update is due within a few round trips
+of the previous one (the reader consumed half the window that fast), the window
+doubles, up to ``max_stream_window_size``, taken from a per-session budget
+(``max_session_window``) that the sum of all windows never exceeds beyond the
+256 KiB every stream starts with. A stream whose updates come after a long
+pause gets half its window back (it grants less), returning budget.
 """
 
 from __future__ import annotations
@@ -15,16 +27,67 @@ from __future__ import annotations
 from .const import INITIAL_STREAM_WINDOW
 from .errors import ProtocolError
 
+GROW_WITHIN_RTTS = 4
+"""Double the window when its next update is due within this many round trips."""
+IDLE_AFTER_RTTS = 16
+"""Halve it when the next update comes after this many round trips ..."""
+IDLE_AFTER_MIN = 1.0
+"""... and at least this many seconds."""
+
+
+class WindowTuner:
+    """A session's auto-tuning policy, its round-trip estimate and its window budget.
+
+    ``used`` is the sum of the receive windows of the session's live streams:
+    256 KiB each at open (the protocol grants that much whatever we want), plus
+    growth, which is only granted while ``used`` stays within ``limit``.
+    """
+
+    __slots__ = ("limit", "max_window", "rtt", "used")
+
+    def __init__(self, max_window: int, limit: int) -> None:
+        self.max_window = max_window
+        self.limit = limit
+        self.rtt: float | None = None
+        """Smoothed round-trip time in seconds, from the session's pings; None: unknown."""
+        self.used = 0
+
+    @property
+    def can_grow(self) -> bool:
+        """Whether windows may ever exceed 256 KiB (else the wire is hashicorp's exactly)."""
+        return self.max_window > INITIAL_STREAM_WINDOW
+
+    def resize(self, window: int, since_last_update: float) -> int:
+        """The window for an update due now, ``since_last_update`` seconds after the previous."""
+        rtt = self.rtt
+        if rtt is not None and since_last_update < GROW_WITHIN_RTTS * rtt:
+            extra = min(window, self.max_window - window, self.limit - self.used)
+            if extra > 0:
+                self.used += extra
+                return window + extra
+            return window
+        idle_after = max(IDLE_AFTER_MIN, IDLE_AFTER_RTTS * rtt if rtt is not None else 0.0)
+        if since_last_update > idle_after and window > INITIAL_STREAM_WINDOW:
+            smaller = max(INITIAL_STREAM_WINDOW, window // 2)
+            self.used -= window - smaller
+            return smaller
+        return window
+
 
 class ReceiveWindow:
-    """Credit we granted the peer for one stream, and bytes it has used but we not consumed."""
+    """Credit we granted the peer for one stream, and bytes it has used but we not consumed.
 
-    __slots__ = ("buffered", "credit", "ended", "max_window")
+    ``max_window`` is the stream's window: fixed, or moved by a WindowTuner.
+    """
+
+    __slots__ = ("buffered", "credit", "ended", "max_window", "updated_at")
 
     def __init__(self, max_window: int) -> None:
         self.max_window = max_window
         self.credit = INITIAL_STREAM_WINDOW
         self.buffered = 0
+        self.updated_at = 0.0
+        """When the last window update was granted (auto-tuning only)."""
         self.ended = False
         """The peer sent FIN: it cannot use credit any more, so none is granted."""
 
@@ -48,12 +111,26 @@ class ReceiveWindow:
         self.credit -= length
         self.buffered += length
 
-    def consume(self, length: int) -> int:
-        """The application consumed ``length`` bytes; return the update to send, or 0."""
+    def consume(self, length: int, tuner: WindowTuner | None = None, now: float = 0.0) -> int:
+        """The application consumed ``length`` bytes; return the update to send, or 0.
+
+        With a ``tuner``, an update that is due may first resize the window
+        (``now`` is the caller's clock, in seconds).
+        """
         self.buffered -= length
-        delta = self.max_window - self.buffered - self.credit
-        if self.ended or delta < self.max_window // 2:
+        window = self.max_window
+        delta = window - self.buffered - self.credit
+        if self.ended or delta < window // 2:
             return 0
+        if tuner is not None:
+            resized = tuner.resize(window, now - self.updated_at)
+            self.updated_at = now
+            if resized != window:
+                # Shrinking is safe: an update is due, so the peer holds at most half.
+                self.max_window = window = resized
+                delta = window - self.buffered - self.credit
+                if delta < window // 2:
+                    return 0
         self.credit += delta
         return delta
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 __all__ = ["RateLimitedLog"]
 
@@ -57,8 +57,12 @@ class RateLimitedLog:
         self._keys: dict[str, _Key] = {}
 
     def log(self, level: int, key: str, msg: str, *args: object,
-            exc_info: BaseException | None = None) -> bool:
-        """Log ``msg % args`` unless ``key`` is over its budget; True if a line was written."""
+            exc_info: BaseException | None = None,
+            extra: Mapping[str, object] | None = None) -> bool:
+        """Log ``msg % args`` unless ``key`` is over its budget; True if a line was written.
+
+        ``extra`` goes to the record as with ``Logger.log`` (structured log fields).
+        """
         if not self.logger.isEnabledFor(level):
             return False
         state = self._keys.get(key)
@@ -77,10 +81,10 @@ class RateLimitedLog:
         state.logged += 1
         if state.pending:
             self.logger.log(level, msg + " (%d similar messages suppressed)",
-                            *args, state.pending, exc_info=exc_info)
+                            *args, state.pending, exc_info=exc_info, extra=extra)
             state.pending = 0
         else:
-            self.logger.log(level, msg, *args, exc_info=exc_info)
+            self.logger.log(level, msg, *args, exc_info=exc_info, extra=extra)
         return True
 
     @property

@@ -13,13 +13,14 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any, assert_never, cast
+from typing import Any, assert_never
 
 from .config import Config
 from .connection import Connection
-from .const import HEADER_SIZE, GoAwayCode
+from .const import GoAwayCode
 from .errors import (
     ConnectionWriteTimeoutError,
+    ControlQueueFullError,
     KeepaliveTimeoutError,
     NoNewStreamsError,
     SessionClosedError,
@@ -41,17 +42,16 @@ from .events import (
     StreamReset,
     WindowUpdated,
 )
+from .liveness import Liveness
+from .output import FrameWriter
 from .ratelimit import RateLimitedLog
 from .stream import Stream
 from .stream_state import State
 from .tasks import StreamHandler, TaskOwner, run_stream_handler
-from .timers import PingTimes, StreamTimers, WriteStallWatch
+from .timers import PingTimes, StreamTimers
 
-FLUSH_BUDGET = 256 * 1024
-"""Payload framed per take_data call; the transport's pause_writing stops the loop sooner."""
-PAUSED_CONTROL_ALLOWANCE = 64 * 1024
-"""Control bytes still handed to a paused transport (a pong need not wait for resume);
-beyond it they wait in the core's bounded queue."""
+_PEER_GONE = (KeepaliveTimeoutError, ConnectionWriteTimeoutError, ControlQueueFullError)
+"""Ends after which the peer reads nothing more: the transport is aborted, not flushed."""
 
 
 class Session(asyncio.Protocol):
@@ -72,7 +72,6 @@ class Session(asyncio.Protocol):
         self._logger = logger or logging.getLogger("yamux.session")
         self._core = Connection(client=client, config=self.config)
         self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.WriteTransport | None = None
         self._read_transport: asyncio.BaseTransport | None = None
         self._streams: dict[int, Stream] = {}
         self._accept_queue: dict[int, Stream] = {}
@@ -85,15 +84,15 @@ class Session(asyncio.Protocol):
         self._close_timers = StreamTimers(
             self._loop, self.config.stream_close_timeout, self._close_timed_out)
         self._pings = PingTimes(self._loop)
-        self._write_paused = False
-        self._paused_control = 0
-        """Control bytes written since the transport paused."""
-        self._write_stall = WriteStallWatch(
-            self._loop, self.config.connection_write_timeout, self._write_stalled)
+        self._writer = FrameWriter(self._core, self.config, self._write_stalled)
         self._abort_timer: asyncio.TimerHandle | None = None
         self._log = RateLimitedLog(self._logger)
         """Every line the peer can trigger over and over goes through this."""
         self._tasks = TaskOwner(self._logger)
+        self._liveness = Liveness(
+            self.config, self._core, self._pings, flush=self._flush, fail=self._shutdown,
+            reset=self._reset_abandoned, log=self._log,
+        )
         self._closing = False
         self._closed = self._loop.create_future()
         self._go_away: asyncio.Future[None] = self._loop.create_future()
@@ -135,6 +134,17 @@ class Session(asyncio.Protocol):
         return self._core.num_streams
 
     @property
+    def write_buffer_size(self) -> int:
+        """Bytes the transport holds that the peer has not taken yet (0 once closed)."""
+        transport = self._writer.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    @property
+    def rtt(self) -> float | None:
+        """Smoothed round-trip time of the keepalive pings, once one was answered."""
+        return self._liveness.rtt
+
+    @property
     def remote_go_away(self) -> bool:
         return self._core.remote_go_away
 
@@ -142,9 +152,10 @@ class Session(asyncio.Protocol):
         """``session`` is this session; anything else comes from the transport."""
         if name == "session":
             return self
-        if self._transport is None:
+        transport = self._writer.transport
+        if transport is None:
             return default
-        return self._transport.get_extra_info(name, default)
+        return transport.get_extra_info(name, default)
 
     async def open_stream(self) -> Stream:
         """Open a stream. Waits while ``accept_backlog`` of our opens are still unACKed."""
@@ -241,6 +252,7 @@ class Session(asyncio.Protocol):
             return
         if code == GoAwayCode.NORMAL:
             self._core.go_away(code)
+            self._watch_abandoned_streams()
             self._flush()
         else:
             self._shutdown(SessionClosedError(f"we sent go away code {code}"), code)
@@ -253,8 +265,8 @@ class Session(asyncio.Protocol):
         """
         self._flush(force=True)
         self._shutdown(SessionClosedError("session closed locally"), GoAwayCode.NORMAL)
-        await self._tasks.close()
         await self.wait_closed()
+        await self._tasks.close()
 
     async def wait_closed(self) -> None:
         """Until the transport is closed; never raises (see ``close_reason``)."""
@@ -280,7 +292,7 @@ class Session(asyncio.Protocol):
 
     def consume(self, stream_id: int, length: int) -> None:
         core = self._core
-        core.consume(stream_id, length)
+        core.consume(stream_id, length, self._loop.time())
         if core.has_control:
             self._flush()
 
@@ -303,9 +315,12 @@ class Session(asyncio.Protocol):
 
     # ------------------------------------------- asyncio.Protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.WriteTransport, transport)
+        self._writer.attach(transport)
         if self.config.enable_keepalive:
-            self._tasks.spawn(self._keepalive(), name="yamux-keepalive")
+            self._tasks.spawn(self._liveness.keepalive(), name="yamux-keepalive")
+        tuner = self._core.tuner
+        if tuner is not None and tuner.can_grow:
+            self._tasks.spawn(self._liveness.measure_rtt(), name="yamux-rtt")
 
     def attach_read_transport(self, transport: asyncio.BaseTransport) -> None:
         """A second transport that only reads (two pipes); closed when the session ends."""
@@ -316,6 +331,7 @@ class Session(asyncio.Protocol):
         return False
 
     def data_received(self, data: bytes) -> None:
+        self._liveness.heard()
         if self._dispatch(self._core.receive_data(data)):
             self._flush()
             self._wake_openers()
@@ -358,6 +374,7 @@ class Session(asyncio.Protocol):
                                   "peer sent go away: no new streams on this session")
                     if not self._go_away.done():
                         self._go_away.set_result(None)
+                    self._watch_abandoned_streams()
                     self._wake_openers(force=True)
                 case SessionTerminated(error):
                     self._shutdown(error)
@@ -371,51 +388,30 @@ class Session(asyncio.Protocol):
             self._shutdown(SessionClosedError("connection closed"))
         else:
             self._shutdown(SessionClosedError("connection lost", reason=exc))
-        self._transport = None
+        self._writer.transport = None
         if self._abort_timer is not None:
             self._abort_timer.cancel()
         if not self._closed.done():
             self._closed.set_result(None)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
-        if self._transport is not None:
-            self._write_stall.start(self._transport)
+        self._writer.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        self._paused_control = 0
-        self._write_stall.cancel()
+        self._writer.resume()
         self._flush()
 
     # ----------------------------------------------------------------- output
     def _flush(self, force: bool = False) -> None:
-        """Write control frames, then stream data while the transport wants more (or ``force``).
-
-        While the transport is paused, control frames go out only up to
-        PAUSED_CONTROL_ALLOWANCE; the rest waits in the core, whose queue is
-        bounded, so a peer that does not read cannot make us buffer without end.
-        """
+        """Write what the transport takes now (FrameWriter); carry out the events that causes."""
         core = self._core
         if core.error is not None and not self._closing:
             self._shutdown(core.error)  # the core ended itself on a command (control queue full)
             return
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if core.has_control:
-            if force or not self._write_paused:
-                transport.writelines(core.take_control())
-            elif self._paused_control < PAUSED_CONTROL_ALLOWANCE:
-                frames = core.take_control(PAUSED_CONTROL_ALLOWANCE - self._paused_control)
-                self._paused_control += len(frames) * HEADER_SIZE
-                transport.writelines(frames)
-        while core.has_data and (force or not self._write_paused):
-            transport.writelines(core.take_data(FLUSH_BUDGET))
-            events = core.take_events()
-            if events:
-                self._dispatch(events)
-                self._wake_openers()  # a finished stream that was never ACKed frees backlog
+        events = self._writer.write(force)
+        if events:
+            self._dispatch(events)
+            self._wake_openers()  # a finished stream that was never ACKed frees backlog
         if self._drain_waiting:
             self._wake_drained()
 
@@ -457,21 +453,17 @@ class Session(asyncio.Protocol):
         )
         self.reset_stream(stream_id)
 
-    async def _keepalive(self) -> None:
-        interval = self.config.keepalive_interval
-        timeout = self.config.connection_write_timeout
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.ping()
-            except TimeoutError:
-                self._shutdown(KeepaliveTimeoutError(
-                    f"keepalive failed: no answer to a ping within {timeout} s"
-                ))
-                return
-            except SessionClosedError:
-                return
+    def _watch_abandoned_streams(self) -> None:
+        """After Go Away either way, start resetting streams the peer went silent on (once)."""
+        liveness = self._liveness
+        if self.config.go_away_timeout and not liveness.watching_abandoned:
+            liveness.watching_abandoned = True
+            self._tasks.spawn(liveness.reset_abandoned_streams(), name="yamux-go-away-watch")
+
+    def _reset_abandoned(self, stream_id: int, reason: str) -> None:
+        self._core.reset_stream(stream_id)
+        self._drop_reset(stream_id, reason)
+        self._wake_openers()
 
     # --------------------------------------------------------------- shutdown
     def _shutdown(self, error: YamuxError, code: int | None = None) -> None:
@@ -493,7 +485,7 @@ class Session(asyncio.Protocol):
             )
         self._core.terminate(error, code)
         self._flush()
-        self._write_stall.cancel()
+        self._writer.stop()
         self._open_timers.cancel_all()
         self._close_timers.cancel_all()
         for stream in list(self._streams.values()):
@@ -508,10 +500,13 @@ class Session(asyncio.Protocol):
         self._tasks.cancel()
         if self._read_transport is not None:
             self._read_transport.close()
-        transport = self._transport
+        transport = self._writer.transport
         if transport is None:
             if not self._closed.done():
                 self._closed.set_result(None)
+            return
+        if isinstance(error, _PEER_GONE):
+            transport.abort()  # nothing would reach the peer: do not wait to flush
             return
         transport.close()
         self._abort_timer = self._loop.call_later(
