@@ -102,8 +102,8 @@ def test_frozen_forwarder_detected_by_relay_keepalive(procs, echo_port):
     forwarder, public_port = procs.forwarder(relay_port, echo_port, *FAST_RECONNECT)
     forwarder.send_signal(signal.SIGSTOP)
     try:
-        relay.wait_line(rf"ended: keepalive failed: no answer to a ping within 0.5 s; "
-                        rf"public port {public_port} closed", timeout=10)
+        relay.wait_line(rf"ended: keepalive failed: nothing from the peer within 0.5 s of a "
+                        rf"ping; public port {public_port} closed", timeout=10)
         assert connection_refused(public_port)
     finally:
         forwarder.send_signal(signal.SIGCONT)
