@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import json
 import os
 import shutil
@@ -53,6 +54,7 @@ from bench.report import machine_info, render, summarize
 from bench.services import (
     PATHS,
     Env,
+    Pair,
     path_endpoint,
     probe_tree,
     start_echo,
@@ -62,19 +64,24 @@ from bench.workloads import Workload, workloads
 from testkit.procs import ProcessError, raise_nofile
 
 
+def measure(env: Env, wl: Workload, addr: str, pair: Pair | None) -> dict[str, Any]:
+    """Run ``wl`` against ``addr``; add the CPU the pair's processes spent meanwhile."""
+    cpu0 = {p.name: p.cpu_seconds() for p in pair.procs()} if pair else {}
+    res = wl.run(env, addr, pair)
+    if pair:
+        for p, role in ((pair.relay, "relay"), (pair.forwarder, "forwarder")):
+            if not p.alive():
+                raise BenchError(f"{p.name} died during the run: {p.tail()}")
+            res[f"{role}_cpu_s"] = p.cpu_seconds() - cpu0[p.name]
+    return res
+
+
 def run_one(env: Env, wl: Workload, path: str) -> dict[str, Any]:
     """One workload on one path: fresh relay pair, CPU before/after, stop everything."""
     target = env.redis_addr if wl.name == "redis" else env.echo_addr
     t0 = time.monotonic()
     with path_endpoint(env, path, target) as pair:
-        addr = pair.endpoint if pair else target
-        cpu0 = {p.name: p.cpu_seconds() for p in pair.procs()} if pair else {}
-        res = wl.run(env, addr, pair)
-        if pair:
-            for p, role in ((pair.relay, "relay"), (pair.forwarder, "forwarder")):
-                if not p.alive():
-                    raise BenchError(f"{p.name} died during the run: {p.tail()}")
-                res[f"{role}_cpu_s"] = p.cpu_seconds() - cpu0[p.name]
+        res = measure(env, wl, pair.endpoint if pair else target, pair)
     res["wall_s"] = time.monotonic() - t0
     return res
 
@@ -189,9 +196,10 @@ def install_signal_handlers() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--wan" in argv:
-        from bench import wan
+        from bench.wan import main as wan_main
+
         argv.remove("--wan")
-        return wan.main(argv)
+        return wan_main(argv)
     args = parse_args(argv)
     t_start = time.monotonic()
     install_signal_handlers()
@@ -223,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"echo server {env.echo_addr}, redis {env.redis_addr or '-'}, logs in {logdir}")
         for wl in wls:
             runs += run_alternating(wl, paths, args.repeat, unusable,
-                                    lambda path, wl=wl: run_one(env, wl, path))
+                                    functools.partial(run_one, env, wl))
             if echo and not echo.alive():
                 raise BenchError(f"the echo server died: {echo.tail()}")
     except KeyboardInterrupt:

@@ -69,13 +69,13 @@ def echo_workload(name: str, title: str, conns: int, size: int, timeout: float) 
     return Workload(name, title, metrics, run, "GB", timeout)
 
 
-def latency_workload(n: int, duration: float) -> Workload:
+def latency_workload(n: int, duration: float, warmup: int = 500) -> Workload:
     timeout = duration + 30
 
     def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
         res = loadgen(env, ["latency", "-addr", addr, "-size", "64", "-n", str(n),
-                            "-duration", f"{duration:g}s", "-timeout", f"{timeout:g}s"],
-                      timeout + 10)
+                            "-warmup", str(warmup), "-duration", f"{duration:g}s",
+                            "-timeout", f"{timeout:g}s"], timeout + 10)
         res["ops"] = res["round_trips"]
         return res
     return Workload("latency", "64-byte request/response, 1 connection", [

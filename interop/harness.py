@@ -43,11 +43,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import itertools
 import os
-import queue
 import shutil
 import socket
 import subprocess
@@ -59,18 +57,20 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final
+from typing import Final, Self
+
+from testkit import gobuild
+from testkit.ports import free_port as free_port  # re-exported: the one free-port helper
+from testkit.procs import Proc, ProcessError
 
 INTEROP_DIR: Final = Path(__file__).resolve().parent
 REPO_ROOT: Final = INTEROP_DIR.parent
-BUILD_DIR: Final = INTEROP_DIR / "build"
-BUILD_SCRIPT: Final = INTEROP_DIR / "build.sh"
+BUILD_DIR: Final = gobuild.BUILD_DIR
 CONTAINERFILE: Final = INTEROP_DIR / "Containerfile"
 CONTAINERS_CONF: Final = INTEROP_DIR / "containers.conf"
 PROGRAMS: Final = ("yamux-peer", "go-relay", "go-forwarder")
 IMAGE_REPO: Final = "localhost/relay-interop-go"
 CONTAINER_LABEL: Final = "relay-interop=1"
-YAMUX_SRC: Final = Path("/usr/share/gocode/src/github.com/hashicorp/yamux")
 
 SCENARIOS: Final = (
     "echo",
@@ -117,7 +117,6 @@ class _State:
     """Per-process memo: binaries and image are built once per test run."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    built: bool = False
     image: str | None = None
     direct: bool | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -133,11 +132,7 @@ def unavailable_reason() -> str | None:
     CI it raises :class:`HarnessError` instead, so the suite can never go green
     without the interop tests having run.
     """
-    problems = []
-    if shutil.which("go") is None:
-        problems.append("`go` not found (apt-get install golang-go)")
-    if not YAMUX_SRC.is_dir():
-        problems.append(f"{YAMUX_SRC} missing (apt-get install golang-github-hashicorp-yamux-dev)")
+    problems = gobuild.missing_tools()
     if in_ci() and shutil.which("podman") is None:
         problems.append("`podman` not found (apt-get install podman runc)")
     if not problems:
@@ -175,33 +170,17 @@ def use_containers() -> bool:
 
 
 def build_binaries() -> Path:
-    """Build the static Go programs into interop/build once per process.
-
-    Go's own build cache makes this about 0.2 s when nothing changed, so it is
-    simply run on first use; an flock keeps parallel test processes from
-    building into the same files at once.
-    """
-    with _STATE.lock:
-        if _STATE.built:
-            return BUILD_DIR
-        reason = unavailable_reason()
-        if reason is not None:
-            raise HarnessError(f"cannot build the Go interop programs: {reason}")
-        BUILD_DIR.mkdir(parents=True, exist_ok=True)
-        t0 = time.monotonic()
-        with open(BUILD_DIR / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            proc = subprocess.run(
-                ["bash", str(BUILD_SCRIPT), str(BUILD_DIR)],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-        if proc.returncode != 0:
-            raise HarnessError(f"interop/build.sh failed ({proc.returncode}):\n{proc.stderr}")
-        _STATE.timings["go_build_s"] = time.monotonic() - t0
-        _STATE.built = True
-        return BUILD_DIR
+    """Build the static Go programs into interop/build once per process (testkit.gobuild)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise HarnessError(f"cannot build the Go interop programs: {reason}")
+    try:
+        took = gobuild.build_go(BUILD_DIR)
+    except gobuild.GoBuildError as exc:
+        raise HarnessError(str(exc)) from exc
+    if took:
+        _STATE.timings["go_build_s"] = took
+    return BUILD_DIR
 
 
 def _podman_env() -> dict[str, str]:
@@ -299,122 +278,57 @@ class Finished:
 _counter = itertools.count()
 
 
-class GoProcess:
-    """Handle on one running Go program (in a container, or directly in fallback mode).
+class LocalProcess:
+    """One running program as the interop tests need it (a testkit Proc underneath).
 
-    Stdout is read line by line as it arrives (``readline``) and also kept in
-    full; stderr is collected. ``close`` (also on ``with`` exit) removes the
-    container by id, so nothing outlives the test even on errors.
+    ``readline`` hands out stdout lines one by one as they arrive (e.g. a port
+    announcement), ``wait``/``await_exit`` give its :class:`Finished` status and
+    output, ``close`` (also on ``with`` exit) stops it, so nothing outlives the
+    test even on errors. The JS and py-libp2p peers run as these;
+    :class:`GoProcess` adds the container.
     """
 
-    def __init__(self, program: str, args: Sequence[str]) -> None:
-        if program not in PROGRAMS:
-            raise ValueError(f"unknown program {program!r}; one of {PROGRAMS}")
+    def __init__(self, program: str, cmd: Sequence[str], args: Sequence[str] | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.program = program
-        self.args = list(args)
+        self.args = list(cmd[1:] if args is None else args)
         self.started = time.monotonic()
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self._stdout: list[str] = []
-        self._stderr: list[str] = []
+        self._proc = Proc(cmd, program, env=dict(env or {}))
+        self._next_line = 0
         self._closed = False
         self._result: Finished | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._cidfile: Path | None = None
-        self._cid: str | None = None
-        image = build_image()
-        if image is None:
-            self.name: str | None = None
-            cmd = [str(BUILD_DIR / program), *self.args]
-            env = None
-        else:
-            self.name = f"relay-interop-{os.getpid()}-{next(_counter)}-{program}"
-            self._tmp = tempfile.TemporaryDirectory(prefix="relay-interop-")
-            self._cidfile = Path(self._tmp.name) / "cid"
-            cmd = [
-                "podman", "--runtime", "runc", "run", "--rm", "--pull=never",
-                "--network=host", "--name", self.name, "--label", CONTAINER_LABEL,
-                "--cidfile", str(self._cidfile), image, f"/{program}", *self.args,
-            ]  # fmt: skip
-            env = _podman_env()
-        self._proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            env=env,
-        )
-        assert self._proc.stdout is not None
-        assert self._proc.stderr is not None
-        self._readers = [
-            threading.Thread(target=self._pump_stdout, args=(self._proc.stdout,), daemon=True),
-            threading.Thread(target=self._pump_stderr, args=(self._proc.stderr,), daemon=True),
-        ]
-        for t in self._readers:
-            t.start()
-
-    # -- output
-
-    def _pump_stdout(self, pipe: IO[str]) -> None:
-        for line in pipe:
-            self._stdout.append(line)
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)
-
-    def _pump_stderr(self, pipe: IO[str]) -> None:
-        for line in pipe:
-            self._stderr.append(line)
 
     def output(self) -> tuple[str, str]:
         """Stdout and stderr printed so far."""
-        return "".join(self._stdout), "".join(self._stderr)
+        out, err = self._proc.stdout_text, self._proc.stderr_text
+        return (out + "\n" if out else ""), (err + "\n" if err else "")
 
     def readline(self, timeout: float = 30) -> str:
-        """Next stdout line (without newline), e.g. a port announcement.
+        """Next stdout line (without newline).
 
         Raises GoProcessTimeout if none comes in time and HarnessError if the
         program ended without printing one.
         """
         try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise GoProcessTimeout(self._describe(f"no stdout line within {timeout}s")) from None
-        if line is None:
-            self._lines.put(None)  # keep EOF visible to later callers
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=10)
-            raise HarnessError(self._describe("ended without printing the expected line"))
-        return line
+            index, _ = self._proc.wait_line("", stream="stdout", timeout=timeout,
+                                            after=self._next_line)
+        except ProcessError:
+            if self._proc.alive():
+                what = f"no stdout line within {timeout}s"
+                raise GoProcessTimeout(self._describe(what)) from None
+            what = "ended without printing the expected line"
+            raise HarnessError(self._describe(what)) from None
+        self._next_line = index + 1
+        return self._proc.stdout[index]
 
     async def areadline(self, within: float = 30) -> str:
         """``readline`` for asyncio tests: runs in a thread so the loop keeps serving."""
         return await asyncio.to_thread(self.readline, within)
 
-    # -- identity
-
     @property
     def pid(self) -> int:
         """Pid of the local process (podman client, or the program in direct mode)."""
         return self._proc.pid
-
-    @property
-    def container_id(self) -> str | None:
-        """Full container id (None in direct mode or if podman never created it)."""
-        if self._cid is None and self._cidfile is not None:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                with contextlib.suppress(FileNotFoundError):
-                    text = self._cidfile.read_text().strip()
-                    if text:
-                        self._cid = text
-                        break
-                if self._proc.poll() is not None and not self._cidfile.exists():
-                    break
-                time.sleep(0.02)
-        return self._cid
-
-    # -- lifecycle
 
     def wait(self, timeout: float = 120) -> Finished:
         """Wait for the program to exit by itself; return its status and output.
@@ -423,7 +337,7 @@ class GoProcess:
         is raised: a hung peer must fail the test, not hang it.
         """
         try:
-            rc = self._proc.wait(timeout=timeout)
+            rc = self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.close()
             raise GoProcessTimeout(self._describe(f"did not exit within {timeout}s")) from None
@@ -440,11 +354,10 @@ class GoProcess:
     def stop(self) -> Finished:
         """Stop a long-running program (go-relay, go-forwarder) and return its output."""
         self.close()
-        return self._finish(self._proc.returncode if self._proc.returncode is not None else -9)
+        rc = self._proc.returncode
+        return self._finish(rc if rc is not None else -9)
 
     def _finish(self, rc: int) -> Finished:
-        for t in self._readers:
-            t.join(timeout=10)
         if self._result is None:
             out, err = self.output()
             self._result = Finished(rc, out, err)
@@ -452,38 +365,90 @@ class GoProcess:
         return self._result
 
     def close(self) -> None:
-        """Remove the container by id (or kill the process); idempotent."""
+        """Stop the program if it still runs; idempotent."""
         if self._closed:
             return
         self._closed = True
-        try:
-            if self._cidfile is not None:
-                running = self._proc.poll() is None
-                cid = self.container_id if running or self._cidfile.exists() else None
-                target = cid or self.name
-                if target:
-                    _podman("rm", "-f", "-t", "0", "--ignore", target, check=False, timeout=60)
-            if self._proc.poll() is None:
-                self._proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=10)
-        finally:
-            if self._tmp is not None:
-                self._tmp.cleanup()
+        self._remove()
 
-    def __enter__(self) -> GoProcess:
+    def _remove(self) -> None:
+        self._proc.stop(grace=2.0)
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _where(self) -> str:
+        return f"pid {self._proc.pid}"
+
     def _describe(self, what: str) -> str:
         out, err = self.output()
-        where = f"container {self._cid or self.name}" if self.name else f"pid {self._proc.pid}"
         return (
-            f"{self.program} {' '.join(self.args)} ({where}) {what}\n"
+            f"{self.program} {' '.join(self.args)} ({self._where()}) {what}\n"
             f"--- stdout\n{out}--- stderr\n{err[-8000:]}"
         )
+
+
+class GoProcess(LocalProcess):
+    """One Go program, in a podman container (or directly in fallback mode).
+
+    ``close`` removes the container by id.
+    """
+
+    def __init__(self, program: str, args: Sequence[str]) -> None:
+        if program not in PROGRAMS:
+            raise ValueError(f"unknown program {program!r}; one of {PROGRAMS}")
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._cidfile: Path | None = None
+        self._cid: str | None = None
+        image = build_image()
+        if image is None:
+            self.name: str | None = None
+            super().__init__(program, [str(BUILD_DIR / program), *args], args)
+            return
+        self.name = f"relay-interop-{os.getpid()}-{next(_counter)}-{program}"
+        self._tmp = tempfile.TemporaryDirectory(prefix="relay-interop-")
+        self._cidfile = Path(self._tmp.name) / "cid"
+        cmd = [
+            "podman", "--runtime", "runc", "run", "--rm", "--pull=never",
+            "--network=host", "--name", self.name, "--label", CONTAINER_LABEL,
+            "--cidfile", str(self._cidfile), image, f"/{program}", *args,
+        ]  # fmt: skip
+        super().__init__(program, cmd, args, _podman_env())
+
+    @property
+    def container_id(self) -> str | None:
+        """Full container id (None in direct mode or if podman never created it)."""
+        if self._cid is None and self._cidfile is not None:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with contextlib.suppress(FileNotFoundError):
+                    text = self._cidfile.read_text().strip()
+                    if text:
+                        self._cid = text
+                        break
+                if not self._proc.alive() and not self._cidfile.exists():
+                    break
+                time.sleep(0.02)
+        return self._cid
+
+    def _remove(self) -> None:
+        try:
+            if self._cidfile is not None:
+                running = self._proc.alive()
+                cid = self.container_id if running or self._cidfile.exists() else None
+                target = cid or self.name
+                if target:
+                    _podman("rm", "-f", "-t", "0", "--ignore", target, check=False, timeout=60)
+            super()._remove()
+        finally:
+            if self._tmp is not None:
+                self._tmp.cleanup()
+
+    def _where(self) -> str:
+        return f"container {self._cid or self.name}" if self.name else super()._where()
 
 
 def start(program: str, *args: str) -> GoProcess:
@@ -563,13 +528,6 @@ def start_forwarder(
     except BaseException:
         proc.close()
         raise
-
-
-def free_port() -> int:
-    """A currently free 127.0.0.1 TCP port (for programs that cannot pick their own)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cleanup_stale_containers() -> None:

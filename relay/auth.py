@@ -19,11 +19,12 @@ shape), so a larger config file can hold it too.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import tomllib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,15 +124,62 @@ def read_secret_file(path: str | Path) -> bytes:
 
 
 class Authenticator:
-    """Checks proofs: against one shared secret, or per named client."""
+    """Checks proofs: against one shared secret, or per named client.
+
+    Named clients come from ``clients`` and/or ``auth_file``; ``reload()`` re-reads
+    the file when it changed, so a client is added or revoked without a restart.
+    """
 
     def __init__(
-        self, *, secret: str | bytes | None = None, clients: Mapping[str, AuthClient] | None = None
+        self,
+        *,
+        secret: str | bytes | None = None,
+        clients: Mapping[str, AuthClient] | None = None,
+        auth_file: str | Path | None = None,
     ) -> None:
-        if (secret is None) == (not clients):
+        self._static = dict(clients or {})
+        self.auth_file = Path(auth_file) if auth_file is not None else None
+        self._stamp = self._file_stamp()
+        self.clients = self._merge(load_auth_file(self.auth_file) if self.auth_file else {})
+        if (secret is None) == (not self.clients):
             raise AuthConfigError("give either a shared secret or named clients, not both")
         self._secret = _secret_bytes(secret, "secret") if secret is not None else None
-        self.clients = dict(clients or {})
+
+    def _merge(self, from_file: dict[str, AuthClient]) -> dict[str, AuthClient]:
+        both = set(from_file) & set(self._static)
+        if both:
+            raise AuthConfigError(f"client(s) {', '.join(sorted(both))} defined twice (auth "
+                                  f"file {self.auth_file} and the config)")
+        return {**self._static, **from_file}
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        if self.auth_file is None:
+            return None
+        try:
+            st = self.auth_file.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def reload(self) -> set[str] | None:
+        """Re-read the auth file if it changed since the last look.
+
+        Returns the names whose access ended or changed (removed, new secret or
+        ports): their sessions should end. None if the file did not change.
+        Raises AuthConfigError if the new file is unusable; the clients in force
+        stay, and the same broken file is not reported again.
+        """
+        stamp = self._file_stamp()
+        if self.auth_file is None or stamp == self._stamp:
+            return None
+        self._stamp = stamp
+        new = self._merge(load_auth_file(self.auth_file))
+        if not new:
+            raise AuthConfigError(f"auth file {self.auth_file}: no clients left; keeping the "
+                                  f"previous ones")
+        ended = {name for name, client in self.clients.items() if new.get(name) != client}
+        self.clients = new
+        return ended
 
     def __repr__(self) -> str:
         kind = "shared secret" if self._secret else f"{len(self.clients)} clients"
@@ -267,3 +315,28 @@ class FailureLimiter:
         while len(self._failures) > self.max_sources:
             self._failures.popitem(last=False)
         return len(times)
+
+
+AUTH_FILE_CHECK_INTERVAL = 1.0
+"""Seconds between looks at the auth file (a stat; it is read only when it changed)."""
+
+
+async def watch_auth_file(
+    auth: Authenticator, revoke: Callable[[set[str]], None],
+    interval: float = AUTH_FILE_CHECK_INTERVAL,
+) -> None:
+    """Until cancelled: reload ``auth`` when its file changes and ``revoke`` the names whose
+    access ended, so a leaked secret is withdrawn by editing the file, without a restart."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            ended = auth.reload()
+        except AuthConfigError as exc:
+            logger.error("%s; the clients in force stay until it is fixed", exc)
+            continue
+        if ended is None:
+            continue
+        logger.info("auth file %s reloaded: %d clients%s", auth.auth_file, len(auth.clients),
+                    f"; access ended or changed for {', '.join(sorted(ended))}" if ended else "")
+        if ended:
+            revoke(ended)

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import yamux
 
 from . import config as config_file
 from . import logs
+from .auth import AuthConfigError, Authenticator, parse_auth_clients, read_secret_file
 from .forwarder import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_LOCAL_HOST,
@@ -33,13 +35,16 @@ from .forwarder import (
     DEFAULT_RECONNECT_MAX_DELAY,
     Forwarder,
 )
+from .handshake import NAME
 from .limits import DEFAULT_IDLE_TIMEOUT, Limits
 from .server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_SESSIONS,
+    PROTOCOLS,
     RelayServer,
 )
+from .tls import TLSConfigError, client_context, server_context
 
 logger = logging.getLogger("relay.cli")
 
@@ -49,8 +54,7 @@ PORT = click.IntRange(1, 65535)
 SECONDS = click.FloatRange(min=0, min_open=True)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
-PROTOCOLS = ("yamux",)
-"""Registration protocols of ``relay server --protocol``; the first is the default (the seed's)."""
+PROXY_VERSIONS = {"v1": 1, "v2": 2}
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 0
 ENV_PREFIX = "RELAY_"
@@ -209,7 +213,15 @@ option("--max-pending-registrations-per-source", type=click.IntRange(min=0), met
        help="Most registrations from one address still in their handshake; 0: no limit.  "
             "[default: nine tenths of --max-sessions]")
 option("--protocol", type=click.Choice(PROTOCOLS), default=PROTOCOLS[0], show_default=True,
-       group=RELAY, help="Registration protocol: yamux is the seed's (port line, then yamux).")
+       group=RELAY, help="Registration protocol: yamux is the seed's (port line, then yamux); "
+                         "v2 challenges first (docs/protocol.md), implied by --secret and "
+                         "--auth-file.")
+option("--auth-file", type=click.Path(dir_okay=False), metavar="FILE", group=RELAY,
+       help="TOML file of named clients, each with its own secret and the ports it may hold "
+            "([clients.NAME] secret = ..., ports = \"5000-5009\"). Re-read when it changes: "
+            "a removed client is disconnected.")
+option("--tls-client-ca", type=click.Path(dir_okay=False), metavar="FILE", group=RELAY,
+       help="Require a client certificate signed by this CA (mutual TLS; needs --tls-cert).")
 
 # -- forwarder options
 option("--local-forward-host", default=DEFAULT_LOCAL_HOST, show_default=True, metavar="HOST",
@@ -225,6 +237,30 @@ option("--connect-timeout", type=SECONDS, default=DEFAULT_CONNECT_TIMEOUT, show_
        metavar="SECONDS", group=FORWARDER,
        help="Time to connect to the relay and get the port line; also to reach the local "
             "service.")
+option("--client-name", metavar="NAME", group=FORWARDER,
+       help="Our name at the relay (registration v2): selects our secret in its --auth-file.")
+option("--tls", is_flag=True, group=FORWARDER,
+       help="Connect to the relay over TLS, verifying its certificate (system CAs) and host name.")
+option("--tls-ca", type=click.Path(dir_okay=False), metavar="FILE", group=FORWARDER,
+       help="Verify the relay's certificate with this CA instead of the system's (implies --tls).")
+option("--tls-server-name", metavar="NAME", group=FORWARDER,
+       help="The name the relay's certificate must carry, if not HOST (e.g. HOST is an IP "
+            "address; implies --tls).")
+option("--proxy-protocol", type=click.Choice(tuple(PROXY_VERSIONS)), group=FORWARDER,
+       help="Send the local service a PROXY protocol header (v1 text, v2 binary) with the "
+            "public client's address before the first byte.")
+
+# -- registration secrets and TLS files: the relay's and the forwarder's
+option("--secret", metavar="SECRET", group=COMMON,
+       help="Shared secret: the relay requires it (registration v2), the forwarder proves it. "
+            "Prefer RELAY_SECRET or --secret-file: a flag shows in the process list.")
+option("--secret-file", type=click.Path(dir_okay=False), metavar="FILE", group=COMMON,
+       help="Read the secret from FILE (its content without the final newline).")
+option("--tls-cert", type=click.Path(dir_okay=False), metavar="FILE", group=COMMON,
+       help="Relay: its TLS certificate (chain), so the control port speaks TLS. Forwarder: "
+            "a client certificate for mutual TLS.")
+option("--tls-key", type=click.Path(dir_okay=False), metavar="FILE", group=COMMON,
+       help="The private key of --tls-cert (if not in the same file).")
 
 # -- common options
 option("--keepalive-interval", type=SECONDS, default=30.0, show_default=True,
@@ -647,13 +683,48 @@ def _yamux_config(opts: dict[str, Any]) -> yamux.Config:
         raise click.UsageError(str(exc)) from None
 
 
+def _secret(ctx: click.Context, opts: dict[str, Any]) -> bytes | None:
+    if opts["secret"] is not None and opts["secret_file"] is not None:
+        raise click.UsageError("give --secret (RELAY_SECRET) or --secret-file, not both", ctx)
+    try:
+        if opts["secret_file"] is not None:
+            return read_secret_file(opts["secret_file"])
+    except AuthConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param_hint="'--secret-file'") from None
+    if opts["secret"] is None:
+        return None
+    return str(opts["secret"]).encode("utf-8")
+
+
+def _authenticator(ctx: click.Context, opts: dict[str, Any]) -> Authenticator | None:
+    """From --secret/--secret-file, or from --auth-file and the config file's clients."""
+    secret = _secret(ctx, opts)
+    found = loaded_config(ctx)
+    try:
+        clients = {}
+        if found is not None and found.clients:
+            clients = parse_auth_clients(found.clients, found.path.parent)
+        if secret is not None and (clients or opts["auth_file"]):
+            raise AuthConfigError("give a shared secret (--secret, RELAY_SECRET, --secret-file) "
+                                  "or named clients (--auth-file, [[server.clients]]), not both")
+        if secret is None and not clients and not opts["auth_file"]:
+            return None
+        return Authenticator(secret=secret, clients=clients, auth_file=opts["auth_file"])
+    except AuthConfigError as exc:
+        raise click.UsageError(str(exc), ctx) from None
+
+
 def build_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> RelayServer:
     """The relay that ``relay server`` runs, from the merged options."""
-    found = loaded_config(ctx)
-    if found is not None and found.clients:
-        raise click.UsageError(
-            f"{found.path}: [[server.clients]] needs registration authentication, which this "
-            f"relay does not support yet", ctx)
+    tls = None
+    if opts["tls_cert"] is not None:
+        try:
+            tls = server_context(opts["tls_cert"], opts["tls_key"] or opts["tls_cert"],
+                                 opts["tls_client_ca"])
+        except TLSConfigError as exc:
+            raise click.UsageError(str(exc), ctx) from None
+    elif opts["tls_key"] is not None or opts["tls_client_ca"] is not None:
+        raise click.UsageError("--tls-key and --tls-client-ca need --tls-cert", ctx)
     return RelayServer(
         port, host=opts["bind"], port_range=opts["port_range"],
         max_sessions=opts["max_sessions"], max_connections=opts["max_connections"],
@@ -663,7 +734,19 @@ def build_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> RelaySe
             max_connections_per_source=opts["max_connections_per_source"],
             max_pending_registrations_per_source=opts["max_pending_registrations_per_source"],
         ),
+        protocol=opts["protocol"], auth=_authenticator(ctx, opts), ssl=tls,
     )
+
+
+def _client_tls(ctx: click.Context, opts: dict[str, Any]) -> ssl.SSLContext | None:
+    if not (opts["tls"] or opts["tls_ca"] or opts["tls_cert"] or opts["tls_server_name"]):
+        if opts["tls_key"] is not None:
+            raise click.UsageError("--tls-key needs --tls-cert", ctx)
+        return None
+    try:
+        return client_context(opts["tls_ca"], opts["tls_cert"], opts["tls_key"])
+    except TLSConfigError as exc:
+        raise click.UsageError(str(exc), ctx) from None
 
 
 def build_forwarders(ctx: click.Context, host: str, port: int, services: Sequence[Service],
@@ -673,6 +756,11 @@ def build_forwarders(ctx: click.Context, host: str, port: int, services: Sequenc
         raise click.BadParameter(
             f"{opts['reconnect_max_delay']:g} is less than --reconnect-delay "
             f"{opts['reconnect_delay']:g}", ctx, param_hint="'--reconnect-max-delay'")
+    secret = _secret(ctx, opts)
+    tls = _client_tls(ctx, opts)
+    if opts["client_name"] is not None and not NAME.fullmatch(opts["client_name"]):
+        raise click.BadParameter("use 1-64 of A-Z a-z 0-9 . _ @ -", ctx,
+                                 param_hint="'--client-name'")
     return [
         Forwarder(
             relay_host=host, relay_port=port, local_port=service.local_port,
@@ -680,6 +768,9 @@ def build_forwarders(ctx: click.Context, host: str, port: int, services: Sequenc
             reconnect=opts["reconnect"], reconnect_delay=opts["reconnect_delay"],
             reconnect_max_delay=opts["reconnect_max_delay"],
             connect_timeout=opts["connect_timeout"], yamux_config=_yamux_config(opts),
+            secret=secret, name=opts["client_name"], ssl=tls,
+            tls_server_name=opts["tls_server_name"],
+            proxy_protocol=PROXY_VERSIONS.get(opts["proxy_protocol"] or ""),
         )
         for service in services
     ]

@@ -84,6 +84,8 @@ class Forwarder:
     public_port: int | None = None
     """Ask the relay for this public port (registration v2)."""
     ssl: ssl.SSLContext | None = None
+    tls_server_name: str | None = None
+    """The name the relay's certificate must carry (default: ``relay_host``)."""
     proxy_protocol: int | None = None
     """Send a PROXY protocol header of this version (1 or 2) to the local service."""
     on_endpoint: Callable[[str], None] = field(default=_print_endpoint)
@@ -108,6 +110,8 @@ class Forwarder:
                     config=self.yamux_config, connect_timeout=self.connect_timeout,
                     secret=self.secret, name=self.name, public_port=self.public_port,
                     client_address=self.proxy_protocol is not None, ssl=self.ssl,
+                    **({"server_hostname": self.tls_server_name}
+                       if self.ssl is not None and self.tls_server_name else {}),
                 )
             except AuthenticationError as exc:
                 logger.error("relay %s: %s (check --secret / RELAY_SECRET)",

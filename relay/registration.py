@@ -58,11 +58,10 @@ class ChallengeProtocol(asyncio.Protocol):
         accepted: Callable[[asyncio.Transport, RegistrationRequest], None],
         pending: set[ChallengeProtocol],
         max_pending: int,
-        per_source: SourceSlots | None = None,
-        log: RateLimitedLog | None = None,
+        per_source: SourceSlots,
+        busy_reason: Callable[[str], str],
+        log: RateLimitedLog,
     ) -> None:
-        """``per_source``: the relay's slots for registrations in progress per source (held
-        from the first byte until the proof is checked); ``log``: rate-limits refusals."""
         self._auth = auth
         self._failures = failures
         self._timeout = timeout
@@ -71,7 +70,10 @@ class ChallengeProtocol(asyncio.Protocol):
         self._pending = pending
         self._max_pending = max_pending
         self._per_source = per_source
-        self._held_slot: str | None = None
+        self._busy_reason = busy_reason
+        self._source: str | None = None
+        """Set while this connection holds a slot of ``per_source`` (the relay's unfinished
+        registrations of a source); on success the slot passes to the registration."""
         self._log = log
         self._buffer = bytearray()
         self._challenge: Challenge | None = None
@@ -85,21 +87,17 @@ class ChallengeProtocol(asyncio.Protocol):
         source = source_of(transport.get_extra_info("peername"))
         wait = self._failures.blocked_for(source)
         if wait > 0:
-            logger.debug("refusing %s at once: too many failed registrations", self.peer)
             self._refuse(f"too many failed registrations from {source}; retry in {wait:.0f} s",
-                         quiet=True)
+                         key="blocked", level=logging.DEBUG)
             return
         if len(self._pending) >= self._max_pending:
-            self._refuse(f"too many registrations in progress ({len(self._pending)}); retry later")
+            self._refuse(f"too many registrations in progress ({len(self._pending)}); retry later",
+                         key="busy")
             return
-        if self._per_source is not None:
-            if not self._per_source.acquire(source):
-                self._refuse(
-                    f"{self._per_source.held(source)} registrations from {source} are still in "
-                    f"their handshake, the maximum (--max-pending-registrations-per-source "
-                    f"{self._per_source.limit})")
-                return
-            self._held_slot = source
+        if not self._per_source.acquire(source):
+            self._refuse(self._busy_reason(source), key="busy")
+            return
+        self._source = source
         self._pending.add(self)
         self._challenge = Challenge.fresh(auth_required=self._auth is not None)
         transport.write(self._challenge.line())  # type: ignore[attr-defined]
@@ -127,8 +125,12 @@ class ChallengeProtocol(asyncio.Protocol):
             else:
                 client, authenticated, ports = response.name, False, None
         except (HandshakeError, AuthRefused) as exc:
-            self._fail(str(exc) if isinstance(exc, AuthRefused) else f"bad response: {exc}")
+            if isinstance(exc, AuthRefused):
+                self._fail(str(exc), key="auth")
+            else:
+                self._fail(f"bad response: {exc}")
             return
+        self._source = None  # the slot goes on with the registration
         self._done()
         assert self.transport is not None
         self._accepted(self.transport, RegistrationRequest(
@@ -138,7 +140,8 @@ class ChallengeProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self._challenge is not None:
-            self._fail("closed the connection before answering the challenge", send=False)
+            self._fail("closed the connection before answering the challenge", send=False,
+                       key="no-answer")
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -152,25 +155,24 @@ class ChallengeProtocol(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        self._fail(f"no answer to the challenge within {self._timeout:g} s")
+        self._fail(f"no answer to the challenge within {self._timeout:g} s", key="no-answer")
 
-    def _fail(self, reason: str, *, send: bool = True) -> None:
+    def _fail(self, reason: str, *, send: bool = True, key: str = "bad-response") -> None:
+        """A failure of this source: counted for its block (``FailureLimiter``), then refused."""
         assert self.transport is not None
         source = source_of(self.transport.get_extra_info("peername"))
         count = self._failures.failed(source)
         if count == self._failures.limit:
-            logger.warning("%s: %d failed registrations within %g s; refusing it for a while",
-                           source, count, self._failures.window)
-        self._refuse(reason, send=send, quiet=count > self._failures.limit)
+            self._log.log(logging.WARNING, "blocking",
+                          "%s: %d failed registrations within %g s; refusing it for a while",
+                          source, count, self._failures.window)
+        self._refuse(reason, send=send, key=key)
 
-    def _refuse(self, reason: str, *, send: bool = True, quiet: bool = False) -> None:
+    def _refuse(self, reason: str, *, send: bool = True, key: str,
+                level: int = logging.WARNING) -> None:
+        """Log (rate-limited per kind of refusal), send ``error: reason``, close."""
         self._done()
-        level = logging.DEBUG if quiet else logging.WARNING
-        if self._log is not None:  # a stranger can make these: rate-limited
-            self._log.log(level, "refused: v2 registration", "refusing registration from %s: %s",
-                          self.peer, reason)
-        else:
-            logger.log(level, "refusing registration from %s: %s", self.peer, reason)
+        self._log.log(level, key, "refusing registration from %s: %s", self.peer, reason)
         assert self.transport is not None
         if send:
             self.transport.write(error_line(reason))
@@ -179,9 +181,9 @@ class ChallengeProtocol(asyncio.Protocol):
     def _done(self) -> None:
         self._challenge = None
         self._pending.discard(self)
-        if self._held_slot is not None and self._per_source is not None:
-            self._per_source.release(self._held_slot)  # the relay takes one for the ping
-            self._held_slot = None
+        if self._source is not None:
+            self._per_source.release(self._source)
+            self._source = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

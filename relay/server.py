@@ -6,6 +6,11 @@ switches the connection to a yamux session in the client role. Every public
 connection then becomes one stream on that session, piped both ways by
 ``relay.pipe``.
 
+With a secret, an auth file or ``protocol="v2"`` the relay first challenges
+(``relay.registration``, docs/protocol.md) and allocates only for a checked
+response, honouring its ``RegistrationRequest`` (requested port, the client's
+allowed ports, the client address at the start of each stream).
+
 A registration is confirmed when the registered side answers a yamux ping
 within ``handshake_timeout``; garbage ends the session at once (protocol
 error), silence at the timeout. Whenever a session ends, for whatever reason,
@@ -32,7 +37,7 @@ from functools import partial
 import yamux
 from yamux.ratelimit import RateLimitedLog
 
-from .auth import Authenticator, FailureLimiter, PortSet
+from .auth import Authenticator, FailureLimiter, PortSet, watch_auth_file
 from .errors import NoFreePortError
 from .limits import IdleWatch, Limits, SourceSlots, share, source_of
 from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
@@ -199,12 +204,14 @@ class RelayServer:
         self._log = RateLimitedLog(logger)
         """Lines any stranger can trigger: refused and failed registrations."""
         self._challenge_log = RateLimitedLog(registration_logger)
+        """Refused v2 registrations: a stranger must not be able to write our log."""
         self.auth = auth
         self.protocol = "v2" if auth is not None else protocol
         self.ssl = ssl
         self.auth_failures = auth_failures or FailureLimiter()
         self.max_pending = max_pending
         self._pending: set[ChallengeProtocol] = set()
+        self._auth_watch: asyncio.Task[None] | None = None
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | None = None
         self._registrations: dict[int, _Registration] = {}
@@ -229,6 +236,9 @@ class RelayServer:
             sock.close()
             raise
         self._serving = loop.create_future()
+        if self.auth is not None and self.auth.auth_file is not None:
+            self._auth_watch = loop.create_task(
+                watch_auth_file(self.auth, self._revoke), name="relay-auth-file")
         logger.info("Serving relay requests on port %d", self.port,
                     extra={"control_port": self.port})
         if self.auth is None and not self._bind.is_loopback():
@@ -282,6 +292,8 @@ class RelayServer:
             self._control.close()
         for gate in list(self._pending):
             gate.abort()
+        if self._auth_watch is not None:
+            self._auth_watch.cancel()
         for reg in list(self._registrations.values()):
             if reg.ending:  # already cleaning up; let it finish
                 continue
@@ -294,6 +306,8 @@ class RelayServer:
     async def wait_closed(self) -> None:
         if self._control is not None:
             await self._control.wait_closed()
+        if self._auth_watch is not None:
+            await asyncio.wait([self._auth_watch])
         while self._registrations:
             regs = list(self._registrations.values())
             tasks = [r.task for r in regs if r.task is not None and not r.task.done()]
@@ -319,31 +333,35 @@ class RelayServer:
             auth=self.auth, failures=self.auth_failures, timeout=self.handshake_timeout,
             peer=_peer, accepted=self._registration_made, pending=self._pending,
             max_pending=self.max_pending, per_source=self._registering,
-            log=self._challenge_log,
+            busy_reason=self._busy_reason, log=self._challenge_log,
         )
 
     def _registration_made(
         self, transport: asyncio.Transport, request: RegistrationRequest | None = None
     ) -> None:
-        """Allocate for a registration: seed at once, v2 once its proof is checked."""
+        """Allocate for a registration: seed at once, v2 once its proof is checked.
+
+        The source's slot of unfinished registrations (``_registering``) is taken here
+        for the seed protocol; a v2 registration has held it since its connection
+        arrived (``ChallengeProtocol``). Either way it is released when the yamux ping
+        is answered or the registration ends.
+        """
         peer = _peer(transport)
+        source = source_of(transport.get_extra_info("peername"))
+        if request is None and not self._registering.acquire(source):
+            self._refuse(transport, peer, "registrations in handshake per source",
+                         self._busy_reason(source))
+            return
         if self._closing:
+            self._registering.release(source)
             transport.abort()
             return
         if len(self._registrations) >= self.max_sessions:
+            self._registering.release(source)
             self._refuse(
                 transport, peer, "relay full",
                 f"relay is full: {len(self._registrations)} sessions, the maximum "
                 f"(--max-sessions {self.max_sessions})",
-            )
-            return
-        source = source_of(transport.get_extra_info("peername"))
-        if not self._registering.acquire(source):
-            self._refuse(
-                transport, peer, "registrations in handshake per source",
-                f"{self._registering.held(source)} registrations from {source} are still in "
-                f"their handshake, the maximum (--max-pending-registrations-per-source "
-                f"{self._registering.limit})",
             )
             return
         try:
@@ -371,6 +389,21 @@ class RelayServer:
         reg.handshake = loop.create_task(session.ping(), name=f"relay-handshake-{reg.id}")
         reg.handshake.add_done_callback(_retrieve)
         reg.task = loop.create_task(self._run(reg), name=f"relay-session-{reg.id}")
+
+    def _revoke(self, names: set[str]) -> None:
+        """End the sessions of clients whose auth-file entry was removed or changed."""
+        for reg in list(self._registrations.values()):
+            client = reg.request.client if reg.request is not None else None
+            if client in names and reg.request is not None and reg.request.authenticated \
+                    and not reg.ending and reg.task is not None:
+                reg.end_reason = (f"client {client} was removed from the auth file or its "
+                                  f"secret or ports changed")
+                reg.task.cancel()
+
+    def _busy_reason(self, source: str) -> str:
+        return (f"{self._registering.held(source)} registrations from {source} are still in "
+                f"their handshake, the maximum (--max-pending-registrations-per-source "
+                f"{self._registering.limit})")
 
     def _refuse(self, transport: asyncio.Transport, peer: str, kind: str, reason: str) -> None:
         """Answer an error line and close; the log line is rate-limited per ``kind``."""

@@ -13,12 +13,15 @@ APT_PACKAGES=(
     runc
     redis-server
     redis-tools
+    iperf3
+    iproute2
     curl
     socat
     openssl
     haproxy
     nginx-light
     libnginx-mod-stream
+    python3-venv
 )
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,3 +46,30 @@ fi
 
 cd "$repo_root"
 "${PYTHON:-python3}" -m pip install -e '.[test]'
+
+# Interop peers of two more yamux families (interop/families.py).
+# Node.js and npm from Debian only where none is installed: a node from elsewhere (e.g. a
+# nodesource build, which bundles npm) conflicts with Debian's npm package.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends nodejs npm
+fi
+# JS: @chainsafe/libp2p-yamux, exact versions from interop/js/package-lock.json. It needs
+# Node.js >= 20; where the distribution's is older (Debian 12 ships 18), the npm registry's
+# own Node 20 build goes into interop/.node (found there by interop/families.py).
+node_major="$(node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/' || echo 0)"
+if (( ${node_major:-0} < 20 )) && [[ ! -x interop/.node/node_modules/.bin/node ]]; then
+    echo "install-test-deps: node ${node_major:-none} < 20, installing node@20 from npm" >&2
+    npm install --no-audit --no-fund --prefix interop/.node node@20
+fi
+if [[ ! -d interop/js/node_modules/@chainsafe/libp2p-yamux ]] \
+        || [[ interop/js/package-lock.json -nt interop/js/node_modules/.package-lock.json ]]; then
+    (cd interop/js && npm ci --no-audit --no-fund)
+fi
+# py-libp2p (trio) in its own venv: its many dependencies stay out of the project's environment.
+libp2p_venv=interop/.venv-libp2p
+if ! "$libp2p_venv/bin/python" -c 'import libp2p.stream_muxer.yamux.yamux' 2>/dev/null; then
+    "${PYTHON:-python3}" -m venv "$libp2p_venv"
+    "$libp2p_venv/bin/python" -m pip install --quiet 'libp2p==0.8.1'
+fi

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import pytest
-from registration_support import listening_ports
+from conftest import require_program
+from registration_support import ask_proxy_receiver, listening_ports, start_proxy_receiver
 
 import relay
 from interop import harness
+from relay.forwarder import Forwarder
 from relay.server import RelayServer
+from relay_support import Processes
 
 pytestmark = [pytest.mark.interop, pytest.mark.e2e]
 
@@ -45,7 +49,7 @@ async def test_go_forwarder_fails_clearly_against_a_v2_relay(
         finally:
             proc.close()
         assert finished.returncode == 1
-        assert "error: v2 needed" in finished.stderr
+        assert 'port line too long: "error: v2 needed"' in finished.stderr
         assert finished.stdout == ""  # no endpoint announced
         assert listening_ports(os.getpid()) == before
         assert server.sessions == []
@@ -70,3 +74,28 @@ async def test_v2_client_registers_with_the_go_relay_in_seed_mode(
         go_relay.close()
     assert "the relay speaks the seed protocol" in caplog.text
     assert "a secret not used" in caplog.text
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_proxy_protocol_forwarder_behind_the_go_relay(
+        go_programs: None, version: int, procs: Processes, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """No client address from a seed relay: nginx still gets a valid (UNKNOWN/LOCAL) header."""
+    nginx = require_program("nginx")
+    _, receiver = start_proxy_receiver(procs, "nginx", nginx, tmp_path)
+    go_relay, control_port = harness.start_relay()
+    try:
+        endpoints: asyncio.Queue[str] = asyncio.Queue()
+        forwarder = Forwarder(HOST, control_port, receiver, reconnect=False,
+                              proxy_protocol=version, on_endpoint=endpoints.put_nowait)
+        task = asyncio.create_task(forwarder.run())
+        try:
+            public = int((await asyncio.wait_for(endpoints.get(), 20)).rsplit(":", 1)[1])
+            said, _ = await asyncio.to_thread(ask_proxy_receiver, "nginx", public)
+            assert said == ""  # nginx accepted the header and knows no address
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        go_relay.close()
+    assert "the relay does not send client addresses" in caplog.text

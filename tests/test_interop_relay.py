@@ -28,13 +28,8 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import queue
-import re
-import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +41,8 @@ from conftest import require_program
 import relay
 import yamux
 from interop import harness
+from relay_support import Processes, connection_refused, wait_until
+from testkit.ports import free_port
 
 pytestmark = [pytest.mark.interop, pytest.mark.e2e]
 
@@ -67,118 +64,36 @@ def go_programs() -> None:
 # --------------------------------------------------------------------------- processes
 
 
-class Program:
-    """A local subprocess (Python relay/forwarder CLI, redis, http.server) with its output."""
-
-    def __init__(self, name: str, args: list[str]) -> None:
-        self.name = name
-        self.args = args
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, errors="replace", cwd=REPO, env=env,
-        )
-        self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
-        self._queues: dict[str, queue.Queue[str | None]] = {"stdout": queue.Queue(),
-                                                            "stderr": queue.Queue()}
-        self._threads = [
-            threading.Thread(target=self._pump, args=(which, pipe), daemon=True)
-            for which, pipe in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr))
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _pump(self, which: str, pipe: object) -> None:
-        for line in pipe:  # type: ignore[attr-defined]
-            self.lines[which].append(line)
-            self._queues[which].put(line.rstrip("\n"))
-        self._queues[which].put(None)
-
-    def wait_for(self, pattern: str, which: str = "stderr",
-                 timeout: float = START_TIMEOUT) -> re.Match[str]:
-        """The first new line of ``which`` matching ``pattern``."""
-        deadline = time.monotonic() + timeout
-        regex = re.compile(pattern)
-        while True:
-            try:
-                line = self._queues[which].get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"{self.name}: no line matching {pattern!r} within "
-                                     f"{timeout}s\n{self.describe()}") from None
-            if line is None:
-                self._queues[which].put(None)
-                raise AssertionError(f"{self.name} ended before printing {pattern!r}\n"
-                                     f"{self.describe()}")
-            if match := regex.search(line):
-                return match
-
-    def describe(self) -> str:
-        rc = self.proc.poll()
-        return (f"--- {self.name} ({' '.join(self.args)}) exit={rc}\n"
-                f"stdout:\n{''.join(self.lines['stdout'])[-4000:]}"
-                f"stderr:\n{''.join(self.lines['stderr'])[-6000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for t in self._threads:
-            t.join(5)
-
-
 class Stack:
-    """Every process and container of one test; ``close`` removes them all."""
+    """Every process and container of one test; ``close`` removes them all.
 
-    def __init__(self) -> None:
-        self.programs: list[Program] = []
+    Local programs (relay and forwarder CLIs, redis, http.server) are testkit
+    processes of a ``Processes`` group; the Go programs are harness handles.
+    """
+
+    def __init__(self, procs: Processes) -> None:
+        self.procs = procs
         self.go: list[harness.GoProcess] = []
 
     # -- local programs
 
-    def start(self, name: str, args: list[str]) -> Program:
-        program = Program(name, args)
-        self.programs.append(program)
-        return program
-
     def redis(self) -> int:
-        server = require_program("redis-server")
-        port = harness.free_port()
-        self.start("redis-server", [server, "--port", str(port), "--bind", HOST, "--save", "",
-                                    "--appendonly", "no", "--daemonize", "no"])
-        wait_tcp(port)
-        return port
+        return self.procs.redis(require_program("redis-server"))[1]
 
     def http_server(self, directory: Path) -> int:
-        port = harness.free_port()
-        self.start("http.server", [sys.executable, "-m", "http.server", "--bind", HOST,
-                                   "--directory", str(directory), str(port)])
+        port = free_port()
+        self.procs.start([sys.executable, "-m", "http.server", "--bind", HOST, "--directory",
+                          str(directory), str(port)], "http.server")
         wait_tcp(port)
         return port
 
     def python_relay(self) -> int:
         """``relay PORT`` (our CLI); returns the control port it serves on."""
-        for _ in range(3):  # a free port may be taken in between: retry
-            port = harness.free_port()
-            prog = self.start("python relay", [sys.executable, "-m", "relay", "--bind", HOST,
-                                               str(port)])
-            try:
-                prog.wait_for(rf"Serving relay requests on port {port}\b")
-                return port
-            except AssertionError:
-                if prog.proc.poll() is None:
-                    raise
-        raise AssertionError("the Python relay did not start\n" + self.describe())
+        return self.procs.relay()[1]
 
     def python_forwarder(self, relay_port: int, local_port: int) -> int:
         """``relay --localForwardPort=P HOST PORT``; returns the public port it printed."""
-        prog = self.start("python forwarder", [
-            sys.executable, "-m", "relay", f"--localForwardPort={local_port}", HOST,
-            str(relay_port)])
-        return int(prog.wait_for(rf"^{re.escape(HOST)}:(\d+)$", "stdout").group(1))
+        return self.procs.forwarder(relay_port, local_port)[1]
 
     # -- Go programs
 
@@ -194,8 +109,12 @@ class Stack:
         assert host == HOST, f"go-forwarder announced {public!r}"
         return int(port)
 
+    def all_running(self) -> None:
+        for proc in self.procs.procs:
+            assert proc.alive(), f"{proc.name} exited\n{proc.describe()}"
+
     def describe(self) -> str:
-        parts = [p.describe() for p in self.programs]
+        parts = [self.procs.describe()]
         for g in self.go:
             out, err = g.output()
             parts.append(f"--- {g.program} {' '.join(g.args)}\nstdout:\n{out}"
@@ -205,22 +124,20 @@ class Stack:
     def close(self) -> None:
         for g in self.go:
             g.close()
-        for p in reversed(self.programs):
-            p.stop()
 
 
 @pytest.fixture
-def stack() -> Iterator[Stack]:
+def stack(procs: Processes) -> Iterator[Stack]:
     """Processes of the test; all stopped/removed at the end.
 
     Their output is printed at teardown, which pytest shows for failing tests only.
     """
-    s = Stack()
+    s = Stack(procs)
     try:
         yield s
     finally:
-        s.close()
         print(s.describe())
+        s.close()
 
 
 @pytest.fixture
@@ -231,16 +148,9 @@ def blob_dir(tmp_path: Path) -> tuple[Path, bytes]:
     return tmp_path, blob
 
 
-def wait_tcp(port: int, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((HOST, port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nothing accepts on {HOST}:{port}") from None
-            time.sleep(0.05)
+def wait_tcp(port: int) -> None:
+    wait_until(lambda: not connection_refused(port), START_TIMEOUT,
+               message=f"something accepts on {HOST}:{port}")
 
 
 # --------------------------------------------------------------------------- traffic
@@ -320,8 +230,7 @@ def test_go_relay_python_forwarder(
     assert redis_public != http_public
     redis_traffic(redis_public, redis_port)
     http_traffic(http_public, blob)
-    for prog in stack.programs:
-        assert prog.proc.poll() is None, f"{prog.name} exited\n{prog.describe()}"
+    stack.all_running()
 
 
 def test_python_relay_go_forwarder(
@@ -341,7 +250,7 @@ def test_python_relay_go_forwarder(
     assert redis_public != http_public
     redis_traffic(redis_public, redis_port)
     http_traffic(http_public, blob)
-    assert stack.programs[0].proc.poll() is None, "the Python relay exited"
+    stack.all_running()
 
 
 async def _pipe(reader: yamux.Stream | asyncio.StreamReader,

@@ -392,3 +392,75 @@ def test_any_response_bytes_are_refused_with_a_reason_or_parsed(line: bytes) -> 
     except HandshakeError as exc:
         reasons.append(str(exc))
     assert all(reasons)
+
+
+async def test_refusals_cannot_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """30 wrong proofs (the source never blocked here) write a bounded number of lines."""
+    limiter = FailureLimiter(limit=1000, window=60)
+    async with RelayServer(0, host=HOST, secret=SECRET, auth_failures=limiter) as server:
+        for _ in range(30):
+            reader, writer, line = await raw_greeting(server.port)
+            challenge = parse_challenge(line.rstrip(b"\n"))
+            writer.write(response_line(challenge, secret=b"wrong secret!"))
+            assert await reader.readline() == b"error: auth failed: wrong secret\n"
+            await close_writer(writer)
+    refusals = [r for r in caplog.records if r.getMessage().startswith("refusing registration")]
+    assert 5 <= len(refusals) <= 7
+    summary = [m for m in caplog.messages if "suppressed log messages" in m]
+    assert summary
+    assert "x auth" in summary[0]
+
+
+
+async def test_unanswered_challenges_are_limited_per_source() -> None:
+    from relay.limits import Limits
+    limits = Limits(max_pending_registrations_per_source=2)
+    async with RelayServer(0, host=HOST, secret=SECRET, limits=limits) as server:
+        held = [await raw_greeting(server.port) for _ in range(2)]
+        assert all(is_challenge(line.rstrip(b"\n")) for _, _, line in held)
+        _reader, writer, line = await raw_greeting(server.port)
+        assert line.startswith(b"error: 2 registrations from 127.0.0.1 are still in their "
+                               b"handshake, the maximum (--max-pending-registrations-per-source")
+        await close_writer(writer)
+        # Another source is not affected, and a slot is free again once a challenge ends.
+        reader, other = await asyncio.open_connection(HOST, server.port,
+                                                      local_addr=("127.0.0.2", 0))
+        assert is_challenge((await reader.readline()).rstrip(b"\n"))
+        await close_writer(other)
+        await close_writer(held[0][1])
+        await asyncio.sleep(0.1)
+        async with await relay.start_server(echo_handler, HOST, server.port,
+                                            secret=SECRET) as served:
+            assert await roundtrip(served.public_port) == b"hello through v2\n"
+        await close_writer(held[1][1])
+
+
+async def test_one_slot_per_source_from_arrival_until_the_ping_is_answered() -> None:
+    """The slot is held across both phases (challenge, then yamux ping) and freed after."""
+    from relay.limits import Limits
+    limits = Limits(max_pending_registrations_per_source=1)
+    async with RelayServer(0, host=HOST, secret=SECRET, limits=limits) as server:
+        async with await relay.start_server(echo_handler, HOST, server.port,
+                                            secret=SECRET) as first:
+            await asyncio.sleep(0.2)  # the relay's ping is answered: the slot is free again
+            async with await relay.start_server(echo_handler, HOST, server.port,
+                                                secret=SECRET) as second:
+                assert first.public_port != second.public_port
+        _reader, writer, line = await raw_greeting(server.port)  # holds the only slot
+        assert is_challenge(line.rstrip(b"\n"))
+        with pytest.raises(RelayRefusedError, match="still in their handshake"):
+            await relay.start_server(echo_handler, HOST, server.port, secret=SECRET)
+        await close_writer(writer)
+
+
+def test_failure_limiter_is_bounded_and_forgets() -> None:
+    limiter = FailureLimiter(limit=2, window=0.2, max_sources=3)
+    for source in ("a", "b", "c", "d", "e"):
+        limiter.failed(source)
+    assert len(limiter._failures) == 3  # the oldest sources were forgotten
+    limiter.failed("e")
+    assert 0 < limiter.blocked_for("e") <= 0.2
+    assert limiter.blocked_for("d") == 0
+    import time
+    time.sleep(0.25)
+    assert limiter.blocked_for("e") == 0

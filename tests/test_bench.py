@@ -1,0 +1,93 @@
+"""The benchmark tooling itself: a short real run, the WAN namespaces, the fixed-window launcher.
+
+Speed is never asserted here (that is the bench's job); these check that the
+bench measures what it says and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import require_program
+
+from bench.netns import topology
+from relay_support import REPO
+from testkit.procs import Proc
+
+pytestmark = pytest.mark.e2e
+
+
+def namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def require_root() -> None:
+    require_program("ip")
+    if os.geteuid() != 0:
+        message = "network namespaces need root"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def test_quick_bench_measures_both_paths(tmp_path: Path) -> None:
+    """``python -m bench`` on one small workload: every run ok, table and JSON agree."""
+    require_program("go")
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "latency", "--paths", "direct,py",
+         "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300,
+        check=False)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(out.read_text())
+    assert [(r["path"], r["ok"]) for r in doc["runs"]] == [("direct", True), ("py", True)]
+    py = next(r["result"] for r in doc["runs"] if r["path"] == "py")
+    assert py["round_trips"] > 0
+    assert py["p50_us"] > 0
+    assert py["relay_cpu_s"] >= 0
+    assert py["forwarder_cpu_s"] >= 0
+    row = next(line for line in done.stdout.splitlines() if "64 B round trip p50" in line)
+    assert f"{py['p50_us']:.1f}" in row
+
+
+def test_wan_topology_routes_only_through_the_relay_host_and_is_removed() -> None:
+    require_root()
+    with pytest.raises(RuntimeError, match="boom"), topology() as topo:  # noqa: PT012
+        topo_names = list(topo.names.values())
+        assert all(name in namespaces() for name in topo_names)
+        # The client reaches the relay host's LAN address, but not the service.
+        service = Proc(topo.service.argv(sys.executable, "-m", "http.server", "--bind",
+                                         topo.service.addr, "8080"), "http")
+        try:
+            service.wait_line(r"Serving HTTP", stream="both")
+            probe = ("import socket,sys\ntry:\n socket.create_connection((sys.argv[1], 8080), "
+                     "timeout=1).close(); print('connected')\nexcept OSError as e: print(e)")
+            direct = subprocess.run(topo.client.argv(sys.executable, "-c", probe,
+                                                     topo.service.addr),
+                                    capture_output=True, text=True, timeout=10, check=True)
+            assert "connected" not in direct.stdout
+            via_relay = subprocess.run(topo.relay_wan.argv(sys.executable, "-c", probe,
+                                                           topo.service.addr),
+                                       capture_output=True, text=True, timeout=10, check=True)
+            assert via_relay.stdout.strip() == "connected"
+        finally:
+            service.stop()
+        raise RuntimeError("boom")
+    left = namespaces()
+    assert not [name for name in topo_names if name in left]
+
+
+def test_fixed_window_launcher_changes_the_default_window() -> None:
+    code = ("import sys; sys.path.insert(0, 'bench'); import fixed_window; "
+            "fixed_window.set_default_window(16 << 20); import yamux; "
+            "print(yamux.Config().max_stream_window_size, "
+            "yamux.Config(keepalive_interval=5.0).max_stream_window_size)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=30, check=True)
+    assert done.stdout.split() == [str(16 << 20)] * 2
