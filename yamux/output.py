@@ -11,7 +11,6 @@ from typing import cast
 from .config import Config
 from .connection import Connection
 from .const import HEADER_SIZE
-from .events import Event
 from .timers import WriteStallWatch
 
 FLUSH_BUDGET = 256 * 1024
@@ -59,8 +58,9 @@ class FrameWriter:
     def stop(self) -> None:
         self._stall.cancel()
 
-    def write(self, force: bool = False) -> list[Event]:
-        """Write what may go now (everything with ``force``); return the core's new events.
+    def write(self, force: bool = False) -> bool:
+        """Write what may go now (everything with ``force``); True if stream data was framed
+        (which may have finished streams: the core then has events to take).
 
         While the transport is paused, control frames go out only up to
         PAUSED_CONTROL_ALLOWANCE; the rest waits in the core, whose queue is
@@ -68,7 +68,7 @@ class FrameWriter:
         """
         transport = self.transport
         if transport is None or transport.is_closing():
-            return []
+            return False
         core = self._core
         if core.has_control:
             if force or not self.paused:
@@ -77,9 +77,9 @@ class FrameWriter:
                 frames = core.take_control(PAUSED_CONTROL_ALLOWANCE - self._paused_control)
                 self._paused_control += len(frames) * HEADER_SIZE
                 transport.writelines(frames)
-        events: list[Event] = []
+        framed = False
         while core.has_data and (force or not self.paused):
             transport.writelines(core.take_data(FLUSH_BUDGET))
-            events += core.take_events()
-        return events
+            framed = True
+        return framed
 

@@ -408,10 +408,11 @@ class Session(asyncio.Protocol):
         if core.error is not None and not self._closing:
             self._shutdown(core.error)  # the core ended itself on a command (control queue full)
             return
-        events = self._writer.write(force)
-        if events:
-            self._dispatch(events)
-            self._wake_openers()  # a finished stream that was never ACKed frees backlog
+        if self._writer.write(force):
+            events = core.take_events()
+            if events:
+                self._dispatch(events)
+                self._wake_openers()  # a finished stream that was never ACKed frees backlog
         if self._drain_waiting:
             self._wake_drained()
 

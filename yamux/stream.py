@@ -75,6 +75,7 @@ class Stream:
         "_extra",
         "_limit",
         "_link",
+        "_loop",
         "_protocol",
         "_read_timeout",
         "_read_waiter",
@@ -89,6 +90,7 @@ class Stream:
         self, link: StreamLink, stream_id: int, state: StreamMachine, limit: int = DEFAULT_LIMIT
     ) -> None:
         self._link = link
+        self._loop = asyncio.get_running_loop()
         self.id = stream_id
         self._state = state
         self._limit = limit
@@ -233,7 +235,7 @@ class Stream:
             if link.pending_bytes(self.id) <= WRITE_BUFFER_LIMIT:
                 return
             if self._drain_waiter is None:
-                self._drain_waiter = asyncio.get_running_loop().create_future()
+                self._drain_waiter = self._loop.create_future()
                 link.watch_pending(self)
             deadline = self._deadlines[1]
             try:
@@ -266,7 +268,7 @@ class Stream:
         link = self._link
         while self._error is None and link.pending_bytes(self.id):
             if self._closed_waiter is None:
-                self._closed_waiter = asyncio.get_running_loop().create_future()
+                self._closed_waiter = self._loop.create_future()
                 link.watch_pending(self)
             await asyncio.shield(self._closed_waiter)
 
@@ -427,7 +429,7 @@ class Stream:
     async def _wait_for_data(self) -> None:
         if self._error is not None:
             raise self._error_for("read")
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self._loop.create_future()
         self._read_waiter = waiter
         try:
             async with asyncio.timeout_at(self._deadlines[0]) as timeout:
