@@ -14,20 +14,21 @@ from .api import (
     start_server,
 )
 from .errors import (
-    NoFreePortError,
     RegistrationError,
     RelayDisconnectedError,
     RelayError,
     RelayRefusedError,
 )
-from .forwarder import Forwarder
+from .forwarder import Forwarder, Service
 from .handshake import AuthenticationError
+from .ports import NoFreePortError, PortRefusedError
 from .server import RelayServer
 
 __all__ = [
     "AuthenticationError",
     "Forwarder",
     "NoFreePortError",
+    "PortRefusedError",
     "Registration",
     "RegistrationError",
     "RelayDisconnectedError",
@@ -35,6 +36,7 @@ __all__ = [
     "RelayRefusedError",
     "RelayServer",
     "RelayedServer",
+    "Service",
     "TLSError",
     "register",
     "register_v2",

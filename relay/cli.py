@@ -6,7 +6,7 @@ it becomes an option of the subcommand of its mode and of the seed command
 (``relay PORT`` / ``relay --localForwardPort=P HOST PORT``), gets its
 ``RELAY_<NAME>`` environment variable (shown in --help) and may be set in the
 config file. To add an option: add one ``option(...)`` call in its section,
-then read ``opts["its_name"]`` in ``build_server`` or ``build_forwarders``.
+then read ``opts["its_name"]`` in ``build_server`` or ``build_forwarder``.
 """
 
 from __future__ import annotations
@@ -28,15 +28,13 @@ import yamux
 from . import config as config_file
 from . import logs
 from .auth import AuthConfigError, Authenticator, parse_auth_clients, read_secret_file
-from .forwarder import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_LOCAL_HOST,
-    DEFAULT_RECONNECT_DELAY,
-    DEFAULT_RECONNECT_MAX_DELAY,
-    Forwarder,
-)
+from .forwarder import DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_HOST, Forwarder
+from .forwarder import Service as ForwardedService
 from .handshake import NAME
+from .leases import DEFAULT_LEASE_TTL, StateDirError
 from .limits import DEFAULT_IDLE_TIMEOUT, Limits
+from .ports import DEFAULT_MAX_NAME_LEASES
+from .reconnect import DEFAULT_RECONNECT_DELAY, DEFAULT_RECONNECT_MAX_DELAY
 from .server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -222,10 +220,30 @@ option("--auth-file", type=click.Path(dir_okay=False), metavar="FILE", group=REL
             "a removed client is disconnected.")
 option("--tls-client-ca", type=click.Path(dir_okay=False), metavar="FILE", group=RELAY,
        help="Require a client certificate signed by this CA (mutual TLS; needs --tls-cert).")
+option("--state-dir", type=click.Path(file_okay=False), metavar="DIR", group=RELAY,
+       help="Keep port leases here (SQLite), so services get their ports back after a relay "
+            "restart; implies --protocol v2 (names need it).  [default: leases in memory "
+            "only]")
+option("--lease-ttl", type=SECONDS, default=DEFAULT_LEASE_TTL, show_default=True,
+       metavar="SECONDS", group=RELAY,
+       help="A client's port stays reserved for it this long after it went away.")
+option("--max-name-leases", type=click.IntRange(min=0), default=DEFAULT_MAX_NAME_LEASES,
+       show_default=True, group=RELAY,
+       help="Most leases of unauthenticated names; beyond it a new name is refused.")
 
 # -- forwarder options
 option("--local-forward-host", default=DEFAULT_LOCAL_HOST, show_default=True, metavar="HOST",
        group=FORWARDER, help="Host of the local service.")
+option("--remote-port", type=PORT, metavar="PORT", group=FORWARDER,
+       help="Ask the relay for this public port (it refuses it with the reason if it cannot "
+            "be had).  [default: the port leased to --name, or any]")
+option("--name", metavar="NAME", group=FORWARDER,
+       help="Name of the service: the relay keeps its public port for it across reconnects "
+            "and restarts (a lease; without auth a convenience, not security).")
+option("--service", "service", metavar="NAME=[HOST:]LOCAL_PORT[:REMOTE_PORT]", multiple=True,
+       group=FORWARDER,
+       help="One more service to expose, with its own registration and lease; repeatable, "
+            "e.g. --service redis=6379:7201 --service web=8080.")
 option("--reconnect/--no-reconnect", default=True, show_default=True, group=FORWARDER,
        help="Reconnect when the relay connection is lost or cannot be made (else exit 1).")
 option("--reconnect-delay", type=SECONDS, default=DEFAULT_RECONNECT_DELAY, show_default=True,
@@ -469,7 +487,14 @@ The relay may be given as HOST PORT or HOST:PORT ([v6addr]:PORT for IPv6).
 Examples:
   relay forward 6379 relay.example.com 7000
   relay forward 6379 relay.example.com:7000
+  relay forward --name redis --remote-port 7201 6379 relay.example.com:7000
+  relay forward --service redis=6379 --service web=8080:7202 relay.example.com:7000
   relay forward --config services.toml     # every [[forward.services]]
+
+\b
+With --name the relay keeps the service's public port for it (a lease) across
+reconnects and restarts of either side. With several services each endpoint
+line is NAME HOST:PUBLIC_PORT.
 
 \b
 The seed form "relay --localForwardPort=6379 HOST PORT" is the same command.
@@ -480,12 +505,14 @@ the relay is lost with --no-reconnect.
 
 def _seed(ctx: click.Context, **opts: Any) -> None:
     args: tuple[str, ...] = opts.pop("args")
-    forwarder_mode = opts["local_forward_port"] is not None
+    local_port = opts.pop("local_forward_port")
+    forwarder_mode = local_port is not None or bool(opts["service"])
     _check_seed_arguments(ctx, args, forwarder_mode)
     _check_mode_options(ctx, forwarder_mode)
     if forwarder_mode:
         host, port = _relay_address(ctx, args)
-        _run_forward(ctx, host, port, [Service(opts.pop("local_forward_port"))], opts)
+        services = [] if local_port is None else [Service(local_port)]
+        _run_forward(ctx, host, port, services, opts)
     else:
         _run_server(ctx, _port_argument(ctx, args[0], "PORT"), opts)
 
@@ -529,6 +556,9 @@ def _forward(ctx: click.Context, args: tuple[str, ...], **opts: Any) -> None:
         local_port = _port_argument(ctx, args[0], "LOCAL_PORT")
         host, port = _relay_address(ctx, args[1:])
         services = [Service(local_port)]
+    elif opts["service"] and (len(args) == 2 or (len(args) == 1 and ":" in args[0])):
+        host, port = _relay_address(ctx, args)  # every service from --service
+        services = []
     elif not args and found is not None and "relay" in file_forward:
         host, port = _relay_address(ctx, (str(file_forward["relay"]),))
         services = _file_services(ctx, found)
@@ -550,6 +580,7 @@ forward_command = GroupedCommand(
     context_settings=CONTEXT,
     short_help="Run a forwarder: expose LOCAL_PORT through the relay at HOST PORT.",
     usages=("[OPTIONS] LOCAL_PORT HOST PORT", "[OPTIONS] LOCAL_PORT HOST:PORT",
+            "[OPTIONS] --service NAME=LOCAL_PORT[:REMOTE_PORT]... HOST PORT",
             "[OPTIONS] --config FILE"),
     params=[click.Argument(["args"], nargs=-1, metavar="LOCAL_PORT HOST PORT"),
             *command_params(FORWARDER, COMMON)],
@@ -647,6 +678,7 @@ class Service:
     local_port: int
     local_host: str | None = None
     name: str | None = None
+    remote_port: int | None = None
 
 
 def _file_services(ctx: click.Context, found: config_file.ConfigFile) -> list[Service]:
@@ -662,9 +694,12 @@ def _file_services(ctx: click.Context, found: config_file.ConfigFile) -> list[Se
         if "local_port" not in table:
             raise click.UsageError(f"{found.path}: [[forward.services]] #{i + 1} has no "
                                    f"local-port", ctx)
+        remote_port = table.get("remote_port")
         services.append(Service(
             _port_argument(ctx, str(table["local_port"]), "local-port"),
             local_host=table.get("local_host"), name=table.get("name"),
+            remote_port=None if remote_port is None else _port_argument(
+                ctx, str(remote_port), "remote-port"),
         ))
     return services
 
@@ -735,6 +770,8 @@ def build_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> RelaySe
             max_pending_registrations_per_source=opts["max_pending_registrations_per_source"],
         ),
         protocol=opts["protocol"], auth=_authenticator(ctx, opts), ssl=tls,
+        state_dir=opts["state_dir"], lease_ttl=opts["lease_ttl"],
+        max_name_leases=opts["max_name_leases"],
     )
 
 
@@ -749,9 +786,13 @@ def _client_tls(ctx: click.Context, opts: dict[str, Any]) -> ssl.SSLContext | No
         raise click.UsageError(str(exc), ctx) from None
 
 
-def build_forwarders(ctx: click.Context, host: str, port: int, services: Sequence[Service],
-                     opts: dict[str, Any]) -> list[Forwarder]:
-    """One forwarder per service, from the merged options."""
+def build_forwarder(ctx: click.Context, host: str, port: int, services: Sequence[Service],
+                    opts: dict[str, Any]) -> Forwarder:
+    """The forwarder of every service (each its own registration), from the merged options.
+
+    ``--name`` and ``--remote-port`` belong to the LOCAL_PORT service (the
+    first, when the file's services are not used); ``--service`` adds more.
+    """
     if opts["reconnect_max_delay"] < opts["reconnect_delay"]:
         raise click.BadParameter(
             f"{opts['reconnect_max_delay']:g} is less than --reconnect-delay "
@@ -761,19 +802,33 @@ def build_forwarders(ctx: click.Context, host: str, port: int, services: Sequenc
     if opts["client_name"] is not None and not NAME.fullmatch(opts["client_name"]):
         raise click.BadParameter("use 1-64 of A-Z a-z 0-9 . _ @ -", ctx,
                                  param_hint="'--client-name'")
-    return [
-        Forwarder(
-            relay_host=host, relay_port=port, local_port=service.local_port,
-            local_host=service.local_host or opts["local_forward_host"],
+    default_host = opts["local_forward_host"]
+    try:
+        forwarded = [
+            ForwardedService(s.local_port, s.local_host or default_host, s.name, s.remote_port)
+            for s in services
+        ]
+        if forwarded and len(forwarded) == 1 and (opts["name"] or opts["remote_port"]):
+            only = forwarded[0]
+            forwarded[0] = ForwardedService(
+                only.local_port, only.local_host, opts["name"] or only.name,
+                opts["remote_port"] or only.remote_port)
+        elif opts["name"] or opts["remote_port"]:
+            raise click.UsageError(
+                "--name and --remote-port apply to a single LOCAL_PORT service; give each of "
+                "several services its own with --service NAME=LOCAL_PORT[:REMOTE_PORT]", ctx)
+        forwarded += [ForwardedService.parse(text, default_host) for text in opts["service"]]
+        return Forwarder(
+            relay_host=host, relay_port=port, services=forwarded,
             reconnect=opts["reconnect"], reconnect_delay=opts["reconnect_delay"],
             reconnect_max_delay=opts["reconnect_max_delay"],
             connect_timeout=opts["connect_timeout"], yamux_config=_yamux_config(opts),
-            secret=secret, name=opts["client_name"], ssl=tls,
+            secret=secret, client_name=opts["client_name"], ssl=tls,
             tls_server_name=opts["tls_server_name"],
             proxy_protocol=PROXY_VERSIONS.get(opts["proxy_protocol"] or ""),
         )
-        for service in services
-    ]
+    except ValueError as exc:
+        raise click.UsageError(str(exc), ctx) from None
 
 
 def _run_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> NoReturn:
@@ -785,25 +840,10 @@ def _run_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> NoReturn
 
 def _run_forward(ctx: click.Context, host: str, port: int, services: Sequence[Service],
                  opts: dict[str, Any]) -> NoReturn:
-    forwarders = build_forwarders(ctx, host, port, services, opts)
+    forwarder = build_forwarder(ctx, host, port, services, opts)
     loop_factory = event_loop_factory(opts["event_loop"])
     _setup_logging(opts)
-    ctx.exit(run_until_signal(lambda: _run_forwarders(forwarders), loop_factory))
-
-
-async def _run_forwarders(forwarders: Sequence[Forwarder]) -> int:
-    """Run every forwarder; the first one to exit (reconnect off) ends them all."""
-    if len(forwarders) == 1:
-        return await forwarders[0].run()
-    tasks = [asyncio.create_task(f.run(), name=f"forwarder-{f.local_endpoint}")
-             for f in forwarders]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        return max(task.result() for task in done)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks)
+    ctx.exit(run_until_signal(forwarder.run, loop_factory))
 
 
 def _setup_logging(opts: dict[str, Any]) -> None:
@@ -814,6 +854,9 @@ def _setup_logging(opts: dict[str, Any]) -> None:
 async def _serve_relay(server: RelayServer, port: int) -> int:
     try:
         await server.start()
+    except StateDirError as exc:
+        logger.error("%s", exc)
+        return 1
     except OSError as exc:
         logger.error("cannot listen on port %d: %s", port, exc.strerror or exc)
         return 1

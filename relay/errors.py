@@ -1,7 +1,9 @@
 """The relay's own errors: every one derives from RelayError.
 
 Each also keeps the standard base it had (ConnectionError, OSError), so
-``except ConnectionError`` in existing callers still catches it.
+``except ConnectionError`` in existing callers still catches it. The port
+policy's refusals (relay/ports.py) and the registration v2 errors derive from
+RegistrationError.
 """
 
 from __future__ import annotations
@@ -29,7 +31,3 @@ class RelayRefusedError(RegistrationError):
 
 class RelayDisconnectedError(RelayError, ConnectionError):
     """The session with the relay ended while serving; the public port is gone."""
-
-
-class NoFreePortError(RelayError, OSError):
-    """Every port of the configured range is taken."""

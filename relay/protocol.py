@@ -133,7 +133,7 @@ class GreetingProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""
-        self._fail(RegistrationError(f"connection to the relay lost before the port line{reason}"))
+        self._fail(RelayClosedError(f"connection to the relay lost before the port line{reason}"))
 
     def _fail(self, error: RegistrationError) -> None:
         if not self.result.done():

@@ -24,25 +24,25 @@ per-source shares of those and the idle timeout.
 from __future__ import annotations
 
 import asyncio
-import errno
 import itertools
 import logging
 import socket
 import ssl as ssl_module
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 
 import yamux
 from yamux.ratelimit import RateLimitedLog
 
-from .auth import Authenticator, FailureLimiter, PortSet, watch_auth_file
-from .errors import NoFreePortError
+from .auth import Authenticator, FailureLimiter, watch_auth_file
+from .leases import DEFAULT_LEASE_TTL, Identity, LeaseStore
 from .limits import IdleWatch, Limits, SourceSlots, share, source_of
 from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
 from .pipe import SocketEnd, pipe
-from .protocol import RegistrationError, error_line, port_line
+from .ports import DEFAULT_MAX_NAME_LEASES, PortAllocator, PortRefusedError, PortRequest
+from .protocol import error_line, port_line
 from .proxy_protocol import addresses_of, v2_header
 from .registration import ChallengeProtocol, RegistrationRequest
 from .registration import logger as registration_logger
@@ -53,6 +53,8 @@ connections_logger = logging.getLogger("relay.connections")
 DEFAULT_MAX_SESSIONS = 100
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+LEASE_REFRESH_INTERVAL = 60.0
+"""Seconds between saving "still in use" for the leases of registered sessions (at most)."""
 DEFAULT_MAX_PENDING = 1000
 """Most control connections between accept and a checked v2 response."""
 PROTOCOLS = ("yamux", "v2")
@@ -60,12 +62,31 @@ PROTOCOLS = ("yamux", "v2")
 the relay challenges first (docs/protocol.md)."""
 
 
-class PortRefusedError(RegistrationError):
-    """A requested public port this client may not have (or that is taken)."""
+REPLACE_PING_TIMEOUT = 2.0
+"""A registration whose identity already has a session pings that session this long: an
+answer refuses the newcomer (two processes with one name), silence replaces the old one
+(its owner reconnected after a network blip the relay has not noticed yet)."""
 
 
-def _peer(transport: asyncio.BaseTransport | None) -> str:
-    peer = transport.get_extra_info("peername") if transport is not None else None
+def port_request(request: RegistrationRequest | None) -> PortRequest:
+    """What the port policy needs of a registration: its identity, port and allowance.
+
+    The identity is the client name: authenticated (a secret or the auth file),
+    then with the port it asks for (a client's services each ask for their
+    own), or, without authentication, only claimed; seed and nameless
+    registrations have none and get no lease.
+    """
+    if request is None:
+        return PortRequest()
+    identity = None
+    if request.client is not None:
+        identity = (Identity(client=request.client, port=request.requested_port)
+                    if request.authenticated else Identity(name=request.client))
+    return PortRequest(identity, request.requested_port, request.allowed_ports)
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
     if not peer:
         return "unknown peer"
     return format_endpoint(str(peer[0]), int(peer[1]))
@@ -97,6 +118,7 @@ class _Registration:
     sources: SourceSlots
     """Public connections per source."""
     request: RegistrationRequest | None = None
+    identity: Identity | None = None
     listener: asyncio.Server | None = None
     task: asyncio.Task[None] | None = None
     handshake: asyncio.Task[float] | None = None
@@ -151,7 +173,10 @@ class RelayServer:
     ``port`` is the control port (0: the OS chooses; see ``.port`` after start).
     ``host`` is the bind address of the control port and of every public
     listener (None: every interface, IPv4 and IPv6). ``port_range`` (low, high)
-    restricts public ports; None lets the OS choose.
+    restricts public ports; None lets the OS choose. ``state_dir`` keeps the
+    port leases across relay restarts (None: in memory) and implies
+    registration v2; a lease unused for ``lease_ttl`` seconds ends (see
+    ``relay.leases`` and ``relay.ports``).
 
     ``protocol="v2"``, or any of ``secret`` / ``auth_clients`` / ``auth``, makes
     the relay challenge every control connection first (registration v2, see
@@ -177,11 +202,16 @@ class RelayServer:
         ssl: ssl_module.SSLContext | None = None,
         auth_failures: FailureLimiter | None = None,
         max_pending: int = DEFAULT_MAX_PENDING,
+        state_dir: str | None = None,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        max_name_leases: int = DEFAULT_MAX_NAME_LEASES,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         if auth is None and (secret is not None or auth_clients):
             auth = Authenticator(secret=secret, clients=auth_clients)  # type: ignore[arg-type]
+        if lease_ttl <= 0:
+            raise ValueError(f"lease_ttl must be positive, got {lease_ttl}")
         if port_range is not None:
             low, high = port_range
             if not 1 <= low <= high <= 65535:
@@ -206,18 +236,24 @@ class RelayServer:
         self._challenge_log = RateLimitedLog(registration_logger)
         """Refused v2 registrations: a stranger must not be able to write our log."""
         self.auth = auth
-        self.protocol = "v2" if auth is not None else protocol
+        # Leases are kept per name, which only registration v2 carries: a state dir, like
+        # authentication, turns it on.
+        self.protocol = "v2" if auth is not None or state_dir is not None else protocol
         self.ssl = ssl
         self.auth_failures = auth_failures or FailureLimiter()
         self.max_pending = max_pending
         self._pending: set[ChallengeProtocol] = set()
         self._auth_watch: asyncio.Task[None] | None = None
+        self.state_dir = state_dir
+        self.lease_ttl = lease_ttl
+        self.max_name_leases = max_name_leases
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | None = None
+        self._ports: PortAllocator | None = None
+        self._lease_refresh: asyncio.Task[None] | None = None
+        self._replacements: set[asyncio.Task[None]] = set()
         self._registrations: dict[int, _Registration] = {}
-        self._ports_in_use: set[int] = set()
         self._ids = itertools.count(1)
-        self._cursor = 0
         self._closing = False
         self._serving: asyncio.Future[None] | None = None
 
@@ -226,15 +262,22 @@ class RelayServer:
         """Bind the control port and start accepting registrations."""
         loop = asyncio.get_running_loop()
         self._bind = resolve_bind_address(self.host)
-        sock = self._bind.listen(self._requested_port)
+        leases = LeaseStore.open(self.state_dir, self.lease_ttl)
         try:
-            self._control = await loop.create_server(
-                self._control_protocol, sock=sock, backlog=LISTEN_BACKLOG, ssl=self.ssl,
-                ssl_handshake_timeout=self.handshake_timeout if self.ssl else None,
-            )
+            sock = self._bind.listen(self._requested_port)
+            try:
+                self._control = await loop.create_server(
+                    self._control_protocol, sock=sock, backlog=LISTEN_BACKLOG, ssl=self.ssl,
+                    ssl_handshake_timeout=self.handshake_timeout if self.ssl else None,
+                )
+            except BaseException:
+                sock.close()
+                raise
         except BaseException:
-            sock.close()
+            leases.close()
             raise
+        self._ports = PortAllocator(self._bind, self.port_range, leases, self.max_name_leases)
+        self._lease_refresh = loop.create_task(self._refresh_leases(), name="relay-leases")
         self._serving = loop.create_future()
         if self.auth is not None and self.auth.auth_file is not None:
             self._auth_watch = loop.create_task(
@@ -246,9 +289,8 @@ class RelayServer:
                 "the relay listens on %s without authentication: anyone who can reach port %d "
                 "gets a public port (use --secret or --auth-file)", self._bind, self.port)
         logger.debug(
-            "bound to %s; public ports %s; at most %d sessions of %d connections each; "
-            "registration %s%s%s", self._bind,
-            "chosen by the OS" if self.port_range is None else "{}-{}".format(*self.port_range),
+            "bound to %s; %s; at most %d sessions of %d connections each; "
+            "registration %s%s%s", self._bind, self._ports.describe(),
             self.max_sessions, self.max_connections, self.protocol,
             f", {self.auth!r}" if self.auth else "", ", TLS" if self.ssl else "",
         )
@@ -290,6 +332,10 @@ class RelayServer:
         self._challenge_log.summary(logging.WARNING, "relay")
         if self._control is not None:
             self._control.close()
+        if self._lease_refresh is not None:
+            self._lease_refresh.cancel()
+        for task in self._replacements:
+            task.cancel()
         for gate in list(self._pending):
             gate.abort()
         if self._auth_watch is not None:
@@ -315,6 +361,12 @@ class RelayServer:
                 await asyncio.wait(tasks)
             for reg in regs:  # a task cancelled before it ever ran did not clean up
                 await self._end(reg)
+        if self._lease_refresh is not None:
+            await asyncio.wait([self._lease_refresh])
+        if self._replacements:
+            await asyncio.wait(self._replacements)
+        if self._ports is not None:
+            self._ports.leases.close()
 
     async def __aenter__(self) -> RelayServer:
         if self._serving is None:
@@ -337,9 +389,13 @@ class RelayServer:
         )
 
     def _registration_made(
-        self, transport: asyncio.Transport, request: RegistrationRequest | None = None
+        self, transport: asyncio.Transport, request: RegistrationRequest | None = None,
+        *, lease: bool = True,
     ) -> None:
         """Allocate for a registration: seed at once, v2 once its proof is checked.
+
+        ``lease=False``: a second live session of an authenticated client gets a port
+        of its own, without touching the lease of the first (see ``_replace``).
 
         The source's slot of unfinished registrations (``_registering``) is taken here
         for the seed protocol; a v2 registration has held it since its connection
@@ -364,31 +420,100 @@ class RelayServer:
                 f"(--max-sessions {self.max_sessions})",
             )
             return
+        assert self._ports is not None
+        wanted = port_request(request)
+        if not lease:
+            wanted = PortRequest(None, wanted.port, wanted.allowed)
         try:
-            sock = self._open_public_listener(request)
+            self._ports.check(wanted)
+        except PortRefusedError as exc:
+            self._registering.release(source)
+            self._refuse(transport, peer, "port refused", str(exc))
+            return
+        if wanted.identity is not None:
+            holder = self._holder(wanted.identity)
+            if holder is not None:  # decided after a ping; _registration_made runs again then
+                self._replacing(self._replace(transport, request, source, wanted.identity,
+                                              holder))
+                return
+        try:
+            sock = self._ports.allocate(wanted)
         except PortRefusedError as exc:
             self._registering.release(source)
             self._refuse(transport, peer, "port refused", str(exc))
             return
         except OSError as exc:
             self._registering.release(source)
-            self._refuse(transport, peer, "no public port",
-                         str(exc) if isinstance(exc, NoFreePortError)
-                         else f"cannot open a public port: {exc}")
+            self._refuse(transport, peer, "no public port", f"cannot open a public port: {exc}")
             return
         public_port = int(sock.getsockname()[1])
         transport.write(port_line(public_port))
         session = yamux.Session.attach(transport, client=True, config=self.yamux_config)
         reg = _Registration(next(self._ids), peer, public_port, sock, session, source,
-                            SourceSlots(self._connections_per_source), request)
+                            SourceSlots(self._connections_per_source), request,
+                            wanted.identity)
         self._registrations[reg.id] = reg
-        self._ports_in_use.add(public_port)
         loop = asyncio.get_running_loop()
         # The handshake ping goes out right after the port line (its task runs before the
         # loop polls again), so a registering side sees exactly: port line, yamux ping.
         reg.handshake = loop.create_task(session.ping(), name=f"relay-handshake-{reg.id}")
         reg.handshake.add_done_callback(_retrieve)
         reg.task = loop.create_task(self._run(reg), name=f"relay-session-{reg.id}")
+
+    def _holder(self, identity: Identity) -> _Registration | None:
+        for reg in self._registrations.values():
+            if reg.identity == identity and not reg.ending:
+                return reg
+        return None
+
+    def _replacing(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name="relay-replace")
+        self._replacements.add(task)
+        task.add_done_callback(self._replacements.discard)
+
+    async def _replace(self, transport: asyncio.Transport, request: RegistrationRequest | None,
+                       source: str, identity: Identity, holder: _Registration) -> None:
+        """``identity`` registers again while its old session looks alive: is it?"""
+        try:
+            async with asyncio.timeout(REPLACE_PING_TIMEOUT):
+                await holder.session.ping()
+        except (TimeoutError, yamux.YamuxError):
+            pass
+        except asyncio.CancelledError:  # the relay is closing
+            self._registering.release(source)
+            transport.abort()
+            raise
+        else:
+            if not holder.ending and identity.authenticated:
+                # An authenticated client may run several services at once.
+                logger.info("%s already has a live session on public port %d; this one gets "
+                            "a port of its own, without a lease", identity, holder.public_port)
+                if not transport.is_closing():
+                    self._registration_made(transport, request, lease=False)
+                else:
+                    self._registering.release(source)
+                return
+            if not holder.ending:
+                self._registering.release(source)
+                self._refuse(transport, _peer(transport), "name in use",
+                             f"{identity} is already registered (public port "
+                             f"{holder.public_port}) and that session is alive")
+                return
+        logger.info("session %d: %s registers again from %s; ending the old session, which "
+                    "did not answer a ping", holder.id, identity, _peer(transport))
+        holder.end_reason = holder.end_reason or "replaced by a new registration of its owner"
+        if holder.task is not None:
+            holder.task.cancel()
+            try:
+                await asyncio.wait([holder.task])
+            except asyncio.CancelledError:
+                self._registering.release(source)
+                transport.abort()
+                raise
+        if transport.is_closing():
+            self._registering.release(source)
+            return
+        self._registration_made(transport, request)  # still holding the source's slot
 
     def _revoke(self, names: set[str]) -> None:
         """End the sessions of clients whose auth-file entry was removed or changed."""
@@ -411,71 +536,6 @@ class RelayServer:
                       peer, reason, extra={"peer": peer, "reason": reason})
         transport.write(error_line(reason))
         transport.close()
-
-    def _open_public_listener(self, request: RegistrationRequest | None) -> socket.socket:
-        """The public listener: the requested port, or one the policy picks.
-
-        Policy (replaced by leases in issue #10): a requested port must be inside
-        ``port_range`` and the client's allowed ports, and free; otherwise the next
-        free port of ``port_range`` (and of the client's allowed ports) in turn.
-        """
-        assert self._bind is not None
-        allowed = request.allowed_ports if request is not None else None
-        if request is not None and request.requested_port is not None:
-            return self._open_requested_port(request.requested_port, allowed, request)
-        if self.port_range is None and allowed is None:
-            return self._bind.listen(0)
-        low, high = self.port_range or (1, 65535)
-        candidates: Sequence[int]
-        if allowed is not None:
-            candidates = [p for p in allowed if low <= p <= high]
-        else:
-            candidates = range(low, high + 1)
-        count = len(candidates)
-        if count == 0:
-            raise PortRefusedError(
-                f"no port both in --port-range {low}-{high} and allowed for "
-                f"{request.describe() if request else 'this client'} ({allowed})")
-        for i in range(count):
-            offset = (self._cursor + i) % count
-            port = candidates[offset]
-            if port in self._ports_in_use:
-                continue
-            try:
-                sock = self._bind.listen(port)
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    continue
-                raise
-            # Next time start after this port: a port just freed is not handed to a
-            # different client at once, while stale public clients may still knock.
-            self._cursor = (offset + 1) % count
-            return sock
-        if allowed is not None:
-            raise NoFreePortError(f"no free port among the ports allowed for "
-                                  f"{request.describe() if request else 'this client'}")
-        raise NoFreePortError(f"no free port in range {low}-{high}")
-
-    def _open_requested_port(
-        self, port: int, allowed: PortSet | None, request: RegistrationRequest
-    ) -> socket.socket:
-        assert self._bind is not None
-        if allowed is not None and port not in allowed:
-            raise PortRefusedError(
-                f"port {port} is not allowed for {request.describe()} (allowed: {allowed})")
-        if self.port_range is not None and not (
-                self.port_range[0] <= port <= self.port_range[1]):
-            raise PortRefusedError(
-                "port {} is outside the relay's port range {}-{}".format(port, *self.port_range))
-        if port in self._ports_in_use:
-            raise PortRefusedError(f"port {port} is in use")
-        try:
-            return self._bind.listen(port)
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                raise PortRefusedError(f"port {port} is not available: "
-                                       f"{exc.strerror or exc}") from None
-            raise
 
     async def _run(self, reg: _Registration) -> None:
         session = reg.session
@@ -540,7 +600,8 @@ class RelayServer:
             reg.listener.close()
         else:
             reg.sock.close()
-        self._ports_in_use.discard(reg.public_port)
+        assert self._ports is not None
+        self._ports.release(reg.public_port)
         reg.connections.cancel()
         closed_by_peer = reg.session.closed
         try:
@@ -562,6 +623,16 @@ class RelayServer:
             self._log.log(logging.WARNING, f"failed handshake: {kind}",
                           "%s ended: %s; public port %d closed",
                           what, reg.end_reason, reg.public_port, extra=fields)
+
+    async def _refresh_leases(self) -> None:
+        """Registered owners keep their leases fresh, so a relay crash does not age them."""
+        assert self._ports is not None
+        interval = min(LEASE_REFRESH_INTERVAL, self.lease_ttl / 4)
+        while True:
+            await asyncio.sleep(interval)
+            active = self._ports.active_keys()
+            self._ports.leases.touch(active)
+            self._ports.leases.expire(active)
 
     # ----------------------------------------------------- public connections
     def _public_connection(self, reg: _Registration, end: SocketEnd) -> None:

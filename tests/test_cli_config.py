@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -153,9 +154,12 @@ def test_config_file_forwards_several_services(procs, tmp_path):
         f'[[forward.services]]\nname = "two"\nlocal_port = {other_port}\n'
         f'local-host = "{HOST}"\n')
     forwarder = procs.start([*relay_command(), "forward", "--config", str(config)], "forwarder")
-    first, _ = forwarder.wait_line(ENDPOINT, stream="stdout")
-    index, _ = forwarder.wait_line(ENDPOINT, stream="stdout", after=first + 1)
-    ports = [int(ENDPOINT.match(line).group(1)) for line in forwarder.stdout[:index + 1]]
+    named = re.compile(rf"^(one|two) {re.escape(HOST)}:(\d+)$")  # NAME HOST:PORT each
+    first, _ = forwarder.wait_line(named, stream="stdout")
+    index, _ = forwarder.wait_line(named, stream="stdout", after=first + 1)
+    lines = dict(named.match(line).groups() for line in forwarder.stdout[:index + 1])
+    assert sorted(lines) == ["one", "two"]
+    ports = [int(port) for port in lines.values()]
     assert len(set(ports)) == 2
     for public_port in ports:
         assert echo_roundtrip(public_port) == b"ping through the relay\n"

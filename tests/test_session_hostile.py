@@ -148,3 +148,31 @@ async def test_streams_the_peer_abandons_after_go_away_are_reset_in_bounded_time
         assert active.exception() is None
         assert (await active.read(4)) == b"live"
         assert session.num_streams == 1
+
+
+async def test_a_session_left_without_streams_after_go_away_closes() -> None:
+    config = yamux.Config(enable_keepalive=False, go_away_timeout=0.3)
+    async with raw_peer(client=False, config=config) as (session, peer):
+        peer.send(WU, SYN, 1, 0)
+        stream = await asyncio.wait_for(session.accept_stream(), 5)
+        session.go_away()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(yamux.StreamResetError, match="go away"):
+            await asyncio.wait_for(stream.read(), 5)
+        await asyncio.wait_for(session.wait_closed(), 5)
+        assert 0.6 <= loop.time() - start < 2.0
+        assert "no streams for 0.3 s after go away" in str(session.close_reason)
+
+
+async def test_a_session_with_streams_coming_and_going_after_go_away_stays() -> None:
+    config = yamux.Config(enable_keepalive=False, go_away_timeout=0.2)
+    async with raw_peer(client=True, config=config) as (session, peer):
+        peer.send(FrameType.GO_AWAY, 0, 0, 0)
+        await asyncio.wait_for(session.wait_go_away(), 5)
+        for n in range(10):  # the Go Away sender may still open streams (hashicorp)
+            peer.send(WU, SYN, 2 + 2 * n, 0)
+            stream = await asyncio.wait_for(session.accept_stream(), 5)
+            peer.send(WU, RST, stream.id, 0)
+            await asyncio.sleep(0.1)
+        assert not session.closed

@@ -36,10 +36,11 @@ class Config:
     """An opened stream not ACKed in time ends the session (as hashicorp does); 0 disables."""
     stream_close_timeout: float = 300.0
     """A stream we closed whose peer never sends FIN is reset after this; 0 disables."""
-    go_away_timeout: float = 30.0
+    go_away_timeout: float = 10.0
     """Once Go Away is sent or received, a stream on which the peer sends nothing for this
-    long is reset (it is reset between one and two times this after its last frame): libp2p
-    peers drop their streams on Go Away without FIN or RST and keep the socket. 0 disables."""
+    long is reset (between one and two times this after its last frame), and a session
+    left without streams this long closes: libp2p peers drop their streams on Go Away
+    without FIN or RST and keep the socket. 0 disables."""
     max_streams: int = 65536
     """Live streams per session; beyond it inbound SYNs are refused with RST."""
     max_frame_size: int = 64 * 1024

@@ -57,7 +57,7 @@ _MAX_STREAM_ID = 0xFFFFFFFF
 class _StreamRecord:
     """What the core keeps per stream: its state machine, both windows, its unsent bytes."""
 
-    __slots__ = ("heard", "id", "out", "recv", "send", "state")
+    __slots__ = ("id", "out", "recv", "send", "state")
 
     def __init__(self, stream_id: int, max_window: int) -> None:
         self.id = stream_id
@@ -65,8 +65,6 @@ class _StreamRecord:
         self.recv = ReceiveWindow(max_window)
         self.send = SendWindow()
         self.out = SendBuffer()
-        self.heard = False
-        """A frame for this stream arrived since Connection.silent_streams last looked."""
 
     @property
     def sendable(self) -> bool:
@@ -110,6 +108,8 @@ class Connection:
         self.remote_go_away = False
         self.error: YamuxError | None = None
         """Why the session ended; None while it is alive."""
+        self._heard: set[int] | None = None
+        """Streams that received a frame, once silent_streams is in use."""
         self.discarded_frames = 0
         """Frames for streams we no longer know (reset or refused), counted, never logged."""
         self.discarded_bytes = 0
@@ -139,14 +139,21 @@ class Connection:
     def stream_ids(self) -> list[int]:
         return list(self._streams)
 
+    @property
+    def heard_any(self) -> bool:
+        """A stream frame arrived since silent_streams last looked."""
+        return bool(self._heard)
+
     def silent_streams(self) -> list[int]:
-        """Streams that received no frame since the previous call; starts a new period."""
-        silent = []
-        for stream_id, rec in self._streams.items():
-            if not rec.heard:
-                silent.append(stream_id)
-            rec.heard = False
-        return silent
+        """Streams that received no frame since the previous call; starts a new period.
+
+        Nothing is tracked before the first call (it costs nothing per stream).
+        """
+        heard = self._heard
+        self._heard = set()
+        if heard is None:
+            return []
+        return [stream_id for stream_id in self._streams if stream_id not in heard]
 
     def stream_state(self, stream_id: int) -> StreamMachine:
         """The state machine of a live stream (a Stream keeps it to read, never to change)."""
@@ -366,7 +373,8 @@ class Connection:
             self.discarded_frames += 1
             self.discarded_bytes += len(frame.body)
             return
-        rec.heard = True
+        if self._heard is not None:
+            self._heard.add(stream_id)
         state = rec.state
         if flags & _ACK:
             self._apply(rec, state.process(Input.RECV_ACK))

@@ -103,15 +103,23 @@ class Liveness:
         """Every go_away_timeout, reset the streams that got no frame during the last one.
 
         A libp2p peer drops its streams on Go Away without FIN or RST and keeps the
-        socket (and may go on answering pings), so such streams would wait forever.
+        socket (and goes on answering pings), so such streams would wait forever.
         A stream the peer still sends anything on (data, window updates) goes on.
+        A session left without streams for a whole period closes: after Go Away
+        it is winding down, and a libp2p peer will not close it.
         """
         timeout = self._config.go_away_timeout
         core = self._core
-        core.silent_streams()
+        core.silent_streams()  # starts watching
+        was_empty = False
         while True:
             await asyncio.sleep(timeout)
+            heard = core.heard_any
             silent = core.silent_streams()
+            if was_empty and not heard and not core.num_streams:
+                self._fail(SessionClosedError(
+                    f"session closed: no streams for {timeout:g} s after go away"))
+                return
             for stream_id in silent:
                 reason = (f"no frame from the peer for {timeout:g} s after go away "
                           f"(the peer abandoned the stream)")
@@ -120,3 +128,4 @@ class Liveness:
                 self._reset(stream_id, reason)
             if silent:
                 self._flush()
+            was_empty = not core.num_streams
