@@ -18,7 +18,9 @@ header before the first byte.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
 import ssl
 import sys
@@ -34,6 +36,7 @@ from .net import describe_os_error, format_endpoint
 from .pipe import SocketEnd, pipe
 from .proxy_protocol import ProxyAddresses, header
 from .reconnect import DEFAULT_RECONNECT_DELAY, DEFAULT_RECONNECT_MAX_DELAY
+from .stats import Traffic
 
 logger = logging.getLogger("relay.forwarder")
 connections_logger = logging.getLogger("relay.connections")
@@ -104,9 +107,18 @@ async def _first_of(waits: list[Coroutine[None, None, object]], when: str,
 
 
 def print_endpoint(line: str) -> None:
-    """The forwarder's stdout: one line per endpoint, nothing else."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    """The forwarder's stdout: one line per endpoint, nothing else. A closed stdout
+    (``relay ... | head -1``) is logged once, not fatal."""
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError) as exc:  # BrokenPipeError; ValueError: stdout was closed
+        logger.warning("cannot print the endpoint to stdout (%s); forwarding goes on and "
+                       "endpoints are only logged from now on", exc, extra={"endpoint": line})
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # later writes and the exit flush succeed
+            os.close(devnull)
 
 
 @dataclass
@@ -145,6 +157,11 @@ class Forwarder:
     on_endpoint: Callable[[str], object] = print_endpoint
     servers: list[RelayedServer] = field(default_factory=list, init=False)
     """One per service while running."""
+    traffic: dict[Service, Traffic] = field(default_factory=dict, init=False)
+    """Per service, for metrics: socket -> stream is from the local service."""
+    local_failures: dict[Service, int] = field(default_factory=dict, init=False)
+    """Per service: streams reset because the local service could not be reached."""
+    draining: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         if self.local_port is not None:
@@ -157,6 +174,18 @@ class Forwarder:
             raise ValueError(f"service names must differ, got {', '.join(names)}")
         if len(self.services) > 1 and len(names) != len(self.services):
             raise ValueError("with several services, each needs a name")
+        self.traffic = {service: Traffic() for service in self.services}
+        self.local_failures = dict.fromkeys(self.services, 0)
+
+    def drain(self) -> None:
+        """Reset every new stream from now on (the relay resets its public connection) and
+        stop reconnecting; streams in flight go on. Closing the sessions then sends Go Away.
+
+        Resetting rather than sending Go Away now keeps the streams in flight alive with
+        every relay: the seed relay ends a session at the registered side's Go Away."""
+        self.draining = True
+        for server in self.servers:
+            server.reconnect = False
 
     @property
     def relay_endpoint(self) -> str:
@@ -215,6 +244,9 @@ class Forwarder:
         return server
 
     async def _forward(self, service: Service, stream: yamux.Stream) -> None:
+        if self.draining:
+            stream.reset()
+            return
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         client: ProxyAddresses | None = stream.get_extra_info("client_address")
@@ -228,12 +260,18 @@ class Forwarder:
             logger.warning("stream %d: local service %s is unreachable (%s); resetting the stream",
                            stream.id, service.local_endpoint, reason)
             stream.reset()
+            self.local_failures[service] += 1
             return
         logger.debug("stream %d: connected to %s%s", stream.id, service.local_endpoint,
                      f" for {format_endpoint(*client.source)}" if client else "")
         if self.proxy_protocol is not None and end.transport is not None:
             end.transport.write(header(self.proxy_protocol, client))
-        result = await pipe(end, stream)
+        traffic = self.traffic[service]
+        result = traffic.opened()
+        try:
+            await pipe(end, stream, result)
+        finally:
+            traffic.closed(result)
         connections_logger.info(
             "stream %d to %s closed: %d bytes to the relay, %d to the service%s", stream.id,
             service.local_endpoint, result.sent, result.received,

@@ -41,7 +41,7 @@ MAX_READ = 256 * 1024
 """The largest single read of either loop (asyncio's ``max_size``, uvloop's buffer)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class PipeResult:
     """What one pipe carried, and why it stopped early (``error`` is None for a clean end)."""
 
@@ -50,6 +50,8 @@ class PipeResult:
     received: int = 0
     """Bytes from the stream out to the socket."""
     error: BaseException | None = None
+    stalls: int = 0
+    """Times the stream paused the socket: the peer's window was full (for metrics)."""
 
 
 class SocketEnd(asyncio.Protocol):
@@ -162,12 +164,13 @@ class _Splice(asyncio.Protocol):
     __slots__ = ("_done", "_down_done", "_up_done", "end", "finished", "result",
                  "socket_paused", "stream", "transport")
 
-    def __init__(self, end: SocketEnd, stream: yamux.Stream, done: asyncio.Future[None]) -> None:
+    def __init__(self, end: SocketEnd, stream: yamux.Stream, done: asyncio.Future[None],
+                 result: PipeResult) -> None:
         assert end.transport is not None
         self.end = end
         self.transport = end.transport
         self.stream = stream
-        self.result = PipeResult()
+        self.result = result
         self._done = done
         self.finished = False
         """Set once, by the clean end or the first failure (not by cancelling ``done``)."""
@@ -224,6 +227,7 @@ class _Splice(asyncio.Protocol):
             self.fail(exc or yamux.StreamResetError("stream ended"))
 
     def pause_writing(self) -> None:
+        self.result.stalls += 1
         self.socket_paused = True
         if not self._up_done and not self.transport.is_closing():
             self.transport.pause_reading()
@@ -252,14 +256,16 @@ class _Splice(asyncio.Protocol):
             self.transport.close()
 
 
-async def pipe(end: SocketEnd, stream: yamux.Stream) -> PipeResult:
+async def pipe(end: SocketEnd, stream: yamux.Stream,
+               result: PipeResult | None = None) -> PipeResult:
     """Copy both ways until both directions ended, then close the socket.
 
     Never raises for I/O errors: they abort both sides and are reported in the
-    result. Cancelling the pipe aborts both sides too.
+    result. Cancelling the pipe aborts both sides too. Pass ``result`` to watch
+    the byte counts while the pipe runs (metrics, status).
     """
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    splice = _Splice(end, stream, done)
+    splice = _Splice(end, stream, done, result if result is not None else PipeResult())
     if end.closed:
         splice.fail(ConnectionAbortedError("connection closed before the stream opened"))
         return splice.result

@@ -39,13 +39,20 @@ from yamux.ratelimit import RateLimitedLog
 from .auth import Authenticator, FailureLimiter, watch_auth_file
 from .leases import DEFAULT_LEASE_TTL, Identity, LeaseStore
 from .limits import IdleWatch, Limits, SourceSlots, share, source_of
-from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
-from .pipe import SocketEnd, pipe
+from .net import (
+    LISTEN_BACKLOG,
+    BindAddress,
+    format_endpoint,
+    listening_port,
+    resolve_bind_address,
+)
+from .pipe import PipeResult, SocketEnd, pipe
 from .ports import DEFAULT_MAX_NAME_LEASES, PortAllocator, PortRefusedError, PortRequest
 from .protocol import error_line, port_line
 from .proxy_protocol import addresses_of, v2_header
 from .registration import ChallengeProtocol, RegistrationRequest
 from .registration import logger as registration_logger
+from .stats import RelayStats, Traffic
 
 logger = logging.getLogger("relay.server")
 connections_logger = logging.getLogger("relay.connections")
@@ -128,6 +135,7 @@ class _Registration:
     confirmed: bool = False
     ending: bool = False
     end_reason: str | None = None
+    traffic: Traffic = field(default_factory=Traffic)
 
     def log_fields(self) -> dict[str, object]:
         """The stable log fields of this session (see ``relay.logs.FIELDS``)."""
@@ -147,6 +155,16 @@ class SessionInfo:
     public_port: int
     confirmed: bool
     connections: int
+    since: float = 0.0
+    """Unix time of the registration."""
+    bytes_in: int = 0
+    """From the public clients, connections still open included."""
+    bytes_out: int = 0
+    streams: int = 0
+    rtt: float | None = None
+    """Seconds of the last keepalive (or handshake) ping."""
+    stalls: int = 0
+    """Times a stream paused its public connection because the peer's window was full."""
     client: str | None = None
     """The client's name (registration v2); None for a seed-protocol registration."""
 
@@ -256,6 +274,9 @@ class RelayServer:
         self._ids = itertools.count(1)
         self._closing = False
         self._serving: asyncio.Future[None] | None = None
+        self.stats = RelayStats()
+        """Counters for metrics (``relay.metrics``)."""
+        self.draining = False
 
     # ----------------------------------------------------------------- public
     async def start(self) -> None:
@@ -298,15 +319,16 @@ class RelayServer:
     @property
     def port(self) -> int:
         """The control port."""
-        if self._control is None or not self._control.sockets:
-            raise RuntimeError("the relay is not listening")
-        return int(self._control.sockets[0].getsockname()[1])
+        return listening_port(self._control)
 
     @property
     def sessions(self) -> list[SessionInfo]:
         return [
             SessionInfo(r.id, r.peer, r.public_port, r.confirmed, len(r.connections),
-                        r.request.client if r.request else None)
+                        since=r.traffic.since, bytes_in=r.traffic.bytes_in,
+                        bytes_out=r.traffic.bytes_out, streams=r.session.num_streams,
+                        rtt=r.session.last_rtt, stalls=r.traffic.stalls,
+                        client=r.request.client if r.request else None)
             for r in self._registrations.values()
         ]
 
@@ -348,6 +370,28 @@ class RelayServer:
                 reg.task.cancel()
         if self._serving is not None and not self._serving.done():
             self._serving.set_result(None)
+
+    def drain(self) -> None:
+        """Stop taking registrations and public connections at once, and send Go Away to
+        every session; connections in flight go on (``relay.drain`` waits for them)."""
+        if self.draining or self._closing:
+            return
+        self.draining = True
+        if self._control is not None:
+            self._control.close()
+        for reg in self._registrations.values():
+            self._stop_listening(reg)
+            reg.session.go_away()
+
+    async def wait_idle(self) -> None:
+        """Until no public connection is open (for a drain)."""
+        while busy := [r.traffic for r in self._registrations.values()
+                       if r.traffic.open_connections]:
+            await busy[0].wait_idle()
+
+    def _stop_listening(self, reg: _Registration) -> None:
+        if reg.listener is not None:
+            reg.listener.close()
 
     async def wait_closed(self) -> None:
         if self._control is not None:
@@ -412,6 +456,9 @@ class RelayServer:
             self._registering.release(source)
             transport.abort()
             return
+        if self.draining:
+            self._refuse(transport, peer, "draining", "relay is shutting down")
+            return
         if len(self._registrations) >= self.max_sessions:
             self._registering.release(source)
             self._refuse(
@@ -453,6 +500,7 @@ class RelayServer:
                             SourceSlots(self._connections_per_source), request,
                             wanted.identity)
         self._registrations[reg.id] = reg
+        self.stats.sessions_total += 1
         loop = asyncio.get_running_loop()
         # The handshake ping goes out right after the port line (its task runs before the
         # loop polls again), so a registering side sees exactly: port line, yamux ping.
@@ -531,7 +579,9 @@ class RelayServer:
                 f"{self._registering.limit})")
 
     def _refuse(self, transport: asyncio.Transport, peer: str, kind: str, reason: str) -> None:
-        """Answer an error line and close; the log line is rate-limited per ``kind``."""
+        """Answer an error line and close; the log line is rate-limited per ``kind``, which
+        is also the reason label of the refusals metric."""
+        self.stats.refused[kind.replace(" ", "_")] += 1
         self._log.log(logging.WARNING, f"refused: {kind}", "refusing registration from %s: %s",
                       peer, reason, extra={"peer": peer, "reason": reason})
         transport.write(error_line(reason))
@@ -609,6 +659,7 @@ class RelayServer:
             await reg.connections.wait()
         finally:
             self._registrations.pop(reg.id, None)
+            self.stats.session_ended(reg.traffic)
         if reg.end_reason is None:
             reg.end_reason = describe_end(reg.session.close_reason if closed_by_peer else None)
         what = f"session {reg.id} from {reg.peer}"
@@ -648,6 +699,7 @@ class RelayServer:
                 "(--max-connections %d)", reg.id, _peer(transport), len(reg.connections),
                 self.max_connections, extra=reg.log_fields(),
             )
+            self.stats.connections_refused["max_connections"] += 1
             end.abort()
             return
         source = source_of(transport.get_extra_info("peername"))
@@ -658,18 +710,22 @@ class RelayServer:
                 "maximum (--max-connections-per-source %d)", reg.id, _peer(transport),
                 reg.sources.held(source), source, reg.sources.limit, extra=reg.log_fields(),
             )
+            self.stats.connections_refused["per_source"] += 1
             end.abort()
             return
+        result = reg.traffic.opened()
+        self.stats.connections_total += 1
         task = reg.connections.spawn(
-            self._relay_connection(reg, end), name=f"relay-public-{reg.id}"
+            self._relay_connection(reg, end, result), name=f"relay-public-{reg.id}"
         )
         self._idle.watch(end)
-        task.add_done_callback(partial(self._connection_done, reg, end, source))
+        task.add_done_callback(partial(self._connection_done, reg, end, source, result))
 
     def _connection_done(self, reg: _Registration, end: SocketEnd, source: str,
-                         task: asyncio.Task[None]) -> None:
+                         result: PipeResult, task: asyncio.Task[None]) -> None:
         reg.sources.release(source)
         self._idle.forget(end)
+        reg.traffic.closed(result)
 
     def _idle_connection(self, end: SocketEnd) -> None:
         logger.debug("resetting public connection from %s: idle for %g s (--idle-timeout)",
@@ -677,7 +733,8 @@ class RelayServer:
                      self.limits.idle_timeout)
         end.abort()
 
-    async def _relay_connection(self, reg: _Registration, end: SocketEnd) -> None:
+    async def _relay_connection(self, reg: _Registration, end: SocketEnd,
+                                result: PipeResult) -> None:
         started = time.monotonic()
         try:
             stream = await reg.session.open_stream()
@@ -704,7 +761,7 @@ class RelayServer:
                 end.transport.get_extra_info("peername"),
                 end.transport.get_extra_info("sockname"))))
         logger.debug("session %d: public connection from %s on stream %d", reg.id, peer, stream.id)
-        result = await pipe(end, stream)
+        await pipe(end, stream, result)
         connections_logger.info(
             "session %d: connection from %s on stream %d closed: %d bytes in, %d out%s",
             reg.id, peer, stream.id, result.sent, result.received,

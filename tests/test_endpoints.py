@@ -240,3 +240,45 @@ def test_a_name_against_a_seed_relay_says_it_is_not_used(procs, echo_port):
     forwarder.wait_line(r"the relay speaks the seed protocol .*: a client name, port \d+ not "
                         r"used \(they need a relay with --protocol v2 or --state-dir\)")
     assert echo_roundtrip(port) == b"ping through the relay\n"
+
+
+def test_readme_stable_endpoints_example_as_written(procs, echo_port, tmp_path):
+    """The README's console block, run with only hosts, ports and the state dir replaced."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Stable endpoints"):]
+    block = re.search(r"```console\n(.*?)```", section, re.S).group(1)
+    low, _ = free_port_block(3)
+    ports = {"7000": str(free_port()), "7200": str(low), "7201": str(low + 1),
+             "7202": str(low + 2), "7299": str(low + 2), "6379": str(echo_port),
+             "8080": str(echo_port), "11211": str(echo_port)}
+
+    def substitute(text: str) -> str:
+        text = text.replace("relay.example.com", HOST).replace("/var/lib/relay", str(tmp_path))
+        return re.sub(r"\b(7000|7200|7201|7202|7299|6379|8080|11211)\b",
+                      lambda m: ports[m.group(1)], text)
+
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:].split("#")[0].strip(), []))
+        else:
+            steps[-1][1].append(substitute(line))
+    assert [command.split()[:2] for command, _ in steps] == [
+        ["relay", "server"], ["relay", "forward"], ["relay", "forward"]]
+    for command, expected in steps:
+        argv = substitute(command).split()
+        argv[:1] = relay_command()
+        if "server" in argv:
+            argv.insert(argv.index("server") + 1, "--bind=" + HOST)
+            procs.start(argv, "relay").wait_line(r"Serving relay requests")
+            continue
+        proc = procs.start(argv, "forwarder")
+        after = 0
+        got = []
+        for _ in expected:
+            index, _match = proc.wait_line(r"127\.0\.0\.1:\d+$", stream="stdout", after=after)
+            got.append(proc.stdout[index])
+            after = index + 1
+        assert sorted(got) == sorted(expected)
+    for port in (low, low + 1, low + 2):
+        assert echo_roundtrip(port) == b"ping through the relay\n"

@@ -140,6 +140,11 @@ class Session(asyncio.Protocol):
         return transport.get_write_buffer_size() if transport is not None else 0
 
     @property
+    def last_rtt(self) -> float | None:
+        """Seconds of the last answered ping (keepalive or ``ping()``), for metrics."""
+        return self._pings.last
+
+    @property
     def rtt(self) -> float | None:
         """Smoothed round-trip time of the keepalive pings, once one was answered."""
         return self._liveness.rtt

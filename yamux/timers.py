@@ -78,11 +78,13 @@ class WriteStallWatch:
 class PingTimes:
     """Pings awaiting their pong: each one's future and when it went out."""
 
-    __slots__ = ("_loop", "_pending")
+    __slots__ = ("_loop", "_pending", "last")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pending: dict[int, tuple[asyncio.Future[float], float]] = {}
+        self.last: float | None = None
+        """Seconds of the last answered ping."""
 
     def start(self, opaque: int) -> asyncio.Future[float]:
         """A future for the seconds from now until ``pong(opaque)``; ``discard`` it after."""
@@ -99,7 +101,8 @@ class PingTimes:
         if entry is None:
             return False
         if not entry[0].done():
-            entry[0].set_result(self._loop.time() - entry[1])
+            self.last = self._loop.time() - entry[1]
+            entry[0].set_result(self.last)
         return True
 
     def fail_all(self, error: BaseException) -> None:
