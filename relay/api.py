@@ -37,9 +37,9 @@ from typing import Any
 
 import yamux
 
+from .errors import RegistrationError, RelayClosedError, RelayDisconnectedError
 from .handshake import ClientOptions, RegisteringProtocol
 from .net import describe_os_error, format_endpoint
-from .protocol import RegistrationError, RelayClosedError
 from .proxy_protocol import (
     V2_HEADER_LENGTH,
     ProxyAddresses,
@@ -56,10 +56,6 @@ DEFAULT_TIMEOUT = 10.0
 """Seconds to connect to the relay and receive the port line."""
 
 Handler = Callable[[yamux.Stream, yamux.Stream], Awaitable[None]]
-
-
-class RelayDisconnectedError(ConnectionError):
-    """The session with the relay ended while serving; the public port is gone."""
 
 
 class TLSError(RegistrationError):
@@ -205,7 +201,8 @@ class RelayedServer:
         """Streams start with the public client's address (read off before the handler)."""
         self.registrations = 0
         """Successful registrations so far (1 + the reconnects)."""
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers = yamux.TaskOwner(logger)
+        self._tasks = yamux.TaskOwner(logger)
         self._closing = False
         self._lost_reason: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -277,7 +274,7 @@ class RelayedServer:
         if self._task is not None:
             raise RuntimeError("the server was already started")
         first = None if retry else self._attach(await self._register())
-        self._task = asyncio.get_running_loop().create_task(
+        self._task = self._tasks.spawn(
             self._maintain(first), name=f"relay-server-{self.relay_endpoint}")
 
     def close(self) -> None:
@@ -388,17 +385,13 @@ class RelayedServer:
         return registration.session
 
     async def _serve(self, session: yamux.Session) -> str:
-        """Run handlers for the streams of ``session`` until it ends; why it ended."""
-        loop = asyncio.get_running_loop()
+        """Run handlers for the streams of ``session`` until it ends; why it ended.
+
+        yamux's one accept loop and handler policy (close on return, reset on
+        error or cancel); the handler tasks are ours to count and cancel.
+        """
         try:
-            while True:
-                try:
-                    stream = await session.accept_stream()
-                except yamux.SessionClosedError:
-                    break
-                task = loop.create_task(self._run_handler(stream), name=f"relay-conn-{stream.id}")
-                self._handlers.add(task)
-                task.add_done_callback(self._handlers.discard)
+            await session.serve(self._handle, tasks=self._handlers, logger=logger)
         finally:
             await session.close()
             await self._cancel_handlers()
@@ -406,28 +399,12 @@ class RelayedServer:
         return str(reason) if reason is not None else "session closed"
 
     async def _cancel_handlers(self) -> None:
-        handlers = list(self._handlers)
-        for task in handlers:
-            task.cancel()
-        if handlers:
-            await asyncio.wait(handlers)
+        await self._handlers.close()
 
-    async def _run_handler(self, stream: yamux.Stream) -> None:
-        try:
-            if self.client_address:
-                await read_client_address(stream)
-            await self._handler(stream, stream)
-        except asyncio.CancelledError:
-            stream.reset()
-            raise
-        except (yamux.YamuxError, ConnectionError, asyncio.IncompleteReadError) as exc:
-            logger.debug("stream %d: handler ended: %s", stream.id, exc)
-            stream.reset()
-        except Exception:
-            logger.exception("stream %d: handler failed; resetting the stream", stream.id)
-            stream.reset()
-        else:
-            stream.close()
+    async def _handle(self, reader: yamux.Stream, writer: yamux.Stream) -> None:
+        if self.client_address:
+            await read_client_address(reader)
+        await self._handler(reader, writer)
 
 
 async def start_server(

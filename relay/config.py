@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import RelayError
+
 SERVER_SECTION = "server"
 FORWARD_SECTION = "forward"
 CLIENTS_KEY = "clients"
@@ -46,7 +48,7 @@ SERVICE_KEYS = frozenset({"name", "local_port", "local_host", "remote_port"})
 """Keys of one [[forward.services]] table."""
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(RelayError, ValueError):
     """The config file cannot be read, is not TOML, or has a key no option knows."""
 
 

@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import RelayError
+
 logger = logging.getLogger("relay.leases")
 
 DEFAULT_LEASE_TTL = 24 * 3600.0
@@ -44,7 +46,7 @@ MAX_NAME_LENGTH = 64
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-class StateDirError(OSError):
+class StateDirError(RelayError, OSError):
     """Another relay holds the state directory: two relays must not share leases."""
 
 
@@ -321,7 +323,7 @@ class LeaseStore:
         logger.info("lease store %s: %d lease(s)", self.path, len(self._by_key))
 
 
-class _SchemaError(Exception):
+class _SchemaError(RelayError):
     """The file is a database, but not a lease store this relay understands."""
 
 

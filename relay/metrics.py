@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+import yamux
+
 from .api import RelayedServer
 from .forwarder import Forwarder
 from .forwarder import Service as ForwardedService
@@ -229,7 +231,7 @@ class MetricsServer:
         self.registry.register(collector)
         self.status = status
         self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers = yamux.TaskOwner(logger)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.host, self.requested_port,
@@ -250,17 +252,12 @@ class MetricsServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        if self._handlers:
-            await asyncio.wait(self._handlers)
+        await self._handlers.close()
         if self._server is not None:
             await self._server.wait_closed()
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
+        self._handlers.spawn(self._serve(reader, writer), name="relay-metrics-request")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -29,6 +29,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import yamux
 
@@ -82,8 +83,8 @@ class SocketEnd(asyncio.Protocol):
         """Chunks moved either way; the idle timeout watches it change."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.pause_reading()  # type: ignore[attr-defined]
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.pause_reading()
         if self._on_connected is not None:
             self._on_connected(self)
 

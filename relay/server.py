@@ -129,7 +129,7 @@ class _Registration:
     listener: asyncio.Server | None = None
     task: asyncio.Task[None] | None = None
     handshake: asyncio.Task[float] | None = None
-    connections: set[asyncio.Task[None]] = field(default_factory=set)
+    connections: yamux.TaskOwner = field(default_factory=lambda: yamux.TaskOwner(logger))
     log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(logger))
     """Lines the session's peers can trigger (refused public connections, ...)."""
     confirmed: bool = False
@@ -652,13 +652,11 @@ class RelayServer:
             reg.sock.close()
         assert self._ports is not None
         self._ports.release(reg.public_port)
-        for task in reg.connections:
-            task.cancel()
+        reg.connections.cancel()
         closed_by_peer = reg.session.closed
         try:
             await reg.session.close()
-            if reg.connections:
-                await asyncio.wait(reg.connections)
+            await reg.connections.wait()
         finally:
             self._registrations.pop(reg.id, None)
             self.stats.session_ended(reg.traffic)
@@ -717,16 +715,14 @@ class RelayServer:
             return
         result = reg.traffic.opened()
         self.stats.connections_total += 1
-        task = asyncio.get_running_loop().create_task(
+        task = reg.connections.spawn(
             self._relay_connection(reg, end, result), name=f"relay-public-{reg.id}"
         )
-        reg.connections.add(task)
         self._idle.watch(end)
         task.add_done_callback(partial(self._connection_done, reg, end, source, result))
 
     def _connection_done(self, reg: _Registration, end: SocketEnd, source: str,
                          result: PipeResult, task: asyncio.Task[None]) -> None:
-        reg.connections.discard(task)
         reg.sources.release(source)
         self._idle.forget(end)
         reg.traffic.closed(result)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import time
 from collections.abc import AsyncIterator
 
@@ -17,7 +16,10 @@ import pytest
 
 import relay
 import yamux
-from relay.protocol import RegistrationError, error_line, parse_greeting, port_line
+from relay.errors import RegistrationError
+from relay.protocol import error_line, parse_greeting, port_line
+from yamux.const import Flag, FrameType
+from yamux.frame import encode_header, parse_header
 
 HOST = "127.0.0.1"
 
@@ -291,12 +293,12 @@ async def test_go_away_from_the_registered_side_frees_the_port(relay_server, cap
 
 async def test_yamux_bytes_in_the_same_segment_as_the_port_line_are_not_lost():
     """The registering side hands what follows the newline to yamux (initial_data)."""
-    header = struct.Struct(">BBHII")
     answered = asyncio.get_running_loop().create_future()
 
     async def fake_relay(reader, writer) -> None:
-        writer.write(b"4532\n" + header.pack(0, 2, 1, 0, 77))  # port line + ping, one write
-        answered.set_result(header.unpack(await reader.readexactly(12)))
+        ping = encode_header(FrameType.PING, Flag.SYN, 0, 77)
+        writer.write(b"4532\n" + ping)  # port line + ping, one write
+        answered.set_result(parse_header(await reader.readexactly(12)))
         writer.close()
         await writer.wait_closed()
 
@@ -304,7 +306,7 @@ async def test_yamux_bytes_in_the_same_segment_as_the_port_line_are_not_lost():
     try:
         session, public_port = await relay.register(HOST, server.sockets[0].getsockname()[1])
         assert public_port == 4532
-        assert await asyncio.wait_for(answered, 5) == (0, 2, 2, 0, 77)  # the pong (ACK, 77)
+        assert await asyncio.wait_for(answered, 5) == (FrameType.PING, Flag.ACK, 0, 77)  # the pong
         await session.close()
     finally:
         server.close()
