@@ -37,7 +37,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,7 +261,7 @@ class Outcome:
         return self.rss_peak - self.rss_before
 
 
-Attack = Callable[[Proc, int, str, float, dict[str, Any]], Awaitable[None]]
+Attack = Callable[[Proc, int, str, float, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 async def slow_ack_sender(relay: Proc, port: int, loop_name: str, seconds: float,
@@ -282,11 +282,12 @@ async def slow_ack_sender(relay: Proc, port: int, loop_name: str, seconds: float
 async def non_reading_service(relay: Proc, port: int, loop_name: str, seconds: float,
                               notes: dict[str, Any], clients: int = 100) -> None:
     loop = asyncio.get_running_loop()
-    held: list[asyncio.BaseTransport] = []
+    held: list[asyncio.Transport] = []
 
     class NeverRead(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            transport.pause_reading()  # type: ignore[attr-defined]
+            assert isinstance(transport, asyncio.Transport)
+            transport.pause_reading()
             held.append(transport)
 
     service = await loop.create_server(NeverRead, HOST, 0)

@@ -59,13 +59,15 @@ from bench.services import (
 from bench.workloads import Metric, Workload, echo_workload, latency_workload
 from testkit.procs import Proc, raise_nofile
 
-WAN_PATHS: Final = ("direct", "go", "py", "py16", "go16", "base")
+WAN_PATHS: Final = ("direct", "go", "py", "pyauto", "py16", "go16", "base")
 DEFAULT_PATHS: Final = ("direct", "go", "py", "py16")
+"""Plus ``pyauto`` when this tree's relay has ``--window-autotune``."""
 TITLES: Final = {
     "direct": "direct TCP",
     "go": "Go relay (hashicorp, 256 KiB)",
     "go16": "Go relay, 16 MiB window",
     "py": "this relay (default)",
+    "pyauto": "this relay, auto-tuned to 16 MiB",
     "py16": "this relay, 16 MiB window",
     "base": "baseline relay (default)",
 }
@@ -119,13 +121,21 @@ class Wan:
             return start_go_pair(self.env, target, layout)
         if path == "go16":
             return start_go_pair(self.env, target, layout, ("-window", str(BIG_WINDOW)))
-        if path == "py16":
+        if path in ("py16", "pyauto"):
             tree = self.env.trees["py"]
-            if tree.has_option("--max-stream-window"):
-                return start_py_pair(self.env, target, tree, layout,
-                                     py_opts=("--max-stream-window", str(BIG_WINDOW)))
-            launcher = (str(REPO / "bench" / "fixed_window.py"), str(BIG_WINDOW))
-            return start_py_pair(self.env, target, tree, layout, launcher=launcher)
+            if path == "pyauto":
+                if not tree.has_option("--window-autotune"):
+                    raise BenchError("this tree's relay has no --window-autotune")
+                opts: tuple[str, ...] = ("--max-stream-window", str(BIG_WINDOW),
+                                         "--window-autotune")
+            elif tree.has_option("--max-stream-window"):
+                opts = ("--max-stream-window", str(BIG_WINDOW))
+                if tree.has_option("--no-window-autotune"):
+                    opts += ("--no-window-autotune",)
+            else:
+                launcher = (str(REPO / "bench" / "fixed_window.py"), str(BIG_WINDOW))
+                return start_py_pair(self.env, target, tree, layout, launcher=launcher)
+            return start_py_pair(self.env, target, tree, layout, py_opts=opts)
         return start_py_pair(self.env, target, self.env.trees[path], layout)
 
 
@@ -265,9 +275,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                     help="RTT 1 and 50 ms only, one repetition, 3 s streams")
     ap.add_argument("--rtts", metavar="MS,MS",
                     help="round-trip times of the rows in ms (default 1,20,50,100)")
-    ap.add_argument("--paths", metavar="P1,P2", default=",".join(DEFAULT_PATHS),
+    ap.add_argument("--paths", metavar="P1,P2",
                     help=f"columns, from {','.join(WAN_PATHS)} (default: "
-                         f"{','.join(DEFAULT_PATHS)}; base is added by --baseline)")
+                         f"{','.join(DEFAULT_PATHS)}, plus pyauto when the relay has "
+                         "--window-autotune; base is added by --baseline)")
     ap.add_argument("--baseline", type=Path, metavar="PATH",
                     help="also run the relay of this source tree (default settings) as `base`")
     ap.add_argument("--repeat", type=int, metavar="N",
@@ -291,7 +302,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         ap.error(f"--rtts: not a list of numbers: {rtts!r}")
     if not args.rtt_list or any(r < 0 for r in args.rtt_list):
         ap.error("--rtts needs at least one RTT >= 0")
-    args.path_list = [p.strip() for p in args.paths.split(",") if p.strip()]
+    args.paths_given = args.paths is not None
+    paths = args.paths if args.paths_given else ",".join(DEFAULT_PATHS)
+    args.path_list = [p.strip() for p in paths.split(",") if p.strip()]
     if args.baseline is not None and "base" not in args.path_list:
         args.path_list.append("base")
     bad = [p for p in args.path_list if p not in WAN_PATHS]
@@ -342,13 +355,19 @@ def main(argv: Sequence[str]) -> int:
         if not args.no_build:
             build_go()
         remove_stale()
-        tree_paths = ["py" if p == "py16" else p for p in paths]
+        tree_paths = ["py" if p in ("py16", "pyauto") else p for p in paths]
         unusable = probe_trees(env, tree_paths, args.baseline)
-        if "py" in unusable:
-            unusable["py16"] = unusable["py"]
-        if "py16" in paths and "py" in env.trees:
+        for variant in ("py16", "pyauto"):
+            if "py" in unusable:
+                unusable[variant] = unusable["py"]
+        tree = env.trees.get("py")
+        if tree is not None and not args.paths_given and tree.has_option("--window-autotune"):
+            paths.insert(paths.index("py") + 1, "pyauto")
+        if "py16" in paths and tree is not None:
             machine["py16_window"] = (
-                "--max-stream-window" if env.trees["py"].has_option("--max-stream-window")
+                "--max-stream-window" + (" --no-window-autotune"
+                                         if tree.has_option("--no-window-autotune") else "")
+                if tree.has_option("--max-stream-window")
                 else "bench/fixed_window.py (the CLI has no --max-stream-window)")
         topo.create()
         env.client = topo.client

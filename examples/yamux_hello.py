@@ -19,7 +19,8 @@ async def main() -> None:
             stream.write_eof()
         print([await stream.read() for stream in streams])
         print(f"ping: {await session.ping() * 1e6:.0f} us")
-    await server.close()
+    server.close()
+    await server.wait_closed()
 
 
 if __name__ == "__main__":

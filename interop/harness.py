@@ -226,22 +226,29 @@ def build_image() -> str | None:
         t0 = time.monotonic()
         if _podman("image", "exists", tag, check=False).returncode != 0:
             _podman(
-                "build", "--pull=never", "-q", "-f", str(CONTAINERFILE), "-t", tag, str(BUILD_DIR)
+                "build", "--pull=never", "--layers=false", "-q", "-f", str(CONTAINERFILE),
+                "-t", tag, str(BUILD_DIR),
             )
             _STATE.timings["image_build_s"] = time.monotonic() - t0
-            _prune_old_images(keep=tag)
+            _prune_old_images()
         else:
             _STATE.timings["image_reused_s"] = time.monotonic() - t0
         _STATE.image = tag
         return tag
 
 
-def _prune_old_images(keep: str) -> None:
-    """Drop images of earlier builds so tags do not pile up (in-use ones stay: no -f)."""
-    listing = _podman("images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_REPO, check=False)
-    for ref in listing.stdout.split():
-        if ref != keep and ref.startswith(IMAGE_REPO + ":"):
-            _podman("rmi", ref, check=False)
+IMAGE_MAX_AGE: Final = "2h"
+
+
+def _prune_old_images() -> None:
+    """Drop our images of earlier builds once they are old, so tags do not pile up.
+
+    Only unused ones older than IMAGE_MAX_AGE: another checkout's test run may have just
+    built its own tag and not started a container yet (removing it made that run fail
+    with "image not known").
+    """
+    _podman("image", "prune", "--all", "--force", "--filter", f"label={CONTAINER_LABEL}",
+            "--filter", f"until={IMAGE_MAX_AGE}", check=False)
 
 
 def timings() -> dict[str, float]:

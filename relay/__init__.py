@@ -7,27 +7,36 @@ and ``Forwarder`` puts an unmodified local service behind it.
 
 from .api import (
     Registration,
-    RelayDisconnectedError,
     RelayedServer,
     TLSError,
     register,
     register_v2,
     start_server,
 )
-from .forwarder import Forwarder
+from .errors import (
+    RegistrationError,
+    RelayDisconnectedError,
+    RelayError,
+    RelayRefusedError,
+)
+from .forwarder import Forwarder, Service
 from .handshake import AuthenticationError
-from .protocol import RegistrationError, RelayRefusedError
+from .ports import NoFreePortError, PortRefusedError
 from .server import RelayServer
 
 __all__ = [
     "AuthenticationError",
     "Forwarder",
+    "NoFreePortError",
+    "PortRefusedError",
     "Registration",
     "RegistrationError",
     "RelayDisconnectedError",
+    "RelayError",
     "RelayRefusedError",
     "RelayServer",
     "RelayedServer",
+    "Service",
     "TLSError",
     "register",
     "register_v2",

@@ -12,6 +12,12 @@ An existing asyncio server runs behind the relay by changing one call::
 StreamReader and StreamWriter API); ``writer.close()`` / ``write_eof()`` send
 FIN and the reader still reads until the public client's EOF.
 
+When the relay goes away (restart, network loss) the server registers again
+by itself and reports the new endpoint (``on_endpoint=``, ``await
+server.wait_endpoint()``); the forwarder is built on the same loop. With
+``name=`` (registration v2) the relay keeps the public port for that name
+(a lease), so the endpoint stays the same across reconnects and restarts.
+
 Against a relay that runs registration v2 (docs/protocol.md), ``secret=``
 answers its challenge, ``public_port=`` asks for a port, ``client_address=True``
 makes ``get_extra_info("peername")`` of each stream the public client's
@@ -31,9 +37,9 @@ from typing import Any
 
 import yamux
 
+from .errors import RegistrationError, RelayClosedError, RelayDisconnectedError
 from .handshake import ClientOptions, RegisteringProtocol
-from .net import format_endpoint
-from .protocol import RegistrationError, RelayClosedError
+from .net import describe_os_error, format_endpoint
 from .proxy_protocol import (
     V2_HEADER_LENGTH,
     ProxyAddresses,
@@ -41,6 +47,7 @@ from .proxy_protocol import (
     parse_v2_fixed,
     parse_v2_payload,
 )
+from .reconnect import DEFAULT_RECONNECT_DELAY, DEFAULT_RECONNECT_MAX_DELAY, Backoff, RetryLog
 from .tls import describe_tls_error
 
 logger = logging.getLogger("relay.api")
@@ -49,10 +56,6 @@ DEFAULT_TIMEOUT = 10.0
 """Seconds to connect to the relay and receive the port line."""
 
 Handler = Callable[[yamux.Stream, yamux.Stream], Awaitable[None]]
-
-
-class RelayDisconnectedError(ConnectionError):
-    """The session with the relay ended while serving; the public port is gone."""
 
 
 class TLSError(RegistrationError):
@@ -157,33 +160,59 @@ async def register_v2(
 class RelayedServer:
     """Like ``asyncio.Server``, for a listener that lives on the relay.
 
-    Owns one handler task per relayed connection; ``close()`` ends the session
-    (the relay frees the public port at once) and cancels the handlers, and
-    ``wait_closed()`` waits for all of it. ``wait_closed()`` also returns when
-    the relay connection is lost; ``close_reason`` then says why.
+    Owns the registration and one handler task per relayed connection. With
+    ``reconnect`` (the default) a lost relay is registered with again, with
+    backoff and jitter (``relay.reconnect``), until ``close()``; each new
+    endpoint goes to ``on_endpoint(endpoint)`` and to ``wait_endpoint()``.
+    Handlers of a lost session are cancelled (their streams are gone). With
+    ``reconnect=False`` the server stops when the relay is lost and
+    ``close_reason`` says why.
+
+    ``start()`` registers once (and raises if that fails, like
+    ``asyncio.start_server`` on a bad address); ``start(retry=True)`` keeps
+    trying from the first attempt, as the forwarder does.
     """
 
     def __init__(
-        self, handler: Handler, session: yamux.Session, relay_host: str, relay_port: int,
-        public_port: int, *, client_address: bool = False,
+        self,
+        handler: Handler,
+        relay_host: str,
+        relay_port: int,
+        *,
+        reconnect: bool = True,
+        on_endpoint: Callable[[str], object] | None = None,
+        reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
+        reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY,
+        **register_kwargs: Any,
     ) -> None:
-        loop = asyncio.get_running_loop()
         self._handler = handler
-        self.session = session
         self.relay_host = relay_host
         self.relay_port = relay_port
-        self.public_port = public_port
-        self.client_address = client_address
+        self.reconnect = reconnect
+        self.on_endpoint = on_endpoint
+        self.backoff = Backoff(reconnect_delay, reconnect_max_delay)
+        self.register_kwargs = register_kwargs
+        """What every registration passes to ``register_v2`` (secret, name, public_port...)."""
+        self.session: yamux.Session | None = None
+        """The current session with the relay (None before the first registration)."""
+        self.public_port: int | None = None
+        """The public port of the current (or, while reconnecting, the last) registration."""
+        self.client_address = False
         """Streams start with the public client's address (read off before the handler)."""
-        self._handlers: set[asyncio.Task[None]] = set()
+        self.registrations = 0
+        """Successful registrations so far (1 + the reconnects)."""
+        self._handlers = yamux.TaskOwner(logger)
+        self._tasks = yamux.TaskOwner(logger)
         self._closing = False
-        self._close_task: asyncio.Task[None] | None = None
-        self._closed: asyncio.Future[None] = loop.create_future()
-        self._accept_task = loop.create_task(
-            self._accept_loop(), name=f"relay-accept-{public_port}"
-        )
+        self._lost_reason: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._endpoint_waiters: list[asyncio.Future[str]] = []
 
     # -------------------------------------------------------------- queries
+    @property
+    def relay_endpoint(self) -> str:
+        return format_endpoint(self.relay_host, self.relay_port)
+
     @property
     def public_host(self) -> str:
         """The relay's host, as given: public clients connect there."""
@@ -192,20 +221,21 @@ class RelayedServer:
     @property
     def public_address(self) -> tuple[str, int]:
         """``(host, port)`` where public clients connect."""
+        if self.public_port is None:
+            raise RuntimeError("not registered with the relay yet")
         return (self.relay_host, self.public_port)
 
     @property
     def public_endpoint(self) -> str:
         """``host:port`` where public clients connect."""
-        return format_endpoint(self.relay_host, self.public_port)
+        return format_endpoint(*self.public_address)
 
     @property
     def close_reason(self) -> str | None:
-        """Why the session ended if not by ``close()``; None while serving or after close()."""
-        if self._closing or not self.session.closed:
+        """Why the last session ended if not by ``close()``; None while serving or after close()."""
+        if self._closing or self.is_serving():
             return None
-        reason = self.session.close_reason
-        return str(reason) if reason is not None else "session closed"
+        return self._lost_reason
 
     @property
     def connections(self) -> int:
@@ -213,29 +243,60 @@ class RelayedServer:
         return len(self._handlers)
 
     def is_serving(self) -> bool:
-        return not self._closing and not self.session.closed
+        return not self._closing and self.session is not None and not self.session.closed
 
     def __repr__(self) -> str:
-        state = "serving" if self.is_serving() else "closed"
-        return f"<RelayedServer {self.public_endpoint} {state} connections={self.connections}>"
+        state = "serving" if self.is_serving() else "closed" if self._closing else "reconnecting"
+        where = self.public_endpoint if self.public_port is not None else "unregistered"
+        return f"<RelayedServer {where} {state} connections={self.connections}>"
+
+    async def wait_endpoint(self) -> str:
+        """The public endpoint once registered: now if serving, else after the next registration.
+
+        Raises RelayDisconnectedError if the server stops first (closed, or the
+        relay lost with ``reconnect=False``).
+        """
+        if self.is_serving():
+            return self.public_endpoint
+        if self._task is None or self._task.done():
+            raise RelayDisconnectedError(self._stopped_message())
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._endpoint_waiters.append(waiter)
+        try:
+            return await waiter
+        finally:
+            if waiter in self._endpoint_waiters:
+                self._endpoint_waiters.remove(waiter)
 
     # ------------------------------------------------------------ lifecycle
+    async def start(self, *, retry: bool = False) -> None:
+        """Register and serve in the background; without ``retry`` a first failure raises."""
+        if self._task is not None:
+            raise RuntimeError("the server was already started")
+        first = None if retry else self._attach(await self._register())
+        self._task = self._tasks.spawn(
+            self._maintain(first), name=f"relay-server-{self.relay_endpoint}")
+
     def close(self) -> None:
-        """Start closing: the session ends and every handler is cancelled."""
+        """Start closing: the session ends (the relay frees the port) and handlers are cancelled."""
         if self._closing:
             return
         self._closing = True
-        if not self.session.closed:
-            self._close_task = asyncio.get_running_loop().create_task(self.session.close())
+        if self._task is not None:
+            self._task.cancel()
 
     async def wait_closed(self) -> None:
-        """Until the session is over and every handler finished (never raises)."""
-        await asyncio.shield(self._closed)
-        if self._close_task is not None:
-            await asyncio.wait([self._close_task])
+        """Until the server stopped and every handler finished (never raises)."""
+        if self._task is not None:
+            await asyncio.wait([self._task])
+        if self.session is not None and not self.session.closed:
+            await self.session.close()  # closed before its task ever ran
 
     async def serve_forever(self) -> None:
-        """Serve until cancelled (then close) or until close(); raise if the relay is lost."""
+        """Serve until cancelled (then close) or until close(); raise if it stops on its own.
+
+        It stops on its own only with ``reconnect=False``, when the relay is lost.
+        """
         try:
             await self.wait_closed()
         except asyncio.CancelledError:
@@ -243,10 +304,7 @@ class RelayedServer:
             await self.wait_closed()
             raise
         if not self._closing:
-            raise RelayDisconnectedError(
-                f"lost the relay at {format_endpoint(self.relay_host, self.relay_port)}: "
-                f"{self.close_reason}"
-            )
+            raise RelayDisconnectedError(self._stopped_message())
 
     async def __aenter__(self) -> RelayedServer:
         return self
@@ -256,42 +314,97 @@ class RelayedServer:
         await self.wait_closed()
 
     # ------------------------------------------------------------- internals
-    async def _accept_loop(self) -> None:
+    def _stopped_message(self) -> str:
+        if self._closing:
+            return "the server is closed"
+        return f"lost the relay at {self.relay_endpoint}: {self._lost_reason}"
+
+    async def _register(self) -> Registration:
+        return await register_v2(self.relay_host, self.relay_port, **self.register_kwargs)
+
+    async def _maintain(self, session: yamux.Session | None) -> None:
+        """The one reconnect loop: register, serve until the session ends, wait, again."""
         loop = asyncio.get_running_loop()
+        retries = RetryLog(logger, f"cannot register with the relay at {self.relay_endpoint}")
         try:
             while True:
-                try:
-                    stream = await self.session.accept_stream()
-                except yamux.SessionClosedError:
-                    break
-                task = loop.create_task(self._run_handler(stream), name=f"relay-conn-{stream.id}")
-                self._handlers.add(task)
-                task.add_done_callback(self._handlers.discard)
+                if session is None:
+                    try:
+                        registered = await self._register()
+                    except (OSError, TimeoutError) as exc:  # RegistrationError is an OSError
+                        reason = (str(exc) if isinstance(exc, RegistrationError | TimeoutError)
+                                  else describe_os_error(exc))
+                        if not self.reconnect:
+                            logger.error("cannot register with the relay at %s: %s",
+                                         self.relay_endpoint, reason)
+                            self._lost_reason = reason
+                            return
+                        delay = self.backoff.next_delay()
+                        retries.failed(reason, delay)
+                        await asyncio.sleep(delay)
+                        continue
+                    retries.recovered()
+                    session = self._attach(registered)
+                started = loop.time()
+                reason = await self._serve(session)
+                session = None
+                logger.warning("lost the relay at %s: %s; public endpoint %s is gone",
+                               self.relay_endpoint, reason, self.public_endpoint)
+                self._lost_reason = reason
+                if not self.reconnect:
+                    return
+                if loop.time() - started >= self.backoff.maximum:
+                    self.backoff.reset()  # a session that lived: try again quickly
+                delay = self.backoff.next_delay()
+                logger.info("reconnecting to %s in %.2f s", self.relay_endpoint, delay)
+                await asyncio.sleep(delay)
         finally:
-            await self.session.close()
-            for task in self._handlers:
-                task.cancel()
-            if self._handlers:
-                await asyncio.wait(self._handlers)
-            if not self._closed.done():
-                self._closed.set_result(None)
+            if self.session is not None:
+                await self.session.close()
+            await self._cancel_handlers()
+            for waiter in self._endpoint_waiters:
+                if not waiter.done():
+                    waiter.set_exception(RelayDisconnectedError(self._stopped_message()))
 
-    async def _run_handler(self, stream: yamux.Stream) -> None:
+    def _attach(self, registration: Registration) -> yamux.Session:
+        """A new registration: it is the current one; tell whoever waits for the endpoint."""
+        self.session = registration.session
+        self.public_port = registration.public_port
+        self.client_address = registration.client_address
+        self.registrations += 1
+        self._lost_reason = None
+        endpoint = self.public_endpoint
+        for waiter in self._endpoint_waiters:
+            if not waiter.done():
+                waiter.set_result(endpoint)
+        if self.on_endpoint is not None:
+            try:
+                self.on_endpoint(endpoint)
+            except Exception:
+                logger.exception("on_endpoint(%r) failed", endpoint)
+        return registration.session
+
+    async def _serve(self, session: yamux.Session) -> str:
+        """Run handlers for the streams of ``session`` until it ends; why it ended.
+
+        yamux's one accept loop and handler policy (close on return, reset on
+        error or cancel); the handler tasks are ours to count and cancel.
+        """
         try:
-            if self.client_address:
-                await read_client_address(stream)
-            await self._handler(stream, stream)
-        except asyncio.CancelledError:
-            stream.reset()
-            raise
-        except (yamux.YamuxError, ConnectionError, asyncio.IncompleteReadError) as exc:
-            logger.debug("stream %d: handler ended: %s", stream.id, exc)
-            stream.reset()
-        except Exception:
-            logger.exception("stream %d: handler failed; resetting the stream", stream.id)
-            stream.reset()
-        else:
-            stream.close()
+            await session.serve(self._handle, tasks=self._handlers, logger=logger)
+        finally:
+            await session.close()
+            await self._cancel_handlers()
+        reason = session.close_reason
+        return str(reason) if reason is not None else "session closed"
+
+    async def _cancel_handlers(self) -> None:
+        await self._handlers.close()
+
+    async def _handle(self, reader: yamux.Stream, writer: yamux.Stream) -> None:
+        if self.client_address:
+            await read_client_address(reader)
+        await self._handler(reader, writer)
 
 
 async def start_server(
@@ -299,8 +412,12 @@ async def start_server(
     host: str,
     port: int,
     *,
+    reconnect: bool = True,
+    on_endpoint: Callable[[str], object] | None = None,
     config: yamux.Config | None = None,
     connect_timeout: float = DEFAULT_TIMEOUT,
+    reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
+    reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY,
     secret: str | bytes | None = None,
     name: str | None = None,
     public_port: int | None = None,
@@ -311,16 +428,23 @@ async def start_server(
     """Register with the relay at ``host:port`` and serve each relayed connection.
 
     ``client_connected_cb(reader, writer)`` has the shape of asyncio.start_server's
-    callback; the returned server exposes ``public_port`` / ``public_address``.
+    callback; the returned server exposes ``public_port`` / ``public_endpoint``.
     With a v2 relay, ``writer.get_extra_info("peername")`` is the public client
-    (``client_address``, on by default). Raises as ``register()`` does.
+    (``client_address``, on by default), ``name`` keeps the public port (a lease)
+    and ``public_port`` asks for one. The first registration raises as
+    ``register()`` does; after that the server registers again whenever the
+    relay is lost (``reconnect=False``: it stops), calling
+    ``on_endpoint(endpoint)`` each time. Extra keyword arguments go to
+    ``loop.create_connection``.
     """
-    registration = await register_v2(
-        host, port, config=config, connect_timeout=connect_timeout, secret=secret, name=name,
-        public_port=public_port, client_address=client_address, ssl=ssl, **kwargs
+    server = RelayedServer(
+        client_connected_cb, host, port, reconnect=reconnect, on_endpoint=on_endpoint,
+        reconnect_delay=reconnect_delay, reconnect_max_delay=reconnect_max_delay,
+        config=config, connect_timeout=connect_timeout, secret=secret, name=name,
+        public_port=public_port, client_address=client_address, ssl=ssl, **kwargs,
     )
-    return RelayedServer(client_connected_cb, registration.session, host, port,
-                         registration.public_port, client_address=registration.client_address)
+    await server.start()
+    return server
 
 
 async def read_client_address(stream: yamux.Stream) -> ProxyAddresses | None:

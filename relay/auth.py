@@ -288,6 +288,8 @@ class FailureLimiter:
         self.window = window
         self.max_sources = max_sources
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
+        self.total = 0
+        """Failures ever recorded (the auth failures metric)."""
 
     def _recent(self, source: str, now: float) -> list[float]:
         times = [t for t in self._failures.get(source, ()) if now - t < self.window]
@@ -307,6 +309,7 @@ class FailureLimiter:
 
     def failed(self, source: str) -> int:
         """Record a failure; returns how many ``source`` has within the window."""
+        self.total += 1
         now = time.monotonic()
         times = self._recent(source, now)
         times.append(now)

@@ -6,7 +6,7 @@ it becomes an option of the subcommand of its mode and of the seed command
 (``relay PORT`` / ``relay --localForwardPort=P HOST PORT``), gets its
 ``RELAY_<NAME>`` environment variable (shown in --help) and may be set in the
 config file. To add an option: add one ``option(...)`` call in its section,
-then read ``opts["its_name"]`` in ``build_server`` or ``build_forwarders``.
+then read ``opts["its_name"]`` in ``build_server`` or ``build_forwarder``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
@@ -26,24 +25,24 @@ import click
 import yamux
 
 from . import config as config_file
-from . import logs
+from . import drain, logs, sdnotify
 from .auth import AuthConfigError, Authenticator, parse_auth_clients, read_secret_file
-from .forwarder import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_LOCAL_HOST,
-    DEFAULT_RECONNECT_DELAY,
-    DEFAULT_RECONNECT_MAX_DELAY,
-    Forwarder,
-)
+from .forwarder import DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_HOST, Forwarder, print_endpoint
+from .forwarder import Service as ForwardedService
 from .handshake import NAME
+from .leases import DEFAULT_LEASE_TTL, StateDirError
 from .limits import DEFAULT_IDLE_TIMEOUT, Limits
+from .net import format_endpoint
+from .notify import NotifyRelay
+from .ports import DEFAULT_MAX_NAME_LEASES
+from .reconnect import DEFAULT_RECONNECT_DELAY, DEFAULT_RECONNECT_MAX_DELAY
 from .server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_SESSIONS,
-    PROTOCOLS,
     RelayServer,
 )
+from .server import PROTOCOLS as RELAY_PROTOCOLS
 from .tls import TLSConfigError, client_context, server_context
 
 logger = logging.getLogger("relay.cli")
@@ -54,9 +53,10 @@ PORT = click.IntRange(1, 65535)
 SECONDS = click.FloatRange(min=0, min_open=True)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+PROTOCOLS = (*RELAY_PROTOCOLS, "notify")
+"""Registration protocols of ``relay server --protocol``; the first is the default (the seed's)."""
 PROXY_VERSIONS = {"v1": 1, "v2": 2}
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 0
+EXIT_SIGINT = drain.EXIT_SIGINT
 ENV_PREFIX = "RELAY_"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -106,6 +106,29 @@ class PortRange(click.ParamType):  # type: ignore[type-arg]
         if low > high:
             self.fail(f"{value!r}: LOW must not be greater than HIGH", param, ctx)
         return low, high
+
+
+class Endpoint(click.ParamType):  # type: ignore[type-arg]
+    """``HOST:PORT`` (``[v6]:PORT``) to listen on; port 0 lets the OS choose."""
+
+    name = "HOST:PORT"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[str, int]:
+        if isinstance(value, tuple):
+            return value
+        host, sep, port_text = str(value).strip().rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host:
+            self.fail(f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:9100", param, ctx)
+        try:
+            port = int(port_text)
+        except ValueError:
+            self.fail(f"{value!r}: {port_text!r} is not a port number", param, ctx)
+        if not 0 <= port <= 65535:
+            self.fail(f"{value!r}: ports must be 0-65535", param, ctx)
+        return host, port
 
 
 SIZE_UNITS: Final = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20,
@@ -215,17 +238,39 @@ option("--max-pending-registrations-per-source", type=click.IntRange(min=0), met
 option("--protocol", type=click.Choice(PROTOCOLS), default=PROTOCOLS[0], show_default=True,
        group=RELAY, help="Registration protocol: yamux is the seed's (port line, then yamux); "
                          "v2 challenges first (docs/protocol.md), implied by --secret and "
-                         "--auth-file.")
+                         "--auth-file; notify is the first seed design ([NEW]<port> lines, the "
+                         "server dials back, one TCP connection per client; "
+                         "docs/notify-protocol.md).")
 option("--auth-file", type=click.Path(dir_okay=False), metavar="FILE", group=RELAY,
        help="TOML file of named clients, each with its own secret and the ports it may hold "
             "([clients.NAME] secret = ..., ports = \"5000-5009\"). Re-read when it changes: "
             "a removed client is disconnected.")
 option("--tls-client-ca", type=click.Path(dir_okay=False), metavar="FILE", group=RELAY,
        help="Require a client certificate signed by this CA (mutual TLS; needs --tls-cert).")
+option("--state-dir", type=click.Path(file_okay=False), metavar="DIR", group=RELAY,
+       help="Keep port leases here (SQLite), so services get their ports back after a relay "
+            "restart; implies --protocol v2 (names need it).  [default: leases in memory "
+            "only]")
+option("--lease-ttl", type=SECONDS, default=DEFAULT_LEASE_TTL, show_default=True,
+       metavar="SECONDS", group=RELAY,
+       help="A client's port stays reserved for it this long after it went away.")
+option("--max-name-leases", type=click.IntRange(min=0), default=DEFAULT_MAX_NAME_LEASES,
+       show_default=True, group=RELAY,
+       help="Most leases of unauthenticated names; beyond it a new name is refused.")
 
 # -- forwarder options
 option("--local-forward-host", default=DEFAULT_LOCAL_HOST, show_default=True, metavar="HOST",
        group=FORWARDER, help="Host of the local service.")
+option("--remote-port", type=PORT, metavar="PORT", group=FORWARDER,
+       help="Ask the relay for this public port (it refuses it with the reason if it cannot "
+            "be had).  [default: the port leased to --name, or any]")
+option("--name", metavar="NAME", group=FORWARDER,
+       help="Name of the service: the relay keeps its public port for it across reconnects "
+            "and restarts (a lease; without auth a convenience, not security).")
+option("--service", "service", metavar="NAME=[HOST:]LOCAL_PORT[:REMOTE_PORT]", multiple=True,
+       group=FORWARDER,
+       help="One more service to expose, with its own registration and lease; repeatable, "
+            "e.g. --service redis=6379:7201 --service web=8080.")
 option("--reconnect/--no-reconnect", default=True, show_default=True, group=FORWARDER,
        help="Reconnect when the relay connection is lost or cannot be made (else exit 1).")
 option("--reconnect-delay", type=SECONDS, default=DEFAULT_RECONNECT_DELAY, show_default=True,
@@ -293,6 +338,13 @@ option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), defau
 option("--log-format", type=click.Choice(logs.LOG_FORMATS), default="text", show_default=True,
        group=COMMON, help="text: TIME LEVEL logger: message key=value...; logfmt; json: one "
                           "object per line. Times are UTC ISO-8601.")
+option("--metrics", type=Endpoint(), group=COMMON,
+       help="Serve Prometheus metrics at http://HOST:PORT/metrics and a JSON status of every "
+            "registration at /status.  [default: off]")
+option("--drain-timeout", type=click.FloatRange(min=0), default=drain.DEFAULT_DRAIN_TIMEOUT,
+       show_default=True, metavar="SECONDS", group=COMMON,
+       help="On SIGTERM stop taking new connections at once (Go Away) and give the ones in "
+            "flight this long to finish; 0 closes them at once. A second signal stops at once.")
 option("--connection-log/--no-connection-log", default=True, show_default=True, group=COMMON,
        help="One INFO line per relayed connection when it ends (bytes both ways, duration).")
 
@@ -469,7 +521,14 @@ The relay may be given as HOST PORT or HOST:PORT ([v6addr]:PORT for IPv6).
 Examples:
   relay forward 6379 relay.example.com 7000
   relay forward 6379 relay.example.com:7000
+  relay forward --name redis --remote-port 7201 6379 relay.example.com:7000
+  relay forward --service redis=6379 --service web=8080:7202 relay.example.com:7000
   relay forward --config services.toml     # every [[forward.services]]
+
+\b
+With --name the relay keeps the service's public port for it (a lease) across
+reconnects and restarts of either side. With several services each endpoint
+line is NAME HOST:PUBLIC_PORT.
 
 \b
 The seed form "relay --localForwardPort=6379 HOST PORT" is the same command.
@@ -480,12 +539,14 @@ the relay is lost with --no-reconnect.
 
 def _seed(ctx: click.Context, **opts: Any) -> None:
     args: tuple[str, ...] = opts.pop("args")
-    forwarder_mode = opts["local_forward_port"] is not None
+    local_port = opts.pop("local_forward_port")
+    forwarder_mode = local_port is not None or bool(opts["service"])
     _check_seed_arguments(ctx, args, forwarder_mode)
     _check_mode_options(ctx, forwarder_mode)
     if forwarder_mode:
         host, port = _relay_address(ctx, args)
-        _run_forward(ctx, host, port, [Service(opts.pop("local_forward_port"))], opts)
+        services = [] if local_port is None else [Service(local_port)]
+        _run_forward(ctx, host, port, services, opts)
     else:
         _run_server(ctx, _port_argument(ctx, args[0], "PORT"), opts)
 
@@ -529,9 +590,15 @@ def _forward(ctx: click.Context, args: tuple[str, ...], **opts: Any) -> None:
         local_port = _port_argument(ctx, args[0], "LOCAL_PORT")
         host, port = _relay_address(ctx, args[1:])
         services = [Service(local_port)]
+    elif opts["service"] and (len(args) == 2 or (len(args) == 1 and ":" in args[0])):
+        host, port = _relay_address(ctx, args)  # every service from --service
+        services = []
     elif not args and found is not None and "relay" in file_forward:
         host, port = _relay_address(ctx, (str(file_forward["relay"]),))
         services = _file_services(ctx, found)
+    elif len(args) == 1 and found is not None and "relay" in file_forward:
+        host, port = _relay_address(ctx, (str(file_forward["relay"]),))
+        services = [Service(_port_argument(ctx, args[0], "LOCAL_PORT"))]
     elif len(args) == 2:
         raise click.UsageError(
             f"got {' '.join(args)}: give LOCAL_PORT and the relay as HOST PORT or HOST:PORT, "
@@ -550,7 +617,8 @@ forward_command = GroupedCommand(
     context_settings=CONTEXT,
     short_help="Run a forwarder: expose LOCAL_PORT through the relay at HOST PORT.",
     usages=("[OPTIONS] LOCAL_PORT HOST PORT", "[OPTIONS] LOCAL_PORT HOST:PORT",
-            "[OPTIONS] --config FILE"),
+            "[OPTIONS] --service NAME=LOCAL_PORT[:REMOTE_PORT]... HOST PORT",
+            "[OPTIONS] --config FILE [LOCAL_PORT]"),
     params=[click.Argument(["args"], nargs=-1, metavar="LOCAL_PORT HOST PORT"),
             *command_params(FORWARDER, COMMON)],
 )
@@ -647,6 +715,7 @@ class Service:
     local_port: int
     local_host: str | None = None
     name: str | None = None
+    remote_port: int | None = None
 
 
 def _file_services(ctx: click.Context, found: config_file.ConfigFile) -> list[Service]:
@@ -662,9 +731,12 @@ def _file_services(ctx: click.Context, found: config_file.ConfigFile) -> list[Se
         if "local_port" not in table:
             raise click.UsageError(f"{found.path}: [[forward.services]] #{i + 1} has no "
                                    f"local-port", ctx)
+        remote_port = table.get("remote_port")
         services.append(Service(
             _port_argument(ctx, str(table["local_port"]), "local-port"),
             local_host=table.get("local_host"), name=table.get("name"),
+            remote_port=None if remote_port is None else _port_argument(
+                ctx, str(remote_port), "remote-port"),
         ))
     return services
 
@@ -714,8 +786,20 @@ def _authenticator(ctx: click.Context, opts: dict[str, Any]) -> Authenticator | 
         raise click.UsageError(str(exc), ctx) from None
 
 
-def build_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> RelayServer:
+def build_server(ctx: click.Context, port: int,
+                 opts: dict[str, Any]) -> RelayServer | NotifyRelay:
     """The relay that ``relay server`` runs, from the merged options."""
+    if opts["protocol"] == "notify":
+        found = loaded_config(ctx)
+        if (opts["secret"] or opts["secret_file"] or opts["auth_file"] or opts["tls_cert"]
+                or opts["state_dir"] or (found is not None and found.clients)):
+            raise click.UsageError("the notify protocol has no authentication, TLS or leases: "
+                                   "drop --secret, --auth-file, [[server.clients]], --tls-cert, "
+                                   "--state-dir", ctx)
+        return NotifyRelay(
+            port, host=opts["bind"], port_range=opts["port_range"],
+            max_sessions=opts["max_sessions"], max_connections=opts["max_connections"],
+            handshake_timeout=opts["handshake_timeout"])
     tls = None
     if opts["tls_cert"] is not None:
         try:
@@ -735,6 +819,8 @@ def build_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> RelaySe
             max_pending_registrations_per_source=opts["max_pending_registrations_per_source"],
         ),
         protocol=opts["protocol"], auth=_authenticator(ctx, opts), ssl=tls,
+        state_dir=opts["state_dir"], lease_ttl=opts["lease_ttl"],
+        max_name_leases=opts["max_name_leases"],
     )
 
 
@@ -749,9 +835,13 @@ def _client_tls(ctx: click.Context, opts: dict[str, Any]) -> ssl.SSLContext | No
         raise click.UsageError(str(exc), ctx) from None
 
 
-def build_forwarders(ctx: click.Context, host: str, port: int, services: Sequence[Service],
-                     opts: dict[str, Any]) -> list[Forwarder]:
-    """One forwarder per service, from the merged options."""
+def build_forwarder(ctx: click.Context, host: str, port: int, services: Sequence[Service],
+                    opts: dict[str, Any]) -> Forwarder:
+    """The forwarder of every service (each its own registration), from the merged options.
+
+    ``--name`` and ``--remote-port`` belong to the LOCAL_PORT service (the
+    first, when the file's services are not used); ``--service`` adds more.
+    """
     if opts["reconnect_max_delay"] < opts["reconnect_delay"]:
         raise click.BadParameter(
             f"{opts['reconnect_max_delay']:g} is less than --reconnect-delay "
@@ -761,49 +851,77 @@ def build_forwarders(ctx: click.Context, host: str, port: int, services: Sequenc
     if opts["client_name"] is not None and not NAME.fullmatch(opts["client_name"]):
         raise click.BadParameter("use 1-64 of A-Z a-z 0-9 . _ @ -", ctx,
                                  param_hint="'--client-name'")
-    return [
-        Forwarder(
-            relay_host=host, relay_port=port, local_port=service.local_port,
-            local_host=service.local_host or opts["local_forward_host"],
+    default_host = opts["local_forward_host"]
+    try:
+        forwarded = [
+            ForwardedService(s.local_port, s.local_host or default_host, s.name, s.remote_port)
+            for s in services
+        ]
+        if forwarded and len(forwarded) == 1 and (opts["name"] or opts["remote_port"]):
+            only = forwarded[0]
+            forwarded[0] = ForwardedService(
+                only.local_port, only.local_host, opts["name"] or only.name,
+                opts["remote_port"] or only.remote_port)
+        elif opts["name"] or opts["remote_port"]:
+            raise click.UsageError(
+                "--name and --remote-port apply to a single LOCAL_PORT service; give each of "
+                "several services its own with --service NAME=LOCAL_PORT[:REMOTE_PORT]", ctx)
+        forwarded += [ForwardedService.parse(text, default_host) for text in opts["service"]]
+        return Forwarder(
+            relay_host=host, relay_port=port, services=forwarded,
             reconnect=opts["reconnect"], reconnect_delay=opts["reconnect_delay"],
             reconnect_max_delay=opts["reconnect_max_delay"],
             connect_timeout=opts["connect_timeout"], yamux_config=_yamux_config(opts),
-            secret=secret, name=opts["client_name"], ssl=tls,
+            secret=secret, client_name=opts["client_name"], ssl=tls,
             tls_server_name=opts["tls_server_name"],
             proxy_protocol=PROXY_VERSIONS.get(opts["proxy_protocol"] or ""),
+            on_endpoint=_ReadyWhenAllRegistered(len(forwarded)),
         )
-        for service in services
-    ]
+    except ValueError as exc:
+        raise click.UsageError(str(exc), ctx) from None
+
+
+class _ReadyWhenAllRegistered:
+    """Print each endpoint; tell systemd READY=1 once every service got its first one."""
+
+    def __init__(self, services: int) -> None:
+        self.waiting = services
+        self.endpoints: list[str] = []
+
+    def __call__(self, endpoint: str) -> None:
+        print_endpoint(endpoint)
+        self.endpoints.append(endpoint)
+        self.waiting -= 1
+        if self.waiting == 0:
+            sdnotify.ready("forwarding; public endpoints " + " ".join(self.endpoints))
 
 
 def _run_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> NoReturn:
     server = build_server(ctx, port, opts)
     loop_factory = event_loop_factory(opts["event_loop"])
     _setup_logging(opts)
-    ctx.exit(run_until_signal(lambda: _serve_relay(server, port), loop_factory))
+    ctx.exit(drain.run_until_signal(
+        lambda: _serve_relay(server, port, opts["metrics"]), loop_factory,
+        drain=drain.relay_drain(server), drain_timeout=opts["drain_timeout"],
+        on_drain=lambda: sdnotify.stopping("draining")))
 
 
 def _run_forward(ctx: click.Context, host: str, port: int, services: Sequence[Service],
                  opts: dict[str, Any]) -> NoReturn:
-    forwarders = build_forwarders(ctx, host, port, services, opts)
+    forwarder = build_forwarder(ctx, host, port, services, opts)
     loop_factory = event_loop_factory(opts["event_loop"])
     _setup_logging(opts)
-    ctx.exit(run_until_signal(lambda: _run_forwarders(forwarders), loop_factory))
+    ctx.exit(drain.run_until_signal(
+        lambda: _run_forwarder(forwarder, opts["metrics"]), loop_factory,
+        drain=drain.forwarder_drain(forwarder), drain_timeout=opts["drain_timeout"],
+        on_drain=lambda: sdnotify.stopping("draining")))
 
 
-async def _run_forwarders(forwarders: Sequence[Forwarder]) -> int:
-    """Run every forwarder; the first one to exit (reconnect off) ends them all."""
-    if len(forwarders) == 1:
-        return await forwarders[0].run()
-    tasks = [asyncio.create_task(f.run(), name=f"forwarder-{f.local_endpoint}")
-             for f in forwarders]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        return max(task.result() for task in done)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks)
+async def _run_forwarder(forwarder: Forwarder, metrics_address: tuple[str, int] | None) -> int:
+    from . import metrics
+    async with metrics.exposed(metrics_address, metrics.ForwarderCollector(forwarder),
+                               lambda: metrics.forwarder_status(forwarder)):
+        return await forwarder.run()
 
 
 def _setup_logging(opts: dict[str, Any]) -> None:
@@ -811,68 +929,58 @@ def _setup_logging(opts: dict[str, Any]) -> None:
     logs.setup(level, opts["log_format"], connection_log=opts["connection_log"])
 
 
-async def _serve_relay(server: RelayServer, port: int) -> int:
+async def _serve_relay(server: RelayServer | NotifyRelay, port: int,
+                       metrics_address: tuple[str, int] | None) -> int:
+    from . import metrics
     try:
         await server.start()
+    except StateDirError as exc:
+        logger.error("%s", exc)
+        return 1
     except OSError as exc:
         logger.error("cannot listen on port %d: %s", port, exc.strerror or exc)
         return 1
+    sdnotify.ready(f"serving relay requests on port {server.port}")
     try:
-        await server.serve_forever()
+        async with metrics.exposed(metrics_address, metrics.RelayCollector(server),
+                                   lambda: metrics.relay_status(server)):
+            await server.serve_forever()
+    except OSError as exc:
+        logger.error("cannot serve metrics on %s: %s", format_endpoint(*metrics_address or
+                     ("?", 0)), exc.strerror or exc)
+        return 1
     finally:
         server.close()
         await server.wait_closed()
     return 0
 
 
-def run_until_signal(
-    main: Callable[[], Awaitable[int]],
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
-) -> int:
-    """Run ``main()`` in a fresh event loop; SIGINT/SIGTERM cancel it for a clean shutdown.
-
-    Returns main's exit status, 130 after SIGINT and 0 after SIGTERM. A second
-    signal during the shutdown exits at once.
-    """
-
-    async def runner() -> int:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        received: list[int] = []
-
-        def on_signal(signum: int) -> None:
-            name = signal.Signals(signum).name
-            if received:
-                logger.warning("%s again: exiting now", name)
-                os._exit(EXIT_SIGINT if signum == signal.SIGINT else 128 + signum)
-            received.append(signum)
-            logger.info("%s received: shutting down", name)
-            task.cancel()
-
-        logger.debug("event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
-        try:
-            return await main()
-        except asyncio.CancelledError:
-            if not received:
-                raise
-            return EXIT_SIGINT if received[0] == signal.SIGINT else EXIT_SIGTERM
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
-
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner_:
-            return runner_.run(runner())
-    except KeyboardInterrupt:
-        return EXIT_SIGINT
+def _json_requested(argv: Sequence[str]) -> bool:
+    """``--log-format json`` on the command line or in RELAY_LOG_FORMAT (before parsing)."""
+    for i, arg in enumerate(argv):
+        if arg == "--log-format=json" or (arg == "--log-format" and argv[i + 1:i + 2] == ["json"]):
+            return True
+    return os.environ.get(ENV_PREFIX + "LOG_FORMAT") == "json"
 
 
 def main() -> None:
-    """Console script entry point (``relay``)."""
+    """Console script entry point (``relay``).
+
+    With ``--log-format json`` a usage error is one JSON log line too, so that
+    every stderr line stays a JSON object; otherwise click prints it as usual.
+    """
+    argv = sys.argv[1:]
     try:
-        cli.main(prog_name="relay")
-    except KeyboardInterrupt:
+        code = cli.main(argv, prog_name="relay", standalone_mode=False)
+    except click.ClickException as exc:
+        if not _json_requested(argv):
+            exc.show()
+        else:
+            logs.setup("info", "json")
+            usage = exc.ctx.get_usage() if isinstance(exc, click.UsageError) and exc.ctx else None
+            logger.error("%s", exc.format_message(),
+                         extra={"exit_code": exc.exit_code, "usage": usage})
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
         sys.exit(EXIT_SIGINT)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -17,8 +17,9 @@ default. Keys are the long option names, with dashes or underscores::
     relay = "relay.example.com:7000" # the HOST:PORT argument
 
     [[forward.services]]             # forwarded services, one table each
-    name = "redis"
+    name = "redis"                   # its lease on the relay
     local-port = 6379
+    remote-port = 7201               # optional: ask for this public port
 
 An unknown key is an error that names the file and the key, so a typo never
 goes unnoticed.
@@ -32,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import RelayError
+
 SERVER_SECTION = "server"
 FORWARD_SECTION = "forward"
 CLIENTS_KEY = "clients"
@@ -41,11 +44,11 @@ SERVER_ARGUMENTS = frozenset({"port"})
 """Keys of [server] that stand for positional arguments of ``relay server``."""
 FORWARD_ARGUMENTS = frozenset({"relay", "local_port"})
 """Keys of [forward] that stand for positional arguments of ``relay forward``."""
-SERVICE_KEYS = frozenset({"name", "local_port", "local_host"})
+SERVICE_KEYS = frozenset({"name", "local_port", "local_host", "remote_port"})
 """Keys of one [[forward.services]] table."""
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(RelayError, ValueError):
     """The config file cannot be read, is not TOML, or has a key no option knows."""
 
 

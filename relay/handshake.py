@@ -291,7 +291,8 @@ class RegisteringProtocol(GreetingProtocol):
         if self.version == 1 and self.options.v2_only():
             logger.warning(
                 "the relay speaks the seed protocol (it sent its port line without a "
-                "challenge): %s not used", ", ".join(self.options.v2_only()))
+                "challenge): %s not used (they need a relay with --protocol v2 or "
+                "--state-dir)", ", ".join(self.options.v2_only()))
         super()._line_received(line, rest)
 
     def _answer(self, line: bytes, rest: bytes) -> None:

@@ -132,9 +132,10 @@ class IdleWatch:
         self._watched: dict[SocketEnd, tuple[int, float]] = {}
         """Each connection's activity counter at its last change, and when that was."""
         self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
 
     def watch(self, end: SocketEnd) -> None:
-        if not self.timeout:
+        if not self.timeout or self._closed:
             return
         loop = asyncio.get_running_loop()
         self._watched[end] = (end.activity, loop.time())
@@ -145,6 +146,8 @@ class IdleWatch:
         self._watched.pop(end, None)
 
     def close(self) -> None:
+        """Stop watching for good (the relay is closing; its connections end anyway)."""
+        self._closed = True
         self._watched.clear()
         if self._timer is not None:
             self._timer.cancel()

@@ -54,16 +54,6 @@ def _text_renderer(_logger: Any, _name: str, event_dict: EventDict) -> str:
     return f"{line}\n{exception}" if exception else line
 
 
-class _DropRepeatedYamuxReasons(logging.Filter):
-    """yamux logs why a session ended; relay.server and relay.forwarder say it again, with
-    the peer and the port. Keep theirs only (debug level shows everything)."""
-
-    REPEATED = ("session ended: %s", "protocol error from peer: %s")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in self.REPEATED
-
-
 def formatter(log_format: str) -> logging.Formatter:
     """A ``logging.Formatter`` rendering records in ``log_format`` (one of LOG_FORMATS)."""
     if log_format not in LOG_FORMATS:
@@ -105,8 +95,5 @@ def setup(level: str, log_format: str = "text", *, connection_log: bool = True,
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.captureWarnings(True)
-    if level.lower() != "debug":
-        for name in ("yamux.session", "yamux.connection"):
-            logging.getLogger(name).addFilter(_DropRepeatedYamuxReasons())
     logging.getLogger(CONNECTIONS_LOGGER).setLevel(
         logging.NOTSET if connection_log else logging.WARNING)

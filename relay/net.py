@@ -8,6 +8,7 @@ socket per family, each with its own ephemeral port.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import socket
@@ -96,3 +97,10 @@ def describe_os_error(exc: BaseException) -> str:
     if isinstance(exc, OSError) and isinstance(exc.__cause__, OSError):
         return describe_os_error(exc.__cause__)
     return str(exc) or type(exc).__name__
+
+
+def listening_port(server: asyncio.Server | None) -> int:
+    """The port ``server`` listens on; RuntimeError before it listens."""
+    if server is None or not server.sockets:
+        raise RuntimeError("the relay is not listening")
+    return int(server.sockets[0].getsockname()[1])

@@ -29,15 +29,19 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import yamux
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
-EARLY_DATA_LIMIT = yamux.const.INITIAL_STREAM_WINDOW
-"""Most bytes a public connection holds before its stream opens: one read, at most a window."""
+EARLY_DATA_PAUSE = 64 * 1024
+"""Stop reading a socket whose stream is not open yet once it holds this much (the same
+limit as a stream's write buffer); at most one more read arrives after that."""
+MAX_READ = 256 * 1024
+"""The largest single read of either loop (asyncio's ``max_size``, uvloop's buffer)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class PipeResult:
     """What one pipe carried, and why it stopped early (``error`` is None for a clean end)."""
 
@@ -46,17 +50,24 @@ class PipeResult:
     received: int = 0
     """Bytes from the stream out to the socket."""
     error: BaseException | None = None
+    stalls: int = 0
+    """Times the stream paused the socket: the peer's window was full (for metrics)."""
 
 
 class SocketEnd(asyncio.Protocol):
     """The TCP side of a pipe.
 
     Reading starts paused: nothing is read from the socket until ``pipe()``
-    splices it to a stream, so a connection waiting for its stream to open
-    holds at most one read (uvloop reads once even when ``pause_reading`` is
-    called in ``connection_made``; we pause again on the first early byte).
+    splices it to a stream. uvloop reads anyway (``pause_reading`` in
+    ``connection_made`` does not hold there), so a connection waiting for its
+    stream to open pauses again once it holds ``EARLY_DATA_PAUSE`` bytes: it
+    holds at most that plus one read, and a small request (the usual case)
+    goes through without a pause/resume round.
     ``on_connected(end)`` runs from ``connection_made``.
     """
+
+    __slots__ = ("_early", "_early_size", "_lost", "_on_connected", "_splice", "activity",
+                 "in_resume_writing", "transport")
 
     def __init__(self, on_connected: Callable[[SocketEnd], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
@@ -66,13 +77,14 @@ class SocketEnd(asyncio.Protocol):
         self._early: list[bytes] = []
         """Bytes, then b"" for EOF, that came before the splice (uvloop may read while paused)."""
         self._early_size = 0
-        self._writing_paused = False
+        self.in_resume_writing = False
+        """Inside the transport's ``resume_writing`` callback (see there)."""
         self.activity = 0
         """Chunks moved either way; the idle timeout watches it change."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.pause_reading()  # type: ignore[attr-defined]
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.pause_reading()
         if self._on_connected is not None:
             self._on_connected(self)
 
@@ -83,7 +95,8 @@ class SocketEnd(asyncio.Protocol):
             return
         self._early.append(data)
         self._early_size += len(data)
-        self.transport.pause_reading()  # type: ignore[union-attr]
+        if self._early_size >= EARLY_DATA_PAUSE:
+            self.transport.pause_reading()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         if self._splice is not None:
@@ -100,25 +113,25 @@ class SocketEnd(asyncio.Protocol):
             self._splice.socket_lost(exc)
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
         if self._splice is not None:
             self._splice.stream.pause_reading()
 
     def resume_writing(self) -> None:
-        """Resume the stream on the next loop iteration, not inside the transport's callback.
+        """Resume the stream; what it delivers here is written at once, its FIN later.
 
-        Resuming delivers the stream's data, FIN or end, which writes, shuts down
-        or closes this very transport. From inside its ``resume_writing``, asyncio
-        (3.11) then runs ``_call_connection_lost`` twice or ``shutdown`` twice
-        ("Exception in callback ...").
+        The stream's FIN shuts down and may close this very transport. From inside
+        its ``resume_writing`` (with an empty buffer) asyncio 3.11 then runs
+        ``shutdown`` or ``_call_connection_lost`` a second time ("Exception in
+        callback ..."), so ``_Splice.eof_received`` defers itself while
+        ``in_resume_writing``. Data is not deferred: that would cost a loop
+        iteration per backpressure round on the bulk path.
         """
-        self._writing_paused = False
         if self._splice is not None:
-            asyncio.get_running_loop().call_soon(self._resume_stream)
-
-    def _resume_stream(self) -> None:
-        if self._splice is not None and not self._writing_paused:
-            self._splice.stream.resume_reading()
+            self.in_resume_writing = True
+            try:
+                self._splice.stream.resume_reading()
+            finally:
+                self.in_resume_writing = False
 
     @property
     def early_bytes(self) -> int:
@@ -148,12 +161,16 @@ class SocketEnd(asyncio.Protocol):
 class _Splice(asyncio.Protocol):
     """Protocol of the stream side, and the socket side's partner; owns the pipe's outcome."""
 
-    def __init__(self, end: SocketEnd, stream: yamux.Stream, done: asyncio.Future[None]) -> None:
+    __slots__ = ("_done", "_down_done", "_up_done", "end", "finished", "result",
+                 "socket_paused", "stream", "transport")
+
+    def __init__(self, end: SocketEnd, stream: yamux.Stream, done: asyncio.Future[None],
+                 result: PipeResult) -> None:
         assert end.transport is not None
         self.end = end
         self.transport = end.transport
         self.stream = stream
-        self.result = PipeResult()
+        self.result = result
         self._done = done
         self.finished = False
         """Set once, by the clean end or the first failure (not by cancelling ``done``)."""
@@ -191,6 +208,11 @@ class _Splice(asyncio.Protocol):
         self.result.received += len(data)
 
     def eof_received(self) -> None:
+        if self.end.in_resume_writing:
+            asyncio.get_running_loop().call_soon(self.eof_received)
+            return
+        if self.finished:
+            return
         if not self.transport.is_closing():
             try:
                 self.transport.write_eof()
@@ -205,6 +227,7 @@ class _Splice(asyncio.Protocol):
             self.fail(exc or yamux.StreamResetError("stream ended"))
 
     def pause_writing(self) -> None:
+        self.result.stalls += 1
         self.socket_paused = True
         if not self._up_done and not self.transport.is_closing():
             self.transport.pause_reading()
@@ -233,14 +256,16 @@ class _Splice(asyncio.Protocol):
             self.transport.close()
 
 
-async def pipe(end: SocketEnd, stream: yamux.Stream) -> PipeResult:
+async def pipe(end: SocketEnd, stream: yamux.Stream,
+               result: PipeResult | None = None) -> PipeResult:
     """Copy both ways until both directions ended, then close the socket.
 
     Never raises for I/O errors: they abort both sides and are reported in the
-    result. Cancelling the pipe aborts both sides too.
+    result. Cancelling the pipe aborts both sides too. Pass ``result`` to watch
+    the byte counts while the pipe runs (metrics, status).
     """
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    splice = _Splice(end, stream, done)
+    splice = _Splice(end, stream, done, result if result is not None else PipeResult())
     if end.closed:
         splice.fail(ConnectionAbortedError("connection closed before the stream opened"))
         return splice.result

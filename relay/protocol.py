@@ -18,6 +18,10 @@ import re
 
 import yamux
 
+from .errors import RegistrationError as RegistrationError  # re-exported: old import path
+from .errors import RelayClosedError as RelayClosedError
+from .errors import RelayRefusedError as RelayRefusedError
+
 logger = logging.getLogger("relay.protocol")
 
 MAX_GREETING = 1024
@@ -25,22 +29,6 @@ MAX_GREETING = 1024
 ERROR_PREFIX = b"error: "
 _PORT_LINE = re.compile(rb"[0-9]{1,5}")
 _MAX_ERROR_TEXT = MAX_GREETING - len(ERROR_PREFIX) - 1
-
-
-class RegistrationError(ConnectionError):
-    """The relay did not give us a public port (refused, or not a relay at all)."""
-
-
-class RelayClosedError(RegistrationError):
-    """The relay closed the connection before its greeting line was complete."""
-
-
-class RelayRefusedError(RegistrationError):
-    """The relay answered with an ``error: ...`` line; ``reason`` is its text."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"relay refused the registration: {reason}")
-        self.reason = reason
 
 
 def port_line(port: int) -> bytes:
@@ -56,7 +44,7 @@ def error_line(reason: str) -> bytes:
     return ERROR_PREFIX + text.encode("ascii") + b"\n"
 
 
-def _excerpt(data: bytes) -> str:
+def _excerpt(data: bytes | bytearray) -> str:
     text = repr(bytes(data[:40]))
     return text + ("..." if len(data) > 40 else "")
 
@@ -145,7 +133,7 @@ class GreetingProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""
-        self._fail(RegistrationError(f"connection to the relay lost before the port line{reason}"))
+        self._fail(RelayClosedError(f"connection to the relay lost before the port line{reason}"))
 
     def _fail(self, error: RegistrationError) -> None:
         if not self.result.done():

@@ -24,27 +24,35 @@ per-source shares of those and the idle timeout.
 from __future__ import annotations
 
 import asyncio
-import errno
 import itertools
 import logging
 import socket
 import ssl as ssl_module
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 
 import yamux
 from yamux.ratelimit import RateLimitedLog
 
-from .auth import Authenticator, FailureLimiter, PortSet, watch_auth_file
+from .auth import Authenticator, FailureLimiter, watch_auth_file
+from .leases import DEFAULT_LEASE_TTL, Identity, LeaseStore
 from .limits import IdleWatch, Limits, SourceSlots, share, source_of
-from .net import LISTEN_BACKLOG, BindAddress, format_endpoint, resolve_bind_address
-from .pipe import SocketEnd, pipe
-from .protocol import RegistrationError, error_line, port_line
+from .net import (
+    LISTEN_BACKLOG,
+    BindAddress,
+    format_endpoint,
+    listening_port,
+    resolve_bind_address,
+)
+from .pipe import PipeResult, SocketEnd, pipe
+from .ports import DEFAULT_MAX_NAME_LEASES, PortAllocator, PortRefusedError, PortRequest
+from .protocol import error_line, port_line
 from .proxy_protocol import addresses_of, v2_header
 from .registration import ChallengeProtocol, RegistrationRequest
 from .registration import logger as registration_logger
+from .stats import RelayStats, Traffic
 
 logger = logging.getLogger("relay.server")
 connections_logger = logging.getLogger("relay.connections")
@@ -52,6 +60,8 @@ connections_logger = logging.getLogger("relay.connections")
 DEFAULT_MAX_SESSIONS = 100
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+LEASE_REFRESH_INTERVAL = 60.0
+"""Seconds between saving "still in use" for the leases of registered sessions (at most)."""
 DEFAULT_MAX_PENDING = 1000
 """Most control connections between accept and a checked v2 response."""
 PROTOCOLS = ("yamux", "v2")
@@ -59,12 +69,27 @@ PROTOCOLS = ("yamux", "v2")
 the relay challenges first (docs/protocol.md)."""
 
 
-class NoFreePortError(OSError):
-    """Every port of the configured range is taken."""
+REPLACE_PING_TIMEOUT = 2.0
+"""A registration whose identity already has a session pings that session this long: an
+answer refuses the newcomer (two processes with one name), silence replaces the old one
+(its owner reconnected after a network blip the relay has not noticed yet)."""
 
 
-class PortRefusedError(RegistrationError):
-    """A requested public port this client may not have (or that is taken)."""
+def port_request(request: RegistrationRequest | None) -> PortRequest:
+    """What the port policy needs of a registration: its identity, port and allowance.
+
+    The identity is the client name: authenticated (a secret or the auth file),
+    then with the port it asks for (a client's services each ask for their
+    own), or, without authentication, only claimed; seed and nameless
+    registrations have none and get no lease.
+    """
+    if request is None:
+        return PortRequest()
+    identity = None
+    if request.client is not None:
+        identity = (Identity(client=request.client, port=request.requested_port)
+                    if request.authenticated else Identity(name=request.client))
+    return PortRequest(identity, request.requested_port, request.allowed_ports)
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
@@ -100,15 +125,17 @@ class _Registration:
     sources: SourceSlots
     """Public connections per source."""
     request: RegistrationRequest | None = None
+    identity: Identity | None = None
     listener: asyncio.Server | None = None
     task: asyncio.Task[None] | None = None
     handshake: asyncio.Task[float] | None = None
-    connections: set[asyncio.Task[None]] = field(default_factory=set)
+    connections: yamux.TaskOwner = field(default_factory=lambda: yamux.TaskOwner(logger))
     log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(logger))
     """Lines the session's peers can trigger (refused public connections, ...)."""
     confirmed: bool = False
     ending: bool = False
     end_reason: str | None = None
+    traffic: Traffic = field(default_factory=Traffic)
 
     def log_fields(self) -> dict[str, object]:
         """The stable log fields of this session (see ``relay.logs.FIELDS``)."""
@@ -128,6 +155,16 @@ class SessionInfo:
     public_port: int
     confirmed: bool
     connections: int
+    since: float = 0.0
+    """Unix time of the registration."""
+    bytes_in: int = 0
+    """From the public clients, connections still open included."""
+    bytes_out: int = 0
+    streams: int = 0
+    rtt: float | None = None
+    """Seconds of the last keepalive (or handshake) ping."""
+    stalls: int = 0
+    """Times a stream paused its public connection because the peer's window was full."""
     client: str | None = None
     """The client's name (registration v2); None for a seed-protocol registration."""
 
@@ -154,7 +191,10 @@ class RelayServer:
     ``port`` is the control port (0: the OS chooses; see ``.port`` after start).
     ``host`` is the bind address of the control port and of every public
     listener (None: every interface, IPv4 and IPv6). ``port_range`` (low, high)
-    restricts public ports; None lets the OS choose.
+    restricts public ports; None lets the OS choose. ``state_dir`` keeps the
+    port leases across relay restarts (None: in memory) and implies
+    registration v2; a lease unused for ``lease_ttl`` seconds ends (see
+    ``relay.leases`` and ``relay.ports``).
 
     ``protocol="v2"``, or any of ``secret`` / ``auth_clients`` / ``auth``, makes
     the relay challenge every control connection first (registration v2, see
@@ -180,11 +220,16 @@ class RelayServer:
         ssl: ssl_module.SSLContext | None = None,
         auth_failures: FailureLimiter | None = None,
         max_pending: int = DEFAULT_MAX_PENDING,
+        state_dir: str | None = None,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        max_name_leases: int = DEFAULT_MAX_NAME_LEASES,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         if auth is None and (secret is not None or auth_clients):
             auth = Authenticator(secret=secret, clients=auth_clients)  # type: ignore[arg-type]
+        if lease_ttl <= 0:
+            raise ValueError(f"lease_ttl must be positive, got {lease_ttl}")
         if port_range is not None:
             low, high = port_range
             if not 1 <= low <= high <= 65535:
@@ -209,35 +254,51 @@ class RelayServer:
         self._challenge_log = RateLimitedLog(registration_logger)
         """Refused v2 registrations: a stranger must not be able to write our log."""
         self.auth = auth
-        self.protocol = "v2" if auth is not None else protocol
+        # Leases are kept per name, which only registration v2 carries: a state dir, like
+        # authentication, turns it on.
+        self.protocol = "v2" if auth is not None or state_dir is not None else protocol
         self.ssl = ssl
         self.auth_failures = auth_failures or FailureLimiter()
         self.max_pending = max_pending
         self._pending: set[ChallengeProtocol] = set()
         self._auth_watch: asyncio.Task[None] | None = None
+        self.state_dir = state_dir
+        self.lease_ttl = lease_ttl
+        self.max_name_leases = max_name_leases
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | None = None
+        self._ports: PortAllocator | None = None
+        self._lease_refresh: asyncio.Task[None] | None = None
+        self._replacements: set[asyncio.Task[None]] = set()
         self._registrations: dict[int, _Registration] = {}
-        self._ports_in_use: set[int] = set()
         self._ids = itertools.count(1)
-        self._cursor = 0
         self._closing = False
         self._serving: asyncio.Future[None] | None = None
+        self.stats = RelayStats()
+        """Counters for metrics (``relay.metrics``)."""
+        self.draining = False
 
     # ----------------------------------------------------------------- public
     async def start(self) -> None:
         """Bind the control port and start accepting registrations."""
         loop = asyncio.get_running_loop()
         self._bind = resolve_bind_address(self.host)
-        sock = self._bind.listen(self._requested_port)
+        leases = LeaseStore.open(self.state_dir, self.lease_ttl)
         try:
-            self._control = await loop.create_server(
-                self._control_protocol, sock=sock, backlog=LISTEN_BACKLOG, ssl=self.ssl,
-                ssl_handshake_timeout=self.handshake_timeout if self.ssl else None,
-            )
+            sock = self._bind.listen(self._requested_port)
+            try:
+                self._control = await loop.create_server(
+                    self._control_protocol, sock=sock, backlog=LISTEN_BACKLOG, ssl=self.ssl,
+                    ssl_handshake_timeout=self.handshake_timeout if self.ssl else None,
+                )
+            except BaseException:
+                sock.close()
+                raise
         except BaseException:
-            sock.close()
+            leases.close()
             raise
+        self._ports = PortAllocator(self._bind, self.port_range, leases, self.max_name_leases)
+        self._lease_refresh = loop.create_task(self._refresh_leases(), name="relay-leases")
         self._serving = loop.create_future()
         if self.auth is not None and self.auth.auth_file is not None:
             self._auth_watch = loop.create_task(
@@ -249,9 +310,8 @@ class RelayServer:
                 "the relay listens on %s without authentication: anyone who can reach port %d "
                 "gets a public port (use --secret or --auth-file)", self._bind, self.port)
         logger.debug(
-            "bound to %s; public ports %s; at most %d sessions of %d connections each; "
-            "registration %s%s%s", self._bind,
-            "chosen by the OS" if self.port_range is None else "{}-{}".format(*self.port_range),
+            "bound to %s; %s; at most %d sessions of %d connections each; "
+            "registration %s%s%s", self._bind, self._ports.describe(),
             self.max_sessions, self.max_connections, self.protocol,
             f", {self.auth!r}" if self.auth else "", ", TLS" if self.ssl else "",
         )
@@ -259,15 +319,16 @@ class RelayServer:
     @property
     def port(self) -> int:
         """The control port."""
-        if self._control is None or not self._control.sockets:
-            raise RuntimeError("the relay is not listening")
-        return int(self._control.sockets[0].getsockname()[1])
+        return listening_port(self._control)
 
     @property
     def sessions(self) -> list[SessionInfo]:
         return [
             SessionInfo(r.id, r.peer, r.public_port, r.confirmed, len(r.connections),
-                        r.request.client if r.request else None)
+                        since=r.traffic.since, bytes_in=r.traffic.bytes_in,
+                        bytes_out=r.traffic.bytes_out, streams=r.session.num_streams,
+                        rtt=r.session.last_rtt, stalls=r.traffic.stalls,
+                        client=r.request.client if r.request else None)
             for r in self._registrations.values()
         ]
 
@@ -293,6 +354,10 @@ class RelayServer:
         self._challenge_log.summary(logging.WARNING, "relay")
         if self._control is not None:
             self._control.close()
+        if self._lease_refresh is not None:
+            self._lease_refresh.cancel()
+        for task in self._replacements:
+            task.cancel()
         for gate in list(self._pending):
             gate.abort()
         if self._auth_watch is not None:
@@ -306,6 +371,28 @@ class RelayServer:
         if self._serving is not None and not self._serving.done():
             self._serving.set_result(None)
 
+    def drain(self) -> None:
+        """Stop taking registrations and public connections at once, and send Go Away to
+        every session; connections in flight go on (``relay.drain`` waits for them)."""
+        if self.draining or self._closing:
+            return
+        self.draining = True
+        if self._control is not None:
+            self._control.close()
+        for reg in self._registrations.values():
+            self._stop_listening(reg)
+            reg.session.go_away()
+
+    async def wait_idle(self) -> None:
+        """Until no public connection is open (for a drain)."""
+        while busy := [r.traffic for r in self._registrations.values()
+                       if r.traffic.open_connections]:
+            await busy[0].wait_idle()
+
+    def _stop_listening(self, reg: _Registration) -> None:
+        if reg.listener is not None:
+            reg.listener.close()
+
     async def wait_closed(self) -> None:
         if self._control is not None:
             await self._control.wait_closed()
@@ -318,6 +405,12 @@ class RelayServer:
                 await asyncio.wait(tasks)
             for reg in regs:  # a task cancelled before it ever ran did not clean up
                 await self._end(reg)
+        if self._lease_refresh is not None:
+            await asyncio.wait([self._lease_refresh])
+        if self._replacements:
+            await asyncio.wait(self._replacements)
+        if self._ports is not None:
+            self._ports.leases.close()
 
     async def __aenter__(self) -> RelayServer:
         if self._serving is None:
@@ -340,9 +433,13 @@ class RelayServer:
         )
 
     def _registration_made(
-        self, transport: asyncio.Transport, request: RegistrationRequest | None = None
+        self, transport: asyncio.Transport, request: RegistrationRequest | None = None,
+        *, lease: bool = True,
     ) -> None:
         """Allocate for a registration: seed at once, v2 once its proof is checked.
+
+        ``lease=False``: a second live session of an authenticated client gets a port
+        of its own, without touching the lease of the first (see ``_replace``).
 
         The source's slot of unfinished registrations (``_registering``) is taken here
         for the seed protocol; a v2 registration has held it since its connection
@@ -359,6 +456,9 @@ class RelayServer:
             self._registering.release(source)
             transport.abort()
             return
+        if self.draining:
+            self._refuse(transport, peer, "draining", "relay is shutting down")
+            return
         if len(self._registrations) >= self.max_sessions:
             self._registering.release(source)
             self._refuse(
@@ -367,31 +467,101 @@ class RelayServer:
                 f"(--max-sessions {self.max_sessions})",
             )
             return
+        assert self._ports is not None
+        wanted = port_request(request)
+        if not lease:
+            wanted = PortRequest(None, wanted.port, wanted.allowed)
         try:
-            sock = self._open_public_listener(request)
+            self._ports.check(wanted)
+        except PortRefusedError as exc:
+            self._registering.release(source)
+            self._refuse(transport, peer, "port refused", str(exc))
+            return
+        if wanted.identity is not None:
+            holder = self._holder(wanted.identity)
+            if holder is not None:  # decided after a ping; _registration_made runs again then
+                self._replacing(self._replace(transport, request, source, wanted.identity,
+                                              holder))
+                return
+        try:
+            sock = self._ports.allocate(wanted)
         except PortRefusedError as exc:
             self._registering.release(source)
             self._refuse(transport, peer, "port refused", str(exc))
             return
         except OSError as exc:
             self._registering.release(source)
-            self._refuse(transport, peer, "no public port",
-                         str(exc) if isinstance(exc, NoFreePortError)
-                         else f"cannot open a public port: {exc}")
+            self._refuse(transport, peer, "no public port", f"cannot open a public port: {exc}")
             return
         public_port = int(sock.getsockname()[1])
         transport.write(port_line(public_port))
         session = yamux.Session.attach(transport, client=True, config=self.yamux_config)
         reg = _Registration(next(self._ids), peer, public_port, sock, session, source,
-                            SourceSlots(self._connections_per_source), request)
+                            SourceSlots(self._connections_per_source), request,
+                            wanted.identity)
         self._registrations[reg.id] = reg
-        self._ports_in_use.add(public_port)
+        self.stats.sessions_total += 1
         loop = asyncio.get_running_loop()
         # The handshake ping goes out right after the port line (its task runs before the
         # loop polls again), so a registering side sees exactly: port line, yamux ping.
         reg.handshake = loop.create_task(session.ping(), name=f"relay-handshake-{reg.id}")
         reg.handshake.add_done_callback(_retrieve)
         reg.task = loop.create_task(self._run(reg), name=f"relay-session-{reg.id}")
+
+    def _holder(self, identity: Identity) -> _Registration | None:
+        for reg in self._registrations.values():
+            if reg.identity == identity and not reg.ending:
+                return reg
+        return None
+
+    def _replacing(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name="relay-replace")
+        self._replacements.add(task)
+        task.add_done_callback(self._replacements.discard)
+
+    async def _replace(self, transport: asyncio.Transport, request: RegistrationRequest | None,
+                       source: str, identity: Identity, holder: _Registration) -> None:
+        """``identity`` registers again while its old session looks alive: is it?"""
+        try:
+            async with asyncio.timeout(REPLACE_PING_TIMEOUT):
+                await holder.session.ping()
+        except (TimeoutError, yamux.YamuxError):
+            pass
+        except asyncio.CancelledError:  # the relay is closing
+            self._registering.release(source)
+            transport.abort()
+            raise
+        else:
+            if not holder.ending and identity.authenticated:
+                # An authenticated client may run several services at once.
+                logger.info("%s already has a live session on public port %d; this one gets "
+                            "a port of its own, without a lease", identity, holder.public_port)
+                if not transport.is_closing():
+                    self._registration_made(transport, request, lease=False)
+                else:
+                    self._registering.release(source)
+                return
+            if not holder.ending:
+                self._registering.release(source)
+                self._refuse(transport, _peer(transport), "name in use",
+                             f"{identity} is already registered (public port "
+                             f"{holder.public_port}) and that session is alive")
+                return
+        logger.info("session %d: %s registers again from %s; ending the old session, which "
+                    "did not answer a ping", holder.id, identity, _peer(transport))
+        holder.end_reason = holder.end_reason or "replaced by a new registration of its owner"
+        if holder.task is not None:
+            holder.task.cancel()
+            try:
+                await asyncio.wait([holder.task])
+            except asyncio.CancelledError:
+                self._registering.release(source)
+                transport.abort()
+                raise
+        if transport.is_closing():
+            self._registering.release(source)
+            return
+        self._registration_made(transport, request)  # still holding the source's slot
 
     def _revoke(self, names: set[str]) -> None:
         """End the sessions of clients whose auth-file entry was removed or changed."""
@@ -409,76 +579,13 @@ class RelayServer:
                 f"{self._registering.limit})")
 
     def _refuse(self, transport: asyncio.Transport, peer: str, kind: str, reason: str) -> None:
-        """Answer an error line and close; the log line is rate-limited per ``kind``."""
+        """Answer an error line and close; the log line is rate-limited per ``kind``, which
+        is also the reason label of the refusals metric."""
+        self.stats.refused[kind.replace(" ", "_")] += 1
         self._log.log(logging.WARNING, f"refused: {kind}", "refusing registration from %s: %s",
                       peer, reason, extra={"peer": peer, "reason": reason})
         transport.write(error_line(reason))
         transport.close()
-
-    def _open_public_listener(self, request: RegistrationRequest | None) -> socket.socket:
-        """The public listener: the requested port, or one the policy picks.
-
-        Policy (replaced by leases in issue #10): a requested port must be inside
-        ``port_range`` and the client's allowed ports, and free; otherwise the next
-        free port of ``port_range`` (and of the client's allowed ports) in turn.
-        """
-        assert self._bind is not None
-        allowed = request.allowed_ports if request is not None else None
-        if request is not None and request.requested_port is not None:
-            return self._open_requested_port(request.requested_port, allowed, request)
-        if self.port_range is None and allowed is None:
-            return self._bind.listen(0)
-        low, high = self.port_range or (1, 65535)
-        candidates: Sequence[int]
-        if allowed is not None:
-            candidates = [p for p in allowed if low <= p <= high]
-        else:
-            candidates = range(low, high + 1)
-        count = len(candidates)
-        if count == 0:
-            raise PortRefusedError(
-                f"no port both in --port-range {low}-{high} and allowed for "
-                f"{request.describe() if request else 'this client'} ({allowed})")
-        for i in range(count):
-            offset = (self._cursor + i) % count
-            port = candidates[offset]
-            if port in self._ports_in_use:
-                continue
-            try:
-                sock = self._bind.listen(port)
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    continue
-                raise
-            # Next time start after this port: a port just freed is not handed to a
-            # different client at once, while stale public clients may still knock.
-            self._cursor = (offset + 1) % count
-            return sock
-        if allowed is not None:
-            raise NoFreePortError(f"no free port among the ports allowed for "
-                                  f"{request.describe() if request else 'this client'}")
-        raise NoFreePortError(f"no free port in range {low}-{high}")
-
-    def _open_requested_port(
-        self, port: int, allowed: PortSet | None, request: RegistrationRequest
-    ) -> socket.socket:
-        assert self._bind is not None
-        if allowed is not None and port not in allowed:
-            raise PortRefusedError(
-                f"port {port} is not allowed for {request.describe()} (allowed: {allowed})")
-        if self.port_range is not None and not (
-                self.port_range[0] <= port <= self.port_range[1]):
-            raise PortRefusedError(
-                "port {} is outside the relay's port range {}-{}".format(port, *self.port_range))
-        if port in self._ports_in_use:
-            raise PortRefusedError(f"port {port} is in use")
-        try:
-            return self._bind.listen(port)
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                raise PortRefusedError(f"port {port} is not available: "
-                                       f"{exc.strerror or exc}") from None
-            raise
 
     async def _run(self, reg: _Registration) -> None:
         session = reg.session
@@ -543,16 +650,16 @@ class RelayServer:
             reg.listener.close()
         else:
             reg.sock.close()
-        self._ports_in_use.discard(reg.public_port)
-        for task in reg.connections:
-            task.cancel()
+        assert self._ports is not None
+        self._ports.release(reg.public_port)
+        reg.connections.cancel()
         closed_by_peer = reg.session.closed
         try:
             await reg.session.close()
-            if reg.connections:
-                await asyncio.wait(reg.connections)
+            await reg.connections.wait()
         finally:
             self._registrations.pop(reg.id, None)
+            self.stats.session_ended(reg.traffic)
         if reg.end_reason is None:
             reg.end_reason = describe_end(reg.session.close_reason if closed_by_peer else None)
         what = f"session {reg.id} from {reg.peer}"
@@ -568,6 +675,16 @@ class RelayServer:
                           "%s ended: %s; public port %d closed",
                           what, reg.end_reason, reg.public_port, extra=fields)
 
+    async def _refresh_leases(self) -> None:
+        """Registered owners keep their leases fresh, so a relay crash does not age them."""
+        assert self._ports is not None
+        interval = min(LEASE_REFRESH_INTERVAL, self.lease_ttl / 4)
+        while True:
+            await asyncio.sleep(interval)
+            active = self._ports.active_keys()
+            self._ports.leases.touch(active)
+            self._ports.leases.expire(active)
+
     # ----------------------------------------------------- public connections
     def _public_connection(self, reg: _Registration, end: SocketEnd) -> None:
         transport = end.transport
@@ -582,6 +699,7 @@ class RelayServer:
                 "(--max-connections %d)", reg.id, _peer(transport), len(reg.connections),
                 self.max_connections, extra=reg.log_fields(),
             )
+            self.stats.connections_refused["max_connections"] += 1
             end.abort()
             return
         source = source_of(transport.get_extra_info("peername"))
@@ -592,20 +710,22 @@ class RelayServer:
                 "maximum (--max-connections-per-source %d)", reg.id, _peer(transport),
                 reg.sources.held(source), source, reg.sources.limit, extra=reg.log_fields(),
             )
+            self.stats.connections_refused["per_source"] += 1
             end.abort()
             return
-        task = asyncio.get_running_loop().create_task(
-            self._relay_connection(reg, end), name=f"relay-public-{reg.id}"
+        result = reg.traffic.opened()
+        self.stats.connections_total += 1
+        task = reg.connections.spawn(
+            self._relay_connection(reg, end, result), name=f"relay-public-{reg.id}"
         )
-        reg.connections.add(task)
         self._idle.watch(end)
-        task.add_done_callback(partial(self._connection_done, reg, end, source))
+        task.add_done_callback(partial(self._connection_done, reg, end, source, result))
 
     def _connection_done(self, reg: _Registration, end: SocketEnd, source: str,
-                         task: asyncio.Task[None]) -> None:
-        reg.connections.discard(task)
+                         result: PipeResult, task: asyncio.Task[None]) -> None:
         reg.sources.release(source)
         self._idle.forget(end)
+        reg.traffic.closed(result)
 
     def _idle_connection(self, end: SocketEnd) -> None:
         logger.debug("resetting public connection from %s: idle for %g s (--idle-timeout)",
@@ -613,7 +733,8 @@ class RelayServer:
                      self.limits.idle_timeout)
         end.abort()
 
-    async def _relay_connection(self, reg: _Registration, end: SocketEnd) -> None:
+    async def _relay_connection(self, reg: _Registration, end: SocketEnd,
+                                result: PipeResult) -> None:
         started = time.monotonic()
         try:
             stream = await reg.session.open_stream()
@@ -640,7 +761,7 @@ class RelayServer:
                 end.transport.get_extra_info("peername"),
                 end.transport.get_extra_info("sockname"))))
         logger.debug("session %d: public connection from %s on stream %d", reg.id, peer, stream.id)
-        result = await pipe(end, stream)
+        await pipe(end, stream, result)
         connections_logger.info(
             "session %d: connection from %s on stream %d closed: %d bytes in, %d out%s",
             reg.id, peer, stream.id, result.sent, result.received,

@@ -2,8 +2,12 @@
 # Install everything the test suite needs on a fresh Debian 12 machine (run as root).
 #
 # Idempotent: apt is skipped when every package is already installed, so reruns
-# are fast. Afterwards the project itself is installed in editable mode with its
-# test extras.
+# are fast. Python packages go into the virtual environment .venv of the
+# repository (Debian 12's python3 is "externally managed": pip refuses to
+# install into it), made from ${PYTHON:-python3}: the project in editable mode
+# with its test extras. Run the suite with that interpreter: .venv/bin/python -m pytest.
+# Anything else a test needs from PyPI: add it to the test extras in pyproject.toml,
+# or install it with "$VENV_PYTHON" -m pip below, so that it lands in the venv too.
 set -euo pipefail
 
 APT_PACKAGES=(
@@ -21,6 +25,7 @@ APT_PACKAGES=(
     haproxy
     nginx-light
     libnginx-mod-stream
+    systemd
     python3-venv
 )
 
@@ -45,7 +50,13 @@ else
 fi
 
 cd "$repo_root"
-"${PYTHON:-python3}" -m pip install -e '.[test]'
+VENV="${RELAY_VENV:-$repo_root/.venv}"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "install-test-deps: creating the virtual environment $VENV" >&2
+    "${PYTHON:-python3}" -m venv "$VENV"
+fi
+VENV_PYTHON="$VENV/bin/python"
+"$VENV_PYTHON" -m pip install -e '.[test]'
 
 # Interop peers of two more yamux families (interop/families.py).
 # Node.js and npm from Debian only where none is installed: a node from elsewhere (e.g. a

@@ -16,7 +16,10 @@ window / (2 * delay) per stream.
 It is built on asyncio protocols and writes whole chunks (one timer per
 direction, batching everything due within 1 ms of it), so one process keeps
 up with about 1 Gbit/s on loopback. Timers fire at the event loop's
-resolution (1 ms with epoll): a ``delay`` below that comes out as about 1 ms.
+resolution (epoll waits whole milliseconds, rounded up), so bytes arrive up
+to about 1 ms late: ``delay=0.0005`` gives a round trip of about 2.4 ms,
+``delay=0.025`` one of about 51 ms. Benchmarks should report the round trip
+they measured.
 
 ``blackhole(True)`` makes the path dead without closing anything: no byte is
 delivered either way (they queue until the bound and then the senders stall)

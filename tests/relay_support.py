@@ -10,6 +10,7 @@ of them.
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import socket
 import sys
@@ -34,6 +35,31 @@ def relay_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "relay"]
+
+
+def free_port_block(size: int) -> tuple[int, int]:
+    """``(low, high)``: ``size`` consecutive ports that nothing listens on right now.
+
+    Below the kernel's ephemeral range, where no outgoing connection (of this
+    or any other process on a busy machine) takes one of them meanwhile.
+    """
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(50):
+        low = random.randrange(10000, max(10001, ephemeral_low - size))
+        socks = []
+        try:
+            for port in range(low, low + size):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((HOST, port))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return low, low + size - 1
+    raise AssertionError(f"no block of {size} free ports")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.01, message: str = "") -> float:

@@ -88,14 +88,15 @@ def test_control_port_in_use_exits_1_with_a_message():
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
 def test_relay_exits_cleanly_on_signal_with_live_sessions(procs, signum, code):
     _, echo_port = procs.script(ECHO_SCRIPT, "0", name="echo")
-    relay, relay_port = procs.relay()
+    relay, relay_port = procs.relay("--drain-timeout", "0.5")  # the open connection is idle
     forwarder, public_port = procs.forwarder(relay_port, echo_port, "--no-reconnect")
     with socket.create_connection((HOST, public_port), timeout=10) as client:
         client.sendall(b"x")
         assert client.recv(1) == b"x"  # a relayed connection is open during the shutdown
         relay.send_signal(signum)
         assert relay.wait(10) == code
-    assert f"{signal.Signals(signum).name} received: shutting down" in relay.stderr_text
+    what = "draining" if signum == signal.SIGTERM else "shutting down"  # SIGTERM drains
+    assert f"{signal.Signals(signum).name} received: {what}" in relay.stderr_text
     assert "ended: relay shutting down" in relay.stderr_text
     assert "Traceback" not in relay.stderr_text
     assert forwarder.wait(10) == 1  # the forwarder noticed (and --no-reconnect made it exit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -153,12 +154,71 @@ def test_config_file_forwards_several_services(procs, tmp_path):
         f'[[forward.services]]\nname = "two"\nlocal_port = {other_port}\n'
         f'local-host = "{HOST}"\n')
     forwarder = procs.start([*relay_command(), "forward", "--config", str(config)], "forwarder")
-    first, _ = forwarder.wait_line(ENDPOINT, stream="stdout")
-    index, _ = forwarder.wait_line(ENDPOINT, stream="stdout", after=first + 1)
-    ports = [int(ENDPOINT.match(line).group(1)) for line in forwarder.stdout[:index + 1]]
+    named = re.compile(rf"^(one|two) {re.escape(HOST)}:(\d+)$")  # NAME HOST:PORT each
+    first, _ = forwarder.wait_line(named, stream="stdout")
+    index, _ = forwarder.wait_line(named, stream="stdout", after=first + 1)
+    lines = dict(named.match(line).groups() for line in forwarder.stdout[:index + 1])
+    assert sorted(lines) == ["one", "two"]
+    ports = [int(port) for port in lines.values()]
     assert len(set(ports)) == 2
     for public_port in ports:
         assert echo_roundtrip(public_port) == b"ping through the relay\n"
     forwarder.send_signal(signal.SIGTERM)
     assert forwarder.wait(10) == 0
     wait_until(lambda: all(connection_refused(p) for p in ports), timeout=10)
+
+
+def test_closed_stdout_is_logged_and_the_forwarder_goes_on(procs, tmp_path):
+    """``relay forward ... | head -1``: after the reader is gone, reconnects still work."""
+    _, echo_port = procs.script(ECHO_SCRIPT, "0", name="echo")
+    relay, relay_port = procs.relay()
+    log = tmp_path / "forwarder.log"
+    with log.open("w") as stderr:
+        forwarder = subprocess.Popen(
+            [*relay_command(), "forward", "--reconnect-delay", "0.2", str(echo_port),
+             f"{HOST}:{relay_port}"], stdout=subprocess.PIPE, stderr=stderr,
+            stdin=subprocess.DEVNULL, text=True)
+    try:
+        first = forwarder.stdout.readline().strip()  # what head -1 reads
+        forwarder.stdout.close()  # ... and then head exits
+        assert ENDPOINT.match(first)
+        relay.send_signal(signal.SIGINT)  # the relay restarts: the forwarder prints again
+        relay.wait(10)
+        relay, _ = procs.relay(port=relay_port)
+        wait_until(lambda: "cannot print the endpoint to stdout" in log.read_text(), timeout=15)
+        wait_until(lambda: log.read_text().count("public endpoint") >= 2, timeout=15)
+        endpoint = log.read_text().rsplit("public endpoint ", 1)[1].split()[0]
+        assert echo_roundtrip(int(endpoint.rsplit(":", 1)[1])) == b"ping through the relay\n"
+        assert forwarder.poll() is None
+    finally:
+        forwarder.send_signal(signal.SIGTERM)
+        assert forwarder.wait(10) == 0
+    assert "Traceback" not in log.read_text()
+
+
+def test_config_file_service_asks_for_its_public_port(procs, tmp_path):
+    """A [[forward.services]] remote-port is requested from a v2 relay (a secret)."""
+    _, echo_port = procs.script(ECHO_SCRIPT, "0", name="echo")
+    secret = "config-file-secret"
+    relay, relay_port = procs.relay("--secret", secret)
+    wanted = free_port()
+    config = tmp_path / "services.toml"
+    config.write_text(f'[forward]\nrelay = "{HOST}:{relay_port}"\nsecret = "{secret}"\n'
+                      f'[[forward.services]]\nname = "echo"\nlocal-port = {echo_port}\n'
+                      f'remote-port = {wanted}\n')
+    forwarder = procs.start([*relay_command(), "forward", "--config", str(config)], "forwarder")
+    _, match = forwarder.wait_line(ENDPOINT, stream="stdout")
+    assert int(match.group(1)) == wanted
+    assert echo_roundtrip(wanted) == b"ping through the relay\n"
+    relay.wait_line(r"client echo")
+
+
+def test_local_port_argument_with_the_relay_from_the_file(procs, tmp_path):
+    _, echo_port = procs.script(ECHO_SCRIPT, "0", name="echo")
+    _, relay_port = procs.relay()
+    config = tmp_path / "forward.toml"
+    config.write_text(f'[forward]\nrelay = "{HOST}:{relay_port}"\n')
+    forwarder = procs.start([*relay_command(), "forward", "--config", str(config),
+                             str(echo_port)], "forwarder")
+    _, match = forwarder.wait_line(ENDPOINT, stream="stdout")
+    assert echo_roundtrip(int(match.group(1))) == b"ping through the relay\n"

@@ -50,6 +50,21 @@ def test_echo_example(procs):
     wait_until(lambda: connection_refused(public_port), timeout=2)
 
 
+def test_echo_example_survives_a_relay_restart_on_the_same_port(procs, tmp_path):
+    relay_args = ("--protocol", "v2", "--state-dir", str(tmp_path / "state"))
+    relay, relay_port = procs.relay(*relay_args)
+    echo, public_port = start_example(procs, "echo_server.py", HOST, str(relay_port), "echo")
+    assert echo_roundtrip(public_port, b"before\n") == b"before\n"
+    relay.kill()  # SIGKILL: no goodbye
+    echo.wait_line(r"^lost the relay at 127\.0\.0\.1:\d+: .*; public endpoint .* is gone")
+    procs.relay(*relay_args, port=relay_port)
+    _, match = echo.wait_line(ENDPOINT, stream="stdout", after=1)  # a second endpoint line
+    assert int(match.group(1)) == public_port  # the name's lease survived the relay
+    assert echo_roundtrip(public_port, b"after\n") == b"after\n"
+    assert echo.popen.poll() is None
+    assert "Traceback" not in echo.stderr_text
+
+
 def test_echo_example_reports_a_missing_relay(procs):
     proc = procs.start([sys.executable, str(EXAMPLES / "echo_server.py"), HOST,
                         str(free_port())], "echo_server.py")

@@ -221,7 +221,7 @@ async def test_goaway(py_role: str) -> None:
     Two streams are opened before any Go Away and keep working after it.
 
     * Python receives Go Away 0 (EXPECT-GOAWAY with py_server, SEND-GOAWAY with
-      py_client): ``open_stream`` raises GoAwayError *locally*, no SYN is sent
+      py_client): ``open_stream`` raises NoNewStreamsError *locally*, no SYN is sent
       (``OPEN-REFUSED local``) -- as hashicorp's ErrRemoteGoAway. Existing streams
       go on. (It should also keep accepting and answering pings; it does not, see
       test_accept_after_remote_go_away below: the passive side works around it.)
@@ -325,7 +325,7 @@ async def test_accept_after_remote_go_away() -> None:
 
     The side that sent Go Away may still open streams (hashicorp's AcceptStream
     and OpenStream after sending Go Away both work; only the receiver's
-    OpenStream fails). yamux's ``Session.accept_stream`` raises GoAwayError as
+    OpenStream fails). yamux's ``Session.accept_stream`` raises NoNewStreamsError as
     soon as the peer's Go Away arrived and the accept queue is empty, which also
     ends ``async for stream in session`` / ``serve()`` with an exception.
     """
@@ -345,7 +345,7 @@ async def test_accept_after_remote_go_away() -> None:
 async def test_ping_after_remote_go_away() -> None:
     """A peer that sent Go Away 0 still answers pings; ``ping()`` must keep working.
 
-    yamux's ``Session.ping`` raises GoAwayError after the peer's Go Away, and so
+    yamux's ``Session.ping`` raises NoNewStreamsError after the peer's Go Away, and so
     the keepalive task dies with that exception (logged "task yamux-keepalive
     failed"): a half-open connection is then never detected on that session.
     """

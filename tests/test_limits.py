@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 import relay
-from relay.limits import Limits, SourceSlots, share, source_of
+from relay.limits import IdleWatch, Limits, SourceSlots, share, source_of
 from relay_support import relay_command
 
 HOST = "127.0.0.1"
@@ -73,6 +73,27 @@ def test_source_slots_and_defaults() -> None:
         Limits(idle_timeout=-1)
     with pytest.raises(ValueError, match="max_connections_per_source"):
         Limits(max_connections_per_source=-1)
+
+
+async def test_idle_watch_ticks_only_while_open() -> None:
+    """IdleWatch on its own: idle ends are reported once; after close(), never."""
+
+    class End:
+        activity = 0
+
+    idle: list[object] = []
+    watch = IdleWatch(0.1, idle.append)
+    busy, quiet = End(), End()
+    watch.watch(busy)  # type: ignore[arg-type]
+    watch.watch(quiet)  # type: ignore[arg-type]
+    for _ in range(15):  # 0.3 s, a change every 20 ms: never idle for 0.1 s
+        busy.activity += 1
+        await asyncio.sleep(0.02)
+    assert idle == [quiet]
+    watch.close()
+    watch.watch(quiet)  # type: ignore[arg-type]
+    await asyncio.sleep(0.3)
+    assert idle == [quiet]
 
 
 async def test_idle_public_connections_are_reset_active_ones_stay() -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 import shlex
 import signal
+import subprocess
 
 import pytest
 
@@ -107,3 +109,17 @@ def test_connection_log_can_be_switched_off(procs, how):
     relay.wait_line(rf"public port {public_port} closed")
     assert "relay.connections" not in relay.stderr_text
 
+
+
+@pytest.mark.parametrize("env", [{}, {"RELAY_LOG_FORMAT": "json"}])
+def test_json_usage_errors_are_json_lines_too(env):
+    args = ["--log-format", "json"] if not env else []
+    done = subprocess.run([*relay_command(), *args, "--max-sessions", "0", "7000"],
+                          capture_output=True, text=True, timeout=30,
+                          env={**os.environ, **env}, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    record = json.loads(line)
+    assert record["level"] == "error"
+    assert "Invalid value for '--max-sessions'" in record["event"]
+    assert record["usage"].startswith("Usage: relay")

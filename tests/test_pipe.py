@@ -16,7 +16,7 @@ import pytest
 import uvloop
 
 import yamux
-from relay.pipe import EARLY_DATA_LIMIT, PipeResult, SocketEnd, pipe
+from relay.pipe import EARLY_DATA_PAUSE, MAX_READ, PipeResult, SocketEnd, pipe
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -27,12 +27,24 @@ def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLo
     return asyncio.DefaultEventLoopPolicy()
 
 
+class CountingEnd(SocketEnd):
+    """A SocketEnd that records every connection_lost call."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.lost_calls: list[Exception | None] = []
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_calls.append(exc)
+        super().connection_lost(exc)
+
+
 @dataclass
 class Rig:
     """A public TCP client, the relay's SocketEnd for it, and a yamux session pair."""
 
     client: socket.socket
-    end: SocketEnd
+    end: CountingEnd
     relay_session: yamux.Session
     peer_session: yamux.Session
     errors: list[dict[str, Any]]
@@ -44,8 +56,8 @@ async def rig() -> AsyncIterator[Rig]:
     loop = asyncio.get_running_loop()
     errors: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    ends: asyncio.Queue[SocketEnd] = asyncio.Queue()
-    listener = await loop.create_server(lambda: SocketEnd(ends.put_nowait), "127.0.0.1", 0)
+    ends: asyncio.Queue[CountingEnd] = asyncio.Queue()
+    listener = await loop.create_server(lambda: CountingEnd(ends.put_nowait), "127.0.0.1", 0)
     left, right = socket.socketpair()
     relay_session = yamux.Session(client=True)
     peer_session = yamux.Session(client=False)
@@ -78,14 +90,6 @@ async def test_close_from_inside_resume_writing_is_deferred() -> None:
     """
     loop = asyncio.get_running_loop()
     async with rig() as r:
-        lost_calls: list[BaseException | None] = []
-        original_lost = r.end.connection_lost
-
-        def counting_lost(exc: Exception | None) -> None:
-            lost_calls.append(exc)
-            original_lost(exc)
-
-        r.end.connection_lost = counting_lost  # type: ignore[method-assign]
         r.client.shutdown(socket.SHUT_WR)
         relay_stream = await r.relay_session.open_stream()
         piping = loop.create_task(pipe(r.end, relay_stream))
@@ -112,7 +116,7 @@ async def test_close_from_inside_resume_writing_is_deferred() -> None:
         assert received == sent
         assert result.error is None
         assert result.received == sent
-        assert lost_calls == [None]
+        assert r.end.lost_calls == [None]
         assert r.errors == []
 
 
@@ -123,10 +127,10 @@ def piping_received(r: Rig) -> int:
 
 
 async def test_early_data_is_bounded_while_the_stream_is_not_open() -> None:
-    """A client that sends before its stream opens fills at most one read, then waits.
+    """A client that sends before its stream opens fills 64 KiB and one read, then waits.
 
     uvloop reads a socket even when reading is paused in connection_made; the
-    pipe must pause again and keep what it holds under one window.
+    pipe must pause again and keep what it holds bounded.
     """
     async with rig() as r:
         r.client.setblocking(True)
@@ -140,8 +144,8 @@ async def test_early_data_is_bounded_while_the_stream_is_not_open() -> None:
             for _ in range(20000):
                 pushed += r.client.send(b"y" * 65536)
         await asyncio.sleep(0.2)
-        assert pushed > 2 * EARLY_DATA_LIMIT  # the kernel took more than we may hold
-        assert r.end.early_bytes <= EARLY_DATA_LIMIT
+        assert pushed > 4 * (EARLY_DATA_PAUSE + MAX_READ)  # the kernel took more than we may hold
+        assert r.end.early_bytes <= EARLY_DATA_PAUSE + MAX_READ
         # Once the stream opens, everything arrives, in order and complete.
         r.client.setblocking(False)
         r.client.shutdown(socket.SHUT_WR)

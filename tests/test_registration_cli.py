@@ -221,3 +221,16 @@ def test_editing_the_auth_file_revokes_a_client_without_a_restart(
     _, alice_again = procs.forwarder(control, echo_port, "--client-name", "alice",
                                      "--secret", "alice secret 1")
     assert echo_roundtrip(alice_again) == b"ping through the relay\n"
+
+
+def test_mutual_tls_from_the_command_line(procs: Processes, echo_port: int,
+                                          certs: Certificates) -> None:
+    _, control = procs.relay("--tls-cert", str(certs.server_cert), "--tls-key",
+                             str(certs.server_key), "--tls-client-ca", str(certs.ca))
+    no_cert = procs.start_forwarder(control, echo_port, "--tls-ca", str(certs.ca),
+                                    "--no-reconnect")
+    assert no_cert.wait(15) == 1
+    assert "client certificate" in no_cert.stderr_text
+    _, public = procs.forwarder(control, echo_port, "--tls-ca", str(certs.ca), "--tls-cert",
+                                str(certs.client_cert), "--tls-key", str(certs.client_key))
+    assert echo_roundtrip(public) == b"ping through the relay\n"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import time
 from collections.abc import AsyncIterator
 
@@ -17,7 +16,10 @@ import pytest
 
 import relay
 import yamux
-from relay.protocol import RegistrationError, error_line, parse_greeting, port_line
+from relay.errors import RegistrationError
+from relay.protocol import error_line, parse_greeting, port_line
+from yamux.const import Flag, FrameType
+from yamux.frame import encode_header, parse_header
 
 HOST = "127.0.0.1"
 
@@ -51,6 +53,8 @@ async def refused(port: int) -> bool:
         _, writer = await asyncio.open_connection(HOST, port)
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:  # accepted by the kernel just as the listener closed
+        return False
     writer.close()
     await writer.wait_closed()
     return False
@@ -135,7 +139,7 @@ async def test_serve_forever_raises_when_the_relay_goes_away():
     relay_server = relay.RelayServer(0, host=HOST)
     await relay_server.start()
     try:
-        server = await relay.start_server(echo, HOST, relay_server.port)
+        server = await relay.start_server(echo, HOST, relay_server.port, reconnect=False)
         serving = asyncio.create_task(server.serve_forever())
         await asyncio.sleep(0)
         relay_server.close()
@@ -289,12 +293,12 @@ async def test_go_away_from_the_registered_side_frees_the_port(relay_server, cap
 
 async def test_yamux_bytes_in_the_same_segment_as_the_port_line_are_not_lost():
     """The registering side hands what follows the newline to yamux (initial_data)."""
-    header = struct.Struct(">BBHII")
     answered = asyncio.get_running_loop().create_future()
 
     async def fake_relay(reader, writer) -> None:
-        writer.write(b"4532\n" + header.pack(0, 2, 1, 0, 77))  # port line + ping, one write
-        answered.set_result(header.unpack(await reader.readexactly(12)))
+        ping = encode_header(FrameType.PING, Flag.SYN, 0, 77)
+        writer.write(b"4532\n" + ping)  # port line + ping, one write
+        answered.set_result(parse_header(await reader.readexactly(12)))
         writer.close()
         await writer.wait_closed()
 
@@ -302,8 +306,92 @@ async def test_yamux_bytes_in_the_same_segment_as_the_port_line_are_not_lost():
     try:
         session, public_port = await relay.register(HOST, server.sockets[0].getsockname()[1])
         assert public_port == 4532
-        assert await asyncio.wait_for(answered, 5) == (0, 2, 2, 0, 77)  # the pong (ACK, 77)
+        assert await asyncio.wait_for(answered, 5) == (FrameType.PING, Flag.ACK, 0, 77)  # the pong
         await session.close()
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_start_server_reconnects_when_the_relay_restarts(caplog):
+    """reconnect=True (the default): a new registration, reported, and the old handlers end."""
+    caplog.set_level(logging.INFO, logger="relay.api")
+    endpoints: list[str] = []
+    started, ended = asyncio.Event(), []
+
+    async def echo_or_hang(reader, writer) -> None:
+        if await reader.readexactly(4) == b"hang":
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                ended.append("cancelled")
+        writer.write(await reader.read())
+        writer.close()
+
+    first_relay = relay.RelayServer(0, host=HOST)
+    await first_relay.start()
+    control_port = first_relay.port
+    server = await relay.start_server(echo_or_hang, HOST, control_port,
+                                      on_endpoint=endpoints.append, reconnect_delay=0.05,
+                                      reconnect_max_delay=0.1)
+    second_relay = None
+    try:
+        first_endpoint = await server.wait_endpoint()
+        assert endpoints == [first_endpoint] == [server.public_endpoint]
+        assert await roundtrip(server.public_port, b"echo one") == b" one"
+        _, hanging = await asyncio.open_connection(HOST, server.public_port)
+        hanging.write(b"hang")
+        await asyncio.wait_for(started.wait(), 5)
+
+        first_relay.close()
+        await first_relay.wait_closed()
+        await eventually(lambda: asyncio.sleep(0, server.close_reason is not None))
+        assert not server.is_serving()  # reconnecting; close_reason says why
+        assert ended == ["cancelled"]  # the old session's handler did not linger
+        assert server.connections == 0
+        hanging.close()
+
+        second_relay = relay.RelayServer(control_port, host=HOST)
+        await second_relay.start()
+        second_endpoint = await asyncio.wait_for(server.wait_endpoint(), 5)
+        assert endpoints == [first_endpoint, second_endpoint]
+        assert server.registrations == 2
+        assert server.is_serving()
+        assert server.close_reason is None
+        assert await roundtrip(server.public_port, b"echo two") == b" two"
+        assert "lost the relay at" in caplog.text
+        assert "reconnecting to" in caplog.text
+    finally:
+        server.close()
+        await server.wait_closed()
+        for relay_server in (first_relay, second_relay):
+            if relay_server is not None:
+                relay_server.close()
+                await relay_server.wait_closed()
+    with pytest.raises(relay.RelayDisconnectedError, match="closed"):
+        await server.wait_endpoint()
+
+
+async def test_wait_endpoint_fails_when_the_server_stops_without_reconnect():
+    relay_server = relay.RelayServer(0, host=HOST)
+    await relay_server.start()
+    try:
+        server = await relay.start_server(echo, HOST, relay_server.port, reconnect=False)
+        relay_server.close()
+        await relay_server.wait_closed()
+        await eventually(lambda: asyncio.sleep(0, not server.is_serving()))
+        with pytest.raises(relay.RelayDisconnectedError, match="lost the relay"):
+            await asyncio.wait_for(server.wait_endpoint(), 5)
+        await server.wait_closed()
+    finally:
+        relay_server.close()
+        await relay_server.wait_closed()
+
+
+async def test_closed_at_once_after_start_leaves_nothing_behind(relay_server):
+    server = await relay.start_server(echo, HOST, relay_server.port)
+    server.close()  # before its task ran even once
+    await server.wait_closed()
+    assert not server.is_serving()
+    await eventually(lambda: asyncio.sleep(0, not relay_server.sessions))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 import time
 
 import pytest
@@ -18,12 +17,13 @@ from relay_support import (
     recv_all,
     wait_until,
 )
+from yamux.const import HEADER_SIZE, Flag, FrameType
+from yamux.frame import encode_header, parse_header
 
 pytestmark = pytest.mark.e2e
 
-HEADER = struct.Struct(">BBHII")  # version, type, flags, stream id, length
-WINDOW_UPDATE, PING, GO_AWAY = 1, 2, 3
-SYN, ACK = 1, 2
+WINDOW_UPDATE, PING, GO_AWAY = FrameType.WINDOW_UPDATE, FrameType.PING, FrameType.GO_AWAY
+SYN, ACK = Flag.SYN, Flag.ACK
 FAST_RECONNECT = ("--reconnect-delay", "0.1", "--reconnect-max-delay", "0.3")
 
 
@@ -38,12 +38,12 @@ def read_line(sock: socket.socket, limit: int = 1024) -> bytes:
     return line
 
 
-def control_frames(data: bytes) -> list[tuple[int, int, int, int]]:
+def control_frames(data: bytes) -> list[tuple[FrameType, int, int, int]]:
     """(type, flags, stream id, length) of bodiless yamux frames; fails on anything else."""
-    assert len(data) % 12 == 0, data
-    frames = [HEADER.unpack_from(data, i) for i in range(0, len(data), 12)]
-    assert all(version == 0 and type_ != 0 for version, type_, *_ in frames), frames
-    return [frame[1:] for frame in frames]
+    assert len(data) % HEADER_SIZE == 0, data
+    frames = [parse_header(data, i) for i in range(0, len(data), HEADER_SIZE)]
+    assert all(type_ is not FrameType.DATA for type_, *_ in frames), frames
+    return frames
 
 
 def recv_exactly(sock: socket.socket, n: int) -> bytes:
@@ -65,14 +65,14 @@ def test_port_line_then_yamux_and_nothing_else(procs):
         public_port = int(line)
         assert 1 <= public_port <= 65535
         # Next comes the relay's handshake ping: a bare 12-byte yamux header.
-        version, type_, flags, stream_id, opaque = HEADER.unpack(recv_exactly(sock, 12))
-        assert (version, type_, flags, stream_id) == (0, PING, SYN, 0)
-        sock.sendall(HEADER.pack(0, PING, ACK, 0, opaque))  # answer like a yamux server
+        type_, flags, stream_id, opaque = parse_header(recv_exactly(sock, HEADER_SIZE))
+        assert (type_, flags, stream_id) == (PING, SYN, 0)
+        sock.sendall(encode_header(PING, ACK, 0, opaque))  # answer like a yamux server
         # A public connection now arrives as a stream the relay (client role) opens: odd id.
         with socket.create_connection((HOST, public_port), timeout=10):
-            header = HEADER.unpack(recv_exactly(sock, 12))
-            assert header[1:3] == (WINDOW_UPDATE, SYN)
-            assert header[3] % 2 == 1
+            type_, flags, stream_id, _ = parse_header(recv_exactly(sock, HEADER_SIZE))
+            assert (type_, flags) == (WINDOW_UPDATE, SYN)
+            assert stream_id % 2 == 1
     relay.wait_line(r"session 1 from 127\.0\.0\.1:\d+ ended: peer closed the connection")
 
 
@@ -106,7 +106,7 @@ def test_garbage_stalled_and_slow_registrations_end_only_themselves(procs, echo_
         # Slow: the start of a valid pong, trickled a byte at a time, never finished in time.
         for sock in slow:
             assert control_frames(recv_exactly(sock, 12)) == [(PING, SYN, 0, 1)]
-        pong = HEADER.pack(0, PING, ACK, 0, 1)
+        pong = encode_header(PING, ACK, 0, 1)
         for byte in pong[:4]:
             for sock in slow:
                 sock.sendall(bytes([byte]))

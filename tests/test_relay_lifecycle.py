@@ -51,7 +51,7 @@ def test_relay_killed_and_restarted_forwarder_reregisters(procs, echo_port):
     relay.kill()
     forwarder.wait_line(r"lost the relay at 127\.0\.0\.1:\d+: (peer closed the connection"
                         r"|connection lost).*; public endpoint 127\.0\.0\.1:\d+ is gone")
-    forwarder.wait_line(r"cannot reach the relay .*refused")  # it keeps trying meanwhile
+    forwarder.wait_line(r"cannot register with the relay .*refused")  # it keeps trying
     assert forwarder.popen.poll() is None
     procs.relay(port=relay_port)  # same control port, new process
     index, match = forwarder.wait_line(ENDPOINT, stream="stdout", after=1)
@@ -72,8 +72,8 @@ def test_no_reconnect_exits_when_relay_lost(procs, echo_port):
 def test_forwarder_started_before_relay_registers_when_it_comes_up(procs, echo_port):
     relay_port = free_port()
     forwarder = procs.start_forwarder(relay_port, echo_port, *FAST_RECONNECT)
-    forwarder.wait_line(r"cannot reach the relay at 127\.0\.0\.1:\d+: .*refused")
-    forwarder.wait_line(r"reconnecting to 127\.0\.0\.1:\d+ in 0\.\d\d s")
+    forwarder.wait_line(r"WARNING relay.api: cannot register with the relay at 127\.0\.0\.1:\d+: "
+                        r"connection refused.*; retrying in 0\.\d\d s")
     procs.relay(port=relay_port)
     _, match = forwarder.wait_line(ENDPOINT, stream="stdout")
     assert echo_roundtrip(int(match.group(1))) == b"ping through the relay\n"
@@ -81,11 +81,13 @@ def test_forwarder_started_before_relay_registers_when_it_comes_up(procs, echo_p
 
 def test_reconnect_backoff_doubles_and_is_capped(procs, echo_port):
     forwarder = procs.start_forwarder(free_port(), echo_port, "--reconnect-delay", "0.05",
-                                      "--reconnect-max-delay", "0.2")
+                                      "--reconnect-max-delay", "0.2", "--log-level", "debug")
     delays: list[float] = []
     after = 0
     while len(delays) < 6:
-        index, match = forwarder.wait_line(r"reconnecting to .* in (\d+\.\d\d) s", after=after)
+        index, match = forwarder.wait_line(r"DEBUG relay.api: cannot register .* retrying in "
+                                           r"(\d+\.\d\d) s \(attempt",
+                                           after=after)
         delays.append(float(match.group(1)))
         after = index + 1
     # 0.05 s doubling, +-20 % jitter, capped at 0.2 s.
@@ -96,13 +98,29 @@ def test_reconnect_backoff_doubles_and_is_capped(procs, echo_port):
     assert forwarder.popen.poll() is None  # still trying
 
 
+def test_failed_attempts_are_one_warning_not_one_error_each(procs, echo_port):
+    relay_port = free_port()
+    forwarder = procs.start_forwarder(relay_port, echo_port, "--reconnect-delay", "0.05",
+                                      "--reconnect-max-delay", "0.1")
+    forwarder.wait_line(r"WARNING relay.api: cannot register with the relay .*refused")
+    time.sleep(1.5)  # some 15 more attempts
+    procs.relay(port=relay_port)
+    forwarder.wait_line(ENDPOINT, stream="stdout")
+    _, match = forwarder.wait_line(r"INFO relay.api: cannot register with the relay .*: "
+                                   r"succeeded after (\d+) failed attempt\(s\)")
+    assert int(match.group(1)) >= 10
+    log = forwarder.stderr_text
+    assert log.count("cannot register with the relay") == 2, log  # first failure, recovery
+    assert " ERROR " not in log
+
+
 def test_frozen_forwarder_detected_by_relay_keepalive(procs, echo_port):
     """A registered side that stops answering (SIGSTOP) does not hold its public port."""
     relay, relay_port = procs.relay("--keepalive-interval", "0.2", "--keepalive-timeout", "0.5")
     forwarder, public_port = procs.forwarder(relay_port, echo_port, *FAST_RECONNECT)
     forwarder.send_signal(signal.SIGSTOP)
     try:
-        relay.wait_line(rf"ended: keepalive failed: no answer to a ping within 0.5 s; "
+        relay.wait_line(rf"ended: keepalive failed: nothing from the peer within 0.5 s of a ping; "
                         rf"public port {public_port} closed", timeout=10)
         assert connection_refused(public_port)
     finally:

@@ -66,7 +66,7 @@ async def test_incoming_ping_is_answered_on_a_congested_session() -> None:
         stream.write(os.urandom(4 * MIB))
         await asyncio.sleep(0.05)
         assert client._core.send_credit(stream.id) == 0
-        assert stream._session._pending_bytes(stream.id) > 0
+        assert client.pending_bytes(stream.id) > 0
         assert await asyncio.wait_for(server.ping(), 2) < 2
         assert await asyncio.wait_for(client.ping(), 2) < 2
 
@@ -168,7 +168,7 @@ async def test_go_away_makes_the_peers_next_open_fail_and_existing_streams_go_on
         accepted = await server.accept_stream()
         server.go_away()
         await asyncio.sleep(0.05)
-        with pytest.raises(yamux.GoAwayError):
+        with pytest.raises(yamux.NoNewStreamsError):
             await client.open_stream()
         stream.write(b"still here")
         assert await accepted.readexactly(10) == b"still here"
@@ -183,7 +183,7 @@ async def test_go_away_wakes_an_open_blocked_on_the_backlog_and_is_awaitable() -
         assert not blocked.done()
         assert not waiting.done()
         peer.send(FrameType.GO_AWAY, 0, 0, GoAwayCode.NORMAL)
-        with pytest.raises(yamux.GoAwayError):
+        with pytest.raises(yamux.NoNewStreamsError):
             await asyncio.wait_for(blocked, 2)
         await asyncio.wait_for(waiting, 2)
         ping = asyncio.create_task(session.ping())  # pings and accepts still work after go away
@@ -206,7 +206,7 @@ async def test_go_away_with_error_code_ends_the_peers_session() -> None:
     async with session_pair() as (client, server):
         server.go_away(GoAwayCode.INTERNAL_ERROR)
         await asyncio.wait_for(client.wait_closed(), 2)
-        assert isinstance(client.close_reason, yamux.RemoteGoAwayError)
+        assert isinstance(client.close_reason, yamux.PeerTerminatedError)
         assert client.close_reason.code == GoAwayCode.INTERNAL_ERROR
 
 
@@ -467,7 +467,7 @@ async def test_client_client_pairing_is_rejected_with_a_clear_error() -> None:
     await asyncio.wait_for(session.wait_closed(), 2)
     assert isinstance(other.close_reason, yamux.ProtocolError)
     assert "same yamux role" in str(other.close_reason)
-    assert isinstance(session.close_reason, yamux.RemoteGoAwayError)
+    assert isinstance(session.close_reason, yamux.PeerTerminatedError)
     assert session.close_reason.code == GoAwayCode.PROTOCOL_ERROR
     await server.close()
 

@@ -12,10 +12,10 @@ from .errors import (
     ConfigError,
     ConnectionWriteTimeoutError,
     ControlQueueFullError,
-    GoAwayError,
     KeepaliveTimeoutError,
+    NoNewStreamsError,
+    PeerTerminatedError,
     ProtocolError,
-    RemoteGoAwayError,
     SessionClosedError,
     SessionError,
     StreamClosedError,
@@ -25,10 +25,29 @@ from .errors import (
     StreamTimeoutError,
     TooManyStreamsError,
     YamuxError,
+    deprecated_error,
+)
+from .events import (
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    PongReceived,
+    SessionTerminated,
+    StreamAcknowledged,
+    StreamClosed,
+    StreamEnded,
+    StreamOpened,
+    StreamRefused,
+    StreamReset,
+    WindowUpdated,
 )
 from .frame import Frame, FrameDecoder
-from .session import Server, Session, connect, connect_pipes, start_server
-from .stream import Stream
+from .server import Server, start_server
+from .session import Session
+from .stream import Stream, StreamLink
+from .stream_state import State, StreamStateError
+from .tasks import StreamHandler, TaskOwner, run_stream_handler
+from .transport import connect, connect_pipes
 
 __all__ = [
     "Config",
@@ -36,28 +55,51 @@ __all__ = [
     "Connection",
     "ConnectionWriteTimeoutError",
     "ControlQueueFullError",
+    "DataReceived",
+    "Event",
     "Flag",
     "Frame",
     "FrameDecoder",
     "FrameType",
     "GoAwayCode",
-    "GoAwayError",
+    "GoAwayReceived",
     "KeepaliveTimeoutError",
+    "NoNewStreamsError",
+    "PeerTerminatedError",
+    "PongReceived",
     "ProtocolError",
-    "RemoteGoAwayError",
     "Server",
     "Session",
     "SessionClosedError",
     "SessionError",
+    "SessionTerminated",
+    "State",
     "Stream",
+    "StreamAcknowledged",
+    "StreamClosed",
     "StreamClosedError",
+    "StreamEnded",
     "StreamError",
+    "StreamHandler",
+    "StreamLink",
     "StreamOpenTimeoutError",
+    "StreamOpened",
+    "StreamRefused",
+    "StreamReset",
     "StreamResetError",
+    "StreamStateError",
     "StreamTimeoutError",
+    "TaskOwner",
     "TooManyStreamsError",
+    "WindowUpdated",
     "YamuxError",
     "connect",
     "connect_pipes",
+    "run_stream_handler",
     "start_server",
 ]
+
+
+def __getattr__(name: str) -> type[YamuxError]:
+    """The deprecated error names (GoAwayError, RemoteGoAwayError), with a warning."""
+    return deprecated_error(name, __name__)

@@ -11,16 +11,15 @@ round-robin.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
 from .config import Config
 from .const import HEADER_SIZE, INITIAL_STREAM_WINDOW, Flag, FrameType, GoAwayCode
 from .errors import (
     ControlQueueFullError,
-    GoAwayError,
+    NoNewStreamsError,
+    PeerTerminatedError,
     ProtocolError,
-    RemoteGoAwayError,
     SessionClosedError,
     SessionError,
     StreamClosedError,
@@ -42,11 +41,10 @@ from .events import (
     StreamReset,
     WindowUpdated,
 )
-from .flow import WindowTuner
+from .flow import ReceiveWindow, SendWindow, WindowTuner
 from .frame import Frame, FrameDecoder, encode_header
-from .stream_state import OpenState, StreamState
-
-logger = logging.getLogger("yamux.connection")
+from .send_buffer import SendBuffer
+from .stream_state import Effect, Handshake, Input, State, StreamMachine, StreamStateError
 
 _DATA = FrameType.DATA
 _WINDOW_UPDATE = FrameType.WINDOW_UPDATE
@@ -56,21 +54,45 @@ _SYN, _ACK, _FIN, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.R
 _MAX_STREAM_ID = 0xFFFFFFFF
 
 
+class _StreamRecord:
+    """What the core keeps per stream: its state machine, both windows, its unsent bytes."""
+
+    __slots__ = ("id", "out", "recv", "send", "state")
+
+    def __init__(self, stream_id: int, max_window: int) -> None:
+        self.id = stream_id
+        self.state = StreamMachine()
+        self.recv = ReceiveWindow(max_window)
+        self.send = SendWindow()
+        self.out = SendBuffer()
+
+    @property
+    def sendable(self) -> bool:
+        """Something can go on the wire now: data with credit, or a FIN with nothing before it."""
+        if self.out.size:
+            return self.send.credit > 0
+        return self.out.fin
+
+
 class Connection:
-    """One yamux session's protocol state. ``client`` opens odd stream ids, the server even."""
+    """One yamux session's protocol state. ``client`` opens odd stream ids, the server even.
+
+    Everything it has to report comes out as events, never as log lines (a
+    peer must not write our log): ``receive_data`` returns them, and
+    ``take_events`` hands over those that local calls produced (a stream
+    ``take_data`` finished).
+    """
 
     def __init__(self, *, client: bool, config: Config | None = None) -> None:
         self.client = client
         self.config = config or Config()
         self._next_id = 1 if client else 2
-        self._streams: dict[int, StreamState] = {}
-        self._sendable: dict[int, StreamState] = {}
+        self._streams: dict[int, _StreamRecord] = {}
+        self._sendable: dict[int, _StreamRecord] = {}
         self._control: list[bytes] = []
-        self._finished: list[int] = []
+        self._events: list[Event] = []
         self._decoder = FrameDecoder(max(self.config.max_frame_size,
                                          self.config.max_stream_window_size))
-        self._heard: set[int] | None = None
-        """Streams that received a frame, once silent_streams is in use."""
         self.tuner: WindowTuner | None = None
         """Receive-window auto-tuning (Config.window_autotune); the adapter feeds its RTT."""
         self._stream_window = self.config.max_stream_window_size
@@ -86,6 +108,8 @@ class Connection:
         self.remote_go_away = False
         self.error: YamuxError | None = None
         """Why the session ended; None while it is alive."""
+        self._heard: set[int] | None = None
+        """Streams that received a frame, once silent_streams is in use."""
         self.discarded_frames = 0
         """Frames for streams we no longer know (reset or refused), counted, never logged."""
         self.discarded_bytes = 0
@@ -115,10 +139,6 @@ class Connection:
     def stream_ids(self) -> list[int]:
         return list(self._streams)
 
-    def send_credit(self, stream_id: int) -> int:
-        st = self._streams.get(stream_id)
-        return st.send.credit if st is not None else 0
-
     @property
     def heard_any(self) -> bool:
         """A stream frame arrived since silent_streams last looked."""
@@ -135,17 +155,25 @@ class Connection:
             return []
         return [stream_id for stream_id in self._streams if stream_id not in heard]
 
+    def stream_state(self, stream_id: int) -> StreamMachine:
+        """The state machine of a live stream (a Stream keeps it to read, never to change)."""
+        return self._streams[stream_id].state
+
+    def send_credit(self, stream_id: int) -> int:
+        rec = self._streams.get(stream_id)
+        return rec.send.credit if rec is not None else 0
+
     def pending_bytes(self, stream_id: int) -> int:
         """Bytes written to a stream and not yet framed."""
-        st = self._streams.get(stream_id)
-        return st.pending_bytes if st is not None else 0
+        rec = self._streams.get(stream_id)
+        return rec.out.size if rec is not None else 0
 
     # ---------------------------------------------------------------- commands
     def open_stream(self) -> int:
         """Allocate the next stream id and queue its SYN (carrying any extra window grant)."""
         self._check_alive()
         if self.remote_go_away:
-            raise GoAwayError(GoAwayCode.NORMAL)
+            raise NoNewStreamsError(GoAwayCode.NORMAL)
         if len(self._streams) >= self.config.max_streams:
             raise TooManyStreamsError(
                 f"session has {len(self._streams)} streams, the maximum (max_streams)"
@@ -154,47 +182,56 @@ class Connection:
         if stream_id > _MAX_STREAM_ID:
             raise SessionError("stream ids exhausted on this session")
         self._next_id += 2
-        st = self._new_stream(stream_id, OpenState.SYN_SENT)
+        rec = self._new_stream(stream_id, Input.SEND_SYN)
         self.unacked_outbound += 1
-        self._queue_control(encode_header(_WINDOW_UPDATE, _SYN, stream_id, st.recv.initial_grant()))
+        self._queue_control(
+            encode_header(_WINDOW_UPDATE, _SYN, stream_id, rec.recv.initial_grant())
+        )
         return stream_id
 
     def accept_stream(self, stream_id: int) -> None:
         """ACK a stream the peer opened (after StreamOpened), granting our window."""
-        st = self._streams.get(stream_id)
-        if st is None or st.open_state is not OpenState.SYN_RECEIVED:
+        rec = self._streams.get(stream_id)
+        if rec is None or rec.state.handshake is not Handshake.ACK_OWED:
             return
-        st.open_state = OpenState.ESTABLISHED
-        if st.leave_backlog():
-            self.unaccepted_inbound -= 1
-        self._queue_control(encode_header(_WINDOW_UPDATE, _ACK, stream_id, st.recv.initial_grant()))
+        self._apply(rec, rec.state.process(Input.SEND_ACK))
 
     def send_data(self, stream_id: int, data: bytes | memoryview) -> None:
         """Queue payload; it is framed within the peer's window by take_data."""
-        st = self._writable_stream(stream_id)
+        self._check_alive()
+        rec = self._streams.get(stream_id)
+        if rec is None:
+            raise StreamResetError(f"stream {stream_id} is reset or closed")
+        try:
+            rec.state.process(Input.SEND_DATA)
+        except StreamStateError:
+            raise StreamClosedError(
+                f"stream {stream_id}: write after close (FIN already queued)"
+            ) from None
         if not data:
             return
-        st.pending.append(data)
-        st.pending_bytes += len(data)
-        if st.send.credit > 0:
-            self._sendable[stream_id] = st
+        rec.out.append(data)
+        if rec.send.credit > 0:
+            self._sendable[stream_id] = rec
 
     def close_stream(self, stream_id: int) -> None:
         """Half-close: queue FIN behind everything already written."""
-        st = self._streams.get(stream_id)
-        if st is None or st.fin_queued:
+        rec = self._streams.get(stream_id)
+        if rec is None or rec.state.local_closed:
             return
         self._check_alive()
-        st.fin_queued = True
-        if st.sendable:
-            self._sendable[stream_id] = st
+        effects = rec.state.process(Input.SEND_FIN)
+        rec.out.fin = True
+        if rec.sendable:
+            self._sendable[stream_id] = rec
+        self._apply(rec, effects)
 
     def reset_stream(self, stream_id: int) -> None:
         """Abort the stream both ways: drop unsent data and send RST."""
-        st = self._streams.get(stream_id)
-        if st is None:
+        rec = self._streams.get(stream_id)
+        if rec is None:
             return
-        self._forget(st)
+        self._apply(rec, rec.state.process(Input.SEND_RST))
         if not self.closed:
             self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
 
@@ -203,11 +240,11 @@ class Connection:
 
         ``now`` (seconds, any clock) matters only to window auto-tuning.
         """
-        st = self._streams.get(stream_id)
-        if st is None or self.closed:
+        rec = self._streams.get(stream_id)
+        if rec is None or self.closed:
             return
-        delta = st.recv.consume(length, self.tuner, now)
-        if delta and not st.remote_fin:
+        delta = rec.recv.consume(length, self.tuner, now)
+        if delta:
             self._queue_control(encode_header(_WINDOW_UPDATE, 0, stream_id, delta))
 
     def ping(self) -> int:
@@ -221,7 +258,7 @@ class Connection:
         """Tell the peer we accept no new streams. A non-zero code also ends the session."""
         self._check_alive()
         self.local_go_away = True
-        self._control.append(encode_header(_GO_AWAY, 0, 0, code))
+        self._queue_control(encode_header(_GO_AWAY, 0, 0, code))
         if code != GoAwayCode.NORMAL:
             self.error = SessionClosedError(f"we sent go away code {code}")
             self._forget_all()
@@ -231,7 +268,7 @@ class Connection:
         if self.closed:
             return
         if code is not None:
-            self._control.append(encode_header(_GO_AWAY, 0, 0, code))
+            self._queue_control(encode_header(_GO_AWAY, 0, 0, code))
         self.error = error
         self._forget_all()
 
@@ -258,28 +295,28 @@ class Connection:
         max_frame = self.config.max_frame_size
         while budget > 0 and sendable:
             stream_id = next(iter(sendable))
-            st = sendable.pop(stream_id)
-            size = min(st.pending_bytes, st.send.credit, max_frame)
+            rec = sendable.pop(stream_id)
+            buffer = rec.out
+            size = rec.send.frame_size(buffer.size, max_frame)
             if size:
                 out.append(encode_header(_DATA, 0, stream_id, size))
-                self._take_pending(st, size, out)
-                st.send.credit -= size
+                buffer.take(size, out)
+                rec.send.debit(size)
                 budget -= size
-            if st.fin_queued and not st.pending_bytes:
+            if buffer.fin and not buffer.size:
                 out.append(encode_header(_WINDOW_UPDATE, _FIN, stream_id, 0))
-                st.fin_sent = True
-            if st.fin_sent:
-                if st.remote_fin:
-                    self._forget(st)
-                    self._finished.append(stream_id)
-            elif st.sendable:
-                sendable[stream_id] = st
+                buffer.fin = False
+                if rec.state.state is State.CLOSED:
+                    self._forget(rec)
+                    self._events.append(StreamClosed(stream_id))
+            elif rec.sendable:
+                sendable[stream_id] = rec
         return out
 
-    def take_finished(self) -> list[int]:
-        """Streams take_data finished (our FIN went out after the peer's) and forgot."""
-        out = self._finished
-        self._finished = []
+    def take_events(self) -> list[Event]:
+        """Events produced by local calls since the last receive_data or take_events."""
+        out = self._events
+        self._events = []
         return out
 
     # ------------------------------------------------------------------- input
@@ -293,94 +330,92 @@ class Connection:
 
     def receive_frames(self, frames: Iterable[Frame]) -> list[Event]:
         """Like receive_data for frames already decoded (used by tests)."""
-        events: list[Event] = []
-        if self.closed:
-            return events
-        try:
-            for frame in frames:
-                self._handle_frame(frame, events)
-                if self.error is not None:
-                    break
-        except ProtocolError as exc:
-            logger.warning("protocol error from peer: %s", exc)
-            self.terminate(exc, GoAwayCode.PROTOCOL_ERROR)
-        if self.error is not None:
-            events.append(SessionTerminated(self.error))
-        return events
+        if not self.closed:
+            try:
+                for frame in frames:
+                    self._handle_frame(frame)
+                    if self.error is not None:
+                        break
+            except ProtocolError as exc:
+                self.terminate(exc, GoAwayCode.PROTOCOL_ERROR)
+            if self.error is not None:
+                self._events.append(SessionTerminated(self.error))
+        return self.take_events()
 
-    def _handle_frame(self, frame: Frame, events: list[Event]) -> None:
+    def _handle_frame(self, frame: Frame) -> None:
         type_ = frame.type
         if type_ is _DATA or type_ is _WINDOW_UPDATE:
-            self._handle_stream_frame(frame, events)
+            self._handle_stream_frame(frame)
         elif type_ is _PING:
             self._require_session_id(frame)
             if frame.flags & _SYN:
                 self._queue_control(encode_header(_PING, _ACK, 0, frame.length))
             else:
-                events.append(PongReceived(frame.length))
+                self._events.append(PongReceived(frame.length))
         else:
             self._require_session_id(frame)
             code = frame.length
             if code == GoAwayCode.NORMAL:
                 self.remote_go_away = True
-                events.append(GoAwayReceived(code))
+                self._events.append(GoAwayReceived(code))
             else:
-                self.terminate(RemoteGoAwayError(code))
+                self.terminate(PeerTerminatedError(code))
 
-    def _handle_stream_frame(self, frame: Frame, events: list[Event]) -> None:
+    def _handle_stream_frame(self, frame: Frame) -> None:
         stream_id = frame.stream_id
         flags = frame.flags
         if stream_id == 0:
             raise ProtocolError(f"{frame.type.name} frame on stream id 0, which is the session's")
-        st = self._streams.get(stream_id)
+        rec = self._streams.get(stream_id)
         if flags & _SYN:
-            st = self._incoming_stream(frame, st, events)
-        if st is None:
+            rec = self._incoming_stream(frame, rec)
+        if rec is None:
             self.discarded_frames += 1
             self.discarded_bytes += len(frame.body)
             return
         if self._heard is not None:
             self._heard.add(stream_id)
-        if flags & _ACK and st.open_state is OpenState.SYN_SENT:
-            st.open_state = OpenState.ESTABLISHED
-            if st.leave_backlog():
-                self.unacked_outbound -= 1
-            events.append(StreamAcknowledged(stream_id))
+        state = rec.state
+        if flags & _ACK:
+            self._apply(rec, state.process(Input.RECV_ACK))
         if flags & _RST:
             # go-yamux puts an error code in a RST's length: it is no window delta,
             # and a reset discards the frame's payload like everything unread.
             self.discarded_bytes += len(frame.body)
-            self._forget(st)
-            events.append(StreamReset(stream_id, "reset by peer"))
+            self._apply(rec, state.process(Input.RECV_RST))
+            self._events.append(StreamReset(stream_id, "reset by peer"))
             return
         if frame.type is _WINDOW_UPDATE:
             if frame.length:
-                st.send.grant(stream_id, frame.length)
-                if st.sendable and not st.fin_sent:
-                    self._sendable[stream_id] = st
-                events.append(WindowUpdated(stream_id))
+                rec.send.grant(stream_id, frame.length)
+                if rec.sendable:
+                    self._sendable[stream_id] = rec
+                self._events.append(WindowUpdated(stream_id))
         elif frame.length:
-            if st.remote_fin:
+            try:
+                state.process(Input.RECV_DATA)
+            except StreamStateError as exc:
                 self._reset_for_misbehaviour(
-                    st, f"stream {stream_id}: {frame.length} bytes of data after the peer's FIN",
-                    events,
+                    rec, f"stream {stream_id}: {frame.length} bytes of data after the peer's "
+                    f"FIN ({exc})",
                 )
                 return
-            st.recv.receive(stream_id, frame.length)
-            events.append(DataReceived(stream_id, frame.body))
-        if flags & _FIN and not st.remote_fin:
-            st.remote_fin = True
-            events.append(StreamEnded(stream_id))
-            if st.fin_sent:
-                self._forget(st)
-                events.append(StreamClosed(stream_id))
+            rec.recv.receive(stream_id, frame.length)
+            self._events.append(DataReceived(stream_id, frame.body))
+        if flags & _FIN:
+            self._apply(rec, state.process(Input.RECV_FIN))
 
     def _incoming_stream(
-        self, frame: Frame, existing: StreamState | None, events: list[Event]
-    ) -> StreamState | None:
+        self, frame: Frame, existing: _StreamRecord | None
+    ) -> _StreamRecord | None:
         stream_id = frame.stream_id
         if existing is not None:
-            raise ProtocolError(f"duplicate SYN for stream {stream_id}, which is already open")
+            try:
+                existing.state.process(Input.RECV_SYN)
+            except StreamStateError as exc:
+                raise ProtocolError(
+                    f"duplicate SYN for stream {stream_id}, which is already open ({exc})"
+                ) from None
         if (stream_id & 1) == (1 if self.client else 0):
             side = "client" if self.client else "server"
             raise ProtocolError(
@@ -396,14 +431,35 @@ class Connection:
             refusal = f"accept backlog of {self.config.accept_backlog} streams is full"
         if refusal is not None:
             self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
-            events.append(StreamRefused(stream_id, refusal))
+            self._events.append(StreamRefused(stream_id, refusal))
             return None
-        st = self._new_stream(stream_id, OpenState.SYN_RECEIVED)
+        rec = self._new_stream(stream_id, Input.RECV_SYN)
         self.unaccepted_inbound += 1
-        events.append(StreamOpened(stream_id))
-        return st
+        self._events.append(StreamOpened(stream_id, rec.state))
+        return rec
 
     # ---------------------------------------------------------------- internals
+    def _apply(self, rec: _StreamRecord, effects: tuple[Effect, ...]) -> None:
+        """Carry out what a state machine step asks for (see stream_state.Effect)."""
+        for effect in effects:
+            if effect is Effect.ACKNOWLEDGED:
+                self.unacked_outbound -= 1
+                self._events.append(StreamAcknowledged(rec.id))
+            elif effect is Effect.ACCEPTED:
+                self.unaccepted_inbound -= 1
+                self._queue_control(
+                    encode_header(_WINDOW_UPDATE, _ACK, rec.id, rec.recv.initial_grant())
+                )
+            elif effect is Effect.ENDED:
+                rec.recv.end()
+                self._events.append(StreamEnded(rec.id))
+            elif effect is Effect.CLOSED:
+                if not rec.out.fin:  # else take_data finishes it once our FIN is out
+                    self._forget(rec)
+                    self._events.append(StreamClosed(rec.id))
+            else:
+                self._forget(rec)
+
     def _queue_control(self, frame: bytes) -> None:
         """Queue one control frame; a peer that lets them pile up past the limit is cut off.
 
@@ -421,57 +477,33 @@ class Connection:
                 f"{self.config.control_queue_limit} bytes (control_queue_limit)"
             ))
 
-    def _reset_for_misbehaviour(self, st: StreamState, reason: str, events: list[Event]) -> None:
+    def _reset_for_misbehaviour(self, rec: _StreamRecord, reason: str) -> None:
         """A stream-level violation ends only that stream (the adapter logs it, rate-limited)."""
-        self.reset_stream(st.id)
-        events.append(StreamReset(st.id, reason, violation=True))
+        self.reset_stream(rec.id)
+        self._events.append(StreamReset(rec.id, reason, violation=True))
 
-    def _writable_stream(self, stream_id: int) -> StreamState:
-        self._check_alive()
-        st = self._streams.get(stream_id)
-        if st is None:
-            raise StreamResetError(f"stream {stream_id} is reset or closed")
-        if st.fin_queued:
-            raise StreamClosedError(f"stream {stream_id}: write after close (FIN already queued)")
-        return st
-
-    def _take_pending(self, st: StreamState, size: int, out: list[bytes | memoryview]) -> None:
-        st.pending_bytes -= size
-        pending = st.pending
-        while size:
-            chunk = pending[0]
-            n = len(chunk)
-            if n <= size:
-                out.append(pending.popleft())
-                size -= n
-            else:
-                view = chunk if type(chunk) is memoryview else memoryview(chunk)
-                out.append(view[:size])
-                pending[0] = view[size:]
-                size = 0
-
-    def _new_stream(self, stream_id: int, open_state: OpenState) -> StreamState:
-        st = StreamState(stream_id, open_state, self._stream_window)
-        self._streams[stream_id] = st
+    def _new_stream(self, stream_id: int, opening: Input) -> _StreamRecord:
+        rec = _StreamRecord(stream_id, self._stream_window)
+        rec.state.process(opening)
+        self._streams[stream_id] = rec
         if self.tuner is not None:
             self.tuner.used += self._stream_window
-        return st
+        return rec
 
-    def _forget(self, st: StreamState) -> None:
-        if self._streams.pop(st.id, None) is not None and self.tuner is not None:
-            self.tuner.used -= st.recv.max_window
-        self._sendable.pop(st.id, None)
-        st.pending.clear()
-        st.pending_bytes = 0
-        if st.leave_backlog():
-            if st.open_state is OpenState.SYN_SENT:
-                self.unacked_outbound -= 1
-            elif st.open_state is OpenState.SYN_RECEIVED:
-                self.unaccepted_inbound -= 1
+    def _forget(self, rec: _StreamRecord) -> None:
+        if self._streams.pop(rec.id, None) is not None and self.tuner is not None:
+            self.tuner.used -= rec.recv.max_window
+        self._sendable.pop(rec.id, None)
+        rec.out.clear()
+        handshake = rec.state.handshake
+        if handshake is Handshake.AWAITING_ACK:
+            self.unacked_outbound -= 1
+        elif handshake is Handshake.ACK_OWED:
+            self.unaccepted_inbound -= 1
 
     def _forget_all(self) -> None:
-        for st in list(self._streams.values()):
-            self._forget(st)
+        for rec in list(self._streams.values()):
+            self._forget(rec)
 
     def _check_alive(self) -> None:
         if self.error is not None:

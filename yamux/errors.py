@@ -1,4 +1,12 @@
-"""Exception hierarchy: every error the package raises derives from YamuxError."""
+"""Exception hierarchy: every error the package raises derives from YamuxError.
+
+``GoAwayError`` and ``RemoteGoAwayError`` are the old names of NoNewStreamsError
+and PeerTerminatedError; they still work, with a DeprecationWarning, for one release.
+"""
+
+from __future__ import annotations
+
+import warnings
 
 
 class YamuxError(Exception):
@@ -25,16 +33,19 @@ class SessionClosedError(SessionError):
         self.reason = reason
 
 
-class GoAwayError(SessionError):
-    """The peer sent Go Away, so no new stream may be opened; ``code`` is its reason."""
+class NoNewStreamsError(SessionError):
+    """The peer sent Go Away (hashicorp's ErrRemoteGoAway): it takes no new streams.
+
+    Streams already open go on; ``code`` is the Go Away code (0, normal).
+    """
 
     def __init__(self, code: int):
         super().__init__(f"peer sent go away (code {code}): no new streams")
         self.code = code
 
 
-class RemoteGoAwayError(SessionError):
-    """The peer ended the session with Go Away carrying an error code."""
+class PeerTerminatedError(SessionError):
+    """The peer ended the session with a Go Away error code (1 protocol, 2 internal error)."""
 
     def __init__(self, code: int):
         super().__init__(f"peer ended the session with go away code {code}")
@@ -75,3 +86,25 @@ class StreamClosedError(StreamError, BrokenPipeError):
 
 class StreamTimeoutError(StreamError, TimeoutError):
     """A read or write deadline set on the stream passed."""
+
+
+DEPRECATED_NAMES = {
+    "GoAwayError": "NoNewStreamsError",
+    "RemoteGoAwayError": "PeerTerminatedError",
+}
+"""Old name -> new name; the old names go in the next release."""
+
+
+def deprecated_error(name: str, module: str) -> type[YamuxError]:
+    """The class an old error name stands for, with a DeprecationWarning for the caller."""
+    new = DEPRECATED_NAMES.get(name)
+    if new is None:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    warnings.warn(f"yamux.{name} is deprecated; use yamux.{new}", DeprecationWarning,
+                  stacklevel=3)
+    error: type[YamuxError] = globals()[new]
+    return error
+
+
+def __getattr__(name: str) -> type[YamuxError]:
+    return deprecated_error(name, __name__)

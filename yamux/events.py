@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import YamuxError
+from .stream_state import StreamMachine
 
 
 @dataclass(frozen=True, slots=True)
 class StreamOpened:
-    """The peer opened a stream; it waits for Connection.accept_stream."""
+    """The peer opened a stream; it waits for Connection.accept_stream.
+
+    ``state`` is the stream's state machine, for the stream object to read
+    (events after this one in the same batch may already have ended it).
+    """
 
     stream_id: int
+    state: StreamMachine = field(default_factory=StreamMachine, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,14 @@
-"""The flow-control rule, in one place, with optional receive-window auto-tuning.
+"""The flow-control rule, in one place: all window arithmetic, receive and send,
+with optional receive-window auto-tuning.
 
 Each direction of a stream has credit. The sender may only put Data payload
-bytes on the wire while it has credit; the receiver hands credit back with a
-Window Update once the application has consumed at least half of its window,
-which keeps memory per stream bounded by the window while letting a fast
-reader stream at full speed (hashicorp's rule; an update per Data frame would
-defeat backpressure).
+bytes on the wire while it has credit, at most ``max_frame_size`` per frame,
+and debits what it sent; the receiver hands credit back with a Window Update
+once the application has consumed at least half of its window, which keeps
+memory per stream bounded by the window while letting a fast reader stream at
+full speed (hashicorp's rule; an update per Data frame would defeat
+backpressure). After the peer's FIN nothing more can arrive, so no update is
+sent any more.
 
 One stream moves at most about window / RTT, so a fixed 256 KiB window caps a
 stream at a few MB/s over real distances, while a fixed large window lets
@@ -77,7 +80,7 @@ class ReceiveWindow:
     ``max_window`` is the stream's window: fixed, or moved by a WindowTuner.
     """
 
-    __slots__ = ("buffered", "credit", "max_window", "updated_at")
+    __slots__ = ("buffered", "credit", "ended", "max_window", "updated_at")
 
     def __init__(self, max_window: int) -> None:
         self.max_window = max_window
@@ -85,6 +88,12 @@ class ReceiveWindow:
         self.buffered = 0
         self.updated_at = 0.0
         """When the last window update was granted (auto-tuning only)."""
+        self.ended = False
+        """The peer sent FIN: it cannot use credit any more, so none is granted."""
+
+    def end(self) -> None:
+        """The peer's FIN arrived."""
+        self.ended = True
 
     def initial_grant(self) -> int:
         """The delta to put on our SYN or ACK so the peer may use our whole window."""
@@ -111,7 +120,7 @@ class ReceiveWindow:
         self.buffered -= length
         window = self.max_window
         delta = window - self.buffered - self.credit
-        if delta < window // 2:
+        if self.ended or delta < window // 2:
             return 0
         if tuner is not None:
             resized = tuner.resize(window, now - self.updated_at)
@@ -142,3 +151,11 @@ class SendWindow:
                 f"stream {stream_id}: window update of {delta} bytes grows the send window "
                 f"past 2**32-1"
             )
+
+    def frame_size(self, pending: int, max_frame: int) -> int:
+        """Payload bytes the next Data frame may carry: within credit and the frame limit."""
+        return min(pending, self.credit, max_frame)
+
+    def debit(self, size: int) -> None:
+        """``size`` payload bytes went on the wire."""
+        self.credit -= size

@@ -2,27 +2,27 @@
 
 It owns everything with a clock (keepalive, open/close/write timeouts, ping
 round-trip times) and every task and timer it starts; ``close()`` cancels them
-all and closes the transport.
+all, waits for its tasks and closes the transport. Streams talk to it through
+the ``StreamLink`` methods (by stream id, like h2's connection) and it feeds
+them through their public ``feed_*`` methods.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, assert_never
 
 from .config import Config
 from .connection import Connection
-from .const import HEADER_SIZE, GoAwayCode
+from .const import GoAwayCode
 from .errors import (
     ConnectionWriteTimeoutError,
     ControlQueueFullError,
-    GoAwayError,
     KeepaliveTimeoutError,
+    NoNewStreamsError,
     SessionClosedError,
     StreamOpenTimeoutError,
     StreamResetError,
@@ -30,6 +30,7 @@ from .errors import (
 )
 from .events import (
     DataReceived,
+    Event,
     GoAwayReceived,
     PongReceived,
     SessionTerminated,
@@ -41,94 +42,62 @@ from .events import (
     StreamReset,
     WindowUpdated,
 )
+from .liveness import Liveness
+from .output import FrameWriter
 from .ratelimit import RateLimitedLog
 from .stream import Stream
-
-logger = logging.getLogger("yamux.session")
-
-StreamHandler = Callable[[Stream, Stream], Awaitable[None]]
-FLUSH_BUDGET = 256 * 1024
-"""Payload framed per take_data call; the transport's pause_writing stops the loop sooner."""
-PAUSED_CONTROL_ALLOWANCE = 64 * 1024
-"""Control bytes still handed to a paused transport (a pong need not wait for resume);
-beyond it they wait in the core's bounded queue."""
+from .stream_state import State
+from .tasks import StreamHandler, TaskOwner, run_stream_handler
+from .timers import PingTimes, StreamTimers
 
 _PEER_GONE = (KeepaliveTimeoutError, ConnectionWriteTimeoutError, ControlQueueFullError)
 """Ends after which the peer reads nothing more: the transport is aborted, not flushed."""
 
 
-class _SessionProtocol(asyncio.Protocol):
-    """Forwards transport callbacks to the Session."""
+class Session(asyncio.Protocol):
+    """A yamux session. Create with ``connect``, ``Session.attach`` or ``start_server``.
 
-    def __init__(self, session: Session) -> None:
-        self.session = session
+    It is the asyncio protocol of its transport (``protocol()`` returns itself).
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.session._connection_made(transport)  # type: ignore[arg-type]
+    ``logger`` (default ``yamux.session``) gets its few log lines, rate-limited
+    where the peer can provoke them; why the session ended is ``close_reason``,
+    for its owner to report.
+    """
 
-    def data_received(self, data: bytes) -> None:
-        self.session._data_received(data)
-
-    def eof_received(self) -> bool:
-        self.session._shutdown(SessionClosedError("peer closed the connection (EOF)"))
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.session._connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.session._pause_writing()
-
-    def resume_writing(self) -> None:
-        self.session._resume_writing()
-
-
-class _ReadPipeProtocol(_SessionProtocol):
-    """The read half when reading and writing are two transports (pipes)."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.session._read_transport = transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.session._shutdown(SessionClosedError("read pipe closed"))
-
-
-class Session:
-    """A yamux session. Create with ``connect``, ``Session.attach`` or ``start_server``."""
-
-    def __init__(self, *, client: bool, config: Config | None = None) -> None:
+    def __init__(
+        self, *, client: bool, config: Config | None = None, logger: logging.Logger | None = None
+    ) -> None:
         self.config = config or Config()
         self.client = client
+        self._logger = logger or logging.getLogger("yamux.session")
         self._core = Connection(client=client, config=self.config)
         self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.WriteTransport | None = None
         self._read_transport: asyncio.BaseTransport | None = None
-        self._protocol = _SessionProtocol(self)
         self._streams: dict[int, Stream] = {}
         self._accept_queue: dict[int, Stream] = {}
         """Streams the peer opened, oldest first; a reset one leaves at once (core-bounded)."""
         self._accept_waiter: asyncio.Future[None] | None = None
         self._open_waiters: deque[asyncio.Future[None]] = deque()
         self._drain_waiting: dict[int, Stream] = {}
-        self._pings: dict[int, tuple[asyncio.Future[float], float]] = {}
-        self._last_heard = self._loop.time()
-        """When bytes last arrived from the peer: any frame is proof of life."""
-        self.rtt: float | None = None
-        """Smoothed round-trip time of the keepalive pings, once one was answered."""
-        self._write_paused = False
-        self._paused_control = 0
-        """Control bytes written since the transport paused."""
-        self._write_stall: tuple[asyncio.TimerHandle, int] | None = None
+        self._open_timers = StreamTimers(
+            self._loop, self.config.stream_open_timeout, self._open_timed_out)
+        self._close_timers = StreamTimers(
+            self._loop, self.config.stream_close_timeout, self._close_timed_out)
+        self._pings = PingTimes(self._loop)
+        self._writer = FrameWriter(self._core, self.config, self._write_stalled)
         self._abort_timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._log = RateLimitedLog(self._logger)
+        """Every line the peer can trigger over and over goes through this."""
+        self._tasks = TaskOwner(self._logger)
+        self._liveness = Liveness(
+            self.config, self._core, self._pings, flush=self._flush, fail=self._shutdown,
+            reset=self._reset_abandoned, log=self._log,
+        )
         self._closing = False
-        self._watching_abandoned = False
         self._closed = self._loop.create_future()
         self._go_away: asyncio.Future[None] = self._loop.create_future()
         self.close_reason: YamuxError | None = None
         """Why the session ended (None while it runs)."""
-        self._log = RateLimitedLog(logger)
-        """Every line the peer can trigger over and over goes through this."""
 
     # ---------------------------------------------------------------- creation
     @classmethod
@@ -145,15 +114,15 @@ class Session:
         ``initial_data`` is what the old protocol read beyond its greeting.
         """
         session = cls(client=client, config=config)
-        transport.set_protocol(session._protocol)
-        session._connection_made(transport)
+        transport.set_protocol(session)
+        session.connection_made(transport)
         if initial_data:
-            session._data_received(initial_data)
+            session.data_received(initial_data)
         return session
 
     def protocol(self) -> asyncio.Protocol:
         """The protocol to hand to ``loop.create_connection`` and friends."""
-        return self._protocol
+        return self
 
     # ------------------------------------------------------------------ public
     @property
@@ -165,20 +134,40 @@ class Session:
         return self._core.num_streams
 
     @property
+    def write_buffer_size(self) -> int:
+        """Bytes the transport holds that the peer has not taken yet (0 once closed)."""
+        transport = self._writer.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    @property
+    def last_rtt(self) -> float | None:
+        """Seconds of the last answered ping (keepalive or ``ping()``), for metrics."""
+        return self._pings.last
+
+    @property
+    def rtt(self) -> float | None:
+        """Smoothed round-trip time of the keepalive pings, once one was answered."""
+        return self._liveness.rtt
+
+    @property
     def remote_go_away(self) -> bool:
         return self._core.remote_go_away
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if self._transport is None:
+        """``session`` is this session; anything else comes from the transport."""
+        if name == "session":
+            return self
+        transport = self._writer.transport
+        if transport is None:
             return default
-        return self._transport.get_extra_info(name, default)
+        return transport.get_extra_info(name, default)
 
     async def open_stream(self) -> Stream:
         """Open a stream. Waits while ``accept_backlog`` of our opens are still unACKed."""
         while True:
             self._raise_if_closed()
             if self._core.remote_go_away:
-                raise GoAwayError(GoAwayCode.NORMAL)
+                raise NoNewStreamsError(GoAwayCode.NORMAL)
             if not self._core.backlog_full:
                 break
             waiter = self._loop.create_future()
@@ -188,13 +177,11 @@ class Session:
             finally:
                 if waiter in self._open_waiters:
                     self._open_waiters.remove(waiter)
-        stream_id = self._core.open_stream()
-        stream = Stream(self, stream_id)
+        core = self._core
+        stream_id = core.open_stream()
+        stream = Stream(self, stream_id, core.stream_state(stream_id))
         self._streams[stream_id] = stream
-        if self.config.stream_open_timeout:
-            stream._open_timer = self._loop.call_later(
-                self.config.stream_open_timeout, self._open_timed_out, stream_id
-            )
+        self._open_timers.arm(stream_id)
         self._flush()
         return stream
 
@@ -212,36 +199,44 @@ class Session:
         self._flush()
         return stream
 
-    def __aiter__(self) -> AsyncIterator[Stream]:
-        return self._iterate_streams()
-
-    async def _iterate_streams(self) -> AsyncIterator[Stream]:
+    async def __aiter__(self) -> AsyncIterator[Stream]:
+        """Every stream the peer opens, until the session ends."""
         while True:
             try:
                 yield await self.accept_stream()
             except SessionClosedError:
                 return
 
-    async def serve(self, handler: StreamHandler) -> None:
+    async def serve(
+        self,
+        handler: StreamHandler,
+        *,
+        tasks: TaskOwner | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
         """Run ``handler(reader, writer)`` for every accepted stream until the session ends.
 
-        Handler tasks belong to the session: they are cancelled when it closes. A
-        handler that raises resets its stream; the error is logged.
+        The stream is closed when the handler returns and reset when it raises
+        (the error goes to ``logger``) or is cancelled. Handler tasks belong to
+        ``tasks``, by default the session's own, which ``close()`` cancels and
+        waits for.
         """
+        owner = self._tasks if tasks is None else tasks
+        log = self._log if logger is None else RateLimitedLog(logger)
         async for stream in self:
-            self._spawn(self._run_handler(handler, stream), name=f"yamux-stream-{stream.id}")
+            owner.spawn(run_stream_handler(handler, stream, log),
+                        name=f"yamux-stream-{stream.id}")
 
     async def ping(self) -> float:
         """Round-trip time in seconds of one ping (wrap in ``asyncio.timeout`` to bound it)."""
         self._raise_if_closed()
         opaque = self._core.ping()
-        future: asyncio.Future[float] = self._loop.create_future()
-        self._pings[opaque] = (future, self._loop.time())
+        round_trip = self._pings.start(opaque)
         self._flush()
         try:
-            return await future
+            return await round_trip
         finally:
-            self._pings.pop(opaque, None)
+            self._pings.discard(opaque)
 
     async def wait_go_away(self) -> None:
         """Return once the peer sent Go Away 0 (it takes no new streams; existing ones go on).
@@ -270,11 +265,13 @@ class Session:
     async def close(self) -> None:
         """Close the session: what the peer's windows allow is still sent, then Go Away.
 
-        Every stream then ends with SessionClosedError and the transport closes.
+        Every stream then ends with SessionClosedError, the session's tasks are
+        cancelled and awaited, and the transport closes.
         """
         self._flush(force=True)
         self._shutdown(SessionClosedError("session closed locally"), GoAwayCode.NORMAL)
         await self.wait_closed()
+        await self._tasks.close()
 
     async def wait_closed(self) -> None:
         """Until the transport is closed; never raises (see ``close_reason``)."""
@@ -286,160 +283,140 @@ class Session:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # ---------------------------------------------------- called by Stream
-    def _send(self, stream_id: int, data: bytes) -> None:
+    # ------------------------------------------- StreamLink: called by Stream
+    @property
+    def read_chunk_size(self) -> int:
+        return self.config.max_stream_window_size
+
+    def send_data(self, stream_id: int, data: bytes) -> None:
         self._core.send_data(stream_id, data)
         self._flush()
 
-    def _pending_bytes(self, stream_id: int) -> int:
+    def pending_bytes(self, stream_id: int) -> int:
         return self._core.pending_bytes(stream_id)
 
-    def _consume(self, stream_id: int, length: int) -> None:
+    def consume(self, stream_id: int, length: int) -> None:
         core = self._core
         core.consume(stream_id, length, self._loop.time())
         if core.has_control:
             self._flush()
 
-    def _close_stream(self, stream: Stream) -> None:
-        stream._cancel_timer("_open_timer")
-        self._core.close_stream(stream.id)
-        if not stream._eof and self.config.stream_close_timeout:
-            stream._close_timer = self._loop.call_later(
-                self.config.stream_close_timeout, self._close_timed_out, stream
-            )
+    def close_stream(self, stream_id: int) -> None:
+        self._open_timers.cancel(stream_id)
+        self._core.close_stream(stream_id)
+        stream = self._streams.get(stream_id)
+        if stream is not None and stream.state is State.LOCAL_CLOSE:
+            self._close_timers.arm(stream_id)
         self._flush()
 
-    def _reset_stream(self, stream: Stream) -> None:
-        self._core.reset_stream(stream.id)
-        self._drop_reset(stream, "reset locally")
+    def reset_stream(self, stream_id: int) -> None:
+        self._core.reset_stream(stream_id)
+        self._drop_reset(stream_id, "reset locally")
         self._flush()
         self._wake_openers()
 
-    def _drop_reset(self, stream: Stream, reason: str) -> None:
-        """A reset stream, ours or the peer's, leaves the session at once."""
-        self._streams.pop(stream.id, None)
-        self._drain_waiting.pop(stream.id, None)
-        self._accept_queue.pop(stream.id, None)
-        stream._fail(StreamResetError(reason))
+    def watch_pending(self, stream: Stream) -> None:
+        self._drain_waiting[stream.id] = stream
 
-    # ------------------------------------------------------ transport events
-    def _connection_made(self, transport: asyncio.WriteTransport) -> None:
-        self._transport = transport
-        lowat = self.config.tcp_notsent_lowat
-        sock = transport.get_extra_info("socket")
-        if (lowat and sock is not None and sock.type == socket.SOCK_STREAM
-                and sock.family in (socket.AF_INET, socket.AF_INET6)):
-            # Unsent bytes in the kernel are out of our reach: keep them few, so a pong
-            # never waits behind megabytes of bulk data (keepalive on slow links).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, lowat)
+    # ------------------------------------------- asyncio.Protocol callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._writer.attach(transport)
         if self.config.enable_keepalive:
-            self._spawn(self._keepalive(), name="yamux-keepalive")
+            self._tasks.spawn(self._liveness.keepalive(), name="yamux-keepalive")
         tuner = self._core.tuner
         if tuner is not None and tuner.can_grow:
-            self._spawn(self._measure_rtt(), name="yamux-rtt")
+            self._tasks.spawn(self._liveness.measure_rtt(), name="yamux-rtt")
 
-    def _data_received(self, data: bytes) -> None:
-        self._last_heard = self._loop.time()
+    def attach_read_transport(self, transport: asyncio.BaseTransport) -> None:
+        """A second transport that only reads (two pipes); closed when the session ends."""
+        self._read_transport = transport
+
+    def eof_received(self) -> bool:
+        self._shutdown(SessionClosedError("peer closed the connection (EOF)"))
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        self._liveness.heard()
+        if self._dispatch(self._core.receive_data(data)):
+            self._flush()
+            self._wake_openers()
+
+    def _dispatch(self, events: list[Event]) -> bool:
+        """Carry out the core's events; False once the session is over."""
         streams = self._streams
-        for event in self._core.receive_data(data):
-            kind = type(event)
-            if kind is DataReceived:
-                streams[event.stream_id]._feed(event.data)
-            elif kind is WindowUpdated:
-                continue
-            elif kind is StreamOpened:
-                stream = Stream(self, event.stream_id)
-                streams[event.stream_id] = stream
-                self._accept_queue[event.stream_id] = stream
-                if self._accept_waiter is not None and not self._accept_waiter.done():
-                    self._accept_waiter.set_result(None)
-            elif kind is StreamAcknowledged:
-                streams[event.stream_id]._cancel_timer("_open_timer")
-            elif kind is StreamEnded:
-                stream = streams[event.stream_id]
-                stream._feed_eof()
-                stream._cancel_timer("_close_timer")
-            elif kind is StreamClosed:
-                self._forget(event.stream_id)
-            elif kind is StreamReset:
-                if event.violation:
-                    self._log.log(logging.WARNING, "stream-violation", "resetting %s", event.reason)
-                self._drop_reset(streams[event.stream_id], event.reason)
-            elif kind is StreamRefused:
-                self._log.log(logging.WARNING, "stream-refused", "refusing stream %d: %s",
-                              event.stream_id, event.reason)
-            elif kind is PongReceived:
-                entry = self._pings.get(event.opaque)
-                if entry is None:
-                    self._log.log(logging.DEBUG, "stray-pong",
-                                  "ignoring pong %d nobody waits for", event.opaque)
-                elif not entry[0].done():
-                    entry[0].set_result(self._loop.time() - entry[1])
-            elif kind is GoAwayReceived:
-                self._log.log(logging.INFO, "go-away",
-                              "peer sent go away: no new streams on this session")
-                if not self._go_away.done():
-                    self._go_away.set_result(None)
-                self._watch_abandoned_streams()
-                self._wake_openers(force=True)
-            elif kind is SessionTerminated:
-                self._shutdown(event.error)
-                return
-        self._flush()
-        self._wake_openers()
+        for event in events:
+            match event:
+                case DataReceived(stream_id, payload):
+                    streams[stream_id].feed_data(payload)
+                case WindowUpdated():
+                    pass
+                case StreamOpened(stream_id, state):
+                    stream = Stream(self, stream_id, state)
+                    streams[stream_id] = stream
+                    self._accept_queue[stream_id] = stream
+                    if self._accept_waiter is not None and not self._accept_waiter.done():
+                        self._accept_waiter.set_result(None)
+                case StreamAcknowledged(stream_id):
+                    self._open_timers.cancel(stream_id)
+                case StreamEnded(stream_id):
+                    streams[stream_id].feed_eof()
+                    self._close_timers.cancel(stream_id)
+                case StreamClosed(stream_id):
+                    self._forget(stream_id)
+                case StreamReset(stream_id, reason, violation):
+                    if violation:
+                        self._log.log(logging.WARNING, "stream-violation", "resetting %s", reason)
+                    self._drop_reset(stream_id, reason)
+                case StreamRefused(stream_id, reason):
+                    self._log.log(logging.WARNING, "stream-refused", "refusing stream %d: %s",
+                                  stream_id, reason)
+                case PongReceived(opaque):
+                    if not self._pings.pong(opaque):
+                        self._log.log(logging.DEBUG, "stray-pong",
+                                      "ignoring pong %d nobody waits for", opaque)
+                case GoAwayReceived():
+                    self._log.log(logging.INFO, "go-away",
+                                  "peer sent go away: no new streams on this session")
+                    if not self._go_away.done():
+                        self._go_away.set_result(None)
+                    self._watch_abandoned_streams()
+                    self._wake_openers(force=True)
+                case SessionTerminated(error):
+                    self._shutdown(error)
+                    return False
+                case _:
+                    assert_never(event)
+        return True
 
-    def _connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         if exc is None:
             self._shutdown(SessionClosedError("connection closed"))
         else:
-            self._shutdown(SessionClosedError("connection lost", reason=exc))  # type: ignore[arg-type]
-        self._transport = None
+            self._shutdown(SessionClosedError("connection lost", reason=exc))
+        self._writer.transport = None
         if self._abort_timer is not None:
             self._abort_timer.cancel()
         if not self._closed.done():
             self._closed.set_result(None)
 
-    def _pause_writing(self) -> None:
-        self._write_paused = True
-        if self._transport is not None and self._write_stall is None:
-            self._arm_write_stall(self._transport.get_write_buffer_size())
+    def pause_writing(self) -> None:
+        self._writer.pause()
 
-    def _resume_writing(self) -> None:
-        self._write_paused = False
-        self._paused_control = 0
-        if self._write_stall is not None:
-            self._write_stall[0].cancel()
-            self._write_stall = None
+    def resume_writing(self) -> None:
+        self._writer.resume()
         self._flush()
 
     # ----------------------------------------------------------------- output
     def _flush(self, force: bool = False) -> None:
-        """Write control frames, then stream data while the transport wants more (or ``force``).
-
-        While the transport is paused, control frames go out only up to
-        PAUSED_CONTROL_ALLOWANCE; the rest waits in the core, whose queue is
-        bounded, so a peer that does not read cannot make us buffer without end.
-        """
+        """Write what the transport takes now (FrameWriter); carry out the events that causes."""
         core = self._core
         if core.error is not None and not self._closing:
             self._shutdown(core.error)  # the core ended itself on a command (control queue full)
             return
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if core.has_control:
-            if force or not self._write_paused:
-                transport.writelines(core.take_control())
-            elif self._paused_control < PAUSED_CONTROL_ALLOWANCE:
-                frames = core.take_control(PAUSED_CONTROL_ALLOWANCE - self._paused_control)
-                self._paused_control += len(frames) * HEADER_SIZE
-                transport.writelines(frames)
-        while core.has_data and (force or not self._write_paused):
-            transport.writelines(core.take_data(FLUSH_BUDGET))
-            finished = core.take_finished()
-            for stream_id in finished:
-                self._forget(stream_id)
-            if finished:
+        if self._writer.write(force):
+            events = core.take_events()
+            if events:
+                self._dispatch(events)
                 self._wake_openers()  # a finished stream that was never ACKed frees backlog
         if self._drain_waiting:
             self._wake_drained()
@@ -447,7 +424,7 @@ class Session:
     def _wake_drained(self) -> None:
         core = self._core
         for stream_id, stream in list(self._drain_waiting.items()):
-            if not stream._pending_changed(core.pending_bytes(stream_id)):
+            if not stream.pending_changed(core.pending_bytes(stream_id)):
                 del self._drain_waiting[stream_id]
 
     def _wake_openers(self, force: bool = False) -> None:
@@ -459,25 +436,10 @@ class Session:
                     waiter.set_result(None)
 
     # ----------------------------------------------------------------- timers
-    def _arm_write_stall(self, buffered: int) -> None:
-        timer = self._loop.call_later(
-            self.config.connection_write_timeout, self._write_stall_check
-        )
-        self._write_stall = (timer, buffered)
-
-    def _write_stall_check(self) -> None:
-        """The transport stayed paused a whole write timeout: fail unless it made progress."""
-        if self._write_stall is None or self._transport is None:
-            return
-        before = self._write_stall[1]
-        now = self._transport.get_write_buffer_size()
-        if now < before:
-            self._arm_write_stall(now)
-            return
-        self._write_stall = None
+    def _write_stalled(self, buffered: int) -> None:
         self._shutdown(ConnectionWriteTimeoutError(
             f"connection write timeout: the peer accepted no bytes for "
-            f"{self.config.connection_write_timeout} s ({now} bytes waiting)"
+            f"{self.config.connection_write_timeout} s ({buffered} bytes waiting)"
         ))
 
     def _open_timed_out(self, stream_id: int) -> None:
@@ -489,136 +451,62 @@ class Session:
             GoAwayCode.INTERNAL_ERROR,
         )
 
-    def _close_timed_out(self, stream: Stream) -> None:
-        stream._close_timer = None
+    def _close_timed_out(self, stream_id: int) -> None:
         self._log.log(
             logging.WARNING, "close-timeout",
             "stream %d: peer sent no FIN within %s s of our close; resetting",
-            stream.id, self.config.stream_close_timeout,
+            stream_id, self.config.stream_close_timeout,
         )
-        self._reset_stream(stream)
+        self.reset_stream(stream_id)
 
     def _watch_abandoned_streams(self) -> None:
         """After Go Away either way, start resetting streams the peer went silent on (once)."""
-        if self.config.go_away_timeout and not self._watching_abandoned:
-            self._watching_abandoned = True
-            self._spawn(self._reset_abandoned_streams(), name="yamux-go-away-watch")
+        liveness = self._liveness
+        if self.config.go_away_timeout and not liveness.watching_abandoned:
+            liveness.watching_abandoned = True
+            self._tasks.spawn(liveness.reset_abandoned_streams(), name="yamux-go-away-watch")
 
-    async def _reset_abandoned_streams(self) -> None:
-        """Every go_away_timeout, reset the streams that got no frame during the last one.
-
-        A libp2p peer drops its streams on Go Away without FIN or RST and keeps the
-        socket (and goes on answering pings), so such streams would wait forever.
-        A stream the peer still sends anything on (data, window updates) goes on.
-        A session left without streams for a whole period closes: after Go Away
-        it is winding down, and a libp2p peer will not close it.
-        """
-        timeout = self.config.go_away_timeout
-        core = self._core
-        core.silent_streams()  # starts watching
-        was_empty = False
-        while True:
-            await asyncio.sleep(timeout)
-            heard = core.heard_any
-            silent = core.silent_streams()
-            if was_empty and not heard and not core.num_streams:
-                self._shutdown(SessionClosedError(
-                    f"session closed: no streams for {timeout:g} s after go away"))
-                return
-            for stream_id in silent:
-                reason = (f"no frame from the peer for {timeout:g} s after go away "
-                          f"(the peer abandoned the stream)")
-                self._log.log(logging.WARNING, "go-away-abandoned", "stream %d: %s; resetting",
-                              stream_id, reason)
-                core.reset_stream(stream_id)
-                stream = self._streams.get(stream_id)
-                if stream is not None:
-                    self._drop_reset(stream, reason)
-            if silent:
-                self._flush()
-                self._wake_openers()
-            was_empty = not core.num_streams
-
-    async def _keepalive(self) -> None:
-        """Ping every keepalive_interval; dead only if nothing at all arrives for the timeout.
-
-        A pong can wait behind the peer's queued bulk data on a slow link, but that
-        data arriving proves the peer alive; so the deadline is keepalive_timeout
-        after the ping or after the last bytes received, whichever is later.
-        """
-        interval = self.config.keepalive_interval
-        timeout = self.config.keepalive_timeout
-        loop = self._loop
-        while True:
-            await asyncio.sleep(interval)
-            opaque = self._core.ping()
-            sent = loop.time()
-            future: asyncio.Future[float] = loop.create_future()
-            self._pings[opaque] = (future, sent)
-            self._flush()
-            try:
-                while not future.done():
-                    remaining = max(sent, self._last_heard) + timeout - loop.time()
-                    if remaining <= 0:
-                        # Nothing at all arrived either (the peer is not merely busy).
-                        self._shutdown(KeepaliveTimeoutError(
-                            f"keepalive failed: no answer to a ping within {timeout} s"
-                        ))
-                        return
-                    await asyncio.wait([future], timeout=remaining)
-            finally:
-                self._pings.pop(opaque, None)
-                ended = future.done() and future.exception() is not None  # also if cancelled
-            if ended:
-                return  # the session ended; close_reason says why
-            self._record_rtt(future.result())
-
-    async def _measure_rtt(self) -> None:
-        """One ping at the start, so window auto-tuning need not wait for the keepalive."""
-        with contextlib.suppress(SessionClosedError):
-            self._record_rtt(await self.ping())
-
-    def _record_rtt(self, rtt: float) -> None:
-        self.rtt = rtt if self.rtt is None else 0.875 * self.rtt + 0.125 * rtt
-        if self._core.tuner is not None:
-            self._core.tuner.rtt = self.rtt
+    def _reset_abandoned(self, stream_id: int, reason: str) -> None:
+        self._core.reset_stream(stream_id)
+        self._drop_reset(stream_id, reason)
+        self._wake_openers()
 
     # --------------------------------------------------------------- shutdown
     def _shutdown(self, error: YamuxError, code: int | None = None) -> None:
-        """End the session: tell the peer (Go Away ``code``), fail every waiter, close."""
+        """End the session: tell the peer (Go Away ``code``), fail every waiter, close.
+
+        Logged at debug level only: the session's owner reports ``close_reason``
+        with what it knows (the peer, the port).
+        """
         if self._closing:
             return
         self._closing = True
         self.close_reason = error
-        level = logging.DEBUG if isinstance(error, SessionClosedError) else logging.WARNING
-        logger.log(level, "session ended: %s", error)
+        self._logger.debug("session ended: %s", error)
         self._log.summary(logging.WARNING, "session ended")
         if self._core.discarded_frames:
-            logger.debug("session ended: discarded %d frames (%d bytes) for unknown streams",
-                         self._core.discarded_frames, self._core.discarded_bytes)
+            self._logger.debug(
+                "session ended: discarded %d frames (%d bytes) for unknown streams",
+                self._core.discarded_frames, self._core.discarded_bytes,
+            )
         self._core.terminate(error, code)
         self._flush()
-        if self._write_stall is not None:
-            self._write_stall[0].cancel()
-            self._write_stall = None
+        self._writer.stop()
+        self._open_timers.cancel_all()
+        self._close_timers.cancel_all()
         for stream in list(self._streams.values()):
-            stream._fail(error)
+            stream.set_exception(error)
         self._streams.clear()
         self._drain_waiting.clear()
         self._accept_queue.clear()
         if self._accept_waiter is not None and not self._accept_waiter.done():
             self._accept_waiter.set_result(None)
         self._wake_openers()
-        for future, _ in self._pings.values():
-            if not future.done():
-                future.set_exception(SessionClosedError(reason=error))
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
+        self._pings.fail_all(SessionClosedError(reason=error))
+        self._tasks.cancel()
         if self._read_transport is not None:
             self._read_transport.close()
-        transport = self._transport
+        transport = self._writer.transport
         if transport is None:
             if not self._closed.done():
                 self._closed.set_result(None)
@@ -636,132 +524,15 @@ class Session:
             raise SessionClosedError(reason=self.close_reason)
 
     def _forget(self, stream_id: int) -> None:
-        stream = self._streams.pop(stream_id, None)
+        self._streams.pop(stream_id, None)
+        self._open_timers.cancel(stream_id)
+        self._close_timers.cancel(stream_id)
+
+    def _drop_reset(self, stream_id: int, reason: str) -> None:
+        """A reset stream, ours or the peer's, leaves the session at once."""
+        stream = self._streams.get(stream_id)
+        self._forget(stream_id)
+        self._drain_waiting.pop(stream_id, None)
+        self._accept_queue.pop(stream_id, None)
         if stream is not None:
-            stream._cancel_timers()
-
-    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
-        task = self._loop.create_task(coro, name=name)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("task %s failed", task.get_name(), exc_info=task.exception())
-
-    async def _run_handler(self, handler: StreamHandler, stream: Stream) -> None:
-        try:
-            await handler(stream, stream)
-        except (YamuxError, ConnectionError) as exc:
-            self._log.log(logging.INFO, "handler-ended", "stream %d handler ended: %s",
-                          stream.id, exc)
-            stream.reset()
-        except Exception as exc:  # logged with its traceback; the session and other streams go on
-            self._log.log(logging.ERROR, "handler-failed",
-                          "stream %d handler failed; resetting the stream", stream.id,
-                          exc_info=exc)
-            stream.reset()
-
-
-async def connect_pipes(
-    read_pipe: Any, write_pipe: Any, *, client: bool, config: Config | None = None
-) -> Session:
-    """Run a session over two pipes (file objects), e.g. a child process's stdin and stdout."""
-    session = Session(client=client, config=config)
-    loop = asyncio.get_running_loop()
-    await loop.connect_write_pipe(session.protocol, write_pipe)
-    await loop.connect_read_pipe(lambda: _ReadPipeProtocol(session), read_pipe)
-    return session
-
-
-async def connect(
-    host: str,
-    port: int,
-    *,
-    client: bool = True,
-    config: Config | None = None,
-    **kwargs: Any,
-) -> Session:
-    """Open a TCP connection and start a yamux session on it (client role by default).
-
-    Extra keyword arguments go to ``loop.create_connection`` (``ssl=`` for TLS).
-    """
-    session = Session(client=client, config=config)
-    await asyncio.get_running_loop().create_connection(session.protocol, host, port, **kwargs)
-    return session
-
-
-class Server:
-    """TCP listener whose every connection is a yamux session handed to ``session_handler``.
-
-    Owns its sessions and handler tasks: ``close()`` closes all of them.
-    """
-
-    def __init__(self, session_handler: Callable[[Session], Awaitable[None]],
-                 *, client: bool, config: Config | None) -> None:
-        self._handler = session_handler
-        self._client = client
-        self._config = config
-        self._server: asyncio.Server | None = None
-        self._sessions: set[Session] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def sockets(self) -> tuple[Any, ...]:
-        return tuple(self._server.sockets) if self._server is not None else ()
-
-    @property
-    def port(self) -> int:
-        return int(self.sockets[0].getsockname()[1])
-
-    def _protocol(self) -> asyncio.Protocol:
-        session = Session(client=self._client, config=self._config)
-        self._sessions.add(session)
-        task = asyncio.get_running_loop().create_task(self._run(session))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return session.protocol()
-
-    async def _run(self, session: Session) -> None:
-        try:
-            await self._handler(session)
-        except YamuxError as exc:
-            logger.info("session handler ended: %s", exc)
-        finally:
-            await session.close()
-            self._sessions.discard(session)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for session in list(self._sessions):
-            await session.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def __aenter__(self) -> Server:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-
-async def start_server(
-    session_handler: Callable[[Session], Awaitable[None]],
-    host: str | None = None,
-    port: int = 0,
-    *,
-    client: bool = False,
-    config: Config | None = None,
-    **kwargs: Any,
-) -> Server:
-    """Listen on TCP; each connection becomes a Session (server role by default)."""
-    server = Server(session_handler, client=client, config=config)
-    server._server = await asyncio.get_running_loop().create_server(
-        server._protocol, host, port, **kwargs
-    )
-    return server
+            stream.set_exception(StreamResetError(reason))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import (
     SessionClosedError,
@@ -20,9 +20,7 @@ from .errors import (
     StreamTimeoutError,
     YamuxError,
 )
-
-if TYPE_CHECKING:
-    from .session import Session
+from .stream_state import State, StreamMachine
 
 DEFAULT_LIMIT = 64 * 1024
 """readline/readuntil give up (LimitOverrunError) past this many bytes without a separator."""
@@ -30,58 +28,98 @@ WRITE_BUFFER_LIMIT = 64 * 1024
 """drain() waits while more than this is written but not yet handed to the transport."""
 
 
+class StreamLink(Protocol):
+    """All a Stream asks of its session (Session implements it), by stream id."""
+
+    @property
+    def read_chunk_size(self) -> int:
+        """How much ``read(-1)`` asks for at a time: the receive window."""
+        ...
+
+    def send_data(self, stream_id: int, data: bytes) -> None: ...
+
+    def pending_bytes(self, stream_id: int) -> int:
+        """Bytes written and not yet handed to the transport."""
+        ...
+
+    def consume(self, stream_id: int, length: int) -> None:
+        """The application took ``length`` bytes: credit may go back to the peer."""
+        ...
+
+    def close_stream(self, stream_id: int) -> None: ...
+
+    def reset_stream(self, stream_id: int) -> None: ...
+
+    def watch_pending(self, stream: Stream) -> None:
+        """Call ``stream.pending_changed`` as its unsent bytes go out, until it returns False."""
+        ...
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+
 class Stream:
-    """One yamux stream. Obtain it from Session.open_stream or Session.accept_stream."""
+    """One yamux stream. Obtain it from Session.open_stream or Session.accept_stream.
+
+    Its session feeds it through ``feed_data``/``feed_eof``/``set_exception``
+    (as asyncio's protocol feeds a StreamReader) and ``pending_changed``; the
+    stream's protocol state is the core's ``StreamMachine``, read, never copied.
+    """
 
     __slots__ = (
         "_buffer",
-        "_close_timer",
         "_closed_waiter",
         "_deadlines",
         "_drain_waiter",
-        "_eof",
         "_eof_delivered",
         "_error",
         "_extra",
-        "_fin_queued",
         "_limit",
-        "_open_timer",
+        "_link",
+        "_loop",
         "_protocol",
         "_read_timeout",
         "_read_waiter",
         "_reading_paused",
-        "_session",
+        "_state",
         "_write_timeout",
         "_writing_paused",
         "id",
     )
 
-    def __init__(self, session: Session, stream_id: int, limit: int = DEFAULT_LIMIT) -> None:
-        self._session = session
+    def __init__(
+        self, link: StreamLink, stream_id: int, state: StreamMachine, limit: int = DEFAULT_LIMIT
+    ) -> None:
+        self._link = link
+        self._loop = asyncio.get_running_loop()
         self.id = stream_id
+        self._state = state
         self._limit = limit
         self._buffer = bytearray()
-        self._eof = False
         self._eof_delivered = False
         self._error: YamuxError | None = None
         self._extra: dict[str, Any] | None = None
-        self._fin_queued = False
         self._read_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed_waiter: asyncio.Future[None] | None = None
         self._deadlines: list[float | None] = [None, None]
         self._read_timeout: asyncio.Timeout | None = None
         self._write_timeout: asyncio.Timeout | None = None
-        self._open_timer: asyncio.TimerHandle | None = None
-        self._close_timer: asyncio.TimerHandle | None = None
         self._protocol: asyncio.Protocol | None = None
         self._reading_paused = False
         self._writing_paused = False
 
     def __repr__(self) -> str:
-        state = "reset" if isinstance(self._error, StreamResetError) else (
-            "eof" if self._eof else "open")
-        return f"<yamux.Stream id={self.id} {state} buffered={len(self._buffer)}>"
+        return (f"<yamux.Stream id={self.id} {self._state.state.value} "
+                f"buffered={len(self._buffer)}>")
+
+    @property
+    def state(self) -> State:
+        """Where the stream is in the protocol (see yamux.stream_state)."""
+        return self._state.state
+
+    @property
+    def _eof(self) -> bool:
+        return self._state.remote_closed
 
     # ------------------------------------------------------------ reader side
     def pair(self) -> tuple[Stream, Stream]:
@@ -102,7 +140,7 @@ class Stream:
         if n < 0:
             parts = bytearray()
             while True:
-                chunk = await self.read(self._session.config.max_stream_window_size)
+                chunk = await self.read(self._link.read_chunk_size)
                 if not chunk:
                     return bytes(parts)
                 parts += chunk
@@ -173,15 +211,15 @@ class Stream:
         """Queue ``data``; it goes out as the peer's window allows. Use drain() for backpressure."""
         if self._error is not None:
             raise self._error_for("write")
-        if self._fin_queued:
+        if self._state.local_closed:
             raise StreamClosedError(f"stream {self.id}: write after close/write_eof")
         if data:
-            session = self._session
-            session._send(self.id, data if type(data) is bytes else bytes(data))
+            link = self._link
+            link.send_data(self.id, data if type(data) is bytes else bytes(data))
             if (self._protocol is not None and not self._writing_paused
-                    and session._pending_bytes(self.id) > WRITE_BUFFER_LIMIT):
+                    and link.pending_bytes(self.id) > WRITE_BUFFER_LIMIT):
                 self._writing_paused = True
-                session._drain_waiting[self.id] = self
+                link.watch_pending(self)
                 self._protocol.pause_writing()
 
     def writelines(self, data: list[bytes | bytearray | memoryview]) -> None:
@@ -190,15 +228,15 @@ class Stream:
 
     async def drain(self) -> None:
         """Wait until the data written is (nearly all) handed to the transport."""
-        session = self._session
+        link = self._link
         while True:
             if self._error is not None:
                 raise self._error_for("drain")
-            if session._pending_bytes(self.id) <= WRITE_BUFFER_LIMIT:
+            if link.pending_bytes(self.id) <= WRITE_BUFFER_LIMIT:
                 return
             if self._drain_waiter is None:
-                self._drain_waiter = session._loop.create_future()
-                session._drain_waiting[self.id] = self
+                self._drain_waiter = self._loop.create_future()
+                link.watch_pending(self)
             deadline = self._deadlines[1]
             try:
                 async with asyncio.timeout_at(deadline) as timeout:
@@ -214,31 +252,31 @@ class Stream:
 
     def write_eof(self) -> None:
         """Send FIN after the data already written; reading goes on until the peer's FIN."""
-        if self._fin_queued or self._error is not None:
+        if self._state.local_closed or self._error is not None:
             return
-        self._fin_queued = True
-        self._session._close_stream(self)
+        self._link.close_stream(self.id)
 
     def close(self) -> None:
         """Half-close, as write_eof. The peer sees EOF; a stream it never closes is reset later."""
         self.write_eof()
 
     def is_closing(self) -> bool:
-        return self._fin_queued or self._error is not None
+        return self._state.local_closed or self._error is not None
 
     async def wait_closed(self) -> None:
         """Wait until our FIN is handed to the transport, or the stream is reset; never raises."""
-        session = self._session
-        while self._error is None and session._pending_bytes(self.id):
+        link = self._link
+        while self._error is None and link.pending_bytes(self.id):
             if self._closed_waiter is None:
-                self._closed_waiter = session._loop.create_future()
-                session._drain_waiting[self.id] = self
+                self._closed_waiter = self._loop.create_future()
+                link.watch_pending(self)
             await asyncio.shield(self._closed_waiter)
 
     def reset(self) -> None:
         """Abort both directions with RST; pending and buffered bytes are discarded."""
         if self._error is None:
-            self._session._reset_stream(self)
+            self._link.reset_stream(self.id)
+            self.set_exception(StreamResetError("reset locally"))
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """``stream_id``, ``session``, what ``set_extra_info`` set; else the transport's."""
@@ -246,9 +284,7 @@ class Stream:
             return self._extra[name]
         if name == "stream_id":
             return self.id
-        if name == "session":
-            return self._session
-        return self._session.get_extra_info(name, default)
+        return self._link.get_extra_info(name, default)
 
     def set_extra_info(self, name: str, value: Any) -> None:
         """Override one ``get_extra_info`` key for this stream only.
@@ -296,7 +332,7 @@ class Stream:
             self._eof_delivered = True
             protocol.eof_received()
 
-    def _pending_changed(self, pending: int) -> bool:
+    def pending_changed(self, pending: int) -> bool:
         """Wake what waits on our unsent bytes; True while something still waits."""
         if self._closed_waiter is not None and pending == 0:
             self._closed_waiter.set_result(None)
@@ -332,11 +368,12 @@ class Stream:
         self.set_read_deadline(when)
         self.set_write_deadline(when)
 
-    # ---------------------------------------------------- called by Session
-    def _feed(self, data: bytes) -> None:
+    # ------------------------------------------------ fed by the session
+    def feed_data(self, data: bytes) -> None:
+        """Payload that arrived for this stream."""
         protocol = self._protocol
         if protocol is not None and not self._reading_paused and not self._buffer:
-            self._session._consume(self.id, len(data))
+            self._link.consume(self.id, len(data))
             protocol.data_received(data)
             return
         self._buffer += data
@@ -344,20 +381,19 @@ class Stream:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _feed_eof(self) -> None:
-        self._eof = True
+    def feed_eof(self) -> None:
+        """The peer's FIN arrived (the state machine already says so): wake the reader."""
         if self._protocol is not None:
             self._deliver()
         self._wake_reader()
 
-    def _fail(self, error: YamuxError) -> None:
+    def set_exception(self, error: YamuxError) -> None:
         """End with ``error``. A reset drops buffered bytes; a session end keeps them to read."""
         if self._error is not None:
             return
         self._error = error
         if isinstance(error, StreamResetError):
             self._buffer.clear()
-        self._cancel_timers()
         self._wake_reader()
         self._wake_writers()
         protocol = self._protocol
@@ -378,17 +414,6 @@ class Stream:
                 if not waiter.done():
                     waiter.set_result(None)
 
-    def _cancel_timers(self) -> None:
-        self._cancel_timer("_open_timer")
-        self._cancel_timer("_close_timer")
-
-    def _cancel_timer(self, name: str) -> None:
-        """Cancel the session's ``_open_timer`` or ``_close_timer`` of this stream, if set."""
-        timer = getattr(self, name)
-        if timer is not None:
-            timer.cancel()
-            setattr(self, name, None)
-
     # --------------------------------------------------------------- internals
     def _take(self, n: int) -> bytes:
         buffer = self._buffer
@@ -398,13 +423,13 @@ class Stream:
         else:
             data = bytes(buffer[:n])
             del buffer[:n]
-        self._session._consume(self.id, len(data))
+        self._link.consume(self.id, len(data))
         return data
 
     async def _wait_for_data(self) -> None:
         if self._error is not None:
             raise self._error_for("read")
-        waiter = self._session._loop.create_future()
+        waiter = self._loop.create_future()
         self._read_waiter = waiter
         try:
             async with asyncio.timeout_at(self._deadlines[0]) as timeout:

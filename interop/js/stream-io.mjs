@@ -84,18 +84,28 @@ export class Conn {
   constructor (stream) {
     this.stream = stream
     this.id = stream.streamId
+    // Start the iterator now: it listens for the remote FIN ('remoteCloseWrite') only from
+    // its first next() on, and one started after the FIN arrived never ends.
     this.iter = stream[Symbol.asyncIterator]()
+    this.next = this.pull()
     this.buf = Buffer.alloc(0)
     this.eof = false
   }
 
+  pull () {
+    const next = this.iter.next()
+    next.catch(() => {}) // a reset nobody reads yet is not an unhandled rejection
+    return next
+  }
+
   async fill () {
     if (this.eof) return false
-    const { value, done } = await this.iter.next()
+    const { value, done } = await this.next
     if (done) {
       this.eof = true
       return false
     }
+    this.next = this.pull()
     const bytes = value.subarray()
     this.buf = this.buf.length ? Buffer.concat([this.buf, bytes]) : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
     return true

@@ -1,0 +1,361 @@
+"""``relay server --protocol notify``: the first seed design, one TCP connection per client.
+
+For servers written against the original relayServer (see docs/notify-protocol.md):
+
+1. A server connects to the control port and keeps that connection open.
+2. The relay opens two listeners for it: a public one for its clients and a
+   dial-back one for the server, and sends the public port as one line
+   (``4532\\n``, as the yamux protocol does).
+3. For every client accepted on the public port the relay sends
+   ``[NEW]<dial-back port>\\n`` on the control connection.
+4. The server connects to the relay's dial-back port; the relay pairs that
+   connection with the longest-waiting client and copies bytes both ways.
+
+No multiplexing: each client costs the server one TCP connection. A dial-back
+must come from the control connection's IP address and within
+``handshake_timeout`` of its ``[NEW]`` line, else the client is closed. The
+control connection carries nothing from the server; bytes on it are discarded,
+and its EOF ends the registration (listeners closed, waiting clients closed,
+paired connections finish).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import logging
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from .auth import FailureLimiter
+from .net import (
+    LISTEN_BACKLOG,
+    BindAddress,
+    format_endpoint,
+    listening_port,
+    resolve_bind_address,
+)
+from .pipe import PipeResult
+from .ports import NoFreePortError
+from .protocol import error_line, port_line
+from .server import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_SESSIONS,
+    SessionInfo,
+)
+from .stats import RelayStats, Traffic
+
+logger = logging.getLogger("relay.notify")
+connections_logger = logging.getLogger("relay.connections")
+
+NEW_PREFIX = b"[NEW]"
+COPY_CHUNK = 1 << 16
+CONTROL_DISCARD = 1 << 12
+"""Bytes read (and dropped) at a time from a control connection."""
+
+Pair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def new_line(port: int) -> bytes:
+    """What the relay sends on the control connection for each new client."""
+    return NEW_PREFIX + f"{port}\n".encode()
+
+
+def _peer(writer: asyncio.StreamWriter) -> tuple[str, str]:
+    """(address, ``address:port``) of the other end."""
+    peer = writer.get_extra_info("peername")
+    if not peer:
+        return "?", "unknown peer"
+    return str(peer[0]), format_endpoint(str(peer[0]), int(peer[1]))
+
+
+@dataclass(eq=False)
+class _Registration:
+    id: int
+    peer_host: str
+    peer: str
+    control: asyncio.StreamWriter
+    public_port: int = 0
+    dialback_port: int = 0
+    listeners: list[asyncio.Server] = field(default_factory=list)
+    waiting: deque[asyncio.Future[Pair]] = field(default_factory=deque)
+    connections: set[asyncio.Task[None]] = field(default_factory=set)
+    traffic: Traffic = field(default_factory=Traffic)
+
+    def log_fields(self) -> dict[str, object]:
+        return {"session": self.id, "peer": self.peer, "public_port": self.public_port}
+
+
+class NotifyRelay:
+    """The relay of ``--protocol notify``; the same surface as ``RelayServer`` for the CLI,
+    metrics and drain: ``start``, ``serve_forever``, ``close``, ``wait_closed``, ``drain``,
+    ``wait_idle``, ``port``, ``sessions``, ``stats``."""
+
+    def __init__(self, port: int = 0, *, host: str | None = None,
+                 port_range: tuple[int, int] | None = None,
+                 max_sessions: int = DEFAULT_MAX_SESSIONS,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT) -> None:
+        self._requested_port = port
+        self.host = host
+        self.port_range = port_range
+        self.max_sessions = max_sessions
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        self.stats = RelayStats()
+        self.auth_failures = FailureLimiter()
+        """Never fed: this protocol has no authentication (metrics read its total)."""
+        self.draining = False
+        self._bind: BindAddress | None = None
+        self._control: asyncio.Server | None = None
+        self._registrations: dict[int, _Registration] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self._ports_in_use: set[int] = set()
+        self._closed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._bind = resolve_bind_address(self.host)
+        sock = self._bind.listen(self._requested_port)
+        try:
+            self._control = await asyncio.start_server(self._registered, sock=sock,
+                                                       backlog=LISTEN_BACKLOG)
+        except BaseException:
+            sock.close()
+            raise
+        logger.info("Serving relay requests on port %d (protocol notify)", self.port,
+                    extra={"control_port": self.port})
+
+    @property
+    def port(self) -> int:
+        return listening_port(self._control)
+
+    @property
+    def sessions(self) -> list[SessionInfo]:
+        return [
+            SessionInfo(r.id, r.peer, r.public_port, True, len(r.connections),
+                        since=r.traffic.since, bytes_in=r.traffic.bytes_in,
+                        bytes_out=r.traffic.bytes_out, streams=r.traffic.open_connections)
+            for r in self._registrations.values()
+        ]
+
+    async def serve_forever(self) -> None:
+        try:
+            await self._closed.wait()
+        finally:
+            self.close()
+            await self.wait_closed()
+
+    def drain(self) -> None:
+        """Stop taking registrations and clients at once; paired connections go on."""
+        self.draining = True
+        if self._control is not None:
+            self._control.close()
+        for reg in self._registrations.values():
+            for listener in reg.listeners:
+                listener.close()
+
+    async def wait_idle(self) -> None:
+        while busy := [r.traffic for r in self._registrations.values()
+                       if r.traffic.open_connections]:
+            await busy[0].wait_idle()
+
+    def close(self) -> None:
+        if self._control is not None:
+            self._control.close()
+        for task in self._tasks:
+            task.cancel()
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+        if self._control is not None:
+            await self._control.wait_closed()
+
+    # ------------------------------------------------------------- internals
+    def _own(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _registered(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        self._own(current)
+        peer_host, peer = _peer(writer)
+        if self.draining or len(self._registrations) >= self.max_sessions:
+            reason = ("relay is shutting down" if self.draining else
+                      f"relay is full: {len(self._registrations)} sessions, the maximum "
+                      f"(--max-sessions {self.max_sessions})")
+            self.stats.refused["draining" if self.draining else "full"] += 1
+            logger.warning("refusing registration from %s: %s", peer, reason,
+                           extra={"peer": peer, "reason": reason})
+            writer.write(error_line(reason))
+            writer.close()
+            return
+        reg = _Registration(next(self._ids), peer_host, peer, writer)
+        reason = "closed by the server"
+        try:
+            try:
+                public, dialback = self._listen(), self._listen()
+            except OSError as exc:
+                self.stats.refused["no_port"] += 1
+                reason = f"cannot open a public port: {exc}"
+                logger.warning("refusing registration from %s: %s", peer, reason,
+                               extra={"peer": peer, "reason": reason})
+                writer.write(error_line(reason))
+                return
+            reg.public_port = int(public.getsockname()[1])
+            reg.dialback_port = int(dialback.getsockname()[1])
+            self._registrations[reg.id] = reg
+            self.stats.sessions_total += 1
+            reg.listeners = [
+                await asyncio.start_server(lambda r, w: self._public(reg, r, w), sock=public,
+                                           backlog=LISTEN_BACKLOG),
+                await asyncio.start_server(lambda r, w: self._dialback(reg, r, w), sock=dialback,
+                                           backlog=LISTEN_BACKLOG),
+            ]
+            writer.write(port_line(reg.public_port))
+            logger.info("session %d from %s: public port %d, dial-back port %d", reg.id, peer,
+                        reg.public_port, reg.dialback_port,
+                        extra={**reg.log_fields(), "dialback_port": reg.dialback_port})
+            while await reader.read(CONTROL_DISCARD):
+                pass
+        except asyncio.CancelledError:
+            reason = "relay shutting down"
+            raise
+        except OSError as exc:
+            reason = str(exc)
+        finally:
+            await self._end(reg, reason)
+
+    async def _end(self, reg: _Registration, reason: str) -> None:
+        for listener in reg.listeners:
+            listener.close()
+        self._ports_in_use.difference_update({reg.public_port, reg.dialback_port})
+        for waiter in reg.waiting:
+            waiter.cancel()
+        reg.control.close()
+        if self._registrations.pop(reg.id, None) is None:
+            return
+        self.stats.session_ended(reg.traffic)
+        logger.info("session %d from %s ended: %s; public port %d closed", reg.id, reg.peer,
+                    reason, reg.public_port, extra={**reg.log_fields(), "reason": reason})
+
+    def _listen(self) -> socket.socket:
+        assert self._bind is not None
+        if self.port_range is None:
+            return self._bind.listen(0)
+        low, high = self.port_range
+        for port in range(low, high + 1):
+            if port in self._ports_in_use:
+                continue
+            try:
+                sock = self._bind.listen(port)
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue
+                raise
+            self._ports_in_use.add(port)
+            return sock
+        raise NoFreePortError(f"no free port in range {low}-{high}")
+
+    async def _public(self, reg: _Registration, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        _, peer = _peer(writer)
+        if len(reg.connections) >= self.max_connections or self.draining:
+            self.stats.connections_refused[
+                "draining" if self.draining else "max_connections"] += 1
+            writer.transport.abort()
+            return
+        self._own(current)
+        reg.connections.add(current)
+        current.add_done_callback(reg.connections.discard)
+        result = reg.traffic.opened()
+        self.stats.connections_total += 1
+        started = time.monotonic()
+        waiter: asyncio.Future[Pair] = asyncio.get_running_loop().create_future()
+        reg.waiting.append(waiter)
+        try:
+            reg.control.write(new_line(reg.dialback_port))
+            try:
+                async with asyncio.timeout(self.handshake_timeout):
+                    server_reader, server_writer = await waiter
+            except TimeoutError:
+                result.error = TimeoutError(
+                    f"the server did not dial back within {self.handshake_timeout:g} s")
+                writer.transport.abort()
+                return
+            await _splice((reader, writer), (server_reader, server_writer), result)
+        except asyncio.CancelledError:
+            writer.transport.abort()
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                reg.waiting.remove(waiter)
+            reg.traffic.closed(result)
+            connections_logger.info(
+                "session %d: connection from %s closed: %d bytes in, %d out%s", reg.id, peer,
+                result.sent, result.received, f" ({result.error})" if result.error else "",
+                extra={**reg.log_fields(), "peer": peer, "bytes_in": result.sent,
+                       "bytes_out": result.received,
+                       "duration": round(time.monotonic() - started, 6),
+                       "reason": str(result.error) if result.error else "closed"})
+
+    async def _dialback(self, reg: _Registration, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        host, peer = _peer(writer)
+        if host != reg.peer_host:
+            logger.warning("session %d: dial-back from %s, not from the registered server's "
+                           "address %s; closing it", reg.id, peer, reg.peer_host,
+                           extra={**reg.log_fields(), "peer": peer})
+            writer.transport.abort()
+            return
+        while reg.waiting:
+            waiter = reg.waiting.popleft()
+            if not waiter.done():
+                waiter.set_result((reader, writer))
+                return
+        logger.warning("session %d: dial-back from %s but no client is waiting; closing it",
+                       reg.id, peer, extra={**reg.log_fields(), "peer": peer})
+        writer.transport.abort()
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                result: PipeResult, inbound: bool) -> None:
+    while data := await reader.read(COPY_CHUNK):
+        writer.write(data)
+        if inbound:
+            result.sent += len(data)
+        else:
+            result.received += len(data)
+        await writer.drain()
+    if writer.can_write_eof():
+        writer.write_eof()
+
+
+async def _splice(client: Pair, server: Pair, result: PipeResult) -> None:
+    """Copy both ways, half-close aware; an error on either side aborts both."""
+    copies = [asyncio.create_task(_copy(client[0], server[1], result, True)),
+              asyncio.create_task(_copy(server[0], client[1], result, False))]
+    try:
+        for copy in asyncio.as_completed(copies):
+            await copy
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        result.error = exc
+        client[1].transport.abort()
+        server[1].transport.abort()
+    finally:
+        for copy in copies:
+            copy.cancel()
+        await asyncio.wait(copies)
+        client[1].close()
+        server[1].close()

@@ -1,0 +1,82 @@
+"""When to try the relay again, and how to say so without flooding the log.
+
+Defaults: first retry after 0.5 s, doubling up to 5 s, each delay +-20 %
+jitter. The cap decides how long a forwarder may stay away once the relay is
+back: at most one delay (<= 6 s with jitter) whatever the outage lasted.
+ngrok's agent caps at 30 s and frp at 20 s; 5 s keeps the endpoint's outage
+within a few seconds of the relay's, while a down relay costs one connection
+attempt per forwarder every ~5 s (1000 forwarders: ~200 refused SYNs a
+second). The jitter spreads the forwarders of a restarted relay apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+from yamux.ratelimit import RateLimitedLog
+
+DEFAULT_RECONNECT_DELAY = 0.5
+DEFAULT_RECONNECT_MAX_DELAY = 5.0
+RETRY_LOG_INTERVAL = 60.0
+"""While the relay stays unreachable, one WARNING per this many seconds (each try at DEBUG)."""
+
+
+class Backoff:
+    """Exponential backoff with jitter: ``initial`` doubling up to ``maximum``, each +-20 %."""
+
+    def __init__(self, initial: float = DEFAULT_RECONNECT_DELAY,
+                 maximum: float = DEFAULT_RECONNECT_MAX_DELAY, jitter: float = 0.2) -> None:
+        if initial <= 0 or maximum < initial:
+            raise ValueError("backoff needs 0 < initial <= maximum")
+        self.initial = initial
+        self.maximum = maximum
+        self.jitter = jitter
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        base = min(self.maximum, self.initial * 2.0 ** min(self.attempt, 60))
+        self.attempt += 1
+        return float(min(self.maximum, base * random.uniform(1 - self.jitter, 1 + self.jitter)))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class RetryLog:
+    """Failed attempts of one outage: the first at WARNING, then at most one a minute.
+
+    Built on yamux's ``RateLimitedLog`` (the later lines count what they held
+    back); every attempt is also logged at DEBUG. ``recovered()`` says at INFO
+    how many attempts the outage cost and how long it lasted.
+    """
+
+    def __init__(self, logger: logging.Logger, what: str,
+                 interval: float = RETRY_LOG_INTERVAL) -> None:
+        self.logger = logger
+        self.what = what
+        self.interval = interval
+        self.failures = 0
+        self._first = 0.0
+        self._limited = self._new_limit()
+
+    def _new_limit(self) -> RateLimitedLog:
+        return RateLimitedLog(self.logger, burst=1, interval=self.interval,
+                              max_interval=self.interval)
+
+    def failed(self, reason: str, delay: float) -> None:
+        if self.failures == 0:
+            self._first = time.monotonic()
+        self.failures += 1
+        self.logger.debug("%s: %s; retrying in %.2f s (attempt %d)", self.what, reason, delay,
+                          self.failures)
+        self._limited.log(logging.WARNING, "failed", "%s: %s; retrying in %.2f s", self.what,
+                          reason, delay)
+
+    def recovered(self) -> None:
+        if self.failures:
+            self.logger.info("%s: succeeded after %d failed attempt(s) in %.1f s", self.what,
+                             self.failures, time.monotonic() - self._first)
+        self.failures = 0
+        self._limited = self._new_limit()

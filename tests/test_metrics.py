@@ -1,0 +1,143 @@
+"""--metrics: /metrics scraped with prometheus_client's own parser and with curl; /status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay_support import ECHO_SCRIPT, HOST, echo_roundtrip, free_port, relay_command
+
+METRICS = r"metrics on http://([\d.]+:\d+)/metrics"
+
+
+def scrape(endpoint: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, parsed by prometheus_client, by (name, sorted labels)."""
+    with urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def status(endpoint: str) -> dict:
+    with urllib.request.urlopen(f"http://{endpoint}/status", timeout=10) as response:
+        assert response.headers["Content-Type"] == "application/json"
+        return json.load(response)
+
+
+def test_relay_and_forwarder_metrics_move_with_traffic(procs):
+    _, echo_port = procs.script(ECHO_SCRIPT, "0", name="echo")
+    relay, relay_port = procs.relay("--metrics", f"{HOST}:0")  # the seed form takes it too
+    _, match = relay.wait_line(METRICS)
+    relay_metrics = match.group(1)
+    forwarder, public_port = procs.forwarder(relay_port, echo_port, "--metrics", f"{HOST}:0")
+    _, match = forwarder.wait_line(METRICS)
+    forwarder_metrics = match.group(1)
+
+    before = scrape(relay_metrics)
+    service = (("direction", "in"), ("service", str(public_port)))
+    assert before[("relay_sessions_open", ())] == 1
+    assert before[("relay_sessions_total", ())] == 1
+    assert before[("relay_service_bytes_total", service)] == 0
+    assert before[("relay_public_connections_total", ())] == 0
+    for family in ("relay_streams_open", "relay_public_connections_open", "relay_bytes_total",
+                   "relay_auth_failures_total", "relay_window_stalls_total"):
+        assert any(name == family for name, _ in before), family
+
+    payload = b"x" * 300_000
+    assert echo_roundtrip(public_port, payload) == payload
+    after = scrape(relay_metrics)
+    assert after[("relay_public_connections_total", ())] == 1
+    assert after[("relay_service_bytes_total", service)] == len(payload)
+    assert after[("relay_service_bytes_total", (("direction", "out"), service[1]))] == len(payload)
+    assert after[("relay_bytes_total", (("direction", "in"),))] == len(payload)
+    assert ("relay_keepalive_rtt_seconds", (service[1],)) in after  # the handshake ping
+
+    (registration,) = status(relay_metrics)["registrations"]
+    assert registration["public_port"] == public_port
+    assert registration["peer"].startswith("127.0.0.1:")
+    assert registration["bytes_in"] == registration["bytes_out"] == len(payload)
+    assert registration["open_connections"] == 0
+    assert registration["since"].endswith("Z")
+
+    fwd = scrape(forwarder_metrics)
+    label = ("service", f"{HOST}:{echo_port}")
+    assert fwd[("relay_forwarder_registered", (label,))] == 1
+    assert fwd[("relay_forwarder_streams_total", (label,))] == 1
+    assert fwd[("relay_forwarder_bytes_total", (("direction", "in"), label))] == len(payload)
+    (served,) = status(forwarder_metrics)["services"]
+    assert served["public_endpoint"] == f"{HOST}:{public_port}"
+
+    forwarder.send_signal(signal.SIGTERM)
+    assert forwarder.wait(10) == 0
+    relay.wait_line(rf"public port {public_port} closed")
+    gone = scrape(relay_metrics)
+    assert gone[("relay_sessions_open", ())] == 0
+    assert gone[("relay_bytes_total", (("direction", "in"),))] == len(payload)  # kept
+    assert status(relay_metrics)["registrations"] == []
+
+
+def test_curl_scrapes_metrics_and_status(procs):
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.fail("curl is not installed (scripts/install-test-deps.sh installs it)")
+    port = free_port()
+    relay, _ = procs.relay("--metrics", f"{HOST}:{port}")
+    relay.wait_line(METRICS)
+    done = subprocess.run([curl, "-fsS", f"http://{HOST}:{port}/metrics"], capture_output=True,
+                          text=True, timeout=10)
+    assert done.returncode == 0, done.stderr
+    assert "# TYPE relay_sessions_open gauge" in done.stdout
+    assert "relay_sessions_total 0.0" in done.stdout
+    done = subprocess.run([curl, "-fsS", f"http://{HOST}:{port}/status"], capture_output=True,
+                          text=True, timeout=10)
+    assert json.loads(done.stdout)["registrations"] == []
+    missing = subprocess.run([curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                              f"http://{HOST}:{port}/nothing"], capture_output=True, text=True,
+                             timeout=10)
+    assert missing.stdout == "404"
+
+
+async def test_config_file_auth_clients_and_refusal_metrics(procs, tmp_path):
+    """[[server.clients]] in the config file authenticate; failures and refusals are counted."""
+    import relay
+    from relay.handshake import AuthenticationError
+
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[server]\nbind = "{HOST}"\nmax-sessions = 1\n'
+                      f'max-pending-registrations-per-source = 0\nmetrics = "{HOST}:0"\n'
+                      '[[server.clients]]\nname = "alice"\nsecret = "alice-secret-1"\n')
+    port = free_port()
+    proc = procs.start([*relay_command(), "server", "--config", str(config), str(port)], "relay")
+    _, match = await proc.await_line(METRICS)
+    endpoint = match.group(1)
+    with pytest.raises(AuthenticationError):
+        await relay.start_server(lambda r, w: None, HOST, port, secret="wrong-secret-1",
+                                 name="alice")
+    server = await relay.start_server(lambda r, w: None, HOST, port, secret="alice-secret-1",
+                                      name="alice")
+    try:
+        with pytest.raises(relay.RelayRefusedError, match="relay is full"):
+            await relay.start_server(lambda r, w: None, HOST, port, secret="alice-secret-1",
+                                     name="alice")
+        samples = await asyncio.to_thread(scrape, endpoint)
+        assert samples[("relay_auth_failures_total", ())] == 1
+        assert samples[("relay_registrations_refused_total", (("reason", "relay_full"),))] == 1
+        (registration,) = (await asyncio.to_thread(status, endpoint))["registrations"]
+        assert registration["client"] == "alice"
+        assert ("relay_service_bytes_total", (("direction", "in"), ("service", "alice"))) \
+            in samples
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -1,0 +1,88 @@
+"""One owner for a group of tasks, and the one policy for running a stream handler.
+
+Every task the package (and the relay) starts belongs to a ``TaskOwner``: it
+logs a task that fails, and ``close()`` cancels what is left and waits for it,
+so nothing outlives the object that started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import YamuxError
+from .ratelimit import RateLimitedLog
+
+if TYPE_CHECKING:
+    from .stream import Stream
+
+T = TypeVar("T")
+StreamHandler = Callable[["Stream", "Stream"], Awaitable[None]]
+"""``handler(reader, writer)``; both are the same Stream, as with asyncio.start_server."""
+
+
+class TaskOwner:
+    """A set of tasks with one owner: spawn, log failures, cancel and wait."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def cancel(self) -> None:
+        """Cancel every task but the one calling (a task may close its own owner).
+
+        A task already cancelled is not cancelled again: its cleanup may await.
+        """
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current and not task.cancelling():
+                task.cancel()
+
+    async def close(self) -> None:
+        """Cancel every task (but the caller) and wait until they have all finished."""
+        self.cancel()
+        await self.wait()
+
+    async def wait(self) -> None:
+        """Wait until every task but the caller has finished."""
+        current = asyncio.current_task()
+        while others := [task for task in self._tasks if task is not current]:
+            await asyncio.wait(others)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._logger.error("task %s failed", task.get_name(), exc_info=exc)
+
+
+async def run_stream_handler(handler: StreamHandler, stream: Stream, log: RateLimitedLog) -> None:
+    """Run ``handler(stream, stream)``: close the stream when it returns, reset it on error
+    or cancellation (the peer then knows the answer is incomplete).
+
+    Failures go to ``log``, rate-limited: a peer can make every handler fail.
+    """
+    try:
+        await handler(stream, stream)
+    except asyncio.CancelledError:
+        stream.reset()
+        raise
+    except (YamuxError, ConnectionError, asyncio.IncompleteReadError) as exc:
+        log.log(logging.INFO, "handler-ended", "stream %d: handler ended: %s", stream.id, exc)
+        stream.reset()
+    except Exception as exc:  # logged with its traceback; the session and other streams go on
+        log.log(logging.ERROR, "handler-failed",
+                "stream %d: handler failed; resetting the stream", stream.id, exc_info=exc)
+        stream.reset()
+    else:
+        stream.close()
