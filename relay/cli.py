@@ -315,12 +315,12 @@ option("--keepalive-timeout", type=SECONDS, default=10.0, show_default=True, met
        group=COMMON,
        help="After a keepalive ping, nothing at all from the peer this long ends the "
             "session (any frame proves it alive; a busy link is not a dead one).")
-option("--max-stream-window", type=ByteSize(), default="256KiB", show_default=True,
+option("--max-stream-window", type=ByteSize(), default="16MiB", show_default=True,
        group=COMMON,
        help="Largest receive window of one yamux stream. With --window-autotune (the default) a "
             "stream starts at 256 KiB and grows towards this only while the window limits its "
-            "throughput (long links: 16MiB fills 1 Gbit/s at 100 ms); without, every stream is "
-            "granted all of it at once. Memory per stream is at most this.")
+            "throughput (16MiB fills 1 Gbit/s at 50 ms); without, every stream is granted all "
+            "of it at once. 256KiB: hashicorp's fixed window, the seed's wire exactly.")
 option("--max-session-window", type=ByteSize(), default="64MiB", show_default=True,
        group=COMMON,
        help="With --window-autotune: windows grow only while the sum of one session's stream "

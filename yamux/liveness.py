@@ -84,7 +84,7 @@ class Liveness:
             self.record_rtt(future.result())
 
     async def measure_rtt(self) -> None:
-        """One ping at the start, so window auto-tuning need not wait for the keepalive."""
+        """One ping when data first flows, so window auto-tuning need not wait for the keepalive."""
         opaque = self._core.ping()
         future = self._pings.start(opaque)
         self._flush()

@@ -93,6 +93,8 @@ class Session(asyncio.Protocol):
             self.config, self._core, self._pings, flush=self._flush, fail=self._shutdown,
             reset=self._reset_abandoned, log=self._log,
         )
+        self._rtt_probed = False
+        """A ping for window auto-tuning was sent (once, when data first flows)."""
         self._closing = False
         self._closed = self._loop.create_future()
         self._go_away: asyncio.Future[None] = self._loop.create_future()
@@ -234,9 +236,11 @@ class Session(asyncio.Protocol):
         round_trip = self._pings.start(opaque)
         self._flush()
         try:
-            return await round_trip
+            rtt = await round_trip
         finally:
             self._pings.discard(opaque)
+        self._liveness.record_rtt(rtt)
+        return rtt
 
     async def wait_go_away(self) -> None:
         """Return once the peer sent Go Away 0 (it takes no new streams; existing ones go on).
@@ -298,6 +302,12 @@ class Session(asyncio.Protocol):
     def consume(self, stream_id: int, length: int) -> None:
         core = self._core
         core.consume(stream_id, length, self._loop.time())
+        tuner = core.tuner
+        if tuner is not None and tuner.rtt is None and not self._rtt_probed and tuner.can_grow:
+            # Measured once data flows, not at session start: until then the wire is the
+            # seed's, frame for frame (the relay's handshake ping may have measured it).
+            self._rtt_probed = True
+            self._tasks.spawn(self._liveness.measure_rtt(), name="yamux-rtt")
         if core.has_control:
             self._flush()
 
@@ -323,9 +333,6 @@ class Session(asyncio.Protocol):
         self._writer.attach(transport)
         if self.config.enable_keepalive:
             self._tasks.spawn(self._liveness.keepalive(), name="yamux-keepalive")
-        tuner = self._core.tuner
-        if tuner is not None and tuner.can_grow:
-            self._tasks.spawn(self._liveness.measure_rtt(), name="yamux-rtt")
 
     def attach_read_transport(self, transport: asyncio.BaseTransport) -> None:
         """A second transport that only reads (two pipes); closed when the session ends."""
