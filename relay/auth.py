@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import RegistrationError, RelayError
 from .handshake import AUTH_FAILED, NAME, Challenge, Response, proof_matches
-from .protocol import RegistrationError
 
 logger = logging.getLogger("relay.auth")
 
@@ -38,7 +38,7 @@ MIN_SECRET_LENGTH = 8
 """Shorter secrets are refused at start: they would fall to an offline guess at once."""
 
 
-class AuthConfigError(RegistrationError, ValueError):
+class AuthConfigError(RelayError, ValueError):
     """A secret or auth file that cannot be used; the message says which and why."""
 
 

@@ -14,7 +14,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from .protocol import RegistrationError
+from .errors import RelayError
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V2_VERSION_PROXY = 0x21
@@ -30,7 +30,7 @@ MAX_V2_PAYLOAD = 512
 """Longest address block accepted (addresses are 36 bytes; the rest would be TLVs)."""
 
 
-class ProxyHeaderError(RegistrationError):
+class ProxyHeaderError(RelayError, ConnectionError):
     """A stream that should start with a PROXY v2 header does not."""
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from .protocol import RegistrationError
+from .errors import RelayError
 
 
-class TLSConfigError(RegistrationError, ValueError):
+class TLSConfigError(RelayError, ValueError):
     """A certificate, key or CA file that cannot be loaded; the message says which."""
 
 

@@ -464,3 +464,16 @@ def test_failure_limiter_is_bounded_and_forgets() -> None:
     import time
     time.sleep(0.25)
     assert limiter.blocked_for("e") == 0
+
+
+def test_every_v2_error_is_a_relay_error() -> None:
+    from relay.api import TLSError
+    from relay.auth import AuthRefused
+    from relay.errors import RelayError
+    from relay.proxy_protocol import ProxyHeaderError
+    from relay.tls import TLSConfigError
+    for error in (AuthenticationError, HandshakeError, AuthRefused, TLSError, AuthConfigError,
+                  TLSConfigError, ProxyHeaderError):
+        assert issubclass(error, RelayError), error
+    assert issubclass(AuthConfigError, ValueError)  # a bad secret or auth file, not a refusal
+    assert not issubclass(AuthConfigError, RegistrationError)
