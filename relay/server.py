@@ -93,10 +93,14 @@ def port_request(request: RegistrationRequest | None) -> PortRequest:
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
-    if not peer:
+    return _format_peer(transport.get_extra_info("peername"))
+
+
+def _format_peer(peername: object) -> str:
+    if not peername:
         return "unknown peer"
-    return format_endpoint(str(peer[0]), int(peer[1]))
+    host, port = peername[0], peername[1]  # type: ignore[index]
+    return format_endpoint(str(host), int(port))
 
 
 def _retrieve(task: asyncio.Task[object]) -> None:
@@ -136,6 +140,11 @@ class _Registration:
     ending: bool = False
     end_reason: str | None = None
     traffic: Traffic = field(default_factory=Traffic)
+    connection_task_name: str = field(init=False, default="")
+    """The name of each public connection's task."""
+
+    def __post_init__(self) -> None:
+        self.connection_task_name = f"relay-public-{self.id}"
 
     def log_fields(self) -> dict[str, object]:
         """The stable log fields of this session (see ``relay.logs.FIELDS``)."""
@@ -692,6 +701,7 @@ class RelayServer:
         if reg.ending or reg.session.closed:
             end.abort()
             return
+        peername = transport.get_extra_info("peername")
         if len(reg.connections) >= self.max_connections:
             reg.log.log(
                 logging.WARNING, "public refused: max connections",
@@ -702,7 +712,7 @@ class RelayServer:
             self.stats.connections_refused["max_connections"] += 1
             end.abort()
             return
-        source = source_of(transport.get_extra_info("peername"))
+        source = source_of(peername)
         if not reg.sources.acquire(source):
             reg.log.log(
                 logging.WARNING, "public refused: per source",
@@ -716,7 +726,7 @@ class RelayServer:
         result = reg.traffic.opened()
         self.stats.connections_total += 1
         task = reg.connections.spawn(
-            self._relay_connection(reg, end, result), name=f"relay-public-{reg.id}"
+            self._relay_connection(reg, end, peername, result), name=reg.connection_task_name
         )
         self._idle.watch(end)
         task.add_done_callback(partial(self._connection_done, reg, end, source, result))
@@ -733,8 +743,9 @@ class RelayServer:
                      self.limits.idle_timeout)
         end.abort()
 
-    async def _relay_connection(self, reg: _Registration, end: SocketEnd,
+    async def _relay_connection(self, reg: _Registration, end: SocketEnd, peername: object,
                                 result: PipeResult) -> None:
+        """Open the stream and pipe; the per-connection line is only built if it is logged."""
         started = time.monotonic()
         try:
             stream = await reg.session.open_stream()
@@ -755,13 +766,16 @@ class RelayServer:
             reg.end_reason = f"cannot open streams any more: {exc}"
             await reg.session.close()
             return
-        peer = _peer(end.transport) if end.transport is not None else "?"
         if reg.request is not None and reg.request.client_address and end.transport is not None:
             stream.write(v2_header(addresses_of(
-                end.transport.get_extra_info("peername"),
-                end.transport.get_extra_info("sockname"))))
-        logger.debug("session %d: public connection from %s on stream %d", reg.id, peer, stream.id)
+                peername, end.transport.get_extra_info("sockname"))))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("session %d: public connection from %s on stream %d", reg.id,
+                         _format_peer(peername), stream.id)
         await pipe(end, stream, result)
+        if not connections_logger.isEnabledFor(logging.INFO):
+            return
+        peer = _format_peer(peername)
         connections_logger.info(
             "session %d: connection from %s on stream %d closed: %d bytes in, %d out%s",
             reg.id, peer, stream.id, result.sent, result.received,
