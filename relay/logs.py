@@ -11,7 +11,12 @@ library's, the same way:
   "event": ..., key: value, ...}`` (a traceback goes in ``exception``).
 
 ``relay.connections`` logs one INFO line per public connection when it ends
-(``--no-connection-log`` raises that logger to WARNING).
+(``--no-connection-log`` raises that logger to WARNING). That line is on the
+relay's per-connection path, so a plain record (no exception, no stack) takes
+a short way to the same output: no copy of the record, no processor chain,
+and ``logfmt_fields`` instead of structlog's ``LogfmtRenderer`` (a property
+test checks the two agree byte for byte). Records with an exception go
+through structlog's whole chain.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ FIELDS = (
 """The stable field names; a line carries those that apply (see the README)."""
 
 _FRONT = ("time", "level", "logger", "event")
+_RECORD_KEYS = frozenset(logging.LogRecord("name", 0, "pathname", 0, "msg", (), None).__dict__)
+"""The attributes every LogRecord has; the others came in ``extra`` and are fields."""
+_LEVELS = {"warn": "warning", "exception": "error"}
+"""structlog's names for the levels it renames (``add_log_level``)."""
 
 EventDict = MutableMapping[str, Any]
 
@@ -44,14 +53,74 @@ def _front_first(_logger: Any, _name: str, event_dict: EventDict) -> EventDict:
     return front
 
 
+def logfmt_fields(fields: EventDict) -> str:
+    """``key=value ...`` exactly as structlog's ``LogfmtRenderer()`` writes it, faster.
+
+    Keys are our own field names (``extra=``), checked once each; values are
+    quoted when they hold a space, ``=`` or ``"``.
+    """
+    parts = []
+    for key, value in fields.items():
+        if key not in _valid_keys:
+            if any(c <= " " for c in key):
+                raise ValueError(f'Invalid key: "{key}"')
+            _valid_keys.add(key)
+        kind = type(value)
+        if kind is int or kind is float:
+            parts.append(f"{key}={value}")
+        elif value is None:
+            parts.append(f"{key}=")
+        elif value is True:
+            parts.append(key)
+        elif value is False:
+            parts.append(f"{key}=false")
+        else:
+            text = str(value)
+            quoted = " " in text or "=" in text or '"' in text
+            if quoted and "\\" in text:
+                text = text.replace("\\", "\\\\")
+            text = text.replace('"', '\\"').replace("\n", "\\n")
+            parts.append(f'{key}="{text}"' if quoted else f"{key}={text}")
+    return " ".join(parts)
+
+
+_valid_keys: set[str] = set()
+
+
 def _text_renderer(_logger: Any, _name: str, event_dict: EventDict) -> str:
     """The classic line, ``TIME LEVEL logger: message``, with the fields appended as k=v."""
     head = (f"{event_dict.pop('time', '')} {str(event_dict.pop('level', '')).upper()} "
             f"{event_dict.pop('logger', '')}: {event_dict.pop('event', '')}")
     exception = event_dict.pop("exception", None)
-    fields = structlog.processors.LogfmtRenderer()(_logger, _name, event_dict)
+    fields = logfmt_fields(event_dict)
     line = f"{head} {fields}" if fields else head
     return f"{line}\n{exception}" if exception else line
+
+
+def _logfmt_renderer(_logger: Any, _name: str, event_dict: EventDict) -> str:
+    """logfmt; time, level, logger and event are first already (``_front_first``)."""
+    return logfmt_fields(event_dict)
+
+
+class _Formatter(structlog.stdlib.ProcessorFormatter):
+    """structlog's formatter, with a short way for a plain record (see the module doc)."""
+
+    def __init__(self, renderer: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._renderer = renderer
+        self._stamp = structlog.processors.TimeStamper(fmt="iso", utc=True, key="time")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        level = record.levelname.lower()
+        event_dict: EventDict = {"time": None, "level": _LEVELS.get(level, level),
+                                 "logger": record.name, "event": record.getMessage()}
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_KEYS:
+                event_dict[key] = value
+        self._stamp(None, level, event_dict)
+        return str(self._renderer(None, level, event_dict))
 
 
 def formatter(log_format: str) -> logging.Formatter:
@@ -62,13 +131,13 @@ def formatter(log_format: str) -> logging.Formatter:
     if log_format == "json":
         renderer = structlog.processors.JSONRenderer(default=str)
     elif log_format == "logfmt":
-        renderer = structlog.processors.LogfmtRenderer(key_order=list(_FRONT),
-                                                       drop_missing=True)
+        renderer = _logfmt_renderer
     else:
         renderer = _text_renderer
     exceptions: Any = (structlog.processors.dict_tracebacks if log_format == "json"
                        else structlog.processors.format_exc_info)
-    return structlog.stdlib.ProcessorFormatter(
+    return _Formatter(
+        renderer,
         foreign_pre_chain=[
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,
@@ -95,5 +164,9 @@ def setup(level: str, log_format: str = "text", *, connection_log: bool = True,
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.captureWarnings(True)
+    # No format shows where a line came from, nor its thread or process: skip finding
+    # them for every record (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.getLogger(CONNECTIONS_LOGGER).setLevel(
         logging.NOTSET if connection_log else logging.WARNING)

@@ -1,0 +1,135 @@
+"""The relay's per-public-connection path: accept, check the limits, open a stream, pipe.
+
+This runs for every connection on every public port, so it does only what
+each connection needs: the peer address is read once, and the end-of-connection
+line (``relay.connections``) is built only when that logger writes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+
+import yamux
+
+from .limits import IdleWatch, Limits, source_of
+from .pipe import PipeResult, SocketEnd, pipe
+from .proxy_protocol import addresses_of, v2_header
+from .sessions import Registration, format_peer, peer_of
+from .stats import RelayStats
+
+logger = logging.getLogger("relay.server")
+connections_logger = logging.getLogger("relay.connections")
+
+
+class PublicConnections:
+    """Every public connection of a relay: ``max_connections`` per session, the per-source
+    share of it, and the idle timeout of ``limits``."""
+
+    def __init__(self, stats: RelayStats, limits: Limits, max_connections: int) -> None:
+        self.stats = stats
+        self.limits = limits
+        self.max_connections = max_connections
+        self._idle = IdleWatch(limits.idle_timeout, self._idle_connection)
+
+    def protocol_for(self, reg: Registration) -> Callable[[], SocketEnd]:
+        """The protocol factory of ``reg``'s public listener."""
+        return partial(SocketEnd, partial(self.accept, reg))
+
+    def close(self) -> None:
+        """Stop the idle timer (the relay is closing; its connections end anyway)."""
+        self._idle.close()
+
+    def accept(self, reg: Registration, end: SocketEnd) -> None:
+        transport = end.transport
+        assert transport is not None
+        if reg.ending or reg.session.closed:
+            end.abort()
+            return
+        peername = transport.get_extra_info("peername")
+        if len(reg.connections) >= self.max_connections:
+            reg.log.log(
+                logging.WARNING, "public refused: max connections",
+                "session %d: refusing a public connection from %s: %d open, the maximum "
+                "(--max-connections %d)", reg.id, format_peer(peername), len(reg.connections),
+                self.max_connections, extra=reg.log_fields(),
+            )
+            self.stats.connections_refused["max_connections"] += 1
+            end.abort()
+            return
+        source = source_of(peername)
+        if not reg.sources.acquire(source):
+            reg.log.log(
+                logging.WARNING, "public refused: per source",
+                "session %d: refusing a public connection from %s: %d open from %s, the "
+                "maximum (--max-connections-per-source %d)", reg.id, format_peer(peername),
+                reg.sources.held(source), source, reg.sources.limit, extra=reg.log_fields(),
+            )
+            self.stats.connections_refused["per_source"] += 1
+            end.abort()
+            return
+        result = reg.traffic.opened()
+        self.stats.connections_total += 1
+        task = reg.connections.spawn(
+            self._relay(reg, end, peername, result), name=reg.connection_task_name
+        )
+        self._idle.watch(end)
+        task.add_done_callback(partial(self._done, reg, end, source, result))
+
+    def _done(self, reg: Registration, end: SocketEnd, source: str, result: PipeResult,
+              task: asyncio.Task[None]) -> None:
+        reg.sources.release(source)
+        self._idle.forget(end)
+        reg.traffic.closed(result)
+
+    def _idle_connection(self, end: SocketEnd) -> None:
+        logger.debug("resetting public connection from %s: idle for %g s (--idle-timeout)",
+                     peer_of(end.transport) if end.transport is not None else "?",
+                     self.limits.idle_timeout)
+        end.abort()
+
+    async def _relay(self, reg: Registration, end: SocketEnd, peername: object,
+                     result: PipeResult) -> None:
+        """Open the stream and pipe; the per-connection line is only built if it is logged."""
+        started = time.monotonic()
+        try:
+            stream = await reg.session.open_stream()
+        except asyncio.CancelledError:
+            end.abort()
+            raise
+        except yamux.TooManyStreamsError as exc:
+            reg.log.log(logging.WARNING, "public refused: streams",
+                        "session %d: refusing a public connection: %s", reg.id, exc,
+                        extra=reg.log_fields())
+            end.abort()
+            return
+        except yamux.SessionClosedError:
+            end.abort()
+            return
+        except yamux.SessionError as exc:  # go away, stream ids exhausted: the session is done
+            end.abort()
+            reg.end_reason = f"cannot open streams any more: {exc}"
+            await reg.session.close()
+            return
+        if reg.request is not None and reg.request.client_address and end.transport is not None:
+            stream.write(v2_header(addresses_of(
+                peername, end.transport.get_extra_info("sockname"))))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("session %d: public connection from %s on stream %d", reg.id,
+                         format_peer(peername), stream.id)
+        await pipe(end, stream, result)
+        if not connections_logger.isEnabledFor(logging.INFO):
+            return
+        peer = format_peer(peername)
+        connections_logger.info(
+            "session %d: connection from %s on stream %d closed: %d bytes in, %d out%s",
+            reg.id, peer, stream.id, result.sent, result.received,
+            f" ({result.error})" if result.error else "",
+            extra={**reg.log_fields(), "peer": peer, "stream": stream.id,
+                   "bytes_in": result.sent, "bytes_out": result.received,
+                   "duration": round(time.monotonic() - started, 6),
+                   "reason": str(result.error) if result.error else "closed"},
+        )

@@ -1,0 +1,65 @@
+"""The short way a plain log record takes (relay.logs) writes what structlog's chain writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relay import logs
+
+keys = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1, max_size=8)
+values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                   st.text(max_size=20), st.text(alphabet=' =\\"\nab', max_size=10))
+
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(st.dictionaries(keys, values, max_size=6))
+def test_logfmt_fields_match_structlogs_logfmt_renderer(fields):
+    expected = structlog.processors.LogfmtRenderer()(None, "info", dict(fields))
+    assert logs.logfmt_fields(dict(fields)) == expected
+
+
+def test_logfmt_fields_refuse_a_key_with_whitespace():
+    with pytest.raises(ValueError, match="Invalid key"):
+        logs.logfmt_fields({"bad key": 1})
+
+
+def without_time(log_format: str, line: str) -> str:
+    if log_format == "json":
+        record = json.loads(line)
+        assert record.pop("time").endswith("Z")
+        return json.dumps(record)
+    return line.split(" ", 1)[1]
+
+
+@pytest.mark.parametrize("log_format", logs.LOG_FORMATS)
+@SETTINGS
+@given(fields=st.dictionaries(st.sampled_from(logs.FIELDS), values, max_size=5),
+       message=st.text(max_size=30), level=st.sampled_from([logging.INFO, logging.WARNING]))
+def test_plain_records_render_as_through_structlogs_chain(log_format, fields, message, level):
+    formatter = logs.formatter(log_format)
+    record = logging.getLogger("relay.connections").makeRecord(
+        "relay.connections", level, __file__, 1, "%s", (message,), None, extra=fields)
+    assert isinstance(formatter, structlog.stdlib.ProcessorFormatter)
+    chain = structlog.stdlib.ProcessorFormatter.format(formatter, record)
+    assert without_time(log_format, formatter.format(record)) == without_time(log_format, chain)
+
+
+@pytest.mark.parametrize("log_format", logs.LOG_FORMATS)
+def test_a_record_with_an_exception_keeps_its_traceback(log_format):
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as exc:
+        record = logging.getLogger("relay.server").makeRecord(
+            "relay.server", logging.ERROR, __file__, 1, "failed", (), (type(exc), exc,
+                                                                        exc.__traceback__))
+    line = logs.formatter(log_format).format(record)
+    assert "RuntimeError" in line
+    assert "boom" in line
