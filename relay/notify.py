@@ -31,6 +31,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import yamux
+
 from .auth import FailureLimiter
 from .net import (
     LISTEN_BACKLOG,
@@ -84,7 +86,8 @@ class _Registration:
     dialback_port: int = 0
     listeners: list[asyncio.Server] = field(default_factory=list)
     waiting: deque[asyncio.Future[Pair]] = field(default_factory=deque)
-    connections: set[asyncio.Task[None]] = field(default_factory=set)
+    connections: yamux.TaskOwner = field(default_factory=lambda: yamux.TaskOwner(logger))
+    """Its paired connections: they outlive the registration, not the relay."""
     traffic: Traffic = field(default_factory=Traffic)
 
     def log_fields(self) -> dict[str, object]:
@@ -114,7 +117,8 @@ class NotifyRelay:
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | None = None
         self._registrations: dict[int, _Registration] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = yamux.TaskOwner(logger)
+        """One task per control connection; it owns its registration's connections."""
         self._ids = itertools.count(1)
         self._ports_in_use: set[int] = set()
         self._closed = asyncio.Event()
@@ -123,7 +127,7 @@ class NotifyRelay:
         self._bind = resolve_bind_address(self.host)
         sock = self._bind.listen(self._requested_port)
         try:
-            self._control = await asyncio.start_server(self._registered, sock=sock,
+            self._control = await asyncio.start_server(self._accept_registration, sock=sock,
                                                        backlog=LISTEN_BACKLOG)
         except BaseException:
             sock.close()
@@ -168,26 +172,21 @@ class NotifyRelay:
     def close(self) -> None:
         if self._control is not None:
             self._control.close()
-        for task in self._tasks:
-            task.cancel()
+        self._tasks.cancel()
         self._closed.set()
 
     async def wait_closed(self) -> None:
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
+        await self._tasks.wait()
         if self._control is not None:
             await self._control.wait_closed()
 
     # ------------------------------------------------------------- internals
-    def _own(self, task: asyncio.Task[None]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _accept_registration(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        self._tasks.spawn(self._registered(reader, writer), name="relay-notify-registration")
 
     async def _registered(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
-        current = asyncio.current_task()
-        assert current is not None
-        self._own(current)
         peer_host, peer = _peer(writer)
         if self.draining or len(self._registrations) >= self.max_sessions:
             reason = ("relay is shutting down" if self.draining else
@@ -216,8 +215,8 @@ class NotifyRelay:
             self._registrations[reg.id] = reg
             self.stats.sessions_total += 1
             reg.listeners = [
-                await asyncio.start_server(lambda r, w: self._public(reg, r, w), sock=public,
-                                           backlog=LISTEN_BACKLOG),
+                await asyncio.start_server(lambda r, w: self._accept_public(reg, r, w),
+                                           sock=public, backlog=LISTEN_BACKLOG),
                 await asyncio.start_server(lambda r, w: self._dialback(reg, r, w), sock=dialback,
                                            backlog=LISTEN_BACKLOG),
             ]
@@ -234,6 +233,16 @@ class NotifyRelay:
             reason = str(exc)
         finally:
             await self._end(reg, reason)
+            await self._finish_connections(reg)
+
+    async def _finish_connections(self, reg: _Registration) -> None:
+        """Let paired connections finish after their registration ended, unless the relay
+        is closing; either way none outlives this task (which ``close`` cancels)."""
+        try:
+            if not self._closed.is_set():
+                await reg.connections.wait()
+        finally:
+            await reg.connections.close()
 
     async def _end(self, reg: _Registration, reason: str) -> None:
         for listener in reg.listeners:
@@ -266,19 +275,18 @@ class NotifyRelay:
             return sock
         raise NoFreePortError(f"no free port in range {low}-{high}")
 
-    async def _public(self, reg: _Registration, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        current = asyncio.current_task()
-        assert current is not None
-        _, peer = _peer(writer)
+    def _accept_public(self, reg: _Registration, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
         if len(reg.connections) >= self.max_connections or self.draining:
             self.stats.connections_refused[
                 "draining" if self.draining else "max_connections"] += 1
             writer.transport.abort()
             return
-        self._own(current)
-        reg.connections.add(current)
-        current.add_done_callback(reg.connections.discard)
+        reg.connections.spawn(self._public(reg, reader, writer), name="relay-notify-connection")
+
+    async def _public(self, reg: _Registration, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        _, peer = _peer(writer)
         result = reg.traffic.opened()
         self.stats.connections_total += 1
         started = time.monotonic()
@@ -310,7 +318,7 @@ class NotifyRelay:
                        "duration": round(time.monotonic() - started, 6),
                        "reason": str(result.error) if result.error else "closed"})
 
-    async def _dialback(self, reg: _Registration, reader: asyncio.StreamReader,
+    def _dialback(self, reg: _Registration, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
         host, peer = _peer(writer)
         if host != reg.peer_host:
