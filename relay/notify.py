@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import itertools
 import logging
 import socket
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 import yamux
 
 from .auth import FailureLimiter
+from .leases import LeaseStore
 from .net import (
     LISTEN_BACKLOG,
     BindAddress,
@@ -42,7 +42,7 @@ from .net import (
     resolve_bind_address,
 )
 from .pipe import PipeResult
-from .ports import NoFreePortError
+from .ports import PortAllocator, PortRequest
 from .protocol import error_line, port_line
 from .server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -120,11 +120,12 @@ class NotifyRelay:
         self._tasks = yamux.TaskOwner(logger)
         """One task per control connection; it owns its registration's connections."""
         self._ids = itertools.count(1)
-        self._ports_in_use: set[int] = set()
+        self._ports: PortAllocator | None = None
         self._closed = asyncio.Event()
 
     async def start(self) -> None:
         self._bind = resolve_bind_address(self.host)
+        self._ports = PortAllocator(self._bind, self.port_range, LeaseStore(None))
         sock = self._bind.listen(self._requested_port)
         try:
             self._control = await asyncio.start_server(self._accept_registration, sock=sock,
@@ -202,7 +203,14 @@ class NotifyRelay:
         reason = "closed by the server"
         try:
             try:
-                public, dialback = self._listen(), self._listen()
+                public = self._listen()
+                reg.public_port = int(public.getsockname()[1])
+                try:
+                    dialback = self._listen()
+                except OSError:
+                    public.close()
+                    raise
+                reg.dialback_port = int(dialback.getsockname()[1])
             except OSError as exc:
                 self.stats.refused["no_port"] += 1
                 reason = f"cannot open a public port: {exc}"
@@ -210,8 +218,6 @@ class NotifyRelay:
                                extra={"peer": peer, "reason": reason})
                 writer.write(error_line(reason))
                 return
-            reg.public_port = int(public.getsockname()[1])
-            reg.dialback_port = int(dialback.getsockname()[1])
             self._registrations[reg.id] = reg
             self.stats.sessions_total += 1
             reg.listeners = [
@@ -247,7 +253,9 @@ class NotifyRelay:
     async def _end(self, reg: _Registration, reason: str) -> None:
         for listener in reg.listeners:
             listener.close()
-        self._ports_in_use.difference_update({reg.public_port, reg.dialback_port})
+        if self._ports is not None:
+            self._ports.release(reg.public_port)
+            self._ports.release(reg.dialback_port)
         for waiter in reg.waiting:
             waiter.cancel()
         reg.control.close()
@@ -258,22 +266,10 @@ class NotifyRelay:
                     reason, reg.public_port, extra={**reg.log_fields(), "reason": reason})
 
     def _listen(self) -> socket.socket:
-        assert self._bind is not None
-        if self.port_range is None:
-            return self._bind.listen(0)
-        low, high = self.port_range
-        for port in range(low, high + 1):
-            if port in self._ports_in_use:
-                continue
-            try:
-                sock = self._bind.listen(port)
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    continue
-                raise
-            self._ports_in_use.add(port)
-            return sock
-        raise NoFreePortError(f"no free port in range {low}-{high}")
+        """A listening socket on a free port (of --port-range, if given): the one allocator
+        the yamux relay uses too."""
+        assert self._ports is not None
+        return self._ports.allocate(PortRequest())
 
     def _accept_public(self, reg: _Registration, reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> None:
