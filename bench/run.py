@@ -260,11 +260,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine["duration_s"] = round(time.monotonic() - t_start, 1)
     summary = summarize(wls, paths, runs, args.repeat)
     print(render(summary, machine, paths), flush=True)
-    if args.json:
-        doc = {"machine": machine, "paths": paths, "workloads": [wl.name for wl in wls],
-               "summary": summary, "runs": runs}
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
-        log(f"wrote {args.json}")
+    return write_json_and_count_failures(
+        args.json, {"machine": machine, "paths": paths, "workloads": [wl.name for wl in wls],
+                    "summary": summary, "runs": runs})
+
+
+def write_json_and_count_failures(path: str | None, doc: dict[str, Any]) -> int:
+    """Write ``doc`` to ``--json`` PATH (if given); the exit status: 1 if any run failed."""
+    runs = doc["runs"]
+    if path:
+        Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+        log(f"wrote {path}")
     failed = sum(1 for r in runs if not r["ok"])
     if failed:
         log(f"{failed} of {len(runs)} runs failed (see Failures above)")

@@ -53,6 +53,7 @@ from bench.run import (
     measure,
     probe_trees,
     run_alternating,
+    write_json_and_count_failures,
 )
 from bench.services import (
     Env,
@@ -395,12 +396,5 @@ def main(argv: Sequence[str]) -> int:
     machine["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     machine["duration_s"] = round(time.monotonic() - t_start, 1)
     print(render_wan(runs, args.rtt_list, paths, wls, machine), flush=True)
-    if args.json:
-        doc = {"machine": machine, "paths": paths, "rtts_ms": args.rtt_list, "runs": runs}
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
-        log(f"wrote {args.json}")
-    failed = sum(1 for r in runs if not r["ok"])
-    if failed:
-        log(f"{failed} of {len(runs)} runs failed (see Failures above)")
-        return 1
-    return 0
+    return write_json_and_count_failures(
+        args.json, {"machine": machine, "paths": paths, "rtts_ms": args.rtt_list, "runs": runs})
