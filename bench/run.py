@@ -165,21 +165,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if bad:
         ap.error(f"unknown workload(s) {', '.join(bad)}; choose from {', '.join(names)}")
     args.path_list = [p.strip() for p in args.paths.split(",") if p.strip()]
+    check_paths_and_repeat(ap, args, PATHS)
+    return args
+
+
+def check_paths_and_repeat(ap: argparse.ArgumentParser, args: argparse.Namespace,
+                           known: Sequence[str]) -> None:
+    """The checks of --paths, --baseline and --repeat that every benchmark mode shares;
+    adds path ``base`` for --baseline and sets the default --repeat."""
     if args.baseline is not None:
         if not (args.baseline / "relay").is_dir():
             ap.error(f"--baseline {args.baseline}: no relay/ package there")
         if "base" not in args.path_list:
             args.path_list.append("base")
-    bad = [p for p in args.path_list if p not in PATHS]
+    bad = [p for p in args.path_list if p not in known]
     if bad or not args.path_list:
-        ap.error(f"unknown path(s) {', '.join(bad)}; choose from {', '.join(PATHS)}")
+        ap.error(f"unknown path(s) {', '.join(bad)}; choose from {', '.join(known)}")
     if "base" in args.path_list and args.baseline is None:
         ap.error("path `base` needs --baseline PATH")
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
-    return args
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -253,11 +260,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine["duration_s"] = round(time.monotonic() - t_start, 1)
     summary = summarize(wls, paths, runs, args.repeat)
     print(render(summary, machine, paths), flush=True)
-    if args.json:
-        doc = {"machine": machine, "paths": paths, "workloads": [wl.name for wl in wls],
-               "summary": summary, "runs": runs}
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
-        log(f"wrote {args.json}")
+    return write_json_and_count_failures(
+        args.json, {"machine": machine, "paths": paths, "workloads": [wl.name for wl in wls],
+                    "summary": summary, "runs": runs})
+
+
+def write_json_and_count_failures(path: str | None, doc: dict[str, Any]) -> int:
+    """Write ``doc`` to ``--json`` PATH (if given); the exit status: 1 if any run failed."""
+    runs = doc["runs"]
+    if path:
+        Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+        log(f"wrote {path}")
     failed = sum(1 for r in runs if not r["ok"])
     if failed:
         log(f"{failed} of {len(runs)} runs failed (see Failures above)")

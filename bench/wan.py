@@ -47,7 +47,14 @@ from bench.processes import (
     wait_for,
 )
 from bench.report import machine_info
-from bench.run import install_signal_handlers, measure, probe_trees, run_alternating
+from bench.run import (
+    check_paths_and_repeat,
+    install_signal_handlers,
+    measure,
+    probe_trees,
+    run_alternating,
+    write_json_and_count_failures,
+)
 from bench.services import (
     Env,
     Layout,
@@ -305,17 +312,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.paths_given = args.paths is not None
     paths = args.paths if args.paths_given else ",".join(DEFAULT_PATHS)
     args.path_list = [p.strip() for p in paths.split(",") if p.strip()]
-    if args.baseline is not None and "base" not in args.path_list:
-        args.path_list.append("base")
-    bad = [p for p in args.path_list if p not in WAN_PATHS]
-    if bad or not args.path_list:
-        ap.error(f"unknown path(s) {', '.join(bad)}; choose from {', '.join(WAN_PATHS)}")
-    if "base" in args.path_list and args.baseline is None:
-        ap.error("path `base` needs --baseline PATH")
-    if args.repeat is None:
-        args.repeat = 1 if args.quick else 3
-    if args.repeat < 1:
-        ap.error("--repeat must be at least 1")
+    check_paths_and_repeat(ap, args, WAN_PATHS)
     if args.duration is None:
         args.duration = 3.0 if args.quick else 6.0
     if args.duration < 2:
@@ -399,12 +396,5 @@ def main(argv: Sequence[str]) -> int:
     machine["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     machine["duration_s"] = round(time.monotonic() - t_start, 1)
     print(render_wan(runs, args.rtt_list, paths, wls, machine), flush=True)
-    if args.json:
-        doc = {"machine": machine, "paths": paths, "rtts_ms": args.rtt_list, "runs": runs}
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
-        log(f"wrote {args.json}")
-    failed = sum(1 for r in runs if not r["ok"])
-    if failed:
-        log(f"{failed} of {len(runs)} runs failed (see Failures above)")
-        return 1
-    return 0
+    return write_json_and_count_failures(
+        args.json, {"machine": machine, "paths": paths, "rtts_ms": args.rtt_list, "runs": runs})

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import itertools
 import logging
 import socket
@@ -31,7 +30,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import yamux
+
 from .auth import FailureLimiter
+from .leases import LeaseStore
 from .net import (
     LISTEN_BACKLOG,
     BindAddress,
@@ -40,7 +42,7 @@ from .net import (
     resolve_bind_address,
 )
 from .pipe import PipeResult
-from .ports import NoFreePortError
+from .ports import PortAllocator, PortRequest
 from .protocol import error_line, port_line
 from .server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -84,7 +86,8 @@ class _Registration:
     dialback_port: int = 0
     listeners: list[asyncio.Server] = field(default_factory=list)
     waiting: deque[asyncio.Future[Pair]] = field(default_factory=deque)
-    connections: set[asyncio.Task[None]] = field(default_factory=set)
+    connections: yamux.TaskOwner = field(default_factory=lambda: yamux.TaskOwner(logger))
+    """Its paired connections: they outlive the registration, not the relay."""
     traffic: Traffic = field(default_factory=Traffic)
 
     def log_fields(self) -> dict[str, object]:
@@ -114,16 +117,18 @@ class NotifyRelay:
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | None = None
         self._registrations: dict[int, _Registration] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = yamux.TaskOwner(logger)
+        """One task per control connection; it owns its registration's connections."""
         self._ids = itertools.count(1)
-        self._ports_in_use: set[int] = set()
+        self._ports: PortAllocator | None = None
         self._closed = asyncio.Event()
 
     async def start(self) -> None:
         self._bind = resolve_bind_address(self.host)
+        self._ports = PortAllocator(self._bind, self.port_range, LeaseStore(None))
         sock = self._bind.listen(self._requested_port)
         try:
-            self._control = await asyncio.start_server(self._registered, sock=sock,
+            self._control = await asyncio.start_server(self._accept_registration, sock=sock,
                                                        backlog=LISTEN_BACKLOG)
         except BaseException:
             sock.close()
@@ -168,26 +173,21 @@ class NotifyRelay:
     def close(self) -> None:
         if self._control is not None:
             self._control.close()
-        for task in self._tasks:
-            task.cancel()
+        self._tasks.cancel()
         self._closed.set()
 
     async def wait_closed(self) -> None:
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
+        await self._tasks.wait()
         if self._control is not None:
             await self._control.wait_closed()
 
     # ------------------------------------------------------------- internals
-    def _own(self, task: asyncio.Task[None]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _accept_registration(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        self._tasks.spawn(self._registered(reader, writer), name="relay-notify-registration")
 
     async def _registered(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
-        current = asyncio.current_task()
-        assert current is not None
-        self._own(current)
         peer_host, peer = _peer(writer)
         if self.draining or len(self._registrations) >= self.max_sessions:
             reason = ("relay is shutting down" if self.draining else
@@ -203,7 +203,14 @@ class NotifyRelay:
         reason = "closed by the server"
         try:
             try:
-                public, dialback = self._listen(), self._listen()
+                public = self._listen()
+                reg.public_port = int(public.getsockname()[1])
+                try:
+                    dialback = self._listen()
+                except OSError:
+                    public.close()
+                    raise
+                reg.dialback_port = int(dialback.getsockname()[1])
             except OSError as exc:
                 self.stats.refused["no_port"] += 1
                 reason = f"cannot open a public port: {exc}"
@@ -211,13 +218,11 @@ class NotifyRelay:
                                extra={"peer": peer, "reason": reason})
                 writer.write(error_line(reason))
                 return
-            reg.public_port = int(public.getsockname()[1])
-            reg.dialback_port = int(dialback.getsockname()[1])
             self._registrations[reg.id] = reg
             self.stats.sessions_total += 1
             reg.listeners = [
-                await asyncio.start_server(lambda r, w: self._public(reg, r, w), sock=public,
-                                           backlog=LISTEN_BACKLOG),
+                await asyncio.start_server(lambda r, w: self._accept_public(reg, r, w),
+                                           sock=public, backlog=LISTEN_BACKLOG),
                 await asyncio.start_server(lambda r, w: self._dialback(reg, r, w), sock=dialback,
                                            backlog=LISTEN_BACKLOG),
             ]
@@ -234,11 +239,23 @@ class NotifyRelay:
             reason = str(exc)
         finally:
             await self._end(reg, reason)
+            await self._finish_connections(reg)
+
+    async def _finish_connections(self, reg: _Registration) -> None:
+        """Let paired connections finish after their registration ended, unless the relay
+        is closing; either way none outlives this task (which ``close`` cancels)."""
+        try:
+            if not self._closed.is_set():
+                await reg.connections.wait()
+        finally:
+            await reg.connections.close()
 
     async def _end(self, reg: _Registration, reason: str) -> None:
         for listener in reg.listeners:
             listener.close()
-        self._ports_in_use.difference_update({reg.public_port, reg.dialback_port})
+        if self._ports is not None:
+            self._ports.release(reg.public_port)
+            self._ports.release(reg.dialback_port)
         for waiter in reg.waiting:
             waiter.cancel()
         reg.control.close()
@@ -249,36 +266,23 @@ class NotifyRelay:
                     reason, reg.public_port, extra={**reg.log_fields(), "reason": reason})
 
     def _listen(self) -> socket.socket:
-        assert self._bind is not None
-        if self.port_range is None:
-            return self._bind.listen(0)
-        low, high = self.port_range
-        for port in range(low, high + 1):
-            if port in self._ports_in_use:
-                continue
-            try:
-                sock = self._bind.listen(port)
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    continue
-                raise
-            self._ports_in_use.add(port)
-            return sock
-        raise NoFreePortError(f"no free port in range {low}-{high}")
+        """A listening socket on a free port (of --port-range, if given): the one allocator
+        the yamux relay uses too."""
+        assert self._ports is not None
+        return self._ports.allocate(PortRequest())
 
-    async def _public(self, reg: _Registration, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        current = asyncio.current_task()
-        assert current is not None
-        _, peer = _peer(writer)
+    def _accept_public(self, reg: _Registration, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
         if len(reg.connections) >= self.max_connections or self.draining:
             self.stats.connections_refused[
                 "draining" if self.draining else "max_connections"] += 1
             writer.transport.abort()
             return
-        self._own(current)
-        reg.connections.add(current)
-        current.add_done_callback(reg.connections.discard)
+        reg.connections.spawn(self._public(reg, reader, writer), name="relay-notify-connection")
+
+    async def _public(self, reg: _Registration, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        _, peer = _peer(writer)
         result = reg.traffic.opened()
         self.stats.connections_total += 1
         started = time.monotonic()
@@ -310,7 +314,7 @@ class NotifyRelay:
                        "duration": round(time.monotonic() - started, 6),
                        "reason": str(result.error) if result.error else "closed"})
 
-    async def _dialback(self, reg: _Registration, reader: asyncio.StreamReader,
+    def _dialback(self, reg: _Registration, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
         host, peer = _peer(writer)
         if host != reg.peer_host:

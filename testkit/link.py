@@ -39,11 +39,16 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import logging
 import signal
 import socket
 import sys
 from collections.abc import Sequence
 from typing import Final
+
+import yamux
+
+logger = logging.getLogger("testkit.link")
 
 DEFAULT_SLACK: Final = 1 << 20
 """Bottleneck queue on top of rate * delay, in bytes (a router's buffer)."""
@@ -311,7 +316,8 @@ class SlowLink:
         self.connections: set[_Connection] = set()
         self.bytes_delivered = {"up": 0, "down": 0}
         self._server: asyncio.Server | None = None
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending = yamux.TaskOwner(logger)
+        """The dials to the target, one per accepted connection."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._port: int | None = None
 
@@ -336,9 +342,7 @@ class SlowLink:
     def _accept(self) -> _Side:
         conn = _Connection(self)
         self.connections.add(conn)
-        task = self.loop.create_task(self._dial(conn))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._pending.spawn(self._dial(conn), name="slowlink-dial")
         return conn.client
 
     async def _dial(self, conn: _Connection) -> None:
@@ -359,10 +363,7 @@ class SlowLink:
         """Stop listening, abort every proxied connection, and wait for all of it."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._pending):
-            task.cancel()
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._pending.close()
         for conn in list(self.connections):
             conn.abort()
         if self._server is not None:

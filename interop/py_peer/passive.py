@@ -39,7 +39,7 @@ class Passive:
         self.report = report
         self.p = report.params
         self.loop = asyncio.get_running_loop()
-        self.handlers: set[asyncio.Task[None]] = set()
+        self.handlers = yamux.TaskOwner(logger)
         self.bye_seen = False
         self.checked = False
         self.ended = asyncio.Event()
@@ -53,17 +53,15 @@ class Passive:
                     stream = await self.session.accept_stream()
                 except yamux.SessionClosedError:
                     break
-                except yamux.GoAwayError:
+                except yamux.NoNewStreamsError:
                     # yamux bug (see tests/test_interop.py::test_accept_after_remote_go_away):
                     # accept_stream raises once the PEER sent Go Away, although the peer
                     # may still open streams. No scenario opens any after it, so wait for
                     # the session's end instead.
-                    self.report.notes["accept_after_remote_goaway"] = "GoAwayError"
+                    self.report.notes["accept_after_remote_goaway"] = "NoNewStreamsError"
                     await self.session.wait_closed()
                     break
-                task = asyncio.ensure_future(self.serve(stream))
-                self.handlers.add(task)
-                task.add_done_callback(self.handlers.discard)
+                self.handlers.spawn(self.serve(stream), name=f"py-peer-stream-{stream.id}")
         finally:
             self.end_at = self.loop.time()
             self.ended.set()
@@ -75,15 +73,13 @@ class Passive:
             self.check_served()
 
     async def _wait_handlers(self) -> None:
-        if not self.handlers:
-            return
-        _, pending = await asyncio.wait(set(self.handlers), timeout=HANDLER_GRACE)
-        if pending:
-            self.report.fail(f"{len(pending)} stream handlers still running "
+        try:
+            async with asyncio.timeout(HANDLER_GRACE):
+                await self.handlers.wait()
+        except TimeoutError:
+            self.report.fail(f"{len(self.handlers)} stream handlers still running "
                              f"{HANDLER_GRACE}s after the session ended")
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await self.handlers.close()
 
     async def serve(self, stream: yamux.Stream) -> None:
         what = f"stream {stream.id}"
@@ -110,9 +106,7 @@ class Passive:
     # -- commands
 
     async def cmd_bye(self, stream: yamux.Stream) -> None:
-        others = {t for t in self.handlers if t is not asyncio.current_task()}
-        if others:
-            await asyncio.wait(others)
+        await self.handlers.wait()
         self.check_served()
         self.bye_seen = self.checked = True
         verdict = "BYE OK"

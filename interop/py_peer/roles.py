@@ -97,7 +97,7 @@ async def open_after_goaway(session: yamux.Session) -> str:
     """Try to open a stream after the peer's Go Away: "local", "rst" or "ok" (a failure)."""
     try:
         stream = await session.open_stream()
-    except yamux.GoAwayError:
+    except yamux.NoNewStreamsError:
         return "local"
     try:
         async with asyncio.timeout(5):

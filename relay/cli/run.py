@@ -1,0 +1,101 @@
+"""Running a relay or forwarder until a signal: event loop, logging, metrics, drain, sd_notify."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import click
+
+from .. import drain, logs, sdnotify
+from ..forwarder import Forwarder
+from ..leases import StateDirError
+from ..net import format_endpoint
+from ..notify import NotifyRelay
+from ..server import RelayServer
+from .arguments import Service
+from .build import build_forwarder, build_server
+from .help_layout import DISTRIBUTION
+
+logger = logging.getLogger("relay.cli")
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop to run on: uvloop if asked for, or with ``auto`` when it is installed.
+
+    uvloop (the ``fast`` extra) makes the transports cheaper; the relay is
+    correct on either loop (the test suite runs both).
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise click.UsageError(
+                f"--event-loop uvloop: uvloop is not installed "
+                f"(pip install '{DISTRIBUTION}[fast]')"
+            ) from None
+        return None
+    return uvloop.new_event_loop
+
+
+def run_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> NoReturn:
+    server = build_server(ctx, port, opts)
+    loop_factory = event_loop_factory(opts["event_loop"])
+    setup_logging(opts)
+    ctx.exit(drain.run_until_signal(
+        lambda: _serve_relay(server, port, opts["metrics"]), loop_factory,
+        drain=drain.relay_drain(server), drain_timeout=opts["drain_timeout"],
+        on_drain=lambda: sdnotify.stopping("draining")))
+
+
+def run_forward(ctx: click.Context, host: str, port: int, services: Sequence[Service],
+                 opts: dict[str, Any]) -> NoReturn:
+    forwarder = build_forwarder(ctx, host, port, services, opts)
+    loop_factory = event_loop_factory(opts["event_loop"])
+    setup_logging(opts)
+    ctx.exit(drain.run_until_signal(
+        lambda: _run_forwarder(forwarder, opts["metrics"]), loop_factory,
+        drain=drain.forwarder_drain(forwarder), drain_timeout=opts["drain_timeout"],
+        on_drain=lambda: sdnotify.stopping("draining")))
+
+
+async def _run_forwarder(forwarder: Forwarder, metrics_address: tuple[str, int] | None) -> int:
+    from .. import metrics
+    async with metrics.exposed(metrics_address, metrics.ForwarderCollector(forwarder),
+                               lambda: metrics.forwarder_status(forwarder)):
+        return await forwarder.run()
+
+
+def setup_logging(opts: dict[str, Any]) -> None:
+    level = "debug" if opts["verbose"] else str(opts["log_level"])
+    logs.setup(level, opts["log_format"], connection_log=opts["connection_log"])
+
+
+async def _serve_relay(server: RelayServer | NotifyRelay, port: int,
+                       metrics_address: tuple[str, int] | None) -> int:
+    from .. import metrics
+    try:
+        await server.start()
+    except StateDirError as exc:
+        logger.error("%s", exc)
+        return 1
+    except OSError as exc:
+        logger.error("cannot listen on port %d: %s", port, exc.strerror or exc)
+        return 1
+    sdnotify.ready(f"serving relay requests on port {server.port}")
+    try:
+        async with metrics.exposed(metrics_address, metrics.RelayCollector(server),
+                                   lambda: metrics.relay_status(server)):
+            await server.serve_forever()
+    except OSError as exc:
+        logger.error("cannot serve metrics on %s: %s", format_endpoint(*metrics_address or
+                     ("?", 0)), exc.strerror or exc)
+        return 1
+    finally:
+        server.close()
+        await server.wait_closed()
+    return 0
