@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -118,9 +119,10 @@ class IdleWatch:
 
     One timer for all connections, not one per connection: it ticks every
     tenth of the timeout (at most every 10 s, at least every 50 ms) while
-    something is watched, and compares each connection's activity counter
-    with the last tick. A connection is closed between ``timeout`` and
-    ``timeout`` + two ticks after its last byte.
+    something is watched. Each tick takes a connection's activity counter
+    back to zero and counts the ticks in a row that found it at zero (a small
+    int: nothing is allocated per connection and tick). A connection is closed
+    between ``timeout`` and ``timeout`` + two ticks after its last byte.
     """
 
     def __init__(self, timeout: float, on_idle: Callable[[SocketEnd], None]) -> None:
@@ -129,18 +131,20 @@ class IdleWatch:
         self.timeout = timeout
         self._on_idle = on_idle
         self._tick = min(max(timeout / 10, 0.05), 10.0)
-        self._watched: dict[SocketEnd, tuple[int, float]] = {}
-        """Each connection's activity counter at its last change, and when that was."""
+        self._quiet_limit = math.ceil(timeout / self._tick) + 1
+        """Quiet ticks in a row that close a connection: the first may come right after
+        its last byte, so one more than ``timeout`` holds."""
+        self._watched: dict[SocketEnd, int] = {}
+        """Each connection's quiet ticks in a row."""
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
 
     def watch(self, end: SocketEnd) -> None:
         if not self.timeout or self._closed:
             return
-        loop = asyncio.get_running_loop()
-        self._watched[end] = (end.activity, loop.time())
+        self._watched[end] = 0
         if self._timer is None:
-            self._timer = loop.call_later(self._tick, self._check)
+            self._timer = asyncio.get_running_loop().call_later(self._tick, self._check)
 
     def forget(self, end: SocketEnd) -> None:
         self._watched.pop(end, None)
@@ -154,16 +158,19 @@ class IdleWatch:
             self._timer = None
 
     def _check(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
         idle = []
         watched = self._watched
-        for end, (seen, since) in watched.items():
-            if end.activity != seen:
-                watched[end] = (end.activity, now)
-            elif now - since >= self.timeout:
+        limit = self._quiet_limit
+        for end, quiet in watched.items():
+            if end.activity:
+                end.activity = 0
+                watched[end] = 0
+            elif quiet + 1 >= limit:
                 idle.append(end)
+            else:
+                watched[end] = quiet + 1
         for end in idle:
             del watched[end]
             self._on_idle(end)
-        self._timer = loop.call_later(self._tick, self._check) if watched else None
+        self._timer = (asyncio.get_running_loop().call_later(self._tick, self._check)
+                       if watched else None)

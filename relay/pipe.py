@@ -80,7 +80,7 @@ class SocketEnd(asyncio.Protocol):
         self.in_resume_writing = False
         """Inside the transport's ``resume_writing`` callback (see there)."""
         self.activity = 0
-        """Chunks moved either way; the idle timeout watches it change."""
+        """Chunks moved either way since the idle timeout's last tick (it resets it)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)

@@ -73,17 +73,11 @@ class PublicConnections:
             return
         result = reg.traffic.opened()
         self.stats.connections_total += 1
-        task = reg.connections.spawn(
-            self._relay(reg, end, peername, result), name=reg.connection_task_name
-        )
         self._idle.watch(end)
-        task.add_done_callback(partial(self._done, reg, end, source, result))
-
-    def _done(self, reg: Registration, end: SocketEnd, source: str, result: PipeResult,
-              task: asyncio.Task[None]) -> None:
-        reg.sources.release(source)
-        self._idle.forget(end)
-        reg.traffic.closed(result)
+        reg.connections.spawn(
+            self._relay(reg, end, peername, result), name=reg.connection_task_name,
+            on_done=_Release(reg, end, source, result, self._idle),
+        )
 
     def _idle_connection(self, end: SocketEnd) -> None:
         logger.debug("resetting public connection from %s: idle for %g s (--idle-timeout)",
@@ -121,15 +115,41 @@ class PublicConnections:
             logger.debug("session %d: public connection from %s on stream %d", reg.id,
                          format_peer(peername), stream.id)
         await pipe(end, stream, result)
-        if not connections_logger.isEnabledFor(logging.INFO):
-            return
-        peer = format_peer(peername)
-        connections_logger.info(
-            "session %d: connection from %s on stream %d closed: %d bytes in, %d out%s",
-            reg.id, peer, stream.id, result.sent, result.received,
-            f" ({result.error})" if result.error else "",
-            extra={**reg.log_fields(), "peer": peer, "stream": stream.id,
-                   "bytes_in": result.sent, "bytes_out": result.received,
-                   "duration": round(time.monotonic() - started, 6),
-                   "reason": str(result.error) if result.error else "closed"},
-        )
+        if connections_logger.isEnabledFor(logging.INFO):
+            _log_closed(reg, peername, stream.id, result, started)
+
+
+class _Release:
+    """A public connection's done callback: gives back its source slot, idle watch and
+    traffic entry. One small object instead of a partial, its arguments and a bound method."""
+
+    __slots__ = ("end", "idle", "reg", "result", "source")
+
+    def __init__(self, reg: Registration, end: SocketEnd, source: str, result: PipeResult,
+                 idle: IdleWatch) -> None:
+        self.reg = reg
+        self.end = end
+        self.source = source
+        self.result = result
+        self.idle = idle
+
+    def __call__(self, task: asyncio.Task[None]) -> None:
+        self.reg.sources.release(self.source)
+        self.idle.forget(self.end)
+        self.reg.traffic.closed(self.result)
+
+
+def _log_closed(reg: Registration, peername: object, stream_id: int, result: PipeResult,
+                started: float) -> None:
+    """The per-connection line; out of ``_relay`` so its deep call stack is not part of every
+    connection's coroutine frame."""
+    peer = format_peer(peername)
+    connections_logger.info(
+        "session %d: connection from %s on stream %d closed: %d bytes in, %d out%s",
+        reg.id, peer, stream_id, result.sent, result.received,
+        f" ({result.error})" if result.error else "",
+        extra={**reg.log_fields(), "peer": peer, "stream": stream_id,
+               "bytes_in": result.sent, "bytes_out": result.received,
+               "duration": round(time.monotonic() - started, 6),
+               "reason": str(result.error) if result.error else "closed"},
+    )

@@ -96,6 +96,33 @@ async def test_idle_watch_ticks_only_while_open() -> None:
     assert idle == [quiet]
 
 
+async def test_idle_watch_closes_between_timeout_and_two_ticks_after_the_last_byte() -> None:
+    """Counting quiet ticks: a byte just before a tick, or a watch just before one, must
+    not shorten the timeout; nor may the close come later than two ticks past it."""
+
+    class End:
+        activity = 0
+
+    loop = asyncio.get_running_loop()
+    idle_at: dict[str, float] = {}
+    ends = {"early": End(), "late": End(), "busy": End()}
+    watch = IdleWatch(0.2, lambda end: idle_at.setdefault(
+        next(k for k, v in ends.items() if v is end), loop.time()))  # tick: 0.05 s
+    start = loop.time()
+    watch.watch(ends["early"])  # type: ignore[arg-type]
+    await asyncio.sleep(0.04)
+    watch.watch(ends["late"])  # type: ignore[arg-type]  # just before the first tick
+    watch.watch(ends["busy"])  # type: ignore[arg-type]
+    ends["busy"].activity += 1
+    last_byte = loop.time()
+    await asyncio.sleep(0.6)
+    watch.close()
+    # at most two ticks (0.1 s) late, plus slack for a loaded machine
+    assert 0.2 <= idle_at["early"] - start < 0.2 + 0.3
+    assert 0.2 <= idle_at["late"] - (start + 0.04) < 0.2 + 0.3
+    assert 0.2 <= idle_at["busy"] - last_byte < 0.2 + 0.3
+
+
 async def test_idle_public_connections_are_reset_active_ones_stay() -> None:
     limits = Limits(idle_timeout=0.5)
     async with relay.RelayServer(0, host=HOST, limits=limits) as relay_server, \

@@ -39,6 +39,31 @@ async def test_task_owner_logs_failures_and_close_cancels_and_waits(
     assert "boom" in caplog.text
 
 
+async def test_task_owner_on_done_runs_once_per_task_even_if_it_never_started() -> None:
+    """The relay gives back a connection's slots in ``on_done``: it must run for a task that
+    returned, failed, or was cancelled before its first step (its body never ran)."""
+    owner = yamux.TaskOwner(logging.getLogger("test.owner"))
+    ended: list[str] = []
+
+    async def returns() -> None:
+        await asyncio.sleep(0)
+
+    async def waits() -> None:
+        await asyncio.Event().wait()
+
+    def record(task: asyncio.Task[None]) -> None:
+        ended.append(task.get_name())
+
+    owner.spawn(returns(), name="returns", on_done=record)
+    owner.spawn(waits(), name="never-started", on_done=record).cancel()
+    owner.spawn(waits(), name="cancelled", on_done=record)
+    await asyncio.sleep(0.01)
+    assert sorted(ended) == ["never-started", "returns"]
+    await owner.close()
+    assert sorted(ended) == ["cancelled", "never-started", "returns"]
+    assert len(owner) == 0
+
+
 async def test_handler_return_closes_the_stream_and_the_peer_sees_eof() -> None:
     async def answer_without_closing(reader: yamux.Stream, writer: yamux.Stream) -> None:
         writer.write(await reader.readexactly(5))

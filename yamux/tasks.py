@@ -28,15 +28,24 @@ class TaskOwner:
 
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: dict[asyncio.Task[Any], Callable[[asyncio.Task[Any]], None] | None] = {}
+        """Each task and its ``on_done``."""
+        self._on_done = self._done
+        """One bound method for every task's done callback, not a new one per spawn."""
 
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
+    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str,
+              on_done: Callable[[asyncio.Task[T]], None] | None = None) -> asyncio.Task[T]:
+        """Start ``coro``; ``on_done(task)`` runs when it ends, even if it never started.
+
+        ``on_done`` is called from the owner's one done callback: a second callback
+        would cost every task its own context copy (thousands of idle connections).
+        """
         task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
+        self._tasks[task] = on_done
+        task.add_done_callback(self._on_done)
         return task
 
     def cancel(self) -> None:
@@ -61,9 +70,11 @@ class TaskOwner:
             await asyncio.wait(others)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
+        on_done = self._tasks.pop(task, None)
         if not task.cancelled() and (exc := task.exception()) is not None:
             self._logger.error("task %s failed", task.get_name(), exc_info=exc)
+        if on_done is not None:
+            on_done(task)
 
 
 async def run_stream_handler(handler: StreamHandler, stream: Stream, log: RateLimitedLog) -> None:
