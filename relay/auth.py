@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import tomllib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import read_toml
 from .errors import RegistrationError, RelayError
 from .handshake import AUTH_FAILED, NAME, Challenge, Response, proof_matches
 
@@ -260,13 +260,7 @@ def parse_auth_clients(
 def load_auth_file(path: str | Path) -> dict[str, AuthClient]:
     """Named clients from an auth file (TOML with a ``[clients.NAME]`` table per client)."""
     path = Path(path)
-    try:
-        with path.open("rb") as file:
-            data = tomllib.load(file)
-    except OSError as exc:
-        raise AuthConfigError(f"cannot read auth file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise AuthConfigError(f"auth file {path}: {exc}") from None
+    data = read_toml(path, AuthConfigError, "auth file")
     unknown = set(data) - {"clients"}
     if unknown:
         raise AuthConfigError(f"auth file {path}: unknown table(s) {', '.join(sorted(unknown))}")

@@ -95,17 +95,26 @@ def _tables(value: Any, where: str, path: Path) -> list[dict[str, Any]]:
     return list(value)
 
 
+def read_toml(path: Path, error: type[RelayError], what: str = "") -> dict[str, Any]:
+    """The TOML document at ``path``; an unreadable file or bad TOML raises ``error``.
+
+    ``what`` names the kind of file in the message (e.g. "auth file").
+    """
+    label = f"{what} {path}" if what else str(path)
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise error(f"cannot read {label}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{label} is not valid TOML: {exc}") from None
+
+
 def load(path: str | Path, *, common: Collection[str], server: Collection[str],
          forward: Collection[str]) -> ConfigFile:
     """Read ``path``; ``common``, ``server`` and ``forward`` name the options each table may set."""
     path = Path(path)
-    try:
-        with path.open("rb") as file:
-            data = tomllib.load(file)
-    except OSError as exc:
-        raise ConfigFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigFileError(f"{path} is not valid TOML: {exc}") from None
+    data = read_toml(path, ConfigFileError)
     config = ConfigFile(path)
     top = {k: v for k, v in data.items() if k not in (SERVER_SECTION, FORWARD_SECTION)}
     config.common = _options(top, "", common, path)
