@@ -81,6 +81,21 @@ def connection_refused(port: int) -> bool:
         return True
 
 
+def closed_without_data(port: int, source: str | None = None, timeout: float = 5.0) -> bool:
+    """Connect and read: True if the peer ends the connection (EOF or reset) before any byte.
+
+    A server that accepts and at once resets can have the reset land before the
+    client's connect() returns, so a reset during connect counts as well; a refused
+    connect (nothing listening) does not.
+    """
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout,
+                                      source_address=(source, 0) if source else None) as sock:
+            return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
 def recv_all(sock: socket.socket) -> bytes:
     parts = []
     while data := sock.recv(1 << 20):
