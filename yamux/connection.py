@@ -51,6 +51,17 @@ _WINDOW_UPDATE = FrameType.WINDOW_UPDATE
 _PING = FrameType.PING
 _GO_AWAY = FrameType.GO_AWAY
 _SYN, _ACK, _FIN, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.RST)
+# The stream_state members the per-frame path uses, bound once: on Python 3.11 each
+# ``Input.SEND_DATA`` is a class attribute lookup that costs more than the step itself.
+_SEND_SYN, _RECV_SYN, _SEND_ACK, _RECV_ACK = (
+    Input.SEND_SYN, Input.RECV_SYN, Input.SEND_ACK, Input.RECV_ACK)
+_SEND_DATA, _RECV_DATA, _SEND_FIN, _RECV_FIN = (
+    Input.SEND_DATA, Input.RECV_DATA, Input.SEND_FIN, Input.RECV_FIN)
+_SEND_RST, _RECV_RST = Input.SEND_RST, Input.RECV_RST
+_ACKNOWLEDGED, _ACCEPTED, _ENDED, _CLOSED = (
+    Effect.ACKNOWLEDGED, Effect.ACCEPTED, Effect.ENDED, Effect.CLOSED)
+_AWAITING_ACK, _ACK_OWED = Handshake.AWAITING_ACK, Handshake.ACK_OWED
+_STATE_CLOSED = State.CLOSED
 _MAX_STREAM_ID = 0xFFFFFFFF
 
 
@@ -182,7 +193,7 @@ class Connection:
         if stream_id > _MAX_STREAM_ID:
             raise SessionError("stream ids exhausted on this session")
         self._next_id += 2
-        rec = self._new_stream(stream_id, Input.SEND_SYN)
+        rec = self._new_stream(stream_id, _SEND_SYN)
         self.unacked_outbound += 1
         self._queue_control(
             encode_header(_WINDOW_UPDATE, _SYN, stream_id, rec.recv.initial_grant())
@@ -192,9 +203,9 @@ class Connection:
     def accept_stream(self, stream_id: int) -> None:
         """ACK a stream the peer opened (after StreamOpened), granting our window."""
         rec = self._streams.get(stream_id)
-        if rec is None or rec.state.handshake is not Handshake.ACK_OWED:
+        if rec is None or rec.state.handshake is not _ACK_OWED:
             return
-        self._apply(rec, rec.state.process(Input.SEND_ACK))
+        self._apply(rec, rec.state.process(_SEND_ACK))
 
     def send_data(self, stream_id: int, data: bytes | memoryview) -> None:
         """Queue payload; it is framed within the peer's window by take_data."""
@@ -203,7 +214,7 @@ class Connection:
         if rec is None:
             raise StreamResetError(f"stream {stream_id} is reset or closed")
         try:
-            rec.state.process(Input.SEND_DATA)
+            rec.state.process(_SEND_DATA)
         except StreamStateError:
             raise StreamClosedError(
                 f"stream {stream_id}: write after close (FIN already queued)"
@@ -220,7 +231,7 @@ class Connection:
         if rec is None or rec.state.local_closed:
             return
         self._check_alive()
-        effects = rec.state.process(Input.SEND_FIN)
+        effects = rec.state.process(_SEND_FIN)
         rec.out.fin = True
         if rec.sendable:
             self._sendable[stream_id] = rec
@@ -231,7 +242,7 @@ class Connection:
         rec = self._streams.get(stream_id)
         if rec is None:
             return
-        self._apply(rec, rec.state.process(Input.SEND_RST))
+        self._apply(rec, rec.state.process(_SEND_RST))
         if not self.closed:
             self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
 
@@ -306,7 +317,7 @@ class Connection:
             if buffer.fin and not buffer.size:
                 out.append(encode_header(_WINDOW_UPDATE, _FIN, stream_id, 0))
                 buffer.fin = False
-                if rec.state.state is State.CLOSED:
+                if rec.state.state is _STATE_CLOSED:
                     self._forget(rec)
                     self._events.append(StreamClosed(stream_id))
             elif rec.sendable:
@@ -377,12 +388,12 @@ class Connection:
             self._heard.add(stream_id)
         state = rec.state
         if flags & _ACK:
-            self._apply(rec, state.process(Input.RECV_ACK))
+            self._apply(rec, state.process(_RECV_ACK))
         if flags & _RST:
             # go-yamux puts an error code in a RST's length: it is no window delta,
             # and a reset discards the frame's payload like everything unread.
             self.discarded_bytes += len(frame.body)
-            self._apply(rec, state.process(Input.RECV_RST))
+            self._apply(rec, state.process(_RECV_RST))
             self._events.append(StreamReset(stream_id, "reset by peer"))
             return
         if frame.type is _WINDOW_UPDATE:
@@ -393,7 +404,7 @@ class Connection:
                 self._events.append(WindowUpdated(stream_id))
         elif frame.length:
             try:
-                state.process(Input.RECV_DATA)
+                state.process(_RECV_DATA)
             except StreamStateError as exc:
                 self._reset_for_misbehaviour(
                     rec, f"stream {stream_id}: {frame.length} bytes of data after the peer's "
@@ -403,7 +414,7 @@ class Connection:
             rec.recv.receive(stream_id, frame.length)
             self._events.append(DataReceived(stream_id, frame.body))
         if flags & _FIN:
-            self._apply(rec, state.process(Input.RECV_FIN))
+            self._apply(rec, state.process(_RECV_FIN))
 
     def _incoming_stream(
         self, frame: Frame, existing: _StreamRecord | None
@@ -411,7 +422,7 @@ class Connection:
         stream_id = frame.stream_id
         if existing is not None:
             try:
-                existing.state.process(Input.RECV_SYN)
+                existing.state.process(_RECV_SYN)
             except StreamStateError as exc:
                 raise ProtocolError(
                     f"duplicate SYN for stream {stream_id}, which is already open ({exc})"
@@ -433,7 +444,7 @@ class Connection:
             self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
             self._events.append(StreamRefused(stream_id, refusal))
             return None
-        rec = self._new_stream(stream_id, Input.RECV_SYN)
+        rec = self._new_stream(stream_id, _RECV_SYN)
         self.unaccepted_inbound += 1
         self._events.append(StreamOpened(stream_id, rec.state))
         return rec
@@ -442,18 +453,18 @@ class Connection:
     def _apply(self, rec: _StreamRecord, effects: tuple[Effect, ...]) -> None:
         """Carry out what a state machine step asks for (see stream_state.Effect)."""
         for effect in effects:
-            if effect is Effect.ACKNOWLEDGED:
+            if effect is _ACKNOWLEDGED:
                 self.unacked_outbound -= 1
                 self._events.append(StreamAcknowledged(rec.id))
-            elif effect is Effect.ACCEPTED:
+            elif effect is _ACCEPTED:
                 self.unaccepted_inbound -= 1
                 self._queue_control(
                     encode_header(_WINDOW_UPDATE, _ACK, rec.id, rec.recv.initial_grant())
                 )
-            elif effect is Effect.ENDED:
+            elif effect is _ENDED:
                 rec.recv.end()
                 self._events.append(StreamEnded(rec.id))
-            elif effect is Effect.CLOSED:
+            elif effect is _CLOSED:
                 if not rec.out.fin:  # else take_data finishes it once our FIN is out
                     self._forget(rec)
                     self._events.append(StreamClosed(rec.id))
@@ -496,9 +507,9 @@ class Connection:
         self._sendable.pop(rec.id, None)
         rec.out.clear()
         handshake = rec.state.handshake
-        if handshake is Handshake.AWAITING_ACK:
+        if handshake is _AWAITING_ACK:
             self.unacked_outbound -= 1
-        elif handshake is Handshake.ACK_OWED:
+        elif handshake is _ACK_OWED:
             self.unaccepted_inbound -= 1
 
     def _forget_all(self) -> None:

@@ -50,6 +50,8 @@ from .stream_state import State
 from .tasks import StreamHandler, TaskOwner, run_stream_handler
 from .timers import PingTimes, StreamTimers
 
+_LOCAL_CLOSE = State.LOCAL_CLOSE
+"""Bound once: a class attribute lookup of an Enum member is slow on Python 3.11."""
 _PEER_GONE = (KeepaliveTimeoutError, ConnectionWriteTimeoutError, ControlQueueFullError)
 """Ends after which the peer reads nothing more: the transport is aborted, not flushed."""
 
@@ -315,7 +317,7 @@ class Session(asyncio.Protocol):
         self._open_timers.cancel(stream_id)
         self._core.close_stream(stream_id)
         stream = self._streams.get(stream_id)
-        if stream is not None and stream.state is State.LOCAL_CLOSE:
+        if stream is not None and stream.state is _LOCAL_CLOSE:
             self._close_timers.arm(stream_id)
         self._flush()
 

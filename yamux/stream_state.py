@@ -25,7 +25,9 @@ returns the side effects for the connection to carry out. A pair missing from
 ``LIFECYCLE`` is illegal and raises ``StreamStateError``; the connection
 decides what that costs (data after the peer's FIN resets the stream, a
 duplicate SYN ends the session). A pair missing from ``HANDSHAKE`` leaves the
-handshake as it is (hashicorp ignores a stray ACK).
+handshake as it is (hashicorp ignores a stray ACK). The two tables are the
+rules; at import they are folded into one dict (``_STEPS``) so that a step,
+which every frame takes, costs one lookup.
 
 ``docs/stream-states.md`` prints both tables (``render_tables()``; a test keeps it current).
 """
@@ -161,6 +163,23 @@ HANDSHAKE: dict[tuple[Handshake, Input], tuple[Handshake, tuple[Effect, ...]]] =
 """``(handshake, input) -> (next handshake, side effects)``; a missing pair changes nothing."""
 
 
+def _steps() -> dict[tuple[State, Handshake, Input],
+                    tuple[State, Handshake, tuple[Effect, ...]]]:
+    """Both tables folded into one lookup per step, derived once at import (not a third
+    source of rules): ``(state, handshake, input) -> (state, handshake, side effects)``."""
+    steps = {}
+    for (state, input_), (nxt, effects) in LIFECYCLE.items():
+        for handshake in Handshake:
+            nxt_hs, more = HANDSHAKE.get((handshake, input_), (handshake, ()))
+            steps[state, handshake, input_] = (nxt, nxt_hs, more + effects)
+    return steps
+
+
+_STEPS = _steps()
+_LOCAL_CLOSED = frozenset({State.LOCAL_CLOSE, State.CLOSED})
+_REMOTE_CLOSED = frozenset({State.REMOTE_CLOSE, State.CLOSED})
+
+
 class StreamMachine:
     """One stream's state; only ``process`` changes it."""
 
@@ -172,31 +191,24 @@ class StreamMachine:
 
     def process(self, input_: Input) -> tuple[Effect, ...]:
         """Apply one input; return its side effects, or raise StreamStateError if illegal."""
-        state = self.state
         try:
-            self.state, effects = LIFECYCLE[state, input_]
+            self.state, self.handshake, effects = _STEPS[self.state, self.handshake, input_]
         except KeyError:
             raise StreamStateError(
-                f"{input_.value} is not allowed in state {state.value}"
+                f"{input_.value} is not allowed in state {self.state.value}"
             ) from None
-        if self.handshake is Handshake.NONE and state is not State.INIT:
-            return effects  # the handshake is over: nothing in HANDSHAKE applies
-        step = HANDSHAKE.get((self.handshake, input_))
-        if step is None:
-            return effects
-        self.handshake, more = step
-        return more + effects if effects else more
+        return effects
 
     # Queries the rest of the package asks, so nobody keeps a copy of the state.
     @property
     def local_closed(self) -> bool:
         """We closed (FIN queued or sent): nothing more may be written."""
-        return self.state is State.LOCAL_CLOSE or self.state is State.CLOSED
+        return self.state in _LOCAL_CLOSED
 
     @property
     def remote_closed(self) -> bool:
         """The peer's FIN arrived: nothing more will."""
-        return self.state is State.REMOTE_CLOSE or self.state is State.CLOSED
+        return self.state in _REMOTE_CLOSED
 
 
 def render_tables() -> str:
