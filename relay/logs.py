@@ -14,16 +14,20 @@ library's, the same way:
 (``--no-connection-log`` raises that logger to WARNING). That line is on the
 relay's per-connection path, so a plain record (no exception, no stack) takes
 a short way to the same output: no copy of the record, no processor chain,
-and ``logfmt_fields`` instead of structlog's ``LogfmtRenderer`` (a property
-test checks the two agree byte for byte). Records with an exception go
+``logfmt_fields`` instead of structlog's ``LogfmtRenderer`` (a property
+test checks the two agree byte for byte), and a time stamp whose date and
+time of day are rendered once a second. Records with an exception go
 through structlog's whole chain.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
+from itertools import filterfalse
 from typing import Any, TextIO
 
 import structlog
@@ -42,6 +46,7 @@ _RECORD_KEYS = frozenset(logging.LogRecord("name", 0, "pathname", 0, "msg", (), 
 """The attributes every LogRecord has; the others came in ``extra`` and are fields."""
 _LEVELS = {"warn": "warning", "exception": "error"}
 """structlog's names for the levels it renames (``add_log_level``)."""
+
 
 EventDict = MutableMapping[str, Any]
 
@@ -68,19 +73,29 @@ def logfmt_fields(fields: EventDict) -> str:
         kind = type(value)
         if kind is int or kind is float:
             parts.append(f"{key}={value}")
+            continue
+        if kind is str:
+            text = value
         elif value is None:
             parts.append(f"{key}=")
+            continue
         elif value is True:
             parts.append(key)
+            continue
         elif value is False:
             parts.append(f"{key}=false")
+            continue
         else:
             text = str(value)
-            quoted = " " in text or "=" in text or '"' in text
-            if quoted and "\\" in text:
+        if " " in text or "=" in text or '"' in text:
+            if "\\" in text:
                 text = text.replace("\\", "\\\\")
             text = text.replace('"', '\\"').replace("\n", "\\n")
-            parts.append(f'{key}="{text}"' if quoted else f"{key}={text}")
+            parts.append(f'{key}="{text}"')
+        elif "\n" in text:
+            parts.append(key + "=" + text.replace("\n", "\\n"))
+        else:
+            parts.append(f"{key}={text}")  # the usual case: nothing to quote or escape
     return " ".join(parts)
 
 
@@ -108,7 +123,6 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
     def __init__(self, renderer: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._renderer = renderer
-        self._stamp = structlog.processors.TimeStamper(fmt="iso", utc=True, key="time")
 
     def format(self, record: logging.LogRecord) -> str:
         if record.exc_info or record.exc_text or record.stack_info:
@@ -116,11 +130,28 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
         level = record.levelname.lower()
         event_dict: EventDict = {"time": None, "level": _LEVELS.get(level, level),
                                  "logger": record.name, "event": record.getMessage()}
-        for key, value in record.__dict__.items():
-            if key not in _RECORD_KEYS:
-                event_dict[key] = value
-        self._stamp(None, level, event_dict)
+        attrs = record.__dict__
+        for key in filterfalse(_RECORD_KEYS.__contains__, attrs):  # the extra fields, in order
+            event_dict[key] = attrs[key]
+        event_dict["time"] = _utc_now()
         return str(self._renderer(None, level, event_dict))
+
+
+_second: tuple[int, str] = (-1, "")
+"""The last whole second stamped, and its ``YYYY-MM-DDTHH:MM:SS`` (one tuple: threads)."""
+
+
+def _utc_now() -> str:
+    """Now as ``TimeStamper(fmt="iso", utc=True)`` writes it (datetime's ``isoformat``: no
+    fraction when it is zero), with the date and time of day rendered once per second."""
+    global _second
+    seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    second = _second
+    if second[0] != seconds:
+        _second = second = (seconds, datetime.datetime.fromtimestamp(
+            seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    micros = nanoseconds // 1000
+    return f"{second[1]}.{micros:06d}Z" if micros else f"{second[1]}Z"
 
 
 def formatter(log_format: str) -> logging.Formatter:

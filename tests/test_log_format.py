@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 
@@ -63,3 +64,13 @@ def test_a_record_with_an_exception_keeps_its_traceback(log_format):
     line = logs.formatter(log_format).format(record)
     assert "RuntimeError" in line
     assert "boom" in line
+
+
+@pytest.mark.parametrize("ns", [1_700_000_000_000_000_000, 1_700_000_000_123_456_789,
+                                1_700_000_000_000_000_999, 1_700_000_059_999_999_000])
+def test_time_stamps_are_written_as_structlogs_iso_utc_stamper_writes_them(monkeypatch, ns):
+    monkeypatch.setattr(logs.time, "time_ns", lambda: ns)
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC).replace(
+        microsecond=fraction // 1000)
+    assert logs._utc_now() == moment.isoformat().replace("+00:00", "Z")
