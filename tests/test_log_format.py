@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import io
 import json
 import logging
+import threading
 
 import pytest
 import structlog
@@ -74,3 +77,35 @@ def test_time_stamps_are_written_as_structlogs_iso_utc_stamper_writes_them(monke
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC).replace(
         microsecond=fraction // 1000)
     assert logs._utc_now() == moment.isoformat().replace("+00:00", "Z")
+
+
+def test_lines_logged_in_the_event_loop_go_out_together_and_in_order():
+    out = io.StringIO()
+    handler = logs._Handler(out)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("test.logs.batched")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+
+    async def main() -> None:
+        log.info("one")
+        log.info("two")
+        assert out.getvalue() == ""  # written once the callbacks ready now have run
+        await asyncio.sleep(0)
+        assert out.getvalue() == "one\ntwo\n"
+        log.info("three")
+        other = threading.Thread(target=log.info, args=("four",))
+        other.start()  # a line from another thread writes what waits before it
+        other.join()
+        assert out.getvalue() == "one\ntwo\nthree\nfour\n"
+        log.info("five")
+
+    try:
+        asyncio.run(main())
+        handler.flush()  # logging.shutdown at exit does this
+        assert out.getvalue() == "one\ntwo\nthree\nfour\nfive\n"
+        log.info("six")  # no loop running: at once
+        assert out.getvalue().endswith("five\nsix\n")
+    finally:
+        log.removeHandler(handler)
