@@ -390,8 +390,11 @@ class RelayedServer:
         yamux's one accept loop and handler policy (close on return, reset on
         error or cancel); the handler tasks are ours to count and cancel.
         """
+        # Without client addresses to read first, the handler runs as it is (no coroutine
+        # in between, on every stream).
+        handler = self._handle if self.client_address else self._handler
         try:
-            await session.serve(self._handle, tasks=self._handlers, logger=logger)
+            await session.serve(handler, tasks=self._handlers, logger=logger)
         finally:
             await session.close()
             await self._cancel_handlers()
@@ -402,8 +405,7 @@ class RelayedServer:
         await self._handlers.close()
 
     async def _handle(self, reader: yamux.Stream, writer: yamux.Stream) -> None:
-        if self.client_address:
-            await read_client_address(reader)
+        await read_client_address(reader)
         await self._handler(reader, writer)
 
 
