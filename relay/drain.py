@@ -85,6 +85,7 @@ def run_until_signal(
             name = signal.Signals(signum).name
             if len(received) >= 2 or (received and not draining):
                 logger.warning("%s again: exiting now", name)
+                logging.shutdown()  # os._exit skips it: write the lines still buffered
                 os._exit(EXIT_SIGINT if signum == signal.SIGINT else 128 + signum)
             if received:
                 logger.warning("%s during the drain: closing every connection now", name)
