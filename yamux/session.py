@@ -227,7 +227,11 @@ class Session(asyncio.Protocol):
         """
         owner = self._tasks if tasks is None else tasks
         log = self._log if logger is None else RateLimitedLog(logger)
-        async for stream in self:
+        while True:  # as ``async for stream in self``, without an async generator per stream
+            try:
+                stream = await self.accept_stream()
+            except SessionClosedError:
+                return
             owner.spawn(run_stream_handler(handler, stream, log),
                         name=f"yamux-stream-{stream.id}")
 
