@@ -144,12 +144,12 @@ def _log_closed(reg: Registration, peername: object, stream_id: int, result: Pip
     """The per-connection line; out of ``_relay`` so its deep call stack is not part of every
     connection's coroutine frame."""
     peer = format_peer(peername)
+    fields = reg.log_fields()  # a fresh dict: the connection's fields go in it
+    fields.update(peer=peer, stream=stream_id, bytes_in=result.sent, bytes_out=result.received,
+                  duration=round(time.monotonic() - started, 6),
+                  reason=str(result.error) if result.error else "closed")
     connections_logger.info(
         "session %d: connection from %s on stream %d closed: %d bytes in, %d out%s",
         reg.id, peer, stream_id, result.sent, result.received,
-        f" ({result.error})" if result.error else "",
-        extra={**reg.log_fields(), "peer": peer, "stream": stream_id,
-               "bytes_in": result.sent, "bytes_out": result.received,
-               "duration": round(time.monotonic() - started, 6),
-               "reason": str(result.error) if result.error else "closed"},
+        f" ({result.error})" if result.error else "", extra=fields,
     )
