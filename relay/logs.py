@@ -26,6 +26,7 @@ import asyncio
 import datetime
 import logging
 import sys
+import threading
 import time
 from collections.abc import MutableMapping
 from itertools import filterfalse
@@ -201,8 +202,13 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
         self._pending: list[str] = []
         self._last: logging.LogRecord | None = None
         """The last record pending, for ``handleError`` if the write fails."""
-        self._flush_on: asyncio.AbstractEventLoop | None = None
-        """The loop a flush is scheduled on (a loop that stopped never runs it)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        """The loop that logged last and its thread: a thread runs one loop at a time, so
+        while that loop runs, a line from that thread is logged inside it (no
+        ``get_running_loop()``, whose fork check is a getpid() system call)."""
+        self._scheduled = False
+        """A flush is scheduled on ``_loop``."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -214,18 +220,22 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         self._pending.append(line)
         self._last = record
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._write_pending()
-            return
-        if self._flush_on is not loop:
-            self._flush_on = loop
+        loop = self._loop
+        if loop is None or self._loop_thread != threading.get_ident() or not loop.is_running():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._write_pending()
+                return
+            self._loop, self._loop_thread = loop, threading.get_ident()
+            self._scheduled = False  # a flush scheduled on a loop that stopped never runs
+        if not self._scheduled:
+            self._scheduled = True
             loop.call_soon(self.flush)
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
-            self._flush_on = None
+            self._scheduled = False
             self._write_pending()
 
     def _write_pending(self) -> None:

@@ -107,5 +107,12 @@ def test_lines_logged_in_the_event_loop_go_out_together_and_in_order():
         assert out.getvalue() == "one\ntwo\nthree\nfour\nfive\n"
         log.info("six")  # no loop running: at once
         assert out.getvalue().endswith("five\nsix\n")
+
+        async def again() -> None:  # a new loop in the same thread schedules its own flush
+            log.info("seven")
+            await asyncio.sleep(0)
+            assert out.getvalue().endswith("six\nseven\n")
+
+        asyncio.run(again())
     finally:
         log.removeHandler(handler)
