@@ -183,7 +183,7 @@ class Session(asyncio.Protocol):
                     self._open_waiters.remove(waiter)
         core = self._core
         stream_id = core.open_stream()
-        stream = Stream(self, stream_id, core.stream_state(stream_id), loop=self._loop)
+        stream = Stream(self, stream_id, core.stream_state(stream_id))
         self._streams[stream_id] = stream
         self._open_timers.arm(stream_id)
         self._flush()
@@ -364,7 +364,7 @@ class Session(asyncio.Protocol):
                 case WindowUpdated():
                     pass
                 case StreamOpened(stream_id, state):
-                    stream = Stream(self, stream_id, state, loop=self._loop)
+                    stream = Stream(self, stream_id, state)
                     streams[stream_id] = stream
                     self._accept_queue[stream_id] = stream
                     if self._accept_waiter is not None and not self._accept_waiter.done():

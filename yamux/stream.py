@@ -87,12 +87,10 @@ class Stream:
     )
 
     def __init__(
-        self, link: StreamLink, stream_id: int, state: StreamMachine, limit: int = DEFAULT_LIMIT,
-        *, loop: asyncio.AbstractEventLoop | None = None,
+        self, link: StreamLink, stream_id: int, state: StreamMachine, limit: int = DEFAULT_LIMIT
     ) -> None:
         self._link = link
-        # The session passes its loop: get_running_loop() costs a getpid() system call.
-        self._loop = loop if loop is not None else asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self.id = stream_id
         self._state = state
         self._limit = limit
