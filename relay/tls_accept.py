@@ -20,7 +20,6 @@ rate-limited log line that says why.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 import ssl
@@ -35,9 +34,8 @@ from .tls import describe_client_tls_error
 logger = logging.getLogger("relay.tls")
 
 ACCEPT_PAUSE = 1.0
-"""Seconds without accepting after the OS ran out of file descriptors or memory
+"""Seconds without accepting after accept() failed, e.g. out of file descriptors
 (asyncio's own servers pause as long)."""
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class TLSListener:
@@ -108,12 +106,13 @@ class TLSListener:
         while True:
             try:
                 conn, address = await loop.sock_accept(sock)
-            except OSError as exc:
-                if exc.errno in _OUT_OF_RESOURCES:
-                    self._log.log(logging.ERROR, "accept", "cannot accept on the control "
-                                  "port (%s); pausing %g s", exc, ACCEPT_PAUSE)
-                    await asyncio.sleep(ACCEPT_PAUSE)
-                continue  # the client gave up before we accepted (ECONNABORTED, ...)
+            except ConnectionAbortedError:
+                continue  # the client gave up before we accepted
+            except OSError as exc:  # out of file descriptors or memory, most likely
+                self._log.log(logging.ERROR, "accept", "cannot accept on the control port "
+                              "(%s); pausing %g s", exc, ACCEPT_PAUSE)
+                await asyncio.sleep(ACCEPT_PAUSE)
+                continue
             self._admit(conn, address)
 
     def _admit(self, conn: socket.socket, address: object) -> None:
