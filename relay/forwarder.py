@@ -146,9 +146,9 @@ class Forwarder:
     yamux_config: yamux.Config | None = None
     secret: str | bytes | None = None
     client_name: str | None = None
-    """Our client name at a v2 relay (selects the secret of its auth file). It is then each
-    service's identity for its lease, and ``name=`` on the wire; without it each service's
-    own name is."""
+    """Our client name at a v2 relay (selects the secret of its auth file): ``name=`` on
+    the wire, with each service's own name as ``service=``, so that each keeps its own
+    lease; without it each service's own name is ``name=``."""
     ssl: ssl.SSLContext | None = None
     tls_server_name: str | None = None
     """The name the relay's certificate must carry (default: ``relay_host``)."""
@@ -238,7 +238,8 @@ class Forwarder:
             on_endpoint=registered, config=self.yamux_config,
             connect_timeout=self.connect_timeout, reconnect_delay=self.reconnect_delay,
             reconnect_max_delay=self.reconnect_max_delay, secret=self.secret,
-            name=self.client_name or service.name, public_port=service.remote_port,
+            name=self.client_name or service.name,
+            service=service.name if self.client_name else None, public_port=service.remote_port,
             client_address=self.proxy_protocol is not None, ssl=self.ssl,
             require_v2=self.require_v2,
             **({"server_hostname": self.tls_server_name}

@@ -74,16 +74,21 @@ def port_request(request: RegistrationRequest | None) -> PortRequest:
     """What the port policy needs of a registration: its identity, port and allowance.
 
     The identity is the client name: authenticated (a secret or the auth file),
-    then with the port it asks for (a client's services each ask for their
-    own), or, without authentication, only claimed; seed and nameless
+    then with its service (``service=``) and the port it asks for, so that one
+    client's services each have their own; or, without authentication, only
+    claimed (the service then extends the name). Seed and nameless
     registrations have none and get no lease.
     """
     if request is None:
         return PortRequest()
     identity = None
     if request.client is not None:
-        identity = (Identity(client=request.client, port=request.requested_port)
-                    if request.authenticated else Identity(name=request.client))
+        if request.authenticated:
+            identity = Identity(client=request.client, name=request.service,
+                                port=request.requested_port)
+        else:
+            identity = Identity(name=request.client if request.service is None
+                                else f"{request.client}/{request.service}")
     return PortRequest(identity, request.requested_port, request.allowed_ports)
 
 
