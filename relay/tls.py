@@ -72,6 +72,10 @@ def describe_tls_error(exc: BaseException) -> str | None:
         if "WRONG_VERSION_NUMBER" in reason.upper() or "RECORD_LAYER" in reason.upper():
             return f"TLS handshake failed ({reason}): does the relay speak TLS?"
         return f"TLS handshake failed: {reason}"
+    if isinstance(exc, ConnectionResetError):
+        return ("the relay closed the connection during the TLS handshake (it does so "
+                "when it holds too many unfinished registrations, from this address or in "
+                "all: retry later)")
     return None
 
 

@@ -177,6 +177,30 @@ async def test_unfinished_tls_handshakes_count_per_source(
                 writer.close()
 
 
+async def test_unfinished_tls_handshakes_count_in_the_relay_total(certs: Certificates) -> None:
+    """The relay-wide limit of registrations in progress counts TLS handshakes too; a
+    client that gives up during its handshake gives its place back at once."""
+    tls = server_context(certs.server_cert, certs.server_key)
+    async with RelayServer(0, host=HOST, ssl=tls, max_pending=3,
+                           limits=Limits(max_pending_registrations_per_source=0)) as server:
+        silent = [await asyncio.open_connection(HOST, server.port) for _ in range(5)]
+        try:
+            ends = await asyncio.gather(*(closed_within(reader, 0.5) for reader, _ in silent))
+            assert ends == [False] * 3 + [True] * 2
+            with pytest.raises(TLSError, match="closed the connection during the TLS handshake"):
+                await relay.start_server(echo_handler, HOST, server.port, connect_timeout=5,
+                                         ssl=client_context(certs.ca), local_addr=(OTHER, 0))
+            silent[0][1].close()
+            await asyncio.sleep(0.2)
+            async with await relay.start_server(echo_handler, HOST, server.port,
+                                                ssl=client_context(certs.ca),
+                                                local_addr=(OTHER, 0)) as served:
+                assert await roundtrip(served.public_port) == b"over TLS\n"
+        finally:
+            for _, writer in silent:
+                writer.close()
+
+
 async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
     """Did the relay close this connection (EOF or reset) within ``seconds``, sending nothing?"""
     try:
