@@ -23,7 +23,15 @@ from registration_support import (
 )
 
 from relay.handshake import parse_challenge, response_line
-from relay_support import HOST, Proc, Processes, echo_roundtrip, relay_command
+from relay_support import (
+    HOST,
+    SERVING,
+    Proc,
+    Processes,
+    echo_roundtrip,
+    free_port,
+    relay_command,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -250,6 +258,31 @@ def test_editing_the_auth_file_revokes_a_client_without_a_restart(
     _, alice_again = procs.forwarder(control, echo_port, "--client-name", "alice",
                                      "--secret", "alice secret 1")
     assert echo_roundtrip(alice_again) == b"ping through the relay\n"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_tls_relay_out_of_file_descriptors_pauses_and_recovers(
+        procs: Processes, echo_port: int, certs: Certificates, loop: str) -> None:
+    """A TLS relay accepts its control connections itself: when accept() fails (here
+    RLIMIT_NOFILE 64 and 100 silent connections, no per-source limit) it says so once
+    and pauses, and serves again once descriptors are free."""
+    relay = procs.start(["sh", "-c", 'ulimit -n 64 && exec "$@"', "sh", *relay_command(),
+                         "--bind", HOST, "--event-loop", loop, "--tls-cert",
+                         str(certs.server_cert), "--tls-key", str(certs.server_key),
+                         "--max-pending-registrations-per-source", "0", str(free_port())],
+                        "relay")
+    _, match = relay.wait_line(SERVING)
+    control = int(match.group(1))
+    silent = [socket.create_connection((HOST, control), timeout=10) for _ in range(100)]
+    try:
+        relay.wait_line(r"cannot accept on the control port \(\[Errno 24\] Too many open "
+                        r"files\); pausing 1 s")
+    finally:
+        for sock in silent:
+            sock.close()
+    _, public = procs.forwarder(control, echo_port, "--tls-ca", str(certs.ca))
+    assert echo_roundtrip(public) == b"ping through the relay\n"
+    assert relay.alive()
 
 
 def test_mutual_tls_from_the_command_line(procs: Processes, echo_port: int,
