@@ -28,6 +28,7 @@ from relay.handshake import (
 )
 from relay.protocol import RegistrationError, RelayRefusedError
 from relay.server import RelayServer
+from relay_support import free_port_block
 
 HOST = "127.0.0.1"
 SECRET = "correct horse battery staple"
@@ -243,7 +244,7 @@ async def test_require_v2_refuses_a_seed_relay_and_registers_with_a_v2_one(
 
 
 async def test_requested_port_inside_the_range_and_refusals() -> None:
-    low = 20000 + os.getpid() % 20000
+    low, _ = free_port_block(5)
     async with RelayServer(0, host=HOST, secret=SECRET, port_range=(low, low + 4)) as server:
         async with await relay.start_server(echo_handler, HOST, server.port, secret=SECRET,
                                             public_port=low + 3) as served:
@@ -257,7 +258,7 @@ async def test_requested_port_inside_the_range_and_refusals() -> None:
 
 
 async def test_auth_file_clients_and_their_ports(tmp_path: Path) -> None:
-    low = 20000 + os.getpid() % 20000
+    low, _ = free_port_block(2)
     auth_file = tmp_path / "auth.toml"
     (tmp_path / "bob.secret").write_text("bob's own secret\n")
     auth_file.write_text(f"""
