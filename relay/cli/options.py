@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from yamux.const import INITIAL_STREAM_WINDOW
+
 from .. import drain, logs
 from ..forwarder import DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_HOST
 from ..leases import DEFAULT_LEASE_TTL
@@ -149,6 +151,11 @@ option("--max-session-window", type=ByteSize(), default="64MiB", show_default=Tr
        group=COMMON,
        help="With --window-autotune: windows grow only while the sum of one session's stream "
             "windows stays within this (each stream's first 256 KiB always counts).")
+option("--max-total-window", type=ByteSize(minimum=INITIAL_STREAM_WINDOW), default="256MiB",
+       show_default=True, group=COMMON,
+       help="With --window-autotune: the same bound for all sessions of this process together "
+            "(every registration, every reconnect), so many sessions cannot pin many times "
+            "--max-session-window. At least 256KiB.")
 option("--window-autotune/--no-window-autotune", default=True, show_default=True,
        group=COMMON,
        help="Grow stream windows as measured (needs --max-stream-window above 256KiB); "
