@@ -154,6 +154,8 @@ class Forwarder:
     """The name the relay's certificate must carry (default: ``relay_host``)."""
     proxy_protocol: int | None = None
     """Send a PROXY protocol header of this version (1 or 2) to the local service."""
+    require_v2: bool = False
+    """Refuse a seed relay instead of registering in seed mode (``relay.api.start_server``)."""
     on_endpoint: Callable[[str], object] = print_endpoint
     servers: list[RelayedServer] = field(default_factory=list, init=False)
     """One per service while running."""
@@ -239,6 +241,7 @@ class Forwarder:
             name=self.client_name or service.name,
             service=service.name if self.client_name else None, public_port=service.remote_port,
             client_address=self.proxy_protocol is not None, ssl=self.ssl,
+            require_v2=self.require_v2,
             **({"server_hostname": self.tls_server_name}
                if self.ssl is not None and self.tls_server_name else {}),
         )

@@ -69,6 +69,21 @@ class AuthenticationError(RelayRefusedError):
         self.args = (f"the relay refused our secret: {reason}" if sent else reason,)
 
 
+class SeedRelayError(RegistrationError):
+    """The relay sent a port line, not a challenge, and this client requires registration v2.
+
+    Without TLS someone between us and the relay could strip a challenge this way
+    (2.8 of docs/protocol.md); by default a client falls back to the seed protocol.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the relay did not offer registration v2 (it sent a port line: the seed "
+            "protocol, without authentication), and this client requires v2 (--require-v2, "
+            "RELAY_REQUIRE_V2, require_v2=True): is it the right relay, started with --secret "
+            "or --protocol v2? Without TLS, someone in between may have removed its challenge")
+
+
 class HandshakeError(RegistrationError):
     """A v2 line that breaks the rules of docs/protocol.md; ``str()`` is the reason sent back."""
 
@@ -266,6 +281,8 @@ class ClientOptions:
     """One of the client's services, each with its own lease (sent if the relay offers it)."""
     port: int | None = None
     client_address: bool = False
+    require_v2: bool = False
+    """Refuse a seed relay (a port line first) instead of registering in seed mode."""
 
     def __post_init__(self) -> None:
         if self.name is not None and not NAME.fullmatch(self.name):
@@ -304,6 +321,9 @@ class RegisteringProtocol(GreetingProtocol):
             return
         if line.startswith(ERROR_PREFIX):
             self._fail(refusal(line))
+            return
+        if self.version == 1 and self.options.require_v2:
+            self._fail(SeedRelayError())
             return
         if self.version == 1 and self.options.v2_only():
             logger.warning(

@@ -18,7 +18,7 @@ from yamux.ratelimit import RateLimitedLog
 
 from .auth import Authenticator, AuthRefused, FailureLimiter, PortSet
 from .handshake import Challenge, HandshakeError, parse_response
-from .limits import SourceSlots, source_of
+from .limits import PendingRegistration, SourceSlots, source_of
 from .protocol import MAX_GREETING, error_line
 
 logger = logging.getLogger("relay.registration")
@@ -59,7 +59,7 @@ class ChallengeProtocol(asyncio.Protocol):
         timeout: float,
         peer: Callable[[asyncio.BaseTransport], str],
         accepted: Callable[[asyncio.Transport, RegistrationRequest], None],
-        pending: set[ChallengeProtocol],
+        pending: set[PendingRegistration],
         max_pending: int,
         per_source: SourceSlots,
         busy_reason: Callable[[str], str],

@@ -215,6 +215,31 @@ async def test_v2_client_options_on_a_seed_relay_warn(caplog: pytest.LogCaptureF
     assert "a secret not used" in caplog.text
 
 
+async def test_require_v2_refuses_a_seed_relay_and_registers_with_a_v2_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The opt-in against a downgrade: a port line first is an error, not seed mode."""
+    async with RelayServer(0, host=HOST) as seed:
+        before = listening_ports(os.getpid())
+        for options in ({"secret": SECRET}, {}):
+            with pytest.raises(relay.SeedRelayError,
+                               match=r"did not offer registration v2 \(it sent a port line"):
+                await relay.start_server(echo_handler, HOST, seed.port, require_v2=True,
+                                         **options)
+        # The seed relay had opened a port for each; it closes them when we hang up.
+        for _ in range(100):
+            if not seed.sessions and listening_ports(os.getpid()) == before:
+                break
+            await asyncio.sleep(0.05)
+        assert seed.sessions == []
+        assert listening_ports(os.getpid()) == before
+    assert "the relay speaks the seed protocol" not in caplog.text  # refused, not fallen back
+    for relay_options in ({"secret": SECRET}, {"protocol": "v2"}):
+        async with RelayServer(0, host=HOST, **relay_options) as server, \
+                await relay.start_server(echo_handler, HOST, server.port, require_v2=True,
+                                         secret=relay_options.get("secret")) as served:
+            assert await roundtrip(served.public_port) == b"hello through v2\n"
+
+
 # ------------------------------------------------------------------ public ports
 
 

@@ -160,7 +160,7 @@ def build_forwarder(ctx: click.Context, host: str, port: int, services: Sequence
             secret=secret, client_name=opts["client_name"], ssl=tls,
             tls_server_name=opts["tls_server_name"],
             proxy_protocol=PROXY_VERSIONS.get(opts["proxy_protocol"] or ""),
-            on_endpoint=ReadyWhenAllRegistered(len(forwarded)),
+            require_v2=opts["require_v2"], on_endpoint=ReadyWhenAllRegistered(len(forwarded)),
         )
     except ValueError as exc:
         raise click.UsageError(str(exc), ctx) from None

@@ -116,6 +116,10 @@ option("--tls-server-name", metavar="NAME", group=FORWARDER,
 option("--proxy-protocol", type=click.Choice(tuple(PROXY_VERSIONS)), group=FORWARDER,
        help="Send the local service a PROXY protocol header (v1 text, v2 binary) with the "
             "public client's address before the first byte.")
+option("--require-v2", is_flag=True, group=FORWARDER,
+       help="Refuse a relay that does not offer registration v2 (one that sends its port line "
+            "at once: the seed protocol, no authentication) instead of registering in seed "
+            "mode; without TLS someone in between could remove the relay's challenge.")
 
 # -- registration secrets and TLS files: the relay's and the forwarder's
 option("--secret", metavar="SECRET", group=COMMON,
