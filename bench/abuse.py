@@ -24,6 +24,9 @@ refused-connections  public connections refused by --max-connections; log lines
 idle-flood           1,000 idle connections from 127.0.0.1 (--max-connections
                      1000), then a client from 127.0.0.2; idle connections must
                      close at --idle-timeout
+silent-tls           2,000 TCP connections from 127.0.0.1 to a TLS control port
+                     (a certificate made with openssl for the run) that never
+                     send a ClientHello, then a TLS registration from 127.0.0.2
 """
 
 from __future__ import annotations
@@ -34,13 +37,17 @@ import contextlib
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import relay
 from testkit.ports import free_port
 from testkit.procs import REPO, Proc, ProcessError, raise_nofile
 from yamux.const import Flag, FrameType
@@ -496,6 +503,60 @@ async def idle_flood(relay: Proc, port: int, loop_name: str, seconds: float,
         await service.wait_closed()
 
 
+async def silent_tls(relay_proc: Proc, port: int, loop_name: str, seconds: float,
+                     notes: dict[str, Any], conns: int = 2000, cert: Path | None = None) -> None:
+    """Silent TLS connects from one address, held for ``seconds`` (the relay's handshake
+    timeout is its default, 10 s); ``cert`` is the relay's self-signed certificate."""
+    assert cert is not None
+    raise_nofile()
+    loop = asyncio.get_running_loop()
+    silent: list[socket.socket] = []
+    try:
+        for _ in range(conns):
+            sock = socket.create_connection((HOST, port))
+            sock.setblocking(False)
+            silent.append(sock)
+        await asyncio.sleep(0.5)  # the relay has admitted or closed every one by now
+        notes["held"] = sum(1 for sock in silent if _still_open(sock))
+        notes["closed_at_once"] = conns - notes["held"]
+        start = loop.time()
+        try:
+            session, _ = await relay.register(
+                HOST, port, ssl=ssl.create_default_context(cafile=str(cert)),
+                local_addr=(OTHER_SOURCE, 0), connect_timeout=5)
+            await session.close()
+            notes["other_client_ok"] = True
+        except (ConnectionError, TimeoutError) as exc:
+            notes["other_client_ok"] = False
+            notes["other_client_error"] = str(exc)
+        notes["other_client_s"] = round(loop.time() - start, 3)
+        await asyncio.sleep(max(0.0, seconds - (loop.time() - start)))
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Neither closed nor reset by the peer (and it sent nothing)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except ConnectionError:
+        return False
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by openssl; the certificate is its CA."""
+    cert, key = directory / "relay.pem", directory / "relay.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=relay",
+                    "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
     "slow-ack-sender": (slow_ack_sender, ()),
     "non-reading-service": (non_reading_service, ()),
@@ -504,6 +565,7 @@ ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
     "bad-frames": (bad_frames, ()),
     "refused-connections": (refused_connections, ("--max-connections", "1")),
     "idle-flood": (idle_flood, ("--max-connections", "1000")),
+    "silent-tls": (silent_tls, ()),
 }
 """name: (attack, relay options)."""
 
@@ -521,20 +583,25 @@ def run(attack: str, loop: str, seconds: float, **kwargs: Any) -> Outcome:
     function, options = ATTACKS[attack]
     if attack == "idle-flood" and relay_has_option("--idle-timeout"):
         options = (*options, "--idle-timeout", f"{seconds:g}")
-    relay, port = start_relay(loop, *options)
-    notes: dict[str, Any] = {}
-    try:
-        rss_before = rss(relay)
-        lines_before = len(relay.stderr)
-        with RssSampler(relay) as sampler:
-            asyncio.run(function(relay, port, loop, seconds, notes, **kwargs))
-        if not relay.alive():
-            raise AbuseError(f"the relay exited ({relay.returncode}):\n"
-                             + "\n".join(relay.stderr[-20:]))
-        return Outcome(attack, loop, seconds, rss_before, sampler.peak,
-                       len(relay.stderr) - lines_before, notes)
-    finally:
-        relay.stop()
+    with tempfile.TemporaryDirectory(prefix="relay-abuse-") as directory:
+        if attack == "silent-tls":
+            cert, key = self_signed_certificate(Path(directory))
+            options = (*options, "--tls-cert", str(cert), "--tls-key", str(key))
+            kwargs = {"cert": cert, **kwargs}
+        relay_proc, port = start_relay(loop, *options)
+        notes: dict[str, Any] = {}
+        try:
+            rss_before = rss(relay_proc)
+            lines_before = len(relay_proc.stderr)
+            with RssSampler(relay_proc) as sampler:
+                asyncio.run(function(relay_proc, port, loop, seconds, notes, **kwargs))
+            if not relay_proc.alive():
+                raise AbuseError(f"the relay exited ({relay_proc.returncode}):\n"
+                                 + "\n".join(relay_proc.stderr[-20:]))
+            return Outcome(attack, loop, seconds, rss_before, sampler.peak,
+                           len(relay_proc.stderr) - lines_before, notes)
+        finally:
+            relay_proc.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from .errors import (
     RelayRefusedError,
 )
 from .forwarder import Forwarder, Service
-from .handshake import AuthenticationError
+from .handshake import AuthenticationError, SeedRelayError
 from .ports import NoFreePortError, PortRefusedError
 from .server import RelayServer
 
@@ -36,6 +36,7 @@ __all__ = [
     "RelayRefusedError",
     "RelayServer",
     "RelayedServer",
+    "SeedRelayError",
     "Service",
     "TLSError",
     "register",

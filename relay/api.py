@@ -23,7 +23,7 @@ answers its challenge, ``public_port=`` asks for a port, ``client_address=True``
 makes ``get_extra_info("peername")`` of each stream the public client's
 address, and ``ssl=`` (an SSLContext, or True for the system CAs) wraps the
 connection in TLS. Against a seed relay (e.g. the Go one) these are not used
-and a warning says so.
+and a warning says so; ``require_v2=True`` refuses such a relay instead.
 """
 
 from __future__ import annotations
@@ -105,16 +105,23 @@ async def register_v2(
     connect_timeout: float = DEFAULT_TIMEOUT,
     secret: str | bytes | None = None,
     name: str | None = None,
+    service: str | None = None,
     public_port: int | None = None,
     client_address: bool = False,
     ssl: ssl_module.SSLContext | bool | None = None,
+    require_v2: bool = False,
     **kwargs: Any,
 ) -> Registration:
-    """``register`` with everything that was negotiated (see ``Registration``)."""
+    """``register`` with everything that was negotiated (see ``Registration``).
+
+    ``require_v2``: a relay that answers with a port line (the seed protocol)
+    raises SeedRelayError instead of registering in seed mode.
+    """
     loop = asyncio.get_running_loop()
     options = ClientOptions(
         secret=secret.encode("utf-8") if isinstance(secret, str) else secret,
-        name=name, port=public_port, client_address=client_address)
+        name=name, service=service, port=public_port, client_address=client_address,
+        require_v2=require_v2)
     protocol: RegisteringProtocol | None = None
     endpoint = format_endpoint(host, port)
     registered = False
@@ -422,9 +429,11 @@ async def start_server(
     reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY,
     secret: str | bytes | None = None,
     name: str | None = None,
+    service: str | None = None,
     public_port: int | None = None,
     client_address: bool = True,
     ssl: ssl_module.SSLContext | bool | None = None,
+    require_v2: bool = False,
     **kwargs: Any,
 ) -> RelayedServer:
     """Register with the relay at ``host:port`` and serve each relayed connection.
@@ -433,7 +442,10 @@ async def start_server(
     callback; the returned server exposes ``public_port`` / ``public_endpoint``.
     With a v2 relay, ``writer.get_extra_info("peername")`` is the public client
     (``client_address``, on by default), ``name`` keeps the public port (a lease)
-    and ``public_port`` asks for one. The first registration raises as
+    and ``public_port`` asks for one; ``service`` names one of several services
+    of the client ``name``, each with a lease of its own; ``require_v2`` refuses a
+    seed relay (it could be a challenge stripped in transit) with SeedRelayError
+    instead of falling back to the seed protocol. The first registration raises as
     ``register()`` does; after that the server registers again whenever the
     relay is lost (``reconnect=False``: it stops), calling
     ``on_endpoint(endpoint)`` each time. Extra keyword arguments go to
@@ -443,7 +455,8 @@ async def start_server(
         client_connected_cb, host, port, reconnect=reconnect, on_endpoint=on_endpoint,
         reconnect_delay=reconnect_delay, reconnect_max_delay=reconnect_max_delay,
         config=config, connect_timeout=connect_timeout, secret=secret, name=name,
-        public_port=public_port, client_address=client_address, ssl=ssl, **kwargs,
+        service=service, public_port=public_port, client_address=client_address, ssl=ssl,
+        require_v2=require_v2, **kwargs,
     )
     await server.start()
     return server

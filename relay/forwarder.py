@@ -147,14 +147,16 @@ class Forwarder:
     yamux_config: yamux.Config | None = None
     secret: str | bytes | None = None
     client_name: str | None = None
-    """Our client name at a v2 relay (selects the secret of its auth file). It is then each
-    service's identity for its lease, and ``name=`` on the wire; without it each service's
-    own name is."""
+    """Our client name at a v2 relay (selects the secret of its auth file): ``name=`` on
+    the wire, with each service's own name as ``service=``, so that each keeps its own
+    lease; without it each service's own name is ``name=``."""
     ssl: ssl.SSLContext | None = None
     tls_server_name: str | None = None
     """The name the relay's certificate must carry (default: ``relay_host``)."""
     proxy_protocol: int | None = None
     """Send a PROXY protocol header of this version (1 or 2) to the local service."""
+    require_v2: bool = False
+    """Refuse a seed relay instead of registering in seed mode (``relay.api.start_server``)."""
     on_endpoint: Callable[[str], object] = print_endpoint
     servers: list[RelayedServer] = field(default_factory=list, init=False)
     """One per service while running."""
@@ -236,8 +238,10 @@ class Forwarder:
             on_endpoint=registered, config=self.yamux_config,
             connect_timeout=self.connect_timeout, reconnect_delay=self.reconnect_delay,
             reconnect_max_delay=self.reconnect_max_delay, secret=self.secret,
-            name=self.client_name or service.name, public_port=service.remote_port,
+            name=self.client_name or service.name,
+            service=service.name if self.client_name else None, public_port=service.remote_port,
             client_address=self.proxy_protocol is not None, ssl=self.ssl,
+            require_v2=self.require_v2,
             **({"server_hostname": self.tls_server_name}
                if self.ssl is not None and self.tls_server_name else {}),
         )

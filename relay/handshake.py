@@ -4,11 +4,11 @@ A relay that needs more than the seed protocol speaks first, with a line that
 can never be a port line and that a seed client shows as a refusal::
 
     error: v2 needed: this relay requires registration v2 (upgrade the client); relay/2 \
-nonce=<64 hex> auth=required features=client-addr
+nonce=<64 hex> auth=required features=client-addr,service
 
 The client answers with one line; ``proof`` is last and covers everything before it::
 
-    relay/2 name=alice port=5000 client-addr=1 proof=<64 hex>
+    relay/2 name=alice service=redis port=5000 client-addr=1 proof=<64 hex>
 
 and the relay replies as in the seed protocol: a port line (then yamux) or
 ``error: <reason>``. The nonce is fresh for every connection, so a recorded
@@ -48,7 +48,9 @@ HMAC_LABEL = b"relay registration v2\n"
 """Domain separation: the secret signs nothing else with this prefix."""
 NONCE_BYTES = 32
 FEATURE_CLIENT_ADDR = "client-addr"
-FEATURES = (FEATURE_CLIENT_ADDR,)
+FEATURE_SERVICE = "service"
+"""``service=`` in the response: one client's services are identities (leases) of their own."""
+FEATURES = (FEATURE_CLIENT_ADDR, FEATURE_SERVICE)
 AUTH_FAILED = "auth failed"
 """Every refusal of a proof starts with this, so clients can tell it from others."""
 
@@ -65,6 +67,21 @@ class AuthenticationError(RelayRefusedError):
     def __init__(self, reason: str, *, sent: bool = True) -> None:
         super().__init__(reason)
         self.args = (f"the relay refused our secret: {reason}" if sent else reason,)
+
+
+class SeedRelayError(RegistrationError):
+    """The relay sent a port line, not a challenge, and this client requires registration v2.
+
+    Without TLS someone between us and the relay could strip a challenge this way
+    (2.8 of docs/protocol.md); by default a client falls back to the seed protocol.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the relay did not offer registration v2 (it sent a port line: the seed "
+            "protocol, without authentication), and this client requires v2 (--require-v2, "
+            "RELAY_REQUIRE_V2, require_v2=True): is it the right relay, started with --secret "
+            "or --protocol v2? Without TLS, someone in between may have removed its challenge")
 
 
 class HandshakeError(RegistrationError):
@@ -99,6 +116,7 @@ class Response:
     """What a client asks for; ``name`` is unauthenticated until the relay checked the proof."""
 
     name: str | None = None
+    service: str | None = None
     port: int | None = None
     client_addr: bool = False
     proof: bytes | None = None
@@ -163,15 +181,17 @@ def response_line(
     *,
     secret: bytes | None,
     name: str | None = None,
+    service: str | None = None,
     port: int | None = None,
     client_addr: bool = False,
 ) -> bytes:
     """The client's answer to ``challenge`` (with its newline)."""
     parts = [VERSION_TOKEN]
-    if name is not None:
-        if not NAME.fullmatch(name):
-            raise ValueError(f"client name {name!r}: use 1-64 of A-Z a-z 0-9 . _ @ -")
-        parts.append(b"name=" + name.encode("ascii"))
+    for key, value in ((b"name", name), (b"service", service)):
+        if value is not None:
+            if not NAME.fullmatch(value):
+                raise ValueError(f"{key.decode()} {value!r}: use 1-64 of A-Z a-z 0-9 . _ @ -")
+            parts.append(key + b"=" + value.encode("ascii"))
     if port is not None:
         if not 1 <= port <= 65535:
             raise ValueError(f"port must be 1-65535, got {port}")
@@ -203,11 +223,17 @@ def parse_response(line: bytes, challenge: Challenge) -> Response:
         signed = b" ".join(tokens)
     fields = _fields(tokens[1:], "response")
     for key in fields:
-        if key not in ("name", "port", FEATURE_CLIENT_ADDR):
+        if key not in ("name", "port", FEATURE_CLIENT_ADDR, FEATURE_SERVICE):
             raise HandshakeError(f"unknown option {key!r}")
-    name = fields.get("name")
-    if name is not None and not NAME.fullmatch(name):
-        raise HandshakeError("name= must be 1-64 of A-Z a-z 0-9 . _ @ -")
+    name, service = fields.get("name"), fields.get(FEATURE_SERVICE)
+    for key, value in (("name", name), (FEATURE_SERVICE, service)):
+        if value is not None and not NAME.fullmatch(value):
+            raise HandshakeError(f"{key}= must be 1-64 of A-Z a-z 0-9 . _ @ -")
+    if service is not None:
+        if FEATURE_SERVICE not in challenge.features:
+            raise HandshakeError("service was not offered")
+        if name is None:
+            raise HandshakeError("service= needs name= (it names one of that client's services)")
     port: int | None = None
     if "port" in fields:
         text = fields["port"]
@@ -219,8 +245,8 @@ def parse_response(line: bytes, challenge: Challenge) -> Response:
         raise HandshakeError("client-addr= must be 0 or 1")
     if client_addr == "1" and FEATURE_CLIENT_ADDR not in challenge.features:
         raise HandshakeError("client-addr was not offered")
-    return Response(name=name, port=port, client_addr=client_addr == "1", proof=proof,
-                    signed=signed)
+    return Response(name=name, service=service, port=port, client_addr=client_addr == "1",
+                    proof=proof, signed=signed)
 
 
 def _fields(tokens: list[bytes], what: str) -> dict[str, str]:
@@ -251,12 +277,20 @@ class ClientOptions:
 
     secret: bytes | None = None
     name: str | None = None
+    service: str | None = None
+    """One of the client's services, each with its own lease (sent if the relay offers it)."""
     port: int | None = None
     client_address: bool = False
+    require_v2: bool = False
+    """Refuse a seed relay (a port line first) instead of registering in seed mode."""
 
     def __post_init__(self) -> None:
         if self.name is not None and not NAME.fullmatch(self.name):
             raise ValueError(f"client name {self.name!r}: use 1-64 of A-Z a-z 0-9 . _ @ -")
+        if self.service is not None and not NAME.fullmatch(self.service):
+            raise ValueError(f"service {self.service!r}: use 1-64 of A-Z a-z 0-9 . _ @ -")
+        if self.service is not None and self.name is None:
+            raise ValueError("a service name needs a client name")
         if self.port is not None and not 1 <= self.port <= 65535:
             raise ValueError(f"port must be 1-65535, got {self.port}")
 
@@ -288,6 +322,9 @@ class RegisteringProtocol(GreetingProtocol):
         if line.startswith(ERROR_PREFIX):
             self._fail(refusal(line))
             return
+        if self.version == 1 and self.options.require_v2:
+            self._fail(SeedRelayError())
+            return
         if self.version == 1 and self.options.v2_only():
             logger.warning(
                 "the relay speaks the seed protocol (it sent its port line without a "
@@ -311,9 +348,14 @@ class RegisteringProtocol(GreetingProtocol):
                 "RELAY_SECRET or secret=)", sent=False))
             return
         client_addr = options.client_address and FEATURE_CLIENT_ADDR in challenge.features
+        service = options.service if FEATURE_SERVICE in challenge.features else None
+        if options.service is not None and service is None:
+            logger.warning(
+                "the relay does not offer per-service identities (an older relay): service "
+                "%s shares the lease of client %s", options.service, options.name)
         self.version = 2
         self.client_address = client_addr
         assert self.transport is not None
         self.transport.write(response_line(
             challenge, secret=options.secret if challenge.auth_required else None,
-            name=options.name, port=options.port, client_addr=client_addr))
+            name=options.name, service=service, port=options.port, client_addr=client_addr))

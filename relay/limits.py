@@ -8,8 +8,8 @@ each 0 to turn it off:
 * ``max_connections_per_source``: concurrent public connections per service
   from one source (default: nine tenths of ``--max-connections``);
 * ``max_pending_registrations_per_source``: registrations from one source
-  that have not yet answered the handshake ping (default: nine tenths of
-  ``--max-sessions``);
+  that have not yet answered the handshake ping, on a TLS relay from the
+  moment they are accepted (default: nine tenths of ``--max-sessions``);
 * ``idle_timeout``: a public connection that moved no byte either way for
   this long is reset (both the socket and its stream).
 
@@ -24,7 +24,7 @@ import ipaddress
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .pipe import SocketEnd
 
@@ -81,6 +81,14 @@ def source_of(peername: Any) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
     return str(address)
+
+
+class PendingRegistration(Protocol):
+    """A control connection that is not registered yet (in its TLS handshake, or
+    challenged); it counts toward the relay's pending registrations."""
+
+    def abort(self) -> None:
+        """Drop the connection: the relay is closing."""
 
 
 class SourceSlots:

@@ -107,6 +107,20 @@ class RelayCollector(Collector):
                                   "authentication.", server.auth_failures.total)
         yield GaugeMetricFamily("relay_draining", "1 while draining (after SIGTERM).",
                                 1 if server.draining else 0)
+        if isinstance(server, RelayServer):
+            yield from window_budget_metrics("relay", server.yamux_config)
+
+
+def window_budget_metrics(prefix: str, config: yamux.Config | None) -> Iterator[Metric]:
+    """The receive-window budget all sessions share (--max-total-window), if any."""
+    budget = config.window_budget if config is not None else None
+    if budget is None:
+        return
+    yield GaugeMetricFamily(f"{prefix}_window_budget_used_bytes",
+                            "Receive windows granted on all yamux streams now, every session "
+                            "(each stream's first 256 KiB included).", budget.used)
+    yield GaugeMetricFamily(f"{prefix}_window_budget_limit_bytes",
+                            "--max-total-window: windows stop growing at this.", budget.limit)
 
 
 def relay_status(server: RelayServer | NotifyRelay) -> dict[str, Any]:
@@ -179,6 +193,7 @@ class ForwarderCollector(Collector):
                 rtt.add_metric(label, session.last_rtt)
         yield from (registered, registrations, streams, open_streams, service_bytes, failures,
                     rtt, stalls)
+        yield from window_budget_metrics("relay_forwarder", self.forwarder.yamux_config)
 
 
 def service_name(service: ForwardedService) -> str:

@@ -8,11 +8,12 @@ socket per family, each with its own ephemeral port.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 LISTEN_BACKLOG = 4096
 """Pending connections the kernel queues per listener (capped by net.core.somaxconn).
@@ -99,7 +100,16 @@ def describe_os_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def listening_port(server: asyncio.Server | None) -> int:
+class Listener(Protocol):
+    """A listener whose port can be read: ``asyncio.Server``, or the TLS control port's
+    ``relay.tls_accept.TLSListener``."""
+
+    @property
+    def sockets(self) -> Sequence[socket.socket]:
+        """Empty once closed."""
+
+
+def listening_port(server: Listener | None) -> int:
     """The port ``server`` listens on; RuntimeError before it listens."""
     if server is None or not server.sockets:
         raise RuntimeError("the relay is not listening")

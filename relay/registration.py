@@ -18,7 +18,7 @@ from yamux.ratelimit import RateLimitedLog
 
 from .auth import Authenticator, AuthRefused, FailureLimiter, PortSet
 from .handshake import Challenge, HandshakeError, parse_response
-from .limits import SourceSlots, source_of
+from .limits import PendingRegistration, SourceSlots, source_of
 from .protocol import MAX_GREETING, error_line
 
 logger = logging.getLogger("relay.registration")
@@ -31,6 +31,8 @@ class RegistrationRequest:
     client: str | None
     """The client's name: authenticated with an auth file, informational otherwise."""
     authenticated: bool
+    service: str | None = None
+    """Which of the client's services this is (``service=``); each has its own lease."""
     requested_port: int | None = None
     allowed_ports: PortSet | None = None
     """Ports this client may hold (auth file); None: whatever the relay's range allows."""
@@ -41,8 +43,9 @@ class RegistrationRequest:
         """For logs: ``client alice`` (authenticated) or ``unauthenticated client bob``."""
         if self.client is None:
             return "authenticated client" if self.authenticated else "anonymous client"
-        return f"client {self.client}" if self.authenticated else (
-            f"unauthenticated client {self.client}")
+        service = "" if self.service is None else f" service {self.service}"
+        return (f"client {self.client}" if self.authenticated else (
+            f"unauthenticated client {self.client}")) + service
 
 
 class ChallengeProtocol(asyncio.Protocol):
@@ -56,7 +59,7 @@ class ChallengeProtocol(asyncio.Protocol):
         timeout: float,
         peer: Callable[[asyncio.BaseTransport], str],
         accepted: Callable[[asyncio.Transport, RegistrationRequest], None],
-        pending: set[ChallengeProtocol],
+        pending: set[PendingRegistration],
         max_pending: int,
         per_source: SourceSlots,
         busy_reason: Callable[[str], str],
@@ -134,7 +137,8 @@ class ChallengeProtocol(asyncio.Protocol):
         self._done()
         assert self.transport is not None
         self._accepted(self.transport, RegistrationRequest(
-            client=client, authenticated=authenticated, requested_port=response.port,
+            client=client, authenticated=authenticated, service=response.service,
+            requested_port=response.port,
             allowed_ports=ports, client_address=response.client_addr,
         ))
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import ssl as ssl_module
 
 import yamux
@@ -38,7 +39,7 @@ from yamux.ratelimit import RateLimitedLog
 
 from .auth import Authenticator, FailureLimiter, watch_auth_file
 from .leases import DEFAULT_LEASE_TTL, Identity, LeaseStore
-from .limits import Limits, SourceSlots, share, source_of
+from .limits import Limits, PendingRegistration, SourceSlots, share, source_of
 from .net import LISTEN_BACKLOG, BindAddress, listening_port, resolve_bind_address
 from .ports import DEFAULT_MAX_NAME_LEASES, PortAllocator, PortRefusedError, PortRequest
 from .protocol import error_line, port_line
@@ -46,8 +47,9 @@ from .public import PublicConnections
 from .registration import ChallengeProtocol, RegistrationRequest
 from .registration import logger as registration_logger
 from .replacement import holder_of, replace, revoke
-from .sessions import Registration, SessionInfo, end_session, peer_of, run_session
+from .sessions import Registration, SessionInfo, end_session, format_peer, peer_of, run_session
 from .stats import RelayStats
+from .tls_accept import TLSListener
 
 __all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_SESSIONS",
            "PROTOCOLS", "RelayServer", "SessionInfo", "port_request"]
@@ -60,7 +62,8 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 LEASE_REFRESH_INTERVAL = 60.0
 """Seconds between saving "still in use" for the leases of registered sessions (at most)."""
 DEFAULT_MAX_PENDING = 1000
-"""Most control connections between accept and a checked v2 response."""
+"""Most control connections between accept and the end of their TLS handshake (with TLS)
+or a checked v2 response (registration v2)."""
 PROTOCOLS = ("yamux", "v2")
 """``yamux``: the seed protocol, port line first (the Go design); ``v2``: registration v2,
 the relay challenges first (docs/protocol.md)."""
@@ -71,16 +74,21 @@ def port_request(request: RegistrationRequest | None) -> PortRequest:
     """What the port policy needs of a registration: its identity, port and allowance.
 
     The identity is the client name: authenticated (a secret or the auth file),
-    then with the port it asks for (a client's services each ask for their
-    own), or, without authentication, only claimed; seed and nameless
+    then with its service (``service=``) and the port it asks for, so that one
+    client's services each have their own; or, without authentication, only
+    claimed (the service then extends the name). Seed and nameless
     registrations have none and get no lease.
     """
     if request is None:
         return PortRequest()
     identity = None
     if request.client is not None:
-        identity = (Identity(client=request.client, port=request.requested_port)
-                    if request.authenticated else Identity(name=request.client))
+        if request.authenticated:
+            identity = Identity(client=request.client, name=request.service,
+                                port=request.requested_port)
+        else:
+            identity = Identity(name=request.client if request.service is None
+                                else f"{request.client}/{request.service}")
     return PortRequest(identity, request.requested_port, request.allowed_ports)
 
 
@@ -114,7 +122,8 @@ class RelayServer:
     ``protocol="v2"``, or any of ``secret`` / ``auth_clients`` / ``auth``, makes
     the relay challenge every control connection first (registration v2, see
     docs/protocol.md): nothing is allocated before the response is checked.
-    ``ssl`` wraps the control port (and so all relayed traffic) in TLS.
+    ``ssl`` wraps the control port (and so all relayed traffic) in TLS; a connection in
+    its handshake already counts as a pending registration (``relay.tls_accept``).
     """
 
     def __init__(
@@ -177,12 +186,12 @@ class RelayServer:
         self.ssl = ssl
         self.auth_failures = auth_failures or FailureLimiter()
         self.max_pending = max_pending
-        self._pending: set[ChallengeProtocol] = set()
+        self._pending: set[PendingRegistration] = set()
         self.state_dir = state_dir
         self.lease_ttl = lease_ttl
         self.max_name_leases = max_name_leases
         self._bind: BindAddress | None = None
-        self._control: asyncio.Server | None = None
+        self._control: asyncio.Server | TLSListener | None = None
         self._ports: PortAllocator | None = None
         self._tasks = yamux.TaskOwner(logger)
         """The lease refresh, the auth-file watch and the replacements (``relay.replacement``)."""
@@ -204,10 +213,7 @@ class RelayServer:
         try:
             sock = self._bind.listen(self._requested_port)
             try:
-                self._control = await loop.create_server(
-                    self._control_protocol, sock=sock, backlog=LISTEN_BACKLOG, ssl=self.ssl,
-                    ssl_handshake_timeout=self.handshake_timeout if self.ssl else None,
-                )
+                self._control = await self._listen(sock)
             except BaseException:
                 sock.close()
                 raise
@@ -319,6 +325,20 @@ class RelayServer:
         await self.wait_closed()
 
     # ----------------------------------------------------------- registering
+    async def _listen(self, sock: socket.socket) -> asyncio.Server | TLSListener:
+        """The control port: plain TCP, or TLS with each connection counted from accept on."""
+        if self.ssl is None:
+            return await asyncio.get_running_loop().create_server(
+                self._control_protocol, sock=sock, backlog=LISTEN_BACKLOG)
+        listener = TLSListener(
+            sock, self.ssl, timeout=self.handshake_timeout, pending=self._pending,
+            max_pending=self.max_pending, per_source=self.registering,
+            busy_reason=self._busy_reason, refused=self.refused, peer=format_peer,
+            protocol_factory=self._control_protocol, log=self.log,
+        )
+        listener.start()
+        return listener
+
     def _control_protocol(self) -> asyncio.Protocol:
         if self.protocol == "yamux":
             return _ControlProtocol(self)
@@ -418,13 +438,17 @@ class RelayServer:
                 f"{self.registering.limit})")
 
     def refuse(self, transport: asyncio.Transport, peer: str, kind: str, reason: str) -> None:
-        """Answer an error line and close; the log line is rate-limited per ``kind``, which
-        is also the reason label of the refusals metric."""
+        """Answer an error line and close (see ``refused``)."""
+        self.refused(peer, kind, reason)
+        transport.write(error_line(reason))
+        transport.close()
+
+    def refused(self, peer: str, kind: str, reason: str) -> None:
+        """Count and log a refusal; the line is rate-limited per ``kind``, which is also the
+        reason label of the refusals metric."""
         self.stats.refused[kind.replace(" ", "_")] += 1
         self.log.log(logging.WARNING, f"refused: {kind}", "refusing registration from %s: %s",
                       peer, reason, extra={"peer": peer, "reason": reason})
-        transport.write(error_line(reason))
-        transport.close()
 
     async def _refresh_leases(self) -> None:
         """Registered owners keep their leases fresh, so a relay crash does not age them."""

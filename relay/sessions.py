@@ -95,7 +95,7 @@ class Registration:
 
     def start_handshake(self) -> None:
         """Send the handshake ping; ``run_session`` awaits the answer (or ``end_session``
-        cancels it). Its failure is the session's end, reported there."""
+        cancels and awaits it). Its failure is the session's end, reported there."""
         self.handshake = asyncio.get_running_loop().create_task(
             self.session.ping(), name=f"relay-handshake-{self.id}")
         self.handshake.add_done_callback(_retrieve)
@@ -201,6 +201,8 @@ async def end_session(server: RelayServer, reg: Registration) -> None:
     reg.connections.cancel()
     closed_by_peer = reg.session.closed
     try:
+        if reg.handshake is not None:  # the registration owns it: cancelled, then awaited
+            await asyncio.wait([reg.handshake])
         await reg.session.close()
         await reg.connections.wait()
     finally:

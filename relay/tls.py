@@ -72,4 +72,24 @@ def describe_tls_error(exc: BaseException) -> str | None:
         if "WRONG_VERSION_NUMBER" in reason.upper() or "RECORD_LAYER" in reason.upper():
             return f"TLS handshake failed ({reason}): does the relay speak TLS?"
         return f"TLS handshake failed: {reason}"
+    if isinstance(exc, ConnectionResetError):
+        return ("the relay closed the connection during the TLS handshake (it does so "
+                "when it holds too many unfinished registrations, from this address or in "
+                "all: retry later)")
     return None
+
+
+def describe_client_tls_error(exc: OSError, timeout: float) -> str:
+    """Why a client's TLS handshake with the relay failed, for the relay's log."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"its client certificate was not accepted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or str(exc)).upper()
+        if "WRONG_VERSION_NUMBER" in reason or "HTTP_REQUEST" in reason:
+            return f"not TLS ({exc.reason}): a plaintext client on the TLS control port?"
+        if "CERTIFICATE" in reason:
+            return f"no acceptable client certificate ({exc.reason}); this relay requires one"
+        return f"{exc.reason or exc}"
+    if isinstance(exc, ConnectionAbortedError):
+        return f"no complete TLS handshake within {timeout:g} s"
+    return f"the connection ended during the handshake ({exc or type(exc).__name__})"

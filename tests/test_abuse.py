@@ -10,6 +10,7 @@ lines, or who gets served. Run alone with ``pytest -m abuse``.
 from __future__ import annotations
 
 import pytest
+from conftest import require_program
 
 from bench import abuse
 
@@ -97,3 +98,16 @@ def test_idle_connections_from_one_address(loop: str) -> None:
     # Timed from our connect() returning; the relay may have accepted a few ms earlier.
     assert first >= timeout - 0.1, describe(out)
     assert last < timeout + 3.0, describe(out)
+
+
+@LOOPS
+def test_silent_tls_connections_from_one_address(loop: str) -> None:
+    """2,000 connections to a TLS control port that never send a ClientHello: only the
+    source's share (--max-pending-registrations-per-source, 90 of --max-sessions 100) is
+    held, the rest closed at once; another address registers over TLS."""
+    require_program("openssl")
+    out = abuse.run("silent-tls", loop, ATTACK_SECONDS)
+    assert out.notes["held"] == 90, describe(out)
+    assert out.notes["closed_at_once"] == 1910, describe(out)
+    assert out.notes["other_client_ok"], describe(out)
+    assert out.growth < MAX_GROWTH, describe(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -19,9 +20,11 @@ from relay_support import (
 )
 
 
-def run_relay(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run_relay(*args: str, timeout: float = 30,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*relay_command(), *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **(env or {})})
 
 
 def test_help_documents_both_forms_with_examples():
@@ -150,7 +153,22 @@ def test_window_sizes_are_checked_with_a_clear_error(args, expected):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(("args", "env", "expected"), [
+    (["--max-total-window", "100KiB", "7000"], {},
+     "Invalid value for '--max-total-window': '100KiB' is less than the minimum of 262144 bytes"),
+    (["forward", "6379", f"{HOST}:7000"], {"RELAY_MAX_TOTAL_WINDOW": "lots"},
+     "Invalid value for '--max-total-window' (env var RELAY_MAX_TOTAL_WINDOW): 'lots' is not a "
+     "size"),
+])
+def test_cli_rejects_a_bad_total_window_naming_it(args, env, expected):
+    done = run_relay(*args, env=env)
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_help_documents_the_window_options():
     out = run_relay("server", "--help").stdout
-    for option in ("--max-stream-window", "--max-session-window", "--window-autotune"):
+    for option in ("--max-stream-window", "--max-session-window", "--max-total-window",
+                   "--window-autotune"):
         assert option in out, option

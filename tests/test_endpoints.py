@@ -165,6 +165,26 @@ def test_two_services_one_forwarder_stable_across_restarts_of_both_sides(procs, 
           f"({back - killed:.2f} s after the kill)")
 
 
+def test_an_auth_file_clients_services_each_keep_their_port(procs, echo_port, tmp_path):
+    """``--client-name`` with an auth file and two services that ask for no port: each is
+    its own identity (``service=``), so each gets its own port back after a SIGKILL."""
+    secret = "alice's secret, long enough"
+    auth = tmp_path / "auth.toml"
+    auth.write_text(f'[clients.alice]\nsecret = "{secret}"\n')
+    _, relay_port = procs.relay("--auth-file", str(auth), "--state-dir", str(tmp_path / "s"))
+    command = [*relay_command(), "forward", "--client-name", "alice", "--secret", secret,
+               "--service", f"db={echo_port}", "--service", f"cache={echo_port}", *FAST,
+               HOST, str(relay_port)]
+    forwarder = procs.start(command, "forwarder")
+    ports = endpoints(forwarder, 2)
+    assert ports["db"] != ports["cache"]
+    assert echo_roundtrip(ports["cache"]) == b"ping through the relay\n"
+    forwarder.kill()
+    forwarder = procs.start(command, "forwarder")
+    assert endpoints(forwarder, 2) == ports
+    assert echo_roundtrip(ports["db"]) == b"ping through the relay\n"
+
+
 def test_state_dir_in_use_by_another_relay_is_a_clear_error(procs, tmp_path):
     procs.relay("--state-dir", str(tmp_path))
     second = procs.start([*relay_command(), "--bind", HOST, "--state-dir", str(tmp_path),

@@ -3,7 +3,8 @@
 * The Go forwarder (seed protocol only) against a relay that requires v2: it
   exits at once with the challenge's readable start, and nothing is allocated.
 * Our v2-capable client against the Go relay (seed only): it sees a plain port
-  line, registers in seed mode, and says its secret was not used.
+  line, registers in seed mode, and says its secret was not used; with
+  ``require_v2`` it refuses the relay instead.
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ async def test_v2_client_registers_with_the_go_relay_in_seed_mode(
         go_relay.close()
     assert "the relay speaks the seed protocol" in caplog.text
     assert "a secret not used" in caplog.text
+
+
+async def test_require_v2_refuses_the_go_relay(go_programs: None) -> None:
+    """The opt-in against a downgrade: the Go relay's port line is an error, not seed mode."""
+    go_relay, control_port = harness.start_relay()
+    try:
+        with pytest.raises(relay.SeedRelayError, match="did not offer registration v2"):
+            await relay.start_server(lambda r, w: asyncio.sleep(0), HOST, control_port,
+                                     secret=SECRET, require_v2=True)
+    finally:
+        go_relay.close()
 
 
 @pytest.mark.parametrize("version", [1, 2])

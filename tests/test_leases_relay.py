@@ -117,3 +117,31 @@ async def test_an_authenticated_client_without_ports_runs_several_sessions(tmp_p
         async with await relay.start_server(echo, HOST, srv.port, name="alice",
                                             secret=SECRET) as again:
             assert again.public_port == port
+
+
+async def test_an_authenticated_clients_services_keep_their_own_ports(tmp_path: Path):
+    """``service=``: one auth-file client, two services asking for no port: each has its
+    own lease, kept across the client's reconnects and a relay restart."""
+    clients = parse_auth_clients({"alice": {"secret": SECRET}})
+    state = str(tmp_path)
+
+    async def register(control: int, service: str) -> relay.RelayedServer:
+        return await relay.start_server(echo, HOST, control, name="alice", service=service,
+                                        secret=SECRET, reconnect=False)
+
+    async with RelayServer(0, host=HOST, auth_clients=clients, state_dir=state) as first:
+        control = first.port
+        redis, web = await register(control, "redis"), await register(control, "web")
+        async with redis, web:
+            ports = {"redis": redis.public_port, "web": web.public_port}
+            assert ports["redis"] != ports["web"]
+            assert await roundtrip(ports["web"]) == b"hello\n"
+        # Back in the other order: the round robin would hand out other ports.
+        web, redis = await register(control, "web"), await register(control, "redis")
+        async with redis, web:
+            assert {"redis": redis.public_port, "web": web.public_port} == ports
+    async with RelayServer(control, host=HOST, auth_clients=clients, state_dir=state):
+        web, redis = await register(control, "web"), await register(control, "redis")
+        async with redis, web:
+            assert {"redis": redis.public_port, "web": web.public_port} == ports
+            assert await roundtrip(ports["redis"]) == b"hello\n"

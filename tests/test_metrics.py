@@ -6,13 +6,21 @@ import asyncio
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay_support import ECHO_SCRIPT, HOST, echo_roundtrip, free_port, relay_command
+from relay_support import (
+    ECHO_SCRIPT,
+    HOST,
+    echo_roundtrip,
+    free_port,
+    relay_command,
+    wait_until,
+)
 
 METRICS = r"metrics on http://([\d.]+:\d+)/metrics"
 
@@ -86,6 +94,38 @@ def test_relay_and_forwarder_metrics_move_with_traffic(procs):
     assert gone[("relay_sessions_open", ())] == 0
     assert gone[("relay_bytes_total", (("direction", "in"),))] == len(payload)  # kept
     assert status(relay_metrics)["registrations"] == []
+
+
+def test_max_total_window_reaches_the_relay_and_the_forwarder(procs, tmp_path, monkeypatch):
+    """--max-total-window by flag, RELAY_MAX_TOTAL_WINDOW and the config file: one budget
+    per process, which every open stream draws on and gives back when it ends."""
+    used, limit = "window_budget_used_bytes", "window_budget_limit_bytes"
+    _, echo_port = procs.script(ECHO_SCRIPT, "0", name="echo")
+    relay, relay_port = procs.relay("--metrics", f"{HOST}:0", "--max-total-window", "3MiB")
+    relay_metrics = relay.wait_line(METRICS)[1].group(1)
+    monkeypatch.setenv("RELAY_MAX_TOTAL_WINDOW", "1MiB")
+    forwarder, public_port = procs.forwarder(relay_port, echo_port, "--metrics", f"{HOST}:0")
+    monkeypatch.delenv("RELAY_MAX_TOTAL_WINDOW")
+    forwarder_metrics = forwarder.wait_line(METRICS)[1].group(1)
+
+    def budgets() -> tuple[float, float, float, float]:
+        at_relay, at_forwarder = scrape(relay_metrics), scrape(forwarder_metrics)
+        return (at_relay[(f"relay_{used}", ())], at_relay[(f"relay_{limit}", ())],
+                at_forwarder[(f"relay_forwarder_{used}", ())],
+                at_forwarder[(f"relay_forwarder_{limit}", ())])
+
+    assert budgets() == (0, 3 << 20, 0, 1 << 20)
+    with socket.create_connection((HOST, public_port), timeout=10) as held:
+        held.sendall(b"x")
+        assert held.recv(1) == b"x"
+        assert budgets() == (256 << 10, 3 << 20, 256 << 10, 1 << 20)  # one stream each side
+    wait_until(lambda: budgets() == (0, 3 << 20, 0, 1 << 20), timeout=10)
+
+    config = tmp_path / "relay.toml"
+    config.write_text('max-total-window = "5MiB"\n')
+    relay, _ = procs.relay("--config", str(config), "--metrics", f"{HOST}:0")
+    from_file = scrape(relay.wait_line(METRICS)[1].group(1))
+    assert from_file[(f"relay_{limit}", ())] == 5 << 20
 
 
 def test_curl_scrapes_metrics_and_status(procs):

@@ -23,7 +23,15 @@ from registration_support import (
 )
 
 from relay.handshake import parse_challenge, response_line
-from relay_support import HOST, Processes, echo_roundtrip, relay_command
+from relay_support import (
+    HOST,
+    SERVING,
+    Proc,
+    Processes,
+    echo_roundtrip,
+    free_port,
+    relay_command,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -77,6 +85,34 @@ def test_wrong_secret_forwarder_exits_non_zero_saying_so(procs: Processes) -> No
     assert forwarder.stdout_text == ""
     assert listening_ports(relay.pid) == before
     relay.wait_line(r"refusing registration from 127\.0\.0\.1:\d+: auth failed: wrong secret")
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "config"])
+def test_require_v2_forwarder_exits_against_a_seed_relay(procs: Processes, echo_port: int,
+                                                         tmp_path: Path, how: str) -> None:
+    """--require-v2 (RELAY_REQUIRE_V2, require-v2 in [forward]): a relay without options
+    (the seed protocol) is refused with a clear error; a relay with a secret is not."""
+    _, seed = procs.relay()
+    _, v2 = procs.relay("--secret", SECRET)
+    config = tmp_path / "forward.toml"
+    config.write_text("[forward]\nrequire-v2 = true\n")
+
+    def forwarder(control: int) -> Proc:
+        if how == "flag":  # the seed form; env and config: the subcommand
+            return procs.start_forwarder(control, echo_port, "--require-v2", "--secret", SECRET,
+                                         "--no-reconnect")
+        from_file = ["--config", str(config)] if how == "config" else []
+        return procs.start([*relay_command(), "forward", *from_file, "--no-reconnect",
+                            "--secret", SECRET, str(echo_port), f"{HOST}:{control}"],
+                           "forwarder", env={"RELAY_REQUIRE_V2": "1"} if how == "env" else {})
+
+    refused = forwarder(seed)
+    assert refused.wait(15) == 1
+    assert "the relay did not offer registration v2 (it sent a port line" in refused.stderr_text
+    assert refused.stdout_text == ""  # no endpoint announced
+    served = forwarder(v2)
+    _, endpoint = served.wait_line(r"^127\.0\.0\.1:(\d+)$", stream="stdout")
+    assert echo_roundtrip(int(endpoint.group(1))) == b"ping through the relay\n"
 
 
 def test_forwarder_without_secret_against_relay_with_one(procs: Processes) -> None:
@@ -162,7 +198,8 @@ def test_help_shows_the_new_options() -> None:
     text = subprocess.run([*relay_command(), "--help"], capture_output=True, text=True,
                           timeout=60, check=True).stdout
     for option in ("--secret", "RELAY_SECRET", "--secret-file", "--auth-file", "--tls-cert",
-                   "--tls-ca", "--tls-client-ca", "--proxy-protocol"):
+                   "--tls-ca", "--tls-client-ca", "--proxy-protocol", "--require-v2",
+                   "RELAY_REQUIRE_V2"):
         assert option in text
 
 
@@ -221,6 +258,31 @@ def test_editing_the_auth_file_revokes_a_client_without_a_restart(
     _, alice_again = procs.forwarder(control, echo_port, "--client-name", "alice",
                                      "--secret", "alice secret 1")
     assert echo_roundtrip(alice_again) == b"ping through the relay\n"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_tls_relay_out_of_file_descriptors_pauses_and_recovers(
+        procs: Processes, echo_port: int, certs: Certificates, loop: str) -> None:
+    """A TLS relay accepts its control connections itself: when accept() fails (here
+    RLIMIT_NOFILE 64 and 100 silent connections, no per-source limit) it says so once
+    and pauses, and serves again once descriptors are free."""
+    relay = procs.start(["sh", "-c", 'ulimit -n 64 && exec "$@"', "sh", *relay_command(),
+                         "--bind", HOST, "--event-loop", loop, "--tls-cert",
+                         str(certs.server_cert), "--tls-key", str(certs.server_key),
+                         "--max-pending-registrations-per-source", "0", str(free_port())],
+                        "relay")
+    _, match = relay.wait_line(SERVING)
+    control = int(match.group(1))
+    silent = [socket.create_connection((HOST, control), timeout=10) for _ in range(100)]
+    try:
+        relay.wait_line(r"cannot accept on the control port \(\[Errno 24\] Too many open "
+                        r"files\); pausing 1 s")
+    finally:
+        for sock in silent:
+            sock.close()
+    _, public = procs.forwarder(control, echo_port, "--tls-ca", str(certs.ca))
+    assert echo_roundtrip(public) == b"ping through the relay\n"
+    assert relay.alive()
 
 
 def test_mutual_tls_from_the_command_line(procs: Processes, echo_port: int,

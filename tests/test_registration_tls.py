@@ -1,4 +1,7 @@
-"""TLS on the control connection, with real certificates made by openssl at test time."""
+"""TLS on the control connection, with real certificates made by openssl at test time.
+
+Every test runs on asyncio's own loop and on uvloop.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +11,27 @@ import ssl
 from pathlib import Path
 
 import pytest
+import uvloop
 from conftest import require_program
 from registration_support import PUBLIC_CLIENT, Certificates, listening_ports, make_certificates
 
 import relay
 from relay.api import TLSError
+from relay.limits import Limits
 from relay.protocol import RegistrationError
 from relay.server import RelayServer
 from relay.tls import TLSConfigError, client_context, server_context
 
 HOST = "127.0.0.1"
+OTHER = "127.0.0.2"
 SECRET = "tls and a secret together"
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    if request.param == "uvloop":
+        return uvloop.EventLoopPolicy()
+    return asyncio.DefaultEventLoopPolicy()
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +90,8 @@ async def test_wrong_host_name_fails_clearly(certs: Certificates) -> None:
                                      server_hostname="relay.example")
 
 
-async def test_plaintext_client_gets_nothing_useful(certs: Certificates) -> None:
+async def test_plaintext_client_gets_nothing_useful(
+        certs: Certificates, caplog: pytest.LogCaptureFixture) -> None:
     tls = server_context(certs.server_cert, certs.server_key)
     async with RelayServer(0, host=HOST, secret=SECRET, ssl=tls,
                            handshake_timeout=0.5) as server:
@@ -95,6 +109,8 @@ async def test_plaintext_client_gets_nothing_useful(certs: Certificates) -> None
             await writer.wait_closed()
         assert listening_ports(os.getpid()) == before
         assert server.sessions == []
+        assert "failed: no complete TLS handshake within 0.5 s" in caplog.text
+        assert "failed: not TLS" in caplog.text
         # Our own client without TLS: a clear failure, not a hang.
         with pytest.raises(RegistrationError, match="closed the connection before sending"):
             await relay.start_server(echo_handler, HOST, server.port, secret=SECRET,
@@ -108,17 +124,93 @@ async def test_tls_client_against_a_plaintext_relay(certs: Certificates) -> None
                                      ssl=client_context(certs.ca))
 
 
-async def test_mutual_tls(certs: Certificates) -> None:
+async def test_mutual_tls(certs: Certificates, caplog: pytest.LogCaptureFixture) -> None:
     tls = server_context(certs.server_cert, certs.server_key, client_ca=certs.ca)
     async with RelayServer(0, host=HOST, ssl=tls) as server:
         with pytest.raises(RegistrationError, match=r"requires? a client certificate"):
             await relay.start_server(echo_handler, HOST, server.port,
                                      ssl=client_context(certs.ca), connect_timeout=5)
         assert server.sessions == []
+        assert "no acceptable client certificate" in caplog.text
         with_cert = client_context(certs.ca, certs.client_cert, certs.client_key)
         async with await relay.start_server(echo_handler, HOST, server.port,
                                             ssl=with_cert) as served:
             assert await roundtrip(served.public_port) == b"over TLS\n"
+
+
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["seed", "v2"])
+async def test_unfinished_tls_handshakes_count_per_source(
+        certs: Certificates, secret: str | None, caplog: pytest.LogCaptureFixture) -> None:
+    """Connections that never send a ClientHello hold a slot of their source from accept
+    on: beyond the limit they are closed at once, another address still registers, and
+    the slots come back at the handshake timeout."""
+    limit, timeout = 4, 1.5
+    tls = server_context(certs.server_cert, certs.server_key)
+    async with RelayServer(0, host=HOST, ssl=tls, secret=secret, handshake_timeout=timeout,
+                           limits=Limits(max_pending_registrations_per_source=limit)) as server:
+        silent = [await asyncio.open_connection(HOST, server.port) for _ in range(3 * limit)]
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            ends = await asyncio.gather(*(closed_within(reader, 0.5) for reader, _ in silent))
+            assert ends == [False] * limit + [True] * (2 * limit)
+            assert server.registering.held(HOST) == limit
+            assert "still in their handshake" in caplog.text
+
+            with_tls = client_context(certs.ca)
+            async with await relay.start_server(echo_handler, HOST, server.port, secret=secret,
+                                                ssl=with_tls, local_addr=(OTHER, 0)) as served:
+                assert await roundtrip(served.public_port) == b"over TLS\n"
+
+            # The relay drops the silent ones at the handshake timeout, and their slots
+            # come back: the first source registers again.
+            assert all(await asyncio.gather(
+                *(closed_within(reader, timeout + 2) for reader, _ in silent[:limit])))
+            assert loop.time() - started >= timeout - 0.1
+            assert server.registering.held(HOST) == 0
+            assert f"no complete TLS handshake within {timeout:g} s" in caplog.text
+            async with await relay.start_server(echo_handler, HOST, server.port, secret=secret,
+                                                ssl=with_tls) as served:
+                assert await roundtrip(served.public_port) == b"over TLS\n"
+        finally:
+            for _, writer in silent:
+                writer.close()
+
+
+async def test_unfinished_tls_handshakes_count_in_the_relay_total(certs: Certificates) -> None:
+    """The relay-wide limit of registrations in progress counts TLS handshakes too; a
+    client that gives up during its handshake gives its place back at once."""
+    tls = server_context(certs.server_cert, certs.server_key)
+    async with RelayServer(0, host=HOST, ssl=tls, max_pending=3,
+                           limits=Limits(max_pending_registrations_per_source=0)) as server:
+        silent = [await asyncio.open_connection(HOST, server.port) for _ in range(5)]
+        try:
+            ends = await asyncio.gather(*(closed_within(reader, 0.5) for reader, _ in silent))
+            assert ends == [False] * 3 + [True] * 2
+            with pytest.raises(TLSError, match="closed the connection during the TLS handshake"):
+                await relay.start_server(echo_handler, HOST, server.port, connect_timeout=5,
+                                         ssl=client_context(certs.ca), local_addr=(OTHER, 0))
+            silent[0][1].close()
+            await asyncio.sleep(0.2)
+            async with await relay.start_server(echo_handler, HOST, server.port,
+                                                ssl=client_context(certs.ca),
+                                                local_addr=(OTHER, 0)) as served:
+                assert await roundtrip(served.public_port) == b"over TLS\n"
+        finally:
+            for _, writer in silent:
+                writer.close()
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """Did the relay close this connection (EOF or reset) within ``seconds``, sending nothing?"""
+    try:
+        data = await asyncio.wait_for(reader.read(), seconds)
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    assert data == b""
+    return True
 
 
 def test_unusable_files_are_named(tmp_path: Path, certs: Certificates) -> None:

@@ -28,6 +28,7 @@ from relay.handshake import (
 )
 from relay.protocol import RegistrationError, RelayRefusedError
 from relay.server import RelayServer
+from relay_support import free_port_block
 
 HOST = "127.0.0.1"
 SECRET = "correct horse battery staple"
@@ -149,7 +150,12 @@ async def test_altered_response_is_refused() -> None:
     (b"relay/2 port=1 port=2\n", b"error: bad response: field 'port' twice"),
     (b"relay/2 name=web\n", b"error: auth failed: this relay requires a secret"),
     (b"x" * 2000, b"error: bad response: response line longer than 1023 bytes"),
-], ids=["version", "unknown-key", "bad-port", "duplicate", "no-proof", "too-long"])
+    (b"relay/2 service=web proof=" + b"0" * 64 + b"\n",
+     b"error: bad response: service= needs name="),
+    (b"relay/2 name=a service=a/b proof=" + b"0" * 64 + b"\n",
+     b"error: bad response: service= must be 1-64 of"),
+], ids=["version", "unknown-key", "bad-port", "duplicate", "no-proof", "too-long",
+        "service-without-name", "bad-service"])
 async def test_malformed_responses_get_a_reason(response: bytes, reason: bytes) -> None:
     async with RelayServer(0, host=HOST, secret=SECRET) as server:
         reader, writer, _ = await raw_greeting(server.port)
@@ -209,11 +215,36 @@ async def test_v2_client_options_on_a_seed_relay_warn(caplog: pytest.LogCaptureF
     assert "a secret not used" in caplog.text
 
 
+async def test_require_v2_refuses_a_seed_relay_and_registers_with_a_v2_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The opt-in against a downgrade: a port line first is an error, not seed mode."""
+    async with RelayServer(0, host=HOST) as seed:
+        before = listening_ports(os.getpid())
+        for options in ({"secret": SECRET}, {}):
+            with pytest.raises(relay.SeedRelayError,
+                               match=r"did not offer registration v2 \(it sent a port line"):
+                await relay.start_server(echo_handler, HOST, seed.port, require_v2=True,
+                                         **options)
+        # The seed relay had opened a port for each; it closes them when we hang up.
+        for _ in range(100):
+            if not seed.sessions and listening_ports(os.getpid()) == before:
+                break
+            await asyncio.sleep(0.05)
+        assert seed.sessions == []
+        assert listening_ports(os.getpid()) == before
+    assert "the relay speaks the seed protocol" not in caplog.text  # refused, not fallen back
+    for relay_options in ({"secret": SECRET}, {"protocol": "v2"}):
+        async with RelayServer(0, host=HOST, **relay_options) as server, \
+                await relay.start_server(echo_handler, HOST, server.port, require_v2=True,
+                                         secret=relay_options.get("secret")) as served:
+            assert await roundtrip(served.public_port) == b"hello through v2\n"
+
+
 # ------------------------------------------------------------------ public ports
 
 
 async def test_requested_port_inside_the_range_and_refusals() -> None:
-    low = 20000 + os.getpid() % 20000
+    low, _ = free_port_block(5)
     async with RelayServer(0, host=HOST, secret=SECRET, port_range=(low, low + 4)) as server:
         async with await relay.start_server(echo_handler, HOST, server.port, secret=SECRET,
                                             public_port=low + 3) as served:
@@ -227,7 +258,7 @@ async def test_requested_port_inside_the_range_and_refusals() -> None:
 
 
 async def test_auth_file_clients_and_their_ports(tmp_path: Path) -> None:
-    low = 20000 + os.getpid() % 20000
+    low, _ = free_port_block(2)
     auth_file = tmp_path / "auth.toml"
     (tmp_path / "bob.secret").write_text("bob's own secret\n")
     auth_file.write_text(f"""
@@ -364,19 +395,26 @@ async def test_closing_the_relay_drops_pending_challenges() -> None:
     await close_writer(writer)
 
 
+NAMES = st.from_regex(r"[A-Za-z0-9._@-]{1,64}", fullmatch=True)
+
+
 @given(
-    name=st.none() | st.from_regex(r"[A-Za-z0-9._@-]{1,64}", fullmatch=True),
+    name=st.none() | NAMES,
+    service=st.none() | NAMES,
     port=st.none() | st.integers(1, 65535),
     client_addr=st.booleans(),
     secret=st.binary(min_size=8, max_size=64),
 )
-def test_response_roundtrip(name: str | None, port: int | None, client_addr: bool,
-                            secret: bytes) -> None:
+def test_response_roundtrip(name: str | None, service: str | None, port: int | None,
+                            client_addr: bool, secret: bytes) -> None:
     from relay.handshake import Challenge, parse_response, proof_matches
     challenge = Challenge.fresh(auth_required=True)
-    line = response_line(challenge, secret=secret, name=name, port=port, client_addr=client_addr)
+    service = service if name is not None else None
+    line = response_line(challenge, secret=secret, name=name, service=service, port=port,
+                         client_addr=client_addr)
     response = parse_response(line.rstrip(b"\n"), challenge)
-    assert (response.name, response.port, response.client_addr) == (name, port, client_addr)
+    assert (response.name, response.service, response.port, response.client_addr) == (
+        name, service, port, client_addr)
     assert proof_matches(secret, challenge.nonce, response)
     assert not proof_matches(secret + b"x", challenge.nonce, response)
     assert not proof_matches(secret, Challenge.fresh(True).nonce, response)
@@ -477,3 +515,37 @@ def test_every_v2_error_is_a_relay_error() -> None:
         assert issubclass(error, RelayError), error
     assert issubclass(AuthConfigError, ValueError)  # a bad secret or auth file, not a refusal
     assert not issubclass(AuthConfigError, RegistrationError)
+
+
+def test_service_is_refused_when_the_relay_did_not_offer_it() -> None:
+    from relay.handshake import Challenge, parse_response
+    older = Challenge(Challenge.fresh(auth_required=False).nonce, auth_required=False,
+                      features=frozenset({"client-addr"}))
+    with pytest.raises(HandshakeError, match="service was not offered"):
+        parse_response(b"relay/2 name=alice service=redis", older)
+
+
+async def test_client_leaves_service_out_when_the_relay_does_not_offer_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A relay whose challenge lists no ``service`` feature (an older v2 relay) gets no
+    ``service=``: the client registers, sharing its client's identity, and says so."""
+    responses: list[bytes] = []
+
+    async def older_relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"error: v2 needed: upgrade; relay/2 nonce=" + b"ab" * 32
+                     + b" auth=none features=client-addr\n")
+        responses.append(await reader.readline())
+        writer.write(b"error: enough\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(older_relay, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(RelayRefusedError, match="enough"):
+            await relay.api.register_v2(HOST, port, name="alice", service="redis")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert responses == [b"relay/2 name=alice\n"]
+    assert "does not offer per-service identities" in caplog.text

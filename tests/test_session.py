@@ -9,6 +9,7 @@ import random
 import socket
 
 import pytest
+import uvloop
 
 import yamux
 from yamux.const import Flag, FrameType, GoAwayCode
@@ -41,6 +42,19 @@ async def test_ping_round_trip_both_ways() -> None:
     async with session_pair() as (client, server):
         assert 0 < await client.ping() < 1
         assert 0 < await server.ping() < 1
+
+
+def test_ping_round_trips_are_not_rounded_to_the_loops_clock_on_uvloop() -> None:
+    """uvloop's loop.time() counts milliseconds; a loopback round trip must not read as 0."""
+    async def pings() -> list[float]:
+        async with session_pair() as (client, _server):
+            rtts = [await client.ping() for _ in range(5)]
+            assert client.last_rtt == rtts[-1]
+            return rtts
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        rtts = runner.run(pings())
+    assert all(0 < rtt < 0.5 for rtt in rtts), rtts
 
 
 async def test_ping_times_out_when_peer_stalls_and_late_pong_is_ignored() -> None:

@@ -41,6 +41,7 @@ from .events import (
     StreamReset,
     WindowUpdated,
 )
+from .flow import WindowBudget
 from .frame import Frame, FrameDecoder
 from .server import Server, start_server
 from .session import Session
@@ -91,6 +92,7 @@ __all__ = [
     "StreamTimeoutError",
     "TaskOwner",
     "TooManyStreamsError",
+    "WindowBudget",
     "WindowUpdated",
     "YamuxError",
     "connect",

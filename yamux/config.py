@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .const import INITIAL_STREAM_WINDOW
 from .errors import ConfigError
+from .flow import WindowBudget
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,11 @@ class Config:
     max_session_window: int = 64 * 1024 * 1024
     """With window_autotune: growth stops while the sum of the session's stream windows
     would pass this (each stream's first 256 KiB is the protocol's and always granted)."""
+    window_budget: WindowBudget | None = None
+    """With window_autotune: a budget shared by every session built with this Config (and
+    its replace() copies), counted like max_session_window, so that many sessions together
+    pin at most its limit beyond their streams' first 256 KiB; e.g. one per process.
+    None: each session is bounded by max_session_window alone."""
     stream_open_timeout: float = 75.0
     """An opened stream not ACKed in time ends the session (as hashicorp does); 0 disables."""
     stream_close_timeout: float = 300.0
@@ -86,6 +92,9 @@ class Config:
             raise ConfigError(
                 f"max_session_window must be an integer >= {INITIAL_STREAM_WINDOW}, got {budget!r}"
             )
+        if self.window_budget is not None and not isinstance(self.window_budget, WindowBudget):
+            raise ConfigError(f"window_budget must be a yamux.WindowBudget or None, "
+                              f"got {self.window_budget!r}")
 
     def replace(self, **changes: object) -> Config:
         """A copy with some fields changed, validated again."""

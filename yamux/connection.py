@@ -109,7 +109,7 @@ class Connection:
         self._stream_window = self.config.max_stream_window_size
         if self.config.window_autotune:
             self.tuner = WindowTuner(self.config.max_stream_window_size,
-                                     self.config.max_session_window)
+                                     self.config.max_session_window, self.config.window_budget)
             self._stream_window = INITIAL_STREAM_WINDOW
         self._ping_id = 0
         self.unacked_outbound = 0
@@ -498,12 +498,12 @@ class Connection:
         rec.state.process(opening)
         self._streams[stream_id] = rec
         if self.tuner is not None:
-            self.tuner.used += self._stream_window
+            self.tuner.stream_opened(self._stream_window)
         return rec
 
     def _forget(self, rec: _StreamRecord) -> None:
         if self._streams.pop(rec.id, None) is not None and self.tuner is not None:
-            self.tuner.used -= rec.recv.max_window
+            self.tuner.stream_closed(rec.recv.max_window)
         self._sendable.pop(rec.id, None)
         rec.out.clear()
         handshake = rec.state.handshake

@@ -20,12 +20,18 @@ doubles, up to ``max_stream_window_size``, taken from a per-session budget
 (``max_session_window``) that the sum of all windows never exceeds beyond the
 256 KiB every stream starts with. A stream whose updates come after a long
 pause gets half its window back (it grants less), returning budget.
+
+A per-session budget still lets N sessions pin N times it, so sessions may also
+share one ``WindowBudget`` (``Config.window_budget``, e.g. one per process):
+growth then needs room in both, and shrinking or a stream's end returns to
+both. Only the tuner touches either budget: the connection reports streams
+opening and closing through ``stream_opened`` and ``stream_closed``.
 """
 
 from __future__ import annotations
 
 from .const import INITIAL_STREAM_WINDOW
-from .errors import ProtocolError
+from .errors import ConfigError, ProtocolError
 
 GROW_WITHIN_RTTS = 4
 """Double the window when its next update is due within this many round trips."""
@@ -35,19 +41,43 @@ IDLE_AFTER_MIN = 1.0
 """... and at least this many seconds."""
 
 
-class WindowTuner:
-    """A session's auto-tuning policy, its round-trip estimate and its window budget.
+class WindowBudget:
+    """Receive-window bytes that several sessions' tuners draw on together.
 
-    ``used`` is the sum of the receive windows of the session's live streams:
-    256 KiB each at open (the protocol grants that much whatever we want), plus
+    ``used`` sums the windows of every live stream of those sessions: 256 KiB
+    each at open (the protocol grants that much whatever we want), plus
     growth, which is only granted while ``used`` stays within ``limit``.
     """
 
-    __slots__ = ("limit", "max_window", "rtt", "used")
+    __slots__ = ("limit", "used")
 
-    def __init__(self, max_window: int, limit: int) -> None:
+    def __init__(self, limit: int) -> None:
+        if type(limit) is not int or limit < INITIAL_STREAM_WINDOW:
+            raise ConfigError(
+                f"window budget limit must be an integer >= {INITIAL_STREAM_WINDOW}, "
+                f"got {limit!r}"
+            )
+        self.limit = limit
+        self.used = 0
+
+    def __repr__(self) -> str:
+        return f"WindowBudget(limit={self.limit}, used={self.used})"
+
+
+class WindowTuner:
+    """A session's auto-tuning policy, its round-trip estimate and its window budget.
+
+    ``used`` and ``limit`` are the session's own budget, counted like a
+    WindowBudget's; ``shared``, if any, is a budget it shares with other
+    sessions.
+    """
+
+    __slots__ = ("limit", "max_window", "rtt", "shared", "used")
+
+    def __init__(self, max_window: int, limit: int, shared: WindowBudget | None = None) -> None:
         self.max_window = max_window
         self.limit = limit
+        self.shared = shared
         self.rtt: float | None = None
         """Smoothed round-trip time in seconds, from the session's pings; None: unknown."""
         self.used = 0
@@ -57,21 +87,37 @@ class WindowTuner:
         """Whether windows may ever exceed 256 KiB (else the wire is hashicorp's exactly)."""
         return self.max_window > INITIAL_STREAM_WINDOW
 
+    def stream_opened(self, window: int) -> None:
+        """A stream with a receive window of ``window`` bytes now counts against the budgets."""
+        self._count(window)
+
+    def stream_closed(self, window: int) -> None:
+        """A stream whose window was ``window`` bytes ended: its window returns to the budgets."""
+        self._count(-window)
+
     def resize(self, window: int, since_last_update: float) -> int:
         """The window for an update due now, ``since_last_update`` seconds after the previous."""
         rtt = self.rtt
         if rtt is not None and since_last_update < GROW_WITHIN_RTTS * rtt:
             extra = min(window, self.max_window - window, self.limit - self.used)
+            shared = self.shared
+            if shared is not None:
+                extra = min(extra, shared.limit - shared.used)
             if extra > 0:
-                self.used += extra
+                self._count(extra)
                 return window + extra
             return window
         idle_after = max(IDLE_AFTER_MIN, IDLE_AFTER_RTTS * rtt if rtt is not None else 0.0)
         if since_last_update > idle_after and window > INITIAL_STREAM_WINDOW:
             smaller = max(INITIAL_STREAM_WINDOW, window // 2)
-            self.used -= window - smaller
+            self._count(smaller - window)
             return smaller
         return window
+
+    def _count(self, change: int) -> None:
+        self.used += change
+        if self.shared is not None:
+            self.shared.used += change
 
 
 class ReceiveWindow:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, assert_never
@@ -307,7 +308,7 @@ class Session(asyncio.Protocol):
 
     def consume(self, stream_id: int, length: int) -> None:
         core = self._core
-        core.consume(stream_id, length, self._loop.time())
+        core.consume(stream_id, length, time.perf_counter())  # the clock of the RTTs
         tuner = core.tuner
         if tuner is not None and tuner.rtt is None and not self._rtt_probed and tuner.can_grow:
             # Measured once data flows, not at session start: until then the wire is the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 
@@ -76,7 +77,11 @@ class WriteStallWatch:
 
 
 class PingTimes:
-    """Pings awaiting their pong: each one's future and when it went out."""
+    """Pings awaiting their pong: each one's future and when it went out.
+
+    Timed with ``time.perf_counter``, not the loop's clock: uvloop's ``loop.time()``
+    counts whole milliseconds, so a loopback or LAN round trip would read as 0.
+    """
 
     __slots__ = ("_loop", "_pending", "last")
 
@@ -89,7 +94,7 @@ class PingTimes:
     def start(self, opaque: int) -> asyncio.Future[float]:
         """A future for the seconds from now until ``pong(opaque)``; ``discard`` it after."""
         future: asyncio.Future[float] = self._loop.create_future()
-        self._pending[opaque] = (future, self._loop.time())
+        self._pending[opaque] = (future, time.perf_counter())
         return future
 
     def discard(self, opaque: int) -> None:
@@ -101,7 +106,7 @@ class PingTimes:
         if entry is None:
             return False
         if not entry[0].done():
-            self.last = self._loop.time() - entry[1]
+            self.last = time.perf_counter() - entry[1]
             entry[0].set_result(self.last)
         return True
 

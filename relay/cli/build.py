@@ -25,6 +25,7 @@ from .registry import loaded_config
 
 
 def yamux_config(opts: dict[str, Any]) -> yamux.Config:
+    """The sessions' settings; with auto-tuning, all sessions share one --max-total-window."""
     try:
         return yamux.Config(
             keepalive_interval=opts["keepalive_interval"],
@@ -32,6 +33,8 @@ def yamux_config(opts: dict[str, Any]) -> yamux.Config:
             max_stream_window_size=opts["max_stream_window"],
             max_session_window=opts["max_session_window"],
             window_autotune=opts["window_autotune"],
+            window_budget=(yamux.WindowBudget(opts["max_total_window"])
+                           if opts["window_autotune"] else None),
         )
     except yamux.ConfigError as exc:
         raise click.UsageError(str(exc)) from None
@@ -157,7 +160,7 @@ def build_forwarder(ctx: click.Context, host: str, port: int, services: Sequence
             secret=secret, client_name=opts["client_name"], ssl=tls,
             tls_server_name=opts["tls_server_name"],
             proxy_protocol=PROXY_VERSIONS.get(opts["proxy_protocol"] or ""),
-            on_endpoint=ReadyWhenAllRegistered(len(forwarded)),
+            require_v2=opts["require_v2"], on_endpoint=ReadyWhenAllRegistered(len(forwarded)),
         )
     except ValueError as exc:
         raise click.UsageError(str(exc), ctx) from None

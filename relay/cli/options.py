@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from yamux.const import INITIAL_STREAM_WINDOW
+
 from .. import drain, logs
 from ..forwarder import DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_HOST
 from ..leases import DEFAULT_LEASE_TTL
@@ -114,6 +116,10 @@ option("--tls-server-name", metavar="NAME", group=FORWARDER,
 option("--proxy-protocol", type=click.Choice(tuple(PROXY_VERSIONS)), group=FORWARDER,
        help="Send the local service a PROXY protocol header (v1 text, v2 binary) with the "
             "public client's address before the first byte.")
+option("--require-v2", is_flag=True, group=FORWARDER,
+       help="Refuse a relay that does not offer registration v2 (one that sends its port line "
+            "at once: the seed protocol, no authentication) instead of registering in seed "
+            "mode; without TLS someone in between could remove the relay's challenge.")
 
 # -- registration secrets and TLS files: the relay's and the forwarder's
 option("--secret", metavar="SECRET", group=COMMON,
@@ -145,6 +151,11 @@ option("--max-session-window", type=ByteSize(), default="64MiB", show_default=Tr
        group=COMMON,
        help="With --window-autotune: windows grow only while the sum of one session's stream "
             "windows stays within this (each stream's first 256 KiB always counts).")
+option("--max-total-window", type=ByteSize(minimum=INITIAL_STREAM_WINDOW), default="256MiB",
+       show_default=True, group=COMMON,
+       help="With --window-autotune: the same bound for all sessions of this process together "
+            "(every registration, every reconnect), so many sessions cannot pin many times "
+            "--max-session-window. At least 256KiB.")
 option("--window-autotune/--no-window-autotune", default=True, show_default=True,
        group=COMMON,
        help="Grow stream windows as measured (needs --max-stream-window above 256KiB); "

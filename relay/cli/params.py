@@ -62,9 +62,16 @@ SIZE_UNITS: Final = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20,
 
 
 class ByteSize(click.ParamType):  # type: ignore[type-arg]
-    """A size in bytes: a plain integer, or with a binary unit (``256KiB``, ``16MiB``, ``1GiB``)."""
+    """A size in bytes: a plain integer, or with a binary unit (``256KiB``, ``16MiB``, ``1GiB``).
+
+    With ``minimum``, a smaller size is an error of this option (the flag, env var or
+    config file it came from is named), not of the yamux field it ends up in.
+    """
 
     name = "SIZE"
+
+    def __init__(self, minimum: int = 0) -> None:
+        self.minimum = minimum
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> int:
@@ -76,5 +83,8 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
         if not number.isdigit() or unit is None:
             self.fail(f"{value!r} is not a size: bytes, or a number with KiB, MiB or GiB",
                       param, ctx)
-        return int(number) * unit
+        size = int(number) * unit
+        if size < self.minimum:
+            self.fail(f"{value!r} is less than the minimum of {self.minimum} bytes", param, ctx)
+        return size
 

@@ -1,0 +1,204 @@
+"""The control port of a TLS relay: a connection is a pending registration from accept on.
+
+``loop.create_server(ssl=...)`` runs the TLS handshake before our protocol sees
+the connection, so unfinished handshakes were counted nowhere: one address
+could hold thousands, each with its TLS read buffer (256 KiB on asyncio's
+loop), until the handshake timeout. Here the relay accepts plain TCP itself
+and admits a connection before anything is allocated for it: it takes a place
+among the relay's pending registrations (``--max-pending``, all sources) and a
+slot of its source (``--max-pending-registrations-per-source``), or it is
+closed at once. Only then does its TLS handshake run
+(``loop.connect_accepted_socket(ssl=...)``, on asyncio's loop and on uvloop).
+
+When the handshake completes, the connection gives its place and slot back and
+goes to the control protocol (seed or v2), which takes its own in the same
+callback, as for a plaintext connection: no other connection can slip in
+between. A failed or timed-out handshake ends only that connection, with a
+rate-limited log line that says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+
+import yamux
+from yamux.ratelimit import RateLimitedLog
+
+from .limits import PendingRegistration, SourceSlots, source_of
+from .tls import describe_client_tls_error
+
+logger = logging.getLogger("relay.tls")
+
+ACCEPT_PAUSE = 1.0
+"""Seconds without accepting after accept() failed, e.g. out of file descriptors
+(asyncio's own servers pause as long)."""
+
+
+class TLSListener:
+    """Accepts TCP on ``sock``, admits each connection, then runs its TLS handshake.
+
+    The shape of ``asyncio.Server`` that the relay uses: ``sockets``, ``close()``
+    (stop accepting; handshakes in progress go on) and ``wait_closed()``.
+
+    ``refused(peer, kind, reason)`` logs and counts a refusal (the relay's
+    rate-limited log); ``protocol_factory`` makes the control protocol that a
+    connection goes to once its handshake is done; ``log`` takes the lines of
+    failed handshakes.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        context: ssl.SSLContext,
+        *,
+        timeout: float,
+        pending: set[PendingRegistration],
+        max_pending: int,
+        per_source: SourceSlots,
+        busy_reason: Callable[[str], str],
+        refused: Callable[[str, str, str], None],
+        peer: Callable[[object], str],
+        protocol_factory: Callable[[], asyncio.Protocol],
+        log: RateLimitedLog,
+    ) -> None:
+        self._sock: socket.socket | None = sock
+        self._context = context
+        self._timeout = timeout
+        self._pending = pending
+        self._max_pending = max_pending
+        self._per_source = per_source
+        self._busy_reason = busy_reason
+        self._refused = refused
+        self._peer = peer
+        self._protocol_factory = protocol_factory
+        self._log = log
+        self._accepting = yamux.TaskOwner(logger)
+        """The accept loop."""
+        self._handshakes = yamux.TaskOwner(logger)
+        """One task per admitted connection, until its handshake is done."""
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return () if self._sock is None else (self._sock,)
+
+    def start(self) -> None:
+        assert self._sock is not None
+        self._accepting.spawn(self._accept(self._sock), name="relay-tls-accept")
+
+    def close(self) -> None:
+        """Stop accepting (the port is free at once); handshakes in progress go on."""
+        if self._sock is None:
+            return
+        self._accepting.cancel()
+        self._sock.close()
+        self._sock = None
+
+    async def wait_closed(self) -> None:
+        await self._accepting.wait()
+        await self._handshakes.wait()
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, address = await loop.sock_accept(sock)
+            except ConnectionAbortedError:
+                continue  # the client gave up before we accepted
+            except OSError as exc:  # out of file descriptors or memory, most likely
+                self._log.log(logging.ERROR, "accept", "cannot accept on the control port "
+                              "(%s); pausing %g s", exc, ACCEPT_PAUSE)
+                await asyncio.sleep(ACCEPT_PAUSE)
+                continue
+            self._admit(conn, address)
+
+    def _admit(self, conn: socket.socket, address: object) -> None:
+        """Take a pending place and a slot of the source, or close at once."""
+        peer = self._peer(address)
+        source = source_of(address)
+        if len(self._pending) >= self._max_pending:
+            conn.close()
+            self._refused(peer, "registrations in progress",
+                          f"too many registrations in progress ({len(self._pending)})")
+            return
+        if not self._per_source.acquire(source):
+            conn.close()
+            self._refused(peer, "registrations in handshake per source",
+                          self._busy_reason(source))
+            return
+        handshake = _Handshake(conn, source, self._hand_over, self._release)
+        self._pending.add(handshake)
+        handshake.task = self._handshakes.spawn(
+            self._handshake(handshake, peer), name="relay-tls-handshake",
+            on_done=handshake.ended)
+
+    async def _handshake(self, handshake: _Handshake, peer: str) -> None:
+        conn = handshake.take_socket()
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: handshake, conn, ssl=self._context,
+                ssl_handshake_timeout=self._timeout)
+        except OSError as exc:  # ssl.SSLError, the handshake timeout, a reset
+            reason = describe_client_tls_error(exc, self._timeout)
+            self._log.log(logging.WARNING, f"tls: {type(exc).__name__}",
+                          "TLS handshake with %s failed: %s; connection closed",
+                          peer, reason, extra={"peer": peer, "reason": reason})
+
+    def _hand_over(self, transport: asyncio.BaseTransport) -> None:
+        protocol = self._protocol_factory()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+    def _release(self, handshake: _Handshake) -> None:
+        self._pending.discard(handshake)
+        self._per_source.release(handshake.source)
+
+
+class _Handshake(asyncio.Protocol):
+    """One admitted connection during its TLS handshake: a pending registration.
+
+    It is the protocol that ``connect_accepted_socket`` hands the TLS transport
+    to when the handshake completes; it gives its place and slot back exactly
+    once, then hands the transport over (or, if the handshake failed, only
+    gives them back when its task ends).
+    """
+
+    def __init__(self, conn: socket.socket, source: str,
+                 hand_over: Callable[[asyncio.BaseTransport], None],
+                 release: Callable[[_Handshake], None]) -> None:
+        self._conn: socket.socket | None = conn
+        """Ours until the handshake task takes it."""
+        self.source = source
+        self._hand_over = hand_over
+        self._release: Callable[[_Handshake], None] | None = release
+        self.task: asyncio.Task[None] | None = None
+
+    def take_socket(self) -> socket.socket:
+        conn, self._conn = self._conn, None
+        assert conn is not None
+        return conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """The handshake is done: on to the control protocol, before any byte is read."""
+        self._give_back()
+        self._hand_over(transport)
+
+    def ended(self, task: asyncio.Task[None]) -> None:
+        """The task's end, even one cancelled before it ran (the socket is still ours)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._give_back()
+
+    def abort(self) -> None:
+        """The relay is closing."""
+        if self.task is not None:
+            self.task.cancel()
+
+    def _give_back(self) -> None:
+        if self._release is not None:
+            release, self._release = self._release, None
+            release(self)
