@@ -50,7 +50,10 @@ function readPortLine (socket) {
 async function streamToSocket (stream, socket) {
   for await (const chunk of stream) {
     if (!socket.write(chunk.subarray())) {
-      await new Promise(resolve => socket.once('drain', resolve))
+      await new Promise(resolve => {
+        const done = () => { socket.off('drain', done).off('close', done); resolve() }
+        socket.on('drain', done).on('close', done)
+      })
     }
   }
   socket.end()
@@ -64,6 +67,13 @@ async function socketToStream (socket, stream) {
   await stream.close()
 }
 
+/**
+ * Pipe one relayed stream to a new connection to the local service. Both copies start at
+ * once, in the 'stream' event: a libp2p stream's async iterator listens for the remote FIN
+ * only from its first next() on, so one started after the FIN arrived (a whole short
+ * request can, while the local connect is still under way) never ends. Node queues what
+ * is written to the socket (and its end) until it is connected.
+ */
 function serve (stream, local) {
   const [host, port] = splitAddr(local)
   const socket = net.connect(port, host)
@@ -71,12 +81,10 @@ function serve (stream, local) {
     console.error(`forwarder: local ${local}: ${err.message}`)
     stream.abort(err)
   })
-  socket.once('connect', () => {
-    Promise.all([streamToSocket(stream, socket), socketToStream(socket, stream)]).catch(err => {
-      console.error(`forwarder: stream ${stream.id}: ${err.message}`)
-      stream.abort(err)
-      socket.destroy()
-    })
+  Promise.all([streamToSocket(stream, socket), socketToStream(socket, stream)]).catch(err => {
+    console.error(`forwarder: stream ${stream.id}: ${err.message}`)
+    stream.abort(err)
+    socket.destroy()
   })
 }
 
