@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -89,6 +89,20 @@ class PendingRegistration(Protocol):
 
     def abort(self) -> None:
         """Drop the connection: the relay is closing."""
+
+
+def admission_refused(pending: Collection[PendingRegistration], max_pending: int,
+                      per_source: SourceSlots, source: str,
+                      busy_reason: Callable[[str], str]) -> tuple[str, str] | None:
+    """Admit a control connection as a pending registration: take its source's slot, or
+    say why not, as (kind, reason): all ``max_pending`` places taken, or its source's
+    share. The one rule for a challenged connection and for one in its TLS handshake."""
+    if len(pending) >= max_pending:
+        return ("registrations in progress",
+                f"too many registrations in progress ({len(pending)}); retry later")
+    if not per_source.acquire(source):
+        return "registrations in handshake per source", busy_reason(source)
+    return None
 
 
 class SourceSlots:

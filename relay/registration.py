@@ -18,7 +18,7 @@ from yamux.ratelimit import RateLimitedLog
 
 from .auth import Authenticator, AuthRefused, FailureLimiter, PortSet
 from .handshake import Challenge, HandshakeError, parse_response
-from .limits import PendingRegistration, SourceSlots, source_of
+from .limits import PendingRegistration, SourceSlots, admission_refused, source_of
 from .protocol import MAX_GREETING, error_line
 
 logger = logging.getLogger("relay.registration")
@@ -93,12 +93,10 @@ class ChallengeProtocol(asyncio.Protocol):
             self._refuse(f"too many failed registrations from {source}; retry in {wait:.0f} s",
                          key="blocked", level=logging.DEBUG)
             return
-        if len(self._pending) >= self._max_pending:
-            self._refuse(f"too many registrations in progress ({len(self._pending)}); retry later",
-                         key="busy")
-            return
-        if not self._per_source.acquire(source):
-            self._refuse(self._busy_reason(source), key="busy")
+        refusal = admission_refused(self._pending, self._max_pending, self._per_source, source,
+                                    self._busy_reason)
+        if refusal is not None:
+            self._refuse(refusal[1], key="busy")
             return
         self._source = source
         self._pending.add(self)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import yamux
 from yamux.ratelimit import RateLimitedLog
 
-from .limits import PendingRegistration, SourceSlots, source_of
+from .limits import PendingRegistration, SourceSlots, admission_refused, source_of
 from .tls import describe_client_tls_error
 
 logger = logging.getLogger("relay.tls")
@@ -119,15 +119,11 @@ class TLSListener:
         """Take a pending place and a slot of the source, or close at once."""
         peer = self._peer(address)
         source = source_of(address)
-        if len(self._pending) >= self._max_pending:
+        refusal = admission_refused(self._pending, self._max_pending, self._per_source, source,
+                                    self._busy_reason)
+        if refusal is not None:
             conn.close()
-            self._refused(peer, "registrations in progress",
-                          f"too many registrations in progress ({len(self._pending)})")
-            return
-        if not self._per_source.acquire(source):
-            conn.close()
-            self._refused(peer, "registrations in handshake per source",
-                          self._busy_reason(source))
+            self._refused(peer, *refusal)
             return
         handshake = _Handshake(conn, source, self._hand_over, self._release)
         self._pending.add(handshake)
