@@ -5,7 +5,7 @@ shape, the listener lives on the relay); ``RelayServer`` is the relay itself
 and ``Forwarder`` puts an unmodified local service behind it.
 """
 
-from .api import (
+from .client.api import (
     Registration,
     RelayedServer,
     TLSError,
@@ -13,16 +13,16 @@ from .api import (
     register_v2,
     start_server,
 )
+from .client.forwarder import Forwarder, Service
 from .errors import (
     RegistrationError,
     RelayDisconnectedError,
     RelayError,
     RelayRefusedError,
 )
-from .forwarder import Forwarder, Service
-from .handshake import AuthenticationError, SeedRelayError
-from .ports import NoFreePortError, PortRefusedError
-from .server import RelayServer
+from .server.ports import NoFreePortError, PortRefusedError
+from .server.relay import RelayServer
+from .wire.v2 import AuthenticationError, SeedRelayError
 
 __all__ = [
     "AuthenticationError",

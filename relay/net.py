@@ -102,7 +102,7 @@ def describe_os_error(exc: BaseException) -> str:
 
 class Listener(Protocol):
     """A listener whose port can be read: ``asyncio.Server``, or the TLS control port's
-    ``relay.tls_accept.TLSListener``."""
+    ``relay.server.tls_listener.TLSListener``."""
 
     @property
     def sockets(self) -> Sequence[socket.socket]:

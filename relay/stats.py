@@ -1,4 +1,4 @@
-"""Plain counters the relay and the forwarder keep; ``relay.metrics`` renders them.
+"""Plain counters the relay and the forwarder keep; ``relay.ops.metrics`` renders them.
 
 Kept apart from prometheus_client so the hot path only adds integers, and so
 byte counts of connections still open are read live at scrape time (from the

@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from relay import config as config_file
 from relay.cli import COMMON, FORWARDER, RELAY, option_names
+from relay.ops import config as config_file
 from relay_support import ECHO_SCRIPT, ENDPOINT, HOST, REPO, free_port, relay_command
 
 DEPLOY = REPO / "deploy"

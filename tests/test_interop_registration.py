@@ -19,8 +19,8 @@ from registration_support import ask_proxy_receiver, listening_ports, start_prox
 
 import relay
 from interop import harness
-from relay.forwarder import Forwarder
-from relay.server import RelayServer
+from relay.client.forwarder import Forwarder
+from relay.server.relay import RelayServer
 from relay_support import Processes
 
 pytestmark = [pytest.mark.interop, pytest.mark.e2e]

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import relay
-from relay.api import register_v2
-from relay.auth import parse_auth_clients
-from relay.protocol import RelayRefusedError
-from relay.server import RelayServer
+from relay.client.api import register_v2
+from relay.server.auth import parse_auth_clients
+from relay.server.relay import RelayServer
+from relay.wire.greeting import RelayRefusedError
 from relay_support import echo_roundtrip, free_port_block
 
 HOST = "127.0.0.1"

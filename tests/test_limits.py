@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 import relay
-from relay.limits import IdleWatch, Limits, SourceSlots, share, source_of
+from relay.server.limits import IdleWatch, Limits, SourceSlots, share, source_of
 from relay_support import closed_without_data, relay_command
 
 HOST = "127.0.0.1"

@@ -14,7 +14,7 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay import logs
+from relay.ops import logs
 
 keys = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1, max_size=8)
 values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),

@@ -152,7 +152,7 @@ def test_curl_scrapes_metrics_and_status(procs):
 async def test_config_file_auth_clients_and_refusal_metrics(procs, tmp_path):
     """[[server.clients]] in the config file authenticate; failures and refusals are counted."""
     import relay
-    from relay.handshake import AuthenticationError
+    from relay.wire.v2 import AuthenticationError
 
     config = tmp_path / "relay.toml"
     config.write_text(f'[server]\nbind = "{HOST}"\nmax-sessions = 1\n'

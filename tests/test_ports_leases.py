@@ -11,10 +11,10 @@ from typing import ClassVar
 
 import pytest
 
-from relay.auth import PortSet
-from relay.leases import STORE_NAME, Identity, LeaseStore, StateDirError, check_name
 from relay.net import BindAddress
-from relay.ports import (
+from relay.server.auth import PortSet
+from relay.server.leases import STORE_NAME, Identity, LeaseStore, StateDirError, check_name
+from relay.server.ports import (
     NoFreePortError,
     PortAllocator,
     PortNotAllowedError,

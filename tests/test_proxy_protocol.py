@@ -15,8 +15,9 @@ import pytest
 from conftest import require_program
 from registration_support import PUBLIC_CLIENT, ask_proxy_receiver, start_proxy_receiver
 
-from relay.forwarder import Forwarder
-from relay.proxy_protocol import (
+from relay.client.forwarder import Forwarder
+from relay.server.relay import RelayServer
+from relay.wire.proxy_header import (
     ProxyAddresses,
     addresses_of,
     parse_v2_fixed,
@@ -24,7 +25,6 @@ from relay.proxy_protocol import (
     v1_header,
     v2_header,
 )
-from relay.server import RelayServer
 from relay_support import Processes
 
 HOST = "127.0.0.1"

@@ -41,7 +41,7 @@ def test_relay_errors_share_a_base_and_keep_their_standard_bases() -> None:
 
 def test_every_exception_the_relay_package_defines_derives_from_relay_error() -> None:
     defined = []
-    for info in pkgutil.iter_modules(relay.__path__, "relay."):
+    for info in pkgutil.walk_packages(relay.__path__, "relay."):
         if info.name == "relay.__main__":
             continue
         module = importlib.import_module(info.name)

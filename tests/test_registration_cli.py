@@ -22,7 +22,7 @@ from registration_support import (
     start_proxy_receiver,
 )
 
-from relay.handshake import parse_challenge, response_line
+from relay.wire.v2 import parse_challenge, response_line
 from relay_support import (
     HOST,
     SERVING,

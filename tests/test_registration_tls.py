@@ -16,11 +16,11 @@ from conftest import require_program
 from registration_support import PUBLIC_CLIENT, Certificates, listening_ports, make_certificates
 
 import relay
-from relay.api import TLSError
-from relay.limits import Limits
-from relay.protocol import RegistrationError
-from relay.server import RelayServer
-from relay.tls import TLSConfigError, client_context, server_context
+from relay.client.api import TLSError
+from relay.server.limits import Limits
+from relay.server.relay import RelayServer
+from relay.wire.greeting import RegistrationError
+from relay.wire.tls import TLSConfigError, client_context, server_context
 
 HOST = "127.0.0.1"
 OTHER = "127.0.0.2"

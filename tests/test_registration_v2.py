@@ -18,16 +18,16 @@ from hypothesis import strategies as st
 from registration_support import PUBLIC_CLIENT, listening_ports
 
 import relay
-from relay.auth import AuthConfigError, FailureLimiter, load_auth_file, parse_auth_clients
-from relay.handshake import (
+from relay.server.auth import AuthConfigError, FailureLimiter, load_auth_file, parse_auth_clients
+from relay.server.relay import RelayServer
+from relay.wire.greeting import RegistrationError, RelayRefusedError
+from relay.wire.v2 import (
     AuthenticationError,
     HandshakeError,
     is_challenge,
     parse_challenge,
     response_line,
 )
-from relay.protocol import RegistrationError, RelayRefusedError
-from relay.server import RelayServer
 from relay_support import free_port_block
 
 HOST = "127.0.0.1"
@@ -327,8 +327,8 @@ async def test_without_client_address_streams_carry_only_client_bytes() -> None:
 
 
 def test_challenge_is_never_a_port_line_and_is_versioned() -> None:
-    from relay.handshake import Challenge
-    from relay.protocol import parse_greeting
+    from relay.wire.greeting import parse_greeting
+    from relay.wire.v2 import Challenge
     line = Challenge.fresh(auth_required=True).line()
     assert line.endswith(b"\n")
     assert len(line) < 1024
@@ -350,7 +350,7 @@ def test_the_worked_example_in_the_protocol_document() -> None:
     import re
     from pathlib import Path
 
-    from relay.handshake import Challenge
+    from relay.wire.v2 import Challenge
     doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
     nonce = re.search(r"nonce=([0-9a-f]{64}) auth=required", doc)
     assert nonce is not None
@@ -407,7 +407,7 @@ NAMES = st.from_regex(r"[A-Za-z0-9._@-]{1,64}", fullmatch=True)
 )
 def test_response_roundtrip(name: str | None, service: str | None, port: int | None,
                             client_addr: bool, secret: bytes) -> None:
-    from relay.handshake import Challenge, parse_response, proof_matches
+    from relay.wire.v2 import Challenge, parse_response, proof_matches
     challenge = Challenge.fresh(auth_required=True)
     service = service if name is not None else None
     line = response_line(challenge, secret=secret, name=name, service=service, port=port,
@@ -422,7 +422,7 @@ def test_response_roundtrip(name: str | None, service: str | None, port: int | N
 
 @given(st.binary(max_size=300))
 def test_any_response_bytes_are_refused_with_a_reason_or_parsed(line: bytes) -> None:
-    from relay.handshake import Challenge, parse_response
+    from relay.wire.v2 import Challenge, parse_response
     """Hostile bytes end in HandshakeError with a reason (sent back), never another error."""
     reasons = []
     try:
@@ -451,7 +451,7 @@ async def test_refusals_cannot_flood_the_log(caplog: pytest.LogCaptureFixture) -
 
 
 async def test_unanswered_challenges_are_limited_per_source() -> None:
-    from relay.limits import Limits
+    from relay.server.limits import Limits
     limits = Limits(max_pending_registrations_per_source=2)
     async with RelayServer(0, host=HOST, secret=SECRET, limits=limits) as server:
         held = [await raw_greeting(server.port) for _ in range(2)]
@@ -475,7 +475,7 @@ async def test_unanswered_challenges_are_limited_per_source() -> None:
 
 async def test_one_slot_per_source_from_arrival_until_the_ping_is_answered() -> None:
     """The slot is held across both phases (challenge, then yamux ping) and freed after."""
-    from relay.limits import Limits
+    from relay.server.limits import Limits
     limits = Limits(max_pending_registrations_per_source=1)
     async with RelayServer(0, host=HOST, secret=SECRET, limits=limits) as server:
         async with await relay.start_server(echo_handler, HOST, server.port,
@@ -505,11 +505,11 @@ def test_failure_limiter_is_bounded_and_forgets() -> None:
 
 
 def test_every_v2_error_is_a_relay_error() -> None:
-    from relay.api import TLSError
-    from relay.auth import AuthRefused
+    from relay.client.api import TLSError
     from relay.errors import RelayError
-    from relay.proxy_protocol import ProxyHeaderError
-    from relay.tls import TLSConfigError
+    from relay.server.auth import AuthRefused
+    from relay.wire.proxy_header import ProxyHeaderError
+    from relay.wire.tls import TLSConfigError
     for error in (AuthenticationError, HandshakeError, AuthRefused, TLSError, AuthConfigError,
                   TLSConfigError, ProxyHeaderError):
         assert issubclass(error, RelayError), error
@@ -518,7 +518,7 @@ def test_every_v2_error_is_a_relay_error() -> None:
 
 
 def test_service_is_refused_when_the_relay_did_not_offer_it() -> None:
-    from relay.handshake import Challenge, parse_response
+    from relay.wire.v2 import Challenge, parse_response
     older = Challenge(Challenge.fresh(auth_required=False).nonce, auth_required=False,
                       features=frozenset({"client-addr"}))
     with pytest.raises(HandshakeError, match="service was not offered"):
@@ -543,7 +543,7 @@ async def test_client_leaves_service_out_when_the_relay_does_not_offer_it(
     port = server.sockets[0].getsockname()[1]
     try:
         with pytest.raises(RelayRefusedError, match="enough"):
-            await relay.api.register_v2(HOST, port, name="alice", service="redis")
+            await relay.client.api.register_v2(HOST, port, name="alice", service="redis")
     finally:
         server.close()
         await server.wait_closed()

@@ -17,7 +17,7 @@ import pytest
 import relay
 import yamux
 from relay.errors import RegistrationError
-from relay.protocol import error_line, parse_greeting, port_line
+from relay.wire.greeting import error_line, parse_greeting, port_line
 from yamux.const import Flag, FrameType
 from yamux.frame import encode_header, parse_header
 

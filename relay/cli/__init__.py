@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import click
 
-from .. import drain, logs
+from ..ops import drain, logs
 from .build import build_forwarder, build_server
 from .commands import cli
 from .registry import COMMON, ENV_PREFIX, FORWARDER, RELAY, option, option_names

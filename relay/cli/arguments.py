@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import click
 
-from .. import config as config_file
+from ..ops import config as config_file
 from .registry import FORWARDER, RELAY
 
 

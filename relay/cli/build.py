@@ -10,15 +10,15 @@ import click
 
 import yamux
 
-from .. import sdnotify
-from ..auth import AuthConfigError, Authenticator, parse_auth_clients, read_secret_file
-from ..forwarder import Forwarder, print_endpoint
-from ..forwarder import Service as ForwardedService
-from ..handshake import NAME
-from ..limits import Limits
-from ..notify import NotifyRelay
-from ..server import RelayServer
-from ..tls import TLSConfigError, client_context, server_context
+from ..client.forwarder import Forwarder, print_endpoint
+from ..client.forwarder import Service as ForwardedService
+from ..ops import sdnotify
+from ..server.auth import AuthConfigError, Authenticator, parse_auth_clients, read_secret_file
+from ..server.limits import Limits
+from ..server.notify import NotifyRelay
+from ..server.relay import RelayServer
+from ..wire.tls import TLSConfigError, client_context, server_context
+from ..wire.v2 import NAME
 from .arguments import Service
 from .options import PROXY_VERSIONS
 from .registry import loaded_config

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from .. import config as config_file
+from ..ops import config as config_file
 from .registry import COMMON, CONFIG_META, ENV_PREFIX, FORWARDER, RELAY, GroupedOption, option_names
 
 

@@ -10,18 +10,18 @@ import click
 
 from yamux.const import INITIAL_STREAM_WINDOW
 
-from .. import drain, logs
-from ..forwarder import DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_HOST
-from ..leases import DEFAULT_LEASE_TTL
-from ..limits import DEFAULT_IDLE_TIMEOUT
-from ..ports import DEFAULT_MAX_NAME_LEASES
-from ..reconnect import DEFAULT_RECONNECT_DELAY, DEFAULT_RECONNECT_MAX_DELAY
-from ..server import (
+from ..client.forwarder import DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_HOST
+from ..client.reconnect import DEFAULT_RECONNECT_DELAY, DEFAULT_RECONNECT_MAX_DELAY
+from ..ops import drain, logs
+from ..server.leases import DEFAULT_LEASE_TTL
+from ..server.limits import DEFAULT_IDLE_TIMEOUT
+from ..server.ports import DEFAULT_MAX_NAME_LEASES
+from ..server.relay import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_SESSIONS,
 )
-from ..server import PROTOCOLS as RELAY_PROTOCOLS
+from ..server.relay import PROTOCOLS as RELAY_PROTOCOLS
 from .params import PORT, SECONDS, ByteSize, Endpoint, PortRange
 from .registry import COMMON, FORWARDER, RELAY, option
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from .. import config as config_file
+from ..ops import config as config_file
 
 ENV_PREFIX = "RELAY_"
 CONFIG_META = "relay.config"

@@ -9,12 +9,12 @@ from typing import Any, NoReturn
 
 import click
 
-from .. import drain, logs, sdnotify
-from ..forwarder import Forwarder
-from ..leases import StateDirError
+from ..client.forwarder import Forwarder
 from ..net import format_endpoint
-from ..notify import NotifyRelay
-from ..server import RelayServer
+from ..ops import drain, logs, sdnotify
+from ..server.leases import StateDirError
+from ..server.notify import NotifyRelay
+from ..server.relay import RelayServer
 from .arguments import Service
 from .build import build_forwarder, build_server
 from .help_layout import DISTRIBUTION
@@ -64,7 +64,7 @@ def run_forward(ctx: click.Context, host: str, port: int, services: Sequence[Ser
 
 
 async def _run_forwarder(forwarder: Forwarder, metrics_address: tuple[str, int] | None) -> int:
-    from .. import metrics
+    from ..ops import metrics
     async with metrics.exposed(metrics_address, metrics.ForwarderCollector(forwarder),
                                lambda: metrics.forwarder_status(forwarder)):
         return await forwarder.run()
@@ -77,7 +77,7 @@ def setup_logging(opts: dict[str, Any]) -> None:
 
 async def _serve_relay(server: RelayServer | NotifyRelay, port: int,
                        metrics_address: tuple[str, int] | None) -> int:
-    from .. import metrics
+    from ..ops import metrics
     try:
         await server.start()
     except StateDirError as exc:

@@ -28,8 +28,8 @@ from collections.abc import Callable
 import yamux
 from yamux.ratelimit import RateLimitedLog
 
+from ..wire.tls import describe_client_tls_error
 from .limits import PendingRegistration, SourceSlots, admission_refused, source_of
-from .tls import describe_client_tls_error
 
 logger = logging.getLogger("relay.tls")
 

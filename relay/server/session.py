@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 import yamux
 from yamux.ratelimit import RateLimitedLog
 
+from ..net import LISTEN_BACKLOG, format_endpoint
+from ..stats import Traffic
+from .challenge import RegistrationRequest
 from .leases import Identity
 from .limits import SourceSlots
-from .net import LISTEN_BACKLOG, format_endpoint
-from .registration import RegistrationRequest
-from .stats import Traffic
 
 if TYPE_CHECKING:
-    from .server import RelayServer
+    from .relay import RelayServer
 
 logger = logging.getLogger("relay.server")
 
@@ -86,7 +86,7 @@ class Registration:
         self.connection_task_name = f"relay-public-{self.id}"
 
     def log_fields(self) -> dict[str, object]:
-        """The stable log fields of this session (see ``relay.logs.FIELDS``)."""
+        """The stable log fields of this session (see ``relay.ops.logs.FIELDS``)."""
         fields: dict[str, object] = {"session": self.id, "peer": self.peer,
                                      "public_port": self.public_port}
         if self.request is not None and self.request.client is not None:

@@ -27,10 +27,10 @@ import logging
 import socket
 from dataclasses import dataclass
 
+from ..net import BindAddress
+from ..wire.greeting import RegistrationError
 from .auth import PortSet
 from .leases import Identity, LeaseStore
-from .net import BindAddress
-from .protocol import RegistrationError
 
 logger = logging.getLogger("relay.ports")
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RelayError
+from ..errors import RelayError
 
 logger = logging.getLogger("relay.leases")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from .errors import RelayError
+from ..errors import RelayError
 
 
 class TLSConfigError(RelayError, ValueError):

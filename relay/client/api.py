@@ -37,18 +37,18 @@ from typing import Any
 
 import yamux
 
-from .errors import RegistrationError, RelayClosedError, RelayDisconnectedError
-from .handshake import ClientOptions, RegisteringProtocol
-from .net import describe_os_error, format_endpoint
-from .proxy_protocol import (
+from ..errors import RegistrationError, RelayClosedError, RelayDisconnectedError
+from ..net import describe_os_error, format_endpoint
+from ..wire.proxy_header import (
     V2_HEADER_LENGTH,
     ProxyAddresses,
     ProxyHeaderError,
     parse_v2_fixed,
     parse_v2_payload,
 )
+from ..wire.tls import describe_tls_error
+from ..wire.v2 import ClientOptions, RegisteringProtocol
 from .reconnect import DEFAULT_RECONNECT_DELAY, DEFAULT_RECONNECT_MAX_DELAY, Backoff, RetryLog
-from .tls import describe_tls_error
 
 logger = logging.getLogger("relay.api")
 
@@ -169,7 +169,7 @@ class RelayedServer:
 
     Owns the registration and one handler task per relayed connection. With
     ``reconnect`` (the default) a lost relay is registered with again, with
-    backoff and jitter (``relay.reconnect``), until ``close()``; each new
+    backoff and jitter (``relay.client.reconnect``), until ``close()``; each new
     endpoint goes to ``on_endpoint(endpoint)`` and to ``wait_endpoint()``.
     Handlers of a lost session are cancelled (their streams are gone). With
     ``reconnect=False`` the server stops when the relay is lost and

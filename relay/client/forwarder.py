@@ -1,11 +1,11 @@
 """The forwarder, ``relay --localForwardPort=6379 <host> <port>``.
 
-Registers with the relay (``relay.api``), prints the public endpoint
+Registers with the relay (``relay.client.api``), prints the public endpoint
 ``HOST:PORT`` alone on a line of stdout, and for every relayed stream dials the
 local service and pipes bytes both ways (``relay.pipe``). A local service that
 is down resets that stream only. When the relay connection ends it reconnects
 with exponential backoff and jitter and prints the new endpoint: the loop is
-the Python API's (``RelayedServer``), the delays ``relay.reconnect``'s. One
+the Python API's (``RelayedServer``), the delays ``relay.client.reconnect``'s. One
 forwarder can expose several services (``Service``), each its own registration.
 
 Against a registration-v2 relay it answers the challenge with ``secret``,
@@ -31,13 +31,13 @@ from functools import partial
 
 import yamux
 
+from ..net import describe_os_error, format_endpoint
+from ..pipe import SocketEnd, pipe
+from ..server.leases import check_name
+from ..stats import Traffic
+from ..wire.proxy_header import ProxyAddresses, header
 from .api import RelayedServer
-from .leases import check_name
-from .net import describe_os_error, format_endpoint
-from .pipe import SocketEnd, pipe
-from .proxy_protocol import ProxyAddresses, header
 from .reconnect import DEFAULT_RECONNECT_DELAY, DEFAULT_RECONNECT_MAX_DELAY
-from .stats import Traffic
 
 logger = logging.getLogger("relay.forwarder")
 connections_logger = logging.getLogger("relay.connections")
@@ -156,7 +156,7 @@ class Forwarder:
     proxy_protocol: int | None = None
     """Send a PROXY protocol header of this version (1 or 2) to the local service."""
     require_v2: bool = False
-    """Refuse a seed relay instead of registering in seed mode (``relay.api.start_server``)."""
+    """Refuse a seed relay instead of registering in seed mode (``start_server``)."""
     on_endpoint: Callable[[str], object] = print_endpoint
     servers: list[RelayedServer] = field(default_factory=list, init=False)
     """One per service while running."""

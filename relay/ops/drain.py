@@ -19,9 +19,9 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .forwarder import Forwarder
-from .notify import NotifyRelay
-from .server import RelayServer
+from ..client.forwarder import Forwarder
+from ..server.notify import NotifyRelay
+from ..server.relay import RelayServer
 
 logger = logging.getLogger("relay.drain")
 

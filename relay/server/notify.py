@@ -32,25 +32,25 @@ from dataclasses import dataclass, field
 
 import yamux
 
-from .auth import FailureLimiter
-from .leases import LeaseStore
-from .net import (
+from ..net import (
     LISTEN_BACKLOG,
     BindAddress,
     format_endpoint,
     listening_port,
     resolve_bind_address,
 )
-from .pipe import PipeResult
+from ..pipe import PipeResult
+from ..stats import RelayStats, Traffic
+from ..wire.greeting import error_line, port_line
+from .auth import FailureLimiter
+from .leases import LeaseStore
 from .ports import PortAllocator, PortRequest
-from .protocol import error_line, port_line
-from .server import (
+from .relay import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_SESSIONS,
     SessionInfo,
 )
-from .stats import RelayStats, Traffic
 
 logger = logging.getLogger("relay.notify")
 connections_logger = logging.getLogger("relay.connections")

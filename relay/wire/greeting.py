@@ -18,9 +18,9 @@ import re
 
 import yamux
 
-from .errors import RegistrationError as RegistrationError  # re-exported: old import path
-from .errors import RelayClosedError as RelayClosedError
-from .errors import RelayRefusedError as RelayRefusedError
+from ..errors import RegistrationError as RegistrationError  # re-exported: old import path
+from ..errors import RelayClosedError as RelayClosedError
+from ..errors import RelayRefusedError as RelayRefusedError
 
 logger = logging.getLogger("relay.protocol")
 

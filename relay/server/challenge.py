@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from yamux.ratelimit import RateLimitedLog
 
+from ..wire.greeting import MAX_GREETING, error_line
+from ..wire.v2 import Challenge, HandshakeError, parse_response
 from .auth import Authenticator, AuthRefused, FailureLimiter, PortSet
-from .handshake import Challenge, HandshakeError, parse_response
 from .limits import PendingRegistration, SourceSlots, admission_refused, source_of
-from .protocol import MAX_GREETING, error_line
 
 logger = logging.getLogger("relay.registration")
 

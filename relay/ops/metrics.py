@@ -23,12 +23,12 @@ from prometheus_client.registry import Collector
 
 import yamux
 
-from .api import RelayedServer
-from .forwarder import Forwarder
-from .forwarder import Service as ForwardedService
-from .net import format_endpoint
-from .notify import NotifyRelay
-from .server import RelayServer
+from ..client.api import RelayedServer
+from ..client.forwarder import Forwarder
+from ..client.forwarder import Service as ForwardedService
+from ..net import format_endpoint
+from ..server.notify import NotifyRelay
+from ..server.relay import RelayServer
 
 logger = logging.getLogger("relay.metrics")
 

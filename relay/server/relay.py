@@ -1,13 +1,13 @@
 """The relay server, ``relay <localport>``.
 
 Each connection to the control port registers a service: the relay opens a
-public listener for it, sends the port line (see ``relay.protocol``), and
+public listener for it, sends the port line (see ``relay.wire.greeting``), and
 switches the connection to a yamux session in the client role. Every public
 connection then becomes one stream on that session, piped both ways by
 ``relay.pipe``.
 
 With a secret, an auth file or ``protocol="v2"`` the relay first challenges
-(``relay.registration``, docs/protocol.md) and allocates only for a checked
+(``relay.server.challenge``, docs/protocol.md) and allocates only for a checked
 response, honouring its ``RegistrationRequest`` (requested port, the client's
 allowed ports, the client address at the start of each stream).
 
@@ -17,12 +17,12 @@ error), silence at the timeout. Whenever a session ends, for whatever reason,
 its public listener is closed at once and its public connections are reset, so
 the port is free again. What a stranger can make the relay allocate is bounded:
 ``max_sessions`` registrations (each one listener), ``max_connections`` public
-connections per session, and per stream the yamux window; ``relay.limits`` adds
+connections per session, and per stream the yamux window; ``relay.server.limits`` adds
 per-source shares of those and the idle timeout.
 
 This module admits registrations (allocation, refusals) and owns the relay's
-lifecycle; ``relay.sessions`` runs and ends one registered session,
-``relay.public`` carries each public connection, and ``relay.replacement``
+lifecycle; ``relay.server.session`` runs and ends one registered session,
+``relay.server.public`` carries each public connection, and ``relay.server.replacement``
 decides what happens when an identity registers again.
 """
 
@@ -37,19 +37,19 @@ import ssl as ssl_module
 import yamux
 from yamux.ratelimit import RateLimitedLog
 
+from ..net import LISTEN_BACKLOG, BindAddress, listening_port, resolve_bind_address
+from ..stats import RelayStats
+from ..wire.greeting import error_line, port_line
 from .auth import Authenticator, FailureLimiter, watch_auth_file
+from .challenge import ChallengeProtocol, RegistrationRequest
+from .challenge import logger as registration_logger
 from .leases import DEFAULT_LEASE_TTL, Identity, LeaseStore
 from .limits import Limits, PendingRegistration, SourceSlots, share, source_of
-from .net import LISTEN_BACKLOG, BindAddress, listening_port, resolve_bind_address
 from .ports import DEFAULT_MAX_NAME_LEASES, PortAllocator, PortRefusedError, PortRequest
-from .protocol import error_line, port_line
 from .public import PublicConnections
-from .registration import ChallengeProtocol, RegistrationRequest
-from .registration import logger as registration_logger
 from .replacement import holder_of, replace, revoke
-from .sessions import Registration, SessionInfo, end_session, format_peer, peer_of, run_session
-from .stats import RelayStats
-from .tls_accept import TLSListener
+from .session import Registration, SessionInfo, end_session, format_peer, peer_of, run_session
+from .tls_listener import TLSListener
 
 __all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_SESSIONS",
            "PROTOCOLS", "RelayServer", "SessionInfo", "port_request"]
@@ -117,13 +117,13 @@ class RelayServer:
     restricts public ports; None lets the OS choose. ``state_dir`` keeps the
     port leases across relay restarts (None: in memory) and implies
     registration v2; a lease unused for ``lease_ttl`` seconds ends (see
-    ``relay.leases`` and ``relay.ports``).
+    ``relay.server.leases`` and ``relay.server.ports``).
 
     ``protocol="v2"``, or any of ``secret`` / ``auth_clients`` / ``auth``, makes
     the relay challenge every control connection first (registration v2, see
     docs/protocol.md): nothing is allocated before the response is checked.
     ``ssl`` wraps the control port (and so all relayed traffic) in TLS; a connection in
-    its handshake already counts as a pending registration (``relay.tls_accept``).
+    its handshake already counts as a pending registration (``relay.server.tls_listener``).
     """
 
     def __init__(
@@ -173,7 +173,7 @@ class RelayServer:
         self._connections_per_source = share(self.limits.max_connections_per_source,
                                              max_connections)
         self.stats = RelayStats()
-        """Counters for metrics (``relay.metrics``)."""
+        """Counters for metrics (``relay.ops.metrics``)."""
         self.public = PublicConnections(self.stats, self.limits, max_connections)
         self.log = RateLimitedLog(logger)
         """Lines any stranger can trigger: refused and failed registrations."""
@@ -194,9 +194,9 @@ class RelayServer:
         self._control: asyncio.Server | TLSListener | None = None
         self._ports: PortAllocator | None = None
         self._tasks = yamux.TaskOwner(logger)
-        """The lease refresh, the auth-file watch and the replacements (``relay.replacement``)."""
+        """The lease refresh, the auth-file watch and the replacements (``replacement``)."""
         self._sessions = yamux.TaskOwner(logger)
-        """One task per registered session (``relay.sessions.run_session``); each is ended on
+        """One task per registered session (``relay.server.session.run_session``); each is ended on
         its own (revoked, replaced, closing), so they have an owner of their own."""
         self.registrations: dict[int, Registration] = {}
         self._ids = itertools.count(1)
@@ -283,7 +283,7 @@ class RelayServer:
 
     def drain(self) -> None:
         """Stop taking registrations and public connections at once, and send Go Away to
-        every session; connections in flight go on (``relay.drain`` waits for them)."""
+        every session; connections in flight go on (``relay.ops.drain`` waits for them)."""
         if self.draining or self.closing:
             return
         self.draining = True

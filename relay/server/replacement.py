@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 import yamux
 
+from .challenge import RegistrationRequest
 from .leases import Identity
-from .registration import RegistrationRequest
-from .sessions import Registration, peer_of
+from .session import Registration, peer_of
 
 if TYPE_CHECKING:
-    from .server import RelayServer
+    from .relay import RelayServer
 
 logger = logging.getLogger("relay.server")
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .pipe import SocketEnd
+from ..pipe import SocketEnd
 
 DEFAULT_IDLE_TIMEOUT = 600.0
 """Ten minutes of no byte either way (ssh or a database connection without keepalives

@@ -14,7 +14,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from .errors import RelayError
+from ..errors import RelayError
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V2_VERSION_PROXY = 0x21

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import RelayError
+from ..errors import RelayError
 
 SERVER_SECTION = "server"
 FORWARD_SECTION = "forward"

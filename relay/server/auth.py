@@ -1,6 +1,6 @@
 """Who may register: one shared secret, or named clients from an auth file (TOML).
 
-The relay checks the v2 proof (``relay.handshake``) against the secret of the
+The relay checks the v2 proof (``relay.wire.v2``) against the secret of the
 client the response names; the name is then the client's identity in logs and
 the ports it may hold come with it. An auth file looks like::
 
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import read_toml
-from .errors import RegistrationError, RelayError
-from .handshake import AUTH_FAILED, NAME, Challenge, Response, proof_matches
+from ..errors import RegistrationError, RelayError
+from ..ops.config import read_toml
+from ..wire.v2 import AUTH_FAILED, NAME, Challenge, Response, proof_matches
 
 logger = logging.getLogger("relay.auth")
 

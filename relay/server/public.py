@@ -15,11 +15,11 @@ from functools import partial
 
 import yamux
 
+from ..pipe import PipeResult, SocketEnd, pipe
+from ..stats import RelayStats
+from ..wire.proxy_header import addresses_of, v2_header
 from .limits import IdleWatch, Limits, source_of
-from .pipe import PipeResult, SocketEnd, pipe
-from .proxy_protocol import addresses_of, v2_header
-from .sessions import Registration, format_peer, peer_of
-from .stats import RelayStats
+from .session import Registration, format_peer, peer_of
 
 logger = logging.getLogger("relay.server")
 connections_logger = logging.getLogger("relay.connections")

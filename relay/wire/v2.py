@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import yamux
 
-from .protocol import (
+from .greeting import (
     ERROR_PREFIX,
     MAX_GREETING,
     GreetingProtocol,

@@ -1,0 +1,1 @@
+"""The registering side: ``register``, ``RelayedServer``, the forwarder and its reconnects."""

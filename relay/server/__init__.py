@@ -1,0 +1,1 @@
+"""The relay's side: admission, registered sessions, public listeners, ports, leases, auth."""
