@@ -85,8 +85,12 @@ def start_relay(loop: str, *args: str) -> tuple[Proc, int]:
     """``relay --bind 127.0.0.1 --event-loop LOOP ARGS PORT``, once it serves."""
     for _ in range(3):
         port = free_port()
-        proc = Proc([sys.executable, "-m", "relay", "--bind", HOST, "--event-loop", loop,
-                     *args, str(port)], "relay", env=python_env(), more_files=True)
+        proc = Proc(
+            [sys.executable, "-m", "relay", "--bind", HOST, "--event-loop", loop, *args, str(port)],
+            "relay",
+            env=python_env(),
+            more_files=True,
+        )
         try:
             proc.wait_line(SERVING)
         except ProcessError:
@@ -99,9 +103,21 @@ def start_relay(loop: str, *args: str) -> tuple[Proc, int]:
 
 
 def start_forwarder(loop: str, relay_port: int, local_port: int) -> tuple[Proc, int]:
-    proc = Proc([sys.executable, "-m", "relay", f"--localForwardPort={local_port}",
-                 "--event-loop", loop, HOST, str(relay_port)], "forwarder", env=python_env(),
-                more_files=True)
+    proc = Proc(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            f"--localForwardPort={local_port}",
+            "--event-loop",
+            loop,
+            HOST,
+            str(relay_port),
+        ],
+        "forwarder",
+        env=python_env(),
+        more_files=True,
+    )
     try:
         _, match = proc.wait_line(ENDPOINT, stream="stdout")
     except BaseException:
@@ -144,8 +160,13 @@ class RawRegistrant:
     socket altogether; with ``rcvbuf`` small the kernel buffers little for it.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 public_port: int, initial: bytes) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        public_port: int,
+        initial: bytes,
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.public_port = public_port
@@ -271,8 +292,9 @@ class Outcome:
 Attack = Callable[[Proc, int, str, float, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
-async def slow_ack_sender(relay: Proc, port: int, loop_name: str, seconds: float,
-                          notes: dict[str, Any]) -> None:
+async def slow_ack_sender(
+    relay: Proc, port: int, loop_name: str, seconds: float, notes: dict[str, Any]
+) -> None:
     registrant = await RawRegistrant.register(port)
     holders: list[asyncio.StreamWriter] = []
     try:
@@ -286,8 +308,14 @@ async def slow_ack_sender(relay: Proc, port: int, loop_name: str, seconds: float
         await registrant.close()
 
 
-async def non_reading_service(relay: Proc, port: int, loop_name: str, seconds: float,
-                              notes: dict[str, Any], clients: int = 100) -> None:
+async def non_reading_service(
+    relay: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    clients: int = 100,
+) -> None:
     loop = asyncio.get_running_loop()
     held: list[asyncio.Transport] = []
 
@@ -312,8 +340,14 @@ async def non_reading_service(relay: Proc, port: int, loop_name: str, seconds: f
         await service.wait_closed()
 
 
-async def syn_rst(relay: Proc, port: int, loop_name: str, seconds: float,
-                  notes: dict[str, Any], frames: int = 500_000) -> None:
+async def syn_rst(
+    relay: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    frames: int = 500_000,
+) -> None:
     registrant = await RawRegistrant.register(port)
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -325,22 +359,25 @@ async def syn_rst(relay: Proc, port: int, loop_name: str, seconds: float,
             while sent < frames and not registrant.closed.done():
                 data = bytearray()
                 for _ in range(min(batch, frames - sent)):
-                    data += encode_header(FrameType.WINDOW_UPDATE, Flag.SYN | Flag.RST,
-                                          stream_id, 0)
+                    data += encode_header(
+                        FrameType.WINDOW_UPDATE, Flag.SYN | Flag.RST, stream_id, 0
+                    )
                     stream_id = stream_id + 2 if stream_id < 0xFFFFFFF0 else 2
                 await registrant.send(bytes(data))
                 sent += min(batch, frames - sent)
         notes["frames"] = sent
         notes["send_s"] = round(loop.time() - start, 1)
         await asyncio.sleep(max(1.0, seconds - (loop.time() - start)))
-        notes["session"] = ("ended: " + registrant.closed.result()) if registrant.closed.done() \
-            else "still up"
+        notes["session"] = (
+            ("ended: " + registrant.closed.result()) if registrant.closed.done() else "still up"
+        )
     finally:
         await registrant.close()
 
 
-async def ping_flood(relay: Proc, port: int, loop_name: str, seconds: float,
-                     notes: dict[str, Any]) -> None:
+async def ping_flood(
+    relay: Proc, port: int, loop_name: str, seconds: float, notes: dict[str, Any]
+) -> None:
     registrant = await RawRegistrant.register(port, rcvbuf=4096)
     registrant.stop_reading()
     loop = asyncio.get_running_loop()
@@ -373,8 +410,14 @@ async def ping_flood(relay: Proc, port: int, loop_name: str, seconds: float,
         await registrant.close()
 
 
-async def bad_frames(relay: Proc, port: int, loop_name: str, seconds: float,
-                     notes: dict[str, Any], frames: int = 100_000) -> None:
+async def bad_frames(
+    relay: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    frames: int = 100_000,
+) -> None:
     """Three kinds in turn: a SYN (a stream the relay does not accept), Data for an unknown
     stream, a SYN|RST; none is fatal to the session."""
     registrant = await RawRegistrant.register(port)
@@ -395,15 +438,22 @@ async def bad_frames(relay: Proc, port: int, loop_name: str, seconds: float,
             await registrant.send(bytes(data))
         await asyncio.sleep(max(1.0, seconds))
         notes["frames"] = frames
-        notes["session"] = ("ended: " + registrant.closed.result()) if registrant.closed.done() \
-            else "still up"
+        notes["session"] = (
+            ("ended: " + registrant.closed.result()) if registrant.closed.done() else "still up"
+        )
         notes["session_lines"] = len(relay.stderr) - before
     finally:
         await registrant.close()
 
 
-async def refused_connections(relay: Proc, port: int, loop_name: str, seconds: float,
-                              notes: dict[str, Any], attempts: int = 5000) -> None:
+async def refused_connections(
+    relay: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    attempts: int = 5000,
+) -> None:
     """The relay runs with --max-connections 1; one connection holds the slot."""
     registrant = await RawRegistrant.register(port)
     holder = (await asyncio.open_connection(HOST, registrant.public_port))[1]
@@ -429,8 +479,9 @@ async def refused_connections(relay: Proc, port: int, loop_name: str, seconds: f
         await registrant.close()
 
 
-async def idle_flood(relay: Proc, port: int, loop_name: str, seconds: float,
-                     notes: dict[str, Any], conns: int = 1000) -> None:
+async def idle_flood(
+    relay: Proc, port: int, loop_name: str, seconds: float, notes: dict[str, Any], conns: int = 1000
+) -> None:
     """The relay runs with --max-connections 1000 and a short --idle-timeout (``seconds``)."""
     loop = asyncio.get_running_loop()
     raise_nofile()
@@ -464,15 +515,18 @@ async def idle_flood(relay: Proc, port: int, loop_name: str, seconds: float,
                 await reader.read(1)
             return loop.time() - since
 
-        endings = [loop.create_task(lifetime(reader, since))
-                   for (reader, _), since in zip(idle, opened, strict=True)]
+        endings = [
+            loop.create_task(lifetime(reader, since))
+            for (reader, _), since in zip(idle, opened, strict=True)
+        ]
         await asyncio.sleep(0.5)  # the relay has accepted or refused all of them by now
         refused = {task for task in endings if task.done()}
         notes["refused"] = len(refused) + refused_at_connect
         start = loop.time()
         try:
-            reader, writer = await asyncio.open_connection(HOST, public_port,
-                                                           local_addr=(OTHER_SOURCE, 0))
+            reader, writer = await asyncio.open_connection(
+                HOST, public_port, local_addr=(OTHER_SOURCE, 0)
+            )
             try:
                 writer.write(b"hello from another address\n")
                 answer = await asyncio.wait_for(reader.readline(), 5)
@@ -484,8 +538,9 @@ async def idle_flood(relay: Proc, port: int, loop_name: str, seconds: float,
             notes["other_client_ok"] = False
             notes["other_client_error"] = type(exc).__name__
         waiting = [task for task in endings if task not in refused]
-        done, pending = await asyncio.wait(waiting, timeout=seconds * 3 + 5) if waiting \
-            else (set(), set())
+        done, pending = (
+            await asyncio.wait(waiting, timeout=seconds * 3 + 5) if waiting else (set(), set())
+        )
         for task in pending:
             task.cancel()
         times = sorted(task.result() for task in done)
@@ -503,8 +558,15 @@ async def idle_flood(relay: Proc, port: int, loop_name: str, seconds: float,
         await service.wait_closed()
 
 
-async def silent_tls(relay_proc: Proc, port: int, loop_name: str, seconds: float,
-                     notes: dict[str, Any], conns: int = 2000, cert: Path | None = None) -> None:
+async def silent_tls(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    conns: int = 2000,
+    cert: Path | None = None,
+) -> None:
     """Silent TLS connects from one address, held for ``seconds`` (the relay's handshake
     timeout is its default, 10 s); ``cert`` is the relay's self-signed certificate."""
     assert cert is not None
@@ -522,8 +584,12 @@ async def silent_tls(relay_proc: Proc, port: int, loop_name: str, seconds: float
         start = loop.time()
         try:
             session, _ = await relay.register(
-                HOST, port, ssl=ssl.create_default_context(cafile=str(cert)),
-                local_addr=(OTHER_SOURCE, 0), connect_timeout=5)
+                HOST,
+                port,
+                ssl=ssl.create_default_context(cafile=str(cert)),
+                local_addr=(OTHER_SOURCE, 0),
+                connect_timeout=5,
+            )
             await session.close()
             notes["other_client_ok"] = True
         except (ConnectionError, TimeoutError) as exc:
@@ -549,11 +615,31 @@ def _still_open(sock: socket.socket) -> bool:
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key, made by openssl; the certificate is its CA."""
     cert, key = directory / "relay.pem", directory / "relay.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=relay",
-                    "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=relay",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return cert, key
 
 
@@ -572,9 +658,15 @@ ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
 
 def relay_has_option(name: str) -> bool:
     """Whether this checkout's relay knows ``name`` (to measure a relay from before it did)."""
-    help_text = subprocess.run([sys.executable, "-m", "relay", "--help"], capture_output=True,
-                               text=True, env={**os.environ, **python_env()}, cwd=REPO,
-                               timeout=60, check=False).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "relay", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **python_env()},
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    ).stdout
     return name in help_text
 
 
@@ -596,26 +688,53 @@ def run(attack: str, loop: str, seconds: float, **kwargs: Any) -> Outcome:
             with RssSampler(relay_proc) as sampler:
                 asyncio.run(function(relay_proc, port, loop, seconds, notes, **kwargs))
             if not relay_proc.alive():
-                raise AbuseError(f"the relay exited ({relay_proc.returncode}):\n"
-                                 + "\n".join(relay_proc.stderr[-20:]))
-            return Outcome(attack, loop, seconds, rss_before, sampler.peak,
-                           len(relay_proc.stderr) - lines_before, notes)
+                raise AbuseError(
+                    f"the relay exited ({relay_proc.returncode}):\n"
+                    + "\n".join(relay_proc.stderr[-20:])
+                )
+            return Outcome(
+                attack,
+                loop,
+                seconds,
+                rss_before,
+                sampler.peak,
+                len(relay_proc.stderr) - lines_before,
+                notes,
+            )
         finally:
             relay_proc.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.abuse", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--attack", action="append", choices=sorted(ATTACKS),
-                        help="run only this attack (repeatable); default: all")
-    parser.add_argument("--loop", action="append", choices=LOOPS,
-                        help="run only on this event loop (repeatable); default: both")
-    parser.add_argument("--seconds", type=float, default=20.0,
-                        help="attack duration (idle-flood: the idle timeout) [20]")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.abuse",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--attack",
+        action="append",
+        choices=sorted(ATTACKS),
+        help="run only this attack (repeatable); default: all",
+    )
+    parser.add_argument(
+        "--loop",
+        action="append",
+        choices=LOOPS,
+        help="run only on this event loop (repeatable); default: both",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=20.0,
+        help="attack duration (idle-flood: the idle timeout) [20]",
+    )
     args = parser.parse_args(argv)
-    print(f"{'attack':<20} {'loop':<8} {'RSS before':>10} {'peak':>8} {'growth':>8} "
-          f"{'log lines':>9}  notes", flush=True)
+    print(
+        f"{'attack':<20} {'loop':<8} {'RSS before':>10} {'peak':>8} {'growth':>8} "
+        f"{'log lines':>9}  notes",
+        flush=True,
+    )
     for attack in args.attack or list(ATTACKS):
         for loop in args.loop or LOOPS:
             try:
@@ -624,9 +743,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{attack:<20} {loop:<8} harness error: {exc}", flush=True)
                 continue
             notes = ", ".join(f"{k}={v}" for k, v in out.notes.items())
-            print(f"{attack:<20} {loop:<8} {out.rss_before / MIB:>8.1f}Mi "
-                  f"{out.rss_peak / MIB:>6.1f}Mi {out.growth / MIB:>6.1f}Mi "
-                  f"{out.log_lines:>9}  {notes}", flush=True)
+            print(
+                f"{attack:<20} {loop:<8} {out.rss_before / MIB:>8.1f}Mi "
+                f"{out.rss_peak / MIB:>6.1f}Mi {out.growth / MIB:>6.1f}Mi "
+                f"{out.log_lines:>9}  {notes}",
+                flush=True,
+            )
     return 0
 
 

@@ -57,8 +57,9 @@ class ThreadedLink:
 
     def __init__(self, target_port: int, *, rate: float, delay: float) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="slow-link",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="slow-link", daemon=True
+        )
         self.link = SlowLink("127.0.0.1", target_port, delay=delay, rate=rate)
 
     async def _run(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -92,7 +93,11 @@ class ThreadedLink:
 
 @contextlib.asynccontextmanager
 async def loaded_link(
-    config: yamux.Config, streams: int, *, rate: float, delay: float,
+    config: yamux.Config,
+    streams: int,
+    *,
+    rate: float,
+    delay: float,
 ) -> AsyncIterator[tuple[yamux.Session, yamux.Session, ThreadedLink]]:
     """(client, server, link): a session pair through a slow link, ``streams`` busy both ways."""
     sessions: asyncio.Queue[yamux.Session] = asyncio.Queue()
@@ -128,8 +133,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def soak(args: argparse.Namespace) -> int:
-    config = yamux.Config(keepalive_interval=args.interval, keepalive_timeout=args.timeout,
-                          tcp_notsent_lowat=args.lowat)
+    config = yamux.Config(
+        keepalive_interval=args.interval,
+        keepalive_timeout=args.timeout,
+        tcp_notsent_lowat=args.lowat,
+    )
     rtts: list[float] = []
     deaths: list[str] = []
     moved = 0
@@ -137,11 +145,15 @@ async def soak(args: argparse.Namespace) -> int:
     end = loop.time() + args.seconds
     while loop.time() < end:
         async with loaded_link(config, args.streams, rate=args.rate, delay=args.delay) as (
-                client, server, link):
+            client,
+            server,
+            link,
+        ):
             probes = [asyncio.create_task(probe(s, rtts)) for s in (client, server)]
             closed = [asyncio.ensure_future(s.wait_closed()) for s in (client, server)]
-            await asyncio.wait(closed, timeout=max(0.0, end - loop.time()),
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                closed, timeout=max(0.0, end - loop.time()), return_when=asyncio.FIRST_COMPLETED
+            )
             for session in (client, server):
                 if session.close_reason is not None:
                     deaths.append(f"{time.strftime('%H:%M:%S')} {session.close_reason}")
@@ -156,22 +168,30 @@ async def soak(args: argparse.Namespace) -> int:
                 task.cancel()
             await asyncio.gather(*probes, *closed, return_exceptions=True)
     slow = sum(1 for r in rtts if r > args.timeout)
-    print(f"event loop: {type(loop).__module__}; link {args.rate * 8 / 1e6:g} Mbit/s, "
-          f"{args.delay * 1000:g} ms each way; {args.streams} streams both ways; keepalive "
-          f"{args.interval:g} s / {args.timeout:g} s; tcp_notsent_lowat {args.lowat}")
-    print(f"ran {args.seconds:g} s, moved {moved / 1e6:.0f} MB "
-          f"({moved / args.seconds / 1e6:.2f} MB/s of {2 * args.rate / 1e6:.2f} both ways)")
+    print(
+        f"event loop: {type(loop).__module__}; link {args.rate * 8 / 1e6:g} Mbit/s, "
+        f"{args.delay * 1000:g} ms each way; {args.streams} streams both ways; keepalive "
+        f"{args.interval:g} s / {args.timeout:g} s; tcp_notsent_lowat {args.lowat}"
+    )
+    print(
+        f"ran {args.seconds:g} s, moved {moved / 1e6:.0f} MB "
+        f"({moved / args.seconds / 1e6:.2f} MB/s of {2 * args.rate / 1e6:.2f} both ways)"
+    )
     print(f"session deaths under load: {len(deaths)}")
     for line in deaths:
         print(f"  {line}")
     if rtts:
-        print(f"ping RTT under load ({len(rtts)} pings): median {statistics.median(rtts):.2f} s, "
-              f"p90 {percentile(rtts, 0.9):.2f} s, p99 {percentile(rtts, 0.99):.2f} s, "
-              f"max {max(rtts):.2f} s; slower than the timeout (a false death under the "
-              f"old pong-only rule): {slow}")
+        print(
+            f"ping RTT under load ({len(rtts)} pings): median {statistics.median(rtts):.2f} s, "
+            f"p90 {percentile(rtts, 0.9):.2f} s, p99 {percentile(rtts, 0.99):.2f} s, "
+            f"max {max(rtts):.2f} s; slower than the timeout (a false death under the "
+            f"old pong-only rule): {slow}"
+        )
     if not deaths:
-        print(f"blackholed peer detected after {detect:.1f} s "
-              f"(bound: interval + timeout = {args.interval + args.timeout:g} s): {reason}")
+        print(
+            f"blackholed peer detected after {detect:.1f} s "
+            f"(bound: interval + timeout = {args.interval + args.timeout:g} s): {reason}"
+        )
         if not isinstance(reason, yamux.KeepaliveTimeoutError | yamux.ConnectionWriteTimeoutError):
             return 1
     return 1 if deaths else 0
@@ -185,8 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=10.0, help="keepalive timeout, s")
     ap.add_argument("--rate", type=float, default=10e6 / 8, help="link rate, bytes/s")
     ap.add_argument("--delay", type=float, default=0.05, help="one-way delay, s")
-    ap.add_argument("--lowat", type=int, default=yamux.Config().tcp_notsent_lowat,
-                    help="tcp_notsent_lowat (0: kernel default)")
+    ap.add_argument(
+        "--lowat",
+        type=int,
+        default=yamux.Config().tcp_notsent_lowat,
+        help="tcp_notsent_lowat (0: kernel default)",
+    )
     ap.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = ap.parse_args(argv)
     if args.event_loop == "uvloop":

@@ -87,20 +87,48 @@ class Topology:
             ip("link", "set", "lo", "up", ns=ns)
         self._wire(names["client"], LAN[0], names["relay"], LAN[1], "l")
         self._wire(names["relay"], WAN[0], names["service"], WAN[1], "w")
-        log(f"namespaces {', '.join(names.values())}: client {LAN[0]} --LAN-- {LAN[1]} relay "
-            f"{WAN[0]} --WAN-- {WAN[1]} service, every veth {self.rate} (tc tbf)")
+        log(
+            f"namespaces {', '.join(names.values())}: client {LAN[0]} --LAN-- {LAN[1]} relay "
+            f"{WAN[0]} --WAN-- {WAN[1]} service, every veth {self.rate} (tc tbf)"
+        )
 
     def _wire(self, ns_a: str, addr_a: str, ns_b: str, addr_b: str, kind: str) -> None:
         """A veth pair between two namespaces, addressed, up, rate-limited both ways."""
         dev_a, dev_b = f"{self.tag}{kind}a", f"{self.tag}{kind}b"
-        ip("link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name", dev_b,
-           "netns", ns_b)
+        ip(
+            "link",
+            "add",
+            dev_a,
+            "netns",
+            ns_a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            dev_b,
+            "netns",
+            ns_b,
+        )
         for ns, dev, addr in ((ns_a, dev_a, addr_a), (ns_b, dev_b, addr_b)):
             ip("addr", "add", f"{addr}/24", "dev", dev, ns=ns)
             ip("link", "set", dev, "up", ns=ns)
             # burst >= rate / HZ and >= a 64 KiB GSO packet; latency bounds the queue.
-            netns_exec(ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", self.rate,
-                       "burst", "512kb", "latency", "20ms")
+            netns_exec(
+                ns,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                dev,
+                "root",
+                "tbf",
+                "rate",
+                self.rate,
+                "burst",
+                "512kb",
+                "latency",
+                "20ms",
+            )
 
     def destroy(self) -> None:
         """Kill what still runs in the namespaces, then delete them (and with them the veths)."""

@@ -44,8 +44,15 @@ PROCS = ProcGroup(new_session=True, more_files=True)
 """Every process of the bench (in its own process group, descriptors raised); stop_all ends them."""
 
 
-def start(name: str, argv: Sequence[str], logdir: Path, *, env: dict[str, str] | None = None,
-          stdin: bool = False, cwd: Path = REPO) -> Proc:
+def start(
+    name: str,
+    argv: Sequence[str],
+    logdir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    stdin: bool = False,
+    cwd: Path = REPO,
+) -> Proc:
     return PROCS.start(argv, name, env=env, stdin=stdin, log_dir=logdir, cwd=cwd)
 
 
@@ -63,8 +70,10 @@ def wait_for(proc: Proc, pattern: str, timeout: float, stream: Stream = "stdout"
     try:
         return proc.wait_line(pattern, stream=stream, timeout=timeout)[1]
     except ProcessError:
-        raise BenchError(f"{proc.name} printed no /{pattern}/ within {timeout:g} s "
-                         f"(exit status {proc.returncode}): {proc.tail()}") from None
+        raise BenchError(
+            f"{proc.name} printed no /{pattern}/ within {timeout:g} s "
+            f"(exit status {proc.returncode}): {proc.tail()}"
+        ) from None
 
 
 def run_to_end(proc: Proc, timeout: float) -> int:
@@ -78,8 +87,10 @@ def build_go() -> None:
     if shutil.which("go") is None:
         missing = [p for p in GO_PROGRAMS if not (BUILD_DIR / p).exists()]
         if missing:
-            raise BenchError(f"`go` not found and {', '.join(missing)} not built "
-                             "(apt-get install golang-go golang-github-hashicorp-yamux-dev)")
+            raise BenchError(
+                f"`go` not found and {', '.join(missing)} not built "
+                "(apt-get install golang-go golang-github-hashicorp-yamux-dev)"
+            )
         log("`go` not found; using the programs already in interop/build/")
         return
     try:
@@ -87,4 +98,3 @@ def build_go() -> None:
     except gobuild.GoBuildError as exc:
         raise BenchError(str(exc)) from None
     log(f"Go programs built in {took:.1f} s")
-

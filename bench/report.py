@@ -53,23 +53,38 @@ def cpu_sum(cell: dict[str, float | None]) -> float | None:
     return None if relay is None or forwarder is None else relay + forwarder
 
 
-def summarize(wls: list[Workload], paths: list[str], runs: list[dict[str, Any]],
-              repeat: int) -> dict[str, Any]:
+def summarize(
+    wls: list[Workload], paths: list[str], runs: list[dict[str, Any]], repeat: int
+) -> dict[str, Any]:
     rows = []
     cpu_rows = []
     for wl in wls:
-        by_path = {p: [r for r in runs if r["workload"] == wl.name and r["path"] == p]
-                   for p in paths}
+        by_path = {
+            p: [r for r in runs if r["workload"] == wl.name and r["path"] == p] for p in paths
+        }
         for m in wl.metrics:
-            row: dict[str, Any] = {"workload": wl.name, "metric": m.key, "label": m.label,
-                                   "unit": m.unit, "better": m.better, "fmt": m.fmt}
+            row: dict[str, Any] = {
+                "workload": wl.name,
+                "metric": m.key,
+                "label": m.label,
+                "unit": m.unit,
+                "better": m.better,
+                "fmt": m.fmt,
+            }
             for p in paths:
-                ok = [r["result"][m.key] for r in by_path[p]
-                      if r["ok"] and r["result"].get(m.key) is not None]
+                ok = [
+                    r["result"][m.key]
+                    for r in by_path[p]
+                    if r["ok"] and r["result"].get(m.key) is not None
+                ]
                 failed = [r["error"] for r in by_path[p] if not r["ok"]]
-                row[p] = {"median": statistics.median(ok) if ok else None, "values": ok,
-                          "runs": len(by_path[p]), "failed": len(failed),
-                          "errors": failed[:3]}
+                row[p] = {
+                    "median": statistics.median(ok) if ok else None,
+                    "values": ok,
+                    "runs": len(by_path[p]),
+                    "failed": len(failed),
+                    "errors": failed[:3],
+                }
             row["ratios"] = {}
             for a, b in ratio_pairs(paths):
                 num, den = row[a]["median"], row[b]["median"]
@@ -81,8 +96,10 @@ def summarize(wls: list[Workload], paths: list[str], runs: list[dict[str, Any]],
             if p == "direct":
                 continue
             ok = [r["result"] for r in by_path[p] if r["ok"]]
-            crow[p] = {role: median_or_none([cpu_cost(r, role, wl.cpu_per) for r in ok])
-                       for role in ("relay", "forwarder")}
+            crow[p] = {
+                role: median_or_none([cpu_cost(r, role, wl.cpu_per) for r in ok])
+                for role in ("relay", "forwarder")
+            }
         crow["ratios"] = {}
         for a, b in ratio_pairs(paths):
             num, den = cpu_sum(crow[a]), cpu_sum(crow[b])
@@ -118,8 +135,21 @@ def render(summary: dict[str, Any], machine: dict[str, Any], paths: list[str]) -
     out = []
     out.append("## Relay benchmark")
     out.append("")
-    for key in ("date", "nproc", "cpu", "python", "go", "kernel", "load_before",
-                "load_after", "mode", "event_loop", "baseline", "repeat", "duration_s"):
+    for key in (
+        "date",
+        "nproc",
+        "cpu",
+        "python",
+        "go",
+        "kernel",
+        "load_before",
+        "load_after",
+        "mode",
+        "event_loop",
+        "baseline",
+        "repeat",
+        "duration_s",
+    ):
         if key in machine:
             out.append(f"- {key}: {machine[key]}")
     out.append("")
@@ -128,8 +158,11 @@ def render(summary: dict[str, Any], machine: dict[str, Any], paths: list[str]) -
     out.append("| " + " | ".join(heads) + " |")
     out.append("|" + "---|" * len(heads))
     for row in summary["rows"]:
-        label = f"{row['label']} ({row['unit']}, {row['better']} is better)" if row["unit"] \
+        label = (
+            f"{row['label']} ({row['unit']}, {row['better']} is better)"
+            if row["unit"]
             else f"{row['label']}"
+        )
         cells = [label]
         for p in paths:
             cells.append(fmt_cell(row.get(p), row["fmt"]))
@@ -138,8 +171,10 @@ def render(summary: dict[str, Any], machine: dict[str, Any], paths: list[str]) -
     relay_paths = [p for p in paths if p != "direct"]
     if relay_paths:
         out.append("")
-        out.append("CPU time of the relay and forwarder processes (utime+stime), medians; "
-                   "GB moved counts both directions:")
+        out.append(
+            "CPU time of the relay and forwarder processes (utime+stime), medians; "
+            "GB moved counts both directions:"
+        )
         out.append("")
         heads = ["workload", "unit"]
         for p in relay_paths:
@@ -153,8 +188,12 @@ def render(summary: dict[str, Any], machine: dict[str, Any], paths: list[str]) -
                 cells += [fmt_num(crow[p]["relay"]), fmt_num(crow[p]["forwarder"])]
             cells += [fmt_ratio(crow["ratios"][f"{a}/{b}"]) for a, b in pairs]
             out.append("| " + " | ".join(cells) + " |")
-    failures = [(row["label"], p, e) for row in summary["rows"] for p in paths
-                for e in (row.get(p) or {}).get("errors", [])]
+    failures = [
+        (row["label"], p, e)
+        for row in summary["rows"]
+        for p in paths
+        for e in (row.get(p) or {}).get("errors", [])
+    ]
     if failures:
         out.append("")
         out.append("Failures:")
@@ -174,12 +213,19 @@ def machine_info(python: str) -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    pyver = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
-                           capture_output=True, text=True, check=False).stdout.strip()
+    pyver = subprocess.run(
+        [python, "-c", "import sys; print(sys.version.split()[0])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     gover = "?"
     if shutil.which("go"):
-        gover = subprocess.run(["go", "version"], capture_output=True, text=True,
-                               check=False).stdout.strip().removeprefix("go version ")
+        gover = (
+            subprocess.run(["go", "version"], capture_output=True, text=True, check=False)
+            .stdout.strip()
+            .removeprefix("go version ")
+        )
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "nproc": os.cpu_count(),

@@ -86,8 +86,14 @@ def run_one(env: Env, wl: Workload, path: str) -> dict[str, Any]:
     return res
 
 
-def run_alternating(wl: Workload, paths: list[str], repeat: int, unusable: dict[str, str],
-                    one: Callable[[str], dict[str, Any]], label: str = "") -> list[dict[str, Any]]:
+def run_alternating(
+    wl: Workload,
+    paths: list[str],
+    repeat: int,
+    unusable: dict[str, str],
+    one: Callable[[str], dict[str, Any]],
+    label: str = "",
+) -> list[dict[str, Any]]:
     """``repeat`` rounds of ``one(path)`` for every path, in an order rotated each round.
 
     A path that fails is not retried for this workload (its later runs are
@@ -97,12 +103,17 @@ def run_alternating(wl: Workload, paths: list[str], repeat: int, unusable: dict[
     broken = set(unusable)
     name = label or wl.name
     for rep in range(repeat):
-        order = paths[rep % len(paths):] + paths[:rep % len(paths)]
+        order = paths[rep % len(paths) :] + paths[: rep % len(paths)]
         for path in order:
             record: dict[str, Any] = {"workload": wl.name, "path": path, "rep": rep}
             if path in broken:
-                runs.append({**record, "ok": False,
-                             "error": unusable.get(path, "skipped after an earlier failure")})
+                runs.append(
+                    {
+                        **record,
+                        "ok": False,
+                        "error": unusable.get(path, "skipped after an earlier failure"),
+                    }
+                )
                 continue
             try:
                 res = one(path)
@@ -112,8 +123,11 @@ def run_alternating(wl: Workload, paths: list[str], repeat: int, unusable: dict[
                 log(f"{name} rep {rep + 1}/{repeat} {path}: FAILED: {exc}")
                 continue
             runs.append({**record, "ok": True, "result": res})
-            shown = ", ".join(f"{m.key}={m.fmt.format(res[m.key])}"
-                              for m in wl.metrics if res.get(m.key) is not None)
+            shown = ", ".join(
+                f"{m.key}={m.fmt.format(res[m.key])}"
+                for m in wl.metrics
+                if res.get(m.key) is not None
+            )
             log(f"{name} rep {rep + 1}/{repeat} {path}: {shown} ({res['wall_s']:.1f} s)")
     return runs
 
@@ -138,27 +152,54 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     names = [wl.name for wl in workloads(False)]
     ap = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark the project's relay against the Go relay and no relay.")
-    ap.add_argument("--quick", action="store_true",
-                    help="smaller workloads, one repetition (under a minute)")
+        description="Benchmark the project's relay against the Go relay and no relay.",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="smaller workloads, one repetition (under a minute)"
+    )
     ap.add_argument("--only", metavar="W1,W2", help=f"workloads to run: {','.join(names)}")
-    ap.add_argument("--paths", default="direct,go,py", metavar="P1,P2",
-                    help="paths to run (default: direct,go,py; base is added by --baseline)")
-    ap.add_argument("--baseline", type=Path, metavar="PATH",
-                    help="also run the relay of this source tree (e.g. a `git worktree add "
-                         "/tmp/base REV`), interleaved with this one, as path `base`")
-    ap.add_argument("--repeat", type=int, metavar="N",
-                    help="repetitions of every workload on every path (default 3; 1 with --quick)")
+    ap.add_argument(
+        "--paths",
+        default="direct,go,py",
+        metavar="P1,P2",
+        help="paths to run (default: direct,go,py; base is added by --baseline)",
+    )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="PATH",
+        help="also run the relay of this source tree (e.g. a `git worktree add "
+        "/tmp/base REV`), interleaved with this one, as path `base`",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        metavar="N",
+        help="repetitions of every workload on every path (default 3; 1 with --quick)",
+    )
     ap.add_argument("--json", metavar="FILE", help="also write every run and the summary here")
-    ap.add_argument("--python", default=sys.executable,
-                    help="interpreter that runs `-m relay` (default: this one)")
-    ap.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
-                    help="event loop of the project's relay and forwarder (default auto: "
-                         "uvloop when installed)")
-    ap.add_argument("--no-build", action="store_true",
-                    help="do not run interop/build.sh; use interop/build/ as it is")
-    ap.add_argument("--keep-logs", action="store_true",
-                    help="keep the processes' output files (their directory is printed)")
+    ap.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter that runs `-m relay` (default: this one)",
+    )
+    ap.add_argument(
+        "--event-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop of the project's relay and forwarder (default auto: "
+        "uvloop when installed)",
+    )
+    ap.add_argument(
+        "--no-build",
+        action="store_true",
+        help="do not run interop/build.sh; use interop/build/ as it is",
+    )
+    ap.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the processes' output files (their directory is printed)",
+    )
     args = ap.parse_args(argv)
     args.workloads = names if not args.only else [w.strip() for w in args.only.split(",") if w]
     bad = [w for w in args.workloads if w not in names]
@@ -169,8 +210,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def check_paths_and_repeat(ap: argparse.ArgumentParser, args: argparse.Namespace,
-                           known: Sequence[str]) -> None:
+def check_paths_and_repeat(
+    ap: argparse.ArgumentParser, args: argparse.Namespace, known: Sequence[str]
+) -> None:
     """The checks of --paths, --baseline and --repeat that every benchmark mode shares;
     adds path ``base`` for --baseline and sets the default --repeat."""
     if args.baseline is not None:
@@ -237,8 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 wls = [wl for wl in wls if wl.name != "redis"]
         log(f"echo server {env.echo_addr}, redis {env.redis_addr or '-'}, logs in {logdir}")
         for wl in wls:
-            runs += run_alternating(wl, paths, args.repeat, unusable,
-                                    functools.partial(run_one, env, wl))
+            runs += run_alternating(
+                wl, paths, args.repeat, unusable, functools.partial(run_one, env, wl)
+            )
             if echo and not echo.alive():
                 raise BenchError(f"the echo server died: {echo.tail()}")
     except KeyboardInterrupt:
@@ -261,8 +304,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(wls, paths, runs, args.repeat)
     print(render(summary, machine, paths), flush=True)
     return write_json_and_count_failures(
-        args.json, {"machine": machine, "paths": paths, "workloads": [wl.name for wl in wls],
-                    "summary": summary, "runs": runs})
+        args.json,
+        {
+            "machine": machine,
+            "paths": paths,
+            "workloads": [wl.name for wl in wls],
+            "summary": summary,
+            "runs": runs,
+        },
+    )
 
 
 def write_json_and_count_failures(path: str | None, doc: dict[str, Any]) -> int:

@@ -34,8 +34,12 @@ from testkit.ports import free_port
 from testkit.procs import Proc
 
 PATHS: Final = ("direct", "go", "py", "base")
-PATH_TITLES: Final = {"direct": "direct", "go": "Go relay", "py": "project relay",
-                      "base": "baseline relay"}
+PATH_TITLES: Final = {
+    "direct": "direct",
+    "go": "Go relay",
+    "py": "project relay",
+    "base": "baseline relay",
+}
 SERVING: Final = r"Serving relay requests on port (\d+)"
 ENDPOINT: Final = r"^(\S+:\d+)\s*$"
 
@@ -111,8 +115,7 @@ class Env:
 
 def start_echo(env: Env, at: Host = LOOPBACK, bind: str = HOST) -> Proc:
     """interop/go's echo-server; sets ``env.echo_addr`` to where clients reach it."""
-    proc = start("echo-server", at.argv(env.go("echo-server"), "-addr", f"{bind}:0"),
-                 env.logdir)
+    proc = start("echo-server", at.argv(env.go("echo-server"), "-addr", f"{bind}:0"), env.logdir)
     port = wait_for(proc, r"^\S+:(\d+)$", 10).group(1)
     env.echo_addr = f"{at.addr}:{port}"
     return proc
@@ -120,15 +123,34 @@ def start_echo(env: Env, at: Host = LOOPBACK, bind: str = HOST) -> Proc:
 
 def start_redis(env: Env) -> Proc | None:
     if shutil.which("redis-server") is None or shutil.which("redis-benchmark") is None:
-        log("redis-server / redis-benchmark not found (apt-get install redis-server): "
-            "skipping the redis workload")
+        log(
+            "redis-server / redis-benchmark not found (apt-get install redis-server): "
+            "skipping the redis workload"
+        )
         return None
     for _ in range(5):
         port = free_port()
-        proc = start("redis-server", [
-            "redis-server", "--port", str(port), "--bind", HOST, "--save", "",
-            "--appendonly", "no", "--daemonize", "no", "--maxclients", "10000",
-            "--dir", str(env.logdir)], env.logdir)
+        proc = start(
+            "redis-server",
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                HOST,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--maxclients",
+                "10000",
+                "--dir",
+                str(env.logdir),
+            ],
+            env.logdir,
+        )
         try:
             wait_for(proc, r"Ready to accept connections", 10)
         except BenchError:
@@ -144,21 +166,39 @@ def probe_tree(env: Env, root: Path) -> PyTree:
     root = root.resolve()
     proc_env = dict(os.environ)
     proc_env["PYTHONPATH"] = os.pathsep.join(
-        [str(root)] + ([proc_env["PYTHONPATH"]] if proc_env.get("PYTHONPATH") else []))
+        [str(root)] + ([proc_env["PYTHONPATH"]] if proc_env.get("PYTHONPATH") else [])
+    )
     tree = PyTree(root, proc_env)
-    proc = subprocess.run([env.python, "-m", "relay", "--help"], capture_output=True, text=True,
-                          cwd=root, env=proc_env, timeout=30, check=False)
+    proc = subprocess.run(
+        [env.python, "-m", "relay", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=proc_env,
+        timeout=30,
+        check=False,
+    )
     if proc.returncode != 0:
-        raise BenchError(f"`{env.python} -m relay --help` in {root} failed ({proc.returncode}): "
-                         f"{proc.stderr.strip()[-500:]}")
+        raise BenchError(
+            f"`{env.python} -m relay --help` in {root} failed ({proc.returncode}): "
+            f"{proc.stderr.strip()[-500:]}"
+        )
     tree.help_text = proc.stdout
-    where = subprocess.run([env.python, "-c", "import relay; print(relay.__file__)"],
-                           capture_output=True, text=True, cwd=root, env=proc_env, timeout=30,
-                           check=False)
+    where = subprocess.run(
+        [env.python, "-c", "import relay; print(relay.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=proc_env,
+        timeout=30,
+        check=False,
+    )
     tree.module_file = where.stdout.strip()
     if not tree.module_file.startswith(str(root)):
-        raise BenchError(f"`python -m relay` run in {root} imports {tree.module_file or '?'}, "
-                         "not that tree's relay package")
+        raise BenchError(
+            f"`python -m relay` run in {root} imports {tree.module_file or '?'}, "
+            "not that tree's relay package"
+        )
     return tree
 
 
@@ -184,24 +224,51 @@ class Pair:
         return self.relay, self.forwarder
 
 
-def start_go_pair(env: Env, target: str, layout: Layout = Layout(),
-                  go_opts: tuple[str, ...] = ()) -> Pair:
+def start_go_pair(
+    env: Env, target: str, layout: Layout = Layout(), go_opts: tuple[str, ...] = ()
+) -> Pair:
     """go-relay + go-forwarder (``go_opts``, e.g. ``-window N``, go to both)."""
-    relay = start("go-relay", layout.relay_at.argv(
-        env.go("go-relay"), "-port", str(layout.control_port), "-bind", layout.bind,
-        "-public-bind", layout.bind, *go_opts), env.logdir)
+    relay = start(
+        "go-relay",
+        layout.relay_at.argv(
+            env.go("go-relay"),
+            "-port",
+            str(layout.control_port),
+            "-bind",
+            layout.bind,
+            "-public-bind",
+            layout.bind,
+            *go_opts,
+        ),
+        env.logdir,
+    )
     try:
         port = wait_for(relay, SERVING, 10, "both").group(1)
     except BaseException:
         stop(relay)
         raise
     dial = layout.dial or f"{layout.relay_at.addr}:{port}"
-    return with_forwarder(relay, "go-forwarder", layout.forwarder_at.argv(
-        env.go("go-forwarder"), "-relay", dial, "-local", target, *go_opts), env, 10, layout)
+    return with_forwarder(
+        relay,
+        "go-forwarder",
+        layout.forwarder_at.argv(
+            env.go("go-forwarder"), "-relay", dial, "-local", target, *go_opts
+        ),
+        env,
+        10,
+        layout,
+    )
 
 
-def with_forwarder(relay: Proc, name: str, argv: list[str], env: Env, timeout: float,
-                   layout: Layout, proc_env: dict[str, str] | None = None) -> Pair:
+def with_forwarder(
+    relay: Proc,
+    name: str,
+    argv: list[str],
+    env: Env,
+    timeout: float,
+    layout: Layout,
+    proc_env: dict[str, str] | None = None,
+) -> Pair:
     """Start the forwarder `argv` in front of `relay`; stop both if it shows no endpoint."""
     try:
         fwd = start(name, argv, env.logdir, env=proc_env)
@@ -219,9 +286,14 @@ def with_forwarder(relay: Proc, name: str, argv: list[str], env: Env, timeout: f
     return Pair(relay, fwd, endpoint)
 
 
-def start_py_pair(env: Env, target: str, tree: PyTree, layout: Layout = Layout(),
-                  launcher: tuple[str, ...] = ("-m", "relay"),
-                  py_opts: tuple[str, ...] = ()) -> Pair:
+def start_py_pair(
+    env: Env,
+    target: str,
+    tree: PyTree,
+    layout: Layout = Layout(),
+    launcher: tuple[str, ...] = ("-m", "relay"),
+    py_opts: tuple[str, ...] = (),
+) -> Pair:
     """``python -m relay`` of ``tree`` as relay and as forwarder (``py_opts`` go to both).
 
     ``launcher`` replaces ``-m relay`` (e.g. with a wrapper that changes a default).
@@ -229,9 +301,21 @@ def start_py_pair(env: Env, target: str, tree: PyTree, layout: Layout = Layout()
     relay = None
     for _ in range(5):  # the relay takes no port 0: pick a free one, retry if taken meanwhile
         port = layout.control_port or free_port()
-        relay = start("py-relay", layout.relay_at.argv(
-            env.python, *launcher, *relay_options(tree, layout.bind), "--event-loop",
-            env.py_loop, *py_opts, str(port)), env.logdir, env=tree.env, cwd=tree.root)
+        relay = start(
+            "py-relay",
+            layout.relay_at.argv(
+                env.python,
+                *launcher,
+                *relay_options(tree, layout.bind),
+                "--event-loop",
+                env.py_loop,
+                *py_opts,
+                str(port),
+            ),
+            env.logdir,
+            env=tree.env,
+            cwd=tree.root,
+        )
         try:
             wait_for(relay, SERVING, 30, "both")
             break
@@ -244,11 +328,26 @@ def start_py_pair(env: Env, target: str, tree: PyTree, layout: Layout = Layout()
         raise BenchError("the project relay found no free control port")
     target_host, target_port = target.rsplit(":", 1)
     dial_host, dial_port = (layout.dial or f"{layout.relay_at.addr}:{port}").rsplit(":", 1)
-    return with_forwarder(relay, "py-forwarder", layout.forwarder_at.argv(
-        env.python, *launcher, "--event-loop", env.py_loop, *py_opts,
-        f"--localForwardPort={target_port}", "--local-forward-host", target_host,
-        dial_host, dial_port,
-    ), env, 30, layout, tree.env)
+    return with_forwarder(
+        relay,
+        "py-forwarder",
+        layout.forwarder_at.argv(
+            env.python,
+            *launcher,
+            "--event-loop",
+            env.py_loop,
+            *py_opts,
+            f"--localForwardPort={target_port}",
+            "--local-forward-host",
+            target_host,
+            dial_host,
+            dial_port,
+        ),
+        env,
+        30,
+        layout,
+        tree.env,
+    )
 
 
 def start_pair(env: Env, path: str, target: str, layout: Layout = Layout()) -> Pair:
@@ -268,7 +367,8 @@ def stopping(pair: Pair | None) -> Iterator[Pair | None]:
             stop(pair.relay)
 
 
-def path_endpoint(env: Env, path: str, target: str) -> contextlib.AbstractContextManager[
-        Pair | None]:
+def path_endpoint(
+    env: Env, path: str, target: str
+) -> contextlib.AbstractContextManager[Pair | None]:
     """The pair for `path` (None for direct) on loopback, always stopped afterwards."""
     return stopping(None if path == "direct" else start_pair(env, path, target))

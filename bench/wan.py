@@ -100,14 +100,33 @@ class Wan:
     links: list[Proc] = field(default_factory=list)
 
     def layout(self) -> Layout:
-        return Layout(relay_at=self.topo.relay_lan, forwarder_at=self.topo.service,
-                      bind="0.0.0.0", control_port=CONTROL_PORT,
-                      dial=f"{WAN[0]}:{CONTROL_LINK_PORT}", public_host=LAN[1])
+        return Layout(
+            relay_at=self.topo.relay_lan,
+            forwarder_at=self.topo.service,
+            bind="0.0.0.0",
+            control_port=CONTROL_PORT,
+            dial=f"{WAN[0]}:{CONTROL_LINK_PORT}",
+            public_host=LAN[1],
+        )
 
     def start_link(self, listen: str, target: str, delay: float) -> Proc:
-        proc = start("slowlink", self.topo.relay_lan.argv(
-            self.env.python, "-m", "testkit.link", "--listen", listen, "--target", target,
-            "--delay", f"{delay:g}", "--rate", f"{self.rate:g}"), self.env.logdir)
+        proc = start(
+            "slowlink",
+            self.topo.relay_lan.argv(
+                self.env.python,
+                "-m",
+                "testkit.link",
+                "--listen",
+                listen,
+                "--target",
+                target,
+                "--delay",
+                f"{delay:g}",
+                "--rate",
+                f"{self.rate:g}",
+            ),
+            self.env.logdir,
+        )
         wait_for(proc, r"^LISTENING ", 15)
         return proc
 
@@ -133,8 +152,11 @@ class Wan:
             if path == "pyauto":
                 if not tree.has_option("--window-autotune"):
                     raise BenchError("this tree's relay has no --window-autotune")
-                opts: tuple[str, ...] = ("--max-stream-window", str(BIG_WINDOW),
-                                         "--window-autotune")
+                opts: tuple[str, ...] = (
+                    "--max-stream-window",
+                    str(BIG_WINDOW),
+                    "--window-autotune",
+                )
             elif tree.has_option("--max-stream-window"):
                 opts = ("--max-stream-window", str(BIG_WINDOW))
                 if tree.has_option("--no-window-autotune"):
@@ -152,9 +174,24 @@ def iperf_workload(duration: float) -> Workload:
 
     def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
         host, port = addr.rsplit(":", 1)
-        proc = start("iperf3", env.client.argv(
-            "iperf3", "-c", host, "-p", port, "-t", f"{duration:g}", "-O", "1", "-J",
-            "--connect-timeout", "10000"), env.logdir)
+        proc = start(
+            "iperf3",
+            env.client.argv(
+                "iperf3",
+                "-c",
+                host,
+                "-p",
+                port,
+                "-t",
+                f"{duration:g}",
+                "-O",
+                "1",
+                "-J",
+                "--connect-timeout",
+                "10000",
+            ),
+            env.logdir,
+        )
         try:
             code = run_to_end(proc, timeout)
         finally:
@@ -166,12 +203,16 @@ def iperf_workload(duration: float) -> Workload:
         if doc.get("error") or code != 0:
             raise BenchError(f"iperf3 exited {code}: {doc.get('error', proc.tail())}")
         received = doc["end"]["sum_received"]
-        return {"mb_per_s": received["bits_per_second"] / 8 / 1e6,
-                "bytes_moved": received["bytes"]}
+        return {"mb_per_s": received["bits_per_second"] / 8 / 1e6, "bytes_moved": received["bytes"]}
 
-    return Workload("stream", f"1 stream, iperf3 -t {duration:g}",
-                    [Metric("mb_per_s", "1 stream (iperf3, client -> service)", "MB/s",
-                            "higher", "{:.1f}")], run, "GB", timeout)
+    return Workload(
+        "stream",
+        f"1 stream, iperf3 -t {duration:g}",
+        [Metric("mb_per_s", "1 stream (iperf3, client -> service)", "MB/s", "higher", "{:.1f}")],
+        run,
+        "GB",
+        timeout,
+    )
 
 
 def wan_workloads(quick: bool, duration: float) -> list[Workload]:
@@ -188,8 +229,11 @@ def run_wan_one(wan: Wan, wl: Workload, path: str) -> dict[str, Any]:
     t0 = time.monotonic()
     server = None
     if wl.name == "stream":
-        server = start("iperf3-server", wan.topo.service.argv(
-            "iperf3", "-s", "-1", "--forceflush", "-p", str(IPERF_PORT)), wan.env.logdir)
+        server = start(
+            "iperf3-server",
+            wan.topo.service.argv("iperf3", "-s", "-1", "--forceflush", "-p", str(IPERF_PORT)),
+            wan.env.logdir,
+        )
     try:
         if server is not None:
             wait_for(server, r"Server listening", 10)
@@ -218,25 +262,51 @@ def cell_value(runs: list[dict[str, Any]], key: str) -> tuple[float | None, int,
 
 def measured_rtt(runs: list[dict[str, Any]], rtt: float) -> str:
     """`` (2.43 measured)``: the direct path's 64-byte p50, the link's real round trip."""
-    sel = [r for r in runs if r["rtt_ms"] == rtt and r["workload"] == "latency"
-           and r["path"] == "direct"]
+    sel = [
+        r
+        for r in runs
+        if r["rtt_ms"] == rtt and r["workload"] == "latency" and r["path"] == "direct"
+    ]
     value = cell_value(sel, "p50_us")[0]
     return "" if value is None else f" ({value / 1000:.3g} measured)"
 
 
-def render_wan(runs: list[dict[str, Any]], rtts: list[float], paths: list[str],
-               wls: list[Workload], machine: dict[str, Any]) -> str:
+def render_wan(
+    runs: list[dict[str, Any]],
+    rtts: list[float],
+    paths: list[str],
+    wls: list[Workload],
+    machine: dict[str, Any],
+) -> str:
     out = ["## WAN benchmark (python -m bench --wan)", ""]
-    for key in ("date", "nproc", "cpu", "python", "go", "kernel", "load_before", "load_after",
-                "mode", "event_loop", "link", "baseline", "py16_window", "repeat",
-                "duration_s"):
+    for key in (
+        "date",
+        "nproc",
+        "cpu",
+        "python",
+        "go",
+        "kernel",
+        "load_before",
+        "load_after",
+        "mode",
+        "event_loop",
+        "link",
+        "baseline",
+        "py16_window",
+        "repeat",
+        "duration_s",
+    ):
         if key in machine:
             out.append(f"- {key}: {machine[key]}")
     tables = [(wl, m) for wl in wls for m in wl.metrics if m.key != "p99_us"]
     for wl, metric in tables:
         scale, unit = (1e-3, "ms") if metric.unit == "us" else (1.0, metric.unit)
-        out += ["", f"{metric.label} ({unit}, {metric.better} is better; medians of "
-                f"{machine.get('repeat', '?')}):", ""]
+        out += [
+            "",
+            f"{metric.label} ({unit}, {metric.better} is better; medians of "
+            f"{machine.get('repeat', '?')}):",
+            "",
+        ]
         heads = ["RTT", *(TITLES[p] for p in paths)]
         out.append("| " + " | ".join(heads) + " |")
         out.append("|" + "---|" * len(heads))
@@ -244,8 +314,11 @@ def render_wan(runs: list[dict[str, Any]], rtts: list[float], paths: list[str],
             medians = {}
             cells = [f"{rtt:g} ms{measured_rtt(runs, rtt)}"]
             for path in paths:
-                sel = [r for r in runs if r["rtt_ms"] == rtt and r["workload"] == wl.name
-                       and r["path"] == path]
+                sel = [
+                    r
+                    for r in runs
+                    if r["rtt_ms"] == rtt and r["workload"] == wl.name and r["path"] == path
+                ]
                 value, total, failed = cell_value(sel, metric.key)
                 medians[path] = value
                 if value is None:
@@ -277,28 +350,58 @@ def render_wan(runs: list[dict[str, Any]], rtts: list[float], paths: list[str],
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m bench --wan",
-        description="The relay over emulated WAN links (network namespaces; needs root).")
-    ap.add_argument("--quick", action="store_true",
-                    help="RTT 1 and 50 ms only, one repetition, 3 s streams")
-    ap.add_argument("--rtts", metavar="MS,MS",
-                    help="round-trip times of the rows in ms (default 1,20,50,100)")
-    ap.add_argument("--paths", metavar="P1,P2",
-                    help=f"columns, from {','.join(WAN_PATHS)} (default: "
-                         f"{','.join(DEFAULT_PATHS)}, plus pyauto when the relay has "
-                         "--window-autotune; base is added by --baseline)")
-    ap.add_argument("--baseline", type=Path, metavar="PATH",
-                    help="also run the relay of this source tree (default settings) as `base`")
-    ap.add_argument("--repeat", type=int, metavar="N",
-                    help="repetitions (default 3; 1 with --quick); the table shows medians")
-    ap.add_argument("--duration", type=float, metavar="S",
-                    help="seconds of each iperf3 stream (default 6; 3 with --quick)")
-    ap.add_argument("--rate", type=float, default=RATE, metavar="BYTES_PER_S",
-                    help="WAN rate each way (default 125e6 = 1 Gbit/s)")
+        description="The relay over emulated WAN links (network namespaces; needs root).",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="RTT 1 and 50 ms only, one repetition, 3 s streams"
+    )
+    ap.add_argument(
+        "--rtts", metavar="MS,MS", help="round-trip times of the rows in ms (default 1,20,50,100)"
+    )
+    ap.add_argument(
+        "--paths",
+        metavar="P1,P2",
+        help=f"columns, from {','.join(WAN_PATHS)} (default: "
+        f"{','.join(DEFAULT_PATHS)}, plus pyauto when the relay has "
+        "--window-autotune; base is added by --baseline)",
+    )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="PATH",
+        help="also run the relay of this source tree (default settings) as `base`",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        metavar="N",
+        help="repetitions (default 3; 1 with --quick); the table shows medians",
+    )
+    ap.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="seconds of each iperf3 stream (default 6; 3 with --quick)",
+    )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=RATE,
+        metavar="BYTES_PER_S",
+        help="WAN rate each way (default 125e6 = 1 Gbit/s)",
+    )
     ap.add_argument("--json", metavar="FILE", help="also write every run here")
-    ap.add_argument("--python", default=sys.executable,
-                    help="interpreter of the relays and link emulators (default: this one)")
-    ap.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default="auto",
-                    help="event loop of the project's relay and forwarder")
+    ap.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter of the relays and link emulators (default: this one)",
+    )
+    ap.add_argument(
+        "--event-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop of the project's relay and forwarder",
+    )
     ap.add_argument("--no-build", action="store_true", help="use interop/build/ as it is")
     ap.add_argument("--keep-logs", action="store_true", help="keep the processes' output")
     args = ap.parse_args(argv)
@@ -325,8 +428,7 @@ def check_tools() -> None:
         raise BenchError("--wan makes network namespaces: run it as root")
     missing = [t for t in ("ip", "tc", "iperf3") if shutil.which(t) is None]
     if missing:
-        raise BenchError(f"--wan needs {', '.join(missing)} "
-                         "(apt-get install iproute2 iperf3)")
+        raise BenchError(f"--wan needs {', '.join(missing)} (apt-get install iproute2 iperf3)")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -339,10 +441,13 @@ def main(argv: Sequence[str]) -> int:
     paths = [p for p in WAN_PATHS if p in args.path_list]
     wls = wan_workloads(args.quick, args.duration)
     machine = machine_info(args.python)
-    machine.update(mode="quick" if args.quick else "default", event_loop=args.event_loop,
-                   repeat=args.repeat,
-                   link=f"testkit.link, {args.rate:g} bytes/s and RTT/2 each way, on the "
-                        "relay <-> service leg; every veth 1 Gbit/s (tc tbf)")
+    machine.update(
+        mode="quick" if args.quick else "default",
+        event_loop=args.event_loop,
+        repeat=args.repeat,
+        link=f"testkit.link, {args.rate:g} bytes/s and RTT/2 each way, on the "
+        "relay <-> service leg; every veth 1 Gbit/s (tc tbf)",
+    )
     if args.baseline is not None:
         machine["baseline"] = str(args.baseline.resolve())
     runs: list[dict[str, Any]] = []
@@ -362,23 +467,30 @@ def main(argv: Sequence[str]) -> int:
             paths.insert(paths.index("py") + 1, "pyauto")
         if "py16" in paths and tree is not None:
             machine["py16_window"] = (
-                "--max-stream-window" + (" --no-window-autotune"
-                                         if tree.has_option("--no-window-autotune") else "")
+                "--max-stream-window"
+                + (" --no-window-autotune" if tree.has_option("--no-window-autotune") else "")
                 if tree.has_option("--max-stream-window")
-                else "bench/fixed_window.py (the CLI has no --max-stream-window)")
+                else "bench/fixed_window.py (the CLI has no --max-stream-window)"
+            )
         topo.create()
         env.client = topo.client
         wan = Wan(env, topo, args.rate)
-        echo = start("echo-server", topo.service.argv(env.go("echo-server"), "-addr",
-                                                        "0.0.0.0:0"), logdir)
+        echo = start(
+            "echo-server", topo.service.argv(env.go("echo-server"), "-addr", "0.0.0.0:0"), logdir
+        )
         wan.echo_port = int(wait_for(echo, r"^\S+:(\d+)$", 10).group(1))
         log(f"logs in {logdir}")
         for rtt in args.rtt_list:
             wan.set_rtt(rtt)
             for wl in wls:
-                batch = run_alternating(wl, paths, args.repeat, unusable,
-                                        functools.partial(run_wan_one, wan, wl),
-                                        label=f"RTT {rtt:g} ms {wl.name}")
+                batch = run_alternating(
+                    wl,
+                    paths,
+                    args.repeat,
+                    unusable,
+                    functools.partial(run_wan_one, wan, wl),
+                    label=f"RTT {rtt:g} ms {wl.name}",
+                )
                 runs += [{**r, "rtt_ms": rtt} for r in batch]
                 if not echo.alive():
                     raise BenchError(f"the echo server died: {echo.tail()}")
@@ -397,4 +509,5 @@ def main(argv: Sequence[str]) -> int:
     machine["duration_s"] = round(time.monotonic() - t_start, 1)
     print(render_wan(runs, args.rtt_list, paths, wls, machine), flush=True)
     return write_json_and_count_failures(
-        args.json, {"machine": machine, "paths": paths, "rtts_ms": args.rtt_list, "runs": runs})
+        args.json, {"machine": machine, "paths": paths, "rtts_ms": args.rtt_list, "runs": runs}
+    )

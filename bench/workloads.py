@@ -22,8 +22,8 @@ from testkit.procs import Proc
 
 @dataclass
 class Metric:
-    key: str     # key in a run's result
-    label: str   # row label in the table
+    key: str  # key in a run's result
+    label: str  # row label in the table
     unit: str
     better: str  # "higher" or "lower"
     fmt: str = "{:.0f}"
@@ -60,12 +60,27 @@ def parse_loadgen(proc: Proc, code: int) -> dict[str, Any]:
 
 def echo_workload(name: str, title: str, conns: int, size: int, timeout: float) -> Workload:
     def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
-        return loadgen(env, ["echo", "-addr", addr, "-conns", str(conns), "-bytes", str(size),
-                             "-timeout", f"{timeout:g}s"], timeout + 10)
+        return loadgen(
+            env,
+            [
+                "echo",
+                "-addr",
+                addr,
+                "-conns",
+                str(conns),
+                "-bytes",
+                str(size),
+                "-timeout",
+                f"{timeout:g}s",
+            ],
+            timeout + 10,
+        )
+
     metrics = [Metric("mb_per_s", title, "MB/s", "higher")]
     if conns >= 1000:  # opening many at once is a result of its own (not in the MB/s)
-        metrics.append(Metric("connect_s", f"{conns} conns: time to connect all", "s", "lower",
-                              "{:.2f}"))
+        metrics.append(
+            Metric("connect_s", f"{conns} conns: time to connect all", "s", "lower", "{:.2f}")
+        )
     return Workload(name, title, metrics, run, "GB", timeout)
 
 
@@ -73,34 +88,93 @@ def latency_workload(n: int, duration: float, warmup: int = 500) -> Workload:
     timeout = duration + 30
 
     def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
-        res = loadgen(env, ["latency", "-addr", addr, "-size", "64", "-n", str(n),
-                            "-warmup", str(warmup), "-duration", f"{duration:g}s",
-                            "-timeout", f"{timeout:g}s"], timeout + 10)
+        res = loadgen(
+            env,
+            [
+                "latency",
+                "-addr",
+                addr,
+                "-size",
+                "64",
+                "-n",
+                str(n),
+                "-warmup",
+                str(warmup),
+                "-duration",
+                f"{duration:g}s",
+                "-timeout",
+                f"{timeout:g}s",
+            ],
+            timeout + 10,
+        )
         res["ops"] = res["round_trips"]
         return res
-    return Workload("latency", "64-byte request/response, 1 connection", [
-        Metric("p50_us", "64 B round trip p50", "us", "lower", "{:.1f}"),
-        Metric("p99_us", "64 B round trip p99", "us", "lower", "{:.1f}"),
-    ], run, "op", timeout)
+
+    return Workload(
+        "latency",
+        "64-byte request/response, 1 connection",
+        [
+            Metric("p50_us", "64 B round trip p50", "us", "lower", "{:.1f}"),
+            Metric("p99_us", "64 B round trip p99", "us", "lower", "{:.1f}"),
+        ],
+        run,
+        "op",
+        timeout,
+    )
 
 
 def connrate_workload(duration: float) -> Workload:
     def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
-        res = loadgen(env, ["connrate", "-addr", addr, "-size", "64", "-concurrency", "16",
-                            "-duration", f"{duration:g}s", "-timeout", "10s"], duration + 30)
+        res = loadgen(
+            env,
+            [
+                "connrate",
+                "-addr",
+                addr,
+                "-size",
+                "64",
+                "-concurrency",
+                "16",
+                "-duration",
+                f"{duration:g}s",
+                "-timeout",
+                "10s",
+            ],
+            duration + 30,
+        )
         res["ops"] = res["connections"]
         return res
-    return Workload("connrate", "new connections (connect, 64 B exchange, close), 16 at once",
-                    [Metric("conns_per_s", "new connections", "conn/s", "higher")], run, "op",
-                    duration + 30)
+
+    return Workload(
+        "connrate",
+        "new connections (connect, 64 B exchange, close), 16 at once",
+        [Metric("conns_per_s", "new connections", "conn/s", "higher")],
+        run,
+        "op",
+        duration + 30,
+    )
 
 
 def idle_workload(conns: int, timeout: float) -> Workload:
     def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
         before = {p.name: p.rss_bytes() for p in pair.procs()} if pair else {}
-        proc = start("loadgen", env.client.argv(
-            env.go("loadgen"), "idle", "-addr", addr, "-conns", str(conns), "-size", "64",
-            "-timeout", f"{timeout:g}s"), env.logdir, stdin=True)
+        proc = start(
+            "loadgen",
+            env.client.argv(
+                env.go("loadgen"),
+                "idle",
+                "-addr",
+                addr,
+                "-conns",
+                str(conns),
+                "-size",
+                "64",
+                "-timeout",
+                f"{timeout:g}s",
+            ),
+            env.logdir,
+            stdin=True,
+        )
         try:
             wait_for(proc, r"^READY ", timeout + 5)
             res: dict[str, Any] = {}
@@ -119,14 +193,23 @@ def idle_workload(conns: int, timeout: float) -> Workload:
         res["all_work"] = 1.0 if res.get("exchanged") == conns else 0.0
         res["ops"] = conns
         return res
+
     k = f"{conns // 1000}k" if conns % 1000 == 0 else str(conns)
-    return Workload("idle", f"{conns} concurrent idle connections", [
-        Metric("all_work", f"{k} idle conns: all work (1 = yes)", "", "higher", "{:.0f}"),
-        Metric("open_s", f"{k} idle conns: time to open all", "s", "lower", "{:.2f}"),
-        Metric("relay_rss_per_conn", f"{k} idle conns: relay RSS/conn", "bytes", "lower"),
-        Metric("forwarder_rss_per_conn", f"{k} idle conns: forwarder RSS/conn", "bytes",
-               "lower"),
-    ], run, "op", timeout)
+    return Workload(
+        "idle",
+        f"{conns} concurrent idle connections",
+        [
+            Metric("all_work", f"{k} idle conns: all work (1 = yes)", "", "higher", "{:.0f}"),
+            Metric("open_s", f"{k} idle conns: time to open all", "s", "lower", "{:.2f}"),
+            Metric("relay_rss_per_conn", f"{k} idle conns: relay RSS/conn", "bytes", "lower"),
+            Metric(
+                "forwarder_rss_per_conn", f"{k} idle conns: forwarder RSS/conn", "bytes", "lower"
+            ),
+        ],
+        run,
+        "op",
+        timeout,
+    )
 
 
 REDIS_LINE = re.compile(r"\b(SET|GET): ([\d.]+) requests per second")
@@ -135,9 +218,24 @@ REDIS_LINE = re.compile(r"\b(SET|GET): ([\d.]+) requests per second")
 def redis_workload(requests: int, timeout: float) -> Workload:
     def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
         host, port = addr.rsplit(":", 1)
-        proc = start("redis-benchmark", env.client.argv(
-            "redis-benchmark", "-h", host, "-p", port, "-t", "set,get", "-c", "50",
-            "-n", str(requests), "-q"), env.logdir)
+        proc = start(
+            "redis-benchmark",
+            env.client.argv(
+                "redis-benchmark",
+                "-h",
+                host,
+                "-p",
+                port,
+                "-t",
+                "set,get",
+                "-c",
+                "50",
+                "-n",
+                str(requests),
+                "-q",
+            ),
+            env.logdir,
+        )
         try:
             code = run_to_end(proc, timeout)
             found = dict(REDIS_LINE.findall(proc.stdout_text.replace("\r", "\n")))
@@ -145,12 +243,23 @@ def redis_workload(requests: int, timeout: float) -> Workload:
                 raise BenchError(f"redis-benchmark exited {code}: {proc.tail()}")
         finally:
             stop(proc)
-        return {"set_ops_per_s": float(found["SET"]), "get_ops_per_s": float(found["GET"]),
-                "ops": 2 * requests}
-    return Workload("redis", "redis-benchmark SET/GET, 50 clients", [
-        Metric("set_ops_per_s", "redis-benchmark SET", "ops/s", "higher"),
-        Metric("get_ops_per_s", "redis-benchmark GET", "ops/s", "higher"),
-    ], run, "op", timeout)
+        return {
+            "set_ops_per_s": float(found["SET"]),
+            "get_ops_per_s": float(found["GET"]),
+            "ops": 2 * requests,
+        }
+
+    return Workload(
+        "redis",
+        "redis-benchmark SET/GET, 50 clients",
+        [
+            Metric("set_ops_per_s", "redis-benchmark SET", "ops/s", "higher"),
+            Metric("get_ops_per_s", "redis-benchmark GET", "ops/s", "higher"),
+        ],
+        run,
+        "op",
+        timeout,
+    )
 
 
 def workloads(quick: bool) -> list[Workload]:

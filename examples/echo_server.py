@@ -34,8 +34,7 @@ def announce(endpoint: str) -> None:
 
 
 async def main(relay_host: str, relay_port: int, name: str | None) -> None:
-    server = await relay.start_server(echo, relay_host, relay_port, name=name,
-                                      on_endpoint=announce)
+    server = await relay.start_server(echo, relay_host, relay_port, name=name, on_endpoint=announce)
     async with server:
         await server.serve_forever()  # survives relay restarts (reconnect=True by default)
 

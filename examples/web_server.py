@@ -168,8 +168,9 @@ class App:
                 if request is None:
                     break
                 response = self.route(request)
-                writer.write(response.encode(keep_alive=request.keep_alive,
-                                             head=request.method == "HEAD"))
+                writer.write(
+                    response.encode(keep_alive=request.keep_alive, head=request.method == "HEAD")
+                )
                 await writer.drain()
                 if not request.keep_alive:
                     break
@@ -196,8 +197,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="HTTP/1.1 example server behind a relay")
     parser.add_argument("relay_host", nargs="?", default="127.0.0.1")
     parser.add_argument("relay_port", nargs="?", type=int, default=7000)
-    parser.add_argument("--direct", type=int, metavar="PORT",
-                        help="serve locally on PORT with asyncio.start_server instead")
+    parser.add_argument(
+        "--direct",
+        type=int,
+        metavar="PORT",
+        help="serve locally on PORT with asyncio.start_server instead",
+    )
     try:
         asyncio.run(main(parser.parse_args()))
     except KeyboardInterrupt:

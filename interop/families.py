@@ -55,8 +55,9 @@ class Family:
             raise HarnessError(f"CI=true but an interop peer is missing: {reason}")
         return reason
 
-    def start_peer(self, role: str, addr: str, scenario: str,
-                   **knobs: object) -> GoProcess | LocalProcess:
+    def start_peer(
+        self, role: str, addr: str, scenario: str, **knobs: object
+    ) -> GoProcess | LocalProcess:
         """Start this family's peer, dialing ``addr`` in yamux ``role`` ("client" = active)."""
         if self.command is None:
             return harness.start_peer(role, addr, scenario, **knobs)
@@ -96,8 +97,12 @@ def _libp2p_missing() -> str | None:
     python = _libp2p_python()
     if not python.exists():
         return f"{LIBP2P_VENV} is missing"
-    done = subprocess.run([str(python), "-c", "import libp2p.stream_muxer.yamux.yamux"],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [str(python), "-c", "import libp2p.stream_muxer.yamux.yamux"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         return f"py-libp2p does not import in {LIBP2P_VENV}: {done.stderr.strip()[-300:]}"
     return None
@@ -106,11 +111,15 @@ def _libp2p_missing() -> str | None:
 FAMILIES: Final = {
     "go": Family("go", "hashicorp/yamux (Debian 12, Go)", lambda: None, None),
     "js": Family(
-        "js", "@chainsafe/libp2p-yamux 8.0.1 (Node.js)", _js_missing,
+        "js",
+        "@chainsafe/libp2p-yamux 8.0.1 (Node.js)",
+        _js_missing,
         lambda args: [node(), str(JS_DIR / "yamux-peer.mjs"), *args],
     ),
     "libp2p": Family(
-        "libp2p", "py-libp2p 0.8.1 yamux (trio)", _libp2p_missing,
+        "libp2p",
+        "py-libp2p 0.8.1 yamux (trio)",
+        _libp2p_missing,
         lambda args: [str(_libp2p_python()), str(LIBP2P_DIR / "yamux_peer.py"), *args],
     ),
 }

@@ -226,8 +226,15 @@ def build_image() -> str | None:
         t0 = time.monotonic()
         if _podman("image", "exists", tag, check=False).returncode != 0:
             _podman(
-                "build", "--pull=never", "--layers=false", "-q", "-f", str(CONTAINERFILE),
-                "-t", tag, str(BUILD_DIR),
+                "build",
+                "--pull=never",
+                "--layers=false",
+                "-q",
+                "-f",
+                str(CONTAINERFILE),
+                "-t",
+                tag,
+                str(BUILD_DIR),
             )
             _STATE.timings["image_build_s"] = time.monotonic() - t0
             _prune_old_images()
@@ -247,8 +254,17 @@ def _prune_old_images() -> None:
     built its own tag and not started a container yet (removing it made that run fail
     with "image not known").
     """
-    _podman("image", "prune", "--all", "--force", "--filter", f"label={CONTAINER_LABEL}",
-            "--filter", f"until={IMAGE_MAX_AGE}", check=False)
+    _podman(
+        "image",
+        "prune",
+        "--all",
+        "--force",
+        "--filter",
+        f"label={CONTAINER_LABEL}",
+        "--filter",
+        f"until={IMAGE_MAX_AGE}",
+        check=False,
+    )
 
 
 def timings() -> dict[str, float]:
@@ -295,8 +311,13 @@ class LocalProcess:
     :class:`GoProcess` adds the container.
     """
 
-    def __init__(self, program: str, cmd: Sequence[str], args: Sequence[str] | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        program: str,
+        cmd: Sequence[str],
+        args: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.program = program
         self.args = list(cmd[1:] if args is None else args)
         self.started = time.monotonic()
@@ -317,8 +338,9 @@ class LocalProcess:
         program ended without printing one.
         """
         try:
-            index, _ = self._proc.wait_line("", stream="stdout", timeout=timeout,
-                                            after=self._next_line)
+            index, _ = self._proc.wait_line(
+                "", stream="stdout", timeout=timeout, after=self._next_line
+            )
         except ProcessError:
             if self._proc.alive():
                 what = f"no stdout line within {timeout}s"

@@ -75,9 +75,7 @@ def resolve_bind_address(host: str | None) -> BindAddress:
         if _ipv6_dual_stack_works():
             return BindAddress(socket.AF_INET6, "::", dual_stack=True)
         return BindAddress(socket.AF_INET, "0.0.0.0")
-    infos = socket.getaddrinfo(
-        host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
+    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, sockaddr = infos[0]
     return BindAddress(family, str(sockaddr[0]))
 

@@ -66,8 +66,16 @@ class SocketEnd(asyncio.Protocol):
     ``on_connected(end)`` runs from ``connection_made``.
     """
 
-    __slots__ = ("_early", "_early_size", "_lost", "_on_connected", "_splice", "activity",
-                 "in_resume_writing", "transport")
+    __slots__ = (
+        "_early",
+        "_early_size",
+        "_lost",
+        "_on_connected",
+        "_splice",
+        "activity",
+        "in_resume_writing",
+        "transport",
+    )
 
     def __init__(self, on_connected: Callable[[SocketEnd], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
@@ -161,11 +169,21 @@ class SocketEnd(asyncio.Protocol):
 class _Splice(asyncio.Protocol):
     """Protocol of the stream side, and the socket side's partner; owns the pipe's outcome."""
 
-    __slots__ = ("_done", "_down_done", "_up_done", "end", "finished", "result",
-                 "socket_paused", "stream", "transport")
+    __slots__ = (
+        "_done",
+        "_down_done",
+        "_up_done",
+        "end",
+        "finished",
+        "result",
+        "socket_paused",
+        "stream",
+        "transport",
+    )
 
-    def __init__(self, end: SocketEnd, stream: yamux.Stream, done: asyncio.Future[None],
-                 result: PipeResult) -> None:
+    def __init__(
+        self, end: SocketEnd, stream: yamux.Stream, done: asyncio.Future[None], result: PipeResult
+    ) -> None:
         assert end.transport is not None
         self.end = end
         self.transport = end.transport
@@ -256,8 +274,9 @@ class _Splice(asyncio.Protocol):
             self.transport.close()
 
 
-async def pipe(end: SocketEnd, stream: yamux.Stream,
-               result: PipeResult | None = None) -> PipeResult:
+async def pipe(
+    end: SocketEnd, stream: yamux.Stream, result: PipeResult | None = None
+) -> PipeResult:
     """Copy both ways until both directions ended, then close the socket.
 
     Never raises for I/O errors: they abort both sides and are reported in the

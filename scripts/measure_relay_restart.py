@@ -53,20 +53,30 @@ def http_ok(port: int) -> bool:
 
 
 def start_relay(group, port: int, state: Path) -> Proc:
-    relay = group.start([*RELAY, "--bind", HOST, "--protocol", "v2", "--state-dir", str(state),
-                         str(port)], "relay")
+    relay = group.start(
+        [*RELAY, "--bind", HOST, "--protocol", "v2", "--state-dir", str(state), str(port)], "relay"
+    )
     relay.wait_line(r"Serving relay requests on port")
     return relay
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--downtime", type=float, nargs="+", default=[0.0, 2.0, 10.0],
-                        help="seconds the relay stays down (default: 0 2 10)")
+    parser.add_argument(
+        "--downtime",
+        type=float,
+        nargs="+",
+        default=[0.0, 2.0, 10.0],
+        help="seconds the relay stays down (default: 0 2 10)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="restarts per downtime")
-    parser.add_argument("--settle", type=float, default=6.0,
-                        help="seconds the services serve before each kill (a session that "
-                             "lived at least the 5 s backoff cap resets the backoff)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=6.0,
+        help="seconds the services serve before each kill (a session that "
+        "lived at least the 5 s backoff cap resets the backoff)",
+    )
     args = parser.parse_args()
     redis_server = shutil.which("redis-server")
     if redis_server is None:
@@ -74,15 +84,48 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, proc_group() as group:
         state = Path(tmp) / "state"
         redis_port, http_port, relay_port = free_port(), free_port(), free_port()
-        redis = group.start([redis_server, "--port", str(redis_port), "--bind", HOST,
-                             "--save", "", "--appendonly", "no"], "redis")
+        redis = group.start(
+            [
+                redis_server,
+                "--port",
+                str(redis_port),
+                "--bind",
+                HOST,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            "redis",
+        )
         redis.wait_line("Ready to accept connections", stream="stdout")
-        group.start([sys.executable, "-m", "http.server", "--bind", HOST, "--directory", tmp,
-                     str(http_port)], "http")
+        group.start(
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                "--bind",
+                HOST,
+                "--directory",
+                tmp,
+                str(http_port),
+            ],
+            "http",
+        )
         relay = start_relay(group, relay_port, state)
-        forwarder = group.start([*RELAY, "forward", "--service", f"redis={redis_port}",
-                                 "--service", f"web={http_port}", HOST, str(relay_port)],
-                                "forwarder")
+        forwarder = group.start(
+            [
+                *RELAY,
+                "forward",
+                "--service",
+                f"redis={redis_port}",
+                "--service",
+                f"web={http_port}",
+                HOST,
+                str(relay_port),
+            ],
+            "forwarder",
+        )
         ports: dict[str, int] = {}
         after = 0
         while len(ports) < 2:
@@ -106,12 +149,17 @@ def main() -> int:
                     time.sleep(0.02)
                 back = time.monotonic() - listening
                 results.setdefault(downtime, []).append(back)
-                print(f"relay down {downtime:4.1f} s: both services serving on their ports "
-                      f"{back:.2f} s after the new relay listened", flush=True)
+                print(
+                    f"relay down {downtime:4.1f} s: both services serving on their ports "
+                    f"{back:.2f} s after the new relay listened",
+                    flush=True,
+                )
         print("\ndowntime  rounds  back after restart: median  max")
         for downtime, times in results.items():
-            print(f"{downtime:7.1f} s  {len(times):6d}  {statistics.median(times):19.2f} s"
-                  f"  {max(times):.2f} s")
+            print(
+                f"{downtime:7.1f} s  {len(times):6d}  {statistics.median(times):19.2f} s"
+                f"  {max(times):.2f} s"
+            )
     return 0
 
 

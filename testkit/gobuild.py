@@ -57,8 +57,12 @@ def build_go(build_dir: Path = BUILD_DIR) -> float:
         t0 = time.monotonic()
         with open(build_dir / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            proc = subprocess.run(["bash", str(BUILD_SCRIPT), str(build_dir)],
-                                  capture_output=True, text=True, check=False)
+            proc = subprocess.run(
+                ["bash", str(BUILD_SCRIPT), str(build_dir)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
         if proc.returncode != 0:
             raise GoBuildError(f"interop/build.sh failed ({proc.returncode}):\n{proc.stderr}")
         _built[build_dir] = took = time.monotonic() - t0

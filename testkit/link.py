@@ -190,8 +190,8 @@ class _Side(asyncio.Protocol):
 
     def __init__(self, conn: _Connection, out: _Direction, into: _Direction) -> None:
         self.conn = conn
-        self.out = out      # bytes read here travel this way
-        self.into = into    # bytes written here come this way
+        self.out = out  # bytes read here travel this way
+        self.into = into  # bytes written here come this way
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -231,7 +231,7 @@ class _Connection:
 
     def __init__(self, link: SlowLink) -> None:
         self.link = link
-        self.up = _Direction(link, self, "up")      # client -> target
+        self.up = _Direction(link, self, "up")  # client -> target
         self.down = _Direction(link, self, "down")  # target -> client
         self.client = _Side(self, self.up, self.down)
         self.target = _Side(self, self.down, self.up)
@@ -295,9 +295,18 @@ class SlowLink:
     overrides the whole per-direction bound.
     """
 
-    def __init__(self, target_host: str, target_port: int, *, delay: float,
-                 rate: float | None, listen_host: str = "127.0.0.1", listen_port: int = 0,
-                 slack: int = DEFAULT_SLACK, buffer: int | None = None) -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        *,
+        delay: float,
+        rate: float | None,
+        listen_host: str = "127.0.0.1",
+        listen_port: int = 0,
+        slack: int = DEFAULT_SLACK,
+        buffer: int | None = None,
+    ) -> None:
         if delay < 0:
             raise ValueError(f"delay must be >= 0 seconds, got {delay!r}")
         if rate is not None and not rate > 0:
@@ -336,7 +345,8 @@ class SlowLink:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._server = await self._loop.create_server(
-            self._accept, self.listen_host, self.listen_port, backlog=4096)
+            self._accept, self.listen_host, self.listen_port, backlog=4096
+        )
         self._port = int(self._server.sockets[0].getsockname()[1])
 
     def _accept(self) -> _Side:
@@ -347,8 +357,9 @@ class SlowLink:
 
     async def _dial(self, conn: _Connection) -> None:
         try:
-            await self.loop.create_connection(lambda: conn.target, self.target_host,
-                                              self.target_port)
+            await self.loop.create_connection(
+                lambda: conn.target, self.target_host, self.target_port
+            )
         except OSError:
             conn.abort()  # the target refused: the client sees a reset, as with a dead server
 
@@ -391,27 +402,59 @@ async def _serve(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with SlowLink(*args.target, delay=args.delay, rate=args.rate,
-                        listen_host=args.listen[0], listen_port=args.listen[1],
-                        slack=args.slack) as link:
+    async with SlowLink(
+        *args.target,
+        delay=args.delay,
+        rate=args.rate,
+        listen_host=args.listen[0],
+        listen_port=args.listen[1],
+        slack=args.slack,
+    ) as link:
         print(f"LISTENING {args.listen[0]}:{link.port}", flush=True)
         await stop.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m testkit.link",
-                                 description="A TCP proxy that delays and rate-limits each "
-                                             "direction like a long, thin link.")
-    ap.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT",
-                    help="where to accept (port 0: any; the chosen one is printed)")
-    ap.add_argument("--target", type=_address, required=True, metavar="HOST:PORT",
-                    help="where every accepted connection is proxied to")
-    ap.add_argument("--delay", type=float, required=True, metavar="S",
-                    help="one-way delay of each direction in seconds (RTT = 2 x delay)")
-    ap.add_argument("--rate", type=float, default=None, metavar="BYTES_PER_S",
-                    help="bottleneck rate of each direction (default: unlimited)")
-    ap.add_argument("--slack", type=int, default=DEFAULT_SLACK, metavar="BYTES",
-                    help="bottleneck queue on top of rate x delay")
+    ap = argparse.ArgumentParser(
+        prog="python -m testkit.link",
+        description="A TCP proxy that delays and rate-limits each "
+        "direction like a long, thin link.",
+    )
+    ap.add_argument(
+        "--listen",
+        type=_address,
+        required=True,
+        metavar="HOST:PORT",
+        help="where to accept (port 0: any; the chosen one is printed)",
+    )
+    ap.add_argument(
+        "--target",
+        type=_address,
+        required=True,
+        metavar="HOST:PORT",
+        help="where every accepted connection is proxied to",
+    )
+    ap.add_argument(
+        "--delay",
+        type=float,
+        required=True,
+        metavar="S",
+        help="one-way delay of each direction in seconds (RTT = 2 x delay)",
+    )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="BYTES_PER_S",
+        help="bottleneck rate of each direction (default: unlimited)",
+    )
+    ap.add_argument(
+        "--slack",
+        type=int,
+        default=DEFAULT_SLACK,
+        metavar="BYTES",
+        help="bottleneck queue on top of rate x delay",
+    )
     args = ap.parse_args(argv)
     try:
         asyncio.run(_serve(args))

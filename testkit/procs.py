@@ -62,18 +62,33 @@ class Proc:
     output to ``NAME.STAMP.out`` / ``.err`` there.
     """
 
-    def __init__(self, args: Sequence[str], name: str, *, env: dict[str, str] | None = None,
-                 cwd: Path | str = REPO, stdin: bool = False, new_session: bool = False,
-                 more_files: bool = False, log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        name: str,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | str = REPO,
+        stdin: bool = False,
+        new_session: bool = False,
+        more_files: bool = False,
+        log_dir: Path | None = None,
+    ) -> None:
         self.args = [str(a) for a in args]
         self.name = name
         self.new_session = new_session
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.popen = subprocess.Popen(
-            self.args, cwd=cwd, env=full_env,
+            self.args,
+            cwd=cwd,
+            env=full_env,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
-            start_new_session=new_session, preexec_fn=raise_nofile if more_files else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            start_new_session=new_session,
+            preexec_fn=raise_nofile if more_files else None,
         )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
@@ -82,15 +97,19 @@ class Proc:
         sinks: list[IO[str] | None] = [None, None]
         if log_dir is not None:
             stamp = time.monotonic_ns()
-            sinks = [open(log_dir / f"{name}.{stamp}.{ext}", "w")  # noqa: SIM115 - stop() closes
-                     for ext in ("out", "err")]
+            sinks = [
+                open(log_dir / f"{name}.{stamp}.{ext}", "w")  # noqa: SIM115 - stop() closes
+                for ext in ("out", "err")
+            ]
             self._logs = [s for s in sinks if s is not None]
         self._threads = [
-            threading.Thread(target=self._collect, args=(pipe, lines, sink), daemon=True,
-                             name=f"{name}-{which}")
+            threading.Thread(
+                target=self._collect, args=(pipe, lines, sink), daemon=True, name=f"{name}-{which}"
+            )
             for which, pipe, lines, sink in (
                 ("stdout", self.popen.stdout, self.stdout, sinks[0]),
-                ("stderr", self.popen.stderr, self.stderr, sinks[1]))
+                ("stderr", self.popen.stderr, self.stderr, sinks[1]),
+            )
         ]
         for thread in self._threads:
             thread.start()
@@ -131,18 +150,24 @@ class Proc:
             return "\n".join(self.stderr)
 
     def describe(self) -> str:
-        return (f"--- {self.name} {' '.join(self.args)} (exit status {self.popen.poll()})\n"
-                f"--- stdout:\n{self.stdout_text}\n--- stderr:\n{self.stderr_text}")
+        return (
+            f"--- {self.name} {' '.join(self.args)} (exit status {self.popen.poll()})\n"
+            f"--- stdout:\n{self.stdout_text}\n--- stderr:\n{self.stderr_text}"
+        )
 
     def tail(self, n: int = 600) -> str:
         """The last ``n`` characters of stdout and of stderr on one line (for error messages)."""
         text = f"{self.stdout_text[-n:]} | stderr: {self.stderr_text[-n:]}".strip()
         return text.replace("\n", " / ")
 
-    def _search(self, regex: re.Pattern[str], stream: Stream,
-                after: int) -> tuple[int, re.Match[str]] | None:
-        sources = {"stdout": [self.stdout], "stderr": [self.stderr],
-                   "both": [self.stdout, self.stderr]}[stream]
+    def _search(
+        self, regex: re.Pattern[str], stream: Stream, after: int
+    ) -> tuple[int, re.Match[str]] | None:
+        sources = {
+            "stdout": [self.stdout],
+            "stderr": [self.stderr],
+            "both": [self.stdout, self.stderr],
+        }[stream]
         for lines in sources:
             for index in range(after, len(lines)):
                 match = regex.search(lines[index])
@@ -150,8 +175,14 @@ class Proc:
                     return index, match
         return None
 
-    def wait_line(self, pattern: str | re.Pattern[str], *, stream: Stream = "stderr",
-                  timeout: float = READY_TIMEOUT, after: int = 0) -> tuple[int, re.Match[str]]:
+    def wait_line(
+        self,
+        pattern: str | re.Pattern[str],
+        *,
+        stream: Stream = "stderr",
+        timeout: float = READY_TIMEOUT,
+        after: int = 0,
+    ) -> tuple[int, re.Match[str]]:
         """The first line (index >= ``after``) of ``stream`` matching ``pattern``.
 
         Raises ProcessError, with everything the process printed, when none comes
@@ -166,16 +197,23 @@ class Proc:
                     return found
                 remaining = deadline - time.monotonic()
                 exited = self.popen.poll() is not None and not any(
-                    t.is_alive() for t in self._threads)
+                    t.is_alive() for t in self._threads
+                )
                 if remaining <= 0 or exited:
                     raise ProcessError(
                         f"{self.name}: no {stream} line matching {regex.pattern!r} within "
-                        f"{timeout:g} s (exit status {self.popen.poll()}).\n{self.describe()}")
+                        f"{timeout:g} s (exit status {self.popen.poll()}).\n{self.describe()}"
+                    )
                 self._changed.wait(min(remaining, 0.1))
 
-    async def await_line(self, pattern: str | re.Pattern[str], *, stream: Stream = "stderr",
-                         timeout: float = READY_TIMEOUT,
-                         after: int = 0) -> tuple[int, re.Match[str]]:
+    async def await_line(
+        self,
+        pattern: str | re.Pattern[str],
+        *,
+        stream: Stream = "stderr",
+        timeout: float = READY_TIMEOUT,
+        after: int = 0,
+    ) -> tuple[int, re.Match[str]]:
         """``wait_line`` for async code: polls, so the event loop keeps running."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
@@ -202,7 +240,7 @@ class Proc:
         """utime + stime of the process so far (fields 14 and 15 of /proc/PID/stat)."""
         with open(f"/proc/{self.pid}/stat") as f:
             stat = f.read()
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
     def rss_bytes(self) -> int:

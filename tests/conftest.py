@@ -36,8 +36,11 @@ async def no_leaks() -> AsyncIterator[None]:
     leaked_tasks: set[asyncio.Task[object]] = set()
     leaked_fds: set[str] = set()
     for _ in range(100):
-        leaked_tasks = {t for t in asyncio.all_tasks() - before_tasks
-                        if t is not asyncio.current_task() and not t.done()}
+        leaked_tasks = {
+            t
+            for t in asyncio.all_tasks() - before_tasks
+            if t is not asyncio.current_task() and not t.done()
+        }
         leaked_fds = open_socket_fds() - before_fds
         if not leaked_tasks and not leaked_fds:
             return

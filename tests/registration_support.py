@@ -29,7 +29,7 @@ def listening_ports(pid: int) -> set[int]:
         except OSError:
             continue
         if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
+            inodes.add(target[len("socket:[") : -1])
     ports = set()
     for table in ("tcp", "tcp6"):
         try:
@@ -76,33 +76,85 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _ca(directory: Path, name: str) -> None:
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
-             "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )
 
 
 def _leaf(directory: Path, name: str, ca: str, extensions: str) -> None:
     (directory / f"{name}.ext").write_text(extensions)
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}",
-             cwd=directory)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
-             cwd=directory)
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={name}",
+        cwd=directory,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.pem",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+        cwd=directory,
+    )
 
 
 def make_certificates(directory: Path) -> Certificates:
     """A CA, a server certificate for localhost/127.0.0.1, a client certificate, another CA."""
     _ca(directory, "test-ca")
     _ca(directory, "other-ca")
-    _leaf(directory, "server", "test-ca",
-          "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    _leaf(
+        directory,
+        "server",
+        "test-ca",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
     _leaf(directory, "client", "test-ca", "extendedKeyUsage=clientAuth\n")
     return Certificates(
-        ca=directory / "test-ca.pem", server_cert=directory / "server.pem",
-        server_key=directory / "server.key", client_cert=directory / "client.pem",
-        client_key=directory / "client.key", other_ca=directory / "other-ca.pem",
+        ca=directory / "test-ca.pem",
+        server_cert=directory / "server.pem",
+        server_key=directory / "server.key",
+        client_cert=directory / "client.pem",
+        client_key=directory / "client.key",
+        other_ca=directory / "other-ca.pem",
     )
 
 
@@ -139,19 +191,22 @@ frontend fe
 """haproxy answers every HTTP request with the source address it took from the PROXY header."""
 
 
-def start_proxy_receiver(procs: Processes, kind: str, program: str,
-                         directory: Path) -> tuple[Proc, int]:
+def start_proxy_receiver(
+    procs: Processes, kind: str, program: str, directory: Path
+) -> tuple[Proc, int]:
     """nginx or haproxy listening with PROXY protocol on a free port, once it accepts."""
     port = free_port()
     if kind == "nginx":
         conf = directory / "nginx.conf"
         conf.write_text(NGINX_CONF.format(dir=directory, host=HOST, port=port))
-        proc = procs.start([program, "-p", str(directory), "-e", "stderr", "-c", str(conf)],
-                           "nginx")
+        proc = procs.start(
+            [program, "-p", str(directory), "-e", "stderr", "-c", str(conf)], "nginx"
+        )
     else:
         conf = directory / "haproxy.cfg"
         conf.write_text(HAPROXY_CONF.format(host=HOST, port=port))
         proc = procs.start([program, "-db", "-f", str(conf)], "haproxy")
+
     def accepting() -> bool:
         assert proc.popen.poll() is None, proc.describe()
         try:

@@ -89,8 +89,9 @@ def closed_without_data(port: int, source: str | None = None, timeout: float = 5
     connect (nothing listening) does not.
     """
     try:
-        with socket.create_connection((HOST, port), timeout=timeout,
-                                      source_address=(source, 0) if source else None) as sock:
+        with socket.create_connection(
+            (HOST, port), timeout=timeout, source_address=(source, 0) if source else None
+        ) as sock:
             return sock.recv(1) == b""
     except ConnectionResetError:
         return True
@@ -103,8 +104,9 @@ def recv_all(sock: socket.socket) -> bytes:
     return b"".join(parts)
 
 
-def echo_roundtrip(port: int, payload: bytes = b"ping through the relay\n",
-                   timeout: float = 10.0) -> bytes:
+def echo_roundtrip(
+    port: int, payload: bytes = b"ping through the relay\n", timeout: float = 10.0
+) -> bytes:
     """Send ``payload``, half-close, read everything back (for an echo service)."""
     with socket.create_connection((HOST, port), timeout=timeout) as sock:
         sock.sendall(payload)
@@ -188,8 +190,21 @@ class Processes(ProcGroup):
     def redis(self, redis_server: str, port: int | None = None) -> tuple[Proc, int]:
         port = port or free_port()
         proc = self.start(
-            [redis_server, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly",
-             "no", "--daemonize", "no"], "redis-server")
+            [
+                redis_server,
+                "--port",
+                str(port),
+                "--bind",
+                HOST,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ],
+            "redis-server",
+        )
         proc.wait_line(r"Ready to accept connections", stream="stdout")
         return proc, port
 
@@ -229,14 +244,14 @@ class RespReader:
         while (index := self.buffer.find(b"\r\n")) < 0:
             self._fill()
         line = bytes(self.buffer[:index])
-        del self.buffer[:index + 2]
+        del self.buffer[: index + 2]
         return line
 
     def _exactly(self, n: int) -> bytes:
         while len(self.buffer) < n + 2:
             self._fill()
         data = bytes(self.buffer[:n])
-        del self.buffer[:n + 2]
+        del self.buffer[: n + 2]
         return data
 
     def reply(self):

@@ -26,8 +26,10 @@ LOOPS = pytest.mark.parametrize("loop", abuse.LOOPS)
 
 
 def describe(out: abuse.Outcome) -> str:
-    return (f"{out.attack} on {out.loop}: RSS {out.rss_before / MIB:.1f} -> "
-            f"{out.rss_peak / MIB:.1f} MiB, {out.log_lines} log lines, {out.notes}")
+    return (
+        f"{out.attack} on {out.loop}: RSS {out.rss_before / MIB:.1f} -> "
+        f"{out.rss_peak / MIB:.1f} MiB, {out.log_lines} log lines, {out.notes}"
+    )
 
 
 @LOOPS

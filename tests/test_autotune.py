@@ -144,13 +144,17 @@ class TunedSession:
         return now
 
     def windows(self) -> list[int]:
-        return [self.receiver._streams[sid].recv.max_window for sid in self.ids
-                if sid in self.receiver._streams]
+        return [
+            self.receiver._streams[sid].recv.max_window
+            for sid in self.ids
+            if sid in self.receiver._streams
+        ]
 
 
 def test_100_busy_streams_stay_within_the_session_budget() -> None:
-    config = Config(window_autotune=True, max_stream_window_size=16 * MIB,
-                    max_session_window=64 * MIB)
+    config = Config(
+        window_autotune=True, max_stream_window_size=16 * MIB, max_session_window=64 * MIB
+    )
     session = TunedSession(config, streams=100)
     tuner = session.receiver.tuner
     assert tuner is not None
@@ -168,8 +172,12 @@ def test_100_busy_streams_stay_within_the_session_budget() -> None:
 
 def test_sessions_sharing_a_budget_stay_within_it_and_grow_again_when_it_is_returned() -> None:
     budget = WindowBudget(8 * MIB)
-    config = Config(window_autotune=True, max_stream_window_size=16 * MIB,
-                    max_session_window=64 * MIB, window_budget=budget)
+    config = Config(
+        window_autotune=True,
+        max_stream_window_size=16 * MIB,
+        max_session_window=64 * MIB,
+        window_budget=budget,
+    )
     sessions = [TunedSession(config, streams=2) for _ in range(3)]
     now = 0.0
 
@@ -184,8 +192,9 @@ def test_sessions_sharing_a_budget_stay_within_it_and_grow_again_when_it_is_retu
 
     run(20, sessions)
     assert budget.used > budget.limit - 6 * W  # grown as far as the shared budget lets
-    assert all(s.receiver.tuner is not None and s.receiver.tuner.used < 8 * MIB
-               for s in sessions)  # the shared budget, not the session's, stopped them
+    assert all(
+        s.receiver.tuner is not None and s.receiver.tuner.used < 8 * MIB for s in sessions
+    )  # the shared budget, not the session's, stopped them
     first, second, third = sessions
     held_by_others = sum(second.windows()) + sum(third.windows())
 
@@ -213,8 +222,9 @@ def test_a_shared_budget_is_validated() -> None:
     assert Config(window_budget=budget).replace(max_session_window=W).window_budget is budget
 
 
-ops = st.lists(st.tuples(st.sampled_from(["receive", "consume", "tick", "rtt"]),
-                         st.floats(0, 1)), max_size=80)
+ops = st.lists(
+    st.tuples(st.sampled_from(["receive", "consume", "tick", "rtt"]), st.floats(0, 1)), max_size=80
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -246,11 +256,16 @@ def test_tuned_window_rule_properties(ops: list[tuple[str, float]], cap: int, bu
 
 
 @settings(max_examples=300, deadline=None)
-@given(ops=st.lists(st.tuples(st.integers(0, 2), st.sampled_from(["grow", "idle", "close"])),
-                    max_size=60),
-       limit=st.sampled_from([3 * W, 5 * W, 12 * W]), session=st.sampled_from([2 * W, 64 * W]))
-def test_tuners_sharing_a_budget_never_grow_past_it(ops: list[tuple[int, str]], limit: int,
-                                                    session: int) -> None:
+@given(
+    ops=st.lists(
+        st.tuples(st.integers(0, 2), st.sampled_from(["grow", "idle", "close"])), max_size=60
+    ),
+    limit=st.sampled_from([3 * W, 5 * W, 12 * W]),
+    session=st.sampled_from([2 * W, 64 * W]),
+)
+def test_tuners_sharing_a_budget_never_grow_past_it(
+    ops: list[tuple[int, str]], limit: int, session: int
+) -> None:
     """Three sessions of one stream each: growth needs room in both budgets; closing returns."""
     budget = WindowBudget(limit)
     tuners = [WindowTuner(64 * W, session, budget) for _ in range(3)]
@@ -310,8 +325,12 @@ async def test_sessions_of_one_server_share_its_budget_over_a_long_link() -> Non
     """Two real sessions through a 40 ms link: the sum of their windows stays within the
     shared budget while both grow, and comes back to nothing when they end."""
     budget = WindowBudget(2 * MIB)
-    config = Config(window_autotune=True, max_stream_window_size=16 * MIB, enable_keepalive=False,
-                    window_budget=budget)
+    config = Config(
+        window_autotune=True,
+        max_stream_window_size=16 * MIB,
+        enable_keepalive=False,
+        window_budget=budget,
+    )
     ended: asyncio.Queue[int] = asyncio.Queue()
 
     async def on_session(session: yamux.Session) -> None:

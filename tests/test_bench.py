@@ -23,8 +23,9 @@ pytestmark = pytest.mark.e2e
 
 
 def namespaces() -> str:
-    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def require_root() -> None:
@@ -41,9 +42,24 @@ def test_quick_bench_measures_both_paths(tmp_path: Path) -> None:
     require_program("go")
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "latency", "--paths", "direct,py",
-         "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300,
-        check=False)
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            "latency",
+            "--paths",
+            "direct,py",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     doc = json.loads(out.read_text())
     assert [(r["path"], r["ok"]) for r in doc["runs"]] == [("direct", True), ("py", True)]
@@ -62,19 +78,33 @@ def test_wan_topology_routes_only_through_the_relay_host_and_is_removed() -> Non
         topo_names = list(topo.names.values())
         assert all(name in namespaces() for name in topo_names)
         # The client reaches the relay host's LAN address, but not the service.
-        service = Proc(topo.service.argv(sys.executable, "-m", "http.server", "--bind",
-                                         topo.service.addr, "8080"), "http")
+        service = Proc(
+            topo.service.argv(
+                sys.executable, "-m", "http.server", "--bind", topo.service.addr, "8080"
+            ),
+            "http",
+        )
         try:
             service.wait_line(r"Serving HTTP", stream="both")
-            probe = ("import socket,sys\ntry:\n socket.create_connection((sys.argv[1], 8080), "
-                     "timeout=1).close(); print('connected')\nexcept OSError as e: print(e)")
-            direct = subprocess.run(topo.client.argv(sys.executable, "-c", probe,
-                                                     topo.service.addr),
-                                    capture_output=True, text=True, timeout=10, check=True)
+            probe = (
+                "import socket,sys\ntry:\n socket.create_connection((sys.argv[1], 8080), "
+                "timeout=1).close(); print('connected')\nexcept OSError as e: print(e)"
+            )
+            direct = subprocess.run(
+                topo.client.argv(sys.executable, "-c", probe, topo.service.addr),
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
             assert "connected" not in direct.stdout
-            via_relay = subprocess.run(topo.relay_wan.argv(sys.executable, "-c", probe,
-                                                           topo.service.addr),
-                                       capture_output=True, text=True, timeout=10, check=True)
+            via_relay = subprocess.run(
+                topo.relay_wan.argv(sys.executable, "-c", probe, topo.service.addr),
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
             assert via_relay.stdout.strip() == "connected"
         finally:
             service.stop()
@@ -84,10 +114,18 @@ def test_wan_topology_routes_only_through_the_relay_host_and_is_removed() -> Non
 
 
 def test_fixed_window_launcher_changes_the_default_window() -> None:
-    code = ("import sys; sys.path.insert(0, 'bench'); import fixed_window; "
-            "fixed_window.set_default_window(16 << 20); import yamux; "
-            "print(yamux.Config().max_stream_window_size, "
-            "yamux.Config(keepalive_interval=5.0).max_stream_window_size)")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=30, check=True)
+    code = (
+        "import sys; sys.path.insert(0, 'bench'); import fixed_window; "
+        "fixed_window.set_default_window(16 << 20); import yamux; "
+        "print(yamux.Config().max_stream_window_size, "
+        "yamux.Config(keepalive_interval=5.0).max_stream_window_size)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     assert done.stdout.split() == [str(16 << 20)] * 2

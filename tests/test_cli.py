@@ -20,11 +20,17 @@ from relay_support import (
 )
 
 
-def run_relay(*args: str, timeout: float = 30,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*relay_command(), *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL,
-                          env={**os.environ, **(env or {})})
+def run_relay(
+    *args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*relay_command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_help_documents_both_forms_with_examples():
@@ -34,40 +40,74 @@ def test_help_documents_both_forms_with_examples():
     assert "Usage: relay [OPTIONS] PORT" in out
     assert "relay [OPTIONS] --local-forward-port LOCAL_PORT HOST PORT" in out
     assert "relay --localForwardPort=6379 relay.example.com 7000" in out
-    for option in ("--bind", "--port-range", "--max-sessions", "--max-connections",
-                   "--handshake-timeout", "--local-forward-port", "--localForwardPort",
-                   "--local-forward-host", "--no-reconnect", "--reconnect-delay",
-                   "--reconnect-max-delay", "--connect-timeout", "--keepalive-interval",
-                   "--keepalive-timeout", "--verbose", "--log-level"):
+    for option in (
+        "--bind",
+        "--port-range",
+        "--max-sessions",
+        "--max-connections",
+        "--handshake-timeout",
+        "--local-forward-port",
+        "--localForwardPort",
+        "--local-forward-host",
+        "--no-reconnect",
+        "--reconnect-delay",
+        "--reconnect-max-delay",
+        "--connect-timeout",
+        "--keepalive-interval",
+        "--keepalive-timeout",
+        "--verbose",
+        "--log-level",
+    ):
         assert option in out, option
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    ((), "missing argument: PORT"),
-    (("0",), "Invalid value for 'PORT': 0 is not a port number (1-65535)"),
-    (("65536",), "Invalid value for 'PORT': 65536 is not a port number"),
-    (("http",), "Invalid value for 'PORT': 'http' is not a port number"),
-    (("a", "b", "c"), "too many arguments (3)"),
-    (("relay.example.com", "7000"), "no --local-forward-port"),
-    (("--localForwardPort=6379", "7000"), "takes two arguments, HOST and PORT"),
-    (("--localForwardPort=0", "h", "7000"), "Invalid value for '--local-forward-port'"),
-    (("--localForwardPort=6379", "h", "99999"), "Invalid value for 'PORT': 99999"),
-    (("--port-range", "6000-5000", "7000"), "Invalid value for '--port-range': '6000-5000': "
-                                            "LOW must not be greater than HIGH"),
-    (("--port-range", "5000", "7000"), "Invalid value for '--port-range': '5000' is not a port "
-                                       "range LOW-HIGH"),
-    (("--port-range", "0-10", "7000"), "ports must be 1-65535"),
-    (("--max-sessions", "0", "7000"), "Invalid value for '--max-sessions'"),
-    (("--handshake-timeout", "-1", "7000"), "Invalid value for '--handshake-timeout'"),
-    (("--log-level", "loud", "7000"), "Invalid value for '--log-level'"),
-    (("--port-range", "5000-5100", "--localForwardPort=1", "h", "7000"),
-     "--port-range is a relay option; it does not apply to forwarder mode"),
-    (("--no-reconnect", "7000"),
-     "--reconnect is a forwarder option; it does not apply to relay mode"),
-    (("--reconnect-delay", "5", "--reconnect-max-delay", "1", "--localForwardPort=1", "h", "2"),
-     "Invalid value for '--reconnect-max-delay': 1 is less than --reconnect-delay 5"),
-    (("--no-such-option", "7000"), "--no-such-option"),  # click's wording varies by version
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((), "missing argument: PORT"),
+        (("0",), "Invalid value for 'PORT': 0 is not a port number (1-65535)"),
+        (("65536",), "Invalid value for 'PORT': 65536 is not a port number"),
+        (("http",), "Invalid value for 'PORT': 'http' is not a port number"),
+        (("a", "b", "c"), "too many arguments (3)"),
+        (("relay.example.com", "7000"), "no --local-forward-port"),
+        (("--localForwardPort=6379", "7000"), "takes two arguments, HOST and PORT"),
+        (("--localForwardPort=0", "h", "7000"), "Invalid value for '--local-forward-port'"),
+        (("--localForwardPort=6379", "h", "99999"), "Invalid value for 'PORT': 99999"),
+        (
+            ("--port-range", "6000-5000", "7000"),
+            "Invalid value for '--port-range': '6000-5000': LOW must not be greater than HIGH",
+        ),
+        (
+            ("--port-range", "5000", "7000"),
+            "Invalid value for '--port-range': '5000' is not a port range LOW-HIGH",
+        ),
+        (("--port-range", "0-10", "7000"), "ports must be 1-65535"),
+        (("--max-sessions", "0", "7000"), "Invalid value for '--max-sessions'"),
+        (("--handshake-timeout", "-1", "7000"), "Invalid value for '--handshake-timeout'"),
+        (("--log-level", "loud", "7000"), "Invalid value for '--log-level'"),
+        (
+            ("--port-range", "5000-5100", "--localForwardPort=1", "h", "7000"),
+            "--port-range is a relay option; it does not apply to forwarder mode",
+        ),
+        (
+            ("--no-reconnect", "7000"),
+            "--reconnect is a forwarder option; it does not apply to relay mode",
+        ),
+        (
+            (
+                "--reconnect-delay",
+                "5",
+                "--reconnect-max-delay",
+                "1",
+                "--localForwardPort=1",
+                "h",
+                "2",
+            ),
+            "Invalid value for '--reconnect-max-delay': 1 is less than --reconnect-delay 5",
+        ),
+        (("--no-such-option", "7000"), "--no-such-option"),  # click's wording varies by version
+    ],
+)
 def test_usage_errors_exit_2_and_name_the_argument(args, expected):
     done = run_relay(*args)
     assert done.returncode == 2, done.stderr
@@ -128,8 +168,9 @@ def test_forwarder_prints_only_the_endpoint_on_stdout(procs):
 
 def test_log_level_warning_hides_info(procs):
     port = free_port()
-    relay = procs.start([*relay_command(), "--log-level", "warning", "--bind", HOST, str(port)],
-                        "relay")
+    relay = procs.start(
+        [*relay_command(), "--log-level", "warning", "--bind", HOST, str(port)], "relay"
+    )
     wait_until(lambda: not connection_refused(port), timeout=15)  # no INFO line to wait for
     with socket.create_connection((HOST, port), timeout=10) as sock:
         sock.sendall(b"garbage, not yamux")
@@ -139,13 +180,23 @@ def test_log_level_warning_hides_info(procs):
     assert "INFO" not in relay.stderr_text  # not even "Serving relay requests"
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (("--max-stream-window", "lots", "7000"),
-     "Invalid value for '--max-stream-window': 'lots' is not a size"),
-    (("--max-stream-window", "100KiB", "7000"), "max_stream_window_size must be an integer >= "
-                                                "262144, got 102400"),
-    (("--max-session-window", "1KiB", "7000"), "max_session_window must be an integer >= 262144"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ("--max-stream-window", "lots", "7000"),
+            "Invalid value for '--max-stream-window': 'lots' is not a size",
+        ),
+        (
+            ("--max-stream-window", "100KiB", "7000"),
+            "max_stream_window_size must be an integer >= 262144, got 102400",
+        ),
+        (
+            ("--max-session-window", "1KiB", "7000"),
+            "max_session_window must be an integer >= 262144",
+        ),
+    ],
+)
 def test_window_sizes_are_checked_with_a_clear_error(args, expected):
     done = run_relay(*args)
     assert done.returncode == 2, done.stderr
@@ -153,13 +204,23 @@ def test_window_sizes_are_checked_with_a_clear_error(args, expected):
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize(("args", "env", "expected"), [
-    (["--max-total-window", "100KiB", "7000"], {},
-     "Invalid value for '--max-total-window': '100KiB' is less than the minimum of 262144 bytes"),
-    (["forward", "6379", f"{HOST}:7000"], {"RELAY_MAX_TOTAL_WINDOW": "lots"},
-     "Invalid value for '--max-total-window' (env var RELAY_MAX_TOTAL_WINDOW): 'lots' is not a "
-     "size"),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (
+            ["--max-total-window", "100KiB", "7000"],
+            {},
+            "Invalid value for '--max-total-window': '100KiB' is less than the minimum of "
+            "262144 bytes",
+        ),
+        (
+            ["forward", "6379", f"{HOST}:7000"],
+            {"RELAY_MAX_TOTAL_WINDOW": "lots"},
+            "Invalid value for '--max-total-window' (env var RELAY_MAX_TOTAL_WINDOW): "
+            "'lots' is not a size",
+        ),
+    ],
+)
 def test_cli_rejects_a_bad_total_window_naming_it(args, env, expected):
     done = run_relay(*args, env=env)
     assert done.returncode == 2, done.stderr
@@ -169,6 +230,10 @@ def test_cli_rejects_a_bad_total_window_naming_it(args, env, expected):
 
 def test_help_documents_the_window_options():
     out = run_relay("server", "--help").stdout
-    for option in ("--max-stream-window", "--max-session-window", "--max-total-window",
-                   "--window-autotune"):
+    for option in (
+        "--max-stream-window",
+        "--max-session-window",
+        "--max-total-window",
+        "--window-autotune",
+    ):
         assert option in out, option

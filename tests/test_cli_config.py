@@ -23,11 +23,17 @@ from relay_support import (
 )
 
 
-def run_relay(*args: str, env: dict[str, str] | None = None,
-              timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*relay_command(), *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL,
-                          env={**os.environ, **(env or {})})
+def run_relay(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*relay_command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
 
 
 LIMITS = r"at most (\d+) sessions of (\d+) connections each"
@@ -46,16 +52,32 @@ def test_subcommand_help_is_complete_and_shows_env_vars():
     server = run_relay("server", "--help")
     assert server.returncode == 0
     assert "Usage: relay server [OPTIONS] [PORT]" in server.stdout
-    for text in ("--bind", "RELAY_BIND", "--port-range", "RELAY_PORT_RANGE", "--max-sessions",
-                 "--protocol", "--config", "RELAY_CONFIG", "--log-level", "--version"):
+    for text in (
+        "--bind",
+        "RELAY_BIND",
+        "--port-range",
+        "RELAY_PORT_RANGE",
+        "--max-sessions",
+        "--protocol",
+        "--config",
+        "RELAY_CONFIG",
+        "--log-level",
+        "--version",
+    ):
         assert text in server.stdout, text
     assert "--reconnect" not in server.stdout  # a forwarder option
     forward = run_relay("forward", "--help")
     assert forward.returncode == 0
     assert "relay forward [OPTIONS] LOCAL_PORT HOST PORT" in forward.stdout
     assert "relay forward [OPTIONS] LOCAL_PORT HOST:PORT" in forward.stdout
-    for text in ("--local-forward-host", "RELAY_LOCAL_FORWARD_HOST", "--no-reconnect",
-                 "RELAY_RECONNECT_DELAY", "--connect-timeout", "--keepalive-interval"):
+    for text in (
+        "--local-forward-host",
+        "RELAY_LOCAL_FORWARD_HOST",
+        "--no-reconnect",
+        "RELAY_RECONNECT_DELAY",
+        "--connect-timeout",
+        "--keepalive-interval",
+    ):
         assert text in forward.stdout, text
     assert "--port-range" not in forward.stdout
     top = run_relay("--help")
@@ -78,8 +100,10 @@ def test_env_bind_applies_to_the_seed_form(procs):
     relay.wait_line(SERVING)
     with socket.create_connection((HOST, port), timeout=5):
         pass
-    with pytest.raises(ConnectionRefusedError), \
-            socket.create_connection(("127.0.0.2", port), timeout=5):
+    with (
+        pytest.raises(ConnectionRefusedError),
+        socket.create_connection(("127.0.0.2", port), timeout=5),
+    ):
         pass
 
 
@@ -87,27 +111,32 @@ def test_precedence_flag_over_env_over_file_over_default(procs, tmp_path):
     config = tmp_path / "relay.toml"
     config.write_text('[server]\nbind = "127.0.0.1"\nmax-sessions = 3\nmax_connections = 7\n')
     env = {"RELAY_MAX_SESSIONS": "4"}
-    assert relay_limits(procs, "server", "--config", str(config), "--max-sessions", "5",
-                        str(free_port()), env=env) == (5, 7)
-    assert relay_limits(procs, "server", "--config", str(config), str(free_port()),
-                        env=env) == (4, 7)
+    assert relay_limits(
+        procs, "server", "--config", str(config), "--max-sessions", "5", str(free_port()), env=env
+    ) == (5, 7)
+    assert relay_limits(procs, "server", "--config", str(config), str(free_port()), env=env) == (
+        4,
+        7,
+    )
     assert relay_limits(procs, "--config", str(config), str(free_port())) == (3, 7)
     assert relay_limits(procs, "--bind", HOST, str(free_port())) == (100, 1000)
     # the file itself from the environment, its PORT argument from [server] port
     port = free_port()
     config.write_text(f'[server]\nbind = "127.0.0.1"\nport = {port}\nmax-sessions = 3\n')
-    relay = procs.start([*relay_command(), "server"], "relay",
-                        env={"RELAY_CONFIG": str(config)})
+    relay = procs.start([*relay_command(), "server"], "relay", env={"RELAY_CONFIG": str(config)})
     _, match = relay.wait_line(SERVING)
     assert int(match.group(1)) == port
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    ("[server]\nbogus = 1\n", "unknown key server.'bogus'"),
-    ("[server\n", "is not valid TOML"),
-    ("[server]\nmax-sessions = \"many\"\n", "Invalid value for '--max-sessions' (in "),
-    ("[forward]\nrelay = \"h:1\"\n[[forward.services]]\nname = \"x\"\n", "has no local-port"),
-])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("[server]\nbogus = 1\n", "unknown key server.'bogus'"),
+        ("[server\n", "is not valid TOML"),
+        ('[server]\nmax-sessions = "many"\n', "Invalid value for '--max-sessions' (in "),
+        ('[forward]\nrelay = "h:1"\n[[forward.services]]\nname = "x"\n', "has no local-port"),
+    ],
+)
 def test_config_file_errors_name_the_file_and_key(tmp_path, content, expected):
     config = tmp_path / "bad.toml"
     config.write_text(content)
@@ -131,8 +160,9 @@ def test_subcommands_relay_end_to_end(procs, relay_args):
     relay = procs.start([*relay_command(), "server", "--bind", HOST, str(port)], "relay")
     relay.wait_line(SERVING)
     where = {"HOSTPORT": f"{HOST}:{port}", "HOST": HOST, "PORT": str(port)}
-    forwarder = procs.start([*relay_command(), "forward", str(echo_port),
-                             *(where[a] for a in relay_args)], "forwarder")
+    forwarder = procs.start(
+        [*relay_command(), "forward", str(echo_port), *(where[a] for a in relay_args)], "forwarder"
+    )
     _, match = forwarder.wait_line(ENDPOINT, stream="stdout")
     assert echo_roundtrip(int(match.group(1))) == b"ping through the relay\n"
 
@@ -152,12 +182,13 @@ def test_config_file_forwards_several_services(procs, tmp_path):
         f'[forward]\nrelay = "{HOST}:{relay_port}"\nreconnect-delay = 0.5\n'
         f'[[forward.services]]\nname = "one"\nlocal-port = {echo_port}\n'
         f'[[forward.services]]\nname = "two"\nlocal_port = {other_port}\n'
-        f'local-host = "{HOST}"\n')
+        f'local-host = "{HOST}"\n'
+    )
     forwarder = procs.start([*relay_command(), "forward", "--config", str(config)], "forwarder")
     named = re.compile(rf"^(one|two) {re.escape(HOST)}:(\d+)$")  # NAME HOST:PORT each
     first, _ = forwarder.wait_line(named, stream="stdout")
     index, _ = forwarder.wait_line(named, stream="stdout", after=first + 1)
-    lines = dict(named.match(line).groups() for line in forwarder.stdout[:index + 1])
+    lines = dict(named.match(line).groups() for line in forwarder.stdout[: index + 1])
     assert sorted(lines) == ["one", "two"]
     ports = [int(port) for port in lines.values()]
     assert len(set(ports)) == 2
@@ -175,9 +206,19 @@ def test_closed_stdout_is_logged_and_the_forwarder_goes_on(procs, tmp_path):
     log = tmp_path / "forwarder.log"
     with log.open("w") as stderr:
         forwarder = subprocess.Popen(
-            [*relay_command(), "forward", "--reconnect-delay", "0.2", str(echo_port),
-             f"{HOST}:{relay_port}"], stdout=subprocess.PIPE, stderr=stderr,
-            stdin=subprocess.DEVNULL, text=True)
+            [
+                *relay_command(),
+                "forward",
+                "--reconnect-delay",
+                "0.2",
+                str(echo_port),
+                f"{HOST}:{relay_port}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
     try:
         first = forwarder.stdout.readline().strip()  # what head -1 reads
         forwarder.stdout.close()  # ... and then head exits
@@ -203,9 +244,11 @@ def test_config_file_service_asks_for_its_public_port(procs, tmp_path):
     relay, relay_port = procs.relay("--secret", secret)
     wanted = free_port()
     config = tmp_path / "services.toml"
-    config.write_text(f'[forward]\nrelay = "{HOST}:{relay_port}"\nsecret = "{secret}"\n'
-                      f'[[forward.services]]\nname = "echo"\nlocal-port = {echo_port}\n'
-                      f'remote-port = {wanted}\n')
+    config.write_text(
+        f'[forward]\nrelay = "{HOST}:{relay_port}"\nsecret = "{secret}"\n'
+        f'[[forward.services]]\nname = "echo"\nlocal-port = {echo_port}\n'
+        f"remote-port = {wanted}\n"
+    )
     forwarder = procs.start([*relay_command(), "forward", "--config", str(config)], "forwarder")
     _, match = forwarder.wait_line(ENDPOINT, stream="stdout")
     assert int(match.group(1)) == wanted
@@ -218,7 +261,8 @@ def test_local_port_argument_with_the_relay_from_the_file(procs, tmp_path):
     _, relay_port = procs.relay()
     config = tmp_path / "forward.toml"
     config.write_text(f'[forward]\nrelay = "{HOST}:{relay_port}"\n')
-    forwarder = procs.start([*relay_command(), "forward", "--config", str(config),
-                             str(echo_port)], "forwarder")
+    forwarder = procs.start(
+        [*relay_command(), "forward", "--config", str(config), str(echo_port)], "forwarder"
+    )
     _, match = forwarder.wait_line(ENDPOINT, stream="stdout")
     assert echo_roundtrip(int(match.group(1))) == b"ping through the relay\n"

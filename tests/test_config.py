@@ -35,15 +35,30 @@ POSITIVE_SECONDS = ["keepalive_interval", "keepalive_timeout", "connection_write
 NON_NEGATIVE_SECONDS = ["stream_open_timeout", "stream_close_timeout", "go_away_timeout"]
 
 INVALID = (
-    [(name, value) for name in POSITIVE_INTS
-     for value in (0, -1, 1.5, 2.0, True, "8", None)]
-    + [(name, value) for name in POSITIVE_SECONDS
-       for value in (0, 0.0, -0.5, True, False, "30", None, math.nan)]
-    + [(name, value) for name in NON_NEGATIVE_SECONDS
-       for value in (-1, -0.001, True, "75", None, math.nan)]
-    + [("max_stream_window_size", value)
-       for value in (0, INITIAL_STREAM_WINDOW - 1, -INITIAL_STREAM_WINDOW,
-                     float(INITIAL_STREAM_WINDOW * 2), True, "262144", None, 2**32)]
+    [(name, value) for name in POSITIVE_INTS for value in (0, -1, 1.5, 2.0, True, "8", None)]
+    + [
+        (name, value)
+        for name in POSITIVE_SECONDS
+        for value in (0, 0.0, -0.5, True, False, "30", None, math.nan)
+    ]
+    + [
+        (name, value)
+        for name in NON_NEGATIVE_SECONDS
+        for value in (-1, -0.001, True, "75", None, math.nan)
+    ]
+    + [
+        ("max_stream_window_size", value)
+        for value in (
+            0,
+            INITIAL_STREAM_WINDOW - 1,
+            -INITIAL_STREAM_WINDOW,
+            float(INITIAL_STREAM_WINDOW * 2),
+            True,
+            "262144",
+            None,
+            2**32,
+        )
+    ]
     + [("enable_keepalive", value) for value in (1, 0, "yes", None)]
     + [("tcp_notsent_lowat", value) for value in (-1, 1.5, True, "0", None)]
 )
@@ -64,8 +79,8 @@ def test_replace_validates_too(field: str, value: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "window", [INITIAL_STREAM_WINDOW, INITIAL_STREAM_WINDOW + 1, 512 * KIB, 16 * 1024 * KIB,
-               2**32 - 1]
+    "window",
+    [INITIAL_STREAM_WINDOW, INITIAL_STREAM_WINDOW + 1, 512 * KIB, 16 * 1024 * KIB, 2**32 - 1],
 )
 def test_window_of_256_kib_or_more_is_allowed(window: int) -> None:
     assert Config(max_stream_window_size=window).max_stream_window_size == window

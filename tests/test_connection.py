@@ -94,8 +94,14 @@ def finished_streams(conn: Connection) -> list[int]:
 class Pair:
     """A client and a server Connection talking through memory."""
 
-    def __init__(self, client: Config | None = None, server: Config | None = None,
-                 *, client_role: bool = True, server_role: bool = False) -> None:
+    def __init__(
+        self,
+        client: Config | None = None,
+        server: Config | None = None,
+        *,
+        client_role: bool = True,
+        server_role: bool = False,
+    ) -> None:
         self.client = Connection(client=client_role, config=client)
         self.server = Connection(client=server_role, config=server)
         self.events: dict[Connection, list[Event]] = {self.client: [], self.server: []}
@@ -141,8 +147,11 @@ class Pair:
         return frames
 
     def received(self, conn: Connection, stream_id: int) -> bytes:
-        return b"".join(e.data for e in self.events[conn]
-                        if isinstance(e, DataReceived) and e.stream_id == stream_id)
+        return b"".join(
+            e.data
+            for e in self.events[conn]
+            if isinstance(e, DataReceived) and e.stream_id == stream_id
+        )
 
     def open(self, opener: Connection | None = None) -> int:
         """Open a stream from ``opener`` (the client by default), complete the handshake.
@@ -167,12 +176,16 @@ def of_type(events: list[Event], kind: type) -> list[Event]:
 
 
 def data_bytes(frames: list[Frame], stream_id: int | None = None) -> int:
-    return sum(f.length for f in frames
-               if f.type is DATA and (stream_id is None or f.stream_id == stream_id))
+    return sum(
+        f.length
+        for f in frames
+        if f.type is DATA and (stream_id is None or f.stream_id == stream_id)
+    )
 
 
-def assert_terminated_with_protocol_error(conn: Connection, events: list[Event],
-                                          match: str) -> None:
+def assert_terminated_with_protocol_error(
+    conn: Connection, events: list[Event], match: str
+) -> None:
     terminated = of_type(events, SessionTerminated)
     assert len(terminated) == 1
     assert events[-1] is terminated[0]
@@ -518,8 +531,11 @@ def test_frames_for_unknown_streams_are_discarded_without_reply() -> None:
     client = pair.client
     sid = pair.open()
     events = client.receive_data(
-        data_frame(41, payload(100)) + data_frame(42, payload(7), FIN)
-        + raw(WU, 0, 44, 1000) + raw(WU, RST, 46, 0) + raw(WU, ACK, 43, 0)
+        data_frame(41, payload(100))
+        + data_frame(42, payload(7), FIN)
+        + raw(WU, 0, 44, 1000)
+        + raw(WU, RST, 46, 0)
+        + raw(WU, ACK, 43, 0)
     )
     assert events == []
     assert client.discarded_bytes == 107
@@ -548,8 +564,9 @@ def test_ping_is_answered_with_the_same_opaque() -> None:
 
 def test_ping_answer_comes_out_before_queued_stream_data() -> None:
     """A congested send path does not delay the pong: it is control, ahead of data."""
-    pair = Pair(client=Config(max_stream_window_size=4 * W),
-                server=Config(max_stream_window_size=4 * W))
+    pair = Pair(
+        client=Config(max_stream_window_size=4 * W), server=Config(max_stream_window_size=4 * W)
+    )
     client = pair.client
     one, three = pair.open(), pair.open()
     client.send_data(one, payload(4 * W))
@@ -573,8 +590,11 @@ def test_ping_round_trip_both_ways() -> None:
     pair.pump()
     assert pair.take_events(pair.client) == [PongReceived(first), PongReceived(second)]
     assert pair.take_events(pair.server) == [PongReceived(other)]
-    assert pair.sent[pair.client] == [Frame(PING, SYN, 0, first), Frame(PING, SYN, 0, second),
-                                      Frame(PING, ACK, 0, other)]
+    assert pair.sent[pair.client] == [
+        Frame(PING, SYN, 0, first),
+        Frame(PING, SYN, 0, second),
+        Frame(PING, ACK, 0, other),
+    ]
 
 
 def test_unsolicited_pong_is_only_reported() -> None:
@@ -645,7 +665,8 @@ def test_local_go_away_refuses_new_syns_with_rst() -> None:
     assert server.receive_data(flush(client)) == [StreamRefused(new, "we sent go away")]
     assert server.discarded_bytes == len(b"too late")
     assert decode(flush(server)) == [
-        Frame(GO_AWAY, Flag.NONE, 0, GoAwayCode.NORMAL), Frame(WU, RST, new, 0)
+        Frame(GO_AWAY, Flag.NONE, 0, GoAwayCode.NORMAL),
+        Frame(WU, RST, new, 0),
     ]
     assert server.stream_ids() == [old]
     server.send_data(old, b"old stream works")
@@ -685,7 +706,8 @@ def test_full_accept_backlog_refuses_with_rst() -> None:
     ids = [client.open_stream() for _ in range(3)]
     pair.pump()
     assert pair.take_events(server) == [
-        StreamOpened(ids[0]), StreamOpened(ids[1]),
+        StreamOpened(ids[0]),
+        StreamOpened(ids[1]),
         StreamRefused(ids[2], "accept backlog of 2 streams is full"),
     ]
     assert Frame(WU, RST, ids[2], 0) in pair.sent[server]
@@ -974,8 +996,7 @@ def test_late_stream_joins_the_rotation() -> None:
 
 # --------------------------------------------------- random interleavings
 MODEL_CONFIGS = (
-    Config(max_stream_window_size=2 * W, accept_backlog=4, max_streams=6,
-           max_frame_size=16 * KIB),
+    Config(max_stream_window_size=2 * W, accept_backlog=4, max_streams=6, max_frame_size=16 * KIB),
     Config(max_stream_window_size=2 * W, accept_backlog=3, max_streams=5),
 )
 
@@ -1007,8 +1028,10 @@ class PairModel:
 
     def __init__(self, opens: list[int], accepted: bool) -> None:
         """Start with a few streams, so the random steps have something to work on."""
-        self.sides = [Side(Connection(client=True, config=MODEL_CONFIGS[0])),
-                      Side(Connection(client=False, config=MODEL_CONFIGS[1]))]
+        self.sides = [
+            Side(Connection(client=True, config=MODEL_CONFIGS[0])),
+            Side(Connection(client=False, config=MODEL_CONFIGS[1])),
+        ]
         for i in opens:
             self.open_stream(i)
         self.tick()
@@ -1067,7 +1090,8 @@ class PairModel:
             start = len(side.received[sid])
             side.received[sid] += event.data
             assert peer.written[sid][start : start + len(event.data)] == event.data, (
-                f"stream {sid}: bytes from {start} differ from what the peer wrote")
+                f"stream {sid}: bytes from {start} differ from what the peer wrote"
+            )
             side.unconsumed[sid] += len(event.data)
             assert side.unconsumed[sid] <= window  # never more than one window held
         elif isinstance(event, StreamEnded):
@@ -1120,8 +1144,9 @@ class PairModel:
         side.conn.accept_stream(sid)
 
     def writable(self, side: Side) -> list[int]:
-        return sorted(s for s in side.live if s not in side.closed_by_us
-                      and s not in side.pending_accept)
+        return sorted(
+            s for s in side.live if s not in side.closed_by_us and s not in side.pending_accept
+        )
 
     def write(self, i: int, pick: int, size: int) -> None:
         side = self.side(i)
@@ -1239,8 +1264,11 @@ class PairModel:
             assert not side.conn.has_data
             assert not side.pings, "a ping was never answered"
             for sid, written in side.written.items():
-                if sid not in side.reset_by_us and sid not in peer.reset_by_us and (
-                        sid in peer.announced or sid in side.announced):
+                if (
+                    sid not in side.reset_by_us
+                    and sid not in peer.reset_by_us
+                    and (sid in peer.announced or sid in side.announced)
+                ):
                     assert peer.received[sid] == written, f"stream {sid} lost data"
 
 
@@ -1249,8 +1277,9 @@ pick = st.integers(0, 100)
 OPERATIONS = st.one_of(
     st.tuples(st.just("open_stream"), side_index),
     st.tuples(st.just("accept"), side_index, pick),
-    st.tuples(st.just("write"), side_index, pick,
-              st.one_of(st.integers(1, 100), st.integers(1, 3 * W))),
+    st.tuples(
+        st.just("write"), side_index, pick, st.one_of(st.integers(1, 100), st.integers(1, 3 * W))
+    ),
     st.tuples(st.just("write"), side_index, pick, st.integers(1, 20_000)),
     st.tuples(st.just("close"), side_index, pick),
     st.tuples(st.just("reset"), side_index, pick),
@@ -1258,18 +1287,22 @@ OPERATIONS = st.one_of(
     st.tuples(st.just("consume"), side_index, pick, st.just(1.0)),
     st.tuples(st.just("ping"), side_index),
     st.tuples(st.just("go_away"), side_index),
-    st.tuples(st.just("flush"), side_index,
-              st.one_of(st.integers(1, 2000), st.just(BIG))),
-    st.tuples(st.just("deliver"), side_index,
-              st.one_of(st.integers(1, 30), st.integers(1, 4 * W))),
+    st.tuples(st.just("flush"), side_index, st.one_of(st.integers(1, 2000), st.just(BIG))),
+    st.tuples(st.just("deliver"), side_index, st.one_of(st.integers(1, 30), st.integers(1, 4 * W))),
     st.tuples(st.just("tick")),
 )
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(opens=st.lists(side_index, min_size=1, max_size=4), accepted=st.booleans(),
-       operations=st.lists(OPERATIONS, min_size=20, max_size=80))
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    opens=st.lists(side_index, min_size=1, max_size=4),
+    accepted=st.booleans(),
+    operations=st.lists(OPERATIONS, min_size=20, max_size=80),
+)
 def test_random_interleavings(
     opens: list[int], accepted: bool, operations: list[tuple[object, ...]]
 ) -> None:
@@ -1290,8 +1323,7 @@ def test_operations_on_a_dead_connection_raise_yamux_errors_only() -> None:
     conn = Connection(client=True)
     sid = conn.open_stream()
     conn.receive_data(raw(GO_AWAY, 0, 0, GoAwayCode.PROTOCOL_ERROR))
-    for call in (conn.open_stream, conn.ping, conn.go_away,
-                 lambda: conn.send_data(sid, b"x")):
+    for call in (conn.open_stream, conn.ping, conn.go_away, lambda: conn.send_data(sid, b"x")):
         with pytest.raises(YamuxError):
             call()
     # These are no-ops on a dead session rather than errors.

@@ -38,8 +38,12 @@ def sent_frames(conn: Connection) -> list[Frame]:
 # ------------------------------------------------ item 7: stop at the first fatal event
 def test_frames_after_a_fatal_go_away_in_the_same_chunk_produce_nothing() -> None:
     conn = Connection(client=False)
-    chunk = (raw(GO_AWAY, 0, 0, GoAwayCode.PROTOCOL_ERROR)
-             + raw(WU, SYN, 1, 0) + raw(DATA, SYN, 3, 4, b"abcd") + raw(PING, SYN, 0, 7))
+    chunk = (
+        raw(GO_AWAY, 0, 0, GoAwayCode.PROTOCOL_ERROR)
+        + raw(WU, SYN, 1, 0)
+        + raw(DATA, SYN, 3, 4, b"abcd")
+        + raw(PING, SYN, 0, 7)
+    )
     events = conn.receive_data(chunk)
     assert len(events) == 1
     assert isinstance(events[0], SessionTerminated)

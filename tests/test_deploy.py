@@ -43,8 +43,11 @@ def messages(sock: socket.socket) -> dict[str, str]:
 def test_relay_notifies_ready_once_listening_and_stopping_on_drain(procs, notify_socket):
     sock, address = notify_socket
     port = free_port()
-    relay = procs.start([*relay_command(), "server", "--bind", HOST, str(port)], "relay",
-                        env={"NOTIFY_SOCKET": address})
+    relay = procs.start(
+        [*relay_command(), "server", "--bind", HOST, str(port)],
+        "relay",
+        env={"NOTIFY_SOCKET": address},
+    )
     ready = messages(sock)
     assert ready["READY"] == "1"
     assert ready["MAINPID"] == str(relay.pid)
@@ -59,8 +62,11 @@ def test_forwarder_notifies_ready_once_registered(procs, notify_socket):
     sock, address = notify_socket
     _, echo_port = procs.script(ECHO_SCRIPT, "0", name="echo")
     _, relay_port = procs.relay()
-    forwarder = procs.start([*relay_command(), "forward", str(echo_port), f"{HOST}:{relay_port}"],
-                            "forwarder", env={"NOTIFY_SOCKET": address})
+    forwarder = procs.start(
+        [*relay_command(), "forward", str(echo_port), f"{HOST}:{relay_port}"],
+        "forwarder",
+        env={"NOTIFY_SOCKET": address},
+    )
     ready = messages(sock)
     assert ready["READY"] == "1"
     _, match = forwarder.wait_line(ENDPOINT, stream="stdout", timeout=1)
@@ -72,8 +78,11 @@ def test_abstract_notify_socket(procs):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind("\0" + name)
         sock.settimeout(15)
-        procs.start([*relay_command(), "--bind", HOST, str(free_port())], "relay",
-                    env={"NOTIFY_SOCKET": "@" + name})
+        procs.start(
+            [*relay_command(), "--bind", HOST, str(free_port())],
+            "relay",
+            env={"NOTIFY_SOCKET": "@" + name},
+        )
         assert messages(sock)["READY"] == "1"
 
 
@@ -84,26 +93,38 @@ def test_no_notify_socket_is_fine(procs):
     assert "notify" not in relay.stderr_text
 
 
-@pytest.mark.parametrize(("unit", "example"), [("relay.service", "relay.toml"),
-                                               ("relay-forward.service", "forward.toml")])
+@pytest.mark.parametrize(
+    ("unit", "example"),
+    [("relay.service", "relay.toml"), ("relay-forward.service", "forward.toml")],
+)
 def test_systemd_units_verify_and_their_command_lines_parse(unit, example):
     analyze = tool("systemd-analyze")
-    done = subprocess.run([analyze, "verify", str(DEPLOY / unit)], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [analyze, "verify", str(DEPLOY / unit)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert unit not in done.stderr, done.stderr  # no warning about our unit either
-    (exec_start,) = [line.split("=", 1)[1].split() for line in
-                     (DEPLOY / unit).read_text().splitlines() if line.startswith("ExecStart=")]
+    (exec_start,) = [
+        line.split("=", 1)[1].split()
+        for line in (DEPLOY / unit).read_text().splitlines()
+        if line.startswith("ExecStart=")
+    ]
     assert exec_start[:2] == ["/usr/bin/env", "relay"]  # found on systemd's PATH
-    args = [str(DEPLOY / example) if arg.startswith("/etc/relay/") else arg
-            for arg in exec_start[2:]]
-    parsed = subprocess.run([*relay_command(), *args, "--help"], capture_output=True,
-                            text=True, timeout=30)
+    args = [
+        str(DEPLOY / example) if arg.startswith("/etc/relay/") else arg for arg in exec_start[2:]
+    ]
+    parsed = subprocess.run(
+        [*relay_command(), *args, "--help"], capture_output=True, text=True, timeout=30
+    )
     assert parsed.returncode == 0, parsed.stderr
 
 
 @pytest.mark.parametrize("example", ["relay.toml", "forward.toml"])
 def test_deploy_config_examples_load(example):
-    loaded = config_file.load(DEPLOY / example, common=option_names(COMMON),
-                              server=option_names(RELAY), forward=option_names(FORWARDER))
+    loaded = config_file.load(
+        DEPLOY / example,
+        common=option_names(COMMON),
+        server=option_names(RELAY),
+        forward=option_names(FORWARDER),
+    )
     assert loaded.server or loaded.forward

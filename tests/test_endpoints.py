@@ -68,13 +68,14 @@ def endpoints(forwarder, count: int, after: int = 0) -> dict[str, int]:
     return found
 
 
-def test_requested_port_granted_refused_when_taken_or_outside_the_range(procs, echo_port,
-                                                                        tmp_path):
+def test_requested_port_granted_refused_when_taken_or_outside_the_range(procs, echo_port, tmp_path):
     low, high = free_port_block(3)
-    relay, relay_port = procs.relay(*V2, "--port-range", f"{low}-{high}",
-                                    "--state-dir", str(tmp_path))
-    alpha, port = procs.forwarder(relay_port, echo_port, "--name", "alpha",
-                                  "--remote-port", str(low + 1))
+    relay, relay_port = procs.relay(
+        *V2, "--port-range", f"{low}-{high}", "--state-dir", str(tmp_path)
+    )
+    alpha, port = procs.forwarder(
+        relay_port, echo_port, "--name", "alpha", "--remote-port", str(low + 1)
+    )
     assert port == low + 1
     assert echo_roundtrip(port) == b"ping through the relay\n"
 
@@ -84,23 +85,27 @@ def test_requested_port_granted_refused_when_taken_or_outside_the_range(procs, e
         assert proc.stdout_text == ""
         return proc.stderr_text
 
-    assert (f"relay refused the registration: port {low + 1} is in use by another client"
-            in refused("--name", "beta", "--remote-port", str(low + 1)))
-    assert (f"relay refused the registration: port {high + 1} is outside the relay's port "
-            f"range {low}-{high}" in refused("--name", "beta", "--remote-port", str(high + 1)))
+    assert f"relay refused the registration: port {low + 1} is in use by another client" in refused(
+        "--name", "beta", "--remote-port", str(low + 1)
+    )
+    assert (
+        f"relay refused the registration: port {high + 1} is outside the relay's port "
+        f"range {low}-{high}" in refused("--name", "beta", "--remote-port", str(high + 1))
+    )
     relay.wait_line(rf"refusing registration from 127\.0\.0\.1:\d+: port {high + 1} is outside")
     # Its owner gone, the port stays reserved for it, for anyone else.
     alpha.kill()
     relay.wait_line(rf"ended: .*public port {port} closed")
     assert connection_refused(port)
-    assert (f"port {low + 1} is reserved for another client, which is away (a lease ends after "
-            f"24 h unused)" in refused("--name", "beta", "--remote-port", str(low + 1)))
+    assert (
+        f"port {low + 1} is reserved for another client, which is away (a lease ends after "
+        f"24 h unused)" in refused("--name", "beta", "--remote-port", str(low + 1))
+    )
     _, again = procs.forwarder(relay_port, echo_port, "--name", "alpha")
     assert again == low + 1  # no --remote-port needed: the lease
 
 
-def test_forwarder_killed_and_restarted_with_its_name_gets_its_port(procs, echo_port,
-                                                                    tmp_path):
+def test_forwarder_killed_and_restarted_with_its_name_gets_its_port(procs, echo_port, tmp_path):
     low, high = free_port_block(2)
     relay, relay_port = procs.relay(*V2, "--port-range", f"{low}-{high}")
     named, port = procs.forwarder(relay_port, echo_port, "--name", "redis")
@@ -127,14 +132,26 @@ def test_two_services_one_forwarder_stable_across_restarts_of_both_sides(procs, 
     site.mkdir()
     (site / "index.txt").write_bytes(b"served over the relay\n" * 1000)
     http_port = free_port()
-    procs.start([sys.executable, "-m", "http.server", "--bind", HOST, "--directory",
-                str(site), str(http_port)], "http.server")
+    procs.start(
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            "--bind",
+            HOST,
+            "--directory",
+            str(site),
+            str(http_port),
+        ],
+        "http.server",
+    )
     wait_until(lambda: serving(lambda: http_get(http_port, "/index.txt")), timeout=15)
     state = tmp_path / "state"
     relay, relay_port = procs.relay(*V2, "--state-dir", str(state))
     services = ("--service", f"redis={redis_port}", "--service", f"web={http_port}", *FAST)
-    forwarder = procs.start([*relay_command(), "forward", *services, HOST, str(relay_port)],
-                            "forwarder")
+    forwarder = procs.start(
+        [*relay_command(), "forward", *services, HOST, str(relay_port)], "forwarder"
+    )
     ports = endpoints(forwarder, 2)
     assert ports["redis"] != ports["web"]
 
@@ -147,8 +164,9 @@ def test_two_services_one_forwarder_stable_across_restarts_of_both_sides(procs, 
     check_both("first")
     # The forwarder dies (SIGKILL) and comes back: the same two ports.
     forwarder.kill()
-    forwarder = procs.start([*relay_command(), "forward", *services, HOST, str(relay_port)],
-                            "forwarder")
+    forwarder = procs.start(
+        [*relay_command(), "forward", *services, HOST, str(relay_port)], "forwarder"
+    )
     assert endpoints(forwarder, 2) == ports
     check_both("after the forwarder's restart")
     # The relay dies (SIGKILL) and comes back with the same state dir: the same two ports.
@@ -156,13 +174,16 @@ def test_two_services_one_forwarder_stable_across_restarts_of_both_sides(procs, 
     killed = time.monotonic()
     procs.relay(*V2, "--state-dir", str(state), port=relay_port)
     restarted = time.monotonic()
-    wait_until(lambda: serving(lambda: check_both("after the relay's restart")), timeout=20,
-               interval=0.05)
+    wait_until(
+        lambda: serving(lambda: check_both("after the relay's restart")), timeout=20, interval=0.05
+    )
     back = time.monotonic()
     assert endpoints(forwarder, 2, after=2) == ports
-    print(f"\nrelay SIGKILLed and restarted (state dir kept): both services serving on their "
-          f"ports {back - restarted:.2f} s after the new relay listened "
-          f"({back - killed:.2f} s after the kill)")
+    print(
+        f"\nrelay SIGKILLed and restarted (state dir kept): both services serving on their "
+        f"ports {back - restarted:.2f} s after the new relay listened "
+        f"({back - killed:.2f} s after the kill)"
+    )
 
 
 def test_an_auth_file_clients_services_each_keep_their_port(procs, echo_port, tmp_path):
@@ -172,9 +193,21 @@ def test_an_auth_file_clients_services_each_keep_their_port(procs, echo_port, tm
     auth = tmp_path / "auth.toml"
     auth.write_text(f'[clients.alice]\nsecret = "{secret}"\n')
     _, relay_port = procs.relay("--auth-file", str(auth), "--state-dir", str(tmp_path / "s"))
-    command = [*relay_command(), "forward", "--client-name", "alice", "--secret", secret,
-               "--service", f"db={echo_port}", "--service", f"cache={echo_port}", *FAST,
-               HOST, str(relay_port)]
+    command = [
+        *relay_command(),
+        "forward",
+        "--client-name",
+        "alice",
+        "--secret",
+        secret,
+        "--service",
+        f"db={echo_port}",
+        "--service",
+        f"cache={echo_port}",
+        *FAST,
+        HOST,
+        str(relay_port),
+    ]
     forwarder = procs.start(command, "forwarder")
     ports = endpoints(forwarder, 2)
     assert ports["db"] != ports["cache"]
@@ -187,34 +220,46 @@ def test_an_auth_file_clients_services_each_keep_their_port(procs, echo_port, tm
 
 def test_state_dir_in_use_by_another_relay_is_a_clear_error(procs, tmp_path):
     procs.relay("--state-dir", str(tmp_path))
-    second = procs.start([*relay_command(), "--bind", HOST, "--state-dir", str(tmp_path),
-                          str(free_port())], "relay2")
+    second = procs.start(
+        [*relay_command(), "--bind", HOST, "--state-dir", str(tmp_path), str(free_port())], "relay2"
+    )
     assert second.wait(15) == 1
-    assert re.search(rf"state directory {re.escape(str(tmp_path))} is in use by another relay "
-                     r"\(pid \d+\)", second.stderr_text), second.stderr_text
+    assert re.search(
+        rf"state directory {re.escape(str(tmp_path))} is in use by another relay "
+        r"\(pid \d+\)",
+        second.stderr_text,
+    ), second.stderr_text
 
 
-def test_corrupt_lease_store_is_moved_aside_and_the_relay_serves(procs, echo_port,
-                                                                 tmp_path: Path):
+def test_corrupt_lease_store_is_moved_aside_and_the_relay_serves(procs, echo_port, tmp_path: Path):
     (tmp_path / "leases.sqlite3").write_bytes(b"garbage, not SQLite\n" * 64)
     relay, relay_port = procs.relay(*V2, "--state-dir", str(tmp_path))
-    assert re.search(r"ERROR relay.leases: lease store .* is unreadable \(.*\); moved it to "
-                     r".*leases\.sqlite3\.corrupt-\d+T\d+ and starting with no leases",
-                     relay.stderr_text), relay.stderr_text
+    assert re.search(
+        r"ERROR relay.leases: lease store .* is unreadable \(.*\); moved it to "
+        r".*leases\.sqlite3\.corrupt-\d+T\d+ and starting with no leases",
+        relay.stderr_text,
+    ), relay.stderr_text
     _, port = procs.forwarder(relay_port, echo_port, "--name", "svc")
     assert echo_roundtrip(port) == b"ping through the relay\n"
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--service", "redis", "h:1"], "'redis' is not NAME=[LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT]"),
-    (["--service", "a=1", "--service", "a=2", "h:1"], "service names must differ"),
-    (["--service", "a=1", "--name", "b", "h:1"], "--name and --remote-port apply to a single"),
-    (["--name", "no spaces", "1", "h:1"], "service name 'no spaces' may only contain"),
-    (["--remote-port", "0", "1", "h:1"], "'--remote-port'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--service", "redis", "h:1"],
+            "'redis' is not NAME=[LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT]",
+        ),
+        (["--service", "a=1", "--service", "a=2", "h:1"], "service names must differ"),
+        (["--service", "a=1", "--name", "b", "h:1"], "--name and --remote-port apply to a single"),
+        (["--name", "no spaces", "1", "h:1"], "service name 'no spaces' may only contain"),
+        (["--remote-port", "0", "1", "h:1"], "'--remote-port'"),
+    ],
+)
 def test_service_options_usage_errors(args, message):
-    done = subprocess.run([*relay_command(), "forward", *args], capture_output=True, text=True,
-                          timeout=30)
+    done = subprocess.run(
+        [*relay_command(), "forward", *args], capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
 
@@ -222,9 +267,19 @@ def test_service_options_usage_errors(args, message):
 def test_local_port_and_more_services_in_one_command(procs, echo_port):
     _, other_port = procs.script(ECHO_SCRIPT, "0", name="echo2")
     _, relay_port = procs.relay(*V2)
-    forwarder = procs.start([*relay_command(), "forward", "--name", "first", str(echo_port),
-                             f"{HOST}:{relay_port}", "--service", f"second={other_port}"],
-                            "forwarder")
+    forwarder = procs.start(
+        [
+            *relay_command(),
+            "forward",
+            "--name",
+            "first",
+            str(echo_port),
+            f"{HOST}:{relay_port}",
+            "--service",
+            f"second={other_port}",
+        ],
+        "forwarder",
+    )
     ports = endpoints(forwarder, 2)
     for port in ports.values():
         assert echo_roundtrip(port) == b"ping through the relay\n"
@@ -237,7 +292,8 @@ def test_config_file_services_ask_for_their_ports(procs, echo_port, tmp_path):
     config.write_text(
         f'[forward]\nrelay = "{HOST}:{relay_port}"\n'
         f'[[forward.services]]\nname = "one"\nlocal-port = {echo_port}\nremote-port = {high}\n'
-        f'[[forward.services]]\nname = "two"\nlocal-port = {echo_port}\n')
+        f'[[forward.services]]\nname = "two"\nlocal-port = {echo_port}\n'
+    )
     forwarder = procs.start([*relay_command(), "forward", "--config", str(config)], "forwarder")
     assert endpoints(forwarder, 2) == {"one": high, "two": low}
 
@@ -255,27 +311,38 @@ def test_state_dir_alone_is_enough_for_names(procs, echo_port, tmp_path):
 
 def test_a_name_against_a_seed_relay_says_it_is_not_used(procs, echo_port):
     _, relay_port = procs.relay()
-    forwarder, port = procs.forwarder(relay_port, echo_port, "--name", "svc",
-                                      "--remote-port", str(free_port()))
-    forwarder.wait_line(r"the relay speaks the seed protocol .*: a client name, port \d+ not "
-                        r"used \(they need a relay with --protocol v2 or --state-dir\)")
+    forwarder, port = procs.forwarder(
+        relay_port, echo_port, "--name", "svc", "--remote-port", str(free_port())
+    )
+    forwarder.wait_line(
+        r"the relay speaks the seed protocol .*: a client name, port \d+ not "
+        r"used \(they need a relay with --protocol v2 or --state-dir\)"
+    )
     assert echo_roundtrip(port) == b"ping through the relay\n"
 
 
 def test_readme_stable_endpoints_example_as_written(procs, echo_port, tmp_path):
     """The README's console block, run with only hosts, ports and the state dir replaced."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme[readme.index("### Stable endpoints"):]
+    section = readme[readme.index("### Stable endpoints") :]
     block = re.search(r"```console\n(.*?)```", section, re.S).group(1)
     low, _ = free_port_block(3)
-    ports = {"7000": str(free_port()), "7200": str(low), "7201": str(low + 1),
-             "7202": str(low + 2), "7299": str(low + 2), "6379": str(echo_port),
-             "8080": str(echo_port), "11211": str(echo_port)}
+    ports = {
+        "7000": str(free_port()),
+        "7200": str(low),
+        "7201": str(low + 1),
+        "7202": str(low + 2),
+        "7299": str(low + 2),
+        "6379": str(echo_port),
+        "8080": str(echo_port),
+        "11211": str(echo_port),
+    }
 
     def substitute(text: str) -> str:
         text = text.replace("relay.example.com", HOST).replace("/var/lib/relay", str(tmp_path))
-        return re.sub(r"\b(7000|7200|7201|7202|7299|6379|8080|11211)\b",
-                      lambda m: ports[m.group(1)], text)
+        return re.sub(
+            r"\b(7000|7200|7201|7202|7299|6379|8080|11211)\b", lambda m: ports[m.group(1)], text
+        )
 
     steps: list[tuple[str, list[str]]] = []
     for line in block.splitlines():
@@ -284,7 +351,10 @@ def test_readme_stable_endpoints_example_as_written(procs, echo_port, tmp_path):
         else:
             steps[-1][1].append(substitute(line))
     assert [command.split()[:2] for command, _ in steps] == [
-        ["relay", "server"], ["relay", "forward"], ["relay", "forward"]]
+        ["relay", "server"],
+        ["relay", "forward"],
+        ["relay", "forward"],
+    ]
     for command, expected in steps:
         argv = substitute(command).split()
         argv[:1] = relay_command()

@@ -66,8 +66,9 @@ def test_echo_example_survives_a_relay_restart_on_the_same_port(procs, tmp_path)
 
 
 def test_echo_example_reports_a_missing_relay(procs):
-    proc = procs.start([sys.executable, str(EXAMPLES / "echo_server.py"), HOST,
-                        str(free_port())], "echo_server.py")
+    proc = procs.start(
+        [sys.executable, str(EXAMPLES / "echo_server.py"), HOST, str(free_port())], "echo_server.py"
+    )
     assert proc.wait(15) == 1
     assert proc.stderr_text.startswith("echo_server: ")
     assert "Traceback" not in proc.stderr_text
@@ -90,12 +91,14 @@ def test_web_example_over_http(procs):
     assert b"<h1>Hello through the relay</h1>" in body
     assert get(f"{base}/hello?name=relay")[2] == b"hello, relay\n"
     big = os.urandom(1024 * 1024)
-    status, headers, body = get(f"{base}/echo", data=big,
-                                headers={"Content-Type": "application/octet-stream"})
+    status, headers, body = get(
+        f"{base}/echo", data=big, headers={"Content-Type": "application/octet-stream"}
+    )
     assert (status, body) == (200, big)
     document = json.dumps({"through": "relay"}).encode()
-    status, headers, body = get(f"{base}/echo", data=document,
-                                headers={"Content-Type": "application/json"})
+    status, headers, body = get(
+        f"{base}/echo", data=document, headers={"Content-Type": "application/json"}
+    )
     assert (headers["Content-Type"], body) == ("application/json", document)
     with pytest.raises(urllib.error.HTTPError) as not_found:
         get(f"{base}/nope")
@@ -131,8 +134,9 @@ def test_web_example_over_http(procs):
     assert bodies == [f"hello, {i}\n".encode() for i in range(50)]
 
     curl = require_program("curl")
-    done = subprocess.run([curl, "-sS", "--max-time", "10", f"{base}/health"],
-                          capture_output=True, timeout=20)
+    done = subprocess.run(
+        [curl, "-sS", "--max-time", "10", f"{base}/health"], capture_output=True, timeout=20
+    )
     assert done.stdout == b"ok\n", done.stderr
     web.send_signal(signal.SIGINT)
     assert web.wait(10) == 130
@@ -175,7 +179,8 @@ def test_readme_redis_walkthrough_as_written(procs):
 
     steps = console_blocks("## Walkthrough")
     assert [c.split()[0] for c, _ in steps] == ["relay", "redis-server", "relay"] + [
-        "redis-cli"] * 4
+        "redis-cli"
+    ] * 4
     for command, expected in steps:
         argv = substitute(command)
         if argv[0] == "relay" and not any(a.startswith("--localForwardPort") for a in argv):
@@ -192,8 +197,9 @@ def test_readme_redis_walkthrough_as_written(procs):
             ports["40123"] = int(match.group(1))
             assert ENDPOINT.match(expected[0])
         else:  # redis-cli, formatted as on a terminal (--no-raw) like the README shows
-            done = subprocess.run([redis_cli, "--no-raw", *argv[1:]], capture_output=True,
-                                  text=True, timeout=20)
+            done = subprocess.run(
+                [redis_cli, "--no-raw", *argv[1:]], capture_output=True, text=True, timeout=20
+            )
             assert done.stdout.splitlines() == expected, (command, done.stderr)
 
 

@@ -132,8 +132,11 @@ receive_ops = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(max_window=st.sampled_from([W, W + 3, 2 * W, 5 * W + 7]), ops=receive_ops,
-       consume_first=st.booleans())
+@given(
+    max_window=st.sampled_from([W, W + 3, 2 * W, 5 * W + 7]),
+    ops=receive_ops,
+    consume_first=st.booleans(),
+)
 def test_window_rule_properties(
     max_window: int, ops: list[tuple[str, float]], consume_first: bool
 ) -> None:

@@ -17,8 +17,7 @@ from yamux import Flag, Frame, FrameDecoder, FrameType, ProtocolError
 from yamux.const import HEADER_SIZE
 from yamux.frame import HEADER, encode_frame, encode_header, parse_header
 
-SETTINGS = settings(max_examples=200, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MAX_BODY = 4096
 PATTERN = bytes(range(256)) * (MAX_BODY // 256 + 1)
 
@@ -35,11 +34,16 @@ def frames(draw: st.DrawFn, max_body: int = MAX_BODY) -> Frame:
     flags = Flag(draw(u16))
     stream_id = draw(u32)
     if type_ is FrameType.DATA:
-        body = draw(st.one_of(
-            st.binary(max_size=min(max_body, 64)),
-            st.builds(lambda n, start: PATTERN[start : start + n],
-                      st.integers(0, max_body), st.integers(0, 255)),
-        ))
+        body = draw(
+            st.one_of(
+                st.binary(max_size=min(max_body, 64)),
+                st.builds(
+                    lambda n, start: PATTERN[start : start + n],
+                    st.integers(0, max_body),
+                    st.integers(0, 255),
+                ),
+            )
+        )
         return Frame(type_, flags, stream_id, len(body), body)
     return Frame(type_, flags, stream_id, draw(u32))
 
@@ -79,8 +83,7 @@ def test_encode_header_equals_construct_build(
 ) -> None:
     """The struct fast path writes exactly the bytes the construct definition builds."""
     built = HEADER.build(
-        {"version": 0, "type": int(type_), "flags": flags, "stream_id": stream_id,
-         "length": length}
+        {"version": 0, "type": int(type_), "flags": flags, "stream_id": stream_id, "length": length}
     )
     encoded = encode_header(type_, flags, stream_id, length)
     assert encoded == built
@@ -94,8 +97,12 @@ def test_parse_header_equals_construct_parse(
 ) -> None:
     """parse_header reads every valid header as construct's HEADER.parse does."""
     raw = HEADER.build(
-        {"type": type_.name, "flags": {f.name: bool(flags & f) for f in Flag if f},
-         "stream_id": stream_id, "length": length}
+        {
+            "type": type_.name,
+            "flags": {f.name: bool(flags & f) for f in Flag if f},
+            "stream_id": stream_id,
+            "length": length,
+        }
     )
     parsed = HEADER.parse(raw)
     got_type, got_flags, got_id, got_length = parse_header(raw)
@@ -109,8 +116,7 @@ def test_parse_header_equals_construct_parse(
 
 
 @SETTINGS
-@given(type_=frame_types, flags=u16, stream_id=u32, length=u32,
-       prefix=st.binary(max_size=20))
+@given(type_=frame_types, flags=u16, stream_id=u32, length=u32, prefix=st.binary(max_size=20))
 def test_parse_header_round_trips_encode_header_at_any_offset(
     type_: FrameType, flags: int, stream_id: int, length: int, prefix: bytes
 ) -> None:
@@ -143,8 +149,11 @@ def test_decoder_round_trips_any_sequence_of_frames(items: list[Frame]) -> None:
 
 
 @SETTINGS
-@given(items=frame_lists, cuts=st.lists(st.integers(0, 12 * (MAX_BODY + 12)), max_size=30),
-       kind=st.sampled_from([bytes, bytearray, memoryview]))
+@given(
+    items=frame_lists,
+    cuts=st.lists(st.integers(0, 12 * (MAX_BODY + 12)), max_size=30),
+    kind=st.sampled_from([bytes, bytearray, memoryview]),
+)
 def test_decoder_handles_any_split(items: list[Frame], cuts: list[int], kind: type) -> None:
     """Split anywhere (inside headers, inside bodies, across frames): the same frames."""
     chunks = split_at(encode_all(items), cuts)
@@ -165,9 +174,7 @@ def test_decoder_buffered_counts_incomplete_frame() -> None:
     assert decoder.buffered == 5
     assert list(decoder.feed(data[5:15])) == []
     assert decoder.buffered == 3
-    assert list(decoder.feed(data[15:])) == [
-        Frame(FrameType.DATA, Flag.NONE, 3, 10, b"0123456789")
-    ]
+    assert list(decoder.feed(data[15:])) == [Frame(FrameType.DATA, Flag.NONE, 3, 10, b"0123456789")]
     assert decoder.buffered == 0
 
 
@@ -223,18 +230,19 @@ def test_bad_header_error_names_field_and_value(field: tuple[str, int]) -> None:
             parse_header(bad_header(name, value))
 
 
-@pytest.mark.parametrize(
-    ("name", "value"), [("version", 1), ("type", 4), ("length", MAX_BODY + 1)]
-)
+@pytest.mark.parametrize(("name", "value"), [("version", 1), ("type", 4), ("length", MAX_BODY + 1)])
 def test_bad_header_errors_fixed_examples(name: str, value: int) -> None:
     with pytest.raises(ProtocolError, match=rf"{name}={value}\b"):
         list(FrameDecoder(MAX_BODY).feed(bad_header(name, value)))
 
 
 @SETTINGS
-@given(items=frame_lists, field=bad_fields,
-       cuts=st.lists(st.integers(0, 12 * (MAX_BODY + 12)), max_size=8),
-       trailing=st.binary(max_size=40))
+@given(
+    items=frame_lists,
+    field=bad_fields,
+    cuts=st.lists(st.integers(0, 12 * (MAX_BODY + 12)), max_size=8),
+    trailing=st.binary(max_size=40),
+)
 def test_frames_before_a_bad_header_are_still_yielded(
     items: list[Frame], field: tuple[str, int], cuts: list[int], trailing: bytes
 ) -> None:

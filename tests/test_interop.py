@@ -78,8 +78,11 @@ def common_wire_checks(outcome: Outcome) -> None:
     """Frame-level facts every scenario must show, from the Python tap."""
     sent, recv = outcome.report.tap.sent, outcome.report.tap.recv
     check(outcome, sent.invalid == 0 and recv.invalid == 0, "a frame with a bad version/type")
-    check(outcome, sent.max_data <= outcome.params.config().max_frame_size,
-          "we sent a Data frame larger than Config.max_frame_size")
+    check(
+        outcome,
+        sent.max_data <= outcome.params.config().max_frame_size,
+        "we sent a Data frame larger than Config.max_frame_size",
+    )
     # Go's own counters agree with ours on the payload both ways.
     check(outcome, go_int(outcome, "tx_data") == recv.data_bytes, "Go's tx_data != our rx data")
     check(outcome, go_int(outcome, "rx_data") == sent.data_bytes, "Go's rx_data != our tx data")
@@ -103,8 +106,11 @@ async def test_echo(py_role: str) -> None:
     check(outcome, tap.recv.data_bytes >= 1 << 20, "less than 1 MiB came back")
     check(outcome, tap.recv.go_away == 0, "hashicorp sent a Go Away (its Close sends none)")
     if py_role == "client":  # we end the session: Session.close() says Go Away 0
-        check(outcome, tap.sent.go_away == 1 and tap.sent.go_away_code == 0,
-              "our Session.close() did not send exactly one Go Away 0")
+        check(
+            outcome,
+            tap.sent.go_away == 1 and tap.sent.go_away_code == 0,
+            "our Session.close() did not send exactly one Go Away 0",
+        )
 
 
 @interop
@@ -121,8 +127,11 @@ async def test_parallel(py_role: str) -> None:
         check(outcome, outcome.report.served["XFER"] == 100, "not exactly 100 XFER served")
     else:
         check(outcome, outcome.go_detail("served") == "XFER:100", "Go did not serve 100 XFERs")
-    check(outcome, outcome.report.tap.recv.max_data <= INITIAL_WINDOW,
-          "Go sent a Data frame beyond the 256 KiB window")
+    check(
+        outcome,
+        outcome.report.tap.recv.max_data <= INITIAL_WINDOW,
+        "Go sent a Data frame beyond the 256 KiB window",
+    )
 
 
 @interop
@@ -132,8 +141,11 @@ async def test_bulk_1gib(py_role: str) -> None:
     outcome = await run("bulk", py_role)
     common_wire_checks(outcome)
     tap = outcome.report.tap
-    check(outcome, tap.sent.data_bytes > 1 << 30 and tap.recv.data_bytes > 1 << 30,
-          "less than 1 GiB crossed in some direction")
+    check(
+        outcome,
+        tap.sent.data_bytes > 1 << 30 and tap.recv.data_bytes > 1 << 30,
+        "less than 1 GiB crossed in some direction",
+    )
 
 
 @interop
@@ -160,8 +172,9 @@ async def test_halfclose(py_role: str) -> None:
     outcome = await run("halfclose", py_role)
     common_wire_checks(outcome)
     tap = outcome.report.tap
-    check(outcome, tap.sent.fin == tap.recv.fin,
-          "FIN counts differ: a FIN sent twice or not at all")
+    check(
+        outcome, tap.sent.fin == tap.recv.fin, "FIN counts differ: a FIN sent twice or not at all"
+    )
 
 
 @interop
@@ -179,8 +192,11 @@ async def test_rst(py_role: str) -> None:
     common_wire_checks(outcome)
     tap = outcome.report.tap
     check(outcome, tap.sent.rst == 1 and tap.recv.rst == 1, "want exactly one RST each way")
-    check(outcome, go_int(outcome, "tx_rst") == 1 and go_int(outcome, "rx_rst") == 1,
-          "Go's tap disagrees: want exactly one RST each way")
+    check(
+        outcome,
+        go_int(outcome, "tx_rst") == 1 and go_int(outcome, "rx_rst") == 1,
+        "Go's tap disagrees: want exactly one RST each way",
+    )
 
 
 @interop
@@ -234,17 +250,25 @@ async def test_goaway(py_role: str) -> None:
     """
     outcome = await run("goaway", py_role)
     common_wire_checks(outcome)
-    check(outcome, outcome.go_detail("peer_open_after_our_goaway") == "OPEN-REFUSED local",
-          "Go's report of the open after a go away is not OPEN-REFUSED local")
-    check(outcome, outcome.go_detail("syn_after_our_goaway") == "0",
-          "Go saw a SYN after its go away")
+    check(
+        outcome,
+        outcome.go_detail("peer_open_after_our_goaway") == "OPEN-REFUSED local",
+        "Go's report of the open after a go away is not OPEN-REFUSED local",
+    )
+    check(
+        outcome, outcome.go_detail("syn_after_our_goaway") == "0", "Go saw a SYN after its go away"
+    )
     check(outcome, outcome.report.tap.syn_after_our_goaway == 0, "we saw a SYN after our go away")
-    ours = outcome.report.notes.get("our_open" if py_role == "client"
-                                    else "our_open_after_peer_goaway")
+    ours = outcome.report.notes.get(
+        "our_open" if py_role == "client" else "our_open_after_peer_goaway"
+    )
     check(outcome, ours == "local", "our open after the peer's go away was not refused locally")
     tap = outcome.report.tap
-    check(outcome, tap.sent.go_away >= 1 and tap.recv.go_away == 1 and tap.recv.go_away_code == 0,
-          "want our go away out and exactly one go away code 0 in")
+    check(
+        outcome,
+        tap.sent.go_away >= 1 and tap.recv.go_away == 1 and tap.recv.go_away_code == 0,
+        "want our go away out and exactly one go away code 0 in",
+    )
 
 
 @interop
@@ -262,8 +286,11 @@ async def test_bigwindow(py_role: str) -> None:
     n, extra = outcome.params.size, outcome.params.window - INITIAL_WINDOW
     tap = outcome.report.tap
     check(outcome, tap.recv.max_data == n and tap.sent.max_data == n, "a big write was split")
-    check(outcome, tap.sent.max_grant == extra and tap.recv.max_grant == extra,
-          "the SYN/ACK grants are not window - 256 KiB")
+    check(
+        outcome,
+        tap.sent.max_grant == extra and tap.recv.max_grant == extra,
+        "the SYN/ACK grants are not window - 256 KiB",
+    )
     check(outcome, go_int(outcome, "peer_grant_on_synack") == extra, "Go saw another grant")
 
 
@@ -303,8 +330,11 @@ async def test_closebusy(py_role: str) -> None:
     """
     outcome = await run("closebusy", py_role)
     if py_role == "client":
-        check(outcome, outcome.report.notes["outcomes"] == "error SessionClosedError",
-              "our pending reads/writes did not all end with SessionClosedError")
+        check(
+            outcome,
+            outcome.report.notes["outcomes"] == "error SessionClosedError",
+            "our pending reads/writes did not all end with SessionClosedError",
+        )
     else:
         check(outcome, outcome.report.notes["busy_ops_ended"] == 12, "not all 12 busy ops ended")
 

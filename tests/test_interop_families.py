@@ -60,8 +60,9 @@ UNSUPPORTED: dict[tuple[str, str], str] = {
 }
 """(family, scenario) the peer cannot run as the active side; see test_goaway_ends_session."""
 
-UNSUPPORTED_PASSIVE: frozenset[tuple[str, str]] = frozenset({("js", "goaway"),
-                                                              ("libp2p", "goaway")})
+UNSUPPORTED_PASSIVE: frozenset[tuple[str, str]] = frozenset(
+    {("js", "goaway"), ("libp2p", "goaway")}
+)
 """Of those, the ones where the peer cannot be the passive side either (keepalive can: it
 answers our keepalive pings and its RTT probe counts as its own ping)."""
 
@@ -87,13 +88,17 @@ def require(family: str) -> str:
 
 
 def knobs(family: str, scenario: str, py_role: str) -> dict[str, Any]:
-    return {**PEER_POLICY, **SIZES.get(scenario, {}),
-            **OVERRIDES.get((family, scenario, py_role), {})}
+    return {
+        **PEER_POLICY,
+        **SIZES.get(scenario, {}),
+        **OVERRIDES.get((family, scenario, py_role), {}),
+    }
 
 
 async def run(family: str, scenario: str, py_role: str) -> Outcome:
-    outcome = await run_against(require(family), scenario, py_role,
-                                **knobs(family, scenario, py_role))
+    outcome = await run_against(
+        require(family), scenario, py_role, **knobs(family, scenario, py_role)
+    )
     print(outcome.describe())
     return outcome
 
@@ -118,8 +123,17 @@ def supported(family: str, scenario: str, py_role: str) -> bool:
 
 MATRIX = [
     pytest.param(family, py_role, scenario, id=f"{family}-py_{py_role}-{scenario}")
-    for scenario in ("echo", "parallel", "bulk", "halfclose", "ping", "keepalive", "bigwindow",
-                     "openstorm", "closebusy")
+    for scenario in (
+        "echo",
+        "parallel",
+        "bulk",
+        "halfclose",
+        "ping",
+        "keepalive",
+        "bigwindow",
+        "openstorm",
+        "closebusy",
+    )
     for family in FAMILY_NAMES
     for py_role in ROLES
     if supported(family, scenario, py_role)
@@ -138,16 +152,20 @@ async def test_scenario(family: str, py_role: str, scenario: str) -> None:
     tap = outcome.report.tap
     check(outcome, tap.sent.invalid == 0 and tap.recv.invalid == 0, "a frame with a bad header")
     if scenario == "parallel":
-        served = (outcome.report.served["XFER"] if py_role == "server"
-                  else outcome.go_detail("served"))
+        served = (
+            outcome.report.served["XFER"] if py_role == "server" else outcome.go_detail("served")
+        )
         check(outcome, served in (100, "XFER:100"), "not exactly 100 XFER served")
     if scenario == "halfclose":
         check(outcome, tap.sent.fin == tap.recv.fin, "FIN sent twice or not at all")
     if scenario == "openstorm":
         check(outcome, tap.sent.rst == 0 and tap.recv.rst == 0, "a stream was reset")
     if scenario == "bulk":
-        check(outcome, tap.sent.data_bytes > 200 << 20 and tap.recv.data_bytes > 200 << 20,
-              "less than 200 MiB crossed in some direction")
+        check(
+            outcome,
+            tap.sent.data_bytes > 200 << 20 and tap.recv.data_bytes > 200 << 20,
+            "less than 200 MiB crossed in some direction",
+        )
 
 
 @pytest.mark.parametrize(("family", "py_role"), BOTH)
@@ -168,17 +186,26 @@ async def test_rst(family: str, py_role: str) -> None:
     check(outcome, tap.sent.rst == 1 and tap.recv.rst == 1, "want exactly one RST each way")
     if py_role == "client":  # our EXPECT-RST reset is read as EOF by the passive peer
         check(outcome, RESET_AS_EOF in str(outcome.py_error), "another failure than the bug")
-        check(outcome, outcome.report.notes.get("reset_seen") == 1,
-              "we did not see py-libp2p's own reset (SEND-RST) or the echo after it failed")
+        check(
+            outcome,
+            outcome.report.notes.get("reset_seen") == 1,
+            "we did not see py-libp2p's own reset (SEND-RST) or the echo after it failed",
+        )
     else:  # py-libp2p active: our SEND-RST reset reaches it as EOF
         assert outcome.go is not None
         check(outcome, RESET_AS_EOF in outcome.go.stderr, "another failure than the bug")
-        check(outcome, outcome.report.served["EXPECT-RST"] == 1,
-              "we did not see py-libp2p's reset on read and write")
+        check(
+            outcome,
+            outcome.report.served["EXPECT-RST"] == 1,
+            "we did not see py-libp2p's reset on read and write",
+        )
         early_exit = ("stream 1: ", "the session ended without BYE", "served 0 ECHO")
-        check(outcome, all(f.startswith(early_exit) for f in outcome.report.failures),
-              "a failure on our side beyond the peer's early exit (control stream 1 cut, "
-              "no BYE, no ECHO)")
+        check(
+            outcome,
+            all(f.startswith(early_exit) for f in outcome.report.failures),
+            "a failure on our side beyond the peer's early exit (control stream 1 cut, "
+            "no BYE, no ECHO)",
+        )
 
 
 @pytest.mark.parametrize(("family", "scenario"), sorted(UNSUPPORTED))
@@ -187,8 +214,11 @@ async def test_unsupported_is_refused(family: str, scenario: str) -> None:
     outcome = await run(family, scenario, "server")
     assert outcome.go is not None
     check(outcome, outcome.go.returncode == 1, "the peer did not fail")
-    check(outcome, f"not supported: {UNSUPPORTED[family, scenario]}" in outcome.go.stderr,
-          "the peer's refusal does not give the documented reason")
+    check(
+        outcome,
+        f"not supported: {UNSUPPORTED[family, scenario]}" in outcome.go.stderr,
+        "the peer's refusal does not give the documented reason",
+    )
 
 
 # --------------------------------------------------------------------------- Go Away
@@ -215,8 +245,8 @@ async def test_goaway_ends_session(family: str) -> None:
     async with PeerListener(client=True, config=config, tap=tap) as listener:
         assert listener.accepted is not None
         peer = await asyncio.to_thread(
-            families.family(family).start_peer, "server", listener.addr, "closebusy",
-            timeout=30.0)
+            families.family(family).start_peer, "server", listener.addr, "closebusy", timeout=30.0
+        )
         try:
             session = await asyncio.wait_for(listener.accepted, 30)
             stream = await session.open_stream()
@@ -230,8 +260,10 @@ async def test_goaway_ends_session(family: str) -> None:
             except (yamux.YamuxError, ConnectionError) as exc:
                 ended = type(exc)
             except TimeoutError:
-                pytest.fail(f"our read still hangs {bound} s after our Go Away to the {family} "
-                            f"peer (wire: {tap})")
+                pytest.fail(
+                    f"our read still hangs {bound} s after our Go Away to the {family} "
+                    f"peer (wire: {tap})"
+                )
             else:
                 assert data == b"", f"HOLD read returned {data!r}"
                 ended = EOFError

@@ -62,8 +62,10 @@ def js_forwarder(procs: Processes, echo_port: int) -> int:
     if reason is not None:
         pytest.skip(reason)
     _, relay_port = procs.relay()
-    fwd = procs.start([families.node(), str(FORWARDER), f"{HOST}:{relay_port}",
-                       f"{HOST}:{echo_port}"], "js-forwarder")
+    fwd = procs.start(
+        [families.node(), str(FORWARDER), f"{HOST}:{relay_port}", f"{HOST}:{echo_port}"],
+        "js-forwarder",
+    )
     _, match = fwd.wait_line(ENDPOINT, stream="stdout")
     return int(match.group(1))
 

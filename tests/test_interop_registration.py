@@ -37,14 +37,17 @@ def go_programs() -> None:
     harness.build_image()
 
 
-@pytest.mark.parametrize("relay_options", [{"secret": SECRET}, {"protocol": "v2"}],
-                         ids=["secret", "protocol-v2"])
+@pytest.mark.parametrize(
+    "relay_options", [{"secret": SECRET}, {"protocol": "v2"}], ids=["secret", "protocol-v2"]
+)
 async def test_go_forwarder_fails_clearly_against_a_v2_relay(
-        go_programs: None, relay_options: dict[str, str]) -> None:
+    go_programs: None, relay_options: dict[str, str]
+) -> None:
     async with RelayServer(0, host=HOST, **relay_options) as server:  # type: ignore[arg-type]
         before = listening_ports(os.getpid())
-        proc = harness.start("go-forwarder", "-relay", f"{HOST}:{server.port}",
-                             "-local", f"{HOST}:9")
+        proc = harness.start(
+            "go-forwarder", "-relay", f"{HOST}:{server.port}", "-local", f"{HOST}:9"
+        )
         try:
             finished = await proc.await_exit(within=60)
         finally:
@@ -57,15 +60,16 @@ async def test_go_forwarder_fails_clearly_against_a_v2_relay(
 
 
 async def test_v2_client_registers_with_the_go_relay_in_seed_mode(
-        go_programs: None, caplog: pytest.LogCaptureFixture) -> None:
+    go_programs: None, caplog: pytest.LogCaptureFixture
+) -> None:
     go_relay, control_port = harness.start_relay()
     try:
+
         async def handler(reader, writer) -> None:  # type: ignore[no-untyped-def]
             writer.write(b"seed mode ok\n")
             await writer.drain()
 
-        async with await relay.start_server(handler, HOST, control_port,
-                                            secret=SECRET) as served:
+        async with await relay.start_server(handler, HOST, control_port, secret=SECRET) as served:
             assert served.client_address is False
             reader, writer = await asyncio.open_connection(HOST, served.public_port)
             assert await asyncio.wait_for(reader.readline(), 10) == b"seed mode ok\n"
@@ -82,24 +86,35 @@ async def test_require_v2_refuses_the_go_relay(go_programs: None) -> None:
     go_relay, control_port = harness.start_relay()
     try:
         with pytest.raises(relay.SeedRelayError, match="did not offer registration v2"):
-            await relay.start_server(lambda r, w: asyncio.sleep(0), HOST, control_port,
-                                     secret=SECRET, require_v2=True)
+            await relay.start_server(
+                lambda r, w: asyncio.sleep(0), HOST, control_port, secret=SECRET, require_v2=True
+            )
     finally:
         go_relay.close()
 
 
 @pytest.mark.parametrize("version", [1, 2])
 async def test_proxy_protocol_forwarder_behind_the_go_relay(
-        go_programs: None, version: int, procs: Processes, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+    go_programs: None,
+    version: int,
+    procs: Processes,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """No client address from a seed relay: nginx still gets a valid (UNKNOWN/LOCAL) header."""
     nginx = require_program("nginx")
     _, receiver = start_proxy_receiver(procs, "nginx", nginx, tmp_path)
     go_relay, control_port = harness.start_relay()
     try:
         endpoints: asyncio.Queue[str] = asyncio.Queue()
-        forwarder = Forwarder(HOST, control_port, receiver, reconnect=False,
-                              proxy_protocol=version, on_endpoint=endpoints.put_nowait)
+        forwarder = Forwarder(
+            HOST,
+            control_port,
+            receiver,
+            reconnect=False,
+            proxy_protocol=version,
+            on_endpoint=endpoints.put_nowait,
+        )
         task = asyncio.create_task(forwarder.run())
         try:
             public = int((await asyncio.wait_for(endpoints.get(), 20)).rsplit(":", 1)[1])

@@ -82,8 +82,19 @@ class Stack:
 
     def http_server(self, directory: Path) -> int:
         port = free_port()
-        self.procs.start([sys.executable, "-m", "http.server", "--bind", HOST, "--directory",
-                          str(directory), str(port)], "http.server")
+        self.procs.start(
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                "--bind",
+                HOST,
+                "--directory",
+                str(directory),
+                str(port),
+            ],
+            "http.server",
+        )
         wait_tcp(port)
         return port
 
@@ -117,8 +128,9 @@ class Stack:
         parts = [self.procs.describe()]
         for g in self.go:
             out, err = g.output()
-            parts.append(f"--- {g.program} {' '.join(g.args)}\nstdout:\n{out}"
-                         f"stderr:\n{err[-6000:]}")
+            parts.append(
+                f"--- {g.program} {' '.join(g.args)}\nstdout:\n{out}stderr:\n{err[-6000:]}"
+            )
         return "\n".join(parts)
 
     def close(self) -> None:
@@ -149,16 +161,24 @@ def blob_dir(tmp_path: Path) -> tuple[Path, bytes]:
 
 
 def wait_tcp(port: int) -> None:
-    wait_until(lambda: not connection_refused(port), START_TIMEOUT,
-               message=f"something accepts on {HOST}:{port}")
+    wait_until(
+        lambda: not connection_refused(port),
+        START_TIMEOUT,
+        message=f"something accepts on {HOST}:{port}",
+    )
 
 
 # --------------------------------------------------------------------------- traffic
 
 
 def redis_cli(port: int, *args: str, stdin: bytes | None = None) -> str:
-    done = subprocess.run([require_program("redis-cli"), "-h", HOST, "-p", str(port), *args],
-                          input=stdin, capture_output=True, timeout=60, check=False)
+    done = subprocess.run(
+        [require_program("redis-cli"), "-h", HOST, "-p", str(port), *args],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, f"redis-cli {args[:3]} failed: {done.stderr!r}"
     return done.stdout.decode().strip()
 
@@ -174,9 +194,25 @@ def redis_traffic(public_port: int, redis_port: int) -> None:
     assert redis_cli(public_port, "STRLEN", key + ":big") == str(len(value))
     assert redis_cli(public_port, "GET", key + ":big") == value
     bench = subprocess.run(
-        [require_program("redis-benchmark"), "-h", HOST, "-p", str(public_port), "-q",
-         "-n", "2000", "-c", "20", "-t", "set,get"],
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            require_program("redis-benchmark"),
+            "-h",
+            HOST,
+            "-p",
+            str(public_port),
+            "-q",
+            "-n",
+            "2000",
+            "-c",
+            "20",
+            "-t",
+            "set,get",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     summary = [ln.split("\r")[-1] for ln in bench.stdout.splitlines() if "requests per" in ln]
     detail = f"redis-benchmark via the relay: rc={bench.returncode}\n{bench.stdout}{bench.stderr}"
     assert bench.returncode == 0, detail
@@ -200,12 +236,20 @@ def http_traffic(public_port: int, blob: bytes) -> None:
         assert len(body) == len(blob), f"fetched {len(body)} of {len(blob)} bytes"
         assert hashlib.sha256(body).hexdigest() == want, "fetched other bytes"
     curl = require_program("curl")
-    done = subprocess.run([curl, "-sS", "--fail", "--max-time", "60", f"{base}/hello.txt"],
-                          capture_output=True, timeout=90, check=False)
+    done = subprocess.run(
+        [curl, "-sS", "--fail", "--max-time", "60", f"{base}/hello.txt"],
+        capture_output=True,
+        timeout=90,
+        check=False,
+    )
     assert done.returncode == 0, f"curl failed: {done.stderr!r}"
     assert done.stdout == b"hello through the relay\n"
-    done = subprocess.run([curl, "-sS", "--fail", "--max-time", "60", f"{base}/blob.bin"],
-                          capture_output=True, timeout=90, check=False)
+    done = subprocess.run(
+        [curl, "-sS", "--fail", "--max-time", "60", f"{base}/blob.bin"],
+        capture_output=True,
+        timeout=90,
+        check=False,
+    )
     assert done.returncode == 0, f"curl failed: {done.stderr!r}"
     assert hashlib.sha256(done.stdout).hexdigest() == want, f"curl fetched {len(done.stdout)} bytes"
 
@@ -253,8 +297,9 @@ def test_python_relay_go_forwarder(
     stack.all_running()
 
 
-async def _pipe(reader: yamux.Stream | asyncio.StreamReader,
-                writer: yamux.Stream | asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: yamux.Stream | asyncio.StreamReader, writer: yamux.Stream | asyncio.StreamWriter
+) -> None:
     """Copy until EOF, then half-close the other side."""
     while data := await reader.read(256 * 1024):
         writer.write(data)
@@ -282,8 +327,10 @@ async def _serve_http(blob: bytes, stream: yamux.Stream) -> None:
     body = bodies.get(path) if method == "GET" else None
     status = "200 OK" if body is not None else "404 Not Found"
     body = body if body is not None else b"not found\n"
-    stream.write(f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n"
-                 "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n".encode())
+    stream.write(
+        f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n"
+        "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n".encode()
+    )
     stream.write(body)
     await stream.drain()  # the API sends FIN when the handler returns
 

@@ -40,9 +40,11 @@ async def test_a_name_alive_elsewhere_is_refused_a_silent_one_is_replaced(caplog
             silent_port = int(await reader.readline())
             first = await register_v2(HOST, server.port, name="other")
             # The owner of "other" answers pings: a second "other" is another process.
-            with pytest.raises(RelayRefusedError,
-                               match=rf"name 'other' is already registered \(public port "
-                                     rf"{first.public_port}\) and that session is alive"):
+            with pytest.raises(
+                RelayRefusedError,
+                match=rf"name 'other' is already registered \(public port "
+                rf"{first.public_port}\) and that session is alive",
+            ):
                 await register_v2(HOST, server.port, name="other")
             await first.session.close()
             # "svc" again while its silent session looks alive: the newcomer gets its port.
@@ -61,9 +63,15 @@ async def test_leases_survive_a_relay_restart_in_process(tmp_path: Path):
     await first_relay.start()
     control = first_relay.port
     endpoints: list[str] = []
-    server = await relay.start_server(echo, HOST, control, name="stable",
-                                      on_endpoint=endpoints.append, reconnect_delay=0.05,
-                                      reconnect_max_delay=0.2)
+    server = await relay.start_server(
+        echo,
+        HOST,
+        control,
+        name="stable",
+        on_endpoint=endpoints.append,
+        reconnect_delay=0.05,
+        reconnect_max_delay=0.2,
+    )
     second_relay = None
     try:
         port = server.public_port
@@ -83,16 +91,17 @@ async def test_leases_survive_a_relay_restart_in_process(tmp_path: Path):
                 await relay_server.wait_closed()
 
 
-async def test_an_authenticated_client_runs_several_services_each_with_its_port(
-        tmp_path: Path):
+async def test_an_authenticated_client_runs_several_services_each_with_its_port(tmp_path: Path):
     low, high = free_port_block(2)
     clients = parse_auth_clients({"alice": {"secret": SECRET, "ports": f"{low}-{high}"}})
     async with RelayServer(0, host=HOST, auth_clients=clients, state_dir=str(tmp_path)) as srv:
         # Each service asks for its own port: both run at once, each its own lease.
-        one = await relay.start_server(echo, HOST, srv.port, name="alice", secret=SECRET,
-                                       public_port=high)
-        two = await relay.start_server(echo, HOST, srv.port, name="alice", secret=SECRET,
-                                       public_port=low)
+        one = await relay.start_server(
+            echo, HOST, srv.port, name="alice", secret=SECRET, public_port=high
+        )
+        two = await relay.start_server(
+            echo, HOST, srv.port, name="alice", secret=SECRET, public_port=low
+        )
         async with one, two:
             assert (one.public_port, two.public_port) == (high, low)
             assert await roundtrip(one.public_port) == b"hello\n"
@@ -114,8 +123,9 @@ async def test_an_authenticated_client_without_ports_runs_several_sessions(tmp_p
                 assert await roundtrip(second.public_port) == b"hello\n"
             port = first.public_port
         # The lease stayed with the first one's port.
-        async with await relay.start_server(echo, HOST, srv.port, name="alice",
-                                            secret=SECRET) as again:
+        async with await relay.start_server(
+            echo, HOST, srv.port, name="alice", secret=SECRET
+        ) as again:
             assert again.public_port == port
 
 
@@ -126,8 +136,9 @@ async def test_an_authenticated_clients_services_keep_their_own_ports(tmp_path: 
     state = str(tmp_path)
 
     async def register(control: int, service: str) -> relay.RelayedServer:
-        return await relay.start_server(echo, HOST, control, name="alice", service=service,
-                                        secret=SECRET, reconnect=False)
+        return await relay.start_server(
+            echo, HOST, control, name="alice", service=service, secret=SECRET, reconnect=False
+        )
 
     async with RelayServer(0, host=HOST, auth_clients=clients, state_dir=state) as first:
         control = first.port

@@ -106,8 +106,10 @@ async def test_idle_watch_closes_between_timeout_and_two_ticks_after_the_last_by
     loop = asyncio.get_running_loop()
     idle_at: dict[str, float] = {}
     ends = {"early": End(), "late": End(), "busy": End()}
-    watch = IdleWatch(0.2, lambda end: idle_at.setdefault(
-        next(k for k, v in ends.items() if v is end), loop.time()))  # tick: 0.05 s
+    watch = IdleWatch(
+        0.2,
+        lambda end: idle_at.setdefault(next(k for k, v in ends.items() if v is end), loop.time()),
+    )  # tick: 0.05 s
     start = loop.time()
     watch.watch(ends["early"])  # type: ignore[arg-type]
     await asyncio.sleep(0.04)
@@ -125,8 +127,10 @@ async def test_idle_watch_closes_between_timeout_and_two_ticks_after_the_last_by
 
 async def test_idle_public_connections_are_reset_active_ones_stay() -> None:
     limits = Limits(idle_timeout=0.5)
-    async with relay.RelayServer(0, host=HOST, limits=limits) as relay_server, \
-            await relay.start_server(echo, HOST, relay_server.port) as server:
+    async with (
+        relay.RelayServer(0, host=HOST, limits=limits) as relay_server,
+        await relay.start_server(echo, HOST, relay_server.port) as server,
+    ):
         idle_reader, idle_writer = await asyncio.open_connection(HOST, server.public_port)
         busy_reader, busy_writer = await asyncio.open_connection(HOST, server.public_port)
         loop = asyncio.get_running_loop()
@@ -154,8 +158,10 @@ async def test_idle_public_connections_are_reset_active_ones_stay() -> None:
 
 
 async def test_idle_timeout_zero_is_off() -> None:
-    async with relay.RelayServer(0, host=HOST, limits=Limits(idle_timeout=0)) as relay_server, \
-            await relay.start_server(echo, HOST, relay_server.port) as server:
+    async with (
+        relay.RelayServer(0, host=HOST, limits=Limits(idle_timeout=0)) as relay_server,
+        await relay.start_server(echo, HOST, relay_server.port) as server,
+    ):
         reader, writer = await asyncio.open_connection(HOST, server.public_port)
         try:
             await asyncio.sleep(0.3)
@@ -169,8 +175,10 @@ async def test_idle_timeout_zero_is_off() -> None:
 
 async def test_one_source_cannot_take_every_public_connection() -> None:
     limits = Limits(max_connections_per_source=3)
-    async with relay.RelayServer(0, host=HOST, max_connections=5, limits=limits) as relay_server, \
-            await relay.start_server(echo, HOST, relay_server.port) as server:
+    async with (
+        relay.RelayServer(0, host=HOST, max_connections=5, limits=limits) as relay_server,
+        await relay.start_server(echo, HOST, relay_server.port) as server,
+    ):
         held = [await asyncio.open_connection(HOST, server.public_port) for _ in range(4)]
         try:
             assert await asyncio.wait_for(closed_by_relay(held[3][0]), 5)  # the 4th is refused
@@ -221,8 +229,7 @@ async def test_registration_v2_challenges_count_per_source() -> None:
             assert "nonce=" in lines[0]  # challenges
             assert "nonce=" in lines[1]
             assert lines[2].startswith("error: 2 registrations from 127.0.0.1 are still")
-            served = await relay.start_server(echo, HOST, relay_server.port,
-                                              local_addr=(OTHER, 0))
+            served = await relay.start_server(echo, HOST, relay_server.port, local_addr=(OTHER, 0))
             async with served:
                 assert await roundtrip(served.public_port, HOST) == b"hello\n"
         finally:
@@ -253,8 +260,9 @@ def test_cli_options_and_env_vars_reach_the_relay(procs, echo_port, monkeypatch)
         held.sendall(b"a")
         assert held.recv(1) == b"a"
         assert closed_without_data(public_port)  # refused: one per source
-        with socket.create_connection((HOST, public_port), timeout=5,
-                                      source_address=(OTHER, 0)) as other:
+        with socket.create_connection(
+            (HOST, public_port), timeout=5, source_address=(OTHER, 0)
+        ) as other:
             other.sendall(b"b")
             assert other.recv(1) == b"b"
         with contextlib.suppress(ConnectionResetError):
@@ -264,14 +272,26 @@ def test_cli_options_and_env_vars_reach_the_relay(procs, echo_port, monkeypatch)
         held.close()
 
 
-@pytest.mark.parametrize(("args", "env", "expected"), [
-    (["--idle-timeout", "-1"], {}, "'--idle-timeout'"),
-    (["--max-connections-per-source", "many"], {}, "'--max-connections-per-source'"),
-    ([], {"RELAY_MAX_PENDING_REGISTRATIONS_PER_SOURCE": "-2"},
-     "RELAY_MAX_PENDING_REGISTRATIONS_PER_SOURCE"),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--idle-timeout", "-1"], {}, "'--idle-timeout'"),
+        (["--max-connections-per-source", "many"], {}, "'--max-connections-per-source'"),
+        (
+            [],
+            {"RELAY_MAX_PENDING_REGISTRATIONS_PER_SOURCE": "-2"},
+            "RELAY_MAX_PENDING_REGISTRATIONS_PER_SOURCE",
+        ),
+    ],
+)
 def test_cli_rejects_bad_limits_naming_them(args, env, expected) -> None:
-    proc = subprocess.run([*relay_command(), *args, "7000"], capture_output=True, text=True,
-                          timeout=30, env={**os.environ, **env}, check=False)
+    proc = subprocess.run(
+        [*relay_command(), *args, "7000"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **env},
+        check=False,
+    )
     assert proc.returncode == 2
     assert expected in proc.stderr

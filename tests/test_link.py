@@ -181,9 +181,22 @@ async def test_refused_target_resets_the_client() -> None:
 async def test_runs_as_a_process() -> None:
     server = await echo_server()
     async with server:
-        proc = Proc([sys.executable, "-m", "testkit.link", "--listen", "127.0.0.1:0",
-                     "--target", f"127.0.0.1:{port_of(server)}", "--delay", "0.02",
-                     "--rate", "1e8"], "slowlink")
+        proc = Proc(
+            [
+                sys.executable,
+                "-m",
+                "testkit.link",
+                "--listen",
+                "127.0.0.1:0",
+                "--target",
+                f"127.0.0.1:{port_of(server)}",
+                "--delay",
+                "0.02",
+                "--rate",
+                "1e8",
+            ],
+            "slowlink",
+        )
         try:
             _, match = await proc.await_line(r"^LISTENING 127\.0\.0\.1:(\d+)$", stream="stdout")
             rtt = await round_trip(int(match.group(1)))

@@ -17,8 +17,14 @@ from hypothesis import strategies as st
 from relay.ops import logs
 
 keys = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1, max_size=8)
-values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-                   st.text(max_size=20), st.text(alphabet=' =\\"\nab', max_size=10))
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.text(alphabet=' =\\"\nab', max_size=10),
+)
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -45,12 +51,16 @@ def without_time(log_format: str, line: str) -> str:
 
 @pytest.mark.parametrize("log_format", logs.LOG_FORMATS)
 @SETTINGS
-@given(fields=st.dictionaries(st.sampled_from(logs.FIELDS), values, max_size=5),
-       message=st.text(max_size=30), level=st.sampled_from([logging.INFO, logging.WARNING]))
+@given(
+    fields=st.dictionaries(st.sampled_from(logs.FIELDS), values, max_size=5),
+    message=st.text(max_size=30),
+    level=st.sampled_from([logging.INFO, logging.WARNING]),
+)
 def test_plain_records_render_as_through_structlogs_chain(log_format, fields, message, level):
     formatter = logs.formatter(log_format)
     record = logging.getLogger("relay.connections").makeRecord(
-        "relay.connections", level, __file__, 1, "%s", (message,), None, extra=fields)
+        "relay.connections", level, __file__, 1, "%s", (message,), None, extra=fields
+    )
     assert isinstance(formatter, structlog.stdlib.ProcessorFormatter)
     chain = structlog.stdlib.ProcessorFormatter.format(formatter, record)
     assert without_time(log_format, formatter.format(record)) == without_time(log_format, chain)
@@ -62,20 +72,34 @@ def test_a_record_with_an_exception_keeps_its_traceback(log_format):
         raise RuntimeError("boom")
     except RuntimeError as exc:
         record = logging.getLogger("relay.server").makeRecord(
-            "relay.server", logging.ERROR, __file__, 1, "failed", (), (type(exc), exc,
-                                                                        exc.__traceback__))
+            "relay.server",
+            logging.ERROR,
+            __file__,
+            1,
+            "failed",
+            (),
+            (type(exc), exc, exc.__traceback__),
+        )
     line = logs.formatter(log_format).format(record)
     assert "RuntimeError" in line
     assert "boom" in line
 
 
-@pytest.mark.parametrize("ns", [1_700_000_000_000_000_000, 1_700_000_000_123_456_789,
-                                1_700_000_000_000_000_999, 1_700_000_059_999_999_000])
+@pytest.mark.parametrize(
+    "ns",
+    [
+        1_700_000_000_000_000_000,
+        1_700_000_000_123_456_789,
+        1_700_000_000_000_000_999,
+        1_700_000_059_999_999_000,
+    ],
+)
 def test_time_stamps_are_written_as_structlogs_iso_utc_stamper_writes_them(monkeypatch, ns):
     monkeypatch.setattr(logs.time, "time_ns", lambda: ns)
     seconds, fraction = divmod(ns, 1_000_000_000)
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC).replace(
-        microsecond=fraction // 1000)
+        microsecond=fraction // 1000
+    )
     assert logs._utc_now() == moment.isoformat().replace("+00:00", "Z")
 
 

@@ -88,9 +88,12 @@ def test_text_lines_have_utc_iso_times_and_fields(procs):
     for line in relay.stderr:
         utc_time(line.split(" ", 1)[0])
     (line,) = [line for line in relay.stderr if " relay.connections: " in line]
-    assert re.search(rf"INFO relay\.connections: session \d+: connection from .* closed: "
-                     rf"{len(PAYLOAD)} bytes in, {len(PAYLOAD)} out .*public_port={public_port}"
-                     rf" .*stream=\d+ bytes_in=\d+ bytes_out=\d+ duration=", line), line
+    assert re.search(
+        rf"INFO relay\.connections: session \d+: connection from .* closed: "
+        rf"{len(PAYLOAD)} bytes in, {len(PAYLOAD)} out .*public_port={public_port}"
+        rf" .*stream=\d+ bytes_in=\d+ bytes_out=\d+ duration=",
+        line,
+    ), line
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
@@ -99,8 +102,8 @@ def test_connection_log_can_be_switched_off(procs, how):
     relay_args = ("--no-connection-log",) if how == "flag" else ()
     env = {"RELAY_CONNECTION_LOG": "false"} if how == "env" else None
     relay = procs.start(
-        [*relay_command(), "--bind", "127.0.0.1", *relay_args, str(free_port())], "relay",
-        env=env)
+        [*relay_command(), "--bind", "127.0.0.1", *relay_args, str(free_port())], "relay", env=env
+    )
     _, match = relay.wait_line(r"Serving relay requests on port (\d+)")
     forwarder, public_port = procs.forwarder(int(match.group(1)), echo_port)
     assert echo_roundtrip(public_port, PAYLOAD) == PAYLOAD
@@ -110,13 +113,17 @@ def test_connection_log_can_be_switched_off(procs, how):
     assert "relay.connections" not in relay.stderr_text
 
 
-
 @pytest.mark.parametrize("env", [{}, {"RELAY_LOG_FORMAT": "json"}])
 def test_json_usage_errors_are_json_lines_too(env):
     args = ["--log-format", "json"] if not env else []
-    done = subprocess.run([*relay_command(), *args, "--max-sessions", "0", "7000"],
-                          capture_output=True, text=True, timeout=30,
-                          env={**os.environ, **env}, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [*relay_command(), *args, "--max-sessions", "0", "7000"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 2
     (line,) = done.stderr.splitlines()
     record = json.loads(line)

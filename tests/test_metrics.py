@@ -59,8 +59,13 @@ def test_relay_and_forwarder_metrics_move_with_traffic(procs):
     assert before[("relay_sessions_total", ())] == 1
     assert before[("relay_service_bytes_total", service)] == 0
     assert before[("relay_public_connections_total", ())] == 0
-    for family in ("relay_streams_open", "relay_public_connections_open", "relay_bytes_total",
-                   "relay_auth_failures_total", "relay_window_stalls_total"):
+    for family in (
+        "relay_streams_open",
+        "relay_public_connections_open",
+        "relay_bytes_total",
+        "relay_auth_failures_total",
+        "relay_window_stalls_total",
+    ):
         assert any(name == family for name, _ in before), family
 
     payload = b"x" * 300_000
@@ -110,9 +115,12 @@ def test_max_total_window_reaches_the_relay_and_the_forwarder(procs, tmp_path, m
 
     def budgets() -> tuple[float, float, float, float]:
         at_relay, at_forwarder = scrape(relay_metrics), scrape(forwarder_metrics)
-        return (at_relay[(f"relay_{used}", ())], at_relay[(f"relay_{limit}", ())],
-                at_forwarder[(f"relay_forwarder_{used}", ())],
-                at_forwarder[(f"relay_forwarder_{limit}", ())])
+        return (
+            at_relay[(f"relay_{used}", ())],
+            at_relay[(f"relay_{limit}", ())],
+            at_forwarder[(f"relay_forwarder_{used}", ())],
+            at_forwarder[(f"relay_forwarder_{limit}", ())],
+        )
 
     assert budgets() == (0, 3 << 20, 0, 1 << 20)
     with socket.create_connection((HOST, public_port), timeout=10) as held:
@@ -135,17 +143,22 @@ def test_curl_scrapes_metrics_and_status(procs):
     port = free_port()
     relay, _ = procs.relay("--metrics", f"{HOST}:{port}")
     relay.wait_line(METRICS)
-    done = subprocess.run([curl, "-fsS", f"http://{HOST}:{port}/metrics"], capture_output=True,
-                          text=True, timeout=10)
+    done = subprocess.run(
+        [curl, "-fsS", f"http://{HOST}:{port}/metrics"], capture_output=True, text=True, timeout=10
+    )
     assert done.returncode == 0, done.stderr
     assert "# TYPE relay_sessions_open gauge" in done.stdout
     assert "relay_sessions_total 0.0" in done.stdout
-    done = subprocess.run([curl, "-fsS", f"http://{HOST}:{port}/status"], capture_output=True,
-                          text=True, timeout=10)
+    done = subprocess.run(
+        [curl, "-fsS", f"http://{HOST}:{port}/status"], capture_output=True, text=True, timeout=10
+    )
     assert json.loads(done.stdout)["registrations"] == []
-    missing = subprocess.run([curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}",
-                              f"http://{HOST}:{port}/nothing"], capture_output=True, text=True,
-                             timeout=10)
+    missing = subprocess.run(
+        [curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://{HOST}:{port}/nothing"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert missing.stdout == "404"
 
 
@@ -155,29 +168,33 @@ async def test_config_file_auth_clients_and_refusal_metrics(procs, tmp_path):
     from relay.wire.v2 import AuthenticationError
 
     config = tmp_path / "relay.toml"
-    config.write_text(f'[server]\nbind = "{HOST}"\nmax-sessions = 1\n'
-                      f'max-pending-registrations-per-source = 0\nmetrics = "{HOST}:0"\n'
-                      '[[server.clients]]\nname = "alice"\nsecret = "alice-secret-1"\n')
+    config.write_text(
+        f'[server]\nbind = "{HOST}"\nmax-sessions = 1\n'
+        f'max-pending-registrations-per-source = 0\nmetrics = "{HOST}:0"\n'
+        '[[server.clients]]\nname = "alice"\nsecret = "alice-secret-1"\n'
+    )
     port = free_port()
     proc = procs.start([*relay_command(), "server", "--config", str(config), str(port)], "relay")
     _, match = await proc.await_line(METRICS)
     endpoint = match.group(1)
     with pytest.raises(AuthenticationError):
-        await relay.start_server(lambda r, w: None, HOST, port, secret="wrong-secret-1",
-                                 name="alice")
-    server = await relay.start_server(lambda r, w: None, HOST, port, secret="alice-secret-1",
-                                      name="alice")
+        await relay.start_server(
+            lambda r, w: None, HOST, port, secret="wrong-secret-1", name="alice"
+        )
+    server = await relay.start_server(
+        lambda r, w: None, HOST, port, secret="alice-secret-1", name="alice"
+    )
     try:
         with pytest.raises(relay.RelayRefusedError, match="relay is full"):
-            await relay.start_server(lambda r, w: None, HOST, port, secret="alice-secret-1",
-                                     name="alice")
+            await relay.start_server(
+                lambda r, w: None, HOST, port, secret="alice-secret-1", name="alice"
+            )
         samples = await asyncio.to_thread(scrape, endpoint)
         assert samples[("relay_auth_failures_total", ())] == 1
         assert samples[("relay_registrations_refused_total", (("reason", "relay_full"),))] == 1
         (registration,) = (await asyncio.to_thread(status, endpoint))["registrations"]
         assert registration["client"] == "alice"
-        assert ("relay_service_bytes_total", (("direction", "in"), ("service", "alice"))) \
-            in samples
+        assert ("relay_service_bytes_total", (("direction", "in"), ("service", "alice"))) in samples
     finally:
         server.close()
         await server.wait_closed()

@@ -23,16 +23,19 @@ from relay_support import (
 
 def notify_relay(procs, *args: str):
     port = free_port()
-    relay = procs.start([*relay_command(), "server", "--protocol", "notify", "--bind", HOST,
-                         *args, str(port)], "relay")
+    relay = procs.start(
+        [*relay_command(), "server", "--protocol", "notify", "--bind", HOST, *args, str(port)],
+        "relay",
+    )
     relay.wait_line(SERVING)
     return relay, port
 
 
 def test_example_echo_server_behind_a_notify_relay(procs):
     relay, port = notify_relay(procs)
-    server = procs.start([sys.executable, str(EXAMPLES / "notify_echo_server.py"), HOST,
-                          str(port)], "notify-echo")
+    server = procs.start(
+        [sys.executable, str(EXAMPLES / "notify_echo_server.py"), HOST, str(port)], "notify-echo"
+    )
     _, match = server.wait_line(ENDPOINT, stream="stdout")
     public_port = int(match.group(1))
     assert echo_roundtrip(public_port) == b"ping through the relay\n"

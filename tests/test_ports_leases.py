@@ -91,18 +91,26 @@ def test_requested_port_granted_then_refused_for_another_identity(sockets):
     with pytest.raises(PortTakenError, match=rf"port {low + 2} is in use by another client"):
         allocator.allocate(PortRequest(identity=BOB, port=low + 2))
     close_port(allocator, sockets, low + 2)  # alice goes away: her lease stays
-    with pytest.raises(PortTakenError, match=rf"port {low + 2} is reserved for another client, "
-                                            r"which is away \(a lease ends after 24 h unused\)"):
+    with pytest.raises(
+        PortTakenError,
+        match=rf"port {low + 2} is reserved for another client, "
+        r"which is away \(a lease ends after 24 h unused\)",
+    ):
         allocator.allocate(PortRequest(identity=BOB, port=low + 2))
     with pytest.raises(PortTakenError, match="reserved"):  # anonymous neither
         allocator.allocate(PortRequest(port=low + 2))
     # Nor by choice: bob and anonymous registrations get every other port of the range.
-    got = {grant(allocator, sockets, identity=BOB), grant(allocator, sockets),
-           grant(allocator, sockets)}
+    got = {
+        grant(allocator, sockets, identity=BOB),
+        grant(allocator, sockets),
+        grant(allocator, sockets),
+    }
     assert got == {low, low + 1, high}
-    with pytest.raises(NoFreePortError,
-                       match=rf"no free port in range {low}-{high} \(1 reserved for clients "
-                             r"that are away\)"):
+    with pytest.raises(
+        NoFreePortError,
+        match=rf"no free port in range {low}-{high} \(1 reserved for clients "
+        r"that are away\)",
+    ):
         allocator.allocate(PortRequest())
     # Alice comes back without asking: her port.
     assert grant(allocator, sockets, identity=ALICE) == low + 2
@@ -111,12 +119,16 @@ def test_requested_port_granted_then_refused_for_another_identity(sockets):
 def test_requested_port_outside_range_or_not_allowed(sockets):
     low, high = free_port_block(3)
     allocator = PortAllocator(LOOPBACK, (low, high), LeaseStore(None))
-    with pytest.raises(PortOutsideRangeError,
-                       match=rf"port {high + 1} is outside the relay's port range {low}-{high}"):
+    with pytest.raises(
+        PortOutsideRangeError,
+        match=rf"port {high + 1} is outside the relay's port range {low}-{high}",
+    ):
         allocator.allocate(PortRequest(identity=ALICE, port=high + 1))
     alice = Identity(client="alice")
-    with pytest.raises(PortNotAllowedError,
-                       match=rf"port {low} is not allowed for client alice \(allowed: {high}\)"):
+    with pytest.raises(
+        PortNotAllowedError,
+        match=rf"port {low} is not allowed for client alice \(allowed: {high}\)",
+    ):
         allocator.allocate(PortRequest(identity=alice, port=low, allowed=PortSet(((high, high),))))
     assert grant(allocator, sockets, identity=alice, allowed=PortSet(((high, high),))) == high
     assert allocator.leases.of(alice.key).port == high
@@ -129,8 +141,9 @@ def test_requested_port_used_by_another_program(sockets):
     holder.listen()
     port = holder.getsockname()[1]
     allocator = PortAllocator(LOOPBACK, None, LeaseStore(None))
-    with pytest.raises(PortTakenError,
-                       match=rf"port {port} is in use on the relay host by another program"):
+    with pytest.raises(
+        PortTakenError, match=rf"port {port} is in use on the relay host by another program"
+    ):
         allocator.allocate(PortRequest(identity=ALICE, port=port))
     assert allocator.leases.of(ALICE.key) is None
     assert allocator.in_use == {}
@@ -211,8 +224,7 @@ def test_leases_survive_reopening(tmp_path: Path):
     store.close()
     again = LeaseStore.open(tmp_path / "state", clock=clock)
     try:
-        assert {(lease.key, lease.port) for lease in again} == {(ALICE.key, 7201),
-                                                                 (BOB.key, 7203)}
+        assert {(lease.key, lease.port) for lease in again} == {(ALICE.key, 7201), (BOB.key, 7203)}
         assert again.of(ALICE.key).last_used == clock.now
         assert again.reserved_ports() == {7201, 7203}
     finally:
@@ -230,8 +242,9 @@ def test_second_relay_on_the_same_state_dir_is_refused(tmp_path: Path):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "directory", "newer schema", "wrong table"])
-def test_unreadable_store_is_moved_aside_and_the_relay_starts_empty(tmp_path: Path, caplog,
-                                                                    damage: str):
+def test_unreadable_store_is_moved_aside_and_the_relay_starts_empty(
+    tmp_path: Path, caplog, damage: str
+):
     path = tmp_path / STORE_NAME
     if damage == "garbage":
         path.write_bytes(b"this is not a database\n" * 100)
@@ -280,9 +293,11 @@ def test_leases_of_unauthenticated_names_are_bounded(sockets):
     allocator = PortAllocator(LOOPBACK, None, LeaseStore(None), max_name_leases=1)
     alice_port = grant(allocator, sockets, identity=ALICE)
     close_port(allocator, sockets, alice_port)
-    with pytest.raises(TooManyLeasesError,
-                       match=r"the relay holds 1 leases of unauthenticated names, the maximum "
-                             r"\(--max-name-leases 1\)"):
+    with pytest.raises(
+        TooManyLeasesError,
+        match=r"the relay holds 1 leases of unauthenticated names, the maximum "
+        r"\(--max-name-leases 1\)",
+    ):
         allocator.allocate(PortRequest(identity=BOB))
     assert allocator.leases.of(BOB.key) is None
     grant(allocator, sockets)  # without a name: no lease, no limit

@@ -34,11 +34,19 @@ RECEIVERS = {"nginx": "nginx", "haproxy": "haproxy"}
 pytestmark = pytest.mark.e2e
 
 
-async def run_forwarder(relay_port: int, local_port: int, version: int
-                        ) -> tuple[asyncio.Task[int], int]:
+async def run_forwarder(
+    relay_port: int, local_port: int, version: int
+) -> tuple[asyncio.Task[int], int]:
     endpoints: asyncio.Queue[str] = asyncio.Queue()
-    forwarder = Forwarder(HOST, relay_port, local_port, reconnect=False, secret=SECRET,
-                          proxy_protocol=version, on_endpoint=endpoints.put_nowait)
+    forwarder = Forwarder(
+        HOST,
+        relay_port,
+        local_port,
+        reconnect=False,
+        secret=SECRET,
+        proxy_protocol=version,
+        on_endpoint=endpoints.put_nowait,
+    )
     task = asyncio.create_task(forwarder.run())
     endpoint = await asyncio.wait_for(endpoints.get(), 10)
     return task, int(endpoint.rsplit(":", 1)[1])
@@ -47,7 +55,8 @@ async def run_forwarder(relay_port: int, local_port: int, version: int
 @pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("kind", ["nginx", "haproxy"])
 async def test_proxy_header_carries_the_public_client(
-        kind: str, version: int, procs: Processes, tmp_path: Path) -> None:
+    kind: str, version: int, procs: Processes, tmp_path: Path
+) -> None:
     program = require_program(RECEIVERS[kind])
     _, receiver_port = start_proxy_receiver(procs, kind, program, tmp_path)
     async with RelayServer(0, host=HOST, secret=SECRET) as server:
@@ -67,8 +76,9 @@ def test_headers_byte_for_byte() -> None:
     assert v1_header(addresses) == b"PROXY TCP4 127.0.0.5 127.0.0.1 40000 5000\r\n"
     assert v1_header(None) == b"PROXY UNKNOWN\r\n"
     header = v2_header(addresses)
-    assert header == (b"\r\n\r\n\x00\r\nQUIT\n" b"\x21\x11\x00\x0c"
-                      b"\x7f\x00\x00\x05\x7f\x00\x00\x01\x9c\x40\x13\x88")
+    assert header == (
+        b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\x7f\x00\x00\x05\x7f\x00\x00\x01\x9c\x40\x13\x88"
+    )
     assert parse_v2_payload(*parse_v2_fixed(header[:16])[:2], header[16:]) == addresses
     six = ProxyAddresses(("2001:db8::5", 1), ("::1", 2))
     assert v1_header(six) == b"PROXY TCP6 2001:db8::5 ::1 1 2\r\n"

@@ -45,8 +45,11 @@ def test_every_exception_the_relay_package_defines_derives_from_relay_error() ->
         if info.name == "relay.__main__":
             continue
         module = importlib.import_module(info.name)
-        defined += [cls for _, cls in inspect.getmembers(module, inspect.isclass)
-                    if issubclass(cls, BaseException) and cls.__module__ == info.name]
+        defined += [
+            cls
+            for _, cls in inspect.getmembers(module, inspect.isclass)
+            if issubclass(cls, BaseException) and cls.__module__ == info.name
+        ]
     assert len(defined) >= 8
     assert [cls.__qualname__ for cls in defined if not issubclass(cls, relay.RelayError)] == []
 
@@ -54,7 +57,10 @@ def test_every_exception_the_relay_package_defines_derives_from_relay_error() ->
 def test_every_event_the_core_reports_is_exported_from_yamux() -> None:
     from yamux import events
 
-    defined = {name for name, cls in inspect.getmembers(events, inspect.isclass)
-               if cls.__module__ == "yamux.events"}
+    defined = {
+        name
+        for name, cls in inspect.getmembers(events, inspect.isclass)
+        if cls.__module__ == "yamux.events"
+    }
     assert len(defined) >= 10
     assert sorted(defined - set(yamux.__all__)) == []

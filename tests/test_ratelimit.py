@@ -28,7 +28,9 @@ def test_a_burst_then_suppressed_with_counts_on_the_next_line(
         clock.now = 10.0
         assert log.log(logging.WARNING, "bad", "bad frame %d", 100)
     assert [r.getMessage() for r in caplog.records] == [
-        "bad frame 0", "bad frame 1", "bad frame 2",
+        "bad frame 0",
+        "bad frame 1",
+        "bad frame 2",
         "bad frame 100 (97 similar messages suppressed)",
     ]
     assert log.suppressed == {"bad": 97}
@@ -38,8 +40,9 @@ def test_lines_grow_logarithmically_with_time_and_keys_are_separate(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = Clock()
-    log = RateLimitedLog(logging.getLogger("t.rl2"), burst=5, interval=10, max_interval=3600,
-                         clock=clock)
+    log = RateLimitedLog(
+        logging.getLogger("t.rl2"), burst=5, interval=10, max_interval=3600, clock=clock
+    )
     with caplog.at_level(logging.INFO, "t.rl2"):
         for n in range(100_000):  # one bad frame a second for 28 hours
             clock.now = float(n)
@@ -51,8 +54,11 @@ def test_lines_grow_logarithmically_with_time_and_keys_are_separate(
     assert "another kind" in lines
     assert "suppressed log messages" in lines[-1]
     logged = len(lines) - 2  # minus "another kind" and the summary
-    suppressed_in_lines = sum(int(line.split("(")[1].split()[0])
-                              for line in lines if "similar messages suppressed" in line)
+    suppressed_in_lines = sum(
+        int(line.split("(")[1].split()[0])
+        for line in lines
+        if "similar messages suppressed" in line
+    )
     pending = int(lines[-1].split(": ")[-1].split(" x ")[0])
     assert logged + suppressed_in_lines + pending == 100_000
 

@@ -64,13 +64,17 @@ def test_right_secret_registers_and_carries_traffic(procs: Processes, echo_port:
     assert echo_roundtrip(public) == b"ping through the relay\n"
 
 
-def test_secret_from_the_environment_and_a_file(procs: Processes, echo_port: int,
-                                                 tmp_path: Path) -> None:
+def test_secret_from_the_environment_and_a_file(
+    procs: Processes, echo_port: int, tmp_path: Path
+) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET + "\n")
     _, control = procs.relay("--secret-file", str(secret_file))
-    forwarder = procs.start([*relay_command(), f"--localForwardPort={echo_port}", HOST,
-                             str(control)], "forwarder", env={"RELAY_SECRET": SECRET})
+    forwarder = procs.start(
+        [*relay_command(), f"--localForwardPort={echo_port}", HOST, str(control)],
+        "forwarder",
+        env={"RELAY_SECRET": SECRET},
+    )
     _, endpoint = forwarder.wait_line(r"^127\.0\.0\.1:(\d+)$", stream="stdout")
     assert echo_roundtrip(int(endpoint.group(1))) == b"ping through the relay\n"
 
@@ -78,8 +82,7 @@ def test_secret_from_the_environment_and_a_file(procs: Processes, echo_port: int
 def test_wrong_secret_forwarder_exits_non_zero_saying_so(procs: Processes) -> None:
     relay, control = procs.relay("--secret", SECRET)
     before = listening_ports(relay.pid)
-    forwarder = procs.start_forwarder(control, 9, "--secret", "not the right one",
-                                      "--no-reconnect")
+    forwarder = procs.start_forwarder(control, 9, "--secret", "not the right one", "--no-reconnect")
     assert forwarder.wait(15) == 1
     assert "the relay refused our secret: auth failed: wrong secret" in forwarder.stderr_text
     assert forwarder.stdout_text == ""
@@ -88,8 +91,9 @@ def test_wrong_secret_forwarder_exits_non_zero_saying_so(procs: Processes) -> No
 
 
 @pytest.mark.parametrize("how", ["flag", "env", "config"])
-def test_require_v2_forwarder_exits_against_a_seed_relay(procs: Processes, echo_port: int,
-                                                         tmp_path: Path, how: str) -> None:
+def test_require_v2_forwarder_exits_against_a_seed_relay(
+    procs: Processes, echo_port: int, tmp_path: Path, how: str
+) -> None:
     """--require-v2 (RELAY_REQUIRE_V2, require-v2 in [forward]): a relay without options
     (the seed protocol) is refused with a clear error; a relay with a secret is not."""
     _, seed = procs.relay()
@@ -99,12 +103,24 @@ def test_require_v2_forwarder_exits_against_a_seed_relay(procs: Processes, echo_
 
     def forwarder(control: int) -> Proc:
         if how == "flag":  # the seed form; env and config: the subcommand
-            return procs.start_forwarder(control, echo_port, "--require-v2", "--secret", SECRET,
-                                         "--no-reconnect")
+            return procs.start_forwarder(
+                control, echo_port, "--require-v2", "--secret", SECRET, "--no-reconnect"
+            )
         from_file = ["--config", str(config)] if how == "config" else []
-        return procs.start([*relay_command(), "forward", *from_file, "--no-reconnect",
-                            "--secret", SECRET, str(echo_port), f"{HOST}:{control}"],
-                           "forwarder", env={"RELAY_REQUIRE_V2": "1"} if how == "env" else {})
+        return procs.start(
+            [
+                *relay_command(),
+                "forward",
+                *from_file,
+                "--no-reconnect",
+                "--secret",
+                SECRET,
+                str(echo_port),
+                f"{HOST}:{control}",
+            ],
+            "forwarder",
+            env={"RELAY_REQUIRE_V2": "1"} if how == "env" else {},
+        )
 
     refused = forwarder(seed)
     assert refused.wait(15) == 1
@@ -143,51 +159,72 @@ def test_replayed_exchange_is_refused_with_nothing_allocated(procs: Processes) -
 
 def test_auth_file_names_the_client(procs: Processes, echo_port: int, tmp_path: Path) -> None:
     auth = tmp_path / "auth.toml"
-    auth.write_text('[clients.alice]\nsecret = "alice secret 1"\n\n'
-                    '[clients.bob]\nsecret = "bob secret 22"\n')
+    auth.write_text(
+        '[clients.alice]\nsecret = "alice secret 1"\n\n[clients.bob]\nsecret = "bob secret 22"\n'
+    )
     relay, control = procs.relay("--auth-file", str(auth))
-    _, public = procs.forwarder(control, echo_port, "--client-name", "bob",
-                                "--secret", "bob secret 22")
+    _, public = procs.forwarder(
+        control, echo_port, "--client-name", "bob", "--secret", "bob secret 22"
+    )
     assert echo_roundtrip(public) == b"ping through the relay\n"
     relay.wait_line(rf"\(client bob\): public port {public}")
-    refused = procs.start_forwarder(control, echo_port, "--client-name", "alice",
-                                    "--secret", "bob secret 22", "--no-reconnect")
+    refused = procs.start_forwarder(
+        control, echo_port, "--client-name", "alice", "--secret", "bob secret 22", "--no-reconnect"
+    )
     assert refused.wait(15) == 1
     assert "unknown client or wrong secret" in refused.stderr_text
 
 
 def test_tls_relay_and_forwarder(procs: Processes, echo_port: int, certs: Certificates) -> None:
-    relay, control = procs.relay("--secret", SECRET, "--tls-cert", str(certs.server_cert),
-                                 "--tls-key", str(certs.server_key))
-    _, public = procs.forwarder(control, echo_port, "--secret", SECRET,
-                                "--tls-ca", str(certs.ca))
+    relay, control = procs.relay(
+        "--secret", SECRET, "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)
+    )
+    _, public = procs.forwarder(control, echo_port, "--secret", SECRET, "--tls-ca", str(certs.ca))
     assert echo_roundtrip(public) == b"ping through the relay\n"
-    wrong_ca = procs.start_forwarder(control, echo_port, "--secret", SECRET,
-                                     "--tls-ca", str(certs.other_ca), "--no-reconnect")
+    wrong_ca = procs.start_forwarder(
+        control, echo_port, "--secret", SECRET, "--tls-ca", str(certs.other_ca), "--no-reconnect"
+    )
     assert wrong_ca.wait(15) == 1
     assert "TLS certificate was not accepted" in wrong_ca.stderr_text
-    wrong_name = procs.start_forwarder(control, echo_port, "--secret", SECRET, "--tls-ca",
-                                       str(certs.ca), "--tls-server-name", "relay.example",
-                                       "--no-reconnect")
+    wrong_name = procs.start_forwarder(
+        control,
+        echo_port,
+        "--secret",
+        SECRET,
+        "--tls-ca",
+        str(certs.ca),
+        "--tls-server-name",
+        "relay.example",
+        "--no-reconnect",
+    )
     assert wrong_name.wait(15) == 1
     assert "Hostname mismatch" in wrong_name.stderr_text
-    _, by_name = procs.forwarder(control, echo_port, "--secret", SECRET, "--tls-ca",
-                                 str(certs.ca), "--tls-server-name", "localhost")
+    _, by_name = procs.forwarder(
+        control,
+        echo_port,
+        "--secret",
+        SECRET,
+        "--tls-ca",
+        str(certs.ca),
+        "--tls-server-name",
+        "localhost",
+    )
     assert echo_roundtrip(by_name) == b"ping through the relay\n"
-    plaintext = procs.start_forwarder(control, echo_port, "--secret", SECRET, "--no-reconnect",
-                                      "--connect-timeout", "2")
+    plaintext = procs.start_forwarder(
+        control, echo_port, "--secret", SECRET, "--no-reconnect", "--connect-timeout", "2"
+    )
     assert plaintext.wait(15) == 1
     assert listening_ports(relay.pid) == {control, public, by_name}
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_forwarder_sends_proxy_protocol_to_nginx(
-        version: str, procs: Processes, tmp_path: Path) -> None:
+    version: str, procs: Processes, tmp_path: Path
+) -> None:
     nginx = require_program("nginx")
     _, receiver = start_proxy_receiver(procs, "nginx", nginx, tmp_path)
     _, control = procs.relay("--secret", SECRET)
-    _, public = procs.forwarder(control, receiver, "--secret", SECRET,
-                                "--proxy-protocol", version)
+    _, public = procs.forwarder(control, receiver, "--secret", SECRET, "--proxy-protocol", version)
     said, source = ask_proxy_receiver("nginx", public)
     assert said == source
     assert said.startswith(PUBLIC_CLIENT + " ")
@@ -195,88 +232,143 @@ def test_forwarder_sends_proxy_protocol_to_nginx(
 
 def test_help_shows_the_new_options() -> None:
     import subprocess
-    text = subprocess.run([*relay_command(), "--help"], capture_output=True, text=True,
-                          timeout=60, check=True).stdout
-    for option in ("--secret", "RELAY_SECRET", "--secret-file", "--auth-file", "--tls-cert",
-                   "--tls-ca", "--tls-client-ca", "--proxy-protocol", "--require-v2",
-                   "RELAY_REQUIRE_V2"):
+
+    text = subprocess.run(
+        [*relay_command(), "--help"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    for option in (
+        "--secret",
+        "RELAY_SECRET",
+        "--secret-file",
+        "--auth-file",
+        "--tls-cert",
+        "--tls-ca",
+        "--tls-client-ca",
+        "--proxy-protocol",
+        "--require-v2",
+        "RELAY_REQUIRE_V2",
+    ):
         assert option in text
 
 
 def test_clients_from_the_config_file(procs: Processes, echo_port: int, tmp_path: Path) -> None:
     config = tmp_path / "relay.toml"
-    config.write_text('[[server.clients]]\nname = "carol"\nsecret = "carol secret 333"\n'
-                      'ports = "1024-65535"\n')
+    config.write_text(
+        '[[server.clients]]\nname = "carol"\nsecret = "carol secret 333"\nports = "1024-65535"\n'
+    )
     relay, control = procs.relay("--config", str(config))
-    forwarder = procs.start([*relay_command(), f"--localForwardPort={echo_port}",
-                             "--client-name", "carol", HOST, str(control)], "forwarder",
-                            env={"RELAY_SECRET": "carol secret 333"})
+    forwarder = procs.start(
+        [
+            *relay_command(),
+            f"--localForwardPort={echo_port}",
+            "--client-name",
+            "carol",
+            HOST,
+            str(control),
+        ],
+        "forwarder",
+        env={"RELAY_SECRET": "carol secret 333"},
+    )
     _, endpoint = forwarder.wait_line(r"^127\.0\.0\.1:(\d+)$", stream="stdout")
     assert echo_roundtrip(int(endpoint.group(1))) == b"ping through the relay\n"
     relay.wait_line(r"\(client carol\)")
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--secret", "short"], "a secret needs at least 8 bytes"),
-    (["--secret", "long enough", "--secret-file", "x"], "not both"),
-    (["--tls-cert", "/nonexistent.pem"], "no such file"),
-    (["--tls-client-ca", "ca.pem"], "need --tls-cert"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--secret", "short"], "a secret needs at least 8 bytes"),
+        (["--secret", "long enough", "--secret-file", "x"], "not both"),
+        (["--tls-cert", "/nonexistent.pem"], "no such file"),
+        (["--tls-client-ca", "ca.pem"], "need --tls-cert"),
+    ],
+)
 def test_bad_registration_options_are_usage_errors(args: list[str], message: str) -> None:
     import subprocess
-    done = subprocess.run([*relay_command(), "--bind", HOST, *args, "7000"],
-                          capture_output=True, text=True, timeout=60)
+
+    done = subprocess.run(
+        [*relay_command(), "--bind", HOST, *args, "7000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert message in done.stderr
 
 
 def test_editing_the_auth_file_revokes_a_client_without_a_restart(
-        procs: Processes, echo_port: int, tmp_path: Path) -> None:
+    procs: Processes, echo_port: int, tmp_path: Path
+) -> None:
     auth = tmp_path / "auth.toml"
     alice = '[clients.alice]\nsecret = "alice secret 1"\n'
     auth.write_text(alice + '\n[clients.bob]\nsecret = "bob secret 22"\n')
     relay, control = procs.relay("--auth-file", str(auth))
-    _, alice_public = procs.forwarder(control, echo_port, "--client-name", "alice",
-                                      "--secret", "alice secret 1")
-    bob, bob_public = procs.forwarder(control, echo_port, "--client-name", "bob",
-                                      "--secret", "bob secret 22", "--no-reconnect")
+    _, alice_public = procs.forwarder(
+        control, echo_port, "--client-name", "alice", "--secret", "alice secret 1"
+    )
+    bob, bob_public = procs.forwarder(
+        control, echo_port, "--client-name", "bob", "--secret", "bob secret 22", "--no-reconnect"
+    )
     assert echo_roundtrip(bob_public) == b"ping through the relay\n"
     auth.write_text("# bob's secret leaked\n" + alice)
     assert bob.wait(15) == 1  # disconnected, and with --no-reconnect it exits
     relay.wait_line(r"access ended or changed for bob")
-    relay.wait_line(rf"client bob was removed from the auth file .*public port {bob_public} "
-                    rf"closed")
+    relay.wait_line(
+        rf"client bob was removed from the auth file .*public port {bob_public} "
+        rf"closed"
+    )
     assert bob_public not in listening_ports(relay.pid)
     assert echo_roundtrip(alice_public) == b"ping through the relay\n"
-    again = procs.start_forwarder(control, echo_port, "--client-name", "bob",
-                                  "--secret", "bob secret 22", "--no-reconnect")
+    again = procs.start_forwarder(
+        control, echo_port, "--client-name", "bob", "--secret", "bob secret 22", "--no-reconnect"
+    )
     assert again.wait(15) == 1
     assert "unknown client or wrong secret" in again.stderr_text
     # A broken edit keeps the clients in force.
     auth.write_text("[clients.alice\n")
     relay.wait_line(r"auth file .*: .*the clients in force stay")
-    _, alice_again = procs.forwarder(control, echo_port, "--client-name", "alice",
-                                     "--secret", "alice secret 1")
+    _, alice_again = procs.forwarder(
+        control, echo_port, "--client-name", "alice", "--secret", "alice secret 1"
+    )
     assert echo_roundtrip(alice_again) == b"ping through the relay\n"
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_tls_relay_out_of_file_descriptors_pauses_and_recovers(
-        procs: Processes, echo_port: int, certs: Certificates, loop: str) -> None:
+    procs: Processes, echo_port: int, certs: Certificates, loop: str
+) -> None:
     """A TLS relay accepts its control connections itself: when accept() fails (here
     RLIMIT_NOFILE 64 and 100 silent connections, no per-source limit) it says so once
     and pauses, and serves again once descriptors are free."""
-    relay = procs.start(["sh", "-c", 'ulimit -n 64 && exec "$@"', "sh", *relay_command(),
-                         "--bind", HOST, "--event-loop", loop, "--tls-cert",
-                         str(certs.server_cert), "--tls-key", str(certs.server_key),
-                         "--max-pending-registrations-per-source", "0", str(free_port())],
-                        "relay")
+    relay = procs.start(
+        [
+            "sh",
+            "-c",
+            'ulimit -n 64 && exec "$@"',
+            "sh",
+            *relay_command(),
+            "--bind",
+            HOST,
+            "--event-loop",
+            loop,
+            "--tls-cert",
+            str(certs.server_cert),
+            "--tls-key",
+            str(certs.server_key),
+            "--max-pending-registrations-per-source",
+            "0",
+            str(free_port()),
+        ],
+        "relay",
+    )
     _, match = relay.wait_line(SERVING)
     control = int(match.group(1))
     silent = [socket.create_connection((HOST, control), timeout=10) for _ in range(100)]
     try:
-        relay.wait_line(r"cannot accept on the control port \(\[Errno 24\] Too many open "
-                        r"files\); pausing 1 s")
+        relay.wait_line(
+            r"cannot accept on the control port \(\[Errno 24\] Too many open "
+            r"files\); pausing 1 s"
+        )
     finally:
         for sock in silent:
             sock.close()
@@ -285,14 +377,28 @@ def test_tls_relay_out_of_file_descriptors_pauses_and_recovers(
     assert relay.alive()
 
 
-def test_mutual_tls_from_the_command_line(procs: Processes, echo_port: int,
-                                          certs: Certificates) -> None:
-    _, control = procs.relay("--tls-cert", str(certs.server_cert), "--tls-key",
-                             str(certs.server_key), "--tls-client-ca", str(certs.ca))
-    no_cert = procs.start_forwarder(control, echo_port, "--tls-ca", str(certs.ca),
-                                    "--no-reconnect")
+def test_mutual_tls_from_the_command_line(
+    procs: Processes, echo_port: int, certs: Certificates
+) -> None:
+    _, control = procs.relay(
+        "--tls-cert",
+        str(certs.server_cert),
+        "--tls-key",
+        str(certs.server_key),
+        "--tls-client-ca",
+        str(certs.ca),
+    )
+    no_cert = procs.start_forwarder(control, echo_port, "--tls-ca", str(certs.ca), "--no-reconnect")
     assert no_cert.wait(15) == 1
     assert "client certificate" in no_cert.stderr_text
-    _, public = procs.forwarder(control, echo_port, "--tls-ca", str(certs.ca), "--tls-cert",
-                                str(certs.client_cert), "--tls-key", str(certs.client_key))
+    _, public = procs.forwarder(
+        control,
+        echo_port,
+        "--tls-ca",
+        str(certs.ca),
+        "--tls-cert",
+        str(certs.client_cert),
+        "--tls-key",
+        str(certs.client_key),
+    )
     assert echo_roundtrip(public) == b"ping through the relay\n"

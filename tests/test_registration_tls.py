@@ -58,9 +58,12 @@ async def roundtrip(port: int, payload: bytes = b"over TLS\n") -> bytes:
 
 async def test_verified_tls_with_a_secret_carries_traffic(certs: Certificates) -> None:
     tls = server_context(certs.server_cert, certs.server_key)
-    async with RelayServer(0, host=HOST, secret=SECRET, ssl=tls) as server, \
-            await relay.start_server(echo_handler, HOST, server.port, secret=SECRET,
-                                     ssl=client_context(certs.ca)) as served:
+    async with (
+        RelayServer(0, host=HOST, secret=SECRET, ssl=tls) as server,
+        await relay.start_server(
+            echo_handler, HOST, server.port, secret=SECRET, ssl=client_context(certs.ca)
+        ) as served,
+    ):
         ssl_object = served.session.get_extra_info("ssl_object")
         assert ssl_object is not None
         assert ssl_object.version() in ("TLSv1.2", "TLSv1.3")
@@ -73,10 +76,14 @@ async def test_wrong_ca_fails_clearly(certs: Certificates) -> None:
     tls = server_context(certs.server_cert, certs.server_key)
     async with RelayServer(0, host=HOST, ssl=tls) as server:
         before = listening_ports(os.getpid())
-        with pytest.raises(TLSError, match=r"certificate was not accepted: .*unable to get local "
-                                           r"issuer certificate"):
-            await relay.start_server(echo_handler, HOST, server.port,
-                                     ssl=client_context(certs.other_ca))
+        with pytest.raises(
+            TLSError,
+            match=r"certificate was not accepted: .*unable to get local "
+            r"issuer certificate",
+        ):
+            await relay.start_server(
+                echo_handler, HOST, server.port, ssl=client_context(certs.other_ca)
+            )
         assert listening_ports(os.getpid()) == before
         assert server.sessions == []
 
@@ -85,16 +92,20 @@ async def test_wrong_host_name_fails_clearly(certs: Certificates) -> None:
     tls = server_context(certs.server_cert, certs.server_key)
     async with RelayServer(0, host=HOST, ssl=tls) as server:
         with pytest.raises(TLSError, match=r"not accepted: Hostname mismatch.*relay.example"):
-            await relay.start_server(echo_handler, HOST, server.port,
-                                     ssl=client_context(certs.ca),
-                                     server_hostname="relay.example")
+            await relay.start_server(
+                echo_handler,
+                HOST,
+                server.port,
+                ssl=client_context(certs.ca),
+                server_hostname="relay.example",
+            )
 
 
 async def test_plaintext_client_gets_nothing_useful(
-        certs: Certificates, caplog: pytest.LogCaptureFixture) -> None:
+    certs: Certificates, caplog: pytest.LogCaptureFixture
+) -> None:
     tls = server_context(certs.server_cert, certs.server_key)
-    async with RelayServer(0, host=HOST, secret=SECRET, ssl=tls,
-                           handshake_timeout=0.5) as server:
+    async with RelayServer(0, host=HOST, secret=SECRET, ssl=tls, handshake_timeout=0.5) as server:
         before = listening_ports(os.getpid())
         # A seed client waits for a port line; a confused one sends a v2 response.
         for opening in (b"", b"relay/2 name=x\n"):
@@ -113,41 +124,50 @@ async def test_plaintext_client_gets_nothing_useful(
         assert "failed: not TLS" in caplog.text
         # Our own client without TLS: a clear failure, not a hang.
         with pytest.raises(RegistrationError, match="closed the connection before sending"):
-            await relay.start_server(echo_handler, HOST, server.port, secret=SECRET,
-                                     connect_timeout=5)
+            await relay.start_server(
+                echo_handler, HOST, server.port, secret=SECRET, connect_timeout=5
+            )
 
 
 async def test_tls_client_against_a_plaintext_relay(certs: Certificates) -> None:
     async with RelayServer(0, host=HOST) as server:
         with pytest.raises(TLSError, match="does the relay speak TLS"):
-            await relay.start_server(echo_handler, HOST, server.port,
-                                     ssl=client_context(certs.ca))
+            await relay.start_server(echo_handler, HOST, server.port, ssl=client_context(certs.ca))
 
 
 async def test_mutual_tls(certs: Certificates, caplog: pytest.LogCaptureFixture) -> None:
     tls = server_context(certs.server_cert, certs.server_key, client_ca=certs.ca)
     async with RelayServer(0, host=HOST, ssl=tls) as server:
         with pytest.raises(RegistrationError, match=r"requires? a client certificate"):
-            await relay.start_server(echo_handler, HOST, server.port,
-                                     ssl=client_context(certs.ca), connect_timeout=5)
+            await relay.start_server(
+                echo_handler, HOST, server.port, ssl=client_context(certs.ca), connect_timeout=5
+            )
         assert server.sessions == []
         assert "no acceptable client certificate" in caplog.text
         with_cert = client_context(certs.ca, certs.client_cert, certs.client_key)
-        async with await relay.start_server(echo_handler, HOST, server.port,
-                                            ssl=with_cert) as served:
+        async with await relay.start_server(
+            echo_handler, HOST, server.port, ssl=with_cert
+        ) as served:
             assert await roundtrip(served.public_port) == b"over TLS\n"
 
 
 @pytest.mark.parametrize("secret", [None, SECRET], ids=["seed", "v2"])
 async def test_unfinished_tls_handshakes_count_per_source(
-        certs: Certificates, secret: str | None, caplog: pytest.LogCaptureFixture) -> None:
+    certs: Certificates, secret: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
     """Connections that never send a ClientHello hold a slot of their source from accept
     on: beyond the limit they are closed at once, another address still registers, and
     the slots come back at the handshake timeout."""
     limit, timeout = 4, 1.5
     tls = server_context(certs.server_cert, certs.server_key)
-    async with RelayServer(0, host=HOST, ssl=tls, secret=secret, handshake_timeout=timeout,
-                           limits=Limits(max_pending_registrations_per_source=limit)) as server:
+    async with RelayServer(
+        0,
+        host=HOST,
+        ssl=tls,
+        secret=secret,
+        handshake_timeout=timeout,
+        limits=Limits(max_pending_registrations_per_source=limit),
+    ) as server:
         silent = [await asyncio.open_connection(HOST, server.port) for _ in range(3 * limit)]
         try:
             loop = asyncio.get_running_loop()
@@ -158,19 +178,24 @@ async def test_unfinished_tls_handshakes_count_per_source(
             assert "still in their handshake" in caplog.text
 
             with_tls = client_context(certs.ca)
-            async with await relay.start_server(echo_handler, HOST, server.port, secret=secret,
-                                                ssl=with_tls, local_addr=(OTHER, 0)) as served:
+            async with await relay.start_server(
+                echo_handler, HOST, server.port, secret=secret, ssl=with_tls, local_addr=(OTHER, 0)
+            ) as served:
                 assert await roundtrip(served.public_port) == b"over TLS\n"
 
             # The relay drops the silent ones at the handshake timeout, and their slots
             # come back: the first source registers again.
-            assert all(await asyncio.gather(
-                *(closed_within(reader, timeout + 2) for reader, _ in silent[:limit])))
+            assert all(
+                await asyncio.gather(
+                    *(closed_within(reader, timeout + 2) for reader, _ in silent[:limit])
+                )
+            )
             assert loop.time() - started >= timeout - 0.1
             assert server.registering.held(HOST) == 0
             assert f"no complete TLS handshake within {timeout:g} s" in caplog.text
-            async with await relay.start_server(echo_handler, HOST, server.port, secret=secret,
-                                                ssl=with_tls) as served:
+            async with await relay.start_server(
+                echo_handler, HOST, server.port, secret=secret, ssl=with_tls
+            ) as served:
                 assert await roundtrip(served.public_port) == b"over TLS\n"
         finally:
             for _, writer in silent:
@@ -181,20 +206,27 @@ async def test_unfinished_tls_handshakes_count_in_the_relay_total(certs: Certifi
     """The relay-wide limit of registrations in progress counts TLS handshakes too; a
     client that gives up during its handshake gives its place back at once."""
     tls = server_context(certs.server_cert, certs.server_key)
-    async with RelayServer(0, host=HOST, ssl=tls, max_pending=3,
-                           limits=Limits(max_pending_registrations_per_source=0)) as server:
+    async with RelayServer(
+        0, host=HOST, ssl=tls, max_pending=3, limits=Limits(max_pending_registrations_per_source=0)
+    ) as server:
         silent = [await asyncio.open_connection(HOST, server.port) for _ in range(5)]
         try:
             ends = await asyncio.gather(*(closed_within(reader, 0.5) for reader, _ in silent))
             assert ends == [False] * 3 + [True] * 2
             with pytest.raises(TLSError, match="closed the connection during the TLS handshake"):
-                await relay.start_server(echo_handler, HOST, server.port, connect_timeout=5,
-                                         ssl=client_context(certs.ca), local_addr=(OTHER, 0))
+                await relay.start_server(
+                    echo_handler,
+                    HOST,
+                    server.port,
+                    connect_timeout=5,
+                    ssl=client_context(certs.ca),
+                    local_addr=(OTHER, 0),
+                )
             silent[0][1].close()
             await asyncio.sleep(0.2)
-            async with await relay.start_server(echo_handler, HOST, server.port,
-                                                ssl=client_context(certs.ca),
-                                                local_addr=(OTHER, 0)) as served:
+            async with await relay.start_server(
+                echo_handler, HOST, server.port, ssl=client_context(certs.ca), local_addr=(OTHER, 0)
+            ) as served:
                 assert await roundtrip(served.public_port) == b"over TLS\n"
         finally:
             for _, writer in silent:

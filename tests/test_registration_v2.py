@@ -85,15 +85,20 @@ async def test_seed_client_gets_a_clear_error_and_nothing_is_allocated() -> None
 
 
 async def test_right_secret_registers_and_carries_traffic() -> None:
-    async with RelayServer(0, host=HOST, secret=SECRET) as server, await relay.start_server(
-            echo_handler, HOST, server.port, secret=SECRET, name="web") as served:
+    async with (
+        RelayServer(0, host=HOST, secret=SECRET) as server,
+        await relay.start_server(
+            echo_handler, HOST, server.port, secret=SECRET, name="web"
+        ) as served,
+    ):
         assert served.public_port in listening_ports(os.getpid())
         assert await roundtrip(served.public_port) == b"hello through v2\n"
         assert [s.client for s in server.sessions] == ["web"]
 
 
 async def test_wrong_or_missing_secret_is_refused_before_allocation(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async with RelayServer(0, host=HOST, secret=SECRET) as server:
         before = listening_ports(os.getpid())
         with pytest.raises(AuthenticationError, match="refused our secret: auth failed: wrong"):
@@ -143,19 +148,38 @@ async def test_altered_response_is_refused() -> None:
         await close_writer(writer)
 
 
-@pytest.mark.parametrize(("response", "reason"), [
-    (b"relay/3 proof=" + b"0" * 64 + b"\n", b"error: bad response: expected a response starting"),
-    (b"relay/2 colour=blue proof=" + b"0" * 64 + b"\n", b"error: bad response: unknown option"),
-    (b"relay/2 port=70000 proof=" + b"0" * 64 + b"\n", b"error: bad response: port='70000'"),
-    (b"relay/2 port=1 port=2\n", b"error: bad response: field 'port' twice"),
-    (b"relay/2 name=web\n", b"error: auth failed: this relay requires a secret"),
-    (b"x" * 2000, b"error: bad response: response line longer than 1023 bytes"),
-    (b"relay/2 service=web proof=" + b"0" * 64 + b"\n",
-     b"error: bad response: service= needs name="),
-    (b"relay/2 name=a service=a/b proof=" + b"0" * 64 + b"\n",
-     b"error: bad response: service= must be 1-64 of"),
-], ids=["version", "unknown-key", "bad-port", "duplicate", "no-proof", "too-long",
-        "service-without-name", "bad-service"])
+@pytest.mark.parametrize(
+    ("response", "reason"),
+    [
+        (
+            b"relay/3 proof=" + b"0" * 64 + b"\n",
+            b"error: bad response: expected a response starting",
+        ),
+        (b"relay/2 colour=blue proof=" + b"0" * 64 + b"\n", b"error: bad response: unknown option"),
+        (b"relay/2 port=70000 proof=" + b"0" * 64 + b"\n", b"error: bad response: port='70000'"),
+        (b"relay/2 port=1 port=2\n", b"error: bad response: field 'port' twice"),
+        (b"relay/2 name=web\n", b"error: auth failed: this relay requires a secret"),
+        (b"x" * 2000, b"error: bad response: response line longer than 1023 bytes"),
+        (
+            b"relay/2 service=web proof=" + b"0" * 64 + b"\n",
+            b"error: bad response: service= needs name=",
+        ),
+        (
+            b"relay/2 name=a service=a/b proof=" + b"0" * 64 + b"\n",
+            b"error: bad response: service= must be 1-64 of",
+        ),
+    ],
+    ids=[
+        "version",
+        "unknown-key",
+        "bad-port",
+        "duplicate",
+        "no-proof",
+        "too-long",
+        "service-without-name",
+        "bad-service",
+    ],
+)
 async def test_malformed_responses_get_a_reason(response: bytes, reason: bytes) -> None:
     async with RelayServer(0, host=HOST, secret=SECRET) as server:
         reader, writer, _ = await raw_greeting(server.port)
@@ -186,8 +210,9 @@ async def test_failures_are_rate_limited_per_source(caplog: pytest.LogCaptureFix
         await close_writer(writer)
         with pytest.raises(RelayRefusedError, match="too many failed"):
             await relay.start_server(echo_handler, HOST, server.port, secret=SECRET)
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING
-                and r.name == "relay.registration"]
+    warnings = [
+        r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "relay.registration"
+    ]
     assert len(warnings) == 4  # three refusals and one "refusing it for a while"
 
 
@@ -197,8 +222,7 @@ async def test_v2_without_auth_and_the_seed_default() -> None:
         assert is_challenge(line.rstrip(b"\n"))
         assert b"auth=none" in line
         await close_writer(writer)
-        async with await relay.start_server(echo_handler, HOST, server.port,
-                                            name="anon") as served:
+        async with await relay.start_server(echo_handler, HOST, server.port, name="anon") as served:
             assert await roundtrip(served.public_port) == b"hello through v2\n"
     async with RelayServer(0, host=HOST) as seed:
         _reader, writer, line = await raw_greeting(seed.port)
@@ -207,8 +231,10 @@ async def test_v2_without_auth_and_the_seed_default() -> None:
 
 
 async def test_v2_client_options_on_a_seed_relay_warn(caplog: pytest.LogCaptureFixture) -> None:
-    async with RelayServer(0, host=HOST) as server, await relay.start_server(
-            echo_handler, HOST, server.port, secret=SECRET) as served:
+    async with (
+        RelayServer(0, host=HOST) as server,
+        await relay.start_server(echo_handler, HOST, server.port, secret=SECRET) as served,
+    ):
         assert await roundtrip(served.public_port) == b"hello through v2\n"
         assert served.client_address is False
     assert "the relay speaks the seed protocol" in caplog.text
@@ -216,15 +242,16 @@ async def test_v2_client_options_on_a_seed_relay_warn(caplog: pytest.LogCaptureF
 
 
 async def test_require_v2_refuses_a_seed_relay_and_registers_with_a_v2_one(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The opt-in against a downgrade: a port line first is an error, not seed mode."""
     async with RelayServer(0, host=HOST) as seed:
         before = listening_ports(os.getpid())
         for options in ({"secret": SECRET}, {}):
-            with pytest.raises(relay.SeedRelayError,
-                               match=r"did not offer registration v2 \(it sent a port line"):
-                await relay.start_server(echo_handler, HOST, seed.port, require_v2=True,
-                                         **options)
+            with pytest.raises(
+                relay.SeedRelayError, match=r"did not offer registration v2 \(it sent a port line"
+            ):
+                await relay.start_server(echo_handler, HOST, seed.port, require_v2=True, **options)
         # The seed relay had opened a port for each; it closes them when we hang up.
         for _ in range(100):
             if not seed.sessions and listening_ports(os.getpid()) == before:
@@ -234,9 +261,12 @@ async def test_require_v2_refuses_a_seed_relay_and_registers_with_a_v2_one(
         assert listening_ports(os.getpid()) == before
     assert "the relay speaks the seed protocol" not in caplog.text  # refused, not fallen back
     for relay_options in ({"secret": SECRET}, {"protocol": "v2"}):
-        async with RelayServer(0, host=HOST, **relay_options) as server, \
-                await relay.start_server(echo_handler, HOST, server.port, require_v2=True,
-                                         secret=relay_options.get("secret")) as served:
+        async with (
+            RelayServer(0, host=HOST, **relay_options) as server,
+            await relay.start_server(
+                echo_handler, HOST, server.port, require_v2=True, secret=relay_options.get("secret")
+            ) as served,
+        ):
             assert await roundtrip(served.public_port) == b"hello through v2\n"
 
 
@@ -246,15 +276,18 @@ async def test_require_v2_refuses_a_seed_relay_and_registers_with_a_v2_one(
 async def test_requested_port_inside_the_range_and_refusals() -> None:
     low, _ = free_port_block(5)
     async with RelayServer(0, host=HOST, secret=SECRET, port_range=(low, low + 4)) as server:
-        async with await relay.start_server(echo_handler, HOST, server.port, secret=SECRET,
-                                            public_port=low + 3) as served:
+        async with await relay.start_server(
+            echo_handler, HOST, server.port, secret=SECRET, public_port=low + 3
+        ) as served:
             assert served.public_port == low + 3
             with pytest.raises(RelayRefusedError, match=f"port {low + 3} is in use"):
-                await relay.start_server(echo_handler, HOST, server.port, secret=SECRET,
-                                         public_port=low + 3)
+                await relay.start_server(
+                    echo_handler, HOST, server.port, secret=SECRET, public_port=low + 3
+                )
         with pytest.raises(RelayRefusedError, match="outside the relay's port range"):
-            await relay.start_server(echo_handler, HOST, server.port, secret=SECRET,
-                                     public_port=low + 10)
+            await relay.start_server(
+                echo_handler, HOST, server.port, secret=SECRET, public_port=low + 10
+            )
 
 
 async def test_auth_file_clients_and_their_ports(tmp_path: Path) -> None:
@@ -272,32 +305,43 @@ secret_file = "bob.secret"
     clients = load_auth_file(auth_file)
     assert set(clients) == {"alice", "bob"}
     async with RelayServer(0, host=HOST, auth_clients=clients) as server:
-        async with await relay.start_server(echo_handler, HOST, server.port, name="alice",
-                                            secret="alice's secret") as alice:
+        async with await relay.start_server(
+            echo_handler, HOST, server.port, name="alice", secret="alice's secret"
+        ) as alice:
             assert alice.public_port in (low, low + 1)
             assert [s.client for s in server.sessions] == ["alice"]
-            with pytest.raises(RelayRefusedError, match=f"port {low + 5} is not allowed for "
-                                                        f"client alice"):
-                await relay.start_server(echo_handler, HOST, server.port, name="alice",
-                                         secret="alice's secret", public_port=low + 5)
-        async with await relay.start_server(echo_handler, HOST, server.port, name="bob",
-                                            secret="bob's own secret") as bob:
+            with pytest.raises(
+                RelayRefusedError, match=f"port {low + 5} is not allowed for client alice"
+            ):
+                await relay.start_server(
+                    echo_handler,
+                    HOST,
+                    server.port,
+                    name="alice",
+                    secret="alice's secret",
+                    public_port=low + 5,
+                )
+        async with await relay.start_server(
+            echo_handler, HOST, server.port, name="bob", secret="bob's own secret"
+        ) as bob:
             assert await roundtrip(bob.public_port) == b"hello through v2\n"
         # One client's secret does not open another's name; unknown names look the same.
         for name, secret in (("alice", "bob's own secret"), ("mallory", "alice's secret")):
             with pytest.raises(AuthenticationError, match="unknown client or wrong secret"):
-                await relay.start_server(echo_handler, HOST, server.port, name=name,
-                                         secret=secret)
+                await relay.start_server(echo_handler, HOST, server.port, name=name, secret=secret)
 
 
-@pytest.mark.parametrize(("table", "message"), [
-    ({}, "expected [clients.NAME] tables"),
-    ({"a": {"secret": "short"}}, "at least 8 bytes"),
-    ({"a": {"secret": "long enough", "ports": "9-1"}}, "LOW <= HIGH"),
-    ({"a": {"secret": "long enough", "port": 5}}, "unknown key(s) port"),
-    ({"a b": {"secret": "long enough"}}, "a name is"),
-    ({"a": {}}, "exactly one of secret or secret_file"),
-])
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({}, "expected [clients.NAME] tables"),
+        ({"a": {"secret": "short"}}, "at least 8 bytes"),
+        ({"a": {"secret": "long enough", "ports": "9-1"}}, "LOW <= HIGH"),
+        ({"a": {"secret": "long enough", "port": 5}}, "unknown key(s) port"),
+        ({"a b": {"secret": "long enough"}}, "a name is"),
+        ({"a": {}}, "exactly one of secret or secret_file"),
+    ],
+)
 def test_auth_table_errors(table: dict[str, object], message: str) -> None:
     with pytest.raises(AuthConfigError) as info:
         parse_auth_clients(table)
@@ -308,11 +352,14 @@ def test_auth_table_errors(table: dict[str, object], message: str) -> None:
 
 
 async def test_handler_sees_the_public_client_address() -> None:
-    async with RelayServer(0, host=HOST, protocol="v2") as server, await relay.start_server(
-            whoami_handler, HOST, server.port) as served:
+    async with (
+        RelayServer(0, host=HOST, protocol="v2") as server,
+        await relay.start_server(whoami_handler, HOST, server.port) as served,
+    ):
         assert served.client_address is True
         reader, writer = await asyncio.open_connection(
-            HOST, served.public_port, local_addr=(PUBLIC_CLIENT, 0))
+            HOST, served.public_port, local_addr=(PUBLIC_CLIENT, 0)
+        )
         source_port = writer.get_extra_info("sockname")[1]
         line = await asyncio.wait_for(reader.readline(), 10)
         assert line == f"{PUBLIC_CLIENT} {source_port}\n".encode()
@@ -320,8 +367,10 @@ async def test_handler_sees_the_public_client_address() -> None:
 
 
 async def test_without_client_address_streams_carry_only_client_bytes() -> None:
-    async with RelayServer(0, host=HOST, protocol="v2") as server, await relay.start_server(
-            echo_handler, HOST, server.port, client_address=False) as served:
+    async with (
+        RelayServer(0, host=HOST, protocol="v2") as server,
+        await relay.start_server(echo_handler, HOST, server.port, client_address=False) as served,
+    ):
         assert served.client_address is False
         assert await roundtrip(served.public_port) == b"hello through v2\n"
 
@@ -329,6 +378,7 @@ async def test_without_client_address_streams_carry_only_client_bytes() -> None:
 def test_challenge_is_never_a_port_line_and_is_versioned() -> None:
     from relay.wire.greeting import parse_greeting
     from relay.wire.v2 import Challenge
+
     line = Challenge.fresh(auth_required=True).line()
     assert line.endswith(b"\n")
     assert len(line) < 1024
@@ -351,6 +401,7 @@ def test_the_worked_example_in_the_protocol_document() -> None:
     from pathlib import Path
 
     from relay.wire.v2 import Challenge
+
     doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
     nonce = re.search(r"nonce=([0-9a-f]{64}) auth=required", doc)
     assert nonce is not None
@@ -363,20 +414,30 @@ def test_the_worked_example_in_the_protocol_document() -> None:
     assert f"`{bare.decode().strip()}`" in doc
 
 
-@pytest.mark.parametrize(("host", "secret", "warned"), [
-    (None, None, True), ("0.0.0.0", None, True), (HOST, None, False), (None, SECRET, False),
-])
+@pytest.mark.parametrize(
+    ("host", "secret", "warned"),
+    [
+        (None, None, True),
+        ("0.0.0.0", None, True),
+        (HOST, None, False),
+        (None, SECRET, False),
+    ],
+)
 async def test_warning_when_open_beyond_loopback_without_auth(
-        host: str | None, secret: str | None, warned: bool,
-        caplog: pytest.LogCaptureFixture) -> None:
+    host: str | None, secret: str | None, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     async with RelayServer(0, host=host, secret=secret):
         pass
     assert ("without authentication: anyone who can reach port" in caplog.text) is warned
 
 
 def test_auth_clients_as_a_list_of_named_tables() -> None:
-    clients = parse_auth_clients([{"name": "alice", "secret": "alice's secret", "ports": 5000},
-                                  {"name": "bob", "secret": "bob's secret"}])
+    clients = parse_auth_clients(
+        [
+            {"name": "alice", "secret": "alice's secret", "ports": 5000},
+            {"name": "bob", "secret": "bob's secret"},
+        ]
+    )
     assert sorted(clients) == ["alice", "bob"]
     assert 5000 in clients["alice"].ports  # type: ignore[operator]
     assert "alice's secret" not in repr(clients["alice"])
@@ -405,16 +466,23 @@ NAMES = st.from_regex(r"[A-Za-z0-9._@-]{1,64}", fullmatch=True)
     client_addr=st.booleans(),
     secret=st.binary(min_size=8, max_size=64),
 )
-def test_response_roundtrip(name: str | None, service: str | None, port: int | None,
-                            client_addr: bool, secret: bytes) -> None:
+def test_response_roundtrip(
+    name: str | None, service: str | None, port: int | None, client_addr: bool, secret: bytes
+) -> None:
     from relay.wire.v2 import Challenge, parse_response, proof_matches
+
     challenge = Challenge.fresh(auth_required=True)
     service = service if name is not None else None
-    line = response_line(challenge, secret=secret, name=name, service=service, port=port,
-                         client_addr=client_addr)
+    line = response_line(
+        challenge, secret=secret, name=name, service=service, port=port, client_addr=client_addr
+    )
     response = parse_response(line.rstrip(b"\n"), challenge)
     assert (response.name, response.service, response.port, response.client_addr) == (
-        name, service, port, client_addr)
+        name,
+        service,
+        port,
+        client_addr,
+    )
     assert proof_matches(secret, challenge.nonce, response)
     assert not proof_matches(secret + b"x", challenge.nonce, response)
     assert not proof_matches(secret, Challenge.fresh(True).nonce, response)
@@ -423,6 +491,7 @@ def test_response_roundtrip(name: str | None, service: str | None, port: int | N
 @given(st.binary(max_size=300))
 def test_any_response_bytes_are_refused_with_a_reason_or_parsed(line: bytes) -> None:
     from relay.wire.v2 import Challenge, parse_response
+
     """Hostile bytes end in HandshakeError with a reason (sent back), never another error."""
     reasons = []
     try:
@@ -449,26 +518,30 @@ async def test_refusals_cannot_flood_the_log(caplog: pytest.LogCaptureFixture) -
     assert "x auth" in summary[0]
 
 
-
 async def test_unanswered_challenges_are_limited_per_source() -> None:
     from relay.server.limits import Limits
+
     limits = Limits(max_pending_registrations_per_source=2)
     async with RelayServer(0, host=HOST, secret=SECRET, limits=limits) as server:
         held = [await raw_greeting(server.port) for _ in range(2)]
         assert all(is_challenge(line.rstrip(b"\n")) for _, _, line in held)
         _reader, writer, line = await raw_greeting(server.port)
-        assert line.startswith(b"error: 2 registrations from 127.0.0.1 are still in their "
-                               b"handshake, the maximum (--max-pending-registrations-per-source")
+        assert line.startswith(
+            b"error: 2 registrations from 127.0.0.1 are still in their "
+            b"handshake, the maximum (--max-pending-registrations-per-source"
+        )
         await close_writer(writer)
         # Another source is not affected, and a slot is free again once a challenge ends.
-        reader, other = await asyncio.open_connection(HOST, server.port,
-                                                      local_addr=("127.0.0.2", 0))
+        reader, other = await asyncio.open_connection(
+            HOST, server.port, local_addr=("127.0.0.2", 0)
+        )
         assert is_challenge((await reader.readline()).rstrip(b"\n"))
         await close_writer(other)
         await close_writer(held[0][1])
         await asyncio.sleep(0.1)
-        async with await relay.start_server(echo_handler, HOST, server.port,
-                                            secret=SECRET) as served:
+        async with await relay.start_server(
+            echo_handler, HOST, server.port, secret=SECRET
+        ) as served:
             assert await roundtrip(served.public_port) == b"hello through v2\n"
         await close_writer(held[1][1])
 
@@ -476,13 +549,16 @@ async def test_unanswered_challenges_are_limited_per_source() -> None:
 async def test_one_slot_per_source_from_arrival_until_the_ping_is_answered() -> None:
     """The slot is held across both phases (challenge, then yamux ping) and freed after."""
     from relay.server.limits import Limits
+
     limits = Limits(max_pending_registrations_per_source=1)
     async with RelayServer(0, host=HOST, secret=SECRET, limits=limits) as server:
-        async with await relay.start_server(echo_handler, HOST, server.port,
-                                            secret=SECRET) as first:
+        async with await relay.start_server(
+            echo_handler, HOST, server.port, secret=SECRET
+        ) as first:
             await asyncio.sleep(0.2)  # the relay's ping is answered: the slot is free again
-            async with await relay.start_server(echo_handler, HOST, server.port,
-                                                secret=SECRET) as second:
+            async with await relay.start_server(
+                echo_handler, HOST, server.port, secret=SECRET
+            ) as second:
                 assert first.public_port != second.public_port
         _reader, writer, line = await raw_greeting(server.port)  # holds the only slot
         assert is_challenge(line.rstrip(b"\n"))
@@ -500,6 +576,7 @@ def test_failure_limiter_is_bounded_and_forgets() -> None:
     assert 0 < limiter.blocked_for("e") <= 0.2
     assert limiter.blocked_for("d") == 0
     import time
+
     time.sleep(0.25)
     assert limiter.blocked_for("e") == 0
 
@@ -510,8 +587,16 @@ def test_every_v2_error_is_a_relay_error() -> None:
     from relay.server.auth import AuthRefused
     from relay.wire.proxy_header import ProxyHeaderError
     from relay.wire.tls import TLSConfigError
-    for error in (AuthenticationError, HandshakeError, AuthRefused, TLSError, AuthConfigError,
-                  TLSConfigError, ProxyHeaderError):
+
+    for error in (
+        AuthenticationError,
+        HandshakeError,
+        AuthRefused,
+        TLSError,
+        AuthConfigError,
+        TLSConfigError,
+        ProxyHeaderError,
+    ):
         assert issubclass(error, RelayError), error
     assert issubclass(AuthConfigError, ValueError)  # a bad secret or auth file, not a refusal
     assert not issubclass(AuthConfigError, RegistrationError)
@@ -519,21 +604,29 @@ def test_every_v2_error_is_a_relay_error() -> None:
 
 def test_service_is_refused_when_the_relay_did_not_offer_it() -> None:
     from relay.wire.v2 import Challenge, parse_response
-    older = Challenge(Challenge.fresh(auth_required=False).nonce, auth_required=False,
-                      features=frozenset({"client-addr"}))
+
+    older = Challenge(
+        Challenge.fresh(auth_required=False).nonce,
+        auth_required=False,
+        features=frozenset({"client-addr"}),
+    )
     with pytest.raises(HandshakeError, match="service was not offered"):
         parse_response(b"relay/2 name=alice service=redis", older)
 
 
 async def test_client_leaves_service_out_when_the_relay_does_not_offer_it(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A relay whose challenge lists no ``service`` feature (an older v2 relay) gets no
     ``service=``: the client registers, sharing its client's identity, and says so."""
     responses: list[bytes] = []
 
     async def older_relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"error: v2 needed: upgrade; relay/2 nonce=" + b"ab" * 32
-                     + b" auth=none features=client-addr\n")
+        writer.write(
+            b"error: v2 needed: upgrade; relay/2 nonce="
+            + b"ab" * 32
+            + b" auth=none features=client-addr\n"
+        )
         responses.append(await reader.readline())
         writer.write(b"error: enough\n")
         await writer.drain()

@@ -74,8 +74,9 @@ async def test_start_server_serves_and_exposes_the_public_port(relay_server):
         assert server.public_endpoint == f"{HOST}:{server.public_port}"
         assert [s.public_port for s in relay_server.sessions] == [server.public_port]
         assert server.is_serving()
-        replies = await asyncio.gather(*(roundtrip(server.public_port, bytes([i]) * 70_000 * i)
-                                         for i in range(1, 9)))
+        replies = await asyncio.gather(
+            *(roundtrip(server.public_port, bytes([i]) * 70_000 * i) for i in range(1, 9))
+        )
         assert replies == [bytes([i]) * 70_000 * i for i in range(1, 9)]
     assert not server.is_serving()
     assert server.close_reason is None  # closed by us
@@ -254,14 +255,17 @@ async def test_register_times_out_on_a_silent_server():
         await server.wait_closed()
 
 
-@pytest.mark.parametrize(("line", "port"), [(b"1", 1), (b"4532", 4532), (b"65535", 65535),
-                                             (b"00080", 80)])
+@pytest.mark.parametrize(
+    ("line", "port"), [(b"1", 1), (b"4532", 4532), (b"65535", 65535), (b"00080", 80)]
+)
 def test_parse_greeting_ports(line, port):
     assert parse_greeting(line) == port
 
 
-@pytest.mark.parametrize("line", [b"", b"0", b"65536", b"123456", b"45a", b" 45", b"45\r",
-                                  b"+45", b"HTTP/1.1 400 Bad Request"])
+@pytest.mark.parametrize(
+    "line",
+    [b"", b"0", b"65536", b"123456", b"45a", b" 45", b"45\r", b"+45", b"HTTP/1.1 400 Bad Request"],
+)
 def test_parse_greeting_rejects_anything_but_a_port(line):
     with pytest.raises(RegistrationError, match="expected a port line"):
         parse_greeting(line)
@@ -270,7 +274,8 @@ def test_parse_greeting_rejects_anything_but_a_port(line):
 def test_error_and_port_lines_wire_format():
     assert port_line(4532) == b"4532\n"
     assert error_line("no free port in range 5000-5001") == (
-        b"error: no free port in range 5000-5001\n")
+        b"error: no free port in range 5000-5001\n"
+    )
     assert error_line("bad\nline\x00") == b"error: bad?line?\n"  # always one printable line
     with pytest.raises(relay.RelayRefusedError, match="go away") as info:
         parse_greeting(b"error: go away")
@@ -332,9 +337,14 @@ async def test_start_server_reconnects_when_the_relay_restarts(caplog):
     first_relay = relay.RelayServer(0, host=HOST)
     await first_relay.start()
     control_port = first_relay.port
-    server = await relay.start_server(echo_or_hang, HOST, control_port,
-                                      on_endpoint=endpoints.append, reconnect_delay=0.05,
-                                      reconnect_max_delay=0.1)
+    server = await relay.start_server(
+        echo_or_hang,
+        HOST,
+        control_port,
+        on_endpoint=endpoints.append,
+        reconnect_delay=0.05,
+        reconnect_max_delay=0.1,
+    )
     second_relay = None
     try:
         first_endpoint = await server.wait_endpoint()

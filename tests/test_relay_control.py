@@ -120,8 +120,11 @@ def test_garbage_stalled_and_slow_registrations_end_only_themselves(procs, echo_
             sock.settimeout(5)
             assert control_frames(recv_all(sock)) == [(GO_AWAY, 0, 0, 0)]
         for port in junk_ports:
-            wait_until(lambda port=port: connection_refused(port), timeout=2,
-                       message=f"junk registration's public port {port} still open")
+            wait_until(
+                lambda port=port: connection_refused(port),
+                timeout=2,
+                message=f"junk registration's public port {port} still open",
+            )
         assert echo_roundtrip(good_port, b"after the junk\n") == b"after the junk\n"
     finally:
         for sock in garbage + stalled + slow:
@@ -141,8 +144,10 @@ def test_no_free_port_in_range_gets_error_line(procs, echo_port):
         relay.wait_line(r"refusing registration from 127\.0\.0\.1:\d+: no free port in range")
         forwarder = procs.start_forwarder(relay_port, echo_port, "--no-reconnect")
         assert forwarder.wait(10) == 1
-        assert (f"relay refused the registration: no free port in range {taken}-{taken}"
-                in forwarder.stderr_text)
+        assert (
+            f"relay refused the registration: no free port in range {taken}-{taken}"
+            in forwarder.stderr_text
+        )
     finally:
         holder.close()
     # The relay went on; with the port released the next registration gets it.
@@ -167,8 +172,9 @@ def test_max_sessions_refuses_with_clear_error(procs, echo_port):
     first, first_port = procs.forwarder(relay_port, echo_port)
     refused = procs.start_forwarder(relay_port, echo_port, "--no-reconnect")
     assert refused.wait(10) == 1
-    assert ("relay refused the registration: relay is full: 1 sessions, the maximum "
-            "(--max-sessions 1)") in refused.stderr_text
+    assert (
+        "relay refused the registration: relay is full: 1 sessions, the maximum (--max-sessions 1)"
+    ) in refused.stderr_text
     assert echo_roundtrip(first_port) == b"ping through the relay\n"  # unaffected
     first.kill()
     relay.wait_line(r"session 1 from .* ended")
@@ -181,8 +187,10 @@ async def test_forwarder_rejects_a_server_that_is_not_a_relay(procs):
     """Anything but a port line is a clear error on the registering side."""
     replies = {
         "ssh": (b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", r"expected a port line .*is this a relay\?"),
-        "error": (b"error: maintenance, come back later\n",
-                  r"relay refused the registration: maintenance, come back later"),
+        "error": (
+            b"error: maintenance, come back later\n",
+            r"relay refused the registration: maintenance, come back later",
+        ),
         "silent": (b"", r"could not get a port line from the relay at .* within 0\.5 s"),
         "huge": (b"9" * 5000, r"expected a port line .*is this a relay\?"),
         "zero": (b"0\n", r"expected a port line .*b'0\\n'"),

@@ -33,8 +33,13 @@ def redis_behind_relay(procs, request):
 
 def redis_cli(port: int, *args: str, stdin: bytes | None = None) -> str:
     cli = require_program("redis-cli")
-    done = subprocess.run([cli, "-h", HOST, "-p", str(port), *args], input=stdin,
-                          capture_output=True, timeout=30, check=True)
+    done = subprocess.run(
+        [cli, "-h", HOST, "-p", str(port), *args],
+        input=stdin,
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
     return done.stdout.decode().strip()
 
 
@@ -77,9 +82,28 @@ def test_redis_benchmark_through_the_relay(redis_behind_relay):
     benchmark = require_program("redis-benchmark")
     public_port, _, procs = redis_behind_relay
     done = subprocess.run(
-        [benchmark, "-h", HOST, "-p", str(public_port), "-n", "4000", "-c", "50",
-         "-t", "set,get,lpush", "-q"], capture_output=True, timeout=120, text=True)
+        [
+            benchmark,
+            "-h",
+            HOST,
+            "-p",
+            str(public_port),
+            "-n",
+            "4000",
+            "-c",
+            "50",
+            "-t",
+            "set,get,lpush",
+            "-q",
+        ],
+        capture_output=True,
+        timeout=120,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr + procs.describe()
-    lines = [line for line in done.stdout.replace("\r", "\n").splitlines()
-             if "requests per second" in line]
+    lines = [
+        line
+        for line in done.stdout.replace("\r", "\n").splitlines()
+        if "requests per second" in line
+    ]
     assert {line.split(":")[0] for line in lines} >= {"SET", "GET", "LPUSH"}, done.stdout

@@ -38,8 +38,10 @@ async def test_200_parallel_clients_random_payloads(echo_behind_relay):
     public_port, procs = echo_behind_relay
     clients = 200
     rng = random.Random(20261121)
-    sizes = [rng.choice([1, 100, 4096, 65536, 300_000, 700_000]) + rng.randrange(1000)
-             for _ in range(clients)]
+    sizes = [
+        rng.choice([1, 100, 4096, 65536, 300_000, 700_000]) + rng.randrange(1000)
+        for _ in range(clients)
+    ]
     all_connected = asyncio.Event()
     connected = 0
 
@@ -115,8 +117,9 @@ def test_half_close_service_side(procs):
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
         assert sock.recv(1) == b""  # the connection ends once both sides are done
-    service.wait_line(f"received {len(payload)} {hashlib.sha256(payload).hexdigest()}",
-                      stream="stdout")
+    service.wait_line(
+        f"received {len(payload)} {hashlib.sha256(payload).hexdigest()}", stream="stdout"
+    )
 
 
 def test_local_service_down_resets_stream_session_stays_up(procs):
@@ -130,10 +133,12 @@ def test_local_service_down_resets_stream_session_stays_up(procs):
     forwarder.wait_line(rf"local service 127\.0\.0\.1:{local_port} is unreachable .*resetting")
     # The session stayed up: once the service runs, the same endpoint works.
     procs.start([sys.executable, "-c", ECHO_SCRIPT, str(local_port)], "echo").wait_line(
-        r"^\d+$", stream="stdout")
+        r"^\d+$", stream="stdout"
+    )
     assert echo_roundtrip(public_port, b"now it works\n") == b"now it works\n"
     assert [line for line in forwarder.stdout if ENDPOINT.match(line)] == [
-        f"127.0.0.1:{public_port}"]  # never re-registered
+        f"127.0.0.1:{public_port}"
+    ]  # never re-registered
     assert "ended" not in relay.stderr_text
 
 

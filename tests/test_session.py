@@ -46,6 +46,7 @@ async def test_ping_round_trip_both_ways() -> None:
 
 def test_ping_round_trips_are_not_rounded_to_the_loops_clock_on_uvloop() -> None:
     """uvloop's loop.time() counts milliseconds; a loopback round trip must not read as 0."""
+
     async def pings() -> list[float]:
         async with session_pair() as (client, _server):
             rtts = [await client.ping() for _ in range(5)]
@@ -111,8 +112,13 @@ async def test_resetting_an_unacknowledged_stream_returns_its_backlog_credit() -
         assert fifth.id == 9
         frames = [await peer.expect(FrameType.WINDOW_UPDATE) for _ in range(6)]
         assert [(f.stream_id, f.flags) for f in frames] == [
-            (1, Flag.SYN), (3, Flag.SYN), (5, Flag.SYN), (7, Flag.SYN), (1, Flag.RST),
-            (9, Flag.SYN)]
+            (1, Flag.SYN),
+            (3, Flag.SYN),
+            (5, Flag.SYN),
+            (7, Flag.SYN),
+            (1, Flag.RST),
+            (9, Flag.SYN),
+        ]
 
 
 async def test_finishing_an_unacknowledged_stream_wakes_a_blocked_open() -> None:

@@ -129,10 +129,26 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
     openssl = require_program("openssl")
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-         "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
@@ -165,8 +181,8 @@ async def test_session_over_tls(tmp_path: Path) -> None:
 async def test_session_over_a_pair_of_pipes() -> None:
     a_read, b_write = os.pipe()
     b_read, a_write = os.pipe()
-    files = [open(fd, mode) for fd, mode in  # noqa: SIM115, ASYNC230 - sessions close them
-             ((a_read, "rb"), (a_write, "wb"), (b_read, "rb"), (b_write, "wb"))]
+    modes = ((a_read, "rb"), (a_write, "wb"), (b_read, "rb"), (b_write, "wb"))
+    files = [open(fd, mode) for fd, mode in modes]  # noqa: SIM115, ASYNC230 - sessions close them
     client = await yamux.connect_pipes(files[0], files[1], client=True)
     server = await yamux.connect_pipes(files[2], files[3], client=False)
     stream = await client.open_stream()

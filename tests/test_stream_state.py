@@ -94,12 +94,18 @@ def test_illegal_inputs_raise_the_one_error_and_change_nothing(
 def test_final_states_accept_only_what_a_lingering_closed_stream_needs() -> None:
     assert {i for s, i in LIFECYCLE if s is State.RESET} == set()
     assert {i for s, i in LIFECYCLE if s is State.CLOSED} == {
-        Input.SEND_ACK, Input.RECV_ACK, Input.RECV_FIN, Input.SEND_RST, Input.RECV_RST
+        Input.SEND_ACK,
+        Input.RECV_ACK,
+        Input.RECV_FIN,
+        Input.SEND_RST,
+        Input.RECV_RST,
     }
 
 
 def test_handshake_table_only_leaves_pending_states_on_the_matching_input() -> None:
     assert set(HANDSHAKE) == {
-        (Handshake.NONE, Input.SEND_SYN), (Handshake.NONE, Input.RECV_SYN),
-        (Handshake.AWAITING_ACK, Input.RECV_ACK), (Handshake.ACK_OWED, Input.SEND_ACK),
+        (Handshake.NONE, Input.SEND_SYN),
+        (Handshake.NONE, Input.RECV_SYN),
+        (Handshake.AWAITING_ACK, Input.RECV_ACK),
+        (Handshake.ACK_OWED, Input.SEND_ACK),
     }

@@ -42,8 +42,9 @@ class RawPeer:
         self.decoder = FrameDecoder(1 << 31)
         self.frames: list[Frame] = []
 
-    def send(self, type_: FrameType, flags: Flag | int, stream_id: int, length: int,
-             body: bytes = b"") -> None:
+    def send(
+        self, type_: FrameType, flags: Flag | int, stream_id: int, length: int, body: bytes = b""
+    ) -> None:
         self.writer.write(encode_header(type_, flags, stream_id, length) + body)
 
     async def next_frame(self, timeout: float = 5.0) -> Frame:

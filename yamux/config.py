@@ -70,8 +70,9 @@ class Config:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
         lowat = self.tcp_notsent_lowat
         if type(lowat) is not int or lowat < 0:
-            raise ConfigError(f"tcp_notsent_lowat must be an integer >= 0 (0: kernel default), "
-                              f"got {lowat!r}")
+            raise ConfigError(
+                f"tcp_notsent_lowat must be an integer >= 0 (0: kernel default), got {lowat!r}"
+            )
         for name in ("stream_open_timeout", "stream_close_timeout", "go_away_timeout"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
@@ -93,8 +94,9 @@ class Config:
                 f"max_session_window must be an integer >= {INITIAL_STREAM_WINDOW}, got {budget!r}"
             )
         if self.window_budget is not None and not isinstance(self.window_budget, WindowBudget):
-            raise ConfigError(f"window_budget must be a yamux.WindowBudget or None, "
-                              f"got {self.window_budget!r}")
+            raise ConfigError(
+                f"window_budget must be a yamux.WindowBudget or None, got {self.window_budget!r}"
+            )
 
     def replace(self, **changes: object) -> Config:
         """A copy with some fields changed, validated again."""

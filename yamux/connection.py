@@ -54,12 +54,24 @@ _SYN, _ACK, _FIN, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.R
 # The stream_state members the per-frame path uses, bound once: on Python 3.11 each
 # ``Input.SEND_DATA`` is a class attribute lookup that costs more than the step itself.
 _SEND_SYN, _RECV_SYN, _SEND_ACK, _RECV_ACK = (
-    Input.SEND_SYN, Input.RECV_SYN, Input.SEND_ACK, Input.RECV_ACK)
+    Input.SEND_SYN,
+    Input.RECV_SYN,
+    Input.SEND_ACK,
+    Input.RECV_ACK,
+)
 _SEND_DATA, _RECV_DATA, _SEND_FIN, _RECV_FIN = (
-    Input.SEND_DATA, Input.RECV_DATA, Input.SEND_FIN, Input.RECV_FIN)
+    Input.SEND_DATA,
+    Input.RECV_DATA,
+    Input.SEND_FIN,
+    Input.RECV_FIN,
+)
 _SEND_RST, _RECV_RST = Input.SEND_RST, Input.RECV_RST
 _ACKNOWLEDGED, _ACCEPTED, _ENDED, _CLOSED = (
-    Effect.ACKNOWLEDGED, Effect.ACCEPTED, Effect.ENDED, Effect.CLOSED)
+    Effect.ACKNOWLEDGED,
+    Effect.ACCEPTED,
+    Effect.ENDED,
+    Effect.CLOSED,
+)
 _AWAITING_ACK, _ACK_OWED = Handshake.AWAITING_ACK, Handshake.ACK_OWED
 _STATE_CLOSED = State.CLOSED
 _MAX_STREAM_ID = 0xFFFFFFFF
@@ -102,14 +114,18 @@ class Connection:
         self._sendable: dict[int, _StreamRecord] = {}
         self._control: list[bytes] = []
         self._events: list[Event] = []
-        self._decoder = FrameDecoder(max(self.config.max_frame_size,
-                                         self.config.max_stream_window_size))
+        self._decoder = FrameDecoder(
+            max(self.config.max_frame_size, self.config.max_stream_window_size)
+        )
         self.tuner: WindowTuner | None = None
         """Receive-window auto-tuning (Config.window_autotune); the adapter feeds its RTT."""
         self._stream_window = self.config.max_stream_window_size
         if self.config.window_autotune:
-            self.tuner = WindowTuner(self.config.max_stream_window_size,
-                                     self.config.max_session_window, self.config.window_budget)
+            self.tuner = WindowTuner(
+                self.config.max_stream_window_size,
+                self.config.max_session_window,
+                self.config.window_budget,
+            )
             self._stream_window = INITIAL_STREAM_WINDOW
         self._ping_id = 0
         self.unacked_outbound = 0
@@ -407,7 +423,8 @@ class Connection:
                 state.process(_RECV_DATA)
             except StreamStateError as exc:
                 self._reset_for_misbehaviour(
-                    rec, f"stream {stream_id}: {frame.length} bytes of data after the peer's "
+                    rec,
+                    f"stream {stream_id}: {frame.length} bytes of data after the peer's "
                     f"FIN ({exc})",
                 )
                 return
@@ -482,11 +499,13 @@ class Connection:
         control = self._control
         control.append(frame)
         if len(control) * HEADER_SIZE > self.config.control_queue_limit and not self.closed:
-            self.terminate(ControlQueueFullError(
-                f"peer is not reading: {len(control)} control frames (pongs, window updates, "
-                f"resets) wait to be written, over the limit of "
-                f"{self.config.control_queue_limit} bytes (control_queue_limit)"
-            ))
+            self.terminate(
+                ControlQueueFullError(
+                    f"peer is not reading: {len(control)} control frames (pongs, window updates, "
+                    f"resets) wait to be written, over the limit of "
+                    f"{self.config.control_queue_limit} bytes (control_queue_limit)"
+                )
+            )
 
     def _reset_for_misbehaviour(self, rec: _StreamRecord, reason: str) -> None:
         """A stream-level violation ends only that stream (the adapter logs it, rate-limited)."""

@@ -100,8 +100,7 @@ def deprecated_error(name: str, module: str) -> type[YamuxError]:
     new = DEPRECATED_NAMES.get(name)
     if new is None:
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
-    warnings.warn(f"yamux.{name} is deprecated; use yamux.{new}", DeprecationWarning,
-                  stacklevel=3)
+    warnings.warn(f"yamux.{name} is deprecated; use yamux.{new}", DeprecationWarning, stacklevel=3)
     error: type[YamuxError] = globals()[new]
     return error
 

@@ -54,8 +54,7 @@ class WindowBudget:
     def __init__(self, limit: int) -> None:
         if type(limit) is not int or limit < INITIAL_STREAM_WINDOW:
             raise ConfigError(
-                f"window budget limit must be an integer >= {INITIAL_STREAM_WINDOW}, "
-                f"got {limit!r}"
+                f"window budget limit must be an integer >= {INITIAL_STREAM_WINDOW}, got {limit!r}"
             )
         self.limit = limit
         self.used = 0

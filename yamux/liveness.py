@@ -70,10 +70,12 @@ class Liveness:
                 while not future.done():
                     remaining = max(sent, self.last_heard) + timeout - loop.time()
                     if remaining <= 0:
-                        self._fail(KeepaliveTimeoutError(
-                            f"keepalive failed: nothing from the peer within {timeout:g} s "
-                            f"of a ping"
-                        ))
+                        self._fail(
+                            KeepaliveTimeoutError(
+                                f"keepalive failed: nothing from the peer within {timeout:g} s "
+                                f"of a ping"
+                            )
+                        )
                         return
                     await asyncio.wait([future], timeout=remaining)
             finally:
@@ -117,14 +119,24 @@ class Liveness:
             heard = core.heard_any
             silent = core.silent_streams()
             if was_empty and not heard and not core.num_streams:
-                self._fail(SessionClosedError(
-                    f"session closed: no streams for {timeout:g} s after go away"))
+                self._fail(
+                    SessionClosedError(
+                        f"session closed: no streams for {timeout:g} s after go away"
+                    )
+                )
                 return
             for stream_id in silent:
-                reason = (f"no frame from the peer for {timeout:g} s after go away "
-                          f"(the peer abandoned the stream)")
-                self._log.log(logging.WARNING, "go-away-abandoned", "stream %d: %s; resetting",
-                              stream_id, reason)
+                reason = (
+                    f"no frame from the peer for {timeout:g} s after go away "
+                    f"(the peer abandoned the stream)"
+                )
+                self._log.log(
+                    logging.WARNING,
+                    "go-away-abandoned",
+                    "stream %d: %s; resetting",
+                    stream_id,
+                    reason,
+                )
                 self._reset(stream_id, reason)
             if silent:
                 self._flush()

@@ -23,8 +23,7 @@ beyond it they wait in the core's bounded queue."""
 class FrameWriter:
     """The session's write side; ``on_stall(buffered)`` when a paused transport stays stuck."""
 
-    def __init__(self, core: Connection, config: Config,
-                 on_stall: Callable[[int], None]) -> None:
+    def __init__(self, core: Connection, config: Config, on_stall: Callable[[int], None]) -> None:
         self._core = core
         self._lowat = config.tcp_notsent_lowat
         self.transport: asyncio.WriteTransport | None = None
@@ -32,15 +31,20 @@ class FrameWriter:
         self._paused_control = 0
         """Control bytes written since the transport paused."""
         self._stall = WriteStallWatch(
-            asyncio.get_running_loop(), config.connection_write_timeout, on_stall)
+            asyncio.get_running_loop(), config.connection_write_timeout, on_stall
+        )
 
     def attach(self, transport: asyncio.BaseTransport) -> None:
         # asyncio hands protocols a BaseTransport (uvloop's do not even subclass
         # WriteTransport); a session's transport always writes.
         self.transport = write_transport = cast(asyncio.WriteTransport, transport)
         sock = write_transport.get_extra_info("socket")
-        if (self._lowat and sock is not None and sock.type == socket.SOCK_STREAM
-                and sock.family in (socket.AF_INET, socket.AF_INET6)):
+        if (
+            self._lowat
+            and sock is not None
+            and sock.type == socket.SOCK_STREAM
+            and sock.family in (socket.AF_INET, socket.AF_INET6)
+        ):
             # Unsent bytes in the kernel are out of our reach: keep them few, so a pong
             # never waits behind megabytes of bulk data (keepalive on slow links).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, self._lowat)
@@ -82,4 +86,3 @@ class FrameWriter:
             transport.writelines(core.take_data(FLUSH_BUDGET))
             framed = True
         return framed
-

@@ -56,9 +56,15 @@ class RateLimitedLog:
         self._clock = clock
         self._keys: dict[str, _Key] = {}
 
-    def log(self, level: int, key: str, msg: str, *args: object,
-            exc_info: BaseException | None = None,
-            extra: Mapping[str, object] | None = None) -> bool:
+    def log(
+        self,
+        level: int,
+        key: str,
+        msg: str,
+        *args: object,
+        exc_info: BaseException | None = None,
+        extra: Mapping[str, object] | None = None,
+    ) -> bool:
         """Log ``msg % args`` unless ``key`` is over its budget; True if a line was written.
 
         ``extra`` goes to the record as with ``Logger.log`` (structured log fields).
@@ -80,8 +86,14 @@ class RateLimitedLog:
             state.next_at = self._clock() + state.interval
         state.logged += 1
         if state.pending:
-            self.logger.log(level, msg + " (%d similar messages suppressed)",
-                            *args, state.pending, exc_info=exc_info, extra=extra)
+            self.logger.log(
+                level,
+                msg + " (%d similar messages suppressed)",
+                *args,
+                state.pending,
+                exc_info=exc_info,
+                extra=extra,
+            )
             state.pending = 0
         else:
             self.logger.log(level, msg, *args, exc_info=exc_info, extra=extra)

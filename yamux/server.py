@@ -26,8 +26,9 @@ class Server:
     ``asyncio.Server``. A session is closed when its handler returns.
     """
 
-    def __init__(self, session_handler: SessionHandler, *, client: bool,
-                 config: Config | None) -> None:
+    def __init__(
+        self, session_handler: SessionHandler, *, client: bool, config: Config | None
+    ) -> None:
         self._handler = session_handler
         self._client = client
         self._config = config

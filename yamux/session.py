@@ -83,9 +83,11 @@ class Session(asyncio.Protocol):
         self._open_waiters: deque[asyncio.Future[None]] = deque()
         self._drain_waiting: dict[int, Stream] = {}
         self._open_timers = StreamTimers(
-            self._loop, self.config.stream_open_timeout, self._open_timed_out)
+            self._loop, self.config.stream_open_timeout, self._open_timed_out
+        )
         self._close_timers = StreamTimers(
-            self._loop, self.config.stream_close_timeout, self._close_timed_out)
+            self._loop, self.config.stream_close_timeout, self._close_timed_out
+        )
         self._pings = PingTimes(self._loop)
         self._writer = FrameWriter(self._core, self.config, self._write_stalled)
         self._abort_timer: asyncio.TimerHandle | None = None
@@ -93,8 +95,13 @@ class Session(asyncio.Protocol):
         """Every line the peer can trigger over and over goes through this."""
         self._tasks = TaskOwner(self._logger)
         self._liveness = Liveness(
-            self.config, self._core, self._pings, flush=self._flush, fail=self._shutdown,
-            reset=self._reset_abandoned, log=self._log,
+            self.config,
+            self._core,
+            self._pings,
+            flush=self._flush,
+            fail=self._shutdown,
+            reset=self._reset_abandoned,
+            log=self._log,
         )
         self._rtt_probed = False
         """A ping for window auto-tuning was sent (once, when data first flows)."""
@@ -233,8 +240,7 @@ class Session(asyncio.Protocol):
                 stream = await self.accept_stream()
             except SessionClosedError:
                 return
-            owner.spawn(run_stream_handler(handler, stream, log),
-                        name=f"yamux-stream-{stream.id}")
+            owner.spawn(run_stream_handler(handler, stream, log), name=f"yamux-stream-{stream.id}")
 
     async def ping(self) -> float:
         """Round-trip time in seconds of one ping (wrap in ``asyncio.timeout`` to bound it)."""
@@ -382,15 +388,22 @@ class Session(asyncio.Protocol):
                         self._log.log(logging.WARNING, "stream-violation", "resetting %s", reason)
                     self._drop_reset(stream_id, reason)
                 case StreamRefused(stream_id, reason):
-                    self._log.log(logging.WARNING, "stream-refused", "refusing stream %d: %s",
-                                  stream_id, reason)
+                    self._log.log(
+                        logging.WARNING,
+                        "stream-refused",
+                        "refusing stream %d: %s",
+                        stream_id,
+                        reason,
+                    )
                 case PongReceived(opaque):
                     if not self._pings.pong(opaque):
-                        self._log.log(logging.DEBUG, "stray-pong",
-                                      "ignoring pong %d nobody waits for", opaque)
+                        self._log.log(
+                            logging.DEBUG, "stray-pong", "ignoring pong %d nobody waits for", opaque
+                        )
                 case GoAwayReceived():
-                    self._log.log(logging.INFO, "go-away",
-                                  "peer sent go away: no new streams on this session")
+                    self._log.log(
+                        logging.INFO, "go-away", "peer sent go away: no new streams on this session"
+                    )
                     if not self._go_away.done():
                         self._go_away.set_result(None)
                     self._watch_abandoned_streams()
@@ -451,10 +464,12 @@ class Session(asyncio.Protocol):
 
     # ----------------------------------------------------------------- timers
     def _write_stalled(self, buffered: int) -> None:
-        self._shutdown(ConnectionWriteTimeoutError(
-            f"connection write timeout: the peer accepted no bytes for "
-            f"{self.config.connection_write_timeout} s ({buffered} bytes waiting)"
-        ))
+        self._shutdown(
+            ConnectionWriteTimeoutError(
+                f"connection write timeout: the peer accepted no bytes for "
+                f"{self.config.connection_write_timeout} s ({buffered} bytes waiting)"
+            )
+        )
 
     def _open_timed_out(self, stream_id: int) -> None:
         self._shutdown(
@@ -467,9 +482,11 @@ class Session(asyncio.Protocol):
 
     def _close_timed_out(self, stream_id: int) -> None:
         self._log.log(
-            logging.WARNING, "close-timeout",
+            logging.WARNING,
+            "close-timeout",
             "stream %d: peer sent no FIN within %s s of our close; resetting",
-            stream_id, self.config.stream_close_timeout,
+            stream_id,
+            self.config.stream_close_timeout,
         )
         self.reset_stream(stream_id)
 
@@ -501,7 +518,8 @@ class Session(asyncio.Protocol):
         if self._core.discarded_frames:
             self._logger.debug(
                 "session ended: discarded %d frames (%d bytes) for unknown streams",
-                self._core.discarded_frames, self._core.discarded_bytes,
+                self._core.discarded_frames,
+                self._core.discarded_bytes,
             )
         self._core.terminate(error, code)
         self._flush()

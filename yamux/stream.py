@@ -109,8 +109,7 @@ class Stream:
         self._writing_paused = False
 
     def __repr__(self) -> str:
-        return (f"<yamux.Stream id={self.id} {self._state.state.value} "
-                f"buffered={len(self._buffer)}>")
+        return f"<yamux.Stream id={self.id} {self._state.state.value} buffered={len(self._buffer)}>"
 
     @property
     def state(self) -> State:
@@ -216,8 +215,11 @@ class Stream:
         if data:
             link = self._link
             link.send_data(self.id, data if type(data) is bytes else bytes(data))
-            if (self._protocol is not None and not self._writing_paused
-                    and link.pending_bytes(self.id) > WRITE_BUFFER_LIMIT):
+            if (
+                self._protocol is not None
+                and not self._writing_paused
+                and link.pending_bytes(self.id) > WRITE_BUFFER_LIMIT
+            ):
                 self._writing_paused = True
                 link.watch_pending(self)
                 self._protocol.pause_writing()
@@ -345,8 +347,11 @@ class Stream:
                 self._writing_paused = False
                 if self._protocol is not None:
                     self._protocol.resume_writing()
-        return self._drain_waiter is not None or self._closed_waiter is not None or (
-            self._writing_paused)
+        return (
+            self._drain_waiter is not None
+            or self._closed_waiter is not None
+            or (self._writing_paused)
+        )
 
     # --------------------------------------------------------------- deadlines
     def set_read_deadline(self, when: float | None) -> None:

@@ -86,6 +86,7 @@ class Effect(Enum):
     CLOSED = "closed"
     RESET = "reset"
 
+
 EFFECT_DOCS = {
     Effect.ACKNOWLEDGED: "our open was ACKed: it leaves the backlog, its open timer stops.",
     Effect.ACCEPTED: "we accept the peer's open: it leaves the backlog, the ACK goes out.",
@@ -104,7 +105,6 @@ _S, _I, _E = State, Input, Effect
 LIFECYCLE: dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]] = {
     (_S.INIT, _I.SEND_SYN): (_S.SYN_SENT, ()),
     (_S.INIT, _I.RECV_SYN): (_S.SYN_RECEIVED, ()),
-
     (_S.SYN_SENT, _I.RECV_ACK): (_S.ESTABLISHED, ()),
     (_S.SYN_SENT, _I.SEND_DATA): (_S.SYN_SENT, ()),
     (_S.SYN_SENT, _I.RECV_DATA): (_S.SYN_SENT, ()),
@@ -112,7 +112,6 @@ LIFECYCLE: dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]] = {
     (_S.SYN_SENT, _I.RECV_FIN): (_S.REMOTE_CLOSE, (_E.ENDED,)),
     (_S.SYN_SENT, _I.SEND_RST): (_S.RESET, (_E.RESET,)),
     (_S.SYN_SENT, _I.RECV_RST): (_S.RESET, (_E.RESET,)),
-
     (_S.SYN_RECEIVED, _I.SEND_ACK): (_S.ESTABLISHED, ()),
     (_S.SYN_RECEIVED, _I.RECV_ACK): (_S.SYN_RECEIVED, ()),
     (_S.SYN_RECEIVED, _I.SEND_DATA): (_S.SYN_RECEIVED, ()),
@@ -121,7 +120,6 @@ LIFECYCLE: dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]] = {
     (_S.SYN_RECEIVED, _I.RECV_FIN): (_S.REMOTE_CLOSE, (_E.ENDED,)),
     (_S.SYN_RECEIVED, _I.SEND_RST): (_S.RESET, (_E.RESET,)),
     (_S.SYN_RECEIVED, _I.RECV_RST): (_S.RESET, (_E.RESET,)),
-
     (_S.ESTABLISHED, _I.SEND_ACK): (_S.ESTABLISHED, ()),
     (_S.ESTABLISHED, _I.RECV_ACK): (_S.ESTABLISHED, ()),
     (_S.ESTABLISHED, _I.SEND_DATA): (_S.ESTABLISHED, ()),
@@ -130,14 +128,12 @@ LIFECYCLE: dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]] = {
     (_S.ESTABLISHED, _I.RECV_FIN): (_S.REMOTE_CLOSE, (_E.ENDED,)),
     (_S.ESTABLISHED, _I.SEND_RST): (_S.RESET, (_E.RESET,)),
     (_S.ESTABLISHED, _I.RECV_RST): (_S.RESET, (_E.RESET,)),
-
     (_S.LOCAL_CLOSE, _I.SEND_ACK): (_S.LOCAL_CLOSE, ()),
     (_S.LOCAL_CLOSE, _I.RECV_ACK): (_S.LOCAL_CLOSE, ()),
     (_S.LOCAL_CLOSE, _I.RECV_DATA): (_S.LOCAL_CLOSE, ()),
     (_S.LOCAL_CLOSE, _I.RECV_FIN): (_S.CLOSED, (_E.ENDED, _E.CLOSED)),
     (_S.LOCAL_CLOSE, _I.SEND_RST): (_S.RESET, (_E.RESET,)),
     (_S.LOCAL_CLOSE, _I.RECV_RST): (_S.RESET, (_E.RESET,)),
-
     (_S.REMOTE_CLOSE, _I.SEND_ACK): (_S.REMOTE_CLOSE, ()),
     (_S.REMOTE_CLOSE, _I.RECV_ACK): (_S.REMOTE_CLOSE, ()),
     (_S.REMOTE_CLOSE, _I.SEND_DATA): (_S.REMOTE_CLOSE, ()),
@@ -145,7 +141,6 @@ LIFECYCLE: dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]] = {
     (_S.REMOTE_CLOSE, _I.SEND_FIN): (_S.CLOSED, (_E.CLOSED,)),
     (_S.REMOTE_CLOSE, _I.SEND_RST): (_S.RESET, (_E.RESET,)),
     (_S.REMOTE_CLOSE, _I.RECV_RST): (_S.RESET, (_E.RESET,)),
-
     (_S.CLOSED, _I.SEND_ACK): (_S.CLOSED, ()),
     (_S.CLOSED, _I.RECV_ACK): (_S.CLOSED, ()),
     (_S.CLOSED, _I.RECV_FIN): (_S.CLOSED, ()),
@@ -163,8 +158,7 @@ HANDSHAKE: dict[tuple[Handshake, Input], tuple[Handshake, tuple[Effect, ...]]] =
 """``(handshake, input) -> (next handshake, side effects)``; a missing pair changes nothing."""
 
 
-def _steps() -> dict[tuple[State, Handshake, Input],
-                    tuple[State, Handshake, tuple[Effect, ...]]]:
+def _steps() -> dict[tuple[State, Handshake, Input], tuple[State, Handshake, tuple[Effect, ...]]]:
     """Both tables folded into one lookup per step, derived once at import (not a third
     source of rules): ``(state, handshake, input) -> (state, handshake, side effects)``."""
     steps = {}
@@ -236,8 +230,10 @@ def render_tables() -> str:
     for (state, input_), (nxt, effects) in sorted(
         LIFECYCLE.items(), key=lambda kv: (order[kv[0][0]], inputs[kv[0][1]])
     ):
-        lines.append(f"| {state.value} | {input_.value} | {nxt.value} | "
-                     f"{', '.join(e.value for e in effects) or '-'} |")
+        lines.append(
+            f"| {state.value} | {input_.value} | {nxt.value} | "
+            f"{', '.join(e.value for e in effects) or '-'} |"
+        )
     lines += [
         "",
         "## Handshake",
@@ -248,8 +244,10 @@ def render_tables() -> str:
         "| --- | --- | --- | --- |",
     ]
     for (hs, input_), (nxt_hs, effects) in HANDSHAKE.items():
-        lines.append(f"| {hs.value} | {input_.value} | {nxt_hs.value} | "
-                     f"{', '.join(e.value for e in effects) or '-'} |")
+        lines.append(
+            f"| {hs.value} | {input_.value} | {nxt_hs.value} | "
+            f"{', '.join(e.value for e in effects) or '-'} |"
+        )
     lines += ["", "## Side effects", ""]
     lines += [f"- **{e.value}**: {EFFECT_DOCS[e]}" for e in Effect]
     return "\n".join(lines) + "\n"

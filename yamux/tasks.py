@@ -36,8 +36,13 @@ class TaskOwner:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str,
-              on_done: Callable[[asyncio.Task[T]], None] | None = None) -> asyncio.Task[T]:
+    def spawn(
+        self,
+        coro: Coroutine[Any, Any, T],
+        *,
+        name: str,
+        on_done: Callable[[asyncio.Task[T]], None] | None = None,
+    ) -> asyncio.Task[T]:
         """Start ``coro``; ``on_done(task)`` runs when it ends, even if it never started.
 
         ``on_done`` is called from the owner's one done callback: a second callback
@@ -92,8 +97,13 @@ async def run_stream_handler(handler: StreamHandler, stream: Stream, log: RateLi
         log.log(logging.INFO, "handler-ended", "stream %d: handler ended: %s", stream.id, exc)
         stream.reset()
     except Exception as exc:  # logged with its traceback; the session and other streams go on
-        log.log(logging.ERROR, "handler-failed",
-                "stream %d: handler failed; resetting the stream", stream.id, exc_info=exc)
+        log.log(
+            logging.ERROR,
+            "handler-failed",
+            "stream %d: handler failed; resetting the stream",
+            stream.id,
+            exc_info=exc,
+        )
         stream.reset()
     else:
         stream.close()

@@ -15,8 +15,9 @@ class StreamTimers:
 
     __slots__ = ("_callback", "_delay", "_loop", "_timers")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float,
-                 callback: Callable[[int], None]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, delay: float, callback: Callable[[int], None]
+    ) -> None:
         self._loop = loop
         self._delay = delay
         self._callback = callback
@@ -47,8 +48,9 @@ class WriteStallWatch:
 
     __slots__ = ("_loop", "_on_stall", "_timeout", "_timer")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float,
-                 on_stall: Callable[[int], None]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, timeout: float, on_stall: Callable[[int], None]
+    ) -> None:
         self._loop = loop
         self._timeout = timeout
         self._on_stall = on_stall

@@ -35,8 +35,19 @@ from libp2p.peer.id import ID
 from libp2p.stream_muxer.exceptions import MuxedConnUnavailable, MuxedStreamReset
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
-SCENARIOS = ("echo", "parallel", "bulk", "halfclose", "rst", "ping", "keepalive", "goaway",
-             "bigwindow", "openstorm", "closebusy")
+SCENARIOS = (
+    "echo",
+    "parallel",
+    "bulk",
+    "halfclose",
+    "rst",
+    "ping",
+    "keepalive",
+    "goaway",
+    "bigwindow",
+    "openstorm",
+    "closebusy",
+)
 UNSUPPORTED = {
     "goaway": "py-libp2p closes the session on any Go Away",
     "keepalive": "py-libp2p has no keepalive setting",
@@ -45,8 +56,20 @@ CHUNK = 256 * 1024
 PATTERN_LEN = (1 << 20) + 7
 BUSY_LIMIT = 5.0
 HANDLER_GRACE = 10.0
-ARITY = {"ECHO": 1, "XFER": 2, "HALFCLOSE": 1, "HALFCLOSE-REV": 1, "EXPECT-RST": 0,
-         "SEND-RST": 0, "PING": 1, "BIGWRITE": 1, "HOLD": 0, "FLOOD": 0, "STALL": 0, "BYE": 0}
+ARITY = {
+    "ECHO": 1,
+    "XFER": 2,
+    "HALFCLOSE": 1,
+    "HALFCLOSE-REV": 1,
+    "EXPECT-RST": 0,
+    "SEND-RST": 0,
+    "PING": 1,
+    "BIGWRITE": 1,
+    "HOLD": 0,
+    "FLOOD": 0,
+    "STALL": 0,
+    "BYE": 0,
+}
 
 
 class ScenarioError(Exception):
@@ -84,18 +107,28 @@ def parse_options(argv: list[str]) -> dict[str, Any]:
     if raw.get("role") not in ("client", "server") or not raw.get("addr") or sc not in SCENARIOS:
         raise ValueError("usage: yamux_peer.py -role client|server -addr HOST:PORT -scenario NAME")
     backlog = int(raw.get("backlog", 256))
-    size_default = {"parallel": 8 << 20, "bulk": 1 << 30, "rst": 64 << 10, "goaway": 64 << 10,
-                    "keepalive": 64 << 20, "openstorm": 32}.get(sc, 1 << 20)
+    size_default = {
+        "parallel": 8 << 20,
+        "bulk": 1 << 30,
+        "rst": 64 << 10,
+        "goaway": 64 << 10,
+        "keepalive": 64 << 20,
+        "openstorm": 32,
+    }.get(sc, 1 << 20)
     window = parse_size(raw.get("window", "16MiB" if sc == "bigwindow" else "256KiB"))
     if sc == "bigwindow":
         size_default = window - (64 << 10)
     size = parse_size(raw["size"]) if "size" in raw else size_default
     streams_default = {"parallel": 100, "openstorm": 5 * backlog, "closebusy": 4}.get(sc, 1)
     return {
-        "role": raw["role"], "addr": raw["addr"], "scenario": sc,
+        "role": raw["role"],
+        "addr": raw["addr"],
+        "scenario": sc,
         "listen": raw.get("listen") == "true",
-        "size": size, "down": parse_size(raw["down"]) if "down" in raw else size,
-        "window": window, "backlog": backlog,
+        "size": size,
+        "down": parse_size(raw["down"]) if "down" in raw else size,
+        "window": window,
+        "backlog": backlog,
         "streams": int(raw.get("streams") or streams_default),
         "count": int(raw.get("count") or (5 if sc == "ping" else 1)),
         "seed": int(raw.get("seed", 1)),
@@ -140,8 +173,11 @@ class Meter:
 
     @classmethod
     def unfinished(cls) -> list[str]:
-        return [f"{m.name}: seen {m.seen} of {m.expected} bytes"
-                for m in cls.all if m.expected >= 0 and m.seen != m.expected][:20]
+        return [
+            f"{m.name}: seen {m.seen} of {m.expected} bytes"
+            for m in cls.all
+            if m.expected >= 0 and m.seen != m.expected
+        ][:20]
 
 
 class Conn:
@@ -334,7 +370,8 @@ async def echo(p: Peer, n: int, salt: int) -> None:
     tx, rx = hashlib.sha256(), hashlib.sha256()
     await concurrently(
         lambda: c.write_payload(n, salt, tx, Meter(f"ECHO stream {c.id} sent", n)),
-        lambda: c.read_n(n, rx, Meter(f"ECHO stream {c.id} echoed back", n)))
+        lambda: c.read_n(n, rx, Meter(f"ECHO stream {c.id} echoed back", n)),
+    )
     if sha(tx) != sha(rx):
         raise ScenarioError(f"ECHO stream {c.id}: echoed bytes differ")
     await finish(c)
@@ -350,7 +387,8 @@ async def xfer(p: Peer, up: int, down: int, salt: int) -> None:
         return await c.read_line()
 
     _, line = await concurrently(
-        lambda: c.write_payload(up, salt, tx, Meter(f"{what} sent", up)), receive)
+        lambda: c.write_payload(up, salt, tx, Meter(f"{what} sent", up)), receive
+    )
     if line != f"{sha(tx)} {sha(rx)}":
         raise ScenarioError(f"{what}: digest line {line!r} does not match")
     await finish(c)
@@ -402,10 +440,12 @@ async def sc_echo(p: Peer) -> None:
 
 async def sc_parallel(p: Peer) -> None:
     rng = random.Random(p.o["seed"])
-    sizes = [(rng.randint(0, p.o["size"]), rng.randint(0, p.o["size"]))
-             for _ in range(p.o["streams"])]
-    await many(p, "XFER", [lambda u=u, d=d, i=i: xfer(p, u, d, i)
-                           for i, (u, d) in enumerate(sizes)])
+    sizes = [
+        (rng.randint(0, p.o["size"]), rng.randint(0, p.o["size"])) for _ in range(p.o["streams"])
+    ]
+    await many(
+        p, "XFER", [lambda u=u, d=d, i=i: xfer(p, u, d, i) for i, (u, d) in enumerate(sizes)]
+    )
     p.note("streams", len(sizes))
 
 
@@ -486,8 +526,15 @@ async def sc_closebusy(p: Peer) -> None:
         await p.muxer.secured_conn.close()  # abrupt, like the Go active (no Go Away)
 
     with trio.move_on_after(0.5 + BUSY_LIMIT) as scope:
-        await many(p, "busy", [*(lambda c=c: hold(c) for c in kinds["HOLD"]),
-                               *(lambda c=c: stall(c) for c in kinds["STALL"]), close_abruptly])
+        await many(
+            p,
+            "busy",
+            [
+                *(lambda c=c: hold(c) for c in kinds["HOLD"]),
+                *(lambda c=c: stall(c) for c in kinds["STALL"]),
+                close_abruptly,
+            ],
+        )
     if scope.cancelled_caught:
         raise ScenarioError(f"pending reads/writes still hang {BUSY_LIMIT}s after the close")
     p.note("pending_ops_ended", len(ended))
@@ -605,7 +652,8 @@ class Passive:
         tx, rx = hashlib.sha256(), hashlib.sha256()
         await concurrently(
             lambda: c.write_payload(down, c.id, tx, Meter(f"XFER stream {c.id} sent", down)),
-            lambda: c.read_n(up, rx, Meter(f"XFER stream {c.id} received", up)))
+            lambda: c.read_n(up, rx, Meter(f"XFER stream {c.id} received", up)),
+        )
         await c.write_line(f"{sha(rx)} {sha(tx)}")
         await c.close_write()
 
@@ -681,10 +729,14 @@ class Passive:
                 self.p.fail(f"served {s[cmd]} {cmd} streams successfully, want {n}")
 
         sc = o["scenario"]
-        wanted = {"echo": [("ECHO", 1)], "bulk": [("XFER", 1)], "ping": [("PING", 1)],
-                  "halfclose": [("HALFCLOSE", 1), ("HALFCLOSE-REV", 1)],
-                  "rst": [("EXPECT-RST", 1), ("SEND-RST", 1), ("ECHO", 1)],
-                  "bigwindow": [("BIGWRITE", 1)]}
+        wanted = {
+            "echo": [("ECHO", 1)],
+            "bulk": [("XFER", 1)],
+            "ping": [("PING", 1)],
+            "halfclose": [("HALFCLOSE", 1), ("HALFCLOSE-REV", 1)],
+            "rst": [("EXPECT-RST", 1), ("SEND-RST", 1), ("ECHO", 1)],
+            "bigwindow": [("BIGWRITE", 1)],
+        }
         for cmd, n in wanted.get(sc, []):
             need(cmd, n)
         if sc == "parallel":
@@ -771,8 +823,11 @@ def main(argv: list[str]) -> int:
             print(prefix + f"unfinished {m}", file=sys.stderr)
         return 1
     details = " ".join(p.details)
-    print(f"OK {o['scenario']} {o['role']} elapsed={time.monotonic() - start:.3f}s {details}"
-          .rstrip(), flush=True)
+    print(
+        f"OK {o['scenario']} {o['role']} "
+        f"elapsed={time.monotonic() - start:.3f}s {details}".rstrip(),
+        flush=True,
+    )
     return 0
 
 

@@ -27,7 +27,18 @@ from .run import Outcome, PeerListener, run_against, run_against_go
 from .tap import WireStats, WireTap
 
 __all__ = [
-    "INITIAL_WINDOW", "ROLES", "SCENARIOS", "Outcome", "Params", "PeerListener", "Report",
-    "ScenarioError", "WireStats", "WireTap", "run_active", "run_against", "run_against_go",
+    "INITIAL_WINDOW",
+    "ROLES",
+    "SCENARIOS",
+    "Outcome",
+    "Params",
+    "PeerListener",
+    "Report",
+    "ScenarioError",
+    "WireStats",
+    "WireTap",
+    "run_active",
+    "run_against",
+    "run_against_go",
     "run_passive",
 ]

@@ -105,8 +105,10 @@ class Active:
 
     async def sc_parallel(self) -> None:
         rng = random.Random(self.p.seed)
-        jobs = [(rng.randint(0, self.p.size), rng.randint(0, self.p.size))
-                for _ in range(self.p.streams)]
+        jobs = [
+            (rng.randint(0, self.p.size), rng.randint(0, self.p.size))
+            for _ in range(self.p.streams)
+        ]
         self.report.notes.update(streams=len(jobs), bytes_both_ways=sum(u + d for u, d in jobs))
         await self.gather("XFER", [self.xfer(up, down, i) for i, (up, down) in enumerate(jobs)])
 
@@ -117,8 +119,7 @@ class Active:
     async def sc_halfclose(self) -> None:
         n = self.p.size
         await closer(await self.open(f"HALFCLOSE {n}"), self.report, payload=n, n=n, salt=1)
-        await drainer(await self.open(f"HALFCLOSE-REV {n}"), self.report, n=n, salt=2,
-                      expect_m=n)
+        await drainer(await self.open(f"HALFCLOSE-REV {n}"), self.report, n=n, salt=2, expect_m=n)
         self.report.notes.update(closer_sent=n, drainer_sent=n)
 
     async def sc_rst(self) -> None:
@@ -173,8 +174,9 @@ class Active:
         except ScenarioError as exc:
             raise ScenarioError(f"S2 (SEND-GOAWAY): {exc}") from exc
         await finish(s2)
-        self.report.notes.update(peer_open_after_our_goaway=repr(result), our_open=how,
-                                 syn_after_our_goaway=syn_after)
+        self.report.notes.update(
+            peer_open_after_our_goaway=repr(result), our_open=how, syn_after_our_goaway=syn_after
+        )
 
     async def sc_bigwindow(self) -> None:
         n = self.p.size
@@ -213,8 +215,9 @@ class Active:
             return result, loop.time()
 
         pending = [asyncio.ensure_future(timed(read_until_end(s))) for s in kinds["HOLD"]]
-        pending += [asyncio.ensure_future(timed(write_until_error(s, self.p, 5)))
-                    for s in kinds["STALL"]]
+        pending += [
+            asyncio.ensure_future(timed(write_until_error(s, self.p, 5))) for s in kinds["STALL"]
+        ]
         try:
             await asyncio.sleep(0.5)  # FLOOD and STALL exhaust their windows
             closed_at = loop.time()

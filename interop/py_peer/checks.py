@@ -57,8 +57,12 @@ def check_big_frames(report: Report, n: int) -> None:
     """bigwindow: both single n-byte writes crossed as one Data frame; both sides granted."""
     sent, recv = report.tap.sent, report.tap.recv
     extra = report.params.window - INITIAL_WINDOW
-    report.notes.update(big_write=n, peer_grant_on_synack=recv.max_grant,
-                        largest_rx_frame=recv.max_data, largest_tx_frame=sent.max_data)
+    report.notes.update(
+        big_write=n,
+        peer_grant_on_synack=recv.max_grant,
+        largest_rx_frame=recv.max_data,
+        largest_tx_frame=sent.max_data,
+    )
     if not report.params.grants_on_synack:
         return  # the digests checked the bytes; frame sizes depend on the peer's own tuning
     if recv.max_data < n:
@@ -72,5 +76,3 @@ def check_big_frames(report: Report, n: int) -> None:
         report.fail(f"we granted {sent.max_grant} extra on our SYN/ACK, want {extra}")
     if recv.max_grant != extra:
         report.fail(f"the peer granted {recv.max_grant} extra on its SYN/ACK, want {extra}")
-
-

@@ -30,7 +30,6 @@ COMMAND_ARITY: Final = {
 }  # fmt: skip
 
 
-
 class ScenarioError(Exception):
     """A check of the Python side failed; the message says what was seen and expected."""
 
@@ -119,5 +118,3 @@ class Params:
             # bigwindow: our single big write may then leave as one Data frame too.
             max_frame_size=max(64 * 1024, self.window if self.scenario == "bigwindow" else 0),
         )
-
-

@@ -77,8 +77,10 @@ class Passive:
             async with asyncio.timeout(HANDLER_GRACE):
                 await self.handlers.wait()
         except TimeoutError:
-            self.report.fail(f"{len(self.handlers)} stream handlers still running "
-                             f"{HANDLER_GRACE}s after the session ended")
+            self.report.fail(
+                f"{len(self.handlers)} stream handlers still running "
+                f"{HANDLER_GRACE}s after the session ended"
+            )
             await self.handlers.close()
 
     async def serve(self, stream: yamux.Stream) -> None:
@@ -132,8 +134,14 @@ class Passive:
 
     async def cmd_xfer(self, stream: yamux.Stream, up: int, down: int) -> None:
         with pings_during(self.report, "xfer"):
-            tx, rx = await transfer(stream, self.report, f"XFER stream {stream.id}", send=down,
-                                    receive=up, salt=stream.id)
+            tx, rx = await transfer(
+                stream,
+                self.report,
+                f"XFER stream {stream.id}",
+                send=down,
+                receive=up,
+                salt=stream.id,
+            )
         write_line(stream, f"{sha(rx)} {sha(tx)}")
         stream.close()
 
@@ -157,13 +165,16 @@ class Passive:
 
     async def cmd_expect_goaway(self, stream: yamux.Stream) -> None:
         self.report.notes["our_open_after_peer_goaway"] = await refused_after_goaway(
-            self.session, stream, self.report)
+            self.session, stream, self.report
+        )
         stream.close()
 
     async def cmd_send_goaway(self, stream: yamux.Stream) -> None:
         line = await send_goaway(self.session, stream)
-        self.report.notes.update(peer_open_after_our_goaway=repr(line),
-                                 syn_after_our_goaway=self.report.tap.syn_after_our_goaway)
+        self.report.notes.update(
+            peer_open_after_our_goaway=repr(line),
+            syn_after_our_goaway=self.report.tap.syn_after_our_goaway,
+        )
         stream.close()
 
     async def cmd_bigwrite(self, stream: yamux.Stream, n: int) -> None:
@@ -248,13 +259,12 @@ class Passive:
             worst = max((t - end for t in self.busy_ends), default=0.0)
             if worst > BUSY_LIMIT:
                 r.fail(f"busy operations ended up to {worst:.3f}s after the session ended")
-            r.notes.update(busy_ops_ended=len(self.busy_ends),
-                           worst_after_session_end=round(worst, 3))
+            r.notes.update(
+                busy_ops_ended=len(self.busy_ends), worst_after_session_end=round(worst, 3)
+            )
         r.notes["served"] = ",".join(f"{k}:{v}" for k, v in sorted(s.items()))
 
 
 async def run_passive(session: yamux.Session, report: Report) -> None:
     """Serve the scenario as yamux server until the session ends; then the final checks."""
     await Passive(session, report).run()
-
-

@@ -13,6 +13,7 @@ from .tap import WireTap
 
 logger = logging.getLogger("interop.py_peer")
 
+
 @dataclass
 class Meter:
     name: str
@@ -66,5 +67,3 @@ class Report:
             lines.append(f"  session close_reason: {self.session.close_reason!r}")
         lines += [f"  wire {line}" for line in str(self.tap).splitlines()]
         return "\n".join(lines)
-
-

@@ -31,8 +31,9 @@ from .streamio import (
 )
 
 
-async def transfer(stream: yamux.Stream, report: Report, what: str, *, send: int, receive: int,
-                   salt: int) -> tuple[Any, Any]:
+async def transfer(
+    stream: yamux.Stream, report: Report, what: str, *, send: int, receive: int, salt: int
+) -> tuple[Any, Any]:
     """Send ``send`` pattern bytes while reading exactly ``receive``: (sent, received) digests."""
     p = report.params
     tx, rx = hashlib.sha256(), hashlib.sha256()
@@ -43,15 +44,15 @@ async def transfer(stream: yamux.Stream, report: Report, what: str, *, send: int
     return tx, rx
 
 
-async def closer(stream: yamux.Stream, report: Report, *, payload: int, n: int,
-                 salt: int) -> None:
+async def closer(stream: yamux.Stream, report: Report, *, payload: int, n: int, salt: int) -> None:
     """Send payload, FIN, then -- after our own FIN -- read n bytes and the result line; EOF."""
     p = report.params
     what = f"half-close closer stream {stream.id}"
     tx, rx = hashlib.sha256(), hashlib.sha256()
     try:
-        await write_payload(stream, payload, p.seed, salt, tx,
-                            report.meter(payload, f"{what} sent"))
+        await write_payload(
+            stream, payload, p.seed, salt, tx, report.meter(payload, f"{what} sent")
+        )
         stream.close()
         await read_n(stream, n, rx, report.meter(n, f"{what} received after own FIN"))
         line = await read_line(stream)
@@ -63,8 +64,9 @@ async def closer(stream: yamux.Stream, report: Report, *, payload: int, n: int,
         raise ScenarioError(f"{what}: {exc}") from exc
 
 
-async def drainer(stream: yamux.Stream, report: Report, *, n: int, salt: int,
-                  expect_m: int) -> None:
+async def drainer(
+    stream: yamux.Stream, report: Report, *, n: int, salt: int, expect_m: int
+) -> None:
     """Read to the peer's FIN (m bytes), then send n bytes, ``<m> <rx sha> <tx sha>``, FIN."""
     p = report.params
     what = f"half-close drainer stream {stream.id}"
@@ -73,8 +75,9 @@ async def drainer(stream: yamux.Stream, report: Report, *, n: int, salt: int,
         if m != expect_m:
             raise ScenarioError(f"received {m} bytes before the peer's FIN, want {expect_m}")
         tx = hashlib.sha256()
-        await write_payload(stream, n, p.seed, salt, tx,
-                            report.meter(n, f"{what} sent after the peer's FIN"))
+        await write_payload(
+            stream, n, p.seed, salt, tx, report.meter(n, f"{what} sent after the peer's FIN")
+        )
         write_line(stream, f"{m} {rx} {sha(tx)}")
         stream.close()
     except ScenarioError as exc:
@@ -119,15 +122,15 @@ async def send_goaway(session: yamux.Session, stream: yamux.Stream) -> str:
     return line
 
 
-async def refused_after_goaway(session: yamux.Session, stream: yamux.Stream,
-                               report: Report) -> str:
+async def refused_after_goaway(session: yamux.Session, stream: yamux.Stream, report: Report) -> str:
     """After the peer's ``SENT`` (its Go Away came first) our open must fail; report how."""
     await expect_line(stream, "SENT")
     recv = report.tap.recv
     if recv.go_away < 1 or recv.go_away_code != 0 or not session.remote_go_away:
         raise ScenarioError(
             f"got SENT but {recv.go_away} go away frames (last code {recv.go_away_code}), "
-            f"session.remote_go_away={session.remote_go_away}")
+            f"session.remote_go_away={session.remote_go_away}"
+        )
     how = await open_after_goaway(session)
     write_line(stream, f"OPEN-REFUSED {how}" if how != "ok" else "OPEN-OK")
     if how == "ok":

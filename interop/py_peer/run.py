@@ -94,8 +94,12 @@ class Outcome:
     @property
     def go_ok(self) -> bool:
         prefix = f"OK {self.params.scenario} {self.go_role} "
-        return (self.go is not None and self.go.returncode == 0
-                and self.go.ok_line is not None and self.go.ok_line.startswith(prefix))
+        return (
+            self.go is not None
+            and self.go.returncode == 0
+            and self.go.ok_line is not None
+            and self.go.ok_line.startswith(prefix)
+        )
 
     @property
     def py_ok(self) -> bool:
@@ -133,9 +137,13 @@ class Outcome:
             out.append(f"python exception: {self.py_error!r}")
         out.append(self.report.describe())
         if self.go is not None:
-            out += [f"go exit code {self.go.returncode}; OK line: {self.go.ok_line!r}",
-                    "--- go stdout", self.go.stdout.rstrip(),
-                    "--- go stderr (tail)", self.go.stderr[-6000:].rstrip()]
+            out += [
+                f"go exit code {self.go.returncode}; OK line: {self.go.ok_line!r}",
+                "--- go stdout",
+                self.go.stdout.rstrip(),
+                "--- go stderr (tail)",
+                self.go.stderr[-6000:].rstrip(),
+            ]
         if self.go_error:
             out += ["--- go harness error", self.go_error.rstrip()]
         if self.py_traceback:
@@ -162,8 +170,9 @@ async def run_against(family: str, scenario: str, py_role: str, **overrides: Any
     outcome = Outcome(params, py_role, report, family)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    async with PeerListener(client=py_role == "client", config=params.config(),
-                            tap=report.tap) as listener:
+    async with PeerListener(
+        client=py_role == "client", config=params.config(), tap=report.tap
+    ) as listener:
         assert listener.accepted is not None
         go = await asyncio.to_thread(
             fam.start_peer, outcome.go_role, listener.addr, scenario, **params.go_knobs()
@@ -174,8 +183,10 @@ async def run_against(family: str, scenario: str, py_role: str, **overrides: Any
             first: set[asyncio.Future[Any]] = {listener.accepted, go_exit}
             await asyncio.wait(first, timeout=60, return_when=asyncio.FIRST_COMPLETED)
             if not listener.accepted.done():
-                raise ScenarioError(f"the {family} peer did not connect"
-                                    + (" (it exited)" if go_exit.done() else " within 60s"))
+                raise ScenarioError(
+                    f"the {family} peer did not connect"
+                    + (" (it exited)" if go_exit.done() else " within 60s")
+                )
             session = report.session = listener.accepted.result()
             side = run_active if py_role == "client" else run_passive
             async with asyncio.timeout(params.timeout + 10):
@@ -205,5 +216,3 @@ async def run_against(family: str, scenario: str, py_role: str, **overrides: Any
                 report.fail(f"{listener.extra_connections} unexpected extra connections")
     outcome.wall_s = loop.time() - t0
     return outcome
-
-

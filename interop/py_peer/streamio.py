@@ -167,4 +167,3 @@ async def concurrently(*coros: Awaitable[Any]) -> list[Any]:
 
 def sha(digest: Any) -> str:
     return str(digest.hexdigest())
-

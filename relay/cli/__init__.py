@@ -23,8 +23,19 @@ from .commands import cli
 from .registry import COMMON, ENV_PREFIX, FORWARDER, RELAY, option, option_names
 from .run import event_loop_factory
 
-__all__ = ["COMMON", "EXIT_SIGINT", "FORWARDER", "RELAY", "build_forwarder", "build_server",
-           "cli", "event_loop_factory", "main", "option", "option_names"]
+__all__ = [
+    "COMMON",
+    "EXIT_SIGINT",
+    "FORWARDER",
+    "RELAY",
+    "build_forwarder",
+    "build_server",
+    "cli",
+    "event_loop_factory",
+    "main",
+    "option",
+    "option_names",
+]
 
 logger = logging.getLogger("relay.cli")
 EXIT_SIGINT = drain.EXIT_SIGINT
@@ -33,7 +44,9 @@ EXIT_SIGINT = drain.EXIT_SIGINT
 def _json_requested(argv: Sequence[str]) -> bool:
     """``--log-format json`` on the command line or in RELAY_LOG_FORMAT (before parsing)."""
     for i, arg in enumerate(argv):
-        if arg == "--log-format=json" or (arg == "--log-format" and argv[i + 1:i + 2] == ["json"]):
+        if arg == "--log-format=json" or (
+            arg == "--log-format" and argv[i + 1 : i + 2] == ["json"]
+        ):
             return True
     return os.environ.get(ENV_PREFIX + "LOG_FORMAT") == "json"
 
@@ -53,8 +66,9 @@ def main() -> None:
         else:
             logs.setup("info", "json")
             usage = exc.ctx.get_usage() if isinstance(exc, click.UsageError) and exc.ctx else None
-            logger.error("%s", exc.format_message(),
-                         extra={"exit_code": exc.exit_code, "usage": usage})
+            logger.error(
+                "%s", exc.format_message(), extra={"exit_code": exc.exit_code, "usage": usage}
+            )
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):
         sys.exit(EXIT_SIGINT)

@@ -33,8 +33,9 @@ def yamux_config(opts: dict[str, Any]) -> yamux.Config:
             max_stream_window_size=opts["max_stream_window"],
             max_session_window=opts["max_session_window"],
             window_autotune=opts["window_autotune"],
-            window_budget=(yamux.WindowBudget(opts["max_total_window"])
-                           if opts["window_autotune"] else None),
+            window_budget=(
+                yamux.WindowBudget(opts["max_total_window"]) if opts["window_autotune"] else None
+            ),
         )
     except yamux.ConfigError as exc:
         raise click.UsageError(str(exc)) from None
@@ -62,8 +63,10 @@ def _authenticator(ctx: click.Context, opts: dict[str, Any]) -> Authenticator | 
         if found is not None and found.clients:
             clients = parse_auth_clients(found.clients, found.path.parent)
         if secret is not None and (clients or opts["auth_file"]):
-            raise AuthConfigError("give a shared secret (--secret, RELAY_SECRET, --secret-file) "
-                                  "or named clients (--auth-file, [[server.clients]]), not both")
+            raise AuthConfigError(
+                "give a shared secret (--secret, RELAY_SECRET, --secret-file) "
+                "or named clients (--auth-file, [[server.clients]]), not both"
+            )
         if secret is None and not clients and not opts["auth_file"]:
             return None
         return Authenticator(secret=secret, clients=clients, auth_file=opts["auth_file"])
@@ -71,40 +74,60 @@ def _authenticator(ctx: click.Context, opts: dict[str, Any]) -> Authenticator | 
         raise click.UsageError(str(exc), ctx) from None
 
 
-def build_server(ctx: click.Context, port: int,
-                 opts: dict[str, Any]) -> RelayServer | NotifyRelay:
+def build_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> RelayServer | NotifyRelay:
     """The relay that ``relay server`` runs, from the merged options."""
     if opts["protocol"] == "notify":
         found = loaded_config(ctx)
-        if (opts["secret"] or opts["secret_file"] or opts["auth_file"] or opts["tls_cert"]
-                or opts["state_dir"] or (found is not None and found.clients)):
-            raise click.UsageError("the notify protocol has no authentication, TLS or leases: "
-                                   "drop --secret, --auth-file, [[server.clients]], --tls-cert, "
-                                   "--state-dir", ctx)
+        if (
+            opts["secret"]
+            or opts["secret_file"]
+            or opts["auth_file"]
+            or opts["tls_cert"]
+            or opts["state_dir"]
+            or (found is not None and found.clients)
+        ):
+            raise click.UsageError(
+                "the notify protocol has no authentication, TLS or leases: "
+                "drop --secret, --auth-file, [[server.clients]], --tls-cert, "
+                "--state-dir",
+                ctx,
+            )
         return NotifyRelay(
-            port, host=opts["bind"], port_range=opts["port_range"],
-            max_sessions=opts["max_sessions"], max_connections=opts["max_connections"],
-            handshake_timeout=opts["handshake_timeout"])
+            port,
+            host=opts["bind"],
+            port_range=opts["port_range"],
+            max_sessions=opts["max_sessions"],
+            max_connections=opts["max_connections"],
+            handshake_timeout=opts["handshake_timeout"],
+        )
     tls = None
     if opts["tls_cert"] is not None:
         try:
-            tls = server_context(opts["tls_cert"], opts["tls_key"] or opts["tls_cert"],
-                                 opts["tls_client_ca"])
+            tls = server_context(
+                opts["tls_cert"], opts["tls_key"] or opts["tls_cert"], opts["tls_client_ca"]
+            )
         except TLSConfigError as exc:
             raise click.UsageError(str(exc), ctx) from None
     elif opts["tls_key"] is not None or opts["tls_client_ca"] is not None:
         raise click.UsageError("--tls-key and --tls-client-ca need --tls-cert", ctx)
     return RelayServer(
-        port, host=opts["bind"], port_range=opts["port_range"],
-        max_sessions=opts["max_sessions"], max_connections=opts["max_connections"],
-        handshake_timeout=opts["handshake_timeout"], yamux_config=yamux_config(opts),
+        port,
+        host=opts["bind"],
+        port_range=opts["port_range"],
+        max_sessions=opts["max_sessions"],
+        max_connections=opts["max_connections"],
+        handshake_timeout=opts["handshake_timeout"],
+        yamux_config=yamux_config(opts),
         limits=Limits(
             idle_timeout=opts["idle_timeout"],
             max_connections_per_source=opts["max_connections_per_source"],
             max_pending_registrations_per_source=opts["max_pending_registrations_per_source"],
         ),
-        protocol=opts["protocol"], auth=_authenticator(ctx, opts), ssl=tls,
-        state_dir=opts["state_dir"], lease_ttl=opts["lease_ttl"],
+        protocol=opts["protocol"],
+        auth=_authenticator(ctx, opts),
+        ssl=tls,
+        state_dir=opts["state_dir"],
+        lease_ttl=opts["lease_ttl"],
         max_name_leases=opts["max_name_leases"],
     )
 
@@ -120,8 +143,9 @@ def client_tls(ctx: click.Context, opts: dict[str, Any]) -> ssl.SSLContext | Non
         raise click.UsageError(str(exc), ctx) from None
 
 
-def build_forwarder(ctx: click.Context, host: str, port: int, services: Sequence[Service],
-                    opts: dict[str, Any]) -> Forwarder:
+def build_forwarder(
+    ctx: click.Context, host: str, port: int, services: Sequence[Service], opts: dict[str, Any]
+) -> Forwarder:
     """The forwarder of every service (each its own registration), from the merged options.
 
     ``--name`` and ``--remote-port`` belong to the LOCAL_PORT service (the
@@ -130,12 +154,16 @@ def build_forwarder(ctx: click.Context, host: str, port: int, services: Sequence
     if opts["reconnect_max_delay"] < opts["reconnect_delay"]:
         raise click.BadParameter(
             f"{opts['reconnect_max_delay']:g} is less than --reconnect-delay "
-            f"{opts['reconnect_delay']:g}", ctx, param_hint="'--reconnect-max-delay'")
+            f"{opts['reconnect_delay']:g}",
+            ctx,
+            param_hint="'--reconnect-max-delay'",
+        )
     secret = shared_secret(ctx, opts)
     tls = client_tls(ctx, opts)
     if opts["client_name"] is not None and not NAME.fullmatch(opts["client_name"]):
-        raise click.BadParameter("use 1-64 of A-Z a-z 0-9 . _ @ -", ctx,
-                                 param_hint="'--client-name'")
+        raise click.BadParameter(
+            "use 1-64 of A-Z a-z 0-9 . _ @ -", ctx, param_hint="'--client-name'"
+        )
     default_host = opts["local_forward_host"]
     try:
         forwarded = [
@@ -145,22 +173,34 @@ def build_forwarder(ctx: click.Context, host: str, port: int, services: Sequence
         if forwarded and len(forwarded) == 1 and (opts["name"] or opts["remote_port"]):
             only = forwarded[0]
             forwarded[0] = ForwardedService(
-                only.local_port, only.local_host, opts["name"] or only.name,
-                opts["remote_port"] or only.remote_port)
+                only.local_port,
+                only.local_host,
+                opts["name"] or only.name,
+                opts["remote_port"] or only.remote_port,
+            )
         elif opts["name"] or opts["remote_port"]:
             raise click.UsageError(
                 "--name and --remote-port apply to a single LOCAL_PORT service; give each of "
-                "several services its own with --service NAME=LOCAL_PORT[:REMOTE_PORT]", ctx)
+                "several services its own with --service NAME=LOCAL_PORT[:REMOTE_PORT]",
+                ctx,
+            )
         forwarded += [ForwardedService.parse(text, default_host) for text in opts["service"]]
         return Forwarder(
-            relay_host=host, relay_port=port, services=forwarded,
-            reconnect=opts["reconnect"], reconnect_delay=opts["reconnect_delay"],
+            relay_host=host,
+            relay_port=port,
+            services=forwarded,
+            reconnect=opts["reconnect"],
+            reconnect_delay=opts["reconnect_delay"],
             reconnect_max_delay=opts["reconnect_max_delay"],
-            connect_timeout=opts["connect_timeout"], yamux_config=yamux_config(opts),
-            secret=secret, client_name=opts["client_name"], ssl=tls,
+            connect_timeout=opts["connect_timeout"],
+            yamux_config=yamux_config(opts),
+            secret=secret,
+            client_name=opts["client_name"],
+            ssl=tls,
             tls_server_name=opts["tls_server_name"],
             proxy_protocol=PROXY_VERSIONS.get(opts["proxy_protocol"] or ""),
-            require_v2=opts["require_v2"], on_endpoint=ReadyWhenAllRegistered(len(forwarded)),
+            require_v2=opts["require_v2"],
+            on_endpoint=ReadyWhenAllRegistered(len(forwarded)),
         )
     except ValueError as exc:
         raise click.UsageError(str(exc), ctx) from None

@@ -44,14 +44,25 @@ def _seed(ctx: click.Context, **opts: Any) -> None:
 
 
 seed_command = GroupedCommand(
-    "relay", callback=click.pass_context(_seed), help=SEED_HELP, context_settings=CONTEXT,
-    usages=("[OPTIONS] PORT", "[OPTIONS] --local-forward-port LOCAL_PORT HOST PORT",
-            "server [OPTIONS] PORT", "forward [OPTIONS] LOCAL_PORT HOST PORT"),
+    "relay",
+    callback=click.pass_context(_seed),
+    help=SEED_HELP,
+    context_settings=CONTEXT,
+    usages=(
+        "[OPTIONS] PORT",
+        "[OPTIONS] --local-forward-port LOCAL_PORT HOST PORT",
+        "server [OPTIONS] PORT",
+        "forward [OPTIONS] LOCAL_PORT HOST PORT",
+    ),
     params=[
         click.Argument(["args"], nargs=-1, metavar="PORT | HOST PORT"),
-        GroupedOption(["--local-forward-port", "--localForwardPort", "local_forward_port"],
-                      type=PORT, metavar="LOCAL_PORT", group=FORWARDER,
-                      help="Port of the local service to expose; selects forwarder mode."),
+        GroupedOption(
+            ["--local-forward-port", "--localForwardPort", "local_forward_port"],
+            type=PORT,
+            metavar="LOCAL_PORT",
+            group=FORWARDER,
+            help="Port of the local service to expose; selects forwarder mode.",
+        ),
         *command_params(RELAY, FORWARDER, COMMON),
     ],
 )
@@ -61,17 +72,20 @@ def _server(ctx: click.Context, port: int | None, **opts: Any) -> None:
     if port is None:
         found = loaded_config(ctx)
         if found is None or "port" not in found.server:
-            raise click.UsageError("missing argument PORT (or port in the [server] table of "
-                                   "the --config file)", ctx)
+            raise click.UsageError(
+                "missing argument PORT (or port in the [server] table of the --config file)", ctx
+            )
         port = port_argument(ctx, str(found.server["port"]), "PORT")
     run_server(ctx, port, opts)
 
 
 server_command = GroupedCommand(
-    "server", callback=click.pass_context(_server), help=SERVER_HELP, context_settings=CONTEXT,
+    "server",
+    callback=click.pass_context(_server),
+    help=SERVER_HELP,
+    context_settings=CONTEXT,
     short_help="Run a relay: accept registrations on control PORT.",
-    params=[click.Argument(["port"], type=PORT, required=False),
-            *command_params(RELAY, COMMON)],
+    params=[click.Argument(["port"], type=PORT, required=False), *command_params(RELAY, COMMON)],
 )
 
 
@@ -94,33 +108,49 @@ def _forward(ctx: click.Context, args: tuple[str, ...], **opts: Any) -> None:
     elif len(args) == 2:
         raise click.UsageError(
             f"got {' '.join(args)}: give LOCAL_PORT and the relay as HOST PORT or HOST:PORT, "
-            f"e.g. relay forward 6379 {args[1]} 7000", ctx)
+            f"e.g. relay forward 6379 {args[1]} 7000",
+            ctx,
+        )
     else:
         raise click.UsageError(
             f"expected LOCAL_PORT HOST PORT (or LOCAL_PORT HOST:PORT), got "
             f"{len(args)} argument{'s' if len(args) != 1 else ''}"
             f"{': ' + ' '.join(args) if args else ''}; "
-            f"e.g. relay forward 6379 relay.example.com 7000", ctx)
+            f"e.g. relay forward 6379 relay.example.com 7000",
+            ctx,
+        )
     run_forward(ctx, host, port, services, opts)
 
 
 forward_command = GroupedCommand(
-    "forward", callback=click.pass_context(_forward), help=FORWARD_HELP,
+    "forward",
+    callback=click.pass_context(_forward),
+    help=FORWARD_HELP,
     context_settings=CONTEXT,
     short_help="Run a forwarder: expose LOCAL_PORT through the relay at HOST PORT.",
-    usages=("[OPTIONS] LOCAL_PORT HOST PORT", "[OPTIONS] LOCAL_PORT HOST:PORT",
-            "[OPTIONS] --service NAME=LOCAL_PORT[:REMOTE_PORT]... HOST PORT",
-            "[OPTIONS] --config FILE [LOCAL_PORT]"),
-    params=[click.Argument(["args"], nargs=-1, metavar="LOCAL_PORT HOST PORT"),
-            *command_params(FORWARDER, COMMON)],
+    usages=(
+        "[OPTIONS] LOCAL_PORT HOST PORT",
+        "[OPTIONS] LOCAL_PORT HOST:PORT",
+        "[OPTIONS] --service NAME=LOCAL_PORT[:REMOTE_PORT]... HOST PORT",
+        "[OPTIONS] --config FILE [LOCAL_PORT]",
+    ),
+    params=[
+        click.Argument(["args"], nargs=-1, metavar="LOCAL_PORT HOST PORT"),
+        *command_params(FORWARDER, COMMON),
+    ],
 )
 
 
 class RelayCLI(click.Group):
     """``relay server|forward ...``; anything else is the seed form (``seed_command``)."""
 
-    def make_context(self, info_name: str | None, args: list[str],
-                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
         if not args or args[0] not in self.commands:
             return seed_command.make_context(info_name, args, parent, **extra)
         return super().make_context(info_name, args, parent, **extra)
@@ -131,6 +161,6 @@ class RelayCLI(click.Group):
         return super().invoke(ctx)
 
 
-cli = RelayCLI("relay", commands=[server_command, forward_command], context_settings=CONTEXT,
-               help=SEED_HELP)
-
+cli = RelayCLI(
+    "relay", commands=[server_command, forward_command], context_settings=CONTEXT, help=SEED_HELP
+)

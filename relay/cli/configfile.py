@@ -17,7 +17,9 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -
         return
     try:
         loaded = config_file.load(
-            value, common=option_names(COMMON), server=option_names(RELAY),
+            value,
+            common=option_names(COMMON),
+            server=option_names(RELAY),
             forward=option_names(FORWARDER) | {"local_forward_port"},
         )
     except config_file.ConfigFileError as exc:
@@ -26,8 +28,9 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -
         "server": (config_file.SERVER_SECTION,),
         "forward": (config_file.FORWARD_SECTION,),
     }
-    defaults = loaded.defaults(*modes.get(ctx.info_name or "", (
-        config_file.SERVER_SECTION, config_file.FORWARD_SECTION)))
+    defaults = loaded.defaults(
+        *modes.get(ctx.info_name or "", (config_file.SERVER_SECTION, config_file.FORWARD_SECTION))
+    )
     arguments = config_file.SERVER_ARGUMENTS | config_file.FORWARD_ARGUMENTS
     ctx.default_map = {k: v for k, v in defaults.items() if k not in arguments}
     ctx.meta[CONFIG_META] = loaded
@@ -35,10 +38,15 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 def config_option() -> click.Option:
     return GroupedOption(
-        ["--config"], group=COMMON, metavar="FILE", envvar=ENV_PREFIX + "CONFIG",
-        show_envvar=True, is_eager=True, expose_value=False, callback=load_config,
+        ["--config"],
+        group=COMMON,
+        metavar="FILE",
+        envvar=ENV_PREFIX + "CONFIG",
+        show_envvar=True,
+        is_eager=True,
+        expose_value=False,
+        callback=load_config,
         type=click.Path(dir_okay=False),
         help="TOML file of option defaults, forwarded services and auth clients "
-             "(flag > environment > file > default).",
+        "(flag > environment > file > default).",
     )
-

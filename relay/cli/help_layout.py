@@ -34,8 +34,9 @@ class GroupedCommand(click.Command):
             super().format_usage(ctx, formatter)
             return
         for i, usage in enumerate(self.usages):
-            formatter.write_usage(ctx.command_path, usage, prefix="Usage: " if i == 0
-                                  else "   or: ")
+            formatter.write_usage(
+                ctx.command_path, usage, prefix="Usage: " if i == 0 else "   or: "
+            )
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         for group, heading in GROUP_HEADINGS.items():
@@ -56,6 +57,7 @@ def version_option() -> click.Option:
         if not value or ctx.resilient_parsing:
             return
         from importlib.metadata import PackageNotFoundError, version
+
         try:
             found = version(DISTRIBUTION)
         except PackageNotFoundError:
@@ -63,8 +65,15 @@ def version_option() -> click.Option:
         click.echo(f"relay {found} ({DISTRIBUTION}, Python {sys.version.split()[0]})")
         ctx.exit(0)
 
-    return GroupedOption(["-V", "--version"], group=COMMON, is_flag=True, expose_value=False,
-                         is_eager=True, callback=show, help="Show the version and exit.")
+    return GroupedOption(
+        ["-V", "--version"],
+        group=COMMON,
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=show,
+        help="Show the version and exit.",
+    )
 
 
 def command_params(*groups: str) -> list[click.Parameter]:

@@ -15,8 +15,9 @@ class PortRange(click.ParamType):  # type: ignore[type-arg]
 
     name = "LOW-HIGH"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> tuple[int, int]:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, int]:
         if isinstance(value, tuple):
             return value
         text = str(value).strip()
@@ -39,8 +40,9 @@ class Endpoint(click.ParamType):  # type: ignore[type-arg]
 
     name = "HOST:PORT"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> tuple[str, int]:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, int]:
         if isinstance(value, tuple):
             return value
         host, sep, port_text = str(value).strip().rpartition(":")
@@ -57,8 +59,16 @@ class Endpoint(click.ParamType):  # type: ignore[type-arg]
         return host, port
 
 
-SIZE_UNITS: Final = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20,
-                     "MIB": 1 << 20, "G": 1 << 30, "GIB": 1 << 30}
+SIZE_UNITS: Final = {
+    "": 1,
+    "B": 1,
+    "K": 1 << 10,
+    "KIB": 1 << 10,
+    "M": 1 << 20,
+    "MIB": 1 << 20,
+    "G": 1 << 30,
+    "GIB": 1 << 30,
+}
 
 
 class ByteSize(click.ParamType):  # type: ignore[type-arg]
@@ -73,18 +83,17 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
     def __init__(self, minimum: int = 0) -> None:
         self.minimum = minimum
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> int:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         text = str(value).strip()
         number = text.rstrip("BbIiKkMmGg")
-        unit = SIZE_UNITS.get(text[len(number):].upper())
+        unit = SIZE_UNITS.get(text[len(number) :].upper())
         if not number.isdigit() or unit is None:
-            self.fail(f"{value!r} is not a size: bytes, or a number with KiB, MiB or GiB",
-                      param, ctx)
+            self.fail(
+                f"{value!r} is not a size: bytes, or a number with KiB, MiB or GiB", param, ctx
+            )
         size = int(number) * unit
         if size < self.minimum:
             self.fail(f"{value!r} is less than the minimum of {self.minimum} bytes", param, ctx)
         return size
-

@@ -31,11 +31,12 @@ class GroupedOption(click.Option):
         super().__init__(*args, **kwargs)
         self.group = group
 
-    def consume_value(self, ctx: click.Context,
-                      opts: Mapping[str, Any]) -> tuple[Any, click.core.ParameterSource]:
+    def consume_value(
+        self, ctx: click.Context, opts: Mapping[str, Any]
+    ) -> tuple[Any, click.core.ParameterSource]:
         value, source = super().consume_value(ctx, opts)
         ctx.meta[f"relay.source.{self.name}"] = source  # for get_error_hint, called before
-        return value, source                           # click records the source itself
+        return value, source  # click records the source itself
 
     def get_error_hint(self, ctx: click.Context | None) -> str:
         """Name where a bad value came from: the flag, its env var, or the config file."""

@@ -35,8 +35,7 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     except ImportError:
         if choice == "uvloop":
             raise click.UsageError(
-                f"--event-loop uvloop: uvloop is not installed "
-                f"(pip install '{DISTRIBUTION}[fast]')"
+                f"--event-loop uvloop: uvloop is not installed (pip install '{DISTRIBUTION}[fast]')"
             ) from None
         return None
     return uvloop.new_event_loop
@@ -46,27 +45,42 @@ def run_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> NoReturn:
     server = build_server(ctx, port, opts)
     loop_factory = event_loop_factory(opts["event_loop"])
     setup_logging(opts)
-    ctx.exit(drain.run_until_signal(
-        lambda: _serve_relay(server, port, opts["metrics"]), loop_factory,
-        drain=drain.relay_drain(server), drain_timeout=opts["drain_timeout"],
-        on_drain=lambda: sdnotify.stopping("draining")))
+    ctx.exit(
+        drain.run_until_signal(
+            lambda: _serve_relay(server, port, opts["metrics"]),
+            loop_factory,
+            drain=drain.relay_drain(server),
+            drain_timeout=opts["drain_timeout"],
+            on_drain=lambda: sdnotify.stopping("draining"),
+        )
+    )
 
 
-def run_forward(ctx: click.Context, host: str, port: int, services: Sequence[Service],
-                 opts: dict[str, Any]) -> NoReturn:
+def run_forward(
+    ctx: click.Context, host: str, port: int, services: Sequence[Service], opts: dict[str, Any]
+) -> NoReturn:
     forwarder = build_forwarder(ctx, host, port, services, opts)
     loop_factory = event_loop_factory(opts["event_loop"])
     setup_logging(opts)
-    ctx.exit(drain.run_until_signal(
-        lambda: _run_forwarder(forwarder, opts["metrics"]), loop_factory,
-        drain=drain.forwarder_drain(forwarder), drain_timeout=opts["drain_timeout"],
-        on_drain=lambda: sdnotify.stopping("draining")))
+    ctx.exit(
+        drain.run_until_signal(
+            lambda: _run_forwarder(forwarder, opts["metrics"]),
+            loop_factory,
+            drain=drain.forwarder_drain(forwarder),
+            drain_timeout=opts["drain_timeout"],
+            on_drain=lambda: sdnotify.stopping("draining"),
+        )
+    )
 
 
 async def _run_forwarder(forwarder: Forwarder, metrics_address: tuple[str, int] | None) -> int:
     from ..ops import metrics
-    async with metrics.exposed(metrics_address, metrics.ForwarderCollector(forwarder),
-                               lambda: metrics.forwarder_status(forwarder)):
+
+    async with metrics.exposed(
+        metrics_address,
+        metrics.ForwarderCollector(forwarder),
+        lambda: metrics.forwarder_status(forwarder),
+    ):
         return await forwarder.run()
 
 
@@ -75,9 +89,11 @@ def setup_logging(opts: dict[str, Any]) -> None:
     logs.setup(level, opts["log_format"], connection_log=opts["connection_log"])
 
 
-async def _serve_relay(server: RelayServer | NotifyRelay, port: int,
-                       metrics_address: tuple[str, int] | None) -> int:
+async def _serve_relay(
+    server: RelayServer | NotifyRelay, port: int, metrics_address: tuple[str, int] | None
+) -> int:
     from ..ops import metrics
+
     try:
         await server.start()
     except StateDirError as exc:
@@ -88,12 +104,16 @@ async def _serve_relay(server: RelayServer | NotifyRelay, port: int,
         return 1
     sdnotify.ready(f"serving relay requests on port {server.port}")
     try:
-        async with metrics.exposed(metrics_address, metrics.RelayCollector(server),
-                                   lambda: metrics.relay_status(server)):
+        async with metrics.exposed(
+            metrics_address, metrics.RelayCollector(server), lambda: metrics.relay_status(server)
+        ):
             await server.serve_forever()
     except OSError as exc:
-        logger.error("cannot serve metrics on %s: %s", format_endpoint(*metrics_address or
-                     ("?", 0)), exc.strerror or exc)
+        logger.error(
+            "cannot serve metrics on %s: %s",
+            format_endpoint(*metrics_address or ("?", 0)),
+            exc.strerror or exc,
+        )
         return 1
     finally:
         server.close()

@@ -93,7 +93,8 @@ async def register(
     of ``register_v2``; the rest go to ``loop.create_connection``.
     """
     registration = await register_v2(
-        host, port, config=config, connect_timeout=connect_timeout, **kwargs)
+        host, port, config=config, connect_timeout=connect_timeout, **kwargs
+    )
     return registration.session, registration.public_port
 
 
@@ -120,8 +121,12 @@ async def register_v2(
     loop = asyncio.get_running_loop()
     options = ClientOptions(
         secret=secret.encode("utf-8") if isinstance(secret, str) else secret,
-        name=name, service=service, port=public_port, client_address=client_address,
-        require_v2=require_v2)
+        name=name,
+        service=service,
+        port=public_port,
+        client_address=client_address,
+        require_v2=require_v2,
+    )
     protocol: RegisteringProtocol | None = None
     endpoint = format_endpoint(host, port)
     registered = False
@@ -133,8 +138,11 @@ async def register_v2(
         async with asyncio.timeout(connect_timeout):
             try:
                 _, protocol = await loop.create_connection(
-                    lambda: RegisteringProtocol(config, options), host, port,
-                    ssl=ssl or None, **kwargs
+                    lambda: RegisteringProtocol(config, options),
+                    host,
+                    port,
+                    ssl=ssl or None,
+                    **kwargs,
                 )
             except (ssl_module.SSLError, ConnectionResetError) as exc:
                 described = describe_tls_error(exc) if ssl else None
@@ -282,7 +290,8 @@ class RelayedServer:
             raise RuntimeError("the server was already started")
         first = None if retry else self._attach(await self._register())
         self._task = self._tasks.spawn(
-            self._maintain(first), name=f"relay-server-{self.relay_endpoint}")
+            self._maintain(first), name=f"relay-server-{self.relay_endpoint}"
+        )
 
     def close(self) -> None:
         """Start closing: the session ends (the relay frees the port) and handlers are cancelled."""
@@ -339,11 +348,17 @@ class RelayedServer:
                     try:
                         registered = await self._register()
                     except (OSError, TimeoutError) as exc:  # RegistrationError is an OSError
-                        reason = (str(exc) if isinstance(exc, RegistrationError | TimeoutError)
-                                  else describe_os_error(exc))
+                        reason = (
+                            str(exc)
+                            if isinstance(exc, RegistrationError | TimeoutError)
+                            else describe_os_error(exc)
+                        )
                         if not self.reconnect:
-                            logger.error("cannot register with the relay at %s: %s",
-                                         self.relay_endpoint, reason)
+                            logger.error(
+                                "cannot register with the relay at %s: %s",
+                                self.relay_endpoint,
+                                reason,
+                            )
                             self._lost_reason = reason
                             return
                         delay = self.backoff.next_delay()
@@ -355,8 +370,12 @@ class RelayedServer:
                 started = loop.time()
                 reason = await self._serve(session)
                 session = None
-                logger.warning("lost the relay at %s: %s; public endpoint %s is gone",
-                               self.relay_endpoint, reason, self.public_endpoint)
+                logger.warning(
+                    "lost the relay at %s: %s; public endpoint %s is gone",
+                    self.relay_endpoint,
+                    reason,
+                    self.public_endpoint,
+                )
                 self._lost_reason = reason
                 if not self.reconnect:
                     return
@@ -452,11 +471,23 @@ async def start_server(
     ``loop.create_connection``.
     """
     server = RelayedServer(
-        client_connected_cb, host, port, reconnect=reconnect, on_endpoint=on_endpoint,
-        reconnect_delay=reconnect_delay, reconnect_max_delay=reconnect_max_delay,
-        config=config, connect_timeout=connect_timeout, secret=secret, name=name,
-        service=service, public_port=public_port, client_address=client_address, ssl=ssl,
-        require_v2=require_v2, **kwargs,
+        client_connected_cb,
+        host,
+        port,
+        reconnect=reconnect,
+        on_endpoint=on_endpoint,
+        reconnect_delay=reconnect_delay,
+        reconnect_max_delay=reconnect_max_delay,
+        config=config,
+        connect_timeout=connect_timeout,
+        secret=secret,
+        name=name,
+        service=service,
+        public_port=public_port,
+        client_address=client_address,
+        ssl=ssl,
+        require_v2=require_v2,
+        **kwargs,
     )
     await server.start()
     return server

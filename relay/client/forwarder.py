@@ -46,7 +46,8 @@ DEFAULT_LOCAL_HOST = "127.0.0.1"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 _SERVICE = re.compile(
     r"(?P<name>[^=]+)=(?:(?P<host>\[[^\]]+\]|[^:\[\]]*[^:\d\[\]][^:\[\]]*):)?"
-    r"(?P<local>\d{1,5})(?::(?P<remote>\d{1,5}))?")
+    r"(?P<local>\d{1,5})(?::(?P<remote>\d{1,5}))?"
+)
 
 
 def _check_port(port: int, what: str) -> int:
@@ -80,11 +81,16 @@ class Service:
         if match is None:
             raise ValueError(
                 f"{text!r} is not NAME=[LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT], e.g. redis=6379 "
-                f"or web=10.0.0.5:80:7202")
+                f"or web=10.0.0.5:80:7202"
+            )
         host = match.group("host") or default_host
         remote = match.group("remote")
-        return cls(int(match.group("local")), host.strip("[]"), match.group("name"),
-                   None if remote is None else int(remote))
+        return cls(
+            int(match.group("local")),
+            host.strip("[]"),
+            match.group("name"),
+            None if remote is None else int(remote),
+        )
 
     @property
     def local_endpoint(self) -> str:
@@ -95,8 +101,9 @@ class Service:
         return self.name or self.local_endpoint
 
 
-async def _first_of(waits: list[Coroutine[None, None, object]], when: str,
-                    limit: float | None = None) -> None:
+async def _first_of(
+    waits: list[Coroutine[None, None, object]], when: str, limit: float | None = None
+) -> None:
     """``asyncio.wait`` on coroutines that cancels (and reaps) what is still pending."""
     tasks = [asyncio.ensure_future(wait) for wait in waits]
     try:
@@ -114,8 +121,12 @@ def print_endpoint(line: str) -> None:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
     except (OSError, ValueError) as exc:  # BrokenPipeError; ValueError: stdout was closed
-        logger.warning("cannot print the endpoint to stdout (%s); forwarding goes on and "
-                       "endpoints are only logged from now on", exc, extra={"endpoint": line})
+        logger.warning(
+            "cannot print the endpoint to stdout (%s); forwarding goes on and "
+            "endpoints are only logged from now on",
+            exc,
+            extra={"endpoint": line},
+        )
         with contextlib.suppress(OSError, ValueError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())  # later writes and the exit flush succeed
@@ -168,8 +179,10 @@ class Forwarder:
 
     def __post_init__(self) -> None:
         if self.local_port is not None:
-            self.services = [Service(self.local_port, self.local_host, self.name,
-                                     self.remote_port), *self.services]
+            self.services = [
+                Service(self.local_port, self.local_host, self.name, self.remote_port),
+                *self.services,
+            ]
         if not self.services:
             raise ValueError("a forwarder needs at least one service")
         names = [s.name for s in self.services if s.name is not None]
@@ -200,18 +213,25 @@ class Forwarder:
         try:
             # Services that ask for a port register first: otherwise one without could be
             # handed that port by the relay's round robin a moment before (and lease it).
-            asking = [srv for srv, svc in zip(self.servers, self.services, strict=True)
-                      if svc.remote_port is not None]
+            asking = [
+                srv
+                for srv, svc in zip(self.servers, self.services, strict=True)
+                if svc.remote_port is not None
+            ]
             for server in asking:
                 await server.start(retry=True)
             if asking and len(asking) < len(self.servers):
-                await _first_of([server.wait_endpoint() for server in asking],
-                                asyncio.ALL_COMPLETED, self.connect_timeout)
+                await _first_of(
+                    [server.wait_endpoint() for server in asking],
+                    asyncio.ALL_COMPLETED,
+                    self.connect_timeout,
+                )
             for server in self.servers:
                 if server not in asking:
                     await server.start(retry=True)
-            await _first_of([server.wait_closed() for server in self.servers],
-                            asyncio.FIRST_COMPLETED)
+            await _first_of(
+                [server.wait_closed() for server in self.servers], asyncio.FIRST_COMPLETED
+            )
             return 1
         finally:
             for server in self.servers:
@@ -226,29 +246,41 @@ class Forwarder:
             if self.proxy_protocol is not None and not server.client_address:
                 logger.warning(
                     "the relay does not send client addresses (seed protocol); the PROXY v%d "
-                    "headers to %s will not name the client", self.proxy_protocol,
-                    service.local_endpoint)
-            self.on_endpoint(endpoint if len(self.services) == 1
-                             else f"{service.name} {endpoint}")
+                    "headers to %s will not name the client",
+                    self.proxy_protocol,
+                    service.local_endpoint,
+                )
+            self.on_endpoint(endpoint if len(self.services) == 1 else f"{service.name} {endpoint}")
 
         server = RelayedServer(
             # A partial, not a closure: one coroutine less per stream.
-            partial(self._forward, service, self.traffic[service]), self.relay_host,
-            self.relay_port, reconnect=self.reconnect,
-            on_endpoint=registered, config=self.yamux_config,
-            connect_timeout=self.connect_timeout, reconnect_delay=self.reconnect_delay,
-            reconnect_max_delay=self.reconnect_max_delay, secret=self.secret,
+            partial(self._forward, service, self.traffic[service]),
+            self.relay_host,
+            self.relay_port,
+            reconnect=self.reconnect,
+            on_endpoint=registered,
+            config=self.yamux_config,
+            connect_timeout=self.connect_timeout,
+            reconnect_delay=self.reconnect_delay,
+            reconnect_max_delay=self.reconnect_max_delay,
+            secret=self.secret,
             name=self.client_name or service.name,
-            service=service.name if self.client_name else None, public_port=service.remote_port,
-            client_address=self.proxy_protocol is not None, ssl=self.ssl,
+            service=service.name if self.client_name else None,
+            public_port=service.remote_port,
+            client_address=self.proxy_protocol is not None,
+            ssl=self.ssl,
             require_v2=self.require_v2,
-            **({"server_hostname": self.tls_server_name}
-               if self.ssl is not None and self.tls_server_name else {}),
+            **(
+                {"server_hostname": self.tls_server_name}
+                if self.ssl is not None and self.tls_server_name
+                else {}
+            ),
         )
         return server
 
-    async def _forward(self, service: Service, traffic: Traffic, stream: yamux.Stream,
-                       _writer: yamux.Stream) -> None:
+    async def _forward(
+        self, service: Service, traffic: Traffic, stream: yamux.Stream, _writer: yamux.Stream
+    ) -> None:
         if self.draining:
             stream.reset()
             return
@@ -259,18 +291,30 @@ class Forwarder:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, end = await loop.create_connection(
-                    SocketEnd, service.local_host, service.local_port)
+                    SocketEnd, service.local_host, service.local_port
+                )
         except (OSError, TimeoutError) as exc:
-            reason = (f"no answer within {self.connect_timeout:g} s"
-                      if isinstance(exc, TimeoutError) else describe_os_error(exc))
-            logger.warning("stream %d: local service %s is unreachable (%s); resetting the stream",
-                           stream.id, local, reason)
+            reason = (
+                f"no answer within {self.connect_timeout:g} s"
+                if isinstance(exc, TimeoutError)
+                else describe_os_error(exc)
+            )
+            logger.warning(
+                "stream %d: local service %s is unreachable (%s); resetting the stream",
+                stream.id,
+                local,
+                reason,
+            )
             stream.reset()
             self.local_failures[service] += 1
             return
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("stream %d: connected to %s%s", stream.id, local,
-                         f" for {format_endpoint(*client.source)}" if client else "")
+            logger.debug(
+                "stream %d: connected to %s%s",
+                stream.id,
+                local,
+                f" for {format_endpoint(*client.source)}" if client else "",
+            )
         if self.proxy_protocol is not None and end.transport is not None:
             end.transport.write(header(self.proxy_protocol, client))
         result = traffic.opened()
@@ -280,10 +324,18 @@ class Forwarder:
             traffic.closed(result)
         if connections_logger.isEnabledFor(logging.INFO):
             connections_logger.info(
-                "stream %d to %s closed: %d bytes to the relay, %d to the service%s", stream.id,
-                local, result.sent, result.received,
+                "stream %d to %s closed: %d bytes to the relay, %d to the service%s",
+                stream.id,
+                local,
+                result.sent,
+                result.received,
                 f" ({result.error})" if result.error else "",
-                extra={"stream": stream.id, "local": local, "bytes_in": result.received,
-                       "bytes_out": result.sent,
-                       "duration": round(time.monotonic() - started, 6),
-                       "reason": str(result.error) if result.error else "closed"})
+                extra={
+                    "stream": stream.id,
+                    "local": local,
+                    "bytes_in": result.received,
+                    "bytes_out": result.sent,
+                    "duration": round(time.monotonic() - started, 6),
+                    "reason": str(result.error) if result.error else "closed",
+                },
+            )

@@ -26,8 +26,12 @@ RETRY_LOG_INTERVAL = 60.0
 class Backoff:
     """Exponential backoff with jitter: ``initial`` doubling up to ``maximum``, each +-20 %."""
 
-    def __init__(self, initial: float = DEFAULT_RECONNECT_DELAY,
-                 maximum: float = DEFAULT_RECONNECT_MAX_DELAY, jitter: float = 0.2) -> None:
+    def __init__(
+        self,
+        initial: float = DEFAULT_RECONNECT_DELAY,
+        maximum: float = DEFAULT_RECONNECT_MAX_DELAY,
+        jitter: float = 0.2,
+    ) -> None:
         if initial <= 0 or maximum < initial:
             raise ValueError("backoff needs 0 < initial <= maximum")
         self.initial = initial
@@ -52,8 +56,9 @@ class RetryLog:
     how many attempts the outage cost and how long it lasted.
     """
 
-    def __init__(self, logger: logging.Logger, what: str,
-                 interval: float = RETRY_LOG_INTERVAL) -> None:
+    def __init__(
+        self, logger: logging.Logger, what: str, interval: float = RETRY_LOG_INTERVAL
+    ) -> None:
         self.logger = logger
         self.what = what
         self.interval = interval
@@ -62,21 +67,28 @@ class RetryLog:
         self._limited = self._new_limit()
 
     def _new_limit(self) -> RateLimitedLog:
-        return RateLimitedLog(self.logger, burst=1, interval=self.interval,
-                              max_interval=self.interval)
+        return RateLimitedLog(
+            self.logger, burst=1, interval=self.interval, max_interval=self.interval
+        )
 
     def failed(self, reason: str, delay: float) -> None:
         if self.failures == 0:
             self._first = time.monotonic()
         self.failures += 1
-        self.logger.debug("%s: %s; retrying in %.2f s (attempt %d)", self.what, reason, delay,
-                          self.failures)
-        self._limited.log(logging.WARNING, "failed", "%s: %s; retrying in %.2f s", self.what,
-                          reason, delay)
+        self.logger.debug(
+            "%s: %s; retrying in %.2f s (attempt %d)", self.what, reason, delay, self.failures
+        )
+        self._limited.log(
+            logging.WARNING, "failed", "%s: %s; retrying in %.2f s", self.what, reason, delay
+        )
 
     def recovered(self) -> None:
         if self.failures:
-            self.logger.info("%s: succeeded after %d failed attempt(s) in %.1f s", self.what,
-                             self.failures, time.monotonic() - self._first)
+            self.logger.info(
+                "%s: succeeded after %d failed attempt(s) in %.1f s",
+                self.what,
+                self.failures,
+                time.monotonic() - self._first,
+            )
         self.failures = 0
         self._limited = self._new_limit()

@@ -77,8 +77,9 @@ def _key(name: str) -> str:
     return name.replace("-", "_")
 
 
-def _options(table: Mapping[str, Any], where: str, allowed: Collection[str],
-             path: Path) -> dict[str, Any]:
+def _options(
+    table: Mapping[str, Any], where: str, allowed: Collection[str], path: Path
+) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for name, value in table.items():
         key = _key(name)
@@ -110,8 +111,9 @@ def read_toml(path: Path, error: type[RelayError], what: str = "") -> dict[str, 
         raise error(f"{label} is not valid TOML: {exc}") from None
 
 
-def load(path: str | Path, *, common: Collection[str], server: Collection[str],
-         forward: Collection[str]) -> ConfigFile:
+def load(
+    path: str | Path, *, common: Collection[str], server: Collection[str], forward: Collection[str]
+) -> ConfigFile:
     """Read ``path``; ``common``, ``server`` and ``forward`` name the options each table may set."""
     path = Path(path)
     data = read_toml(path, ConfigFileError)

@@ -29,6 +29,7 @@ DEFAULT_DRAIN_TIMEOUT = 30.0
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 0
 
+
 @dataclass(frozen=True)
 class Drain:
     """``start()`` stops new work at once; ``wait_idle()`` returns once nothing is in flight."""
@@ -77,8 +78,11 @@ def run_until_signal(
                     await drain.wait_idle()
                 logger.info("drained: no connection in flight; exiting")
             except TimeoutError:
-                logger.warning("drain timeout (%g s) passed: closing what is still open",
-                               drain_timeout, extra={"duration": drain_timeout})
+                logger.warning(
+                    "drain timeout (%g s) passed: closing what is still open",
+                    drain_timeout,
+                    extra={"duration": drain_timeout},
+                )
             task.cancel()
 
         def on_signal(signum: int) -> None:
@@ -96,8 +100,11 @@ def run_until_signal(
             received.append(signum)
             if signum == signal.SIGTERM and drain is not None and drain_timeout > 0:
                 drain.start()
-                logger.info("%s received: draining for up to %g s (a second signal stops at "
-                            "once)", name, drain_timeout)
+                logger.info(
+                    "%s received: draining for up to %g s (a second signal stops at once)",
+                    name,
+                    drain_timeout,
+                )
                 if on_drain is not None:
                     on_drain()
                 draining.append(loop.create_task(drain_then_stop(), name="relay-drain"))

@@ -38,8 +38,15 @@ LOG_FORMATS = ("text", "logfmt", "json")
 CONNECTIONS_LOGGER = "relay.connections"
 
 FIELDS = (
-    "session", "client", "peer", "public_port", "stream", "bytes_in", "bytes_out",
-    "duration", "reason",
+    "session",
+    "client",
+    "peer",
+    "public_port",
+    "stream",
+    "bytes_in",
+    "bytes_out",
+    "duration",
+    "reason",
 )
 """The stable field names; a line carries those that apply (see the README)."""
 
@@ -106,8 +113,10 @@ _valid_keys: set[str] = set()
 
 def _text_renderer(_logger: Any, _name: str, event_dict: EventDict) -> str:
     """The classic line, ``TIME LEVEL logger: message``, with the fields appended as k=v."""
-    head = (f"{event_dict.pop('time', '')} {str(event_dict.pop('level', '')).upper()} "
-            f"{event_dict.pop('logger', '')}: {event_dict.pop('event', '')}")
+    head = (
+        f"{event_dict.pop('time', '')} {str(event_dict.pop('level', '')).upper()} "
+        f"{event_dict.pop('logger', '')}: {event_dict.pop('event', '')}"
+    )
     exception = event_dict.pop("exception", None)
     fields = logfmt_fields(event_dict)
     line = f"{head} {fields}" if fields else head
@@ -130,8 +139,12 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
         if record.exc_info or record.exc_text or record.stack_info:
             return super().format(record)
         level = record.levelname.lower()
-        event_dict: EventDict = {"time": None, "level": _LEVELS.get(level, level),
-                                 "logger": record.name, "event": record.getMessage()}
+        event_dict: EventDict = {
+            "time": None,
+            "level": _LEVELS.get(level, level),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
         attrs = record.__dict__
         for key in filterfalse(_RECORD_KEYS.__contains__, attrs):  # the extra fields, in order
             event_dict[key] = attrs[key]
@@ -150,8 +163,10 @@ def _utc_now() -> str:
     seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
     second = _second
     if second[0] != seconds:
-        _second = second = (seconds, datetime.datetime.fromtimestamp(
-            seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+        _second = second = (
+            seconds,
+            datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+        )
     micros = nanoseconds // 1000
     return f"{second[1]}.{micros:06d}Z" if micros else f"{second[1]}Z"
 
@@ -167,8 +182,11 @@ def formatter(log_format: str) -> logging.Formatter:
         renderer = _logfmt_renderer
     else:
         renderer = _text_renderer
-    exceptions: Any = (structlog.processors.dict_tracebacks if log_format == "json"
-                       else structlog.processors.format_exc_info)
+    exceptions: Any = (
+        structlog.processors.dict_tracebacks
+        if log_format == "json"
+        else structlog.processors.format_exc_info
+    )
     return _Formatter(
         renderer,
         foreign_pre_chain=[
@@ -253,8 +271,13 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(self._last)
 
 
-def setup(level: str, log_format: str = "text", *, connection_log: bool = True,
-          stream: TextIO | None = None) -> None:
+def setup(
+    level: str,
+    log_format: str = "text",
+    *,
+    connection_log: bool = True,
+    stream: TextIO | None = None,
+) -> None:
     """Send every log record to stderr (or ``stream``) in ``log_format``, at ``level``."""
     handler = _Handler(stream or sys.stderr)
     handler.setFormatter(formatter(log_format))
@@ -269,4 +292,5 @@ def setup(level: str, log_format: str = "text", *, connection_log: bool = True,
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.getLogger(CONNECTIONS_LOGGER).setLevel(
-        logging.NOTSET if connection_log else logging.WARNING)
+        logging.NOTSET if connection_log else logging.WARNING
+    )

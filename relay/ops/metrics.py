@@ -53,30 +53,45 @@ class RelayCollector(Collector):
         server, stats = self.server, self.server.stats
         sessions = server.sessions
         yield GaugeMetricFamily("relay_sessions_open", "Registered sessions now.", len(sessions))
-        yield CounterMetricFamily("relay_sessions", "Registrations accepted.",
-                                  stats.sessions_total)
-        yield GaugeMetricFamily("relay_streams_open", "Open yamux streams, all sessions.",
-                                sum(s.streams for s in sessions))
-        yield CounterMetricFamily("relay_public_connections", "Public connections accepted.",
-                                  stats.connections_total)
-        yield GaugeMetricFamily("relay_public_connections_open", "Public connections open now.",
-                                sum(s.connections for s in sessions))
+        yield CounterMetricFamily("relay_sessions", "Registrations accepted.", stats.sessions_total)
+        yield GaugeMetricFamily(
+            "relay_streams_open",
+            "Open yamux streams, all sessions.",
+            sum(s.streams for s in sessions),
+        )
+        yield CounterMetricFamily(
+            "relay_public_connections", "Public connections accepted.", stats.connections_total
+        )
+        yield GaugeMetricFamily(
+            "relay_public_connections_open",
+            "Public connections open now.",
+            sum(s.connections for s in sessions),
+        )
         refused_conns = CounterMetricFamily(
-            "relay_public_connections_refused", "Public connections refused, by reason.",
-            labels=["reason"])
+            "relay_public_connections_refused",
+            "Public connections refused, by reason.",
+            labels=["reason"],
+        )
         for reason, count in sorted(stats.connections_refused.items()):
             refused_conns.add_metric([reason], count)
         yield refused_conns
         service_bytes = CounterMetricFamily(
-            "relay_service_bytes", "Bytes relayed per registered service; in = from the public "
+            "relay_service_bytes",
+            "Bytes relayed per registered service; in = from the public "
             "clients, out = to them (open connections included).",
-            labels=["service", "direction"])
-        rtt = GaugeMetricFamily("relay_keepalive_rtt_seconds",
-                                "Last keepalive (or handshake) ping round trip per service.",
-                                labels=["service"])
+            labels=["service", "direction"],
+        )
+        rtt = GaugeMetricFamily(
+            "relay_keepalive_rtt_seconds",
+            "Last keepalive (or handshake) ping round trip per service.",
+            labels=["service"],
+        )
         stalls = CounterMetricFamily(
-            "relay_service_window_stalls", "Times a stream paused its public connection because "
-            "the registered side's yamux window was full, per service.", labels=["service"])
+            "relay_service_window_stalls",
+            "Times a stream paused its public connection because "
+            "the registered side's yamux window was full, per service.",
+            labels=["service"],
+        )
         total_in, total_out, total_stalls = stats.bytes_in, stats.bytes_out, stats.stalls
         for info in sessions:
             label = service_label(info.public_port, info.client)
@@ -89,24 +104,35 @@ class RelayCollector(Collector):
             total_out += info.bytes_out
             total_stalls += info.stalls
         yield service_bytes
-        total = CounterMetricFamily("relay_bytes", "Bytes relayed, all services, ended "
-                                    "sessions included.", labels=["direction"])
+        total = CounterMetricFamily(
+            "relay_bytes",
+            "Bytes relayed, all services, ended sessions included.",
+            labels=["direction"],
+        )
         total.add_metric(["in"], total_in)
         total.add_metric(["out"], total_out)
         yield total
         yield rtt
         yield stalls
-        yield CounterMetricFamily("relay_window_stalls", "Window stalls, all services, ended "
-                                  "sessions included.", total_stalls)
-        refused = CounterMetricFamily("relay_registrations_refused",
-                                      "Registrations refused, by reason.", labels=["reason"])
+        yield CounterMetricFamily(
+            "relay_window_stalls",
+            "Window stalls, all services, ended sessions included.",
+            total_stalls,
+        )
+        refused = CounterMetricFamily(
+            "relay_registrations_refused", "Registrations refused, by reason.", labels=["reason"]
+        )
         for reason, count in sorted(stats.refused.items()):
             refused.add_metric([reason], count)
         yield refused
-        yield CounterMetricFamily("relay_auth_failures", "Registrations that failed "
-                                  "authentication.", server.auth_failures.total)
-        yield GaugeMetricFamily("relay_draining", "1 while draining (after SIGTERM).",
-                                1 if server.draining else 0)
+        yield CounterMetricFamily(
+            "relay_auth_failures",
+            "Registrations that failed authentication.",
+            server.auth_failures.total,
+        )
+        yield GaugeMetricFamily(
+            "relay_draining", "1 while draining (after SIGTERM).", 1 if server.draining else 0
+        )
         if isinstance(server, RelayServer):
             yield from window_budget_metrics("relay", server.yamux_config)
 
@@ -116,11 +142,17 @@ def window_budget_metrics(prefix: str, config: yamux.Config | None) -> Iterator[
     budget = config.window_budget if config is not None else None
     if budget is None:
         return
-    yield GaugeMetricFamily(f"{prefix}_window_budget_used_bytes",
-                            "Receive windows granted on all yamux streams now, every session "
-                            "(each stream's first 256 KiB included).", budget.used)
-    yield GaugeMetricFamily(f"{prefix}_window_budget_limit_bytes",
-                            "--max-total-window: windows stop growing at this.", budget.limit)
+    yield GaugeMetricFamily(
+        f"{prefix}_window_budget_used_bytes",
+        "Receive windows granted on all yamux streams now, every session "
+        "(each stream's first 256 KiB included).",
+        budget.used,
+    )
+    yield GaugeMetricFamily(
+        f"{prefix}_window_budget_limit_bytes",
+        "--max-total-window: windows stop growing at this.",
+        budget.limit,
+    )
 
 
 def relay_status(server: RelayServer | NotifyRelay) -> dict[str, Any]:
@@ -155,28 +187,42 @@ class ForwarderCollector(Collector):
         self.forwarder = forwarder
 
     def collect(self) -> Iterator[Metric]:
-        registered = GaugeMetricFamily("relay_forwarder_registered",
-                                       "1 while the service is registered with the relay.",
-                                       labels=["service"])
-        registrations = CounterMetricFamily("relay_forwarder_registrations",
-                                            "Successful registrations (reconnects included).",
-                                            labels=["service"])
-        streams = CounterMetricFamily("relay_forwarder_streams", "Relayed streams accepted.",
-                                      labels=["service"])
-        open_streams = GaugeMetricFamily("relay_forwarder_streams_open", "Streams open now.",
-                                         labels=["service"])
+        registered = GaugeMetricFamily(
+            "relay_forwarder_registered",
+            "1 while the service is registered with the relay.",
+            labels=["service"],
+        )
+        registrations = CounterMetricFamily(
+            "relay_forwarder_registrations",
+            "Successful registrations (reconnects included).",
+            labels=["service"],
+        )
+        streams = CounterMetricFamily(
+            "relay_forwarder_streams", "Relayed streams accepted.", labels=["service"]
+        )
+        open_streams = GaugeMetricFamily(
+            "relay_forwarder_streams_open", "Streams open now.", labels=["service"]
+        )
         service_bytes = CounterMetricFamily(
-            "relay_forwarder_bytes", "Bytes per service; in = from the relay (the public "
-            "clients), out = to it.", labels=["service", "direction"])
-        failures = CounterMetricFamily("relay_forwarder_local_failures",
-                                       "Streams reset: the local service was unreachable.",
-                                       labels=["service"])
-        rtt = GaugeMetricFamily("relay_forwarder_keepalive_rtt_seconds",
-                                "Last keepalive ping round trip to the relay.",
-                                labels=["service"])
-        stalls = CounterMetricFamily("relay_forwarder_window_stalls",
-                                     "Times a stream paused the local connection because the "
-                                     "relay's yamux window was full.", labels=["service"])
+            "relay_forwarder_bytes",
+            "Bytes per service; in = from the relay (the public clients), out = to it.",
+            labels=["service", "direction"],
+        )
+        failures = CounterMetricFamily(
+            "relay_forwarder_local_failures",
+            "Streams reset: the local service was unreachable.",
+            labels=["service"],
+        )
+        rtt = GaugeMetricFamily(
+            "relay_forwarder_keepalive_rtt_seconds",
+            "Last keepalive ping round trip to the relay.",
+            labels=["service"],
+        )
+        stalls = CounterMetricFamily(
+            "relay_forwarder_window_stalls",
+            "Times a stream paused the local connection because the relay's yamux window was full.",
+            labels=["service"],
+        )
         for service, server in _services(self.forwarder):
             label = [service_name(service)]
             session = server.session if server is not None else None
@@ -191,8 +237,16 @@ class ForwarderCollector(Collector):
             stalls.add_metric(label, traffic.stalls)
             if session is not None and session.last_rtt is not None:
                 rtt.add_metric(label, session.last_rtt)
-        yield from (registered, registrations, streams, open_streams, service_bytes, failures,
-                    rtt, stalls)
+        yield from (
+            registered,
+            registrations,
+            streams,
+            open_streams,
+            service_bytes,
+            failures,
+            rtt,
+            stalls,
+        )
         yield from window_budget_metrics("relay_forwarder", self.forwarder.yamux_config)
 
 
@@ -215,19 +269,22 @@ def forwarder_status(forwarder: Forwarder) -> dict[str, Any]:
         traffic = forwarder.traffic[service]
         serving = server is not None and server.is_serving()
         session = server.session if server is not None else None
-        services.append({
-            "name": service.name,
-            "relay": forwarder.relay_endpoint,
-            "local": service.local_endpoint,
-            "public_endpoint": server.public_endpoint if server is not None and serving
-            else None,
-            "registrations": server.registrations if server is not None else 0,
-            "since": _iso(traffic.since),
-            "open_connections": traffic.open_connections,
-            "bytes_in": traffic.bytes_out,
-            "bytes_out": traffic.bytes_in,
-            "keepalive_rtt_seconds": session.last_rtt if session is not None else None,
-        })
+        services.append(
+            {
+                "name": service.name,
+                "relay": forwarder.relay_endpoint,
+                "local": service.local_endpoint,
+                "public_endpoint": server.public_endpoint
+                if server is not None and serving
+                else None,
+                "registrations": server.registrations if server is not None else 0,
+                "since": _iso(traffic.since),
+                "open_connections": traffic.open_connections,
+                "bytes_in": traffic.bytes_out,
+                "bytes_out": traffic.bytes_in,
+                "keepalive_rtt_seconds": session.last_rtt if session is not None else None,
+            }
+        )
     return {"role": "forwarder", "draining": forwarder.draining, "services": services}
 
 
@@ -238,8 +295,9 @@ def _iso(unix: float) -> str:
 class MetricsServer:
     """HTTP/1.1 GET ``/metrics`` and ``/status`` on ``host:port``; one request per connection."""
 
-    def __init__(self, host: str, port: int, collector: Collector,
-                 status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, host: str, port: int, collector: Collector, status: Callable[[], dict[str, Any]]
+    ) -> None:
         self.host = host
         self.requested_port = port
         self.registry = CollectorRegistry(auto_describe=True)
@@ -249,10 +307,14 @@ class MetricsServer:
         self._handlers = yamux.TaskOwner(logger)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self.requested_port,
-                                                  limit=MAX_REQUEST_HEAD)
-        logger.info("metrics on http://%s/metrics, status on /status", self.endpoint,
-                    extra={"metrics": self.endpoint})
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self.requested_port, limit=MAX_REQUEST_HEAD
+        )
+        logger.info(
+            "metrics on http://%s/metrics, status on /status",
+            self.endpoint,
+            extra={"metrics": self.endpoint},
+        )
 
     @property
     def port(self) -> int:
@@ -289,12 +351,16 @@ class MetricsServer:
             if method not in ("GET", "HEAD"):
                 await self._reply(writer, 405, "text/plain", b"GET only\n")
             elif path == "/metrics":
-                await self._reply(writer, 200, PROMETHEUS_CONTENT_TYPE,
-                                  generate_latest(self.registry), head_only=method == "HEAD")
+                await self._reply(
+                    writer,
+                    200,
+                    PROMETHEUS_CONTENT_TYPE,
+                    generate_latest(self.registry),
+                    head_only=method == "HEAD",
+                )
             elif path == "/status":
                 body = json.dumps(self.status(), indent=2).encode() + b"\n"
-                await self._reply(writer, 200, "application/json", body,
-                                  head_only=method == "HEAD")
+                await self._reply(writer, 200, "application/json", body, head_only=method == "HEAD")
             else:
                 await self._reply(writer, 404, "text/plain", b"try /metrics or /status\n")
         except OSError:
@@ -305,10 +371,20 @@ class MetricsServer:
                 await writer.wait_closed()
 
     @staticmethod
-    async def _reply(writer: asyncio.StreamWriter, code: int, content_type: str, body: bytes,
-                     *, head_only: bool = False) -> None:
-        reasons = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
-                   431: "Request Header Fields Too Large"}
+    async def _reply(
+        writer: asyncio.StreamWriter,
+        code: int,
+        content_type: str,
+        body: bytes,
+        *,
+        head_only: bool = False,
+    ) -> None:
+        reasons = {
+            200: "OK",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            431: "Request Header Fields Too Large",
+        }
         writer.write(
             f"HTTP/1.1 {code} {reasons[code]}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
@@ -319,8 +395,9 @@ class MetricsServer:
 
 
 @contextlib.asynccontextmanager
-async def exposed(address: tuple[str, int] | None, collector: Collector,
-                  status: Callable[[], dict[str, Any]]) -> AsyncIterator[MetricsServer | None]:
+async def exposed(
+    address: tuple[str, int] | None, collector: Collector, status: Callable[[], dict[str, Any]]
+) -> AsyncIterator[MetricsServer | None]:
     """Serve ``/metrics`` and ``/status`` on ``address`` (None: nothing) while in the block."""
     if address is None:
         yield None

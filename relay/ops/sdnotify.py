@@ -29,8 +29,9 @@ def notify(*assignments: str) -> bool:
             sock.connect(address)
             sock.sendall(message)
     except OSError as exc:
-        logger.warning("cannot notify systemd at %s: %s", address.replace("\0", "@"),
-                       exc.strerror or exc)
+        logger.warning(
+            "cannot notify systemd at %s: %s", address.replace("\0", "@"), exc.strerror or exc
+        )
         return False
     return True
 

@@ -74,8 +74,7 @@ class PortSet:
                     lo = int(lo_text)
                     hi = int(hi_text) if sep else lo
                 except ValueError:
-                    raise AuthConfigError(
-                        f"{where}: {item!r} is not a port or LOW-HIGH") from None
+                    raise AuthConfigError(f"{where}: {item!r} is not a port or LOW-HIGH") from None
             else:
                 raise AuthConfigError(f"{where}: {item!r} is not a port or LOW-HIGH")
             if not 1 <= lo <= hi <= 65535:
@@ -148,8 +147,10 @@ class Authenticator:
     def _merge(self, from_file: dict[str, AuthClient]) -> dict[str, AuthClient]:
         both = set(from_file) & set(self._static)
         if both:
-            raise AuthConfigError(f"client(s) {', '.join(sorted(both))} defined twice (auth "
-                                  f"file {self.auth_file} and the config)")
+            raise AuthConfigError(
+                f"client(s) {', '.join(sorted(both))} defined twice (auth "
+                f"file {self.auth_file} and the config)"
+            )
         return {**self._static, **from_file}
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
@@ -175,8 +176,9 @@ class Authenticator:
         self._stamp = stamp
         new = self._merge(load_auth_file(self.auth_file))
         if not new:
-            raise AuthConfigError(f"auth file {self.auth_file}: no clients left; keeping the "
-                                  f"previous ones")
+            raise AuthConfigError(
+                f"auth file {self.auth_file}: no clients left; keeping the previous ones"
+            )
         ended = {name for name, client in self.clients.items() if new.get(name) != client}
         self.clients = new
         return ended
@@ -212,7 +214,7 @@ def _by_name(entries: list[Any]) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for index, entry in enumerate(entries):
         if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
-            raise AuthConfigError(f"clients[{index}]: expected a table with name = \"...\"")
+            raise AuthConfigError(f'clients[{index}]: expected a table with name = "..."')
         name = entry["name"]
         if name in table:
             raise AuthConfigError(f"clients: {name!r} is listed twice")
@@ -231,8 +233,9 @@ def parse_auth_clients(
     if isinstance(table, list):
         table = _by_name(table)
     if not isinstance(table, Mapping) or not table:
-        raise AuthConfigError("clients: expected [clients.NAME] tables or [[clients]] tables "
-                              "with name = ...")
+        raise AuthConfigError(
+            "clients: expected [clients.NAME] tables or [[clients]] tables with name = ..."
+        )
     clients = {}
     for name, entry in table.items():
         where = f"clients.{name}"
@@ -307,7 +310,7 @@ class FailureLimiter:
         now = time.monotonic()
         times = self._recent(source, now)
         times.append(now)
-        self._failures[source] = times[-self.limit:]
+        self._failures[source] = times[-self.limit :]
         self._failures.move_to_end(source)
         while len(self._failures) > self.max_sources:
             self._failures.popitem(last=False)
@@ -319,7 +322,8 @@ AUTH_FILE_CHECK_INTERVAL = 1.0
 
 
 async def watch_auth_file(
-    auth: Authenticator, revoke: Callable[[set[str]], None],
+    auth: Authenticator,
+    revoke: Callable[[set[str]], None],
     interval: float = AUTH_FILE_CHECK_INTERVAL,
 ) -> None:
     """Until cancelled: reload ``auth`` when its file changes and ``revoke`` the names whose
@@ -333,7 +337,11 @@ async def watch_auth_file(
             continue
         if ended is None:
             continue
-        logger.info("auth file %s reloaded: %d clients%s", auth.auth_file, len(auth.clients),
-                    f"; access ended or changed for {', '.join(sorted(ended))}" if ended else "")
+        logger.info(
+            "auth file %s reloaded: %d clients%s",
+            auth.auth_file,
+            len(auth.clients),
+            f"; access ended or changed for {', '.join(sorted(ended))}" if ended else "",
+        )
         if ended:
             revoke(ended)

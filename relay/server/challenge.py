@@ -44,8 +44,11 @@ class RegistrationRequest:
         if self.client is None:
             return "authenticated client" if self.authenticated else "anonymous client"
         service = "" if self.service is None else f" service {self.service}"
-        return (f"client {self.client}" if self.authenticated else (
-            f"unauthenticated client {self.client}")) + service
+        return (
+            f"client {self.client}"
+            if self.authenticated
+            else (f"unauthenticated client {self.client}")
+        ) + service
 
 
 class ChallengeProtocol(asyncio.Protocol):
@@ -90,11 +93,15 @@ class ChallengeProtocol(asyncio.Protocol):
         source = source_of(transport.get_extra_info("peername"))
         wait = self._failures.blocked_for(source)
         if wait > 0:
-            self._refuse(f"too many failed registrations from {source}; retry in {wait:.0f} s",
-                         key="blocked", level=logging.DEBUG)
+            self._refuse(
+                f"too many failed registrations from {source}; retry in {wait:.0f} s",
+                key="blocked",
+                level=logging.DEBUG,
+            )
             return
-        refusal = admission_refused(self._pending, self._max_pending, self._per_source, source,
-                                    self._busy_reason)
+        refusal = admission_refused(
+            self._pending, self._max_pending, self._per_source, source, self._busy_reason
+        )
         if refusal is not None:
             self._refuse(refusal[1], key="busy")
             return
@@ -134,16 +141,23 @@ class ChallengeProtocol(asyncio.Protocol):
         self._source = None  # the slot goes on with the registration
         self._done()
         assert self.transport is not None
-        self._accepted(self.transport, RegistrationRequest(
-            client=client, authenticated=authenticated, service=response.service,
-            requested_port=response.port,
-            allowed_ports=ports, client_address=response.client_addr,
-        ))
+        self._accepted(
+            self.transport,
+            RegistrationRequest(
+                client=client,
+                authenticated=authenticated,
+                service=response.service,
+                requested_port=response.port,
+                allowed_ports=ports,
+                client_address=response.client_addr,
+            ),
+        )
 
     def eof_received(self) -> bool:
         if self._challenge is not None:
-            self._fail("closed the connection before answering the challenge", send=False,
-                       key="no-answer")
+            self._fail(
+                "closed the connection before answering the challenge", send=False, key="no-answer"
+            )
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -165,13 +179,19 @@ class ChallengeProtocol(asyncio.Protocol):
         source = source_of(self.transport.get_extra_info("peername"))
         count = self._failures.failed(source)
         if count == self._failures.limit:
-            self._log.log(logging.WARNING, "blocking",
-                          "%s: %d failed registrations within %g s; refusing it for a while",
-                          source, count, self._failures.window)
+            self._log.log(
+                logging.WARNING,
+                "blocking",
+                "%s: %d failed registrations within %g s; refusing it for a while",
+                source,
+                count,
+                self._failures.window,
+            )
         self._refuse(reason, send=send, key=key)
 
-    def _refuse(self, reason: str, *, send: bool = True, key: str,
-                level: int = logging.WARNING) -> None:
+    def _refuse(
+        self, reason: str, *, send: bool = True, key: str, level: int = logging.WARNING
+    ) -> None:
         """Log (rate-limited per kind of refusal), send ``error: reason``, close."""
         self._done()
         self._log.log(level, key, "refusing registration from %s: %s", self.peer, reason)

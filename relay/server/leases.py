@@ -63,7 +63,8 @@ def check_name(name: str, what: str = "name") -> str:
     if not _NAME.fullmatch(name):
         raise ValueError(
             f"{what} {name!r} may only contain letters, digits, '.', '_' and '-' "
-            f"and must start with a letter or digit")
+            f"and must start with a letter or digit"
+        )
     return name
 
 
@@ -90,8 +91,11 @@ class Identity:
     def key(self) -> str:
         if self.client is None:
             return f"name:{self.name}"
-        return (f"client:{self.client}" + ("" if self.name is None else f"/{self.name}")
-                + ("" if self.port is None else f"#{self.port}"))
+        return (
+            f"client:{self.client}"
+            + ("" if self.name is None else f"/{self.name}")
+            + ("" if self.port is None else f"#{self.port}")
+        )
 
     @property
     def authenticated(self) -> bool:
@@ -100,8 +104,11 @@ class Identity:
     def __str__(self) -> str:
         if self.client is None:
             return f"name {self.name!r}"
-        return (f"client {self.client!r}" + ("" if self.name is None else f" name {self.name!r}")
-                + ("" if self.port is None else f" (port {self.port})"))
+        return (
+            f"client {self.client!r}"
+            + ("" if self.name is None else f" name {self.name!r}")
+            + ("" if self.port is None else f" (port {self.port})")
+        )
 
 
 @dataclass(slots=True)
@@ -122,8 +129,13 @@ class LeaseStore:
     them in memory only.
     """
 
-    def __init__(self, path: Path | None, ttl: float = DEFAULT_LEASE_TTL,
-                 *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        ttl: float = DEFAULT_LEASE_TTL,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if ttl <= 0:
             raise ValueError(f"lease ttl must be positive, got {ttl}")
         self.path = path
@@ -138,8 +150,13 @@ class LeaseStore:
             self._db = self._connect(path)
 
     @classmethod
-    def open(cls, state_dir: str | os.PathLike[str] | None, ttl: float = DEFAULT_LEASE_TTL,
-             *, clock: Callable[[], float] = time.time) -> LeaseStore:
+    def open(
+        cls,
+        state_dir: str | os.PathLike[str] | None,
+        ttl: float = DEFAULT_LEASE_TTL,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> LeaseStore:
         """The store of ``state_dir`` (None: in memory), locked against a second relay.
 
         Raises StateDirError if another relay holds the directory; every other
@@ -154,8 +171,12 @@ class LeaseStore:
         except StateDirError:
             raise
         except OSError as exc:
-            logger.error("cannot use the state directory %s (%s); leases are kept in memory "
-                         "only and end with this process", directory, exc)
+            logger.error(
+                "cannot use the state directory %s (%s); leases are kept in memory "
+                "only and end with this process",
+                directory,
+                exc,
+            )
             return cls(None, ttl, clock=clock)
         try:
             store = cls(directory / STORE_NAME, ttl, clock=clock)
@@ -203,8 +224,11 @@ class LeaseStore:
         self._write(
             "grant",
             ("DELETE FROM leases WHERE port = ? AND identity != ?", (port, key)),
-            ("INSERT OR REPLACE INTO leases (identity, port, granted, last_used) "
-             "VALUES (?, ?, ?, ?)", (key, port, granted, now)),
+            (
+                "INSERT OR REPLACE INTO leases (identity, port, granted, last_used) "
+                "VALUES (?, ?, ?, ?)",
+                (key, port, granted, now),
+            ),
         )
         return lease
 
@@ -218,8 +242,10 @@ class LeaseStore:
                 lease.last_used = now
                 rows.append((now, key))
         if rows:
-            self._write("touch", *(("UPDATE leases SET last_used = ? WHERE identity = ?", row)
-                                   for row in rows))
+            self._write(
+                "touch",
+                *(("UPDATE leases SET last_used = ? WHERE identity = ?", row) for row in rows),
+            )
 
     def drop(self, key: str) -> None:
         lease = self._by_key.get(key)
@@ -231,15 +257,21 @@ class LeaseStore:
         """Drop and return the leases unused for ``ttl`` whose owner is not in ``active``."""
         keep = set(active)
         deadline = self.clock() - self.ttl
-        gone = [lease for lease in self._by_key.values()
-                if lease.last_used < deadline and lease.key not in keep]
+        gone = [
+            lease
+            for lease in self._by_key.values()
+            if lease.last_used < deadline and lease.key not in keep
+        ]
         for lease in gone:
-            logger.info("lease of port %d by %s expired (unused for %g s)", lease.port,
-                        lease.key, self.ttl)
+            logger.info(
+                "lease of port %d by %s expired (unused for %g s)", lease.port, lease.key, self.ttl
+            )
             self._forget(lease)
         if gone:
-            self._write("expire", *(("DELETE FROM leases WHERE identity = ?", (lease.key,))
-                                    for lease in gone))
+            self._write(
+                "expire",
+                *(("DELETE FROM leases WHERE identity = ?", (lease.key,)) for lease in gone),
+            )
         return gone
 
     def close(self) -> None:
@@ -266,8 +298,13 @@ class LeaseStore:
                     self._db.execute(sql, args)
         except sqlite3.Error as exc:
             if not self._write_failed:
-                logger.error("lease store %s: cannot save a %s (%s); leases are kept in "
-                             "memory until it works again", self.path, what, exc)
+                logger.error(
+                    "lease store %s: cannot save a %s (%s); leases are kept in "
+                    "memory until it works again",
+                    self.path,
+                    what,
+                    exc,
+                )
             self._write_failed = True
         else:
             if self._write_failed:
@@ -282,8 +319,11 @@ class LeaseStore:
             self._db.execute("DELETE FROM leases")
             self._db.executemany(
                 "INSERT INTO leases (identity, port, granted, last_used) VALUES (?, ?, ?, ?)",
-                [(lease.key, lease.port, lease.granted, lease.last_used)
-                 for lease in self._by_key.values()])
+                [
+                    (lease.key, lease.port, lease.granted, lease.last_used)
+                    for lease in self._by_key.values()
+                ],
+            )
 
     def _connect(self, path: Path) -> sqlite3.Connection | None:
         try:
@@ -291,17 +331,28 @@ class LeaseStore:
         except (sqlite3.Error, _SchemaError) as exc:
             aside = _move_aside(path)
             if aside is None:
-                logger.error("lease store %s is unreadable (%s) and cannot be moved aside; "
-                             "leases are kept in memory only and end with this process",
-                             path, exc)
+                logger.error(
+                    "lease store %s is unreadable (%s) and cannot be moved aside; "
+                    "leases are kept in memory only and end with this process",
+                    path,
+                    exc,
+                )
                 return None
-            logger.error("lease store %s is unreadable (%s); moved it to %s and starting "
-                         "with no leases", path, exc, aside)
+            logger.error(
+                "lease store %s is unreadable (%s); moved it to %s and starting with no leases",
+                path,
+                exc,
+                aside,
+            )
             try:
                 db = _open_database(path)
             except (sqlite3.Error, _SchemaError) as again:
-                logger.error("cannot create a new lease store %s (%s); leases are kept in "
-                             "memory only and end with this process", path, again)
+                logger.error(
+                    "cannot create a new lease store %s (%s); leases are kept in "
+                    "memory only and end with this process",
+                    path,
+                    again,
+                )
                 return None
         self._load(db)
         return db
@@ -309,10 +360,15 @@ class LeaseStore:
     def _load(self, db: sqlite3.Connection) -> None:
         skipped = 0
         for key, port, granted, last_used in db.execute(
-                "SELECT identity, port, granted, last_used FROM leases"):
-            if (not isinstance(key, str) or not isinstance(port, int)
-                    or not 1 <= port <= 65535 or not isinstance(granted, int | float)
-                    or not isinstance(last_used, int | float)):
+            "SELECT identity, port, granted, last_used FROM leases"
+        ):
+            if (
+                not isinstance(key, str)
+                or not isinstance(port, int)
+                or not 1 <= port <= 65535
+                or not isinstance(granted, int | float)
+                or not isinstance(last_used, int | float)
+            ):
                 skipped += 1
                 continue
             lease = Lease(key, port, float(granted), float(last_used))
@@ -341,7 +397,8 @@ def _open_database(path: Path) -> sqlite3.Connection:
                 db.execute(
                     "CREATE TABLE IF NOT EXISTS leases (identity TEXT PRIMARY KEY, "
                     "port INTEGER NOT NULL UNIQUE, granted REAL NOT NULL, "
-                    "last_used REAL NOT NULL)")
+                    "last_used REAL NOT NULL)"
+                )
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:
             raise _SchemaError(f"schema version {version}, this relay knows {SCHEMA_VERSION}")
@@ -380,7 +437,8 @@ def _lock(directory: Path) -> int:
         os.close(fd)
         raise StateDirError(
             f"state directory {directory} is in use by another relay"
-            + (f" (pid {owner})" if owner else "")) from None
+            + (f" (pid {owner})" if owner else "")
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd

@@ -91,15 +91,21 @@ class PendingRegistration(Protocol):
         """Drop the connection: the relay is closing."""
 
 
-def admission_refused(pending: Collection[PendingRegistration], max_pending: int,
-                      per_source: SourceSlots, source: str,
-                      busy_reason: Callable[[str], str]) -> tuple[str, str] | None:
+def admission_refused(
+    pending: Collection[PendingRegistration],
+    max_pending: int,
+    per_source: SourceSlots,
+    source: str,
+    busy_reason: Callable[[str], str],
+) -> tuple[str, str] | None:
     """Admit a control connection as a pending registration: take its source's slot, or
     say why not, as (kind, reason): all ``max_pending`` places taken, or its source's
     share. The one rule for a challenged connection and for one in its TLS handshake."""
     if len(pending) >= max_pending:
-        return ("registrations in progress",
-                f"too many registrations in progress ({len(pending)}); retry later")
+        return (
+            "registrations in progress",
+            f"too many registrations in progress ({len(pending)}); retry later",
+        )
     if not per_source.acquire(source):
         return "registrations in handshake per source", busy_reason(source)
     return None
@@ -194,5 +200,6 @@ class IdleWatch:
         for end in idle:
             del watched[end]
             self._on_idle(end)
-        self._timer = (asyncio.get_running_loop().call_later(self._tick, self._check)
-                       if watched else None)
+        self._timer = (
+            asyncio.get_running_loop().call_later(self._tick, self._check) if watched else None
+        )

@@ -99,11 +99,16 @@ class NotifyRelay:
     metrics and drain: ``start``, ``serve_forever``, ``close``, ``wait_closed``, ``drain``,
     ``wait_idle``, ``port``, ``sessions``, ``stats``."""
 
-    def __init__(self, port: int = 0, *, host: str | None = None,
-                 port_range: tuple[int, int] | None = None,
-                 max_sessions: int = DEFAULT_MAX_SESSIONS,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        host: str | None = None,
+        port_range: tuple[int, int] | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    ) -> None:
         self._requested_port = port
         self.host = host
         self.port_range = port_range
@@ -128,13 +133,17 @@ class NotifyRelay:
         self._ports = PortAllocator(self._bind, self.port_range, LeaseStore(None))
         sock = self._bind.listen(self._requested_port)
         try:
-            self._control = await asyncio.start_server(self._accept_registration, sock=sock,
-                                                       backlog=LISTEN_BACKLOG)
+            self._control = await asyncio.start_server(
+                self._accept_registration, sock=sock, backlog=LISTEN_BACKLOG
+            )
         except BaseException:
             sock.close()
             raise
-        logger.info("Serving relay requests on port %d (protocol notify)", self.port,
-                    extra={"control_port": self.port})
+        logger.info(
+            "Serving relay requests on port %d (protocol notify)",
+            self.port,
+            extra={"control_port": self.port},
+        )
 
     @property
     def port(self) -> int:
@@ -143,9 +152,17 @@ class NotifyRelay:
     @property
     def sessions(self) -> list[SessionInfo]:
         return [
-            SessionInfo(r.id, r.peer, r.public_port, True, len(r.connections),
-                        since=r.traffic.since, bytes_in=r.traffic.bytes_in,
-                        bytes_out=r.traffic.bytes_out, streams=r.traffic.open_connections)
+            SessionInfo(
+                r.id,
+                r.peer,
+                r.public_port,
+                True,
+                len(r.connections),
+                since=r.traffic.since,
+                bytes_in=r.traffic.bytes_in,
+                bytes_out=r.traffic.bytes_out,
+                streams=r.traffic.open_connections,
+            )
             for r in self._registrations.values()
         ]
 
@@ -166,8 +183,9 @@ class NotifyRelay:
                 listener.close()
 
     async def wait_idle(self) -> None:
-        while busy := [r.traffic for r in self._registrations.values()
-                       if r.traffic.open_connections]:
+        while busy := [
+            r.traffic for r in self._registrations.values() if r.traffic.open_connections
+        ]:
             await busy[0].wait_idle()
 
     def close(self) -> None:
@@ -182,20 +200,27 @@ class NotifyRelay:
             await self._control.wait_closed()
 
     # ------------------------------------------------------------- internals
-    def _accept_registration(self, reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter) -> None:
+    def _accept_registration(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self._tasks.spawn(self._registered(reader, writer), name="relay-notify-registration")
 
-    async def _registered(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
+    async def _registered(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer_host, peer = _peer(writer)
         if self.draining or len(self._registrations) >= self.max_sessions:
-            reason = ("relay is shutting down" if self.draining else
-                      f"relay is full: {len(self._registrations)} sessions, the maximum "
-                      f"(--max-sessions {self.max_sessions})")
+            reason = (
+                "relay is shutting down"
+                if self.draining
+                else f"relay is full: {len(self._registrations)} sessions, the maximum "
+                f"(--max-sessions {self.max_sessions})"
+            )
             self.stats.refused["draining" if self.draining else "full"] += 1
-            logger.warning("refusing registration from %s: %s", peer, reason,
-                           extra={"peer": peer, "reason": reason})
+            logger.warning(
+                "refusing registration from %s: %s",
+                peer,
+                reason,
+                extra={"peer": peer, "reason": reason},
+            )
             writer.write(error_line(reason))
             writer.close()
             return
@@ -214,22 +239,33 @@ class NotifyRelay:
             except OSError as exc:
                 self.stats.refused["no_port"] += 1
                 reason = f"cannot open a public port: {exc}"
-                logger.warning("refusing registration from %s: %s", peer, reason,
-                               extra={"peer": peer, "reason": reason})
+                logger.warning(
+                    "refusing registration from %s: %s",
+                    peer,
+                    reason,
+                    extra={"peer": peer, "reason": reason},
+                )
                 writer.write(error_line(reason))
                 return
             self._registrations[reg.id] = reg
             self.stats.sessions_total += 1
             reg.listeners = [
-                await asyncio.start_server(lambda r, w: self._accept_public(reg, r, w),
-                                           sock=public, backlog=LISTEN_BACKLOG),
-                await asyncio.start_server(lambda r, w: self._dialback(reg, r, w), sock=dialback,
-                                           backlog=LISTEN_BACKLOG),
+                await asyncio.start_server(
+                    lambda r, w: self._accept_public(reg, r, w), sock=public, backlog=LISTEN_BACKLOG
+                ),
+                await asyncio.start_server(
+                    lambda r, w: self._dialback(reg, r, w), sock=dialback, backlog=LISTEN_BACKLOG
+                ),
             ]
             writer.write(port_line(reg.public_port))
-            logger.info("session %d from %s: public port %d, dial-back port %d", reg.id, peer,
-                        reg.public_port, reg.dialback_port,
-                        extra={**reg.log_fields(), "dialback_port": reg.dialback_port})
+            logger.info(
+                "session %d from %s: public port %d, dial-back port %d",
+                reg.id,
+                peer,
+                reg.public_port,
+                reg.dialback_port,
+                extra={**reg.log_fields(), "dialback_port": reg.dialback_port},
+            )
             while await reader.read(CONTROL_DISCARD):
                 pass
         except asyncio.CancelledError:
@@ -262,8 +298,14 @@ class NotifyRelay:
         if self._registrations.pop(reg.id, None) is None:
             return
         self.stats.session_ended(reg.traffic)
-        logger.info("session %d from %s ended: %s; public port %d closed", reg.id, reg.peer,
-                    reason, reg.public_port, extra={**reg.log_fields(), "reason": reason})
+        logger.info(
+            "session %d from %s ended: %s; public port %d closed",
+            reg.id,
+            reg.peer,
+            reason,
+            reg.public_port,
+            extra={**reg.log_fields(), "reason": reason},
+        )
 
     def _listen(self) -> socket.socket:
         """A listening socket on a free port (of --port-range, if given): the one allocator
@@ -271,17 +313,18 @@ class NotifyRelay:
         assert self._ports is not None
         return self._ports.allocate(PortRequest())
 
-    def _accept_public(self, reg: _Registration, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter) -> None:
+    def _accept_public(
+        self, reg: _Registration, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         if len(reg.connections) >= self.max_connections or self.draining:
-            self.stats.connections_refused[
-                "draining" if self.draining else "max_connections"] += 1
+            self.stats.connections_refused["draining" if self.draining else "max_connections"] += 1
             writer.transport.abort()
             return
         reg.connections.spawn(self._public(reg, reader, writer), name="relay-notify-connection")
 
-    async def _public(self, reg: _Registration, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
+    async def _public(
+        self, reg: _Registration, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         _, peer = _peer(writer)
         result = reg.traffic.opened()
         self.stats.connections_total += 1
@@ -295,7 +338,8 @@ class NotifyRelay:
                     server_reader, server_writer = await waiter
             except TimeoutError:
                 result.error = TimeoutError(
-                    f"the server did not dial back within {self.handshake_timeout:g} s")
+                    f"the server did not dial back within {self.handshake_timeout:g} s"
+                )
                 writer.transport.abort()
                 return
             await _splice((reader, writer), (server_reader, server_writer), result)
@@ -307,20 +351,35 @@ class NotifyRelay:
                 reg.waiting.remove(waiter)
             reg.traffic.closed(result)
             connections_logger.info(
-                "session %d: connection from %s closed: %d bytes in, %d out%s", reg.id, peer,
-                result.sent, result.received, f" ({result.error})" if result.error else "",
-                extra={**reg.log_fields(), "peer": peer, "bytes_in": result.sent,
-                       "bytes_out": result.received,
-                       "duration": round(time.monotonic() - started, 6),
-                       "reason": str(result.error) if result.error else "closed"})
+                "session %d: connection from %s closed: %d bytes in, %d out%s",
+                reg.id,
+                peer,
+                result.sent,
+                result.received,
+                f" ({result.error})" if result.error else "",
+                extra={
+                    **reg.log_fields(),
+                    "peer": peer,
+                    "bytes_in": result.sent,
+                    "bytes_out": result.received,
+                    "duration": round(time.monotonic() - started, 6),
+                    "reason": str(result.error) if result.error else "closed",
+                },
+            )
 
-    def _dialback(self, reg: _Registration, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter) -> None:
+    def _dialback(
+        self, reg: _Registration, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         host, peer = _peer(writer)
         if host != reg.peer_host:
-            logger.warning("session %d: dial-back from %s, not from the registered server's "
-                           "address %s; closing it", reg.id, peer, reg.peer_host,
-                           extra={**reg.log_fields(), "peer": peer})
+            logger.warning(
+                "session %d: dial-back from %s, not from the registered server's "
+                "address %s; closing it",
+                reg.id,
+                peer,
+                reg.peer_host,
+                extra={**reg.log_fields(), "peer": peer},
+            )
             writer.transport.abort()
             return
         while reg.waiting:
@@ -328,13 +387,18 @@ class NotifyRelay:
             if not waiter.done():
                 waiter.set_result((reader, writer))
                 return
-        logger.warning("session %d: dial-back from %s but no client is waiting; closing it",
-                       reg.id, peer, extra={**reg.log_fields(), "peer": peer})
+        logger.warning(
+            "session %d: dial-back from %s but no client is waiting; closing it",
+            reg.id,
+            peer,
+            extra={**reg.log_fields(), "peer": peer},
+        )
         writer.transport.abort()
 
 
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                result: PipeResult, inbound: bool) -> None:
+async def _copy(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, result: PipeResult, inbound: bool
+) -> None:
     while data := await reader.read(COPY_CHUNK):
         writer.write(data)
         if inbound:
@@ -348,8 +412,10 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 async def _splice(client: Pair, server: Pair, result: PipeResult) -> None:
     """Copy both ways, half-close aware; an error on either side aborts both."""
-    copies = [asyncio.create_task(_copy(client[0], server[1], result, True)),
-              asyncio.create_task(_copy(server[0], client[1], result, False))]
+    copies = [
+        asyncio.create_task(_copy(client[0], server[1], result, True)),
+        asyncio.create_task(_copy(server[0], client[1], result, False)),
+    ]
     try:
         for copy in asyncio.as_completed(copies):
             await copy

@@ -67,8 +67,14 @@ class TooManyLeasesError(PortRefusedError):
 
 def intersection(a: PortSet, b: PortSet) -> PortSet:
     """Ports in both ``a`` and ``b``."""
-    return PortSet(tuple((max(lo, low), min(hi, high)) for lo, hi in a.ranges
-                         for low, high in b.ranges if max(lo, low) <= min(hi, high)))
+    return PortSet(
+        tuple(
+            (max(lo, low), min(hi, high))
+            for lo, hi in a.ranges
+            for low, high in b.ranges
+            if max(lo, low) <= min(hi, high)
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +92,13 @@ class PortRequest:
 class PortAllocator:
     """Chooses, binds and remembers public ports; ``allocate`` / ``release``."""
 
-    def __init__(self, bind: BindAddress, port_range: tuple[int, int] | None,
-                 leases: LeaseStore, max_name_leases: int = DEFAULT_MAX_NAME_LEASES) -> None:
+    def __init__(
+        self,
+        bind: BindAddress,
+        port_range: tuple[int, int] | None,
+        leases: LeaseStore,
+        max_name_leases: int = DEFAULT_MAX_NAME_LEASES,
+    ) -> None:
         self.bind = bind
         self.max_name_leases = max_name_leases
         self.port_range = None if port_range is None else PortSet((port_range,))
@@ -101,14 +112,18 @@ class PortAllocator:
         """A bound, listening socket for ``request``; raises PortRefusedError (or OSError)."""
         key = None if request.identity is None else request.identity.key
         self.leases.expire(self.active_keys())
-        if (request.identity is not None and not request.identity.authenticated
-                and self.leases.of(request.identity.key) is None):
+        if (
+            request.identity is not None
+            and not request.identity.authenticated
+            and self.leases.of(request.identity.key) is None
+        ):
             names = sum(1 for lease in self.leases if lease.key.startswith("name:"))
             if names >= self.max_name_leases:
                 raise TooManyLeasesError(
                     f"the relay holds {names} leases of unauthenticated names, the maximum "
                     f"(--max-name-leases {self.max_name_leases}); register without a name, "
-                    f"or wait until unused leases end")
+                    f"or wait until unused leases end"
+                )
         if request.port is not None:
             sock = self._requested(request, request.port)
         else:
@@ -152,12 +167,14 @@ class PortAllocator:
             raise PortNotAllowedError(f"port {port} is not a port number (1-65535)")
         if self.port_range is not None and port not in self.port_range:
             raise PortOutsideRangeError(
-                f"port {port} is outside the relay's port range {self.port_range}")
+                f"port {port} is outside the relay's port range {self.port_range}"
+            )
         if request.allowed is not None and port not in request.allowed:
             client = None if request.identity is None else request.identity.client
             who = "this client" if client is None else f"client {client}"
             raise PortNotAllowedError(
-                f"port {port} is not allowed for {who} (allowed: {request.allowed})")
+                f"port {port} is not allowed for {who} (allowed: {request.allowed})"
+            )
 
     def _requested(self, request: PortRequest, port: int) -> socket.socket:
         self.check(request)
@@ -168,7 +185,8 @@ class PortAllocator:
                 raise PortTakenError(f"port {port} is in use by another client")
             raise PortTakenError(
                 f"port {port} is reserved for another client, which is away (a lease ends "
-                f"after {_duration(self.leases.ttl)} unused)")
+                f"after {_duration(self.leases.ttl)} unused)"
+            )
         if port in self.in_use:
             raise PortTakenError(f"port {port} is in use by another registration")
         try:
@@ -176,10 +194,12 @@ class PortAllocator:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise PortTakenError(
-                    f"port {port} is in use on the relay host by another program") from None
+                    f"port {port} is in use on the relay host by another program"
+                ) from None
             if exc.errno == errno.EACCES:
                 raise PortNotAllowedError(
-                    f"port {port} cannot be opened on the relay host: permission denied") from None
+                    f"port {port} cannot be opened on the relay host: permission denied"
+                ) from None
             raise
 
     def _leased(self, request: PortRequest) -> socket.socket | None:
@@ -190,16 +210,24 @@ class PortAllocator:
             return None
         candidates = self._candidates(request)
         if candidates is not None and lease.port not in candidates:
-            logger.info("%s: leased port %d is no longer allowed (range %s); choosing another",
-                        request.identity, lease.port, candidates)
+            logger.info(
+                "%s: leased port %d is no longer allowed (range %s); choosing another",
+                request.identity,
+                lease.port,
+                candidates,
+            )
             return None
         if lease.port in self.in_use:  # the server ends an older session of the same owner first
             return None
         try:
             return self.bind.listen(lease.port)
         except OSError as exc:
-            logger.warning("%s: leased port %d cannot be opened (%s); choosing another",
-                           request.identity, lease.port, exc.strerror or exc)
+            logger.warning(
+                "%s: leased port %d cannot be opened (%s); choosing another",
+                request.identity,
+                lease.port,
+                exc.strerror or exc,
+            )
             return None
 
     def _free(self, request: PortRequest) -> socket.socket:
@@ -226,8 +254,11 @@ class PortAllocator:
                 raise
             self._last_port = port
             return sock
-        where = (f"range {candidates.ranges[0][0]}-{candidates.ranges[-1][1]}"
-                 if request.allowed is None else f"the allowed ports {candidates}")
+        where = (
+            f"range {candidates.ranges[0][0]}-{candidates.ranges[-1][1]}"
+            if request.allowed is None
+            else f"the allowed ports {candidates}"
+        )
         away = f" ({leased} reserved for clients that are away)" if leased else ""
         raise NoFreePortError(f"no free port in {where}{away}")
 
@@ -245,7 +276,8 @@ class PortAllocator:
                 sock.close()
         raise NoFreePortError(
             f"the OS offered {OS_CHOICE_ATTEMPTS} ports in a row that are reserved for clients "
-            f"that are away")
+            f"that are away"
+        )
 
 
 def _duration(seconds: float) -> str:

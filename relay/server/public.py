@@ -52,10 +52,15 @@ class PublicConnections:
         peername = transport.get_extra_info("peername")
         if len(reg.connections) >= self.max_connections:
             reg.log.log(
-                logging.WARNING, "public refused: max connections",
+                logging.WARNING,
+                "public refused: max connections",
                 "session %d: refusing a public connection from %s: %d open, the maximum "
-                "(--max-connections %d)", reg.id, format_peer(peername), len(reg.connections),
-                self.max_connections, extra=reg.log_fields(),
+                "(--max-connections %d)",
+                reg.id,
+                format_peer(peername),
+                len(reg.connections),
+                self.max_connections,
+                extra=reg.log_fields(),
             )
             self.stats.connections_refused["max_connections"] += 1
             end.abort()
@@ -63,10 +68,16 @@ class PublicConnections:
         source = source_of(peername)
         if not reg.sources.acquire(source):
             reg.log.log(
-                logging.WARNING, "public refused: per source",
+                logging.WARNING,
+                "public refused: per source",
                 "session %d: refusing a public connection from %s: %d open from %s, the "
-                "maximum (--max-connections-per-source %d)", reg.id, format_peer(peername),
-                reg.sources.held(source), source, reg.sources.limit, extra=reg.log_fields(),
+                "maximum (--max-connections-per-source %d)",
+                reg.id,
+                format_peer(peername),
+                reg.sources.held(source),
+                source,
+                reg.sources.limit,
+                extra=reg.log_fields(),
             )
             self.stats.connections_refused["per_source"] += 1
             end.abort()
@@ -75,18 +86,22 @@ class PublicConnections:
         self.stats.connections_total += 1
         self._idle.watch(end)
         reg.connections.spawn(
-            self._relay(reg, end, peername, result), name=reg.connection_task_name,
+            self._relay(reg, end, peername, result),
+            name=reg.connection_task_name,
             on_done=_Release(reg, end, source, result, self._idle),
         )
 
     def _idle_connection(self, end: SocketEnd) -> None:
-        logger.debug("resetting public connection from %s: idle for %g s (--idle-timeout)",
-                     peer_of(end.transport) if end.transport is not None else "?",
-                     self.limits.idle_timeout)
+        logger.debug(
+            "resetting public connection from %s: idle for %g s (--idle-timeout)",
+            peer_of(end.transport) if end.transport is not None else "?",
+            self.limits.idle_timeout,
+        )
         end.abort()
 
-    async def _relay(self, reg: Registration, end: SocketEnd, peername: object,
-                     result: PipeResult) -> None:
+    async def _relay(
+        self, reg: Registration, end: SocketEnd, peername: object, result: PipeResult
+    ) -> None:
         """Open the stream and pipe; the per-connection line is only built if it is logged."""
         started = time.monotonic()
         try:
@@ -95,9 +110,14 @@ class PublicConnections:
             end.abort()
             raise
         except yamux.TooManyStreamsError as exc:
-            reg.log.log(logging.WARNING, "public refused: streams",
-                        "session %d: refusing a public connection: %s", reg.id, exc,
-                        extra=reg.log_fields())
+            reg.log.log(
+                logging.WARNING,
+                "public refused: streams",
+                "session %d: refusing a public connection: %s",
+                reg.id,
+                exc,
+                extra=reg.log_fields(),
+            )
             end.abort()
             return
         except yamux.SessionClosedError:
@@ -109,11 +129,16 @@ class PublicConnections:
             await reg.session.close()
             return
         if reg.request is not None and reg.request.client_address and end.transport is not None:
-            stream.write(v2_header(addresses_of(
-                peername, end.transport.get_extra_info("sockname"))))
+            stream.write(
+                v2_header(addresses_of(peername, end.transport.get_extra_info("sockname")))
+            )
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("session %d: public connection from %s on stream %d", reg.id,
-                         format_peer(peername), stream.id)
+            logger.debug(
+                "session %d: public connection from %s on stream %d",
+                reg.id,
+                format_peer(peername),
+                stream.id,
+            )
         await pipe(end, stream, result)
         if connections_logger.isEnabledFor(logging.INFO):
             _log_closed(reg, peername, stream.id, result, started)
@@ -125,8 +150,9 @@ class _Release:
 
     __slots__ = ("end", "idle", "reg", "result", "source")
 
-    def __init__(self, reg: Registration, end: SocketEnd, source: str, result: PipeResult,
-                 idle: IdleWatch) -> None:
+    def __init__(
+        self, reg: Registration, end: SocketEnd, source: str, result: PipeResult, idle: IdleWatch
+    ) -> None:
         self.reg = reg
         self.end = end
         self.source = source
@@ -139,17 +165,28 @@ class _Release:
         self.reg.traffic.closed(self.result)
 
 
-def _log_closed(reg: Registration, peername: object, stream_id: int, result: PipeResult,
-                started: float) -> None:
+def _log_closed(
+    reg: Registration, peername: object, stream_id: int, result: PipeResult, started: float
+) -> None:
     """The per-connection line; out of ``_relay`` so its deep call stack is not part of every
     connection's coroutine frame."""
     peer = format_peer(peername)
     fields = reg.log_fields()  # a fresh dict: the connection's fields go in it
-    fields.update(peer=peer, stream=stream_id, bytes_in=result.sent, bytes_out=result.received,
-                  duration=round(time.monotonic() - started, 6),
-                  reason=str(result.error) if result.error else "closed")
+    fields.update(
+        peer=peer,
+        stream=stream_id,
+        bytes_in=result.sent,
+        bytes_out=result.received,
+        duration=round(time.monotonic() - started, 6),
+        reason=str(result.error) if result.error else "closed",
+    )
     connections_logger.info(
         "session %d: connection from %s on stream %d closed: %d bytes in, %d out%s",
-        reg.id, peer, stream_id, result.sent, result.received,
-        f" ({result.error})" if result.error else "", extra=fields,
+        reg.id,
+        peer,
+        stream_id,
+        result.sent,
+        result.received,
+        f" ({result.error})" if result.error else "",
+        extra=fields,
     )

@@ -51,8 +51,15 @@ from .replacement import holder_of, replace, revoke
 from .session import Registration, SessionInfo, end_session, format_peer, peer_of, run_session
 from .tls_listener import TLSListener
 
-__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_SESSIONS",
-           "PROTOCOLS", "RelayServer", "SessionInfo", "port_request"]
+__all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_SESSIONS",
+    "PROTOCOLS",
+    "RelayServer",
+    "SessionInfo",
+    "port_request",
+]
 
 logger = logging.getLogger("relay.server")
 
@@ -69,7 +76,6 @@ PROTOCOLS = ("yamux", "v2")
 the relay challenges first (docs/protocol.md)."""
 
 
-
 def port_request(request: RegistrationRequest | None) -> PortRequest:
     """What the port policy needs of a registration: its identity, port and allowance.
 
@@ -84,11 +90,15 @@ def port_request(request: RegistrationRequest | None) -> PortRequest:
     identity = None
     if request.client is not None:
         if request.authenticated:
-            identity = Identity(client=request.client, name=request.service,
-                                port=request.requested_port)
+            identity = Identity(
+                client=request.client, name=request.service, port=request.requested_port
+            )
         else:
-            identity = Identity(name=request.client if request.service is None
-                                else f"{request.client}/{request.service}")
+            identity = Identity(
+                name=request.client
+                if request.service is None
+                else f"{request.client}/{request.service}"
+            )
     return PortRequest(identity, request.requested_port, request.allowed_ports)
 
 
@@ -169,9 +179,11 @@ class RelayServer:
         self.yamux_config = yamux_config or yamux.Config()
         self.limits = limits or Limits()
         self.registering = SourceSlots(
-            share(self.limits.max_pending_registrations_per_source, max_sessions))
-        self._connections_per_source = share(self.limits.max_connections_per_source,
-                                             max_connections)
+            share(self.limits.max_pending_registrations_per_source, max_sessions)
+        )
+        self._connections_per_source = share(
+            self.limits.max_connections_per_source, max_connections
+        )
         self.stats = RelayStats()
         """Counters for metrics (``relay.ops.metrics``)."""
         self.public = PublicConnections(self.stats, self.limits, max_connections)
@@ -225,17 +237,25 @@ class RelayServer:
         self._serving = loop.create_future()
         if self.auth is not None and self.auth.auth_file is not None:
             self._tasks.spawn(watch_auth_file(self.auth, self._revoke), name="relay-auth-file")
-        logger.info("Serving relay requests on port %d", self.port,
-                    extra={"control_port": self.port})
+        logger.info(
+            "Serving relay requests on port %d", self.port, extra={"control_port": self.port}
+        )
         if self.auth is None and not self._bind.is_loopback():
             logger.warning(
                 "the relay listens on %s without authentication: anyone who can reach port %d "
-                "gets a public port (use --secret or --auth-file)", self._bind, self.port)
+                "gets a public port (use --secret or --auth-file)",
+                self._bind,
+                self.port,
+            )
         logger.debug(
-            "bound to %s; %s; at most %d sessions of %d connections each; "
-            "registration %s%s%s", self._bind, self._ports.describe(),
-            self.max_sessions, self.max_connections, self.protocol,
-            f", {self.auth!r}" if self.auth else "", ", TLS" if self.ssl else "",
+            "bound to %s; %s; at most %d sessions of %d connections each; registration %s%s%s",
+            self._bind,
+            self._ports.describe(),
+            self.max_sessions,
+            self.max_connections,
+            self.protocol,
+            f", {self.auth!r}" if self.auth else "",
+            ", TLS" if self.ssl else "",
         )
 
     @property
@@ -295,8 +315,9 @@ class RelayServer:
 
     async def wait_idle(self) -> None:
         """Until no public connection is open (for a drain)."""
-        while busy := [r.traffic for r in self.registrations.values()
-                       if r.traffic.open_connections]:
+        while busy := [
+            r.traffic for r in self.registrations.values() if r.traffic.open_connections
+        ]:
             await busy[0].wait_idle()
 
     def _stop_listening(self, reg: Registration) -> None:
@@ -329,12 +350,20 @@ class RelayServer:
         """The control port: plain TCP, or TLS with each connection counted from accept on."""
         if self.ssl is None:
             return await asyncio.get_running_loop().create_server(
-                self._control_protocol, sock=sock, backlog=LISTEN_BACKLOG)
+                self._control_protocol, sock=sock, backlog=LISTEN_BACKLOG
+            )
         listener = TLSListener(
-            sock, self.ssl, timeout=self.handshake_timeout, pending=self._pending,
-            max_pending=self.max_pending, per_source=self.registering,
-            busy_reason=self._busy_reason, refused=self.refused, peer=format_peer,
-            protocol_factory=self._control_protocol, log=self.log,
+            sock,
+            self.ssl,
+            timeout=self.handshake_timeout,
+            pending=self._pending,
+            max_pending=self.max_pending,
+            per_source=self.registering,
+            busy_reason=self._busy_reason,
+            refused=self.refused,
+            peer=format_peer,
+            protocol_factory=self._control_protocol,
+            log=self.log,
         )
         listener.start()
         return listener
@@ -343,15 +372,24 @@ class RelayServer:
         if self.protocol == "yamux":
             return _ControlProtocol(self)
         return ChallengeProtocol(
-            auth=self.auth, failures=self.auth_failures, timeout=self.handshake_timeout,
-            peer=peer_of, accepted=self.registration_made, pending=self._pending,
-            max_pending=self.max_pending, per_source=self.registering,
-            busy_reason=self._busy_reason, log=self._challenge_log,
+            auth=self.auth,
+            failures=self.auth_failures,
+            timeout=self.handshake_timeout,
+            peer=peer_of,
+            accepted=self.registration_made,
+            pending=self._pending,
+            max_pending=self.max_pending,
+            per_source=self.registering,
+            busy_reason=self._busy_reason,
+            log=self._challenge_log,
         )
 
     def registration_made(
-        self, transport: asyncio.Transport, request: RegistrationRequest | None = None,
-        *, lease: bool = True,
+        self,
+        transport: asyncio.Transport,
+        request: RegistrationRequest | None = None,
+        *,
+        lease: bool = True,
     ) -> None:
         """Allocate for a registration: seed at once, v2 once its proof is checked.
 
@@ -366,8 +404,9 @@ class RelayServer:
         peer = peer_of(transport)
         source = source_of(transport.get_extra_info("peername"))
         if request is None and not self.registering.acquire(source):
-            self.refuse(transport, peer, "registrations in handshake per source",
-                         self._busy_reason(source))
+            self.refuse(
+                transport, peer, "registrations in handshake per source", self._busy_reason(source)
+            )
             return
         if self.closing:
             self.registering.release(source)
@@ -379,7 +418,9 @@ class RelayServer:
         if len(self.registrations) >= self.max_sessions:
             self.registering.release(source)
             self.refuse(
-                transport, peer, "relay full",
+                transport,
+                peer,
+                "relay full",
                 f"relay is full: {len(self.registrations)} sessions, the maximum "
                 f"(--max-sessions {self.max_sessions})",
             )
@@ -397,8 +438,10 @@ class RelayServer:
         if wanted.identity is not None:
             holder = holder_of(self.registrations.values(), wanted.identity)
             if holder is not None:  # decided after a ping; registration_made runs again then
-                self._tasks.spawn(replace(self, transport, request, source, wanted.identity,
-                                          holder), name="relay-replace")
+                self._tasks.spawn(
+                    replace(self, transport, request, source, wanted.identity, holder),
+                    name="relay-replace",
+                )
                 return
         try:
             sock = self._ports.allocate(wanted)
@@ -413,9 +456,17 @@ class RelayServer:
         public_port = int(sock.getsockname()[1])
         transport.write(port_line(public_port))
         session = yamux.Session.attach(transport, client=True, config=self.yamux_config)
-        reg = Registration(next(self._ids), peer, public_port, sock, session, source,
-                            SourceSlots(self._connections_per_source), request,
-                            wanted.identity)
+        reg = Registration(
+            next(self._ids),
+            peer,
+            public_port,
+            sock,
+            session,
+            source,
+            SourceSlots(self._connections_per_source),
+            request,
+            wanted.identity,
+        )
         self.registrations[reg.id] = reg
         self.stats.sessions_total += 1
         # The handshake ping goes out right after the port line (its task runs before the
@@ -433,9 +484,11 @@ class RelayServer:
         return self._ports
 
     def _busy_reason(self, source: str) -> str:
-        return (f"{self.registering.held(source)} registrations from {source} are still in "
-                f"their handshake, the maximum (--max-pending-registrations-per-source "
-                f"{self.registering.limit})")
+        return (
+            f"{self.registering.held(source)} registrations from {source} are still in "
+            f"their handshake, the maximum (--max-pending-registrations-per-source "
+            f"{self.registering.limit})"
+        )
 
     def refuse(self, transport: asyncio.Transport, peer: str, kind: str, reason: str) -> None:
         """Answer an error line and close (see ``refused``)."""
@@ -447,8 +500,14 @@ class RelayServer:
         """Count and log a refusal; the line is rate-limited per ``kind``, which is also the
         reason label of the refusals metric."""
         self.stats.refused[kind.replace(" ", "_")] += 1
-        self.log.log(logging.WARNING, f"refused: {kind}", "refusing registration from %s: %s",
-                      peer, reason, extra={"peer": peer, "reason": reason})
+        self.log.log(
+            logging.WARNING,
+            f"refused: {kind}",
+            "refusing registration from %s: %s",
+            peer,
+            reason,
+            extra={"peer": peer, "reason": reason},
+        )
 
     async def _refresh_leases(self) -> None:
         """Registered owners keep their leases fresh, so a relay crash does not age them."""

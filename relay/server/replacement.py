@@ -41,9 +41,14 @@ def holder_of(registrations: Iterable[Registration], identity: Identity) -> Regi
     return None
 
 
-async def replace(server: RelayServer, transport: asyncio.Transport,
-                  request: RegistrationRequest | None, source: str, identity: Identity,
-                  holder: Registration) -> None:
+async def replace(
+    server: RelayServer,
+    transport: asyncio.Transport,
+    request: RegistrationRequest | None,
+    source: str,
+    identity: Identity,
+    holder: Registration,
+) -> None:
     """``identity`` registers again while its old session looks alive: is it?
 
     The newcomer holds its source's slot of unfinished registrations throughout;
@@ -61,8 +66,12 @@ async def replace(server: RelayServer, transport: asyncio.Transport,
     else:
         if not holder.ending and identity.authenticated:
             # An authenticated client may run several services at once.
-            logger.info("%s already has a live session on public port %d; this one gets "
-                        "a port of its own, without a lease", identity, holder.public_port)
+            logger.info(
+                "%s already has a live session on public port %d; this one gets "
+                "a port of its own, without a lease",
+                identity,
+                holder.public_port,
+            )
             if not transport.is_closing():
                 server.registration_made(transport, request, lease=False)
             else:
@@ -70,12 +79,21 @@ async def replace(server: RelayServer, transport: asyncio.Transport,
             return
         if not holder.ending:
             server.registering.release(source)
-            server.refuse(transport, peer_of(transport), "name in use",
-                          f"{identity} is already registered (public port "
-                          f"{holder.public_port}) and that session is alive")
+            server.refuse(
+                transport,
+                peer_of(transport),
+                "name in use",
+                f"{identity} is already registered (public port "
+                f"{holder.public_port}) and that session is alive",
+            )
             return
-    logger.info("session %d: %s registers again from %s; ending the old session, which "
-                "did not answer a ping", holder.id, identity, peer_of(transport))
+    logger.info(
+        "session %d: %s registers again from %s; ending the old session, which "
+        "did not answer a ping",
+        holder.id,
+        identity,
+        peer_of(transport),
+    )
     holder.end_reason = holder.end_reason or "replaced by a new registration of its owner"
     if holder.task is not None:
         holder.task.cancel()
@@ -95,8 +113,14 @@ def revoke(registrations: Iterable[Registration], names: set[str]) -> None:
     """End the sessions of clients whose auth-file entry was removed or changed."""
     for reg in list(registrations):
         client = reg.request.client if reg.request is not None else None
-        if client in names and reg.request is not None and reg.request.authenticated \
-                and not reg.ending and reg.task is not None:
-            reg.end_reason = (f"client {client} was removed from the auth file or its "
-                              f"secret or ports changed")
+        if (
+            client in names
+            and reg.request is not None
+            and reg.request.authenticated
+            and not reg.ending
+            and reg.task is not None
+        ):
+            reg.end_reason = (
+                f"client {client} was removed from the auth file or its secret or ports changed"
+            )
             reg.task.cancel()

@@ -87,8 +87,11 @@ class Registration:
 
     def log_fields(self) -> dict[str, object]:
         """The stable log fields of this session (see ``relay.ops.logs.FIELDS``)."""
-        fields: dict[str, object] = {"session": self.id, "peer": self.peer,
-                                     "public_port": self.public_port}
+        fields: dict[str, object] = {
+            "session": self.id,
+            "peer": self.peer,
+            "public_port": self.public_port,
+        }
         if self.request is not None and self.request.client is not None:
             fields["client"] = self.request.client
         return fields
@@ -97,16 +100,25 @@ class Registration:
         """Send the handshake ping; ``run_session`` awaits the answer (or ``end_session``
         cancels and awaits it). Its failure is the session's end, reported there."""
         self.handshake = asyncio.get_running_loop().create_task(
-            self.session.ping(), name=f"relay-handshake-{self.id}")
+            self.session.ping(), name=f"relay-handshake-{self.id}"
+        )
         self.handshake.add_done_callback(_retrieve)
 
     def info(self) -> SessionInfo:
         return SessionInfo(
-            self.id, self.peer, self.public_port, self.confirmed, len(self.connections),
-            since=self.traffic.since, bytes_in=self.traffic.bytes_in,
-            bytes_out=self.traffic.bytes_out, streams=self.session.num_streams,
-            rtt=self.session.last_rtt, stalls=self.traffic.stalls,
-            client=self.request.client if self.request else None)
+            self.id,
+            self.peer,
+            self.public_port,
+            self.confirmed,
+            len(self.connections),
+            since=self.traffic.since,
+            bytes_in=self.traffic.bytes_in,
+            bytes_out=self.traffic.bytes_out,
+            streams=self.session.num_streams,
+            rtt=self.session.last_rtt,
+            stalls=self.traffic.stalls,
+            client=self.request.client if self.request else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +149,16 @@ async def run_session(server: RelayServer, reg: Registration) -> None:
     session = reg.session
     try:
         reg.listener = await asyncio.get_running_loop().create_server(
-            server.public.protocol_for(reg), sock=reg.sock, backlog=LISTEN_BACKLOG,
+            server.public.protocol_for(reg),
+            sock=reg.sock,
+            backlog=LISTEN_BACKLOG,
         )
-        logger.debug("session %d from %s: public port %d, waiting for the handshake ping",
-                     reg.id, reg.peer, reg.public_port)
+        logger.debug(
+            "session %d from %s: public port %d, waiting for the handshake ping",
+            reg.id,
+            reg.peer,
+            reg.public_port,
+        )
         assert reg.handshake is not None
         try:
             async with asyncio.timeout(server.handshake_timeout):
@@ -154,11 +172,18 @@ async def run_session(server: RelayServer, reg: Registration) -> None:
         reg.confirmed = True
         server.registering.release(reg.source)
         # Logged once confirmed: a flood of failed handshakes goes through server.log.
-        logger.info("session %d from %s%s: public port %d (ping %.1f ms)", reg.id, reg.peer,
-                    f" ({reg.request.describe()})" if reg.request else "", reg.public_port,
-                    rtt * 1000, extra=reg.log_fields())
+        logger.info(
+            "session %d from %s%s: public port %d (ping %.1f ms)",
+            reg.id,
+            reg.peer,
+            f" ({reg.request.describe()})" if reg.request else "",
+            reg.public_port,
+            rtt * 1000,
+            extra=reg.log_fields(),
+        )
         rejecting = asyncio.get_running_loop().create_task(
-            _reject_streams(reg), name=f"relay-reject-{reg.id}")
+            _reject_streams(reg), name=f"relay-reject-{reg.id}"
+        )
         try:
             # Go Away from the registered side: no stream can be opened any more, so
             # the public port is useless; free it now, not at the next connection.
@@ -177,9 +202,13 @@ async def _reject_streams(reg: Registration) -> None:
     """Streams go one way only (relay -> registered side); reset any the other way."""
     async for stream in reg.session:
         reg.log.log(
-            logging.WARNING, "stream from the registered side",
+            logging.WARNING,
+            "stream from the registered side",
             "session %d: the registered side opened stream %d, which this protocol "
-            "does not use; resetting it", reg.id, stream.id, extra=reg.log_fields(),
+            "does not use; resetting it",
+            reg.id,
+            stream.id,
+            extra=reg.log_fields(),
         )
         stream.reset()
 
@@ -214,12 +243,22 @@ async def end_session(server: RelayServer, reg: Registration) -> None:
     reg.log.summary(logging.WARNING, what)
     fields = {**reg.log_fields(), "reason": reg.end_reason}
     if reg.confirmed or server.closing:
-        logger.info("%s ended: %s; public port %d closed",
-                    what, reg.end_reason, reg.public_port, extra=fields)
+        logger.info(
+            "%s ended: %s; public port %d closed",
+            what,
+            reg.end_reason,
+            reg.public_port,
+            extra=fields,
+        )
     else:  # anyone can make these: rate-limited like refusals, per kind of failure
         cause = reg.session.close_reason if closed_by_peer else None
         kind = type(cause).__name__ if cause is not None else "no answer"
-        server.log.log(logging.WARNING, f"failed handshake: {kind}",
-                       "%s ended: %s; public port %d closed",
-                       what, reg.end_reason, reg.public_port, extra=fields)
-
+        server.log.log(
+            logging.WARNING,
+            f"failed handshake: {kind}",
+            "%s ended: %s; public port %d closed",
+            what,
+            reg.end_reason,
+            reg.public_port,
+            extra=fields,
+        )

@@ -109,8 +109,13 @@ class TLSListener:
             except ConnectionAbortedError:
                 continue  # the client gave up before we accepted
             except OSError as exc:  # out of file descriptors or memory, most likely
-                self._log.log(logging.ERROR, "accept", "cannot accept on the control port "
-                              "(%s); pausing %g s", exc, ACCEPT_PAUSE)
+                self._log.log(
+                    logging.ERROR,
+                    "accept",
+                    "cannot accept on the control port (%s); pausing %g s",
+                    exc,
+                    ACCEPT_PAUSE,
+                )
                 await asyncio.sleep(ACCEPT_PAUSE)
                 continue
             self._admit(conn, address)
@@ -119,8 +124,9 @@ class TLSListener:
         """Take a pending place and a slot of the source, or close at once."""
         peer = self._peer(address)
         source = source_of(address)
-        refusal = admission_refused(self._pending, self._max_pending, self._per_source, source,
-                                    self._busy_reason)
+        refusal = admission_refused(
+            self._pending, self._max_pending, self._per_source, source, self._busy_reason
+        )
         if refusal is not None:
             conn.close()
             self._refused(peer, *refusal)
@@ -128,20 +134,25 @@ class TLSListener:
         handshake = _Handshake(conn, source, self._hand_over, self._release)
         self._pending.add(handshake)
         handshake.task = self._handshakes.spawn(
-            self._handshake(handshake, peer), name="relay-tls-handshake",
-            on_done=handshake.ended)
+            self._handshake(handshake, peer), name="relay-tls-handshake", on_done=handshake.ended
+        )
 
     async def _handshake(self, handshake: _Handshake, peer: str) -> None:
         conn = handshake.take_socket()
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: handshake, conn, ssl=self._context,
-                ssl_handshake_timeout=self._timeout)
+                lambda: handshake, conn, ssl=self._context, ssl_handshake_timeout=self._timeout
+            )
         except OSError as exc:  # ssl.SSLError, the handshake timeout, a reset
             reason = describe_client_tls_error(exc, self._timeout)
-            self._log.log(logging.WARNING, f"tls: {type(exc).__name__}",
-                          "TLS handshake with %s failed: %s; connection closed",
-                          peer, reason, extra={"peer": peer, "reason": reason})
+            self._log.log(
+                logging.WARNING,
+                f"tls: {type(exc).__name__}",
+                "TLS handshake with %s failed: %s; connection closed",
+                peer,
+                reason,
+                extra={"peer": peer, "reason": reason},
+            )
 
     def _hand_over(self, transport: asyncio.BaseTransport) -> None:
         protocol = self._protocol_factory()
@@ -162,9 +173,13 @@ class _Handshake(asyncio.Protocol):
     gives them back when its task ends).
     """
 
-    def __init__(self, conn: socket.socket, source: str,
-                 hand_over: Callable[[asyncio.BaseTransport], None],
-                 release: Callable[[_Handshake], None]) -> None:
+    def __init__(
+        self,
+        conn: socket.socket,
+        source: str,
+        hand_over: Callable[[asyncio.BaseTransport], None],
+        release: Callable[[_Handshake], None],
+    ) -> None:
         self._conn: socket.socket | None = conn
         """Ours until the handshake task takes it."""
         self.source = source

@@ -52,7 +52,7 @@ def _excerpt(data: bytes | bytearray) -> str:
 def parse_greeting(line: bytes) -> int:
     """The port of a greeting line (without its newline); raise RegistrationError otherwise."""
     if line.startswith(ERROR_PREFIX):
-        raise RelayRefusedError(line[len(ERROR_PREFIX):].decode("ascii", "replace"))
+        raise RelayRefusedError(line[len(ERROR_PREFIX) :].decode("ascii", "replace"))
     if _PORT_LINE.fullmatch(line):
         port = int(line)
         if 1 <= port <= 65535:
@@ -98,13 +98,15 @@ class GreetingProtocol(asyncio.Protocol):
         newline = self._buffer.find(b"\n")
         if newline < 0:
             if len(self._buffer) >= MAX_GREETING or not _plausible_prefix(bytes(self._buffer)):
-                self._fail(RegistrationError(
-                    f"expected a port line (decimal digits and a newline), got "
-                    f"{_excerpt(self._buffer)}; is this a relay?"
-                ))
+                self._fail(
+                    RegistrationError(
+                        f"expected a port line (decimal digits and a newline), got "
+                        f"{_excerpt(self._buffer)}; is this a relay?"
+                    )
+                )
             return
         line = bytes(self._buffer[:newline])
-        rest = bytes(self._buffer[newline + 1:])
+        rest = bytes(self._buffer[newline + 1 :])
         self._buffer.clear()
         self._line_received(line, rest)
 
@@ -125,10 +127,12 @@ class GreetingProtocol(asyncio.Protocol):
         self.result.set_result((session, port))
 
     def eof_received(self) -> bool:
-        self._fail(RelayClosedError(
-            "the relay closed the connection before sending a port line"
-            + (f" (it sent {_excerpt(self._buffer)})" if self._buffer else "")
-        ))
+        self._fail(
+            RelayClosedError(
+                "the relay closed the connection before sending a port line"
+                + (f" (it sent {_excerpt(self._buffer)})" if self._buffer else "")
+            )
+        )
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -74,11 +74,14 @@ def v2_header(addresses: ProxyAddresses | None) -> bytes:
         return _V2_FIXED.pack(V2_SIGNATURE, V2_VERSION_LOCAL, V2_UNSPEC, 0)
     (src, sport), (dst, dport) = addresses.source, addresses.destination
     if addresses.family == socket.AF_INET6:
-        body = (socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
-                + struct.pack("!HH", sport, dport))
+        body = (
+            socket.inet_pton(socket.AF_INET6, src)
+            + socket.inet_pton(socket.AF_INET6, dst)
+            + struct.pack("!HH", sport, dport)
+        )
         family = V2_TCP6
     else:
-        body = (socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport))
+        body = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
         family = V2_TCP4
     return _V2_FIXED.pack(V2_SIGNATURE, V2_VERSION_PROXY, family, len(body)) + body
 
@@ -104,11 +107,9 @@ def parse_v2_fixed(data: bytes) -> tuple[int, int, int]:
     """``(version_command, family, payload length)`` of the first 16 bytes of a v2 header."""
     signature, version_command, family, length = _V2_FIXED.unpack(data)
     if signature != V2_SIGNATURE or version_command not in (V2_VERSION_PROXY, V2_VERSION_LOCAL):
-        raise ProxyHeaderError(
-            f"stream does not start with a PROXY v2 header (got {data[:16]!r})")
+        raise ProxyHeaderError(f"stream does not start with a PROXY v2 header (got {data[:16]!r})")
     if length > MAX_V2_PAYLOAD:
-        raise ProxyHeaderError(f"PROXY v2 header of {length} bytes is longer than "
-                               f"{MAX_V2_PAYLOAD}")
+        raise ProxyHeaderError(f"PROXY v2 header of {length} bytes is longer than {MAX_V2_PAYLOAD}")
     return version_command, family, length
 
 
@@ -126,6 +127,7 @@ def parse_v2_payload(version_command: int, family: int, payload: bytes) -> Proxy
     elif family == V2_UNSPEC:
         return None
     else:
-        raise ProxyHeaderError(f"PROXY v2 header: unsupported family/length "
-                               f"0x{family:02x}/{len(payload)}")
+        raise ProxyHeaderError(
+            f"PROXY v2 header: unsupported family/length 0x{family:02x}/{len(payload)}"
+        )
     return ProxyAddresses((src, sport), (dst, dport))

@@ -34,8 +34,7 @@ def server_context(
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     _load("cannot load the certificate/key", cert, context.load_cert_chain, str(cert), str(key))
     if client_ca is not None:
-        _load("cannot load the client CA", client_ca, context.load_verify_locations,
-              str(client_ca))
+        _load("cannot load the client CA", client_ca, context.load_verify_locations, str(client_ca))
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 
@@ -55,16 +54,23 @@ def client_context(
     if cert is not None or key is not None:
         if cert is None:
             raise TLSConfigError("a client key needs its certificate (--tls-cert)")
-        _load("cannot load the client certificate/key", cert, context.load_cert_chain,
-              str(cert), str(key) if key is not None else None)
+        _load(
+            "cannot load the client certificate/key",
+            cert,
+            context.load_cert_chain,
+            str(cert),
+            str(key) if key is not None else None,
+        )
     return context
 
 
 def describe_tls_error(exc: BaseException) -> str | None:
     """A sentence for a failed TLS handshake, or None if ``exc`` is not one."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return (f"the relay's TLS certificate was not accepted: {exc.verify_message} "
-                f"(wrong CA, or the host name does not match the certificate?)")
+        return (
+            f"the relay's TLS certificate was not accepted: {exc.verify_message} "
+            f"(wrong CA, or the host name does not match the certificate?)"
+        )
     if isinstance(exc, ssl.SSLError):
         reason = exc.reason or str(exc)
         if "CERTIFICATE_REQUIRED" in reason.upper():
@@ -73,9 +79,11 @@ def describe_tls_error(exc: BaseException) -> str | None:
             return f"TLS handshake failed ({reason}): does the relay speak TLS?"
         return f"TLS handshake failed: {reason}"
     if isinstance(exc, ConnectionResetError):
-        return ("the relay closed the connection during the TLS handshake (it does so "
-                "when it holds too many unfinished registrations, from this address or in "
-                "all: retry later)")
+        return (
+            "the relay closed the connection during the TLS handshake (it does so "
+            "when it holds too many unfinished registrations, from this address or in "
+            "all: retry later)"
+        )
     return None
 
 

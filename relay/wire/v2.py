@@ -39,9 +39,7 @@ logger = logging.getLogger("relay.handshake")
 VERSION = 2
 """The registration version this code speaks (the seed protocol is version 1)."""
 VERSION_TOKEN = b"relay/%d" % VERSION
-CHALLENGE_TEXT = (
-    b"error: v2 needed: this relay requires registration v2 (upgrade the client); "
-)
+CHALLENGE_TEXT = b"error: v2 needed: this relay requires registration v2 (upgrade the client); "
 """The human part of the challenge: what a seed client shows. Its first 16 bytes
 (``error: v2 needed``) are all the Go seed forwarder prints of a long line."""
 HMAC_LABEL = b"relay registration v2\n"
@@ -81,7 +79,8 @@ class SeedRelayError(RegistrationError):
             "the relay did not offer registration v2 (it sent a port line: the seed "
             "protocol, without authentication), and this client requires v2 (--require-v2, "
             "RELAY_REQUIRE_V2, require_v2=True): is it the right relay, started with --secret "
-            "or --protocol v2? Without TLS, someone in between may have removed its challenge")
+            "or --protocol v2? Without TLS, someone in between may have removed its challenge"
+        )
 
 
 class HandshakeError(RegistrationError):
@@ -105,10 +104,12 @@ class Challenge:
 
     def line(self) -> bytes:
         features = ",".join(sorted(self.features)) or "-"
-        return (CHALLENGE_TEXT + b"relay/%d nonce=%s auth=%s features=%s\n" % (
-            self.version, self.nonce, b"required" if self.auth_required else b"none",
+        return CHALLENGE_TEXT + b"relay/%d nonce=%s auth=%s features=%s\n" % (
+            self.version,
+            self.nonce,
+            b"required" if self.auth_required else b"none",
             features.encode("ascii"),
-        ))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +150,10 @@ def parse_challenge(line: bytes) -> Challenge:
     """The challenge of a greeting line (no newline); HandshakeError if we cannot answer it."""
     tokens = line.split(b" ")
     start = next(i for i, token in enumerate(tokens) if token.startswith(b"relay/"))
-    version_text = tokens[start][len(b"relay/"):]
+    version_text = tokens[start][len(b"relay/") :]
     if not version_text.isdigit():
         raise HandshakeError(f"malformed challenge version {tokens[start]!r}")
-    fields = _fields(tokens[start + 1:], "challenge")
+    fields = _fields(tokens[start + 1 :], "challenge")
     accepts_text = fields.get("accept", version_text.decode())
     try:
         accepts = frozenset(int(v) for v in accepts_text.split(","))
@@ -161,7 +162,8 @@ def parse_challenge(line: bytes) -> Challenge:
     if VERSION not in accepts:
         raise HandshakeError(
             f"the relay requires registration version {accepts_text}; this client speaks "
-            f"version {VERSION} (upgrade the client)")
+            f"version {VERSION} (upgrade the client)"
+        )
     nonce = fields.get("nonce", "").encode("ascii")
     if not _HEX64.fullmatch(nonce):
         raise HandshakeError("the challenge has no valid nonce (64 lowercase hex digits)")
@@ -212,11 +214,12 @@ def parse_response(line: bytes, challenge: Challenge) -> Response:
     if tokens[0] != b"relay/%d" % challenge.version:
         shown = tokens[0][:16].decode("ascii", "replace")
         raise HandshakeError(
-            f"expected a response starting with relay/{challenge.version}, got {shown!r}")
+            f"expected a response starting with relay/{challenge.version}, got {shown!r}"
+        )
     proof: bytes | None = None
     signed = line
     if tokens[-1].startswith(b"proof="):
-        proof = tokens[-1][len(b"proof="):]
+        proof = tokens[-1][len(b"proof=") :]
         if not _HEX64.fullmatch(proof):
             raise HandshakeError("proof= must be 64 lowercase hex digits")
         tokens = tokens[:-1]
@@ -245,8 +248,14 @@ def parse_response(line: bytes, challenge: Challenge) -> Response:
         raise HandshakeError("client-addr= must be 0 or 1")
     if client_addr == "1" and FEATURE_CLIENT_ADDR not in challenge.features:
         raise HandshakeError("client-addr was not offered")
-    return Response(name=name, service=service, port=port, client_addr=client_addr == "1",
-                    proof=proof, signed=signed)
+    return Response(
+        name=name,
+        service=service,
+        port=port,
+        client_addr=client_addr == "1",
+        proof=proof,
+        signed=signed,
+    )
 
 
 def _fields(tokens: list[bytes], what: str) -> dict[str, str]:
@@ -265,7 +274,7 @@ def _fields(tokens: list[bytes], what: str) -> dict[str, str]:
 
 def refusal(line: bytes) -> RelayRefusedError:
     """The exception for an ``error: ...`` line that is not a challenge."""
-    reason = line[len(ERROR_PREFIX):].decode("ascii", "replace")
+    reason = line[len(ERROR_PREFIX) :].decode("ascii", "replace")
     if reason.startswith(AUTH_FAILED):
         return AuthenticationError(reason)
     return RelayRefusedError(reason)
@@ -296,8 +305,11 @@ class ClientOptions:
 
     def v2_only(self) -> list[str]:
         """What a seed relay cannot honour (the client address is best effort: not listed)."""
-        wanted = [("a secret", self.secret is not None), ("a client name", self.name is not None),
-                  (f"port {self.port}", self.port is not None)]
+        wanted = [
+            ("a secret", self.secret is not None),
+            ("a client name", self.name is not None),
+            (f"port {self.port}", self.port is not None),
+        ]
         return [what for what, on in wanted if on]
 
 
@@ -329,7 +341,9 @@ class RegisteringProtocol(GreetingProtocol):
             logger.warning(
                 "the relay speaks the seed protocol (it sent its port line without a "
                 "challenge): %s not used (they need a relay with --protocol v2 or "
-                "--state-dir)", ", ".join(self.options.v2_only()))
+                "--state-dir)",
+                ", ".join(self.options.v2_only()),
+            )
         super()._line_received(line, rest)
 
     def _answer(self, line: bytes, rest: bytes) -> None:
@@ -343,19 +357,33 @@ class RegisteringProtocol(GreetingProtocol):
             self._fail(exc)
             return
         if challenge.auth_required and options.secret is None:
-            self._fail(AuthenticationError(
-                "this relay requires a secret and none is configured (--secret, "
-                "RELAY_SECRET or secret=)", sent=False))
+            self._fail(
+                AuthenticationError(
+                    "this relay requires a secret and none is configured (--secret, "
+                    "RELAY_SECRET or secret=)",
+                    sent=False,
+                )
+            )
             return
         client_addr = options.client_address and FEATURE_CLIENT_ADDR in challenge.features
         service = options.service if FEATURE_SERVICE in challenge.features else None
         if options.service is not None and service is None:
             logger.warning(
                 "the relay does not offer per-service identities (an older relay): service "
-                "%s shares the lease of client %s", options.service, options.name)
+                "%s shares the lease of client %s",
+                options.service,
+                options.name,
+            )
         self.version = 2
         self.client_address = client_addr
         assert self.transport is not None
-        self.transport.write(response_line(
-            challenge, secret=options.secret if challenge.auth_required else None,
-            name=options.name, service=service, port=options.port, client_addr=client_addr))
+        self.transport.write(
+            response_line(
+                challenge,
+                secret=options.secret if challenge.auth_required else None,
+                name=options.name,
+                service=service,
+                port=options.port,
+                client_addr=client_addr,
+            )
+        )
