@@ -260,18 +260,22 @@ class _Splice(asyncio.Protocol):
         """Abort both sides: RST on the stream and on the socket."""
         if self.finished:
             return
-        self.finished = True
+        self._finish()
         self.result.error = exc
-        if not self._done.done():
-            self._done.set_result(None)
         self.stream.reset()
         self.end.abort()
 
     def _finish_if_done(self) -> None:
         if self._up_done and self._down_done and not self.finished:
-            self.finished = True
-            self._done.set_result(None)
+            self._finish()
             self.transport.close()
+
+    def _finish(self) -> None:
+        """The one way to the outcome. ``done`` may be cancelled already: the pipe's task was
+        cancelled and is only told on the loop's next turn, while callbacks still arrive."""
+        self.finished = True
+        if not self._done.done():
+            self._done.set_result(None)
 
 
 async def pipe(

@@ -160,3 +160,27 @@ async def test_early_data_is_bounded_while_the_stream_is_not_open() -> None:
         assert result.error is None
         assert result.sent == pushed
         assert r.errors == []
+
+
+async def test_both_halves_ending_after_the_pipe_was_cancelled_finish_quietly() -> None:
+    """A cancelled pipe task is only told on the loop's next turn; until then the socket's
+    EOF and the stream's FIN can both arrive (a session ending under churn). The pipe's
+    done future is already cancelled then: setting it raised InvalidStateError inside the
+    session's data_received, which ended the whole session with every stream on it."""
+    loop = asyncio.get_running_loop()
+    async with rig() as r:
+        relay_stream = await r.relay_session.open_stream()
+        piping = loop.create_task(pipe(r.end, relay_stream))
+        peer_stream = await r.peer_session.accept_stream()
+        relay_stream.pause_reading()  # the registered side's FIN waits in the stream
+        peer_stream.write_eof()
+        async with asyncio.timeout(5):
+            while not relay_stream.at_eof():  # the FIN arrived (not yet delivered)
+                await asyncio.sleep(0.001)
+        piping.cancel()
+        r.end.eof_received()  # the public client's EOF ...
+        relay_stream.resume_reading()  # ... and the FIN, in the same turn
+        with pytest.raises(asyncio.CancelledError):
+            await piping
+        assert r.errors == []
+        assert not r.relay_session.closed
