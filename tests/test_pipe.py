@@ -175,7 +175,7 @@ async def test_both_halves_ending_after_the_pipe_was_cancelled_finish_quietly() 
         relay_stream.pause_reading()  # the registered side's FIN waits in the stream
         peer_stream.write_eof()
         async with asyncio.timeout(5):
-            while not relay_stream.at_eof():  # the FIN arrived (not yet delivered)
+            while not relay_stream.at_eof():  # noqa: ASYNC110 - the FIN arrived, undelivered
                 await asyncio.sleep(0.001)
         piping.cancel()
         r.end.eof_received()  # the public client's EOF ...
