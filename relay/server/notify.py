@@ -42,15 +42,11 @@ from ..net import (
 from ..pipe import PipeResult
 from ..stats import RelayStats, Traffic
 from ..wire.greeting import error_line, port_line
-from .auth import FailureLimiter
+from .interface import SessionInfo
 from .leases import LeaseStore
-from .ports import PortAllocator, PortRequest
-from .relay import (
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_SESSIONS,
-    SessionInfo,
-)
+from .ports import PortAllocator
+from .relay import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SESSIONS
+from .request import SEED
 
 logger = logging.getLogger("relay.notify")
 connections_logger = logging.getLogger("relay.connections")
@@ -95,9 +91,8 @@ class _Registration:
 
 
 class NotifyRelay:
-    """The relay of ``--protocol notify``; the same surface as ``RelayServer`` for the CLI,
-    metrics and drain: ``start``, ``serve_forever``, ``close``, ``wait_closed``, ``drain``,
-    ``wait_idle``, ``port``, ``sessions``, ``stats``."""
+    """The relay of ``--protocol notify``: a ``relay.server.interface.Relay``, as
+    ``RelayServer`` is, for the CLI, metrics and drain."""
 
     def __init__(
         self,
@@ -116,8 +111,8 @@ class NotifyRelay:
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self.stats = RelayStats()
-        self.auth_failures = FailureLimiter()
-        """Never fed: this protocol has no authentication (metrics read its total)."""
+        self.yamux_config: yamux.Config | None = None
+        """This protocol speaks no yamux."""
         self.draining = False
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | None = None
@@ -311,7 +306,7 @@ class NotifyRelay:
         """A listening socket on a free port (of --port-range, if given): the one allocator
         the yamux relay uses too."""
         assert self._ports is not None
-        return self._ports.allocate(PortRequest())
+        return self._ports.allocate(SEED)
 
     def _accept_public(
         self, reg: _Registration, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
