@@ -30,19 +30,15 @@ class SessionEvent(Enum):
 
 
 class SessionEffect(Enum):
-    """What the session does on a step; EFFECT_DOCS says what each one means."""
+    """What the session does on a step."""
 
     RELEASE_SLOT = "release slot"
+    """The source's admission slot goes back (the only place it does)."""
     STOP = "stop"
+    """The public listener closes, the port is released, every task is cancelled, and the
+    closing of the yamux session starts."""
     FORGET = "forget"
-
-
-EFFECT_DOCS = {
-    SessionEffect.RELEASE_SLOT: "the source's admission slot goes back (the only place it does).",
-    SessionEffect.STOP: "the public listener closes, the port is released, every task is "
-    "cancelled, and the closing of the yamux session starts.",
-    SessionEffect.FORGET: "the relay forgets the session: totals kept, end line logged.",
-}
+    """The relay forgets the session: its totals are kept, its end line is logged."""
 
 
 class SessionStateError(RelayError):

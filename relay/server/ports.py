@@ -114,7 +114,7 @@ class PortAllocator:
                     f"or wait until unused leases end"
                 )
         if request.remote_port is not None:
-            sock = self._requested(request, request.remote_port, key)
+            sock = self._remote_port(request, request.remote_port, key)
         else:
             leased = self._leased(request, identity) if identity is not None else None
             sock = leased if leased is not None else self._free(request)
@@ -165,7 +165,10 @@ class PortAllocator:
                 f"port {port} is not allowed for {who} (allowed: {request.allowed_ports})"
             )
 
-    def _requested(self, request: RegistrationRequest, port: int, key: str | None) -> socket.socket:
+    def _remote_port(
+        self, request: RegistrationRequest, port: int, key: str | None
+    ) -> socket.socket:
+        """The port ``request`` asks for, bound, or why not."""
         self.check(request)
         lease = self.leases.on_port(port)
         if lease is not None and lease.key != key:

@@ -35,6 +35,7 @@ import socket
 import ssl as ssl_module
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 import yamux
 from yamux.ratelimit import RateLimitedLog
@@ -80,6 +81,15 @@ LEASE_REFRESH_INTERVAL = 60.0
 DEFAULT_MAX_PENDING = 1000
 """Most control connections between accept and the end of their TLS handshake (with TLS)
 or a checked v2 response (registration v2)."""
+
+
+def _replaced(transport: asyncio.Transport, slot: Slot, task: asyncio.Task[None]) -> None:
+    """The end of a replacement, even one cancelled before it ran (the relay is closing):
+    the newcomer's slot goes back unless it went on to its session, and a newcomer left
+    undecided is dropped."""
+    slot.release()
+    if task.cancelled() or task.exception() is not None:
+        transport.abort()
 
 
 class _SeedProtocol(asyncio.Protocol):
@@ -387,9 +397,11 @@ class RelayServer:
         if identity is not None:
             holder = holder_of(self._sessions.values(), identity)
             if holder is not None:  # decided after a ping; registration_made runs again then
+                newcomer = slot.hand_over()
                 self._tasks.spawn(
-                    self._replace(transport, request, slot.hand_over(), identity, holder),
+                    self._replace(transport, request, newcomer, identity, holder),
                     name="relay-replace",
+                    on_done=partial(_replaced, transport, newcomer),
                 )
                 return
         try:
@@ -426,26 +438,21 @@ class RelayServer:
         holder: RegisteredSession,
     ) -> None:
         """``identity`` registers again while ``holder`` has it (``relay.server.replacement``);
-        the newcomer keeps its admission slot throughout."""
-        with slot:
-            try:
-                decision = await settle(holder, identity, peer_of(transport))
-            except asyncio.CancelledError:  # the relay is closing
-                transport.abort()
-                raise
-            if decision is Decision.REFUSE:
-                self.admission.refuse(
-                    transport,
-                    peer_of(transport),
-                    "name in use",
-                    f"{identity} is already registered (public port "
-                    f"{holder.public_port}) and that session is alive",
-                )
-                return
-            if decision is Decision.OWN_PORT:
-                request = replace(request, lease=False)
-            if not transport.is_closing():
-                self.registration_made(transport, request, slot.hand_over())
+        the newcomer keeps its admission slot throughout (``_replaced``)."""
+        decision = await settle(holder, identity, peer_of(transport))
+        if decision is Decision.REFUSE:
+            self.admission.refuse(
+                transport,
+                peer_of(transport),
+                "name in use",
+                f"{identity} is already registered (public port "
+                f"{holder.public_port}) and that session is alive",
+            )
+            return
+        if decision is Decision.OWN_PORT:
+            request = replace(request, lease=False)
+        if not transport.is_closing():
+            self.registration_made(transport, request, slot.hand_over())
 
     def _revoke(self, names: set[str]) -> None:
         """End the sessions of clients whose auth-file entry was removed or changed."""

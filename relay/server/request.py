@@ -42,13 +42,13 @@ class RegistrationRequest:
 
     @property
     def identity(self) -> Identity | None:
-        """Who owns the lease: an authenticated client, per service and requested port (so
+        """Who owns the lease: an authenticated client, per service and remote port (so
         that one client's services each have their own), or an unchecked name (the service
         extends it). Seed, nameless and ``lease=False`` registrations have none."""
         if self.client is None or not self.lease:
             return None
         if self.authenticated:
-            return Identity(client=self.client, name=self.service, port=self.remote_port)
+            return Identity(client=self.client, name=self.service, remote_port=self.remote_port)
         return Identity(
             name=self.client if self.service is None else f"{self.client}/{self.service}"
         )

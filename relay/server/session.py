@@ -119,11 +119,7 @@ class RegisteredSession:
     def end(self, reason: str | None = None) -> None:
         """End the session now, for ``reason`` (None: why its yamux session closed); a
         session already ending keeps its first reason."""
-        confirmed = self.state is SessionState.CONFIRMED
-        for effect in self._step(SessionEvent.END):
-            if effect is SessionEffect.STOP:
-                self.end_reason = reason
-                self._stop(confirmed)
+        self._step(SessionEvent.END, reason)
 
     def drain(self) -> None:
         """Stop taking public connections and send Go Away; connections in flight go on."""
@@ -162,11 +158,18 @@ class RegisteredSession:
             fields["client"] = self.request.client
         return fields
 
-    def _step(self, event: SessionEvent) -> tuple[SessionEffect, ...]:
-        self.state, effects = step(self.state, event)
-        if SessionEffect.RELEASE_SLOT in effects:
-            self._slot.release()
-        return effects
+    def _step(self, event: SessionEvent, reason: str | None = None) -> None:
+        """Move on by the table and carry out its effects (``reason``: of an END)."""
+        before = self.state
+        self.state, effects = step(before, event)
+        for effect in effects:
+            if effect is SessionEffect.RELEASE_SLOT:
+                self._slot.release()
+            elif effect is SessionEffect.STOP:
+                self.end_reason = reason
+                self._stop(confirmed=before is SessionState.CONFIRMED)
+            else:
+                self._registry.forget(self)
 
     # ------------------------------------------------------------------ run
     async def _ping(self) -> float | None:
@@ -260,7 +263,6 @@ class RegisteredSession:
             await self.connections.wait()
         finally:
             self._step(SessionEvent.CLOSED)
-            self._registry.forget(self)
             self._closed.set()
         if self.end_reason is None:
             self.end_reason = describe_end(self.session.close_reason if closed_by_peer else None)
