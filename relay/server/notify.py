@@ -5,7 +5,7 @@ For servers written against the original relayServer (see docs/notify-protocol.m
 1. A server connects to the control port and keeps that connection open.
 2. The relay opens two listeners for it: a public one for its clients and a
    dial-back one for the server, and sends the public port as one line
-   (``4532\\n``, as the yamux protocol does).
+   (``4532\\n``, as the seed protocol does).
 3. For every client accepted on the public port the relay sends
    ``[NEW]<dial-back port>\\n`` on the control connection.
 4. The server connects to the relay's dial-back port; the relay pairs that
