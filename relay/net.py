@@ -8,6 +8,7 @@ socket per family, each with its own ephemeral port.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import socket
@@ -85,6 +86,18 @@ def format_endpoint(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         return f"[{host}]:{port}"
     return f"{host}:{port}"
+
+
+def format_peer(peername: object) -> str:
+    """A socket's ``peername`` as ``host:port`` for the log."""
+    if not peername:
+        return "unknown peer"
+    host, port = peername[0], peername[1]  # type: ignore[index]
+    return format_endpoint(str(host), int(port))
+
+
+def peer_of(transport: asyncio.BaseTransport) -> str:
+    return format_peer(transport.get_extra_info("peername"))
 
 
 def describe_os_error(exc: BaseException) -> str:

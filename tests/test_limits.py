@@ -59,13 +59,19 @@ def test_source_of_groups_ipv6_by_64_and_unmaps_ipv4() -> None:
 
 def test_source_slots_and_defaults() -> None:
     slots = SourceSlots(2)
-    assert slots.acquire("a")
-    assert slots.acquire("a")
-    assert not slots.acquire("a")
-    assert slots.acquire("b")
-    slots.release("a")
-    assert slots.acquire("a")
-    assert SourceSlots(0).acquire("a")  # 0: no limit
+    first, second = slots.acquire("a"), slots.acquire("a")
+    assert first is not None
+    assert second is not None
+    assert slots.acquire("a") is None
+    assert slots.acquire("b") is not None
+    first.release()
+    first.release()  # a second release gives back nothing more
+    assert slots.held("a") == 1
+    with second.hand_over():  # the new holder releases it, the old one no longer can
+        second.release()
+        assert slots.held("a") == 1
+    assert slots.held("a") == 0
+    assert SourceSlots(0).acquire("a") is not None  # 0: no limit
     assert share(None, 1000) == 900
     assert share(None, 2) == 2
     assert share(7, 1000) == 7

@@ -19,11 +19,11 @@ from relay.server.ports import (
     PortAllocator,
     PortNotAllowedError,
     PortOutsideRangeError,
-    PortRequest,
     PortTakenError,
     TooManyLeasesError,
     intersection,
 )
+from relay.server.request import RegistrationRequest
 from relay_support import free_port_block
 
 HOST = "127.0.0.1"
@@ -49,7 +49,7 @@ def sockets() -> Iterator[list[socket.socket]]:
 
 
 def grant(allocator: PortAllocator, sockets: list[socket.socket], **kwargs) -> int:
-    sock = allocator.allocate(PortRequest(**kwargs))
+    sock = allocator.allocate(RegistrationRequest(**kwargs))
     sockets.append(sock)
     return int(sock.getsockname()[1])
 
@@ -87,21 +87,21 @@ def test_identity_keys_keep_clients_and_names_apart():
 def test_requested_port_granted_then_refused_for_another_identity(sockets):
     low, high = free_port_block(4)
     allocator = PortAllocator(LOOPBACK, (low, high), LeaseStore(None))
-    assert grant(allocator, sockets, identity=ALICE, port=low + 2) == low + 2
+    assert grant(allocator, sockets, client="alice", remote_port=low + 2) == low + 2
     with pytest.raises(PortTakenError, match=rf"port {low + 2} is in use by another client"):
-        allocator.allocate(PortRequest(identity=BOB, port=low + 2))
+        allocator.allocate(RegistrationRequest(client="bob", remote_port=low + 2))
     close_port(allocator, sockets, low + 2)  # alice goes away: her lease stays
     with pytest.raises(
         PortTakenError,
         match=rf"port {low + 2} is reserved for another client, "
         r"which is away \(a lease ends after 24 h unused\)",
     ):
-        allocator.allocate(PortRequest(identity=BOB, port=low + 2))
+        allocator.allocate(RegistrationRequest(client="bob", remote_port=low + 2))
     with pytest.raises(PortTakenError, match="reserved"):  # anonymous neither
-        allocator.allocate(PortRequest(port=low + 2))
+        allocator.allocate(RegistrationRequest(remote_port=low + 2))
     # Nor by choice: bob and anonymous registrations get every other port of the range.
     got = {
-        grant(allocator, sockets, identity=BOB),
+        grant(allocator, sockets, client="bob"),
         grant(allocator, sockets),
         grant(allocator, sockets),
     }
@@ -111,9 +111,9 @@ def test_requested_port_granted_then_refused_for_another_identity(sockets):
         match=rf"no free port in range {low}-{high} \(1 reserved for clients "
         r"that are away\)",
     ):
-        allocator.allocate(PortRequest())
+        allocator.allocate(RegistrationRequest())
     # Alice comes back without asking: her port.
-    assert grant(allocator, sockets, identity=ALICE) == low + 2
+    assert grant(allocator, sockets, client="alice") == low + 2
 
 
 def test_requested_port_outside_range_or_not_allowed(sockets):
@@ -123,14 +123,31 @@ def test_requested_port_outside_range_or_not_allowed(sockets):
         PortOutsideRangeError,
         match=rf"port {high + 1} is outside the relay's port range {low}-{high}",
     ):
-        allocator.allocate(PortRequest(identity=ALICE, port=high + 1))
+        allocator.allocate(RegistrationRequest(client="alice", remote_port=high + 1))
     alice = Identity(client="alice")
+    only = PortSet(((high, high),))
     with pytest.raises(
         PortNotAllowedError,
         match=rf"port {low} is not allowed for client alice \(allowed: {high}\)",
     ):
-        allocator.allocate(PortRequest(identity=alice, port=low, allowed=PortSet(((high, high),))))
-    assert grant(allocator, sockets, identity=alice, allowed=PortSet(((high, high),))) == high
+        allocator.allocate(
+            RegistrationRequest(
+                client="alice",
+                authenticated=True,
+                remote_port=low,
+                allowed_ports=only,
+            )
+        )
+    assert (
+        grant(
+            allocator,
+            sockets,
+            client="alice",
+            authenticated=True,
+            allowed_ports=only,
+        )
+        == high
+    )
     assert allocator.leases.of(alice.key).port == high
 
 
@@ -144,7 +161,7 @@ def test_requested_port_used_by_another_program(sockets):
     with pytest.raises(
         PortTakenError, match=rf"port {port} is in use on the relay host by another program"
     ):
-        allocator.allocate(PortRequest(identity=ALICE, port=port))
+        allocator.allocate(RegistrationRequest(client="alice", remote_port=port))
     assert allocator.leases.of(ALICE.key) is None
     assert allocator.in_use == {}
 
@@ -152,9 +169,9 @@ def test_requested_port_used_by_another_program(sockets):
 def test_lease_follows_a_new_request_and_moves_when_its_port_is_lost(sockets, caplog):
     low, high = free_port_block(3)
     allocator = PortAllocator(LOOPBACK, (low, high), LeaseStore(None))
-    assert grant(allocator, sockets, identity=ALICE, port=low) == low
+    assert grant(allocator, sockets, client="alice", remote_port=low) == low
     close_port(allocator, sockets, low)
-    assert grant(allocator, sockets, identity=ALICE, port=low + 1) == low + 1
+    assert grant(allocator, sockets, client="alice", remote_port=low + 1) == low + 1
     close_port(allocator, sockets, low + 1)
     assert allocator.leases.on_port(low) is None  # one lease per identity
     holder = socket.socket()
@@ -162,7 +179,7 @@ def test_lease_follows_a_new_request_and_moves_when_its_port_is_lost(sockets, ca
     holder.bind((HOST, low + 1))
     holder.listen()  # another program took the leased port meanwhile
     with caplog.at_level(logging.WARNING, "relay.ports"):
-        port = grant(allocator, sockets, identity=ALICE)
+        port = grant(allocator, sockets, client="alice")
     assert port in (low, high)
     assert allocator.leases.of(ALICE.key).port == port
     assert f"leased port {low + 1} cannot be opened" in caplog.text
@@ -187,7 +204,7 @@ def test_os_choice_skips_reserved_ports(sockets):
 
     low, high = free_port_block(2)
     allocator = PortAllocator(Scripted(socket.AF_INET, HOST), None, LeaseStore(None))
-    assert grant(allocator, sockets, identity=ALICE, port=low) == low
+    assert grant(allocator, sockets, client="alice", remote_port=low) == low
     close_port(allocator, sockets, low)
     Scripted.script[:] = [low, high]
     assert grant(allocator, sockets) == high  # the OS offered alice's port first
@@ -199,15 +216,15 @@ def test_lease_expires_after_ttl_unused(sockets):
     clock = Clock()
     low, high = free_port_block(1)
     allocator = PortAllocator(LOOPBACK, (low, high), LeaseStore(None, ttl=60, clock=clock))
-    grant(allocator, sockets, identity=ALICE)
+    grant(allocator, sockets, client="alice")
     clock.now += 3600  # in use all along: a session keeps its lease however long
     allocator.leases.touch(allocator.active_keys())
     close_port(allocator, sockets, low)
     clock.now += 59
     with pytest.raises(NoFreePortError):
-        allocator.allocate(PortRequest(identity=BOB))
+        allocator.allocate(RegistrationRequest(client="bob"))
     clock.now += 2
-    assert grant(allocator, sockets, identity=BOB) == low
+    assert grant(allocator, sockets, client="bob") == low
     assert allocator.leases.of(ALICE.key) is None
 
 
@@ -291,15 +308,15 @@ def test_unusable_state_dir_keeps_leases_in_memory(tmp_path: Path, caplog):
 
 def test_leases_of_unauthenticated_names_are_bounded(sockets):
     allocator = PortAllocator(LOOPBACK, None, LeaseStore(None), max_name_leases=1)
-    alice_port = grant(allocator, sockets, identity=ALICE)
+    alice_port = grant(allocator, sockets, client="alice")
     close_port(allocator, sockets, alice_port)
     with pytest.raises(
         TooManyLeasesError,
         match=r"the relay holds 1 leases of unauthenticated names, the maximum "
         r"\(--max-name-leases 1\)",
     ):
-        allocator.allocate(PortRequest(identity=BOB))
+        allocator.allocate(RegistrationRequest(client="bob"))
     assert allocator.leases.of(BOB.key) is None
     grant(allocator, sockets)  # without a name: no lease, no limit
-    grant(allocator, sockets, identity=Identity(client="carol"))  # authenticated: not counted
-    assert grant(allocator, sockets, identity=ALICE) == alice_port  # her own lease: fine
+    grant(allocator, sockets, client="carol", authenticated=True)  # authenticated: not counted
+    assert grant(allocator, sockets, client="alice") == alice_port  # her own lease: fine

@@ -174,7 +174,7 @@ async def test_unfinished_tls_handshakes_count_per_source(
             started = loop.time()
             ends = await asyncio.gather(*(closed_within(reader, 0.5) for reader, _ in silent))
             assert ends == [False] * limit + [True] * (2 * limit)
-            assert server.registering.held(HOST) == limit
+            assert server.admission.registering.held(HOST) == limit
             assert "still in their handshake" in caplog.text
 
             with_tls = client_context(certs.ca)
@@ -191,7 +191,7 @@ async def test_unfinished_tls_handshakes_count_per_source(
                 )
             )
             assert loop.time() - started >= timeout - 0.1
-            assert server.registering.held(HOST) == 0
+            assert server.admission.registering.held(HOST) == 0
             assert f"no complete TLS handshake within {timeout:g} s" in caplog.text
             async with await relay.start_server(
                 echo_handler, HOST, server.port, secret=secret, ssl=with_tls

@@ -546,6 +546,20 @@ async def test_unanswered_challenges_are_limited_per_source() -> None:
         await close_writer(held[1][1])
 
 
+async def test_a_registration_refused_while_draining_gives_its_slot_back() -> None:
+    """A proof checked after the drain began is refused, and the slot its source took on
+    arrival is free again: the relay holds nothing for it."""
+    async with RelayServer(0, host=HOST, secret=SECRET) as server:
+        reader, writer, line = await raw_greeting(server.port)
+        assert server.admission.registering.held(HOST) == 1
+        server.drain()
+        writer.write(response_line(parse_challenge(line.rstrip(b"\n")), secret=SECRET.encode()))
+        assert await reader.readline() == b"error: relay is shutting down\n"
+        assert server.admission.registering.held(HOST) == 0
+        assert server.stats.refused["draining"] == 1
+        await close_writer(writer)
+
+
 async def test_one_slot_per_source_from_arrival_until_the_ping_is_answered() -> None:
     """The slot is held across both phases (challenge, then yamux ping) and freed after."""
     from relay.server.limits import Limits

@@ -12,9 +12,8 @@ import click
 from ..client.forwarder import Forwarder
 from ..net import format_endpoint
 from ..ops import drain, logs, sdnotify
+from ..server.interface import Relay
 from ..server.leases import StateDirError
-from ..server.notify import NotifyRelay
-from ..server.relay import RelayServer
 from .arguments import Service
 from .build import build_forwarder, build_server
 from .help_layout import DISTRIBUTION
@@ -89,9 +88,7 @@ def setup_logging(opts: dict[str, Any]) -> None:
     logs.setup(level, opts["log_format"], connection_log=opts["connection_log"])
 
 
-async def _serve_relay(
-    server: RelayServer | NotifyRelay, port: int, metrics_address: tuple[str, int] | None
-) -> int:
+async def _serve_relay(server: Relay, port: int, metrics_address: tuple[str, int] | None) -> int:
     from ..ops import metrics
 
     try:

@@ -20,8 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..client.forwarder import Forwarder
-from ..server.notify import NotifyRelay
-from ..server.relay import RelayServer
+from ..server.interface import Relay
 
 logger = logging.getLogger("relay.drain")
 
@@ -38,7 +37,7 @@ class Drain:
     wait_idle: Callable[[], Awaitable[None]]
 
 
-def relay_drain(server: RelayServer | NotifyRelay) -> Drain:
+def relay_drain(server: Relay) -> Drain:
     return Drain(server.drain, server.wait_idle)
 
 

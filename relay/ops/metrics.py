@@ -27,8 +27,7 @@ from ..client.api import RelayedServer
 from ..client.forwarder import Forwarder
 from ..client.forwarder import Service as ForwardedService
 from ..net import format_endpoint
-from ..server.notify import NotifyRelay
-from ..server.relay import RelayServer
+from ..server.interface import Relay
 
 logger = logging.getLogger("relay.metrics")
 
@@ -44,9 +43,9 @@ def service_label(public_port: int, client: str | None = None) -> str:
 
 
 class RelayCollector(Collector):
-    """Every relay_* family, from ``RelayServer.sessions`` and ``RelayServer.stats``."""
+    """Every relay_* family, from ``Relay.sessions`` and ``Relay.stats``."""
 
-    def __init__(self, server: RelayServer | NotifyRelay) -> None:
+    def __init__(self, server: Relay) -> None:
         self.server = server
 
     def collect(self) -> Iterator[Metric]:
@@ -128,13 +127,12 @@ class RelayCollector(Collector):
         yield CounterMetricFamily(
             "relay_auth_failures",
             "Registrations that failed authentication.",
-            server.auth_failures.total,
+            stats.auth_failures,
         )
         yield GaugeMetricFamily(
             "relay_draining", "1 while draining (after SIGTERM).", 1 if server.draining else 0
         )
-        if isinstance(server, RelayServer):
-            yield from window_budget_metrics("relay", server.yamux_config)
+        yield from window_budget_metrics("relay", server.yamux_config)
 
 
 def window_budget_metrics(prefix: str, config: yamux.Config | None) -> Iterator[Metric]:
@@ -155,7 +153,7 @@ def window_budget_metrics(prefix: str, config: yamux.Config | None) -> Iterator[
     )
 
 
-def relay_status(server: RelayServer | NotifyRelay) -> dict[str, Any]:
+def relay_status(server: Relay) -> dict[str, Any]:
     """``/status`` of a relay: every registration."""
     return {
         "role": "relay",

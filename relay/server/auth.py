@@ -97,12 +97,11 @@ class AuthClient:
 
 
 @dataclass(frozen=True, slots=True)
-class Identity:
-    """Who a checked response came from."""
+class Proven:
+    """What a checked proof shows: who knew a secret, and the ports that come with it."""
 
     name: str | None
     """The auth-file name, or the (unchecked, informational) ``name=`` with a shared secret."""
-    authenticated: bool
     ports: PortSet | None = None
 
 
@@ -187,14 +186,15 @@ class Authenticator:
         kind = "shared secret" if self._secret else f"{len(self.clients)} clients"
         return f"Authenticator({kind})"
 
-    def check(self, challenge: Challenge, response: Response) -> Identity:
-        """The identity behind ``response``; raises AuthRefused with the reason to send."""
+    def check(self, challenge: Challenge, response: Response) -> Proven:
+        """Who proved knowing a secret in ``response``; raises AuthRefused with the reason
+        to send."""
         if response.proof is None:
             raise AuthRefused(f"{AUTH_FAILED}: this relay requires a secret; none was sent")
         if self._secret is not None:
             if not proof_matches(self._secret, challenge.nonce, response):
                 raise AuthRefused(f"{AUTH_FAILED}: wrong secret")
-            return Identity(response.name, authenticated=True)
+            return Proven(response.name)
         if response.name is None:
             raise AuthRefused(f"{AUTH_FAILED}: this relay needs a client name (name=)")
         client = self.clients.get(response.name)
@@ -202,7 +202,7 @@ class Authenticator:
         secret = client.secret if client is not None else b"\0" * 32
         if not proof_matches(secret, challenge.nonce, response) or client is None:
             raise AuthRefused(f"{AUTH_FAILED}: unknown client or wrong secret")
-        return Identity(client.name, authenticated=True, ports=client.ports)
+        return Proven(client.name, client.ports)
 
 
 class AuthRefused(RegistrationError):
@@ -285,8 +285,6 @@ class FailureLimiter:
         self.window = window
         self.max_sources = max_sources
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
-        self.total = 0
-        """Failures ever recorded (the auth failures metric)."""
 
     def _recent(self, source: str, now: float) -> list[float]:
         times = [t for t in self._failures.get(source, ()) if now - t < self.window]
@@ -306,7 +304,6 @@ class FailureLimiter:
 
     def failed(self, source: str) -> int:
         """Record a failure; returns how many ``source`` has within the window."""
-        self.total += 1
         now = time.monotonic()
         times = self._recent(source, now)
         times.append(now)

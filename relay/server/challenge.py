@@ -1,10 +1,11 @@
 """The relay's side of registration v2: challenge, read the response, check the proof.
 
 ``ChallengeProtocol`` owns a control connection from its first byte until the
-proof is checked; only then does it hand a ``RegistrationRequest`` to the
-relay, which allocates (public listener, yamux session). Until that point a
-connection costs a transport, a timer and at most ``MAX_GREETING`` buffered
-bytes; every refusal is ``error: <reason>`` and the connection is closed.
+proof is checked; only then does it hand a ``RegistrationRequest`` and its
+admission slot to the relay, which allocates (public listener, yamux session).
+Until that point a connection costs a transport, a timer and at most
+``MAX_GREETING`` buffered bytes; every refusal is ``error: <reason>`` and the
+connection is closed.
 """
 
 from __future__ import annotations
@@ -12,43 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from yamux.ratelimit import RateLimitedLog
 
+from ..net import peer_of
 from ..wire.greeting import MAX_GREETING, error_line
 from ..wire.v2 import Challenge, HandshakeError, parse_response
-from .auth import Authenticator, AuthRefused, FailureLimiter, PortSet
-from .limits import PendingRegistration, SourceSlots, admission_refused, source_of
+from .admission import Admission, Refusal
+from .auth import Authenticator, AuthRefused
+from .limits import Slot, source_of
+from .request import RegistrationRequest
 
 logger = logging.getLogger("relay.registration")
-
-
-@dataclass(frozen=True, slots=True)
-class RegistrationRequest:
-    """What a checked v2 response asks for; the relay's port policy decides on it."""
-
-    client: str | None
-    """The client's name: authenticated with an auth file, informational otherwise."""
-    authenticated: bool
-    service: str | None = None
-    """Which of the client's services this is (``service=``); each has its own lease."""
-    requested_port: int | None = None
-    allowed_ports: PortSet | None = None
-    """Ports this client may hold (auth file); None: whatever the relay's range allows."""
-    client_address: bool = False
-    """Start every stream with a PROXY v2 header naming the public client."""
-
-    def describe(self) -> str:
-        """For logs: ``client alice`` (authenticated) or ``unauthenticated client bob``."""
-        if self.client is None:
-            return "authenticated client" if self.authenticated else "anonymous client"
-        service = "" if self.service is None else f" service {self.service}"
-        return (
-            f"client {self.client}"
-            if self.authenticated
-            else (f"unauthenticated client {self.client}")
-        ) + service
 
 
 class ChallengeProtocol(asyncio.Protocol):
@@ -58,28 +34,17 @@ class ChallengeProtocol(asyncio.Protocol):
         self,
         *,
         auth: Authenticator | None,
-        failures: FailureLimiter,
+        admission: Admission,
         timeout: float,
-        peer: Callable[[asyncio.BaseTransport], str],
-        accepted: Callable[[asyncio.Transport, RegistrationRequest], None],
-        pending: set[PendingRegistration],
-        max_pending: int,
-        per_source: SourceSlots,
-        busy_reason: Callable[[str], str],
+        accepted: Callable[[asyncio.Transport, RegistrationRequest, Slot], None],
         log: RateLimitedLog,
     ) -> None:
         self._auth = auth
-        self._failures = failures
+        self._admission = admission
         self._timeout = timeout
-        self._peer = peer
         self._accepted = accepted
-        self._pending = pending
-        self._max_pending = max_pending
-        self._per_source = per_source
-        self._busy_reason = busy_reason
-        self._source: str | None = None
-        """Set while this connection holds a slot of ``per_source`` (the relay's unfinished
-        registrations of a source); on success the slot passes to the registration."""
+        self._slot: Slot | None = None
+        """This connection's admission slot; on success it passes to the registration."""
         self._log = log
         self._buffer = bytearray()
         self._challenge: Challenge | None = None
@@ -89,9 +54,9 @@ class ChallengeProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.peer = self._peer(transport)
+        self.peer = peer_of(transport)
         source = source_of(transport.get_extra_info("peername"))
-        wait = self._failures.blocked_for(source)
+        wait = self._admission.failures.blocked_for(source)
         if wait > 0:
             self._refuse(
                 f"too many failed registrations from {source}; retry in {wait:.0f} s",
@@ -99,14 +64,12 @@ class ChallengeProtocol(asyncio.Protocol):
                 level=logging.DEBUG,
             )
             return
-        refusal = admission_refused(
-            self._pending, self._max_pending, self._per_source, source, self._busy_reason
-        )
-        if refusal is not None:
-            self._refuse(refusal[1], key="busy")
+        admitted = self._admission.admit(source)
+        if isinstance(admitted, Refusal):
+            self._refuse(admitted.reason, key="busy")
             return
-        self._source = source
-        self._pending.add(self)
+        self._slot = admitted
+        self._admission.pending.add(self)
         self._challenge = Challenge.fresh(auth_required=self._auth is not None)
         transport.write(self._challenge.line())  # type: ignore[attr-defined]
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._timed_out)
@@ -128,8 +91,8 @@ class ChallengeProtocol(asyncio.Protocol):
         try:
             response = parse_response(line, challenge)
             if self._auth is not None:
-                identity = self._auth.check(challenge, response)
-                client, authenticated, ports = identity.name, True, identity.ports
+                proven = self._auth.check(challenge, response)
+                client, authenticated, ports = proven.name, True, proven.ports
             else:
                 client, authenticated, ports = response.name, False, None
         except (HandshakeError, AuthRefused) as exc:
@@ -138,19 +101,22 @@ class ChallengeProtocol(asyncio.Protocol):
             else:
                 self._fail(f"bad response: {exc}")
             return
-        self._source = None  # the slot goes on with the registration
-        self._done()
         assert self.transport is not None
+        assert self._slot is not None
+        slot = self._slot.hand_over()
+        self._done()
         self._accepted(
             self.transport,
             RegistrationRequest(
+                protocol="v2",
                 client=client,
                 authenticated=authenticated,
                 service=response.service,
-                requested_port=response.port,
+                remote_port=response.port,
                 allowed_ports=ports,
                 client_address=response.client_addr,
             ),
+            slot,
         )
 
     def eof_received(self) -> bool:
@@ -177,15 +143,16 @@ class ChallengeProtocol(asyncio.Protocol):
         """A failure of this source: counted for its block (``FailureLimiter``), then refused."""
         assert self.transport is not None
         source = source_of(self.transport.get_extra_info("peername"))
-        count = self._failures.failed(source)
-        if count == self._failures.limit:
+        count = self._admission.failed(source)
+        limiter = self._admission.failures
+        if count == limiter.limit:
             self._log.log(
                 logging.WARNING,
                 "blocking",
                 "%s: %d failed registrations within %g s; refusing it for a while",
                 source,
                 count,
-                self._failures.window,
+                limiter.window,
             )
         self._refuse(reason, send=send, key=key)
 
@@ -202,10 +169,9 @@ class ChallengeProtocol(asyncio.Protocol):
 
     def _done(self) -> None:
         self._challenge = None
-        self._pending.discard(self)
-        if self._source is not None:
-            self._per_source.release(self._source)
-            self._source = None
+        self._admission.pending.discard(self)
+        if self._slot is not None:
+            self._slot.release()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

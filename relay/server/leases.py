@@ -70,8 +70,8 @@ def check_name(name: str, what: str = "name") -> str:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who registers: an authenticated ``client`` (with the ``port`` it asks for, if any),
-    or a ``name`` that nobody checked.
+    """Who registers: an authenticated ``client`` (with the ``remote_port`` it asks for, if
+    any), or a ``name`` that nobody checked.
 
     An authenticated client may run several services: each that asks for its
     own port is an identity of its own, with its own lease. The store key keeps
@@ -81,7 +81,7 @@ class Identity:
 
     client: str | None = None
     name: str | None = None
-    port: int | None = None
+    remote_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.client is None and self.name is None:
@@ -94,7 +94,7 @@ class Identity:
         return (
             f"client:{self.client}"
             + ("" if self.name is None else f"/{self.name}")
-            + ("" if self.port is None else f"#{self.port}")
+            + ("" if self.remote_port is None else f"#{self.remote_port}")
         )
 
     @property
@@ -107,7 +107,7 @@ class Identity:
         return (
             f"client {self.client!r}"
             + ("" if self.name is None else f" name {self.name!r}")
-            + ("" if self.port is None else f" (port {self.port})")
+            + ("" if self.remote_port is None else f" (port {self.remote_port})")
         )
 
 

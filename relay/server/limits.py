@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from ..pipe import SocketEnd
 
@@ -83,34 +83,6 @@ def source_of(peername: Any) -> str:
     return str(address)
 
 
-class PendingRegistration(Protocol):
-    """A control connection that is not registered yet (in its TLS handshake, or
-    challenged); it counts toward the relay's pending registrations."""
-
-    def abort(self) -> None:
-        """Drop the connection: the relay is closing."""
-
-
-def admission_refused(
-    pending: Collection[PendingRegistration],
-    max_pending: int,
-    per_source: SourceSlots,
-    source: str,
-    busy_reason: Callable[[str], str],
-) -> tuple[str, str] | None:
-    """Admit a control connection as a pending registration: take its source's slot, or
-    say why not, as (kind, reason): all ``max_pending`` places taken, or its source's
-    share. The one rule for a challenged connection and for one in its TLS handshake."""
-    if len(pending) >= max_pending:
-        return (
-            "registrations in progress",
-            f"too many registrations in progress ({len(pending)}); retry later",
-        )
-    if not per_source.acquire(source):
-        return "registrations in handshake per source", busy_reason(source)
-    return None
-
-
 class SourceSlots:
     """Counts what each source holds; ``acquire`` refuses past ``limit`` (0: no limit)."""
 
@@ -123,14 +95,15 @@ class SourceSlots:
     def held(self, source: str) -> int:
         return self._held.get(source, 0)
 
-    def acquire(self, source: str) -> bool:
+    def acquire(self, source: str) -> Slot | None:
+        """A slot of ``source``, or None if it holds ``limit`` already."""
         held = self._held.get(source, 0)
         if self.limit and held >= self.limit:
-            return False
+            return None
         self._held[source] = held + 1
-        return True
+        return Slot(self, source)
 
-    def release(self, source: str) -> None:
+    def _give_back(self, source: str) -> None:
         held = self._held.get(source, 0) - 1
         if held > 0:
             self._held[source] = held
@@ -140,6 +113,36 @@ class SourceSlots:
     def __len__(self) -> int:
         """Sources holding at least one slot."""
         return len(self._held)
+
+
+class Slot:
+    """One slot of a ``SourceSlots``, held until ``release()``; releasing twice is harmless,
+    so every way out of whatever holds it may release it. ``with slot:`` releases it on
+    leaving the block unless it was handed over."""
+
+    __slots__ = ("_slots", "source")
+
+    def __init__(self, slots: SourceSlots, source: str) -> None:
+        self._slots: SourceSlots | None = slots
+        self.source = source
+
+    def release(self) -> None:
+        if self._slots is not None:
+            slots, self._slots = self._slots, None
+            slots._give_back(self.source)
+
+    def hand_over(self) -> Slot:
+        """The same hold as a new token for its next owner; this one releases nothing."""
+        slots, self._slots = self._slots, None
+        if slots is None:
+            raise ValueError(f"the slot of {self.source} was released already")
+        return Slot(slots, self.source)
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 class IdleWatch:

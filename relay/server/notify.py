@@ -5,7 +5,7 @@ For servers written against the original relayServer (see docs/notify-protocol.m
 1. A server connects to the control port and keeps that connection open.
 2. The relay opens two listeners for it: a public one for its clients and a
    dial-back one for the server, and sends the public port as one line
-   (``4532\\n``, as the yamux protocol does).
+   (``4532\\n``, as the seed protocol does).
 3. For every client accepted on the public port the relay sends
    ``[NEW]<dial-back port>\\n`` on the control connection.
 4. The server connects to the relay's dial-back port; the relay pairs that
@@ -42,15 +42,11 @@ from ..net import (
 from ..pipe import PipeResult
 from ..stats import RelayStats, Traffic
 from ..wire.greeting import error_line, port_line
-from .auth import FailureLimiter
+from .interface import SessionInfo
 from .leases import LeaseStore
-from .ports import PortAllocator, PortRequest
-from .relay import (
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_SESSIONS,
-    SessionInfo,
-)
+from .ports import PortAllocator
+from .relay import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SESSIONS
+from .request import SEED
 
 logger = logging.getLogger("relay.notify")
 connections_logger = logging.getLogger("relay.connections")
@@ -95,9 +91,8 @@ class _Registration:
 
 
 class NotifyRelay:
-    """The relay of ``--protocol notify``; the same surface as ``RelayServer`` for the CLI,
-    metrics and drain: ``start``, ``serve_forever``, ``close``, ``wait_closed``, ``drain``,
-    ``wait_idle``, ``port``, ``sessions``, ``stats``."""
+    """The relay of ``--protocol notify``: a ``relay.server.interface.Relay``, as
+    ``RelayServer`` is, for the CLI, metrics and drain."""
 
     def __init__(
         self,
@@ -116,8 +111,8 @@ class NotifyRelay:
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self.stats = RelayStats()
-        self.auth_failures = FailureLimiter()
-        """Never fed: this protocol has no authentication (metrics read its total)."""
+        self.yamux_config: yamux.Config | None = None
+        """This protocol speaks no yamux."""
         self.draining = False
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | None = None
@@ -311,7 +306,7 @@ class NotifyRelay:
         """A listening socket on a free port (of --port-range, if given): the one allocator
         the yamux relay uses too."""
         assert self._ports is not None
-        return self._ports.allocate(PortRequest())
+        return self._ports.allocate(SEED)
 
     def _accept_public(
         self, reg: _Registration, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

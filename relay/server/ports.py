@@ -25,12 +25,12 @@ import bisect
 import errno
 import logging
 import socket
-from dataclasses import dataclass
 
 from ..net import BindAddress
 from ..wire.greeting import RegistrationError
 from .auth import PortSet
 from .leases import Identity, LeaseStore
+from .request import RegistrationRequest
 
 logger = logging.getLogger("relay.ports")
 
@@ -77,18 +77,6 @@ def intersection(a: PortSet, b: PortSet) -> PortSet:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class PortRequest:
-    """What a registration asks of the allocator."""
-
-    identity: Identity | None = None
-    """Owner of the lease; None for an anonymous (seed) registration, which gets none."""
-    port: int | None = None
-    """The port asked for (``port=`` in the hello, ``--remote-port``); None: any."""
-    allowed: PortSet | None = None
-    """The client's allowance from the auth file; None: any port of the range."""
-
-
 class PortAllocator:
     """Chooses, binds and remembers public ports; ``allocate`` / ``release``."""
 
@@ -108,14 +96,15 @@ class PortAllocator:
         self._last_port = 0
         """The port handed out last from a set: the next search starts after it."""
 
-    def allocate(self, request: PortRequest) -> socket.socket:
+    def allocate(self, request: RegistrationRequest) -> socket.socket:
         """A bound, listening socket for ``request``; raises PortRefusedError (or OSError)."""
-        key = None if request.identity is None else request.identity.key
+        identity = request.identity
+        key = None if identity is None else identity.key
         self.leases.expire(self.active_keys())
         if (
-            request.identity is not None
-            and not request.identity.authenticated
-            and self.leases.of(request.identity.key) is None
+            identity is not None
+            and not identity.authenticated
+            and self.leases.of(identity.key) is None
         ):
             names = sum(1 for lease in self.leases if lease.key.startswith("name:"))
             if names >= self.max_name_leases:
@@ -124,10 +113,10 @@ class PortAllocator:
                     f"(--max-name-leases {self.max_name_leases}); register without a name, "
                     f"or wait until unused leases end"
                 )
-        if request.port is not None:
-            sock = self._requested(request, request.port)
+        if request.remote_port is not None:
+            sock = self._remote_port(request, request.remote_port, key)
         else:
-            leased = self._leased(request) if key is not None else None
+            leased = self._leased(request, identity) if identity is not None else None
             sock = leased if leased is not None else self._free(request)
         port = int(sock.getsockname()[1])
         self.in_use[port] = key
@@ -150,17 +139,17 @@ class PortAllocator:
         return f"public ports {where}; {len(self.leases)} lease(s), ttl {self.leases.ttl:g} s"
 
     # ---------------------------------------------------------------- policy
-    def _candidates(self, request: PortRequest) -> PortSet | None:
+    def _candidates(self, request: RegistrationRequest) -> PortSet | None:
         """Ports the request may get (None: any the OS picks)."""
         if self.port_range is None:
-            return request.allowed
-        if request.allowed is None:
+            return request.allowed_ports
+        if request.allowed_ports is None:
             return self.port_range
-        return intersection(self.port_range, request.allowed)
+        return intersection(self.port_range, request.allowed_ports)
 
-    def check(self, request: PortRequest) -> None:
+    def check(self, request: RegistrationRequest) -> None:
         """Refuse a requested port the range or the allowance excludes (nothing is bound)."""
-        port = request.port
+        port = request.remote_port
         if port is None:
             return
         if not 1 <= port <= 65535:
@@ -169,16 +158,18 @@ class PortAllocator:
             raise PortOutsideRangeError(
                 f"port {port} is outside the relay's port range {self.port_range}"
             )
-        if request.allowed is not None and port not in request.allowed:
+        if request.allowed_ports is not None and port not in request.allowed_ports:
             client = None if request.identity is None else request.identity.client
             who = "this client" if client is None else f"client {client}"
             raise PortNotAllowedError(
-                f"port {port} is not allowed for {who} (allowed: {request.allowed})"
+                f"port {port} is not allowed for {who} (allowed: {request.allowed_ports})"
             )
 
-    def _requested(self, request: PortRequest, port: int) -> socket.socket:
+    def _remote_port(
+        self, request: RegistrationRequest, port: int, key: str | None
+    ) -> socket.socket:
+        """The port ``request`` asks for, bound, or why not."""
         self.check(request)
-        key = None if request.identity is None else request.identity.key
         lease = self.leases.on_port(port)
         if lease is not None and lease.key != key:
             if port in self.in_use:
@@ -202,17 +193,16 @@ class PortAllocator:
                 ) from None
             raise
 
-    def _leased(self, request: PortRequest) -> socket.socket | None:
+    def _leased(self, request: RegistrationRequest, identity: Identity) -> socket.socket | None:
         """The identity's leased port, or None if it has none or cannot have it back."""
-        assert request.identity is not None
-        lease = self.leases.of(request.identity.key)
+        lease = self.leases.of(identity.key)
         if lease is None:
             return None
         candidates = self._candidates(request)
         if candidates is not None and lease.port not in candidates:
             logger.info(
                 "%s: leased port %d is no longer allowed (range %s); choosing another",
-                request.identity,
+                identity,
                 lease.port,
                 candidates,
             )
@@ -224,13 +214,13 @@ class PortAllocator:
         except OSError as exc:
             logger.warning(
                 "%s: leased port %d cannot be opened (%s); choosing another",
-                request.identity,
+                identity,
                 lease.port,
                 exc.strerror or exc,
             )
             return None
 
-    def _free(self, request: PortRequest) -> socket.socket:
+    def _free(self, request: RegistrationRequest) -> socket.socket:
         candidates = self._candidates(request)
         if candidates is None:
             return self._os_choice()
@@ -256,7 +246,7 @@ class PortAllocator:
             return sock
         where = (
             f"range {candidates.ranges[0][0]}-{candidates.ranges[-1][1]}"
-            if request.allowed is None
+            if request.allowed_ports is None
             else f"the allowed ports {candidates}"
         )
         away = f" ({leased} reserved for clients that are away)" if leased else ""

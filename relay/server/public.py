@@ -15,11 +15,12 @@ from functools import partial
 
 import yamux
 
+from ..net import format_peer, peer_of
 from ..pipe import PipeResult, SocketEnd, pipe
 from ..stats import RelayStats
 from ..wire.proxy_header import addresses_of, v2_header
-from .limits import IdleWatch, Limits, source_of
-from .session import Registration, format_peer, peer_of
+from .limits import IdleWatch, Limits, Slot, source_of
+from .session import WENT_AWAY, RegisteredSession
 
 logger = logging.getLogger("relay.server")
 connections_logger = logging.getLogger("relay.connections")
@@ -35,7 +36,7 @@ class PublicConnections:
         self.max_connections = max_connections
         self._idle = IdleWatch(limits.idle_timeout, self._idle_connection)
 
-    def protocol_for(self, reg: Registration) -> Callable[[], SocketEnd]:
+    def protocol_for(self, reg: RegisteredSession) -> Callable[[], SocketEnd]:
         """The protocol factory of ``reg``'s public listener."""
         return partial(SocketEnd, partial(self.accept, reg))
 
@@ -43,7 +44,7 @@ class PublicConnections:
         """Stop the idle timer (the relay is closing; its connections end anyway)."""
         self._idle.close()
 
-    def accept(self, reg: Registration, end: SocketEnd) -> None:
+    def accept(self, reg: RegisteredSession, end: SocketEnd) -> None:
         transport = end.transport
         assert transport is not None
         if reg.ending or reg.session.closed:
@@ -66,7 +67,8 @@ class PublicConnections:
             end.abort()
             return
         source = source_of(peername)
-        if not reg.sources.acquire(source):
+        slot = reg.sources.acquire(source)
+        if slot is None:
             reg.log.log(
                 logging.WARNING,
                 "public refused: per source",
@@ -88,7 +90,7 @@ class PublicConnections:
         reg.connections.spawn(
             self._relay(reg, end, peername, result),
             name=reg.connection_task_name,
-            on_done=_Release(reg, end, source, result, self._idle),
+            on_done=_Release(reg, end, slot, result, self._idle),
         )
 
     def _idle_connection(self, end: SocketEnd) -> None:
@@ -100,7 +102,7 @@ class PublicConnections:
         end.abort()
 
     async def _relay(
-        self, reg: Registration, end: SocketEnd, peername: object, result: PipeResult
+        self, reg: RegisteredSession, end: SocketEnd, peername: object, result: PipeResult
     ) -> None:
         """Open the stream and pipe; the per-connection line is only built if it is logged."""
         started = time.monotonic()
@@ -123,10 +125,13 @@ class PublicConnections:
         except yamux.SessionClosedError:
             end.abort()
             return
-        except yamux.SessionError as exc:  # go away, stream ids exhausted: the session is done
+        except yamux.NoNewStreamsError:
             end.abort()
-            reg.end_reason = f"cannot open streams any more: {exc}"
-            await reg.session.close()
+            reg.end(WENT_AWAY)
+            return
+        except yamux.SessionError as exc:  # stream ids exhausted: the session is done
+            end.abort()
+            reg.end(f"cannot open streams any more: {exc}")
             return
         if reg.request is not None and reg.request.client_address and end.transport is not None:
             stream.write(
@@ -148,25 +153,30 @@ class _Release:
     """A public connection's done callback: gives back its source slot, idle watch and
     traffic entry. One small object instead of a partial, its arguments and a bound method."""
 
-    __slots__ = ("end", "idle", "reg", "result", "source")
+    __slots__ = ("end", "idle", "reg", "result", "slot")
 
     def __init__(
-        self, reg: Registration, end: SocketEnd, source: str, result: PipeResult, idle: IdleWatch
+        self,
+        reg: RegisteredSession,
+        end: SocketEnd,
+        slot: Slot,
+        result: PipeResult,
+        idle: IdleWatch,
     ) -> None:
         self.reg = reg
         self.end = end
-        self.source = source
+        self.slot = slot
         self.result = result
         self.idle = idle
 
     def __call__(self, task: asyncio.Task[None]) -> None:
-        self.reg.sources.release(self.source)
+        self.slot.release()
         self.idle.forget(self.end)
         self.reg.traffic.closed(self.result)
 
 
 def _log_closed(
-    reg: Registration, peername: object, stream_id: int, result: PipeResult, started: float
+    reg: RegisteredSession, peername: object, stream_id: int, result: PipeResult, started: float
 ) -> None:
     """The per-connection line; out of ``_relay`` so its deep call stack is not part of every
     connection's coroutine frame."""

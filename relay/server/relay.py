@@ -8,7 +8,7 @@ connection then becomes one stream on that session, piped both ways by
 
 With a secret, an auth file or ``protocol="v2"`` the relay first challenges
 (``relay.server.challenge``, docs/protocol.md) and allocates only for a checked
-response, honouring its ``RegistrationRequest`` (requested port, the client's
+response, honouring its ``RegistrationRequest`` (remote port, the client's
 allowed ports, the client address at the start of each stream).
 
 A registration is confirmed when the registered side answers a yamux ping
@@ -20,10 +20,10 @@ the port is free again. What a stranger can make the relay allocate is bounded:
 connections per session, and per stream the yamux window; ``relay.server.limits`` adds
 per-source shares of those and the idle timeout.
 
-This module admits registrations (allocation, refusals) and owns the relay's
-lifecycle; ``relay.server.session`` runs and ends one registered session,
-``relay.server.public`` carries each public connection, and ``relay.server.replacement``
-decides what happens when an identity registers again.
+This module admits registrations (admission slots, allocation, refusals) and
+keeps the registry of sessions; ``relay.server.session`` runs and ends one
+registered session, ``relay.server.public`` carries each public connection, and
+``relay.server.replacement`` decides what happens when an identity registers again.
 """
 
 from __future__ import annotations
@@ -33,22 +33,34 @@ import itertools
 import logging
 import socket
 import ssl as ssl_module
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 
 import yamux
 from yamux.ratelimit import RateLimitedLog
 
-from ..net import LISTEN_BACKLOG, BindAddress, listening_port, resolve_bind_address
+from ..net import (
+    LISTEN_BACKLOG,
+    BindAddress,
+    listening_port,
+    peer_of,
+    resolve_bind_address,
+)
 from ..stats import RelayStats
-from ..wire.greeting import error_line, port_line
+from ..wire.greeting import port_line
+from .admission import Admission, Refusal
 from .auth import Authenticator, FailureLimiter, watch_auth_file
-from .challenge import ChallengeProtocol, RegistrationRequest
+from .challenge import ChallengeProtocol
 from .challenge import logger as registration_logger
+from .interface import SessionInfo
 from .leases import DEFAULT_LEASE_TTL, Identity, LeaseStore
-from .limits import Limits, PendingRegistration, SourceSlots, share, source_of
-from .ports import DEFAULT_MAX_NAME_LEASES, PortAllocator, PortRefusedError, PortRequest
+from .limits import Limits, Slot, SourceSlots, share, source_of
+from .ports import DEFAULT_MAX_NAME_LEASES, PortAllocator, PortRefusedError
 from .public import PublicConnections
-from .replacement import holder_of, replace, revoke
-from .session import Registration, SessionInfo, end_session, format_peer, peer_of, run_session
+from .replacement import Decision, holder_of, settle
+from .request import PROTOCOLS, SEED, ProtocolName, RegistrationRequest
+from .session import RegisteredSession
 from .tls_listener import TLSListener
 
 __all__ = [
@@ -57,8 +69,6 @@ __all__ = [
     "DEFAULT_MAX_SESSIONS",
     "PROTOCOLS",
     "RelayServer",
-    "SessionInfo",
-    "port_request",
 ]
 
 logger = logging.getLogger("relay.server")
@@ -71,39 +81,19 @@ LEASE_REFRESH_INTERVAL = 60.0
 DEFAULT_MAX_PENDING = 1000
 """Most control connections between accept and the end of their TLS handshake (with TLS)
 or a checked v2 response (registration v2)."""
-PROTOCOLS = ("yamux", "v2")
-"""``yamux``: the seed protocol, port line first (the Go design); ``v2``: registration v2,
-the relay challenges first (docs/protocol.md)."""
 
 
-def port_request(request: RegistrationRequest | None) -> PortRequest:
-    """What the port policy needs of a registration: its identity, port and allowance.
-
-    The identity is the client name: authenticated (a secret or the auth file),
-    then with its service (``service=``) and the port it asks for, so that one
-    client's services each have their own; or, without authentication, only
-    claimed (the service then extends the name). Seed and nameless
-    registrations have none and get no lease.
-    """
-    if request is None:
-        return PortRequest()
-    identity = None
-    if request.client is not None:
-        if request.authenticated:
-            identity = Identity(
-                client=request.client, name=request.service, port=request.requested_port
-            )
-        else:
-            identity = Identity(
-                name=request.client
-                if request.service is None
-                else f"{request.client}/{request.service}"
-            )
-    return PortRequest(identity, request.requested_port, request.allowed_ports)
+def _replaced(transport: asyncio.Transport, slot: Slot, task: asyncio.Task[None]) -> None:
+    """The end of a replacement, even one cancelled before it ran (the relay is closing):
+    the newcomer's slot goes back unless it went on to its session, and a newcomer left
+    undecided is dropped."""
+    slot.release()
+    if task.cancelled() or task.exception() is not None:
+        transport.abort()
 
 
-class _ControlProtocol(asyncio.Protocol):
-    """A new connection on the control port; it is handed over to yamux at once."""
+class _SeedProtocol(asyncio.Protocol):
+    """A new connection on a seed relay's control port; it is handed over to yamux at once."""
 
     def __init__(self, relay: RelayServer) -> None:
         self._relay = relay
@@ -147,7 +137,7 @@ class RelayServer:
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         yamux_config: yamux.Config | None = None,
         limits: Limits | None = None,
-        protocol: str = "yamux",
+        protocol: ProtocolName = "seed",
         secret: str | bytes | None = None,
         auth_clients: dict[str, object] | None = None,
         auth: Authenticator | None = None,
@@ -178,17 +168,12 @@ class RelayServer:
         self.handshake_timeout = handshake_timeout
         self.yamux_config = yamux_config or yamux.Config()
         self.limits = limits or Limits()
-        self.registering = SourceSlots(
-            share(self.limits.max_pending_registrations_per_source, max_sessions)
-        )
         self._connections_per_source = share(
             self.limits.max_connections_per_source, max_connections
         )
         self.stats = RelayStats()
         """Counters for metrics (``relay.ops.metrics``)."""
         self.public = PublicConnections(self.stats, self.limits, max_connections)
-        self.log = RateLimitedLog(logger)
-        """Lines any stranger can trigger: refused and failed registrations."""
         self._challenge_log = RateLimitedLog(registration_logger)
         """Refused v2 registrations: a stranger must not be able to write our log."""
         self.auth = auth
@@ -196,9 +181,13 @@ class RelayServer:
         # authentication, turns it on.
         self.protocol = "v2" if auth is not None or state_dir is not None else protocol
         self.ssl = ssl
-        self.auth_failures = auth_failures or FailureLimiter()
-        self.max_pending = max_pending
-        self._pending: set[PendingRegistration] = set()
+        self.admission = Admission(
+            max_pending=max_pending,
+            per_source=share(self.limits.max_pending_registrations_per_source, max_sessions),
+            failures=auth_failures or FailureLimiter(),
+            stats=self.stats,
+            log=RateLimitedLog(logger),
+        )
         self.state_dir = state_dir
         self.lease_ttl = lease_ttl
         self.max_name_leases = max_name_leases
@@ -206,11 +195,9 @@ class RelayServer:
         self._control: asyncio.Server | TLSListener | None = None
         self._ports: PortAllocator | None = None
         self._tasks = yamux.TaskOwner(logger)
-        """The lease refresh, the auth-file watch and the replacements (``replacement``)."""
-        self._sessions = yamux.TaskOwner(logger)
-        """One task per registered session (``relay.server.session.run_session``); each is ended on
-        its own (revoked, replaced, closing), so they have an owner of their own."""
-        self.registrations: dict[int, Registration] = {}
+        """The lease refresh, the auth-file watch and the replacements (``_replace``)."""
+        self._sessions: dict[int, RegisteredSession] = {}
+        """The registry: every session from its port line until it has closed everything."""
         self._ids = itertools.count(1)
         self.closing = False
         self._serving: asyncio.Future[None] | None = None
@@ -265,7 +252,7 @@ class RelayServer:
 
     @property
     def sessions(self) -> list[SessionInfo]:
-        return [reg.info() for reg in self.registrations.values()]
+        return [session.info() for session in self._sessions.values()]
 
     async def serve_forever(self) -> None:
         """Run until cancelled (then close) or until ``close()``."""
@@ -285,19 +272,14 @@ class RelayServer:
             return
         self.closing = True
         self.public.close()
-        self.log.summary(logging.WARNING, "relay")
+        self.admission.log.summary(logging.WARNING, "relay")
         self._challenge_log.summary(logging.WARNING, "relay")
         if self._control is not None:
             self._control.close()
         self._tasks.cancel()
-        for gate in list(self._pending):
-            gate.abort()
-        for reg in list(self.registrations.values()):
-            if reg.ending:  # already cleaning up; let it finish
-                continue
-            reg.end_reason = reg.end_reason or "relay shutting down"
-            if reg.task is not None:
-                reg.task.cancel()
+        self.admission.abort_pending()
+        for session in list(self._sessions.values()):
+            session.end("relay shutting down")
         if self._serving is not None and not self._serving.done():
             self._serving.set_result(None)
 
@@ -309,29 +291,19 @@ class RelayServer:
         self.draining = True
         if self._control is not None:
             self._control.close()
-        for reg in self.registrations.values():
-            self._stop_listening(reg)
-            reg.session.go_away()
+        for session in self._sessions.values():
+            session.drain()
 
     async def wait_idle(self) -> None:
         """Until no public connection is open (for a drain)."""
-        while busy := [
-            r.traffic for r in self.registrations.values() if r.traffic.open_connections
-        ]:
+        while busy := [s.traffic for s in self._sessions.values() if s.traffic.open_connections]:
             await busy[0].wait_idle()
-
-    def _stop_listening(self, reg: Registration) -> None:
-        if reg.listener is not None:
-            reg.listener.close()
 
     async def wait_closed(self) -> None:
         if self._control is not None:
             await self._control.wait_closed()
-        while self.registrations:
-            regs = list(self.registrations.values())
-            await self._sessions.wait()
-            for reg in regs:  # a task cancelled before it ever ran did not clean up
-                await end_session(self, reg)
+        while self._sessions:
+            await next(iter(self._sessions.values())).wait_closed()
         await self._tasks.wait()
         if self._ports is not None:
             self._ports.leases.close()
@@ -356,158 +328,158 @@ class RelayServer:
             sock,
             self.ssl,
             timeout=self.handshake_timeout,
-            pending=self._pending,
-            max_pending=self.max_pending,
-            per_source=self.registering,
-            busy_reason=self._busy_reason,
-            refused=self.refused,
-            peer=format_peer,
+            admission=self.admission,
             protocol_factory=self._control_protocol,
-            log=self.log,
+            log=self.admission.log,
         )
         listener.start()
         return listener
 
     def _control_protocol(self) -> asyncio.Protocol:
-        if self.protocol == "yamux":
-            return _ControlProtocol(self)
+        if self.protocol == "seed":
+            return _SeedProtocol(self)
         return ChallengeProtocol(
             auth=self.auth,
-            failures=self.auth_failures,
+            admission=self.admission,
             timeout=self.handshake_timeout,
-            peer=peer_of,
             accepted=self.registration_made,
-            pending=self._pending,
-            max_pending=self.max_pending,
-            per_source=self.registering,
-            busy_reason=self._busy_reason,
             log=self._challenge_log,
         )
 
     def registration_made(
         self,
         transport: asyncio.Transport,
-        request: RegistrationRequest | None = None,
-        *,
-        lease: bool = True,
+        request: RegistrationRequest = SEED,
+        slot: Slot | None = None,
     ) -> None:
         """Allocate for a registration: seed at once, v2 once its proof is checked.
 
-        ``lease=False``: a second live session of an authenticated client gets a port
-        of its own, without touching the lease of the first (see ``_replace``).
-
-        The source's slot of unfinished registrations (``_registering``) is taken here
-        for the seed protocol; a v2 registration has held it since its connection
-        arrived (``ChallengeProtocol``). Either way it is released when the yamux ping
-        is answered or the registration ends.
+        ``slot`` is its source's admission slot: a v2 registration has held one since
+        its connection arrived (``ChallengeProtocol``), a seed one takes it here. It is
+        released on every way out of here, unless handed over to the new session
+        (which gives it back once its handshake ping is answered) or to ``_replace``.
         """
         peer = peer_of(transport)
-        source = source_of(transport.get_extra_info("peername"))
-        if request is None and not self.registering.acquire(source):
-            self.refuse(
-                transport, peer, "registrations in handshake per source", self._busy_reason(source)
-            )
-            return
+        if slot is None:
+            admitted = self.admission.slot(source_of(transport.get_extra_info("peername")))
+            if isinstance(admitted, Refusal):
+                self.admission.refuse(transport, peer, *admitted)
+                return
+            slot = admitted
+        with slot:
+            self._register(transport, peer, request, slot)
+
+    def _register(
+        self, transport: asyncio.Transport, peer: str, request: RegistrationRequest, slot: Slot
+    ) -> None:
         if self.closing:
-            self.registering.release(source)
             transport.abort()
             return
         if self.draining:
-            self.refuse(transport, peer, "draining", "relay is shutting down")
+            self.admission.refuse(transport, peer, "draining", "relay is shutting down")
             return
-        if len(self.registrations) >= self.max_sessions:
-            self.registering.release(source)
-            self.refuse(
+        if len(self._sessions) >= self.max_sessions:
+            self.admission.refuse(
                 transport,
                 peer,
                 "relay full",
-                f"relay is full: {len(self.registrations)} sessions, the maximum "
+                f"relay is full: {len(self._sessions)} sessions, the maximum "
                 f"(--max-sessions {self.max_sessions})",
             )
             return
-        assert self._ports is not None
-        wanted = port_request(request)
-        if not lease:
-            wanted = PortRequest(None, wanted.port, wanted.allowed)
+        ports = self.allocator
         try:
-            self._ports.check(wanted)
+            ports.check(request)
         except PortRefusedError as exc:
-            self.registering.release(source)
-            self.refuse(transport, peer, "port refused", str(exc))
+            self.admission.refuse(transport, peer, "port refused", str(exc))
             return
-        if wanted.identity is not None:
-            holder = holder_of(self.registrations.values(), wanted.identity)
+        identity = request.identity
+        if identity is not None:
+            holder = holder_of(self._sessions.values(), identity)
             if holder is not None:  # decided after a ping; registration_made runs again then
+                newcomer = slot.hand_over()
                 self._tasks.spawn(
-                    replace(self, transport, request, source, wanted.identity, holder),
+                    self._replace(transport, request, newcomer, identity, holder),
                     name="relay-replace",
+                    on_done=partial(_replaced, transport, newcomer),
                 )
                 return
         try:
-            sock = self._ports.allocate(wanted)
+            sock = ports.allocate(request)
         except PortRefusedError as exc:
-            self.registering.release(source)
-            self.refuse(transport, peer, "port refused", str(exc))
+            self.admission.refuse(transport, peer, "port refused", str(exc))
             return
         except OSError as exc:
-            self.registering.release(source)
-            self.refuse(transport, peer, "no public port", f"cannot open a public port: {exc}")
+            self.admission.refuse(
+                transport, peer, "no public port", f"cannot open a public port: {exc}"
+            )
             return
-        public_port = int(sock.getsockname()[1])
-        transport.write(port_line(public_port))
-        session = yamux.Session.attach(transport, client=True, config=self.yamux_config)
-        reg = Registration(
+        transport.write(port_line(int(sock.getsockname()[1])))
+        session = RegisteredSession(
             next(self._ids),
             peer,
-            public_port,
-            sock,
-            session,
-            source,
-            SourceSlots(self._connections_per_source),
             request,
-            wanted.identity,
+            sock,
+            yamux.Session.attach(transport, client=True, config=self.yamux_config),
+            slot.hand_over(),
+            SourceSlots(self._connections_per_source),
+            self,
         )
-        self.registrations[reg.id] = reg
+        self._sessions[session.id] = session
         self.stats.sessions_total += 1
-        # The handshake ping goes out right after the port line (its task runs before the
-        # loop polls again), so a registering side sees exactly: port line, yamux ping.
-        reg.start_handshake()
-        reg.task = self._sessions.spawn(run_session(self, reg), name=f"relay-session-{reg.id}")
+        session.start()
+
+    async def _replace(
+        self,
+        transport: asyncio.Transport,
+        request: RegistrationRequest,
+        slot: Slot,
+        identity: Identity,
+        holder: RegisteredSession,
+    ) -> None:
+        """``identity`` registers again while ``holder`` has it (``relay.server.replacement``);
+        the newcomer keeps its admission slot throughout (``_replaced``)."""
+        decision = await settle(holder, identity, peer_of(transport))
+        if decision is Decision.REFUSE:
+            self.admission.refuse(
+                transport,
+                peer_of(transport),
+                "name in use",
+                f"{identity} is already registered (public port "
+                f"{holder.public_port}) and that session is alive",
+            )
+            return
+        if decision is Decision.OWN_PORT:
+            request = replace(request, lease=False)
+        if not transport.is_closing():
+            self.registration_made(transport, request, slot.hand_over())
 
     def _revoke(self, names: set[str]) -> None:
-        revoke(self.registrations.values(), names)
+        """End the sessions of clients whose auth-file entry was removed or changed."""
+        for session in list(self._sessions.values()):
+            client = session.request.client
+            if client in names and session.request.authenticated:
+                session.end(
+                    f"client {client} was removed from the auth file or its secret or ports changed"
+                )
+
+    # ------------------------------------------- what a session needs of us
+    @property
+    def log(self) -> RateLimitedLog:
+        return self.admission.log
+
+    def public_protocol(self, session: RegisteredSession) -> Callable[[], asyncio.Protocol]:
+        return self.public.protocol_for(session)
+
+    def forget(self, session: RegisteredSession) -> None:
+        self._sessions.pop(session.id, None)
+        self.stats.session_ended(session.traffic)
 
     @property
     def allocator(self) -> PortAllocator:
         """The public ports (after ``start()``)."""
         assert self._ports is not None
         return self._ports
-
-    def _busy_reason(self, source: str) -> str:
-        return (
-            f"{self.registering.held(source)} registrations from {source} are still in "
-            f"their handshake, the maximum (--max-pending-registrations-per-source "
-            f"{self.registering.limit})"
-        )
-
-    def refuse(self, transport: asyncio.Transport, peer: str, kind: str, reason: str) -> None:
-        """Answer an error line and close (see ``refused``)."""
-        self.refused(peer, kind, reason)
-        transport.write(error_line(reason))
-        transport.close()
-
-    def refused(self, peer: str, kind: str, reason: str) -> None:
-        """Count and log a refusal; the line is rate-limited per ``kind``, which is also the
-        reason label of the refusals metric."""
-        self.stats.refused[kind.replace(" ", "_")] += 1
-        self.log.log(
-            logging.WARNING,
-            f"refused: {kind}",
-            "refusing registration from %s: %s",
-            peer,
-            reason,
-            extra={"peer": peer, "reason": reason},
-        )
 
     async def _refresh_leases(self) -> None:
         """Registered owners keep their leases fresh, so a relay crash does not age them."""

@@ -1,8 +1,10 @@
-"""A registered session as the relay keeps it (``Registration``) and shows it (``SessionInfo``).
+"""A registered session (``RegisteredSession``): its lifecycle and everything it holds.
 
-Also the run of one session, from its public listener to its end: the
-handshake ping confirms it, Go Away or the end of the yamux session ends it,
-and ``end_session`` frees everything it held, the public port first.
+From its port line on, a registration holds its source's admission slot, a
+public listener, a yamux session, its tasks and its public connections. The
+handshake ping confirms it; Go Away, the end of the yamux session or ``end()``
+ends it, and every way out frees the same things in the same order, the
+public port first (the rules: ``relay.server.lifecycle``).
 """
 
 from __future__ import annotations
@@ -10,34 +12,48 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 import yamux
 from yamux.ratelimit import RateLimitedLog
 
-from ..net import LISTEN_BACKLOG, format_endpoint
+from ..net import LISTEN_BACKLOG
 from ..stats import Traffic
-from .challenge import RegistrationRequest
+from .interface import SessionInfo
 from .leases import Identity
-from .limits import SourceSlots
-
-if TYPE_CHECKING:
-    from .relay import RelayServer
+from .lifecycle import SessionEffect, SessionEvent, SessionState, step
+from .limits import Slot, SourceSlots
+from .ports import PortAllocator
+from .request import RegistrationRequest
 
 logger = logging.getLogger("relay.server")
 
-
-def format_peer(peername: object) -> str:
-    """A socket's ``peername`` as ``host:port`` for the log."""
-    if not peername:
-        return "unknown peer"
-    host, port = peername[0], peername[1]  # type: ignore[index]
-    return format_endpoint(str(host), int(port))
+WENT_AWAY = "the registered side sent go away"
+"""The end of a session whose registered side sent Go Away: its public port is useless."""
 
 
-def peer_of(transport: asyncio.BaseTransport) -> str:
-    return format_peer(transport.get_extra_info("peername"))
+class Registry(Protocol):
+    """What a session needs of the relay that admitted it."""
+
+    @property
+    def handshake_timeout(self) -> float: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+    @property
+    def log(self) -> RateLimitedLog:
+        """Where failed handshakes are logged: anyone can make them, so rate-limited."""
+
+    @property
+    def allocator(self) -> PortAllocator: ...
+
+    def public_protocol(self, session: RegisteredSession) -> Callable[[], asyncio.Protocol]:
+        """The protocol factory of the session's public listener."""
+
+    def forget(self, session: RegisteredSession) -> None:
+        """The session has closed everything: its port and its place are free."""
 
 
 def describe_end(reason: BaseException | None) -> str:
@@ -49,41 +65,87 @@ def describe_end(reason: BaseException | None) -> str:
     return str(reason)
 
 
-def _retrieve(task: asyncio.Task[object]) -> None:
-    """Mark a task's exception as seen (its owner reports the session's end instead)."""
-    if not task.cancelled():
-        task.exception()
+class RegisteredSession:
+    """One registration from its port line to its end; ``start()``, then ``end()`` and
+    ``wait_closed()`` (or it ends on its own)."""
 
+    def __init__(
+        self,
+        id: int,
+        peer: str,
+        request: RegistrationRequest,
+        sock: socket.socket,
+        session: yamux.Session,
+        slot: Slot,
+        sources: SourceSlots,
+        registry: Registry,
+    ) -> None:
+        self.id = id
+        self.peer = peer
+        self.request = request
+        self.identity: Identity | None = request.identity
+        self.public_port = int(sock.getsockname()[1])
+        self.session = session
+        self.sources = sources
+        """Public connections per source."""
+        self.connections = yamux.TaskOwner(logger)
+        """One task per public connection."""
+        self.log = RateLimitedLog(logger)
+        """Lines the session's peers can trigger (refused public connections, ...)."""
+        self.traffic = Traffic()
+        self.state = SessionState.PENDING
+        self.end_reason: str | None = None
+        self.connection_task_name = f"relay-public-{id}"
+        self._sock = sock
+        self._slot = slot
+        self._registry = registry
+        self._listener: asyncio.Server | None = None
+        self._tasks = yamux.TaskOwner(logger)
+        """The handshake ping, the run, the stream rejecter, the closing."""
+        self._handshake: asyncio.Task[float | None] | None = None
+        self._closed = asyncio.Event()
 
-@dataclass(eq=False)
-class Registration:
-    """One registered session: its public port and listener, its yamux session, its task."""
+    @property
+    def ending(self) -> bool:
+        """Ending or ended: it takes no public connection, and its identity is free."""
+        return self.state in (SessionState.ENDING, SessionState.ENDED)
 
-    id: int
-    peer: str
-    public_port: int
-    sock: socket.socket
-    session: yamux.Session
-    source: str
-    sources: SourceSlots
-    """Public connections per source."""
-    request: RegistrationRequest | None = None
-    identity: Identity | None = None
-    listener: asyncio.Server | None = None
-    task: asyncio.Task[None] | None = None
-    handshake: asyncio.Task[float] | None = None
-    connections: yamux.TaskOwner = field(default_factory=lambda: yamux.TaskOwner(logger))
-    log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(logger))
-    """Lines the session's peers can trigger (refused public connections, ...)."""
-    confirmed: bool = False
-    ending: bool = False
-    end_reason: str | None = None
-    traffic: Traffic = field(default_factory=Traffic)
-    connection_task_name: str = field(init=False, default="")
-    """The name of each public connection's task."""
+    def start(self) -> None:
+        """Send the handshake ping and run. The ping's task runs before the loop polls
+        again, so a registering side sees exactly: port line, yamux ping."""
+        self._handshake = self._tasks.spawn(self._ping(), name=f"relay-handshake-{self.id}")
+        self._tasks.spawn(self._run(), name=f"relay-session-{self.id}", on_done=self._ran)
 
-    def __post_init__(self) -> None:
-        self.connection_task_name = f"relay-public-{self.id}"
+    def end(self, reason: str | None = None) -> None:
+        """End the session now, for ``reason`` (None: why its yamux session closed); a
+        session already ending keeps its first reason."""
+        self._step(SessionEvent.END, reason)
+
+    def drain(self) -> None:
+        """Stop taking public connections and send Go Away; connections in flight go on."""
+        if self._listener is not None:
+            self._listener.close()
+        self.session.go_away()
+
+    async def wait_closed(self) -> None:
+        """Until everything the session held is closed and the relay has forgotten it."""
+        await self._closed.wait()
+
+    def info(self) -> SessionInfo:
+        return SessionInfo(
+            self.id,
+            self.peer,
+            self.public_port,
+            self.state is SessionState.CONFIRMED,
+            len(self.connections),
+            since=self.traffic.since,
+            bytes_in=self.traffic.bytes_in,
+            bytes_out=self.traffic.bytes_out,
+            streams=self.session.num_streams,
+            rtt=self.session.last_rtt,
+            stalls=self.traffic.stalls,
+            client=self.request.client,
+        )
 
     def log_fields(self) -> dict[str, object]:
         """The stable log fields of this session (see ``relay.ops.logs.FIELDS``)."""
@@ -92,173 +154,139 @@ class Registration:
             "peer": self.peer,
             "public_port": self.public_port,
         }
-        if self.request is not None and self.request.client is not None:
+        if self.request.client is not None:
             fields["client"] = self.request.client
         return fields
 
-    def start_handshake(self) -> None:
-        """Send the handshake ping; ``run_session`` awaits the answer (or ``end_session``
-        cancels and awaits it). Its failure is the session's end, reported there."""
-        self.handshake = asyncio.get_running_loop().create_task(
-            self.session.ping(), name=f"relay-handshake-{self.id}"
-        )
-        self.handshake.add_done_callback(_retrieve)
+    def _step(self, event: SessionEvent, reason: str | None = None) -> None:
+        """Move on by the table and carry out its effects (``reason``: of an END)."""
+        before = self.state
+        self.state, effects = step(before, event)
+        for effect in effects:
+            if effect is SessionEffect.RELEASE_SLOT:
+                self._slot.release()
+            elif effect is SessionEffect.STOP:
+                self.end_reason = reason
+                self._stop(confirmed=before is SessionState.CONFIRMED)
+            else:
+                self._registry.forget(self)
 
-    def info(self) -> SessionInfo:
-        return SessionInfo(
-            self.id,
-            self.peer,
-            self.public_port,
-            self.confirmed,
-            len(self.connections),
-            since=self.traffic.since,
-            bytes_in=self.traffic.bytes_in,
-            bytes_out=self.traffic.bytes_out,
-            streams=self.session.num_streams,
-            rtt=self.session.last_rtt,
-            stalls=self.traffic.stalls,
-            client=self.request.client if self.request else None,
-        )
+    # ------------------------------------------------------------------ run
+    async def _ping(self) -> float | None:
+        """The handshake ping's round trip; None if the session closed first (its end
+        reports why)."""
+        try:
+            return await self.session.ping()
+        except yamux.YamuxError:
+            return None
 
-
-@dataclass(frozen=True, slots=True)
-class SessionInfo:
-    """A registered session as seen from outside (``RelayServer.sessions``)."""
-
-    id: int
-    peer: str
-    public_port: int
-    confirmed: bool
-    connections: int
-    since: float = 0.0
-    """Unix time of the registration."""
-    bytes_in: int = 0
-    """From the public clients, connections still open included."""
-    bytes_out: int = 0
-    streams: int = 0
-    rtt: float | None = None
-    """Seconds of the last keepalive (or handshake) ping."""
-    stalls: int = 0
-    """Times a stream paused its public connection because the peer's window was full."""
-    client: str | None = None
-    """The client's name (registration v2); None for a seed-protocol registration."""
-
-
-async def run_session(server: RelayServer, reg: Registration) -> None:
-    """Listen on the public port, wait for the handshake, then until the session ends."""
-    session = reg.session
-    try:
-        reg.listener = await asyncio.get_running_loop().create_server(
-            server.public.protocol_for(reg),
-            sock=reg.sock,
-            backlog=LISTEN_BACKLOG,
+    async def _run(self) -> None:
+        """Listen on the public port, wait for the handshake, then until Go Away."""
+        self._listener = await asyncio.get_running_loop().create_server(
+            self._registry.public_protocol(self), sock=self._sock, backlog=LISTEN_BACKLOG
         )
         logger.debug(
             "session %d from %s: public port %d, waiting for the handshake ping",
-            reg.id,
-            reg.peer,
-            reg.public_port,
+            self.id,
+            self.peer,
+            self.public_port,
         )
-        assert reg.handshake is not None
+        assert self._handshake is not None
+        timeout = self._registry.handshake_timeout
         try:
-            async with asyncio.timeout(server.handshake_timeout):
-                rtt = await reg.handshake
+            async with asyncio.timeout(timeout):
+                rtt = await self._handshake
         except TimeoutError:
-            reg.end_reason = (
-                f"no answer to the yamux ping within {server.handshake_timeout:g} s "
-                f"(stalled, or not a yamux peer)"
+            self.end(
+                f"no answer to the yamux ping within {timeout:g} s (stalled, or not a yamux peer)"
             )
             return
-        reg.confirmed = True
-        server.registering.release(reg.source)
-        # Logged once confirmed: a flood of failed handshakes goes through server.log.
+        if rtt is None:
+            return
+        self._step(SessionEvent.CONFIRM)
+        # Logged once confirmed: a flood of failed handshakes goes through the relay's log.
         logger.info(
             "session %d from %s%s: public port %d (ping %.1f ms)",
-            reg.id,
-            reg.peer,
-            f" ({reg.request.describe()})" if reg.request else "",
-            reg.public_port,
+            self.id,
+            self.peer,
+            f" ({self.request.describe()})" if self.request.protocol == "v2" else "",
+            self.public_port,
             rtt * 1000,
-            extra=reg.log_fields(),
+            extra=self.log_fields(),
         )
-        rejecting = asyncio.get_running_loop().create_task(
-            _reject_streams(reg), name=f"relay-reject-{reg.id}"
-        )
+        self._tasks.spawn(self._reject_streams(), name=f"relay-reject-{self.id}")
         try:
             # Go Away from the registered side: no stream can be opened any more, so
             # the public port is useless; free it now, not at the next connection.
-            await session.wait_go_away()
-            reg.end_reason = "the registered side sent go away"
+            await self.session.wait_go_away()
+        except yamux.SessionClosedError:
+            return
+        self.end(WENT_AWAY)
+
+    def _ran(self, task: asyncio.Task[None]) -> None:
+        """The run ended, on its own or cancelled (even before it started)."""
+        self.end()
+
+    async def _reject_streams(self) -> None:
+        """Streams go one way only (relay -> registered side); reset any the other way."""
+        async for stream in self.session:
+            self.log.log(
+                logging.WARNING,
+                "stream from the registered side",
+                "session %d: the registered side opened stream %d, which this protocol "
+                "does not use; resetting it",
+                self.id,
+                stream.id,
+                extra=self.log_fields(),
+            )
+            stream.reset()
+
+    # ------------------------------------------------------------------ end
+    def _stop(self, confirmed: bool) -> None:
+        """Free the port at once and cancel everything; the closing goes on in a task."""
+        closed_by_peer = self.session.closed
+        if self._listener is not None:
+            self._listener.close()
+        else:
+            self._sock.close()
+        self._registry.allocator.release(self.public_port)
+        self._tasks.cancel()
+        self.connections.cancel()
+        self._tasks.spawn(
+            self._close(closed_by_peer, confirmed), name=f"relay-session-{self.id}-end"
+        )
+
+    async def _close(self, closed_by_peer: bool, confirmed: bool) -> None:
+        try:
+            await self._tasks.wait()
+            await self.session.close()
+            await self.connections.wait()
         finally:
-            rejecting.cancel()
-            await asyncio.wait([rejecting])
-    except yamux.SessionClosedError:
-        pass
-    finally:
-        await end_session(server, reg)
-
-
-async def _reject_streams(reg: Registration) -> None:
-    """Streams go one way only (relay -> registered side); reset any the other way."""
-    async for stream in reg.session:
-        reg.log.log(
-            logging.WARNING,
-            "stream from the registered side",
-            "session %d: the registered side opened stream %d, which this protocol "
-            "does not use; resetting it",
-            reg.id,
-            stream.id,
-            extra=reg.log_fields(),
-        )
-        stream.reset()
-
-
-async def end_session(server: RelayServer, reg: Registration) -> None:
-    """Free everything of a session: the listener first, so the port is free at once."""
-    if reg.ending:
-        return
-    reg.ending = True
-    if not reg.confirmed:
-        server.registering.release(reg.source)
-    if reg.handshake is not None:
-        reg.handshake.cancel()
-    if reg.listener is not None:
-        reg.listener.close()
-    else:
-        reg.sock.close()
-    server.allocator.release(reg.public_port)
-    reg.connections.cancel()
-    closed_by_peer = reg.session.closed
-    try:
-        if reg.handshake is not None:  # the registration owns it: cancelled, then awaited
-            await asyncio.wait([reg.handshake])
-        await reg.session.close()
-        await reg.connections.wait()
-    finally:
-        server.registrations.pop(reg.id, None)
-        server.stats.session_ended(reg.traffic)
-    if reg.end_reason is None:
-        reg.end_reason = describe_end(reg.session.close_reason if closed_by_peer else None)
-    what = f"session {reg.id} from {reg.peer}"
-    reg.log.summary(logging.WARNING, what)
-    fields = {**reg.log_fields(), "reason": reg.end_reason}
-    if reg.confirmed or server.closing:
-        logger.info(
-            "%s ended: %s; public port %d closed",
-            what,
-            reg.end_reason,
-            reg.public_port,
-            extra=fields,
-        )
-    else:  # anyone can make these: rate-limited like refusals, per kind of failure
-        cause = reg.session.close_reason if closed_by_peer else None
+            self._step(SessionEvent.CLOSED)
+            self._closed.set()
+        if self.end_reason is None:
+            self.end_reason = describe_end(self.session.close_reason if closed_by_peer else None)
+        what = f"session {self.id} from {self.peer}"
+        self.log.summary(logging.WARNING, what)
+        fields = {**self.log_fields(), "reason": self.end_reason}
+        if confirmed or self._registry.closing:
+            logger.info(
+                "%s ended: %s; public port %d closed",
+                what,
+                self.end_reason,
+                self.public_port,
+                extra=fields,
+            )
+            return
+        # Anyone can make these: rate-limited like refusals, per kind of failure.
+        cause = self.session.close_reason if closed_by_peer else None
         kind = type(cause).__name__ if cause is not None else "no answer"
-        server.log.log(
+        self._registry.log.log(
             logging.WARNING,
             f"failed handshake: {kind}",
             "%s ended: %s; public port %d closed",
             what,
-            reg.end_reason,
-            reg.public_port,
+            self.end_reason,
+            self.public_port,
             extra=fields,
         )

@@ -28,8 +28,10 @@ from collections.abc import Callable
 import yamux
 from yamux.ratelimit import RateLimitedLog
 
+from ..net import format_peer
 from ..wire.tls import describe_client_tls_error
-from .limits import PendingRegistration, SourceSlots, admission_refused, source_of
+from .admission import Admission, PendingRegistration, Refusal
+from .limits import Slot, source_of
 
 logger = logging.getLogger("relay.tls")
 
@@ -44,10 +46,9 @@ class TLSListener:
     The shape of ``asyncio.Server`` that the relay uses: ``sockets``, ``close()``
     (stop accepting; handshakes in progress go on) and ``wait_closed()``.
 
-    ``refused(peer, kind, reason)`` logs and counts a refusal (the relay's
-    rate-limited log); ``protocol_factory`` makes the control protocol that a
-    connection goes to once its handshake is done; ``log`` takes the lines of
-    failed handshakes.
+    ``admission`` admits, counts and logs refusals; ``protocol_factory`` makes
+    the control protocol that a connection goes to once its handshake is done;
+    ``log`` takes the lines of failed handshakes.
     """
 
     def __init__(
@@ -56,24 +57,14 @@ class TLSListener:
         context: ssl.SSLContext,
         *,
         timeout: float,
-        pending: set[PendingRegistration],
-        max_pending: int,
-        per_source: SourceSlots,
-        busy_reason: Callable[[str], str],
-        refused: Callable[[str, str, str], None],
-        peer: Callable[[object], str],
+        admission: Admission,
         protocol_factory: Callable[[], asyncio.Protocol],
         log: RateLimitedLog,
     ) -> None:
         self._sock: socket.socket | None = sock
         self._context = context
         self._timeout = timeout
-        self._pending = pending
-        self._max_pending = max_pending
-        self._per_source = per_source
-        self._busy_reason = busy_reason
-        self._refused = refused
-        self._peer = peer
+        self._admission = admission
         self._protocol_factory = protocol_factory
         self._log = log
         self._accepting = yamux.TaskOwner(logger)
@@ -122,17 +113,15 @@ class TLSListener:
 
     def _admit(self, conn: socket.socket, address: object) -> None:
         """Take a pending place and a slot of the source, or close at once."""
-        peer = self._peer(address)
-        source = source_of(address)
-        refusal = admission_refused(
-            self._pending, self._max_pending, self._per_source, source, self._busy_reason
-        )
-        if refusal is not None:
+        peer = format_peer(address)
+        admitted = self._admission.admit(source_of(address))
+        if isinstance(admitted, Refusal):
             conn.close()
-            self._refused(peer, *refusal)
+            self._admission.refused(peer, *admitted)
             return
-        handshake = _Handshake(conn, source, self._hand_over, self._release)
-        self._pending.add(handshake)
+        pending = self._admission.pending
+        handshake = _Handshake(conn, admitted, pending, self._hand_over)
+        pending.add(handshake)
         handshake.task = self._handshakes.spawn(
             self._handshake(handshake, peer), name="relay-tls-handshake", on_done=handshake.ended
         )
@@ -159,32 +148,28 @@ class TLSListener:
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
 
-    def _release(self, handshake: _Handshake) -> None:
-        self._pending.discard(handshake)
-        self._per_source.release(handshake.source)
-
 
 class _Handshake(asyncio.Protocol):
     """One admitted connection during its TLS handshake: a pending registration.
 
     It is the protocol that ``connect_accepted_socket`` hands the TLS transport
-    to when the handshake completes; it gives its place and slot back exactly
-    once, then hands the transport over (or, if the handshake failed, only
-    gives them back when its task ends).
+    to when the handshake completes; it gives its place and slot back, then
+    hands the transport over (or, if the handshake failed, gives them back when
+    its task ends).
     """
 
     def __init__(
         self,
         conn: socket.socket,
-        source: str,
+        slot: Slot,
+        pending: set[PendingRegistration],
         hand_over: Callable[[asyncio.BaseTransport], None],
-        release: Callable[[_Handshake], None],
     ) -> None:
         self._conn: socket.socket | None = conn
         """Ours until the handshake task takes it."""
-        self.source = source
+        self._slot = slot
+        self._pending = pending
         self._hand_over = hand_over
-        self._release: Callable[[_Handshake], None] | None = release
         self.task: asyncio.Task[None] | None = None
 
     def take_socket(self) -> socket.socket:
@@ -210,6 +195,6 @@ class _Handshake(asyncio.Protocol):
             self.task.cancel()
 
     def _give_back(self) -> None:
-        if self._release is not None:
-            release, self._release = self._release, None
-            release(self)
+        """Both idempotent: the handshake's end may come after the hand-over."""
+        self._pending.discard(self)
+        self._slot.release()
