@@ -107,8 +107,11 @@ def test_every_relative_link_resolves() -> None:
     assert broken == []
 
 
-def help_flags() -> set[str]:
-    """The long options in the option column of ``relay --help`` (both modes' options)."""
+def command_line() -> tuple[set[str], set[str]]:
+    """The long options (option column) and environment variables of ``relay --help``.
+
+    The seed form's help lists the options of both modes.
+    """
     done = subprocess.run(
         [*relay_command(), "--help"], capture_output=True, text=True, timeout=30, check=True
     )
@@ -117,18 +120,20 @@ def help_flags() -> set[str]:
         column = re.match(r"^  (-\S.*?)(?:  |$)", line)
         if column:
             flags.update(re.findall(r"--[a-zA-Z][a-zA-Z0-9-]*", column.group(1)))
-    return flags - {"--help", "--version"}
+    return flags - {"--help", "--version"}, set(re.findall(r"RELAY_[A-Z0-9_]+", done.stdout))
 
 
 def test_the_operations_option_table_is_the_command_line() -> None:
     text = (ROOT / "docs" / "operations.md").read_text()
     table = text[text.index("## Options") : text.index("## Environment and config file")]
-    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| `")]
-    documented = set(re.findall(r"--[a-zA-Z][a-zA-Z0-9-]*", " ".join(rows)))
-    flags = help_flags()
+    rows = [line.split(" | ")[:2] for line in table.splitlines() if line.startswith("| `")]
+    documented = set(re.findall(r"--[a-zA-Z][a-zA-Z0-9-]*", " ".join(row[0] for row in rows)))
+    documented_env = set(re.findall(r"RELAY_[A-Z0-9_]+", " ".join(row[1] for row in rows)))
+    flags, env = command_line()
     assert len(flags) > 40
     assert sorted(flags - documented) == [], "options missing from docs/operations.md"
     assert sorted(documented - flags) == [], "docs/operations.md names options that do not exist"
+    assert sorted(env ^ documented_env) == [], "environment variables differ"
 
 
 @pytest.mark.e2e
