@@ -179,3 +179,10 @@ def test_the_readme_api_example_serves_behind_a_relay(procs, tmp_path) -> None:
     proc = procs.start([sys.executable, str(script)], "readme-example")
     _, match = proc.wait_line(rf"^{re.escape(HOST)}:(\d+)$", stream="stdout")
     assert echo_roundtrip(int(match.group(1))) == b"ping through the relay\n"
+
+
+def test_tests_readme_names_every_test_file() -> None:
+    named = set(re.findall(r"`(test_[a-z0-9_]+\.py)`", (ROOT / "tests" / "README.md").read_text()))
+    files = {path.name for path in (ROOT / "tests").glob("test_*.py")}
+    assert sorted(files - named) == [], "tests/README.md does not say where these belong"
+    assert sorted(named - files) == [], "tests/README.md names files that do not exist"
