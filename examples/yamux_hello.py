@@ -1,4 +1,4 @@
-"""The README's yamux example: an echo service and a client, both over one TCP connection."""
+"""docs/yamux.md's example: an echo service and a client, both over one TCP connection."""
 
 import asyncio
 

@@ -1,4 +1,4 @@
-"""Stable endpoints (issue #10) with real processes: requested ports, leases, restarts.
+"""Stable endpoints with real processes: requested ports, leases, restarts.
 
 The relay runs registration v2 (``--protocol v2``, no secret: names are only
 claimed) so that forwarders can send ``name=`` and ``port=``. Services are a
@@ -321,10 +321,10 @@ def test_a_name_against_a_seed_relay_says_it_is_not_used(procs, echo_port):
     assert echo_roundtrip(port) == b"ping through the relay\n"
 
 
-def test_readme_stable_endpoints_example_as_written(procs, echo_port, tmp_path):
-    """The README's console block, run with only hosts, ports and the state dir replaced."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme[readme.index("### Stable endpoints") :]
+def test_docs_stable_endpoints_example_as_written(procs, echo_port, tmp_path):
+    """docs/operations.md's console block, run with only hosts, ports and the state dir replaced."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    section = doc[doc.index("## Stable endpoints") :]
     block = re.search(r"```console\n(.*?)```", section, re.S).group(1)
     low, _ = free_port_block(3)
     ports = {

@@ -115,7 +115,7 @@ Examples:
 
 \b
 Every option can also be set by the environment variable shown with it, or
-in the --config file (keys are the long option names; see the README).
+in the --config file (keys are the long option names; see docs/operations.md).
 Precedence: command line > environment > config file > default.
 Logs go to stderr; the forwarder's stdout carries only endpoints.
 Exit status: 0 on success and after SIGTERM, 130 after Ctrl-C (SIGINT),

@@ -48,7 +48,7 @@ FIELDS = (
     "duration",
     "reason",
 )
-"""The stable field names; a line carries those that apply (see the README)."""
+"""The stable field names; a line carries those that apply (see docs/operations.md)."""
 
 _FRONT = ("time", "level", "logger", "event")
 _RECORD_KEYS = frozenset(logging.LogRecord("name", 0, "pathname", 0, "msg", (), None).__dict__)
