@@ -66,7 +66,8 @@ class Backlog:
         """
         core = self._core
         while True:
-            self._raise_if_ended()
+            if self._ended is not None:
+                raise SessionClosedError(reason=self._ended)
             if core.remote_go_away:
                 raise NoNewStreamsError(GoAwayCode.NORMAL)
             if not core.backlog_full:

@@ -42,7 +42,7 @@ from .flow import ReceiveWindow, SendWindow, WindowTuner
 from .frame import Frame, FrameDecoder, encode_header
 from .outbox import Outbox
 from .send_buffer import SendBuffer
-from .stream_state import Effect, Handshake, Input, State, StreamMachine, StreamStateError
+from .stream_state import Effect, Handshake, Input, StreamMachine, StreamStateError
 
 _DATA = FrameType.DATA
 _WINDOW_UPDATE = FrameType.WINDOW_UPDATE
@@ -59,7 +59,6 @@ _SEND_RST, _RECV_RST = Input.SEND_RST, Input.RECV_RST
 _ACKNOWLEDGED, _ACCEPTED = Effect.ACKNOWLEDGED, Effect.ACCEPTED
 _ENDED, _CLOSED = Effect.ENDED, Effect.CLOSED
 _AWAITING_ACK, _ACK_OWED = Handshake.AWAITING_ACK, Handshake.ACK_OWED
-_STATE_CLOSED = State.CLOSED
 _MAX_STREAM_ID = 0xFFFFFFFF
 
 
@@ -97,7 +96,7 @@ class Connection:
         self.config = config or Config()
         self._next_id = 1 if client else 2
         self._streams: dict[int, StreamRecord] = {}
-        self.outbox = Outbox(self.config, overflow=self._control_full, fin_sent=self._fin_sent)
+        self.outbox = Outbox(self.config, overflow=self._control_full, finished=self._finished)
         """The frames to send: ``take_control()``, then ``take_data(budget)`` while room lasts."""
         self._sendable = self.outbox.sendable
         self._queue_control = self.outbox.queue_control  # bound once: the per-frame path uses both
@@ -437,10 +436,9 @@ class Connection:
                 )
             )
 
-    def _fin_sent(self, rec: StreamRecord) -> None:
-        if rec.state.state is _STATE_CLOSED:
-            self._forget(rec)
-            self._events.append(StreamClosed(rec.id))
+    def _finished(self, rec: StreamRecord) -> None:
+        self._forget(rec)
+        self._events.append(StreamClosed(rec.id))
 
     def _reset_for_misbehaviour(self, rec: StreamRecord, reason: str) -> None:
         """A stream-level violation ends only that stream (the adapter logs it, rate-limited)."""

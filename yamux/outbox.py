@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING
 from .config import Config
 from .const import HEADER_SIZE, Flag, FrameType
 from .frame import encode_header
+from .stream_state import State
 
 if TYPE_CHECKING:
     from .connection import StreamRecord
 
 _DATA, _WINDOW_UPDATE, _FIN = FrameType.DATA, FrameType.WINDOW_UPDATE, int(Flag.FIN)
+_CLOSED = State.CLOSED
 
 
 class Outbox:
@@ -29,24 +31,24 @@ class Outbox:
 
     The connection queues control frames (``queue_control``) and puts a stream
     in ``sendable`` when it has something to frame; ``overflow(count)`` runs
-    when the control queue passes its limit, ``fin_sent(record)`` when a
-    stream's FIN went out.
+    when the control queue passes its limit, ``finished(record)`` when the FIN
+    of a stream closed both ways went out (the connection then forgets it).
     """
 
-    __slots__ = ("_control", "_control_limit", "_fin_sent", "_max_frame", "_overflow", "sendable")
+    __slots__ = ("_control", "_control_limit", "_finished", "_max_frame", "_overflow", "sendable")
 
     def __init__(
         self,
         config: Config,
         *,
         overflow: Callable[[int], None],
-        fin_sent: Callable[[StreamRecord], None],
+        finished: Callable[[StreamRecord], None],
     ) -> None:
         self._control: list[bytes] = []
         self._control_limit = config.control_queue_limit
         self._max_frame = config.max_frame_size
         self._overflow = overflow
-        self._fin_sent = fin_sent
+        self._finished = finished
         self.sendable: dict[int, StreamRecord] = {}
         """Streams with something to frame now (data and credit, or a lone FIN), in turn."""
 
@@ -104,7 +106,8 @@ class Outbox:
             if buffer.fin and not buffer.size:
                 out.append(encode_header(_WINDOW_UPDATE, _FIN, stream_id, 0))
                 buffer.fin = False
-                self._fin_sent(rec)
+                if rec.state.state is _CLOSED:
+                    self._finished(rec)
             elif rec.sendable:
                 sendable[stream_id] = rec
         return out

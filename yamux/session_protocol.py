@@ -84,6 +84,7 @@ class SessionProtocol(asyncio.Protocol):
         self._read_transport: asyncio.BaseTransport | None = None
         self._streams: dict[int, Stream] = {}
         self.backlog = Backlog(self.core)
+        """The peer's streams waiting for accept_stream, our opens waiting for ACKs."""
         self._drain_waiting: dict[int, Stream] = {}
         self._open_timers = StreamTimers(
             self._loop, self.config.stream_open_timeout, self._open_timed_out
@@ -129,7 +130,7 @@ class SessionProtocol(asyncio.Protocol):
             return default
         return transport.get_extra_info(name, default)
 
-    # ------------------------------------------------------- Session's commands
+    # ------------------------------------- Session's commands (documented there)
     async def open_stream(self) -> Stream:
         await self.backlog.room_to_open()
         core = self.core
