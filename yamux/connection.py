@@ -38,10 +38,10 @@ from .events import (
     StreamReset,
     WindowUpdated,
 )
-from .flow import ReceiveWindow, SendWindow, WindowTuner
+from .flow import WindowTuner
 from .frame import Frame, FrameDecoder, encode_header
 from .outbox import Outbox
-from .send_buffer import SendBuffer
+from .stream_record import StreamRecord
 from .stream_state import Effect, Handshake, Input, StreamMachine, StreamStateError
 
 _DATA = FrameType.DATA
@@ -60,26 +60,6 @@ _ACKNOWLEDGED, _ACCEPTED = Effect.ACKNOWLEDGED, Effect.ACCEPTED
 _ENDED, _CLOSED = Effect.ENDED, Effect.CLOSED
 _AWAITING_ACK, _ACK_OWED = Handshake.AWAITING_ACK, Handshake.ACK_OWED
 _MAX_STREAM_ID = 0xFFFFFFFF
-
-
-class StreamRecord:
-    """What the core keeps per stream: its state machine, both windows, its unsent bytes."""
-
-    __slots__ = ("id", "out", "recv", "send", "state")
-
-    def __init__(self, stream_id: int, max_window: int) -> None:
-        self.id = stream_id
-        self.state = StreamMachine()
-        self.recv = ReceiveWindow(max_window)
-        self.send = SendWindow()
-        self.out = SendBuffer()
-
-    @property
-    def sendable(self) -> bool:
-        """Something can go on the wire now: data with credit, or a FIN with nothing before it."""
-        if self.out.size:
-            return self.send.credit > 0
-        return self.out.fin
 
 
 class Connection:

@@ -12,15 +12,12 @@ round-robin.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from .config import Config
 from .const import HEADER_SIZE, Flag, FrameType
 from .frame import encode_header
+from .stream_record import StreamRecord
 from .stream_state import State
-
-if TYPE_CHECKING:
-    from .connection import StreamRecord
 
 _DATA, _WINDOW_UPDATE, _FIN = FrameType.DATA, FrameType.WINDOW_UPDATE, int(Flag.FIN)
 _CLOSED = State.CLOSED

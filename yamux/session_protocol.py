@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, assert_never
+from typing import Any, assert_never
 
 from .backlog import Backlog
 from .config import Config
@@ -54,9 +54,6 @@ from .stream_state import State
 from .tasks import TaskOwner
 from .timers import PingTimes, StreamTimers
 
-if TYPE_CHECKING:
-    from .session import Session
-
 _LOCAL_CLOSE = State.LOCAL_CLOSE
 """Bound once: a class attribute lookup of an Enum member is slow on Python 3.11."""
 _PEER_GONE = (KeepaliveTimeoutError, ConnectionWriteTimeoutError, ControlQueueFullError)
@@ -78,8 +75,8 @@ class SessionProtocol(asyncio.Protocol):
         self.config = config or Config()
         self.client = client
         self.core = Connection(client=client, config=self.config)
-        self.session: Session | None = None
-        """The user's object, for ``get_extra_info("session")``; set by Session."""
+        self.session: object = None
+        """The user's object (a Session, which sets it) for ``get_extra_info("session")``."""
         self._loop = asyncio.get_running_loop()
         self._read_transport: asyncio.BaseTransport | None = None
         self._streams: dict[int, Stream] = {}
