@@ -590,7 +590,8 @@ async def silent_tls(
                 local_addr=(OTHER_SOURCE, 0),
                 connect_timeout=5,
             )
-            await session.close()
+            session.close()
+            await session.wait_closed()
             notes["other_client_ok"] = True
         except (ConnectionError, TimeoutError) as exc:
             notes["other_client_ok"] = False

@@ -114,7 +114,8 @@ async def loaded_link(
         try:
             yield client, server_session, link
         finally:
-            await client.close()
+            client.close()
+            await client.wait_closed()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

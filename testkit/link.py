@@ -374,7 +374,8 @@ class SlowLink:
         """Stop listening, abort every proxied connection, and wait for all of it."""
         if self._server is not None:
             self._server.close()
-        await self._pending.close()
+        self._pending.cancel()
+        await self._pending.wait()
         for conn in list(self.connections):
             conn.abort()
         if self._server is not None:

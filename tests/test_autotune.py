@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 
 import yamux
 from testkit.link import SlowLink
-from yamux import Config, Connection, FrameDecoder
+from yamux import Config, Connection
 from yamux.const import INITIAL_STREAM_WINDOW
 from yamux.events import DataReceived, StreamOpened
 from yamux.flow import ReceiveWindow, WindowBudget, WindowTuner
+from yamux.frame import FrameDecoder
 
 W = INITIAL_STREAM_WINDOW
 MIB = 1 << 20
@@ -93,14 +94,16 @@ def wire(config: Config, chunks: int) -> bytes:
     now = 0.0
     for _ in range(chunks):
         sender.send_data(sid, bytes(64 * 1024))
-        data = b"".join(bytes(c) for c in sender.take_control() + sender.take_data(1 << 30))
+        data = b"".join(
+            bytes(c) for c in sender.outbox.take_control() + sender.outbox.take_data(1 << 30)
+        )
         for event in receiver.receive_data(data):
             if isinstance(event, StreamOpened):
                 receiver.accept_stream(sid)
             elif isinstance(event, DataReceived):
                 now += 0.001
                 receiver.consume(sid, len(event.data), now)
-        reply = b"".join(receiver.take_control())
+        reply = b"".join(receiver.outbox.take_control())
         out += reply
         sender.receive_data(reply)
     return bytes(out)
@@ -124,23 +127,25 @@ class TunedSession:
         assert self.receiver.tuner is not None
         self.receiver.tuner.rtt = 0.05
         self.ids = [self.sender.open_stream() for _ in range(streams)]
-        for event in self.receiver.receive_data(b"".join(self.sender.take_control())):
+        for event in self.receiver.receive_data(b"".join(self.sender.outbox.take_control())):
             assert isinstance(event, StreamOpened)
             self.receiver.accept_stream(event.stream_id)
-        self.sender.receive_data(b"".join(self.receiver.take_control()))
+        self.sender.receive_data(b"".join(self.receiver.outbox.take_control()))
 
     def round(self, now: float, per_read: float) -> float:
         """The sender fills every window; the reader drains it, ``per_read`` s a frame."""
         for sid in self.ids:
             self.sender.send_data(sid, bytes(self.sender.send_credit(sid)))
         sender = self.sender
-        data = b"".join(bytes(c) for c in sender.take_control() + sender.take_data(1 << 40))
+        data = b"".join(
+            bytes(c) for c in sender.outbox.take_control() + sender.outbox.take_data(1 << 40)
+        )
         for event in self.receiver.receive_data(data):
             assert not isinstance(event, yamux.events.SessionTerminated), event
             if isinstance(event, DataReceived):
                 now += per_read
                 self.receiver.consume(event.stream_id, len(event.data), now)
-        self.sender.receive_data(b"".join(self.receiver.take_control()))
+        self.sender.receive_data(b"".join(self.receiver.outbox.take_control()))
         return now
 
     def windows(self) -> list[int]:
@@ -302,7 +307,7 @@ async def test_a_stream_over_a_long_link_grows_its_window() -> None:
     async def on_session(session: yamux.Session) -> None:
         stream = await session.accept_stream()
         await read_all(stream)
-        await received.put(session._core._streams[stream.id].recv.max_window)
+        await received.put(session._protocol.core._streams[stream.id].recv.max_window)
         stream.close()
         await session.wait_closed()
 
@@ -317,7 +322,8 @@ async def test_a_stream_over_a_long_link_grows_its_window() -> None:
             stream.close()
             window = await asyncio.wait_for(received.get(), 60)
         finally:
-            await client.close()
+            client.close()
+            await client.wait_closed()
     assert W < window <= 16 * MIB
 
 
@@ -364,6 +370,7 @@ async def test_sessions_of_one_server_share_its_budget_over_a_long_link() -> Non
         finally:
             watcher.cancel()
             for client in clients:
-                await client.close()
+                client.close()
+                await client.wait_closed()
     assert 2 * W < peak <= budget.limit  # they grew, together no further than the budget
     assert budget.used == 0  # every session ended: all returned

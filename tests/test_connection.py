@@ -1,6 +1,6 @@
 """The sans-IO core: two Connections wired back to back in memory, and hand-made frames.
 
-``Pair`` shuttles each side's output (``take_control()`` first, then
+``Pair`` shuttles each side's outbox (``take_control()`` first, then
 ``take_data(budget)``) into the other's ``receive_data`` and records the events
 and the frames each side sent, so tests assert what goes over the wire.
 """
@@ -17,10 +17,6 @@ from hypothesis import strategies as st
 from yamux import (
     Config,
     Connection,
-    Flag,
-    Frame,
-    FrameDecoder,
-    FrameType,
     GoAwayCode,
     NoNewStreamsError,
     PeerTerminatedError,
@@ -31,7 +27,7 @@ from yamux import (
     TooManyStreamsError,
     YamuxError,
 )
-from yamux.const import INITIAL_STREAM_WINDOW
+from yamux.const import INITIAL_STREAM_WINDOW, Flag, FrameType
 from yamux.events import (
     DataReceived,
     Event,
@@ -46,7 +42,7 @@ from yamux.events import (
     StreamReset,
     WindowUpdated,
 )
-from yamux.frame import encode_frame, encode_header
+from yamux.frame import Frame, FrameDecoder, encode_frame, encode_header
 
 KIB = 1024
 W = INITIAL_STREAM_WINDOW
@@ -64,7 +60,9 @@ def payload(n: int, start: int = 0) -> bytes:
 
 def flush(conn: Connection, budget: int = BIG) -> bytes:
     """What an I/O adapter writes: control frames first, then stream data."""
-    return b"".join(bytes(chunk) for chunk in conn.take_control() + conn.take_data(budget))
+    return b"".join(
+        bytes(chunk) for chunk in conn.outbox.take_control() + conn.outbox.take_data(budget)
+    )
 
 
 def decode(data: bytes) -> list[Frame]:
@@ -217,20 +215,20 @@ def test_syn_ack_handshake_frames_and_events() -> None:
     assert client.open_stream() == 1
     assert client.unacked_outbound == 1
     assert client.num_streams == 1
-    assert decode(b"".join(client.take_control())) == [Frame(WU, SYN, 1, 0)]
+    assert decode(b"".join(client.outbox.take_control())) == [Frame(WU, SYN, 1, 0)]
     events = server.receive_data(raw(WU, SYN, 1, 0))
     assert events == [StreamOpened(1)]
     assert server.unaccepted_inbound == 1
     assert server.num_streams == 1
-    assert not server.has_control  # no ACK until the application accepts
+    assert not server.outbox.has_control  # no ACK until the application accepts
     server.accept_stream(1)
     assert server.unaccepted_inbound == 0
-    ack = b"".join(server.take_control())
+    ack = b"".join(server.outbox.take_control())
     assert decode(ack) == [Frame(WU, ACK, 1, 0)]
     assert client.receive_data(ack) == [StreamAcknowledged(1)]
     assert client.unacked_outbound == 0
     server.accept_stream(1)  # a second accept sends nothing
-    assert not server.has_control
+    assert not server.outbox.has_control
 
 
 def test_data_may_follow_syn_before_the_ack() -> None:
@@ -265,7 +263,7 @@ def test_larger_window_is_granted_on_syn() -> None:
     events = client.receive_data(encode_all(frames))
     assert not of_type(events, SessionTerminated)
     assert b"".join(e.data for e in of_type(events, DataReceived)) == payload(window)
-    assert not client.has_control  # nothing consumed yet: no update
+    assert not client.outbox.has_control  # nothing consumed yet: no update
 
 
 def test_larger_window_is_granted_on_ack() -> None:
@@ -296,26 +294,26 @@ def test_never_sends_beyond_the_peer_window(max_frame: int) -> None:
     client = pair.client
     sid = pair.open()
     client.send_data(sid, payload(W + 5000))
-    assert client.has_data
+    assert client.outbox.has_data
     frames = decode(flush(client))
     assert data_bytes(frames, sid) == W
     assert all(f.length <= max_frame for f in frames)
     assert client.send_credit(sid) == 0
     assert client.pending_bytes(sid) == 5000
-    assert not client.has_data  # nothing sendable until the peer grants more
-    assert client.take_data(BIG) == []
+    assert not client.outbox.has_data  # nothing sendable until the peer grants more
+    assert client.outbox.take_data(BIG) == []
     client.send_data(sid, b"more")  # queuing is fine, sending still waits
-    assert not client.has_data
-    assert client.take_data(BIG) == []
+    assert not client.outbox.has_data
+    assert client.outbox.take_data(BIG) == []
 
 
 def test_take_data_stops_near_the_budget() -> None:
     pair = Pair()
     sid = pair.open()
     pair.client.send_data(sid, payload(200 * KIB))
-    out = pair.client.take_data(10)
+    out = pair.client.outbox.take_data(10)
     assert data_bytes(decode(b"".join(bytes(c) for c in out))) == 64 * KIB  # one frame
-    out = pair.client.take_data(70 * KIB)
+    out = pair.client.outbox.take_data(70 * KIB)
     assert data_bytes(decode(b"".join(bytes(c) for c in out))) == 128 * KIB
     assert pair.client.pending_bytes(sid) == 8 * KIB
 
@@ -337,7 +335,7 @@ def test_window_update_once_half_the_window_is_consumed() -> None:
     fill_window(pair, server, sid)
     assert server.send_credit(sid) == 0
     client.consume(sid, W // 2 - 1)
-    assert not client.has_control  # not before half
+    assert not client.outbox.has_control  # not before half
     pair.pump()
     assert window_updates(pair.take_sent(client), sid) == []
     client.consume(sid, 1)
@@ -448,7 +446,7 @@ def test_data_after_peer_fin_resets_only_that_stream() -> None:
     assert events[1].stream_id == one
     assert "after the peer's FIN" in events[1].reason
     assert len(events) == 2
-    assert decode(b"".join(client.take_control())) == [Frame(WU, RST, one, 0)]
+    assert decode(b"".join(client.outbox.take_control())) == [Frame(WU, RST, one, 0)]
     assert not client.closed
     assert client.stream_ids() == [three]
     server.send_data(three, b"still fine")
@@ -518,7 +516,7 @@ def test_stray_acks_change_nothing() -> None:
     assert server.unaccepted_inbound == 1
     assert server.unacked_outbound == 0
     server.accept_stream(sid)
-    assert server.has_control  # still accepted normally: the ACK goes out
+    assert server.outbox.has_control  # still accepted normally: the ACK goes out
     pair.pump()
     assert client.unacked_outbound == 0
     assert client.receive_data(raw(WU, ACK, sid, 0)) == []
@@ -539,7 +537,7 @@ def test_frames_for_unknown_streams_are_discarded_without_reply() -> None:
     )
     assert events == []
     assert client.discarded_bytes == 107
-    assert not client.has_control
+    assert not client.outbox.has_control
     assert not client.closed
     assert client.stream_ids() == [sid]
 
@@ -552,14 +550,14 @@ def test_late_data_for_a_stream_we_reset_is_discarded() -> None:
     events = client.receive_data(data_frame(sid, payload(50)))
     assert events == []
     assert client.discarded_bytes == 50
-    assert decode(b"".join(client.take_control())) == [Frame(WU, RST, sid, 0)]
+    assert decode(b"".join(client.outbox.take_control())) == [Frame(WU, RST, sid, 0)]
 
 
 # --------------------------------------------------------------------- ping
 def test_ping_is_answered_with_the_same_opaque() -> None:
     conn = Connection(client=False)
     assert conn.receive_data(raw(PING, SYN, 0, 0xDEADBEEF)) == []
-    assert decode(b"".join(conn.take_control())) == [Frame(PING, ACK, 0, 0xDEADBEEF)]
+    assert decode(b"".join(conn.outbox.take_control())) == [Frame(PING, ACK, 0, 0xDEADBEEF)]
 
 
 def test_ping_answer_comes_out_before_queued_stream_data() -> None:
@@ -571,14 +569,14 @@ def test_ping_answer_comes_out_before_queued_stream_data() -> None:
     one, three = pair.open(), pair.open()
     client.send_data(one, payload(4 * W))
     client.send_data(three, payload(4 * W))
-    client.take_data(64 * KIB)  # the transport took a little, then paused
-    assert client.has_data
+    client.outbox.take_data(64 * KIB)  # the transport took a little, then paused
+    assert client.outbox.has_data
     assert client.receive_data(raw(PING, SYN, 0, 77)) == []
-    assert client.has_control
+    assert client.outbox.has_control
     out = decode(flush(client, 64 * KIB))
     assert out[0] == Frame(PING, ACK, 0, 77)
     assert [f.type for f in out[1:]] == [DATA]
-    assert client.has_data
+    assert client.outbox.has_data
 
 
 def test_ping_round_trip_both_ways() -> None:
@@ -600,7 +598,7 @@ def test_ping_round_trip_both_ways() -> None:
 def test_unsolicited_pong_is_only_reported() -> None:
     conn = Connection(client=True)
     assert conn.receive_data(raw(PING, ACK, 0, 999)) == [PongReceived(999)]
-    assert not conn.has_control
+    assert not conn.outbox.has_control
     assert not conn.closed
 
 
@@ -645,14 +643,14 @@ def test_remote_go_away_with_error_code_ends_the_session(code: int) -> None:
     assert events[0].error.code == code
     assert client.closed
     assert client.num_streams == 0
-    assert not client.has_control  # no Go Away echoed back
-    assert not client.has_data  # queued data is dropped
+    assert not client.outbox.has_control  # no Go Away echoed back
+    assert not client.outbox.has_data  # queued data is dropped
     with pytest.raises(SessionClosedError):
         client.open_stream()
     with pytest.raises(SessionClosedError):
         client.send_data(1, b"x")
     assert client.receive_data(raw(PING, SYN, 0, 1)) == []  # a dead session says nothing
-    assert not client.has_control
+    assert not client.outbox.has_control
 
 
 def test_local_go_away_refuses_new_syns_with_rst() -> None:
@@ -688,15 +686,15 @@ def test_local_go_away_with_error_code_ends_the_session() -> None:
 def test_terminate_queues_go_away_only_when_asked() -> None:
     conn = Connection(client=True)
     conn.open_stream()
-    conn.take_control()
+    conn.outbox.take_control()
     conn.terminate(SessionClosedError("bye"))
     assert conn.closed
-    assert not conn.has_control
+    assert not conn.outbox.has_control
     other = Connection(client=True)
     other.terminate(SessionClosedError("bye"), GoAwayCode.INTERNAL_ERROR)
-    assert decode(b"".join(other.take_control())) == [Frame(GO_AWAY, Flag.NONE, 0, 2)]
+    assert decode(b"".join(other.outbox.take_control())) == [Frame(GO_AWAY, Flag.NONE, 0, 2)]
     other.terminate(SessionClosedError("again"), GoAwayCode.PROTOCOL_ERROR)
-    assert not other.has_control  # only the first end counts
+    assert not other.outbox.has_control  # only the first end counts
 
 
 # --------------------------------------------------------- backlog and limits
@@ -890,7 +888,7 @@ def test_no_window_update_after_the_peers_fin() -> None:
     server.close_stream(sid)
     pair.pump()
     client.consume(sid, W)
-    assert not client.has_control  # the peer sends nothing more: no credit needed
+    assert not client.outbox.has_control  # the peer sends nothing more: no credit needed
 
 
 # --------------------------------------------------------------------- reset
@@ -904,7 +902,7 @@ def test_reset_both_ways(resetter: str) -> None:
     pair.transfer(side, 64 * KIB)
     side.reset_stream(sid)
     assert side.pending_bytes(sid) == 0
-    assert not side.has_data
+    assert not side.outbox.has_data
     assert side.num_streams == 0
     pair.pump()
     assert Frame(WU, RST, sid, 0) in pair.sent[side]
@@ -917,8 +915,8 @@ def test_reset_both_ways(resetter: str) -> None:
         other.send_data(sid, b"x")
     side.reset_stream(sid)  # resetting again sends nothing
     other.close_stream(sid)
-    assert not side.has_control
-    assert not other.has_control
+    assert not side.outbox.has_control
+    assert not other.outbox.has_control
 
 
 def test_rst_on_the_syn_frame_is_opened_then_reset() -> None:
@@ -952,8 +950,8 @@ def test_stream_counts_return_to_zero_after_many_streams() -> None:
     assert client.num_streams == server.num_streams == 0
     assert client.unacked_outbound == server.unacked_outbound == 0
     assert client.unaccepted_inbound == server.unaccepted_inbound == 0
-    assert not client.has_data
-    assert not server.has_data
+    assert not client.outbox.has_data
+    assert not server.outbox.has_data
     assert len(set(ids)) == 300
 
 
@@ -1261,7 +1259,7 @@ class PairModel:
             peer = self.peer(side)
             assert side.conn.num_streams == 0
             assert side.conn.unacked_outbound == side.conn.unaccepted_inbound == 0
-            assert not side.conn.has_data
+            assert not side.conn.outbox.has_data
             assert not side.pings, "a ping was never answered"
             for sid, written in side.written.items():
                 if (
@@ -1331,5 +1329,5 @@ def test_operations_on_a_dead_connection_raise_yamux_errors_only() -> None:
     conn.reset_stream(sid)
     conn.consume(sid, 10)
     conn.accept_stream(sid)
-    assert conn.take_data(BIG) == []
+    assert conn.outbox.take_data(BIG) == []
     assert conn.receive_frames([Frame(PING, SYN, 0, 1)]) == []

@@ -9,18 +9,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from yamux import (
-    Config,
-    Connection,
-    ControlQueueFullError,
-    Flag,
-    Frame,
-    FrameDecoder,
-    FrameType,
-    GoAwayCode,
-)
+from yamux import Config, Connection, ControlQueueFullError, GoAwayCode
+from yamux.const import Flag, FrameType
 from yamux.events import DataReceived, Event, SessionTerminated, StreamReset
-from yamux.frame import encode_header
+from yamux.frame import Frame, FrameDecoder, encode_header
 
 DATA, WU, PING, GO_AWAY = FrameType.DATA, FrameType.WINDOW_UPDATE, FrameType.PING, FrameType.GO_AWAY
 SYN, ACK, FIN, RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.RST)
@@ -31,7 +23,7 @@ def raw(type_: FrameType, flags: int, stream_id: int, length: int, body: bytes =
 
 
 def sent_frames(conn: Connection) -> list[Frame]:
-    out = b"".join(bytes(c) for c in conn.take_control() + conn.take_data(1 << 40))
+    out = b"".join(bytes(c) for c in conn.outbox.take_control() + conn.outbox.take_data(1 << 40))
     return list(FrameDecoder(1 << 32).feed(out))
 
 
@@ -95,7 +87,7 @@ def test_no_event_follows_session_terminated_in_one_call(
 def _established(conn: Connection, stream_id: int) -> None:
     conn.receive_data(raw(WU, SYN, stream_id, 0))
     conn.accept_stream(stream_id)
-    conn.take_control()
+    conn.outbox.take_control()
 
 
 def test_go_yamux_reset_with_error_code_in_the_length_resets_only_that_stream() -> None:
@@ -132,17 +124,17 @@ def test_ping_flood_from_a_peer_that_never_reads_ends_the_session_at_the_limit()
     assert isinstance(events[0].error, ControlQueueFullError)
     assert "not reading" in str(events[0].error)
     assert "control_queue_limit" in str(events[0].error)
-    assert len(conn.take_control()) <= 101
+    assert len(conn.outbox.take_control()) <= 101
 
 
 def test_control_frames_are_taken_within_a_byte_limit_in_order() -> None:
     conn = Connection(client=False)
     conn.receive_data(b"".join(raw(PING, SYN, 0, n) for n in range(10)))
-    first = conn.take_control(limit=40)  # three frames of 12 bytes fit
+    first = conn.outbox.take_control(limit=40)  # three frames of 12 bytes fit
     assert [f.length for f in FrameDecoder(1 << 32).feed(b"".join(first))] == [0, 1, 2]
-    rest = conn.take_control()
+    rest = conn.outbox.take_control()
     assert [f.length for f in FrameDecoder(1 << 32).feed(b"".join(rest))] == list(range(3, 10))
-    assert not conn.has_control
+    assert not conn.outbox.has_control
 
 
 def test_draining_the_control_queue_keeps_a_busy_session_alive() -> None:
@@ -150,4 +142,4 @@ def test_draining_the_control_queue_keeps_a_busy_session_alive() -> None:
     for round_ in range(50):
         conn.receive_data(b"".join(raw(PING, SYN, 0, n) for n in range(90)))
         assert not conn.closed, round_
-        conn.take_control()
+        conn.outbox.take_control()

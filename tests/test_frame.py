@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import yamux
-from yamux import Flag, Frame, FrameDecoder, FrameType, ProtocolError
-from yamux.const import HEADER_SIZE
-from yamux.frame import HEADER, encode_frame, encode_header, parse_header
+from yamux import ProtocolError
+from yamux.const import HEADER_SIZE, Flag, FrameType
+from yamux.frame import HEADER, Frame, FrameDecoder, encode_frame, encode_header, parse_header
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MAX_BODY = 4096

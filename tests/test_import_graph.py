@@ -1,4 +1,4 @@
-"""relay/ imports in one direction only: no module imports another that imports it back.
+"""relay/ and yamux/ import in one direction only: no module imports another that imports it back.
 
 The graph is built from the source with ``ast``, every import counted wherever
 it is written (inside ``if TYPE_CHECKING:`` or a function too), so a circle
@@ -44,8 +44,8 @@ def imports_of(path: Path, name: str, modules: set[str]) -> set[str]:
     return {target for target in found if target in modules and target != name}
 
 
-def import_graph() -> dict[str, set[str]]:
-    paths = {module_name(path): path for path in (ROOT / PACKAGE).rglob("*.py")}
+def import_graph(package: str = PACKAGE) -> dict[str, set[str]]:
+    paths = {module_name(path): path for path in (ROOT / package).rglob("*.py")}
     modules = set(paths)
     return {name: imports_of(path, name, modules) for name, path in paths.items()}
 
@@ -86,3 +86,9 @@ def test_the_graph_sees_relative_lazy_and_type_checking_imports() -> None:
 
 def test_relay_has_no_import_cycle() -> None:
     assert find_cycle(import_graph()) is None
+
+
+def test_yamux_has_no_import_cycle() -> None:
+    graph = import_graph("yamux")
+    assert "yamux.outbox" in graph["yamux.connection"]
+    assert find_cycle(graph) is None

@@ -46,7 +46,8 @@ async def test_a_name_alive_elsewhere_is_refused_a_silent_one_is_replaced(caplog
                 rf"{first.public_port}\) and that session is alive",
             ):
                 await register_v2(HOST, server.port, name="other")
-            await first.session.close()
+            first.session.close()
+            await first.session.wait_closed()
             # "svc" again while its silent session looks alive: the newcomer gets its port.
             async with await relay.start_server(echo, HOST, server.port, name="svc") as again:
                 assert again.public_port == silent_port

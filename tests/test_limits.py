@@ -217,7 +217,8 @@ async def test_one_source_cannot_take_every_registration_slot() -> None:
             assert "still in their handshake" in lines[2]
             assert "--max-pending-registrations-per-source 2" in lines[2]
             session, _ = await relay.register(HOST, relay_server.port, local_addr=(OTHER, 0))
-            await session.close()
+            session.close()
+            await session.wait_closed()
         finally:
             for sock in silent:
                 sock.close()

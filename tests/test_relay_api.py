@@ -237,7 +237,8 @@ async def test_streams_opened_by_the_registered_side_are_reset(relay_server, cap
         writer.close()
         await writer.wait_closed()
     finally:
-        await session.close()
+        session.close()
+        await session.wait_closed()
 
 
 async def test_register_times_out_on_a_silent_server():
@@ -293,7 +294,8 @@ async def test_go_away_from_the_registered_side_frees_the_port(relay_server, cap
         assert "ended: the registered side sent go away" in caplog.text
         assert await refused(public_port)
     finally:
-        await session.close()
+        session.close()
+        await session.wait_closed()
 
 
 async def test_yamux_bytes_in_the_same_segment_as_the_port_line_are_not_lost():
@@ -312,7 +314,8 @@ async def test_yamux_bytes_in_the_same_segment_as_the_port_line_are_not_lost():
         session, public_port = await relay.register(HOST, server.sockets[0].getsockname()[1])
         assert public_port == 4532
         assert await asyncio.wait_for(answered, 5) == (FrameType.PING, Flag.ACK, 0, 77)  # the pong
-        await session.close()
+        session.close()
+        await session.wait_closed()
     finally:
         server.close()
         await server.wait_closed()

@@ -80,8 +80,8 @@ async def test_incoming_ping_is_answered_on_a_congested_session() -> None:
         await server.accept_stream()  # never read: the window fills up
         stream.write(os.urandom(4 * MIB))
         await asyncio.sleep(0.05)
-        assert client._core.send_credit(stream.id) == 0
-        assert client.pending_bytes(stream.id) > 0
+        assert client._protocol.core.send_credit(stream.id) == 0
+        assert client._protocol.core.pending_bytes(stream.id) > 0
         assert await asyncio.wait_for(server.ping(), 2) < 2
         assert await asyncio.wait_for(client.ping(), 2) < 2
 
@@ -139,7 +139,8 @@ async def test_open_blocked_by_backlog_fails_when_session_closes() -> None:
         blocked = asyncio.create_task(session.open_stream())
         await asyncio.sleep(0.05)
         assert not blocked.done()
-        await session.close()
+        session.close()
+        await session.wait_closed()
         with pytest.raises(yamux.SessionClosedError):
             await asyncio.wait_for(blocked, 2)
 
@@ -234,7 +235,8 @@ async def test_go_away_with_error_code_ends_the_peers_session() -> None:
 async def test_accept_and_open_after_session_close_fail_cleanly() -> None:
     async with session_pair() as (client, server):
         stream = await client.open_stream()
-        await client.close()
+        client.close()
+        await client.wait_closed()
         with pytest.raises(yamux.SessionClosedError):
             await client.open_stream()
         with pytest.raises(yamux.SessionClosedError):
@@ -253,7 +255,8 @@ async def test_session_close_wakes_blocked_readers_and_accepters() -> None:
         reader = asyncio.create_task(stream.read(10))
         accepter = asyncio.create_task(client.accept_stream())
         await asyncio.sleep(0.02)
-        await server.close()
+        server.close()
+        await server.wait_closed()
         with pytest.raises(yamux.SessionClosedError):
             await asyncio.wait_for(reader, 2)
         with pytest.raises(yamux.SessionClosedError):
@@ -267,7 +270,8 @@ async def test_stream_closed_right_before_session_close_still_delivers_its_windo
         stream = await client.open_stream()
         stream.write(payload)
         stream.close()
-        await client.close()
+        client.close()
+        await client.wait_closed()
         accepted = await server.accept_stream()
         assert await accepted.read() == payload
 
@@ -464,7 +468,7 @@ async def test_larger_window_granted_on_ack_lets_one_big_write_through_at_once()
         accepted = await server.accept_stream()
         assert await accepted.readexactly(1) == b"!"
         await asyncio.sleep(0.02)
-        assert client._core.send_credit(stream.id) == 4 * MIB - 1
+        assert client._protocol.core.send_credit(stream.id) == 4 * MIB - 1
         payload = os.urandom(4 * MIB - 1)
         stream.write(payload)
         await asyncio.wait_for(stream.drain(), 2)  # no read on the other side needed
@@ -489,7 +493,8 @@ async def test_client_client_pairing_is_rejected_with_a_clear_error() -> None:
     assert "same yamux role" in str(other.close_reason)
     assert isinstance(session.close_reason, yamux.PeerTerminatedError)
     assert session.close_reason.code == GoAwayCode.PROTOCOL_ERROR
-    await server.close()
+    server.close()
+    await server.wait_closed()
 
 
 async def test_data_beyond_the_window_ends_the_session_with_go_away_1() -> None:
@@ -525,7 +530,7 @@ async def test_garbage_ends_the_session_but_delivers_what_came_before() -> None:
         goaway = await peer.expect(FrameType.GO_AWAY)
         assert goaway.length == GoAwayCode.PROTOCOL_ERROR
         assert "version=71" in str(session.close_reason)
-        accepted = await session.accept_stream() if session._accept_queue else None
+        accepted = await session.accept_stream() if session._protocol.backlog else None
         assert accepted is None  # the session ended; its streams are gone...
         assert session.closed
 

@@ -35,10 +35,10 @@ async def test_reset_streams_leave_the_accept_queue_and_it_never_exceeds_the_bac
         await peer.writer.drain()
         refused = await peer.expect(WU)  # 40_001 and three more fill the backlog of 4
         assert (refused.stream_id, refused.flags) == (40_011, RST)
-        assert len(session._accept_queue) == config.accept_backlog
+        assert len(session._protocol.backlog) == config.accept_backlog
         accepted = [await asyncio.wait_for(session.accept_stream(), 5) for _ in range(4)]
         assert [s.id for s in accepted] == [40_001, 40_005, 40_007, 40_009]
-        assert len(session._accept_queue) == 0
+        assert len(session._protocol.backlog) == 0
         assert session.num_streams == 4
 
 
@@ -96,7 +96,7 @@ async def test_100k_bad_frames_write_under_100_log_lines_with_counts(
             peer.send(FrameType.PING, SYN, 0, 424242)  # answered once all the above is read
             await asyncio.wait_for(pong, 30)
             assert not session.closed
-            assert session._core.discarded_frames >= 50_000
+            assert session._protocol.core.discarded_frames >= 50_000
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("yamux")]
     assert len(lines) < 100, lines[:20]
     summary = [line for line in lines if "suppressed log messages" in line]

@@ -118,7 +118,8 @@ async def test_buffered_bytes_stay_readable_after_the_session_ends() -> None:
         stream.write(b"last words")
         peer = await server.accept_stream()
         await asyncio.sleep(0.05)
-        await client.close()
+        client.close()
+        await client.wait_closed()
         await asyncio.wait_for(server.wait_closed(), 2)
         assert await peer.read(100) == b"last words"
         with pytest.raises(yamux.SessionClosedError):
@@ -174,8 +175,10 @@ async def test_session_over_tls(tmp_path: Path) -> None:
     stream.write(payload)
     stream.write_eof()
     assert await stream.read() == payload
-    await client.close()
-    await server.close()
+    client.close()
+    await client.wait_closed()
+    server.close()
+    await server.wait_closed()
 
 
 async def test_session_over_a_pair_of_pipes() -> None:
@@ -191,7 +194,8 @@ async def test_session_over_a_pair_of_pipes() -> None:
     peer = await server.accept_stream()
     assert await peer.read() == b"through a pipe"
     assert await server.ping() > 0
-    await client.close()
+    client.close()
+    await client.wait_closed()
     await asyncio.wait_for(server.wait_closed(), 2)
     assert server.closed
 
@@ -276,7 +280,7 @@ async def test_protocol_mode_pause_reading_withholds_credit_from_the_sender() ->
         payload = os.urandom(1024 * 1024)
         stream.write(payload)
         await asyncio.sleep(0.1)
-        assert client._core.send_credit(stream.id) == 0  # the peer holds a full window
+        assert client._protocol.core.send_credit(stream.id) == 0  # the peer holds a full window
         assert len(recorder.data) == 1
         peer.resume_reading()
         stream.write_eof()

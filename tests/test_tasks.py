@@ -11,7 +11,7 @@ import yamux
 from yamux_peers import session_pair
 
 
-async def test_task_owner_logs_failures_and_close_cancels_and_waits(
+async def test_task_owner_logs_failures_and_cancel_then_wait_ends_every_task(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     owner = yamux.TaskOwner(logging.getLogger("test.owner"))
@@ -24,7 +24,7 @@ async def test_task_owner_logs_failures_and_close_cancels_and_waits(
         try:
             await asyncio.Event().wait()
         finally:
-            await asyncio.sleep(0)  # cleanup that itself awaits: close() must wait for it
+            await asyncio.sleep(0)  # cleanup that itself awaits: wait() must wait for it
             cleaned_up.set()
 
     with caplog.at_level(logging.ERROR, "test.owner"):
@@ -32,7 +32,8 @@ async def test_task_owner_logs_failures_and_close_cancels_and_waits(
         owner.spawn(runs_until_cancelled(), name="long-task")
         await asyncio.sleep(0.01)
         assert len(owner) == 1
-        await owner.close()
+        owner.cancel()
+        await owner.wait()
     assert cleaned_up.is_set()
     assert len(owner) == 0
     assert "task failing-task failed" in caplog.text
@@ -59,7 +60,8 @@ async def test_task_owner_on_done_runs_once_per_task_even_if_it_never_started() 
     owner.spawn(waits(), name="cancelled", on_done=record)
     await asyncio.sleep(0.01)
     assert sorted(ended) == ["never-started", "returns"]
-    await owner.close()
+    owner.cancel()
+    await owner.wait()
     assert sorted(ended) == ["cancelled", "never-started", "returns"]
     assert len(owner) == 0
 
@@ -74,7 +76,8 @@ async def test_handler_return_closes_the_stream_and_the_peer_sees_eof() -> None:
         stream.write(b"hello")
         assert await asyncio.wait_for(stream.read(), 5) == b"hello"  # b"" would hang: EOF came
         assert stream.at_eof()
-        await client.close()
+        client.close()
+        await client.wait_closed()
         await asyncio.wait_for(serving, 5)
 
 
@@ -96,13 +99,16 @@ async def test_handler_error_or_cancellation_resets_the_stream(how: str) -> None
         stream.write(b"x")
         await asyncio.wait_for(started.wait(), 5)
         if how == "cancelled":
-            await owner.close()  # cancels the handler task and waits for it
+            owner.cancel()  # cancels the handler task and waits for it
+            await owner.wait()
         with pytest.raises(yamux.StreamResetError):
             await asyncio.wait_for(stream.read(), 5)
         assert not client.closed  # only that stream ended
-        await server.close()
+        server.close()
+        await server.wait_closed()
         await asyncio.wait_for(serving, 5)
-        await owner.close()
+        owner.cancel()
+        await owner.wait()
 
 
 async def test_session_close_waits_for_its_handler_tasks() -> None:
@@ -119,7 +125,8 @@ async def test_session_close_waits_for_its_handler_tasks() -> None:
         serving = asyncio.create_task(server.serve(slow_cleanup))
         await client.open_stream()
         await asyncio.sleep(0.05)
-        await server.close()
+        server.close()
+        await server.wait_closed()
         assert finished == ["handler"]
         await asyncio.wait_for(serving, 5)
 
@@ -145,7 +152,7 @@ async def test_server_has_asyncio_servers_shape() -> None:
     await asyncio.wait_for(client.wait_closed(), 5)  # the server closed its session
 
 
-async def test_server_close_is_sync_and_still_awaitable_for_old_callers() -> None:
+async def test_server_close_is_sync_idempotent_and_async_with_closes_it() -> None:
     async def on_session(session: yamux.Session) -> None:
         await session.wait_closed()
 
@@ -154,7 +161,10 @@ async def test_server_close_is_sync_and_still_awaitable_for_old_callers() -> Non
     with pytest.raises(ConnectionRefusedError):
         await yamux.connect("127.0.0.1", port)
     other = await yamux.start_server(on_session, "127.0.0.1", 0)
-    await other.close()  # the old async form
+    client = await yamux.connect("127.0.0.1", other.port)
+    await client.ping()
+    other.close()
     other.close()  # closing twice is harmless
     await other.wait_closed()
     assert not other.is_serving()
+    await asyncio.wait_for(client.wait_closed(), 5)  # the server closed its session

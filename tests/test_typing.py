@@ -25,7 +25,10 @@ def test_mypy_strict_finds_no_error_in_yamux_and_relay() -> None:
 
 def test_stream_and_session_use_no_private_member_of_each_other() -> None:
     """They meet through public methods (feed_*, StreamLink), as asyncio's streams do."""
-    session = (ROOT / "yamux" / "session.py").read_text()
+    sessions = [
+        (ROOT / "yamux" / name).read_text() for name in ("session.py", "session_protocol.py")
+    ]
     stream = (ROOT / "yamux" / "stream.py").read_text()
-    assert re.findall(r"\bstream\._\w+", session) == []
+    for session in sessions:
+        assert re.findall(r"\b(?:stream|protocol|session|backlog)\._\w+", session) == []
     assert re.findall(r"\b(?:session|_link|link)\._\w+", stream) == []

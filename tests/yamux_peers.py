@@ -29,8 +29,10 @@ async def session_pair(
         server_session = await asyncio.wait_for(accepted.get(), 5)
         yield client, server_session
     finally:
-        await client.close()
-        await server.close()
+        client.close()
+        await client.wait_closed()
+        server.close()
+        await server.wait_closed()
 
 
 class RawPeer:
@@ -81,7 +83,8 @@ async def raw_peer(
     try:
         yield session, peer
     finally:
-        await session.close()
+        session.close()
+        await session.wait_closed()
         peer.writer.close()
         with contextlib.suppress(ConnectionError):
             await peer.writer.wait_closed()

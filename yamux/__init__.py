@@ -1,13 +1,32 @@
 """A pure-Python asyncio implementation of the yamux stream multiplexer.
 
-Wire-compatible with hashicorp/yamux. ``Connection`` is the sans-IO protocol
-core; ``Session`` runs it over an asyncio transport; ``Stream`` offers the
-asyncio StreamReader/StreamWriter API.
+Wire-compatible with hashicorp/yamux. What a user imports is in ``__all__``:
+
+- ``connect``, ``connect_pipes``, ``start_server`` (a ``Server``) and
+  ``Session.attach`` make sessions; a ``Session`` opens and accepts ``Stream``
+  objects, which offer asyncio's StreamReader/StreamWriter API. Session,
+  Stream and Server close the asyncio way: ``close()``, then ``await
+  wait_closed()`` (or ``async with``).
+- ``Config`` with its ``WindowBudget``; ``GoAwayCode`` for ``Session.go_away``;
+  ``State``, what ``Stream.state`` returns; ``TaskOwner``, which
+  ``Session.serve`` can put handler tasks in.
+- ``YamuxError`` and the errors derived from it.
+- ``Connection``, the sans-IO protocol core, for those who drive it
+  themselves: bytes go in (``receive_data``), ``events`` come out and the
+  frames to write wait in its ``outbox``. The events are a module of their own,
+  as in h2 and wsproto: they are what a driver matches on, and nobody else
+  needs them. Frames stay inside the core (a driver handles bytes, never
+  ``Frame`` objects), so the frame codec is not public.
+
+Every other module and name is internal: the relay and the tests of this
+repository import what they share from its module (``yamux.ratelimit``,
+``yamux.frame``, ...), with no promise that it stays.
 """
 
+from . import events
 from .config import Config
 from .connection import Connection
-from .const import Flag, FrameType, GoAwayCode
+from .const import GoAwayCode
 from .errors import (
     ConfigError,
     ConnectionWriteTimeoutError,
@@ -25,29 +44,13 @@ from .errors import (
     StreamTimeoutError,
     TooManyStreamsError,
     YamuxError,
-    deprecated_error,
-)
-from .events import (
-    DataReceived,
-    Event,
-    GoAwayReceived,
-    PongReceived,
-    SessionTerminated,
-    StreamAcknowledged,
-    StreamClosed,
-    StreamEnded,
-    StreamOpened,
-    StreamRefused,
-    StreamReset,
-    WindowUpdated,
 )
 from .flow import WindowBudget
-from .frame import Frame, FrameDecoder
 from .server import Server, start_server
 from .session import Session
-from .stream import Stream, StreamLink
-from .stream_state import State, StreamStateError
-from .tasks import StreamHandler, TaskOwner, run_stream_handler
+from .stream import Stream
+from .stream_state import State
+from .tasks import TaskOwner
 from .transport import connect, connect_pipes
 
 __all__ = [
@@ -56,52 +59,28 @@ __all__ = [
     "Connection",
     "ConnectionWriteTimeoutError",
     "ControlQueueFullError",
-    "DataReceived",
-    "Event",
-    "Flag",
-    "Frame",
-    "FrameDecoder",
-    "FrameType",
     "GoAwayCode",
-    "GoAwayReceived",
     "KeepaliveTimeoutError",
     "NoNewStreamsError",
     "PeerTerminatedError",
-    "PongReceived",
     "ProtocolError",
     "Server",
     "Session",
     "SessionClosedError",
     "SessionError",
-    "SessionTerminated",
     "State",
     "Stream",
-    "StreamAcknowledged",
-    "StreamClosed",
     "StreamClosedError",
-    "StreamEnded",
     "StreamError",
-    "StreamHandler",
-    "StreamLink",
     "StreamOpenTimeoutError",
-    "StreamOpened",
-    "StreamRefused",
-    "StreamReset",
     "StreamResetError",
-    "StreamStateError",
     "StreamTimeoutError",
     "TaskOwner",
     "TooManyStreamsError",
     "WindowBudget",
-    "WindowUpdated",
     "YamuxError",
     "connect",
     "connect_pipes",
-    "run_stream_handler",
+    "events",
     "start_server",
 ]
-
-
-def __getattr__(name: str) -> type[YamuxError]:
-    """The deprecated error names (GoAwayError, RemoteGoAwayError), with a warning."""
-    return deprecated_error(name, __name__)

@@ -1,12 +1,9 @@
 """The sans-IO session core: bytes in, events and bytes out, no sockets, no clocks.
 
-Outgoing bytes come in two queues. Control frames (SYN/ACK, window updates,
-pings and pongs, RST, Go Away) are small and written at once while the peer
-reads; the queue is bounded (``Config.control_queue_limit``) for when it does not. Stream
-data waits in per-stream queues and is framed only when the I/O adapter asks
-for it (``take_data``), i.e. when the transport has room; so a pong never waits
-behind megabytes of queued bulk data, and streams share the connection
-round-robin.
+``receive_data`` turns the peer's bytes into events (yamux.events); commands
+(open, send, close, reset, ping, go away) change the streams' state machines
+and queue frames in the connection's ``outbox``, which the I/O adapter empties
+when the transport has room (yamux.outbox).
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .config import Config
-from .const import HEADER_SIZE, INITIAL_STREAM_WINDOW, Flag, FrameType, GoAwayCode
+from .const import INITIAL_STREAM_WINDOW, Flag, FrameType, GoAwayCode
 from .errors import (
     ControlQueueFullError,
     NoNewStreamsError,
@@ -41,10 +38,11 @@ from .events import (
     StreamReset,
     WindowUpdated,
 )
-from .flow import ReceiveWindow, SendWindow, WindowTuner
+from .flow import WindowTuner
 from .frame import Frame, FrameDecoder, encode_header
-from .send_buffer import SendBuffer
-from .stream_state import Effect, Handshake, Input, State, StreamMachine, StreamStateError
+from .outbox import Outbox
+from .stream_record import StreamRecord
+from .stream_state import Effect, Handshake, Input, StreamMachine, StreamStateError
 
 _DATA = FrameType.DATA
 _WINDOW_UPDATE = FrameType.WINDOW_UPDATE
@@ -53,48 +51,15 @@ _GO_AWAY = FrameType.GO_AWAY
 _SYN, _ACK, _FIN, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.RST)
 # The stream_state members the per-frame path uses, bound once: on Python 3.11 each
 # ``Input.SEND_DATA`` is a class attribute lookup that costs more than the step itself.
-_SEND_SYN, _RECV_SYN, _SEND_ACK, _RECV_ACK = (
-    Input.SEND_SYN,
-    Input.RECV_SYN,
-    Input.SEND_ACK,
-    Input.RECV_ACK,
-)
-_SEND_DATA, _RECV_DATA, _SEND_FIN, _RECV_FIN = (
-    Input.SEND_DATA,
-    Input.RECV_DATA,
-    Input.SEND_FIN,
-    Input.RECV_FIN,
-)
+_SEND_SYN, _RECV_SYN = Input.SEND_SYN, Input.RECV_SYN
+_SEND_ACK, _RECV_ACK = Input.SEND_ACK, Input.RECV_ACK
+_SEND_DATA, _RECV_DATA = Input.SEND_DATA, Input.RECV_DATA
+_SEND_FIN, _RECV_FIN = Input.SEND_FIN, Input.RECV_FIN
 _SEND_RST, _RECV_RST = Input.SEND_RST, Input.RECV_RST
-_ACKNOWLEDGED, _ACCEPTED, _ENDED, _CLOSED = (
-    Effect.ACKNOWLEDGED,
-    Effect.ACCEPTED,
-    Effect.ENDED,
-    Effect.CLOSED,
-)
+_ACKNOWLEDGED, _ACCEPTED = Effect.ACKNOWLEDGED, Effect.ACCEPTED
+_ENDED, _CLOSED = Effect.ENDED, Effect.CLOSED
 _AWAITING_ACK, _ACK_OWED = Handshake.AWAITING_ACK, Handshake.ACK_OWED
-_STATE_CLOSED = State.CLOSED
 _MAX_STREAM_ID = 0xFFFFFFFF
-
-
-class _StreamRecord:
-    """What the core keeps per stream: its state machine, both windows, its unsent bytes."""
-
-    __slots__ = ("id", "out", "recv", "send", "state")
-
-    def __init__(self, stream_id: int, max_window: int) -> None:
-        self.id = stream_id
-        self.state = StreamMachine()
-        self.recv = ReceiveWindow(max_window)
-        self.send = SendWindow()
-        self.out = SendBuffer()
-
-    @property
-    def sendable(self) -> bool:
-        """Something can go on the wire now: data with credit, or a FIN with nothing before it."""
-        if self.out.size:
-            return self.send.credit > 0
-        return self.out.fin
 
 
 class Connection:
@@ -102,17 +67,19 @@ class Connection:
 
     Everything it has to report comes out as events, never as log lines (a
     peer must not write our log): ``receive_data`` returns them, and
-    ``take_events`` hands over those that local calls produced (a stream
-    ``take_data`` finished).
+    ``take_events`` hands over those that local calls produced (the outbox
+    sent the last FIN of a stream).
     """
 
     def __init__(self, *, client: bool, config: Config | None = None) -> None:
         self.client = client
         self.config = config or Config()
         self._next_id = 1 if client else 2
-        self._streams: dict[int, _StreamRecord] = {}
-        self._sendable: dict[int, _StreamRecord] = {}
-        self._control: list[bytes] = []
+        self._streams: dict[int, StreamRecord] = {}
+        self.outbox = Outbox(self.config, overflow=self._control_full, finished=self._finished)
+        """The frames to send: ``take_control()``, then ``take_data(budget)`` while room lasts."""
+        self._sendable = self.outbox.sendable
+        self._queue_control = self.outbox.queue_control  # bound once: the per-frame path uses both
         self._events: list[Event] = []
         self._decoder = FrameDecoder(
             max(self.config.max_frame_size, self.config.max_stream_window_size)
@@ -154,14 +121,6 @@ class Connection:
     @property
     def backlog_full(self) -> bool:
         return self.unacked_outbound >= self.config.accept_backlog
-
-    @property
-    def has_control(self) -> bool:
-        return bool(self._control)
-
-    @property
-    def has_data(self) -> bool:
-        return bool(self._sendable)
 
     def stream_ids(self) -> list[int]:
         return list(self._streams)
@@ -300,46 +259,6 @@ class Connection:
         self._forget_all()
 
     # ------------------------------------------------------------------ output
-    def take_control(self, limit: int | None = None) -> list[bytes]:
-        """Queued control frames, oldest first; at most ``limit`` bytes of them if given."""
-        out = self._control
-        if limit is not None and limit < len(out) * HEADER_SIZE:
-            count = limit // HEADER_SIZE
-            self._control = out[count:]
-            return out[:count]
-        self._control = []
-        return out
-
-    def take_data(self, budget: int) -> list[bytes | memoryview]:
-        """Frame up to about ``budget`` payload bytes, one frame per stream per round.
-
-        FIN always goes on its own Window Update frame after the last data, as
-        hashicorp sends it: a peer that handles FIN before a Data frame's payload
-        (``@chainsafe/libp2p-yamux``) would otherwise drop that payload.
-        """
-        out: list[bytes | memoryview] = []
-        sendable = self._sendable
-        max_frame = self.config.max_frame_size
-        while budget > 0 and sendable:
-            stream_id = next(iter(sendable))
-            rec = sendable.pop(stream_id)
-            buffer = rec.out
-            size = rec.send.frame_size(buffer.size, max_frame)
-            if size:
-                out.append(encode_header(_DATA, 0, stream_id, size))
-                buffer.take(size, out)
-                rec.send.debit(size)
-                budget -= size
-            if buffer.fin and not buffer.size:
-                out.append(encode_header(_WINDOW_UPDATE, _FIN, stream_id, 0))
-                buffer.fin = False
-                if rec.state.state is _STATE_CLOSED:
-                    self._forget(rec)
-                    self._events.append(StreamClosed(stream_id))
-            elif rec.sendable:
-                sendable[stream_id] = rec
-        return out
-
     def take_events(self) -> list[Event]:
         """Events produced by local calls since the last receive_data or take_events."""
         out = self._events
@@ -433,9 +352,7 @@ class Connection:
         if flags & _FIN:
             self._apply(rec, state.process(_RECV_FIN))
 
-    def _incoming_stream(
-        self, frame: Frame, existing: _StreamRecord | None
-    ) -> _StreamRecord | None:
+    def _incoming_stream(self, frame: Frame, existing: StreamRecord | None) -> StreamRecord | None:
         stream_id = frame.stream_id
         if existing is not None:
             try:
@@ -467,7 +384,7 @@ class Connection:
         return rec
 
     # ---------------------------------------------------------------- internals
-    def _apply(self, rec: _StreamRecord, effects: tuple[Effect, ...]) -> None:
+    def _apply(self, rec: StreamRecord, effects: tuple[Effect, ...]) -> None:
         """Carry out what a state machine step asks for (see stream_state.Effect)."""
         for effect in effects:
             if effect is _ACKNOWLEDGED:
@@ -488,39 +405,35 @@ class Connection:
             else:
                 self._forget(rec)
 
-    def _queue_control(self, frame: bytes) -> None:
-        """Queue one control frame; a peer that lets them pile up past the limit is cut off.
-
-        The adapter writes control frames at once unless the transport is paused
-        (the peer is not reading), so the queue only grows while the peer owes us
-        reads; pongs, updates and resets it provokes meanwhile must not grow
-        without bound (a ping flood).
-        """
-        control = self._control
-        control.append(frame)
-        if len(control) * HEADER_SIZE > self.config.control_queue_limit and not self.closed:
+    def _control_full(self, frames: int) -> None:
+        """The peer let control frames pile up past the limit (see Outbox.queue_control)."""
+        if not self.closed:
             self.terminate(
                 ControlQueueFullError(
-                    f"peer is not reading: {len(control)} control frames (pongs, window updates, "
+                    f"peer is not reading: {frames} control frames (pongs, window updates, "
                     f"resets) wait to be written, over the limit of "
                     f"{self.config.control_queue_limit} bytes (control_queue_limit)"
                 )
             )
 
-    def _reset_for_misbehaviour(self, rec: _StreamRecord, reason: str) -> None:
+    def _finished(self, rec: StreamRecord) -> None:
+        self._forget(rec)
+        self._events.append(StreamClosed(rec.id))
+
+    def _reset_for_misbehaviour(self, rec: StreamRecord, reason: str) -> None:
         """A stream-level violation ends only that stream (the adapter logs it, rate-limited)."""
         self.reset_stream(rec.id)
         self._events.append(StreamReset(rec.id, reason, violation=True))
 
-    def _new_stream(self, stream_id: int, opening: Input) -> _StreamRecord:
-        rec = _StreamRecord(stream_id, self._stream_window)
+    def _new_stream(self, stream_id: int, opening: Input) -> StreamRecord:
+        rec = StreamRecord(stream_id, self._stream_window)
         rec.state.process(opening)
         self._streams[stream_id] = rec
         if self.tuner is not None:
             self.tuner.stream_opened(self._stream_window)
         return rec
 
-    def _forget(self, rec: _StreamRecord) -> None:
+    def _forget(self, rec: StreamRecord) -> None:
         if self._streams.pop(rec.id, None) is not None and self.tuner is not None:
             self.tuner.stream_closed(rec.recv.max_window)
         self._sendable.pop(rec.id, None)

@@ -1,12 +1,6 @@
-"""Exception hierarchy: every error the package raises derives from YamuxError.
-
-``GoAwayError`` and ``RemoteGoAwayError`` are the old names of NoNewStreamsError
-and PeerTerminatedError; they still work, with a DeprecationWarning, for one release.
-"""
+"""Exception hierarchy: every error the package raises derives from YamuxError."""
 
 from __future__ import annotations
-
-import warnings
 
 
 class YamuxError(Exception):
@@ -86,24 +80,3 @@ class StreamClosedError(StreamError, BrokenPipeError):
 
 class StreamTimeoutError(StreamError, TimeoutError):
     """A read or write deadline set on the stream passed."""
-
-
-DEPRECATED_NAMES = {
-    "GoAwayError": "NoNewStreamsError",
-    "RemoteGoAwayError": "PeerTerminatedError",
-}
-"""Old name -> new name; the old names go in the next release."""
-
-
-def deprecated_error(name: str, module: str) -> type[YamuxError]:
-    """The class an old error name stands for, with a DeprecationWarning for the caller."""
-    new = DEPRECATED_NAMES.get(name)
-    if new is None:
-        raise AttributeError(f"module {module!r} has no attribute {name!r}")
-    warnings.warn(f"yamux.{name} is deprecated; use yamux.{new}", DeprecationWarning, stacklevel=3)
-    error: type[YamuxError] = globals()[new]
-    return error
-
-
-def __getattr__(name: str) -> type[YamuxError]:
-    return deprecated_error(name, __name__)

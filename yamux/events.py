@@ -7,6 +7,21 @@ from dataclasses import dataclass, field
 from .errors import YamuxError
 from .stream_state import StreamMachine
 
+__all__ = [
+    "DataReceived",
+    "Event",
+    "GoAwayReceived",
+    "PongReceived",
+    "SessionTerminated",
+    "StreamAcknowledged",
+    "StreamClosed",
+    "StreamEnded",
+    "StreamOpened",
+    "StreamRefused",
+    "StreamReset",
+    "WindowUpdated",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class StreamOpened:

@@ -1,4 +1,4 @@
-"""Putting the core's frames on the transport: control frames first, then stream data
+"""Putting the core's outbox on the transport: control frames first, then stream data
 while the transport wants more (``pause_writing``/``resume_writing``)."""
 
 from __future__ import annotations
@@ -9,22 +9,22 @@ from collections.abc import Callable
 from typing import cast
 
 from .config import Config
-from .connection import Connection
 from .const import HEADER_SIZE
+from .outbox import Outbox
 from .timers import WriteStallWatch
 
 FLUSH_BUDGET = 256 * 1024
 """Payload framed per take_data call; the transport's pause_writing stops the loop sooner."""
 PAUSED_CONTROL_ALLOWANCE = 64 * 1024
 """Control bytes still handed to a paused transport (a pong need not wait for resume);
-beyond it they wait in the core's bounded queue."""
+beyond it they wait in the outbox's bounded queue."""
 
 
 class FrameWriter:
     """The session's write side; ``on_stall(buffered)`` when a paused transport stays stuck."""
 
-    def __init__(self, core: Connection, config: Config, on_stall: Callable[[int], None]) -> None:
-        self._core = core
+    def __init__(self, outbox: Outbox, config: Config, on_stall: Callable[[int], None]) -> None:
+        self._outbox = outbox
         self._lowat = config.tcp_notsent_lowat
         self.transport: asyncio.WriteTransport | None = None
         self.paused = False
@@ -67,22 +67,22 @@ class FrameWriter:
         (which may have finished streams: the core then has events to take).
 
         While the transport is paused, control frames go out only up to
-        PAUSED_CONTROL_ALLOWANCE; the rest waits in the core, whose queue is
+        PAUSED_CONTROL_ALLOWANCE; the rest waits in the outbox, whose queue is
         bounded, so a peer that does not read cannot make us buffer without end.
         """
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
-        core = self._core
-        if core.has_control:
+        outbox = self._outbox
+        if outbox.has_control:
             if force or not self.paused:
-                transport.writelines(core.take_control())
+                transport.writelines(outbox.take_control())
             elif self._paused_control < PAUSED_CONTROL_ALLOWANCE:
-                frames = core.take_control(PAUSED_CONTROL_ALLOWANCE - self._paused_control)
+                frames = outbox.take_control(PAUSED_CONTROL_ALLOWANCE - self._paused_control)
                 self._paused_control += len(frames) * HEADER_SIZE
                 transport.writelines(frames)
         framed = False
-        while core.has_data and (force or not self.paused):
-            transport.writelines(core.take_data(FLUSH_BUDGET))
+        while outbox.has_data and (force or not self.paused):
+            transport.writelines(outbox.take_data(FLUSH_BUDGET))
             framed = True
         return framed

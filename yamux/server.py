@@ -11,6 +11,7 @@ from typing import Any
 from .config import Config
 from .errors import YamuxError
 from .session import Session
+from .session_protocol import SessionProtocol
 from .tasks import TaskOwner
 
 logger = logging.getLogger("yamux.server")
@@ -22,8 +23,9 @@ class Server:
     """Hands every accepted connection, as a Session, to ``session_handler``.
 
     Owns its sessions and their handler tasks: ``close()`` stops listening and
-    closes every session, ``wait_closed()`` waits for all of it, as with
-    ``asyncio.Server``. A session is closed when its handler returns.
+    starts closing every session, ``wait_closed()`` waits until they and their
+    handlers are done, as with ``asyncio.Server``. A session is closed when its
+    handler returns.
     """
 
     def __init__(
@@ -35,12 +37,12 @@ class Server:
         self._server: asyncio.Server | None = None
         self._sessions: set[Session] = set()
         self._tasks = TaskOwner(logger)
-        self._closing: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def start(self, host: str | None, port: int, **kwargs: Any) -> None:
         """Start listening (``start_server`` calls it)."""
         self._server = await asyncio.get_running_loop().create_server(
-            self._protocol, host, port, **kwargs
+            self._new_protocol, host, port, **kwargs
         )
 
     @property
@@ -52,26 +54,31 @@ class Server:
         return int(self.sockets[0].getsockname()[1])
 
     def is_serving(self) -> bool:
-        return self._closing is None and self._server is not None and self._server.is_serving()
+        return not self._closing and self._server is not None and self._server.is_serving()
 
-    def close(self) -> asyncio.Task[None]:
-        """Stop listening and close every session; ``wait_closed()`` waits until done.
-
-        Returns the closing task, so ``await server.close()`` (the old async
-        form) still works.
-        """
-        if self._closing is None:
-            if self._server is not None:
-                self._server.close()
-            self._closing = asyncio.get_running_loop().create_task(
-                self._close_all(), name="yamux-server-close"
-            )
-        return self._closing
+    def close(self) -> None:
+        """Stop listening and start closing every session; ``wait_closed()`` waits for it."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for session in self._sessions:
+            session.close()
 
     async def wait_closed(self) -> None:
-        """Until close() has finished (returns at once if close() was never called)."""
-        if self._closing is not None:
-            await asyncio.shield(self._closing)
+        """Until close() has finished (returns at once if close() was never called).
+
+        Every session is closed and its handler has returned or was cancelled.
+        """
+        if not self._closing:
+            return
+        for session in list(self._sessions):
+            await session.wait_closed()
+        self._tasks.cancel()
+        await self._tasks.wait()
+        if self._server is not None:
+            await self._server.wait_closed()
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; then close and wait."""
@@ -88,18 +95,12 @@ class Server:
         self.close()
         await self.wait_closed()
 
-    async def _close_all(self) -> None:
-        for session in list(self._sessions):
-            await session.close()
-        await self._tasks.close()
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    def _protocol(self) -> asyncio.Protocol:
-        session = Session(client=self._client, config=self._config)
+    def _new_protocol(self) -> asyncio.Protocol:
+        protocol = SessionProtocol(client=self._client, config=self._config)
+        session = Session(protocol)
         self._sessions.add(session)
         self._tasks.spawn(self._run(session), name="yamux-session")
-        return session.protocol()
+        return protocol
 
     async def _run(self, session: Session) -> None:
         try:
@@ -107,7 +108,8 @@ class Server:
         except YamuxError as exc:
             logger.info("session handler ended: %s", exc)
         finally:
-            await session.close()
+            session.close()
+            await session.wait_closed()
             self._sessions.discard(session)
 
 

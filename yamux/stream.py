@@ -29,7 +29,7 @@ WRITE_BUFFER_LIMIT = 64 * 1024
 
 
 class StreamLink(Protocol):
-    """All a Stream asks of its session (Session implements it), by stream id."""
+    """All a Stream asks of its session (SessionProtocol implements it), by stream id."""
 
     @property
     def read_chunk_size(self) -> int:

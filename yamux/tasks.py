@@ -1,8 +1,10 @@
 """One owner for a group of tasks, and the one policy for running a stream handler.
 
 Every task the package (and the relay) starts belongs to a ``TaskOwner``: it
-logs a task that fails, and ``close()`` cancels what is left and waits for it,
-so nothing outlives the object that started it.
+logs a task that fails, and its owner's close cancels what is left
+(``cancel()``) and waits for it (``wait()``), so nothing outlives the object
+that started it. The owner may go on spawning after a cancel (a reconnecting
+client keeps one for the handlers of each session in turn).
 """
 
 from __future__ import annotations
@@ -62,11 +64,6 @@ class TaskOwner:
         for task in self._tasks:
             if task is not current and not task.cancelling():
                 task.cancel()
-
-    async def close(self) -> None:
-        """Cancel every task (but the caller) and wait until they have all finished."""
-        self.cancel()
-        await self.wait()
 
     async def wait(self) -> None:
         """Wait until every task but the caller has finished."""

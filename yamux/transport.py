@@ -11,35 +11,37 @@ from typing import Any
 
 from .config import Config
 from .session import Session
+from .session_protocol import SessionProtocol
 
 
 class _ReadPipeProtocol(asyncio.Protocol):
     """The read half when reading and writing are two transports (pipes)."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(self, protocol: SessionProtocol) -> None:
+        self._protocol = protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._session.attach_read_transport(transport)
+        self._protocol.attach_read_transport(transport)
 
     def data_received(self, data: bytes) -> None:
-        self._session.data_received(data)
+        self._protocol.data_received(data)
 
     def eof_received(self) -> bool:
-        return self._session.eof_received()
+        return self._protocol.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._session.eof_received()
+        self._protocol.eof_received()
 
 
 async def connect_pipes(
     read_pipe: Any, write_pipe: Any, *, client: bool, config: Config | None = None
 ) -> Session:
     """Run a session over two pipes (file objects), e.g. a child process's stdin and stdout."""
-    session = Session(client=client, config=config)
+    protocol = SessionProtocol(client=client, config=config)
+    session = Session(protocol)
     loop = asyncio.get_running_loop()
-    await loop.connect_write_pipe(session.protocol, write_pipe)
-    await loop.connect_read_pipe(lambda: _ReadPipeProtocol(session), read_pipe)
+    await loop.connect_write_pipe(lambda: protocol, write_pipe)
+    await loop.connect_read_pipe(lambda: _ReadPipeProtocol(protocol), read_pipe)
     return session
 
 
@@ -55,6 +57,7 @@ async def connect(
 
     Extra keyword arguments go to ``loop.create_connection`` (``ssl=`` for TLS).
     """
-    session = Session(client=client, config=config)
-    await asyncio.get_running_loop().create_connection(session.protocol, host, port, **kwargs)
+    protocol = SessionProtocol(client=client, config=config)
+    session = Session(protocol)
+    await asyncio.get_running_loop().create_connection(lambda: protocol, host, port, **kwargs)
     return session

@@ -221,7 +221,8 @@ class Active:
         try:
             await asyncio.sleep(0.5)  # FLOOD and STALL exhaust their windows
             closed_at = loop.time()
-            await self.session.close()
+            self.session.close()
+            await self.session.wait_closed()
             async with asyncio.timeout(BUSY_LIMIT):
                 results = await asyncio.gather(*pending)
         except TimeoutError:
@@ -251,4 +252,5 @@ async def run_active(session: yamux.Session, report: Report) -> None:
     try:
         await Active(session, report).run()
     finally:
-        await session.close()
+        session.close()
+        await session.wait_closed()

@@ -65,7 +65,8 @@ class Passive:
         finally:
             self.end_at = self.loop.time()
             self.ended.set()
-            await self.session.close()
+            self.session.close()
+            await self.session.wait_closed()
             await self._wait_handlers()
         if not self.bye_seen and self.p.scenario != "closebusy":
             self.report.fail("the session ended without BYE on the control stream")
@@ -81,7 +82,8 @@ class Passive:
                 f"{len(self.handlers)} stream handlers still running "
                 f"{HANDLER_GRACE}s after the session ended"
             )
-            await self.handlers.close()
+            self.handlers.cancel()
+            await self.handlers.wait()
 
     async def serve(self, stream: yamux.Stream) -> None:
         what = f"stream {stream.id}"

@@ -30,6 +30,7 @@ class PeerListener:
         self._server: asyncio.Server | None = None
         self.accepted: asyncio.Future[yamux.Session] | None = None
         self.extra_connections = 0
+        self._taken = False
 
     @property
     def addr(self) -> str:
@@ -37,16 +38,25 @@ class PeerListener:
         return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
     def _protocol(self) -> asyncio.Protocol:
-        assert self.accepted is not None
-        if self.accepted.done():
+        if self._taken:
             self.extra_connections += 1
             return _Refuse()
-        session = yamux.Session(client=self._client, config=self._config)
-        self.accepted.set_result(session)
+        self._taken = True
         assert self._server is not None
         # One connection only; not closed right here: the transport being built attaches to it.
         asyncio.get_running_loop().call_soon(self._server.close)
-        return self._tap.wrap(session.protocol())
+        return _Attach(self)
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        """The Go peer's connection: a yamux session from its first byte, through the tap."""
+        assert self.accepted is not None
+        if self.accepted.done():  # the scenario was over before the peer connected
+            transport.abort()
+            return
+        session = yamux.Session.attach(
+            self._tap.wrap(transport), client=self._client, config=self._config
+        )
+        self.accepted.set_result(session)
 
     async def __aenter__(self) -> PeerListener:
         loop = asyncio.get_running_loop()
@@ -59,10 +69,19 @@ class PeerListener:
         assert self.accepted is not None
         self._server.close()
         if self.accepted.done() and not self.accepted.cancelled():
-            await self.accepted.result().close()
+            self.accepted.result().close()
+            await self.accepted.result().wait_closed()
         else:
             self.accepted.cancel()
         await self._server.wait_closed()
+
+
+class _Attach(asyncio.Protocol):
+    def __init__(self, listener: PeerListener) -> None:
+        self._listener = listener
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._listener.attach(transport)  # type: ignore[arg-type]
 
 
 class _Refuse(asyncio.Protocol):
@@ -196,7 +215,8 @@ async def run_against(family: str, scenario: str, py_role: str, **overrides: Any
             outcome.py_traceback = traceback.format_exc()
         finally:
             if listener.accepted.done() and not listener.accepted.cancelled():
-                await listener.accepted.result().close()
+                listener.accepted.result().close()
+                await listener.accepted.result().wait_closed()
             try:
                 outcome.go = await asyncio.wait_for(asyncio.shield(go_exit), 30)
             except harness.HarnessError as exc:

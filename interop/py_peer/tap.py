@@ -119,15 +119,17 @@ class WireTap:
         if self.sent.go_away and type_ <= FrameType.WINDOW_UPDATE and flags & Flag.SYN:
             self.syn_after_our_goaway += 1
 
-    def wrap(self, protocol: asyncio.Protocol) -> asyncio.Protocol:
-        return _TapProtocol(protocol, self)
+    def wrap(self, transport: asyncio.Transport) -> asyncio.Transport:
+        """The transport to attach the session to: it counts what goes by either way."""
+        return _TapTransport(transport, self)  # type: ignore[return-value]
 
     def __str__(self) -> str:
         return f"sent: {self.sent}\nrecv: {self.recv}"
 
 
 class _TapTransport:
-    """Delegates to the real transport, counting what the session writes."""
+    """Delegates to the real transport, counting what the session writes; the protocol
+    the session sets gets its bytes through a _TapProtocol, which counts what it reads."""
 
     def __init__(self, inner: asyncio.Transport, tap: WireTap) -> None:
         self._inner = inner
@@ -143,6 +145,9 @@ class _TapTransport:
             self._tap._out.feed(chunk)
         self._inner.writelines(chunks)
 
+    def set_protocol(self, protocol: asyncio.Protocol) -> None:
+        self._inner.set_protocol(_TapProtocol(protocol, self._tap))
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
@@ -153,9 +158,6 @@ class _TapProtocol(asyncio.Protocol):
     def __init__(self, inner: asyncio.Protocol, tap: WireTap) -> None:
         self._inner = inner
         self._tap = tap
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._inner.connection_made(_TapTransport(transport, self._tap))  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         self._tap._in.feed(data)

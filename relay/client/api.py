@@ -306,7 +306,8 @@ class RelayedServer:
         if self._task is not None:
             await asyncio.wait([self._task])
         if self.session is not None and not self.session.closed:
-            await self.session.close()  # closed before its task ever ran
+            self.session.close()  # closed before its task ever ran
+            await self.session.wait_closed()
 
     async def serve_forever(self) -> None:
         """Serve until cancelled (then close) or until close(); raise if it stops on its own.
@@ -386,7 +387,8 @@ class RelayedServer:
                 await asyncio.sleep(delay)
         finally:
             if self.session is not None:
-                await self.session.close()
+                self.session.close()
+                await self.session.wait_closed()
             await self._cancel_handlers()
             for waiter in self._endpoint_waiters:
                 if not waiter.done():
@@ -422,13 +424,15 @@ class RelayedServer:
         try:
             await session.serve(handler, tasks=self._handlers, logger=logger)
         finally:
-            await session.close()
+            session.close()
+            await session.wait_closed()
             await self._cancel_handlers()
         reason = session.close_reason
         return str(reason) if reason is not None else "session closed"
 
     async def _cancel_handlers(self) -> None:
-        await self._handlers.close()
+        self._handlers.cancel()
+        await self._handlers.wait()
 
     async def _handle(self, reader: yamux.Stream, writer: yamux.Stream) -> None:
         await read_client_address(reader)

@@ -327,7 +327,8 @@ class MetricsServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        await self._handlers.close()
+        self._handlers.cancel()
+        await self._handlers.wait()
         if self._server is not None:
             await self._server.wait_closed()
 

@@ -279,7 +279,8 @@ class NotifyRelay:
             if not self._closed.is_set():
                 await reg.connections.wait()
         finally:
-            await reg.connections.close()
+            reg.connections.cancel()
+            await reg.connections.wait()
 
     async def _end(self, reg: _Registration, reason: str) -> None:
         for listener in reg.listeners:

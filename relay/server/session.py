@@ -259,7 +259,8 @@ class RegisteredSession:
     async def _close(self, closed_by_peer: bool, confirmed: bool) -> None:
         try:
             await self._tasks.wait()
-            await self.session.close()
+            self.session.close()
+            await self.session.wait_closed()
             await self.connections.wait()
         finally:
             self._step(SessionEvent.CLOSED)
