@@ -10,6 +10,7 @@ import pytest
 
 import relay
 import yamux
+from relay.server.ports import NoFreePortError
 from yamux import errors
 
 
@@ -33,7 +34,8 @@ def test_relay_errors_share_a_base_and_keep_their_standard_bases() -> None:
         (relay.RegistrationError, ConnectionError),
         (relay.RelayRefusedError, ConnectionError),
         (relay.RelayDisconnectedError, ConnectionError),
-        (relay.NoFreePortError, OSError),
+        (relay.OptionError, ValueError),
+        (NoFreePortError, OSError),
     ]:
         assert issubclass(error, relay.RelayError)
         assert issubclass(error, standard)

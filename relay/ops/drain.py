@@ -24,7 +24,6 @@ from ..server.interface import Relay
 
 logger = logging.getLogger("relay.drain")
 
-DEFAULT_DRAIN_TIMEOUT = 30.0
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 0
 
