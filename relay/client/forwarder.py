@@ -32,6 +32,7 @@ import yamux
 
 from ..net import describe_os_error, format_endpoint
 from ..options import ForwardOptions, OptionError, Service
+from ..options.declare import takes_options
 from ..pipe import SocketEnd, pipe
 from ..stats import Traffic
 from ..wire.proxy_header import ProxyAddresses, header
@@ -85,6 +86,7 @@ class Forwarder:
     with several.
     """
 
+    @takes_options(ForwardOptions)
     def __init__(
         self,
         relay_host: str,

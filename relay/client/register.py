@@ -18,6 +18,7 @@ import yamux
 from ..errors import RegistrationError, RelayClosedError
 from ..net import format_endpoint
 from ..options import RegistrationOptions
+from ..options.declare import takes_options
 from ..wire.tls import describe_tls_error
 from .registering import RegisteringProtocol
 
@@ -40,6 +41,7 @@ class Registration:
     """Every stream starts with a PROXY v2 header naming the public client."""
 
 
+@takes_options(RegistrationOptions, others=True)
 async def register(
     host: str, port: int, options: RegistrationOptions | None = None, **keywords: Any
 ) -> Registration:

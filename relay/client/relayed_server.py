@@ -39,6 +39,7 @@ import yamux
 from ..errors import RegistrationError, RelayDisconnectedError
 from ..net import describe_os_error, format_endpoint
 from ..options import RegistrationOptions
+from ..options.declare import takes_options
 from ..wire.proxy_header import (
     V2_HEADER_LENGTH,
     ProxyAddresses,
@@ -69,6 +70,7 @@ class RelayedServer:
     trying from the first attempt, as the forwarder does.
     """
 
+    @takes_options(RegistrationOptions, others=True)
     def __init__(
         self,
         handler: Handler,
@@ -326,6 +328,7 @@ class RelayedServer:
         await self._handler(reader, writer)
 
 
+@takes_options(RegistrationOptions, others=True)
 async def start_server(
     client_connected_cb: Handler,
     host: str,

@@ -14,9 +14,10 @@ came from.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from ..errors import RelayError
 from .kinds import Kind, describe
@@ -24,6 +25,7 @@ from .kinds import Kind, describe
 ENV_PREFIX = "RELAY_"
 _SPEC = "relay.option"
 _UNSHOWN: Any = object()
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,3 +199,23 @@ def own_declarations(cls: type[Options], *bases: type[Options]) -> list[Declarat
     """The options ``cls`` declares that none of ``bases`` does."""
     inherited: Iterable[str] = {d.name for base in bases for d in declarations(base)}
     return [d for d in declarations(cls) if d.name not in inherited]
+
+
+def takes_options(cls: type[Options], *, others: bool = False) -> Callable[[F], F]:
+    """Show ``cls``'s options as keyword parameters of a function that takes them as
+    ``**keywords``, in ``inspect.signature`` and ``help()``; ``others``: it takes more
+    keywords than those (they stay ``**keywords``)."""
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func)
+        given = list(signature.parameters.values())
+        rest = [p for p in given if p.kind is inspect.Parameter.VAR_KEYWORD]
+        keywords = [
+            inspect.Parameter(d.name, inspect.Parameter.KEYWORD_ONLY, default=d.default)
+            for d in declarations(cls)
+        ]
+        parameters = [p for p in given if p not in rest] + keywords + (rest if others else [])
+        func.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        return func
+
+    return decorate

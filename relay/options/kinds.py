@@ -78,7 +78,22 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-class Integer(Kind):
+class _Number(Kind):
+    """A number: ``read`` turns its text into one (``int``, ``float``), ``noun`` names it."""
+
+    read: Callable[[str], Any] = int
+    noun = "an integer"
+
+    def parse(self, raw: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(raw, str):
+            return raw
+        try:
+            return type(self).read(raw.strip())
+        except ValueError:
+            self.fail(f"{raw!r} is not {self.noun}", param, ctx)
+
+
+class Integer(_Number):
     name = "INTEGER"
 
     def __init__(self, minimum: int, maximum: int | None = None, what: str = "") -> None:
@@ -86,14 +101,6 @@ class Integer(Kind):
         self.maximum = maximum
         self.what = what
         """How a failed range check reads, e.g. "a port number (1-65535)"."""
-
-    def parse(self, raw: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(raw, str):
-            try:
-                return int(raw.strip())
-            except ValueError:
-                self.fail(f"{raw!r} is not an integer", param, ctx)
-        return raw
 
     def check(self, value: Any) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
@@ -116,21 +123,15 @@ class Integer(Kind):
 PORT = Integer(1, 65535, "a port number (1-65535)")
 
 
-class Seconds(Kind):
+class Seconds(_Number):
     """A duration in seconds: more than 0, or with ``zero_off`` 0 too (meaning: off)."""
 
     name = "SECONDS"
+    read = float
+    noun = "a number of seconds"
 
     def __init__(self, *, zero_off: bool = False) -> None:
         self.zero_off = zero_off
-
-    def parse(self, raw: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(raw, str):
-            try:
-                return float(raw.strip())
-            except ValueError:
-                self.fail(f"{raw!r} is not a number of seconds", param, ctx)
-        return raw
 
     def check(self, value: Any) -> float:
         if not _number(value) or not math.isfinite(value):

@@ -41,6 +41,7 @@ from ..net import (
     resolve_bind_address,
 )
 from ..options import OptionError, RelayOptions
+from ..options.declare import takes_options
 from ..pipe import PipeResult
 from ..stats import RelayStats, Traffic
 from ..wire.greeting import error_line, port_line
@@ -100,6 +101,7 @@ class NotifyRelay:
     and ``handshake_timeout`` (the dial-back's deadline).
     """
 
+    @takes_options(RelayOptions)
     def __init__(self, port: int = 0, options: RelayOptions | None = None, **keywords: Any) -> None:
         checked = RelayOptions.build(options, **{"protocol": "notify", **keywords})
         if checked.protocol != "notify":

@@ -48,6 +48,7 @@ from ..net import (
     resolve_bind_address,
 )
 from ..options import OptionError, RelayOptions
+from ..options.declare import takes_options
 from ..stats import RelayStats
 from ..wire.greeting import port_line
 from .admission import Admission, Refusal
@@ -117,6 +118,7 @@ class RelayServer:
     failed proofs per source (a ``FailureLimiter`` of one's own, e.g. to share it).
     """
 
+    @takes_options(RelayOptions)
     def __init__(
         self,
         port: int = 0,
