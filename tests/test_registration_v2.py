@@ -548,7 +548,7 @@ async def test_unanswered_challenges_are_limited_per_source() -> None:
 async def test_a_registration_refused_while_draining_gives_its_slot_back() -> None:
     """A proof checked after the drain began is refused, and the slot its source took on
     arrival is free again: the relay holds nothing for it."""
-    async with RelayServer(0, host=HOST, secret=SECRET) as server:
+    async with RelayServer(0, bind=HOST, secret=SECRET) as server:
         reader, writer, line = await raw_greeting(server.port)
         assert server.admission.registering.held(HOST) == 1
         server.drain()

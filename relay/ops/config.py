@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RelayError
-from ..options import Service
+from ..options.service import Service
 
 SERVER_SECTION = "server"
 FORWARD_SECTION = "forward"
