@@ -18,7 +18,8 @@ from collections.abc import Sequence
 import click
 
 from ..ops import drain, logs
-from ..options import ENV_PREFIX
+from ..options import ProcessOptions
+from ..options.declare import declaration
 from .build import build_forwarder, build_server
 from .commands import cli
 from .registry import COMMON, FORWARDER, RELAY, option_names
@@ -43,12 +44,13 @@ EXIT_SIGINT = drain.EXIT_SIGINT
 
 def _json_requested(argv: Sequence[str]) -> bool:
     """``--log-format json`` on the command line or in RELAY_LOG_FORMAT (before parsing)."""
+    log_format = declaration(ProcessOptions, "log_format")
     for i, arg in enumerate(argv):
-        if arg == "--log-format=json" or (
-            arg == "--log-format" and argv[i + 1 : i + 2] == ["json"]
+        if arg == f"{log_format.flag}=json" or (
+            arg == log_format.flag and argv[i + 1 : i + 2] == ["json"]
         ):
             return True
-    return os.environ.get(ENV_PREFIX + "LOG_FORMAT") == "json"
+    return os.environ.get(log_format.envvar) == "json"
 
 
 def main() -> None:
