@@ -583,15 +583,15 @@ async def silent_tls(
         notes["closed_at_once"] = conns - notes["held"]
         start = loop.time()
         try:
-            session, _ = await relay.register(
+            registration = await relay.register(
                 HOST,
                 port,
                 ssl=ssl.create_default_context(cafile=str(cert)),
                 local_addr=(OTHER_SOURCE, 0),
                 connect_timeout=5,
             )
-            session.close()
-            await session.wait_closed()
+            registration.session.close()
+            await registration.session.wait_closed()
             notes["other_client_ok"] = True
         except (ConnectionError, TimeoutError) as exc:
             notes["other_client_ok"] = False

@@ -1,38 +1,43 @@
 """TCP relay over yamux: expose a service behind NAT on a public port.
 
 Programs register directly with ``start_server`` (``asyncio.start_server``'s
-shape, the listener lives on the relay); ``RelayServer`` is the relay itself
-and ``Forwarder`` puts an unmodified local service behind it.
+shape, the listener lives on the relay) or, one registration at a time, with
+``register``; ``Forwarder`` puts an unmodified local service behind a relay,
+and ``RelayServer`` is the relay itself. Their keyword arguments are the
+options of ``RegistrationOptions``, ``ForwardOptions`` and ``RelayOptions``,
+the same as the command line's flags; a bad one raises ``OptionError``.
 """
 
-from .client.api import (
-    Registration,
-    RelayedServer,
-    TLSError,
-    register,
-    register_v2,
-    start_server,
-)
-from .client.forwarder import Forwarder, Service
+from .client.forwarder import Forwarder
+from .client.register import Registration, TLSError, register
+from .client.relayed_server import RelayedServer, start_server
 from .errors import (
     RegistrationError,
     RelayDisconnectedError,
     RelayError,
     RelayRefusedError,
 )
-from .server.ports import NoFreePortError, PortRefusedError
+from .options import (
+    ForwardOptions,
+    OptionError,
+    RegistrationOptions,
+    RelayOptions,
+    Service,
+)
 from .server.relay import RelayServer
 from .wire.v2 import AuthenticationError, SeedRelayError
 
 __all__ = [
     "AuthenticationError",
+    "ForwardOptions",
     "Forwarder",
-    "NoFreePortError",
-    "PortRefusedError",
+    "OptionError",
     "Registration",
     "RegistrationError",
+    "RegistrationOptions",
     "RelayDisconnectedError",
     "RelayError",
+    "RelayOptions",
     "RelayRefusedError",
     "RelayServer",
     "RelayedServer",
@@ -40,6 +45,5 @@ __all__ = [
     "Service",
     "TLSError",
     "register",
-    "register_v2",
     "start_server",
 ]

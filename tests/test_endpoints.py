@@ -252,7 +252,7 @@ def test_corrupt_lease_store_is_moved_aside_and_the_relay_serves(procs, echo_por
         ),
         (["--service", "a=1", "--service", "a=2", "h:1"], "service names must differ"),
         (["--service", "a=1", "--name", "b", "h:1"], "--name and --remote-port apply to a single"),
-        (["--name", "no spaces", "1", "h:1"], "service name 'no spaces' may only contain"),
+        (["--name", "no spaces", "1", "h:1"], "'--name': 'no spaces': may only contain"),
         (["--remote-port", "0", "1", "h:1"], "'--remote-port'"),
     ],
 )

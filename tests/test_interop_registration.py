@@ -43,7 +43,7 @@ def go_programs() -> None:
 async def test_go_forwarder_fails_clearly_against_a_v2_relay(
     go_programs: None, relay_options: dict[str, str]
 ) -> None:
-    async with RelayServer(0, host=HOST, **relay_options) as server:  # type: ignore[arg-type]
+    async with RelayServer(0, bind=HOST, **relay_options) as server:  # type: ignore[arg-type]
         before = listening_ports(os.getpid())
         proc = harness.start(
             "go-forwarder", "-relay", f"{HOST}:{server.port}", "-local", f"{HOST}:9"

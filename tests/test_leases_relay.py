@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 import relay
-from relay.client.api import register_v2
+from relay.errors import RelayRefusedError
 from relay.server.auth import parse_auth_clients
 from relay.server.relay import RelayServer
-from relay.wire.greeting import RelayRefusedError
 from relay_support import echo_roundtrip, free_port_block
 
 HOST = "127.0.0.1"
@@ -30,7 +29,7 @@ async def roundtrip(port: int, payload: bytes = b"hello\n") -> bytes:
 
 async def test_a_name_alive_elsewhere_is_refused_a_silent_one_is_replaced(caplog):
     caplog.set_level(logging.INFO, logger="relay.server")
-    async with RelayServer(0, host=HOST, protocol="v2") as server:
+    async with RelayServer(0, bind=HOST, protocol="v2") as server:
         # A registering side that answers the challenge by hand, then goes silent: it
         # never answers a ping (a peer behind a dead network path).
         reader, writer = await asyncio.open_connection(HOST, server.port)
@@ -38,14 +37,14 @@ async def test_a_name_alive_elsewhere_is_refused_a_silent_one_is_replaced(caplog
             assert (await reader.readline()).startswith(b"error: v2 needed")
             writer.write(b"relay/2 name=svc\n")
             silent_port = int(await reader.readline())
-            first = await register_v2(HOST, server.port, name="other")
+            first = await relay.register(HOST, server.port, name="other")
             # The owner of "other" answers pings: a second "other" is another process.
             with pytest.raises(
                 RelayRefusedError,
                 match=rf"name 'other' is already registered \(public port "
                 rf"{first.public_port}\) and that session is alive",
             ):
-                await register_v2(HOST, server.port, name="other")
+                await relay.register(HOST, server.port, name="other")
             first.session.close()
             await first.session.wait_closed()
             # "svc" again while its silent session looks alive: the newcomer gets its port.
@@ -60,7 +59,7 @@ async def test_a_name_alive_elsewhere_is_refused_a_silent_one_is_replaced(caplog
 
 async def test_leases_survive_a_relay_restart_in_process(tmp_path: Path):
     state = str(tmp_path)
-    first_relay = RelayServer(0, host=HOST, protocol="v2", state_dir=state)
+    first_relay = RelayServer(0, bind=HOST, protocol="v2", state_dir=state)
     await first_relay.start()
     control = first_relay.port
     endpoints: list[str] = []
@@ -78,7 +77,7 @@ async def test_leases_survive_a_relay_restart_in_process(tmp_path: Path):
         port = server.public_port
         first_relay.close()
         await first_relay.wait_closed()
-        second_relay = RelayServer(control, host=HOST, protocol="v2", state_dir=state)
+        second_relay = RelayServer(control, bind=HOST, protocol="v2", state_dir=state)
         await second_relay.start()
         await asyncio.wait_for(server.wait_endpoint(), 10)
         assert endpoints == [f"{HOST}:{port}"] * 2
@@ -95,13 +94,13 @@ async def test_leases_survive_a_relay_restart_in_process(tmp_path: Path):
 async def test_an_authenticated_client_runs_several_services_each_with_its_port(tmp_path: Path):
     low, high = free_port_block(2)
     clients = parse_auth_clients({"alice": {"secret": SECRET, "ports": f"{low}-{high}"}})
-    async with RelayServer(0, host=HOST, auth_clients=clients, state_dir=str(tmp_path)) as srv:
+    async with RelayServer(0, bind=HOST, auth_clients=clients, state_dir=str(tmp_path)) as srv:
         # Each service asks for its own port: both run at once, each its own lease.
         one = await relay.start_server(
-            echo, HOST, srv.port, name="alice", secret=SECRET, public_port=high
+            echo, HOST, srv.port, name="alice", secret=SECRET, remote_port=high
         )
         two = await relay.start_server(
-            echo, HOST, srv.port, name="alice", secret=SECRET, public_port=low
+            echo, HOST, srv.port, name="alice", secret=SECRET, remote_port=low
         )
         async with one, two:
             assert (one.public_port, two.public_port) == (high, low)
@@ -115,7 +114,7 @@ async def test_an_authenticated_client_runs_several_services_each_with_its_port(
 
 async def test_an_authenticated_client_without_ports_runs_several_sessions(tmp_path: Path):
     clients = parse_auth_clients({"alice": {"secret": SECRET}})
-    async with RelayServer(0, host=HOST, auth_clients=clients, state_dir=str(tmp_path)) as srv:
+    async with RelayServer(0, bind=HOST, auth_clients=clients, state_dir=str(tmp_path)) as srv:
         first = await relay.start_server(echo, HOST, srv.port, name="alice", secret=SECRET)
         async with first:
             second = await relay.start_server(echo, HOST, srv.port, name="alice", secret=SECRET)
@@ -138,10 +137,10 @@ async def test_an_authenticated_clients_services_keep_their_own_ports(tmp_path: 
 
     async def register(control: int, service: str) -> relay.RelayedServer:
         return await relay.start_server(
-            echo, HOST, control, name="alice", service=service, secret=SECRET, reconnect=False
+            echo, HOST, control, client_name="alice", name=service, secret=SECRET, reconnect=False
         )
 
-    async with RelayServer(0, host=HOST, auth_clients=clients, state_dir=state) as first:
+    async with RelayServer(0, bind=HOST, auth_clients=clients, state_dir=state) as first:
         control = first.port
         redis, web = await register(control, "redis"), await register(control, "web")
         async with redis, web:
@@ -152,7 +151,7 @@ async def test_an_authenticated_clients_services_keep_their_own_ports(tmp_path: 
         web, redis = await register(control, "web"), await register(control, "redis")
         async with redis, web:
             assert {"redis": redis.public_port, "web": web.public_port} == ports
-    async with RelayServer(control, host=HOST, auth_clients=clients, state_dir=state):
+    async with RelayServer(control, bind=HOST, auth_clients=clients, state_dir=state):
         web, redis = await register(control, "web"), await register(control, "redis")
         async with redis, web:
             assert {"redis": redis.public_port, "web": web.public_port} == ports

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 import relay
-from relay.server.limits import IdleWatch, Limits, SourceSlots, share, source_of
+from relay.server.limits import IdleWatch, SourceSlots, share, source_of
 from relay_support import closed_without_data, relay_command
 
 HOST = "127.0.0.1"
@@ -75,10 +75,10 @@ def test_source_slots_and_defaults() -> None:
     assert share(None, 1000) == 900
     assert share(None, 2) == 2
     assert share(7, 1000) == 7
-    with pytest.raises(ValueError, match="idle_timeout"):
-        Limits(idle_timeout=-1)
-    with pytest.raises(ValueError, match="max_connections_per_source"):
-        Limits(max_connections_per_source=-1)
+    with pytest.raises(ValueError, match=r"^idle_timeout=-1: must be 0 \(off\) or more$"):
+        relay.RelayServer(idle_timeout=-1)
+    with pytest.raises(ValueError, match=r"^max_connections_per_source=-1: must be at least 0$"):
+        relay.RelayServer(max_connections_per_source=-1)
 
 
 async def test_idle_watch_ticks_only_while_open() -> None:
@@ -132,9 +132,8 @@ async def test_idle_watch_closes_between_timeout_and_two_ticks_after_the_last_by
 
 
 async def test_idle_public_connections_are_reset_active_ones_stay() -> None:
-    limits = Limits(idle_timeout=0.5)
     async with (
-        relay.RelayServer(0, host=HOST, limits=limits) as relay_server,
+        relay.RelayServer(0, bind=HOST, idle_timeout=0.5) as relay_server,
         await relay.start_server(echo, HOST, relay_server.port) as server,
     ):
         idle_reader, idle_writer = await asyncio.open_connection(HOST, server.public_port)
@@ -165,7 +164,7 @@ async def test_idle_public_connections_are_reset_active_ones_stay() -> None:
 
 async def test_idle_timeout_zero_is_off() -> None:
     async with (
-        relay.RelayServer(0, host=HOST, limits=Limits(idle_timeout=0)) as relay_server,
+        relay.RelayServer(0, bind=HOST, idle_timeout=0) as relay_server,
         await relay.start_server(echo, HOST, relay_server.port) as server,
     ):
         reader, writer = await asyncio.open_connection(HOST, server.public_port)
@@ -180,9 +179,10 @@ async def test_idle_timeout_zero_is_off() -> None:
 
 
 async def test_one_source_cannot_take_every_public_connection() -> None:
-    limits = Limits(max_connections_per_source=3)
     async with (
-        relay.RelayServer(0, host=HOST, max_connections=5, limits=limits) as relay_server,
+        relay.RelayServer(
+            0, bind=HOST, max_connections=5, max_connections_per_source=3
+        ) as relay_server,
         await relay.start_server(echo, HOST, relay_server.port) as server,
     ):
         held = [await asyncio.open_connection(HOST, server.public_port) for _ in range(4)]
@@ -204,8 +204,9 @@ async def test_one_source_cannot_take_every_public_connection() -> None:
 
 async def test_one_source_cannot_take_every_registration_slot() -> None:
     """Silent registrations (no answer to the handshake ping) from one address."""
-    limits = Limits(max_pending_registrations_per_source=2)
-    async with relay.RelayServer(0, host=HOST, max_sessions=10, limits=limits) as relay_server:
+    async with relay.RelayServer(
+        0, bind=HOST, max_sessions=10, max_pending_registrations_per_source=2
+    ) as relay_server:
         silent = []
         try:
             for _ in range(3):
@@ -216,7 +217,7 @@ async def test_one_source_cannot_take_every_registration_slot() -> None:
             assert lines[1].isdigit()
             assert "still in their handshake" in lines[2]
             assert "--max-pending-registrations-per-source 2" in lines[2]
-            session, _ = await relay.register(HOST, relay_server.port, local_addr=(OTHER, 0))
+            session = (await relay.register(HOST, relay_server.port, local_addr=(OTHER, 0))).session
             session.close()
             await session.wait_closed()
         finally:
@@ -226,8 +227,9 @@ async def test_one_source_cannot_take_every_registration_slot() -> None:
 
 async def test_registration_v2_challenges_count_per_source() -> None:
     """With registration v2 a connection is in progress from its challenge on."""
-    limits = Limits(max_pending_registrations_per_source=2)
-    async with relay.RelayServer(0, host=HOST, protocol="v2", limits=limits) as relay_server:
+    async with relay.RelayServer(
+        0, bind=HOST, protocol="v2", max_pending_registrations_per_source=2
+    ) as relay_server:
         silent = []
         try:
             for _ in range(3):

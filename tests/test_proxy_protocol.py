@@ -59,7 +59,7 @@ async def test_proxy_header_carries_the_public_client(
 ) -> None:
     program = require_program(RECEIVERS[kind])
     _, receiver_port = start_proxy_receiver(procs, kind, program, tmp_path)
-    async with RelayServer(0, host=HOST, secret=SECRET) as server:
+    async with RelayServer(0, bind=HOST, secret=SECRET) as server:
         task, public_port = await run_forwarder(server.port, receiver_port, version)
         try:
             for _ in range(2):  # every connection gets its own header

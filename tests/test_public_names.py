@@ -11,6 +11,7 @@ import pytest
 
 import relay
 import yamux
+from relay.server.ports import NoFreePortError
 from yamux import errors
 
 PUBLIC = {
@@ -118,7 +119,8 @@ def test_relay_errors_share_a_base_and_keep_their_standard_bases() -> None:
         (relay.RegistrationError, ConnectionError),
         (relay.RelayRefusedError, ConnectionError),
         (relay.RelayDisconnectedError, ConnectionError),
-        (relay.NoFreePortError, OSError),
+        (relay.OptionError, ValueError),
+        (NoFreePortError, OSError),
     ]:
         assert issubclass(error, relay.RelayError)
         assert issubclass(error, standard)

@@ -16,10 +16,9 @@ from conftest import require_program
 from registration_support import PUBLIC_CLIENT, Certificates, listening_ports, make_certificates
 
 import relay
-from relay.client.api import TLSError
-from relay.server.limits import Limits
+from relay.client.register import TLSError
+from relay.errors import RegistrationError
 from relay.server.relay import RelayServer
-from relay.wire.greeting import RegistrationError
 from relay.wire.tls import TLSConfigError, client_context, server_context
 
 HOST = "127.0.0.1"
@@ -59,7 +58,7 @@ async def roundtrip(port: int, payload: bytes = b"over TLS\n") -> bytes:
 async def test_verified_tls_with_a_secret_carries_traffic(certs: Certificates) -> None:
     tls = server_context(certs.server_cert, certs.server_key)
     async with (
-        RelayServer(0, host=HOST, secret=SECRET, ssl=tls) as server,
+        RelayServer(0, bind=HOST, secret=SECRET, ssl=tls) as server,
         await relay.start_server(
             echo_handler, HOST, server.port, secret=SECRET, ssl=client_context(certs.ca)
         ) as served,
@@ -74,7 +73,7 @@ async def test_verified_tls_with_a_secret_carries_traffic(certs: Certificates) -
 
 async def test_wrong_ca_fails_clearly(certs: Certificates) -> None:
     tls = server_context(certs.server_cert, certs.server_key)
-    async with RelayServer(0, host=HOST, ssl=tls) as server:
+    async with RelayServer(0, bind=HOST, ssl=tls) as server:
         before = listening_ports(os.getpid())
         with pytest.raises(
             TLSError,
@@ -90,7 +89,7 @@ async def test_wrong_ca_fails_clearly(certs: Certificates) -> None:
 
 async def test_wrong_host_name_fails_clearly(certs: Certificates) -> None:
     tls = server_context(certs.server_cert, certs.server_key)
-    async with RelayServer(0, host=HOST, ssl=tls) as server:
+    async with RelayServer(0, bind=HOST, ssl=tls) as server:
         with pytest.raises(TLSError, match=r"not accepted: Hostname mismatch.*relay.example"):
             await relay.start_server(
                 echo_handler,
@@ -105,7 +104,7 @@ async def test_plaintext_client_gets_nothing_useful(
     certs: Certificates, caplog: pytest.LogCaptureFixture
 ) -> None:
     tls = server_context(certs.server_cert, certs.server_key)
-    async with RelayServer(0, host=HOST, secret=SECRET, ssl=tls, handshake_timeout=0.5) as server:
+    async with RelayServer(0, bind=HOST, secret=SECRET, ssl=tls, handshake_timeout=0.5) as server:
         before = listening_ports(os.getpid())
         # A seed client waits for a port line; a confused one sends a v2 response.
         for opening in (b"", b"relay/2 name=x\n"):
@@ -130,14 +129,14 @@ async def test_plaintext_client_gets_nothing_useful(
 
 
 async def test_tls_client_against_a_plaintext_relay(certs: Certificates) -> None:
-    async with RelayServer(0, host=HOST) as server:
+    async with RelayServer(0, bind=HOST) as server:
         with pytest.raises(TLSError, match="does the relay speak TLS"):
             await relay.start_server(echo_handler, HOST, server.port, ssl=client_context(certs.ca))
 
 
 async def test_mutual_tls(certs: Certificates, caplog: pytest.LogCaptureFixture) -> None:
     tls = server_context(certs.server_cert, certs.server_key, client_ca=certs.ca)
-    async with RelayServer(0, host=HOST, ssl=tls) as server:
+    async with RelayServer(0, bind=HOST, ssl=tls) as server:
         with pytest.raises(RegistrationError, match=r"requires? a client certificate"):
             await relay.start_server(
                 echo_handler, HOST, server.port, ssl=client_context(certs.ca), connect_timeout=5
@@ -162,11 +161,11 @@ async def test_unfinished_tls_handshakes_count_per_source(
     tls = server_context(certs.server_cert, certs.server_key)
     async with RelayServer(
         0,
-        host=HOST,
+        bind=HOST,
         ssl=tls,
         secret=secret,
         handshake_timeout=timeout,
-        limits=Limits(max_pending_registrations_per_source=limit),
+        max_pending_registrations_per_source=limit,
     ) as server:
         silent = [await asyncio.open_connection(HOST, server.port) for _ in range(3 * limit)]
         try:
@@ -207,7 +206,7 @@ async def test_unfinished_tls_handshakes_count_in_the_relay_total(certs: Certifi
     client that gives up during its handshake gives its place back at once."""
     tls = server_context(certs.server_cert, certs.server_key)
     async with RelayServer(
-        0, host=HOST, ssl=tls, max_pending=3, limits=Limits(max_pending_registrations_per_source=0)
+        0, bind=HOST, ssl=tls, max_pending=3, max_pending_registrations_per_source=0
     ) as server:
         silent = [await asyncio.open_connection(HOST, server.port) for _ in range(5)]
         try:

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from registration_support import PUBLIC_CLIENT, listening_ports
 
 import relay
+from relay.errors import RegistrationError, RelayRefusedError
 from relay.server.auth import AuthConfigError, FailureLimiter, load_auth_file, parse_auth_clients
 from relay.server.relay import RelayServer
-from relay.wire.greeting import RegistrationError, RelayRefusedError
 from relay.wire.v2 import (
     AuthenticationError,
     HandshakeError,
@@ -71,7 +71,7 @@ async def roundtrip(port: int, payload: bytes = b"hello through v2\n") -> bytes:
 
 
 async def test_seed_client_gets_a_clear_error_and_nothing_is_allocated() -> None:
-    async with RelayServer(0, host=HOST, secret=SECRET) as server:
+    async with RelayServer(0, bind=HOST, secret=SECRET) as server:
         before = listening_ports(os.getpid())
         _reader, writer, line = await raw_greeting(server.port)
         assert line.startswith(b"error: v2 needed")
@@ -86,7 +86,7 @@ async def test_seed_client_gets_a_clear_error_and_nothing_is_allocated() -> None
 
 async def test_right_secret_registers_and_carries_traffic() -> None:
     async with (
-        RelayServer(0, host=HOST, secret=SECRET) as server,
+        RelayServer(0, bind=HOST, secret=SECRET) as server,
         await relay.start_server(
             echo_handler, HOST, server.port, secret=SECRET, name="web"
         ) as served,
@@ -99,7 +99,7 @@ async def test_right_secret_registers_and_carries_traffic() -> None:
 async def test_wrong_or_missing_secret_is_refused_before_allocation(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with RelayServer(0, host=HOST, secret=SECRET) as server:
+    async with RelayServer(0, bind=HOST, secret=SECRET) as server:
         before = listening_ports(os.getpid())
         with pytest.raises(AuthenticationError, match="refused our secret: auth failed: wrong"):
             await relay.start_server(echo_handler, HOST, server.port, secret="not the secret")
@@ -112,7 +112,7 @@ async def test_wrong_or_missing_secret_is_refused_before_allocation(
 
 
 async def test_replayed_response_is_refused_and_allocates_nothing() -> None:
-    async with RelayServer(0, host=HOST, secret=SECRET) as server:
+    async with RelayServer(0, bind=HOST, secret=SECRET) as server:
         # A genuine exchange, recorded on the wire.
         reader, writer, challenge_line = await raw_greeting(server.port)
         challenge = parse_challenge(challenge_line.rstrip(b"\n"))
@@ -139,7 +139,7 @@ async def test_replayed_response_is_refused_and_allocates_nothing() -> None:
 
 async def test_altered_response_is_refused() -> None:
     """The proof covers the options: a port or name changed in flight breaks it."""
-    async with RelayServer(0, host=HOST, secret=SECRET) as server:
+    async with RelayServer(0, bind=HOST, secret=SECRET) as server:
         reader, writer, line = await raw_greeting(server.port)
         challenge = parse_challenge(line.rstrip(b"\n"))
         genuine = response_line(challenge, secret=SECRET.encode(), name="web")
@@ -181,7 +181,7 @@ async def test_altered_response_is_refused() -> None:
     ],
 )
 async def test_malformed_responses_get_a_reason(response: bytes, reason: bytes) -> None:
-    async with RelayServer(0, host=HOST, secret=SECRET) as server:
+    async with RelayServer(0, bind=HOST, secret=SECRET) as server:
         reader, writer, _ = await raw_greeting(server.port)
         writer.write(response)
         answer = await asyncio.wait_for(reader.readline(), 5)
@@ -191,7 +191,7 @@ async def test_malformed_responses_get_a_reason(response: bytes, reason: bytes) 
 
 
 async def test_silent_client_is_dropped_at_the_handshake_timeout() -> None:
-    async with RelayServer(0, host=HOST, secret=SECRET, handshake_timeout=0.3) as server:
+    async with RelayServer(0, bind=HOST, secret=SECRET, handshake_timeout=0.3) as server:
         reader, writer, _ = await raw_greeting(server.port)
         answer = await asyncio.wait_for(reader.readline(), 5)
         assert answer == b"error: no answer to the challenge within 0.3 s\n"
@@ -200,7 +200,7 @@ async def test_silent_client_is_dropped_at_the_handshake_timeout() -> None:
 
 async def test_failures_are_rate_limited_per_source(caplog: pytest.LogCaptureFixture) -> None:
     limiter = FailureLimiter(limit=3, window=30)
-    async with RelayServer(0, host=HOST, secret=SECRET, auth_failures=limiter) as server:
+    async with RelayServer(0, bind=HOST, secret=SECRET, auth_failures=limiter) as server:
         for _ in range(3):
             with pytest.raises(AuthenticationError):
                 await relay.start_server(echo_handler, HOST, server.port, secret="wrong secret")
@@ -217,14 +217,14 @@ async def test_failures_are_rate_limited_per_source(caplog: pytest.LogCaptureFix
 
 
 async def test_v2_without_auth_and_the_seed_default() -> None:
-    async with RelayServer(0, host=HOST, protocol="v2") as server:
+    async with RelayServer(0, bind=HOST, protocol="v2") as server:
         _reader, writer, line = await raw_greeting(server.port)
         assert is_challenge(line.rstrip(b"\n"))
         assert b"auth=none" in line
         await close_writer(writer)
         async with await relay.start_server(echo_handler, HOST, server.port, name="anon") as served:
             assert await roundtrip(served.public_port) == b"hello through v2\n"
-    async with RelayServer(0, host=HOST) as seed:
+    async with RelayServer(0, bind=HOST) as seed:
         _reader, writer, line = await raw_greeting(seed.port)
         assert line.rstrip(b"\n").isdigit()  # the seed protocol, byte for byte
         await close_writer(writer)
@@ -232,7 +232,7 @@ async def test_v2_without_auth_and_the_seed_default() -> None:
 
 async def test_v2_client_options_on_a_seed_relay_warn(caplog: pytest.LogCaptureFixture) -> None:
     async with (
-        RelayServer(0, host=HOST) as server,
+        RelayServer(0, bind=HOST) as server,
         await relay.start_server(echo_handler, HOST, server.port, secret=SECRET) as served,
     ):
         assert await roundtrip(served.public_port) == b"hello through v2\n"
@@ -245,7 +245,7 @@ async def test_require_v2_refuses_a_seed_relay_and_registers_with_a_v2_one(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The opt-in against a downgrade: a port line first is an error, not seed mode."""
-    async with RelayServer(0, host=HOST) as seed:
+    async with RelayServer(0, bind=HOST) as seed:
         before = listening_ports(os.getpid())
         for options in ({"secret": SECRET}, {}):
             with pytest.raises(
@@ -262,7 +262,7 @@ async def test_require_v2_refuses_a_seed_relay_and_registers_with_a_v2_one(
     assert "the relay speaks the seed protocol" not in caplog.text  # refused, not fallen back
     for relay_options in ({"secret": SECRET}, {"protocol": "v2"}):
         async with (
-            RelayServer(0, host=HOST, **relay_options) as server,
+            RelayServer(0, bind=HOST, **relay_options) as server,
             await relay.start_server(
                 echo_handler, HOST, server.port, require_v2=True, secret=relay_options.get("secret")
             ) as served,
@@ -275,18 +275,18 @@ async def test_require_v2_refuses_a_seed_relay_and_registers_with_a_v2_one(
 
 async def test_requested_port_inside_the_range_and_refusals() -> None:
     low, _ = free_port_block(5)
-    async with RelayServer(0, host=HOST, secret=SECRET, port_range=(low, low + 4)) as server:
+    async with RelayServer(0, bind=HOST, secret=SECRET, port_range=(low, low + 4)) as server:
         async with await relay.start_server(
-            echo_handler, HOST, server.port, secret=SECRET, public_port=low + 3
+            echo_handler, HOST, server.port, secret=SECRET, remote_port=low + 3
         ) as served:
             assert served.public_port == low + 3
             with pytest.raises(RelayRefusedError, match=f"port {low + 3} is in use"):
                 await relay.start_server(
-                    echo_handler, HOST, server.port, secret=SECRET, public_port=low + 3
+                    echo_handler, HOST, server.port, secret=SECRET, remote_port=low + 3
                 )
         with pytest.raises(RelayRefusedError, match="outside the relay's port range"):
             await relay.start_server(
-                echo_handler, HOST, server.port, secret=SECRET, public_port=low + 10
+                echo_handler, HOST, server.port, secret=SECRET, remote_port=low + 10
             )
 
 
@@ -304,7 +304,7 @@ secret_file = "bob.secret"
 """)
     clients = load_auth_file(auth_file)
     assert set(clients) == {"alice", "bob"}
-    async with RelayServer(0, host=HOST, auth_clients=clients) as server:
+    async with RelayServer(0, bind=HOST, auth_clients=clients) as server:
         async with await relay.start_server(
             echo_handler, HOST, server.port, name="alice", secret="alice's secret"
         ) as alice:
@@ -319,7 +319,7 @@ secret_file = "bob.secret"
                     server.port,
                     name="alice",
                     secret="alice's secret",
-                    public_port=low + 5,
+                    remote_port=low + 5,
                 )
         async with await relay.start_server(
             echo_handler, HOST, server.port, name="bob", secret="bob's own secret"
@@ -353,7 +353,7 @@ def test_auth_table_errors(table: dict[str, object], message: str) -> None:
 
 async def test_handler_sees_the_public_client_address() -> None:
     async with (
-        RelayServer(0, host=HOST, protocol="v2") as server,
+        RelayServer(0, bind=HOST, protocol="v2") as server,
         await relay.start_server(whoami_handler, HOST, server.port) as served,
     ):
         assert served.client_address is True
@@ -368,7 +368,7 @@ async def test_handler_sees_the_public_client_address() -> None:
 
 async def test_without_client_address_streams_carry_only_client_bytes() -> None:
     async with (
-        RelayServer(0, host=HOST, protocol="v2") as server,
+        RelayServer(0, bind=HOST, protocol="v2") as server,
         await relay.start_server(echo_handler, HOST, server.port, client_address=False) as served,
     ):
         assert served.client_address is False
@@ -426,7 +426,7 @@ def test_the_worked_example_in_the_protocol_document() -> None:
 async def test_warning_when_open_beyond_loopback_without_auth(
     host: str | None, secret: str | None, warned: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with RelayServer(0, host=host, secret=secret):
+    async with RelayServer(0, bind=host, secret=secret):
         pass
     assert ("without authentication: anyone who can reach port" in caplog.text) is warned
 
@@ -446,7 +446,7 @@ def test_auth_clients_as_a_list_of_named_tables() -> None:
 
 
 async def test_closing_the_relay_drops_pending_challenges() -> None:
-    server = RelayServer(0, host=HOST, secret=SECRET)
+    server = RelayServer(0, bind=HOST, secret=SECRET)
     await server.start()
     reader, writer, line = await raw_greeting(server.port)
     assert is_challenge(line.rstrip(b"\n"))
@@ -504,7 +504,7 @@ def test_any_response_bytes_are_refused_with_a_reason_or_parsed(line: bytes) -> 
 async def test_refusals_cannot_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
     """30 wrong proofs (the source never blocked here) write a bounded number of lines."""
     limiter = FailureLimiter(limit=1000, window=60)
-    async with RelayServer(0, host=HOST, secret=SECRET, auth_failures=limiter) as server:
+    async with RelayServer(0, bind=HOST, secret=SECRET, auth_failures=limiter) as server:
         for _ in range(30):
             reader, writer, line = await raw_greeting(server.port)
             challenge = parse_challenge(line.rstrip(b"\n"))
@@ -519,10 +519,9 @@ async def test_refusals_cannot_flood_the_log(caplog: pytest.LogCaptureFixture) -
 
 
 async def test_unanswered_challenges_are_limited_per_source() -> None:
-    from relay.server.limits import Limits
-
-    limits = Limits(max_pending_registrations_per_source=2)
-    async with RelayServer(0, host=HOST, secret=SECRET, limits=limits) as server:
+    async with RelayServer(
+        0, bind=HOST, secret=SECRET, max_pending_registrations_per_source=2
+    ) as server:
         held = [await raw_greeting(server.port) for _ in range(2)]
         assert all(is_challenge(line.rstrip(b"\n")) for _, _, line in held)
         _reader, writer, line = await raw_greeting(server.port)
@@ -549,7 +548,7 @@ async def test_unanswered_challenges_are_limited_per_source() -> None:
 async def test_a_registration_refused_while_draining_gives_its_slot_back() -> None:
     """A proof checked after the drain began is refused, and the slot its source took on
     arrival is free again: the relay holds nothing for it."""
-    async with RelayServer(0, host=HOST, secret=SECRET) as server:
+    async with RelayServer(0, bind=HOST, secret=SECRET) as server:
         reader, writer, line = await raw_greeting(server.port)
         assert server.admission.registering.held(HOST) == 1
         server.drain()
@@ -562,10 +561,9 @@ async def test_a_registration_refused_while_draining_gives_its_slot_back() -> No
 
 async def test_one_slot_per_source_from_arrival_until_the_ping_is_answered() -> None:
     """The slot is held across both phases (challenge, then yamux ping) and freed after."""
-    from relay.server.limits import Limits
-
-    limits = Limits(max_pending_registrations_per_source=1)
-    async with RelayServer(0, host=HOST, secret=SECRET, limits=limits) as server:
+    async with RelayServer(
+        0, bind=HOST, secret=SECRET, max_pending_registrations_per_source=1
+    ) as server:
         async with await relay.start_server(
             echo_handler, HOST, server.port, secret=SECRET
         ) as first:
@@ -596,7 +594,7 @@ def test_failure_limiter_is_bounded_and_forgets() -> None:
 
 
 def test_every_v2_error_is_a_relay_error() -> None:
-    from relay.client.api import TLSError
+    from relay.client.register import TLSError
     from relay.errors import RelayError
     from relay.server.auth import AuthRefused
     from relay.wire.proxy_header import ProxyHeaderError
@@ -650,7 +648,7 @@ async def test_client_leaves_service_out_when_the_relay_does_not_offer_it(
     port = server.sockets[0].getsockname()[1]
     try:
         with pytest.raises(RelayRefusedError, match="enough"):
-            await relay.client.api.register_v2(HOST, port, name="alice", service="redis")
+            await relay.register(HOST, port, client_name="alice", name="redis")
     finally:
         server.close()
         await server.wait_closed()

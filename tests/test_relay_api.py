@@ -26,7 +26,7 @@ HOST = "127.0.0.1"
 
 @pytest.fixture
 async def relay_server() -> AsyncIterator[relay.RelayServer]:
-    async with relay.RelayServer(0, host=HOST) as server:
+    async with relay.RelayServer(0, bind=HOST) as server:
         yield server
 
 
@@ -137,7 +137,7 @@ async def test_handler_error_resets_only_its_stream(relay_server, caplog):
 
 
 async def test_serve_forever_raises_when_the_relay_goes_away():
-    relay_server = relay.RelayServer(0, host=HOST)
+    relay_server = relay.RelayServer(0, bind=HOST)
     await relay_server.start()
     try:
         server = await relay.start_server(echo, HOST, relay_server.port, reconnect=False)
@@ -190,7 +190,7 @@ async def test_same_handler_runs_under_asyncio_and_relay(relay_server):
 
 async def test_registration_refused_when_the_relay_is_full():
     async with (
-        relay.RelayServer(0, host=HOST, max_sessions=1) as relay_server,
+        relay.RelayServer(0, bind=HOST, max_sessions=1) as relay_server,
         await relay.start_server(echo, HOST, relay_server.port) as first,
     ):
         with pytest.raises(relay.RelayRefusedError, match="relay is full") as info:
@@ -200,7 +200,7 @@ async def test_registration_refused_when_the_relay_is_full():
 
 
 async def test_max_connections_per_session():
-    async with relay.RelayServer(0, host=HOST, max_connections=2) as relay_server:
+    async with relay.RelayServer(0, bind=HOST, max_connections=2) as relay_server:
         hold = asyncio.Event()
 
         async def holding(reader, writer) -> None:
@@ -223,7 +223,8 @@ async def test_max_connections_per_session():
 
 
 async def test_streams_opened_by_the_registered_side_are_reset(relay_server, caplog):
-    session, public_port = await relay.register(HOST, relay_server.port)
+    registration = await relay.register(HOST, relay_server.port)
+    session, public_port = registration.session, registration.public_port
     try:
         stream = await session.open_stream()
         with pytest.raises(yamux.StreamResetError):
@@ -285,7 +286,8 @@ def test_error_and_port_lines_wire_format():
 
 async def test_go_away_from_the_registered_side_frees_the_port(relay_server, caplog):
     caplog.set_level(logging.INFO, logger="relay.server")
-    session, public_port = await relay.register(HOST, relay_server.port)
+    registration = await relay.register(HOST, relay_server.port)
+    session, public_port = registration.session, registration.public_port
     try:
         assert not await refused(public_port)
         session.go_away()  # "open no more streams to me": the public port is useless now
@@ -311,7 +313,8 @@ async def test_yamux_bytes_in_the_same_segment_as_the_port_line_are_not_lost():
 
     server = await asyncio.start_server(fake_relay, HOST, 0)
     try:
-        session, public_port = await relay.register(HOST, server.sockets[0].getsockname()[1])
+        registration = await relay.register(HOST, server.sockets[0].getsockname()[1])
+        session, public_port = registration.session, registration.public_port
         assert public_port == 4532
         assert await asyncio.wait_for(answered, 5) == (FrameType.PING, Flag.ACK, 0, 77)  # the pong
         session.close()
@@ -337,7 +340,7 @@ async def test_start_server_reconnects_when_the_relay_restarts(caplog):
         writer.write(await reader.read())
         writer.close()
 
-    first_relay = relay.RelayServer(0, host=HOST)
+    first_relay = relay.RelayServer(0, bind=HOST)
     await first_relay.start()
     control_port = first_relay.port
     server = await relay.start_server(
@@ -365,7 +368,7 @@ async def test_start_server_reconnects_when_the_relay_restarts(caplog):
         assert server.connections == 0
         hanging.close()
 
-        second_relay = relay.RelayServer(control_port, host=HOST)
+        second_relay = relay.RelayServer(control_port, bind=HOST)
         await second_relay.start()
         second_endpoint = await asyncio.wait_for(server.wait_endpoint(), 5)
         assert endpoints == [first_endpoint, second_endpoint]
@@ -387,7 +390,7 @@ async def test_start_server_reconnects_when_the_relay_restarts(caplog):
 
 
 async def test_wait_endpoint_fails_when_the_server_stops_without_reconnect():
-    relay_server = relay.RelayServer(0, host=HOST)
+    relay_server = relay.RelayServer(0, bind=HOST)
     await relay_server.start()
     try:
         server = await relay.start_server(echo, HOST, relay_server.port, reconnect=False)

@@ -1,11 +1,11 @@
 """Command line: ``relay server PORT``, ``relay forward LOCAL_PORT HOST PORT``, and the seed forms.
 
-One module per concept: ``params`` (parameter types), ``registry`` (every
-option declared once: subcommand, seed form, ``RELAY_*`` env var, config
-file), ``options`` (the declarations), ``configfile`` (``--config``),
-``help_layout`` (help texts, --help grouping, --version), ``arguments``
-(positional arguments), ``build`` (the relay or forwarder from the options),
-``run`` (event loop, signals, drain), ``commands`` (the click commands).
+Every option is declared once in ``relay.options``; here one module per
+concept: ``registry`` (the click options of those declarations, grouped by
+mode, and their usage errors), ``configfile`` (``--config``), ``help_layout``
+(help texts, --help grouping, --version), ``arguments`` (positional
+arguments), ``build`` (the relay or forwarder from the options), ``run``
+(event loop, signals, drain), ``commands`` (the click commands).
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from collections.abc import Sequence
 import click
 
 from ..ops import drain, logs
+from ..options import ProcessOptions
+from ..options.declare import declaration
 from .build import build_forwarder, build_server
 from .commands import cli
-from .registry import COMMON, ENV_PREFIX, FORWARDER, RELAY, option, option_names
+from .registry import COMMON, FORWARDER, RELAY, option_names
 from .run import event_loop_factory
 
 __all__ = [
@@ -33,7 +35,6 @@ __all__ = [
     "cli",
     "event_loop_factory",
     "main",
-    "option",
     "option_names",
 ]
 
@@ -43,12 +44,13 @@ EXIT_SIGINT = drain.EXIT_SIGINT
 
 def _json_requested(argv: Sequence[str]) -> bool:
     """``--log-format json`` on the command line or in RELAY_LOG_FORMAT (before parsing)."""
+    log_format = declaration(ProcessOptions, "log_format")
     for i, arg in enumerate(argv):
-        if arg == "--log-format=json" or (
-            arg == "--log-format" and argv[i + 1 : i + 2] == ["json"]
+        if arg == f"{log_format.flag}=json" or (
+            arg == log_format.flag and argv[i + 1 : i + 2] == ["json"]
         ):
             return True
-    return os.environ.get(ENV_PREFIX + "LOG_FORMAT") == "json"
+    return os.environ.get(log_format.envvar) == "json"
 
 
 def main() -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import click
 
 from ..ops import config as config_file
+from ..options import Service
 from .registry import FORWARDER, RELAY
 
 
@@ -87,16 +87,6 @@ def relay_address(ctx: click.Context, args: Sequence[str]) -> tuple[str, int]:
     return host, port_argument(ctx, port_text, "PORT")
 
 
-@dataclass(frozen=True)
-class Service:
-    """One local service to expose (``[[forward.services]]`` or LOCAL_PORT)."""
-
-    local_port: int
-    local_host: str | None = None
-    name: str | None = None
-    remote_port: int | None = None
-
-
 def file_services(ctx: click.Context, found: config_file.ConfigFile) -> list[Service]:
     if not found.services:
         local_port = found.forward.get("local_port")
@@ -114,14 +104,19 @@ def file_services(ctx: click.Context, found: config_file.ConfigFile) -> list[Ser
                 f"{found.path}: [[forward.services]] #{i + 1} has no local-port", ctx
             )
         remote_port = table.get("remote_port")
-        services.append(
-            Service(
-                port_argument(ctx, str(table["local_port"]), "local-port"),
-                local_host=table.get("local_host"),
-                name=table.get("name"),
-                remote_port=None
-                if remote_port is None
-                else port_argument(ctx, str(remote_port), "remote-port"),
+        try:
+            services.append(
+                Service(
+                    port_argument(ctx, str(table["local_port"]), "local-port"),
+                    local_host=table.get("local_host"),
+                    name=table.get("name"),
+                    remote_port=None
+                    if remote_port is None
+                    else port_argument(ctx, str(remote_port), "remote-port"),
+                )
             )
-        )
+        except ValueError as exc:
+            raise click.UsageError(
+                f"{found.path}: [[forward.services]] #{i + 1}: {exc}", ctx
+            ) from None
     return services

@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from . import options  # noqa: F401  (declares the options that command_params builds)
+from ..options import Service
+from ..options.kinds import PORT
 from .arguments import (
-    Service,
     check_mode_options,
     check_seed_arguments,
     file_services,
@@ -24,7 +24,6 @@ from .help_layout import (
     GroupedCommand,
     command_params,
 )
-from .params import PORT
 from .registry import COMMON, FORWARDER, RELAY, GroupedOption, loaded_config
 from .run import run_forward, run_server
 

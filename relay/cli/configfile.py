@@ -8,7 +8,8 @@ from __future__ import annotations
 import click
 
 from ..ops import config as config_file
-from .registry import COMMON, CONFIG_META, ENV_PREFIX, FORWARDER, RELAY, GroupedOption, option_names
+from ..options import ENV_PREFIX
+from .registry import COMMON, CONFIG_META, FORWARDER, RELAY, GroupedOption, option_names
 
 
 def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:

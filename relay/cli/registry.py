@@ -1,27 +1,53 @@
-"""The option registry: every option declared once, then built for each command that takes it.
+"""The command line's options, built from the declarations of ``relay.options``.
 
-An option declared with ``option(...)`` under its group (``relay``,
-``forwarder`` or ``common``) becomes an option of the subcommand of its mode
-and of the seed command, gets its ``RELAY_<NAME>`` environment variable
-(shown in --help) and may be set in the config file.
+Each declared option becomes an option of the subcommand of its mode (relay,
+forwarder, or common to both) and of the seed command, with its
+``RELAY_<NAME>`` environment variable (shown in --help); the config file may
+set it too. A bad value, or a bad combination found when the options are
+built, is a usage error that names the flag and where the value came from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import click
 
 from ..ops import config as config_file
+from ..options import (
+    Declaration,
+    ForwardOptions,
+    OptionError,
+    ProcessOptions,
+    RegistrationOptions,
+    RelayOptions,
+    SharedOptions,
+    declarations,
+)
+from ..options.declare import own_declarations
+from ..options.kinds import Flag, Kind
 
-ENV_PREFIX = "RELAY_"
 CONFIG_META = "relay.config"
 """Key of the loaded config file in ``click.Context.meta``."""
 
 RELAY, FORWARDER, COMMON = "relay", "forwarder", "common"
 """Option groups: relay-only, forwarder-only, both."""
+
+GROUPS: dict[str, list[Declaration]] = {
+    RELAY: own_declarations(RelayOptions, SharedOptions),
+    FORWARDER: [  # the forwarder's own first, as --help has always listed them
+        *own_declarations(ForwardOptions, RegistrationOptions),
+        *own_declarations(RegistrationOptions, SharedOptions),
+    ],
+    COMMON: [*declarations(SharedOptions), *declarations(ProcessOptions)],
+}
+_SPELLING = {
+    d.name: d.on_command_line
+    for options in (RelayOptions, ForwardOptions, ProcessOptions)
+    for d in declarations(options)
+}
 
 
 class GroupedOption(click.Option):
@@ -30,6 +56,14 @@ class GroupedOption(click.Option):
     def __init__(self, *args: Any, group: str = COMMON, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.group = group
+
+    def get_help_extra(self, ctx: click.Context) -> Any:
+        """click's extras, with the range of a kind of ours."""
+        extra = super().get_help_extra(ctx)
+        bounds = self.type.bounds() if isinstance(self.type, Kind) else None
+        if bounds is not None:
+            extra["range"] = bounds
+        return extra
 
     def consume_value(
         self, ctx: click.Context, opts: Mapping[str, Any]
@@ -50,36 +84,63 @@ class GroupedOption(click.Option):
         return hint
 
 
-@dataclass(frozen=True)
-class OptionSpec:
-    decls: tuple[str, ...]
-    group: str
-    kwargs: dict[str, Any]
-
-    def build(self) -> GroupedOption:
-        opt = GroupedOption(self.decls, group=self.group, **self.kwargs)
-        if opt.envvar is None and opt.name is not None and self.kwargs.get("expose_value", True):
-            opt.envvar = ENV_PREFIX + opt.name.upper()
-            opt.show_envvar = True
-        return opt
-
-
-OPTIONS: list[OptionSpec] = []
-
-
-def option(*decls: str, group: str, **kwargs: Any) -> None:
-    """Declare an option once: subcommand of its group, seed form, env var and config file."""
-    OPTIONS.append(OptionSpec(decls, group, kwargs))
+def click_option(declared: Declaration, group: str) -> GroupedOption:
+    """The click option of one declared option."""
+    spec = declared.spec
+    flag = declared.flag
+    names = [spec.short] if spec.short else []
+    names += [f"{flag}/--no-{flag[2:]}" if spec.negatable else flag, declared.name]
+    kwargs: dict[str, Any] = {
+        "help": spec.help,
+        "envvar": declared.envvar,
+        "show_envvar": True,
+        "default": declared.default,
+        "multiple": spec.multiple,
+    }
+    if isinstance(spec.kind, Flag):
+        kwargs["is_flag"] = True
+        kwargs["show_default"] = declared.default is True
+    else:
+        kwargs["type"] = spec.kind
+        kwargs["metavar"] = spec.metavar
+        if declared.default not in (None, ()):
+            # As --help shows it; click reads it like any text (``show`` reads back).
+            kwargs["default"] = spec.kind.show(declared.default)
+            kwargs["show_default"] = True
+    return GroupedOption(names, group=group, **kwargs)
 
 
 def options_of(*groups: str) -> list[GroupedOption]:
-    return [spec.build() for spec in OPTIONS if spec.group in groups]
+    return [
+        click_option(declared, group)
+        for group in groups
+        for declared in GROUPS[group]
+        if declared.spec.cli
+    ]
 
 
 def option_names(*groups: str) -> set[str]:
-    return {name for opt in options_of(*groups) if (name := opt.name) is not None}
+    return {d.name for group in groups for d in GROUPS[group] if d.spec.cli}
 
 
 def loaded_config(ctx: click.Context) -> config_file.ConfigFile | None:
     found: config_file.ConfigFile | None = ctx.meta.get(CONFIG_META)
     return found
+
+
+def _spelled(name: str) -> str:
+    return _SPELLING.get(name, name)
+
+
+@contextlib.contextmanager
+def usage_errors(ctx: click.Context) -> Iterator[None]:
+    """Errors of building from the options, as usage errors that name the flags."""
+    try:
+        yield
+    except OptionError as exc:
+        param = next((p for p in ctx.command.params if p.name == exc.name), None)
+        if param is None:
+            raise click.UsageError(exc.message(_spelled), ctx) from None
+        raise click.BadParameter(exc.message(_spelled, named=False), ctx, param) from None
+    except ValueError as exc:  # an auth file, a TLS file, a service: their messages say which
+        raise click.UsageError(str(exc), ctx) from None

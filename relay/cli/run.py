@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import click
@@ -12,10 +12,10 @@ import click
 from ..client.forwarder import Forwarder
 from ..net import format_endpoint
 from ..ops import drain, logs, sdnotify
+from ..options import ProcessOptions, Service
 from ..server.interface import Relay
 from ..server.leases import StateDirError
-from .arguments import Service
-from .build import build_forwarder, build_server
+from .build import build_forwarder, build_server, process_options
 from .help_layout import DISTRIBUTION
 
 logger = logging.getLogger("relay.cli")
@@ -40,33 +40,39 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     return uvloop.new_event_loop
 
 
-def run_server(ctx: click.Context, port: int, opts: dict[str, Any]) -> NoReturn:
-    server = build_server(ctx, port, opts)
-    loop_factory = event_loop_factory(opts["event_loop"])
-    setup_logging(opts)
+def run_server(ctx: click.Context, port: int, values: Mapping[str, Any]) -> NoReturn:
+    process = process_options(ctx, values)
+    server = build_server(ctx, port, values)
+    loop_factory = event_loop_factory(process.event_loop)
+    setup_logging(process)
     ctx.exit(
         drain.run_until_signal(
-            lambda: _serve_relay(server, port, opts["metrics"]),
+            lambda: _serve_relay(server, port, process.metrics),
             loop_factory,
             drain=drain.relay_drain(server),
-            drain_timeout=opts["drain_timeout"],
+            drain_timeout=process.drain_timeout,
             on_drain=lambda: sdnotify.stopping("draining"),
         )
     )
 
 
 def run_forward(
-    ctx: click.Context, host: str, port: int, services: Sequence[Service], opts: dict[str, Any]
+    ctx: click.Context,
+    host: str,
+    port: int,
+    services: Sequence[Service],
+    values: Mapping[str, Any],
 ) -> NoReturn:
-    forwarder = build_forwarder(ctx, host, port, services, opts)
-    loop_factory = event_loop_factory(opts["event_loop"])
-    setup_logging(opts)
+    process = process_options(ctx, values)
+    forwarder = build_forwarder(ctx, host, port, services, values)
+    loop_factory = event_loop_factory(process.event_loop)
+    setup_logging(process)
     ctx.exit(
         drain.run_until_signal(
-            lambda: _run_forwarder(forwarder, opts["metrics"]),
+            lambda: _run_forwarder(forwarder, process.metrics),
             loop_factory,
             drain=drain.forwarder_drain(forwarder),
-            drain_timeout=opts["drain_timeout"],
+            drain_timeout=process.drain_timeout,
             on_drain=lambda: sdnotify.stopping("draining"),
         )
     )
@@ -83,9 +89,8 @@ async def _run_forwarder(forwarder: Forwarder, metrics_address: tuple[str, int] 
         return await forwarder.run()
 
 
-def setup_logging(opts: dict[str, Any]) -> None:
-    level = "debug" if opts["verbose"] else str(opts["log_level"])
-    logs.setup(level, opts["log_format"], connection_log=opts["connection_log"])
+def setup_logging(process: ProcessOptions) -> None:
+    logs.setup(process.level, process.log_format, connection_log=process.connection_log)
 
 
 async def _serve_relay(server: Relay, port: int, metrics_address: tuple[str, int] | None) -> int:

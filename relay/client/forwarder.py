@@ -1,16 +1,16 @@
 """The forwarder, ``relay --localForwardPort=6379 <host> <port>``.
 
-Registers with the relay (``relay.client.api``), prints the public endpoint
+Registers with the relay (``relay.client.register``), prints the public endpoint
 ``HOST:PORT`` alone on a line of stdout, and for every relayed stream dials the
 local service and pipes bytes both ways (``relay.pipe``). A local service that
 is down resets that stream only. When the relay connection ends it reconnects
 with exponential backoff and jitter and prints the new endpoint: the loop is
 the Python API's (``RelayedServer``), the delays ``relay.client.reconnect``'s. One
-forwarder can expose several services (``Service``), each its own registration.
+forwarder can expose several services (``relay.Service``), each its own registration.
 
 Against a registration-v2 relay it answers the challenge with ``secret``,
 sends each service's name (the relay keeps its public port for it: a lease)
-and requested port, and with ``proxy_protocol`` (1 or 2) it asks for the
+and its ``remote_port``, and with ``proxy_protocol`` (1 or 2) it asks for the
 public client's address and sends it to the local service as a PROXY protocol
 header before the first byte.
 """
@@ -19,86 +19,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
-import re
-import ssl
 import sys
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
+from typing import Any
 
 import yamux
 
 from ..net import describe_os_error, format_endpoint
+from ..options import ForwardOptions, OptionError, Service
+from ..options.declare import takes_options
 from ..pipe import SocketEnd, pipe
-from ..server.leases import check_name
 from ..stats import Traffic
 from ..wire.proxy_header import ProxyAddresses, header
-from .api import RelayedServer
-from .reconnect import DEFAULT_RECONNECT_DELAY, DEFAULT_RECONNECT_MAX_DELAY
+from .relayed_server import RelayedServer
 
 logger = logging.getLogger("relay.forwarder")
 connections_logger = logging.getLogger("relay.connections")
-
-DEFAULT_LOCAL_HOST = "127.0.0.1"
-DEFAULT_CONNECT_TIMEOUT = 10.0
-_SERVICE = re.compile(
-    r"(?P<name>[^=]+)=(?:(?P<host>\[[^\]]+\]|[^:\[\]]*[^:\d\[\]][^:\[\]]*):)?"
-    r"(?P<local>\d{1,5})(?::(?P<remote>\d{1,5}))?"
-)
-
-
-def _check_port(port: int, what: str) -> int:
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{what} {port} is not a port number (1-65535)")
-    return port
-
-
-@dataclass(frozen=True, slots=True)
-class Service:
-    """One local service a forwarder exposes: its own registration, endpoint and lease."""
-
-    local_port: int
-    local_host: str = DEFAULT_LOCAL_HOST
-    name: str | None = None
-    """Identity for the relay's lease (with auth, per client); also labels the output."""
-    remote_port: int | None = None
-    """Public port to ask the relay for (None: the leased one, or any)."""
-
-    def __post_init__(self) -> None:
-        _check_port(self.local_port, "local port")
-        if self.remote_port is not None:
-            _check_port(self.remote_port, "remote port")
-        if self.name is not None:
-            check_name(self.name, "service name")
-
-    @classmethod
-    def parse(cls, text: str, default_host: str = DEFAULT_LOCAL_HOST) -> Service:
-        """``NAME=[LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT]``, e.g. ``redis=6379:7201``."""
-        match = _SERVICE.fullmatch(text.strip())
-        if match is None:
-            raise ValueError(
-                f"{text!r} is not NAME=[LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT], e.g. redis=6379 "
-                f"or web=10.0.0.5:80:7202"
-            )
-        host = match.group("host") or default_host
-        remote = match.group("remote")
-        return cls(
-            int(match.group("local")),
-            host.strip("[]"),
-            match.group("name"),
-            None if remote is None else int(remote),
-        )
-
-    @property
-    def local_endpoint(self) -> str:
-        return format_endpoint(self.local_host, self.local_port)
-
-    @property
-    def label(self) -> str:
-        return self.name or self.local_endpoint
 
 
 async def _first_of(
@@ -133,65 +74,48 @@ def print_endpoint(line: str) -> None:
             os.close(devnull)
 
 
-@dataclass
 class Forwarder:
     """Expose local services through the relay at ``relay_host:relay_port``.
 
-    ``local_port`` (with ``local_host``, ``name``, ``remote_port``) is the one
-    service of ``relay --localForwardPort``; ``services`` adds more, each its
-    own registration. After each registration ``on_endpoint(line)`` gets the
-    endpoint line, which by default is printed: ``HOST:PORT`` alone with one
-    service (the seed's output), ``NAME HOST:PORT`` with several.
+    ``services``: each a ``Service``, or a local port. ``options`` and the
+    keywords are ``ForwardOptions``; ``name`` and ``remote_port`` belong to the
+    one service given here (the ``LOCAL_PORT`` of ``relay forward``), and
+    ``service`` adds more, each its own registration. After each registration
+    ``on_endpoint(line)`` gets the endpoint line, which by default is printed:
+    ``HOST:PORT`` alone with one service (the seed's output), ``NAME HOST:PORT``
+    with several.
     """
 
-    relay_host: str
-    relay_port: int
-    local_port: int | None = None
-    local_host: str = DEFAULT_LOCAL_HOST
-    name: str | None = None
-    remote_port: int | None = None
-    services: list[Service] = field(default_factory=list)
-    reconnect: bool = True
-    reconnect_delay: float = DEFAULT_RECONNECT_DELAY
-    reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    yamux_config: yamux.Config | None = None
-    secret: str | bytes | None = None
-    client_name: str | None = None
-    """Our client name at a v2 relay (selects the secret of its auth file): ``name=`` on
-    the wire, with each service's own name as ``service=``, so that each keeps its own
-    lease; without it each service's own name is ``name=``."""
-    ssl: ssl.SSLContext | None = None
-    tls_server_name: str | None = None
-    """The name the relay's certificate must carry (default: ``relay_host``)."""
-    proxy_protocol: int | None = None
-    """Send a PROXY protocol header of this version (1 or 2) to the local service."""
-    require_v2: bool = False
-    """Refuse a seed relay instead of registering in seed mode (``start_server``)."""
-    on_endpoint: Callable[[str], object] = print_endpoint
-    servers: list[RelayedServer] = field(default_factory=list, init=False)
-    """One per service while running."""
-    traffic: dict[Service, Traffic] = field(default_factory=dict, init=False)
-    """Per service, for metrics: socket -> stream is from the local service."""
-    local_failures: dict[Service, int] = field(default_factory=dict, init=False)
-    """Per service: streams reset because the local service could not be reached."""
-    draining: bool = field(default=False, init=False)
-
-    def __post_init__(self) -> None:
-        if self.local_port is not None:
-            self.services = [
-                Service(self.local_port, self.local_host, self.name, self.remote_port),
-                *self.services,
-            ]
-        if not self.services:
-            raise ValueError("a forwarder needs at least one service")
-        names = [s.name for s in self.services if s.name is not None]
-        if len(names) != len(set(names)):
-            raise ValueError(f"service names must differ, got {', '.join(names)}")
-        if len(self.services) > 1 and len(names) != len(self.services):
-            raise ValueError("with several services, each needs a name")
+    @takes_options(ForwardOptions)
+    def __init__(
+        self,
+        relay_host: str,
+        relay_port: int,
+        *services: Service | int,
+        options: ForwardOptions | None = None,
+        on_endpoint: Callable[[str], object] = print_endpoint,
+        **keywords: Any,
+    ) -> None:
+        checked = ForwardOptions.build(options, **keywords).with_files_read()
+        if checked.client_address is None:
+            checked = dataclasses.replace(
+                checked, client_address=checked.proxy_protocol is not None
+            )
+        self.options = checked
+        """For every registration: files already read, one TLS context for all."""
+        self.relay_host = relay_host
+        self.relay_port = relay_port
+        self.on_endpoint = on_endpoint
+        self.services = _services(services, checked)
+        self.yamux_config = checked.session_config()
+        """Every session's settings: with auto-tuning one window budget for all of them."""
+        self.servers: list[RelayedServer] = []
+        """One per service while running."""
         self.traffic = {service: Traffic() for service in self.services}
+        """Per service, for metrics: socket -> stream is from the local service."""
         self.local_failures = dict.fromkeys(self.services, 0)
+        """Per service: streams reset because the local service could not be reached."""
+        self.draining = False
 
     def drain(self) -> None:
         """Reset every new stream from now on (the relay resets its public connection) and
@@ -224,7 +148,7 @@ class Forwarder:
                 await _first_of(
                     [server.wait_endpoint() for server in asking],
                     asyncio.ALL_COMPLETED,
-                    self.connect_timeout,
+                    self.options.connect_timeout,
                 )
             for server in self.servers:
                 if server not in asking:
@@ -241,13 +165,15 @@ class Forwarder:
             self.servers = []
 
     def _server(self, service: Service) -> RelayedServer:
+        proxy_protocol = self.options.proxy_protocol
+
         def registered(endpoint: str) -> None:
             logger.info("public endpoint %s forwards to %s", endpoint, service.local_endpoint)
-            if self.proxy_protocol is not None and not server.client_address:
+            if proxy_protocol is not None and not server.client_address:
                 logger.warning(
                     "the relay does not send client addresses (seed protocol); the PROXY v%d "
                     "headers to %s will not name the client",
-                    self.proxy_protocol,
+                    proxy_protocol,
                     service.local_endpoint,
                 )
             self.on_endpoint(endpoint if len(self.services) == 1 else f"{service.name} {endpoint}")
@@ -257,24 +183,9 @@ class Forwarder:
             partial(self._forward, service, self.traffic[service]),
             self.relay_host,
             self.relay_port,
-            reconnect=self.reconnect,
+            dataclasses.replace(self.options, name=service.name, remote_port=service.remote_port),
             on_endpoint=registered,
             config=self.yamux_config,
-            connect_timeout=self.connect_timeout,
-            reconnect_delay=self.reconnect_delay,
-            reconnect_max_delay=self.reconnect_max_delay,
-            secret=self.secret,
-            name=self.client_name or service.name,
-            service=service.name if self.client_name else None,
-            public_port=service.remote_port,
-            client_address=self.proxy_protocol is not None,
-            ssl=self.ssl,
-            require_v2=self.require_v2,
-            **(
-                {"server_hostname": self.tls_server_name}
-                if self.ssl is not None and self.tls_server_name
-                else {}
-            ),
         )
         return server
 
@@ -284,18 +195,21 @@ class Forwarder:
         if self.draining:
             stream.reset()
             return
+        timeout = self.options.connect_timeout
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         client: ProxyAddresses | None = stream.get_extra_info("client_address")
         local = service.local_endpoint
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(timeout):
                 _, end = await loop.create_connection(
-                    SocketEnd, service.local_host, service.local_port
+                    SocketEnd,
+                    service.local_host or self.options.local_forward_host,
+                    service.local_port,
                 )
         except (OSError, TimeoutError) as exc:
             reason = (
-                f"no answer within {self.connect_timeout:g} s"
+                f"no answer within {timeout:g} s"
                 if isinstance(exc, TimeoutError)
                 else describe_os_error(exc)
             )
@@ -315,8 +229,9 @@ class Forwarder:
                 local,
                 f" for {format_endpoint(*client.source)}" if client else "",
             )
-        if self.proxy_protocol is not None and end.transport is not None:
-            end.transport.write(header(self.proxy_protocol, client))
+        proxy_protocol = self.options.proxy_protocol
+        if proxy_protocol is not None and end.transport is not None:
+            end.transport.write(header(proxy_protocol, client))
         result = traffic.opened()
         try:
             await pipe(end, stream, result)
@@ -339,3 +254,35 @@ class Forwarder:
                     "reason": str(result.error) if result.error else "closed",
                 },
             )
+
+
+def _services(given: Sequence[Service | int], options: ForwardOptions) -> list[Service]:
+    """The services to expose: those given, with ``name``/``remote_port`` for the only one,
+    then ``options.service``; each with its local host."""
+    services = [Service(s) if isinstance(s, int) else s for s in given]
+    if options.name is not None or options.remote_port is not None:
+        if len(services) != 1:
+            raise OptionError(
+                "name" if options.name is not None else "remote_port",
+                "{name} and {remote_port} apply to a single service given on its own; "
+                "several services each bring theirs ({service} NAME=LOCAL_PORT[:REMOTE_PORT])",
+            )
+        only = services[0]
+        services[0] = dataclasses.replace(
+            only,
+            name=options.name or only.name,
+            remote_port=options.remote_port or only.remote_port,
+        )
+    services += options.service
+    services = [
+        s if s.local_host else dataclasses.replace(s, local_host=options.local_forward_host)
+        for s in services
+    ]
+    if not services:
+        raise ValueError("a forwarder needs at least one service")
+    names = [s.name for s in services if s.name is not None]
+    if len(names) != len(set(names)):
+        raise ValueError(f"service names must differ, got {', '.join(names)}")
+    if len(services) > 1 and len(names) != len(services):
+        raise ValueError("with several services, each needs a name")
+    return services

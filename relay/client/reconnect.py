@@ -1,8 +1,9 @@
 """When to try the relay again, and how to say so without flooding the log.
 
-Defaults: first retry after 0.5 s, doubling up to 5 s, each delay +-20 %
-jitter. The cap decides how long a forwarder may stay away once the relay is
-back: at most one delay (<= 6 s with jitter) whatever the outage lasted.
+By default (``relay.options.RegistrationOptions``) the first retry comes after
+0.5 s, doubling up to 5 s, each delay +-20 % jitter. The cap decides how long
+a forwarder may stay away once the relay is back: at most one delay (<= 6 s
+with jitter) whatever the outage lasted.
 ngrok's agent caps at 30 s and frp at 20 s; 5 s keeps the endpoint's outage
 within a few seconds of the relay's, while a down relay costs one connection
 attempt per forwarder every ~5 s (1000 forwarders: ~200 refused SYNs a
@@ -17,8 +18,6 @@ import time
 
 from yamux.ratelimit import RateLimitedLog
 
-DEFAULT_RECONNECT_DELAY = 0.5
-DEFAULT_RECONNECT_MAX_DELAY = 5.0
 RETRY_LOG_INTERVAL = 60.0
 """While the relay stays unreachable, one WARNING per this many seconds (each try at DEBUG)."""
 
@@ -26,12 +25,7 @@ RETRY_LOG_INTERVAL = 60.0
 class Backoff:
     """Exponential backoff with jitter: ``initial`` doubling up to ``maximum``, each +-20 %."""
 
-    def __init__(
-        self,
-        initial: float = DEFAULT_RECONNECT_DELAY,
-        maximum: float = DEFAULT_RECONNECT_MAX_DELAY,
-        jitter: float = 0.2,
-    ) -> None:
+    def __init__(self, initial: float, maximum: float, jitter: float = 0.2) -> None:
         if initial <= 0 or maximum < initial:
             raise ValueError("backoff needs 0 < initial <= maximum")
         self.initial = initial

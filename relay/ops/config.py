@@ -27,6 +27,7 @@ goes unnoticed.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RelayError
+from ..options.service import Service
 
 SERVER_SECTION = "server"
 FORWARD_SECTION = "forward"
@@ -44,8 +46,8 @@ SERVER_ARGUMENTS = frozenset({"port"})
 """Keys of [server] that stand for positional arguments of ``relay server``."""
 FORWARD_ARGUMENTS = frozenset({"relay", "local_port"})
 """Keys of [forward] that stand for positional arguments of ``relay forward``."""
-SERVICE_KEYS = frozenset({"name", "local_port", "local_host", "remote_port"})
-"""Keys of one [[forward.services]] table."""
+SERVICE_KEYS = frozenset(f.name for f in dataclasses.fields(Service))
+"""Keys of one [[forward.services]] table: the fields of a ``relay.Service``."""
 
 
 class ConfigFileError(RelayError, ValueError):

@@ -24,7 +24,6 @@ from ..server.interface import Relay
 
 logger = logging.getLogger("relay.drain")
 
-DEFAULT_DRAIN_TIMEOUT = 30.0
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 0
 
@@ -53,8 +52,8 @@ def run_until_signal(
     main: Callable[[], Awaitable[int]],
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
     *,
-    drain: Drain | None = None,
-    drain_timeout: float = 0.0,
+    drain: Drain,
+    drain_timeout: float,
     on_drain: Callable[[], object] | None = None,
 ) -> int:
     """Run ``main()`` in a fresh event loop until it returns or a signal stops it.
@@ -71,7 +70,6 @@ def run_until_signal(
         draining: list[asyncio.Task[None]] = []
 
         async def drain_then_stop() -> None:
-            assert drain is not None
             try:
                 async with asyncio.timeout(drain_timeout):
                     await drain.wait_idle()
@@ -97,7 +95,7 @@ def run_until_signal(
                 task.cancel()
                 return
             received.append(signum)
-            if signum == signal.SIGTERM and drain is not None and drain_timeout > 0:
+            if signum == signal.SIGTERM and drain_timeout > 0:
                 drain.start()
                 logger.info(
                     "%s received: draining for up to %g s (a second signal stops at once)",

@@ -23,10 +23,10 @@ from prometheus_client.registry import Collector
 
 import yamux
 
-from ..client.api import RelayedServer
 from ..client.forwarder import Forwarder
-from ..client.forwarder import Service as ForwardedService
+from ..client.relayed_server import RelayedServer
 from ..net import format_endpoint
+from ..options import Service
 from ..server.interface import Relay
 
 logger = logging.getLogger("relay.metrics")
@@ -248,12 +248,12 @@ class ForwarderCollector(Collector):
         yield from window_budget_metrics("relay_forwarder", self.forwarder.yamux_config)
 
 
-def service_name(service: ForwardedService) -> str:
+def service_name(service: Service) -> str:
     """A forwarded service's label: its name, else its local endpoint."""
     return service.name or service.local_endpoint
 
 
-def _services(forwarder: Forwarder) -> list[tuple[ForwardedService, RelayedServer | None]]:
+def _services(forwarder: Forwarder) -> list[tuple[Service, RelayedServer | None]]:
     servers: list[RelayedServer | None] = list(forwarder.servers)
     if len(servers) != len(forwarder.services):  # not running (yet, or any more)
         servers = [None] * len(forwarder.services)

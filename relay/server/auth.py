@@ -30,12 +30,10 @@ from typing import Any
 
 from ..errors import RegistrationError, RelayError
 from ..ops.config import read_toml
+from ..options.shared import SecretError, check_secret, read_secret_file
 from ..wire.v2 import AUTH_FAILED, NAME, Challenge, Response, proof_matches
 
 logger = logging.getLogger("relay.auth")
-
-MIN_SECRET_LENGTH = 8
-"""Shorter secrets are refused at start: they would fall to an offline guess at once."""
 
 
 class AuthConfigError(RelayError, ValueError):
@@ -105,20 +103,12 @@ class Proven:
     ports: PortSet | None = None
 
 
-def _secret_bytes(secret: str | bytes, where: str) -> bytes:
-    data = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
-    if len(data) < MIN_SECRET_LENGTH:
-        raise AuthConfigError(f"{where}: a secret needs at least {MIN_SECRET_LENGTH} bytes")
-    return data
-
-
-def read_secret_file(path: str | Path) -> bytes:
-    """A secret from a file: its content without the trailing newline."""
+def _secret_bytes(secret: str | bytes | Path, where: str) -> bytes:
+    """An inline secret (``where`` names it), or one read from a file (a Path)."""
     try:
-        text = Path(path).read_bytes()
-    except OSError as exc:
-        raise AuthConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
-    return _secret_bytes(text.rstrip(b"\r\n"), f"secret file {path}")
+        return read_secret_file(secret) if isinstance(secret, Path) else check_secret(secret)
+    except SecretError as exc:
+        raise AuthConfigError(str(exc) if isinstance(secret, Path) else f"{where}: {exc}") from None
 
 
 class Authenticator:
@@ -254,7 +244,7 @@ def parse_auth_clients(
             secret = _secret_bytes(entry["secret"], f"{where}.secret")
         else:
             path = Path(str(entry["secret_file"]))
-            secret = read_secret_file(base / path if base and not path.is_absolute() else path)
+            secret = _secret_bytes(base / path if base and not path.is_absolute() else path, where)
         ports = PortSet.parse(entry["ports"], f"{where}.ports") if "ports" in entry else None
         clients[name] = AuthClient(name, secret, ports)
     return clients

@@ -26,7 +26,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,35 +36,13 @@ from ..errors import RelayError
 
 logger = logging.getLogger("relay.leases")
 
-DEFAULT_LEASE_TTL = 24 * 3600.0
-"""Seconds a lease is kept while its owner is away (frp keeps a port 24 h)."""
 STORE_NAME = "leases.sqlite3"
 LOCK_NAME = "relay.lock"
 SCHEMA_VERSION = 1
-MAX_NAME_LENGTH = 64
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class StateDirError(RelayError, OSError):
     """Another relay holds the state directory: two relays must not share leases."""
-
-
-def check_name(name: str, what: str = "name") -> str:
-    """``name`` if it can name a service or a client; ValueError with the reason otherwise.
-
-    Letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit, at
-    most 64 characters: it appears in logs, error lines and the lease store.
-    """
-    if not name:
-        raise ValueError(f"{what} must not be empty")
-    if len(name) > MAX_NAME_LENGTH:
-        raise ValueError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
-    if not _NAME.fullmatch(name):
-        raise ValueError(
-            f"{what} {name!r} may only contain letters, digits, '.', '_' and '-' "
-            f"and must start with a letter or digit"
-        )
-    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +109,7 @@ class LeaseStore:
     def __init__(
         self,
         path: Path | None,
-        ttl: float = DEFAULT_LEASE_TTL,
+        ttl: float,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -153,7 +130,7 @@ class LeaseStore:
     def open(
         cls,
         state_dir: str | os.PathLike[str] | None,
-        ttl: float = DEFAULT_LEASE_TTL,
+        ttl: float,
         *,
         clock: Callable[[], float] = time.time,
     ) -> LeaseStore:

@@ -2,8 +2,8 @@
 
 A public port or the control port is open to anyone, so a single address must
 not be able to take every slot (``--max-connections`` public connections of a
-service, ``--max-sessions`` registrations) and keep them forever. Three knobs,
-each 0 to turn it off:
+service, ``--max-sessions`` registrations) and keep them forever. Three options
+of ``relay.options.RelayOptions``, each 0 to turn it off:
 
 * ``max_connections_per_source``: concurrent public connections per service
   from one source (default: nine tenths of ``--max-connections``);
@@ -23,44 +23,21 @@ import asyncio
 import ipaddress
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..pipe import SocketEnd
 
-DEFAULT_IDLE_TIMEOUT = 600.0
-"""Ten minutes of no byte either way (ssh or a database connection without keepalives
-usually says something sooner; a browser's idle keep-alive connection is long gone)."""
-
 IPV6_PREFIX = 64
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """The relay's per-source limits and idle timeout (0 turns each off).
-
-    A per-source limit of None keeps a tenth of the slots for other sources
-    (see ``share``): one source never takes every slot, while a busy client
-    behind one address (a load test, an office behind NAT) and small limits
-    such as ``--max-connections 2`` work as before. A relay facing the internet
-    should set a tighter number.
-    """
-
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    max_connections_per_source: int | None = None
-    max_pending_registrations_per_source: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.idle_timeout >= 0:
-            raise ValueError(f"idle_timeout must be >= 0 seconds (0: off), got {self.idle_timeout}")
-        for name in ("max_connections_per_source", "max_pending_registrations_per_source"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0 (0: off), got {value}")
-
-
 def share(per_source: int | None, slots: int) -> int:
-    """A per-source limit out of ``slots`` in all: as given, or by default all but a tenth."""
+    """A per-source limit out of ``slots`` in all: as given, or by default all but a tenth.
+
+    All but a tenth: one source never takes every slot, while a busy client behind
+    one address (a load test, an office behind NAT) and small limits such as
+    ``--max-connections 2`` work as before. A relay facing the internet should set
+    a tighter number.
+    """
     return slots - slots // 10 if per_source is None else per_source
 
 

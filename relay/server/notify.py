@@ -29,6 +29,7 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import yamux
 
@@ -39,13 +40,14 @@ from ..net import (
     listening_port,
     resolve_bind_address,
 )
+from ..options import OptionError, RelayOptions
+from ..options.declare import takes_options
 from ..pipe import PipeResult
 from ..stats import RelayStats, Traffic
 from ..wire.greeting import error_line, port_line
 from .interface import SessionInfo
 from .leases import LeaseStore
 from .ports import PortAllocator
-from .relay import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SESSIONS
 from .request import SEED
 
 logger = logging.getLogger("relay.notify")
@@ -92,24 +94,20 @@ class _Registration:
 
 class NotifyRelay:
     """The relay of ``--protocol notify``: a ``relay.server.interface.Relay``, as
-    ``RelayServer`` is, for the CLI, metrics and drain."""
+    ``RelayServer`` is, for the CLI, metrics and drain.
 
-    def __init__(
-        self,
-        port: int = 0,
-        *,
-        host: str | None = None,
-        port_range: tuple[int, int] | None = None,
-        max_sessions: int = DEFAULT_MAX_SESSIONS,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-    ) -> None:
+    ``options`` and the keywords are ``RelayOptions``, with ``protocol="notify"``;
+    of them it uses ``bind``, ``port_range``, ``max_sessions``, ``max_connections``
+    and ``handshake_timeout`` (the dial-back's deadline).
+    """
+
+    @takes_options(RelayOptions)
+    def __init__(self, port: int = 0, options: RelayOptions | None = None, **keywords: Any) -> None:
+        checked = RelayOptions.build(options, **{"protocol": "notify", **keywords})
+        if checked.protocol != "notify":
+            raise OptionError("protocol", "NotifyRelay serves 'notify' only", checked.protocol)
+        self.options = checked
         self._requested_port = port
-        self.host = host
-        self.port_range = port_range
-        self.max_sessions = max_sessions
-        self.max_connections = max_connections
-        self.handshake_timeout = handshake_timeout
         self.stats = RelayStats()
         self.yamux_config: yamux.Config | None = None
         """This protocol speaks no yamux."""
@@ -124,8 +122,14 @@ class NotifyRelay:
         self._closed = asyncio.Event()
 
     async def start(self) -> None:
-        self._bind = resolve_bind_address(self.host)
-        self._ports = PortAllocator(self._bind, self.port_range, LeaseStore(None))
+        options = self.options
+        self._bind = resolve_bind_address(options.bind)
+        self._ports = PortAllocator(
+            self._bind,
+            options.port_range,
+            LeaseStore(None, options.lease_ttl),
+            options.max_name_leases,
+        )
         sock = self._bind.listen(self._requested_port)
         try:
             self._control = await asyncio.start_server(
@@ -202,12 +206,12 @@ class NotifyRelay:
 
     async def _registered(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer_host, peer = _peer(writer)
-        if self.draining or len(self._registrations) >= self.max_sessions:
+        if self.draining or len(self._registrations) >= self.options.max_sessions:
             reason = (
                 "relay is shutting down"
                 if self.draining
                 else f"relay is full: {len(self._registrations)} sessions, the maximum "
-                f"(--max-sessions {self.max_sessions})"
+                f"(--max-sessions {self.options.max_sessions})"
             )
             self.stats.refused["draining" if self.draining else "full"] += 1
             logger.warning(
@@ -312,7 +316,7 @@ class NotifyRelay:
     def _accept_public(
         self, reg: _Registration, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        if len(reg.connections) >= self.max_connections or self.draining:
+        if len(reg.connections) >= self.options.max_connections or self.draining:
             self.stats.connections_refused["draining" if self.draining else "max_connections"] += 1
             writer.transport.abort()
             return
@@ -330,11 +334,11 @@ class NotifyRelay:
         try:
             reg.control.write(new_line(reg.dialback_port))
             try:
-                async with asyncio.timeout(self.handshake_timeout):
+                async with asyncio.timeout(self.options.handshake_timeout):
                     server_reader, server_writer = await waiter
             except TimeoutError:
                 result.error = TimeoutError(
-                    f"the server did not dial back within {self.handshake_timeout:g} s"
+                    f"the server did not dial back within {self.options.handshake_timeout:g} s"
                 )
                 writer.transport.abort()
                 return

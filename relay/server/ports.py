@@ -26,8 +26,8 @@ import errno
 import logging
 import socket
 
+from ..errors import RegistrationError
 from ..net import BindAddress
-from ..wire.greeting import RegistrationError
 from .auth import PortSet
 from .leases import Identity, LeaseStore
 from .request import RegistrationRequest
@@ -36,9 +36,6 @@ logger = logging.getLogger("relay.ports")
 
 OS_CHOICE_ATTEMPTS = 64
 """Ports the OS may pick that are leased to someone away before we give up."""
-DEFAULT_MAX_NAME_LEASES = 1000
-"""Leases of unauthenticated names at most: a stranger registering under ever new names
-must not reserve every port for a day (authenticated clients are not counted)."""
 
 
 class PortRefusedError(RegistrationError):
@@ -85,7 +82,7 @@ class PortAllocator:
         bind: BindAddress,
         port_range: tuple[int, int] | None,
         leases: LeaseStore,
-        max_name_leases: int = DEFAULT_MAX_NAME_LEASES,
+        max_name_leases: int,
     ) -> None:
         self.bind = bind
         self.max_name_leases = max_name_leases

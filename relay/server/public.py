@@ -16,10 +16,11 @@ from functools import partial
 import yamux
 
 from ..net import format_peer, peer_of
+from ..options import RelayOptions
 from ..pipe import PipeResult, SocketEnd, pipe
 from ..stats import RelayStats
 from ..wire.proxy_header import addresses_of, v2_header
-from .limits import IdleWatch, Limits, Slot, source_of
+from .limits import IdleWatch, Slot, source_of
 from .session import WENT_AWAY, RegisteredSession
 
 logger = logging.getLogger("relay.server")
@@ -28,13 +29,13 @@ connections_logger = logging.getLogger("relay.connections")
 
 class PublicConnections:
     """Every public connection of a relay: ``max_connections`` per session, the per-source
-    share of it, and the idle timeout of ``limits``."""
+    share of it, and the idle timeout."""
 
-    def __init__(self, stats: RelayStats, limits: Limits, max_connections: int) -> None:
+    def __init__(self, stats: RelayStats, options: RelayOptions) -> None:
         self.stats = stats
-        self.limits = limits
-        self.max_connections = max_connections
-        self._idle = IdleWatch(limits.idle_timeout, self._idle_connection)
+        self.max_connections = options.max_connections
+        self.idle_timeout = options.idle_timeout
+        self._idle = IdleWatch(options.idle_timeout, self._idle_connection)
 
     def protocol_for(self, reg: RegisteredSession) -> Callable[[], SocketEnd]:
         """The protocol factory of ``reg``'s public listener."""
@@ -97,7 +98,7 @@ class PublicConnections:
         logger.debug(
             "resetting public connection from %s: idle for %g s (--idle-timeout)",
             peer_of(end.transport) if end.transport is not None else "?",
-            self.limits.idle_timeout,
+            self.idle_timeout,
         )
         end.abort()
 

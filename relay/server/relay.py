@@ -32,10 +32,10 @@ import asyncio
 import itertools
 import logging
 import socket
-import ssl as ssl_module
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
 import yamux
 from yamux.ratelimit import RateLimitedLog
@@ -47,6 +47,8 @@ from ..net import (
     peer_of,
     resolve_bind_address,
 )
+from ..options import OptionError, RelayOptions
+from ..options.declare import takes_options
 from ..stats import RelayStats
 from ..wire.greeting import port_line
 from .admission import Admission, Refusal
@@ -54,33 +56,21 @@ from .auth import Authenticator, FailureLimiter, watch_auth_file
 from .challenge import ChallengeProtocol
 from .challenge import logger as registration_logger
 from .interface import SessionInfo
-from .leases import DEFAULT_LEASE_TTL, Identity, LeaseStore
-from .limits import Limits, Slot, SourceSlots, share, source_of
-from .ports import DEFAULT_MAX_NAME_LEASES, PortAllocator, PortRefusedError
+from .leases import Identity, LeaseStore
+from .limits import Slot, SourceSlots, share, source_of
+from .ports import PortAllocator, PortRefusedError
 from .public import PublicConnections
 from .replacement import Decision, holder_of, settle
-from .request import PROTOCOLS, SEED, ProtocolName, RegistrationRequest
+from .request import SEED, ProtocolName, RegistrationRequest
 from .session import RegisteredSession
 from .tls_listener import TLSListener
 
-__all__ = [
-    "DEFAULT_HANDSHAKE_TIMEOUT",
-    "DEFAULT_MAX_CONNECTIONS",
-    "DEFAULT_MAX_SESSIONS",
-    "PROTOCOLS",
-    "RelayServer",
-]
+__all__ = ["RelayServer"]
 
 logger = logging.getLogger("relay.server")
 
-DEFAULT_MAX_SESSIONS = 100
-DEFAULT_MAX_CONNECTIONS = 1000
-DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 LEASE_REFRESH_INTERVAL = 60.0
 """Seconds between saving "still in use" for the leases of registered sessions (at most)."""
-DEFAULT_MAX_PENDING = 1000
-"""Most control connections between accept and the end of their TLS handshake (with TLS)
-or a checked v2 response (registration v2)."""
 
 
 def _replaced(transport: asyncio.Transport, slot: Slot, task: asyncio.Task[None]) -> None:
@@ -112,85 +102,64 @@ class RelayServer:
     """``relay <port>`` as an object: ``await start()``, then ``close()`` / ``wait_closed()``.
 
     ``port`` is the control port (0: the OS chooses; see ``.port`` after start).
-    ``host`` is the bind address of the control port and of every public
-    listener (None: every interface, IPv4 and IPv6). ``port_range`` (low, high)
-    restricts public ports; None lets the OS choose. ``state_dir`` keeps the
-    port leases across relay restarts (None: in memory) and implies
+    ``options`` and the keywords are ``RelayOptions`` (``relay server``'s flags):
+    ``bind`` is the address of the control port and of every public listener
+    (None: every interface, IPv4 and IPv6), ``port_range`` restricts public
+    ports, ``state_dir`` keeps the port leases across relay restarts and implies
     registration v2; a lease unused for ``lease_ttl`` seconds ends (see
     ``relay.server.leases`` and ``relay.server.ports``).
 
-    ``protocol="v2"``, or any of ``secret`` / ``auth_clients`` / ``auth``, makes
-    the relay challenge every control connection first (registration v2, see
-    docs/protocol.md): nothing is allocated before the response is checked.
-    ``ssl`` wraps the control port (and so all relayed traffic) in TLS; a connection in
-    its handshake already counts as a pending registration (``relay.server.tls_listener``).
+    ``protocol="v2"``, or any of ``secret`` / ``secret_file`` / ``auth_file`` /
+    ``auth_clients``, makes the relay challenge every control connection first
+    (registration v2, see docs/protocol.md): nothing is allocated before the
+    response is checked. ``tls_cert`` (or ``ssl``) wraps the control port (and so
+    all relayed traffic) in TLS; a connection in its handshake already counts as a
+    pending registration (``relay.server.tls_listener``). ``auth_failures`` counts
+    failed proofs per source (a ``FailureLimiter`` of one's own, e.g. to share it).
     """
 
+    @takes_options(RelayOptions)
     def __init__(
         self,
         port: int = 0,
+        options: RelayOptions | None = None,
         *,
-        host: str | None = None,
-        port_range: tuple[int, int] | None = None,
-        max_sessions: int = DEFAULT_MAX_SESSIONS,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-        yamux_config: yamux.Config | None = None,
-        limits: Limits | None = None,
-        protocol: ProtocolName = "seed",
-        secret: str | bytes | None = None,
-        auth_clients: dict[str, object] | None = None,
-        auth: Authenticator | None = None,
-        ssl: ssl_module.SSLContext | None = None,
         auth_failures: FailureLimiter | None = None,
-        max_pending: int = DEFAULT_MAX_PENDING,
-        state_dir: str | None = None,
-        lease_ttl: float = DEFAULT_LEASE_TTL,
-        max_name_leases: int = DEFAULT_MAX_NAME_LEASES,
+        **keywords: Any,
     ) -> None:
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-        if auth is None and (secret is not None or auth_clients):
-            auth = Authenticator(secret=secret, clients=auth_clients)  # type: ignore[arg-type]
-        if lease_ttl <= 0:
-            raise ValueError(f"lease_ttl must be positive, got {lease_ttl}")
-        if port_range is not None:
-            low, high = port_range
-            if not 1 <= low <= high <= 65535:
-                raise ValueError(f"port_range must be 1 <= low <= high <= 65535, got {port_range}")
-        if max_sessions < 1 or max_connections < 1:
-            raise ValueError("max_sessions and max_connections must be at least 1")
+        checked = RelayOptions.build(options, **keywords).with_files_read()
+        protocol = checked.protocol
+        if protocol == "notify":
+            raise OptionError("protocol", "is NotifyRelay's, not RelayServer's", protocol)
+        self.options = checked
+        """As given, checked, with the secret file read and the TLS context made."""
+        self.auth: Authenticator | None = None
+        if checked.secret is not None or checked.auth_clients or checked.auth_file is not None:
+            self.auth = Authenticator(
+                secret=checked.secret, clients=checked.auth_clients, auth_file=checked.auth_file
+            )
         self._requested_port = port
-        self.host = host
-        self.port_range = port_range
-        self.max_sessions = max_sessions
-        self.max_connections = max_connections
-        self.handshake_timeout = handshake_timeout
-        self.yamux_config = yamux_config or yamux.Config()
-        self.limits = limits or Limits()
+        self.yamux_config = checked.session_config()
         self._connections_per_source = share(
-            self.limits.max_connections_per_source, max_connections
+            checked.max_connections_per_source, checked.max_connections
         )
         self.stats = RelayStats()
         """Counters for metrics (``relay.ops.metrics``)."""
-        self.public = PublicConnections(self.stats, self.limits, max_connections)
+        self.public = PublicConnections(self.stats, checked)
         self._challenge_log = RateLimitedLog(registration_logger)
         """Refused v2 registrations: a stranger must not be able to write our log."""
-        self.auth = auth
         # Leases are kept per name, which only registration v2 carries: a state dir, like
         # authentication, turns it on.
-        self.protocol = "v2" if auth is not None or state_dir is not None else protocol
-        self.ssl = ssl
+        self.protocol: ProtocolName = (
+            "v2" if self.auth is not None or checked.state_dir is not None else protocol
+        )
         self.admission = Admission(
-            max_pending=max_pending,
-            per_source=share(self.limits.max_pending_registrations_per_source, max_sessions),
+            max_pending=checked.max_pending,
+            per_source=share(checked.max_pending_registrations_per_source, checked.max_sessions),
             failures=auth_failures or FailureLimiter(),
             stats=self.stats,
             log=RateLimitedLog(logger),
         )
-        self.state_dir = state_dir
-        self.lease_ttl = lease_ttl
-        self.max_name_leases = max_name_leases
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | TLSListener | None = None
         self._ports: PortAllocator | None = None
@@ -207,8 +176,8 @@ class RelayServer:
     async def start(self) -> None:
         """Bind the control port and start accepting registrations."""
         loop = asyncio.get_running_loop()
-        self._bind = resolve_bind_address(self.host)
-        leases = LeaseStore.open(self.state_dir, self.lease_ttl)
+        self._bind = resolve_bind_address(self.options.bind)
+        leases = LeaseStore.open(self.options.state_dir, self.options.lease_ttl)
         try:
             sock = self._bind.listen(self._requested_port)
             try:
@@ -219,7 +188,9 @@ class RelayServer:
         except BaseException:
             leases.close()
             raise
-        self._ports = PortAllocator(self._bind, self.port_range, leases, self.max_name_leases)
+        self._ports = PortAllocator(
+            self._bind, self.options.port_range, leases, self.options.max_name_leases
+        )
         self._tasks.spawn(self._refresh_leases(), name="relay-leases")
         self._serving = loop.create_future()
         if self.auth is not None and self.auth.auth_file is not None:
@@ -238,11 +209,11 @@ class RelayServer:
             "bound to %s; %s; at most %d sessions of %d connections each; registration %s%s%s",
             self._bind,
             self._ports.describe(),
-            self.max_sessions,
-            self.max_connections,
+            self.options.max_sessions,
+            self.options.max_connections,
             self.protocol,
             f", {self.auth!r}" if self.auth else "",
-            ", TLS" if self.ssl else "",
+            ", TLS" if self.options.ssl else "",
         )
 
     @property
@@ -320,14 +291,14 @@ class RelayServer:
     # ----------------------------------------------------------- registering
     async def _listen(self, sock: socket.socket) -> asyncio.Server | TLSListener:
         """The control port: plain TCP, or TLS with each connection counted from accept on."""
-        if self.ssl is None:
+        if self.options.ssl is None:
             return await asyncio.get_running_loop().create_server(
                 self._control_protocol, sock=sock, backlog=LISTEN_BACKLOG
             )
         listener = TLSListener(
             sock,
-            self.ssl,
-            timeout=self.handshake_timeout,
+            self.options.ssl,
+            timeout=self.options.handshake_timeout,
             admission=self.admission,
             protocol_factory=self._control_protocol,
             log=self.admission.log,
@@ -341,7 +312,7 @@ class RelayServer:
         return ChallengeProtocol(
             auth=self.auth,
             admission=self.admission,
-            timeout=self.handshake_timeout,
+            timeout=self.options.handshake_timeout,
             accepted=self.registration_made,
             log=self._challenge_log,
         )
@@ -378,13 +349,13 @@ class RelayServer:
         if self.draining:
             self.admission.refuse(transport, peer, "draining", "relay is shutting down")
             return
-        if len(self._sessions) >= self.max_sessions:
+        if len(self._sessions) >= self.options.max_sessions:
             self.admission.refuse(
                 transport,
                 peer,
                 "relay full",
                 f"relay is full: {len(self._sessions)} sessions, the maximum "
-                f"(--max-sessions {self.max_sessions})",
+                f"(--max-sessions {self.options.max_sessions})",
             )
             return
         ports = self.allocator
@@ -465,6 +436,10 @@ class RelayServer:
 
     # ------------------------------------------- what a session needs of us
     @property
+    def handshake_timeout(self) -> float:
+        return self.options.handshake_timeout
+
+    @property
     def log(self) -> RateLimitedLog:
         return self.admission.log
 
@@ -484,7 +459,7 @@ class RelayServer:
     async def _refresh_leases(self) -> None:
         """Registered owners keep their leases fresh, so a relay crash does not age them."""
         assert self._ports is not None
-        interval = min(LEASE_REFRESH_INTERVAL, self.lease_ttl / 4)
+        interval = min(LEASE_REFRESH_INTERVAL, self.options.lease_ttl / 4)
         while True:
             await asyncio.sleep(interval)
             active = self._ports.active_keys()

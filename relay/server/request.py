@@ -15,8 +15,8 @@ from .auth import PortSet
 from .leases import Identity
 
 ProtocolName = Literal["seed", "v2"]
-PROTOCOLS: tuple[ProtocolName, ...] = ("seed", "v2")
-"""``seed``: the port line first (the Go design); ``v2``: the relay challenges first
+"""What a ``RelayServer`` speaks (``relay.options.RelayOptions.protocol`` but notify):
+``seed``, the port line first (the Go design); ``v2``, the relay challenges first
 (docs/protocol.md)."""
 
 

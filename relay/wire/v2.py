@@ -19,22 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import re
 import secrets
 from dataclasses import dataclass, field
 
-import yamux
-
-from .greeting import (
-    ERROR_PREFIX,
-    MAX_GREETING,
-    GreetingProtocol,
-    RegistrationError,
-    RelayRefusedError,
-)
-
-logger = logging.getLogger("relay.handshake")
+from ..errors import RegistrationError, RelayRefusedError
+from .greeting import ERROR_PREFIX, MAX_GREETING
 
 VERSION = 2
 """The registration version this code speaks (the seed protocol is version 1)."""
@@ -278,112 +268,3 @@ def refusal(line: bytes) -> RelayRefusedError:
     if reason.startswith(AUTH_FAILED):
         return AuthenticationError(reason)
     return RelayRefusedError(reason)
-
-
-@dataclass(frozen=True, slots=True)
-class ClientOptions:
-    """What a registering side brings to a v2 relay; all optional."""
-
-    secret: bytes | None = None
-    name: str | None = None
-    service: str | None = None
-    """One of the client's services, each with its own lease (sent if the relay offers it)."""
-    port: int | None = None
-    client_address: bool = False
-    require_v2: bool = False
-    """Refuse a seed relay (a port line first) instead of registering in seed mode."""
-
-    def __post_init__(self) -> None:
-        if self.name is not None and not NAME.fullmatch(self.name):
-            raise ValueError(f"client name {self.name!r}: use 1-64 of A-Z a-z 0-9 . _ @ -")
-        if self.service is not None and not NAME.fullmatch(self.service):
-            raise ValueError(f"service {self.service!r}: use 1-64 of A-Z a-z 0-9 . _ @ -")
-        if self.service is not None and self.name is None:
-            raise ValueError("a service name needs a client name")
-        if self.port is not None and not 1 <= self.port <= 65535:
-            raise ValueError(f"port must be 1-65535, got {self.port}")
-
-    def v2_only(self) -> list[str]:
-        """What a seed relay cannot honour (the client address is best effort: not listed)."""
-        wanted = [
-            ("a secret", self.secret is not None),
-            ("a client name", self.name is not None),
-            (f"port {self.port}", self.port is not None),
-        ]
-        return [what for what, on in wanted if on]
-
-
-class RegisteringProtocol(GreetingProtocol):
-    """The registering side: answers a v2 challenge, or takes a seed relay's port line.
-
-    After ``result`` resolves, ``version`` is 2 if a challenge was answered (1 for
-    a seed relay) and ``client_address`` says whether every stream starts with a
-    PROXY v2 header.
-    """
-
-    def __init__(self, config: yamux.Config | None, options: ClientOptions) -> None:
-        super().__init__(config)
-        self.options = options
-        self.version = 1
-        self.client_address = False
-
-    def _line_received(self, line: bytes, rest: bytes) -> None:
-        if self.version == 1 and is_challenge(line):
-            self._answer(line, rest)
-            return
-        if line.startswith(ERROR_PREFIX):
-            self._fail(refusal(line))
-            return
-        if self.version == 1 and self.options.require_v2:
-            self._fail(SeedRelayError())
-            return
-        if self.version == 1 and self.options.v2_only():
-            logger.warning(
-                "the relay speaks the seed protocol (it sent its port line without a "
-                "challenge): %s not used (they need a relay with --protocol v2 or "
-                "--state-dir)",
-                ", ".join(self.options.v2_only()),
-            )
-        super()._line_received(line, rest)
-
-    def _answer(self, line: bytes, rest: bytes) -> None:
-        options = self.options
-        if rest:
-            self._fail(HandshakeError("the relay sent data after its challenge"))
-            return
-        try:
-            challenge = parse_challenge(line)
-        except HandshakeError as exc:
-            self._fail(exc)
-            return
-        if challenge.auth_required and options.secret is None:
-            self._fail(
-                AuthenticationError(
-                    "this relay requires a secret and none is configured (--secret, "
-                    "RELAY_SECRET or secret=)",
-                    sent=False,
-                )
-            )
-            return
-        client_addr = options.client_address and FEATURE_CLIENT_ADDR in challenge.features
-        service = options.service if FEATURE_SERVICE in challenge.features else None
-        if options.service is not None and service is None:
-            logger.warning(
-                "the relay does not offer per-service identities (an older relay): service "
-                "%s shares the lease of client %s",
-                options.service,
-                options.name,
-            )
-        self.version = 2
-        self.client_address = client_addr
-        assert self.transport is not None
-        self.transport.write(
-            response_line(
-                challenge,
-                secret=options.secret if challenge.auth_required else None,
-                name=options.name,
-                service=service,
-                port=options.port,
-                client_addr=client_addr,
-            )
-        )

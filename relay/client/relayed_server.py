@@ -19,9 +19,9 @@ server.wait_endpoint()``); the forwarder is built on the same loop. With
 (a lease), so the endpoint stays the same across reconnects and restarts.
 
 Against a relay that runs registration v2 (docs/protocol.md), ``secret=``
-answers its challenge, ``public_port=`` asks for a port, ``client_address=True``
-makes ``get_extra_info("peername")`` of each stream the public client's
-address, and ``ssl=`` (an SSLContext, or True for the system CAs) wraps the
+answers its challenge, ``remote_port=`` asks for a port, the public client's
+address becomes ``get_extra_info("peername")`` of each stream, and ``ssl=``
+(an SSLContext, or True for the system CAs) or ``tls=True`` wraps the
 connection in TLS. Against a seed relay (e.g. the Go one) these are not used
 and a warning says so; ``require_v2=True`` refuses such a relay instead.
 """
@@ -29,147 +29,29 @@ and a warning says so; ``require_v2=True`` refuses such a relay instead.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import ssl as ssl_module
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import yamux
 
-from ..errors import RegistrationError, RelayClosedError, RelayDisconnectedError
+from ..errors import RegistrationError, RelayDisconnectedError
 from ..net import describe_os_error, format_endpoint
+from ..options import RegistrationOptions
+from ..options.declare import takes_options
 from ..wire.proxy_header import (
     V2_HEADER_LENGTH,
     ProxyAddresses,
-    ProxyHeaderError,
     parse_v2_fixed,
     parse_v2_payload,
 )
-from ..wire.tls import describe_tls_error
-from ..wire.v2 import ClientOptions, RegisteringProtocol
-from .reconnect import DEFAULT_RECONNECT_DELAY, DEFAULT_RECONNECT_MAX_DELAY, Backoff, RetryLog
+from .reconnect import Backoff, RetryLog
+from .register import Registration, connect
 
 logger = logging.getLogger("relay.api")
 
-DEFAULT_TIMEOUT = 10.0
-"""Seconds to connect to the relay and receive the port line."""
-
 Handler = Callable[[yamux.Stream, yamux.Stream], Awaitable[None]]
-
-
-class TLSError(RegistrationError):
-    """The TLS handshake with the relay failed (certificate not trusted, wrong host, ...)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Registration:
-    """A registered session and what was negotiated."""
-
-    session: yamux.Session
-    public_port: int
-    version: int
-    """2 if the relay challenged (registration v2), 1 for a seed relay."""
-    client_address: bool
-    """Every stream starts with a PROXY v2 header naming the public client."""
-
-
-async def register(
-    host: str,
-    port: int,
-    *,
-    config: yamux.Config | None = None,
-    connect_timeout: float = DEFAULT_TIMEOUT,
-    **kwargs: Any,
-) -> tuple[yamux.Session, int]:
-    """Register with the relay at ``host:port``: ``(yamux server session, public port)``.
-
-    The low-level call under ``start_server``: iterate the session
-    (``async for stream in session``) to get one stream per public connection.
-    Raises OSError if the relay cannot be reached, RegistrationError (a
-    ConnectionError) if it answers anything but a port (RelayRefusedError for
-    an ``error: ...`` line, AuthenticationError when it refused the secret),
-    TimeoutError after ``connect_timeout`` seconds. Takes the keyword arguments
-    of ``register_v2``; the rest go to ``loop.create_connection``.
-    """
-    registration = await register_v2(
-        host, port, config=config, connect_timeout=connect_timeout, **kwargs
-    )
-    return registration.session, registration.public_port
-
-
-async def register_v2(
-    host: str,
-    port: int,
-    *,
-    config: yamux.Config | None = None,
-    connect_timeout: float = DEFAULT_TIMEOUT,
-    secret: str | bytes | None = None,
-    name: str | None = None,
-    service: str | None = None,
-    public_port: int | None = None,
-    client_address: bool = False,
-    ssl: ssl_module.SSLContext | bool | None = None,
-    require_v2: bool = False,
-    **kwargs: Any,
-) -> Registration:
-    """``register`` with everything that was negotiated (see ``Registration``).
-
-    ``require_v2``: a relay that answers with a port line (the seed protocol)
-    raises SeedRelayError instead of registering in seed mode.
-    """
-    loop = asyncio.get_running_loop()
-    options = ClientOptions(
-        secret=secret.encode("utf-8") if isinstance(secret, str) else secret,
-        name=name,
-        service=service,
-        port=public_port,
-        client_address=client_address,
-        require_v2=require_v2,
-    )
-    protocol: RegisteringProtocol | None = None
-    endpoint = format_endpoint(host, port)
-    registered = False
-    if ssl is True:
-        ssl = ssl_module.create_default_context()
-    if ssl:
-        kwargs.setdefault("ssl_handshake_timeout", connect_timeout)
-    try:
-        async with asyncio.timeout(connect_timeout):
-            try:
-                _, protocol = await loop.create_connection(
-                    lambda: RegisteringProtocol(config, options),
-                    host,
-                    port,
-                    ssl=ssl or None,
-                    **kwargs,
-                )
-            except (ssl_module.SSLError, ConnectionResetError) as exc:
-                described = describe_tls_error(exc) if ssl else None
-                if described is None:
-                    raise
-                raise TLSError(described) from exc
-            try:
-                session, public_port_ = await protocol.result
-            except RelayClosedError as exc:
-                if not ssl or protocol.version != 1:
-                    raise
-                # A TLS 1.3 relay refuses a client certificate after the handshake, and
-                # asyncio reports its alert as a plain close: say what it most likely was.
-                raise TLSError(
-                    f"{exc}, right after the TLS handshake: does it require a client "
-                    f"certificate (--tls-cert/--tls-key) that it did not accept?"
-                ) from exc
-        registered = True
-        return Registration(session, public_port_, protocol.version, protocol.client_address)
-    except TimeoutError:
-        what = "connect to" if protocol is None else "get a port line from"
-        raise TimeoutError(
-            f"could not {what} the relay at {endpoint} within {connect_timeout:g} s"
-        ) from None
-    finally:
-        if not registered and protocol is not None:
-            protocol.abort()  # the connection, and the session if one was attached
 
 
 class RelayedServer:
@@ -188,26 +70,35 @@ class RelayedServer:
     trying from the first attempt, as the forwarder does.
     """
 
+    @takes_options(RegistrationOptions, others=True)
     def __init__(
         self,
         handler: Handler,
         relay_host: str,
         relay_port: int,
+        options: RegistrationOptions | None = None,
         *,
-        reconnect: bool = True,
         on_endpoint: Callable[[str], object] | None = None,
-        reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
-        reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY,
-        **register_kwargs: Any,
+        config: yamux.Config | None = None,
+        **keywords: Any,
     ) -> None:
+        option_keywords, connection = RegistrationOptions.split(keywords)
+        checked = RegistrationOptions.build(options, **option_keywords).with_files_read()
+        if checked.client_address is None:  # read off each stream before the handler
+            checked = dataclasses.replace(checked, client_address=True)
+        self.options = checked
+        """What every registration asks for (files already read)."""
+        self._config = config or checked.session_config()
+        """The yamux settings of every session (one window budget for all of them)."""
+        self._connection = connection
+        """Keywords for ``loop.create_connection`` (e.g. ``local_addr``)."""
         self._handler = handler
         self.relay_host = relay_host
         self.relay_port = relay_port
-        self.reconnect = reconnect
+        self.reconnect = checked.reconnect
+        """Register again when the relay is lost (the forwarder's drain turns it off)."""
         self.on_endpoint = on_endpoint
-        self.backoff = Backoff(reconnect_delay, reconnect_max_delay)
-        self.register_kwargs = register_kwargs
-        """What every registration passes to ``register_v2`` (secret, name, public_port...)."""
+        self.backoff = Backoff(checked.reconnect_delay, checked.reconnect_max_delay)
         self.session: yamux.Session | None = None
         """The current session with the relay (None before the first registration)."""
         self.public_port: int | None = None
@@ -337,7 +228,9 @@ class RelayedServer:
         return f"lost the relay at {self.relay_endpoint}: {self._lost_reason}"
 
     async def _register(self) -> Registration:
-        return await register_v2(self.relay_host, self.relay_port, **self.register_kwargs)
+        return await connect(
+            self.relay_host, self.relay_port, self.options, self._config, self._connection
+        )
 
     async def _maintain(self, session: yamux.Session | None) -> None:
         """The one reconnect loop: register, serve until the session ends, wait, again."""
@@ -439,59 +332,34 @@ class RelayedServer:
         await self._handler(reader, writer)
 
 
+@takes_options(RegistrationOptions, others=True)
 async def start_server(
     client_connected_cb: Handler,
     host: str,
     port: int,
+    options: RegistrationOptions | None = None,
     *,
-    reconnect: bool = True,
     on_endpoint: Callable[[str], object] | None = None,
-    config: yamux.Config | None = None,
-    connect_timeout: float = DEFAULT_TIMEOUT,
-    reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
-    reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY,
-    secret: str | bytes | None = None,
-    name: str | None = None,
-    service: str | None = None,
-    public_port: int | None = None,
-    client_address: bool = True,
-    ssl: ssl_module.SSLContext | bool | None = None,
-    require_v2: bool = False,
-    **kwargs: Any,
+    **keywords: Any,
 ) -> RelayedServer:
     """Register with the relay at ``host:port`` and serve each relayed connection.
 
     ``client_connected_cb(reader, writer)`` has the shape of asyncio.start_server's
     callback; the returned server exposes ``public_port`` / ``public_endpoint``.
-    With a v2 relay, ``writer.get_extra_info("peername")`` is the public client
-    (``client_address``, on by default), ``name`` keeps the public port (a lease)
-    and ``public_port`` asks for one; ``service`` names one of several services
-    of the client ``name``, each with a lease of its own; ``require_v2`` refuses a
-    seed relay (it could be a challenge stripped in transit) with SeedRelayError
-    instead of falling back to the seed protocol. The first registration raises as
-    ``register()`` does; after that the server registers again whenever the
-    relay is lost (``reconnect=False``: it stops), calling
-    ``on_endpoint(endpoint)`` each time. Extra keyword arguments go to
+    ``options`` and the keywords that name options are ``RegistrationOptions``:
+    with a v2 relay, ``writer.get_extra_info("peername")`` is the public client
+    (``client_address``, on by default), ``name`` keeps the public port (a lease),
+    ``remote_port`` asks for one, ``client_name`` says who we are at a relay with
+    an auth file (``name`` then names one of that client's services), and
+    ``require_v2`` refuses a seed relay (it could be a challenge stripped in
+    transit) with SeedRelayError instead of falling back to the seed protocol.
+    The first registration raises as ``register()`` does; after that the server
+    registers again whenever the relay is lost (``reconnect=False``: it stops),
+    calling ``on_endpoint(endpoint)`` each time. The other keywords go to
     ``loop.create_connection``.
     """
     server = RelayedServer(
-        client_connected_cb,
-        host,
-        port,
-        reconnect=reconnect,
-        on_endpoint=on_endpoint,
-        reconnect_delay=reconnect_delay,
-        reconnect_max_delay=reconnect_max_delay,
-        config=config,
-        connect_timeout=connect_timeout,
-        secret=secret,
-        name=name,
-        service=service,
-        public_port=public_port,
-        client_address=client_address,
-        ssl=ssl,
-        require_v2=require_v2,
-        **kwargs,
+        client_connected_cb, host, port, options, on_endpoint=on_endpoint, **keywords
     )
     await server.start()
     return server
@@ -512,15 +380,3 @@ async def read_client_address(stream: yamux.Stream) -> ProxyAddresses | None:
         stream.set_extra_info("peername", addresses.source)
         stream.set_extra_info("sockname", addresses.destination)
     return addresses
-
-
-__all__ = [
-    "ProxyHeaderError",
-    "Registration",
-    "RegistrationError",
-    "RelayDisconnectedError",
-    "RelayedServer",
-    "register",
-    "register_v2",
-    "start_server",
-]

@@ -1,0 +1,188 @@
+"""The relay's options: ``relay server``'s flags and ``RelayServer``'s keywords, declared once.
+
+The limits bound what a stranger can make the relay hold (see
+``relay.server.limits``): ``max_sessions`` registrations, ``max_connections``
+public connections per session, shares of both per source address, and the
+idle timeout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl as ssl_module
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Self, get_args
+
+from ..wire.tls import server_context
+from .declare import OptionError, option
+from .kinds import Choice, Instance, Integer, PortRange, Seconds, Text
+from .kinds import Path as PathKind
+from .shared import SecretError, SharedOptions, check_secret
+
+if TYPE_CHECKING:
+    from ..server.auth import AuthClient
+
+ProtocolChoice = Literal["seed", "v2", "notify"]
+"""``seed``: the port line first, then yamux (the Go design); ``v2``: the relay challenges
+first (docs/protocol.md); ``notify``: the first seed design, served by ``NotifyRelay``."""
+PROTOCOLS: tuple[ProtocolChoice, ...] = get_args(ProtocolChoice)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelayOptions(SharedOptions):
+    """How a relay runs: ``RelayServer(port, **options)``, ``relay server [OPTIONS] PORT``."""
+
+    bind: str | None = option(
+        None,
+        Text(),
+        "Address of the control port and of the public ports.  "
+        "[default: all interfaces, IPv4 and IPv6]",
+        metavar="ADDRESS",
+    )
+    port_range: tuple[int, int] | None = option(
+        None,
+        PortRange(),
+        "Open public ports only in this range, e.g. 5000-5099.  [default: any port the OS chooses]",
+    )
+    max_sessions: int = option(
+        100,
+        Integer(1),
+        "Most registered services at once; beyond it a registration gets an error line.",
+    )
+    max_connections: int = option(
+        1000,
+        Integer(1),
+        "Most open public connections per registered service; beyond it they are reset.",
+    )
+    handshake_timeout: float = option(
+        10.0,
+        Seconds(),
+        "A registering side must answer a yamux ping within this, or it is dropped.",
+        metavar="SECONDS",
+    )
+    idle_timeout: float = option(
+        # Ten minutes of no byte either way: ssh or a database connection without
+        # keepalives usually says something sooner; an idle browser connection is long gone.
+        600.0,
+        Seconds(zero_off=True),
+        "Reset a public connection that moved no byte either way for this long; 0: never.",
+        metavar="SECONDS",
+    )
+    max_connections_per_source: int | None = option(
+        None,
+        Integer(0),
+        "Most public connections per service from one address (IPv6: one /64); 0: no "
+        "limit.  [default: nine tenths of --max-connections]",
+        metavar="N",
+    )
+    max_pending_registrations_per_source: int | None = option(
+        None,
+        Integer(0),
+        "Most registrations from one address still in their handshake; 0: no limit.  "
+        "[default: nine tenths of --max-sessions]",
+        metavar="N",
+    )
+    protocol: ProtocolChoice = option(
+        PROTOCOLS[0],
+        Choice(PROTOCOLS),
+        "Registration protocol: seed is the seed's (port line, then yamux); "
+        "v2 challenges first (docs/protocol.md), implied by --secret and "
+        "--auth-file; notify is the first seed design ([NEW]<port> lines, the "
+        "server dials back, one TCP connection per client; "
+        "docs/notify-protocol.md).",
+    )
+    auth_file: str | None = option(
+        None,
+        PathKind(),
+        "TOML file of named clients, each with its own secret and the ports it may hold "
+        '([clients.NAME] secret = ..., ports = "5000-5009"). Re-read when it changes: '
+        "a removed client is disconnected.",
+        metavar="FILE",
+    )
+    tls_client_ca: str | None = option(
+        None,
+        PathKind(),
+        "Require a client certificate signed by this CA (mutual TLS; needs --tls-cert).",
+        metavar="FILE",
+    )
+    state_dir: str | None = option(
+        None,
+        PathKind("DIR"),
+        "Keep port leases here (SQLite), so services get their ports back after a relay "
+        "restart; implies --protocol v2 (names need it).  [default: leases in memory "
+        "only]",
+        metavar="DIR",
+    )
+    lease_ttl: float = option(
+        24 * 3600.0,  # frp keeps a port 24 h
+        Seconds(),
+        "A client's port stays reserved for it this long after it went away.",
+        metavar="SECONDS",
+    )
+    max_name_leases: int = option(
+        # A stranger registering under ever new names must not reserve every port for a
+        # day (authenticated clients are not counted).
+        1000,
+        Integer(0),
+        "Most leases of unauthenticated names; beyond it a new name is refused.",
+    )
+    auth_clients: Mapping[str, AuthClient] | None = option(
+        None,
+        Instance(Mapping, what="a mapping of names to clients (relay.server.auth)"),
+        "Named clients, as ``relay.server.auth.parse_auth_clients`` returns them (the "
+        "config file's [[server.clients]]); with or instead of ``auth_file``.",
+        cli=False,
+        spelled="[[server.clients]]",
+    )
+    ssl: ssl_module.SSLContext | None = option(
+        None,
+        Instance(ssl_module.SSLContext, what="an ssl.SSLContext"),
+        "The control port's TLS context, instead of one made from ``tls_cert``.",
+        cli=False,
+    )
+    max_pending: int = option(
+        1000,
+        Integer(1),
+        "Most control connections between accept and the end of their TLS handshake (with "
+        "TLS) or a checked v2 response (registration v2).",
+        cli=False,
+    )
+
+    def check_together(self) -> None:
+        super().check_together()
+        if self.secret is not None:
+            try:
+                check_secret(self.secret)
+            except SecretError as exc:
+                raise OptionError("secret", str(exc)) from None
+        if self.tls_cert is None and (self.tls_key is not None or self.tls_client_ca is not None):
+            raise OptionError(
+                "tls_key" if self.tls_key is not None else "tls_client_ca",
+                "{tls_key} and {tls_client_ca} need {tls_cert}",
+            )
+        secret = self.secret is not None or self.secret_file is not None
+        if secret and (self.auth_file is not None or self.auth_clients):
+            raise OptionError(
+                "auth_file" if self.auth_file is not None else "auth_clients",
+                "give a shared secret ({secret}, {secret_file}) or named clients "
+                "({auth_file}, {auth_clients}), not both",
+            )
+        unsupported = (self.auth_file, self.auth_clients, self.tls_cert, self.ssl, self.state_dir)
+        if self.protocol == "notify" and (secret or any(unsupported)):
+            raise OptionError(
+                "protocol",
+                "the notify protocol has no authentication, TLS or leases: drop {secret}, "
+                "{auth_file}, {auth_clients}, {tls_cert}, {state_dir}",
+                self.protocol,
+            )
+
+    def with_files_read(self) -> Self:
+        """These options with the secret file read and the TLS context made (once, here)."""
+        options = self.with_secret_read()
+        if options.ssl is None and options.tls_cert is not None:
+            context = server_context(
+                options.tls_cert, options.tls_key or options.tls_cert, options.tls_client_ca
+            )
+            options = dataclasses.replace(options, ssl=context)
+        return options
