@@ -324,10 +324,13 @@ class MetricsServer:
     def endpoint(self) -> str:
         return format_endpoint(self.host, self.port)
 
-    async def close(self) -> None:
+    def close(self) -> None:
+        """Stop listening and cancel the requests in progress (asyncio's convention)."""
         if self._server is not None:
             self._server.close()
         self._handlers.cancel()
+
+    async def wait_closed(self) -> None:
         await self._handlers.wait()
         if self._server is not None:
             await self._server.wait_closed()
@@ -406,4 +409,5 @@ async def exposed(
     try:
         yield server
     finally:
-        await server.close()
+        server.close()
+        await server.wait_closed()
