@@ -170,8 +170,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--paths",
         default="direct,go,py,py-asyncio",
         metavar="P1,P2",
-        help="paths to run, from "
-        f"{','.join(PATHS)} (default: direct,go,py,py-asyncio; base is added by --baseline)",
+        help=f"paths to run, from {','.join(PATHS)} (default: direct,go,py,py-asyncio; "
+        "--baseline adds base unless a base* path is named)",
     )
     ap.add_argument(
         "--baseline",
@@ -227,7 +227,7 @@ def check_paths_and_repeat(
     if args.baseline is not None:
         if not (args.baseline / "relay").is_dir():
             ap.error(f"--baseline {args.baseline}: no relay/ package there")
-        if "base" not in args.path_list:
+        if not any(p.startswith("base") for p in args.path_list):
             args.path_list.append("base")
     bad = [p for p in args.path_list if p not in known]
     if bad or not args.path_list:

@@ -204,7 +204,7 @@ func recvPattern(c net.Conn, total int64, buf []byte) error {
 		}
 		if err != nil {
 			if err == io.EOF && off < total {
-				return fmt.Errorf("connection closed after %d of %d echoed bytes", off, total)
+				return fmt.Errorf("connection closed after %d of %d echoed bytes: %w", off, total, io.ErrUnexpectedEOF)
 			}
 			if off < total {
 				return fmt.Errorf("read at %d of %d: %w", off, total, err)
