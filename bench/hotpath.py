@@ -259,15 +259,17 @@ def callgrind(hop: str, size: int, loop: str, n: int, workdir: Path) -> tuple[in
 def malloc_calls(path: Path) -> int:
     """Calls of ``_PyObject_Malloc`` (every pymalloc allocation) in a callgrind output file."""
     names: dict[str, str] = {}
+    """Function ids: callgrind names a function once, in a ``fn=`` or a ``cfn=`` line."""
     total = 0
     target = None
     for line in path.read_text().splitlines():
-        if line.startswith("cfn="):
-            m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line)
+        if line.startswith(("fn=", "cfn=")):
+            m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
             if m:
                 if m.group(2):
                     names[m.group(1)] = m.group(2)
-                target = names.get(m.group(1))
+                if line.startswith("cfn="):
+                    target = names.get(m.group(1))
         elif line.startswith("calls=") and target == "_PyObject_Malloc":
             total += int(line[6:].split()[0])
     return total
