@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 if not __package__:  # run as `python bench/hotpath.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -58,6 +58,14 @@ class CountingTransport(asyncio.Transport):
         super().__init__()
         self.written = 0
         self._closing = False
+        self._protocol: asyncio.BaseProtocol | None = None
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self._protocol is not None
+        return self._protocol
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += len(data)
@@ -104,8 +112,9 @@ class Rig:
         self.payload = bytes(size)
         self.control = CountingTransport()
         self.public = CountingTransport()
-        self.session = yamux.Session(client=True)
-        self.session.connection_made(self.control)
+        self.session = yamux.Session.attach(self.control, client=True)
+        self.protocol = cast(asyncio.Protocol, self.control.get_protocol())
+        """The session's protocol: what the transport feeds (``data_received``)."""
         self.end = SocketEnd()
         self.end.connection_made(self.public)
         self.stream_id = 0
@@ -118,7 +127,7 @@ class Rig:
     async def start(self) -> None:
         stream = await self.session.open_stream()
         self.stream_id = sid = stream.id
-        self.session.data_received(encode_header(FrameType.WINDOW_UPDATE, Flag.ACK, sid, 0))
+        self.protocol.data_received(encode_header(FrameType.WINDOW_UPDATE, Flag.ACK, sid, 0))
         self._pipe = asyncio.get_running_loop().create_task(pipe(self.end, stream))
         await asyncio.sleep(0)  # the pipe splices the socket end to the stream
         self.frame = encode_header(FrameType.DATA, 0, sid, len(self.payload)) + self.payload
@@ -128,13 +137,14 @@ class Rig:
         if self._pipe is not None:
             self._pipe.cancel()
             await asyncio.gather(self._pipe, return_exceptions=True)
-        self.session.connection_lost(None)
+        self.protocol.connection_lost(None)  # as the transport would once closed
+        await self.session.wait_closed()
 
     def hop(self, name: str) -> Callable[[int], None]:
         """``run(n)``: n messages over the hop ``name``."""
         if name == "socket-to-frame":
             data_received = self.end.data_received
-            session_received = self.session.data_received
+            session_received = self.protocol.data_received
             payload, window_update = self.payload, self.window_update
             size = len(payload)
 
@@ -149,7 +159,7 @@ class Rig:
                 self.used = used
 
             return socket_to_frame
-        session_received = self.session.data_received
+        session_received = self.protocol.data_received
         frame = self.frame
 
         def frame_to_socket(n: int) -> None:
