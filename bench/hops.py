@@ -14,7 +14,13 @@ relay + forwarder pair as ``python -m bench`` does, then:
   a *wake* segment is from the write that sent the bytes to the first system
   call of the process that receives them (loopback delivery plus scheduling),
   a *hop* segment from there to the write that passes them on (reading, our
-  code, up to the write system call).
+  code, up to the write system call);
+* for a sequential connection (connect, 64-byte exchange, close), follows each
+  one from the client's connect(): relay accepts, writes the SYN frame,
+  forwarder reads it and connects to the service, writes the request, ... the
+  client reads the answer; and after the client's close() the FIN frame, the
+  forwarder's shutdown of the service socket and the relay's close of the
+  public socket (see ``follow_connections``).
 
     python -m bench.hops                          # latency: per-hop times and counts per op
     python -m bench.hops --workload connseq --paths py,py-asyncio
@@ -39,6 +45,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 if not __package__:  # run as `python bench/hops.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -76,6 +83,21 @@ SEGMENTS = (
     "wake client",
     "round trip",
 )
+CONNECTION_SEGMENTS = (
+    "client connect -> relay accepts",
+    "relay: accept -> first frame written (SYN)",
+    "wake forwarder (SYN)",
+    "forwarder: SYN read -> connect() to the service",
+    "forwarder: connect() -> request written to the service",
+    "echo server: request written -> answer written",
+    "forwarder: answer written -> its frame written",
+    "relay: frame written -> answer written to the client",
+    "wake client",
+    "client: connect -> answer read",
+    "after the client's close: relay's FIN frame written",
+    "  then the forwarder shuts the service socket down",
+    "after the client's close: relay closes the public socket",
+)
 _LINE = re.compile(
     r"\s*\S+\s+(\d+)/(\d+)\s+([\d.]+):\s+raw_syscalls:sys_(enter|exit):\s+NR (\d+) (.*)"
 )
@@ -83,26 +105,39 @@ _LINE = re.compile(
 
 @dataclass
 class Calls:
-    """One process's reads (exit, bytes > 0), writes (enter, exit) and wake-ups, in time order."""
+    """One process's system calls that matter here, in time order (any thread)."""
 
     times: list[float] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
-    """"p" poll returned events, "r" read returned bytes, "w" write entered, "W" write exited."""
+    """"p" poll returned events, "r" read returned bytes, "w"/"W" write entered/exited,
+    "accept" and "socket" returned a descriptor, "connect", "close", "shutdown" entered."""
+    fds: list[int] = field(default_factory=list)
+    """The descriptor each call was about (the one returned, for accept and socket)."""
 
-    def next(self, after: float, kinds: str) -> float:
+    def next(self, after: float, kinds: str | tuple[str, ...], fd: int | None = None) -> float:
+        return self.next_call(after, kinds, fd)[0]
+
+    def next_call(
+        self, after: float, kinds: str | tuple[str, ...], fd: int | None = None
+    ) -> tuple[float, int]:
+        """(time, descriptor) of the first call of one of ``kinds`` after ``after``."""
+        wanted = (kinds,) if isinstance(kinds, str) else kinds
         i = bisect.bisect_right(self.times, after)
         while i < len(self.times):
-            if self.kinds[i] in kinds:
-                return self.times[i]
+            if self.kinds[i] in wanted and (fd is None or self.fds[i] == fd):
+                return self.times[i], self.fds[i]
             i += 1
         raise LookupError
 
 
+ENTERED: Final = {42: "connect", 3: "close", 48: "shutdown"}
+RETURNED: Final = {43: "accept", 288: "accept", 41: "socket"}
+
+
 def parse_trace(text: str, pids: set[int]) -> dict[int, Calls]:
     """The calls of ``pids`` (any thread) from ``perf script --ns`` output."""
-    calls = {pid: Calls() for pid in pids}
     entered: dict[int, int] = {}
-    events: dict[int, list[tuple[float, str]]] = {pid: [] for pid in pids}
+    events: dict[int, list[tuple[float, str, int]]] = {pid: [] for pid in pids}
     for line in text.splitlines():
         m = _LINE.match(line)
         if m is None or int(m.group(1)) not in pids:
@@ -115,22 +150,27 @@ def parse_trace(text: str, pids: set[int]) -> dict[int, Calls]:
             int(m.group(5)),
         )
         if way == "enter":
-            entered[tid] = nr
+            fd = int(m.group(6).strip("()").split(",")[0], 16)
+            entered[tid] = fd
             if nr in WRITES:
-                events[pid].append((when, "w"))
+                events[pid].append((when, "w", fd))
+            elif nr in ENTERED:
+                events[pid].append((when, ENTERED[nr], fd))
             continue
-        entered.pop(tid, None)
+        fd = entered.pop(tid, -1)
         ret = int(m.group(6).split("=")[1])
         if nr in WRITES:
-            events[pid].append((when, "W"))
+            events[pid].append((when, "W", fd))
         elif ret > 0 and nr in READS:
-            events[pid].append((when, "r"))
+            events[pid].append((when, "r", fd))
         elif ret > 0 and nr in POLLS:
-            events[pid].append((when, "p"))
+            events[pid].append((when, "p", fd))
+        elif ret >= 0 and nr in RETURNED:
+            events[pid].append((when, RETURNED[nr], ret))
+    calls = {}
     for pid, evs in events.items():
         evs.sort()
-        calls[pid].times = [t for t, _ in evs]
-        calls[pid].kinds = [k for _, k in evs]
+        calls[pid] = Calls([t for t, _, _ in evs], [k for _, k, _ in evs], [f for _, _, f in evs])
     return calls
 
 
@@ -144,19 +184,19 @@ def follow(
         if c.kinds[i] != "w":
             continue
         try:
-            r_wake = r.next(t0, "pr")
+            r_wake = r.next(t0, ("p", "r"))
             r_read = r.next(t0, "r")
             r_write = r.next(r_read, "w")
             r_written = r.next(r_write, "W")
-            f_wake = f.next(r_write, "pr")
+            f_wake = f.next(r_write, ("p", "r"))
             f_read = f.next(r_write, "r")
             f_write = f.next(f_read, "w")
             e_read = e.next(f_write, "r")
             e_write = e.next(e_read, "w")
-            f_wake2 = f.next(e_write, "pr")
+            f_wake2 = f.next(e_write, ("p", "r"))
             f_read2 = f.next(e_write, "r")
             f_write2 = f.next(f_read2, "w")
-            r_wake2 = r.next(f_write2, "pr")
+            r_wake2 = r.next(f_write2, ("p", "r"))
             r_read2 = r.next(f_write2, "r")
             r_write2 = r.next(r_read2, "w")
             c_read = c.next(r_write2, "r")
@@ -178,6 +218,62 @@ def follow(
             c_read - t0,
         ]
         if min(points) >= 0 and points[-1] < 0.01:  # a request that was followed to its end
+            out.append([p * 1e6 for p in points])
+    return out
+
+
+def follow_connections(
+    calls: dict[int, Calls], client: int, relay: int, fwd: int, echo: int
+) -> list[list[float]]:
+    """Each sequential connection's segments in microseconds (CONNECTION_SEGMENTS order).
+
+    A connection is followed from the client's connect(): the relay's accept
+    (whose descriptor is the public socket), its first write (the SYN frame),
+    the forwarder's read of it, its socket() and connect() to the service, its
+    first write on that socket, the echo server's answer, the forwarder's next
+    write (the frame), the relay's write on the public socket, the client's read;
+    then from the client's close(): the relay's next write (FIN frame), the
+    forwarder's shutdown() of the service socket, the relay's close() of the
+    public socket.
+    """
+    out = []
+    c, r, f, e = calls[client], calls[relay], calls[fwd], calls[echo]
+    for i, t0 in enumerate(c.times):
+        if c.kinds[i] != "connect":
+            continue
+        try:
+            accepted, public = r.next_call(t0, "accept")
+            syn = r.next(accepted, "w")
+            f_read = f.next(syn, "r")
+            _, local = f.next_call(f_read, "socket")
+            f_connect = f.next(f_read, "connect")
+            f_request = f.next(f_connect, "w", local)
+            e_answer = e.next(f_request, "w")
+            f_frame = f.next(e_answer, "w")
+            r_answer = r.next(f_frame, "w", public)
+            c_read = c.next(r_answer, "r")
+            c_close = c.next(c_read, "close")
+            r_fin = r.next(c_close, "w")
+            f_shutdown = f.next(r_fin, "shutdown", local)
+            r_close = r.next(c_close, "close", public)
+        except LookupError:
+            continue
+        points = [
+            accepted - t0,
+            syn - accepted,
+            f_read - syn,
+            f_connect - f_read,
+            f_request - f_connect,
+            e_answer - f_request,
+            f_frame - e_answer,
+            r_answer - f_frame,
+            c_read - r_answer,
+            c_read - t0,
+            r_fin - c_close,
+            f_shutdown - r_fin,
+            r_close - c_close,
+        ]
+        if min(points) >= 0 and points[9] < 0.05:
             out.append([p * 1e6 for p in points])
     return out
 
@@ -250,8 +346,11 @@ def counts_per_op(env: Env, pair: Pair, workload: str, n: int, workdir: Path) ->
     return out
 
 
-def hop_times(env: Env, pair: Pair, echo: Proc, n: int, workdir: Path) -> list[float]:
-    """Median microseconds per segment of ``n`` round trips, from a system-wide syscall trace."""
+def hop_times(
+    env: Env, pair: Pair, echo: Proc, workload: str, n: int, workdir: Path
+) -> list[float]:
+    """Median microseconds per segment of ``n`` operations, from a system-wide syscall trace;
+    the last item is how many operations were followed."""
     data = workdir / "trace.data"
     recorder = subprocess.Popen(
         [
@@ -269,7 +368,7 @@ def hop_times(env: Env, pair: Pair, echo: Proc, n: int, workdir: Path) -> list[f
     )
     try:
         time.sleep(1.0)  # perf sets up its buffers on every CPU first
-        client = run_loadgen(env, loadgen_args("latency", n, pair.endpoint))
+        client = run_loadgen(env, loadgen_args(workload, n, pair.endpoint))
     finally:
         recorder.send_signal(signal.SIGINT)
         recorder.wait(60)
@@ -281,9 +380,10 @@ def hop_times(env: Env, pair: Pair, echo: Proc, n: int, workdir: Path) -> list[f
     ).stdout
     data.unlink()
     pids = {client.pid, pair.relay.pid, pair.forwarder.pid, echo.pid}
-    rows = follow(parse_trace(text, pids), client.pid, pair.relay.pid, pair.forwarder.pid, echo.pid)
+    how = follow if workload == "latency" else follow_connections
+    rows = how(parse_trace(text, pids), client.pid, pair.relay.pid, pair.forwarder.pid, echo.pid)
     if not rows:
-        raise BenchError("no round trip could be followed through the trace")
+        raise BenchError(f"no {workload} operation could be followed through the trace")
     return [statistics.median(col) for col in zip(*rows, strict=True)] + [float(len(rows))]
 
 
@@ -311,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = Env(logdir=workdir, python=args.python, quick=True)
     counts: dict[str, dict[str, float]] = {}
     hops: dict[str, list[float]] = {}
+    """Per path: the median of each segment, then the number of operations followed."""
     try:
         if not args.no_build:
             build_go()
@@ -321,8 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pair = start_pair(env, path, env.echo_addr)
             try:
                 counts[path] = counts_per_op(env, pair, args.workload, args.n, workdir)
-                if args.workload == "latency":
-                    hops[path] = hop_times(env, pair, echo, args.n, workdir)
+                hops[path] = hop_times(env, pair, echo, args.workload, args.n, workdir)
             finally:
                 stop(pair.forwarder)
                 stop(pair.relay)
@@ -339,11 +439,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"## Per {per}: relay and forwarder (perf stat, {args.n} operations)\n")
     keys = list(next(iter(counts.values())))
     print(table(["per op", *titles], [[k] + [f"{counts[p][k]:.1f}" for p in paths] for k in keys]))
-    if hops:
-        followed = ", ".join(f"{PATH_TITLES[p]} {hops[p][-1]:.0f}" for p in paths)
-        print(f"\n## Per hop, median microseconds (round trips followed: {followed})\n")
-        rows = [[seg] + [f"{hops[p][i]:.1f}" for p in paths] for i, seg in enumerate(SEGMENTS)]
-        print(table(["segment", *titles], rows))
+    followed = ", ".join(f"{PATH_TITLES[p]} {hops[p][-1]:.0f}" for p in paths)
+    what = "hop" if args.workload == "latency" else "step of a connection"
+    print(f"\n## Per {what}, median microseconds ({per}s followed: {followed})\n")
+    segments = SEGMENTS if args.workload == "latency" else CONNECTION_SEGMENTS
+    rows = [[seg] + [f"{hops[p][i]:.1f}" for p in paths] for i, seg in enumerate(segments)]
+    print(table(["segment", *titles], rows))
     return 0
 
 
