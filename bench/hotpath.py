@@ -11,12 +11,13 @@ written, and times each hop alone::
     python -m bench.hotpath                      # ns per message and calls per message
     python -m bench.hotpath --size 1024 --n 50000
     python -m bench.hotpath --callgrind          # also CPU instructions per message
+    python -m bench.hotpath --functions 20       # and where the bytecodes of a message go
 
-Nanoseconds depend on the machine and its load; calls, instructions
-(``--callgrind``: ``valgrind --tool=callgrind`` runs of two lengths, the
-difference divided by the extra messages, so start-up cancels out) and
-pymalloc allocations per message do not, so they show an optimisation's effect
-on a shared machine. The peer's window updates are fed as a real peer would
+Nanoseconds depend on the machine and its load; calls, bytecodes (an opcode
+trace hook), instructions (``--callgrind``: ``valgrind --tool=callgrind`` runs
+of two lengths, the difference divided by the extra messages, so start-up
+cancels out) and pymalloc allocations per message do not, so they show an
+optimisation's effect on a shared machine. The peer's window updates are fed as a real peer would
 send them (one per 128 KiB), so their cost is in the figures, amortised. What
 the event loop and the kernel add per message (wake-ups, reads, writes) is not
 here: see bench/RESULTS.md for how that was measured on the real processes.
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -189,6 +191,30 @@ def count_calls(run: Callable[[int], None], n: int) -> tuple[float, float]:
     return (counts["call"] - 1) / n, (counts["c_call"] - 2) / n
 
 
+def count_bytecodes(run: Callable[[int], None], n: int) -> dict[str, float]:
+    """Bytecodes per message by function (``file:function``), from an opcode trace hook."""
+    counts: dict[str, int] = {}
+
+    def local(frame: types.FrameType, event: str, arg: Any) -> Any:
+        if event == "opcode":
+            code = frame.f_code
+            name = f"{Path(code.co_filename).name}:{code.co_name}"
+            counts[name] = counts.get(name, 0) + 1
+        return local
+
+    def tracer(frame: types.FrameType, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        return local
+
+    sys.settrace(tracer)
+    try:
+        run(n)
+    finally:
+        sys.settrace(None)
+    return {name: count / n for name, count in counts.items()}
+
+
 async def measure(hops: list[str], size: int, n: int, repeat: int) -> list[dict[str, Any]]:
     out = []
     for name in hops:
@@ -210,6 +236,7 @@ async def measure(hops: list[str], size: int, n: int, repeat: int) -> list[dict[
             if name == "frame-to-socket" and public != repeat * n * size:
                 raise RuntimeError(f"{name}: {public} bytes reached the socket, {expected}")
             py_calls, c_calls = count_calls(run, min(n, 5000))
+            bytecodes = count_bytecodes(run, min(n, 2000))
         finally:
             await rig.stop()
         out.append(
@@ -219,6 +246,7 @@ async def measure(hops: list[str], size: int, n: int, repeat: int) -> list[dict[
                 "ns_median": statistics.median(times),
                 "py_calls": py_calls,
                 "c_calls": c_calls,
+                "bytecodes": bytecodes,
             }
         )
     return out
@@ -304,6 +332,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also count instructions and allocations per message (valgrind; a minute or two)",
     )
+    ap.add_argument(
+        "--functions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also list the N functions with the most bytecodes per message, per hop",
+    )
     ap.add_argument("--run-only", choices=HOPS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not 0 < args.size <= 256 * 1024:
@@ -336,7 +371,14 @@ def main(argv: list[str] | None = None) -> int:
         f"## Hot path, {args.size}-byte messages, {args.loop}, Python "
         f"{sys.version.split()[0]}, pid {os.getpid()}\n"
     )
-    heads = ["hop", "ns/msg (best)", "ns/msg (median)", "Python calls/msg", "builtin calls/msg"]
+    heads = [
+        "hop",
+        "ns/msg (best)",
+        "ns/msg (median)",
+        "Python calls/msg",
+        "builtin calls/msg",
+        "bytecodes/msg",
+    ]
     if args.callgrind:
         heads += ["instructions/msg", "pymalloc allocations/msg"]
     print("| " + " | ".join(heads) + " |")
@@ -348,10 +390,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['ns_median']:.0f}",
             f"{row['py_calls']:.1f}",
             f"{row['c_calls']:.1f}",
+            f"{sum(row['bytecodes'].values()):.0f}",
         ]
         if args.callgrind:
             cells += [f"{row['instructions']:.0f}", f"{row['mallocs']:.1f}"]
         print("| " + " | ".join(cells) + " |")
+    for row in rows if args.functions else []:
+        print(f"\n{row['hop']}, bytecodes per message (this file's rig included):\n")
+        ranked = sorted(row["bytecodes"].items(), key=lambda kv: -kv[1])[: args.functions]
+        print("| function | bytecodes |\n|---|---|")
+        for name, count in ranked:
+            print(f"| {name} | {count:.1f} |")
     return 0
 
 
