@@ -26,7 +26,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 if not __package__:  # run as a file: as the launcher of a relay process, or by hand
@@ -46,13 +46,13 @@ _STDLIB = sysconfig.get_paths()["stdlib"] + "/"
 def launch(outdir: Path, relay_args: list[str]) -> None:
     """Run ``python -m relay RELAY_ARGS`` counting bytecodes per function; write them to
     ``outdir/PID.json`` when it exits (SIGTERM ends it the usual way)."""
-    counts: Counter[str] = Counter()
+    counts: dict[CodeType, int] = {}
     root = str(REPO) + "/"
 
     def local(frame: FrameType, event: str, arg: Any) -> Any:
         if event == "opcode":
             code = frame.f_code
-            counts[f"{code.co_filename}:{code.co_name}"] += 1
+            counts[code] = counts.get(code, 0) + 1
         return local
 
     def tracer(frame: FrameType, event: str, arg: Any) -> Any:
@@ -68,9 +68,11 @@ def launch(outdir: Path, relay_args: list[str]) -> None:
         pass
     finally:
         sys.settrace(None)
-        short = Counter(
-            {name.removeprefix(root).removeprefix(_STDLIB): n for name, n in counts.items()}
-        )
+        short: Counter[str] = Counter()
+        for code, n in counts.items():
+            short[
+                f"{code.co_filename.removeprefix(root).removeprefix(_STDLIB)}:{code.co_name}"
+            ] += n
         (outdir / f"{os.getpid()}.json").write_text(json.dumps(short))
 
 

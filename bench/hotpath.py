@@ -193,13 +193,12 @@ def count_calls(run: Callable[[int], None], n: int) -> tuple[float, float]:
 
 def count_bytecodes(run: Callable[[int], None], n: int) -> dict[str, float]:
     """Bytecodes per message by function (``file:function``), from an opcode trace hook."""
-    counts: dict[str, int] = {}
+    counts: dict[types.CodeType, int] = {}
 
     def local(frame: types.FrameType, event: str, arg: Any) -> Any:
         if event == "opcode":
             code = frame.f_code
-            name = f"{Path(code.co_filename).name}:{code.co_name}"
-            counts[name] = counts.get(name, 0) + 1
+            counts[code] = counts.get(code, 0) + 1
         return local
 
     def tracer(frame: types.FrameType, event: str, arg: Any) -> Any:
@@ -212,7 +211,11 @@ def count_bytecodes(run: Callable[[int], None], n: int) -> dict[str, float]:
         run(n)
     finally:
         sys.settrace(None)
-    return {name: count / n for name, count in counts.items()}
+    named: dict[str, float] = {}
+    for code, count in counts.items():
+        name = f"{Path(code.co_filename).name}:{code.co_name}"
+        named[name] = named.get(name, 0.0) + count / n
+    return named
 
 
 async def measure(hops: list[str], size: int, n: int, repeat: int) -> list[dict[str, Any]]:
