@@ -18,7 +18,12 @@ from typing import Any, Final
 from bench.services import PATH_TITLES
 from bench.workloads import Workload
 
-RATIOS: Final = (("py", "go"), ("py", "base"))
+RATIOS: Final = (
+    ("py", "go"),
+    ("py-asyncio", "go"),
+    ("py", "base"),
+    ("py-asyncio", "base-asyncio"),
+)
 """(numerator, denominator) path pairs that get a ratio column when both were run."""
 
 
@@ -27,7 +32,13 @@ def ratio_pairs(paths: list[str]) -> list[tuple[str, str]]:
 
 
 def ratio_title(pair: tuple[str, str]) -> str:
-    short = {"py": "project", "go": "Go", "base": "baseline"}
+    short = {
+        "py": "project",
+        "py-asyncio": "project asyncio",
+        "go": "Go",
+        "base": "baseline",
+        "base-asyncio": "baseline asyncio",
+    }
     return f"ratio {short[pair[0]]}/{short[pair[1]]}"
 
 
@@ -105,7 +116,25 @@ def summarize(
             num, den = cpu_sum(crow[a]), cpu_sum(crow[b])
             crow["ratios"][f"{a}/{b}"] = num / den if den and num is not None else None
         cpu_rows.append(crow)
-    return {"rows": rows, "cpu_rows": cpu_rows, "repeat": repeat}
+    return {"rows": rows, "cpu_rows": cpu_rows, "repeat": repeat, "notes": notes(wls, paths, runs)}
+
+
+def notes(wls: list[Workload], paths: list[str], runs: list[dict[str, Any]]) -> list[str]:
+    """Every run of a workload with a ``detail`` in words, for paths where any run had one
+    worth telling (not "no errors")."""
+    out = []
+    for wl in wls:
+        if wl.detail is None:
+            continue
+        for p in paths:
+            told = [
+                (r["rep"], wl.detail(r["result"]))
+                for r in runs
+                if r["workload"] == wl.name and r["path"] == p and r["ok"]
+            ]
+            if any(text != "no errors" for _, text in told):
+                out += [f"{wl.name}, {PATH_TITLES[p]}, rep {rep + 1}: {text}" for rep, text in told]
+    return out
 
 
 def fmt_cell(cell: dict[str, Any] | None, fmt: str) -> str:
@@ -188,6 +217,11 @@ def render(summary: dict[str, Any], machine: dict[str, Any], paths: list[str]) -
                 cells += [fmt_num(crow[p]["relay"]), fmt_num(crow[p]["forwarder"])]
             cells += [fmt_ratio(crow["ratios"][f"{a}/{b}"]) for a, b in pairs]
             out.append("| " + " | ".join(cells) + " |")
+    if summary.get("notes"):
+        out.append("")
+        out.append("Failed connections of the bursts, by kind:")
+        out.append("")
+        out += [f"- {note[:400]}" for note in summary["notes"]]
     failures = [
         (row["label"], p, e)
         for row in summary["rows"]

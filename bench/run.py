@@ -10,8 +10,9 @@ Run from the repository root::
 
 Every workload runs on each path -- ``direct`` (the load generator talks to the
 echo server itself), ``go`` (interop/build/go-relay + go-forwarder), ``py``
-(``python -m relay`` as relay and as forwarder) and, with ``--baseline``,
-``base`` (the same from another source tree) -- alternating the paths within
+(``python -m relay`` as relay and as forwarder, uvloop when installed),
+``py-asyncio`` (the same on plain asyncio) and, with ``--baseline``, ``base``
+(the same from another source tree) -- alternating the paths within
 each repetition; a fresh relay + forwarder pair is started for every run and
 killed after it. The load comes from the Go program interop/go/loadgen, the echo
 service is interop/go/echo-server, redis numbers come from Debian's redis-server
@@ -59,8 +60,9 @@ from bench.services import (
     probe_tree,
     start_echo,
     start_redis,
+    tree_of,
 )
-from bench.workloads import Workload, workloads
+from bench.workloads import CPU_PER_CONN, Workload, workloads
 from testkit.procs import ProcessError, raise_nofile
 
 
@@ -73,6 +75,8 @@ def measure(env: Env, wl: Workload, addr: str, pair: Pair | None) -> dict[str, A
             if not p.alive():
                 raise BenchError(f"{p.name} died during the run: {p.tail()}")
             res[f"{role}_cpu_s"] = p.cpu_seconds() - cpu0[p.name]
+        if res.get("ops"):
+            res[CPU_PER_CONN] = (res["relay_cpu_s"] + res["forwarder_cpu_s"]) / res["ops"] * 1e6
     return res
 
 
@@ -80,7 +84,7 @@ def run_one(env: Env, wl: Workload, path: str) -> dict[str, Any]:
     """One workload on one path: fresh relay pair, CPU before/after, stop everything."""
     target = env.redis_addr if wl.name == "redis" else env.echo_addr
     t0 = time.monotonic()
-    with path_endpoint(env, path, target) as pair:
+    with path_endpoint(env, path, target, wl.defaults) as pair:
         res = measure(env, wl, pair.endpoint if pair else target, pair)
     res["wall_s"] = time.monotonic() - t0
     return res
@@ -133,17 +137,21 @@ def run_alternating(
 
 
 def probe_trees(env: Env, paths: list[str], baseline: Path | None) -> dict[str, str]:
-    """Find the relay of this tree (and of --baseline); return the paths that cannot run."""
+    """Find the relay of this tree (and of --baseline); return the paths that cannot run.
+
+    ``paths`` may name a tree's variants (``py-asyncio``): each tree is probed once.
+    """
     unusable: dict[str, str] = {}
-    for path, root in (("py", REPO), ("base", baseline)):
-        if path not in paths or root is None:
+    for name, root in (("py", REPO), ("base", baseline)):
+        variants = [p for p in paths if tree_of(p) == name]
+        if not variants or root is None:
             continue
         try:
-            env.trees[path] = tree = probe_tree(env, root)
-            log(f"{path}: {tree.module_file}")
+            env.trees[name] = tree = probe_tree(env, root)
+            log(f"{name}: {tree.module_file}")
         except BenchError as exc:
             # Still measure the other paths; every run of this one is reported as failed.
-            unusable[path] = str(exc)
+            unusable.update(dict.fromkeys(variants, str(exc)))
             log(f"the relay of {root} cannot run: {exc}")
     return unusable
 
@@ -160,9 +168,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", metavar="W1,W2", help=f"workloads to run: {','.join(names)}")
     ap.add_argument(
         "--paths",
-        default="direct,go,py",
+        default="direct,go,py,py-asyncio",
         metavar="P1,P2",
-        help="paths to run (default: direct,go,py; base is added by --baseline)",
+        help=f"paths to run, from {','.join(PATHS)} (default: direct,go,py,py-asyncio; "
+        "--baseline adds base unless a base* path is named)",
     )
     ap.add_argument(
         "--baseline",
@@ -187,8 +196,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--event-loop",
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
-        help="event loop of the project's relay and forwarder (default auto: "
-        "uvloop when installed)",
+        help="event loop of the project's relay and forwarder on paths py and base (default "
+        "auto: uvloop when installed); paths py-asyncio and base-asyncio always use asyncio",
     )
     ap.add_argument(
         "--no-build",
@@ -218,13 +227,14 @@ def check_paths_and_repeat(
     if args.baseline is not None:
         if not (args.baseline / "relay").is_dir():
             ap.error(f"--baseline {args.baseline}: no relay/ package there")
-        if "base" not in args.path_list:
+        if not any(p.startswith("base") for p in args.path_list):
             args.path_list.append("base")
     bad = [p for p in args.path_list if p not in known]
     if bad or not args.path_list:
         ap.error(f"unknown path(s) {', '.join(bad)}; choose from {', '.join(known)}")
-    if "base" in args.path_list and args.baseline is None:
-        ap.error("path `base` needs --baseline PATH")
+    needs_base = [p for p in args.path_list if p.startswith("base")]
+    if needs_base and args.baseline is None:
+        ap.error(f"path `{needs_base[0]}` needs --baseline PATH")
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     if args.repeat < 1:

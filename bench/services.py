@@ -3,8 +3,10 @@
 A *path* names what stands between the load generator and the service:
 ``direct`` (nothing), ``go`` (interop/go's go-relay + go-forwarder on
 hashicorp/yamux), ``py`` (``python -m relay`` of this tree as relay and as
-forwarder) and ``base`` (the same from the ``--baseline`` source tree). A
-fresh pair is started for every run and stopped after it.
+forwarder, on the ``--event-loop`` of the bench: uvloop when installed),
+``py-asyncio`` (the same on plain asyncio) and ``base`` / ``base-asyncio``
+(the same from the ``--baseline`` source tree). A fresh pair is started for
+every run and stopped after it.
 
 Where each program runs is a ``Host``: loopback for ``python -m bench``, a
 network namespace (``ip netns exec NS ...``) for ``python -m bench --wan``.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -33,13 +36,34 @@ from bench.processes import (
 from testkit.ports import free_port
 from testkit.procs import Proc
 
-PATHS: Final = ("direct", "go", "py", "base")
+PATHS: Final = ("direct", "go", "py", "py-asyncio", "base", "base-asyncio")
 PATH_TITLES: Final = {
     "direct": "direct",
     "go": "Go relay",
     "py": "project relay",
+    "py-asyncio": "project relay, asyncio",
     "base": "baseline relay",
+    "base-asyncio": "baseline relay, asyncio",
 }
+ASYNCIO_SUFFIX: Final = "-asyncio"
+DEFAULT_SHELL_NOFILE: Final = 1024
+"""The soft RLIMIT_NOFILE a login shell or a systemd service gets by default: the relays
+of a run "with default settings" start with it (what they raise themselves is theirs)."""
+
+
+def default_shell_nofile() -> int:
+    """DEFAULT_SHELL_NOFILE, or the hard limit if that is lower."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return (
+        DEFAULT_SHELL_NOFILE if hard == resource.RLIM_INFINITY else min(hard, DEFAULT_SHELL_NOFILE)
+    )
+
+
+def tree_of(path: str) -> str:
+    """The source tree a path's relay comes from: ``py`` or ``base``."""
+    return path.removesuffix(ASYNCIO_SUFFIX)
+
+
 SERVING: Final = r"Serving relay requests on port (\d+)"
 ENDPOINT: Final = r"^(\S+:\d+)\s*$"
 
@@ -103,9 +127,10 @@ class Env:
     echo_addr: str = ""
     redis_addr: str = ""
     py_loop: str = "auto"
-    """--event-loop of the project's relay and forwarder: auto (uvloop if installed), asyncio."""
+    """--event-loop of the project's relay and forwarder on paths ``py`` and ``base``: auto
+    (uvloop if installed), asyncio, uvloop. Paths ``*-asyncio`` always use asyncio."""
     trees: dict[str, PyTree] = field(default_factory=dict)
-    """Path name ("py", "base") -> the source tree its relay comes from."""
+    """Tree name ("py", "base") -> the source tree; see ``tree_of``."""
     client: Host = LOOPBACK
     """Where the load generators run."""
 
@@ -202,14 +227,25 @@ def probe_tree(env: Env, root: Path) -> PyTree:
     return tree
 
 
-def relay_options(tree: PyTree, bind: str) -> list[str]:
+def relay_options(tree: PyTree, bind: str, defaults: bool = False) -> list[str]:
+    """``defaults``: the relay's own connection limits (else lifted for the idle workload)."""
     opts = []
     if tree.has_option("--bind"):
         opts += ["--bind", bind]
-    if tree.has_option("--max-connections"):
+    if tree.has_option("--max-connections") and not defaults:
         # The default (1000 per registered service) is below the 10,000-connection workload.
         opts += ["--max-connections", "1000000"]
     return opts
+
+
+def with_nofile(nofile: int | None, argv: list[str]) -> list[str]:
+    """``argv`` started with a soft RLIMIT_NOFILE of ``nofile`` (None: as the bench raised it).
+
+    A shell lowers it and execs the program, so the pid (CPU, RSS readings) stays the same.
+    """
+    if nofile is None:
+        return argv
+    return ["sh", "-c", 'ulimit -S -n "$0" && exec "$@"', str(nofile), *argv]
 
 
 @dataclass
@@ -225,20 +261,30 @@ class Pair:
 
 
 def start_go_pair(
-    env: Env, target: str, layout: Layout = Layout(), go_opts: tuple[str, ...] = ()
+    env: Env,
+    target: str,
+    layout: Layout = Layout(),
+    go_opts: tuple[str, ...] = (),
+    nofile: int | None = None,
 ) -> Pair:
-    """go-relay + go-forwarder (``go_opts``, e.g. ``-window N``, go to both)."""
+    """go-relay + go-forwarder (``go_opts``, e.g. ``-window N``, go to both), started with
+    a soft RLIMIT_NOFILE of ``nofile`` if given (Go raises it to the hard limit itself)."""
     relay = start(
         "go-relay",
         layout.relay_at.argv(
-            env.go("go-relay"),
-            "-port",
-            str(layout.control_port),
-            "-bind",
-            layout.bind,
-            "-public-bind",
-            layout.bind,
-            *go_opts,
+            *with_nofile(
+                nofile,
+                [
+                    env.go("go-relay"),
+                    "-port",
+                    str(layout.control_port),
+                    "-bind",
+                    layout.bind,
+                    "-public-bind",
+                    layout.bind,
+                    *go_opts,
+                ],
+            )
         ),
         env.logdir,
     )
@@ -252,7 +298,9 @@ def start_go_pair(
         relay,
         "go-forwarder",
         layout.forwarder_at.argv(
-            env.go("go-forwarder"), "-relay", dial, "-local", target, *go_opts
+            *with_nofile(
+                nofile, [env.go("go-forwarder"), "-relay", dial, "-local", target, *go_opts]
+            )
         ),
         env,
         10,
@@ -293,24 +341,35 @@ def start_py_pair(
     layout: Layout = Layout(),
     launcher: tuple[str, ...] = ("-m", "relay"),
     py_opts: tuple[str, ...] = (),
+    loop: str | None = None,
+    defaults: bool = False,
+    nofile: int | None = None,
 ) -> Pair:
     """``python -m relay`` of ``tree`` as relay and as forwarder (``py_opts`` go to both).
 
-    ``launcher`` replaces ``-m relay`` (e.g. with a wrapper that changes a default).
+    ``launcher`` replaces ``-m relay`` (e.g. with a wrapper that changes a default);
+    ``loop`` is the ``--event-loop`` (default ``env.py_loop``); ``defaults`` keeps the
+    relay's own connection limits; ``nofile`` is the soft RLIMIT_NOFILE to start with.
     """
+    loop = loop or env.py_loop
     relay = None
     for _ in range(5):  # the relay takes no port 0: pick a free one, retry if taken meanwhile
         port = layout.control_port or free_port()
         relay = start(
             "py-relay",
             layout.relay_at.argv(
-                env.python,
-                *launcher,
-                *relay_options(tree, layout.bind),
-                "--event-loop",
-                env.py_loop,
-                *py_opts,
-                str(port),
+                *with_nofile(
+                    nofile,
+                    [
+                        env.python,
+                        *launcher,
+                        *relay_options(tree, layout.bind, defaults),
+                        "--event-loop",
+                        loop,
+                        *py_opts,
+                        str(port),
+                    ],
+                )
             ),
             env.logdir,
             env=tree.env,
@@ -332,16 +391,21 @@ def start_py_pair(
         relay,
         "py-forwarder",
         layout.forwarder_at.argv(
-            env.python,
-            *launcher,
-            "--event-loop",
-            env.py_loop,
-            *py_opts,
-            f"--localForwardPort={target_port}",
-            "--local-forward-host",
-            target_host,
-            dial_host,
-            dial_port,
+            *with_nofile(
+                nofile,
+                [
+                    env.python,
+                    *launcher,
+                    "--event-loop",
+                    loop,
+                    *py_opts,
+                    f"--localForwardPort={target_port}",
+                    "--local-forward-host",
+                    target_host,
+                    dial_host,
+                    dial_port,
+                ],
+            )
         ),
         env,
         30,
@@ -350,10 +414,18 @@ def start_py_pair(
     )
 
 
-def start_pair(env: Env, path: str, target: str, layout: Layout = Layout()) -> Pair:
+def start_pair(
+    env: Env, path: str, target: str, layout: Layout = Layout(), defaults: bool = False
+) -> Pair:
+    """The pair of ``path``. ``defaults``: each relay with its default settings, started with
+    the file limit of a default shell (DEFAULT_SHELL_NOFILE), not the bench's raised one."""
+    nofile = default_shell_nofile() if defaults else None
     if path == "go":
-        return start_go_pair(env, target, layout)
-    return start_py_pair(env, target, env.trees[path], layout)
+        return start_go_pair(env, target, layout, nofile=nofile)
+    loop = "asyncio" if path.endswith(ASYNCIO_SUFFIX) else None
+    return start_py_pair(
+        env, target, env.trees[tree_of(path)], layout, loop=loop, defaults=defaults, nofile=nofile
+    )
 
 
 @contextlib.contextmanager
@@ -368,7 +440,7 @@ def stopping(pair: Pair | None) -> Iterator[Pair | None]:
 
 
 def path_endpoint(
-    env: Env, path: str, target: str
+    env: Env, path: str, target: str, defaults: bool = False
 ) -> contextlib.AbstractContextManager[Pair | None]:
     """The pair for `path` (None for direct) on loopback, always stopped afterwards."""
-    return stopping(None if path == "direct" else start_pair(env, path, target))
+    return stopping(None if path == "direct" else start_pair(env, path, target, defaults=defaults))

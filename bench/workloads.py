@@ -37,6 +37,15 @@ class Workload:
     run: Callable[[Env, str, Pair | None], dict[str, Any]]
     cpu_per: str  # "GB" (per GB moved, both directions) or "op"
     timeout: float
+    defaults: bool = False
+    """Run the relays with their default settings and the file limit of a default shell
+    (services.start_pair), not with the limits lifted for the idle workload."""
+    detail: Callable[[dict[str, Any]], str] | None = None
+    """Describes one run's result in words, for the notes under the table (burst errors)."""
+
+
+CPU_PER_CONN = "cpu_us_per_op"
+"""Key of CPU microseconds (relay + forwarder) per operation, added by run.measure."""
 
 
 def loadgen(env: Env, args: list[str], timeout: float) -> dict[str, Any]:
@@ -123,7 +132,9 @@ def latency_workload(n: int, duration: float, warmup: int = 500) -> Workload:
     )
 
 
-def connrate_workload(duration: float) -> Workload:
+def connrate_workload(name: str, concurrency: int, duration: float) -> Workload:
+    """Connect, 64-byte exchange, close, in a loop: ``concurrency`` at once (1: sequential)."""
+
     def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
         res = loadgen(
             env,
@@ -134,7 +145,7 @@ def connrate_workload(duration: float) -> Workload:
                 "-size",
                 "64",
                 "-concurrency",
-                "16",
+                str(concurrency),
                 "-duration",
                 f"{duration:g}s",
                 "-timeout",
@@ -145,13 +156,77 @@ def connrate_workload(duration: float) -> Workload:
         res["ops"] = res["connections"]
         return res
 
+    how = "sequential" if concurrency == 1 else f"{concurrency} at once"
     return Workload(
-        "connrate",
-        "new connections (connect, 64 B exchange, close), 16 at once",
-        [Metric("conns_per_s", "new connections", "conn/s", "higher")],
+        name,
+        f"new connections (connect, 64 B exchange, close), {how}",
+        [
+            Metric("conns_per_s", f"new connections, {how}", "conn/s", "higher"),
+            Metric(
+                CPU_PER_CONN,
+                f"new connections, {how}: CPU per conn, relay + forwarder",
+                "us",
+                "lower",
+            ),
+        ],
         run,
         "op",
         duration + 30,
+    )
+
+
+def burst_errors(res: dict[str, Any]) -> str:
+    """``12 failed: 10 reset, 2 timeout (first reset: ...)``, or ``no errors``."""
+    if not res.get("errors"):
+        return "no errors"
+    kinds = [f"{res[f'{k}_errors']} {k}" for k in BURST_KINDS if res.get(f"{k}_errors")]
+    first = res.get("first_errors") or {}
+    example = next((f"first {k}: {first[k]}" for k in BURST_KINDS if k in first), "")
+    return f"{res['errors']} of {res['conns']} failed: {', '.join(kinds)} ({example})"
+
+
+BURST_KINDS = ("refused", "reset", "timeout", "closed", "other")
+"""How loadgen burst sorts failed connections (``<kind>_errors``)."""
+
+
+def burst_workload(conns: int, size: int, timeout: float) -> Workload:
+    """``conns`` connections dialed at the same moment, each exchanging ``size`` bytes, against
+    relays with their default settings. Failed connections are counted, not a failed run."""
+
+    def run(env: Env, addr: str, pair: Pair | None) -> dict[str, Any]:
+        res = loadgen(
+            env,
+            [
+                "burst",
+                "-addr",
+                addr,
+                "-conns",
+                str(conns),
+                "-size",
+                str(size),
+                "-timeout",
+                f"{timeout:g}s",
+            ],
+            timeout + 30,
+        )
+        res["ops"] = conns
+        return res
+
+    k = f"{conns // 1000}k" if conns % 1000 == 0 else str(conns)
+    return Workload(
+        f"burst{k}",
+        f"{conns} connections at once, {size} B each, default settings",
+        [
+            Metric(
+                "seconds", f"{k} conns at once, defaults: time to finish", "s", "lower", "{:.2f}"
+            ),
+            Metric("errors", f"{k} conns at once, defaults: failed conns", "", "lower"),
+        ],
+        run,
+        "op",
+        timeout + 30,
+        defaults=True,
+        detail=burst_errors,
     )
 
 
@@ -265,20 +340,26 @@ def redis_workload(requests: int, timeout: float) -> Workload:
 def workloads(quick: bool) -> list[Workload]:
     if quick:
         return [
-            echo_workload("1x1GB", "1 conn x 200 MB echoed", 1, 200_000_000, 60),
-            echo_workload("100x10MB", "100 conns x 2 MB echoed", 100, 2_000_000, 60),
+            echo_workload("1x200MB", "1 conn x 200 MB echoed", 1, 200_000_000, 60),
+            echo_workload("100x2MB", "100 conns x 2 MB echoed", 100, 2_000_000, 60),
             echo_workload("1000x100KB", "1000 conns x 20 KB echoed", 1000, 20_000, 60),
             latency_workload(2000, 1.0),
-            connrate_workload(1.0),
+            connrate_workload("connrate", 16, 1.0),
+            connrate_workload("connseq", 1, 1.0),
+            burst_workload(1000, 100, 10),
+            burst_workload(5000, 100, 10),
             idle_workload(2000, 60),
             redis_workload(10_000, 60),
         ]
     return [
-        echo_workload("1x1GB", "1 conn x 1 GB echoed", 1, 1_000_000_000, 90),
-        echo_workload("100x10MB", "100 conns x 10 MB echoed", 100, 10_000_000, 90),
+        echo_workload("1x200MB", "1 conn x 200 MB echoed", 1, 200_000_000, 60),
+        echo_workload("100x2MB", "100 conns x 2 MB echoed", 100, 2_000_000, 60),
         echo_workload("1000x100KB", "1000 conns x 100 KB echoed", 1000, 100_000, 60),
         latency_workload(10_000, 3.0),
-        connrate_workload(2.0),
+        connrate_workload("connrate", 16, 2.0),
+        connrate_workload("connseq", 1, 2.0),
+        burst_workload(1000, 100, 30),
+        burst_workload(5000, 100, 30),
         idle_workload(10_000, 90),
         redis_workload(50_000, 90),
     ]

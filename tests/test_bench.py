@@ -1,4 +1,5 @@
-"""The benchmark tooling itself: a short real run, the WAN namespaces, the fixed-window launcher.
+"""The benchmark tooling itself: a short real run, the load generator's burst, the hot-path
+rig, the WAN namespaces, the fixed-window launcher.
 
 Speed is never asserted here (that is the bench's job); these check that the
 bench measures what it says and leaves nothing behind.
@@ -16,7 +17,9 @@ import pytest
 from conftest import require_program
 
 from bench.netns import topology
+from interop import harness
 from relay_support import REPO
+from testkit.ports import free_port
 from testkit.procs import Proc
 
 pytestmark = pytest.mark.e2e
@@ -70,6 +73,57 @@ def test_quick_bench_measures_both_paths(tmp_path: Path) -> None:
     assert py["forwarder_cpu_s"] >= 0
     row = next(line for line in done.stdout.splitlines() if "64 B round trip p50" in line)
     assert f"{py['p50_us']:.1f}" in row
+
+
+def burst(loadgen: Path, addr: str, conns: int) -> dict[str, object]:
+    done = subprocess.run(
+        [str(loadgen), "burst", "-addr", addr, "-conns", str(conns), "-size", "100"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def test_loadgen_burst_reports_failed_connections_by_kind() -> None:
+    """A burst's failed connections are its result (counted by kind), not a failed run."""
+    require_program("go")
+    build = harness.build_binaries()
+    with Proc([str(build / "echo-server"), "-addr", "127.0.0.1:0"], "echo") as echo:
+        addr = echo.wait_line(r"^\S+:\d+$", stream="stdout")[1].group(0)
+        served = burst(build / "loadgen", addr, 200)
+    assert (served["ok"], served["completed"], served["errors"]) == (True, 200, 0)
+    nobody = burst(build / "loadgen", f"127.0.0.1:{free_port()}", 50)
+    assert (nobody["ok"], nobody["completed"]) == (True, 0)
+    assert nobody["errors"] == nobody["refused_errors"] == 50
+    assert "refused" in nobody["first_errors"]["refused"]  # type: ignore[index]
+
+
+def test_hotpath_rig_frames_and_delivers_every_message() -> None:
+    """``python -m bench.hotpath`` checks the bytes each hop wrote (it fails otherwise)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.hotpath", "--n", "2000", "--repeat", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {
+        cells[0]: cells
+        for line in done.stdout.splitlines()
+        if line.startswith("| socket") or line.startswith("| frame")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert set(rows) == {"socket-to-frame", "frame-to-socket"}
+    for cells in rows.values():
+        python_calls, bytecodes = float(cells[3]), float(cells[5])
+        assert python_calls > 0
+        assert bytecodes > python_calls
 
 
 def test_wan_topology_routes_only_through_the_relay_host_and_is_removed() -> None:

@@ -11,6 +11,9 @@
 //	loadgen idle     -addr A -conns 10000           open N connections, then one exchange on each;
 //	                                                 prints "READY {json}", waits for a line on
 //	                                                 stdin (or EOF), closes all, prints the result
+//	loadgen burst    -addr A -conns 5000 -size 100  N connections dialed at the same moment, each
+//	                                                 exchanges once and closes; failed connections
+//	                                                 are a result here (counted by kind), not a failure
 //
 // Echoed bytes are checked against the pattern that was sent. Throughput counts
 // both directions (bytes sent + bytes received), in MB = 10^6 bytes.
@@ -30,6 +33,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -60,6 +64,8 @@ func main() {
 		res = runConnrate(args)
 	case "idle":
 		res = runIdle(args)
+	case "burst":
+		res = runBurst(args)
 	default:
 		usage()
 	}
@@ -79,7 +85,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: loadgen echo|latency|connrate|idle -addr HOST:PORT [flags] (-h per subcommand)")
+	fmt.Fprintln(os.Stderr, "usage: loadgen echo|latency|connrate|idle|burst -addr HOST:PORT [flags] (-h per subcommand)")
 	os.Exit(2)
 }
 
@@ -198,7 +204,7 @@ func recvPattern(c net.Conn, total int64, buf []byte) error {
 		}
 		if err != nil {
 			if err == io.EOF && off < total {
-				return fmt.Errorf("connection closed after %d of %d echoed bytes", off, total)
+				return fmt.Errorf("connection closed after %d of %d echoed bytes: %w", off, total, io.ErrUnexpectedEOF)
 			}
 			if off < total {
 				return fmt.Errorf("read at %d of %d: %w", off, total, err)
@@ -494,5 +500,91 @@ func runIdle(args []string) result {
 	closeAll(cs)
 	cs = nil
 	res["close_s"] = time.Since(t2).Seconds()
+	return res
+}
+
+// errorKind sorts a failed connection's error into the counts runBurst reports.
+func errorKind(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "reset"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "closed"
+	}
+	return "other"
+}
+
+// burstKinds are the error kinds of runBurst, each reported as "<kind>_errors".
+var burstKinds = []string{"refused", "reset", "timeout", "closed", "other"}
+
+func runBurst(args []string) result {
+	fs := flag.NewFlagSet("burst", flag.ExitOnError)
+	addr := fs.String("addr", "", "target HOST:PORT")
+	conns := fs.Int("conns", 1000, "connections, all dialed at the same moment")
+	size := fs.Int("size", 100, "bytes each connection sends (and reads back) before closing")
+	timeout := fs.Duration("timeout", 30*time.Second, "each connection gives up after this")
+	fs.Parse(args)
+	res := result{"conns": *conns, "size": *size}
+
+	var mu sync.Mutex
+	kinds := map[string]int64{}
+	first := map[string]string{}
+	samples := make([]time.Duration, 0, *conns)
+	var okCount int64
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := 0; i < *conns; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, *size)
+			<-start
+			t := time.Now()
+			err := func() error {
+				d := net.Dialer{Deadline: t.Add(*timeout)}
+				c, err := d.Dial("tcp", *addr)
+				if err != nil {
+					return fmt.Errorf("dial: %w", err)
+				}
+				defer c.Close()
+				c.SetDeadline(t.Add(*timeout))
+				return exchange(c, *size, buf)
+			}()
+			took := time.Since(t)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				kind := errorKind(err)
+				kinds[kind]++
+				if _, seen := first[kind]; !seen {
+					first[kind] = err.Error()
+				}
+				return
+			}
+			okCount++
+			samples = append(samples, took)
+		}()
+	}
+	t0 := time.Now()
+	close(start)
+	wg.Wait()
+	res["seconds"] = time.Since(t0).Seconds()
+	res["completed"] = okCount
+	res["bytes_moved"] = okCount * int64(*size) * 2
+	var failed int64
+	for _, kind := range burstKinds {
+		res[kind+"_errors"] = kinds[kind]
+		failed += kinds[kind]
+	}
+	res["errors"] = failed
+	if len(first) > 0 {
+		res["first_errors"] = first
+	}
+	percentiles(res, "conn_", samples)
 	return res
 }
