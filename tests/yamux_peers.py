@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import yamux
 from yamux.const import Flag, FrameType
@@ -90,3 +90,10 @@ async def raw_peer(
             await peer.writer.wait_closed()
         listener.close()
         await listener.wait_closed()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``condition`` until true (a session state that no event or future signals)."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)

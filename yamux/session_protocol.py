@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, assert_never
+from typing import Any, assert_never, cast
 
 from .backlog import Backlog
 from .config import Config
@@ -140,8 +140,12 @@ class SessionProtocol(asyncio.Protocol):
 
     async def accept_stream(self) -> Stream:
         stream = await self.backlog.next_incoming()
-        self.core.accept_stream(stream.id)
-        self._flush()
+        core = self.core
+        core.accept_stream(stream.id)
+        if core.input_held:
+            self._resume_input()
+        else:
+            self._flush()
         return stream
 
     async def ping(self) -> float:
@@ -168,6 +172,8 @@ class SessionProtocol(asyncio.Protocol):
             self.core.go_away(code)
             self._watch_abandoned_streams()
             self._flush()
+            if self.core.input_held:  # a held SYN is refused now; not from inside a dispatch
+                self._loop.call_soon(self._resume_input)
         else:
             self._shutdown(SessionClosedError(f"we sent go away code {code}"), code)
 
@@ -237,9 +243,43 @@ class SessionProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.liveness.heard()
-        if self._dispatch(self.core.receive_data(data)):
+        core = self.core
+        if self._dispatch(core.receive_data(data)):
+            if core.input_held:
+                self._hold_input()
             self._flush()
             self.backlog.wake_openers()
+
+    def _hold_input(self) -> None:
+        """A SYN found the accept backlog full: read nothing more until accepts make room.
+
+        What the core holds is then at most this read; the peer's further bytes
+        wait in the kernel, and the keepalive cannot fail meanwhile (Liveness.hold).
+        """
+        if self.liveness.holding:
+            return
+        self.liveness.hold()
+        transport = self._reading_transport()
+        if transport is not None:
+            transport.pause_reading()
+
+    def _resume_input(self) -> None:
+        """Go on with the held input; read again once it is all handled."""
+        core = self.core
+        if self._dispatch(core.resume_input()):
+            if not core.input_held and self.liveness.holding:
+                self.liveness.release()
+                transport = self._reading_transport()
+                if transport is not None:
+                    transport.resume_reading()
+            self._flush()
+            self.backlog.wake_openers()
+
+    def _reading_transport(self) -> asyncio.ReadTransport | None:
+        transport = self._read_transport or self._writer.transport
+        if transport is None or transport.is_closing():
+            return None
+        return cast(asyncio.ReadTransport, transport)
 
     def _dispatch(self, events: list[Event]) -> bool:
         """Carry out the core's events; False once the session is over."""
@@ -371,6 +411,8 @@ class SessionProtocol(asyncio.Protocol):
         self.core.reset_stream(stream_id)
         self._drop_reset(stream_id, reason)
         self.backlog.wake_openers()
+        if self.core.input_held:  # it may have waited in the accept backlog
+            self._resume_input()
 
     # --------------------------------------------------------------- shutdown
     def _shutdown(self, error: YamuxError, code: int | None = None) -> None:
