@@ -32,6 +32,7 @@ from yamux.events import (
     DataReceived,
     Event,
     GoAwayReceived,
+    InputHeld,
     PongReceived,
     SessionTerminated,
     StreamAcknowledged,
@@ -709,13 +710,14 @@ def test_a_syn_beyond_the_accept_backlog_holds_the_input_until_an_accept() -> No
         DataReceived(1, b"hi 1"),
         StreamOpened(3),
         DataReceived(3, b"hi 3"),
+        InputHeld(),
     ]
     assert server.input_held
     assert server.held_bytes == len(burst)  # an upper bound: the read it came in
     assert server.outbox.take_control() == []  # no RST, and the ping is not read yet
     server.accept_stream(1)
     server.outbox.take_control()
-    assert server.resume_input() == [StreamOpened(5)]  # then full again, at SYN 7
+    assert server.resume_input() == [StreamOpened(5), InputHeld()]  # full again, at SYN 7
     assert server.outbox.take_control() == [raw(PING, ACK, 0, 42)]
     assert server.input_held
     server.accept_stream(3)
@@ -734,7 +736,7 @@ def test_a_syn_beyond_the_accept_backlog_holds_the_input_until_an_accept() -> No
 def test_reads_that_arrive_while_held_are_handled_after_it_in_order() -> None:
     server = Connection(client=False, config=Config(accept_backlog=1))
     first = raw(WU, SYN, 1, 0) + raw(WU, SYN, 3, 0) + raw(DATA, 0, 3, 1, b"a")
-    server.receive_data(first)
+    assert server.receive_data(first) == [StreamOpened(1), InputHeld()]
     assert server.input_held
     # a frame split across two later reads, then a SYN that must hold again
     later = raw(DATA, 0, 3, 2, b"bc") + raw(WU, SYN, 5, 0) + raw(DATA, 0, 5, 1, b"d")
@@ -746,6 +748,7 @@ def test_reads_that_arrive_while_held_are_handled_after_it_in_order() -> None:
         StreamOpened(3),
         DataReceived(3, b"a"),
         DataReceived(3, b"bc"),
+        InputHeld(),
     ]
     assert server.input_held
     server.accept_stream(3)
@@ -1134,6 +1137,9 @@ class PairModel:
             assert event.code == 0
             assert peer.sent_go_away
             side.got_go_away = True
+        elif isinstance(event, InputHeld):
+            assert side.conn.input_held
+            note("input held: a SYN found the accept backlog full")
         elif isinstance(event, StreamRefused):
             assert event.stream_id in peer.opened
             assert event.stream_id not in side.live
@@ -1278,8 +1284,6 @@ class PairModel:
         if chunk:
             peer = self.peer(side)
             self.handle(peer, peer.conn.receive_data(chunk))
-            if peer.conn.input_held:
-                note("input held: a SYN found the accept backlog full")
 
     def tick(self) -> None:
         """Both sides write all they can and the network delivers all of it."""

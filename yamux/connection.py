@@ -29,6 +29,7 @@ from .events import (
     DataReceived,
     Event,
     GoAwayReceived,
+    InputHeld,
     PongReceived,
     SessionTerminated,
     StreamAcknowledged,
@@ -127,7 +128,7 @@ class Connection:
 
     @property
     def input_held(self) -> bool:
-        """A SYN found the accept backlog full: stop reading until ``resume_input`` clears it."""
+        """Since InputHeld: stop reading until ``resume_input`` clears it."""
         return self._inbound.frame is not None
 
     @property
@@ -326,6 +327,7 @@ class Connection:
         except BacklogFull:
             assert frame is not None
             self._inbound.hold(frame, frames, size)
+            self._events.append(InputHeld())
         except ProtocolError as exc:
             self.terminate(exc, GoAwayCode.PROTOCOL_ERROR)
         if self.error is not None:

@@ -36,6 +36,7 @@ from .events import (
     DataReceived,
     Event,
     GoAwayReceived,
+    InputHeld,
     PongReceived,
     SessionTerminated,
     StreamAcknowledged,
@@ -243,10 +244,7 @@ class SessionProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.liveness.heard()
-        core = self.core
-        if self._dispatch(core.receive_data(data)):
-            if core.input_held:
-                self._hold_input()
+        if self._dispatch(self.core.receive_data(data)):
             self._flush()
             self.backlog.wake_openers()
 
@@ -326,6 +324,8 @@ class SessionProtocol(asyncio.Protocol):
                         self._go_away.set_result(None)
                     self._watch_abandoned_streams()
                     self.backlog.wake_openers(force=True)
+                case InputHeld():
+                    self._hold_input()
                 case SessionTerminated(error):
                     self._shutdown(error)
                     return False
