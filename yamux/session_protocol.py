@@ -228,6 +228,16 @@ class SessionProtocol(asyncio.Protocol):
     def watch_pending(self, stream: Stream) -> None:
         self._drain_waiting[stream.id] = stream
 
+    def protocol_failed(self, stream_id: int, callback: str, exc: Exception) -> None:
+        self.log.log(
+            logging.ERROR,
+            "stream-protocol-failed",
+            "stream %d: its protocol raised in %s; resetting the stream",
+            stream_id,
+            callback,
+            exc_info=exc,
+        )
+
     # ------------------------------------------- asyncio.Protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._writer.attach(transport)
@@ -285,7 +295,10 @@ class SessionProtocol(asyncio.Protocol):
         for event in events:
             match event:
                 case DataReceived(stream_id, payload):
-                    streams[stream_id].feed_data(payload)
+                    # .get: a stream callback may have reset it earlier in this batch
+                    stream = streams.get(stream_id)
+                    if stream is not None:
+                        stream.feed_data(payload)
                 case WindowUpdated():
                     pass
                 case StreamOpened(stream_id, state):
@@ -295,7 +308,9 @@ class SessionProtocol(asyncio.Protocol):
                 case StreamAcknowledged(stream_id):
                     self._open_timers.cancel(stream_id)
                 case StreamEnded(stream_id):
-                    streams[stream_id].feed_eof()
+                    stream = streams.get(stream_id)
+                    if stream is not None:
+                        stream.feed_eof()
                     self._close_timers.cancel(stream_id)
                 case StreamClosed(stream_id):
                     self._forget(stream_id)
@@ -370,7 +385,7 @@ class SessionProtocol(asyncio.Protocol):
         core = self.core
         for stream_id, stream in list(self._drain_waiting.items()):
             if not stream.pending_changed(core.pending_bytes(stream_id)):
-                del self._drain_waiting[stream_id]
+                self._drain_waiting.pop(stream_id, None)  # a failing protocol may have reset it
 
     # ----------------------------------------------------------------- timers
     def _write_stalled(self, buffered: int) -> None:
