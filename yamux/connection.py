@@ -399,19 +399,12 @@ class Connection:
 
     def _incoming_stream(self, frame: Frame, existing: StreamRecord | None) -> StreamRecord | None:
         stream_id = frame.stream_id
-        if existing is not None:
-            try:
-                existing.state.process(_RECV_SYN)
-            except StreamStateError as exc:
-                raise ProtocolError(
-                    f"duplicate SYN for stream {stream_id}, which is already open ({exc})"
-                ) from None
         refusal = self._inbound.refusal(
-            stream_id,
+            frame,
+            existing,
             streams=len(self._streams),
             unaccepted=self.unaccepted_inbound,
             go_away=self.local_go_away,
-            reset=bool(frame.flags & _RST),
         )
         if refusal is not None:
             self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))

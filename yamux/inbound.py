@@ -17,8 +17,14 @@ from collections import deque
 from collections.abc import Iterator
 
 from .config import Config
+from .const import Flag
 from .errors import ProtocolError
 from .frame import Frame, FrameDecoder
+from .stream_record import StreamRecord
+from .stream_state import Input, StreamStateError
+
+_RST = int(Flag.RST)
+_RECV_SYN = Input.RECV_SYN
 
 
 class BacklogFull(Exception):
@@ -58,14 +64,29 @@ class Inbound:
         self._chunks_size = 0
 
     def refusal(
-        self, stream_id: int, *, streams: int, unaccepted: int, go_away: bool, reset: bool
+        self,
+        frame: Frame,
+        existing: StreamRecord | None,
+        *,
+        streams: int,
+        unaccepted: int,
+        go_away: bool,
     ) -> str | None:
-        """Why the peer's SYN for ``stream_id`` is refused, or None to admit it.
+        """Why the peer's SYN ``frame`` is refused, or None to admit it.
 
-        Raises ProtocolError for an id of our parity and BacklogFull when the
-        accept backlog holds ``unaccepted`` streams already (a SYN|RST is
-        admitted all the same: it is gone within its own frame).
+        Raises ProtocolError for a stream that exists (``existing``) or an id of
+        our parity, and BacklogFull when the accept backlog holds ``unaccepted``
+        streams already (a SYN|RST is admitted all the same: it is gone within
+        its own frame).
         """
+        stream_id = frame.stream_id
+        if existing is not None:
+            try:
+                existing.state.process(_RECV_SYN)
+            except StreamStateError as exc:
+                raise ProtocolError(
+                    f"duplicate SYN for stream {stream_id}, which is already open ({exc})"
+                ) from None
         if (stream_id & 1) == self._our_parity:
             raise ProtocolError(
                 f"peer opened stream {stream_id}, an id reserved for our side ({self._role}); "
@@ -75,7 +96,7 @@ class Inbound:
             return "we sent go away"
         if streams >= self._max_streams:
             return f"session has the maximum of {self._max_streams} streams"
-        if unaccepted >= self._backlog and not reset:
+        if unaccepted >= self._backlog and not frame.flags & _RST:
             raise BacklogFull
         return None
 
