@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import ssl
 import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -17,7 +21,7 @@ import uvloop
 import yamux
 from yamux.const import Flag, FrameType
 from yamux.frame import Frame, FrameDecoder, encode_header
-from yamux_peers import RawPeer, raw_peer, until
+from yamux_peers import RawPeer, make_certificate, raw_peer, until
 
 WU, DATA, PING = FrameType.WINDOW_UPDATE, FrameType.DATA, FrameType.PING
 SYN, ACK, FIN, RST = Flag.SYN, Flag.ACK, Flag.FIN, Flag.RST
@@ -52,7 +56,6 @@ class Collector:
         self.fins: set[int] = set()
         self.rsts: list[Frame] = []
         self.pongs: list[int] = []
-        self.changed = asyncio.Event()
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -69,7 +72,6 @@ class Collector:
                     self.rsts.append(frame)
                 if frame.flags & FIN:
                     self.fins.add(frame.stream_id)
-            self.changed.set()
 
     async def stop(self) -> None:
         self.task.cancel()
@@ -87,41 +89,115 @@ def one_stream(stream_id: int, body: bytes) -> bytes:
     )
 
 
+async def burst_is_echoed_in_full(session: yamux.Session, peer: RawPeer, count: int) -> int:
+    """The peer opens, writes and half-closes ``count`` streams in one write (600 B each),
+    far beyond the backlog of 256; once the session holds its input, accept and echo
+    every one. Checks that none is reset and each echo is whole; returns the most
+    input the session held at any accept."""
+    streams = {2 * n + 1: b"%05d" % n * 120 for n in range(count)}
+    collector = Collector(peer)
+    protocol = session._protocol
+    peer.writer.write(b"".join(one_stream(sid, body) for sid, body in streams.items()))
+    await until(lambda: protocol.core.input_held)
+    assert len(protocol.backlog) == session.config.accept_backlog == 256
+    await asyncio.sleep(0.1)  # nothing moves while nobody accepts
+    assert protocol.core.input_held
+    held_peak = 0
+    handlers: list[asyncio.Task[None]] = []
+    try:
+        while len(handlers) < len(streams):
+            held_peak = max(held_peak, protocol.core.held_bytes)
+            stream = await asyncio.wait_for(session.accept_stream(), 5)
+            handlers.append(asyncio.create_task(echo(stream, stream)))
+        await asyncio.wait_for(asyncio.gather(*handlers), 10)
+        await until(lambda: len(collector.fins) == len(streams))
+    finally:
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await collector.stop()
+    assert collector.rsts == []
+    assert {sid: bytes(data) for sid, data in collector.data.items()} == streams
+    assert not protocol.core.input_held
+    assert not session.closed
+    return held_peak
+
+
 async def test_a_burst_of_opens_in_one_write_is_accepted_and_echoed_in_full() -> None:
-    """1,000 streams opened, written and half-closed in one write (~630 KB: several reads)
-    against the default backlog of 256: none is reset, each is echoed, and while the
-    backlog is full the session reads nothing and holds at most one read."""
-    streams = {2 * n + 1: b"%05d" % n * 120 for n in range(1000)}
+    """1,000 streams in one write (~630 KB: several reads) against the default backlog:
+    while it is full the session reads nothing and holds at most one read."""
     async with raw_peer(client=False) as (session, peer):
-        collector = Collector(peer)
-        protocol = session._protocol
-        peer.writer.write(b"".join(one_stream(sid, body) for sid, body in streams.items()))
-        await until(lambda: protocol.core.input_held)
-        assert len(protocol.backlog) == session.config.accept_backlog == 256
-        assert not is_reading(session)
-        await asyncio.sleep(0.1)  # nothing moves while nobody accepts
-        assert protocol.core.input_held
-        assert 0 < protocol.core.held_bytes <= MAX_READ
-        held_peak = 0
-        handlers: list[asyncio.Task[None]] = []
-        try:
-            while len(handlers) < len(streams):
-                held_peak = max(held_peak, protocol.core.held_bytes)
-                stream = await asyncio.wait_for(session.accept_stream(), 5)
-                handlers.append(asyncio.create_task(echo(stream, stream)))
-            await asyncio.wait_for(asyncio.gather(*handlers), 10)
-            await until(lambda: len(collector.fins) == len(streams))
-        finally:
-            for task in handlers:
-                task.cancel()
-            await asyncio.gather(*handlers, return_exceptions=True)
-            await collector.stop()
-        assert collector.rsts == []
-        assert {sid: bytes(data) for sid, data in collector.data.items()} == streams
+        reading = []
+
+        def on_hold() -> bool:
+            if session._protocol.core.input_held:
+                reading.append(is_reading(session))
+            return bool(reading)
+
+        waiting = asyncio.create_task(until(on_hold))
+        held_peak = await burst_is_echoed_in_full(session, peer, 1000)
+        await waiting
+        assert reading == [False]
         assert 0 < held_peak <= MAX_READ
-        assert not protocol.core.input_held
         assert is_reading(session)
-        assert not session.closed
+
+
+@contextlib.asynccontextmanager
+async def tls_or_pipes(kind: str, tmp_path: Path) -> AsyncIterator[tuple[yamux.Session, RawPeer]]:
+    """A server-role session over TLS (the relay's control port) or over a pair of pipes
+    (reading on another transport than writing), and a raw peer at the other end."""
+    loop = asyncio.get_running_loop()
+    if kind == "tls":
+        cert, key = make_certificate(tmp_path)
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(cert, key)
+        sessions: asyncio.Queue[yamux.Session] = asyncio.Queue()
+
+        async def on_session(session: yamux.Session) -> None:
+            await sessions.put(session)
+            await session.wait_closed()
+
+        async with await yamux.start_server(on_session, "127.0.0.1", 0, ssl=server_ctx) as server:
+            client_ctx = ssl.create_default_context(cafile=str(cert))
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=client_ctx)
+            session = await asyncio.wait_for(sessions.get(), 5)
+            try:
+                yield session, RawPeer(reader, writer)
+            finally:
+                writer.close()
+                with contextlib.suppress(ConnectionError, ssl.SSLError):
+                    await writer.wait_closed()
+        return
+    to_session, from_peer = os.pipe()
+    to_peer, from_session = os.pipe()
+    files = [open(fd, mode) for fd, mode in ((to_session, "rb"), (from_session, "wb"))]  # noqa: SIM115, ASYNC230 - the session closes them
+    session = await yamux.connect_pipes(files[0], files[1], client=False)
+    reader = asyncio.StreamReader()
+    read_transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader),
+        open(to_peer, "rb"),  # noqa: SIM115, ASYNC230
+    )
+    write_transport, write_protocol = await loop.connect_write_pipe(
+        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()),
+        open(from_peer, "wb"),  # noqa: SIM115, ASYNC230
+    )
+    writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
+    try:
+        yield session, RawPeer(reader, writer)
+    finally:
+        session.close()
+        await session.wait_closed()
+        writer.close()
+        read_transport.close()
+
+
+@pytest.mark.parametrize("kind", ["tls", "pipes"])
+async def test_a_burst_over_tls_or_pipes_is_held_and_echoed_in_full(
+    kind: str, tmp_path: Path
+) -> None:
+    async with tls_or_pipes(kind, tmp_path) as (session, peer):
+        held_peak = await burst_is_echoed_in_full(session, peer, 600)
+    assert 0 < held_peak <= MAX_READ
 
 
 async def test_the_keepalive_cannot_fail_while_held_and_works_again_after() -> None:
