@@ -42,7 +42,7 @@ from .events import (
 )
 from .flow import WindowTuner
 from .frame import Frame, FrameDecoder, encode_header
-from .inbound import BacklogFull, Inbound
+from .inbound import BacklogFull, Inbound, Read
 from .outbox import Outbox
 from .stream_record import StreamRecord
 from .stream_state import Effect, Handshake, Input, StreamMachine, StreamStateError
@@ -289,15 +289,15 @@ class Connection:
         stops at a SYN that finds the accept backlog full (``input_held``).
         """
         inbound = self._inbound
-        if inbound.frame is not None:
-            inbound.add(bytes(data))
+        if inbound.frame is None:
+            self._process(self._decoder.feed(data), data)
         else:
-            self._process(self._decoder.feed(data), None, len(data))
+            inbound.add(bytes(data))
         return self.take_events()
 
     def receive_frames(self, frames: Iterable[Frame]) -> list[Event]:
         """Like receive_data for frames already decoded (used by tests)."""
-        self._process(iter(frames), None, 0)
+        self._process(iter(frames), b"")
         return self.take_events()
 
     def resume_input(self) -> list[Event]:
@@ -311,8 +311,8 @@ class Connection:
                 break
         return self.take_events()
 
-    def _process(self, frames: Iterator[Frame], first: Frame | None, size: int) -> None:
-        """Handle ``first`` (a frame that was held), then ``frames``, from a read of ``size``."""
+    def _process(self, frames: Iterator[Frame], source: Read, first: Frame | None = None) -> None:
+        """Handle ``first`` (a frame that was held), then ``frames``, decoded from ``source``."""
         if self.error is not None:
             return
         frame = first
@@ -326,7 +326,7 @@ class Connection:
                         break
         except BacklogFull:
             assert frame is not None
-            self._inbound.hold(frame, frames, size)
+            self._inbound.hold(frame, frames, source)
             self._events.append(InputHeld())
         except ProtocolError as exc:
             self.terminate(exc, GoAwayCode.PROTOCOL_ERROR)

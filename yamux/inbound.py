@@ -27,6 +27,10 @@ _RST = int(Flag.RST)
 _RECV_SYN = Input.RECV_SYN
 
 
+Read = bytes | bytearray | memoryview
+"""One read's worth of input, as receive_data takes it."""
+
+
 class BacklogFull(Exception):
     """A SYN found the accept backlog full; raised and caught inside the connection."""
 
@@ -43,7 +47,7 @@ class Inbound:
         "_max_streams",
         "_our_parity",
         "_role",
-        "_size",
+        "_source",
         "frame",
     )
 
@@ -57,8 +61,8 @@ class Inbound:
         """The SYN that found the backlog full; None while nothing is held."""
         self._frames: Iterator[Frame] = iter(())
         """The frames after it, decoded lazily from the read it came in."""
-        self._size = 0
-        """Bytes of that read (an upper bound of what is left of it)."""
+        self._source: Read = b""
+        """That read (its size bounds what is left of it)."""
         self._chunks: deque[bytes] = deque()
         """Reads that arrived while held (the adapter stops reading: at most a few)."""
         self._chunks_size = 0
@@ -104,27 +108,28 @@ class Inbound:
     @property
     def held_bytes(self) -> int:
         """At most this many bytes of input are held (0 when none)."""
-        return self._size + self._chunks_size if self.frame is not None else 0
+        return len(self._source) + self._chunks_size if self.frame is not None else 0
 
-    def hold(self, frame: Frame, frames: Iterator[Frame], size: int) -> None:
-        """Stop at ``frame``; ``frames`` follow it, from a read of ``size`` bytes."""
+    def hold(self, frame: Frame, frames: Iterator[Frame], source: Read) -> None:
+        """Stop at ``frame``; ``frames`` follow it, decoded from the read ``source``."""
         self.frame = frame
         self._frames = frames
-        self._size = size
+        self._source = source
 
-    def release(self) -> tuple[Iterator[Frame], Frame | None, int] | None:
-        """What to handle next: the held frame, the frames after it and their read's size;
+    def release(self) -> tuple[Iterator[Frame], Read, Frame | None] | None:
+        """What to handle next: the frames after the held one, their read, the held frame;
         else the oldest read that came meanwhile, decoded; None when nothing waits."""
         frame = self.frame
         if frame is not None:
             self.frame = None
             frames, self._frames = self._frames, iter(())
-            return frames, frame, self._size
+            source, self._source = self._source, b""
+            return frames, source, frame
         if not self._chunks:
             return None
         chunk = self._chunks.popleft()
         self._chunks_size -= len(chunk)
-        return self._decoder.feed(chunk), None, len(chunk)
+        return self._decoder.feed(chunk), chunk, None
 
     def add(self, chunk: bytes) -> None:
         """A read that arrived while input is held: it waits behind the held frames."""
@@ -135,5 +140,6 @@ class Inbound:
         """The session ended: drop what is held."""
         self.frame = None
         self._frames = iter(())
+        self._source = b""
         self._chunks.clear()
         self._chunks_size = 0
