@@ -296,7 +296,7 @@ class Connection:
         return self.take_events()
 
     def receive_frames(self, frames: Iterable[Frame]) -> list[Event]:
-        """Like receive_data for frames already decoded (used by tests)."""
+        """Like receive_data for frames already decoded, while nothing is held (for tests)."""
         self._process(iter(frames), b"")
         return self.take_events()
 
