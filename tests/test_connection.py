@@ -32,6 +32,7 @@ from yamux.events import (
     DataReceived,
     Event,
     GoAwayReceived,
+    InputHeld,
     PongReceived,
     SessionTerminated,
     StreamAcknowledged,
@@ -698,24 +699,90 @@ def test_terminate_queues_go_away_only_when_asked() -> None:
 
 
 # --------------------------------------------------------- backlog and limits
-def test_full_accept_backlog_refuses_with_rst() -> None:
-    pair = Pair(server=Config(accept_backlog=2))
-    client, server = pair.client, pair.server
-    ids = [client.open_stream() for _ in range(3)]
-    pair.pump()
-    assert pair.take_events(server) == [
-        StreamOpened(ids[0]),
-        StreamOpened(ids[1]),
-        StreamRefused(ids[2], "accept backlog of 2 streams is full"),
+def test_a_syn_beyond_the_accept_backlog_holds_the_input_until_an_accept() -> None:
+    """No RST: the SYN and everything after it wait, in order, for room in the backlog."""
+    server = Connection(client=False, config=Config(accept_backlog=2))
+    burst = b"".join(raw(WU, SYN, sid, 0) + raw(DATA, 0, sid, 4, b"hi %d" % sid) for sid in (1, 3))
+    burst += raw(WU, SYN, 5, 0) + raw(PING, SYN, 0, 42) + raw(WU, SYN, 7, 0)
+    burst += raw(DATA, 0, 5, 4, b"hi 5") + raw(DATA, 0, 7, 4, b"hi 7")
+    assert server.receive_data(burst) == [
+        StreamOpened(1),
+        DataReceived(1, b"hi 1"),
+        StreamOpened(3),
+        DataReceived(3, b"hi 3"),
+        InputHeld(),
     ]
-    assert Frame(WU, RST, ids[2], 0) in pair.sent[server]
-    assert pair.take_events(client) == [StreamReset(ids[2], "reset by peer")]
-    assert client.unacked_outbound == 2
-    assert client.num_streams == 2
-    server.accept_stream(ids[0])
-    fourth = client.open_stream()
-    pair.pump()
-    assert pair.take_events(server) == [StreamOpened(fourth)]
+    assert server.input_held
+    assert server.held_bytes == len(burst)  # an upper bound: the read it came in
+    assert server.outbox.take_control() == []  # no RST, and the ping is not read yet
+    server.accept_stream(1)
+    server.outbox.take_control()
+    assert server.resume_input() == [StreamOpened(5), InputHeld()]  # full again, at SYN 7
+    assert server.outbox.take_control() == [raw(PING, ACK, 0, 42)]
+    assert server.input_held
+    server.accept_stream(3)
+    assert server.resume_input() == [
+        StreamOpened(7),
+        DataReceived(5, b"hi 5"),
+        DataReceived(7, b"hi 7"),
+    ]
+    assert not server.input_held
+    assert server.held_bytes == 0
+    assert server.resume_input() == []  # nothing held: a no-op
+    assert server.unaccepted_inbound == 2
+    assert server.receive_data(raw(DATA, 0, 7, 1, b"!")) == [DataReceived(7, b"!")]
+
+
+def test_reads_that_arrive_while_held_are_handled_after_it_in_order() -> None:
+    server = Connection(client=False, config=Config(accept_backlog=1))
+    first = raw(WU, SYN, 1, 0) + raw(WU, SYN, 3, 0) + raw(DATA, 0, 3, 1, b"a")
+    assert server.receive_data(first) == [StreamOpened(1), InputHeld()]
+    assert server.input_held
+    # a frame split across two later reads, then a SYN that must hold again
+    later = raw(DATA, 0, 3, 2, b"bc") + raw(WU, SYN, 5, 0) + raw(DATA, 0, 5, 1, b"d")
+    assert server.receive_data(later[:5]) == []
+    assert server.receive_data(later[5:]) == []
+    assert server.held_bytes <= len(first) + len(later)
+    server.accept_stream(1)
+    assert server.resume_input() == [
+        StreamOpened(3),
+        DataReceived(3, b"a"),
+        DataReceived(3, b"bc"),
+        InputHeld(),
+    ]
+    assert server.input_held
+    server.accept_stream(3)
+    assert server.resume_input() == [StreamOpened(5), DataReceived(5, b"d")]
+    assert not server.input_held
+
+
+def test_held_syns_are_refused_once_we_send_go_away_and_dropped_when_the_session_ends() -> None:
+    server = Connection(client=False, config=Config(accept_backlog=1))
+    server.receive_data(raw(WU, SYN, 1, 0) + raw(WU, SYN, 3, 0) + raw(WU, SYN, 5, 0))
+    assert server.input_held
+    server.go_away()
+    assert server.resume_input() == [
+        StreamRefused(3, "we sent go away"),
+        StreamRefused(5, "we sent go away"),
+    ]
+    assert not server.input_held
+    other = Connection(client=False, config=Config(accept_backlog=1))
+    other.receive_data(raw(WU, SYN, 1, 0) + raw(WU, SYN, 3, 0))
+    other.terminate(SessionClosedError("closed"))
+    assert not other.input_held
+    assert other.held_bytes == 0
+    assert other.resume_input() == []
+
+
+def test_a_syn_rst_needs_no_room_in_the_backlog() -> None:
+    server = Connection(client=False, config=Config(accept_backlog=1))
+    events = server.receive_data(
+        raw(WU, SYN, 1, 0) + raw(WU, SYN | RST, 3, 0) + raw(PING, SYN, 0, 9)
+    )
+    assert events == [StreamOpened(1), StreamOpened(3), StreamReset(3, "reset by peer")]
+    assert not server.input_held
+    assert server.unaccepted_inbound == 1
+    assert server.outbox.take_control()[-1] == raw(PING, ACK, 0, 9)
 
 
 def test_max_streams_refuses_inbound_with_rst() -> None:
@@ -801,7 +868,7 @@ def test_reset_before_the_ack_returns_backlog_credit() -> None:
 
 
 def test_refused_stream_returns_backlog_credit() -> None:
-    pair = Pair(client=Config(accept_backlog=3), server=Config(accept_backlog=1))
+    pair = Pair(client=Config(accept_backlog=3), server=Config(max_streams=1))
     client = pair.client
     for _ in range(3):
         client.open_stream()
@@ -1070,6 +1137,9 @@ class PairModel:
             assert event.code == 0
             assert peer.sent_go_away
             side.got_go_away = True
+        elif isinstance(event, InputHeld):
+            assert side.conn.input_held
+            note("input held: a SYN found the accept backlog full")
         elif isinstance(event, StreamRefused):
             assert event.stream_id in peer.opened
             assert event.stream_id not in side.live
@@ -1140,6 +1210,7 @@ class PairModel:
             return
         sid = side.pending_accept.pop(pick % len(side.pending_accept))
         side.conn.accept_stream(sid)
+        self.handle(side, side.conn.resume_input())  # as the Session does after each accept
 
     def writable(self, side: Side) -> list[int]:
         return sorted(
@@ -1174,6 +1245,7 @@ class PairModel:
         side.conn.reset_stream(sid)
         side.reset_by_us.add(sid)
         self.gone(side, sid)
+        self.handle(side, side.conn.resume_input())  # it may have left the accept backlog
 
     def consume(self, i: int, pick: int, fraction: float) -> None:
         side = self.side(i)
@@ -1195,6 +1267,7 @@ class PairModel:
         if len(side.announced) + len(side.opened) >= 4 and not side.sent_go_away:
             side.conn.go_away(GoAwayCode.NORMAL)
             side.sent_go_away = True
+            self.handle(side, side.conn.resume_input())  # held SYNs are refused now
 
     def flush(self, i: int, budget: int) -> None:
         side = self.side(i)
@@ -1228,6 +1301,7 @@ class PairModel:
             unacked = [s for s in side.opened if s in side.live and s not in side.acked]
             assert conn.unacked_outbound == len(unacked)
             assert conn.unaccepted_inbound == len(side.pending_accept)
+            assert conn.unaccepted_inbound <= conn.config.accept_backlog
             for sid in side.live:
                 assert conn.send_credit(sid) >= 0
                 assert sid % 2 == (1 if (sid in side.opened) == conn.client else 0)

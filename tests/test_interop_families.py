@@ -46,8 +46,9 @@ SIZES: dict[str, dict[str, Any]] = {
 
 OVERRIDES: dict[tuple[str, str, str], dict[str, Any]] = {
     # The JS opener does not wait for ACKs (hashicorp keeps <= 256 un-ACKed): 1280 SYNs arrive
-    # at once, so our accept backlog must hold the whole storm or we refuse the rest with RST.
-    ("js", "openstorm", "server"): {"streams": 1280, "backlog": 1280},
+    # at once, far beyond our accept backlog of 256. We stop reading until our accepts make
+    # room, so every stream is accepted and echoed, none reset (the check below).
+    ("js", "openstorm", "server"): {"streams": 1280},
     # py-libp2p has no ping API: it pings once, 0.5 s after start, to measure the RTT.
     ("libp2p", "ping", "client"): {"count": 1},
     ("libp2p", "ping", "server"): {"count": 1},

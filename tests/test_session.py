@@ -13,6 +13,7 @@ import uvloop
 
 import yamux
 from yamux.const import Flag, FrameType, GoAwayCode
+from yamux.frame import Frame
 from yamux_peers import raw_peer, session_pair
 
 KIB = 1024
@@ -171,15 +172,22 @@ async def test_open_storm_of_five_times_the_backlog_has_no_resets() -> None:
         server_task.cancel()
 
 
-async def test_backlog_full_refuses_extra_inbound_streams_with_rst() -> None:
+async def test_backlog_full_holds_extra_inbound_streams_until_accepted() -> None:
     config = yamux.Config(accept_backlog=2)
     async with raw_peer(client=False, config=config) as (session, peer):
         for stream_id in (1, 3, 5):
             peer.send(FrameType.WINDOW_UPDATE, Flag.SYN, stream_id, 0)
-        rst = await peer.expect(FrameType.WINDOW_UPDATE)
-        assert (rst.stream_id, rst.flags) == (5, Flag.RST)
-        accepted = [await session.accept_stream(), await session.accept_stream()]
-        assert [s.id for s in accepted] == [1, 3]
+        peer.send(FrameType.PING, Flag.SYN, 0, 7)
+        accepted = [await asyncio.wait_for(session.accept_stream(), 5) for _ in range(3)]
+        assert [s.id for s in accepted] == [1, 3, 5]
+        frames = [await peer.next_frame() for _ in range(4)]
+        # The ping behind SYN 5 is read once the first accept made room: no RST anywhere.
+        assert frames == [
+            Frame(FrameType.WINDOW_UPDATE, Flag.ACK, 1, 0),
+            Frame(FrameType.PING, Flag.ACK, 0, 7),
+            Frame(FrameType.WINDOW_UPDATE, Flag.ACK, 3, 0),
+            Frame(FrameType.WINDOW_UPDATE, Flag.ACK, 5, 0),
+        ]
 
 
 # -------------------------------------------------------------------- go away

@@ -16,7 +16,7 @@ import pytest
 import yamux
 from yamux.const import Flag, FrameType
 from yamux.frame import Frame, FrameDecoder, encode_header
-from yamux_peers import raw_peer
+from yamux_peers import raw_peer, until
 
 WU = FrameType.WINDOW_UPDATE
 SYN, RST = Flag.SYN, Flag.RST
@@ -25,21 +25,31 @@ SYN, RST = Flag.SYN, Flag.RST
 async def test_reset_streams_leave_the_accept_queue_and_it_never_exceeds_the_backlog() -> None:
     config = yamux.Config(accept_backlog=4, enable_keepalive=False)
     async with raw_peer(client=False, config=config) as (session, peer):
-        for n in range(20_000):  # SYN|RST: opened and reset in one frame
+        for n in range(20_000):  # SYN|RST: opened and reset in one frame, needs no room
             peer.send(WU, SYN | RST, 2 * n + 1, 0)
         peer.send(WU, SYN, 40_001, 0)
         peer.send(WU, SYN, 40_003, 0)
         peer.send(WU, RST, 40_003, 0)  # reset before we accepted it
         for n in range(4):
             peer.send(WU, SYN, 40_005 + 2 * n, 0)
+        for n in range(20_000):  # behind a full backlog: not even read until we accept
+            peer.send(WU, SYN | RST, 50_001 + 2 * n, 0)
         await peer.writer.drain()
-        refused = await peer.expect(WU)  # 40_001 and three more fill the backlog of 4
-        assert (refused.stream_id, refused.flags) == (40_011, RST)
-        assert len(session._protocol.backlog) == config.accept_backlog
-        accepted = [await asyncio.wait_for(session.accept_stream(), 5) for _ in range(4)]
-        assert [s.id for s in accepted] == [40_001, 40_005, 40_007, 40_009]
-        assert len(session._protocol.backlog) == 0
-        assert session.num_streams == 4
+        protocol = session._protocol
+        await until(lambda: protocol.core.input_held)  # 40_001 and 3 more fill the backlog
+        assert len(protocol.backlog) == config.accept_backlog
+        assert protocol.core.held_bytes <= 256 * 1024  # one read, whatever the peer sent
+        accepted = [await asyncio.wait_for(session.accept_stream(), 5) for _ in range(5)]
+        assert [s.id for s in accepted] == [40_001, 40_005, 40_007, 40_009, 40_011]
+        assert len(protocol.backlog) == 0
+        assert session.num_streams == 5
+        ping = asyncio.create_task(session.ping())  # all of the flood was read by now
+        async with asyncio.timeout(5):
+            while (frame := await peer.next_frame()).type is not FrameType.PING:
+                assert frame.flags != RST, frame  # no stream was refused
+        peer.send(FrameType.PING, Flag.ACK, 0, frame.length)
+        await asyncio.wait_for(ping, 5)
+        assert session.num_streams == 5
 
 
 async def test_ping_flood_from_a_peer_that_never_reads_is_cut_with_a_clear_reason() -> None:
@@ -80,11 +90,11 @@ async def test_100k_bad_frames_write_under_100_log_lines_with_counts(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Refused SYNs, violations, stray pongs and repeated Go Away: the log stays short."""
-    config = yamux.Config(accept_backlog=1, enable_keepalive=False)
+    config = yamux.Config(max_streams=1, enable_keepalive=False)
     with caplog.at_level(logging.DEBUG, "yamux"):
         async with raw_peer(client=False, config=config) as (session, peer):
             pong = asyncio.create_task(read_until_pong(peer.reader, 424242))
-            peer.send(WU, SYN, 1, 0)  # fills the backlog of 1: every later SYN is refused
+            peer.send(WU, SYN, 1, 0)  # the one stream allowed: every later SYN is refused
             frames = []
             for n in range(25_000):
                 frames.append(encode_header(WU, SYN, 3 + 2 * n, 0))  # refused

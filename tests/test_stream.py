@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require_program
 
 import yamux
-from yamux_peers import session_pair
+from yamux_peers import make_certificate, session_pair
 
 
 async def upper_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -124,34 +122,6 @@ async def test_buffered_bytes_stay_readable_after_the_session_ends() -> None:
         assert await peer.read(100) == b"last words"
         with pytest.raises(yamux.SessionClosedError):
             await peer.read(100)
-
-
-def make_certificate(directory: Path) -> tuple[Path, Path]:
-    openssl = require_program("openssl")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 async def test_session_over_tls(tmp_path: Path) -> None:

@@ -3,12 +3,13 @@
 ``receive_data`` turns the peer's bytes into events (yamux.events); commands
 (open, send, close, reset, ping, go away) change the streams' state machines
 and queue frames in the connection's ``outbox``, which the I/O adapter empties
-when the transport has room (yamux.outbox).
+when the transport has room (yamux.outbox). The peer's opens are admitted, or
+their input held while the accept backlog is full, by yamux.inbound.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from .config import Config
 from .const import INITIAL_STREAM_WINDOW, Flag, FrameType, GoAwayCode
@@ -28,6 +29,7 @@ from .events import (
     DataReceived,
     Event,
     GoAwayReceived,
+    InputHeld,
     PongReceived,
     SessionTerminated,
     StreamAcknowledged,
@@ -40,6 +42,7 @@ from .events import (
 )
 from .flow import WindowTuner
 from .frame import Frame, FrameDecoder, encode_header
+from .inbound import BacklogFull, Inbound, Read
 from .outbox import Outbox
 from .stream_record import StreamRecord
 from .stream_state import Effect, Handshake, Input, StreamMachine, StreamStateError
@@ -98,6 +101,7 @@ class Connection:
         self.unacked_outbound = 0
         """Our opens awaiting ACK; open_stream should wait while this reaches the backlog."""
         self.unaccepted_inbound = 0
+        self._inbound = Inbound(self.config, self._decoder, client=client)
         self.local_go_away = False
         self.remote_go_away = False
         self.error: YamuxError | None = None
@@ -121,6 +125,16 @@ class Connection:
     @property
     def backlog_full(self) -> bool:
         return self.unacked_outbound >= self.config.accept_backlog
+
+    @property
+    def input_held(self) -> bool:
+        """Since InputHeld: stop reading until ``resume_input`` clears it."""
+        return self._inbound.frame is not None
+
+    @property
+    def held_bytes(self) -> int:
+        """At most this many bytes of input wait while ``input_held``."""
+        return self._inbound.held_bytes
 
     def stream_ids(self) -> list[int]:
         return list(self._streams)
@@ -256,6 +270,7 @@ class Connection:
         if code is not None:
             self._queue_control(encode_header(_GO_AWAY, 0, 0, code))
         self.error = error
+        self._inbound.clear()
         self._forget_all()
 
     # ------------------------------------------------------------------ output
@@ -270,23 +285,53 @@ class Connection:
         """Consume bytes from the peer; returns what happened, in order.
 
         Processing stops at the first frame that ends the session: SessionTerminated
-        is then the last event, and later frames in ``data`` are ignored.
+        is then the last event, and later frames in ``data`` are ignored. It also
+        stops at a SYN that finds the accept backlog full (``input_held``).
         """
-        return self.receive_frames(self._decoder.feed(data))
+        inbound = self._inbound
+        if inbound.frame is None:
+            self._process(self._decoder.feed(data), data)
+        else:
+            inbound.add(bytes(data))
+        return self.take_events()
 
     def receive_frames(self, frames: Iterable[Frame]) -> list[Event]:
-        """Like receive_data for frames already decoded (used by tests)."""
-        if not self.closed:
-            try:
+        """Like receive_data for frames already decoded, while nothing is held (for tests)."""
+        self._process(iter(frames), b"")
+        return self.take_events()
+
+    def resume_input(self) -> list[Event]:
+        """Go on with held input, now that an accept, a reset or our Go Away may have made
+        room; returns the events, as receive_data. Holds again at the next SYN that does
+        not fit (a no-op when nothing is held)."""
+        inbound = self._inbound
+        while self.error is None and (held := inbound.release()) is not None:
+            self._process(*held)
+            if inbound.frame is not None:
+                break
+        return self.take_events()
+
+    def _process(self, frames: Iterator[Frame], source: Read, first: Frame | None = None) -> None:
+        """Handle ``first`` (a frame that was held), then ``frames``, decoded from ``source``."""
+        if self.error is not None:
+            return
+        frame = first
+        try:
+            if frame is not None:
+                self._handle_frame(frame)
+            if self.error is None:
                 for frame in frames:
                     self._handle_frame(frame)
                     if self.error is not None:
                         break
-            except ProtocolError as exc:
-                self.terminate(exc, GoAwayCode.PROTOCOL_ERROR)
-            if self.error is not None:
-                self._events.append(SessionTerminated(self.error))
-        return self.take_events()
+        except BacklogFull:
+            assert frame is not None
+            self._inbound.hold(frame, frames, source)
+            self._events.append(InputHeld())
+        except ProtocolError as exc:
+            self.terminate(exc, GoAwayCode.PROTOCOL_ERROR)
+        if self.error is not None:
+            self._events.append(SessionTerminated(self.error))
 
     def _handle_frame(self, frame: Frame) -> None:
         type_ = frame.type
@@ -354,26 +399,13 @@ class Connection:
 
     def _incoming_stream(self, frame: Frame, existing: StreamRecord | None) -> StreamRecord | None:
         stream_id = frame.stream_id
-        if existing is not None:
-            try:
-                existing.state.process(_RECV_SYN)
-            except StreamStateError as exc:
-                raise ProtocolError(
-                    f"duplicate SYN for stream {stream_id}, which is already open ({exc})"
-                ) from None
-        if (stream_id & 1) == (1 if self.client else 0):
-            side = "client" if self.client else "server"
-            raise ProtocolError(
-                f"peer opened stream {stream_id}, an id reserved for our side ({side}); "
-                f"are both ends the same yamux role?"
-            )
-        refusal = None
-        if self.local_go_away:
-            refusal = "we sent go away"
-        elif len(self._streams) >= self.config.max_streams:
-            refusal = f"session has the maximum of {self.config.max_streams} streams"
-        elif self.unaccepted_inbound >= self.config.accept_backlog:
-            refusal = f"accept backlog of {self.config.accept_backlog} streams is full"
+        refusal = self._inbound.refusal(
+            frame,
+            existing,
+            streams=len(self._streams),
+            unaccepted=self.unaccepted_inbound,
+            go_away=self.local_go_away,
+        )
         if refusal is not None:
             self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
             self._events.append(StreamRefused(stream_id, refusal))

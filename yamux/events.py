@@ -11,6 +11,7 @@ __all__ = [
     "DataReceived",
     "Event",
     "GoAwayReceived",
+    "InputHeld",
     "PongReceived",
     "SessionTerminated",
     "StreamAcknowledged",
@@ -104,6 +105,13 @@ class GoAwayReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class InputHeld:
+    """A SYN found the accept backlog full: the rest of the input waits, that SYN first,
+    until accepts make room (Connection.resume_input). Stop reading the peer meanwhile.
+    Always the last event of its batch."""
+
+
+@dataclass(frozen=True, slots=True)
 class SessionTerminated:
     """The session is over; ``error`` says why. Go Away, if owed, is already queued."""
 
@@ -121,5 +129,6 @@ Event = (
     | StreamClosed
     | PongReceived
     | GoAwayReceived
+    | InputHeld
     | SessionTerminated
 )

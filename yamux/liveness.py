@@ -1,8 +1,9 @@
 """Is the peer still there? Keepalive pings, the round-trip time, streams abandoned after Go Away.
 
 A session's liveness checks, apart from its frame handling: the session tells
-``Liveness`` when bytes arrive (``heard``) and gives it the few things it may
-do (send a ping, end the session, reset a stream); it runs as the session's tasks.
+``Liveness`` when bytes arrive (``heard``) and when it stops reading the peer
+(``hold``, ``release``), and gives it the few things it may do (send a ping,
+end the session, reset a stream); it runs as the session's tasks.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from .config import Config
@@ -46,9 +48,28 @@ class Liveness:
         self.rtt: float | None = None
         """Smoothed round-trip time of the pings, once one was answered."""
         self.watching_abandoned = False
+        self.holding = False
+        """We stopped reading the peer (its opens wait for our accepts): see ``hold``."""
+        self._released_at = float("-inf")
+        """When reading last resumed, on the pings' clock (time.perf_counter)."""
 
     def heard(self) -> None:
         self.last_heard = self._loop.time()
+
+    def hold(self) -> None:
+        """We stop reading the peer until the application accepts the streams it opened.
+
+        The peer is alive (those opens prove it), and a silence now is ours: its
+        pongs wait behind what we do not read. So the keepalive cannot fail while
+        holding; it still pings every interval, so a connection that died shows
+        as a write error, and its timeout starts again when reading resumes.
+        """
+        self.holding = True
+
+    def release(self) -> None:
+        self.holding = False
+        self._released_at = time.perf_counter()
+        self.heard()
 
     async def keepalive(self) -> None:
         """Ping every keepalive_interval; dead only if nothing at all arrives for the timeout.
@@ -67,7 +88,7 @@ class Liveness:
             future = self._pings.start(opaque)
             self._flush()
             try:
-                while not future.done():
+                while not future.done() and not self.holding:
                     remaining = max(sent, self.last_heard) + timeout - loop.time()
                     if remaining <= 0:
                         self._fail(
@@ -83,7 +104,8 @@ class Liveness:
                 ended = future.done() and future.exception() is not None  # also if cancelled
             if ended:
                 return  # the session ended; close_reason says why
-            self.record_rtt(future.result())
+            if future.done():  # else we hold the peer's input: the pong waits behind it
+                self.record_rtt(future.result())
 
     async def measure_rtt(self) -> None:
         """One ping when data first flows, so window auto-tuning need not wait for the keepalive."""
@@ -97,6 +119,9 @@ class Liveness:
                 self._pings.discard(opaque)
 
     def record_rtt(self, rtt: float) -> None:
+        """Smooth in one ping's round trip, unless we held the peer's input meanwhile."""
+        if time.perf_counter() - rtt < self._released_at:
+            return
         self.rtt = rtt if self.rtt is None else 0.875 * self.rtt + 0.125 * rtt
         if self._core.tuner is not None:
             self._core.tuner.rtt = self.rtt

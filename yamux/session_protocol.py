@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, assert_never
+from typing import Any, assert_never, cast
 
 from .backlog import Backlog
 from .config import Config
@@ -36,6 +36,7 @@ from .events import (
     DataReceived,
     Event,
     GoAwayReceived,
+    InputHeld,
     PongReceived,
     SessionTerminated,
     StreamAcknowledged,
@@ -140,8 +141,12 @@ class SessionProtocol(asyncio.Protocol):
 
     async def accept_stream(self) -> Stream:
         stream = await self.backlog.next_incoming()
-        self.core.accept_stream(stream.id)
-        self._flush()
+        core = self.core
+        core.accept_stream(stream.id)
+        if core.input_held:
+            self._resume_input()
+        else:
+            self._flush()
         return stream
 
     async def ping(self) -> float:
@@ -168,6 +173,8 @@ class SessionProtocol(asyncio.Protocol):
             self.core.go_away(code)
             self._watch_abandoned_streams()
             self._flush()
+            if self.core.input_held:  # a held SYN is refused now; not from inside a dispatch
+                self._loop.call_soon(self._resume_input)
         else:
             self._shutdown(SessionClosedError(f"we sent go away code {code}"), code)
 
@@ -221,6 +228,16 @@ class SessionProtocol(asyncio.Protocol):
     def watch_pending(self, stream: Stream) -> None:
         self._drain_waiting[stream.id] = stream
 
+    def protocol_failed(self, stream_id: int, callback: str, exc: Exception) -> None:
+        self.log.log(
+            logging.ERROR,
+            "stream-protocol-failed",
+            "stream %d: its protocol raised in %s; resetting the stream",
+            stream_id,
+            callback,
+            exc_info=exc,
+        )
+
     # ------------------------------------------- asyncio.Protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._writer.attach(transport)
@@ -241,13 +258,47 @@ class SessionProtocol(asyncio.Protocol):
             self._flush()
             self.backlog.wake_openers()
 
+    def _hold_input(self) -> None:
+        """A SYN found the accept backlog full: read nothing more until accepts make room.
+
+        What the core holds is then at most this read; the peer's further bytes
+        wait in the kernel, and the keepalive cannot fail meanwhile (Liveness.hold).
+        """
+        if self.liveness.holding:
+            return
+        self.liveness.hold()
+        transport = self._reading_transport()
+        if transport is not None:
+            transport.pause_reading()
+
+    def _resume_input(self) -> None:
+        """Go on with the held input; read again once it is all handled."""
+        core = self.core
+        if self._dispatch(core.resume_input()):
+            if not core.input_held and self.liveness.holding:
+                self.liveness.release()
+                transport = self._reading_transport()
+                if transport is not None:
+                    transport.resume_reading()
+            self._flush()
+            self.backlog.wake_openers()
+
+    def _reading_transport(self) -> asyncio.ReadTransport | None:
+        transport = self._read_transport or self._writer.transport
+        if transport is None or transport.is_closing():
+            return None
+        return cast(asyncio.ReadTransport, transport)
+
     def _dispatch(self, events: list[Event]) -> bool:
         """Carry out the core's events; False once the session is over."""
         streams = self._streams
         for event in events:
             match event:
                 case DataReceived(stream_id, payload):
-                    streams[stream_id].feed_data(payload)
+                    # .get: a stream callback may have reset it earlier in this batch
+                    stream = streams.get(stream_id)
+                    if stream is not None:
+                        stream.feed_data(payload)
                 case WindowUpdated():
                     pass
                 case StreamOpened(stream_id, state):
@@ -257,7 +308,9 @@ class SessionProtocol(asyncio.Protocol):
                 case StreamAcknowledged(stream_id):
                     self._open_timers.cancel(stream_id)
                 case StreamEnded(stream_id):
-                    streams[stream_id].feed_eof()
+                    stream = streams.get(stream_id)
+                    if stream is not None:
+                        stream.feed_eof()
                     self._close_timers.cancel(stream_id)
                 case StreamClosed(stream_id):
                     self._forget(stream_id)
@@ -286,6 +339,8 @@ class SessionProtocol(asyncio.Protocol):
                         self._go_away.set_result(None)
                     self._watch_abandoned_streams()
                     self.backlog.wake_openers(force=True)
+                case InputHeld():
+                    self._hold_input()
                 case SessionTerminated(error):
                     self._shutdown(error)
                     return False
@@ -330,7 +385,7 @@ class SessionProtocol(asyncio.Protocol):
         core = self.core
         for stream_id, stream in list(self._drain_waiting.items()):
             if not stream.pending_changed(core.pending_bytes(stream_id)):
-                del self._drain_waiting[stream_id]
+                self._drain_waiting.pop(stream_id, None)  # a failing protocol may have reset it
 
     # ----------------------------------------------------------------- timers
     def _write_stalled(self, buffered: int) -> None:
@@ -371,6 +426,8 @@ class SessionProtocol(asyncio.Protocol):
         self.core.reset_stream(stream_id)
         self._drop_reset(stream_id, reason)
         self.backlog.wake_openers()
+        if self.core.input_held:  # it may have waited in the accept backlog
+            self._resume_input()
 
     # --------------------------------------------------------------- shutdown
     def _shutdown(self, error: YamuxError, code: int | None = None) -> None:

@@ -54,6 +54,10 @@ class StreamLink(Protocol):
         """Call ``stream.pending_changed`` as its unsent bytes go out, until it returns False."""
         ...
 
+    def protocol_failed(self, stream_id: int, callback: str, exc: Exception) -> None:
+        """The stream's protocol raised from ``callback``: log it (the stream resets itself)."""
+        ...
+
     def get_extra_info(self, name: str, default: Any = None) -> Any: ...
 
 
@@ -222,7 +226,10 @@ class Stream:
             ):
                 self._writing_paused = True
                 link.watch_pending(self)
-                self._protocol.pause_writing()
+                try:
+                    self._protocol.pause_writing()
+                except Exception as exc:
+                    self._protocol_failed("pause_writing", exc)
 
     def writelines(self, data: list[bytes | bytearray | memoryview]) -> None:
         for chunk in data:
@@ -308,7 +315,9 @@ class Stream:
         both ways is not a loss), and ``pause_writing``/``resume_writing`` as
         what we wrote waits for the peer's window. Bytes are consumed (credit
         goes back to the peer) as they are delivered; ``pause_reading`` holds
-        them back, so the peer stops once our window is full.
+        them back, so the peer stops once our window is full. A callback that
+        raises resets this stream only, as a transport ends on a failing
+        protocol; the session logs it and its other streams go on.
         """
         self._protocol = protocol
         self._deliver()
@@ -329,10 +338,17 @@ class Stream:
         if protocol is None or self._reading_paused:
             return
         if self._buffer:
-            protocol.data_received(self._take(len(self._buffer)))
+            try:
+                protocol.data_received(self._take(len(self._buffer)))
+            except Exception as exc:
+                self._protocol_failed("data_received", exc)
+                return
         if self._eof and not self._buffer and not self._reading_paused and not self._eof_delivered:
             self._eof_delivered = True
-            protocol.eof_received()
+            try:
+                protocol.eof_received()
+            except Exception as exc:
+                self._protocol_failed("eof_received", exc)
 
     def pending_changed(self, pending: int) -> bool:
         """Wake what waits on our unsent bytes; True while something still waits."""
@@ -346,7 +362,10 @@ class Stream:
             if self._writing_paused:
                 self._writing_paused = False
                 if self._protocol is not None:
-                    self._protocol.resume_writing()
+                    try:
+                        self._protocol.resume_writing()
+                    except Exception as exc:
+                        self._protocol_failed("resume_writing", exc)
         return (
             self._drain_waiter is not None
             or self._closed_waiter is not None
@@ -379,7 +398,10 @@ class Stream:
         protocol = self._protocol
         if protocol is not None and not self._reading_paused and not self._buffer:
             self._link.consume(self.id, len(data))
-            protocol.data_received(data)
+            try:
+                protocol.data_received(data)
+            except Exception as exc:  # zero-cost on 3.11 while nothing raises
+                self._protocol_failed("data_received", exc)
             return
         self._buffer += data
         waiter = self._read_waiter
@@ -404,7 +426,10 @@ class Stream:
         protocol = self._protocol
         if protocol is not None:
             self._protocol = None
-            protocol.connection_lost(error)
+            try:
+                protocol.connection_lost(error)
+            except Exception as exc:
+                self._link.protocol_failed(self.id, "connection_lost", exc)
 
     def _wake_reader(self) -> None:
         waiter = self._read_waiter
@@ -420,6 +445,13 @@ class Stream:
                     waiter.set_result(None)
 
     # --------------------------------------------------------------- internals
+    def _protocol_failed(self, callback: str, exc: Exception) -> None:
+        """A protocol callback raised: reset this stream alone (see set_protocol)."""
+        self._link.protocol_failed(self.id, callback, exc)
+        if self._error is None:
+            self.set_exception(StreamResetError(f"the stream's protocol failed in {callback}"))
+            self._link.reset_stream(self.id)
+
     def _take(self, n: int) -> bytes:
         buffer = self._buffer
         if n >= len(buffer):

@@ -275,6 +275,10 @@ const activeScenarios = {
     await finish(c)
   },
   async openstorm (p) {
+    // Every open in one TCP write, as a busy client's writes coalesce: the whole storm then
+    // arrives in one read, far beyond the passive side's accept backlog.
+    p.conn.socket.cork()
+    setImmediate(() => p.conn.socket.uncork())
     const results = await Promise.allSettled(
       Array.from({ length: p.o.streams }, (_, i) => echo(p, p.o.size, i)))
     const errors = results.filter(r => r.status === 'rejected')
