@@ -18,7 +18,7 @@ from ..wire.tls import server_context
 from .declare import OptionError, option
 from .kinds import Choice, Instance, Integer, PortRange, Seconds, Text
 from .kinds import Path as PathKind
-from .shared import SecretError, SharedOptions, check_secret
+from .shared import SharedOptions
 
 if TYPE_CHECKING:
     from ..server.auth import AuthClient
@@ -151,11 +151,6 @@ class RelayOptions(SharedOptions):
 
     def check_together(self) -> None:
         super().check_together()
-        if self.secret is not None:
-            try:
-                check_secret(self.secret)
-            except SecretError as exc:
-                raise OptionError("secret", str(exc)) from None
         if self.tls_cert is None and (self.tls_key is not None or self.tls_client_ca is not None):
             raise OptionError(
                 "tls_key" if self.tls_key is not None else "tls_client_ca",

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import RegistrationError, RelayError
 from ..ops.config import read_toml
-from ..options.shared import SecretError, check_secret, read_secret_file
+from ..options.secret import SecretError, check_secret, read_secret_file
 from ..wire.v2 import AUTH_FAILED, NAME, Challenge, Response, proof_matches
 
 logger = logging.getLogger("relay.auth")
