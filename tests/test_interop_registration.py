@@ -26,7 +26,7 @@ from relay_support import Processes
 pytestmark = [pytest.mark.interop, pytest.mark.e2e]
 
 HOST = "127.0.0.1"
-SECRET = "interop secret"
+SECRET = "an interop secret, strong enough"
 
 
 @pytest.fixture(scope="module")

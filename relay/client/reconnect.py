@@ -100,7 +100,7 @@ class RetryLog:
             self._first = time.monotonic()
         self.failures += 1
         self.logger.warning(
-            "%s: %s; a permanent refusal, retrying in %.1f s (retry_permanent)",
+            "%s: %s; a permanent refusal, retrying in %.2f s (retry_permanent)",
             self.what,
             reason,
             delay,

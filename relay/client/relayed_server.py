@@ -326,9 +326,7 @@ class RelayedServer:
                 self._what,
                 reason,
                 what_to_fix(exc),
-                " (or --retry-permanent, retry_permanent=True, to keep trying)"
-                if self.reconnect
-                else "",
+                "; --retry-permanent (retry_permanent=True) keeps trying" if self.reconnect else "",
             )
             return None
         if not self.reconnect:
