@@ -96,8 +96,9 @@ class RelayOptions(SharedOptions):
         None,
         PathKind(),
         "TOML file of named clients, each with its own secret and the ports it may hold "
-        '([clients.NAME] secret = ..., ports = "5000-5009"). Re-read when it changes: '
-        "a removed client is disconnected.",
+        '([clients.NAME] secret = ..., ports = "5000-5009"). Re-read when it (or a secret '
+        "file it names) changes: a removed client is disconnected; deleted or emptied, "
+        "every client of it is.",
         metavar="FILE",
     )
     tls_client_ca: str | None = option(
