@@ -316,16 +316,15 @@ class RelayedServer:
             if isinstance(exc, RegistrationError | TimeoutError)
             else describe_os_error(exc)
         )
-        permanent = isinstance(exc, RegistrationError) and exc.permanent
-        if permanent and not (self.retry_permanent and self.reconnect):
-            assert isinstance(exc, RegistrationError)
-            self.refusal = exc
+        permanent = exc if isinstance(exc, RegistrationError) and exc.permanent else None
+        if permanent is not None and not (self.retry_permanent and self.reconnect):
+            self.refusal = permanent
             self._lost_reason = reason
             logger.error(
                 "%s: %s; stopped, as trying again cannot succeed: %s%s",
                 self._what,
                 reason,
-                what_to_fix(exc),
+                what_to_fix(permanent),
                 "; --retry-permanent (retry_permanent=True) keeps trying" if self.reconnect else "",
             )
             return None
@@ -333,7 +332,7 @@ class RelayedServer:
             logger.error("%s: %s", self._what, reason)
             self._lost_reason = reason
             return None
-        if permanent:
+        if permanent is not None:
             delay = self.refused_backoff.next_delay()
             retries.refused(reason, delay)
             return delay

@@ -51,6 +51,8 @@ CHECK_INTERVAL = 1.0
 
 Stamp = tuple[int, int, int] | None
 """A file's (mtime, size, inode); None if it does not exist."""
+Stamps = tuple[Stamp, tuple[Stamp, ...]]
+"""The auth file's, and those of the secret files it names."""
 
 
 def _stamp(path: Path) -> Stamp:
@@ -114,7 +116,7 @@ class AuthFile:
         self._from_file = from_file
         self._secret_files = tuple(c.secret_file for c in from_file.values() if c.secret_file)
         self._seen = self._stamps()
-        self._pending: object = None
+        self._pending: Stamps | None = None
         self.status = AuthFileStatus(str(self.path), True, len(from_file), None, time.time())
 
     @property
@@ -122,7 +124,7 @@ class AuthFile:
         """Every named client in force: the config's and the file's."""
         return {**self._static, **self._from_file}
 
-    def _stamps(self) -> tuple[Stamp, tuple[Stamp, ...]]:
+    def _stamps(self) -> Stamps:
         return _stamp(self.path), tuple(_stamp(path) for path in self._secret_files)
 
     def reload(self) -> dict[str, str] | None:
