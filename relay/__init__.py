@@ -12,6 +12,7 @@ from .client.forwarder import Forwarder
 from .client.register import Registration, TLSError, register
 from .client.relayed_server import RelayedServer, start_server
 from .errors import (
+    PermanentRefusalError,
     RegistrationError,
     RelayDisconnectedError,
     RelayError,
@@ -32,6 +33,7 @@ __all__ = [
     "ForwardOptions",
     "Forwarder",
     "OptionError",
+    "PermanentRefusalError",
     "Registration",
     "RegistrationError",
     "RegistrationOptions",

@@ -41,6 +41,12 @@ from .relayed_server import RelayedServer
 logger = logging.getLogger("relay.forwarder")
 connections_logger = logging.getLogger("relay.connections")
 
+EXIT_LOST = 1
+"""``run()`` when a relay session is lost and reconnecting is off."""
+EXIT_REFUSED = 78
+"""``run()`` after a permanent refusal: sysexits' EX_CONFIG, which a systemd unit's
+``RestartPreventExitStatus=78`` keeps from being restarted into the same refusal."""
+
 
 async def _first_of(
     waits: list[Coroutine[None, None, object]], when: str, limit: float | None = None
@@ -132,7 +138,9 @@ class Forwarder:
         return format_endpoint(self.relay_host, self.relay_port)
 
     async def run(self) -> int:
-        """Serve until cancelled; returns 1 when a relay session is lost and reconnecting is off."""
+        """Serve until cancelled. Returns when a service stops: ``EXIT_REFUSED`` after a
+        permanent refusal (the other services stop too: the configuration needs a fix),
+        ``EXIT_LOST`` when a relay session is lost and reconnecting is off."""
         self.servers = [self._server(service) for service in self.services]
         try:
             # Services that ask for a port register first: otherwise one without could be
@@ -156,7 +164,8 @@ class Forwarder:
             await _first_of(
                 [server.wait_closed() for server in self.servers], asyncio.FIRST_COMPLETED
             )
-            return 1
+            refused = any(server.refusal is not None for server in self.servers)
+            return EXIT_REFUSED if refused else EXIT_LOST
         finally:
             for server in self.servers:
                 server.close()

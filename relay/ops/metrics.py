@@ -132,6 +132,17 @@ class RelayCollector(Collector):
         yield GaugeMetricFamily(
             "relay_draining", "1 while draining (after SIGTERM).", 1 if server.draining else 0
         )
+        auth_file = server.auth_file_status
+        if auth_file is not None:
+            yield GaugeMetricFamily(
+                "relay_auth_file_ok",
+                "1 if the auth file (and its secret files) is in force as written; 0 if its "
+                "last edit did not take (fully): see the ERROR log or /status.",
+                1 if auth_file.ok else 0,
+            )
+            yield GaugeMetricFamily(
+                "relay_auth_file_clients", "Clients of the auth file in force.", auth_file.clients
+            )
         yield from window_budget_metrics("relay", server.yamux_config)
 
 
@@ -154,11 +165,21 @@ def window_budget_metrics(prefix: str, config: yamux.Config | None) -> Iterator[
 
 
 def relay_status(server: Relay) -> dict[str, Any]:
-    """``/status`` of a relay: every registration."""
+    """``/status`` of a relay: every registration, and its auth file if it has one."""
+    auth_file = server.auth_file_status
     return {
         "role": "relay",
         "control_port": server.port,
         "draining": server.draining,
+        "auth_file": None
+        if auth_file is None
+        else {
+            "path": auth_file.path,
+            "ok": auth_file.ok,
+            "clients": auth_file.clients,
+            "error": auth_file.error,
+            "since": _iso(auth_file.since),
+        },
         "registrations": [
             {
                 "session": info.id,

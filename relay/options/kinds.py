@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import click
 
+from .secret import check_secret
 from .service import Service
 
 KIB: Final = 1 << 10
@@ -325,13 +326,14 @@ class Path(Kind):
 
 
 class Secret(Kind):
-    """A secret (``str``, or ``bytes`` in Python); never shown in a message."""
+    """A secret (``str``, or ``bytes`` in Python), strong enough; never shown in a message."""
 
     hidden = True
 
     def check(self, value: Any) -> str | bytes:
         if not isinstance(value, str | bytes) or not value:
             raise ValueError("must be a non-empty str or bytes")
+        check_secret(value)
         return value
 
 

@@ -18,7 +18,7 @@ from ..wire.tls import server_context
 from .declare import OptionError, option
 from .kinds import Choice, Instance, Integer, PortRange, Seconds, Text
 from .kinds import Path as PathKind
-from .shared import SecretError, SharedOptions, check_secret
+from .shared import SharedOptions
 
 if TYPE_CHECKING:
     from ..server.auth import AuthClient
@@ -96,8 +96,9 @@ class RelayOptions(SharedOptions):
         None,
         PathKind(),
         "TOML file of named clients, each with its own secret and the ports it may hold "
-        '([clients.NAME] secret = ..., ports = "5000-5009"). Re-read when it changes: '
-        "a removed client is disconnected.",
+        '([clients.NAME] secret = ..., ports = "5000-5009"). Re-read when it (or a secret '
+        "file it names) changes: a removed client is disconnected; deleted or emptied, "
+        "every client of it is.",
         metavar="FILE",
     )
     tls_client_ca: str | None = option(
@@ -151,11 +152,6 @@ class RelayOptions(SharedOptions):
 
     def check_together(self) -> None:
         super().check_together()
-        if self.secret is not None:
-            try:
-                check_secret(self.secret)
-            except SecretError as exc:
-                raise OptionError("secret", str(exc)) from None
         if self.tls_cert is None and (self.tls_key is not None or self.tls_client_ca is not None):
             raise OptionError(
                 "tls_key" if self.tls_key is not None else "tls_client_ca",

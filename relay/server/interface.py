@@ -37,6 +37,20 @@ class SessionInfo:
     """The client's name (registration v2); None for a seed-protocol registration."""
 
 
+@dataclass(frozen=True, slots=True)
+class AuthFileStatus:
+    """How the last read of a relay's auth file went (``relay.server.auth_file``)."""
+
+    path: str
+    ok: bool
+    """The file on disk (and the secret files it names) is in force as written."""
+    clients: int
+    """Clients of the file in force."""
+    error: str | None
+    since: float
+    """Unix time of the read that gave this status."""
+
+
 class Relay(Protocol):
     """A relay as something to run, drain and watch."""
 
@@ -53,6 +67,10 @@ class Relay(Protocol):
 
     @property
     def draining(self) -> bool: ...
+
+    @property
+    def auth_file_status(self) -> AuthFileStatus | None:
+        """None without an auth file."""
 
     @property
     def yamux_config(self) -> yamux.Config | None:

@@ -45,7 +45,7 @@ from ..options.declare import takes_options
 from ..pipe import PipeResult
 from ..stats import RelayStats, Traffic
 from ..wire.greeting import error_line, port_line
-from .interface import SessionInfo
+from .interface import AuthFileStatus, SessionInfo
 from .leases import LeaseStore
 from .ports import PortAllocator
 from .request import SEED
@@ -112,6 +112,8 @@ class NotifyRelay:
         self.yamux_config: yamux.Config | None = None
         """This protocol speaks no yamux."""
         self.draining = False
+        self.auth_file_status: AuthFileStatus | None = None
+        """The notify protocol has no authentication."""
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | None = None
         self._registrations: dict[int, _Registration] = {}

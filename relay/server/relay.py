@@ -32,7 +32,7 @@ import asyncio
 import itertools
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -52,10 +52,11 @@ from ..options.declare import takes_options
 from ..stats import RelayStats
 from ..wire.greeting import port_line
 from .admission import Admission, Refusal
-from .auth import Authenticator, FailureLimiter, watch_auth_file
+from .auth import FailureLimiter
+from .auth_file import authentication, watch_auth_file
 from .challenge import ChallengeProtocol
 from .challenge import logger as registration_logger
-from .interface import SessionInfo
+from .interface import AuthFileStatus, SessionInfo
 from .leases import Identity, LeaseStore
 from .limits import Slot, SourceSlots, share, source_of
 from .ports import PortAllocator, PortRefusedError
@@ -133,11 +134,8 @@ class RelayServer:
             raise OptionError("protocol", "is NotifyRelay's, not RelayServer's", protocol)
         self.options = checked
         """As given, checked, with the secret file read and the TLS context made."""
-        self.auth: Authenticator | None = None
-        if checked.secret is not None or checked.auth_clients or checked.auth_file is not None:
-            self.auth = Authenticator(
-                secret=checked.secret, clients=checked.auth_clients, auth_file=checked.auth_file
-            )
+        self.auth_file, self.auth = authentication(checked)
+        """The auth file (re-read while the relay runs); who may register (None: anyone)."""
         self._requested_port = port
         self.yamux_config = checked.session_config()
         self._connections_per_source = share(
@@ -193,8 +191,10 @@ class RelayServer:
         )
         self._tasks.spawn(self._refresh_leases(), name="relay-leases")
         self._serving = loop.create_future()
-        if self.auth is not None and self.auth.auth_file is not None:
-            self._tasks.spawn(watch_auth_file(self.auth, self._revoke), name="relay-auth-file")
+        if self.auth is not None and self.auth_file is not None:
+            self._tasks.spawn(
+                watch_auth_file(self.auth_file, self.auth, self._revoke), name="relay-auth-file"
+            )
         logger.info(
             "Serving relay requests on port %d", self.port, extra={"control_port": self.port}
         )
@@ -425,14 +425,18 @@ class RelayServer:
         if not transport.is_closing():
             self.registration_made(transport, request, slot.hand_over())
 
-    def _revoke(self, names: set[str]) -> None:
-        """End the sessions of clients whose auth-file entry was removed or changed."""
+    def _revoke(self, ended: Mapping[str, str]) -> None:
+        """End the sessions of clients whose access ended (name -> why)."""
         for session in list(self._sessions.values()):
             client = session.request.client
-            if client in names and session.request.authenticated:
-                session.end(
-                    f"client {client} was removed from the auth file or its secret or ports changed"
-                )
+            if client is not None and client in ended and session.request.authenticated:
+                reason = f"client {client} {ended[client]}"
+                logger.warning("session %d: cut, %s", session.id, reason)
+                session.end(reason)
+
+    @property
+    def auth_file_status(self) -> AuthFileStatus | None:
+        return self.auth_file.status if self.auth_file is not None else None
 
     # ------------------------------------------- what a session needs of us
     @property
