@@ -51,6 +51,16 @@ class AuthFileStatus:
     """Unix time of the read that gave this status."""
 
 
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Whether a relay takes registrations now (``/readyz``), and why not."""
+
+    ready: bool
+    reason: str
+    """Why it is not ready (``starting``, ``draining``, ``lease store unreachable: ...``),
+    or what it does when it is."""
+
+
 class Relay(Protocol):
     """A relay as something to run, drain and watch."""
 
@@ -89,3 +99,6 @@ class Relay(Protocol):
 
     async def wait_idle(self) -> None:
         """Until no public connection is open."""
+
+    def health(self) -> Health:
+        """Ready to take registrations, or why not."""

@@ -41,7 +41,6 @@ import yamux
 from yamux.ratelimit import RateLimitedLog
 
 from ..net import (
-    LISTEN_BACKLOG,
     BindAddress,
     listening_port,
     peer_of,
@@ -51,52 +50,30 @@ from ..options import OptionError, RelayOptions
 from ..options.declare import takes_options
 from ..stats import RelayStats
 from ..wire.greeting import port_line
+from ..wire.refusal import RETRY, format_refusal
 from .admission import Admission, Refusal
+from .allocation import Allocations, AwaitingPort, after, settled
 from .auth import FailureLimiter
 from .auth_file import authentication, watch_auth_file
 from .challenge import ChallengeProtocol
 from .challenge import logger as registration_logger
-from .interface import AuthFileStatus, SessionInfo
-from .leases import Identity, LeaseStore
+from .control import SeedProtocol, listen
+from .interface import AuthFileStatus, Health, SessionInfo
+from .leases import Identity
 from .limits import Slot, SourceSlots, share, source_of
-from .ports import PortAllocator, PortRefusedError
+from .membership import StoreKeeper, open_store, shared_failures
+from .ports import PortAllocator, PortRefusedError, StoreDownError
 from .public import PublicConnections
 from .replacement import Decision, holder_of, settle
 from .request import SEED, ProtocolName, RegistrationRequest
 from .session import RegisteredSession
+from .shared_failures import SharedFailureLimiter
+from .store_health import relay_health
 from .tls_listener import TLSListener
 
 __all__ = ["RelayServer"]
 
 logger = logging.getLogger("relay.server")
-
-LEASE_REFRESH_INTERVAL = 60.0
-"""Seconds between saving "still in use" for the leases of registered sessions (at most)."""
-
-
-def _replaced(transport: asyncio.Transport, slot: Slot, task: asyncio.Task[None]) -> None:
-    """The end of a replacement, even one cancelled before it ran (the relay is closing):
-    the newcomer's slot goes back unless it went on to its session, and a newcomer left
-    undecided is dropped."""
-    slot.release()
-    if task.cancelled() or task.exception() is not None:
-        transport.abort()
-
-
-class _SeedProtocol(asyncio.Protocol):
-    """A new connection on a seed relay's control port; it is handed over to yamux at once."""
-
-    def __init__(self, relay: RelayServer) -> None:
-        self._relay = relay
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._relay.registration_made(transport)  # type: ignore[arg-type]
-
-    def data_received(self, data: bytes) -> None:
-        """Only reached by a refused connection that is being closed: ignore."""
-
-    def eof_received(self) -> bool:
-        return False
 
 
 class RelayServer:
@@ -146,11 +123,13 @@ class RelayServer:
         self.public = PublicConnections(self.stats, checked)
         self._challenge_log = RateLimitedLog(registration_logger)
         """Refused v2 registrations: a stranger must not be able to write our log."""
-        # Leases are kept per name, which only registration v2 carries: a state dir, like
-        # authentication, turns it on.
-        self.protocol: ProtocolName = (
-            "v2" if self.auth is not None or checked.state_dir is not None else protocol
-        )
+        # Leases are kept per name, which only registration v2 carries: a state dir or a
+        # cluster, like authentication, turns it on.
+        leases = checked.state_dir is not None or checked.cluster is not None
+        self.protocol: ProtocolName = "v2" if self.auth is not None or leases else protocol
+        self._own_failures = auth_failures is None
+        """With a cluster, its failure counts are shared (unless the caller brought its own)."""
+        self._shared_failures: SharedFailureLimiter | None = None
         self.admission = Admission(
             max_pending=checked.max_pending,
             per_source=share(checked.max_pending_registrations_per_source, checked.max_sessions),
@@ -161,10 +140,12 @@ class RelayServer:
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | TLSListener | None = None
         self._ports: PortAllocator | None = None
+        self._keeper: StoreKeeper | None = None
         self._tasks = yamux.TaskOwner(logger)
-        """The lease refresh, the auth-file watch and the replacements (``_replace``)."""
+        """The store keeper, the auth-file watch, the allocations and the replacements."""
         self._sessions: dict[int, RegisteredSession] = {}
         """The registry: every session from its port line until it has closed everything."""
+        self._allocations = Allocations()
         self._ids = itertools.count(1)
         self.closing = False
         self._serving: asyncio.Future[None] | None = None
@@ -175,7 +156,10 @@ class RelayServer:
         """Bind the control port and start accepting registrations."""
         loop = asyncio.get_running_loop()
         self._bind = resolve_bind_address(self.options.bind)
-        leases = LeaseStore.open(self.options.state_dir, self.options.lease_ttl)
+        store = await open_store(self.options)
+        ports = PortAllocator(
+            self._bind, self.options.port_range, store, self.options.max_name_leases
+        )
         try:
             sock = self._bind.listen(self._requested_port)
             try:
@@ -184,12 +168,16 @@ class RelayServer:
                 sock.close()
                 raise
         except BaseException:
-            leases.close()
+            await ports.close()
             raise
-        self._ports = PortAllocator(
-            self._bind, self.options.port_range, leases, self.options.max_name_leases
-        )
-        self._tasks.spawn(self._refresh_leases(), name="relay-leases")
+        self._ports = ports
+        self._keeper = StoreKeeper(ports, self._sessions.values)
+        self._tasks.spawn(self._keeper.run(), name="relay-store")
+        if self._own_failures:
+            self._shared_failures = shared_failures(store, self.admission.failures)
+        if self._shared_failures is not None:
+            self.admission.failures = self._shared_failures
+            self._tasks.spawn(self._shared_failures.refresh(), name="relay-failures")
         self._serving = loop.create_future()
         if self.auth is not None and self.auth_file is not None:
             self._tasks.spawn(
@@ -224,6 +212,14 @@ class RelayServer:
     @property
     def sessions(self) -> list[SessionInfo]:
         return [session.info() for session in self._sessions.values()]
+
+    def health(self) -> Health:
+        """Not ready while starting, draining, closing, or without its lease store."""
+        state = "closing" if self.closing else "draining" if self.draining else None
+        if state is None and self._ports is None:
+            state = "starting"
+        store = None if self._ports is None else self._ports.health
+        return relay_health(state, store, len(self._sessions))
 
     async def serve_forever(self) -> None:
         """Run until cancelled (then close) or until ``close()``."""
@@ -276,8 +272,10 @@ class RelayServer:
         while self._sessions:
             await next(iter(self._sessions.values())).wait_closed()
         await self._tasks.wait()
+        if self._shared_failures is not None:
+            await self._shared_failures.close()
         if self._ports is not None:
-            self._ports.leases.close()
+            await self._ports.close()
 
     async def __aenter__(self) -> RelayServer:
         if self._serving is None:
@@ -290,25 +288,11 @@ class RelayServer:
 
     # ----------------------------------------------------------- registering
     async def _listen(self, sock: socket.socket) -> asyncio.Server | TLSListener:
-        """The control port: plain TCP, or TLS with each connection counted from accept on."""
-        if self.options.ssl is None:
-            return await asyncio.get_running_loop().create_server(
-                self._control_protocol, sock=sock, backlog=LISTEN_BACKLOG
-            )
-        listener = TLSListener(
-            sock,
-            self.options.ssl,
-            timeout=self.options.handshake_timeout,
-            admission=self.admission,
-            protocol_factory=self._control_protocol,
-            log=self.admission.log,
-        )
-        listener.start()
-        return listener
+        return await listen(sock, self.options, self.admission, self._control_protocol)
 
     def _control_protocol(self) -> asyncio.Protocol:
         if self.protocol == "seed":
-            return _SeedProtocol(self)
+            return SeedProtocol(self.registration_made)
         return ChallengeProtocol(
             auth=self.auth,
             admission=self.admission,
@@ -349,12 +333,13 @@ class RelayServer:
         if self.draining:
             self.admission.refuse(transport, peer, "draining", "relay is shutting down")
             return
-        if len(self._sessions) >= self.options.max_sessions:
+        sessions = len(self._sessions) + self._allocations.in_flight
+        if sessions >= self.options.max_sessions:
             self.admission.refuse(
                 transport,
                 peer,
                 "relay full",
-                f"relay is full: {len(self._sessions)} sessions, the maximum "
+                f"relay is full: {sessions} sessions, the maximum "
                 f"(--max-sessions {self.options.max_sessions})",
             )
             return
@@ -372,11 +357,45 @@ class RelayServer:
                 self._tasks.spawn(
                     self._replace(transport, request, newcomer, identity, holder),
                     name="relay-replace",
-                    on_done=partial(_replaced, transport, newcomer),
+                    on_done=partial(settled, transport, newcomer),
                 )
                 return
+            allocating = self._allocations.of(identity)
+            if allocating is not None:  # the same identity, a moment earlier: after it
+                newcomer = slot.hand_over()
+                again = partial(self._register_again, transport, request, newcomer)
+                self._tasks.spawn(
+                    after(allocating, again),
+                    name="relay-after",
+                    on_done=partial(settled, transport, newcomer),
+                )
+                return
+        # The port comes from the lease store (an await): what the connection sends
+        # meanwhile is kept for yamux.
+        waiting = AwaitingPort(transport)
+        transport.set_protocol(waiting)
+        self._allocations.begin(identity)
+        registration = slot.hand_over()
+        self._tasks.spawn(
+            self._allocate(waiting, peer, request, registration),
+            name="relay-allocate",
+            on_done=partial(settled, transport, registration),
+        )
+
+    async def _allocate(
+        self, waiting: AwaitingPort, peer: str, request: RegistrationRequest, slot: Slot
+    ) -> None:
+        """Allocate a public port, send the port line and start the session."""
+        ports = self.allocator
+        transport = waiting.transport
         try:
-            sock = ports.allocate(request)
+            sock = await ports.allocate(request)
+        except StoreDownError as exc:
+            reason = f"{exc}; retry later"
+            self.admission.refused(peer, "store unavailable", reason)
+            transport.write(format_refusal(reason, RETRY))
+            transport.close()
+            return
         except PortRefusedError as exc:
             self.admission.refuse(transport, peer, "port refused", str(exc))
             return
@@ -385,17 +404,35 @@ class RelayServer:
                 transport, peer, "no public port", f"cannot open a public port: {exc}"
             )
             return
-        transport.write(port_line(int(sock.getsockname()[1])))
+        finally:
+            self._allocations.end(request.identity)
+        port = int(sock.getsockname()[1])
+        if waiting.ended or transport.is_closing() or self.closing or self.draining:
+            sock.close()
+            ports.release(port)
+            if self.draining and not (waiting.ended or transport.is_closing()):
+                self.admission.refuse(transport, peer, "draining", "relay is shutting down")
+            else:
+                transport.abort()
+            return
+        transport.write(port_line(port))
         session = RegisteredSession(
             next(self._ids),
             peer,
             request,
             sock,
-            yamux.Session.attach(transport, client=True, config=self.yamux_config),
+            yamux.Session.attach(
+                transport,
+                client=True,
+                config=self.yamux_config,
+                initial_data=bytes(waiting.early),
+            ),
             slot.hand_over(),
             SourceSlots(self._connections_per_source),
             self,
         )
+        if waiting.paused:
+            transport.resume_reading()
         self._sessions[session.id] = session
         self.stats.sessions_total += 1
         session.start()
@@ -422,6 +459,12 @@ class RelayServer:
             return
         if decision is Decision.OWN_PORT:
             request = replace(request, lease=False)
+        self._register_again(transport, request, slot)
+
+    def _register_again(
+        self, transport: asyncio.Transport, request: RegistrationRequest, slot: Slot
+    ) -> None:
+        """After a replacement or the allocation of the same identity was decided."""
         if not transport.is_closing():
             self.registration_made(transport, request, slot.hand_over())
 
@@ -459,13 +502,3 @@ class RelayServer:
         """The public ports (after ``start()``)."""
         assert self._ports is not None
         return self._ports
-
-    async def _refresh_leases(self) -> None:
-        """Registered owners keep their leases fresh, so a relay crash does not age them."""
-        assert self._ports is not None
-        interval = min(LEASE_REFRESH_INTERVAL, self.options.lease_ttl / 4)
-        while True:
-            await asyncio.sleep(interval)
-            active = self._ports.active_keys()
-            self._ports.leases.touch(active)
-            self._ports.leases.expire(active)
