@@ -14,7 +14,7 @@ from ..server.auth import parse_auth_clients
 from ..server.interface import Relay
 from ..server.notify import NotifyRelay
 from ..server.relay import RelayServer
-from .registry import loaded_config, usage_errors
+from .registry import loaded_config, usage_errors, with_credentials
 
 
 def process_options(ctx: click.Context, values: Mapping[str, Any]) -> ProcessOptions:
@@ -29,7 +29,7 @@ def build_server(ctx: click.Context, port: int, values: Mapping[str, Any]) -> Re
         clients = None
         if found is not None and found.clients:
             clients = parse_auth_clients(found.clients, found.path.parent)
-        options = RelayOptions.from_values(values, auth_clients=clients)
+        options = RelayOptions.from_values(with_credentials(ctx, values), auth_clients=clients)
         if options.protocol == "notify":
             return NotifyRelay(port, options)
         return RelayServer(port, options)
@@ -48,7 +48,7 @@ def build_forwarder(
     first, when the file's services are not used); ``--service`` adds more.
     """
     with usage_errors(ctx):
-        options = ForwardOptions.from_values(values)
+        options = ForwardOptions.from_values(with_credentials(ctx, values))
         ready = ReadyWhenAllRegistered(len(services) + len(options.service))
         return Forwarder(host, port, *services, options=options, on_endpoint=ready)
 

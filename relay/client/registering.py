@@ -26,6 +26,7 @@ from ..wire.greeting import (
 from ..wire.v2 import (
     FEATURE_CLIENT_ADDR,
     FEATURE_SERVICE,
+    NEEDS_NAME,
     AuthenticationError,
     HandshakeError,
     SeedRelayError,
@@ -86,7 +87,13 @@ class RegisteringProtocol(asyncio.Protocol):
             self._answer(line, rest)
             return
         if line.startswith(ERROR_PREFIX):
-            self._fail(refusal(line))
+            refused = refusal(line)
+            if NEEDS_NAME in str(refused) and self.options.client_name is None:
+                refused = AuthenticationError(
+                    f"{line[len(ERROR_PREFIX) :].decode('ascii', 'replace')}: give our name in "
+                    f"its auth file with --client-name (RELAY_CLIENT_NAME, client_name=)"
+                )
+            self._fail(refused)
             return
         if self.version == 1 and self.options.require_v2:
             self._fail(SeedRelayError())

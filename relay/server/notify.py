@@ -139,9 +139,9 @@ class NotifyRelay:
             sock.close()
             raise
         logger.info(
-            "Serving relay requests on port %d (protocol notify)",
+            "Serving relay requests on port %d (auth: none; tls: off; protocol: notify)",
             self.port,
-            extra={"control_port": self.port},
+            extra={"control_port": self.port, "auth": "none", "tls": "off", "protocol": "notify"},
         )
 
     @property

@@ -32,6 +32,7 @@ import asyncio
 import itertools
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -195,8 +196,12 @@ class RelayServer:
         self._serving = loop.create_future()
         if self.auth is not None and self.auth.auth_file is not None:
             self._tasks.spawn(watch_auth_file(self.auth, self._revoke), name="relay-auth-file")
+        protection = self.protection()
         logger.info(
-            "Serving relay requests on port %d", self.port, extra={"control_port": self.port}
+            "Serving relay requests on port %d (%s)",
+            self.port,
+            "; ".join(f"{key}: {value}" for key, value in protection.items()),
+            extra={"control_port": self.port, **protection},
         )
         if self.auth is None and not self._bind.is_loopback():
             logger.warning(
@@ -206,15 +211,42 @@ class RelayServer:
                 self.port,
             )
         logger.debug(
-            "bound to %s; %s; at most %d sessions of %d connections each; registration %s%s%s",
+            "bound to %s; %s; at most %d sessions of %d connections each",
             self._bind,
             self._ports.describe(),
             self.options.max_sessions,
             self.options.max_connections,
-            self.protocol,
-            f", {self.auth!r}" if self.auth else "",
-            ", TLS" if self.options.ssl else "",
         )
+
+    def protection(self) -> dict[str, str]:
+        """What protects the relay, for its start line: authentication, TLS, the leases."""
+        auth = self.auth
+        if auth is None:
+            who = "none"
+        elif not auth.clients:
+            who = "shared secret"
+        else:
+            where = f" (auth file {auth.auth_file})" if auth.auth_file is not None else ""
+            who = f"{len(auth.clients)} named client{'s' if len(auth.clients) != 1 else ''}{where}"
+        return {
+            "auth": who,
+            "tls": "off" if self.options.ssl is None else self._tls_mode(),
+            "leases": self._leases_kept(),
+            "protocol": self.protocol,
+        }
+
+    def _leases_kept(self) -> str:
+        state_dir = self.options.state_dir
+        if state_dir is None:
+            return "in memory"
+        if self._ports is not None and not self._ports.leases.persistent:
+            return f"in memory only, the state directory {state_dir} is unusable"
+        return state_dir
+
+    def _tls_mode(self) -> str:
+        assert self.options.ssl is not None
+        required = self.options.ssl.verify_mode == ssl.CERT_REQUIRED
+        return "on, client certificates required" if required else "on"
 
     @property
     def port(self) -> int:
