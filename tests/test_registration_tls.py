@@ -127,7 +127,9 @@ async def test_plaintext_client_gets_nothing_useful(
         assert "failed: no complete TLS handshake within 0.5 s" in caplog.text
         assert "failed: not TLS" in caplog.text
         # Our own client without TLS: a clear failure that names the fix, not a hang.
-        with pytest.raises(RelayRefusedError, match=r"speaks TLS: connect with TLS \(relay forward --tls"):
+        with pytest.raises(
+            RelayRefusedError, match=r"speaks TLS: connect with TLS \(relay forward --tls"
+        ):
             await relay.start_server(
                 echo_handler, HOST, server.port, secret=SECRET, connect_timeout=5
             )

@@ -20,6 +20,7 @@ rate-limited log line that says why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -135,14 +136,13 @@ class TLSListener:
         )
 
     async def _handshake(self, handshake: _Handshake, peer: str) -> None:
-        speaks = await _speaks_first(handshake.socket, min(PLAINTEXT_HINT_DELAY, self._timeout))
+        speaks = await _speaks_first(
+            handshake.waiting_socket, min(PLAINTEXT_HINT_DELAY, self._timeout)
+        )
         conn = handshake.take_socket()
         if not speaks:
-            with conn:
-                try:
-                    conn.send(PLAINTEXT_HINT)
-                except OSError:
-                    pass  # gone already: there is no one to tell
+            with conn, contextlib.suppress(OSError):  # gone already: no one to tell
+                conn.send(PLAINTEXT_HINT)
             self._log.log(
                 logging.WARNING,
                 "tls: silent",
@@ -176,9 +176,14 @@ class TLSListener:
 async def _speaks_first(conn: socket.socket, delay: float) -> bool:
     """Whether ``conn`` has something to read (or its end) within ``delay`` seconds."""
     loop = asyncio.get_running_loop()
-    readable = loop.create_future()
+    readable: asyncio.Future[None] = loop.create_future()
     fd = conn.fileno()
-    loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+
+    def ready() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(fd, ready)
     try:
         async with asyncio.timeout(delay):
             await readable
@@ -213,7 +218,7 @@ class _Handshake(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
 
     @property
-    def socket(self) -> socket.socket:
+    def waiting_socket(self) -> socket.socket:
         """The connection, still ours (closed by ``ended`` if the task is cancelled)."""
         assert self._conn is not None
         return self._conn
