@@ -85,6 +85,7 @@ async def _run_forwarder(forwarder: Forwarder, metrics_address: tuple[str, int] 
         metrics_address,
         metrics.ForwarderCollector(forwarder),
         lambda: metrics.forwarder_status(forwarder),
+        forwarder.readiness,
     ):
         return await forwarder.run()
 
@@ -107,7 +108,10 @@ async def _serve_relay(server: Relay, port: int, metrics_address: tuple[str, int
     sdnotify.ready(f"serving relay requests on port {server.port}")
     try:
         async with metrics.exposed(
-            metrics_address, metrics.RelayCollector(server), lambda: metrics.relay_status(server)
+            metrics_address,
+            metrics.RelayCollector(server),
+            lambda: metrics.relay_status(server),
+            server.readiness,
         ):
             await server.serve_forever()
     except OSError as exc:

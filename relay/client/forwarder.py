@@ -34,6 +34,7 @@ from ..net import describe_os_error, format_endpoint
 from ..options import ForwardOptions, OptionError, Service
 from ..options.declare import takes_options
 from ..pipe import SocketEnd, pipe
+from ..server.interface import Readiness
 from ..stats import Traffic
 from ..wire.proxy_header import ProxyAddresses, header
 from .relayed_server import RelayedServer
@@ -130,6 +131,23 @@ class Forwarder:
     @property
     def relay_endpoint(self) -> str:
         return format_endpoint(self.relay_host, self.relay_port)
+
+    def readiness(self) -> Readiness:
+        """Ready while every service is registered, until the drain starts."""
+        if self.draining:
+            return Readiness(False, "draining")
+        waiting = [
+            service.label
+            for service, server in zip(self.services, self.servers, strict=False)
+            if not server.is_serving()
+        ]
+        if not self.servers or waiting:
+            return Readiness(
+                False,
+                f"not registered with the relay at {self.relay_endpoint}: "
+                + ", ".join(waiting or (s.label for s in self.services)),
+            )
+        return Readiness(True, f"registered with the relay at {self.relay_endpoint}")
 
     async def run(self) -> int:
         """Serve until cancelled; returns 1 when a relay session is lost and reconnecting is off."""

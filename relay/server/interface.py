@@ -37,6 +37,15 @@ class SessionInfo:
     """The client's name (registration v2); None for a seed-protocol registration."""
 
 
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Whether a relay (or forwarder) should get new work now, and why not (``/readyz``)."""
+
+    ready: bool
+    reason: str
+    """A few words for the operator: "serving on port 7000", "draining", ..."""
+
+
 class Relay(Protocol):
     """A relay as something to run, drain and watch."""
 
@@ -53,6 +62,10 @@ class Relay(Protocol):
 
     @property
     def draining(self) -> bool: ...
+
+    def readiness(self) -> Readiness:
+        """Ready once listening, until the drain or close starts (and while whatever it
+        depends on answers)."""
 
     @property
     def yamux_config(self) -> yamux.Config | None:

@@ -45,7 +45,7 @@ from ..options.declare import takes_options
 from ..pipe import PipeResult
 from ..stats import RelayStats, Traffic
 from ..wire.greeting import error_line, port_line
-from .interface import SessionInfo
+from .interface import Readiness, SessionInfo
 from .leases import LeaseStore
 from .ports import PortAllocator
 from .request import SEED
@@ -164,6 +164,15 @@ class NotifyRelay:
             )
             for r in self._registrations.values()
         ]
+
+    def readiness(self) -> Readiness:
+        if self._closed.is_set():
+            return Readiness(False, "closed")
+        if self.draining:
+            return Readiness(False, "draining")
+        if self._control is None:
+            return Readiness(False, "not listening yet")
+        return Readiness(True, f"serving on port {self.port}")
 
     async def serve_forever(self) -> None:
         try:

@@ -56,7 +56,7 @@ from .admission import Admission, Refusal
 from .auth import Authenticator, FailureLimiter, watch_auth_file
 from .challenge import ChallengeProtocol
 from .challenge import logger as registration_logger
-from .interface import SessionInfo
+from .interface import Readiness, SessionInfo
 from .leases import Identity, LeaseStore
 from .limits import Slot, SourceSlots, share, source_of
 from .ports import PortAllocator, PortRefusedError
@@ -256,6 +256,15 @@ class RelayServer:
     @property
     def sessions(self) -> list[SessionInfo]:
         return [session.info() for session in self._sessions.values()]
+
+    def readiness(self) -> Readiness:
+        if self.closing:
+            return Readiness(False, "closed")
+        if self.draining:
+            return Readiness(False, "draining")
+        if self._control is None:
+            return Readiness(False, "not listening yet")
+        return Readiness(True, f"serving on port {self.port}")
 
     async def serve_forever(self) -> None:
         """Run until cancelled (then close) or until ``close()``."""
