@@ -97,21 +97,17 @@ def test_no_notify_socket_is_fine(procs):
     ("unit", "example"),
     [("relay.service", "relay.toml"), ("relay-forward.service", "forward.toml")],
 )
-def test_systemd_units_verify_and_their_command_lines_parse(unit, example):
-    analyze = tool("systemd-analyze")
-    done = subprocess.run(
-        [analyze, "verify", str(DEPLOY / unit)], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert unit not in done.stderr, done.stderr  # no warning about our unit either
+def test_systemd_units_command_lines_parse(unit, example):
+    """ExecStart with this checkout's relay for /opt/relay's (test_install.py verifies the
+    units as deploy/install.sh installs them)."""
     (exec_start,) = [
         line.split("=", 1)[1].split()
         for line in (DEPLOY / unit).read_text().splitlines()
         if line.startswith("ExecStart=")
     ]
-    assert exec_start[:2] == ["/usr/bin/env", "relay"]  # found on systemd's PATH
+    assert exec_start[0] == "/opt/relay/bin/relay"  # where deploy/install.sh puts it
     args = [
-        str(DEPLOY / example) if arg.startswith("/etc/relay/") else arg for arg in exec_start[2:]
+        str(DEPLOY / example) if arg.startswith("/etc/relay/") else arg for arg in exec_start[1:]
     ]
     parsed = subprocess.run(
         [*relay_command(), *args, "--help"], capture_output=True, text=True, timeout=30

@@ -105,7 +105,6 @@ async def _serve_relay(server: Relay, port: int, metrics_address: tuple[str, int
     except OSError as exc:
         logger.error("cannot listen on port %d: %s", port, exc.strerror or exc)
         return 1
-    sdnotify.ready(f"serving relay requests on port {server.port}")
     try:
         async with metrics.exposed(
             metrics_address,
@@ -113,6 +112,7 @@ async def _serve_relay(server: Relay, port: int, metrics_address: tuple[str, int
             lambda: metrics.relay_status(server),
             server.readiness,
         ):
+            sdnotify.ready(f"serving relay requests on port {server.port}")
             await server.serve_forever()
     except OSError as exc:
         logger.error(
