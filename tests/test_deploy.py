@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,15 +14,6 @@ from relay.ops import config as config_file
 from relay_support import ECHO_SCRIPT, ENDPOINT, HOST, REPO, free_port, relay_command
 
 DEPLOY = REPO / "deploy"
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed (scripts/install-test-deps.sh installs it)")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 @pytest.fixture
