@@ -5,8 +5,9 @@ with mmdebstrap (as docs/operations.md says) and cached: as a podman image, and 
 tarball in ``$RELAY_TEST_CACHE`` (``~/.cache/relay-tests``) that a later run imports
 instead of bootstrapping again. The image is built from the tracked sources and a
 wheelhouse (``pip wheel`` from this machine's cache), run non-root with a read-only
-root filesystem, its leases in a named volume and its secret a podman secret; a
-forwarder from the same image registers through it and redis-benchmark traffic goes
+root filesystem, its leases in a named volume and its secret a podman secret (the
+forwarder finds its own as a credential, by name); a forwarder from the same image
+registers through it and redis-benchmark traffic goes
 through both. Everything the test makes is removed by name (the base image stays).
 """
 
@@ -26,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import require_program
 
-from relay_support import HOST, REPO, Processes, free_port, wait_until
+from relay_support import HOST, REPO, Processes, free_port
 
 CONTAINERS_CONF = REPO / "interop" / "containers.conf"
 BASE_IMAGE = "localhost/relay-test-base:bookworm-python3"
@@ -74,7 +75,8 @@ def base_image(timings: dict[str, float]) -> str:
     with open(CACHE / "base.lock", "w") as lock:  # another test run may be making it
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not BASE_TARBALL.exists():
-            partial = BASE_TARBALL.with_suffix(f".{os.getpid()}.partial")
+            # mmdebstrap picks its output format by the name: keep ".tar" at the end.
+            partial = BASE_TARBALL.with_suffix(f".{os.getpid()}.tar")
             subprocess.run(
                 [require_program("mmdebstrap"), *MMDEBSTRAP, str(partial)],
                 check=True,
@@ -121,7 +123,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tag = f"localhost/relay-test:{os.getpid()}"
     started = time.monotonic()
     podman(
-        *("build", "--pull=never", "--network=none", "-q", "-t", tag),
+        *("build", "--pull=never", "--network=none", "--layers=false", "-q", "-t", tag),
         *("--build-arg", f"BASE={base}"),
         *("--build-arg", "PIP_OPTIONS=--no-index --find-links /src/wheels"),
         str(context),
@@ -157,6 +159,16 @@ def container_logs(name: str) -> str:
     return done.stdout + done.stderr
 
 
+def wait_for_log(name: str, pattern: str, timeout: float = 60) -> re.Match[str]:
+    """The first match of ``pattern`` in the container's output, once it is there."""
+    deadline = time.monotonic() + timeout
+    while (found := re.search(pattern, logs := container_logs(name))) is None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}: no {pattern!r} within {timeout:g} s:\n{logs}")
+        time.sleep(0.2)
+    return found
+
+
 @pytest.mark.e2e
 def test_the_image_runs_relay_and_forwarder(
     image: str, containers: list[str], procs: Processes, tmp_path: Path
@@ -171,25 +183,18 @@ def test_the_image_runs_relay_and_forwarder(
     containers.append(f"volume:{tag}")
     port, metrics = free_port(), free_port()
     run = ("run", "-d", "--network=host", "--read-only", "--pull=never")
-    secret = f"{tag},target=secret-file,uid={SERVICE_UID},mode=0400"
+    secret = f"{tag},target=/run/credentials/secret-file,uid={SERVICE_UID},mode=0400"
 
     relay = f"{tag}-relay"
     containers.append(f"container:{relay}")
     podman(
         *run,
         *("--name", relay, "--secret", secret, "-v", f"{tag}:/var/lib/relay", image),
-        *("server", "--secret-file", "/run/secrets/secret-file", "--bind", HOST),
+        *("server", "--secret-file", "/run/credentials/secret-file", "--bind", HOST),
         *("--metrics", f"{HOST}:{metrics}", str(port)),
     )
-    wait_until(
-        lambda: "Serving relay requests" in container_logs(relay),
-        timeout=60,
-        message=f"the relay container serves:\n{container_logs(relay)}",
-    )
-    start = next(
-        json.loads(line)
-        for line in container_logs(relay).splitlines()
-        if "Serving relay requests" in line
+    start = json.loads(
+        wait_for_log(relay, r'(?m)^\{.*"event": "Serving relay requests.*$').group(0)
     )
     assert (start["auth"], start["leases"]) == ("shared secret", "/var/lib/relay")
 
@@ -200,12 +205,7 @@ def test_the_image_runs_relay_and_forwarder(
         *("--name", forwarder, "--secret", secret, image),
         *("forward", "--service", f"cache={redis_port}", f"{HOST}:{port}"),
     )
-    wait_until(
-        lambda: re.search(r"(?m)^cache 127\.0\.0\.1:\d+$", container_logs(forwarder)),
-        timeout=60,
-        message=f"the forwarder container registers:\n{container_logs(forwarder)}",
-    )
-    public = re.search(r"(?m)^cache 127\.0\.0\.1:(\d+)$", container_logs(forwarder)).group(1)
+    public = wait_for_log(forwarder, r"(?m)^127\.0\.0\.1:(\d+)$").group(1)  # its endpoint
     bench = subprocess.run(
         [
             *(require_program("redis-benchmark"), "-h", HOST, "-p", public, "-q"),
