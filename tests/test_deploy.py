@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from relay.cli import COMMON, FORWARDER, RELAY, option_names
+from relay.cli.build import ReadyWhenAllRegistered
 from relay.ops import config as config_file
 from relay_support import ECHO_SCRIPT, ENDPOINT, HOST, REPO, free_port, relay_command
 
@@ -114,3 +115,33 @@ def test_deploy_config_examples_load(example):
         forward=option_names(FORWARDER),
     )
     assert loaded.server or loaded.forward
+
+
+def test_forwarder_ready_waits_for_every_service_even_one_registering_twice(
+    notify_socket, monkeypatch, capsys
+):
+    sock, address = notify_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    ready = ReadyWhenAllRegistered(2)
+    ready("redis 127.0.0.1:7201")
+    ready("redis 127.0.0.1:7201")  # reconnected before web registered once
+    sock.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        sock.recv(4096)
+    sock.settimeout(5)
+    ready("web 127.0.0.1:7202")
+    first = messages(sock)
+    assert first["READY"] == "1"
+    assert (
+        first["STATUS"] == "forwarding; public endpoints redis 127.0.0.1:7201, web 127.0.0.1:7202"
+    )
+    ready("web 127.0.0.1:7203")  # a later registration: only the status changes
+    later = messages(sock)
+    assert "READY" not in later
+    assert later["STATUS"].endswith("redis 127.0.0.1:7201, web 127.0.0.1:7203")
+    assert capsys.readouterr().out.splitlines() == [
+        "redis 127.0.0.1:7201",
+        "redis 127.0.0.1:7201",
+        "web 127.0.0.1:7202",
+        "web 127.0.0.1:7203",
+    ]

@@ -54,15 +54,27 @@ def build_forwarder(
 
 
 class ReadyWhenAllRegistered:
-    """Print each endpoint; tell systemd READY=1 once every service got its first one."""
+    """Print each endpoint; tell systemd READY=1 once every service got its first one, and
+    the current endpoints in STATUS= after every registration from then on.
+
+    With several services a line is ``NAME HOST:PORT``: a service registering twice
+    before another one did (a blip) still leaves that one waiting.
+    """
 
     def __init__(self, services: int) -> None:
-        self.waiting = services
-        self.endpoints: list[str] = []
+        self.services = services
+        self.endpoints: dict[str, str] = {}
+        """The latest line of each service, by its name (the only one: by "")."""
 
     def __call__(self, endpoint: str) -> None:
         print_endpoint(endpoint)
-        self.endpoints.append(endpoint)
-        self.waiting -= 1
-        if self.waiting == 0:
-            sdnotify.ready("forwarding; public endpoints " + " ".join(self.endpoints))
+        name = endpoint.split(" ", 1)[0] if self.services > 1 else ""
+        first = len(self.endpoints) < self.services
+        self.endpoints[name] = endpoint
+        if len(self.endpoints) < self.services:
+            return
+        status = "forwarding; public endpoints " + ", ".join(self.endpoints.values())
+        if first:
+            sdnotify.ready(status)
+        else:
+            sdnotify.notify(f"STATUS={status}")
