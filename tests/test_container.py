@@ -29,6 +29,8 @@ from conftest import require_program
 
 from relay_support import HOST, REPO, Processes, free_port
 
+pytestmark = pytest.mark.install
+
 CONTAINERS_CONF = REPO / "interop" / "containers.conf"
 BASE_IMAGE = "localhost/relay-test-base:bookworm-python3"
 CACHE = Path(os.environ.get("RELAY_TEST_CACHE", Path.home() / ".cache" / "relay-tests"))

@@ -27,6 +27,8 @@ from unit_support import Sandbox, Unit, require_root, start_unit
 
 from relay_support import HOST, REPO, Processes, free_port, free_port_block
 
+pytestmark = pytest.mark.install
+
 DEBIAN_PYTHON = Path("/usr/bin/python3")
 
 

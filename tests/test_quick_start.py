@@ -25,6 +25,8 @@ from conftest import require_program
 
 from relay_support import HOST, REPO, Processes
 
+pytestmark = pytest.mark.install
+
 README = REPO / "README.md"
 PORT = 7000
 """The README's control port: the command runs verbatim."""
