@@ -32,7 +32,6 @@ import asyncio
 import itertools
 import logging
 import socket
-import ssl
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -60,6 +59,7 @@ from .interface import Readiness, SessionInfo
 from .leases import Identity, LeaseStore
 from .limits import Slot, SourceSlots, share, source_of
 from .ports import PortAllocator, PortRefusedError
+from .protection import describe_protection
 from .public import PublicConnections
 from .replacement import Decision, holder_of, settle
 from .request import SEED, ProtocolName, RegistrationRequest
@@ -196,7 +196,9 @@ class RelayServer:
         self._serving = loop.create_future()
         if self.auth is not None and self.auth.auth_file is not None:
             self._tasks.spawn(watch_auth_file(self.auth, self._revoke), name="relay-auth-file")
-        protection = self.protection()
+        protection = describe_protection(
+            self.auth, self.options, self.protocol, self._ports.leases.persistent
+        )
         logger.info(
             "Serving relay requests on port %d (%s)",
             self.port,
@@ -217,36 +219,6 @@ class RelayServer:
             self.options.max_sessions,
             self.options.max_connections,
         )
-
-    def protection(self) -> dict[str, str]:
-        """What protects the relay, for its start line: authentication, TLS, the leases."""
-        auth = self.auth
-        if auth is None:
-            who = "none"
-        elif not auth.clients:
-            who = "shared secret"
-        else:
-            where = f" (auth file {auth.auth_file})" if auth.auth_file is not None else ""
-            who = f"{len(auth.clients)} named client{'s' if len(auth.clients) != 1 else ''}{where}"
-        return {
-            "auth": who,
-            "tls": "off" if self.options.ssl is None else self._tls_mode(),
-            "leases": self._leases_kept(),
-            "protocol": self.protocol,
-        }
-
-    def _leases_kept(self) -> str:
-        state_dir = self.options.state_dir
-        if state_dir is None:
-            return "in memory"
-        if self._ports is not None and not self._ports.leases.persistent:
-            return f"in memory only, the state directory {state_dir} is unusable"
-        return state_dir
-
-    def _tls_mode(self) -> str:
-        assert self.options.ssl is not None
-        required = self.options.ssl.verify_mode == ssl.CERT_REQUIRED
-        return "on, client certificates required" if required else "on"
 
     @property
     def port(self) -> int:
