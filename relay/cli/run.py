@@ -16,7 +16,6 @@ from ..options import ProcessOptions, Service
 from ..server.interface import Relay
 from ..server.leases import StateDirError
 from .build import build_forwarder, build_server, process_options
-from .help_layout import DISTRIBUTION
 
 logger = logging.getLogger("relay.cli")
 
@@ -34,7 +33,8 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     except ImportError:
         if choice == "uvloop":
             raise click.UsageError(
-                f"--event-loop uvloop: uvloop is not installed (pip install '{DISTRIBUTION}[fast]')"
+                "--event-loop uvloop: uvloop is not installed (pip install uvloop, or install "
+                "relay with its fast extra: pip install '.[fast]')"
             ) from None
         return None
     return uvloop.new_event_loop
