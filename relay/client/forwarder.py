@@ -34,6 +34,7 @@ from ..net import describe_os_error, format_endpoint
 from ..options import ForwardOptions, OptionError, Service
 from ..options.declare import takes_options
 from ..pipe import SocketEnd, pipe
+from ..server.interface import Readiness
 from ..stats import Traffic
 from ..wire.proxy_header import ProxyAddresses, header
 from .relayed_server import RelayedServer
@@ -144,6 +145,25 @@ class Forwarder:
     def servers_of(self, service: Service) -> list[RelayedServer]:
         """The servers of ``service``, one per relay (none while not running)."""
         return [server for owner, server in self._placed if owner is service]
+
+    def readiness(self) -> Readiness:
+        """Ready while every service is registered with at least one of its relays, until
+        the drain starts."""
+        if self.draining:
+            return Readiness(False, "draining")
+        relays = ", ".join(relay.endpoint for relay in self.relays) or self.relay_endpoint
+        waiting = [
+            service.label
+            for service in self.services
+            if not any(server.is_serving() for server in self.servers_of(service))
+        ]
+        if not self.servers or waiting:
+            return Readiness(
+                False,
+                f"not registered with the relay at {relays}: "
+                + ", ".join(waiting or (s.label for s in self.services)),
+            )
+        return Readiness(True, f"registered with the relay at {relays}")
 
     async def run(self) -> int:
         """Serve until cancelled. Returns when a service stops on every relay:

@@ -28,6 +28,7 @@ from ..wire.v2 import (
     AUTH_FAILED,
     FEATURE_CLIENT_ADDR,
     FEATURE_SERVICE,
+    NEEDS_NAME,
     AuthenticationError,
     HandshakeError,
     SeedRelayError,
@@ -95,7 +96,14 @@ class RegisteringProtocol(asyncio.Protocol):
             self._answer(line, rest)
             return
         if line.startswith(ERROR_PREFIX):
-            self._fail(refused(line))
+            error = refused(line)
+            if NEEDS_NAME in error.reason and self.options.client_name is None:
+                error = AuthenticationError(
+                    f"{error.reason}: give our name in its auth file with --client-name "
+                    f"(RELAY_CLIENT_NAME, client_name=)",
+                    permanent=True,
+                )
+            self._fail(error)
             return
         if self.version == 1 and self.options.require_v2:
             self._fail(SeedRelayError())

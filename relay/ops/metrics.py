@@ -1,4 +1,8 @@
-"""``--metrics HOST:PORT``: Prometheus text at ``/metrics``, JSON at ``/status``.
+"""``--metrics HOST:PORT``: Prometheus text at ``/metrics``, JSON at ``/status``, health.
+
+``/livez`` answers 200 while the event loop does; ``/readyz`` 200 while the relay
+listens (a forwarder: every service is registered) and 503 from the drain on;
+``/`` is the status page (``relay.ops.status_page``), which shows ``/status``.
 
 The numbers are read at scrape time from the relay's (or the forwarders')
 own counters (``relay.stats``), by a prometheus_client ``Collector`` on a
@@ -27,7 +31,8 @@ from ..client.forwarder import Forwarder
 from ..client.relayed_server import RelayedServer
 from ..net import format_endpoint
 from ..options import Service
-from ..server.interface import Relay
+from ..server.interface import Readiness, Relay
+from . import status_page
 
 logger = logging.getLogger("relay.metrics")
 
@@ -311,16 +316,23 @@ def _iso(unix: float) -> str:
 
 
 class MetricsServer:
-    """HTTP/1.1 GET ``/metrics`` and ``/status`` on ``host:port``; one request per connection."""
+    """HTTP/1.1 GET ``/metrics``, ``/status``, ``/livez``, ``/readyz`` and the status page
+    ``/`` on ``host:port``; one request per connection."""
 
     def __init__(
-        self, host: str, port: int, collector: Collector, status: Callable[[], dict[str, Any]]
+        self,
+        host: str,
+        port: int,
+        collector: Collector,
+        status: Callable[[], dict[str, Any]],
+        readiness: Callable[[], Readiness],
     ) -> None:
         self.host = host
         self.requested_port = port
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(collector)
         self.status = status
+        self.readiness = readiness
         self._server: asyncio.Server | None = None
         self._handlers = yamux.TaskOwner(logger)
 
@@ -329,7 +341,8 @@ class MetricsServer:
             self._accept, self.host, self.requested_port, limit=MAX_REQUEST_HEAD
         )
         logger.info(
-            "metrics on http://%s/metrics, status on /status",
+            "metrics on http://%s/metrics; the status page on /, JSON on /status, "
+            "health on /livez and /readyz",
             self.endpoint,
             extra={"metrics": self.endpoint},
         )
@@ -372,25 +385,35 @@ class MetricsServer:
             path = rest.split(" ", 1)[0].split("?", 1)[0]
             if method not in ("GET", "HEAD"):
                 await self._reply(writer, 405, "text/plain", b"GET only\n")
-            elif path == "/metrics":
-                await self._reply(
-                    writer,
-                    200,
-                    PROMETHEUS_CONTENT_TYPE,
-                    generate_latest(self.registry),
-                    head_only=method == "HEAD",
-                )
-            elif path == "/status":
-                body = json.dumps(self.status(), indent=2).encode() + b"\n"
-                await self._reply(writer, 200, "application/json", body, head_only=method == "HEAD")
-            else:
-                await self._reply(writer, 404, "text/plain", b"try /metrics or /status\n")
+                return
+            code, content_type, body = self._answer(path)
+            await self._reply(writer, code, content_type, body, head_only=method == "HEAD")
         except OSError:
             pass  # the scraper went away; nothing to tell it
         finally:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+    def _answer(self, path: str) -> tuple[int, str, bytes]:
+        """Status code, content type and body of a GET of ``path``."""
+        if path == "/metrics":
+            return 200, PROMETHEUS_CONTENT_TYPE, generate_latest(self.registry)
+        if path == "/status":
+            return 200, "application/json", json.dumps(self.status(), indent=2).encode() + b"\n"
+        if path == "/livez":
+            return 200, "text/plain; charset=utf-8", b"alive\n"
+        if path == "/readyz":
+            readiness = self.readiness()
+            word = "ready" if readiness.ready else "not ready"
+            return (
+                200 if readiness.ready else 503,
+                "text/plain; charset=utf-8",
+                f"{word}: {readiness.reason}\n".encode(),
+            )
+        if path in ("/", "/index.html"):
+            return 200, "text/html; charset=utf-8", status_page.html()
+        return 404, "text/plain", b"try / (the status page), /metrics, /status, /livez, /readyz\n"
 
     @staticmethod
     async def _reply(
@@ -406,10 +429,12 @@ class MetricsServer:
             404: "Not Found",
             405: "Method Not Allowed",
             431: "Request Header Fields Too Large",
+            503: "Service Unavailable",
         }
         writer.write(
             f"HTTP/1.1 {code} {reasons[code]}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
+            f"Connection: close\r\n\r\n".encode()
         )
         if not head_only:
             writer.write(body)
@@ -418,13 +443,16 @@ class MetricsServer:
 
 @contextlib.asynccontextmanager
 async def exposed(
-    address: tuple[str, int] | None, collector: Collector, status: Callable[[], dict[str, Any]]
+    address: tuple[str, int] | None,
+    collector: Collector,
+    status: Callable[[], dict[str, Any]],
+    readiness: Callable[[], Readiness],
 ) -> AsyncIterator[MetricsServer | None]:
-    """Serve ``/metrics`` and ``/status`` on ``address`` (None: nothing) while in the block."""
+    """Serve the metrics, status and health on ``address`` (None: nothing) while in the block."""
     if address is None:
         yield None
         return
-    server = MetricsServer(*address, collector, status)
+    server = MetricsServer(*address, collector, status, readiness)
     await server.start()
     try:
         yield server

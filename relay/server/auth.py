@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import RegistrationError, RelayError
 from ..ops.config import read_toml
 from ..options.secret import SecretError, check_secret, read_secret_file
-from ..wire.v2 import AUTH_FAILED, NAME, Challenge, Response, proof_matches
+from ..wire.v2 import AUTH_FAILED, NAME, NEEDS_NAME, Challenge, Response, proof_matches
 
 logger = logging.getLogger("relay.auth")
 
@@ -144,7 +144,7 @@ class Authenticator:
                 raise AuthRefused(f"{AUTH_FAILED}: wrong secret")
             return Proven(response.name)
         if response.name is None:
-            raise AuthRefused(f"{AUTH_FAILED}: this relay needs a client name (name=)")
+            raise AuthRefused(f"{AUTH_FAILED}: {NEEDS_NAME}")
         client = self.clients.get(response.name)
         # An unknown name still costs one HMAC, so timing does not tell names apart.
         secret = client.secret if client is not None else b"\0" * 32

@@ -52,13 +52,12 @@ class AuthFileStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class Health:
-    """Whether a relay takes registrations now (``/readyz``), and why not."""
+class Readiness:
+    """Whether a relay (or forwarder) should get new work now, and why not (``/readyz``)."""
 
     ready: bool
     reason: str
-    """Why it is not ready (``starting``, ``draining``, ``lease store unreachable: ...``),
-    or what it does when it is."""
+    """A few words for the operator: "serving on port 7000", "draining", ..."""
 
 
 class Relay(Protocol):
@@ -77,6 +76,10 @@ class Relay(Protocol):
 
     @property
     def draining(self) -> bool: ...
+
+    def readiness(self) -> Readiness:
+        """Ready once listening, until the drain or close starts (and while whatever it
+        depends on answers)."""
 
     @property
     def auth_file_status(self) -> AuthFileStatus | None:

@@ -46,7 +46,7 @@ from ..pipe import PipeResult
 from ..stats import RelayStats, Traffic
 from ..store.state_dir import open_state_dir
 from ..wire.greeting import error_line, port_line
-from .interface import AuthFileStatus, Health, SessionInfo
+from .interface import AuthFileStatus, Readiness, SessionInfo
 from .ports import PortAllocator
 from .request import SEED
 
@@ -146,9 +146,9 @@ class NotifyRelay:
             raise
         self._ports = ports
         logger.info(
-            "Serving relay requests on port %d (protocol notify)",
+            "Serving relay requests on port %d (auth: none; tls: off; protocol: notify)",
             self.port,
-            extra={"control_port": self.port},
+            extra={"control_port": self.port, "auth": "none", "tls": "off", "protocol": "notify"},
         )
 
     @property
@@ -172,21 +172,21 @@ class NotifyRelay:
             for r in self._registrations.values()
         ]
 
+    def readiness(self) -> Readiness:
+        if self._closed.is_set():
+            return Readiness(False, "closed")
+        if self.draining:
+            return Readiness(False, "draining")
+        if self._control is None:
+            return Readiness(False, "not listening yet")
+        return Readiness(True, f"serving on port {self.port}")
+
     async def serve_forever(self) -> None:
         try:
             await self._closed.wait()
         finally:
             self.close()
             await self.wait_closed()
-
-    def health(self) -> Health:
-        if self._closed.is_set():
-            return Health(False, "closing")
-        if self.draining:
-            return Health(False, "draining")
-        if self._control is None:
-            return Health(False, "starting")
-        return Health(True, f"serving {len(self._registrations)} registration(s)")
 
     def drain(self) -> None:
         """Stop taking registrations and clients at once; paired connections go on."""

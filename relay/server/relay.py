@@ -58,17 +58,18 @@ from .auth_file import authentication, watch_auth_file
 from .challenge import ChallengeProtocol
 from .challenge import logger as registration_logger
 from .control import SeedProtocol, listen
-from .interface import AuthFileStatus, Health, SessionInfo
+from .interface import AuthFileStatus, Readiness, SessionInfo
 from .leases import Identity
 from .limits import Slot, SourceSlots, share, source_of
 from .membership import StoreKeeper, open_store, shared_failures
 from .ports import PortAllocator, PortRefusedError, StoreDownError
+from .protection import describe_protection
 from .public import PublicConnections
 from .replacement import Decision, holder_of, settle
 from .request import SEED, ProtocolName, RegistrationRequest
 from .session import RegisteredSession
 from .shared_failures import SharedFailureLimiter
-from .store_health import relay_health
+from .store_health import store_readiness
 from .tls_listener import TLSListener
 
 __all__ = ["RelayServer"]
@@ -183,8 +184,14 @@ class RelayServer:
             self._tasks.spawn(
                 watch_auth_file(self.auth_file, self.auth, self._revoke), name="relay-auth-file"
             )
+        protection = describe_protection(
+            self.auth, self.auth_file, self.options, self.protocol, self._ports.store
+        )
         logger.info(
-            "Serving relay requests on port %d", self.port, extra={"control_port": self.port}
+            "Serving relay requests on port %d (%s)",
+            self.port,
+            "; ".join(f"{key}: {value}" for key, value in protection.items()),
+            extra={"control_port": self.port, **protection},
         )
         if self.auth is None and not self._bind.is_loopback():
             logger.warning(
@@ -194,14 +201,11 @@ class RelayServer:
                 self.port,
             )
         logger.debug(
-            "bound to %s; %s; at most %d sessions of %d connections each; registration %s%s%s",
+            "bound to %s; %s; at most %d sessions of %d connections each",
             self._bind,
             self._ports.describe(),
             self.options.max_sessions,
             self.options.max_connections,
-            self.protocol,
-            f", {self.auth!r}" if self.auth else "",
-            ", TLS" if self.options.ssl else "",
         )
 
     @property
@@ -213,13 +217,16 @@ class RelayServer:
     def sessions(self) -> list[SessionInfo]:
         return [session.info() for session in self._sessions.values()]
 
-    def health(self) -> Health:
-        """Not ready while starting, draining, closing, or without its lease store."""
-        state = "closing" if self.closing else "draining" if self.draining else None
-        if state is None and self._ports is None:
-            state = "starting"
-        store = None if self._ports is None else self._ports.health
-        return relay_health(state, store, len(self._sessions))
+    def readiness(self) -> Readiness:
+        """Ready once listening, until the drain or close starts, while its lease store
+        answers."""
+        if self.closing:
+            return Readiness(False, "closed")
+        if self.draining:
+            return Readiness(False, "draining")
+        if self._control is None or self._ports is None:
+            return Readiness(False, "not listening yet")
+        return store_readiness(self._ports.health, f"serving on port {self.port}")
 
     async def serve_forever(self) -> None:
         """Run until cancelled (then close) or until ``close()``."""

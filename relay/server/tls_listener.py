@@ -20,6 +20,7 @@ rate-limited log line that says why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -29,6 +30,7 @@ import yamux
 from yamux.ratelimit import RateLimitedLog
 
 from ..net import format_peer
+from ..wire.greeting import error_line
 from ..wire.tls import describe_client_tls_error
 from .admission import Admission, PendingRegistration, Refusal
 from .limits import Slot, source_of
@@ -38,6 +40,13 @@ logger = logging.getLogger("relay.tls")
 ACCEPT_PAUSE = 1.0
 """Seconds without accepting after accept() failed, e.g. out of file descriptors
 (asyncio's own servers pause as long)."""
+PLAINTEXT_HINT_DELAY = 2.0
+"""A TLS client sends its ClientHello at once; one silent this long is most likely a
+plaintext forwarder waiting for the port line, and gets a refusal line that says so."""
+PLAINTEXT_HINT = error_line(
+    "this relay's control port speaks TLS: connect with TLS (relay forward --tls, "
+    "or --tls-ca FILE to verify a private CA)"
+)
 
 
 class TLSListener:
@@ -127,7 +136,22 @@ class TLSListener:
         )
 
     async def _handshake(self, handshake: _Handshake, peer: str) -> None:
+        speaks = await _speaks_first(
+            handshake.waiting_socket, min(PLAINTEXT_HINT_DELAY, self._timeout)
+        )
         conn = handshake.take_socket()
+        if not speaks:
+            with conn, contextlib.suppress(OSError):  # gone already: no one to tell
+                conn.send(PLAINTEXT_HINT)
+            self._log.log(
+                logging.WARNING,
+                "tls: silent",
+                "%s sent nothing on the TLS control port: a plaintext client waiting for "
+                "the port line? Told it to use TLS; connection closed",
+                peer,
+                extra={"peer": peer, "reason": "plaintext client"},
+            )
+            return
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: handshake, conn, ssl=self._context, ssl_handshake_timeout=self._timeout
@@ -147,6 +171,27 @@ class TLSListener:
         protocol = self._protocol_factory()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
+
+
+async def _speaks_first(conn: socket.socket, delay: float) -> bool:
+    """Whether ``conn`` has something to read (or its end) within ``delay`` seconds."""
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+    fd = conn.fileno()
+
+    def ready() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        async with asyncio.timeout(delay):
+            await readable
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+    return True
 
 
 class _Handshake(asyncio.Protocol):
@@ -171,6 +216,12 @@ class _Handshake(asyncio.Protocol):
         self._pending = pending
         self._hand_over = hand_over
         self.task: asyncio.Task[None] | None = None
+
+    @property
+    def waiting_socket(self) -> socket.socket:
+        """The connection, still ours (closed by ``ended`` if the task is cancelled)."""
+        assert self._conn is not None
+        return self._conn
 
     def take_socket(self) -> socket.socket:
         conn, self._conn = self._conn, None

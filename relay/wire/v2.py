@@ -41,6 +41,8 @@ FEATURE_SERVICE = "service"
 FEATURES = (FEATURE_CLIENT_ADDR, FEATURE_SERVICE)
 AUTH_FAILED = "auth failed"
 """Every refusal of a proof starts with this, so clients can tell it from others."""
+NEEDS_NAME = "this relay needs a client name (name=)"
+"""The refusal of a proof without ``name=`` by a relay with an auth file."""
 
 _HEX64 = re.compile(rb"[0-9a-f]{64}")
 _KEY = re.compile(rb"[a-z][a-z0-9-]{0,31}")
