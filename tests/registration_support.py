@@ -75,7 +75,8 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
-def _ca(directory: Path, name: str) -> None:
+def make_ca(directory: Path, name: str) -> None:
+    """A CA certificate and key, NAME.pem and NAME.key in ``directory``."""
     _openssl(
         "req",
         "-x509",
@@ -100,7 +101,8 @@ def _ca(directory: Path, name: str) -> None:
     )
 
 
-def _leaf(directory: Path, name: str, ca: str, extensions: str) -> None:
+def make_leaf(directory: Path, name: str, ca: str, extensions: str) -> None:
+    """A certificate signed by the CA ``ca`` with these X.509 ``extensions`` (NAME.pem, .key)."""
     (directory / f"{name}.ext").write_text(extensions)
     _openssl(
         "req",
@@ -139,15 +141,15 @@ def _leaf(directory: Path, name: str, ca: str, extensions: str) -> None:
 
 def make_certificates(directory: Path) -> Certificates:
     """A CA, a server certificate for localhost/127.0.0.1, a client certificate, another CA."""
-    _ca(directory, "test-ca")
-    _ca(directory, "other-ca")
-    _leaf(
+    make_ca(directory, "test-ca")
+    make_ca(directory, "other-ca")
+    make_leaf(
         directory,
         "server",
         "test-ca",
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
     )
-    _leaf(directory, "client", "test-ca", "extendedKeyUsage=clientAuth\n")
+    make_leaf(directory, "client", "test-ca", "extendedKeyUsage=clientAuth\n")
     return Certificates(
         ca=directory / "test-ca.pem",
         server_cert=directory / "server.pem",

@@ -238,7 +238,7 @@ def test_a_variable_and_a_config_key_reach_the_same_field(
         ),
         (
             lambda: relay.Forwarder("h", 1, 6379, 8080, name="web"),
-            "name: name and remote_port apply to a single service",
+            "name: name, remote_port and route apply to a single service",
         ),
         (lambda: RegistrationOptions(remote_port=0), "remote_port=0: must be a port number"),
         (lambda: RegistrationOptions(name="a b"), "name='a b': may only contain letters"),

@@ -113,6 +113,7 @@ def file_services(ctx: click.Context, found: config_file.ConfigFile) -> list[Ser
                     remote_port=None
                     if remote_port is None
                     else port_argument(ctx, str(remote_port), "remote-port"),
+                    route=table.get("route"),
                 )
             )
         except ValueError as exc:

@@ -228,7 +228,12 @@ class Forwarder:
             # A partial, not a closure: one coroutine less per stream.
             partial(self._forward, service, self.traffic[service]),
             relay,
-            dataclasses.replace(self.options, name=service.name, remote_port=service.remote_port),
+            dataclasses.replace(
+                self.options,
+                name=service.name,
+                remote_port=service.remote_port,
+                route=service.route,
+            ),
             on_endpoint=registered,
             config=self.yamux_config,
         )
@@ -305,18 +310,21 @@ def _services(given: Sequence[Service | int], options: ForwardOptions) -> list[S
     """The services to expose: those given, with ``name``/``remote_port`` for the only one,
     then ``options.service``; each with its local host."""
     services = [Service(s) if isinstance(s, int) else s for s in given]
-    if options.name is not None or options.remote_port is not None:
+    own = [name for name in ("name", "remote_port", "route") if getattr(options, name) is not None]
+    if own:
         if len(services) != 1:
             raise OptionError(
-                "name" if options.name is not None else "remote_port",
-                "{name} and {remote_port} apply to a single service given on its own; "
-                "several services each bring theirs ({service} NAME=LOCAL_PORT[:REMOTE_PORT])",
+                own[0],
+                "{name}, {remote_port} and {route} apply to a single service given on its own; "
+                "several services each bring theirs ({service} NAME=LOCAL_PORT[:REMOTE_PORT] "
+                "or NAME=http:LOCAL_PORT)",
             )
         only = services[0]
         services[0] = dataclasses.replace(
             only,
             name=options.name or only.name,
             remote_port=options.remote_port or only.remote_port,
+            route=options.route or only.route,
         )
     services += options.service
     services = [
@@ -330,4 +338,6 @@ def _services(given: Sequence[Service | int], options: ForwardOptions) -> list[S
         raise ValueError(f"service names must differ, got {', '.join(names)}")
     if len(services) > 1 and len(names) != len(services):
         raise ValueError("with several services, each needs a name")
+    if options.client_name is None and any(s.route and s.name is None for s in services):
+        raise ValueError("a service reached by name (route) needs a name")
     return services

@@ -19,6 +19,7 @@ from ..errors import RegistrationError, RelayClosedError
 from ..net import format_endpoint
 from ..options import RegistrationOptions
 from ..options.declare import takes_options
+from ..wire.route import RouteKind, url
 from ..wire.tls import describe_tls_error
 from .registering import RegisteringProtocol
 
@@ -34,11 +35,23 @@ class Registration:
     session: yamux.Session
     """The yamux session (we are its server): one stream per public connection."""
     public_port: int
-    """The port the relay opened for us: public clients connect there."""
+    """The port the relay opened for us (a routed service: its shared port): public clients
+    connect there."""
     version: int
     """2 if the relay challenged (registration v2), 1 for a seed relay."""
     client_address: bool
     """Every stream starts with a PROXY v2 header naming the public client."""
+    route: RouteKind | None = None
+    """How public clients name a service reached by name (None: a port of its own)."""
+    host: str | None = None
+    """The host name public clients use for a service reached by name."""
+
+    @property
+    def url(self) -> str | None:
+        """``http://blog.tunnel.example.com/`` for a routed service, else None."""
+        if self.route is None or self.host is None:
+            return None
+        return url(self.route, self.host, self.public_port)
 
 
 @takes_options(RegistrationOptions, others=True)
@@ -105,7 +118,14 @@ async def connect(
                     f"certificate (--tls-cert/--tls-key) that it did not accept?"
                 ) from exc
         registered = True
-        return Registration(session, public_port, protocol.version, protocol.client_address)
+        return Registration(
+            session,
+            public_port,
+            protocol.version,
+            protocol.client_address,
+            protocol.route,
+            protocol.host,
+        )
     except TimeoutError:
         what = "connect to" if protocol is None else "get a port line from"
         hint = (

@@ -1,10 +1,11 @@
 """The registering side's asyncio protocol, until the relay gives it a public port.
 
 A seed relay sends its port line at once; a v2 relay first challenges, this
-side answers (``relay.wire.v2``), and the port line follows. On the port
-line's newline the transport becomes a yamux server session at once, so no
-byte slips between the two protocols. The relay is the yamux client, the
-registered side the yamux server.
+side answers (``relay.wire.v2``), and the port line follows (for a service
+reached by name, the route line: the shared port and the host name,
+``relay.wire.route``). On the line's newline the transport becomes a yamux
+server session at once, so no byte slips between the two protocols. The relay
+is the yamux client, the registered side the yamux server.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..wire.greeting import (
     plausible_prefix,
 )
 from ..wire.refusal import parse_refusal
+from ..wire.route import RouteKind, feature, parse_route_line, plausible_route_prefix
 from ..wire.v2 import (
     AUTH_FAILED,
     FEATURE_CLIENT_ADDR,
@@ -53,8 +55,9 @@ class RegisteringProtocol(asyncio.Protocol):
 
     ``result`` resolves to ``(session, public_port)``, or fails with a
     RegistrationError (and the connection is closed). After that, ``version`` is
-    2 if a challenge was answered (1 for a seed relay) and ``client_address``
-    says whether every stream starts with a PROXY v2 header.
+    2 if a challenge was answered (1 for a seed relay), ``client_address``
+    says whether every stream starts with a PROXY v2 header, and ``route`` and
+    ``host`` where a service reached by name is (None: it has a port of its own).
     """
 
     def __init__(self, config: yamux.Config, options: RegistrationOptions) -> None:
@@ -68,6 +71,8 @@ class RegisteringProtocol(asyncio.Protocol):
         )
         self.version = 1
         self.client_address = False
+        self.route: RouteKind | None = None
+        self.host: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -78,7 +83,8 @@ class RegisteringProtocol(asyncio.Protocol):
         self._buffer += data
         newline = self._buffer.find(b"\n")
         if newline < 0:
-            if len(self._buffer) >= MAX_GREETING or not plausible_prefix(bytes(self._buffer)):
+            plausible = plausible_route_prefix if self.route is not None else plausible_prefix
+            if len(self._buffer) >= MAX_GREETING or not plausible(bytes(self._buffer)):
                 self._fail(
                     RegistrationError(
                         f"expected a port line (decimal digits and a newline), got "
@@ -116,7 +122,10 @@ class RegisteringProtocol(asyncio.Protocol):
                 ", ".join(self._v2_only()),
             )
         try:
-            port = parse_greeting(line)
+            if self.route is None:
+                port = parse_greeting(line)
+            else:
+                port, self.host = parse_route_line(line)
         except RegistrationError as exc:
             self._fail(exc)
             return
@@ -133,6 +142,7 @@ class RegisteringProtocol(asyncio.Protocol):
             ("a secret", options.secret is not None),
             ("a client name", options.wire_name is not None),
             (f"port {options.remote_port}", options.remote_port is not None),
+            (f"a name on the relay's domain (route {options.route})", options.route is not None),
         ]
         return [what for what, on in wanted if on]
 
@@ -164,8 +174,22 @@ class RegisteringProtocol(asyncio.Protocol):
                 options.wire_service,
                 options.wire_name,
             )
+        route = (
+            options.route
+            if options.route and feature(options.route) in challenge.features
+            else None
+        )
+        if options.route is not None and route is None:
+            logger.warning(
+                "the relay does not serve names on a shared %s port (it offers no %s: no "
+                "--domain, or an older relay): service %s gets a port of its own",
+                options.route,
+                feature(options.route),
+                options.name or options.wire_name,
+            )
         self.version = 2
         self.client_address = client_addr
+        self.route = route
         secret = options.secret if challenge.auth_required else None
         assert self.transport is not None
         self.transport.write(
@@ -175,6 +199,7 @@ class RegisteringProtocol(asyncio.Protocol):
                 name=options.wire_name,
                 service=service,
                 port=options.remote_port,
+                route=route,
                 client_addr=client_addr,
             )
         )

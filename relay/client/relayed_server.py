@@ -120,6 +120,10 @@ class RelayedServer:
         """The public port of the current (or, while reconnecting, the last) registration."""
         self.client_address = False
         """Streams start with the public client's address (read off before the handler)."""
+        self.url: str | None = None
+        """A service reached by name (``route``): where public clients reach it."""
+        self._host: str | None = None
+        """A service reached by name: its host name on the relay's shared port."""
         self.registrations = 0
         """Successful registrations so far (1 + the reconnects)."""
         self._handlers = yamux.TaskOwner(logger)
@@ -136,20 +140,21 @@ class RelayedServer:
 
     @property
     def public_host(self) -> str:
-        """The relay's host, as given: public clients connect there."""
-        return self.relay_host
+        """Where public clients connect: the relay's host as given, or the host name of a
+        service reached by name."""
+        return self._host or self.relay_host
 
     @property
     def public_address(self) -> tuple[str, int]:
         """``(host, port)`` where public clients connect."""
         if self.public_port is None:
             raise RuntimeError("not registered with the relay yet")
-        return (self.relay_host, self.public_port)
+        return (self.public_host, self.public_port)
 
     @property
     def public_endpoint(self) -> str:
-        """``host:port`` where public clients connect."""
-        return format_endpoint(*self.public_address)
+        """``host:port`` where public clients connect; the URL of a service reached by name."""
+        return self.url or format_endpoint(*self.public_address)
 
     @property
     def close_reason(self) -> str | None:
@@ -351,6 +356,8 @@ class RelayedServer:
         self.session = registration.session
         self.public_port = registration.public_port
         self.client_address = registration.client_address
+        self.url = registration.url
+        self._host = registration.host
         self.registrations += 1
         self._lost_reason = None
         endpoint = self.public_endpoint

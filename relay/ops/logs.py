@@ -42,6 +42,7 @@ FIELDS = (
     "client",
     "peer",
     "public_port",
+    "host",
     "stream",
     "bytes_in",
     "bytes_out",

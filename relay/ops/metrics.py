@@ -42,9 +42,10 @@ MAX_REQUEST_HEAD = 8192
 REQUEST_TIMEOUT = 5.0
 
 
-def service_label(public_port: int, client: str | None = None) -> str:
-    """The ``service`` label of a registration: its client name, else its public port."""
-    return client or str(public_port)
+def service_label(public_port: int, client: str | None = None, host: str | None = None) -> str:
+    """The ``service`` label of a registration: the host name of a service reached by name,
+    else its client name, else its public port."""
+    return host or client or str(public_port)
 
 
 class RelayCollector(Collector):
@@ -98,7 +99,7 @@ class RelayCollector(Collector):
         )
         total_in, total_out, total_stalls = stats.bytes_in, stats.bytes_out, stats.stalls
         for info in sessions:
-            label = service_label(info.public_port, info.client)
+            label = service_label(info.public_port, info.client, info.host)
             service_bytes.add_metric([label, "in"], info.bytes_in)
             service_bytes.add_metric([label, "out"], info.bytes_out)
             stalls.add_metric([label], info.stalls)
@@ -191,6 +192,7 @@ def relay_status(server: Relay) -> dict[str, Any]:
                 "client": info.client,
                 "peer": info.peer,
                 "public_port": info.public_port,
+                "host": info.host,
                 "confirmed": info.confirmed,
                 "since": _iso(info.since),
                 "open_connections": info.connections,

@@ -14,6 +14,7 @@ import ssl as ssl_module
 from dataclasses import dataclass
 from typing import Self
 
+from ..wire.route import ROUTE_KINDS, RouteKind
 from ..wire.tls import client_context
 from ..wire.v2 import NAME
 from .declare import OptionError, option
@@ -57,6 +58,14 @@ class RegistrationOptions(SharedOptions):
         "Name of the service: the relay keeps its public port for it across reconnects "
         "and restarts (a lease; without auth a convenience, not security).",
         metavar="NAME",
+    )
+    route: RouteKind | None = option(
+        None,
+        Choice(ROUTE_KINDS),
+        "Reach the service by name on the relay's shared port instead of a port of its own: "
+        "http by the Host header (http://NAME.DOMAIN/), tls by the TLS server name "
+        "(https://NAME.DOMAIN/; the service keeps its certificate). Needs --name or "
+        "--client-name and a relay with --domain; another relay gives a port as usual.",
     )
     relays: tuple[tuple[str, int], ...] = option(
         (),
@@ -152,6 +161,14 @@ class RegistrationOptions(SharedOptions):
             )
         if self.tls_key is not None and self.tls_cert is None:
             raise OptionError("tls_key", "{tls_key} needs {tls_cert}")
+        if self.route is not None and self.wire_name is None:
+            raise OptionError(
+                "route", "needs {name} (or {client_name}): the service's name", self.route
+            )
+        if self.route is not None and self.remote_port is not None:
+            raise OptionError(
+                "remote_port", "a service reached by name ({route}) has no port of its own"
+            )
 
     @property
     def wire_name(self) -> str | None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Self, get_args
 
+from ..wire.hostname import normal_host
 from ..wire.tls import server_context
 from .declare import OptionError, option
 from .kinds import Choice, Instance, Integer, PortRange, Seconds, Text
@@ -169,6 +170,34 @@ class RelayOptions(SharedOptions):
         Integer(0),
         "Most leases of unauthenticated names; beyond it a new name is refused.",
     )
+    domain: str | None = option(
+        None,
+        Text(normal_host),
+        "Serve services by name under this domain (a DNS wildcard *.DOMAIN points at the "
+        "relay): one that registers with --route http or tls is NAME.DOMAIN on --http-port "
+        "(by the Host header) or --tls-port (by the TLS server name, never decrypted); "
+        "implies --protocol v2.",
+        metavar="DOMAIN",
+    )
+    http_port: int | None = option(
+        None,
+        Integer(0, 65535, "a port number (0-65535; 0: the OS chooses)"),
+        "The shared port of services reached by name over HTTP (80; needs --domain).",
+        metavar="PORT",
+    )
+    tls_port: int | None = option(
+        None,
+        Integer(0, 65535, "a port number (0-65535; 0: the OS chooses)"),
+        "The shared port of services reached by name over TLS (443; needs --domain).",
+        metavar="PORT",
+    )
+    route_timeout: float = option(
+        5.0,
+        Seconds(),
+        "A connection on a shared port must name its service (request head, TLS "
+        "ClientHello) within this, or it gets 408 (HTTP) or is closed (TLS).",
+        metavar="SECONDS",
+    )
     auth_clients: Mapping[str, AuthClient] | None = option(
         None,
         Instance(Mapping, what="a mapping of names to clients (relay.server.auth)"),
@@ -205,6 +234,7 @@ class RelayOptions(SharedOptions):
                 "give a shared secret ({secret}, {secret_file}) or named clients "
                 "({auth_file}, {auth_clients}), not both",
             )
+        self._check_routing()
         unsupported = (
             self.auth_file,
             self.auth_clients,
@@ -212,14 +242,24 @@ class RelayOptions(SharedOptions):
             self.ssl,
             self.state_dir,
             self.cluster,
+            self.domain,
         )
         if self.protocol == "notify" and (secret or any(unsupported)):
             raise OptionError(
                 "protocol",
                 "the notify protocol has no authentication, TLS or leases: drop {secret}, "
-                "{auth_file}, {auth_clients}, {tls_cert}, {state_dir}, {cluster}",
+                "{auth_file}, {auth_clients}, {tls_cert}, {state_dir}, {cluster}, {domain}",
                 self.protocol,
             )
+
+    def _check_routing(self) -> None:
+        shared = [name for name in ("http_port", "tls_port") if getattr(self, name) is not None]
+        if shared and self.domain is None:
+            raise OptionError(shared[0], "{http_port} and {tls_port} need {domain}")
+        if self.domain is not None and not shared:
+            raise OptionError("domain", "needs {http_port} or {tls_port} (or both)", self.domain)
+        if len(shared) == 2 and self.http_port == self.tls_port != 0:
+            raise OptionError("tls_port", "must differ from {http_port}", self.tls_port)
 
     def with_files_read(self) -> Self:
         """These options with the secret file read and the TLS context made (once, here)."""

@@ -2,7 +2,10 @@
 
 ``relay forward 6379 ...`` (LOCAL_PORT), ``--service redis=6379:7201``, a
 ``[[forward.services]]`` table and ``relay.Service(6379, name="redis")`` are
-all a ``Service``: each its own registration, public port and lease.
+all a ``Service``: each its own registration, public port and lease. A
+service reached by name on the relay's shared port says how:
+``--service blog=http:8080``, ``--service shop=tls:10.0.0.5:8443``,
+``Service(8080, name="blog", route="http")``.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ import re
 from dataclasses import dataclass
 
 from ..net import format_endpoint
+from ..wire.route import ROUTE_KINDS, RouteKind
 
 MAX_NAME_LENGTH = 64
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SERVICE = re.compile(
-    r"(?P<name>[^=]+)=(?:(?P<host>\[[^\]]+\]|[^:\[\]]*[^:\d\[\]][^:\[\]]*):)?"
+    r"(?P<name>[^=]+)=(?:(?P<route>http|tls):)?"
+    r"(?:(?P<host>\[[^\]]+\]|[^:\[\]]*[^:\d\[\]][^:\[\]]*):)?"
     r"(?P<local>\d{1,5})(?::(?P<remote>\d{1,5}))?"
 )
 
@@ -55,11 +60,18 @@ class Service:
     the output."""
     remote_port: int | None = None
     """Public port to ask the relay for (None: the leased one, or any)."""
+    route: RouteKind | None = None
+    """Reached by name on the relay's shared HTTP or TLS port instead of a port of its own."""
 
     def __post_init__(self) -> None:
         _check_port(self.local_port, "local port")
         if self.remote_port is not None:
             _check_port(self.remote_port, "remote port")
+        if self.route is not None:
+            if self.route not in ROUTE_KINDS:
+                raise ValueError(f"route {self.route!r} is not one of {', '.join(ROUTE_KINDS)}")
+            if self.remote_port is not None:
+                raise ValueError("a service reached by name (route) has no remote port")
         if self.name is not None:
             try:
                 check_name(self.name)
@@ -68,20 +80,25 @@ class Service:
 
     @classmethod
     def parse(cls, text: str) -> Service:
-        """``NAME=[LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT]``, e.g. ``redis=6379:7201``."""
+        """``NAME=[LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT]``, e.g. ``redis=6379:7201``, or
+        ``NAME=http|tls:[LOCAL_HOST:]LOCAL_PORT`` for a service reached by name. (A local
+        host called ``http`` or ``tls`` is given by its address.)"""
         match = _SERVICE.fullmatch(text.strip())
         if match is None:
             raise ValueError(
-                f"{text!r} is not NAME=[LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT], e.g. redis=6379 "
-                f"or web=10.0.0.5:80:7202"
+                f"{text!r} is not NAME=[LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT] or "
+                f"NAME=http|tls:[LOCAL_HOST:]LOCAL_PORT, e.g. redis=6379, "
+                f"web=10.0.0.5:80:7202 or blog=http:8080"
             )
         host = match.group("host")
         remote = match.group("remote")
+        route = match.group("route")
         return cls(
             int(match.group("local")),
             host.strip("[]") if host else None,
             match.group("name"),
             None if remote is None else int(remote),
+            None if route is None else next(kind for kind in ROUTE_KINDS if kind == route),
         )
 
     @property

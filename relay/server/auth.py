@@ -11,6 +11,7 @@ the ports it may hold come with it. An auth file looks like::
     [clients.bob]
     secret_file = "/etc/relay/bob.secret"
     ports = [6000, "6100-6199"]
+    hosts = ["blog.example.org"] # optional: host names of its own on the shared ports
 
 or, equally, one ``[[clients]]`` table per client with ``name = "alice"``.
 ``parse_auth_clients`` takes the already-parsed ``clients`` value (either
@@ -30,6 +31,7 @@ from typing import Any
 from ..errors import RegistrationError, RelayError
 from ..ops.config import read_toml
 from ..options.secret import SecretError, check_secret, read_secret_file
+from ..wire.hostname import normal_host
 from ..wire.v2 import AUTH_FAILED, NAME, NEEDS_NAME, Challenge, Response, proof_matches
 
 logger = logging.getLogger("relay.auth")
@@ -88,6 +90,8 @@ class AuthClient:
     secret: bytes
     ports: PortSet | None = None
     """None: any port the relay's own ``port_range`` allows."""
+    hosts: frozenset[str] = frozenset()
+    """Host names (besides its names on the relay's domain) its routed services may have."""
     secret_file: Path | None = field(default=None, compare=False)
     """Where the secret was read from (watched with the auth file), if not inline."""
 
@@ -102,6 +106,7 @@ class Proven:
     name: str | None
     """The auth-file name, or the (unchecked, informational) ``name=`` with a shared secret."""
     ports: PortSet | None = None
+    hosts: frozenset[str] = frozenset()
 
 
 def _secret_bytes(secret: str | bytes | Path, where: str) -> bytes:
@@ -150,7 +155,7 @@ class Authenticator:
         secret = client.secret if client is not None else b"\0" * 32
         if not proof_matches(secret, challenge.nonce, response) or client is None:
             raise AuthRefused(f"{AUTH_FAILED}: unknown client or wrong secret")
-        return Proven(client.name, client.ports)
+        return Proven(client.name, client.ports, client.hosts)
 
 
 class AuthRefused(RegistrationError):
@@ -196,7 +201,7 @@ def parse_client(name: str, entry: object, base: Path | None = None) -> AuthClie
         raise AuthConfigError(f"{where}: a name is 1-64 of A-Z a-z 0-9 . _ @ -")
     if not isinstance(entry, Mapping):
         raise AuthConfigError(f"{where}: expected a table with secret = ...")
-    unknown = set(entry) - {"secret", "secret_file", "ports"}
+    unknown = set(entry) - {"secret", "secret_file", "ports", "hosts"}
     if unknown:
         raise AuthConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     if ("secret" in entry) == ("secret_file" in entry):
@@ -209,7 +214,21 @@ def parse_client(name: str, entry: object, base: Path | None = None) -> AuthClie
     else:
         secret = _secret_bytes(secret_file, where)
     ports = PortSet.parse(entry["ports"], f"{where}.ports") if "ports" in entry else None
-    return AuthClient(name, secret, ports, secret_file)
+    hosts = parse_hosts(entry["hosts"], f"{where}.hosts") if "hosts" in entry else frozenset()
+    return AuthClient(name, secret, ports, hosts, secret_file)
+
+
+def parse_hosts(value: object, where: str) -> frozenset[str]:
+    """A list of host names (``hosts = ["blog.example.org"]``)."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise AuthConfigError(f'{where}: expected a list of host names, e.g. ["blog.example.org"]')
+    hosts = set()
+    for item in value:
+        try:
+            hosts.add(normal_host(item))
+        except ValueError as exc:
+            raise AuthConfigError(f"{where}: {item!r}: {exc}") from None
+    return frozenset(hosts)
 
 
 def parse_auth_clients(

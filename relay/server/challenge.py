@@ -38,6 +38,7 @@ class ChallengeProtocol(asyncio.Protocol):
         timeout: float,
         accepted: Callable[[asyncio.Transport, RegistrationRequest, Slot], None],
         log: RateLimitedLog,
+        features: frozenset[str] | None = None,
     ) -> None:
         self._auth = auth
         self._admission = admission
@@ -46,6 +47,8 @@ class ChallengeProtocol(asyncio.Protocol):
         self._slot: Slot | None = None
         """This connection's admission slot; on success it passes to the registration."""
         self._log = log
+        self._features = features
+        """What the challenge offers (None: ``relay.wire.v2.FEATURES``)."""
         self._buffer = bytearray()
         self._challenge: Challenge | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -70,7 +73,7 @@ class ChallengeProtocol(asyncio.Protocol):
             return
         self._slot = admitted
         self._admission.pending.add(self)
-        self._challenge = Challenge.fresh(auth_required=self._auth is not None)
+        self._challenge = Challenge.fresh(self._auth is not None, self._features)
         transport.write(self._challenge.line())  # type: ignore[attr-defined]
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._timed_out)
 
@@ -93,8 +96,9 @@ class ChallengeProtocol(asyncio.Protocol):
             if self._auth is not None:
                 proven = self._auth.check(challenge, response)
                 client, authenticated, ports = proven.name, True, proven.ports
+                hosts = proven.hosts
             else:
-                client, authenticated, ports = response.name, False, None
+                client, authenticated, ports, hosts = response.name, False, None, frozenset()
         except (HandshakeError, AuthRefused) as exc:
             if isinstance(exc, AuthRefused):
                 self._fail(str(exc), key="auth")
@@ -115,6 +119,8 @@ class ChallengeProtocol(asyncio.Protocol):
                 remote_port=response.port,
                 allowed_ports=ports,
                 client_address=response.client_addr,
+                route=response.route,
+                allowed_hosts=hosts,
             ),
             slot,
         )

@@ -35,6 +35,8 @@ class SessionInfo:
     """Times a stream paused its public connection because the peer's window was full."""
     client: str | None = None
     """The client's name (registration v2); None for a seed-protocol registration."""
+    host: str | None = None
+    """The host name of a service reached by name on a shared port (``public_port``)."""
 
 
 @dataclass(frozen=True, slots=True)

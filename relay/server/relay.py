@@ -15,7 +15,9 @@ A registration is confirmed when the registered side answers a yamux ping
 within ``handshake_timeout``; garbage ends the session at once (protocol
 error), silence at the timeout. Whenever a session ends, for whatever reason,
 its public listener is closed at once and its public connections are reset, so
-the port is free again. What a stranger can make the relay allocate is bounded:
+the port is free again. With ``domain`` a registration may ask to be reached by
+name on a shared port instead (``relay.server.shared_ports``, ``.routes``).
+What a stranger can make the relay allocate is bounded:
 ``max_sessions`` registrations (each one listener), ``max_connections`` public
 connections per session, and per stream the yamux window; ``relay.server.limits`` adds
 per-source shares of those and the idle timeout.
@@ -51,6 +53,8 @@ from ..options.declare import takes_options
 from ..stats import RelayStats
 from ..wire.greeting import port_line
 from ..wire.refusal import RETRY, format_refusal
+from ..wire.route import Route
+from ..wire.v2 import FEATURES
 from .admission import Admission, Refusal
 from .allocation import Allocations, AwaitingPort, after, settled
 from .auth import FailureLimiter
@@ -67,8 +71,10 @@ from .protection import describe_protection
 from .public import PublicConnections
 from .replacement import Decision, holder_of, settle
 from .request import SEED, ProtocolName, RegistrationRequest
+from .routes import RouteRefusedError
 from .session import RegisteredSession
 from .shared_failures import SharedFailureLimiter
+from .shared_ports import SharedPorts
 from .store_health import store_readiness
 from .tls_listener import TLSListener
 
@@ -127,7 +133,11 @@ class RelayServer:
         # Leases are kept per name, which only registration v2 carries: a state dir or a
         # cluster, like authentication, turns it on.
         leases = checked.state_dir is not None or checked.cluster is not None
-        self.protocol: ProtocolName = "v2" if self.auth is not None or leases else protocol
+        names = checked.domain is not None
+        v2 = self.auth is not None or leases or names
+        self.protocol: ProtocolName = "v2" if v2 else protocol
+        self.shared = None if not names else SharedPorts(checked, self.public.accept, self.stats)
+        """The shared HTTP and TLS ports and the host names they route by (``domain``)."""
         self._own_failures = auth_failures is None
         """With a cluster, its failure counts are shared (unless the caller brought its own)."""
         self._shared_failures: SharedFailureLimiter | None = None
@@ -162,6 +172,8 @@ class RelayServer:
             self._bind, self.options.port_range, store, self.options.max_name_leases
         )
         try:
+            if self.shared is not None:
+                await self.shared.start(self._bind)
             sock = self._bind.listen(self._requested_port)
             try:
                 self._control = await self._listen(sock)
@@ -169,6 +181,9 @@ class RelayServer:
                 sock.close()
                 raise
         except BaseException:
+            if self.shared is not None:
+                self.shared.close()
+                await self.shared.wait_closed()
             await ports.close()
             raise
         self._ports = ports
@@ -246,6 +261,8 @@ class RelayServer:
             return
         self.closing = True
         self.public.close()
+        if self.shared is not None:
+            self.shared.close()
         self.admission.log.summary(logging.WARNING, "relay")
         self._challenge_log.summary(logging.WARNING, "relay")
         if self._control is not None:
@@ -265,6 +282,8 @@ class RelayServer:
         self.draining = True
         if self._control is not None:
             self._control.close()
+        if self.shared is not None:
+            self.shared.stop_listening()
         for session in self._sessions.values():
             session.drain()
 
@@ -276,6 +295,8 @@ class RelayServer:
     async def wait_closed(self) -> None:
         if self._control is not None:
             await self._control.wait_closed()
+        if self.shared is not None:
+            await self.shared.wait_closed()
         while self._sessions:
             await next(iter(self._sessions.values())).wait_closed()
         await self._tasks.wait()
@@ -306,6 +327,7 @@ class RelayServer:
             timeout=self.options.handshake_timeout,
             accepted=self.registration_made,
             log=self._challenge_log,
+            features=None if self.shared is None else self.shared.routes.features | set(FEATURES),
         )
 
     def registration_made(
@@ -377,6 +399,9 @@ class RelayServer:
                     on_done=partial(settled, transport, newcomer),
                 )
                 return
+        if request.route is not None:
+            self._route(transport, peer, request, slot)
+            return
         # The port comes from the lease store (an await): what the connection sends
         # meanwhile is kept for yamux.
         waiting = AwaitingPort(transport)
@@ -423,23 +448,52 @@ class RelayServer:
                 transport.abort()
             return
         transport.write(port_line(port))
+        self._start_session(transport, peer, request, sock, slot, bytes(waiting.early))
+        if waiting.paused:
+            transport.resume_reading()
+
+    def _route(
+        self, transport: asyncio.Transport, peer: str, request: RegistrationRequest, slot: Slot
+    ) -> None:
+        """A registration reached by name: a host name on a shared port, no port of its own."""
+        assert self.shared is not None
+        try:
+            route = self.shared.routes.route_for(request)
+        except RouteRefusedError as exc:
+            self.admission.refused(peer, "route refused", str(exc))
+            transport.write(format_refusal(str(exc), exc.kind))
+            transport.close()
+            return
+        transport.write(route.line())
+        self._start_session(transport, peer, request, None, slot, b"", route)
+
+    def _start_session(
+        self,
+        transport: asyncio.Transport,
+        peer: str,
+        request: RegistrationRequest,
+        sock: socket.socket | None,
+        slot: Slot,
+        early: bytes,
+        route: Route | None = None,
+    ) -> None:
+        """The registration's reply is out: from here on it is a session."""
         session = RegisteredSession(
             next(self._ids),
             peer,
             request,
             sock,
             yamux.Session.attach(
-                transport,
-                client=True,
-                config=self.yamux_config,
-                initial_data=bytes(waiting.early),
+                transport, client=True, config=self.yamux_config, initial_data=early
             ),
             slot.hand_over(),
             SourceSlots(self._connections_per_source),
             self,
+            route,
         )
-        if waiting.paused:
-            transport.resume_reading()
+        if route is not None:
+            assert self.shared is not None
+            self.shared.routes.add(route, session)
         self._sessions[session.id] = session
         self.stats.sessions_total += 1
         session.start()
@@ -502,6 +556,8 @@ class RelayServer:
 
     def forget(self, session: RegisteredSession) -> None:
         self._sessions.pop(session.id, None)
+        if self.shared is not None:
+            self.shared.routes.forget(session)
         self.stats.session_ended(session.traffic)
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..wire.route import RouteKind
 from .auth import PortSet
 from .leases import Identity
 
@@ -36,6 +37,11 @@ class RegistrationRequest:
     """Ports this client may hold (auth file); None: whatever the relay's range allows."""
     client_address: bool = False
     """Start every stream with a PROXY v2 header naming the public client."""
+    route: RouteKind | None = None
+    """Reach the service by a host name on the relay's shared port of this kind, instead of
+    a port of its own (``relay.server.routes``)."""
+    allowed_hosts: frozenset[str] = frozenset()
+    """Host names this client may have besides its names on the domain (auth file)."""
     lease: bool = True
     """False for a second live session of an authenticated client: a port of its own
     that leaves the first session's lease alone."""

@@ -1,7 +1,8 @@
 """A registered session (``RegisteredSession``): its lifecycle and everything it holds.
 
 From its port line on, a registration holds its source's admission slot, a
-public listener, a yamux session, its tasks and its public connections. The
+public listener (or, reached by name, a route on a shared port), a yamux
+session, its tasks and its public connections. The
 handshake ping confirms it; Go Away, the end of the yamux session or ``end()``
 ends it, and every way out frees the same things in the same order, the
 public port first (the rules: ``relay.server.lifecycle``).
@@ -20,6 +21,7 @@ from yamux.ratelimit import RateLimitedLog
 
 from ..net import LISTEN_BACKLOG
 from ..stats import Traffic
+from ..wire.route import Route
 from .interface import SessionInfo
 from .leases import Identity
 from .lifecycle import SessionEffect, SessionEvent, SessionState, step
@@ -74,17 +76,28 @@ class RegisteredSession:
         id: int,
         peer: str,
         request: RegistrationRequest,
-        sock: socket.socket,
+        sock: socket.socket | None,
         session: yamux.Session,
         slot: Slot,
         sources: SourceSlots,
         registry: Registry,
+        route: Route | None = None,
     ) -> None:
+        """``sock`` is its public listener's; a service reached by name has none, its
+        ``route`` instead."""
         self.id = id
         self.peer = peer
         self.request = request
         self.identity: Identity | None = request.identity
-        self.public_port = int(sock.getsockname()[1])
+        self.route = route
+        if sock is not None:
+            self.public_port = int(sock.getsockname()[1])
+            self.place = f"public port {self.public_port}"
+        else:
+            assert route is not None
+            self.public_port = route.port
+            self.place = f"{route.url} (shared port {route.port})"
+        """Where its public clients connect, for the log."""
         self.session = session
         self.sources = sources
         """Public connections per source."""
@@ -145,6 +158,7 @@ class RegisteredSession:
             rtt=self.session.last_rtt,
             stalls=self.traffic.stalls,
             client=self.request.client,
+            host=None if self.route is None else self.route.host,
         )
 
     def log_fields(self) -> dict[str, object]:
@@ -154,6 +168,8 @@ class RegisteredSession:
             "peer": self.peer,
             "public_port": self.public_port,
         }
+        if self.route is not None:
+            fields["host"] = self.route.host
         if self.request.client is not None:
             fields["client"] = self.request.client
         return fields
@@ -182,14 +198,15 @@ class RegisteredSession:
 
     async def _run(self) -> None:
         """Listen on the public port, wait for the handshake, then until Go Away."""
-        self._listener = await asyncio.get_running_loop().create_server(
-            self._registry.public_protocol(self), sock=self._sock, backlog=LISTEN_BACKLOG
-        )
+        if self._sock is not None:
+            self._listener = await asyncio.get_running_loop().create_server(
+                self._registry.public_protocol(self), sock=self._sock, backlog=LISTEN_BACKLOG
+            )
         logger.debug(
-            "session %d from %s: public port %d, waiting for the handshake ping",
+            "session %d from %s: %s, waiting for the handshake ping",
             self.id,
             self.peer,
-            self.public_port,
+            self.place,
         )
         assert self._handshake is not None
         timeout = self._registry.handshake_timeout
@@ -206,11 +223,11 @@ class RegisteredSession:
         self._step(SessionEvent.CONFIRM)
         # Logged once confirmed: a flood of failed handshakes goes through the relay's log.
         logger.info(
-            "session %d from %s%s: public port %d (ping %.1f ms)",
+            "session %d from %s%s: %s (ping %.1f ms)",
             self.id,
             self.peer,
             f" ({self.request.describe()})" if self.request.protocol == "v2" else "",
-            self.public_port,
+            self.place,
             rtt * 1000,
             extra=self.log_fields(),
         )
@@ -247,9 +264,10 @@ class RegisteredSession:
         closed_by_peer = self.session.closed
         if self._listener is not None:
             self._listener.close()
-        else:
+        elif self._sock is not None:
             self._sock.close()
-        self._registry.allocator.release(self.public_port)
+        if self.route is None:  # a route leads nowhere once the session is ending
+            self._registry.allocator.release(self.public_port)
         self._tasks.cancel()
         self.connections.cancel()
         self._tasks.spawn(
@@ -272,10 +290,10 @@ class RegisteredSession:
         fields = {**self.log_fields(), "reason": self.end_reason}
         if confirmed or self._registry.closing:
             logger.info(
-                "%s ended: %s; public port %d closed",
+                "%s ended: %s; %s closed",
                 what,
                 self.end_reason,
-                self.public_port,
+                self.place,
                 extra=fields,
             )
             return
@@ -285,9 +303,9 @@ class RegisteredSession:
         self._registry.log.log(
             logging.WARNING,
             f"failed handshake: {kind}",
-            "%s ended: %s; public port %d closed",
+            "%s ended: %s; %s closed",
             what,
             self.end_reason,
-            self.public_port,
+            self.place,
             extra=fields,
         )

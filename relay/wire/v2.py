@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from ..errors import RegistrationError, RelayRefusedError
 from .greeting import ERROR_PREFIX, MAX_GREETING
+from .route import ROUTE_KINDS, RouteKind, feature
 
 VERSION = 2
 """The registration version this code speaks (the seed protocol is version 1)."""
@@ -39,6 +40,8 @@ FEATURE_CLIENT_ADDR = "client-addr"
 FEATURE_SERVICE = "service"
 """``service=`` in the response: one client's services are identities (leases) of their own."""
 FEATURES = (FEATURE_CLIENT_ADDR, FEATURE_SERVICE)
+"""What every v2 relay offers; one with ``--domain`` adds ``route-http`` / ``route-tls``
+(``relay.wire.route``)."""
 AUTH_FAILED = "auth failed"
 """Every refusal of a proof starts with this, so clients can tell it from others."""
 NEEDS_NAME = "this relay needs a client name (name=)"
@@ -111,8 +114,9 @@ class Challenge:
     version: int = VERSION
 
     @classmethod
-    def fresh(cls, auth_required: bool) -> Challenge:
-        return cls(secrets.token_hex(NONCE_BYTES).encode("ascii"), auth_required)
+    def fresh(cls, auth_required: bool, features: frozenset[str] | None = None) -> Challenge:
+        nonce = secrets.token_hex(NONCE_BYTES).encode("ascii")
+        return cls(nonce, auth_required, frozenset(FEATURES) if features is None else features)
 
     def line(self) -> bytes:
         features = ",".join(sorted(self.features)) or "-"
@@ -132,6 +136,8 @@ class Response:
     service: str | None = None
     port: int | None = None
     client_addr: bool = False
+    route: RouteKind | None = None
+    """Reach the service by name on the relay's shared port of this kind."""
     proof: bytes | None = None
     """64 lowercase hex digits, or None when the relay asked for no proof."""
     signed: bytes = field(default=b"", compare=False)
@@ -197,6 +203,7 @@ def response_line(
     name: str | None = None,
     service: str | None = None,
     port: int | None = None,
+    route: RouteKind | None = None,
     client_addr: bool = False,
 ) -> bytes:
     """The client's answer to ``challenge`` (with its newline)."""
@@ -210,6 +217,8 @@ def response_line(
         if not 1 <= port <= 65535:
             raise ValueError(f"port must be 1-65535, got {port}")
         parts.append(b"port=%d" % port)
+    if route is not None:
+        parts.append(b"route=" + route.encode("ascii"))
     if client_addr:
         parts.append(b"client-addr=1")
     signed = b" ".join(parts)
@@ -238,7 +247,7 @@ def parse_response(line: bytes, challenge: Challenge) -> Response:
         signed = b" ".join(tokens)
     fields = _fields(tokens[1:], "response")
     for key in fields:
-        if key not in ("name", "port", FEATURE_CLIENT_ADDR, FEATURE_SERVICE):
+        if key not in ("name", "port", "route", FEATURE_CLIENT_ADDR, FEATURE_SERVICE):
             raise HandshakeError(f"unknown option {key!r}")
     name, service = fields.get("name"), fields.get(FEATURE_SERVICE)
     for key, value in (("name", name), (FEATURE_SERVICE, service)):
@@ -255,6 +264,7 @@ def parse_response(line: bytes, challenge: Challenge) -> Response:
         if not (text.isdigit() and len(text) <= 5 and 1 <= int(text) <= 65535):
             raise HandshakeError(f"port={text!r} is not a port number (1-65535)")
         port = int(text)
+    route = _route(fields.get("route"), challenge, name, port)
     client_addr = fields.get(FEATURE_CLIENT_ADDR, "0")
     if client_addr not in ("0", "1"):
         raise HandshakeError("client-addr= must be 0 or 1")
@@ -265,9 +275,28 @@ def parse_response(line: bytes, challenge: Challenge) -> Response:
         service=service,
         port=port,
         client_addr=client_addr == "1",
+        route=route,
         proof=proof,
         signed=signed,
     )
+
+
+def _route(
+    value: str | None, challenge: Challenge, name: str | None, port: int | None
+) -> RouteKind | None:
+    """The checked ``route=`` of a response."""
+    if value is None:
+        return None
+    kind = next((kind for kind in ROUTE_KINDS if kind == value), None)
+    if kind is None:
+        raise HandshakeError(f"route= must be one of {', '.join(ROUTE_KINDS)}")
+    if feature(kind) not in challenge.features:
+        raise HandshakeError(f"{feature(kind)} was not offered")
+    if name is None:
+        raise HandshakeError("route= needs name= (the service's name on the relay's domain)")
+    if port is not None:
+        raise HandshakeError("route= and port= exclude each other (a routed service has no port)")
+    return kind
 
 
 def _fields(tokens: list[bytes], what: str) -> dict[str, str]:

@@ -1,0 +1,293 @@
+"""The relay's shared HTTP and TLS ports: each connection is routed by the name it asks for.
+
+A connection on ``--http-port`` is read until its first request head is
+complete (``relay.wire.http_head``), one on ``--tls-port`` until its
+ClientHello is (``relay.wire.client_hello``); the host name found leads to a
+registered session (``relay.server.routes``). From then on it is a public
+connection of that session exactly as if it had arrived on the session's own
+port (``relay.server.public``: its limits, the PROXY header, the idle
+timeout), and the bytes read so far are the first the service gets,
+unchanged: TLS is never terminated here.
+
+A connection that names no service gets an answer from the relay, never from a
+service: an HTTP error page (400 malformed or no Host, 404 unknown name, 408
+too slow, 431 head over 16 KiB) or a fatal TLS alert (``unrecognized_name``,
+``decode_error``), then the relay closes it after a short linger that lets
+the client read the answer. Until it is routed a connection holds a place among
+``--max-connections`` unrouted ones and a slot of its source's share of them
+(``--max-connections-per-source``), and has ``--route-timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Callable
+
+from yamux.ratelimit import RateLimitedLog
+
+from ..net import LISTEN_BACKLOG, BindAddress, format_peer
+from ..options import RelayOptions
+from ..pipe import SocketEnd
+from ..stats import RelayStats
+from ..wire.client_hello import (
+    ALERT_DECODE_ERROR,
+    ALERT_UNRECOGNIZED_NAME,
+    ClientHelloError,
+    ServerNameReader,
+    alert_record,
+)
+from ..wire.http_head import HeadError, HostReader, error_response
+from ..wire.route import RouteKind
+from .limits import Slot, SourceSlots, share, source_of
+from .routes import Routes
+from .session import RegisteredSession
+
+logger = logging.getLogger("relay.routing")
+
+LINGER = 2.0
+"""Seconds a refused connection may keep sending (discarded) after its answer, so that
+closing with unread bytes does not reset the answer away before the client reads it."""
+_LINGER_RESET = struct.pack("ii", 1, 0)
+ALERTS = {ALERT_UNRECOGNIZED_NAME: "unrecognized_name", ALERT_DECODE_ERROR: "decode_error"}
+
+
+Accept = Callable[[RegisteredSession, SocketEnd], None]
+"""Takes a routed connection on as a public connection of a session
+(``relay.server.public.PublicConnections.accept``)."""
+
+
+class SharedPorts:
+    """The listeners of the shared ports and their connections until each is routed."""
+
+    def __init__(self, options: RelayOptions, accept: Accept, stats: RelayStats) -> None:
+        assert options.domain is not None
+        self.routes = Routes(options.domain)
+        """Where each host name leads (the ports are set by ``start``)."""
+        self.accept = accept
+        self.stats = stats
+        self.timeout = options.route_timeout
+        self.max_unrouted = options.max_connections
+        self.unrouted: set[Peek] = set()
+        """Connections not routed yet, and refused ones lingering."""
+        self.sources = SourceSlots(
+            share(options.max_connections_per_source, options.max_connections)
+        )
+        self.log = RateLimitedLog(logger)
+        """Lines any stranger can trigger: one budget per kind of refusal."""
+        self._wanted: dict[RouteKind, int] = {}
+        if options.http_port is not None:
+            self._wanted["http"] = options.http_port
+        if options.tls_port is not None:
+            self._wanted["tls"] = options.tls_port
+        self._servers: list[asyncio.Server] = []
+
+    async def start(self, bind: BindAddress) -> None:
+        """Bind and listen on every shared port (OSError if one cannot be had)."""
+        loop = asyncio.get_running_loop()
+        try:
+            for kind, port in self._wanted.items():
+                sock = bind.listen(port)
+                try:
+                    server = await loop.create_server(
+                        lambda kind=kind: Peek(self, kind),  # type: ignore[misc]
+                        sock=sock,
+                        backlog=LISTEN_BACKLOG,
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
+                self._servers.append(server)
+                self.routes.ports[kind] = int(sock.getsockname()[1])
+        except BaseException:
+            self.close()
+            raise
+        logger.info(
+            "Serving names under %s: %s",
+            self.routes.domain,
+            "; ".join(
+                f"{kind.upper()} on port {port} (by {'Host' if kind == 'http' else 'SNI'})"
+                for kind, port in self.routes.ports.items()
+            ),
+            extra={"domain": self.routes.domain},
+        )
+
+    def stop_listening(self) -> None:
+        """Take no new connection (a drain); those being routed go on."""
+        for server in self._servers:
+            server.close()
+
+    def close(self) -> None:
+        self.stop_listening()
+        for peek in list(self.unrouted):
+            peek.abort()
+        self.log.summary(logging.INFO, "shared ports")
+
+    async def wait_closed(self) -> None:
+        for server in self._servers:
+            await server.wait_closed()
+
+
+class Peek(asyncio.Protocol):
+    """One connection on a shared port until it is routed or answered."""
+
+    def __init__(self, ports: SharedPorts, kind: RouteKind) -> None:
+        self.ports = ports
+        self.kind = kind
+        self.reader: HostReader | ServerNameReader = (
+            HostReader() if kind == "http" else ServerNameReader()
+        )
+        self.received: list[bytes] = []
+        """Everything read so far: the service gets it first."""
+        self.transport: asyncio.Transport | None = None
+        self.peername: object = None
+        self._slot: Slot | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._answered = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peername = transport.get_extra_info("peername")
+        ports = self.ports
+        source = source_of(self.peername)
+        if len(ports.unrouted) >= ports.max_unrouted:
+            self._drop("routing_full", f"{len(ports.unrouted)} connections are being routed")
+            return
+        self._slot = ports.sources.acquire(source)
+        if self._slot is None:
+            self._drop(
+                "routing_per_source",
+                f"{ports.sources.held(source)} connections from {source} are being routed "
+                f"(--max-connections-per-source {ports.sources.limit})",
+            )
+            return
+        ports.unrouted.add(self)
+        self._timer = asyncio.get_running_loop().call_later(ports.timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self._answered:
+            return  # lingering: what it still sends is discarded
+        self.received.append(data)
+        try:
+            host = self.reader.feed(data)
+        except HeadError as exc:
+            self._refuse(exc.status, str(exc))
+            return
+        except ClientHelloError as exc:
+            self._refuse(exc.alert, str(exc))
+            return
+        if host is not None:
+            self._route(host)
+
+    def eof_received(self) -> bool:
+        if not self._answered:
+            self._refuse(400, "the connection ended before it named a service")
+        self._close()  # the client sends no more: the answer goes out, then the close
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done()
+
+    def abort(self) -> None:
+        """Drop the connection (the relay is closing)."""
+        self._done()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ------------------------------------------------------------ outcomes
+    def _route(self, host: str) -> None:
+        session = self.ports.routes.find(self.kind, host)
+        if session is None:
+            if self.kind == "http":
+                self._refuse(404, f"no service is registered as {host} on this relay")
+            else:
+                self._refuse(ALERT_UNRECOGNIZED_NAME, f"no service is registered as {host}")
+            return
+        transport = self.transport
+        assert transport is not None
+        self._done()
+        transport.pause_reading()
+        end = SocketEnd()
+        transport.set_protocol(end)
+        end.connection_made(transport)
+        for data in self.received:
+            end.data_received(data)
+        self.received = []
+        self.ports.accept(session, end)
+
+    def _refuse(self, answer: int, reason: str) -> None:
+        """Answer (an HTTP status or a TLS alert), then linger and close."""
+        assert self.transport is not None
+        self._answered = True
+        self.received = []
+        label = f"{self.kind}_{answer if self.kind == 'http' else ALERTS[answer]}"
+        self.ports.stats.connections_refused[f"route_{label}"] += 1
+        self.ports.log.log(
+            logging.INFO,
+            label,
+            "%s port: refusing a connection from %s: %s",
+            self.kind.upper(),
+            format_peer(self.peername),
+            reason,
+            extra={"peer": format_peer(self.peername), "reason": reason},
+        )
+        if self.kind == "http":
+            self.transport.write(error_response(answer, reason, self.ports.routes.domain))
+        else:
+            self.transport.write(alert_record(answer))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(LINGER, self._close)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        timeout = self.ports.timeout
+        if self.kind == "http":
+            self._refuse(408, f"no complete request head within {timeout:g} s")
+            return
+        self.ports.log.log(
+            logging.INFO,
+            "tls_timeout",
+            "TLS port: closing a connection from %s: no ClientHello within %g s",
+            format_peer(self.peername),
+            timeout,
+        )
+        self.ports.stats.connections_refused["route_tls_timeout"] += 1
+        self._close()
+
+    def _drop(self, key: str, reason: str) -> None:
+        assert self.transport is not None
+        self.ports.stats.connections_refused[key] += 1
+        self.ports.log.log(
+            logging.WARNING,
+            key,
+            "%s port: refusing a connection from %s: %s",
+            self.kind.upper(),
+            format_peer(self.peername),
+            reason,
+        )
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:  # a reset, as for the refusals of a service's own port
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        self.transport.abort()
+
+    def _close(self) -> None:
+        self._done()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _done(self) -> None:
+        """Give back what it holds (once)."""
+        self.ports.unrouted.discard(self)
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
