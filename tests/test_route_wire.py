@@ -2,18 +2,18 @@
 line and the ``route=`` option of registration v2 (relay/wire/http_head.py, client_hello.py,
 route.py, v2.py).
 
-The ClientHellos are real ones, made by Python's ssl module (OpenSSL) for a server name.
+The ClientHellos are real ones, made by Python's ssl module (OpenSSL) for a server name
+(``routing_support.client_hello``).
 """
 
 from __future__ import annotations
 
 import itertools
-import ssl
-import struct
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from routing_support import client_hello, records
 
 from relay.errors import RegistrationError
 from relay.wire.client_hello import (
@@ -30,31 +30,6 @@ from relay.wire.route import parse_route_line, route_line, url
 from relay.wire.v2 import Challenge, HandshakeError, parse_response, response_line
 
 Outcome = tuple[str, object]
-
-
-def client_hello(server_name: str | None) -> bytes:
-    """The first flight of a real TLS client (OpenSSL) for ``server_name``."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
-
-
-def records(hello: bytes, size: int) -> bytes:
-    """The same handshake message, re-cut into records of at most ``size`` bytes."""
-    message = b""
-    while hello:
-        length = struct.unpack_from("!H", hello, 3)[0]
-        message += hello[5 : 5 + length]
-        hello = hello[5 + length :]
-    return b"".join(
-        struct.pack("!BHH", 22, 0x0301, len(message[i : i + size])) + message[i : i + size]
-        for i in range(0, len(message), size)
-    )
 
 
 HELLO = client_hello("Blog.Tunnel.Example.com")

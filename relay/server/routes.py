@@ -101,7 +101,7 @@ class Routes:
             return host
         allowed = ", ".join(sorted(request.allowed_hosts))
         raise RouteRefusedError(
-            f"host name {host} is not allowed for {request.describe()} ("
+            f"host name {host} is not allowed for client {request.client} ("
             + (f"allowed: {allowed}" if allowed else "an auth file's hosts = [...] allows one")
             + f"; or use a name without dots, for a name under {self.domain})",
             PERMANENT,
