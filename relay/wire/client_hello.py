@@ -33,6 +33,7 @@ NAME_TYPE_HOST = 0
 ALERT_DECODE_ERROR = 50
 ALERT_UNRECOGNIZED_NAME = 112
 _RECORD = struct.Struct("!BHH")
+_EXTENSION = struct.Struct("!HH")
 
 
 class ClientHelloError(RelayError, ValueError):
@@ -101,57 +102,52 @@ class ServerNameReader:
         return server_name(bytes(self._handshake[4 : 4 + length]))
 
 
-class _Reader:
-    """Length-prefixed fields of a byte string, each check a ``decode_error``."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.at = 0
-
-    def take(self, size: int, what: str) -> bytes:
-        if self.at + size > len(self.data):
-            raise _malformed(f"the ClientHello ends inside its {what}")
-        taken = self.data[self.at : self.at + size]
-        self.at += size
-        return taken
-
-    def number(self, size: int, what: str) -> int:
-        return int.from_bytes(self.take(size, what), "big")
-
-    def vector(self, size: int, what: str) -> bytes:
-        return self.take(self.number(size, what), what)
-
-    @property
-    def left(self) -> int:
-        return len(self.data) - self.at
+def _length(data: bytes, at: int, size: int, what: str) -> tuple[int, int]:
+    """The ``size``-byte length at ``at`` and where its vector starts; the vector must fit."""
+    start = at + size
+    if start > len(data):
+        raise _malformed(f"the ClientHello ends inside its {what}")
+    length = int.from_bytes(data[at:start], "big")
+    if start + length > len(data):
+        raise _malformed(f"the ClientHello ends inside its {what}")
+    return length, start
 
 
 def server_name(body: bytes) -> str:
-    """The host name of a ClientHello body (RFC 8446 4.1.2, RFC 6066 3)."""
-    hello = _Reader(body)
-    hello.take(2 + 32, "version and random")
-    if len(hello.vector(1, "session id")) > 32:
+    """The host name of a ClientHello body (RFC 8446 4.1.2, RFC 6066 3).
+
+    Plain index arithmetic: this runs once for every connection on the TLS port."""
+    length, at = _length(body, 2 + 32, 1, "session id")
+    if length > 32:
         raise _malformed("a session id longer than 32 bytes")
-    suites = hello.vector(2, "cipher suites")
-    if not suites or len(suites) % 2:
+    length, at = _length(body, at + length, 2, "cipher suites")
+    if not length or length % 2:
         raise _malformed("malformed cipher suites")
-    if not hello.vector(1, "compression methods"):
+    length, at = _length(body, at + length, 1, "compression methods")
+    if not length:
         raise _malformed("no compression method")
-    if not hello.left:
+    at += length
+    if at == len(body):
         raise ClientHelloError(ALERT_UNRECOGNIZED_NAME, "the ClientHello has no extensions (SNI)")
-    extensions = _Reader(hello.vector(2, "extensions"))
-    if hello.left:
+    length, at = _length(body, at, 2, "extensions")
+    end = at + length
+    if end != len(body):
         raise _malformed("bytes after the extensions")
     seen: set[int] = set()
     found: bytes | None = None
-    while extensions.left:
-        kind = extensions.number(2, "extension type")
-        data = extensions.vector(2, "extension")
+    while at < end:
+        if at + 4 > end:
+            raise _malformed("the ClientHello ends inside an extension")
+        kind, length = _EXTENSION.unpack_from(body, at)
+        at += 4
+        if at + length > end:
+            raise _malformed("the ClientHello ends inside an extension")
         if kind in seen:
             raise _malformed(f"extension {kind} twice")
         seen.add(kind)
         if kind == EXTENSION_SERVER_NAME:
-            found = _host_name(data)
+            found = _host_name(body[at : at + length])
+        at += length
     if found is None:
         raise ClientHelloError(
             ALERT_UNRECOGNIZED_NAME, "the ClientHello names no server (no SNI): no name to route by"
@@ -166,18 +162,18 @@ def server_name(body: bytes) -> str:
 
 def _host_name(extension: bytes) -> bytes:
     """The host_name of a server_name extension's ServerNameList."""
-    outer = _Reader(extension)
-    names = _Reader(outer.vector(2, "server name list"))
-    if outer.left or not names.left:
+    length, at = _length(extension, 0, 2, "server name list")
+    if at + length != len(extension) or not length:
         raise _malformed("malformed server name list")
     host: bytes | None = None
-    while names.left:
-        kind = names.number(1, "server name type")
-        name = names.vector(2, "server name")
+    while at < len(extension):
+        kind = extension[at]
+        length, at = _length(extension, at + 1, 2, "server name")
         if kind == NAME_TYPE_HOST:
-            if host is not None or not name:
+            if host is not None or not length:
                 raise _malformed("a server name list with two or empty host names")
-            host = name
+            host = extension[at : at + length]
+        at += length
     if host is None:
         raise ClientHelloError(ALERT_UNRECOGNIZED_NAME, "the server name list has no host name")
     return host

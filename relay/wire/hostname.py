@@ -15,6 +15,7 @@ MAX_HOST = 253
 """The longest DNS name (without its trailing dot)."""
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _HOST_CHARS = re.compile(r"[a-z0-9._-]+")
+_HOST = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}")
 
 
 def normal_host(text: str) -> str:
@@ -23,16 +24,16 @@ def normal_host(text: str) -> str:
     Letters, digits, ``-``, ``_`` and ``.`` (underscores occur in real names), in
     labels of 1 to 63 characters; case and one trailing dot do not count.
     """
-    host = text.lower()
+    host = text.lower() if text.isascii() else "\0"  # lower() makes some non-ASCII ASCII
     if host.endswith("."):
         host = host[:-1]
+    if 0 < len(host) <= MAX_HOST and _HOST.fullmatch(host):
+        return host
     if not host or len(host) > MAX_HOST:
         raise ValueError(f"a host name is 1-{MAX_HOST} characters")
-    if not _HOST_CHARS.fullmatch(host) or not host.isascii():
+    if not _HOST_CHARS.fullmatch(host):
         raise ValueError("a host name has only letters, digits, '-', '_' and '.'")
-    if any(not 1 <= len(label) <= 63 for label in host.split(".")):
-        raise ValueError("each label of a host name is 1-63 characters")
-    return host
+    raise ValueError("each label of a host name is 1-63 characters")
 
 
 def is_label(name: str) -> bool:

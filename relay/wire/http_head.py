@@ -27,6 +27,13 @@ _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 _HTTP1 = re.compile(rb"HTTP/1\.[0-9]")
 _ABSOLUTE = re.compile(rb"https?://([^/?#]*)", re.I)
+_TCHAR = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"
+_WHOLE_HEAD = re.compile(
+    rb"(?P<method>" + _TCHAR + rb"+) (?P<target>[\x21-\x7e]+) HTTP/1\.[0-9]\r\n"
+    rb"(?:" + _TCHAR + rb"+:[^\r\n]*\r\n)*\r\n"
+)
+"""A plain head in one piece, every line ending in CRLF: the common case, checked at once."""
+_HOST_LINE = re.compile(rb"^host:([^\r\n]*)\r$", re.I | re.M)
 REASONS = {
     400: "Bad Request",
     404: "Not Found",
@@ -91,21 +98,46 @@ class HostReader:
         The same bytes give the same answer however they are split."""
         if self.host is not None:
             return self.host
-        start = 0
-        while (newline := data.find(b"\n", start)) >= 0:
-            end = self._offset + len(self._partial) + newline + 1 - start
-            if end > MAX_HEAD:
-                raise self._too_large()
-            line = bytes(self._partial) + data[start:newline]
+        if not self._offset and not self._partial:
+            end = data.find(b"\r\n\r\n")
+            if 0 <= end <= MAX_HEAD - 4 and _WHOLE_HEAD.fullmatch(data, 0, end + 4):
+                self.host = self._whole(data[: end + 4])
+                return self.host
+        if self._partial:
+            if b"\n" not in data:  # a line in many pieces: no copy of the whole per piece
+                if self._offset + len(self._partial) + len(data) > MAX_HEAD:
+                    raise self._too_large()
+                self._partial += data
+                return None
+            data = bytes(self._partial) + data
             self._partial.clear()
-            self._offset = end
-            start = newline + 1
+        # Only the first MAX_HEAD bytes of the head matter: a line that ends later is a 431.
+        lines = data[: MAX_HEAD + 1 - self._offset].split(b"\n")
+        rest = lines.pop()
+        offset = self._offset
+        for line in lines:
+            offset += len(line) + 1
+            if offset > MAX_HEAD:
+                raise self._too_large()
             if self._line(line[:-1] if line.endswith(b"\r") else line):
                 return self.host
-        if self._offset + len(self._partial) + len(data) - start > MAX_HEAD:
+        if offset + len(rest) > MAX_HEAD:
             raise self._too_large()
-        self._partial += data[start:]
+        self._offset = offset
+        self._partial += rest
         return None
+
+    def _whole(self, head: bytes) -> str:
+        """The host of a head ``_WHOLE_HEAD`` matched: what the line by line reading says
+        of it, in a few calls."""
+        target = head[: head.index(b"\r\n")].split(b" ")[1]
+        absolute = _ABSOLUTE.match(target)
+        if absolute is not None:
+            self._target_host = host_of_authority(absolute.group(1), "the request target")
+        self._hosts = [value.strip(b" \t") for value in _HOST_LINE.findall(head)]
+        if len(self._hosts) > 1:
+            raise _bad("more than one Host header")
+        return self._decide()
 
     def _too_large(self) -> HeadError:
         return HeadError(431, f"the request head is longer than {MAX_HEAD} bytes")
