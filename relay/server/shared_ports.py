@@ -71,8 +71,12 @@ class SharedPorts:
         self.stats = stats
         self.timeout = options.route_timeout
         self.max_unrouted = options.max_connections
-        self.unrouted: set[Peek] = set()
-        """Connections not routed yet, and refused ones lingering."""
+        self.unrouted: dict[Peek, float] = {}
+        """Connections being read, oldest first, each with its deadline (loop time)."""
+        self.lingering: set[Peek] = set()
+        """Refused connections, closing after their answer."""
+        self._sweep: asyncio.TimerHandle | None = None
+        """One timer for every deadline: when the oldest connection's is due."""
         self.sources = SourceSlots(
             share(options.max_connections_per_source, options.max_connections)
         )
@@ -122,17 +126,58 @@ class SharedPorts:
 
     def close(self) -> None:
         self.stop_listening()
-        for peek in list(self.unrouted):
+        for peek in [*self.unrouted, *self.lingering]:
             peek.abort()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         self.log.summary(logging.INFO, "shared ports")
 
     async def wait_closed(self) -> None:
         for server in self._servers:
             await server.wait_closed()
 
+    @property
+    def held(self) -> int:
+        """Places of unrouted connections in use (``--max-connections``)."""
+        return len(self.unrouted) + len(self.lingering)
+
+    def watch(self, peek: Peek) -> None:
+        """Give ``peek`` until the route timeout to name its service."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        self.unrouted[peek] = deadline
+        if self._sweep is None:
+            self._sweep = loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """Answer the connections whose time is up; wait for the next deadline. (One timer
+        for all: a timer per connection would cost every connection a heap entry.)"""
+        self._sweep = None
+        now = asyncio.get_running_loop().time()
+        while self.unrouted:
+            peek, deadline = next(iter(self.unrouted.items()))
+            if deadline > now:
+                self._sweep = asyncio.get_running_loop().call_at(deadline, self._expire)
+                return
+            del self.unrouted[peek]
+            peek.timed_out()
+
 
 class Peek(asyncio.Protocol):
     """One connection on a shared port until it is routed or answered."""
+
+    __slots__ = (
+        "_answered",
+        "_linger",
+        "_slot",
+        "kind",
+        "peername",
+        "ports",
+        "reader",
+        "received",
+        "transport",
+    )
 
     def __init__(self, ports: SharedPorts, kind: RouteKind) -> None:
         self.ports = ports
@@ -145,7 +190,7 @@ class Peek(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peername: object = None
         self._slot: Slot | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
         self._answered = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -153,8 +198,8 @@ class Peek(asyncio.Protocol):
         self.peername = transport.get_extra_info("peername")
         ports = self.ports
         source = source_of(self.peername)
-        if len(ports.unrouted) >= ports.max_unrouted:
-            self._drop("routing_full", f"{len(ports.unrouted)} connections are being routed")
+        if ports.held >= ports.max_unrouted:
+            self._drop("routing_full", f"{ports.held} connections are being routed")
             return
         self._slot = ports.sources.acquire(source)
         if self._slot is None:
@@ -164,8 +209,7 @@ class Peek(asyncio.Protocol):
                 f"(--max-connections-per-source {ports.sources.limit})",
             )
             return
-        ports.unrouted.add(self)
-        self._timer = asyncio.get_running_loop().call_later(ports.timeout, self._timed_out)
+        ports.watch(self)
 
     def data_received(self, data: bytes) -> None:
         if self._answered:
@@ -209,10 +253,12 @@ class Peek(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self._done()
-        transport.pause_reading()
+        # The connection goes on as one of the session's own port would, minus the pause
+        # of a new one: what arrives until its stream is open is kept by the SocketEnd
+        # (``EARLY_DATA_PAUSE`` at most), after the bytes read here.
         end = SocketEnd()
+        end.transport = transport
         transport.set_protocol(end)
-        end.connection_made(transport)
         for data in self.received:
             end.data_received(data)
         self.received = []
@@ -240,12 +286,12 @@ class Peek(asyncio.Protocol):
             self.transport.write(alert_record(answer))
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(LINGER, self._close)
+        self.ports.unrouted.pop(self, None)
+        self.ports.lingering.add(self)
+        self._linger = asyncio.get_running_loop().call_later(LINGER, self._close)
 
-    def _timed_out(self) -> None:
-        self._timer = None
+    def timed_out(self) -> None:
+        """No name within the route timeout (``SharedPorts`` took it off its list)."""
         timeout = self.ports.timeout
         if self.kind == "http":
             self._refuse(408, f"no complete request head within {timeout:g} s")
@@ -284,10 +330,11 @@ class Peek(asyncio.Protocol):
 
     def _done(self) -> None:
         """Give back what it holds (once)."""
-        self.ports.unrouted.discard(self)
+        self.ports.unrouted.pop(self, None)
+        self.ports.lingering.discard(self)
         if self._slot is not None:
             self._slot.release()
             self._slot = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
