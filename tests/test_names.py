@@ -1,10 +1,10 @@
 """Services by name on the relay's shared ports, with real programs end to end.
 
 ``relay server --domain tunnel.test --http-port 0 --tls-port 0`` and ``relay
-forward --route http|tls`` processes; Python's http.server and nginx (with
-certificates made by openssl for its own names) as the services; curl with
-``--resolve``, ``openssl s_client`` and haproxy (as a PROXY protocol receiver) as
-the public side.
+forward --http|--https PORT`` (or ``--route http|tls``) processes; Python's
+http.server and nginx (with certificates made by openssl for its own names) as
+the services; curl with ``--resolve``, ``openssl s_client`` and haproxy (as a
+PROXY protocol receiver) as the public side.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def test_two_names_on_one_http_port_reach_two_services(procs: Processes, tmp_pat
     relay, control, http_port, _ = start_relay(procs)
     blog = http_server(procs, tmp_path / "blog", "the blog\n")
     shop = http_server(procs, tmp_path / "shop", "the shop\n")
-    _, blog_url = forward(procs, control, "--name", "blog", "--route", "http", str(blog))
+    _, blog_url = forward(procs, control, "--name", "blog", "--http", str(blog))
     _, shop_url = forward(procs, control, "--service", f"shop=http:{shop}")
     assert blog_url == f"http://blog.{DOMAIN}:{http_port}/"
     assert shop_url == f"http://shop.{DOMAIN}:{http_port}/"
@@ -206,8 +206,8 @@ def test_two_names_on_one_tls_port_reach_two_services_by_sni(
     ports = nginx_tls(procs, tmp_path, ["a", "b"])
     relay, control, _, tls_port = start_relay(procs)
     urls = [
-        forward(procs, control, "--name", label, "--route", "tls", str(ports[label]))[1]
-        for label in ports
+        forward(procs, control, "--name", "a", "--https", str(ports["a"]))[1],
+        forward(procs, control, "--name", "b", "--route", "tls", str(ports["b"]))[1],
     ]
     assert urls == [f"https://a.{DOMAIN}:{tls_port}/", f"https://b.{DOMAIN}:{tls_port}/"]
     ca = tmp_path / "ca.pem"
@@ -244,3 +244,32 @@ def test_the_client_address_reaches_a_routed_service(procs: Processes, tmp_path:
         said = recv_all(sock).decode().rsplit("\r\n\r\n", 1)[-1].strip()
     assert said == source
     assert said.startswith(PUBLIC_CLIENT + " ")
+
+
+def test_names_configured_by_environment_and_config_files(procs: Processes, tmp_path: Path) -> None:
+    """``RELAY_DOMAIN``/``RELAY_HTTP_PORT``, ``tls-port`` in [server], ``route`` in a
+    [[forward.services]] table: the same relay and forwarder as by flags."""
+    require_program("curl")
+    web = http_server(procs, tmp_path / "web", "configured\n")
+    relay_config = tmp_path / "relay.toml"
+    relay_config.write_text(f'[server]\nbind = "{HOST}"\ntls-port = 0\nport = {free_port()}\n')
+    relay = procs.start(
+        [*relay_command(), "server", "--config", str(relay_config)],
+        "relay",
+        env={"RELAY_DOMAIN": DOMAIN, "RELAY_HTTP_PORT": "0"},
+    )
+    _, match = relay.wait_line(NAMES)
+    http_port = int(match.group(1))
+    control = int(relay.wait_line(r"Serving relay requests on port (\d+)")[1].group(1))
+    forward_config = tmp_path / "forward.toml"
+    forward_config.write_text(
+        f'[forward]\nrelay = "{HOST}:{control}"\n'
+        f'[[forward.services]]\nname = "site"\nroute = "http"\nlocal-port = {web}\n'
+    )
+    forwarder = procs.start(
+        [*relay_command(), "forward", "--config", str(forward_config)], "forwarder"
+    )
+    _, url = forwarder.wait_line(r"^(https?://\S+)$", stream="stdout")
+    assert url.group(1) == f"http://site.{DOMAIN}:{http_port}/"
+    got = curl(f"site.{DOMAIN}", http_port)
+    assert (got.returncode, got.stdout) == (0, "configured\n"), got.stderr

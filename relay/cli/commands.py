@@ -90,7 +90,24 @@ server_command = GroupedCommand(
 )
 
 
+def _by_name(ctx: click.Context, args: tuple[str, ...], opts: dict[str, Any]) -> tuple[str, ...]:
+    """``--http PORT`` / ``--https PORT``: LOCAL_PORT, reached by name (``--route``)."""
+    given = [(route, opts[route]) for route in ("http", "https") if opts[route] is not None]
+    del opts["http"], opts["https"]
+    if not given:
+        return args
+    if len(given) > 1:
+        raise click.UsageError("give --http or --https, not both: one service, one route", ctx)
+    flag, port = given[0]
+    route = "http" if flag == "http" else "tls"
+    if opts["route"] not in (None, route):
+        raise click.UsageError(f"--{flag} is --route {route}, not --route {opts['route']}", ctx)
+    opts["route"] = route
+    return (str(port), *args)
+
+
 def _forward(ctx: click.Context, args: tuple[str, ...], **opts: Any) -> None:
+    args = _by_name(ctx, args, opts)
     found = loaded_config(ctx)
     file_forward = found.forward if found is not None else {}
     if len(args) == 3 or (len(args) == 2 and ":" in args[1]):
@@ -139,9 +156,26 @@ forward_command = GroupedCommand(
         "[OPTIONS] --service NAME=LOCAL_PORT[:REMOTE_PORT]... HOST PORT",
         "[OPTIONS] --relay HOST:PORT... LOCAL_PORT",
         "[OPTIONS] --config FILE [LOCAL_PORT]",
+        "[OPTIONS] --name NAME --http|--https LOCAL_PORT HOST:PORT",
     ),
     params=[
         click.Argument(["args"], nargs=-1, metavar="LOCAL_PORT HOST PORT"),
+        GroupedOption(
+            ["--http"],
+            type=PORT,
+            metavar="LOCAL_PORT",
+            group=FORWARDER,
+            help="Expose the web server at LOCAL_PORT as http://NAME.DOMAIN/ on the relay's "
+            "shared HTTP port (--route http; the relay needs --domain and --http-port).",
+        ),
+        GroupedOption(
+            ["--https"],
+            type=PORT,
+            metavar="LOCAL_PORT",
+            group=FORWARDER,
+            help="Expose the TLS server at LOCAL_PORT (it keeps its certificate) as "
+            "https://NAME.DOMAIN/ on the relay's shared TLS port (--route tls).",
+        ),
         *command_params(FORWARDER, COMMON),
     ],
 )

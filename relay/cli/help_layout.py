@@ -161,11 +161,14 @@ Examples:
   relay forward --name redis --remote-port 7201 6379 relay.example.com:7000
   relay forward --service redis=6379 --service web=8080:7202 relay.example.com:7000
   relay forward --config services.toml     # every [[forward.services]]
+  relay forward --name blog --http 8080 relay.example.com:7000
 
 \b
 With --name the relay keeps the service's public port for it (a lease) across
 reconnects and restarts of either side. With several services each endpoint
-line is NAME HOST:PUBLIC_PORT.
+line is NAME HOST:PUBLIC_PORT. A relay with --domain serves web services by
+name on shared ports: --http or --https LOCAL_PORT (--route, or
+--service blog=http:8080) prints the URL instead, http://blog.DOMAIN/.
 
 \b
 The seed form "relay --localForwardPort=6379 HOST PORT" is the same command.
