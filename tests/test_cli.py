@@ -107,6 +107,16 @@ def test_help_documents_both_forms_with_examples():
             "--reconnect-delay (5)",
         ),
         (("--no-such-option", "7000"), "--no-such-option"),  # click's wording varies by version
+        (
+            ("--name", "b", "--http", "80", "--https", "443", "h", "1"),
+            "--http or --https, not both",
+        ),
+        (("--name", "b", "--http", "80", "--localForwardPort=80", "h", "1"), "or --http/--https"),
+        (
+            ("--https", "8443", "--route", "http", "h", "1"),
+            "--https is --route tls, not --route http",
+        ),
+        (("--http", "8080", "h", "7000"), "--http needs --name (or --client-name)"),
     ],
 )
 def test_usage_errors_exit_2_and_name_the_argument(args, expected):

@@ -30,9 +30,55 @@ from .registry import COMMON, FORWARDER, RELAY, GroupedOption, loaded_config
 from .run import run_forward, run_server
 
 
+def _by_name(ctx: click.Context, opts: dict[str, Any]) -> int | None:
+    """``--http PORT`` / ``--https PORT``: the LOCAL_PORT service, reached by name (their
+    ``--route``); None without them."""
+    given = [(flag, opts.pop(flag)) for flag in ("http", "https")]
+    given = [(flag, port) for flag, port in given if port is not None]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise click.UsageError("give --http or --https, not both: one service, one route", ctx)
+    flag, port = given[0]
+    route = "http" if flag == "http" else "tls"
+    if opts["route"] not in (None, route):
+        raise click.UsageError(f"--{flag} is --route {route}, not --route {opts['route']}", ctx)
+    if opts["name"] is None and opts["client_name"] is None:
+        raise click.UsageError(f"--{flag} needs --name (or --client-name): NAME.DOMAIN", ctx)
+    opts["route"] = route
+    return int(port)
+
+
+def by_name_options() -> list[click.Parameter]:
+    """The forwarder's flags that are a LOCAL_PORT too (so not ``ForwardOptions``')."""
+    return [
+        GroupedOption(
+            ["--http"],
+            type=PORT,
+            metavar="LOCAL_PORT",
+            group=FORWARDER,
+            help="Expose the web server at LOCAL_PORT as http://NAME.DOMAIN/ on the relay's "
+            "shared HTTP port (--route http; the relay needs --domain and --http-port).",
+        ),
+        GroupedOption(
+            ["--https"],
+            type=PORT,
+            metavar="LOCAL_PORT",
+            group=FORWARDER,
+            help="Expose the TLS server at LOCAL_PORT (it keeps its certificate) as "
+            "https://NAME.DOMAIN/ on the relay's shared TLS port (--route tls).",
+        ),
+    ]
+
+
 def _seed(ctx: click.Context, **opts: Any) -> None:
     args: tuple[str, ...] = opts.pop("args")
     local_port = opts.pop("local_forward_port")
+    by_name = _by_name(ctx, opts)
+    if by_name is not None:
+        if local_port is not None:
+            raise click.UsageError("give --local-forward-port or --http/--https, not both", ctx)
+        local_port = by_name
     forwarder_mode = local_port is not None or bool(opts["service"])
     check_seed_arguments(ctx, args, forwarder_mode)
     check_mode_options(ctx, forwarder_mode)
@@ -64,6 +110,7 @@ seed_command = GroupedCommand(
             group=FORWARDER,
             help="Port of the local service to expose; selects forwarder mode.",
         ),
+        *by_name_options(),
         *command_params(RELAY, FORWARDER, COMMON),
     ],
 )
@@ -90,24 +137,10 @@ server_command = GroupedCommand(
 )
 
 
-def _by_name(ctx: click.Context, args: tuple[str, ...], opts: dict[str, Any]) -> tuple[str, ...]:
-    """``--http PORT`` / ``--https PORT``: LOCAL_PORT, reached by name (``--route``)."""
-    given = [(route, opts[route]) for route in ("http", "https") if opts[route] is not None]
-    del opts["http"], opts["https"]
-    if not given:
-        return args
-    if len(given) > 1:
-        raise click.UsageError("give --http or --https, not both: one service, one route", ctx)
-    flag, port = given[0]
-    route = "http" if flag == "http" else "tls"
-    if opts["route"] not in (None, route):
-        raise click.UsageError(f"--{flag} is --route {route}, not --route {opts['route']}", ctx)
-    opts["route"] = route
-    return (str(port), *args)
-
-
 def _forward(ctx: click.Context, args: tuple[str, ...], **opts: Any) -> None:
-    args = _by_name(ctx, args, opts)
+    by_name = _by_name(ctx, opts)
+    if by_name is not None:
+        args = (str(by_name), *args)
     found = loaded_config(ctx)
     file_forward = found.forward if found is not None else {}
     if len(args) == 3 or (len(args) == 2 and ":" in args[1]):
@@ -160,22 +193,7 @@ forward_command = GroupedCommand(
     ),
     params=[
         click.Argument(["args"], nargs=-1, metavar="LOCAL_PORT HOST PORT"),
-        GroupedOption(
-            ["--http"],
-            type=PORT,
-            metavar="LOCAL_PORT",
-            group=FORWARDER,
-            help="Expose the web server at LOCAL_PORT as http://NAME.DOMAIN/ on the relay's "
-            "shared HTTP port (--route http; the relay needs --domain and --http-port).",
-        ),
-        GroupedOption(
-            ["--https"],
-            type=PORT,
-            metavar="LOCAL_PORT",
-            group=FORWARDER,
-            help="Expose the TLS server at LOCAL_PORT (it keeps its certificate) as "
-            "https://NAME.DOMAIN/ on the relay's shared TLS port (--route tls).",
-        ),
+        *by_name_options(),
         *command_params(FORWARDER, COMMON),
     ],
 )
