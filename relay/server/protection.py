@@ -7,13 +7,17 @@ restart (a state directory that cannot be used leaves the leases in memory).
 
 from __future__ import annotations
 
+import logging
 import ssl
-
 from pathlib import Path
 
+from ..net import BindAddress
 from ..options import RelayOptions
 from ..store import LeaseStore
 from .auth import Authenticator
+from .ports import PortAllocator
+
+logger = logging.getLogger("relay.server")
 
 
 def describe_protection(
@@ -50,3 +54,37 @@ def describe_protection(
     else:
         leases = options.state_dir
     return {"auth": who, "tls": tls, "leases": leases, "protocol": protocol}
+
+
+def log_start(
+    port: int,
+    bind: BindAddress,
+    auth: Authenticator | None,
+    auth_file: Path | None,
+    options: RelayOptions,
+    protocol: str,
+    ports: PortAllocator,
+) -> None:
+    """The start line (with what protects the relay), and a warning when a relay that
+    anyone can reach lets anyone register."""
+    protection = describe_protection(auth, auth_file, options, protocol, ports.store)
+    logger.info(
+        "Serving relay requests on port %d (%s)",
+        port,
+        "; ".join(f"{key}: {value}" for key, value in protection.items()),
+        extra={"control_port": port, **protection},
+    )
+    if auth is None and not bind.is_loopback():
+        logger.warning(
+            "the relay listens on %s without authentication: anyone who can reach port %d "
+            "gets a public port (use --secret or --auth-file)",
+            bind,
+            port,
+        )
+    logger.debug(
+        "bound to %s; %s; at most %d sessions of %d connections each",
+        bind,
+        ports.describe(),
+        options.max_sessions,
+        options.max_connections,
+    )

@@ -67,7 +67,7 @@ from .leases import Identity
 from .limits import Slot, SourceSlots, share, source_of
 from .membership import StoreKeeper, open_store, shared_failures
 from .ports import PortAllocator, PortRefusedError, StoreDownError
-from .protection import describe_protection
+from .protection import log_start
 from .public import PublicConnections
 from .replacement import Decision, holder_of, settle
 from .request import SEED, ProtocolName, RegistrationRequest
@@ -199,28 +199,14 @@ class RelayServer:
             self._tasks.spawn(
                 watch_auth_file(self.auth_file, self.auth, self._revoke), name="relay-auth-file"
             )
-        protection = describe_protection(
-            self.auth, self.auth_file, self.options, self.protocol, self._ports.store
-        )
-        logger.info(
-            "Serving relay requests on port %d (%s)",
+        log_start(
             self.port,
-            "; ".join(f"{key}: {value}" for key, value in protection.items()),
-            extra={"control_port": self.port, **protection},
-        )
-        if self.auth is None and not self._bind.is_loopback():
-            logger.warning(
-                "the relay listens on %s without authentication: anyone who can reach port %d "
-                "gets a public port (use --secret or --auth-file)",
-                self._bind,
-                self.port,
-            )
-        logger.debug(
-            "bound to %s; %s; at most %d sessions of %d connections each",
             self._bind,
-            self._ports.describe(),
-            self.options.max_sessions,
-            self.options.max_connections,
+            self.auth,
+            None if self.auth_file is None else self.auth_file.path,
+            self.options,
+            self.protocol,
+            self._ports,
         )
 
     @property
