@@ -54,7 +54,6 @@ from ..stats import RelayStats
 from ..wire.greeting import port_line
 from ..wire.refusal import RETRY, format_refusal
 from ..wire.route import Route
-from ..wire.v2 import FEATURES
 from .admission import Admission, Refusal
 from .allocation import Allocations, AwaitingPort, after, settled
 from .auth import FailureLimiter
@@ -313,7 +312,7 @@ class RelayServer:
             timeout=self.options.handshake_timeout,
             accepted=self.registration_made,
             log=self._challenge_log,
-            features=None if self.shared is None else self.shared.routes.features | set(FEATURES),
+            features=None if self.shared is None else self.shared.features,
         )
 
     def registration_made(
@@ -385,9 +384,6 @@ class RelayServer:
                     on_done=partial(settled, transport, newcomer),
                 )
                 return
-        if request.route is not None:
-            self._route(transport, peer, request, slot)
-            return
         # The port comes from the lease store (an await): what the connection sends
         # meanwhile is kept for yamux.
         waiting = AwaitingPort(transport)
@@ -403,11 +399,23 @@ class RelayServer:
     async def _allocate(
         self, waiting: AwaitingPort, peer: str, request: RegistrationRequest, slot: Slot
     ) -> None:
-        """Allocate a public port, send the port line and start the session."""
+        """Allocate a public port (or a name on a shared port: ``route``), send the port (or
+        route) line and start the session."""
         ports = self.allocator
         transport = waiting.transport
+        shared = self.shared if request.route is not None else None
+        sock: socket.socket | None = None
+        route: Route | None = None
         try:
-            sock = await ports.allocate(request)
+            if shared is None:
+                sock = await ports.allocate(request)
+            else:
+                route = shared.routes.route_for(request)
+        except RouteRefusedError as exc:
+            self.admission.refused(peer, "route refused", str(exc))
+            transport.write(format_refusal(str(exc), exc.kind))
+            transport.close()
+            return
         except StoreDownError as exc:
             reason = f"{exc}; retry later"
             self.admission.refused(peer, "store unavailable", reason)
@@ -424,62 +432,37 @@ class RelayServer:
             return
         finally:
             self._allocations.end(request.identity)
-        port = int(sock.getsockname()[1])
+        port = 0 if sock is None else int(sock.getsockname()[1])
         if waiting.ended or transport.is_closing() or self.closing or self.draining:
-            sock.close()
-            ports.release(port)
+            if sock is not None:
+                sock.close()
+                ports.release(port)
             if self.draining and not (waiting.ended or transport.is_closing()):
                 self.admission.refuse(transport, peer, "draining", "relay is shutting down")
             else:
                 transport.abort()
             return
-        transport.write(port_line(port))
-        self._start_session(transport, peer, request, sock, slot, bytes(waiting.early))
-        if waiting.paused:
-            transport.resume_reading()
-
-    def _route(
-        self, transport: asyncio.Transport, peer: str, request: RegistrationRequest, slot: Slot
-    ) -> None:
-        """A registration reached by name: a host name on a shared port, no port of its own."""
-        assert self.shared is not None
-        try:
-            route = self.shared.routes.route_for(request)
-        except RouteRefusedError as exc:
-            self.admission.refused(peer, "route refused", str(exc))
-            transport.write(format_refusal(str(exc), exc.kind))
-            transport.close()
-            return
-        transport.write(route.line())
-        self._start_session(transport, peer, request, None, slot, b"", route)
-
-    def _start_session(
-        self,
-        transport: asyncio.Transport,
-        peer: str,
-        request: RegistrationRequest,
-        sock: socket.socket | None,
-        slot: Slot,
-        early: bytes,
-        route: Route | None = None,
-    ) -> None:
-        """The registration's reply is out: from here on it is a session."""
+        transport.write(port_line(port) if route is None else route.line())
         session = RegisteredSession(
             next(self._ids),
             peer,
             request,
             sock,
             yamux.Session.attach(
-                transport, client=True, config=self.yamux_config, initial_data=early
+                transport,
+                client=True,
+                config=self.yamux_config,
+                initial_data=bytes(waiting.early),
             ),
             slot.hand_over(),
             SourceSlots(self._connections_per_source),
             self,
             route,
         )
-        if route is not None:
-            assert self.shared is not None
-            self.shared.routes.add(route, session)
+        if waiting.paused:
+            transport.resume_reading()
+        if shared is not None and route is not None:
+            shared.routes.add(route, session)
         self._sessions[session.id] = session
         self.stats.sessions_total += 1
         session.start()

@@ -42,6 +42,7 @@ from ..wire.client_hello import (
 )
 from ..wire.http_head import HeadError, HostReader, error_response
 from ..wire.route import RouteKind
+from ..wire.v2 import FEATURES
 from .limits import Slot, SourceSlots, share, source_of
 from .routes import Routes
 from .session import RegisteredSession
@@ -88,6 +89,11 @@ class SharedPorts:
         if options.tls_port is not None:
             self._wanted["tls"] = options.tls_port
         self._servers: list[asyncio.Server] = []
+
+    @property
+    def features(self) -> frozenset[str]:
+        """What the relay's challenge offers: every v2 relay's, and routes to the ports."""
+        return self.routes.features | frozenset(FEATURES)
 
     async def start(self, bind: BindAddress) -> None:
         """Bind and listen on every shared port (OSError if one cannot be had)."""
