@@ -8,6 +8,7 @@ Run from the repository root::
     python -m bench --baseline /tmp/base   # also the relay of another source tree
     python -m bench --wan           # over emulated WAN links (bench/wan.py; needs root)
     python -m bench --registration  # registration latency per lease store (bench/registration.py)
+    python -m bench --routing       # names on shared ports vs a dedicated port (bench/routing.py)
 
 Every workload runs on each path -- ``direct`` (the load generator talks to the
 echo server itself), ``go`` (interop/build/go-relay + go-forwarder), ``py``
@@ -260,6 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         argv.remove("--wan")
         return wan_main(argv)
+    if "--routing" in argv:
+        from bench.routing import main as routing_main
+
+        argv.remove("--routing")
+        return routing_main(argv)
     if "--registration" in argv:
         from bench.registration import main as registration_main
 

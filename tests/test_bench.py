@@ -1,5 +1,5 @@
-"""The benchmark tooling itself: a short real run, the load generator's burst, the hot-path
-rig, the WAN namespaces, the fixed-window launcher.
+"""The benchmark tooling itself: a short real run, routing by name, the load generator's
+burst, the hot-path rig, the WAN namespaces, the fixed-window launcher.
 
 Speed is never asserted here (that is the bench's job); these check that the
 bench measures what it says and leaves nothing behind.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,38 @@ def test_quick_bench_measures_both_paths(tmp_path: Path) -> None:
     assert py["forwarder_cpu_s"] >= 0
     row = next(line for line in done.stdout.splitlines() if "64 B round trip p50" in line)
     assert f"{py['p50_us']:.1f}" in row
+
+
+def test_routing_bench_compares_each_shared_port_with_a_dedicated_one() -> None:
+    """``python -m bench --routing``, one short pair: every path carried its connections
+    (the loadgen fails on any error) and the table has the routed rows with their deltas."""
+    require_program("go")
+    harness.build_binaries()
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench", "--routing", "--no-build"),
+            *("--repeat", "1", "--pairs", "1", "--seconds", "0.3"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if "port" in line]
+    assert [(row[0].lstrip("| "), row[1]) for row in rows] == [
+        ("HTTP request head", "dedicated port"),
+        ("HTTP request head", "shared HTTP port, by name"),
+        ("TLS ClientHello", "dedicated port"),
+        ("TLS ClientHello", "shared TLS port, by name"),
+    ]
+    for row in rows:
+        assert float(row[2]) > 0  # p50 cycle (us)
+        assert float(row[3]) > 0  # conn/s
+    for row in rows[1::2]:
+        assert re.fullmatch(r"[+-]\d+", row[5])  # added p50 (us)
+        assert re.fullmatch(r"\d+\.\d\dx \|", row[6])  # rate vs dedicated
 
 
 def burst(loadgen: Path, addr: str, conns: int) -> dict[str, object]:

@@ -7,7 +7,13 @@
 //	loadgen echo     -addr A -conns N -bytes B      N connections, each echoes B bytes
 //	loadgen latency  -addr A -size 64 -n 20000      request/response round trips, one connection
 //	loadgen connrate -addr A -concurrency 16 -duration 3s
-//	                                                 connect, one exchange, close, in a loop
+//	                                                 connect, one exchange, close, in a loop;
+//	                                                 -head H sends H first (an HTTP request head,
+//	                                                 or a ClientHello as hex with -head-hex) and
+//	                                                 reads it back: routing by name on the way;
+//	                                                 -addr-b B alternates A and B connection by
+//	                                                 connection (b_cycle_* are B's): two paths
+//	                                                 compared under the same load
 //	loadgen idle     -addr A -conns 10000           open N connections, then one exchange on each;
 //	                                                 prints "READY {json}", waits for a line on
 //	                                                 stdin (or EOF), closes all, prints the result
@@ -22,6 +28,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -230,6 +237,24 @@ func matches(got []byte, off int64) bool {
 	return true
 }
 
+// exchangeHead sends head and reads it back (nothing when it is empty).
+func exchangeHead(c net.Conn, head []byte) error {
+	if len(head) == 0 {
+		return nil
+	}
+	if _, err := c.Write(head); err != nil {
+		return err
+	}
+	got := make([]byte, len(head))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return fmt.Errorf("reading the head back: %w", err)
+	}
+	if !bytes.Equal(got, head) {
+		return errors.New("the head came back changed")
+	}
+	return nil
+}
+
 // exchange sends `size` bytes and reads them back.
 func exchange(c net.Conn, size int, buf []byte) error {
 	if err := sendPattern(c, int64(size), size); err != nil {
@@ -376,13 +401,23 @@ func runConnrate(args []string) result {
 	duration := fs.Duration("duration", 3*time.Second, "how long to open connections")
 	maxConns := fs.Int("max", 1_000_000, "stop after this many connections")
 	timeout := fs.Duration("timeout", 10*time.Second, "per-connection timeout")
+	headText := fs.String("head", "", "bytes sent (and read back) before the exchange, e.g. an HTTP request head")
+	headHex := fs.String("head-hex", "", "the same, as hex (a TLS ClientHello)")
+	addrB := fs.String("addr-b", "", "a second target: connections alternate between the two")
 	fs.Parse(args)
 	res := result{"size": *size, "concurrency": *concurrency}
+	head := []byte(*headText)
+	if *headHex != "" {
+		var err error
+		if head, err = hex.DecodeString(*headHex); err != nil {
+			return fail(res, "-head-hex: %v", err)
+		}
+	}
 
 	var done, started int64
 	var errs firstError
 	var mu sync.Mutex
-	var samples []time.Duration
+	var samples, samplesB []time.Duration
 	var wg sync.WaitGroup
 	t0 := time.Now()
 	stop := t0.Add(*duration)
@@ -392,27 +427,40 @@ func runConnrate(args []string) result {
 			defer wg.Done()
 			buf := make([]byte, *size)
 			local := make([]time.Duration, 0, 4096)
+			localB := make([]time.Duration, 0, 4096)
 			d := net.Dialer{Timeout: *timeout}
-			for time.Now().Before(stop) && atomic.AddInt64(&started, 1) <= int64(*maxConns) {
+			for n := 0; time.Now().Before(stop) && atomic.AddInt64(&started, 1) <= int64(*maxConns); n++ {
+				target, onB := *addr, *addrB != "" && n%2 == 1
+				if onB {
+					target = *addrB
+				}
 				t := time.Now()
-				c, err := d.Dial("tcp", *addr)
+				c, err := d.Dial("tcp", target)
 				if err != nil {
 					errs.add(fmt.Errorf("dial: %w", err))
 					time.Sleep(10 * time.Millisecond)
 					continue
 				}
 				c.SetDeadline(t.Add(*timeout))
-				err = exchange(c, *size, buf)
+				err = exchangeHead(c, head)
+				if err == nil {
+					err = exchange(c, *size, buf)
+				}
 				c.Close()
 				if err != nil {
 					errs.add(err)
 					continue
 				}
-				local = append(local, time.Since(t))
+				if onB {
+					localB = append(localB, time.Since(t))
+				} else {
+					local = append(local, time.Since(t))
+				}
 				atomic.AddInt64(&done, 1)
 			}
 			mu.Lock()
 			samples = append(samples, local...)
+			samplesB = append(samplesB, localB...)
 			mu.Unlock()
 		}()
 	}
@@ -423,6 +471,9 @@ func runConnrate(args []string) result {
 	res["conns_per_s"] = float64(done) / elapsed
 	res["bytes_moved"] = done * int64(*size) * 2
 	percentiles(res, "cycle_", samples)
+	if *addrB != "" {
+		percentiles(res, "b_cycle_", samplesB)
+	}
 	err, n := errs.get()
 	res["errors"] = n
 	if err != nil {

@@ -1,0 +1,232 @@
+"""``python -m bench --routing``: what reaching a service by name costs next to its own port.
+
+One relay (``--domain bench.test --http-port 0 --tls-port 0``) and one
+forwarder registering interop's echo-server three times: ``plain`` on a port
+of its own, ``web`` by name on the shared HTTP port (``--service
+web=http:ECHO``), ``sec`` by name on the shared TLS port. The load generator
+(``loadgen connrate``) sends every connection the same first bytes on each
+path, reads them back from the echo service, exchanges 64 bytes and closes: an
+HTTP request head naming ``web.bench.test`` (compared on the dedicated port and
+the HTTP port), and a real ClientHello naming ``sec.bench.test`` (made by
+Python's ssl module; dedicated port and TLS port). So the only difference
+between two paths is the relay reading the name and finding the session.
+
+Rows: the median of each connection's cycle (connect, head, exchange, close)
+with one connection at a time, and the rate with 16 in flight. A busy machine
+must slow both paths alike: for the cycle one load generator alternates the
+two paths connection by connection ("added p50": routed minus dedicated in
+that run); for the rate the two run back to back, which goes first in turns
+("rate": routed / dedicated). Each is the median over every pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import ssl
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.processes import BUILD_DIR, HOST, build_go, log, run_to_end, start, stop_all, wait_for
+from testkit.ports import free_port
+from testkit.procs import Proc
+
+DOMAIN = "bench.test"
+HTTP_HEAD = f"GET / HTTP/1.1\r\nHost: web.{DOMAIN}\r\nUser-Agent: loadgen\r\n\r\n".encode()
+
+
+def client_hello(server_name: str) -> bytes:
+    """The first flight of a real TLS client (OpenSSL) for ``server_name``."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        return outgoing.read()
+    raise RuntimeError("a TLS handshake finished without a server")
+
+
+def start_paths(python: str, event_loop: str, logdir: Path) -> tuple[Proc, dict[str, str]]:
+    """Relay, echo server and forwarder; the relay and the address of each path."""
+    echo = start("echo-server", [str(BUILD_DIR / "echo-server"), "-addr", f"{HOST}:0"], logdir)
+    echo_port = wait_for(echo, r"^\S+:(\d+)$", 10).group(1)
+    control = free_port()
+    relay = start(
+        "relay",
+        [
+            python,
+            "-m",
+            "relay",
+            "server",
+            "--bind",
+            HOST,
+            "--event-loop",
+            event_loop,
+            "--domain",
+            DOMAIN,
+            "--http-port",
+            "0",
+            "--tls-port",
+            "0",
+            "--max-connections",
+            "100000",
+            "--no-connection-log",
+            str(control),
+        ],
+        logdir,
+    )
+    names = wait_for(relay, r"HTTP on port (\d+) \(by Host\); TLS on port (\d+)", 10, "stderr")
+    forwarder = start(
+        "forwarder",
+        [
+            python,
+            "-m",
+            "relay",
+            "forward",
+            "--event-loop",
+            event_loop,
+            "--no-connection-log",
+            "--service",
+            f"plain={echo_port}",
+            "--service",
+            f"web=http:{echo_port}",
+            "--service",
+            f"sec=tls:{echo_port}",
+            f"{HOST}:{control}",
+        ],
+        logdir,
+    )
+    plain = wait_for(forwarder, r"^plain \S+:(\d+)$", 10).group(1)
+    wait_for(forwarder, r"^web http://web", 10)
+    wait_for(forwarder, r"^sec https://sec", 10)
+    return relay, {
+        "dedicated": f"{HOST}:{plain}",
+        "http": f"{HOST}:{names.group(1)}",
+        "tls": f"{HOST}:{names.group(2)}",
+    }
+
+
+def connrate(
+    address: str,
+    head: bytes,
+    concurrency: int,
+    seconds: float,
+    logdir: Path,
+    also: str | None = None,
+) -> dict[str, float]:
+    """``loadgen connrate``; with ``also`` its connections alternate between the two."""
+    proc = start(
+        "loadgen",
+        [
+            str(BUILD_DIR / "loadgen"),
+            "connrate",
+            "-addr",
+            address,
+            *(["-addr-b", also] if also else []),
+            "-concurrency",
+            str(concurrency),
+            "-duration",
+            f"{seconds}s",
+            "-head-hex",
+            head.hex(),
+        ],
+        logdir,
+    )
+    if run_to_end(proc, seconds + 60) != 0:
+        raise RuntimeError(f"loadgen failed: {proc.tail()}")
+    result: dict[str, float] = json.loads(proc.stdout_text.strip().splitlines()[-1])
+    return result
+
+
+def measure(
+    relay: Proc, addresses: dict[str, str], repeat: int, pairs: int, seconds: float, logdir: Path
+) -> dict[str, list[float]]:
+    """Per (head, path, measure): one number per run, and the routed path's added p50 and
+    rate ratio of each pair."""
+    hello = client_hello(f"sec.{DOMAIN}")
+    heads = [("http", HTTP_HEAD), ("tls", hello)]
+    runs: dict[str, list[float]] = {}
+    for round_ in range(repeat):
+        for kind, head in heads:
+            for pair in range(pairs):
+                both = connrate(
+                    addresses["dedicated"], head, 1, 2 * seconds, logdir, addresses[kind]
+                )
+                base_p50, p50 = both["cycle_p50_us"], both["b_cycle_p50_us"]
+                runs.setdefault(f"{kind} dedicated p50", []).append(base_p50)
+                runs.setdefault(f"{kind} {kind} p50", []).append(p50)
+                runs.setdefault(f"{kind} added", []).append(p50 - base_p50)
+                paths = ["dedicated", kind] if (round_ + pair) % 2 == 0 else [kind, "dedicated"]
+                rates: dict[str, float] = {}
+                for path in paths:
+                    before = relay.cpu_seconds()
+                    many = connrate(addresses[path], head, 16, seconds, logdir)
+                    cpu = (relay.cpu_seconds() - before) / many["connections"] * 1e6
+                    rates[path] = many["conns_per_s"]
+                    runs.setdefault(f"{kind} {path} rate", []).append(many["conns_per_s"])
+                    runs.setdefault(f"{kind} {path} cpu", []).append(cpu)
+                runs.setdefault(f"{kind} ratio", []).append(rates[kind] / rates["dedicated"])
+                log(
+                    f"round {round_ + 1}.{pair + 1} {kind}: dedicated p50 {base_p50:.0f} us "
+                    f"{rates['dedicated']:.0f} conn/s; by name p50 {p50:.0f} us "
+                    f"{rates[kind]:.0f} conn/s"
+                )
+    return runs
+
+
+def render(runs: dict[str, list[float]], repeat: int, pairs: int) -> str:
+    median = {key: statistics.median(values) for key, values in runs.items()}
+    lines = [
+        "| first bytes | path | p50 cycle, 1 at a time (us) | conn/s, 16 in flight | "
+        "relay CPU (us/conn) | added p50 (us) | rate vs dedicated |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind, what in (("http", "HTTP request head"), ("tls", "TLS ClientHello")):
+        base = [median[f"{kind} dedicated {m}"] for m in ("p50", "rate", "cpu")]
+        p50, rate, cpu = (median[f"{kind} {kind} {m}"] for m in ("p50", "rate", "cpu"))
+        lines.append(
+            f"| {what} | dedicated port | {base[0]:.0f} | {base[1]:.0f} | {base[2]:.0f} | | |"
+        )
+        lines.append(
+            f"| {what} | shared {kind.upper()} port, by name | {p50:.0f} | {rate:.0f} | "
+            f"{cpu:.0f} | {median[f'{kind} added']:+.0f} | {median[f'{kind} ratio']:.2f}x |"
+        )
+    lines.append("")
+    lines.append(
+        f"medians of {repeat} repetitions x {pairs} pairs; added p50 and rate: the "
+        f"median of the pairs' differences and ratios"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench --routing", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
+    ap.add_argument("--pairs", type=int, default=3, help="pairs of runs per repetition (3)")
+    ap.add_argument("--seconds", type=float, default=1.0, help="length of each run (default 1)")
+    ap.add_argument("--python", default=sys.executable, help="interpreter of relay and forwarder")
+    ap.add_argument(
+        "--event-loop", default="auto", choices=("auto", "asyncio", "uvloop"), help="of both"
+    )
+    ap.add_argument("--no-build", action="store_true", help="use interop/build/ as it is")
+    args = ap.parse_args(argv)
+    if not args.no_build:
+        build_go()
+    logdir = Path(tempfile.mkdtemp(prefix="relay-bench-routing-"))
+    try:
+        relay, addresses = start_paths(args.python, args.event_loop, logdir)
+        runs = measure(relay, addresses, args.repeat, args.pairs, args.seconds, logdir)
+        print(render(runs, args.repeat, args.pairs), flush=True)
+    finally:
+        stop_all()
+        shutil.rmtree(logdir, ignore_errors=True)
+    return 0
