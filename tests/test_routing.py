@@ -211,3 +211,22 @@ async def test_routed_connections_keep_the_limits_of_a_public_connection() -> No
             with contextlib.suppress(ConnectionResetError):
                 assert await asyncio.wait_for(reader.read(), 5) == b""
             writer.close()
+
+
+async def test_each_slow_connection_gets_its_own_route_timeout() -> None:
+    """One timer serves every deadline: a connection that came later is answered its
+    timeout after it came, not with the first one nor a whole timeout late."""
+    async with names_relay(route_timeout=0.4) as server:
+        http = server.shared.routes.ports["http"]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first = asyncio.ensure_future(ask(http, b"GET / HTTP/1.1\r\n", eof=False))
+        await asyncio.sleep(0.25)
+        second = asyncio.ensure_future(ask(http, b"GET / HTTP/1.1\r\n", eof=False))
+        answered = {}
+        for name, task in (("first", first), ("second", second)):
+            assert (await task).startswith(b"HTTP/1.1 408 ")
+            answered[name] = loop.time() - started
+        assert 0.35 <= answered["first"] < 0.75
+        assert 0.6 <= answered["second"] < 1.0  # not with the first, nor a timeout late
+        assert server.shared.held == 0
