@@ -17,21 +17,34 @@ must slow both paths alike: for the cycle one load generator alternates the
 two paths connection by connection ("added p50": routed minus dedicated in
 that run); for the rate the two run back to back, which goes first in turns
 ("rate": routed / dedicated). Each is the median over every pair.
+
+The last line is the relay's routing code alone, in process and without sockets
+(``code_cost``): a connection on each shared port from its first bytes to the
+hand-over, over a transport that does nothing; what the loop, the kernel and
+the order of events add is in the rows above.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import ssl
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from bench.processes import BUILD_DIR, HOST, build_go, log, run_to_end, start, stop_all, wait_for
+from relay.options import RelayOptions
+from relay.server.session import RegisteredSession
+from relay.server.shared_ports import Peek, SharedPorts
+from relay.stats import RelayStats
+from relay.wire.route import Route, RouteKind
 from testkit.ports import free_port
 from testkit.procs import Proc
 
@@ -51,6 +64,51 @@ def client_hello(server_name: str) -> bytes:
     except ssl.SSLWantReadError:
         return outgoing.read()
     raise RuntimeError("a TLS handshake finished without a server")
+
+
+class _Transport(asyncio.Transport):
+    """Takes nothing, says who the peer is."""
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return (HOST, 40000) if name == "peername" else default
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        pass
+
+
+class _Session:
+    ending = False
+
+
+def code_cost(batch: int = 5000, repeat: int = 7) -> dict[RouteKind, float]:
+    """Microseconds of the relay's code per routed connection: ``Peek`` from
+    ``connection_made`` to the hand-over, by kind (the best of ``repeat`` batches)."""
+
+    async def measure() -> dict[RouteKind, float]:
+        options = RelayOptions.build(None, domain=DOMAIN, http_port=0, tls_port=0)
+        ports = SharedPorts(options, lambda session, end: None, RelayStats())
+        heads: dict[RouteKind, bytes] = {"http": HTTP_HEAD, "tls": client_hello(f"sec.{DOMAIN}")}
+        names: dict[RouteKind, str] = {"http": "web", "tls": "sec"}
+        for kind, name in names.items():
+            ports.routes.add(
+                Route(kind, f"{name}.{DOMAIN}", 1), cast(RegisteredSession, _Session())
+            )
+        best: dict[RouteKind, float] = {}
+        for kind, head in heads.items():
+            times = []
+            for _ in range(repeat):
+                transports = [_Transport() for _ in range(batch)]
+                started = time.perf_counter()
+                for transport in transports:
+                    peek = Peek(ports, kind)
+                    peek.connection_made(transport)
+                    peek.data_received(head)
+                times.append((time.perf_counter() - started) / batch * 1e6)
+            best[kind] = min(times)
+        ports.close()
+        return best
+
+    return asyncio.run(measure())
 
 
 def start_paths(python: str, event_loop: str, logdir: Path) -> tuple[Proc, dict[str, str]]:
@@ -226,6 +284,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         relay, addresses = start_paths(args.python, args.event_loop, logdir)
         runs = measure(relay, addresses, args.repeat, args.pairs, args.seconds, logdir)
         print(render(runs, args.repeat, args.pairs), flush=True)
+        cost = code_cost()
+        print(
+            f"routing code alone, in process: HTTP {cost['http']:.1f} us, "
+            f"TLS {cost['tls']:.1f} us per connection",
+            flush=True,
+        )
     finally:
         stop_all()
         shutil.rmtree(logdir, ignore_errors=True)

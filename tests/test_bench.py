@@ -106,6 +106,9 @@ def test_routing_bench_compares_each_shared_port_with_a_dedicated_one() -> None:
     for row in rows[1::2]:
         assert re.fullmatch(r"[+-]\d+", row[5])  # added p50 (us)
         assert re.fullmatch(r"\d+\.\d\dx \|", row[6])  # rate vs dedicated
+    assert re.search(
+        r"routing code alone, in process: HTTP \d+\.\d us, TLS \d+\.\d us", done.stdout
+    )
 
 
 def burst(loadgen: Path, addr: str, conns: int) -> dict[str, object]:
