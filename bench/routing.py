@@ -11,12 +11,14 @@ the HTTP port), and a real ClientHello naming ``sec.bench.test`` (made by
 Python's ssl module; dedicated port and TLS port). So the only difference
 between two paths is the relay reading the name and finding the session.
 
-Rows: the median of each connection's cycle (connect, head, exchange, close)
-with one connection at a time, and the rate with 16 in flight. A busy machine
-must slow both paths alike: for the cycle one load generator alternates the
-two paths connection by connection ("added p50": routed minus dedicated in
-that run); for the rate the two run back to back, which goes first in turns
-("rate": routed / dedicated). Each is the median over every pair.
+A busy machine must slow both paths alike, so each run of the load generator
+alternates the two paths connection by connection (``connrate -addr-b``) and
+reports each path's cycles (connect, head, exchange, close) apart. Rows: the
+median cycle with one connection at a time, and the rate with 16 in flight,
+16 / the path's mean cycle (Little's law: what 16 clients on that path alone
+would get). "added p50" is routed minus dedicated in the same run, "rate" is
+routed / dedicated in the same run; each is the median over every pair of
+runs (one at a time, 16 in flight).
 
 The last line is the relay's routing code alone, in process and without sockets
 (``code_cost``): a connection on each shared port from its first bytes to the
@@ -46,7 +48,6 @@ from relay.server.shared_ports import Peek, SharedPorts
 from relay.stats import RelayStats
 from relay.wire.route import Route, RouteKind
 from testkit.ports import free_port
-from testkit.procs import Proc
 
 DOMAIN = "bench.test"
 HTTP_HEAD = f"GET / HTTP/1.1\r\nHost: web.{DOMAIN}\r\nUser-Agent: loadgen\r\n\r\n".encode()
@@ -111,8 +112,8 @@ def code_cost(batch: int = 5000, repeat: int = 7) -> dict[RouteKind, float]:
     return asyncio.run(measure())
 
 
-def start_paths(python: str, event_loop: str, logdir: Path) -> tuple[Proc, dict[str, str]]:
-    """Relay, echo server and forwarder; the relay and the address of each path."""
+def start_paths(python: str, event_loop: str, logdir: Path) -> dict[str, str]:
+    """Relay, echo server and forwarder; the address of each path."""
     echo = start("echo-server", [str(BUILD_DIR / "echo-server"), "-addr", f"{HOST}:0"], logdir)
     echo_port = wait_for(echo, r"^\S+:(\d+)$", 10).group(1)
     control = free_port()
@@ -164,7 +165,7 @@ def start_paths(python: str, event_loop: str, logdir: Path) -> tuple[Proc, dict[
     plain = wait_for(forwarder, r"^plain \S+:(\d+)$", 10).group(1)
     wait_for(forwarder, r"^web http://web", 10)
     wait_for(forwarder, r"^sec https://sec", 10)
-    return relay, {
+    return {
         "dedicated": f"{HOST}:{plain}",
         "http": f"{HOST}:{names.group(1)}",
         "tls": f"{HOST}:{names.group(2)}",
@@ -204,37 +205,30 @@ def connrate(
 
 
 def measure(
-    relay: Proc, addresses: dict[str, str], repeat: int, pairs: int, seconds: float, logdir: Path
+    addresses: dict[str, str], repeat: int, pairs: int, seconds: float, logdir: Path
 ) -> dict[str, list[float]]:
-    """Per (head, path, measure): one number per run, and the routed path's added p50 and
-    rate ratio of each pair."""
+    """Per (head, path, measure) and per (head, added|ratio): one number per pair of runs."""
     hello = client_hello(f"sec.{DOMAIN}")
     heads = [("http", HTTP_HEAD), ("tls", hello)]
     runs: dict[str, list[float]] = {}
     for round_ in range(repeat):
         for kind, head in heads:
             for pair in range(pairs):
-                both = connrate(
-                    addresses["dedicated"], head, 1, 2 * seconds, logdir, addresses[kind]
-                )
-                base_p50, p50 = both["cycle_p50_us"], both["b_cycle_p50_us"]
-                runs.setdefault(f"{kind} dedicated p50", []).append(base_p50)
-                runs.setdefault(f"{kind} {kind} p50", []).append(p50)
-                runs.setdefault(f"{kind} added", []).append(p50 - base_p50)
-                paths = ["dedicated", kind] if (round_ + pair) % 2 == 0 else [kind, "dedicated"]
-                rates: dict[str, float] = {}
-                for path in paths:
-                    before = relay.cpu_seconds()
-                    many = connrate(addresses[path], head, 16, seconds, logdir)
-                    cpu = (relay.cpu_seconds() - before) / many["connections"] * 1e6
-                    rates[path] = many["conns_per_s"]
-                    runs.setdefault(f"{kind} {path} rate", []).append(many["conns_per_s"])
-                    runs.setdefault(f"{kind} {path} cpu", []).append(cpu)
-                runs.setdefault(f"{kind} ratio", []).append(rates[kind] / rates["dedicated"])
+                # Which path a connection takes alternates; which one goes first, too.
+                first, second = ("dedicated", kind) if pair % 2 == 0 else (kind, "dedicated")
+                one = connrate(addresses[first], head, 1, seconds, logdir, addresses[second])
+                many = connrate(addresses[first], head, 16, seconds, logdir, addresses[second])
+                p50 = {first: one["cycle_p50_us"], second: one["b_cycle_p50_us"]}
+                rate = {first: 16e6 / many["cycle_mean_us"], second: 16e6 / many["b_cycle_mean_us"]}
+                for path in ("dedicated", kind):
+                    runs.setdefault(f"{kind} {path} p50", []).append(p50[path])
+                    runs.setdefault(f"{kind} {path} rate", []).append(rate[path])
+                runs.setdefault(f"{kind} added", []).append(p50[kind] - p50["dedicated"])
+                runs.setdefault(f"{kind} ratio", []).append(rate[kind] / rate["dedicated"])
                 log(
-                    f"round {round_ + 1}.{pair + 1} {kind}: dedicated p50 {base_p50:.0f} us "
-                    f"{rates['dedicated']:.0f} conn/s; by name p50 {p50:.0f} us "
-                    f"{rates[kind]:.0f} conn/s"
+                    f"round {round_ + 1}.{pair + 1} {kind}: dedicated p50 {p50['dedicated']:.0f} "
+                    f"us {rate['dedicated']:.0f} conn/s; by name p50 {p50[kind]:.0f} us "
+                    f"{rate[kind]:.0f} conn/s"
                 )
     return runs
 
@@ -243,23 +237,21 @@ def render(runs: dict[str, list[float]], repeat: int, pairs: int) -> str:
     median = {key: statistics.median(values) for key, values in runs.items()}
     lines = [
         "| first bytes | path | p50 cycle, 1 at a time (us) | conn/s, 16 in flight | "
-        "relay CPU (us/conn) | added p50 (us) | rate vs dedicated |",
-        "|---|---|---|---|---|---|---|",
+        "added p50 (us) | rate vs dedicated |",
+        "|---|---|---|---|---|---|",
     ]
     for kind, what in (("http", "HTTP request head"), ("tls", "TLS ClientHello")):
-        base = [median[f"{kind} dedicated {m}"] for m in ("p50", "rate", "cpu")]
-        p50, rate, cpu = (median[f"{kind} {kind} {m}"] for m in ("p50", "rate", "cpu"))
-        lines.append(
-            f"| {what} | dedicated port | {base[0]:.0f} | {base[1]:.0f} | {base[2]:.0f} | | |"
-        )
+        base = [median[f"{kind} dedicated {m}"] for m in ("p50", "rate")]
+        p50, rate = (median[f"{kind} {kind} {m}"] for m in ("p50", "rate"))
+        lines.append(f"| {what} | dedicated port | {base[0]:.0f} | {base[1]:.0f} | | |")
         lines.append(
             f"| {what} | shared {kind.upper()} port, by name | {p50:.0f} | {rate:.0f} | "
-            f"{cpu:.0f} | {median[f'{kind} added']:+.0f} | {median[f'{kind} ratio']:.2f}x |"
+            f"{median[f'{kind} added']:+.0f} | {median[f'{kind} ratio']:.2f}x |"
         )
     lines.append("")
     lines.append(
-        f"medians of {repeat} repetitions x {pairs} pairs; added p50 and rate: the "
-        f"median of the pairs' differences and ratios"
+        f"medians of {repeat} repetitions x {pairs} pairs of alternating runs; added p50 and "
+        f"rate: the median of the pairs' differences and ratios"
     )
     return "\n".join(lines)
 
@@ -281,8 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_go()
     logdir = Path(tempfile.mkdtemp(prefix="relay-bench-routing-"))
     try:
-        relay, addresses = start_paths(args.python, args.event_loop, logdir)
-        runs = measure(relay, addresses, args.repeat, args.pairs, args.seconds, logdir)
+        addresses = start_paths(args.python, args.event_loop, logdir)
+        runs = measure(addresses, args.repeat, args.pairs, args.seconds, logdir)
         print(render(runs, args.repeat, args.pairs), flush=True)
         cost = code_cost()
         print(
