@@ -230,3 +230,24 @@ async def test_each_slow_connection_gets_its_own_route_timeout() -> None:
         assert 0.35 <= answered["first"] < 0.75
         assert 0.6 <= answered["second"] < 1.0  # not with the first, nor a timeout late
         assert server.shared.held == 0
+
+
+async def test_a_routed_handler_sees_the_public_client_address() -> None:
+    """``start_server``'s peername on a routed connection is the public client's (the PROXY
+    v2 header the relay put first on the stream), and the head still comes first."""
+
+    async def who(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(repr(writer.get_extra_info("peername")).encode() + b" " + head)
+        writer.close()
+
+    async with names_relay() as server:
+        http = server.shared.routes.ports["http"]
+        routed = await relay.start_server(who, HOST, server.port, name="who", route="http")
+        try:
+            answer = await ask(http, get(f"who.{DOMAIN}"), source="127.0.0.2")
+        finally:
+            routed.close()
+            await routed.wait_closed()
+    assert answer.startswith(b"('127.0.0.2', ")
+    assert answer.endswith(b" " + get(f"who.{DOMAIN}"))
