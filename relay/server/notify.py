@@ -44,7 +44,8 @@ from ..options import OptionError, RelayOptions
 from ..options.declare import takes_options
 from ..pipe import PipeResult
 from ..stats import RelayStats, Traffic
-from ..wire.greeting import error_line, port_line
+from ..wire.greeting import port_line
+from ..wire.refusal import RETRY, format_refusal
 from .interface import SessionInfo
 from .leases import LeaseStore
 from .ports import PortAllocator
@@ -220,7 +221,7 @@ class NotifyRelay:
                 reason,
                 extra={"peer": peer, "reason": reason},
             )
-            writer.write(error_line(reason))
+            writer.write(format_refusal(reason, RETRY))
             writer.close()
             return
         reg = _Registration(next(self._ids), peer_host, peer, writer)
@@ -244,7 +245,7 @@ class NotifyRelay:
                     reason,
                     extra={"peer": peer, "reason": reason},
                 )
-                writer.write(error_line(reason))
+                writer.write(format_refusal(reason, RETRY))
                 return
             self._registrations[reg.id] = reg
             self.stats.sessions_total += 1

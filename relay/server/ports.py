@@ -16,7 +16,9 @@ The policy, in order:
    who is away.
 
 Every refusal is a ``PortRefusedError`` whose text goes to the registering
-side in the ``error:`` line.
+side in the ``error:`` line, with its class (``relay.wire.refusal``): a port
+the client may never have is permanent, a port taken or none free right now
+is worth a retry.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import socket
 
 from ..errors import RegistrationError
 from ..net import BindAddress
+from ..wire.refusal import PERMANENT, RETRY, RefusalKind
 from .auth import PortSet
 from .leases import Identity, LeaseStore
 from .request import RegistrationRequest
@@ -39,7 +42,10 @@ OS_CHOICE_ATTEMPTS = 64
 
 
 class PortRefusedError(RegistrationError):
-    """A registration cannot have a public port; ``str()`` is the reason for the error line."""
+    """A registration cannot have a public port; ``str()`` is the reason for the error line,
+    ``kind`` its class."""
+
+    kind: RefusalKind = RETRY
 
 
 class PortTakenError(PortRefusedError):
@@ -49,9 +55,13 @@ class PortTakenError(PortRefusedError):
 class PortOutsideRangeError(PortRefusedError):
     """The requested port is outside the relay's ``--port-range``."""
 
+    kind = PERMANENT
+
 
 class PortNotAllowedError(PortRefusedError):
     """The client may not have the requested port (its allowance, or the OS refuses it)."""
+
+    kind = PERMANENT
 
 
 class NoFreePortError(PortRefusedError):
@@ -59,7 +69,8 @@ class NoFreePortError(PortRefusedError):
 
 
 class TooManyLeasesError(PortRefusedError):
-    """A new unauthenticated name, but the relay holds the most leases of such names."""
+    """A new unauthenticated name, but the relay holds the most leases of such names (a
+    retry may succeed once unused leases end)."""
 
 
 def intersection(a: PortSet, b: PortSet) -> PortSet:

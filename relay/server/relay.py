@@ -20,7 +20,7 @@ the port is free again. What a stranger can make the relay allocate is bounded:
 connections per session, and per stream the yamux window; ``relay.server.limits`` adds
 per-source shares of those and the idle timeout.
 
-This module admits registrations (admission slots, allocation, refusals) and
+This module admits registrations (admission places, allocation, refusals) and
 keeps the registry of sessions; ``relay.server.session`` runs and ends one
 registered session, ``relay.server.public`` carries each public connection, and
 ``relay.server.replacement`` decides what happens when an identity registers again.
@@ -51,13 +51,16 @@ from ..options import OptionError, RelayOptions
 from ..options.declare import takes_options
 from ..stats import RelayStats
 from ..wire.greeting import port_line
-from .admission import Admission, Refusal
-from .auth import Authenticator, FailureLimiter, watch_auth_file
+from ..wire.refusal import RETRY
+from .admission import Admission, Refused
+from .auth import Authenticator, watch_auth_file
 from .challenge import ChallengeProtocol
 from .challenge import logger as registration_logger
+from .failures import FailureLimiter
 from .interface import SessionInfo
 from .leases import Identity, LeaseStore
-from .limits import Slot, SourceSlots, share, source_of
+from .limits import SourceSlots, share, source_of
+from .places import Place
 from .ports import PortAllocator, PortRefusedError
 from .public import PublicConnections
 from .replacement import Decision, holder_of, settle
@@ -73,11 +76,11 @@ LEASE_REFRESH_INTERVAL = 60.0
 """Seconds between saving "still in use" for the leases of registered sessions (at most)."""
 
 
-def _replaced(transport: asyncio.Transport, slot: Slot, task: asyncio.Task[None]) -> None:
+def _replaced(transport: asyncio.Transport, place: Place, task: asyncio.Task[None]) -> None:
     """The end of a replacement, even one cancelled before it ran (the relay is closing):
-    the newcomer's slot goes back unless it went on to its session, and a newcomer left
+    the newcomer's place goes back unless it went on to its session, and a newcomer left
     undecided is dropped."""
-    slot.release()
+    place.release()
     if task.cancelled() or task.exception() is not None:
         transport.abort()
 
@@ -85,11 +88,13 @@ def _replaced(transport: asyncio.Transport, slot: Slot, task: asyncio.Task[None]
 class _SeedProtocol(asyncio.Protocol):
     """A new connection on a seed relay's control port; it is handed over to yamux at once."""
 
-    def __init__(self, relay: RelayServer) -> None:
+    def __init__(self, relay: RelayServer, place: Place | None = None) -> None:
         self._relay = relay
+        self._place = place
+        """The place it holds already (after a TLS handshake), or None."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._relay.registration_made(transport)  # type: ignore[arg-type]
+        self._relay.registration_made(transport, SEED, self._place)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         """Only reached by a refused connection that is being closed: ignore."""
@@ -115,7 +120,8 @@ class RelayServer:
     response is checked. ``tls_cert`` (or ``ssl``) wraps the control port (and so
     all relayed traffic) in TLS; a connection in its handshake already counts as a
     pending registration (``relay.server.tls_listener``). ``auth_failures`` counts
-    failed proofs per source (a ``FailureLimiter`` of one's own, e.g. to share it).
+    failed registrations (a ``relay.server.failures.FailureLimiter`` of one's own, e.g.
+    to share it).
     """
 
     @takes_options(RelayOptions)
@@ -153,10 +159,17 @@ class RelayServer:
         self.protocol: ProtocolName = (
             "v2" if self.auth is not None or checked.state_dir is not None else protocol
         )
+        named = checked.auth_file is not None or bool(checked.auth_clients)
         self.admission = Admission(
             max_pending=checked.max_pending,
             per_source=share(checked.max_pending_registrations_per_source, checked.max_sessions),
-            failures=auth_failures or FailureLimiter(),
+            max_tls_handshakes=checked.max_tls_handshakes,
+            failures=(
+                FailureLimiter(max_keys=checked.max_failure_sources)
+                if auth_failures is None
+                else auth_failures
+            ),
+            block_at_connect=not named,
             stats=self.stats,
             log=RateLimitedLog(logger),
         )
@@ -298,7 +311,7 @@ class RelayServer:
         listener = TLSListener(
             sock,
             self.options.ssl,
-            timeout=self.options.handshake_timeout,
+            timeout=self.options.tls_handshake_timeout,
             admission=self.admission,
             protocol_factory=self._control_protocol,
             log=self.admission.log,
@@ -306,69 +319,75 @@ class RelayServer:
         listener.start()
         return listener
 
-    def _control_protocol(self) -> asyncio.Protocol:
+    def _control_protocol(self, place: Place | None = None) -> asyncio.Protocol:
+        """The protocol of a control connection; ``place``: the one it holds already (after
+        its TLS handshake)."""
         if self.protocol == "seed":
-            return _SeedProtocol(self)
+            return _SeedProtocol(self, place)
         return ChallengeProtocol(
             auth=self.auth,
             admission=self.admission,
-            timeout=self.options.handshake_timeout,
+            timeout=self.options.answer_timeout,
             accepted=self.registration_made,
             log=self._challenge_log,
+            place=place,
         )
 
     def registration_made(
         self,
         transport: asyncio.Transport,
         request: RegistrationRequest = SEED,
-        slot: Slot | None = None,
+        place: Place | None = None,
     ) -> None:
         """Allocate for a registration: seed at once, v2 once its proof is checked.
 
-        ``slot`` is its source's admission slot: a v2 registration has held one since
-        its connection arrived (``ChallengeProtocol``), a seed one takes it here. It is
-        released on every way out of here, unless handed over to the new session
-        (which gives it back once its handshake ping is answered) or to ``_replace``.
+        ``place`` is its admission place: a v2 registration has held one since its
+        connection arrived (``ChallengeProtocol``), as has any registration over TLS; a
+        plaintext seed one takes it here. It is released on every way out of here, unless
+        handed over to the new session (which gives it back once its handshake ping is
+        answered) or to ``_replace``.
         """
         peer = peer_of(transport)
-        if slot is None:
-            admitted = self.admission.slot(source_of(transport.get_extra_info("peername")))
-            if isinstance(admitted, Refusal):
-                self.admission.refuse(transport, peer, *admitted)
+        if place is None:
+            source = source_of(transport.get_extra_info("peername"))
+            admitted = self.admission.admit(source, lambda reason: transport.abort())
+            if isinstance(admitted, Refused):
+                self.admission.refuse(transport, peer, admitted)
                 return
-            slot = admitted
-        with slot:
-            self._register(transport, peer, request, slot)
+            place = admitted
+        with place:
+            self._register(transport, peer, request, place)
 
     def _register(
-        self, transport: asyncio.Transport, peer: str, request: RegistrationRequest, slot: Slot
+        self, transport: asyncio.Transport, peer: str, request: RegistrationRequest, place: Place
     ) -> None:
         if self.closing:
             transport.abort()
             return
         if self.draining:
-            self.admission.refuse(transport, peer, "draining", "relay is shutting down")
+            self.admission.refuse(
+                transport, peer, Refused("draining", "relay is shutting down", RETRY)
+            )
             return
         if len(self._sessions) >= self.options.max_sessions:
-            self.admission.refuse(
-                transport,
-                peer,
-                "relay full",
+            reason = (
                 f"relay is full: {len(self._sessions)} sessions, the maximum "
-                f"(--max-sessions {self.options.max_sessions})",
+                f"(--max-sessions {self.options.max_sessions})"
             )
+            self.admission.refuse(transport, peer, Refused("relay full", reason, RETRY))
             return
         ports = self.allocator
         try:
             ports.check(request)
         except PortRefusedError as exc:
-            self.admission.refuse(transport, peer, "port refused", str(exc))
+            self.admission.refuse(transport, peer, Refused("port refused", str(exc), exc.kind))
             return
         identity = request.identity
         if identity is not None:
             holder = holder_of(self._sessions.values(), identity)
             if holder is not None:  # decided after a ping; registration_made runs again then
-                newcomer = slot.hand_over()
+                newcomer = place.hand_over()
+                newcomer.hold(lambda reason: transport.abort())
                 self._tasks.spawn(
                     self._replace(transport, request, newcomer, identity, holder),
                     name="relay-replace",
@@ -378,12 +397,11 @@ class RelayServer:
         try:
             sock = ports.allocate(request)
         except PortRefusedError as exc:
-            self.admission.refuse(transport, peer, "port refused", str(exc))
+            self.admission.refuse(transport, peer, Refused("port refused", str(exc), exc.kind))
             return
         except OSError as exc:
-            self.admission.refuse(
-                transport, peer, "no public port", f"cannot open a public port: {exc}"
-            )
+            reason = f"cannot open a public port: {exc}"
+            self.admission.refuse(transport, peer, Refused("no public port", reason, RETRY))
             return
         transport.write(port_line(int(sock.getsockname()[1])))
         session = RegisteredSession(
@@ -392,7 +410,7 @@ class RelayServer:
             request,
             sock,
             yamux.Session.attach(transport, client=True, config=self.yamux_config),
-            slot.hand_over(),
+            place.hand_over(),
             SourceSlots(self._connections_per_source),
             self,
         )
@@ -404,26 +422,26 @@ class RelayServer:
         self,
         transport: asyncio.Transport,
         request: RegistrationRequest,
-        slot: Slot,
+        place: Place,
         identity: Identity,
         holder: RegisteredSession,
     ) -> None:
         """``identity`` registers again while ``holder`` has it (``relay.server.replacement``);
-        the newcomer keeps its admission slot throughout (``_replaced``)."""
+        the newcomer keeps its admission place throughout (``_replaced``)."""
         decision = await settle(holder, identity, peer_of(transport))
         if decision is Decision.REFUSE:
-            self.admission.refuse(
-                transport,
-                peer_of(transport),
-                "name in use",
+            reason = (
                 f"{identity} is already registered (public port "
-                f"{holder.public_port}) and that session is alive",
+                f"{holder.public_port}) and that session is alive"
+            )
+            self.admission.refuse(
+                transport, peer_of(transport), Refused("name in use", reason, RETRY)
             )
             return
         if decision is Decision.OWN_PORT:
             request = replace(request, lease=False)
         if not transport.is_closing():
-            self.registration_made(transport, request, slot.hand_over())
+            self.registration_made(transport, request, place.hand_over())
 
     def _revoke(self, names: set[str]) -> None:
         """End the sessions of clients whose auth-file entry was removed or changed."""

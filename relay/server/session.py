@@ -1,6 +1,6 @@
 """A registered session (``RegisteredSession``): its lifecycle and everything it holds.
 
-From its port line on, a registration holds its source's admission slot, a
+From its port line on, a registration holds its admission place, a
 public listener, a yamux session, its tasks and its public connections. The
 handshake ping confirms it; Go Away, the end of the yamux session or ``end()``
 ends it, and every way out frees the same things in the same order, the
@@ -23,7 +23,8 @@ from ..stats import Traffic
 from .interface import SessionInfo
 from .leases import Identity
 from .lifecycle import SessionEffect, SessionEvent, SessionState, step
-from .limits import Slot, SourceSlots
+from .limits import SourceSlots
+from .places import Place
 from .ports import PortAllocator
 from .request import RegistrationRequest
 
@@ -76,7 +77,7 @@ class RegisteredSession:
         request: RegistrationRequest,
         sock: socket.socket,
         session: yamux.Session,
-        slot: Slot,
+        place: Place,
         sources: SourceSlots,
         registry: Registry,
     ) -> None:
@@ -97,7 +98,10 @@ class RegisteredSession:
         self.end_reason: str | None = None
         self.connection_task_name = f"relay-public-{id}"
         self._sock = sock
-        self._slot = slot
+        self._place = place
+        place.hold(self.end)
+        """Until confirmed: a pending seed registration may have to give its place to a
+        newcomer (``relay.server.places``), which ends it."""
         self._registry = registry
         self._listener: asyncio.Server | None = None
         self._tasks = yamux.TaskOwner(logger)
@@ -163,8 +167,8 @@ class RegisteredSession:
         before = self.state
         self.state, effects = step(before, event)
         for effect in effects:
-            if effect is SessionEffect.RELEASE_SLOT:
-                self._slot.release()
+            if effect is SessionEffect.RELEASE_PLACE:
+                self._place.release()
             elif effect is SessionEffect.STOP:
                 self.end_reason = reason
                 self._stop(confirmed=before is SessionState.CONFIRMED)

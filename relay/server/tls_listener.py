@@ -5,16 +5,15 @@ the connection, so unfinished handshakes were counted nowhere: one address
 could hold thousands, each with its TLS read buffer (256 KiB on asyncio's
 loop), until the handshake timeout. Here the relay accepts plain TCP itself
 and admits a connection before anything is allocated for it: it takes a place
-among the relay's pending registrations (``--max-pending``, all sources) and a
-slot of its source (``--max-pending-registrations-per-source``), or it is
-closed at once. Only then does its TLS handshake run
+among the registrations in progress and one among the TLS handshakes
+(``relay.server.admission``; either may be taken from whoever holds the most),
+or it is closed at once. Only then does its TLS handshake run
 (``loop.connect_accepted_socket(ssl=...)``, on asyncio's loop and on uvloop).
 
-When the handshake completes, the connection gives its place and slot back and
-goes to the control protocol (seed or v2), which takes its own in the same
-callback, as for a plaintext connection: no other connection can slip in
-between. A failed or timed-out handshake ends only that connection, with a
-rate-limited log line that says why.
+When the handshake completes, the connection gives its handshake place back
+and goes, with its other place, to the control protocol (seed or v2) in the
+same callback. A failed or timed-out handshake ends only that connection,
+counts as a failure of its source, and is logged (rate-limited) with the reason.
 """
 
 from __future__ import annotations
@@ -30,8 +29,9 @@ from yamux.ratelimit import RateLimitedLog
 
 from ..net import format_peer
 from ..wire.tls import describe_client_tls_error
-from .admission import Admission, PendingRegistration, Refusal
-from .limits import Slot, source_of
+from .admission import Admission, Refused
+from .limits import source_of
+from .places import Place
 
 logger = logging.getLogger("relay.tls")
 
@@ -58,7 +58,7 @@ class TLSListener:
         *,
         timeout: float,
         admission: Admission,
-        protocol_factory: Callable[[], asyncio.Protocol],
+        protocol_factory: Callable[[Place], asyncio.Protocol],
         log: RateLimitedLog,
     ) -> None:
         self._sock: socket.socket | None = sock
@@ -112,21 +112,23 @@ class TLSListener:
             self._admit(conn, address)
 
     def _admit(self, conn: socket.socket, address: object) -> None:
-        """Take a pending place and a slot of the source, or close at once."""
+        """Take a place and a TLS handshake's, or close at once."""
         peer = format_peer(address)
-        admitted = self._admission.admit(source_of(address))
-        if isinstance(admitted, Refusal):
+        source = source_of(address)
+        handshake = _Handshake(conn, self._hand_over)
+        admitted = self._admission.admit_handshake(source, handshake.abort)
+        if isinstance(admitted, Refused):
             conn.close()
-            self._admission.refused(peer, *admitted)
+            self._admission.refused(peer, admitted)
             return
-        pending = self._admission.pending
-        handshake = _Handshake(conn, admitted, pending, self._hand_over)
-        pending.add(handshake)
+        handshake.place, handshake.handshake_place = admitted
         handshake.task = self._handshakes.spawn(
-            self._handshake(handshake, peer), name="relay-tls-handshake", on_done=handshake.ended
+            self._handshake(handshake, peer, source),
+            name="relay-tls-handshake",
+            on_done=handshake.ended,
         )
 
-    async def _handshake(self, handshake: _Handshake, peer: str) -> None:
+    async def _handshake(self, handshake: _Handshake, peer: str, source: str) -> None:
         conn = handshake.take_socket()
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
@@ -142,33 +144,33 @@ class TLSListener:
                 reason,
                 extra={"peer": peer, "reason": reason},
             )
+            self._admission.failed((source, None))
 
-    def _hand_over(self, transport: asyncio.BaseTransport) -> None:
-        protocol = self._protocol_factory()
+    def _hand_over(self, transport: asyncio.BaseTransport, place: Place) -> None:
+        protocol = self._protocol_factory(place)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
 
 
 class _Handshake(asyncio.Protocol):
-    """One admitted connection during its TLS handshake: a pending registration.
+    """One admitted connection during its TLS handshake.
 
     It is the protocol that ``connect_accepted_socket`` hands the TLS transport
-    to when the handshake completes; it gives its place and slot back, then
-    hands the transport over (or, if the handshake failed, gives them back when
-    its task ends).
+    to when the handshake completes; it gives its handshake place back and hands
+    the transport and its place over (or, if the handshake failed or was
+    dropped, gives both back when its task ends).
     """
 
     def __init__(
         self,
         conn: socket.socket,
-        slot: Slot,
-        pending: set[PendingRegistration],
-        hand_over: Callable[[asyncio.BaseTransport], None],
+        hand_over: Callable[[asyncio.BaseTransport, Place], None],
     ) -> None:
         self._conn: socket.socket | None = conn
         """Ours until the handshake task takes it."""
-        self._slot = slot
-        self._pending = pending
+        self.place: Place | None = None
+        """Its place among the registrations in progress; it goes on with the connection."""
+        self.handshake_place: Place | None = None
         self._hand_over = hand_over
         self.task: asyncio.Task[None] | None = None
 
@@ -179,22 +181,24 @@ class _Handshake(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """The handshake is done: on to the control protocol, before any byte is read."""
-        self._give_back()
-        self._hand_over(transport)
+        assert self.place is not None
+        assert self.handshake_place is not None
+        self.handshake_place.release()
+        if not self.place.held:  # dropped (its place taken) while the handshake finished
+            transport.close()
+            return
+        self._hand_over(transport, self.place.hand_over())
 
     def ended(self, task: asyncio.Task[None]) -> None:
         """The task's end, even one cancelled before it ran (the socket is still ours)."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        self._give_back()
+        for place in (self.place, self.handshake_place):
+            if place is not None:
+                place.release()
 
-    def abort(self) -> None:
-        """The relay is closing."""
+    def abort(self, reason: str) -> None:
+        """Its place was taken, or the relay is closing (nothing can be said before TLS)."""
         if self.task is not None:
             self.task.cancel()
-
-    def _give_back(self) -> None:
-        """Both idempotent: the handshake's end may come after the hand-over."""
-        self._pending.discard(self)
-        self._slot.release()
