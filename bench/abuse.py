@@ -27,6 +27,21 @@ idle-flood           1,000 idle connections from 127.0.0.1 (--max-connections
 silent-tls           2,000 TCP connections from 127.0.0.1 to a TLS control port
                      (a certificate made with openssl for the run) that never
                      send a ClientHello, then a TLS registration from 127.0.0.2
+challenge-slowloris  13 addresses (127.0.0.2-14) each hold 80 unanswered challenges
+                     of a relay with a secret and 1,000 places, resetting each
+                     after 4 s and opening it again; a client with the secret
+                     registers from 127.0.0.1 every 0.3 s (how many, how fast)
+tls-slowloris        the same with 12 addresses holding 90 stalled ClientHellos
+                     each on a TLS relay; a TLS client registers from 127.0.0.1
+guess-burst          one address opens 90 challenges, answers each with a wrong
+                     proof, and goes on guessing: how many proofs were checked
+failure-flush        127.0.0.1 is blocked after 5 wrong proofs; 10,000 other
+                     addresses fail once each: is it still blocked?
+unanswered           a TLS relay: 127.0.0.5 resets 5 challenges unanswered,
+                     127.0.0.6 fails 5 TLS handshakes; may they register?
+stale-client         an auth file of alice and bob; behind 127.0.0.1, bob with a
+                     stale secret retries flat out and junk fails anonymously;
+                     alice registers every 0.3 s
 """
 
 from __future__ import annotations
@@ -36,8 +51,10 @@ import asyncio
 import contextlib
 import os
 import re
+import secrets
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -48,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import relay
+from relay.wire.v2 import is_challenge, parse_challenge, response_line
 from testkit.ports import free_port
 from testkit.procs import REPO, Proc, ProcessError, raise_nofile
 from yamux.const import Flag, FrameType
@@ -578,8 +596,14 @@ async def silent_tls(
             sock = socket.create_connection((HOST, port))
             sock.setblocking(False)
             silent.append(sock)
-        await asyncio.sleep(0.5)  # the relay has admitted or closed every one by now
-        notes["held"] = sum(1 for sock in silent if _still_open(sock))
+        # Until the relay has admitted or closed every one (it stops changing).
+        held, previous = len(silent), -1
+        for _ in range(40):
+            await asyncio.sleep(0.25)
+            held, previous = sum(1 for sock in silent if _still_open(sock)), held
+            if held == previous:
+                break
+        notes["held"] = held
         notes["closed_at_once"] = conns - notes["held"]
         start = loop.time()
         try:
@@ -644,6 +668,360 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+# ------------------------------------------------- admission: places and failures
+ATTACKER_SOURCES = tuple(f"127.0.0.{host}" for host in range(2, 15))
+"""13 attacker addresses, all in the /24 of the legitimate client (127.0.0.1)."""
+HOLD = 4.0
+"""Seconds an attacker holds a place before it resets the connection: within the answer
+and TLS handshake timeouts, both before (10 s) and after (5 s) they were separate."""
+PARTIAL_CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32
+"""The start of a TLS ClientHello that announces 512 bytes and never sends the rest."""
+
+
+@dataclass
+class Holders:
+    """What the connections of ``hold_places`` saw."""
+
+    opened: int = 0
+    held: int = 0
+    """Connections holding a place right now (challenged, or in their TLS handshake)."""
+    peak: int = 0
+    reset: int = 0
+    """Held until ``HOLD`` and reset by us."""
+    closed_by_relay: int = 0
+    """Closed by the relay first: refused at once, blocked, or their place taken."""
+    blocked: int = 0
+    """Refused with ``too many failed registrations``."""
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with RST (SO_LINGER 0), as an attacker who never says goodbye."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def hold_places(
+    port: int, source: str, count: int, deadline: float, holders: Holders, opening: bytes = b""
+) -> None:
+    """``count`` connections from ``source`` until ``deadline``: each sends ``opening``
+    (a TLS attacker) or reads the challenge, holds its place ``HOLD`` seconds, then resets
+    and opens again at once; one the relay closes first is opened again after half a
+    second (an attacker who wants places, not a flood of connections)."""
+    loop = asyncio.get_running_loop()
+
+    async def one() -> None:
+        while (left := deadline - loop.time()) > 0:
+            try:
+                reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source, 0))
+            except OSError:
+                await asyncio.sleep(0.2)
+                continue
+            holders.opened += 1
+            holding = False
+            try:
+                if opening:
+                    writer.write(opening)
+                else:
+                    first = await asyncio.wait_for(reader.readline(), left)
+                    if not first.startswith(b"error: v2 needed"):
+                        holders.closed_by_relay += 1
+                        holders.blocked += first.startswith(b"error: too many failed")
+                        await asyncio.sleep(0.5)
+                        continue
+                holding = True
+                holders.held += 1
+                holders.peak = max(holders.peak, holders.held)
+                await asyncio.wait_for(reader.read(), min(HOLD, deadline - loop.time()))
+                holders.closed_by_relay += 1  # EOF before we let go
+                await asyncio.sleep(0.5)
+            except TimeoutError:
+                holders.reset += 1
+            except ConnectionError:
+                holders.closed_by_relay += 1
+                await asyncio.sleep(0.5)
+            finally:
+                if holding:
+                    holders.held -= 1
+                reset(writer)
+
+    await asyncio.gather(*(one() for _ in range(count)))
+
+
+async def try_to_register(
+    port: int, deadline: float, tries: list[float | str], pause: float = 0.3, **options: Any
+) -> None:
+    """Register from 127.0.0.1 again and again until ``deadline``: the seconds each took, or
+    why it failed."""
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline:
+        start = loop.time()
+        try:
+            registration = await relay.register(
+                HOST, port, local_addr=(HOST, 0), connect_timeout=3, **options
+            )
+        except (OSError, TimeoutError) as exc:
+            tries.append(f"{type(exc).__name__}: {exc}"[:120])
+        else:
+            tries.append(loop.time() - start)
+            registration.session.close()
+            await registration.session.wait_closed()
+        await asyncio.sleep(pause)
+
+
+def summarize_tries(tries: list[float | str], notes: dict[str, Any]) -> None:
+    times = [t for t in tries if isinstance(t, float)]
+    notes["tries"] = len(tries)
+    notes["ok"] = len(times)
+    notes["ok_within_1s"] = sum(1 for t in times if t <= 1.0)
+    notes["slowest_s"] = round(max(times), 3) if times else None
+    errors = [t for t in tries if isinstance(t, str)]
+    if errors:
+        notes["first_error"] = errors[0]
+
+
+async def slowloris(
+    port: int,
+    seconds: float,
+    notes: dict[str, Any],
+    per_source: int,
+    sources: tuple[str, ...],
+    opening: bytes = b"",
+    **register: Any,
+) -> None:
+    """Attackers hold places from ``sources``; the legitimate client tries meanwhile."""
+    raise_nofile()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    holders = Holders()
+    attack = asyncio.gather(
+        *(hold_places(port, source, per_source, deadline, holders, opening) for source in sources)
+    )
+    await asyncio.sleep(1.0)  # the attackers have filled their places by now
+    notes["held_at_1s"] = holders.held
+    tries: list[float | str] = []
+    await try_to_register(port, deadline, tries, **register)
+    await attack
+    summarize_tries(tries, notes)
+    notes["attacker_opened"] = holders.opened
+    notes["attacker_peak"] = holders.peak
+    notes["attacker_reset"] = holders.reset
+    notes["closed_by_relay"] = holders.closed_by_relay
+    notes["blocked"] = holders.blocked
+
+
+async def challenge_slowloris(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    secret: str = "",
+) -> None:
+    """13 addresses each hold 80 unanswered challenges (reset before the answer timeout)."""
+    await slowloris(port, seconds, notes, 80, ATTACKER_SOURCES, secret=secret)
+
+
+async def tls_slowloris(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    secret: str = "",
+    cert: Path | None = None,
+) -> None:
+    """12 addresses each hold 90 stalled ClientHellos (reset before the handshake timeout)."""
+    assert cert is not None
+    context = ssl.create_default_context(cafile=str(cert))
+    await slowloris(
+        port,
+        seconds,
+        notes,
+        90,
+        ATTACKER_SOURCES[:12],
+        PARTIAL_CLIENT_HELLO,
+        secret=secret,
+        ssl=context,
+    )
+
+
+async def challenge(
+    port: int, source: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A raw v2 connection from ``source``: its first line (a challenge, or a refusal)."""
+    reader, writer = await asyncio.open_connection(HOST, port, local_addr=(source, 0))
+    try:
+        return reader, writer, await asyncio.wait_for(reader.readline(), 10)
+    except BaseException:
+        writer.transport.abort()
+        raise
+
+
+async def guess(port: int, source: str, secret: bytes = b"a wrong guess of the secret") -> bytes:
+    """Answer one challenge from ``source`` with a proof made with ``secret``: the reply."""
+    reader, writer, line = await challenge(port, source)
+    try:
+        if not is_challenge(line.rstrip(b"\n")):
+            return line
+        writer.write(response_line(parse_challenge(line.rstrip(b"\n")), secret=secret))
+        return await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.transport.abort()
+
+
+async def guess_burst(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    secret: str = "",
+    opened: int = 90,
+) -> None:
+    """One address opens ``opened`` challenges, then answers them all with guesses; then
+    it keeps guessing until ``seconds`` are over."""
+    source = "127.0.0.3"
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    held = [await challenge(port, source) for _ in range(opened)]
+    for _, writer, line in held:
+        assert is_challenge(line.rstrip(b"\n")), line
+        writer.write(response_line(parse_challenge(line.rstrip(b"\n")), secret=b"a wrong guess"))
+    replies = [await asyncio.wait_for(reader.readline(), 10) for reader, _, _ in held]
+    for _, writer, _ in held:
+        writer.transport.abort()
+    checked = sum(1 for reply in replies if reply.startswith(b"error: auth failed"))
+    notes["burst_checked"] = checked
+    notes["burst_refused_unchecked"] = sum(
+        1 for reply in replies if reply.startswith(b"error: too many failed")
+    )
+    while loop.time() - start < seconds:
+        checked += (await guess(port, source)).startswith(b"error: auth failed")
+        await asyncio.sleep(0.01)
+    notes["checked"] = checked
+    notes["checked_per_minute"] = round(checked * 60 / (loop.time() - start), 1)
+
+
+async def failure_flush(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    secret: str = "",
+    others: int = 10_000,
+) -> None:
+    """127.0.0.1 guesses until it is blocked; then ``others`` addresses fail once each; is
+    127.0.0.1 still blocked?"""
+    for _ in range(5):
+        await guess(port, HOST)
+    _, writer, line = await challenge(port, HOST)
+    writer.transport.abort()
+    notes["blocked_before"] = line.startswith(b"error: too many failed")
+    addresses = [f"127.1.{n // 250}.{n % 250 + 1}" for n in range(others)]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for batch in range(0, others, 200):
+        await asyncio.gather(*(guess(port, source) for source in addresses[batch : batch + 200]))
+    notes["others_s"] = round(loop.time() - start, 1)
+    _, writer, line = await challenge(port, HOST)
+    writer.transport.abort()
+    notes["blocked_after"] = line.startswith(b"error: too many failed")
+
+
+async def unanswered_failures(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    secret: str = "",
+    cert: Path | None = None,
+) -> None:
+    """On a TLS relay: 127.0.0.5 resets 5 challenges it got, 127.0.0.6 fails 5 TLS
+    handshakes; can each still register with the right secret? (127.0.0.7 can.)"""
+    assert cert is not None
+    context = ssl.create_default_context(cafile=str(cert))
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection(
+            HOST, port, ssl=context, local_addr=("127.0.0.5", 0)
+        )
+        assert is_challenge((await asyncio.wait_for(reader.readline(), 10)).rstrip(b"\n"))
+        reset(writer)
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection(HOST, port, local_addr=("127.0.0.6", 0))
+        writer.write(PARTIAL_CLIENT_HELLO)
+        await asyncio.sleep(0.05)
+        reset(writer)
+    await asyncio.sleep(0.2)
+    for source, name in (
+        ("127.0.0.5", "after_resets"),
+        ("127.0.0.6", "after_tls"),
+        ("127.0.0.7", "other"),
+    ):
+        try:
+            registration = await relay.register(
+                HOST, port, ssl=context, secret=secret, local_addr=(source, 0), connect_timeout=5
+            )
+        except (OSError, TimeoutError) as exc:
+            notes[f"{name}_registers"] = False
+            notes[f"{name}_error"] = str(exc)[:100]
+        else:
+            notes[f"{name}_registers"] = True
+            registration.session.close()
+            await registration.session.wait_closed()
+
+
+async def stale_client(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    secrets: dict[str, str] | None = None,
+) -> None:
+    """Behind one address (127.0.0.1): ``bob`` with a stale secret retries flat out, and
+    junk (challenges reset unanswered, malformed responses) comes from it too; ``alice``
+    registers every 0.3 s."""
+    assert secrets is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    bob = {"bob": 0, "junk": 0}
+
+    async def stale_bob() -> None:
+        while loop.time() < deadline:
+            with contextlib.suppress(OSError, TimeoutError):
+                registration = await relay.register(
+                    HOST, port, secret="a stale secret of bob's, long gone", client_name="bob"
+                )
+                registration.session.close()  # cannot happen: bob's secret is wrong
+            bob["bob"] += 1
+            await asyncio.sleep(0.05)
+
+    async def junk() -> None:
+        while loop.time() < deadline:
+            with contextlib.suppress(OSError, TimeoutError):
+                reader, writer, _line = await challenge(port, HOST)
+                if bob["junk"] % 2:
+                    writer.write(b"relay/2 nonsense\n")
+                    await asyncio.wait_for(reader.readline(), 5)
+                reset(writer)
+            bob["junk"] += 1
+            await asyncio.sleep(0.05)
+
+    attack = asyncio.gather(stale_bob(), junk())
+    await asyncio.sleep(0.5)
+    tries: list[float | str] = []
+    await try_to_register(port, deadline, tries, secret=secrets["alice"], client_name="alice")
+    await attack
+    summarize_tries(tries, notes)
+    notes["bob_tries"] = bob["bob"]
+    notes["junk"] = bob["junk"]
+
+
 ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
     "slow-ack-sender": (slow_ack_sender, ()),
     "non-reading-service": (non_reading_service, ()),
@@ -653,8 +1031,52 @@ ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
     "refused-connections": (refused_connections, ("--max-connections", "1")),
     "idle-flood": (idle_flood, ("--max-connections", "1000")),
     "silent-tls": (silent_tls, ()),
+    "challenge-slowloris": (challenge_slowloris, ()),
+    "tls-slowloris": (tls_slowloris, ()),
+    "guess-burst": (guess_burst, ()),
+    "failure-flush": (failure_flush, ()),
+    "unanswered": (unanswered_failures, ()),
+    "stale-client": (stale_client, ()),
 }
 """name: (attack, relay options)."""
+
+
+def prepare_admission(attack: str, directory: Path) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """Relay options and attack keywords of the admission attacks: a secret (or an auth
+    file of alice and bob), a certificate for the TLS ones, and 1,000 places in all (the
+    old default) where the attack is about them."""
+    if attack == "stale-client":
+        clients = {name: secrets.token_hex(32) for name in ("alice", "bob")}
+        auth = directory / "clients.toml"
+        auth.write_text(
+            "".join(f'[clients.{name}]\nsecret = "{secret}"\n' for name, secret in clients.items())
+        )
+        return ("--auth-file", str(auth)), {"secrets": clients}
+    secret = secrets.token_hex(32)
+    (directory / "secret").write_text(secret + "\n")
+    options: tuple[str, ...] = ("--secret-file", str(directory / "secret"))
+    kwargs: dict[str, Any] = {"secret": secret}
+    if attack in ("tls-slowloris", "unanswered"):
+        cert, key = self_signed_certificate(directory)
+        options = (*options, "--tls-cert", str(cert), "--tls-key", str(key))
+        kwargs["cert"] = cert
+    if attack == "challenge-slowloris" and relay_has_option("--max-pending"):
+        options = (*options, "--max-pending", "1000")
+    return options, kwargs
+
+
+PREPARE = {
+    name: prepare_admission
+    for name in (
+        "challenge-slowloris",
+        "tls-slowloris",
+        "guess-burst",
+        "failure-flush",
+        "unanswered",
+        "stale-client",
+    )
+}
+"""Attacks whose relay needs files made for the run: name -> (relay options, keywords)."""
 
 
 def relay_has_option(name: str) -> bool:
@@ -668,11 +1090,14 @@ def relay_has_option(name: str) -> bool:
         timeout=60,
         check=False,
     ).stdout
-    return name in help_text
+    return re.search(rf"{re.escape(name)}(?![\w-])", help_text) is not None
 
 
-def run(attack: str, loop: str, seconds: float, **kwargs: Any) -> Outcome:
-    """One attack against a fresh relay process; the relay is stopped afterwards."""
+def run(
+    attack: str, loop: str, seconds: float, *, relay_options: tuple[str, ...] = (), **kwargs: Any
+) -> Outcome:
+    """One attack against a fresh relay process (with ``relay_options`` besides the
+    attack's own); the relay is stopped afterwards."""
     function, options = ATTACKS[attack]
     if attack == "idle-flood" and relay_has_option("--idle-timeout"):
         options = (*options, "--idle-timeout", f"{seconds:g}")
@@ -681,7 +1106,11 @@ def run(attack: str, loop: str, seconds: float, **kwargs: Any) -> Outcome:
             cert, key = self_signed_certificate(Path(directory))
             options = (*options, "--tls-cert", str(cert), "--tls-key", str(key))
             kwargs = {"cert": cert, **kwargs}
-        relay_proc, port = start_relay(loop, *options)
+        if attack in PREPARE:
+            more_options, more_kwargs = PREPARE[attack](attack, Path(directory))
+            options = (*options, *more_options)
+            kwargs = {**more_kwargs, **kwargs}
+        relay_proc, port = start_relay(loop, *options, *relay_options)
         notes: dict[str, Any] = {}
         try:
             rss_before = rss(relay_proc)

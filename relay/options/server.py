@@ -110,9 +110,10 @@ class RelayOptions(SharedOptions):
         metavar="N",
     )
     max_tls_handshakes: int = option(
-        # Each holds a TLS read buffer: 256 KiB on asyncio's loop (1000: 256 MiB at most),
-        # a few KiB on uvloop.
-        1000,
+        # Each costs about 300 KiB on asyncio's loop (its TLS read buffer is 256 KiB), about
+        # 60 KiB on uvloop: 256 of them about 80 MiB, 15 MiB. Legitimate handshakes last a
+        # round trip or two; a relay of --max-sessions 100 never needs this many at once.
+        256,
         Integer(1),
         "Most TLS handshakes in progress on the control port (each takes a place among "
         "--max-pending too); when full, the same rule as there.",

@@ -104,19 +104,21 @@ class Admission:
         )
 
     def admit_handshake(self, source: str, abort: Abort) -> tuple[Place, Place] | Refused:
-        """A place (as ``admit``) and a TLS handshake's, or why not."""
-        admitted = self.admit(source, abort)
-        if isinstance(admitted, Refused):
-            return admitted
-        handshake = self.handshakes.take(source, abort)
-        if handshake is None:
-            admitted.release()
+        """A place (as ``admit``) and a TLS handshake's, or why not. Nobody gives way unless
+        both can be had; ``abort`` frees both (a handshake evicted from one table leaves the
+        other at once), so after the first, the second is there."""
+        if not self.handshakes.admissible(source):
             return Refused(
                 "tls handshakes",
                 f"too many TLS handshakes in progress (--max-tls-handshakes "
                 f"{self.handshakes.limit})",
                 RETRY,
             )
+        admitted = self.admit(source, abort)
+        if isinstance(admitted, Refused):
+            return admitted
+        handshake = self.handshakes.take(source, abort)
+        assert handshake is not None, "a place's eviction only makes room"
         return admitted, handshake
 
     def blocked(self, key: FailureKey) -> Refused | None:

@@ -35,6 +35,10 @@ Why = Literal["full", "per address"]
 it may."""
 
 
+def _nothing(reason: str) -> None:
+    """The holder of a released place."""
+
+
 def group_of(address: str) -> str:
     """The wider group of a source (``relay.server.limits.source_of``): the IPv4 /24, or the
     /48 of an IPv6 /64."""
@@ -122,6 +126,7 @@ class Place:
         if self._table is not None:
             table, self._table = self._table, None
             table._remove(self)
+            self._abort = _nothing  # the holder usually holds its place: no cycle left
 
     def hand_over(self) -> Place:
         """The same place (same age, same holder until ``hold``) as a new token for its next
@@ -136,8 +141,9 @@ class Place:
 
     def abort(self, reason: str) -> None:
         """Free the place, then end its holder."""
+        abort = self._abort
         self.release()
-        self._abort(reason)
+        abort(reason)
 
     def __enter__(self) -> Place:
         return self
@@ -174,25 +180,21 @@ class Places:
         addresses = self._addresses.get(group_of(address))
         return 0 if addresses is None else addresses[address]
 
+    def admissible(self, address: str) -> bool:
+        """Whether ``take`` would give ``address`` a place (it changes nothing)."""
+        return self._plan(address, group_of(address)) is not False
+
     def take(self, address: str, abort: Abort, *, evictable: bool = True) -> Place | None:
         """A place for ``address``, taking the oldest place of whoever holds the most if need
         be; None if even that is not possible (the one to give way holds only settled places,
         or does not hold more than ``address``)."""
         group = group_of(address)
-        addresses = self._addresses.get(group)
-        held = 0 if addresses is None else addresses[address]
-        if self.per_address and held >= self.per_address:
-            if not self._evict(address, "per address"):
-                return None
-            held -= 1
-        if self._count >= self.limit:
-            top_group = self._groups.top()
-            top = self._addresses[top_group]
-            top_address = top.top()
-            if (self._groups[group], held) >= (self._groups.top_count, top[top_address]):
-                return None
-            if not self._evict(top_address, "full"):
-                return None
+        plan = self._plan(address, group)
+        if plan is False:
+            return None
+        if plan is not True:
+            victim, why = plan
+            victim.abort(self._evicted(victim, why))
         place = Place(self, address, group, next(self._seq), abort, evictable)
         self._count += 1
         self._groups.change(group, 1)
@@ -207,13 +209,28 @@ class Places:
             for place in list(queue.values()):
                 place.abort(reason)
 
-    def _evict(self, address: str, why: Why) -> bool:
-        queue = self._queues.get(address)
-        if not queue:
+    def _plan(self, address: str, group: str) -> tuple[Place, Why] | bool:
+        """What a place for ``address`` takes: nothing (True), the place of another (a
+        victim and why), or it cannot be had (False). One victim at most: at its share an
+        address gives way to itself, and the table is no longer full after that."""
+        addresses = self._addresses.get(group)
+        held = 0 if addresses is None else addresses[address]
+        if self.per_address and held >= self.per_address:
+            victim = self._oldest(address)
+            return False if victim is None else (victim, "per address")
+        if self._count < self.limit:
+            return True
+        top = self._addresses[self._groups.top()]
+        top_address = top.top()
+        if (self._groups[group], held) >= (self._groups.top_count, top[top_address]):
             return False
-        victim = next(iter(queue.values()))
-        victim.abort(self._evicted(victim, why))
-        return True
+        victim = self._oldest(top_address)
+        return False if victim is None else (victim, "full")
+
+    def _oldest(self, address: str) -> Place | None:
+        """The oldest evictable place of ``address``."""
+        queue = self._queues.get(address)
+        return next(iter(queue.values())) if queue else None
 
     def _unqueue(self, place: Place) -> None:
         queue = self._queues[place.address]

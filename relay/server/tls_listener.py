@@ -145,6 +145,9 @@ class TLSListener:
                 extra={"peer": peer, "reason": reason},
             )
             self._admission.failed((source, None))
+            # Its traceback holds asyncio's frames, whose waiter holds it back: a cycle that
+            # would keep this connection's TLS buffers until the garbage collector runs.
+            exc.__traceback__ = None
 
     def _hand_over(self, transport: asyncio.BaseTransport, place: Place) -> None:
         protocol = self._protocol_factory(place)
@@ -191,6 +194,7 @@ class _Handshake(asyncio.Protocol):
 
     def ended(self, task: asyncio.Task[None]) -> None:
         """The task's end, even one cancelled before it ran (the socket is still ours)."""
+        self.task = None  # a cancelled task's traceback holds us: no cycle through the task
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -199,6 +203,10 @@ class _Handshake(asyncio.Protocol):
                 place.release()
 
     def abort(self, reason: str) -> None:
-        """Its place was taken, or the relay is closing (nothing can be said before TLS)."""
+        """Its place was taken, or the relay is closing (nothing can be said before TLS): both
+        places are free at once, the task ends soon."""
+        for place in (self.place, self.handshake_place):
+            if place is not None:
+                place.release()
         if self.task is not None:
             self.task.cancel()
