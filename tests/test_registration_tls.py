@@ -214,7 +214,12 @@ async def test_unfinished_tls_handshakes_count_in_the_relay_total(
     async with RelayServer(
         0, bind=HOST, ssl=tls, max_pending_registrations_per_source=0, **{limit: 3}
     ) as server:
-        silent = [await asyncio.open_connection(HOST, server.port) for _ in range(5)]
+        silent = []  # not quite: each has begun its ClientHello
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection(HOST, server.port)
+            writer.write(CLIENT_HELLO_START)
+            silent.append((reader, writer))
+            await asyncio.sleep(0.05)
         try:
             ends = await asyncio.gather(*(closed_within(reader, 0.5) for reader, _ in silent))
             assert ends == [False] * 3 + [True] * 2
@@ -258,3 +263,27 @@ def test_system_ca_context_verifies() -> None:
     context = client_context()
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname
+
+
+CLIENT_HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+"""A TLS record that announces a 512-byte ClientHello, and only its first bytes."""
+
+
+async def test_silent_connections_hold_no_tls_handshake_place(certs: Certificates) -> None:
+    """Before its ClientHello begins a connection costs no TLS state, so it does not count
+    among --max-tls-handshakes (only among all registrations in progress)."""
+    tls = server_context(certs.server_cert, certs.server_key)
+    async with RelayServer(0, bind=HOST, ssl=tls, max_tls_handshakes=1) as server:
+        silent = [await asyncio.open_connection(HOST, server.port) for _ in range(3)]
+        try:
+            ends = await asyncio.gather(*(closed_within(reader, 0.3) for reader, _ in silent))
+            assert ends == [False] * 3
+            assert server.admission.places.held(HOST) == 3
+            assert len(server.admission.handshakes) == 0
+            async with await relay.start_server(
+                echo_handler, HOST, server.port, ssl=client_context(certs.ca)
+            ) as served:
+                assert await roundtrip(served.public_port) == b"over TLS\n"
+        finally:
+            for _, writer in silent:
+                writer.close()

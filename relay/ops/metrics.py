@@ -126,7 +126,7 @@ class RelayCollector(Collector):
         yield refused
         yield CounterMetricFamily(
             "relay_auth_failures",
-            "Registrations that failed authentication.",
+            "Failed registrations: refused proofs, malformed responses, no answer, failed TLS.",
             stats.auth_failures,
         )
         yield GaugeMetricFamily(

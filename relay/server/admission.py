@@ -70,8 +70,8 @@ class Admission:
         """Every registration in progress, from arrival until its handshake ping is answered
         (or it ends)."""
         self.handshakes = Places(max_tls_handshakes, 0, self._evicted)
-        """TLS handshakes in progress: each holds a TLS read buffer (256 KiB on asyncio's
-        loop), so they are fewer than places."""
+        """TLS handshakes in progress, from their ClientHello's first bytes: each holds a TLS
+        read buffer (256 KiB on asyncio's loop), so they are fewer than places."""
         self.failures = failures
         self.block_at_connect = block_at_connect
         self._stats = stats
@@ -103,23 +103,17 @@ class Admission:
             RETRY,
         )
 
-    def admit_handshake(self, source: str, abort: Abort) -> tuple[Place, Place] | Refused:
-        """A place (as ``admit``) and a TLS handshake's, or why not. Nobody gives way unless
-        both can be had; ``abort`` frees both (a handshake evicted from one table leaves the
-        other at once), so after the first, the second is there."""
-        if not self.handshakes.admissible(source):
-            return Refused(
-                "tls handshakes",
-                f"too many TLS handshakes in progress (--max-tls-handshakes "
-                f"{self.handshakes.limit})",
-                RETRY,
-            )
-        admitted = self.admit(source, abort)
-        if isinstance(admitted, Refused):
-            return admitted
+    def start_handshake(self, source: str, abort: Abort) -> Place | Refused:
+        """A TLS handshake's place, besides the connection's own: once its ClientHello
+        begins, the handshake holds a TLS read buffer."""
         handshake = self.handshakes.take(source, abort)
-        assert handshake is not None, "a place's eviction only makes room"
-        return admitted, handshake
+        if handshake is not None:
+            return handshake
+        return Refused(
+            "tls handshakes",
+            f"too many TLS handshakes in progress (--max-tls-handshakes {self.handshakes.limit})",
+            RETRY,
+        )
 
     def blocked(self, key: FailureKey) -> Refused | None:
         """The refusal of a blocked ``key``, or None."""

@@ -9,7 +9,9 @@ of ``relay.options.RelayOptions``, each 0 to turn it off:
   from one source (default: nine tenths of ``--max-connections``);
 * ``max_pending_registrations_per_source``: registrations from one source
   that have not yet answered the handshake ping, on a TLS relay from the
-  moment they are accepted (default: nine tenths of ``--max-sessions``);
+  moment they are accepted (default: nine tenths of ``--max-sessions``;
+  counted by ``relay.server.places``, where a newer one takes the place of
+  the oldest);
 * ``idle_timeout``: a public connection that moved no byte either way for
   this long is reset (both the socket and its stream).
 

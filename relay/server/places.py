@@ -135,6 +135,7 @@ class Place:
         if table is None:
             raise ValueError(f"the place of {self.address} was released already")
         place = Place(table, self.address, self.group, self._seq, self._abort, self.evictable)
+        self._abort = _nothing
         if place.evictable:
             table._queues[self.address][self._seq] = place  # keeps its position: its age
         return place
@@ -179,10 +180,6 @@ class Places:
     def held(self, address: str) -> int:
         addresses = self._addresses.get(group_of(address))
         return 0 if addresses is None else addresses[address]
-
-    def admissible(self, address: str) -> bool:
-        """Whether ``take`` would give ``address`` a place (it changes nothing)."""
-        return self._plan(address, group_of(address)) is not False
 
     def take(self, address: str, abort: Abort, *, evictable: bool = True) -> Place | None:
         """A place for ``address``, taking the oldest place of whoever holds the most if need

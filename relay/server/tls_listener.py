@@ -5,9 +5,10 @@ the connection, so unfinished handshakes were counted nowhere: one address
 could hold thousands, each with its TLS read buffer (256 KiB on asyncio's
 loop), until the handshake timeout. Here the relay accepts plain TCP itself
 and admits a connection before anything is allocated for it: it takes a place
-among the registrations in progress and one among the TLS handshakes
-(``relay.server.admission``; either may be taken from whoever holds the most),
-or it is closed at once. Only then does its TLS handshake run
+among the registrations in progress (``relay.server.admission``; it may be
+taken from whoever holds the most), or it is closed at once. A silent
+connection costs no TLS state: only when its ClientHello begins does it take
+one of the fewer places of TLS handshakes, and its handshake run
 (``loop.connect_accepted_socket(ssl=...)``, on asyncio's loop and on uvloop).
 
 When the handshake completes, the connection gives its handshake place back
@@ -38,6 +39,25 @@ logger = logging.getLogger("relay.tls")
 ACCEPT_PAUSE = 1.0
 """Seconds without accepting after accept() failed, e.g. out of file descriptors
 (asyncio's own servers pause as long)."""
+MIN_HANDSHAKE_TIME = 0.1
+"""Seconds a handshake whose ClientHello began at the deadline still has."""
+
+
+async def _readable(sock: socket.socket) -> None:
+    """Until ``sock`` has bytes to read, or its end."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+    loop.add_reader(fd, _set_once, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def _set_once(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
 
 
 class TLSListener:
@@ -112,16 +132,16 @@ class TLSListener:
             self._admit(conn, address)
 
     def _admit(self, conn: socket.socket, address: object) -> None:
-        """Take a place and a TLS handshake's, or close at once."""
+        """Take a place, or close at once."""
         peer = format_peer(address)
         source = source_of(address)
         handshake = _Handshake(conn, self._hand_over)
-        admitted = self._admission.admit_handshake(source, handshake.abort)
+        admitted = self._admission.admit(source, handshake.abort)
         if isinstance(admitted, Refused):
             conn.close()
             self._admission.refused(peer, admitted)
             return
-        handshake.place, handshake.handshake_place = admitted
+        handshake.place = admitted
         handshake.task = self._handshakes.spawn(
             self._handshake(handshake, peer, source),
             name="relay-tls-handshake",
@@ -129,13 +149,30 @@ class TLSListener:
         )
 
     async def _handshake(self, handshake: _Handshake, peer: str, source: str) -> None:
-        conn = handshake.take_socket()
+        """Wait for the ClientHello's first bytes (a silent connection costs no TLS state),
+        take a handshake's place, then the handshake; all within the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: handshake, conn, ssl=self._context, ssl_handshake_timeout=self._timeout
+            async with asyncio.timeout_at(deadline):
+                await _readable(handshake.sock)
+            admitted = self._admission.start_handshake(source, handshake.abort)
+            if isinstance(admitted, Refused):
+                self._admission.refused(peer, admitted)
+                return  # the socket is closed when the task ends
+            handshake.handshake_place = admitted
+            await loop.connect_accepted_socket(
+                lambda: handshake,
+                handshake.take_socket(),
+                ssl=self._context,
+                ssl_handshake_timeout=max(deadline - loop.time(), MIN_HANDSHAKE_TIME),
             )
         except OSError as exc:  # ssl.SSLError, the handshake timeout, a reset
-            reason = describe_client_tls_error(exc, self._timeout)
+            reason = (
+                f"no complete TLS handshake within {self._timeout:g} s"
+                if isinstance(exc, TimeoutError)
+                else describe_client_tls_error(exc, self._timeout)
+            )
             self._log.log(
                 logging.WARNING,
                 f"tls: {type(exc).__name__}",
@@ -174,8 +211,15 @@ class _Handshake(asyncio.Protocol):
         self.place: Place | None = None
         """Its place among the registrations in progress; it goes on with the connection."""
         self.handshake_place: Place | None = None
+        """Its place among the TLS handshakes, from the ClientHello's first bytes on."""
         self._hand_over = hand_over
         self.task: asyncio.Task[None] | None = None
+
+    @property
+    def sock(self) -> socket.socket:
+        """The connection's socket, while it is ours."""
+        assert self._conn is not None
+        return self._conn
 
     def take_socket(self) -> socket.socket:
         conn, self._conn = self._conn, None
