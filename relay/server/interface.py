@@ -102,6 +102,3 @@ class Relay(Protocol):
 
     async def wait_idle(self) -> None:
         """Until no public connection is open."""
-
-    def health(self) -> Health:
-        """Ready to take registrations, or why not."""

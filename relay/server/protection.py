@@ -8,7 +8,6 @@ restart (a state directory that cannot be used leaves the leases in memory).
 from __future__ import annotations
 
 import ssl
-
 from pathlib import Path
 
 from ..options import RelayOptions

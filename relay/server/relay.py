@@ -185,7 +185,11 @@ class RelayServer:
                 watch_auth_file(self.auth_file, self.auth, self._revoke), name="relay-auth-file"
             )
         protection = describe_protection(
-            self.auth, self.auth_file, self.options, self.protocol, self._ports.store
+            self.auth,
+            None if self.auth_file is None else self.auth_file.path,
+            self.options,
+            self.protocol,
+            self._ports.store,
         )
         logger.info(
             "Serving relay requests on port %d (%s)",
