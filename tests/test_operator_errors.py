@@ -54,7 +54,7 @@ def test_a_missing_client_name_names_the_option(
     auth.write_text(f'[clients.alice]\nsecret = "{SECRET}"\n')
     _, port = procs.relay("--auth-file", str(auth))
     forwarder = procs.start_forwarder(port, echo_port, "--no-reconnect", "--secret", SECRET)
-    assert forwarder.wait(15) == 1
+    assert forwarder.wait(15) == 78  # refused for good: the configuration needs the name
     assert "give our name in its auth file with --client-name" in forwarder.stderr_text
 
 
