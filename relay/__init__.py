@@ -10,8 +10,10 @@ the same as the command line's flags; a bad one raises ``OptionError``.
 
 from .client.forwarder import Forwarder
 from .client.register import Registration, TLSError, register
-from .client.relayed_server import RelayedServer, start_server
+from .client.relayed_server import RelayedServer
+from .client.relays import RelayedServers, start_server
 from .errors import (
+    PermanentRefusalError,
     RegistrationError,
     RelayDisconnectedError,
     RelayError,
@@ -32,6 +34,7 @@ __all__ = [
     "ForwardOptions",
     "Forwarder",
     "OptionError",
+    "PermanentRefusalError",
     "Registration",
     "RegistrationError",
     "RegistrationOptions",
@@ -41,6 +44,7 @@ __all__ = [
     "RelayRefusedError",
     "RelayServer",
     "RelayedServer",
+    "RelayedServers",
     "SeedRelayError",
     "Service",
     "TLSError",

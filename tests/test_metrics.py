@@ -171,7 +171,7 @@ async def test_config_file_auth_clients_and_refusal_metrics(procs, tmp_path):
     config.write_text(
         f'[server]\nbind = "{HOST}"\nmax-sessions = 1\n'
         f'max-pending-registrations-per-source = 0\nmetrics = "{HOST}:0"\n'
-        '[[server.clients]]\nname = "alice"\nsecret = "alice-secret-1"\n'
+        '[[server.clients]]\nname = "alice"\nsecret = "alice-secret-1-strong-enough"\n'
     )
     port = free_port()
     proc = procs.start([*relay_command(), "server", "--config", str(config), str(port)], "relay")
@@ -179,15 +179,15 @@ async def test_config_file_auth_clients_and_refusal_metrics(procs, tmp_path):
     endpoint = match.group(1)
     with pytest.raises(AuthenticationError):
         await relay.start_server(
-            lambda r, w: None, HOST, port, secret="wrong-secret-1", name="alice"
+            lambda r, w: None, HOST, port, secret="wrong-secret-1-strong-enough", name="alice"
         )
     server = await relay.start_server(
-        lambda r, w: None, HOST, port, secret="alice-secret-1", name="alice"
+        lambda r, w: None, HOST, port, secret="alice-secret-1-strong-enough", name="alice"
     )
     try:
         with pytest.raises(relay.RelayRefusedError, match="relay is full"):
             await relay.start_server(
-                lambda r, w: None, HOST, port, secret="alice-secret-1", name="alice"
+                lambda r, w: None, HOST, port, secret="alice-secret-1-strong-enough", name="alice"
             )
         samples = await asyncio.to_thread(scrape, endpoint)
         assert samples[("relay_auth_failures_total", ())] == 1

@@ -17,8 +17,9 @@ from registration_support import PUBLIC_CLIENT, Certificates, listening_ports, m
 
 import relay
 from relay.client.register import TLSError
-from relay.errors import RegistrationError
+from relay.errors import RegistrationError, RelayRefusedError
 from relay.server.relay import RelayServer
+from relay.server.tls_listener import PLAINTEXT_HINT
 from relay.wire.tls import TLSConfigError, client_context, server_context
 
 HOST = "127.0.0.1"
@@ -108,23 +109,29 @@ async def test_plaintext_client_gets_nothing_useful(
         0, bind=HOST, secret=SECRET, ssl=tls, tls_handshake_timeout=0.5
     ) as server:
         before = listening_ports(os.getpid())
-        # A seed client waits for a port line; a confused one sends a v2 response.
-        for opening in (b"", b"relay/2 name=x\n"):
+        # A seed client waits for a port line; a confused one sends a v2 response; a TLS
+        # client starts its ClientHello and stalls.
+        for opening in (b"", b"relay/2 name=x\n", b"\x16\x03\x01"):
             reader, writer = await asyncio.open_connection(HOST, server.port)
             writer.write(opening)
             data = await asyncio.wait_for(reader.read(), 5)
             assert b"nonce=" not in data
             assert not data[:1].isdigit()
-            if not opening:
-                assert data == b""  # dropped at the TLS handshake timeout, nothing sent
+            if not opening:  # told, in the refusal line a seed client reads, to use TLS
+                assert data.startswith(b"error: this relay's control port speaks TLS")
+            else:
+                assert data == b""  # not TLS, or no complete handshake: nothing sent
             writer.close()
             await writer.wait_closed()
         assert listening_ports(os.getpid()) == before
         assert server.sessions == []
+        assert "sent nothing on the TLS control port" in caplog.text
         assert "failed: no complete TLS handshake within 0.5 s" in caplog.text
         assert "failed: not TLS" in caplog.text
-        # Our own client without TLS: a clear failure, not a hang.
-        with pytest.raises(RegistrationError, match="closed the connection before sending"):
+        # Our own client without TLS: a clear failure that names the fix, not a hang.
+        with pytest.raises(
+            RelayRefusedError, match=r"speaks TLS: connect with TLS \(relay forward --tls"
+        ):
             await relay.start_server(
                 echo_handler, HOST, server.port, secret=SECRET, connect_timeout=5
             )
@@ -193,7 +200,7 @@ async def test_unfinished_tls_handshakes_count_per_source(
             )
             assert loop.time() - started >= timeout - 0.1
             assert server.admission.places.held(HOST) == 0
-            assert f"no complete TLS handshake within {timeout:g} s" in caplog.text
+            assert "sent nothing on the TLS control port" in caplog.text
             async with await relay.start_server(
                 echo_handler, HOST, server.port, secret=secret, ssl=with_tls
             ) as served:
@@ -239,14 +246,15 @@ async def test_unfinished_tls_handshakes_count_in_the_relay_total(
 
 
 async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
-    """Did the relay close this connection (EOF or reset) within ``seconds``, sending nothing?"""
+    """Did the relay close this connection (EOF or reset) within ``seconds``, sending nothing
+    but, to a client that stayed silent, the line that tells it to use TLS?"""
     try:
         data = await asyncio.wait_for(reader.read(), seconds)
     except TimeoutError:
         return False
     except ConnectionResetError:
         return True
-    assert data == b""
+    assert data in (b"", PLAINTEXT_HINT)
     return True
 
 

@@ -104,7 +104,9 @@ async def test_wrong_or_missing_secret_is_refused_before_allocation(
     async with RelayServer(0, bind=HOST, secret=SECRET) as server:
         before = listening_ports(os.getpid())
         with pytest.raises(AuthenticationError, match="refused our secret: auth failed: wrong"):
-            await relay.start_server(echo_handler, HOST, server.port, secret="not the secret")
+            await relay.start_server(
+                echo_handler, HOST, server.port, secret="not the relay's secret, 2"
+            )
         with pytest.raises(AuthenticationError, match="requires a secret and none"):
             await relay.start_server(echo_handler, HOST, server.port)
         assert listening_ports(os.getpid()) == before
@@ -208,7 +210,9 @@ async def test_failures_are_rate_limited_per_source(caplog: pytest.LogCaptureFix
     async with RelayServer(0, bind=HOST, secret=SECRET, auth_failures=limiter) as server:
         for _ in range(3):
             with pytest.raises(AuthenticationError):
-                await relay.start_server(echo_handler, HOST, server.port, secret="wrong secret")
+                await relay.start_server(
+                    echo_handler, HOST, server.port, secret="a wrong secret, but strong"
+                )
         # Blocked now, even with the right secret: refused at once, no nonce spent.
         _reader, writer, line = await raw_greeting(server.port)
         assert line.startswith(b"error: too many failed registrations from 127.0.0.1; retry in")
@@ -298,10 +302,10 @@ async def test_requested_port_inside_the_range_and_refusals() -> None:
 async def test_auth_file_clients_and_their_ports(tmp_path: Path) -> None:
     low, _ = free_port_block(2)
     auth_file = tmp_path / "auth.toml"
-    (tmp_path / "bob.secret").write_text("bob's own secret\n")
+    (tmp_path / "bob.secret").write_text("bob's own secret, strong enough\n")
     auth_file.write_text(f"""
 [clients.alice]
-secret = "alice's secret"
+secret = "alice's secret, strong enough"
 ports = "{low}-{low + 1}"
 
 [clients.bob]
@@ -311,7 +315,7 @@ secret_file = "bob.secret"
     assert set(clients) == {"alice", "bob"}
     async with RelayServer(0, bind=HOST, auth_clients=clients) as server:
         async with await relay.start_server(
-            echo_handler, HOST, server.port, name="alice", secret="alice's secret"
+            echo_handler, HOST, server.port, name="alice", secret="alice's secret, strong enough"
         ) as alice:
             assert alice.public_port in (low, low + 1)
             assert [s.client for s in server.sessions] == ["alice"]
@@ -323,15 +327,18 @@ secret_file = "bob.secret"
                     HOST,
                     server.port,
                     name="alice",
-                    secret="alice's secret",
+                    secret="alice's secret, strong enough",
                     remote_port=low + 5,
                 )
         async with await relay.start_server(
-            echo_handler, HOST, server.port, name="bob", secret="bob's own secret"
+            echo_handler, HOST, server.port, name="bob", secret="bob's own secret, strong enough"
         ) as bob:
             assert await roundtrip(bob.public_port) == b"hello through v2\n"
         # One client's secret does not open another's name; unknown names look the same.
-        for name, secret in (("alice", "bob's own secret"), ("mallory", "alice's secret")):
+        for name, secret in (
+            ("alice", "bob's own secret, strong enough"),
+            ("mallory", "alice's secret, strong enough"),
+        ):
             with pytest.raises(AuthenticationError, match="unknown client or wrong secret"):
                 await relay.start_server(echo_handler, HOST, server.port, name=name, secret=secret)
 
@@ -340,10 +347,10 @@ secret_file = "bob.secret"
     ("table", "message"),
     [
         ({}, "expected [clients.NAME] tables"),
-        ({"a": {"secret": "short"}}, "at least 8 bytes"),
-        ({"a": {"secret": "long enough", "ports": "9-1"}}, "LOW <= HIGH"),
-        ({"a": {"secret": "long enough", "port": 5}}, "unknown key(s) port"),
-        ({"a b": {"secret": "long enough"}}, "a name is"),
+        ({"a": {"secret": "passwordpassword"}}, "clients.a.secret: too weak: about 42 bits"),
+        ({"a": {"secret": "a long enough secret", "ports": "9-1"}}, "LOW <= HIGH"),
+        ({"a": {"secret": "a long enough secret", "port": 5}}, "unknown key(s) port"),
+        ({"a b": {"secret": "a long enough secret"}}, "a name is"),
         ({"a": {}}, "exactly one of secret or secret_file"),
     ],
 )
@@ -439,13 +446,13 @@ async def test_warning_when_open_beyond_loopback_without_auth(
 def test_auth_clients_as_a_list_of_named_tables() -> None:
     clients = parse_auth_clients(
         [
-            {"name": "alice", "secret": "alice's secret", "ports": 5000},
-            {"name": "bob", "secret": "bob's secret"},
+            {"name": "alice", "secret": "alice's secret, strong enough", "ports": 5000},
+            {"name": "bob", "secret": "bob's secret, strong enough"},
         ]
     )
     assert sorted(clients) == ["alice", "bob"]
     assert 5000 in clients["alice"].ports  # type: ignore[operator]
-    assert "alice's secret" not in repr(clients["alice"])
+    assert "alice's secret, strong enough" not in repr(clients["alice"])
     with pytest.raises(AuthConfigError, match="listed twice"):
         parse_auth_clients([{"name": "a", "secret": "12345678"}, {"name": "a", "secret": "x"}])
 

@@ -14,9 +14,8 @@ from ..net import format_endpoint
 from ..ops import drain, logs, sdnotify
 from ..options import ProcessOptions, Service
 from ..server.interface import Relay
-from ..server.leases import StateDirError
+from ..store.state_dir import StateDirError
 from .build import build_forwarder, build_server, process_options
-from .help_layout import DISTRIBUTION
 
 logger = logging.getLogger("relay.cli")
 
@@ -34,7 +33,8 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     except ImportError:
         if choice == "uvloop":
             raise click.UsageError(
-                f"--event-loop uvloop: uvloop is not installed (pip install '{DISTRIBUTION}[fast]')"
+                "--event-loop uvloop: uvloop is not installed (pip install uvloop, or install "
+                "relay with its fast extra: pip install '.[fast]')"
             ) from None
         return None
     return uvloop.new_event_loop
@@ -85,6 +85,7 @@ async def _run_forwarder(forwarder: Forwarder, metrics_address: tuple[str, int] 
         metrics_address,
         metrics.ForwarderCollector(forwarder),
         lambda: metrics.forwarder_status(forwarder),
+        forwarder.readiness,
     ):
         return await forwarder.run()
 
@@ -104,11 +105,14 @@ async def _serve_relay(server: Relay, port: int, metrics_address: tuple[str, int
     except OSError as exc:
         logger.error("cannot listen on port %d: %s", port, exc.strerror or exc)
         return 1
-    sdnotify.ready(f"serving relay requests on port {server.port}")
     try:
         async with metrics.exposed(
-            metrics_address, metrics.RelayCollector(server), lambda: metrics.relay_status(server)
+            metrics_address,
+            metrics.RelayCollector(server),
+            lambda: metrics.relay_status(server),
+            server.readiness,
         ):
+            sdnotify.ready(f"serving relay requests on port {server.port}")
             await server.serve_forever()
     except OSError as exc:
         logger.error(

@@ -34,12 +34,20 @@ from ..net import describe_os_error, format_endpoint
 from ..options import ForwardOptions, OptionError, Service
 from ..options.declare import takes_options
 from ..pipe import SocketEnd, pipe
+from ..server.interface import Readiness
 from ..stats import Traffic
 from ..wire.proxy_header import ProxyAddresses, header
 from .relayed_server import RelayedServer
+from .relays import RelayAddress, relay_addresses, relayed_server
 
 logger = logging.getLogger("relay.forwarder")
 connections_logger = logging.getLogger("relay.connections")
+
+EXIT_LOST = 1
+"""``run()`` when a relay session is lost and reconnecting is off."""
+EXIT_REFUSED = 78
+"""``run()`` after a permanent refusal: sysexits' EX_CONFIG, which a systemd unit's
+``RestartPreventExitStatus=78`` keeps from being restarted into the same refusal."""
 
 
 async def _first_of(
@@ -110,7 +118,10 @@ class Forwarder:
         self.yamux_config = checked.session_config()
         """Every session's settings: with auto-tuning one window budget for all of them."""
         self.servers: list[RelayedServer] = []
-        """One per service while running."""
+        """One per service and relay while running."""
+        self.relays: list[RelayAddress] = []
+        """The relays registered with (``relays`` adds to the one given): set by ``run``."""
+        self._placed: list[tuple[Service, RelayedServer]] = []
         self.traffic = {service: Traffic() for service in self.services}
         """Per service, for metrics: socket -> stream is from the local service."""
         self.local_failures = dict.fromkeys(self.services, 0)
@@ -131,17 +142,45 @@ class Forwarder:
     def relay_endpoint(self) -> str:
         return format_endpoint(self.relay_host, self.relay_port)
 
+    def servers_of(self, service: Service) -> list[RelayedServer]:
+        """The servers of ``service``, one per relay (none while not running)."""
+        return [server for owner, server in self._placed if owner is service]
+
+    def readiness(self) -> Readiness:
+        """Ready while every service is registered with at least one of its relays, until
+        the drain starts."""
+        if self.draining:
+            return Readiness(False, "draining")
+        relays = ", ".join(relay.endpoint for relay in self.relays) or self.relay_endpoint
+        waiting = [
+            service.label
+            for service in self.services
+            if not any(server.is_serving() for server in self.servers_of(service))
+        ]
+        if not self.servers or waiting:
+            return Readiness(
+                False,
+                f"not registered with the relay at {relays}: "
+                + ", ".join(waiting or (s.label for s in self.services)),
+            )
+        return Readiness(True, f"registered with the relay at {relays}")
+
     async def run(self) -> int:
-        """Serve until cancelled; returns 1 when a relay session is lost and reconnecting is off."""
-        self.servers = [self._server(service) for service in self.services]
+        """Serve until cancelled. Returns when a service stops on every relay:
+        ``EXIT_REFUSED`` after a permanent refusal (the other services stop too: the
+        configuration needs a fix), ``EXIT_LOST`` when its relay sessions are lost and
+        reconnecting is off."""
+        self.relays = await relay_addresses((self.relay_host, self.relay_port), self.options.relays)
+        self._placed = [
+            (service, self._server(service, relay))
+            for service in self.services
+            for relay in self.relays
+        ]
+        self.servers = [server for _, server in self._placed]
         try:
             # Services that ask for a port register first: otherwise one without could be
             # handed that port by the relay's round robin a moment before (and lease it).
-            asking = [
-                srv
-                for srv, svc in zip(self.servers, self.services, strict=True)
-                if svc.remote_port is not None
-            ]
+            asking = [srv for svc, srv in self._placed if svc.remote_port is not None]
             for server in asking:
                 await server.start(retry=True)
             if asking and len(asking) < len(self.servers):
@@ -154,17 +193,24 @@ class Forwarder:
                 if server not in asking:
                     await server.start(retry=True)
             await _first_of(
-                [server.wait_closed() for server in self.servers], asyncio.FIRST_COMPLETED
+                [self._lost(service) for service in self.services], asyncio.FIRST_COMPLETED
             )
-            return 1
+            refused = any(server.refusal is not None for server in self.servers)
+            return EXIT_REFUSED if refused else EXIT_LOST
         finally:
             for server in self.servers:
                 server.close()
             for server in self.servers:
                 await server.wait_closed()
             self.servers = []
+            self._placed = []
 
-    def _server(self, service: Service) -> RelayedServer:
+    async def _lost(self, service: Service) -> None:
+        """Until every relay of ``service`` is lost for good (reconnecting is off)."""
+        for server in self.servers_of(service):
+            await server.wait_closed()
+
+    def _server(self, service: Service, relay: RelayAddress) -> RelayedServer:
         proxy_protocol = self.options.proxy_protocol
 
         def registered(endpoint: str) -> None:
@@ -178,11 +224,10 @@ class Forwarder:
                 )
             self.on_endpoint(endpoint if len(self.services) == 1 else f"{service.name} {endpoint}")
 
-        server = RelayedServer(
+        server = relayed_server(
             # A partial, not a closure: one coroutine less per stream.
             partial(self._forward, service, self.traffic[service]),
-            self.relay_host,
-            self.relay_port,
+            relay,
             dataclasses.replace(self.options, name=service.name, remote_port=service.remote_port),
             on_endpoint=registered,
             config=self.yamux_config,

@@ -36,7 +36,13 @@ from typing import Any
 
 import yamux
 
-from ..errors import RegistrationError, RelayDisconnectedError
+from ..errors import (
+    PermanentRefusalError,
+    RegistrationError,
+    RelayDisconnectedError,
+    RelayError,
+    RelayRefusedError,
+)
 from ..net import describe_os_error, format_endpoint
 from ..options import RegistrationOptions
 from ..options.declare import takes_options
@@ -47,6 +53,7 @@ from ..wire.proxy_header import (
     parse_v2_payload,
 )
 from .reconnect import Backoff, RetryLog
+from .refusals import what_to_fix
 from .register import Registration, connect
 
 logger = logging.getLogger("relay.api")
@@ -63,7 +70,10 @@ class RelayedServer:
     endpoint goes to ``on_endpoint(endpoint)`` and to ``wait_endpoint()``.
     Handlers of a lost session are cancelled (their streams are gone). With
     ``reconnect=False`` the server stops when the relay is lost and
-    ``close_reason`` says why.
+    ``close_reason`` says why. A permanent refusal (a wrong secret, a port the
+    client may never have: ``RegistrationError.permanent``) stops it too, with
+    one ERROR line that says what to fix, unless ``retry_permanent``: then it
+    tries again from ``reconnect_max_delay`` doubling up to 5 minutes.
 
     ``start()`` registers once (and raises if that fails, like
     ``asyncio.start_server`` on a bad address); ``start(retry=True)`` keeps
@@ -97,8 +107,13 @@ class RelayedServer:
         self.relay_port = relay_port
         self.reconnect = checked.reconnect
         """Register again when the relay is lost (the forwarder's drain turns it off)."""
+        self.retry_permanent = checked.retry_permanent
         self.on_endpoint = on_endpoint
         self.backoff = Backoff(checked.reconnect_delay, checked.reconnect_max_delay)
+        self.refused_backoff = Backoff.after_permanent(self.backoff)
+        """The delays after permanent refusals (``retry_permanent``)."""
+        self.refusal: RegistrationError | None = None
+        """The permanent refusal that stopped the server, if one did."""
         self.session: yamux.Session | None = None
         """The current session with the relay (None before the first registration)."""
         self.public_port: int | None = None
@@ -151,6 +166,10 @@ class RelayedServer:
     def is_serving(self) -> bool:
         return not self._closing and self.session is not None and not self.session.closed
 
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
     def __repr__(self) -> str:
         state = "serving" if self.is_serving() else "closed" if self._closing else "reconnecting"
         where = self.public_endpoint if self.public_port is not None else "unregistered"
@@ -159,13 +178,14 @@ class RelayedServer:
     async def wait_endpoint(self) -> str:
         """The public endpoint once registered: now if serving, else after the next registration.
 
-        Raises RelayDisconnectedError if the server stops first (closed, or the
-        relay lost with ``reconnect=False``).
+        Raises PermanentRefusalError if the server stopped on a permanent refusal,
+        RelayDisconnectedError if it stops otherwise (closed, or the relay lost with
+        ``reconnect=False``).
         """
         if self.is_serving():
             return self.public_endpoint
         if self._task is None or self._task.done():
-            raise RelayDisconnectedError(self._stopped_message())
+            raise self._stopped_error()
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._endpoint_waiters.append(waiter)
         try:
@@ -203,7 +223,8 @@ class RelayedServer:
     async def serve_forever(self) -> None:
         """Serve until cancelled (then close) or until close(); raise if it stops on its own.
 
-        It stops on its own only with ``reconnect=False``, when the relay is lost.
+        It stops on its own on a permanent refusal (PermanentRefusalError), and with
+        ``reconnect=False`` when the relay is lost (RelayDisconnectedError).
         """
         try:
             await self.wait_closed()
@@ -212,7 +233,7 @@ class RelayedServer:
             await self.wait_closed()
             raise
         if not self._closing:
-            raise RelayDisconnectedError(self._stopped_message())
+            raise self._stopped_error()
 
     async def __aenter__(self) -> RelayedServer:
         return self
@@ -222,10 +243,26 @@ class RelayedServer:
         await self.wait_closed()
 
     # ------------------------------------------------------------- internals
-    def _stopped_message(self) -> str:
+    def _stopped_error(self) -> RelayError:
+        """What waiting for this server raises once it stopped."""
         if self._closing:
-            return "the server is closed"
-        return f"lost the relay at {self.relay_endpoint}: {self._lost_reason}"
+            return RelayDisconnectedError("the server is closed")
+        if self.refusal is not None:
+            refusal = self.refusal
+            reason = refusal.reason if isinstance(refusal, RelayRefusedError) else str(refusal)
+            error = PermanentRefusalError(
+                f"stopped registering with the relay at {self.relay_endpoint}: {refusal}", reason
+            )
+            error.__cause__ = refusal
+            return error
+        return RelayDisconnectedError(
+            f"lost the relay at {self.relay_endpoint}: {self._lost_reason}"
+        )
+
+    @property
+    def _what(self) -> str:
+        service = f" {self.options.name}" if self.options.name else ""
+        return f"cannot register{service} with the relay at {self.relay_endpoint}"
 
     async def _register(self) -> Registration:
         return await connect(
@@ -235,31 +272,20 @@ class RelayedServer:
     async def _maintain(self, session: yamux.Session | None) -> None:
         """The one reconnect loop: register, serve until the session ends, wait, again."""
         loop = asyncio.get_running_loop()
-        retries = RetryLog(logger, f"cannot register with the relay at {self.relay_endpoint}")
+        retries = RetryLog(logger, self._what)
         try:
             while True:
                 if session is None:
                     try:
                         registered = await self._register()
                     except (OSError, TimeoutError) as exc:  # RegistrationError is an OSError
-                        reason = (
-                            str(exc)
-                            if isinstance(exc, RegistrationError | TimeoutError)
-                            else describe_os_error(exc)
-                        )
-                        if not self.reconnect:
-                            logger.error(
-                                "cannot register with the relay at %s: %s",
-                                self.relay_endpoint,
-                                reason,
-                            )
-                            self._lost_reason = reason
+                        delay = self._after_failure(exc, retries)
+                        if delay is None:
                             return
-                        delay = self.backoff.next_delay()
-                        retries.failed(reason, delay)
                         await asyncio.sleep(delay)
                         continue
                     retries.recovered()
+                    self.refused_backoff.reset()
                     session = self._attach(registered)
                 started = loop.time()
                 reason = await self._serve(session)
@@ -285,7 +311,40 @@ class RelayedServer:
             await self._cancel_handlers()
             for waiter in self._endpoint_waiters:
                 if not waiter.done():
-                    waiter.set_exception(RelayDisconnectedError(self._stopped_message()))
+                    waiter.set_exception(self._stopped_error())
+
+    def _after_failure(self, exc: OSError | TimeoutError, retries: RetryLog) -> float | None:
+        """Seconds until the next try after a failed registration; None: stop (logged)."""
+        reason = (
+            str(exc)
+            if isinstance(exc, RegistrationError | TimeoutError)
+            else describe_os_error(exc)
+        )
+        permanent = exc if isinstance(exc, RegistrationError) and exc.permanent else None
+        if permanent is not None and not (self.retry_permanent and self.reconnect):
+            self.refusal = permanent
+            self._lost_reason = reason
+            logger.error(
+                "%s: %s; stopped, as trying again cannot succeed: %s%s",
+                self._what,
+                reason,
+                what_to_fix(permanent),
+                "; --retry-permanent (retry_permanent=True) keeps trying" if self.reconnect else "",
+            )
+            return None
+        if not self.reconnect:
+            logger.error("%s: %s", self._what, reason)
+            self._lost_reason = reason
+            return None
+        if permanent is not None:
+            delay = self.refused_backoff.next_delay()
+            retries.refused(reason, delay)
+            return delay
+        delay = self.backoff.next_delay()
+        if isinstance(exc, RelayRefusedError) and exc.retry_after is not None:
+            delay = max(delay, self.backoff.spread(exc.retry_after))
+        retries.failed(reason, delay)
+        return delay
 
     def _attach(self, registration: Registration) -> yamux.Session:
         """A new registration: it is the current one; tell whoever waits for the endpoint."""
@@ -330,39 +389,6 @@ class RelayedServer:
     async def _handle(self, reader: yamux.Stream, writer: yamux.Stream) -> None:
         await read_client_address(reader)
         await self._handler(reader, writer)
-
-
-@takes_options(RegistrationOptions, others=True)
-async def start_server(
-    client_connected_cb: Handler,
-    host: str,
-    port: int,
-    options: RegistrationOptions | None = None,
-    *,
-    on_endpoint: Callable[[str], object] | None = None,
-    **keywords: Any,
-) -> RelayedServer:
-    """Register with the relay at ``host:port`` and serve each relayed connection.
-
-    ``client_connected_cb(reader, writer)`` has the shape of asyncio.start_server's
-    callback; the returned server exposes ``public_port`` / ``public_endpoint``.
-    ``options`` and the keywords that name options are ``RegistrationOptions``:
-    with a v2 relay, ``writer.get_extra_info("peername")`` is the public client
-    (``client_address``, on by default), ``name`` keeps the public port (a lease),
-    ``remote_port`` asks for one, ``client_name`` says who we are at a relay with
-    an auth file (``name`` then names one of that client's services), and
-    ``require_v2`` refuses a seed relay (it could be a challenge stripped in
-    transit) with SeedRelayError instead of falling back to the seed protocol.
-    The first registration raises as ``register()`` does; after that the server
-    registers again whenever the relay is lost (``reconnect=False``: it stops),
-    calling ``on_endpoint(endpoint)`` each time. The other keywords go to
-    ``loop.create_connection``.
-    """
-    server = RelayedServer(
-        client_connected_cb, host, port, options, on_endpoint=on_endpoint, **keywords
-    )
-    await server.start()
-    return server
 
 
 async def read_client_address(stream: yamux.Stream) -> ProxyAddresses | None:

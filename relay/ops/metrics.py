@@ -1,4 +1,8 @@
-"""``--metrics HOST:PORT``: Prometheus text at ``/metrics``, JSON at ``/status``.
+"""``--metrics HOST:PORT``: Prometheus text at ``/metrics``, JSON at ``/status``, health.
+
+``/livez`` answers 200 while the event loop does; ``/readyz`` 200 while the relay
+listens (a forwarder: every service is registered) and 503 from the drain on;
+``/`` is the status page (``relay.ops.status_page``), which shows ``/status``.
 
 The numbers are read at scrape time from the relay's (or the forwarders')
 own counters (``relay.stats``), by a prometheus_client ``Collector`` on a
@@ -27,7 +31,8 @@ from ..client.forwarder import Forwarder
 from ..client.relayed_server import RelayedServer
 from ..net import format_endpoint
 from ..options import Service
-from ..server.interface import Relay
+from ..server.interface import Readiness, Relay
+from . import status_page
 
 logger = logging.getLogger("relay.metrics")
 
@@ -132,6 +137,17 @@ class RelayCollector(Collector):
         yield GaugeMetricFamily(
             "relay_draining", "1 while draining (after SIGTERM).", 1 if server.draining else 0
         )
+        auth_file = server.auth_file_status
+        if auth_file is not None:
+            yield GaugeMetricFamily(
+                "relay_auth_file_ok",
+                "1 if the auth file (and its secret files) is in force as written; 0 if its "
+                "last edit did not take (fully): see the ERROR log or /status.",
+                1 if auth_file.ok else 0,
+            )
+            yield GaugeMetricFamily(
+                "relay_auth_file_clients", "Clients of the auth file in force.", auth_file.clients
+            )
         yield from window_budget_metrics("relay", server.yamux_config)
 
 
@@ -154,11 +170,21 @@ def window_budget_metrics(prefix: str, config: yamux.Config | None) -> Iterator[
 
 
 def relay_status(server: Relay) -> dict[str, Any]:
-    """``/status`` of a relay: every registration."""
+    """``/status`` of a relay: every registration, and its auth file if it has one."""
+    auth_file = server.auth_file_status
     return {
         "role": "relay",
         "control_port": server.port,
         "draining": server.draining,
+        "auth_file": None
+        if auth_file is None
+        else {
+            "path": auth_file.path,
+            "ok": auth_file.ok,
+            "clients": auth_file.clients,
+            "error": auth_file.error,
+            "since": _iso(auth_file.since),
+        },
         "registrations": [
             {
                 "session": info.id,
@@ -187,7 +213,7 @@ class ForwarderCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         registered = GaugeMetricFamily(
             "relay_forwarder_registered",
-            "1 while the service is registered with the relay.",
+            "Relays the service is registered with now (1 with one relay).",
             labels=["service"],
         )
         registrations = CounterMetricFamily(
@@ -221,11 +247,12 @@ class ForwarderCollector(Collector):
             "Times a stream paused the local connection because the relay's yamux window was full.",
             labels=["service"],
         )
-        for service, server in _services(self.forwarder):
+        for service, servers in _services(self.forwarder):
             label = [service_name(service)]
-            session = server.session if server is not None else None
-            registered.add_metric(label, 1 if server is not None and server.is_serving() else 0)
-            registrations.add_metric(label, server.registrations if server is not None else 0)
+            serving = [server for server in servers if server.is_serving()]
+            session = serving[0].session if serving else None
+            registered.add_metric(label, len(serving))
+            registrations.add_metric(label, sum(server.registrations for server in servers))
             traffic = self.forwarder.traffic[service]
             streams.add_metric(label, traffic.connections_total)
             open_streams.add_metric(label, traffic.open_connections)
@@ -253,29 +280,27 @@ def service_name(service: Service) -> str:
     return service.name or service.local_endpoint
 
 
-def _services(forwarder: Forwarder) -> list[tuple[Service, RelayedServer | None]]:
-    servers: list[RelayedServer | None] = list(forwarder.servers)
-    if len(servers) != len(forwarder.services):  # not running (yet, or any more)
-        servers = [None] * len(forwarder.services)
-    return list(zip(forwarder.services, servers, strict=True))
+def _services(forwarder: Forwarder) -> list[tuple[Service, list[RelayedServer]]]:
+    """Each service and its servers (one per relay; none while not running)."""
+    return [(service, forwarder.servers_of(service)) for service in forwarder.services]
 
 
 def forwarder_status(forwarder: Forwarder) -> dict[str, Any]:
-    """``/status`` of a forwarder: each service and its registration."""
+    """``/status`` of a forwarder: each service and its registrations (one per relay)."""
     services = []
-    for service, server in _services(forwarder):
+    for service, servers in _services(forwarder):
         traffic = forwarder.traffic[service]
-        serving = server is not None and server.is_serving()
-        session = server.session if server is not None else None
+        serving = [server for server in servers if server.is_serving()]
+        first = servers[0] if servers else None
+        session = serving[0].session if serving else None
         services.append(
             {
                 "name": service.name,
-                "relay": forwarder.relay_endpoint,
+                "relay": first.relay_endpoint if first is not None else forwarder.relay_endpoint,
                 "local": service.local_endpoint,
-                "public_endpoint": server.public_endpoint
-                if server is not None and serving
-                else None,
-                "registrations": server.registrations if server is not None else 0,
+                "public_endpoint": serving[0].public_endpoint if serving else None,
+                "public_endpoints": [server.public_endpoint for server in serving],
+                "registrations": sum(server.registrations for server in servers),
                 "since": _iso(traffic.since),
                 "open_connections": traffic.open_connections,
                 "bytes_in": traffic.bytes_out,
@@ -291,16 +316,23 @@ def _iso(unix: float) -> str:
 
 
 class MetricsServer:
-    """HTTP/1.1 GET ``/metrics`` and ``/status`` on ``host:port``; one request per connection."""
+    """HTTP/1.1 GET ``/metrics``, ``/status``, ``/livez``, ``/readyz`` and the status page
+    ``/`` on ``host:port``; one request per connection."""
 
     def __init__(
-        self, host: str, port: int, collector: Collector, status: Callable[[], dict[str, Any]]
+        self,
+        host: str,
+        port: int,
+        collector: Collector,
+        status: Callable[[], dict[str, Any]],
+        readiness: Callable[[], Readiness],
     ) -> None:
         self.host = host
         self.requested_port = port
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(collector)
         self.status = status
+        self.readiness = readiness
         self._server: asyncio.Server | None = None
         self._handlers = yamux.TaskOwner(logger)
 
@@ -309,7 +341,8 @@ class MetricsServer:
             self._accept, self.host, self.requested_port, limit=MAX_REQUEST_HEAD
         )
         logger.info(
-            "metrics on http://%s/metrics, status on /status",
+            "metrics on http://%s/metrics; the status page on /, JSON on /status, "
+            "health on /livez and /readyz",
             self.endpoint,
             extra={"metrics": self.endpoint},
         )
@@ -352,25 +385,35 @@ class MetricsServer:
             path = rest.split(" ", 1)[0].split("?", 1)[0]
             if method not in ("GET", "HEAD"):
                 await self._reply(writer, 405, "text/plain", b"GET only\n")
-            elif path == "/metrics":
-                await self._reply(
-                    writer,
-                    200,
-                    PROMETHEUS_CONTENT_TYPE,
-                    generate_latest(self.registry),
-                    head_only=method == "HEAD",
-                )
-            elif path == "/status":
-                body = json.dumps(self.status(), indent=2).encode() + b"\n"
-                await self._reply(writer, 200, "application/json", body, head_only=method == "HEAD")
-            else:
-                await self._reply(writer, 404, "text/plain", b"try /metrics or /status\n")
+                return
+            code, content_type, body = self._answer(path)
+            await self._reply(writer, code, content_type, body, head_only=method == "HEAD")
         except OSError:
             pass  # the scraper went away; nothing to tell it
         finally:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+    def _answer(self, path: str) -> tuple[int, str, bytes]:
+        """Status code, content type and body of a GET of ``path``."""
+        if path == "/metrics":
+            return 200, PROMETHEUS_CONTENT_TYPE, generate_latest(self.registry)
+        if path == "/status":
+            return 200, "application/json", json.dumps(self.status(), indent=2).encode() + b"\n"
+        if path == "/livez":
+            return 200, "text/plain; charset=utf-8", b"alive\n"
+        if path == "/readyz":
+            readiness = self.readiness()
+            word = "ready" if readiness.ready else "not ready"
+            return (
+                200 if readiness.ready else 503,
+                "text/plain; charset=utf-8",
+                f"{word}: {readiness.reason}\n".encode(),
+            )
+        if path in ("/", "/index.html"):
+            return 200, "text/html; charset=utf-8", status_page.html()
+        return 404, "text/plain", b"try / (the status page), /metrics, /status, /livez, /readyz\n"
 
     @staticmethod
     async def _reply(
@@ -386,10 +429,12 @@ class MetricsServer:
             404: "Not Found",
             405: "Method Not Allowed",
             431: "Request Header Fields Too Large",
+            503: "Service Unavailable",
         }
         writer.write(
             f"HTTP/1.1 {code} {reasons[code]}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
+            f"Connection: close\r\n\r\n".encode()
         )
         if not head_only:
             writer.write(body)
@@ -398,13 +443,16 @@ class MetricsServer:
 
 @contextlib.asynccontextmanager
 async def exposed(
-    address: tuple[str, int] | None, collector: Collector, status: Callable[[], dict[str, Any]]
+    address: tuple[str, int] | None,
+    collector: Collector,
+    status: Callable[[], dict[str, Any]],
+    readiness: Callable[[], Readiness],
 ) -> AsyncIterator[MetricsServer | None]:
-    """Serve ``/metrics`` and ``/status`` on ``address`` (None: nothing) while in the block."""
+    """Serve the metrics, status and health on ``address`` (None: nothing) while in the block."""
     if address is None:
         yield None
         return
-    server = MetricsServer(*address, collector, status)
+    server = MetricsServer(*address, collector, status, readiness)
     await server.start()
     try:
         yield server

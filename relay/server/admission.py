@@ -24,9 +24,11 @@ from typing import NamedTuple
 
 from yamux.ratelimit import RateLimitedLog
 
+from ..options import RelayOptions
 from ..stats import RelayStats
 from ..wire.refusal import RETRY, RefusalKind, format_refusal
 from .failures import FailureKey, FailureLimiter
+from .limits import share
 from .places import Abort, Place, Places, Why
 
 
@@ -77,6 +79,31 @@ class Admission:
         self._stats = stats
         self.log = log
         """Lines any stranger can trigger: refused, failed and evicted registrations."""
+
+    @classmethod
+    def of_relay(
+        cls,
+        options: RelayOptions,
+        failures: FailureLimiter | None,
+        stats: RelayStats,
+        log: RateLimitedLog,
+    ) -> Admission:
+        """A relay's admission, from its options; ``failures``: a limiter of the caller's
+        own (None: one sized by ``--max-failure-sources``)."""
+        named = options.auth_file is not None or bool(options.auth_clients)
+        return cls(
+            max_pending=options.max_pending,
+            per_source=share(options.max_pending_registrations_per_source, options.max_sessions),
+            max_tls_handshakes=options.max_tls_handshakes,
+            failures=(
+                FailureLimiter(max_keys=options.max_failure_sources)
+                if failures is None
+                else failures
+            ),
+            block_at_connect=not named,
+            stats=stats,
+            log=log,
+        )
 
     def admit(self, source: str, abort: Abort) -> Place | Refused:
         """A place for a connection from ``source``, or why not."""

@@ -37,6 +37,29 @@ class SessionInfo:
     """The client's name (registration v2); None for a seed-protocol registration."""
 
 
+@dataclass(frozen=True, slots=True)
+class AuthFileStatus:
+    """How the last read of a relay's auth file went (``relay.server.auth_file``)."""
+
+    path: str
+    ok: bool
+    """The file on disk (and the secret files it names) is in force as written."""
+    clients: int
+    """Clients of the file in force."""
+    error: str | None
+    since: float
+    """Unix time of the read that gave this status."""
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Whether a relay (or forwarder) should get new work now, and why not (``/readyz``)."""
+
+    ready: bool
+    reason: str
+    """A few words for the operator: "serving on port 7000", "draining", ..."""
+
+
 class Relay(Protocol):
     """A relay as something to run, drain and watch."""
 
@@ -53,6 +76,14 @@ class Relay(Protocol):
 
     @property
     def draining(self) -> bool: ...
+
+    def readiness(self) -> Readiness:
+        """Ready once listening, until the drain or close starts (and while whatever it
+        depends on answers)."""
+
+    @property
+    def auth_file_status(self) -> AuthFileStatus | None:
+        """None without an auth file."""
 
     @property
     def yamux_config(self) -> yamux.Config | None:

@@ -44,10 +44,10 @@ from ..options import OptionError, RelayOptions
 from ..options.declare import takes_options
 from ..pipe import PipeResult
 from ..stats import RelayStats, Traffic
+from ..store.state_dir import open_state_dir
 from ..wire.greeting import port_line
 from ..wire.refusal import RETRY, format_refusal
-from .interface import SessionInfo
-from .leases import LeaseStore
+from .interface import AuthFileStatus, Readiness, SessionInfo
 from .ports import PortAllocator
 from .request import SEED
 
@@ -113,6 +113,8 @@ class NotifyRelay:
         self.yamux_config: yamux.Config | None = None
         """This protocol speaks no yamux."""
         self.draining = False
+        self.auth_file_status: AuthFileStatus | None = None
+        """The notify protocol has no authentication."""
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | None = None
         self._registrations: dict[int, _Registration] = {}
@@ -125,24 +127,29 @@ class NotifyRelay:
     async def start(self) -> None:
         options = self.options
         self._bind = resolve_bind_address(options.bind)
-        self._ports = PortAllocator(
+        ports = PortAllocator(
             self._bind,
             options.port_range,
-            LeaseStore(None, options.lease_ttl),
+            await open_state_dir(None, options.lease_ttl),
             options.max_name_leases,
         )
-        sock = self._bind.listen(self._requested_port)
         try:
-            self._control = await asyncio.start_server(
-                self._accept_registration, sock=sock, backlog=LISTEN_BACKLOG
-            )
+            sock = self._bind.listen(self._requested_port)
+            try:
+                self._control = await asyncio.start_server(
+                    self._accept_registration, sock=sock, backlog=LISTEN_BACKLOG
+                )
+            except BaseException:
+                sock.close()
+                raise
         except BaseException:
-            sock.close()
+            await ports.close()
             raise
+        self._ports = ports
         logger.info(
-            "Serving relay requests on port %d (protocol notify)",
+            "Serving relay requests on port %d (auth: none; tls: off; protocol: notify)",
             self.port,
-            extra={"control_port": self.port},
+            extra={"control_port": self.port, "auth": "none", "tls": "off", "protocol": "notify"},
         )
 
     @property
@@ -165,6 +172,15 @@ class NotifyRelay:
             )
             for r in self._registrations.values()
         ]
+
+    def readiness(self) -> Readiness:
+        if self._closed.is_set():
+            return Readiness(False, "closed")
+        if self.draining:
+            return Readiness(False, "draining")
+        if self._control is None:
+            return Readiness(False, "not listening yet")
+        return Readiness(True, f"serving on port {self.port}")
 
     async def serve_forever(self) -> None:
         try:
@@ -198,6 +214,9 @@ class NotifyRelay:
         await self._tasks.wait()
         if self._control is not None:
             await self._control.wait_closed()
+        if self._ports is not None:
+            ports, self._ports = self._ports, None
+            await ports.close()
 
     # ------------------------------------------------------------- internals
     def _accept_registration(
@@ -228,10 +247,10 @@ class NotifyRelay:
         reason = "closed by the server"
         try:
             try:
-                public = self._listen()
+                public = await self._listen()
                 reg.public_port = int(public.getsockname()[1])
                 try:
-                    dialback = self._listen()
+                    dialback = await self._listen()
                 except OSError:
                     public.close()
                     raise
@@ -308,11 +327,11 @@ class NotifyRelay:
             extra={**reg.log_fields(), "reason": reason},
         )
 
-    def _listen(self) -> socket.socket:
+    async def _listen(self) -> socket.socket:
         """A listening socket on a free port (of --port-range, if given): the one allocator
         the yamux relay uses too."""
         assert self._ports is not None
-        return self._ports.allocate(SEED)
+        return await self._ports.allocate(SEED)
 
     def _accept_public(
         self, reg: _Registration, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

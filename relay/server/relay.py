@@ -32,7 +32,7 @@ import asyncio
 import itertools
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -41,7 +41,6 @@ import yamux
 from yamux.ratelimit import RateLimitedLog
 
 from ..net import (
-    LISTEN_BACKLOG,
     BindAddress,
     listening_port,
     peer_of,
@@ -53,54 +52,32 @@ from ..stats import RelayStats
 from ..wire.greeting import port_line
 from ..wire.refusal import RETRY
 from .admission import Admission, Refused
-from .auth import Authenticator, watch_auth_file
+from .allocation import Allocations, AwaitingPort, after, settled
+from .auth_file import authentication, watch_auth_file
 from .challenge import ChallengeProtocol
 from .challenge import logger as registration_logger
+from .control import SeedProtocol, listen
 from .failures import FailureLimiter
-from .interface import SessionInfo
-from .leases import Identity, LeaseStore
+from .interface import AuthFileStatus, Readiness, SessionInfo
+from .leases import Identity
 from .limits import SourceSlots, share, source_of
+from .membership import StoreKeeper, open_store, shared_failures
 from .places import Place
-from .ports import PortAllocator, PortRefusedError
+from .ports import PortAllocator, PortRefusedError, StoreDownError
+from .protection import log_start
 from .public import PublicConnections
 from .replacement import Decision, holder_of, settle
 from .request import SEED, ProtocolName, RegistrationRequest
 from .session import RegisteredSession
+from .shared_failures import SharedFailureLimiter
+from .store_health import store_readiness
 from .tls_listener import TLSListener
 
 __all__ = ["RelayServer"]
 
 logger = logging.getLogger("relay.server")
 
-LEASE_REFRESH_INTERVAL = 60.0
-"""Seconds between saving "still in use" for the leases of registered sessions (at most)."""
-
-
-def _replaced(transport: asyncio.Transport, place: Place, task: asyncio.Task[None]) -> None:
-    """The end of a replacement, even one cancelled before it ran (the relay is closing):
-    the newcomer's place goes back unless it went on to its session, and a newcomer left
-    undecided is dropped."""
-    place.release()
-    if task.cancelled() or task.exception() is not None:
-        transport.abort()
-
-
-class _SeedProtocol(asyncio.Protocol):
-    """A new connection on a seed relay's control port; it is handed over to yamux at once."""
-
-    def __init__(self, relay: RelayServer, place: Place | None = None) -> None:
-        self._relay = relay
-        self._place = place
-        """The place it holds already (after a TLS handshake), or None."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._relay.registration_made(transport, SEED, self._place)  # type: ignore[arg-type]
-
-    def data_received(self, data: bytes) -> None:
-        """Only reached by a refused connection that is being closed: ignore."""
-
-    def eof_received(self) -> bool:
-        return False
+DRAINING = Refused("draining", "relay is shutting down", RETRY)
 
 
 class RelayServer:
@@ -139,11 +116,8 @@ class RelayServer:
             raise OptionError("protocol", "is NotifyRelay's, not RelayServer's", protocol)
         self.options = checked
         """As given, checked, with the secret file read and the TLS context made."""
-        self.auth: Authenticator | None = None
-        if checked.secret is not None or checked.auth_clients or checked.auth_file is not None:
-            self.auth = Authenticator(
-                secret=checked.secret, clients=checked.auth_clients, auth_file=checked.auth_file
-            )
+        self.auth_file, self.auth = authentication(checked)
+        """The auth file (re-read while the relay runs); who may register (None: anyone)."""
         self._requested_port = port
         self.yamux_config = checked.session_config()
         self._connections_per_source = share(
@@ -154,32 +128,25 @@ class RelayServer:
         self.public = PublicConnections(self.stats, checked)
         self._challenge_log = RateLimitedLog(registration_logger)
         """Refused v2 registrations: a stranger must not be able to write our log."""
-        # Leases are kept per name, which only registration v2 carries: a state dir, like
-        # authentication, turns it on.
-        self.protocol: ProtocolName = (
-            "v2" if self.auth is not None or checked.state_dir is not None else protocol
-        )
-        named = checked.auth_file is not None or bool(checked.auth_clients)
-        self.admission = Admission(
-            max_pending=checked.max_pending,
-            per_source=share(checked.max_pending_registrations_per_source, checked.max_sessions),
-            max_tls_handshakes=checked.max_tls_handshakes,
-            failures=(
-                FailureLimiter(max_keys=checked.max_failure_sources)
-                if auth_failures is None
-                else auth_failures
-            ),
-            block_at_connect=not named,
-            stats=self.stats,
-            log=RateLimitedLog(logger),
+        # Leases are kept per name, which only registration v2 carries: a state dir or a
+        # cluster, like authentication, turns it on.
+        leases = checked.state_dir is not None or checked.cluster is not None
+        self.protocol: ProtocolName = "v2" if self.auth is not None or leases else protocol
+        self._own_failures = auth_failures is None
+        """With a cluster, its failure counts are shared (unless the caller brought its own)."""
+        self._shared_failures: SharedFailureLimiter | None = None
+        self.admission = Admission.of_relay(
+            checked, auth_failures, self.stats, RateLimitedLog(logger)
         )
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | TLSListener | None = None
         self._ports: PortAllocator | None = None
+        self._keeper: StoreKeeper | None = None
         self._tasks = yamux.TaskOwner(logger)
-        """The lease refresh, the auth-file watch and the replacements (``_replace``)."""
+        """The store keeper, the auth-file watch, the allocations and the replacements."""
         self._sessions: dict[int, RegisteredSession] = {}
         """The registry: every session from its port line until it has closed everything."""
+        self._allocations = Allocations()
         self._ids = itertools.count(1)
         self.closing = False
         self._serving: asyncio.Future[None] | None = None
@@ -190,7 +157,10 @@ class RelayServer:
         """Bind the control port and start accepting registrations."""
         loop = asyncio.get_running_loop()
         self._bind = resolve_bind_address(self.options.bind)
-        leases = LeaseStore.open(self.options.state_dir, self.options.lease_ttl)
+        store = await open_store(self.options)
+        ports = PortAllocator(
+            self._bind, self.options.port_range, store, self.options.max_name_leases
+        )
         try:
             sock = self._bind.listen(self._requested_port)
             try:
@@ -199,34 +169,29 @@ class RelayServer:
                 sock.close()
                 raise
         except BaseException:
-            leases.close()
+            await ports.close()
             raise
-        self._ports = PortAllocator(
-            self._bind, self.options.port_range, leases, self.options.max_name_leases
-        )
-        self._tasks.spawn(self._refresh_leases(), name="relay-leases")
+        self._ports = ports
+        self._keeper = StoreKeeper(ports, self._sessions.values)
+        self._tasks.spawn(self._keeper.run(), name="relay-store")
+        if self._own_failures:
+            self._shared_failures = shared_failures(store, self.admission.failures)
+        if self._shared_failures is not None:
+            self.admission.failures = self._shared_failures
+            self._tasks.spawn(self._shared_failures.refresh(), name="relay-failures")
         self._serving = loop.create_future()
-        if self.auth is not None and self.auth.auth_file is not None:
-            self._tasks.spawn(watch_auth_file(self.auth, self._revoke), name="relay-auth-file")
-        logger.info(
-            "Serving relay requests on port %d", self.port, extra={"control_port": self.port}
-        )
-        if self.auth is None and not self._bind.is_loopback():
-            logger.warning(
-                "the relay listens on %s without authentication: anyone who can reach port %d "
-                "gets a public port (use --secret or --auth-file)",
-                self._bind,
-                self.port,
+        if self.auth is not None and self.auth_file is not None:
+            self._tasks.spawn(
+                watch_auth_file(self.auth_file, self.auth, self._revoke), name="relay-auth-file"
             )
-        logger.debug(
-            "bound to %s; %s; at most %d sessions of %d connections each; registration %s%s%s",
+        log_start(
+            self.port,
             self._bind,
-            self._ports.describe(),
-            self.options.max_sessions,
-            self.options.max_connections,
+            self.auth,
+            None if self.auth_file is None else self.auth_file.path,
+            self.options,
             self.protocol,
-            f", {self.auth!r}" if self.auth else "",
-            ", TLS" if self.options.ssl else "",
+            self._ports,
         )
 
     @property
@@ -237,6 +202,17 @@ class RelayServer:
     @property
     def sessions(self) -> list[SessionInfo]:
         return [session.info() for session in self._sessions.values()]
+
+    def readiness(self) -> Readiness:
+        """Ready once listening, until the drain or close starts, while its lease store
+        answers."""
+        if self.closing:
+            return Readiness(False, "closed")
+        if self.draining:
+            return Readiness(False, "draining")
+        if self._control is None or self._ports is None:
+            return Readiness(False, "not listening yet")
+        return store_readiness(self._ports.health, f"serving on port {self.port}")
 
     async def serve_forever(self) -> None:
         """Run until cancelled (then close) or until ``close()``."""
@@ -289,8 +265,10 @@ class RelayServer:
         while self._sessions:
             await next(iter(self._sessions.values())).wait_closed()
         await self._tasks.wait()
+        if self._shared_failures is not None:
+            await self._shared_failures.close()
         if self._ports is not None:
-            self._ports.leases.close()
+            await self._ports.close()
 
     async def __aenter__(self) -> RelayServer:
         if self._serving is None:
@@ -303,27 +281,13 @@ class RelayServer:
 
     # ----------------------------------------------------------- registering
     async def _listen(self, sock: socket.socket) -> asyncio.Server | TLSListener:
-        """The control port: plain TCP, or TLS with each connection counted from accept on."""
-        if self.options.ssl is None:
-            return await asyncio.get_running_loop().create_server(
-                self._control_protocol, sock=sock, backlog=LISTEN_BACKLOG
-            )
-        listener = TLSListener(
-            sock,
-            self.options.ssl,
-            timeout=self.options.tls_handshake_timeout,
-            admission=self.admission,
-            protocol_factory=self._control_protocol,
-            log=self.admission.log,
-        )
-        listener.start()
-        return listener
+        return await listen(sock, self.options, self.admission, self._control_protocol)
 
     def _control_protocol(self, place: Place | None = None) -> asyncio.Protocol:
         """The protocol of a control connection; ``place``: the one it holds already (after
         its TLS handshake)."""
         if self.protocol == "seed":
-            return _SeedProtocol(self, place)
+            return SeedProtocol(self.registration_made, place)
         return ChallengeProtocol(
             auth=self.auth,
             admission=self.admission,
@@ -345,7 +309,7 @@ class RelayServer:
         connection arrived (``ChallengeProtocol``), as has any registration over TLS; a
         plaintext seed one takes it here. It is released on every way out of here, unless
         handed over to the new session (which gives it back once its handshake ping is
-        answered) or to ``_replace``.
+        answered), to the allocation or to ``_replace``.
         """
         peer = peer_of(transport)
         if place is None:
@@ -365,13 +329,12 @@ class RelayServer:
             transport.abort()
             return
         if self.draining:
-            self.admission.refuse(
-                transport, peer, Refused("draining", "relay is shutting down", RETRY)
-            )
+            self.admission.refuse(transport, peer, DRAINING)
             return
-        if len(self._sessions) >= self.options.max_sessions:
+        sessions = len(self._sessions) + self._allocations.in_flight
+        if sessions >= self.options.max_sessions:
             reason = (
-                f"relay is full: {len(self._sessions)} sessions, the maximum "
+                f"relay is full: {sessions} sessions, the maximum "
                 f"(--max-sessions {self.options.max_sessions})"
             )
             self.admission.refuse(transport, peer, Refused("relay full", reason, RETRY))
@@ -391,11 +354,45 @@ class RelayServer:
                 self._tasks.spawn(
                     self._replace(transport, request, newcomer, identity, holder),
                     name="relay-replace",
-                    on_done=partial(_replaced, transport, newcomer),
+                    on_done=partial(settled, transport, newcomer),
                 )
                 return
+            allocating = self._allocations.of(identity)
+            if allocating is not None:  # the same identity, a moment earlier: after it
+                newcomer = place.hand_over()
+                newcomer.hold(lambda reason: transport.abort())
+                again = partial(self._register_again, transport, request, newcomer)
+                self._tasks.spawn(
+                    after(allocating, again),
+                    name="relay-after",
+                    on_done=partial(settled, transport, newcomer),
+                )
+                return
+        # The port comes from the lease store (an await): what the connection sends
+        # meanwhile is kept for yamux.
+        waiting = AwaitingPort(transport)
+        transport.set_protocol(waiting)
+        self._allocations.begin(identity)
+        registration = place.hand_over()
+        registration.hold(lambda reason: transport.abort())
+        self._tasks.spawn(
+            self._allocate(waiting, peer, request, registration),
+            name="relay-allocate",
+            on_done=partial(settled, transport, registration),
+        )
+
+    async def _allocate(
+        self, waiting: AwaitingPort, peer: str, request: RegistrationRequest, place: Place
+    ) -> None:
+        """Allocate a public port, send the port line and start the session."""
+        ports = self.allocator
+        transport = waiting.transport
         try:
-            sock = ports.allocate(request)
+            sock = await ports.allocate(request)
+        except StoreDownError as exc:
+            reason = f"{exc}; retry later"
+            self.admission.refuse(transport, peer, Refused("store unavailable", reason, RETRY))
+            return
         except PortRefusedError as exc:
             self.admission.refuse(transport, peer, Refused("port refused", str(exc), exc.kind))
             return
@@ -403,17 +400,35 @@ class RelayServer:
             reason = f"cannot open a public port: {exc}"
             self.admission.refuse(transport, peer, Refused("no public port", reason, RETRY))
             return
-        transport.write(port_line(int(sock.getsockname()[1])))
+        finally:
+            self._allocations.end(request.identity)
+        port = int(sock.getsockname()[1])
+        if waiting.ended or transport.is_closing() or self.closing or self.draining:
+            sock.close()
+            ports.release(port)
+            if self.draining and not (waiting.ended or transport.is_closing()):
+                self.admission.refuse(transport, peer, DRAINING)
+            else:
+                transport.abort()
+            return
+        transport.write(port_line(port))
         session = RegisteredSession(
             next(self._ids),
             peer,
             request,
             sock,
-            yamux.Session.attach(transport, client=True, config=self.yamux_config),
+            yamux.Session.attach(
+                transport,
+                client=True,
+                config=self.yamux_config,
+                initial_data=bytes(waiting.early),
+            ),
             place.hand_over(),
             SourceSlots(self._connections_per_source),
             self,
         )
+        if waiting.paused:
+            transport.resume_reading()
         self._sessions[session.id] = session
         self.stats.sessions_total += 1
         session.start()
@@ -427,7 +442,7 @@ class RelayServer:
         holder: RegisteredSession,
     ) -> None:
         """``identity`` registers again while ``holder`` has it (``relay.server.replacement``);
-        the newcomer keeps its admission place throughout (``_replaced``)."""
+        the newcomer keeps its admission place throughout (``settled``)."""
         decision = await settle(holder, identity, peer_of(transport))
         if decision is Decision.REFUSE:
             reason = (
@@ -440,17 +455,27 @@ class RelayServer:
             return
         if decision is Decision.OWN_PORT:
             request = replace(request, lease=False)
+        self._register_again(transport, request, place)
+
+    def _register_again(
+        self, transport: asyncio.Transport, request: RegistrationRequest, place: Place
+    ) -> None:
+        """After a replacement or the allocation of the same identity was decided."""
         if not transport.is_closing():
             self.registration_made(transport, request, place.hand_over())
 
-    def _revoke(self, names: set[str]) -> None:
-        """End the sessions of clients whose auth-file entry was removed or changed."""
+    def _revoke(self, ended: Mapping[str, str]) -> None:
+        """End the sessions of clients whose access ended (name -> why)."""
         for session in list(self._sessions.values()):
             client = session.request.client
-            if client in names and session.request.authenticated:
-                session.end(
-                    f"client {client} was removed from the auth file or its secret or ports changed"
-                )
+            if client is not None and client in ended and session.request.authenticated:
+                reason = f"client {client} {ended[client]}"
+                logger.warning("session %d: cut, %s", session.id, reason)
+                session.end(reason)
+
+    @property
+    def auth_file_status(self) -> AuthFileStatus | None:
+        return self.auth_file.status if self.auth_file is not None else None
 
     # ------------------------------------------- what a session needs of us
     @property
@@ -473,13 +498,3 @@ class RelayServer:
         """The public ports (after ``start()``)."""
         assert self._ports is not None
         return self._ports
-
-    async def _refresh_leases(self) -> None:
-        """Registered owners keep their leases fresh, so a relay crash does not age them."""
-        assert self._ports is not None
-        interval = min(LEASE_REFRESH_INTERVAL, self.options.lease_ttl / 4)
-        while True:
-            await asyncio.sleep(interval)
-            active = self._ports.active_keys()
-            self._ports.leases.touch(active)
-            self._ports.leases.expire(active)

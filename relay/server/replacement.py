@@ -56,11 +56,17 @@ async def settle(holder: RegisteredSession, identity: Identity, newcomer: str) -
         pass
     else:
         if not holder.ending and identity.authenticated:
-            logger.info(
-                "%s already has a live session on public port %d; this one gets "
-                "a port of its own, without a lease",
+            # Two forwarders under one name are often a mistake (a copied config): say
+            # where both are, so the operator can tell which one is the stray.
+            logger.warning(
+                "%s is already registered from %s (public port %d) and that session is "
+                "alive; the new registration from %s gets a port of its own, without a "
+                "lease (two forwarders with one name?)",
                 identity,
+                holder.peer,
                 holder.public_port,
+                newcomer,
+                extra={"peer": newcomer, "public_port": holder.public_port},
             )
             return Decision.OWN_PORT
         if not holder.ending:

@@ -14,12 +14,15 @@ one of the fewer places of TLS handshakes, and its handshake run
 When the handshake completes, the connection gives its handshake place back
 and goes, with its other place, to the control protocol (seed or v2) in the
 same callback. A failed or timed-out handshake ends only that connection,
-counts as a failure of its source, and is logged (rate-limited) with the reason.
+counts as a failure of its source, and is logged (rate-limited) with the reason;
+a connection silent for a few seconds is most likely a plaintext client, and is
+told so in a refusal line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -29,6 +32,7 @@ import yamux
 from yamux.ratelimit import RateLimitedLog
 
 from ..net import format_peer
+from ..wire.refusal import PERMANENT, format_refusal
 from ..wire.tls import describe_client_tls_error
 from .admission import Admission, Refused
 from .limits import source_of
@@ -41,6 +45,14 @@ ACCEPT_PAUSE = 1.0
 (asyncio's own servers pause as long)."""
 MIN_HANDSHAKE_TIME = 0.1
 """Seconds a handshake whose ClientHello began at the deadline still has."""
+PLAINTEXT_HINT_DELAY = 2.0
+"""A TLS client sends its ClientHello at once; one silent this long is most likely a
+plaintext forwarder waiting for the port line, and gets a refusal line that says so."""
+PLAINTEXT_HINT = format_refusal(
+    "this relay's control port speaks TLS: connect with TLS (relay forward --tls, "
+    "or --tls-ca FILE to verify a private CA)",
+    PERMANENT,
+)
 
 
 async def _readable(sock: socket.socket) -> None:
@@ -154,8 +166,13 @@ class TLSListener:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         try:
-            async with asyncio.timeout_at(deadline):
-                await _readable(handshake.sock)
+            try:
+                async with asyncio.timeout(min(PLAINTEXT_HINT_DELAY, self._timeout)):
+                    await _readable(handshake.sock)
+            except TimeoutError:
+                self._tell_plaintext(handshake.take_socket(), peer)
+                self._admission.failed((source, None))
+                return
             admitted = self._admission.start_handshake(source, handshake.abort)
             if isinstance(admitted, Refused):
                 self._admission.refused(peer, admitted)
@@ -185,6 +202,18 @@ class TLSListener:
             # Its traceback holds asyncio's frames, whose waiter holds it back: a cycle that
             # would keep this connection's TLS buffers until the garbage collector runs.
             exc.__traceback__ = None
+
+    def _tell_plaintext(self, conn: socket.socket, peer: str) -> None:
+        with conn, contextlib.suppress(OSError):  # gone already: no one to tell
+            conn.send(PLAINTEXT_HINT)
+        self._log.log(
+            logging.WARNING,
+            "tls: silent",
+            "%s sent nothing on the TLS control port: a plaintext client waiting for "
+            "the port line? Told it to use TLS; connection closed",
+            peer,
+            extra={"peer": peer, "reason": "plaintext client"},
+        )
 
     def _hand_over(self, transport: asyncio.BaseTransport, place: Place) -> None:
         protocol = self._protocol_factory(place)
