@@ -12,32 +12,37 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from ..net import LISTEN_BACKLOG
+from yamux.ratelimit import RateLimitedLog
+
 from ..options import RelayOptions
+from .accept import ProtocolListener
 from .admission import Admission
 from .tls_listener import TLSListener
 
 
-async def listen(
+def listen(
     sock: socket.socket,
     options: RelayOptions,
     admission: Admission,
     protocol: Callable[[], asyncio.Protocol],
-) -> asyncio.Server | TLSListener:
+    accept_log: RateLimitedLog,
+) -> ProtocolListener | TLSListener:
     """Serve the control port on ``sock``: plain TCP, or TLS with each connection counted
-    from accept on."""
+    from accept on; either way accepted as every port is (``relay.server.accept``), and
+    ``accept_log`` says when accept() fails."""
+    listener: ProtocolListener | TLSListener
     if options.ssl is None:
-        return await asyncio.get_running_loop().create_server(
-            protocol, sock=sock, backlog=LISTEN_BACKLOG
+        listener = ProtocolListener(sock, protocol, what="the control port", log=accept_log)
+    else:
+        listener = TLSListener(
+            sock,
+            options.ssl,
+            timeout=options.handshake_timeout,
+            admission=admission,
+            protocol_factory=protocol,
+            log=admission.log,
+            accept_log=accept_log,
         )
-    listener = TLSListener(
-        sock,
-        options.ssl,
-        timeout=options.handshake_timeout,
-        admission=admission,
-        protocol_factory=protocol,
-        log=admission.log,
-    )
     listener.start()
     return listener
 

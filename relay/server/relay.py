@@ -32,7 +32,7 @@ import asyncio
 import itertools
 import logging
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -51,6 +51,7 @@ from ..options.declare import takes_options
 from ..stats import RelayStats
 from ..wire.greeting import port_line
 from ..wire.refusal import RETRY, format_refusal
+from .accept import Acceptor, ProtocolListener, accept_log
 from .admission import Admission, Refusal
 from .allocation import Allocations, AwaitingPort, after, settled
 from .auth import FailureLimiter
@@ -120,7 +121,9 @@ class RelayServer:
         )
         self.stats = RelayStats()
         """Counters for metrics (``relay.ops.metrics``)."""
-        self.public = PublicConnections(self.stats, checked)
+        self.accept_log = accept_log()
+        """Where every listener of this relay says that accept() fails (out of descriptors)."""
+        self.public = PublicConnections(self.stats, checked, self.accept_log)
         self._challenge_log = RateLimitedLog(registration_logger)
         """Refused v2 registrations: a stranger must not be able to write our log."""
         # Leases are kept per name, which only registration v2 carries: a state dir or a
@@ -138,7 +141,7 @@ class RelayServer:
             log=RateLimitedLog(logger),
         )
         self._bind: BindAddress | None = None
-        self._control: asyncio.Server | TLSListener | None = None
+        self._control: ProtocolListener | TLSListener | None = None
         self._ports: PortAllocator | None = None
         self._keeper: StoreKeeper | None = None
         self._tasks = yamux.TaskOwner(logger)
@@ -162,11 +165,9 @@ class RelayServer:
         )
         try:
             sock = self._bind.listen(self._requested_port)
-            try:
-                self._control = await self._listen(sock)
-            except BaseException:
-                sock.close()
-                raise
+            self._control = listen(
+                sock, self.options, self.admission, self._control_protocol, self.accept_log
+            )
         except BaseException:
             await ports.close()
             raise
@@ -287,9 +288,6 @@ class RelayServer:
         await self.wait_closed()
 
     # ----------------------------------------------------------- registering
-    async def _listen(self, sock: socket.socket) -> asyncio.Server | TLSListener:
-        return await listen(sock, self.options, self.admission, self._control_protocol)
-
     def _control_protocol(self) -> asyncio.Protocol:
         if self.protocol == "seed":
             return SeedProtocol(self.registration_made)
@@ -490,8 +488,8 @@ class RelayServer:
     def log(self) -> RateLimitedLog:
         return self.admission.log
 
-    def public_protocol(self, session: RegisteredSession) -> Callable[[], asyncio.Protocol]:
-        return self.public.protocol_for(session)
+    def public_listener(self, session: RegisteredSession, sock: socket.socket) -> Acceptor:
+        return self.public.listener(session, sock)
 
     def forget(self, session: RegisteredSession) -> None:
         self._sessions.pop(session.id, None)
