@@ -27,6 +27,10 @@ idle-flood           1,000 idle connections from 127.0.0.1 (--max-connections
 silent-tls           2,000 TCP connections from 127.0.0.1 to a TLS control port
                      (a certificate made with openssl for the run) that never
                      send a ClientHello, then a TLS registration from 127.0.0.2
+fd-limit             a relay under ``ulimit -n 64`` and 300 public clients of a
+                     real forwarder: relay log lines and CPU seconds while its
+                     descriptors are exhausted, then every client served once
+                     the first ones leave
 """
 
 from __future__ import annotations
@@ -81,16 +85,25 @@ def rss(proc: Proc) -> int:
         return 0
 
 
-def start_relay(loop: str, *args: str) -> tuple[Proc, int]:
-    """``relay --bind 127.0.0.1 --event-loop LOOP ARGS PORT``, once it serves."""
+def start_relay(loop: str, *args: str, nofile: int | None = None) -> tuple[Proc, int]:
+    """``relay --bind 127.0.0.1 --event-loop LOOP ARGS PORT``, once it serves; with
+    ``nofile``, under ``ulimit -n NOFILE`` (soft and hard limit, so the relay cannot raise it)."""
     for _ in range(3):
         port = free_port()
-        proc = Proc(
-            [sys.executable, "-m", "relay", "--bind", HOST, "--event-loop", loop, *args, str(port)],
+        command = [
+            sys.executable,
+            "-m",
             "relay",
-            env=python_env(),
-            more_files=True,
-        )
+            "--bind",
+            HOST,
+            "--event-loop",
+            loop,
+            *args,
+            str(port),
+        ]
+        if nofile is not None:
+            command = ["sh", "-c", f'ulimit -n {nofile} && exec "$@"', "sh", *command]
+        proc = Proc(command, "relay", env=python_env(), more_files=nofile is None)
         try:
             proc.wait_line(SERVING)
         except ProcessError:
@@ -613,6 +626,102 @@ def _still_open(sock: socket.socket) -> bool:
         return False
 
 
+FD_LIMIT = 64
+"""``ulimit -n`` of the relay in the fd-limit attack: a few dozen public connections."""
+
+
+class Echo(asyncio.Protocol):
+    """A local service that echoes; ``held`` collects its transports to close at the end."""
+
+    def __init__(self, held: list[asyncio.Transport]) -> None:
+        self.held = held
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.held.append(transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+async def fd_limit(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    clients: int = 300,
+) -> None:
+    """The relay runs under ``ulimit -n 64``. ``clients`` public clients connect at once
+    (the kernel completes every handshake; the relay accepts what its descriptors allow)
+    and each sends a line; those answered hold on for ``seconds``, while the relay's
+    log lines and CPU seconds are counted. Then every client leaves as soon as it is
+    answered: all of them must be, and then a newcomer at once."""
+    raise_nofile()
+    loop = asyncio.get_running_loop()
+    backends: list[asyncio.Transport] = []
+    service = await loop.create_server(lambda: Echo(backends), HOST, 0, backlog=4096)
+    forwarder, public_port = start_forwarder(loop_name, port, service.sockets[0].getsockname()[1])
+    release = asyncio.Event()
+    answered: list[float] = []
+    """Seconds each client waited for its answer."""
+
+    async def client() -> None:
+        """Connect, send a line, wait for it to come back; leave once released."""
+        started = loop.time()
+        try:
+            reader, writer = await asyncio.open_connection(HOST, public_port)
+        except OSError:
+            return
+        try:
+            writer.write(b"hello through a relay out of descriptors\n")
+            if (await reader.readline()).endswith(b"\n"):
+                answered.append(loop.time() - started)
+            await release.wait()
+        except OSError:
+            pass
+        finally:
+            writer.transport.abort()
+
+    try:
+        lines_before, cpu_before = len(relay_proc.stderr), relay_proc.cpu_seconds()
+        tasks = [loop.create_task(client()) for _ in range(clients)]
+        await asyncio.sleep(seconds)
+        notes["served_while_held"] = len(answered)
+        notes["cpu_s_while_held"] = round(relay_proc.cpu_seconds() - cpu_before, 2)
+        notes["log_lines_while_held"] = len(relay_proc.stderr) - lines_before
+        release.set()
+        _, pending = await asyncio.wait(tasks, timeout=30)
+        for task in pending:
+            task.cancel()
+        notes["served"] = len(answered)
+        notes["slowest_s"] = round(max(answered, default=0.0), 2)
+        started = loop.time()
+        try:
+            reader, writer = await asyncio.open_connection(HOST, public_port)
+            try:
+                writer.write(b"and a newcomer\n")
+                answer = await asyncio.wait_for(reader.readline(), 5)
+            finally:
+                writer.transport.abort()
+            notes["newcomer_ok"] = answer == b"and a newcomer\n"
+        except (OSError, TimeoutError) as exc:
+            notes["newcomer_ok"] = False
+            notes["newcomer_error"] = type(exc).__name__
+        notes["newcomer_s"] = round(loop.time() - started, 3)
+        await asyncio.sleep(0.2)
+        notes["log_lines"] = len(relay_proc.stderr) - lines_before
+    finally:
+        forwarder.stop()
+        for transport in backends:
+            transport.abort()
+        service.close()
+        await service.wait_closed()
+
+
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key, made by openssl; the certificate is its CA."""
     cert, key = directory / "relay.pem", directory / "relay.key"
@@ -653,6 +762,7 @@ ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
     "refused-connections": (refused_connections, ("--max-connections", "1")),
     "idle-flood": (idle_flood, ("--max-connections", "1000")),
     "silent-tls": (silent_tls, ()),
+    "fd-limit": (fd_limit, ("--no-connection-log",)),
 }
 """name: (attack, relay options)."""
 
@@ -681,7 +791,9 @@ def run(attack: str, loop: str, seconds: float, **kwargs: Any) -> Outcome:
             cert, key = self_signed_certificate(Path(directory))
             options = (*options, "--tls-cert", str(cert), "--tls-key", str(key))
             kwargs = {"cert": cert, **kwargs}
-        relay_proc, port = start_relay(loop, *options)
+        relay_proc, port = start_relay(
+            loop, *options, nofile=FD_LIMIT if attack == "fd-limit" else None
+        )
         notes: dict[str, Any] = {}
         try:
             rss_before = rss(relay_proc)

@@ -103,7 +103,8 @@ class Acceptor:
         self._loop = asyncio.get_running_loop()
         self._resume: asyncio.TimerHandle | None = None
         self._failures = 0
-        """accept() calls that failed since the last one that worked (the episode)."""
+        """accept() calls that failed in this episode: from the first failure until every
+        queued connection is accepted."""
         self._episode_started = 0.0
 
     @property
@@ -141,14 +142,14 @@ class Acceptor:
             try:
                 conn, address = sock.accept()
             except (BlockingIOError, InterruptedError):
+                if self._failures:
+                    self._recovered()
                 return
             except ConnectionAbortedError:
                 continue  # the client gave up before we accepted
             except OSError as exc:
                 self._pause(exc)
                 return
-            if self._failures:
-                self._recovered()
             on_accept(conn, address)
 
     def _pause(self, exc: OSError) -> None:
@@ -183,10 +184,11 @@ class Acceptor:
             self._loop.add_reader(self._sock, self._accept_batch)
 
     def _recovered(self) -> None:
+        """Every queued connection is accepted: the episode is over."""
         self._log.log(
             logging.WARNING,
             "accept recovered",
-            "accepting on %s again, after %d failed tries in %.1f s",
+            "accepting on %s again: %d failed tries in %.1f s, queued connections served",
             self.what,
             self._failures,
             time.monotonic() - self._episode_started,
