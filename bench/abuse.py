@@ -31,6 +31,9 @@ fd-limit             a relay under ``ulimit -n 64`` and 300 public clients of a
                      real forwarder: relay log lines and CPU seconds while its
                      descriptors are exhausted, then every client served once
                      the first ones leave
+metrics-names        an open relay (--protocol v2, --metrics): 50 strangers
+                     register under names of their choosing; /metrics must parse
+                     without a duplicate series and carry none of those names
 """
 
 from __future__ import annotations
@@ -46,10 +49,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 import relay
 from testkit.ports import free_port
@@ -722,6 +728,54 @@ async def fd_limit(
         await service.wait_closed()
 
 
+METRICS_LINE = re.compile(r"metrics on http://([\d.]+:\d+)/metrics")
+
+
+async def metrics_names(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    sessions: int = 50,
+) -> None:
+    """Strangers register on an open relay, each under a name of its own choosing (a
+    tenth of them under a name already taken), then /metrics is scraped."""
+    _, match = await relay_proc.await_line(METRICS_LINE)
+    endpoint = match.group(1)
+    registrations = []
+    refused = 0
+    try:
+        for n in range(sessions):
+            try:
+                registrations.append(await relay.register(HOST, port, name=f"stranger-{n % 45}"))
+            except relay.RelayRefusedError:
+                refused += 1  # the name is held by a live session
+        await asyncio.sleep(min(seconds, 1.0))
+        text = await asyncio.to_thread(_get, f"http://{endpoint}/metrics")
+    finally:
+        for registration in registrations:
+            registration.session.close()
+            await registration.session.wait_closed()
+    samples = [
+        (sample.name, tuple(sorted(sample.labels.items())))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+    notes["sessions"] = len(registrations)
+    notes["refused"] = refused
+    notes["duplicate_series"] = len(samples) - len(set(samples))
+    notes["service_series"] = sum(1 for name, _ in samples if name == "relay_service_sessions")
+    notes["stranger_label_values"] = len(
+        {value for _, labels in samples for _, value in labels if "stranger" in value}
+    )
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key, made by openssl; the certificate is its CA."""
     cert, key = directory / "relay.pem", directory / "relay.key"
@@ -763,6 +817,7 @@ ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
     "idle-flood": (idle_flood, ("--max-connections", "1000")),
     "silent-tls": (silent_tls, ()),
     "fd-limit": (fd_limit, ("--no-connection-log",)),
+    "metrics-names": (metrics_names, ("--protocol", "v2", "--metrics", f"{HOST}:0")),
 }
 """name: (attack, relay options)."""
 

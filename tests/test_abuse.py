@@ -128,3 +128,15 @@ def test_out_of_file_descriptors(loop: str) -> None:
     assert out.notes["served"] == 300, describe(out)
     assert out.notes["newcomer_ok"], describe(out)
     assert out.log_lines < 10, describe(out)
+
+
+@LOOPS
+def test_names_strangers_choose_are_no_metric_labels(loop: str) -> None:
+    """An open relay with --metrics: 50 registrations under names their senders chose
+    (5 refused: the name is taken). /metrics has one series per session, none duplicated,
+    and none of those names as a label value (before: every name was one)."""
+    out = abuse.run("metrics-names", loop, 0.5)
+    assert out.notes["sessions"] == 45, describe(out)
+    assert out.notes["duplicate_series"] == 0, describe(out)
+    assert out.notes["service_series"] == 45, describe(out)
+    assert out.notes["stranger_label_values"] == 0, describe(out)

@@ -144,6 +144,8 @@ class RegisteredSession:
             rtt=self.session.last_rtt,
             stalls=self.traffic.stalls,
             client=self.request.client,
+            authenticated=self.request.authenticated,
+            service=self.request.service,
         )
 
     def log_fields(self) -> dict[str, object]:
