@@ -31,6 +31,10 @@ fd-limit             a relay under ``ulimit -n 64`` and 300 public clients of a
                      real forwarder: relay log lines and CPU seconds while its
                      descriptors are exhausted, then every client served once
                      the first ones leave
+notify-thief         --protocol notify --notify-token: a server of the notify
+                     protocol serves 200 clients while another process on its
+                     address keeps dialling back without the token (or, on a
+                     relay without --notify-token, with nothing to send)
 metrics-names        an open relay (--protocol v2, --metrics): 50 strangers
                      register under names of their choosing; /metrics must parse
                      without a duplicate series and carry none of those names
@@ -728,6 +732,114 @@ async def fd_limit(
         await service.wait_closed()
 
 
+async def notify_thief(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    clients: int = 200,
+) -> None:
+    """A notify server (its dial-backs send the token of their [NEW] line, if any) serves
+    ``clients`` echo clients, 10 at a time, while 4 thieves on the same address dial back
+    as fast as they can, with a wrong token when the relay issues tokens."""
+    loop = asyncio.get_running_loop()
+    control_reader, control_writer = await asyncio.open_connection(HOST, port)
+    public_port = int(await control_reader.readline())
+    dialback_port: asyncio.Future[int] = loop.create_future()
+    tokens = False
+    served = failed = stolen = attempts = 0
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def dial_back(dialback: int, token: bytes | None) -> None:
+        reader, writer = await asyncio.open_connection(HOST, dialback)
+        try:
+            if token is not None:
+                writer.write(token + b"\n")
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.transport.abort()
+
+    async def server() -> None:
+        nonlocal tokens
+        while line := await control_reader.readline():
+            dialback, *token = line[5:].split()
+            tokens = bool(token)
+            if not dialback_port.done():
+                dialback_port.set_result(int(dialback))
+            task = loop.create_task(dial_back(int(dialback), token[0] if token else None))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    async def thief(until: float) -> None:
+        nonlocal stolen, attempts
+        dialback = await dialback_port
+        while loop.time() < until:
+            attempts += 1
+            try:
+                reader, writer = await asyncio.open_connection(HOST, dialback)
+            except OSError:
+                continue
+            try:
+                if tokens:
+                    writer.write(b"f" * 32 + b"\n")
+                if await asyncio.wait_for(reader.read(1), 1.0):
+                    stolen += 1  # a client's first byte: the thief has its connection
+            except (OSError, TimeoutError):
+                pass
+            finally:
+                writer.transport.abort()
+
+    async def client(n: int) -> None:
+        nonlocal served, failed
+        payload = f"client {n} ".encode() * 100
+        try:
+            reader, writer = await asyncio.open_connection(HOST, public_port)
+            try:
+                writer.write(payload)
+                writer.write_eof()
+                answer = await asyncio.wait_for(reader.read(), 15)
+            finally:
+                writer.transport.abort()
+        except (OSError, TimeoutError):
+            answer = b""
+        if answer == payload:
+            served += 1
+        else:
+            failed += 1
+
+    serving = loop.create_task(server())
+    try:
+        await client(-1)  # the dial-back port is known from here on
+        until = loop.time() + seconds
+        thieves = [loop.create_task(thief(until)) for _ in range(4)]
+        gate = asyncio.Semaphore(10)
+
+        async def gated(n: int) -> None:
+            async with gate:
+                await client(n)
+
+        await asyncio.gather(*(gated(n) for n in range(clients)))
+        await asyncio.gather(*thieves)
+        notes.update(
+            tokens=tokens,
+            served=served,
+            failed=failed,
+            stolen=stolen,
+            thief_attempts=attempts,
+        )
+    finally:
+        serving.cancel()
+        for task in [*tasks, serving]:
+            task.cancel()
+        await asyncio.gather(*tasks, serving, return_exceptions=True)
+        control_writer.transport.abort()
+
+
 METRICS_LINE = re.compile(r"metrics on http://([\d.]+:\d+)/metrics")
 
 
@@ -817,6 +929,10 @@ ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
     "idle-flood": (idle_flood, ("--max-connections", "1000")),
     "silent-tls": (silent_tls, ()),
     "fd-limit": (fd_limit, ("--no-connection-log",)),
+    "notify-thief": (
+        notify_thief,
+        ("--protocol", "notify", "--notify-token", "--no-connection-log"),
+    ),
     "metrics-names": (metrics_names, ("--protocol", "v2", "--metrics", f"{HOST}:0")),
 }
 """name: (attack, relay options)."""
@@ -841,6 +957,8 @@ def run(attack: str, loop: str, seconds: float, **kwargs: Any) -> Outcome:
     function, options = ATTACKS[attack]
     if attack == "idle-flood" and relay_has_option("--idle-timeout"):
         options = (*options, "--idle-timeout", f"{seconds:g}")
+    if attack == "notify-thief" and not relay_has_option("--notify-token"):
+        options = tuple(option for option in options if option != "--notify-token")
     with tempfile.TemporaryDirectory(prefix="relay-abuse-") as directory:
         if attack == "silent-tls":
             cert, key = self_signed_certificate(Path(directory))

@@ -140,3 +140,16 @@ def test_names_strangers_choose_are_no_metric_labels(loop: str) -> None:
     assert out.notes["duplicate_series"] == 0, describe(out)
     assert out.notes["service_series"] == 45, describe(out)
     assert out.notes["stranger_label_values"] == 0, describe(out)
+
+
+@LOOPS
+def test_notify_dial_backs_without_the_token_take_no_client(loop: str) -> None:
+    """--protocol notify --notify-token: 4 processes on the server's address dial back
+    without the token for 2 s while the server serves 200 clients: none is taken (before
+    tokens: 84 of 201), and their refusals cost a few log lines (before: one each)."""
+    out = abuse.run("notify-thief", loop, 2.0)
+    assert out.notes["tokens"], describe(out)
+    assert out.notes["thief_attempts"] > 500, describe(out)
+    assert out.notes["stolen"] == 0, describe(out)
+    assert out.notes["served"] == 201, describe(out)
+    assert out.log_lines < 30, describe(out)
