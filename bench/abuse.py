@@ -7,7 +7,7 @@ samples the relay's resident memory (``VmRSS`` in ``/proc/PID/status``) every
 a few seconds each and asserts the bounds; this script runs them longer and
 prints a table::
 
-    python -m bench.abuse                     # every attack, both loops, 20 s each
+    python -m bench.abuse                     # every attack, both loops, 20 s each (churn 10 min)
     python -m bench.abuse --seconds 60 --loop uvloop --attack ping-flood
 
 Attacks (every target is on 127.0.0.0/8):
@@ -35,6 +35,10 @@ notify-thief         --protocol notify --notify-token: a server of the notify
                      protocol serves 200 clients while another process on its
                      address keeps dialling back without the token (or, on a
                      relay without --notify-token, with nothing to send)
+churn                registered sides that register, serve, reset streams, send
+                     Go Away or drop their connection, and public clients that
+                     complete, half-close, reset or vanish, for the whole run
+                     (default 10 minutes): no ERROR line, RSS flat
 metrics-names        an open relay (--protocol v2, --metrics): 50 strangers
                      register under names of their choosing; /metrics must parse
                      without a duplicate series and carry none of those names
@@ -45,10 +49,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
+import random
 import re
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -62,6 +69,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 import relay
+import yamux
 from testkit.ports import free_port
 from testkit.procs import REPO, Proc, ProcessError, raise_nofile
 from yamux.const import Flag, FrameType
@@ -840,6 +848,199 @@ async def notify_thief(
         control_writer.transport.abort()
 
 
+CHURN_SECONDS = 600.0
+"""``python -m bench.abuse --attack churn`` runs this long unless ``--seconds`` says."""
+CHURN_REGISTRANTS = 8
+CHURN_CLIENTS = 48
+ERROR_LINE = re.compile(r" ERROR |Traceback|Exception in callback|Fatal error")
+"""What must not appear in the relay's log under churn: an error, or asyncio's own report
+of an exception that escaped a callback."""
+
+
+class ChurnRegistrant:
+    """A registered side that lives a little while, serves its streams in one of several
+    ways, and ends in one of several ways; then registers again, until ``until``."""
+
+    def __init__(self, relay_port: int, live: list[int], rng: random.Random) -> None:
+        self.relay_port = relay_port
+        self.live = live
+        self.rng = rng
+        self.sessions = 0
+        self.endings: dict[str, int] = {}
+
+    async def run(self, until: float) -> None:
+        loop = asyncio.get_running_loop()
+        while loop.time() < until:
+            try:
+                await self._one_session(min(until, loop.time() + self.rng.uniform(0.3, 3.0)))
+            except OSError:
+                await asyncio.sleep(0.05)
+
+    async def _one_session(self, until: float) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.create_connection((HOST, self.relay_port), timeout=10)
+        try:
+            line = b""
+            while not line.endswith(b"\n"):  # byte by byte: yamux follows the port line
+                byte = sock.recv(1)
+                if not byte:
+                    raise ConnectionResetError("the relay closed the registration")
+                line += byte
+            sock.setblocking(False)
+            transport, _ = await loop.create_connection(asyncio.Protocol, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        session = yamux.Session.attach(transport, client=False)
+        public_port = int(line)
+        self.sessions += 1
+        self.live.append(public_port)
+        handlers: set[asyncio.Task[None]] = set()
+        try:
+            async with asyncio.timeout(max(0.0, until - loop.time())):
+                async for stream in session:
+                    task = loop.create_task(self._serve(stream))
+                    handlers.add(task)
+                    task.add_done_callback(handlers.discard)
+        except TimeoutError:
+            pass
+        finally:
+            self.live.remove(public_port)
+            ending = self.rng.choice(("close", "go away", "drop"))
+            self.endings[ending] = self.endings.get(ending, 0) + 1
+            if ending == "go away":
+                session.go_away()
+                await asyncio.sleep(0.2)
+            elif ending == "drop":
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+            session.close()
+            await session.wait_closed()
+
+    async def _serve(self, stream: yamux.Stream) -> None:
+        way = self.rng.random()
+        try:
+            if way < 0.1:
+                stream.reset()  # at once
+                return
+            data = await stream.read(65536)
+            if way < 0.2:
+                stream.reset()  # after the first chunk
+                return
+            stream.write(data)
+            if way < 0.3:
+                stream.write_eof()  # half-close, then take the rest
+                while await stream.read(65536):
+                    pass
+                return
+            while data := await stream.read(65536):
+                stream.write(data)
+                await stream.drain()
+            stream.close()
+        except yamux.YamuxError:
+            stream.reset()
+
+
+async def churn_client(
+    live: list[int], until: float, rng: random.Random, counts: dict[str, int]
+) -> None:
+    """Public clients one after another: most complete an exchange, others half-close,
+    reset, or vanish without reading."""
+    loop = asyncio.get_running_loop()
+    payload = b"churn " * 100
+    while loop.time() < until:
+        if not live:
+            await asyncio.sleep(0.01)
+            continue
+        way = rng.choice(("complete", "complete", "half-close", "reset", "reset at once", "vanish"))
+        counts[way] = counts.get(way, 0) + 1
+        try:
+            reader, writer = await asyncio.open_connection(HOST, rng.choice(live))
+        except OSError:
+            counts["refused"] = counts.get("refused", 0) + 1
+            continue
+        try:
+            if way == "reset at once":
+                _reset(writer)
+                continue
+            writer.write(payload)
+            if way == "complete":
+                await asyncio.wait_for(reader.readexactly(len(payload)), 5)
+            elif way == "half-close":
+                writer.write_eof()
+                await asyncio.wait_for(reader.read(), 5)
+            elif way == "reset":
+                await asyncio.wait_for(reader.read(1), 5)
+                _reset(writer)
+            else:  # vanish: never read, go away a little later
+                await asyncio.sleep(rng.uniform(0, 0.5))
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            counts["cut"] = counts.get("cut", 0) + 1
+        finally:
+            writer.transport.abort()
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def churn(
+    relay_proc: Proc, port: int, loop_name: str, seconds: float, notes: dict[str, Any]
+) -> None:
+    """``CHURN_REGISTRANTS`` registered sides and ``CHURN_CLIENTS`` public clients at once,
+    for ``seconds``; the relay's RSS is read every second."""
+    raise_nofile()
+    loop = asyncio.get_running_loop()
+    rng = random.Random(18)
+    live: list[int] = []
+    counts: dict[str, int] = {}
+    until = loop.time() + seconds
+    registrants = [ChurnRegistrant(port, live, rng) for _ in range(CHURN_REGISTRANTS)]
+    lines_before = len(relay_proc.stderr)
+    timeline: list[int] = []
+
+    async def sample() -> None:
+        while loop.time() < until:
+            timeline.append(rss(relay_proc))
+            await asyncio.sleep(1.0)
+
+    # Our own registered sides log what the relay does to them (streams refused after
+    # Go Away, ...): that is the attack working, not news.
+    attacker_log = logging.getLogger("yamux")
+    level = attacker_log.level
+    attacker_log.setLevel(logging.CRITICAL)
+    try:
+        await asyncio.gather(
+            sample(),
+            *(registrant.run(until) for registrant in registrants),
+            *(churn_client(live, until, rng, counts) for _ in range(CHURN_CLIENTS)),
+        )
+    finally:
+        attacker_log.setLevel(level)
+    await asyncio.sleep(1.0)  # the relay logs what the last sessions' ends caused
+    log = relay_proc.stderr[lines_before:]
+    errors = [line for line in log if ERROR_LINE.search(line)]
+    quarter = timeline[len(timeline) // 4] if timeline else 0
+    notes.update(
+        public_connections=sum(v for k, v in counts.items() if k not in ("refused", "cut")),
+        per_second=round(sum(counts.values()) / seconds),
+        clients={k: v for k, v in sorted(counts.items())},
+        sessions=sum(r.sessions for r in registrants),
+        error_lines=len(errors),
+        first_error=errors[0][:300] if errors else None,
+        rss_quarter_mib=round(quarter / MIB, 1),
+        rss_end_mib=round((timeline[-1] if timeline else 0) / MIB, 1),
+        rss_growth_after_quarter_mib=round((max(timeline, default=0) - quarter) / MIB, 1),
+    )
+
+
 METRICS_LINE = re.compile(r"metrics on http://([\d.]+:\d+)/metrics")
 
 
@@ -933,6 +1134,7 @@ ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
         notify_thief,
         ("--protocol", "notify", "--notify-token", "--no-connection-log"),
     ),
+    "churn": (churn, ("--no-connection-log",)),
     "metrics-names": (metrics_names, ("--protocol", "v2", "--metrics", f"{HOST}:0")),
 }
 """name: (attack, relay options)."""
@@ -1012,8 +1214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seconds",
         type=float,
-        default=20.0,
-        help="attack duration (idle-flood: the idle timeout) [20]",
+        help="attack duration (idle-flood: the idle timeout) [20; churn: 600]",
     )
     args = parser.parse_args(argv)
     print(
@@ -1023,8 +1224,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for attack in args.attack or list(ATTACKS):
         for loop in args.loop or LOOPS:
+            seconds = args.seconds or (CHURN_SECONDS if attack == "churn" else 20.0)
             try:
-                out = run(attack, loop, args.seconds)
+                out = run(attack, loop, seconds)
             except (AbuseError, ProcessError) as exc:
                 print(f"{attack:<20} {loop:<8} harness error: {exc}", flush=True)
                 continue

@@ -153,3 +153,19 @@ def test_notify_dial_backs_without_the_token_take_no_client(loop: str) -> None:
     assert out.notes["stolen"] == 0, describe(out)
     assert out.notes["served"] == 201, describe(out)
     assert out.log_lines < 30, describe(out)
+
+
+CHURN_SECONDS = 20.0
+
+
+@LOOPS
+def test_churn(loop: str) -> None:
+    """20 s of churn (``python -m bench.abuse --attack churn`` runs 10 minutes): registered
+    sides that register, reset streams, send Go Away or drop; public clients that
+    complete, half-close, reset or vanish. Not one ERROR line (before the pipe fix:
+    InvalidStateError from relay/pipe.py, then the whole session lost), RSS flat."""
+    out = abuse.run("churn", loop, CHURN_SECONDS)
+    assert out.notes["public_connections"] > 2000, describe(out)
+    assert out.notes["sessions"] > 20, describe(out)
+    assert out.notes["error_lines"] == 0, describe(out)
+    assert out.notes["rss_growth_after_quarter_mib"] < 16, describe(out)
