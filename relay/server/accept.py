@@ -77,7 +77,7 @@ class Acceptor:
     """Accepts on a listening socket and calls ``on_accept(conn, address)`` for each.
 
     ``what`` names the listener in the log ("the control port", "public port
-    5000 of session 3"); ``log`` is shared by the relay's listeners
+    5000 (session 3)"); ``log`` is shared by the relay's listeners
     (``accept_log``). ``close()`` stops accepting and closes the socket (the
     port is free at once).
     """
@@ -111,11 +111,6 @@ class Acceptor:
     def sockets(self) -> tuple[socket.socket, ...]:
         """The listening socket; empty once closed (the shape of ``asyncio.Server``)."""
         return () if self._sock is None else (self._sock,)
-
-    @property
-    def paused(self) -> bool:
-        """Not accepting for now: the last accept() failed for want of a resource."""
-        return self._resume is not None
 
     def start(self) -> None:
         assert self._sock is not None
@@ -151,6 +146,8 @@ class Acceptor:
                 self._pause(exc)
                 return
             on_accept(conn, address)
+            if self._sock is None:
+                return  # on_accept closed us (its session ended)
 
     def _pause(self, exc: OSError) -> None:
         """Stop reading the socket for ``ACCEPT_PAUSE``: Linux reports it readable as long
