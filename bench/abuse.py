@@ -7,7 +7,7 @@ samples the relay's resident memory (``VmRSS`` in ``/proc/PID/status``) every
 a few seconds each and asserts the bounds; this script runs them longer and
 prints a table::
 
-    python -m bench.abuse                     # every attack, both loops, 20 s each
+    python -m bench.abuse                     # every attack, both loops, 20 s each (churn 10 min)
     python -m bench.abuse --seconds 60 --loop uvloop --attack ping-flood
 
 Attacks (every target is on 127.0.0.0/8):
@@ -42,6 +42,21 @@ unanswered           a TLS relay: 127.0.0.5 resets 5 challenges unanswered,
 stale-client         an auth file of alice and bob; behind 127.0.0.1, bob with a
                      stale secret retries flat out and junk fails anonymously;
                      alice registers every 0.3 s
+fd-limit             a relay under ``ulimit -n 64`` and 300 public clients of a
+                     real forwarder: relay log lines and CPU seconds while its
+                     descriptors are exhausted, then every client served once
+                     the first ones leave
+notify-thief         --protocol notify --notify-token: a server of the notify
+                     protocol serves 200 clients while another process on its
+                     address keeps dialling back without the token (or, on a
+                     relay without --notify-token, with nothing to send)
+churn                registered sides that register, serve, reset streams, send
+                     Go Away or drop their connection, and public clients that
+                     complete, half-close, reset or vanish, for the whole run
+                     (default 10 minutes): no ERROR line, RSS flat
+metrics-names        an open relay (--protocol v2, --metrics): 50 strangers
+                     register under names of their choosing; /metrics must parse
+                     without a duplicate series and carry none of those names
 """
 
 from __future__ import annotations
@@ -49,7 +64,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
+import random
 import re
 import secrets
 import socket
@@ -59,12 +76,16 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 import relay
+import yamux
 from relay.wire.v2 import is_challenge, parse_challenge, response_line
 from testkit.ports import free_port
 from testkit.procs import REPO, Proc, ProcessError, raise_nofile
@@ -99,16 +120,25 @@ def rss(proc: Proc) -> int:
         return 0
 
 
-def start_relay(loop: str, *args: str) -> tuple[Proc, int]:
-    """``relay --bind 127.0.0.1 --event-loop LOOP ARGS PORT``, once it serves."""
+def start_relay(loop: str, *args: str, nofile: int | None = None) -> tuple[Proc, int]:
+    """``relay --bind 127.0.0.1 --event-loop LOOP ARGS PORT``, once it serves; with
+    ``nofile``, under ``ulimit -n NOFILE`` (soft and hard limit, so the relay cannot raise it)."""
     for _ in range(3):
         port = free_port()
-        proc = Proc(
-            [sys.executable, "-m", "relay", "--bind", HOST, "--event-loop", loop, *args, str(port)],
+        command = [
+            sys.executable,
+            "-m",
             "relay",
-            env=python_env(),
-            more_files=True,
-        )
+            "--bind",
+            HOST,
+            "--event-loop",
+            loop,
+            *args,
+            str(port),
+        ]
+        if nofile is not None:
+            command = ["sh", "-c", f'ulimit -n {nofile} && exec "$@"', "sh", *command]
+        proc = Proc(command, "relay", env=python_env(), more_files=nofile is None)
         try:
             proc.wait_line(SERVING)
         except ProcessError:
@@ -637,6 +667,451 @@ def _still_open(sock: socket.socket) -> bool:
         return False
 
 
+FD_LIMIT = 64
+"""``ulimit -n`` of the relay in the fd-limit attack: a few dozen public connections."""
+
+
+class Echo(asyncio.Protocol):
+    """A local service that echoes; ``held`` collects its transports to close at the end."""
+
+    def __init__(self, held: list[asyncio.Transport]) -> None:
+        self.held = held
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.held.append(transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+async def fd_limit(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    clients: int = 300,
+) -> None:
+    """The relay runs under ``ulimit -n 64``. ``clients`` public clients connect at once
+    (the kernel completes every handshake; the relay accepts what its descriptors allow)
+    and each sends a line; those answered hold on for ``seconds``, while the relay's
+    log lines and CPU seconds are counted. Then every client leaves as soon as it is
+    answered: all of them must be, and then a newcomer at once."""
+    raise_nofile()
+    loop = asyncio.get_running_loop()
+    backends: list[asyncio.Transport] = []
+    service = await loop.create_server(lambda: Echo(backends), HOST, 0, backlog=4096)
+    forwarder, public_port = start_forwarder(loop_name, port, service.sockets[0].getsockname()[1])
+    release = asyncio.Event()
+    answered: list[float] = []
+    """Seconds each client waited for its answer."""
+
+    async def client() -> None:
+        """Connect, send a line, wait for it to come back; leave once released."""
+        started = loop.time()
+        try:
+            reader, writer = await asyncio.open_connection(HOST, public_port)
+        except OSError:
+            return
+        try:
+            writer.write(b"hello through a relay out of descriptors\n")
+            if (await reader.readline()).endswith(b"\n"):
+                answered.append(loop.time() - started)
+            await release.wait()
+        except OSError:
+            pass
+        finally:
+            writer.transport.abort()
+
+    try:
+        lines_before, cpu_before = len(relay_proc.stderr), relay_proc.cpu_seconds()
+        tasks = [loop.create_task(client()) for _ in range(clients)]
+        await asyncio.sleep(seconds)
+        notes["served_while_held"] = len(answered)
+        notes["cpu_s_while_held"] = round(relay_proc.cpu_seconds() - cpu_before, 2)
+        notes["log_lines_while_held"] = len(relay_proc.stderr) - lines_before
+        release.set()
+        _, pending = await asyncio.wait(tasks, timeout=30)
+        for task in pending:
+            task.cancel()
+        notes["served"] = len(answered)
+        notes["slowest_s"] = round(max(answered, default=0.0), 2)
+        started = loop.time()
+        try:
+            reader, writer = await asyncio.open_connection(HOST, public_port)
+            try:
+                writer.write(b"and a newcomer\n")
+                answer = await asyncio.wait_for(reader.readline(), 5)
+            finally:
+                writer.transport.abort()
+            notes["newcomer_ok"] = answer == b"and a newcomer\n"
+        except (OSError, TimeoutError) as exc:
+            notes["newcomer_ok"] = False
+            notes["newcomer_error"] = type(exc).__name__
+        notes["newcomer_s"] = round(loop.time() - started, 3)
+        await asyncio.sleep(0.2)
+        notes["log_lines"] = len(relay_proc.stderr) - lines_before
+    finally:
+        forwarder.stop()
+        for transport in backends:
+            transport.abort()
+        service.close()
+        await service.wait_closed()
+
+
+async def notify_thief(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    clients: int = 200,
+) -> None:
+    """A notify server (its dial-backs send the token of their [NEW] line, if any) serves
+    ``clients`` echo clients, 10 at a time, while 4 thieves on the same address dial back
+    as fast as they can, with a wrong token when the relay issues tokens."""
+    loop = asyncio.get_running_loop()
+    control_reader, control_writer = await asyncio.open_connection(HOST, port)
+    public_port = int(await control_reader.readline())
+    dialback_port: asyncio.Future[int] = loop.create_future()
+    tokens = False
+    served = failed = stolen = attempts = 0
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def dial_back(dialback: int, token: bytes | None) -> None:
+        reader, writer = await asyncio.open_connection(HOST, dialback)
+        try:
+            if token is not None:
+                writer.write(token + b"\n")
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.transport.abort()
+
+    async def server() -> None:
+        nonlocal tokens
+        while line := await control_reader.readline():
+            dialback, *token = line[5:].split()
+            tokens = bool(token)
+            if not dialback_port.done():
+                dialback_port.set_result(int(dialback))
+            task = loop.create_task(dial_back(int(dialback), token[0] if token else None))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    async def thief(until: float) -> None:
+        nonlocal stolen, attempts
+        dialback = await dialback_port
+        while loop.time() < until:
+            attempts += 1
+            try:
+                reader, writer = await asyncio.open_connection(HOST, dialback)
+            except OSError:
+                continue
+            try:
+                if tokens:
+                    writer.write(b"f" * 32 + b"\n")
+                if await asyncio.wait_for(reader.read(1), 1.0):
+                    stolen += 1  # a client's first byte: the thief has its connection
+            except (OSError, TimeoutError):
+                pass
+            finally:
+                writer.transport.abort()
+
+    async def client(n: int) -> None:
+        nonlocal served, failed
+        payload = f"client {n} ".encode() * 100
+        try:
+            reader, writer = await asyncio.open_connection(HOST, public_port)
+            try:
+                writer.write(payload)
+                writer.write_eof()
+                answer = await asyncio.wait_for(reader.read(), 15)
+            finally:
+                writer.transport.abort()
+        except (OSError, TimeoutError):
+            answer = b""
+        if answer == payload:
+            served += 1
+        else:
+            failed += 1
+
+    serving = loop.create_task(server())
+    try:
+        await client(-1)  # the dial-back port is known from here on
+        until = loop.time() + seconds
+        thieves = [loop.create_task(thief(until)) for _ in range(4)]
+        gate = asyncio.Semaphore(10)
+
+        async def gated(n: int) -> None:
+            async with gate:
+                await client(n)
+
+        await asyncio.gather(*(gated(n) for n in range(clients)))
+        await asyncio.gather(*thieves)
+        notes.update(
+            tokens=tokens,
+            served=served,
+            failed=failed,
+            stolen=stolen,
+            thief_attempts=attempts,
+        )
+    finally:
+        serving.cancel()
+        for task in [*tasks, serving]:
+            task.cancel()
+        await asyncio.gather(*tasks, serving, return_exceptions=True)
+        control_writer.transport.abort()
+
+
+CHURN_SECONDS = 600.0
+"""``python -m bench.abuse --attack churn`` runs this long unless ``--seconds`` says."""
+CHURN_REGISTRANTS = 8
+CHURN_CLIENTS = 48
+ERROR_LINE = re.compile(r" ERROR |Traceback|Exception in callback|Fatal error")
+"""What must not appear in the relay's log under churn: an error, or asyncio's own report
+of an exception that escaped a callback."""
+
+
+class ChurnRegistrant:
+    """A registered side that lives a little while, serves its streams in one of several
+    ways, and ends in one of several ways; then registers again, until ``until``."""
+
+    def __init__(self, relay_port: int, live: list[int], rng: random.Random) -> None:
+        self.relay_port = relay_port
+        self.live = live
+        self.rng = rng
+        self.sessions = 0
+        self.endings: dict[str, int] = {}
+
+    async def run(self, until: float) -> None:
+        loop = asyncio.get_running_loop()
+        while loop.time() < until:
+            try:
+                await self._one_session(min(until, loop.time() + self.rng.uniform(0.3, 3.0)))
+            except OSError:
+                await asyncio.sleep(0.05)
+
+    async def _one_session(self, until: float) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.create_connection((HOST, self.relay_port), timeout=10)
+        try:
+            line = b""
+            while not line.endswith(b"\n"):  # byte by byte: yamux follows the port line
+                byte = sock.recv(1)
+                if not byte:
+                    raise ConnectionResetError("the relay closed the registration")
+                line += byte
+            sock.setblocking(False)
+            transport, _ = await loop.create_connection(asyncio.Protocol, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        session = yamux.Session.attach(transport, client=False)
+        public_port = int(line)
+        self.sessions += 1
+        self.live.append(public_port)
+        handlers: set[asyncio.Task[None]] = set()
+        try:
+            async with asyncio.timeout(max(0.0, until - loop.time())):
+                async for stream in session:
+                    task = loop.create_task(self._serve(stream))
+                    handlers.add(task)
+                    task.add_done_callback(handlers.discard)
+        except TimeoutError:
+            pass
+        finally:
+            self.live.remove(public_port)
+            ending = self.rng.choice(("close", "go away", "drop"))
+            self.endings[ending] = self.endings.get(ending, 0) + 1
+            if ending == "go away":
+                session.go_away()
+                await asyncio.sleep(0.2)
+            elif ending == "drop":
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+            session.close()
+            await session.wait_closed()
+
+    async def _serve(self, stream: yamux.Stream) -> None:
+        way = self.rng.random()
+        try:
+            if way < 0.1:
+                stream.reset()  # at once
+                return
+            data = await stream.read(65536)
+            if way < 0.2:
+                stream.reset()  # after the first chunk
+                return
+            stream.write(data)
+            if way < 0.3:
+                stream.write_eof()  # half-close, then take the rest
+                while await stream.read(65536):
+                    pass
+                return
+            while data := await stream.read(65536):
+                stream.write(data)
+                await stream.drain()
+            stream.close()
+        except yamux.YamuxError:
+            stream.reset()
+
+
+async def churn_client(
+    live: list[int], until: float, rng: random.Random, counts: dict[str, int]
+) -> None:
+    """Public clients one after another: most complete an exchange, others half-close,
+    reset, or vanish without reading."""
+    loop = asyncio.get_running_loop()
+    payload = b"churn " * 100
+    while loop.time() < until:
+        if not live:
+            await asyncio.sleep(0.01)
+            continue
+        way = rng.choice(("complete", "complete", "half-close", "reset", "reset at once", "vanish"))
+        counts[way] = counts.get(way, 0) + 1
+        try:
+            reader, writer = await asyncio.open_connection(HOST, rng.choice(live))
+        except OSError:
+            counts["refused"] = counts.get("refused", 0) + 1
+            continue
+        try:
+            if way == "reset at once":
+                _reset(writer)
+                continue
+            writer.write(payload)
+            if way == "complete":
+                await asyncio.wait_for(reader.readexactly(len(payload)), 5)
+            elif way == "half-close":
+                writer.write_eof()
+                await asyncio.wait_for(reader.read(), 5)
+            elif way == "reset":
+                await asyncio.wait_for(reader.read(1), 5)
+                _reset(writer)
+            else:  # vanish: never read, go away a little later
+                await asyncio.sleep(rng.uniform(0, 0.5))
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            counts["cut"] = counts.get("cut", 0) + 1
+        finally:
+            writer.transport.abort()
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def churn(
+    relay_proc: Proc, port: int, loop_name: str, seconds: float, notes: dict[str, Any]
+) -> None:
+    """``CHURN_REGISTRANTS`` registered sides and ``CHURN_CLIENTS`` public clients at once,
+    for ``seconds``; the relay's RSS is read every second."""
+    raise_nofile()
+    loop = asyncio.get_running_loop()
+    rng = random.Random(18)
+    live: list[int] = []
+    counts: dict[str, int] = {}
+    until = loop.time() + seconds
+    registrants = [ChurnRegistrant(port, live, rng) for _ in range(CHURN_REGISTRANTS)]
+    lines_before = len(relay_proc.stderr)
+    timeline: list[int] = []
+
+    async def sample() -> None:
+        while loop.time() < until:
+            timeline.append(rss(relay_proc))
+            await asyncio.sleep(1.0)
+
+    # Our own registered sides log what the relay does to them (streams refused after
+    # Go Away, ...): that is the attack working, not news.
+    attacker_log = logging.getLogger("yamux")
+    level = attacker_log.level
+    attacker_log.setLevel(logging.CRITICAL)
+    try:
+        await asyncio.gather(
+            sample(),
+            *(registrant.run(until) for registrant in registrants),
+            *(churn_client(live, until, rng, counts) for _ in range(CHURN_CLIENTS)),
+        )
+    finally:
+        attacker_log.setLevel(level)
+    await asyncio.sleep(1.0)  # the relay logs what the last sessions' ends caused
+    log = relay_proc.stderr[lines_before:]
+    errors = [line for line in log if ERROR_LINE.search(line)]
+    quarter = timeline[len(timeline) // 4] if timeline else 0
+    notes.update(
+        public_connections=sum(v for k, v in counts.items() if k not in ("refused", "cut")),
+        per_second=round(sum(counts.values()) / seconds),
+        clients={k: v for k, v in sorted(counts.items())},
+        sessions=sum(r.sessions for r in registrants),
+        error_lines=len(errors),
+        first_error=errors[0][:300] if errors else None,
+        rss_quarter_mib=round(quarter / MIB, 1),
+        rss_end_mib=round((timeline[-1] if timeline else 0) / MIB, 1),
+        rss_growth_after_quarter_mib=round((max(timeline, default=0) - quarter) / MIB, 1),
+    )
+
+
+METRICS_LINE = re.compile(r"metrics on http://([\d.]+:\d+)/metrics")
+
+
+async def metrics_names(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    sessions: int = 50,
+) -> None:
+    """Strangers register on an open relay, each under a name of its own choosing (a
+    tenth of them under a name already taken), then /metrics is scraped."""
+    _, match = await relay_proc.await_line(METRICS_LINE)
+    endpoint = match.group(1)
+    registrations = []
+    refused = 0
+    try:
+        for n in range(sessions):
+            try:
+                registrations.append(await relay.register(HOST, port, name=f"stranger-{n % 45}"))
+            except relay.RelayRefusedError:
+                refused += 1  # the name is held by a live session
+        await asyncio.sleep(min(seconds, 1.0))
+        text = await asyncio.to_thread(_get, f"http://{endpoint}/metrics")
+    finally:
+        for registration in registrations:
+            registration.session.close()
+            await registration.session.wait_closed()
+    samples = [
+        (sample.name, tuple(sorted(sample.labels.items())))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+    notes["sessions"] = len(registrations)
+    notes["refused"] = refused
+    notes["duplicate_series"] = len(samples) - len(set(samples))
+    notes["service_series"] = sum(1 for name, _ in samples if name == "relay_service_sessions")
+    notes["stranger_label_values"] = len(
+        {value for _, labels in samples for _, value in labels if "stranger" in value}
+    )
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key, made by openssl; the certificate is its CA."""
     cert, key = directory / "relay.pem", directory / "relay.key"
@@ -1037,6 +1512,13 @@ ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
     "failure-flush": (failure_flush, ()),
     "unanswered": (unanswered_failures, ()),
     "stale-client": (stale_client, ()),
+    "fd-limit": (fd_limit, ("--no-connection-log",)),
+    "notify-thief": (
+        notify_thief,
+        ("--protocol", "notify", "--notify-token", "--no-connection-log"),
+    ),
+    "churn": (churn, ("--no-connection-log",)),
+    "metrics-names": (metrics_names, ("--protocol", "v2", "--metrics", f"{HOST}:0")),
 }
 """name: (attack, relay options)."""
 
@@ -1101,6 +1583,8 @@ def run(
     function, options = ATTACKS[attack]
     if attack == "idle-flood" and relay_has_option("--idle-timeout"):
         options = (*options, "--idle-timeout", f"{seconds:g}")
+    if attack == "notify-thief" and not relay_has_option("--notify-token"):
+        options = tuple(option for option in options if option != "--notify-token")
     with tempfile.TemporaryDirectory(prefix="relay-abuse-") as directory:
         if attack == "silent-tls":
             cert, key = self_signed_certificate(Path(directory))
@@ -1110,7 +1594,9 @@ def run(
             more_options, more_kwargs = PREPARE[attack](attack, Path(directory))
             options = (*options, *more_options)
             kwargs = {**more_kwargs, **kwargs}
-        relay_proc, port = start_relay(loop, *options, *relay_options)
+        relay_proc, port = start_relay(
+            loop, *options, *relay_options, nofile=FD_LIMIT if attack == "fd-limit" else None
+        )
         notes: dict[str, Any] = {}
         try:
             rss_before = rss(relay_proc)
@@ -1156,8 +1642,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seconds",
         type=float,
-        default=20.0,
-        help="attack duration (idle-flood: the idle timeout) [20]",
+        help="attack duration (idle-flood: the idle timeout) [20; churn: 600]",
     )
     args = parser.parse_args(argv)
     print(
@@ -1167,8 +1652,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for attack in args.attack or list(ATTACKS):
         for loop in args.loop or LOOPS:
+            seconds = args.seconds or (CHURN_SECONDS if attack == "churn" else 20.0)
             try:
-                out = run(attack, loop, args.seconds)
+                out = run(attack, loop, seconds)
             except (AbuseError, ProcessError) as exc:
                 print(f"{attack:<20} {loop:<8} harness error: {exc}", flush=True)
                 continue

@@ -176,3 +176,59 @@ def test_a_stale_client_behind_the_same_address_does_not_lock_out_another(loop: 
     assert out.notes["bob_tries"] >= 20, describe(out)
     assert out.notes["ok"] == out.notes["tries"] >= 8, describe(out)
     assert out.notes["ok_within_1s"] == out.notes["tries"], describe(out)
+
+
+@LOOPS
+def test_out_of_file_descriptors(loop: str) -> None:
+    """A relay under ``ulimit -n 64`` and 300 public clients at once: while its descriptors
+    are exhausted it writes a few lines and spins no core; every client is served once the
+    first ones leave (none dropped), and a newcomer at once."""
+    out = abuse.run("fd-limit", loop, ATTACK_SECONDS)
+    assert 10 < out.notes["served_while_held"] < 64, describe(out)
+    assert out.notes["log_lines_while_held"] <= 2, describe(out)  # 900,000 before the fix
+    # Spinning on accept() costs a core: 1.3 s of 3 on asyncio's loop before the fix.
+    assert out.notes["cpu_s_while_held"] < 0.1 * ATTACK_SECONDS, describe(out)
+    assert out.notes["served"] == 300, describe(out)
+    assert out.notes["newcomer_ok"], describe(out)
+    assert out.log_lines < 10, describe(out)
+
+
+@LOOPS
+def test_names_strangers_choose_are_no_metric_labels(loop: str) -> None:
+    """An open relay with --metrics: 50 registrations under names their senders chose
+    (5 refused: the name is taken). /metrics has one series per session, none duplicated,
+    and none of those names as a label value (before: every name was one)."""
+    out = abuse.run("metrics-names", loop, 0.5)
+    assert out.notes["sessions"] == 45, describe(out)
+    assert out.notes["duplicate_series"] == 0, describe(out)
+    assert out.notes["service_series"] == 45, describe(out)
+    assert out.notes["stranger_label_values"] == 0, describe(out)
+
+
+@LOOPS
+def test_notify_dial_backs_without_the_token_take_no_client(loop: str) -> None:
+    """--protocol notify --notify-token: 4 processes on the server's address dial back
+    without the token for 2 s while the server serves 200 clients: none is taken (before
+    tokens: 84 of 201), and their refusals cost a few log lines (before: one each)."""
+    out = abuse.run("notify-thief", loop, 2.0)
+    assert out.notes["tokens"], describe(out)
+    assert out.notes["thief_attempts"] > 500, describe(out)
+    assert out.notes["stolen"] == 0, describe(out)
+    assert out.notes["served"] == 201, describe(out)
+    assert out.log_lines < 30, describe(out)
+
+
+CHURN_SECONDS = 20.0
+
+
+@LOOPS
+def test_churn(loop: str) -> None:
+    """20 s of churn (``python -m bench.abuse --attack churn`` runs 10 minutes): registered
+    sides that register, reset streams, send Go Away or drop; public clients that
+    complete, half-close, reset or vanish. Not one ERROR line (before the pipe fix:
+    InvalidStateError from relay/pipe.py, then the whole session lost), RSS flat."""
+    out = abuse.run("churn", loop, CHURN_SECONDS)
+    assert out.notes["public_connections"] > 2000, describe(out)
+    assert out.notes["sessions"] > 20, describe(out)
+    assert out.notes["error_lines"] == 0, describe(out)
+    assert out.notes["rss_growth_after_quarter_mib"] < 16, describe(out)

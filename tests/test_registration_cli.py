@@ -390,8 +390,8 @@ def test_tls_relay_out_of_file_descriptors_pauses_and_recovers(
     ]
     try:
         relay.wait_line(
-            r"cannot accept on the control port \(\[Errno 24\] Too many open "
-            r"files\); pausing 1 s"
+            r"ERROR relay\.accept: cannot accept on the control port: Too many open files "
+            r"\(EMFILE\); not accepting there for 0\.1 s at a time"
         )
     finally:
         for sock in silent:
@@ -399,6 +399,8 @@ def test_tls_relay_out_of_file_descriptors_pauses_and_recovers(
     _, public = procs.forwarder(control, echo_port, "--tls-ca", str(certs.ca))
     assert echo_roundtrip(public) == b"ping through the relay\n"
     assert relay.alive()
+    relay.wait_line(r"accepting on the control port again: \d+ failed tries")
+    assert relay.stderr_text.count("relay.accept") == 2  # one episode, two lines
 
 
 def test_mutual_tls_from_the_command_line(

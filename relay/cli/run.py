@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -45,6 +46,7 @@ def run_server(ctx: click.Context, port: int, values: Mapping[str, Any]) -> NoRe
     server = build_server(ctx, port, values)
     loop_factory = event_loop_factory(process.event_loop)
     setup_logging(process)
+    raise_fd_limit()
     ctx.exit(
         drain.run_until_signal(
             lambda: _serve_relay(server, port, process.metrics),
@@ -67,6 +69,7 @@ def run_forward(
     forwarder = build_forwarder(ctx, host, port, services, values)
     loop_factory = event_loop_factory(process.event_loop)
     setup_logging(process)
+    raise_fd_limit()
     ctx.exit(
         drain.run_until_signal(
             lambda: _run_forwarder(forwarder, process.metrics),
@@ -92,6 +95,26 @@ async def _run_forwarder(forwarder: Forwarder, metrics_address: tuple[str, int] 
 
 def setup_logging(process: ProcessOptions) -> None:
     logs.setup(process.level, process.log_format, connection_log=process.connection_log)
+
+
+def raise_fd_limit() -> None:
+    """Every connection is a file descriptor (two on a forwarder): take all the system
+    allows (the soft RLIMIT_NOFILE up to the hard one) and say how many that is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        logger.info("file descriptors: at most %d (ulimit -n)", soft)
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        logger.warning(
+            "file descriptors: at most %d; cannot raise it to the hard limit %d: %s",
+            soft,
+            hard,
+            exc,
+        )
+        return
+    logger.info("file descriptors: at most %d (the hard limit; the soft one was %d)", hard, soft)
 
 
 async def _serve_relay(server: Relay, port: int, metrics_address: tuple[str, int] | None) -> int:

@@ -31,7 +31,7 @@ from ..client.forwarder import Forwarder
 from ..client.relayed_server import RelayedServer
 from ..net import format_endpoint
 from ..options import Service
-from ..server.interface import Readiness, Relay
+from ..server.interface import Readiness, Relay, SessionInfo
 from . import status_page
 
 logger = logging.getLogger("relay.metrics")
@@ -42,9 +42,46 @@ MAX_REQUEST_HEAD = 8192
 REQUEST_TIMEOUT = 5.0
 
 
-def service_label(public_port: int, client: str | None = None) -> str:
-    """The ``service`` label of a registration: its client name, else its public port."""
-    return client or str(public_port)
+ANONYMOUS = "anonymous"
+"""The ``client`` label of a registration that no secret vouches for."""
+
+
+def series_labels(info: SessionInfo) -> tuple[str, str]:
+    """The ``client`` and ``service`` labels of a registration's series.
+
+    Only names a secret or the auth file vouches for become label values: on an
+    open relay anyone may register under any name, and a label value per name
+    would be a series per stranger. So an unauthenticated registration is
+    ``anonymous`` and its service is its public port (at most one registration
+    holds a port at a time); an authenticated one is its client, and its service is
+    its ``service=`` name, else its client name (a forwarder with a secret and
+    ``--name`` sends that as its name).
+    """
+    if not info.authenticated:
+        return ANONYMOUS, str(info.public_port)
+    client = info.client or ANONYMOUS
+    return client, info.service or info.client or str(info.public_port)
+
+
+class _Series:
+    """What the sessions of one (client, service) add up to."""
+
+    __slots__ = ("bytes_in", "bytes_out", "rtt", "sessions", "stalls")
+
+    def __init__(self) -> None:
+        self.sessions = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.stalls = 0
+        self.rtt: float | None = None
+
+    def add(self, info: SessionInfo) -> None:
+        self.sessions += 1
+        self.bytes_in += info.bytes_in
+        self.bytes_out += info.bytes_out
+        self.stalls += info.stalls
+        if info.rtt is not None:
+            self.rtt = info.rtt if self.rtt is None else max(self.rtt, info.rtt)
 
 
 class RelayCollector(Collector):
@@ -79,34 +116,46 @@ class RelayCollector(Collector):
         for reason, count in sorted(stats.connections_refused.items()):
             refused_conns.add_metric([reason], count)
         yield refused_conns
+        series: dict[tuple[str, str], _Series] = {}
+        for info in sessions:
+            labels = series_labels(info)
+            if (entry := series.get(labels)) is None:
+                entry = series[labels] = _Series()
+            entry.add(info)
+        service_sessions = GaugeMetricFamily(
+            "relay_service_sessions",
+            "Registered sessions per client and service.",
+            labels=["client", "service"],
+        )
         service_bytes = CounterMetricFamily(
             "relay_service_bytes",
-            "Bytes relayed per registered service; in = from the public "
+            "Bytes relayed per client and service; in = from the public "
             "clients, out = to them (open connections included).",
-            labels=["service", "direction"],
+            labels=["client", "service", "direction"],
         )
         rtt = GaugeMetricFamily(
             "relay_keepalive_rtt_seconds",
-            "Last keepalive (or handshake) ping round trip per service.",
-            labels=["service"],
+            "Last keepalive (or handshake) ping round trip per client and service "
+            "(the slowest of its sessions).",
+            labels=["client", "service"],
         )
         stalls = CounterMetricFamily(
             "relay_service_window_stalls",
             "Times a stream paused its public connection because "
-            "the registered side's yamux window was full, per service.",
-            labels=["service"],
+            "the registered side's yamux window was full, per client and service.",
+            labels=["client", "service"],
         )
-        total_in, total_out, total_stalls = stats.bytes_in, stats.bytes_out, stats.stalls
-        for info in sessions:
-            label = service_label(info.public_port, info.client)
-            service_bytes.add_metric([label, "in"], info.bytes_in)
-            service_bytes.add_metric([label, "out"], info.bytes_out)
-            stalls.add_metric([label], info.stalls)
-            if info.rtt is not None:
-                rtt.add_metric([label], info.rtt)
-            total_in += info.bytes_in
-            total_out += info.bytes_out
-            total_stalls += info.stalls
+        for (client, service), entry in series.items():
+            service_sessions.add_metric([client, service], entry.sessions)
+            service_bytes.add_metric([client, service, "in"], entry.bytes_in)
+            service_bytes.add_metric([client, service, "out"], entry.bytes_out)
+            stalls.add_metric([client, service], entry.stalls)
+            if entry.rtt is not None:
+                rtt.add_metric([client, service], entry.rtt)
+        total_in = stats.bytes_in + sum(info.bytes_in for info in sessions)
+        total_out = stats.bytes_out + sum(info.bytes_out for info in sessions)
+        total_stalls = stats.stalls + sum(info.stalls for info in sessions)
+        yield service_sessions
         yield service_bytes
         total = CounterMetricFamily(
             "relay_bytes",
@@ -189,6 +238,8 @@ def relay_status(server: Relay) -> dict[str, Any]:
             {
                 "session": info.id,
                 "client": info.client,
+                "service": info.service,
+                "authenticated": info.authenticated,
                 "peer": info.peer,
                 "public_port": info.public_port,
                 "confirmed": info.confirmed,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal, Self, get_args
 
 from ..wire.tls import server_context
 from .declare import OptionError, option
-from .kinds import Choice, Instance, Integer, PortRange, Seconds, Text
+from .kinds import Choice, Flag, Instance, Integer, PortRange, Seconds, Text
 from .kinds import Path as PathKind
 from .shared import SharedOptions
 
@@ -166,6 +166,13 @@ class RelayOptions(SharedOptions):
         "server dials back, one TCP connection per client; "
         "docs/notify-protocol.md).",
     )
+    notify_token: bool = option(
+        False,
+        Flag(),
+        "With --protocol notify: each [NEW] line carries a token ([NEW]<port> <token>) that "
+        "the server sends first on its dial-back, so only the registered server can take "
+        "a client. Servers of the original design do not send it: they need this off.",
+    )
     auth_file: str | None = option(
         None,
         PathKind(),
@@ -241,6 +248,8 @@ class RelayOptions(SharedOptions):
                 "give a shared secret ({secret}, {secret_file}) or named clients "
                 "({auth_file}, {auth_clients}), not both",
             )
+        if self.notify_token and self.protocol != "notify":
+            raise OptionError("notify_token", "is an option of {protocol} notify only")
         unsupported = (
             self.auth_file,
             self.auth_clients,

@@ -1,9 +1,10 @@
 """A registration between its checked request and its port line: the await on the store.
 
 The port comes from the lease store (``relay.server.ports``), an await: the
-control connection's admission slot stays held meanwhile (``settled`` gives it
-back on every way out), bytes the client sends are kept for its yamux session
-(``AwaitingPort``), and a second registration of the same identity waits for
+control connection's admission place stays held meanwhile (``settled`` gives it
+back on every way out; ``gave_way`` ends it if a newcomer takes the place),
+bytes the client sends are kept for its yamux session (``AwaitingPort``), and
+a second registration of the same identity waits for
 the first (``Allocations``) so that one identity is never allocated twice at once.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from ..wire.refusal import RETRY, format_refusal
 from .leases import Identity
 from .places import Place
 
@@ -21,7 +23,7 @@ EARLY_LIMIT = 64 * 1024
 
 def settled(transport: asyncio.Transport, place: Place, task: asyncio.Task[None]) -> None:
     """The end of an allocation or a replacement, even one cancelled before it ran (the
-    relay is closing): the registration's slot goes back unless it went on to its session,
+    relay is closing): the registration's place goes back unless it went on to its session,
     and a registration left undecided is dropped."""
     place.release()
     if task.cancelled() or task.exception() is not None:
@@ -81,3 +83,15 @@ async def after(allocation: asyncio.Event, register: Callable[[], None]) -> None
     is a holder, and the replacement rules decide)."""
     await allocation.wait()
     register()
+
+
+def gave_way(transport: asyncio.Transport) -> Callable[[str], None]:
+    """How a registration whose place is taken while it waits (for its port, for a
+    replacement) ends: told why in a refusal line, then closed."""
+
+    def end(reason: str) -> None:
+        if not transport.is_closing():
+            transport.write(format_refusal(reason, RETRY))
+            transport.close()
+
+    return end

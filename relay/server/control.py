@@ -12,35 +12,43 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from ..net import LISTEN_BACKLOG
+from yamux.ratelimit import RateLimitedLog
+
 from ..options import RelayOptions
+from .accept import ProtocolListener
 from .admission import Admission
 from .places import Place
 from .request import SEED, RegistrationRequest
 from .tls_listener import TLSListener
 
 
-async def listen(
+def listen(
     sock: socket.socket,
     options: RelayOptions,
     admission: Admission,
     protocol: Callable[[Place | None], asyncio.Protocol],
-) -> asyncio.Server | TLSListener:
+    accept_log: RateLimitedLog,
+) -> ProtocolListener | TLSListener:
     """Serve the control port on ``sock``: plain TCP, or TLS with each connection counted
-    from accept on. ``protocol(place)``: the control protocol of a connection, with the
-    admission place it holds already (after its TLS handshake) or None."""
+    from accept on; either way accepted as every port is (``relay.server.accept``), and
+    ``accept_log`` says when accept() fails. ``protocol(place)``: the control protocol of
+    a connection, with the admission place it holds already (after its TLS handshake) or
+    None."""
+    listener: ProtocolListener | TLSListener
     if options.ssl is None:
-        return await asyncio.get_running_loop().create_server(
-            lambda: protocol(None), sock=sock, backlog=LISTEN_BACKLOG
+        listener = ProtocolListener(
+            sock, lambda: protocol(None), what="the control port", log=accept_log
         )
-    listener = TLSListener(
-        sock,
-        options.ssl,
-        timeout=options.tls_handshake_timeout,
-        admission=admission,
-        protocol_factory=protocol,
-        log=admission.log,
-    )
+    else:
+        listener = TLSListener(
+            sock,
+            options.ssl,
+            timeout=options.tls_handshake_timeout,
+            admission=admission,
+            protocol_factory=protocol,
+            log=admission.log,
+            accept_log=accept_log,
+        )
     listener.start()
     return listener
 

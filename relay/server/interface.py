@@ -35,6 +35,11 @@ class SessionInfo:
     """Times a stream paused its public connection because the peer's window was full."""
     client: str | None = None
     """The client's name (registration v2); None for a seed-protocol registration."""
+    authenticated: bool = False
+    """``client`` and ``service`` were vouched for by a secret or the auth file; else a
+    stranger may have chosen them."""
+    service: str | None = None
+    """Which of the client's services (``service=`` of registration v2)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ import asyncio
 import itertools
 import logging
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -51,8 +51,9 @@ from ..options.declare import takes_options
 from ..stats import RelayStats
 from ..wire.greeting import port_line
 from ..wire.refusal import RETRY
+from .accept import Acceptor, ProtocolListener, accept_log
 from .admission import Admission, Refused
-from .allocation import Allocations, AwaitingPort, after, settled
+from .allocation import Allocations, AwaitingPort, after, gave_way, settled
 from .auth_file import authentication, watch_auth_file
 from .challenge import ChallengeProtocol
 from .challenge import logger as registration_logger
@@ -125,7 +126,9 @@ class RelayServer:
         )
         self.stats = RelayStats()
         """Counters for metrics (``relay.ops.metrics``)."""
-        self.public = PublicConnections(self.stats, checked)
+        self.accept_log = accept_log()
+        """Where every listener of this relay says that accept() fails (out of descriptors)."""
+        self.public = PublicConnections(self.stats, checked, self.accept_log)
         self._challenge_log = RateLimitedLog(registration_logger)
         """Refused v2 registrations: a stranger must not be able to write our log."""
         # Leases are kept per name, which only registration v2 carries: a state dir or a
@@ -139,7 +142,7 @@ class RelayServer:
             checked, auth_failures, self.stats, RateLimitedLog(logger)
         )
         self._bind: BindAddress | None = None
-        self._control: asyncio.Server | TLSListener | None = None
+        self._control: ProtocolListener | TLSListener | None = None
         self._ports: PortAllocator | None = None
         self._keeper: StoreKeeper | None = None
         self._tasks = yamux.TaskOwner(logger)
@@ -163,11 +166,9 @@ class RelayServer:
         )
         try:
             sock = self._bind.listen(self._requested_port)
-            try:
-                self._control = await self._listen(sock)
-            except BaseException:
-                sock.close()
-                raise
+            self._control = listen(
+                sock, self.options, self.admission, self._control_protocol, self.accept_log
+            )
         except BaseException:
             await ports.close()
             raise
@@ -280,9 +281,6 @@ class RelayServer:
         await self.wait_closed()
 
     # ----------------------------------------------------------- registering
-    async def _listen(self, sock: socket.socket) -> asyncio.Server | TLSListener:
-        return await listen(sock, self.options, self.admission, self._control_protocol)
-
     def _control_protocol(self, place: Place | None = None) -> asyncio.Protocol:
         """The protocol of a control connection; ``place``: the one it holds already (after
         its TLS handshake)."""
@@ -350,7 +348,7 @@ class RelayServer:
             holder = holder_of(self._sessions.values(), identity)
             if holder is not None:  # decided after a ping; registration_made runs again then
                 newcomer = place.hand_over()
-                newcomer.hold(lambda reason: transport.abort())
+                newcomer.hold(gave_way(transport))
                 self._tasks.spawn(
                     self._replace(transport, request, newcomer, identity, holder),
                     name="relay-replace",
@@ -360,7 +358,7 @@ class RelayServer:
             allocating = self._allocations.of(identity)
             if allocating is not None:  # the same identity, a moment earlier: after it
                 newcomer = place.hand_over()
-                newcomer.hold(lambda reason: transport.abort())
+                newcomer.hold(gave_way(transport))
                 again = partial(self._register_again, transport, request, newcomer)
                 self._tasks.spawn(
                     after(allocating, again),
@@ -374,7 +372,7 @@ class RelayServer:
         transport.set_protocol(waiting)
         self._allocations.begin(identity)
         registration = place.hand_over()
-        registration.hold(lambda reason: transport.abort())
+        registration.hold(gave_way(transport))
         self._tasks.spawn(
             self._allocate(waiting, peer, request, registration),
             name="relay-allocate",
@@ -486,8 +484,8 @@ class RelayServer:
     def log(self) -> RateLimitedLog:
         return self.admission.log
 
-    def public_protocol(self, session: RegisteredSession) -> Callable[[], asyncio.Protocol]:
-        return self.public.protocol_for(session)
+    def public_listener(self, session: RegisteredSession, sock: socket.socket) -> Acceptor:
+        return self.public.listener(session, sock)
 
     def forget(self, session: RegisteredSession) -> None:
         self._sessions.pop(session.id, None)

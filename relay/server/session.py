@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
 from typing import Protocol
 
 import yamux
 from yamux.ratelimit import RateLimitedLog
 
-from ..net import LISTEN_BACKLOG
 from ..stats import Traffic
+from .accept import Acceptor
 from .interface import SessionInfo
 from .leases import Identity
 from .lifecycle import SessionEffect, SessionEvent, SessionState, step
@@ -50,8 +49,8 @@ class Registry(Protocol):
     @property
     def allocator(self) -> PortAllocator: ...
 
-    def public_protocol(self, session: RegisteredSession) -> Callable[[], asyncio.Protocol]:
-        """The protocol factory of the session's public listener."""
+    def public_listener(self, session: RegisteredSession, sock: socket.socket) -> Acceptor:
+        """The session's public listener on ``sock`` (not started)."""
 
     def forget(self, session: RegisteredSession) -> None:
         """The session has closed everything: its port and its place are free."""
@@ -103,7 +102,7 @@ class RegisteredSession:
         """Until confirmed: a pending seed registration may have to give its place to a
         newcomer (``relay.server.places``), which ends it."""
         self._registry = registry
-        self._listener: asyncio.Server | None = None
+        self._listener: Acceptor | None = None
         self._tasks = yamux.TaskOwner(logger)
         """The handshake ping, the run, the stream rejecter, the closing."""
         self._handshake: asyncio.Task[float | None] | None = None
@@ -149,6 +148,8 @@ class RegisteredSession:
             rtt=self.session.last_rtt,
             stalls=self.traffic.stalls,
             client=self.request.client,
+            authenticated=self.request.authenticated,
+            service=self.request.service,
         )
 
     def log_fields(self) -> dict[str, object]:
@@ -186,9 +187,8 @@ class RegisteredSession:
 
     async def _run(self) -> None:
         """Listen on the public port, wait for the handshake, then until Go Away."""
-        self._listener = await asyncio.get_running_loop().create_server(
-            self._registry.public_protocol(self), sock=self._sock, backlog=LISTEN_BACKLOG
-        )
+        self._listener = self._registry.public_listener(self, self._sock)
+        self._listener.start()
         logger.debug(
             "session %d from %s: public port %d, waiting for the handshake ping",
             self.id,

@@ -4,9 +4,10 @@
 the connection, so unfinished handshakes were counted nowhere: one address
 could hold thousands, each with its TLS read buffer (256 KiB on asyncio's
 loop), until the handshake timeout. Here the relay accepts plain TCP itself
-and admits a connection before anything is allocated for it: it takes a place
-among the registrations in progress (``relay.server.admission``; it may be
-taken from whoever holds the most), or it is closed at once. A silent
+(``relay.server.accept``, as on every port) and admits a connection before
+anything is allocated for it: it takes a place among the registrations in
+progress (``relay.server.admission``; it may be taken from whoever holds the
+most), or it is closed at once. A silent
 connection costs no TLS state: only when its ClientHello begins does it take
 one of the fewer places of TLS handshakes, and its handshake run
 (``loop.connect_accepted_socket(ssl=...)``, on asyncio's loop and on uvloop).
@@ -34,15 +35,13 @@ from yamux.ratelimit import RateLimitedLog
 from ..net import format_peer
 from ..wire.refusal import PERMANENT, format_refusal
 from ..wire.tls import describe_client_tls_error
+from .accept import Acceptor
 from .admission import Admission, Refused
 from .limits import source_of
 from .places import Place
 
 logger = logging.getLogger("relay.tls")
 
-ACCEPT_PAUSE = 1.0
-"""Seconds without accepting after accept() failed, e.g. out of file descriptors
-(asyncio's own servers pause as long)."""
 MIN_HANDSHAKE_TIME = 0.1
 """Seconds a handshake whose ClientHello began at the deadline still has."""
 PLAINTEXT_HINT_DELAY = 2.0
@@ -80,7 +79,8 @@ class TLSListener:
 
     ``admission`` admits, counts and logs refusals; ``protocol_factory`` makes
     the control protocol that a connection goes to once its handshake is done;
-    ``log`` takes the lines of failed handshakes.
+    ``log`` takes the lines of failed handshakes, ``accept_log`` those of an
+    accept() that fails (``relay.server.accept``).
     """
 
     def __init__(
@@ -92,56 +92,30 @@ class TLSListener:
         admission: Admission,
         protocol_factory: Callable[[Place], asyncio.Protocol],
         log: RateLimitedLog,
+        accept_log: RateLimitedLog,
     ) -> None:
-        self._sock: socket.socket | None = sock
+        self._acceptor = Acceptor(sock, self._admit, what="the control port", log=accept_log)
         self._context = context
         self._timeout = timeout
         self._admission = admission
         self._protocol_factory = protocol_factory
         self._log = log
-        self._accepting = yamux.TaskOwner(logger)
-        """The accept loop."""
         self._handshakes = yamux.TaskOwner(logger)
         """One task per admitted connection, until its handshake is done."""
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
-        return () if self._sock is None else (self._sock,)
+        return self._acceptor.sockets
 
     def start(self) -> None:
-        assert self._sock is not None
-        self._accepting.spawn(self._accept(self._sock), name="relay-tls-accept")
+        self._acceptor.start()
 
     def close(self) -> None:
         """Stop accepting (the port is free at once); handshakes in progress go on."""
-        if self._sock is None:
-            return
-        self._accepting.cancel()
-        self._sock.close()
-        self._sock = None
+        self._acceptor.close()
 
     async def wait_closed(self) -> None:
-        await self._accepting.wait()
         await self._handshakes.wait()
-
-    async def _accept(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, address = await loop.sock_accept(sock)
-            except ConnectionAbortedError:
-                continue  # the client gave up before we accepted
-            except OSError as exc:  # out of file descriptors or memory, most likely
-                self._log.log(
-                    logging.ERROR,
-                    "accept",
-                    "cannot accept on the control port (%s); pausing %g s",
-                    exc,
-                    ACCEPT_PAUSE,
-                )
-                await asyncio.sleep(ACCEPT_PAUSE)
-                continue
-            self._admit(conn, address)
 
     def _admit(self, conn: socket.socket, address: object) -> None:
         """Take a place, or close at once."""
