@@ -60,7 +60,7 @@ from .challenge import logger as registration_logger
 from .control import SeedProtocol, listen
 from .interface import AuthFileStatus, Readiness, SessionInfo
 from .leases import Identity
-from .limits import Slot, SourceSlots, share, source_of
+from .limits import Slot, SourceSlots, check_descriptors, share, source_of
 from .membership import StoreKeeper, open_store, shared_failures
 from .ports import PortAllocator, PortRefusedError, StoreDownError
 from .protection import describe_protection
@@ -207,6 +207,7 @@ class RelayServer:
             self.options.max_sessions,
             self.options.max_connections,
         )
+        check_descriptors(self.options.max_connections)
 
     @property
     def port(self) -> int:
