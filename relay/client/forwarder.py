@@ -31,6 +31,7 @@ from typing import Any
 import yamux
 
 from ..net import describe_os_error, format_endpoint
+from ..ops.logs import log_plain
 from ..options import ForwardOptions, OptionError, Service
 from ..options.declare import takes_options
 from ..pipe import PipeResult, SocketEnd, Splice, splice, wait_pipe
@@ -297,14 +298,12 @@ class Forwarder:
         finally:
             traffic.closed(result)
         if connections_logger.isEnabledFor(logging.INFO):
-            connections_logger.info(
-                "stream %d to %s closed: %d bytes to the relay, %d to the service%s",
-                stream.id,
-                local,
-                result.sent,
-                result.received,
-                f" ({result.error})" if result.error else "",
-                extra={
+            log_plain(
+                connections_logger,
+                f"stream {stream.id} to {local} closed: {result.sent} bytes to the relay, "
+                f"{result.received} to the service"
+                + (f" ({result.error})" if result.error else ""),
+                {
                     "stream": stream.id,
                     "local": local,
                     "bytes_in": result.received,
