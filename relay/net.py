@@ -34,8 +34,13 @@ class BindAddress:
     """An IPv6 socket that accepts IPv4 too."""
 
     def listen(self, port: int, backlog: int = LISTEN_BACKLOG) -> socket.socket:
-        """A bound, listening, non-blocking socket on ``port`` (0: the OS chooses)."""
-        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        """A bound, listening, non-blocking socket on ``port`` (0: the OS chooses).
+
+        Made with ``IPPROTO_TCP``, not 0: accepted sockets inherit it, and asyncio's own
+        loop sets TCP_NODELAY only on sockets that say so (uvloop on every TCP socket);
+        without it Nagle holds a small frame or answer back behind an unacknowledged one.
+        """
+        sock = socket.socket(self.family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self.dual_stack:

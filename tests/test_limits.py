@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import resource
 import socket
 import subprocess
 
@@ -85,6 +87,7 @@ def test_source_slots_and_defaults() -> None:
     assert slots.held("a") == 0
     assert SourceSlots(0).acquire("a") is not None  # 0: no limit
     assert share(None, 1000) == 900
+    assert share(None, relay.RelayOptions().max_connections) >= 5000  # a burst of 5,000
     assert share(None, 2) == 2
     assert share(7, 1000) == 7
     with pytest.raises(ValueError, match=r"^idle_timeout=-1: must be 0 \(off\) or more$"):
@@ -213,6 +216,50 @@ async def test_one_source_cannot_take_every_public_connection() -> None:
         # Slots come back when connections end.
         await asyncio.sleep(0.1)
         assert await roundtrip(server.public_port, HOST) == b"hello\n"
+
+
+async def test_a_thousand_connections_from_one_address_pass_the_defaults() -> None:
+    """A busy client behind one address holds 1,000 connections at once, all relayed
+    (the per-source share once was 900)."""
+    async with (
+        relay.RelayServer(0, bind=HOST) as relay_server,
+        await relay.start_server(echo, HOST, relay_server.port) as server,
+    ):
+        held = []
+        try:
+            for _ in range(1000):
+                held.append(await asyncio.open_connection(HOST, server.public_port))
+            for _, writer in held:
+                writer.write(b"a")
+            for reader, _ in held:
+                assert await asyncio.wait_for(reader.readexactly(1), 5) == b"a"
+        finally:
+            for _, writer in held:
+                writer.close()
+            for _, writer in held:
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+
+
+async def test_a_file_limit_below_max_connections_is_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(soft, 2048)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        with caplog.at_level(logging.WARNING, logger="relay.server"):
+            async with relay.RelayServer(0, bind=HOST, max_connections=low - 200):
+                pass
+            assert "file descriptors" not in caplog.text
+            async with relay.RelayServer(0, bind=HOST, max_connections=low):
+                pass
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert (
+        f"file descriptors: at most {low} (ulimit -n), fewer than one service's "
+        f"--max-connections {low} needs" in caplog.text
+    )
 
 
 async def test_one_source_holds_at_most_its_share_of_registrations() -> None:

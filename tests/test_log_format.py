@@ -140,3 +140,32 @@ def test_lines_logged_in_the_event_loop_go_out_together_and_in_order():
         asyncio.run(again())
     finally:
         log.removeHandler(handler)
+
+
+@pytest.mark.parametrize("log_format", logs.LOG_FORMATS)
+def test_the_connection_line_is_the_same_straight_to_the_handler_or_through_logging(log_format):
+    """``log_plain`` skips logging's record while ``setup``'s handler is the only one; with
+    another handler (or a filter) on the way it logs through logging: the same line."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    out = io.StringIO()
+    log = logging.getLogger(logs.CONNECTIONS_LOGGER)
+    fields = {"session": 3, "peer": "127.0.0.1:5000", "duration": 0.25, "reason": "a b"}
+    seen: list[logging.LogRecord] = []
+    try:
+        logs.setup("info", log_format, stream=out)
+        logs.log_plain(log, "session 3: closed", dict(fields))  # straight (no loop: written now)
+        log.addFilter(seen.append)  # a filter returning None: seen, and dropped
+        logs.log_plain(log, "session 3: closed", dict(fields))
+        log.removeFilter(seen.append)
+        assert len(seen) == 1
+        log.info("session 3: closed", extra=dict(fields))  # through logging
+        logs.setup("info", log_format, connection_log=False, stream=out)
+        logs.log_plain(log, "never written", {})
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        log.setLevel(logging.NOTSET)
+    direct, through = out.getvalue().splitlines()
+    assert without_time(log_format, direct) == without_time(log_format, through)
+    assert "127.0.0.1:5000" in direct

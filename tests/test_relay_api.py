@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -419,3 +420,66 @@ async def test_closed_at_once_after_start_leaves_nothing_behind(relay_server):
     await server.wait_closed()
     assert not server.is_serving()
     await eventually(lambda: asyncio.sleep(0, not relay_server.sessions))
+
+
+def listener_that_never_answers() -> tuple[socket.socket, list[socket.socket]]:
+    """A listening socket whose accept queue is full: a further connect gets no answer
+    (the kernel drops its SYN) until someone accepts."""
+    server = socket.socket()
+    server.bind((HOST, 0))
+    server.listen(0)
+    fillers = []
+    for _ in range(8):
+        sock = socket.socket()
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(server.getsockname())
+        fillers.append(sock)
+    return server, fillers
+
+
+async def test_forwarder_connect_timeout_resets_the_stream_and_serves_on(caplog):
+    """A local service that does not answer within connect_timeout costs only its stream:
+    the public client is reset, the failure counted and logged, and the next connection
+    goes through once the service accepts again."""
+    caplog.set_level(logging.WARNING, "relay.forwarder")
+    service, fillers = listener_that_never_answers()
+    endpoints: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        async with relay.RelayServer(0, bind=HOST) as server:
+            forwarder = relay.Forwarder(
+                HOST,
+                server.port,
+                service.getsockname()[1],
+                reconnect=False,
+                connect_timeout=0.3,
+                on_endpoint=endpoints.put_nowait,
+            )
+            task = asyncio.create_task(forwarder.run())
+            try:
+                port = int((await asyncio.wait_for(endpoints.get(), 10)).rsplit(":", 1)[1])
+                reader, writer = await asyncio.open_connection(HOST, port)
+                with pytest.raises(ConnectionResetError):
+                    await asyncio.wait_for(reader.read(), 10)
+                writer.close()
+                assert forwarder.local_failures == {forwarder.services[0]: 1}
+                assert "is unreachable (no answer within 0.3 s)" in caplog.text
+                for sock in fillers:  # make room in the accept queue
+                    sock.close()
+                service.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        service.accept()[0].close()
+                _, writer = await asyncio.open_connection(HOST, port)
+                service.settimeout(10)
+                accepted, _ = await asyncio.to_thread(service.accept)
+                accepted.close()
+                writer.close()
+                assert not task.done()
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    finally:
+        service.close()
+        for sock in fillers:
+            sock.close()

@@ -82,7 +82,9 @@ class RelayOptions(SharedOptions):
         "Most registered services at once; beyond it a registration gets an error line.",
     )
     max_connections: int = option(
-        1000,
+        # A busy service meets thousands at once (a burst of 5,000 from one address
+        # must pass the per-source share); each costs a descriptor and ~5 KB.
+        10_000,
         Integer(1),
         "Most open public connections per registered service; beyond it they are reset.",
     )

@@ -15,6 +15,9 @@ of ``relay.options.RelayOptions``, each 0 to turn it off:
 * ``idle_timeout``: a public connection that moved no byte either way for
   this long is reset (both the socket and its stream).
 
+Every public connection is a file descriptor: ``check_descriptors`` says at
+start when the process's limit is below what one service may hold.
+
 A source is an IPv4 address, or an IPv6 /64 (one host usually owns a whole
 /64, so counting single IPv6 addresses would be no limit at all).
 """
@@ -23,11 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import math
+import resource
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 IPV6_PREFIX = 64
+DESCRIPTOR_RESERVE = 100
+"""Descriptors a relay holds besides public connections: listeners, control connections."""
+
+logger = logging.getLogger("relay.server")
 
 
 def share(per_source: int | None, slots: int) -> int:
@@ -39,6 +48,21 @@ def share(per_source: int | None, slots: int) -> int:
     a tighter number.
     """
     return slots - slots // 10 if per_source is None else per_source
+
+
+def check_descriptors(max_connections: int) -> None:
+    """Warn when the file limit (``ulimit -n``) is below one service's ``max_connections``:
+    then accept() fails for every service, not just this one, before that limit holds."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= max_connections + DESCRIPTOR_RESERVE:
+        return
+    logger.warning(
+        "file descriptors: at most %d (ulimit -n), fewer than one service's "
+        "--max-connections %d needs; raise the limit (systemd: LimitNOFILE=) or lower "
+        "--max-connections",
+        soft,
+        max_connections,
+    )
 
 
 def source_of(peername: Any) -> str:

@@ -20,6 +20,7 @@ import yamux
 from yamux.ratelimit import RateLimitedLog
 
 from ..net import format_peer, peer_of
+from ..ops.logs import log_plain
 from ..options import RelayOptions
 from ..pipe import PipeResult, SocketEnd, pipe
 from ..stats import RelayStats
@@ -224,13 +225,10 @@ def _log_closed(
         duration=round(time.monotonic() - started, 6),
         reason=str(result.error) if result.error else "closed",
     )
-    connections_logger.info(
-        "session %d: connection from %s on stream %d closed: %d bytes in, %d out%s",
-        reg.id,
-        peer,
-        stream_id,
-        result.sent,
-        result.received,
-        f" ({result.error})" if result.error else "",
-        extra=fields,
+    log_plain(
+        connections_logger,
+        f"session {reg.id}: connection from {peer} on stream {stream_id} closed: "
+        f"{result.sent} bytes in, {result.received} out"
+        + (f" ({result.error})" if result.error else ""),
+        fields,
     )

@@ -61,7 +61,7 @@ from .control import SeedProtocol, listen
 from .failures import FailureLimiter
 from .interface import AuthFileStatus, Readiness, SessionInfo
 from .leases import Identity
-from .limits import SourceSlots, share, source_of
+from .limits import SourceSlots, check_descriptors, share, source_of
 from .membership import StoreKeeper, open_store, shared_failures
 from .places import Place
 from .ports import PortAllocator, PortRefusedError, StoreDownError
@@ -194,6 +194,7 @@ class RelayServer:
             self.protocol,
             self._ports,
         )
+        check_descriptors(self.options.max_connections)
 
     @property
     def port(self) -> int:
