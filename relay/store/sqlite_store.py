@@ -205,20 +205,25 @@ class SqliteLeaseStore:
         count = self._q("SELECT COUNT(*) FROM leases")[0][0]
         logger.info("%s: %s lease(s)", self.describe(), count)
 
-    def _beat(self) -> int:
-        expires = time.time() + self.member_ttl
+    def _beat(self) -> bool:
+        """Renew the membership; False if it had lapsed (then the claims it had are gone:
+        others may have taken their ports meanwhile)."""
+        now = time.time()
         cursor = self._db.execute(
-            "UPDATE members SET expires = ? WHERE holder = ?", (expires, self._holder)
+            "UPDATE members SET expires = ? WHERE holder = ? AND expires > ?",
+            (now + self.member_ttl, self._holder, now),
         )
         if cursor.rowcount:
-            return cursor.rowcount
+            return True
+        self._db.execute("DELETE FROM claims WHERE holder = ?", (self._holder,))
         self._db.execute(
-            "INSERT INTO members (holder, expires) VALUES (?, ?)", (self._holder, expires)
+            "INSERT OR REPLACE INTO members (holder, expires) VALUES (?, ?)",
+            (self._holder, now + self.member_ttl),
         )
-        return 0
+        return False
 
     def _heartbeat(self) -> bool:
-        return self._beat() > 0
+        return self._beat()
 
     def _allocate(self, ask: Ask) -> Outcome:
         now = self.clock()
