@@ -14,7 +14,7 @@ from ..net import format_endpoint
 from ..ops import drain, logs, sdnotify
 from ..options import ProcessOptions, Service
 from ..server.interface import Relay
-from ..server.leases import StateDirError
+from ..store.state_dir import StateDirError
 from .build import build_forwarder, build_server, process_options
 from .help_layout import DISTRIBUTION
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ssl as ssl_module
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Self, get_args
@@ -27,6 +28,36 @@ ProtocolChoice = Literal["seed", "v2", "notify"]
 """``seed``: the port line first, then yamux (the Go design); ``v2``: the relay challenges
 first (docs/protocol.md); ``notify``: the first seed design, served by ``NotifyRelay``."""
 PROTOCOLS: tuple[ProtocolChoice, ...] = get_args(ProtocolChoice)
+CLUSTER_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_cluster_url(url: str) -> None:
+    """``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``, ``rediss://`` (TLS) or
+    ``unix:///PATH[?db=DB]``; ValueError with the reason (never the password) otherwise."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in CLUSTER_SCHEMES:
+        raise ValueError(
+            "must be a Redis URL: redis://HOST:PORT/DB, rediss://... (TLS) or unix:///PATH"
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError(f"a {parts.scheme}:// URL needs a host, e.g. redis://10.0.0.5:6379/0")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ValueError("the port of the Redis URL is not a port number") from None
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        raise ValueError(f"the database of the Redis URL must be a number, not {db!r}")
+
+
+class ClusterURL(Text):
+    """A Redis URL; never shown, since it may carry a password."""
+
+    name = "URL"
+    hidden = True
+
+    def __init__(self) -> None:
+        super().__init__(check_cluster_url)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +145,16 @@ class RelayOptions(SharedOptions):
         "only]",
         metavar="DIR",
     )
+    cluster: str | None = option(
+        None,
+        ClusterURL(),
+        "Share leases, claimed ports and failure counts with other relays in this Redis "
+        "(redis://HOST:PORT/DB, rediss:// for TLS, a password as redis://:PASSWORD@HOST; "
+        "prefer RELAY_CLUSTER for that): a service registered with each relay gets the "
+        "same public port on all of them; implies --protocol v2 (docs/cluster.md).  "
+        "[default: the --state-dir store of this relay alone]",
+        metavar="URL",
+    )
     lease_ttl: float = option(
         24 * 3600.0,  # frp keeps a port 24 h
         Seconds(),
@@ -168,12 +209,19 @@ class RelayOptions(SharedOptions):
                 "give a shared secret ({secret}, {secret_file}) or named clients "
                 "({auth_file}, {auth_clients}), not both",
             )
-        unsupported = (self.auth_file, self.auth_clients, self.tls_cert, self.ssl, self.state_dir)
+        unsupported = (
+            self.auth_file,
+            self.auth_clients,
+            self.tls_cert,
+            self.ssl,
+            self.state_dir,
+            self.cluster,
+        )
         if self.protocol == "notify" and (secret or any(unsupported)):
             raise OptionError(
                 "protocol",
                 "the notify protocol has no authentication, TLS or leases: drop {secret}, "
-                "{auth_file}, {auth_clients}, {tls_cert}, {state_dir}",
+                "{auth_file}, {auth_clients}, {tls_cert}, {state_dir}, {cluster}",
                 self.protocol,
             )
 

@@ -37,6 +37,16 @@ class SessionInfo:
     """The client's name (registration v2); None for a seed-protocol registration."""
 
 
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Whether a relay takes registrations now (``/readyz``), and why not."""
+
+    ready: bool
+    reason: str
+    """Why it is not ready (``starting``, ``draining``, ``lease store unreachable: ...``),
+    or what it does when it is."""
+
+
 class Relay(Protocol):
     """A relay as something to run, drain and watch."""
 
@@ -71,3 +81,6 @@ class Relay(Protocol):
 
     async def wait_idle(self) -> None:
         """Until no public connection is open."""
+
+    def health(self) -> Health:
+        """Ready to take registrations, or why not."""

@@ -44,9 +44,9 @@ from ..options import OptionError, RelayOptions
 from ..options.declare import takes_options
 from ..pipe import PipeResult
 from ..stats import RelayStats, Traffic
+from ..store.state_dir import open_state_dir
 from ..wire.greeting import error_line, port_line
-from .interface import SessionInfo
-from .leases import LeaseStore
+from .interface import Health, SessionInfo
 from .ports import PortAllocator
 from .request import SEED
 
@@ -124,20 +124,25 @@ class NotifyRelay:
     async def start(self) -> None:
         options = self.options
         self._bind = resolve_bind_address(options.bind)
-        self._ports = PortAllocator(
+        ports = PortAllocator(
             self._bind,
             options.port_range,
-            LeaseStore(None, options.lease_ttl),
+            await open_state_dir(None, options.lease_ttl),
             options.max_name_leases,
         )
-        sock = self._bind.listen(self._requested_port)
         try:
-            self._control = await asyncio.start_server(
-                self._accept_registration, sock=sock, backlog=LISTEN_BACKLOG
-            )
+            sock = self._bind.listen(self._requested_port)
+            try:
+                self._control = await asyncio.start_server(
+                    self._accept_registration, sock=sock, backlog=LISTEN_BACKLOG
+                )
+            except BaseException:
+                sock.close()
+                raise
         except BaseException:
-            sock.close()
+            await ports.close()
             raise
+        self._ports = ports
         logger.info(
             "Serving relay requests on port %d (protocol notify)",
             self.port,
@@ -172,6 +177,15 @@ class NotifyRelay:
             self.close()
             await self.wait_closed()
 
+    def health(self) -> Health:
+        if self._closed.is_set():
+            return Health(False, "closing")
+        if self.draining:
+            return Health(False, "draining")
+        if self._control is None:
+            return Health(False, "starting")
+        return Health(True, f"serving {len(self._registrations)} registration(s)")
+
     def drain(self) -> None:
         """Stop taking registrations and clients at once; paired connections go on."""
         self.draining = True
@@ -197,6 +211,9 @@ class NotifyRelay:
         await self._tasks.wait()
         if self._control is not None:
             await self._control.wait_closed()
+        if self._ports is not None:
+            ports, self._ports = self._ports, None
+            await ports.close()
 
     # ------------------------------------------------------------- internals
     def _accept_registration(
@@ -227,10 +244,10 @@ class NotifyRelay:
         reason = "closed by the server"
         try:
             try:
-                public = self._listen()
+                public = await self._listen()
                 reg.public_port = int(public.getsockname()[1])
                 try:
-                    dialback = self._listen()
+                    dialback = await self._listen()
                 except OSError:
                     public.close()
                     raise
@@ -307,11 +324,11 @@ class NotifyRelay:
             extra={**reg.log_fields(), "reason": reason},
         )
 
-    def _listen(self) -> socket.socket:
+    async def _listen(self) -> socket.socket:
         """A listening socket on a free port (of --port-range, if given): the one allocator
         the yamux relay uses too."""
         assert self._ports is not None
-        return self._ports.allocate(SEED)
+        return await self._ports.allocate(SEED)
 
     def _accept_public(
         self, reg: _Registration, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

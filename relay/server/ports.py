@@ -17,20 +17,40 @@ The policy, in order:
 
 Every refusal is a ``PortRefusedError`` whose text goes to the registering
 side in the ``error:`` line.
+
+The decisions are the lease store's (``relay.store``: one atomic step, so
+that relays and processes sharing a store never give one port to two
+identities, nor one identity two ports); binding the port is this relay's,
+and a port it cannot bind goes back to the store (``abandon``). An identity
+may hold its port on several relays at once (one service registered with
+each), never two ports.
 """
 
 from __future__ import annotations
 
-import bisect
+import contextlib
 import errno
+import itertools
 import logging
 import socket
+from dataclasses import dataclass, replace
+
+import yamux
 
 from ..errors import RegistrationError
 from ..net import BindAddress
+from ..store import (
+    Ask,
+    Claimed,
+    Denied,
+    Held,
+    LeaseStore,
+    NeedsOffer,
+    StoreUnavailableError,
+)
 from .auth import PortSet
-from .leases import Identity, LeaseStore
 from .request import RegistrationRequest
+from .store_health import StoreHealth
 
 logger = logging.getLogger("relay.ports")
 
@@ -62,6 +82,15 @@ class TooManyLeasesError(PortRefusedError):
     """A new unauthenticated name, but the relay holds the most leases of such names."""
 
 
+class HeldElsewhereError(PortTakenError):
+    """The identity holds another port in a live session (here or on another relay), and
+    one identity never gets two ports."""
+
+
+class StoreDownError(PortRefusedError):
+    """The lease store cannot be reached: a later try may succeed."""
+
+
 def intersection(a: PortSet, b: PortSet) -> PortSet:
     """Ports in both ``a`` and ``b``."""
     return PortSet(
@@ -74,66 +103,121 @@ def intersection(a: PortSet, b: PortSet) -> PortSet:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """An open public port of this relay: whose it is in the store."""
+
+    key: str | None
+    token: str
+
+
 class PortAllocator:
-    """Chooses, binds and remembers public ports; ``allocate`` / ``release``."""
+    """Chooses (through the store), binds and remembers public ports; ``await allocate``,
+    ``release``, and ``await close()`` at the end."""
 
     def __init__(
         self,
         bind: BindAddress,
         port_range: tuple[int, int] | None,
-        leases: LeaseStore,
+        store: LeaseStore,
         max_name_leases: int,
     ) -> None:
         self.bind = bind
         self.max_name_leases = max_name_leases
         self.port_range = None if port_range is None else PortSet((port_range,))
-        self.leases = leases
-        self.in_use: dict[int, str | None] = {}
-        """Open public ports -> the lease key of their registration (None: anonymous)."""
+        self.store = store
+        self.health = StoreHealth(store.describe())
+        """Whether the store answers: while it does not, allocations fail at once."""
+        self.in_use: dict[int, Holding] = {}
+        """Open public ports of this relay -> their claim in the store."""
         self._last_port = 0
         """The port handed out last from a set: the next search starts after it."""
+        self._tokens = itertools.count(1)
+        self._closed = False
+        self._releases = yamux.TaskOwner(logger)
+        """Releases on their way to the store; an allocation waits for them first, so
+        that a port (or a lease) freed here is free in the store too."""
 
-    def allocate(self, request: RegistrationRequest) -> socket.socket:
-        """A bound, listening socket for ``request``; raises PortRefusedError (or OSError)."""
+    @property
+    def ttl(self) -> float:
+        return self.store.ttl
+
+    async def allocate(self, request: RegistrationRequest) -> socket.socket:
+        """A bound, listening socket for ``request``; raises PortRefusedError (StoreDownError
+        when the store cannot be reached) or OSError."""
+        await self.settled()
         identity = request.identity
-        key = None if identity is None else identity.key
-        self.leases.expire(self.active_keys())
-        if (
-            identity is not None
-            and not identity.authenticated
-            and self.leases.of(identity.key) is None
-        ):
-            names = sum(1 for lease in self.leases if lease.key.startswith("name:"))
-            if names >= self.max_name_leases:
-                raise TooManyLeasesError(
-                    f"the relay holds {names} leases of unauthenticated names, the maximum "
-                    f"(--max-name-leases {self.max_name_leases}); register without a name, "
-                    f"or wait until unused leases end"
-                )
+        candidates = self._candidates(request)
+        ask = Ask(
+            key=None if identity is None else identity.key,
+            token=str(next(self._tokens)),
+            port=request.remote_port,
+            candidates=None if candidates is None else candidates.ranges,
+            counted=identity is not None and not identity.authenticated,
+            max_names=self.max_name_leases,
+        )
         if request.remote_port is not None:
-            sock = self._remote_port(request, request.remote_port, key)
-        else:
-            leased = self._leased(request, identity) if identity is not None else None
-            sock = leased if leased is not None else self._free(request)
-        port = int(sock.getsockname()[1])
-        self.in_use[port] = key
-        if key is not None:
-            self.leases.grant(key, port)
-        return sock
+            self.check(request)
+        offers: list[socket.socket] = []
+        try:
+            while True:
+                ask = replace(ask, after=self._last_port)
+                outcome = await self._ask(ask)
+                if isinstance(outcome, NeedsOffer):
+                    offered, ask = self._offer(ask, offers)
+                    offers.append(offered)  # closed unless taken: a refused offer stays open
+                    outcome = await self._ask(ask)  # meanwhile, so the OS offers another next
+                    if isinstance(outcome, Denied):
+                        if outcome.why not in ("reserved", "in use"):
+                            raise self._refusal(outcome, request)
+                        ask = replace(ask, port=None, offered=False)
+                        continue
+                    assert isinstance(outcome, Claimed)
+                    offers.remove(offered)
+                    return self._opened(offered, ask, outcome)
+                if isinstance(outcome, Denied):
+                    raise self._refusal(outcome, request)
+                bound = await self._bind(request, ask, outcome)
+                if bound is not None:
+                    return self._opened(bound, ask, outcome)
+                ask = replace(ask, exclude=(*ask.exclude, outcome.port))
+        finally:
+            for sock in offers:
+                sock.close()
 
     def release(self, port: int) -> None:
-        """The registration on ``port`` ended: its lease (if any) now counts its unused time."""
-        key = self.in_use.pop(port, None)
-        if key is not None:
-            self.leases.touch([key])
+        """The registration on ``port`` ended: its claim goes, its lease (if any) now counts
+        its unused time."""
+        holding = self.in_use.pop(port, None)
+        if holding is not None:
+            self._releases.spawn(self._release(port, holding.token), name=f"release-{port}")
 
-    def active_keys(self) -> set[str]:
-        return {key for key in self.in_use.values() if key is not None}
+    async def settled(self) -> None:
+        """Until the releases so far have reached the store."""
+        await self._releases.wait()
+
+    def held(self) -> list[Held]:
+        """Every open public port, as the store should know it (``LeaseStore.sync``)."""
+        return [Held(port, h.key, h.token) for port, h in self.in_use.items()]
 
     def describe(self) -> str:
         """The port policy, for the startup log."""
         where = "chosen by the OS" if self.port_range is None else f"from {self.port_range}"
-        return f"public ports {where}; {len(self.leases)} lease(s), ttl {self.leases.ttl:g} s"
+        return f"public ports {where}; {self.store.describe()}, lease ttl {self.ttl:g} s"
+
+    async def close(self) -> None:
+        """Let the releases reach the store, leave it (claims go, leases stay), close it;
+        once."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.settled()
+            await self.store.leave()
+        except StoreUnavailableError:
+            pass  # said by the store; its members' TTL ends our claims
+        finally:
+            await self.store.close()
 
     # ---------------------------------------------------------------- policy
     def _candidates(self, request: RegistrationRequest) -> PortSet | None:
@@ -162,109 +246,122 @@ class PortAllocator:
                 f"port {port} is not allowed for {who} (allowed: {request.allowed_ports})"
             )
 
-    def _remote_port(
-        self, request: RegistrationRequest, port: int, key: str | None
-    ) -> socket.socket:
-        """The port ``request`` asks for, bound, or why not."""
-        self.check(request)
-        lease = self.leases.on_port(port)
-        if lease is not None and lease.key != key:
-            if port in self.in_use:
-                raise PortTakenError(f"port {port} is in use by another client")
-            raise PortTakenError(
-                f"port {port} is reserved for another client, which is away (a lease ends "
-                f"after {_duration(self.leases.ttl)} unused)"
+    async def _ask(self, ask: Ask) -> Claimed | Denied | NeedsOffer:
+        if self.health.problem is not None:
+            raise StoreDownError(f"the relay's lease store is unavailable ({self.health.problem})")
+        try:
+            return await self.store.allocate(ask)
+        except StoreUnavailableError as exc:
+            self.health.lost(str(exc))
+            raise StoreDownError(f"the relay's lease store is unavailable ({exc})") from None
+
+    def _offer(self, ask: Ask, offers: list[socket.socket]) -> tuple[socket.socket, Ask]:
+        """A port the OS picks, bound, and the ask for it."""
+        if len(offers) >= OS_CHOICE_ATTEMPTS:
+            raise NoFreePortError(
+                f"the OS offered {OS_CHOICE_ATTEMPTS} ports in a row that are reserved for "
+                f"clients that are away"
             )
-        if port in self.in_use:
-            raise PortTakenError(f"port {port} is in use by another registration")
+        sock = self.bind.listen(0)
+        return sock, replace(ask, port=int(sock.getsockname()[1]), offered=True)
+
+    def _opened(self, sock: socket.socket, ask: Ask, claimed: Claimed) -> socket.socket:
+        port = claimed.port
+        self.in_use[port] = Holding(ask.key, ask.token)
+        if claimed.how == "free":
+            self._last_port = port
+        previous = claimed.previous
+        if (
+            previous is not None
+            and previous.port != port
+            and claimed.how != "requested"
+            and ask.candidates is not None
+            and previous.port not in PortSet(ask.candidates)
+        ):
+            logger.info(
+                "%s: leased port %d is no longer allowed (range %s); now port %d",
+                ask.key,
+                previous.port,
+                PortSet(ask.candidates),
+                port,
+            )
+        return sock
+
+    async def _bind(
+        self, request: RegistrationRequest, ask: Ask, claimed: Claimed
+    ) -> socket.socket | None:
+        """The claimed port, bound; None to choose another (the claim is taken back)."""
+        port = claimed.port
         try:
             return self.bind.listen(port)
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortTakenError(
-                    f"port {port} is in use on the relay host by another program"
-                ) from None
-            if exc.errno == errno.EACCES:
-                raise PortNotAllowedError(
-                    f"port {port} cannot be opened on the relay host: permission denied"
-                ) from None
+            await self._abandon(ask, claimed)
+            if claimed.how == "requested":
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortTakenError(
+                        f"port {port} is in use on the relay host by another program"
+                    ) from None
+                if exc.errno == errno.EACCES:
+                    raise PortNotAllowedError(
+                        f"port {port} cannot be opened on the relay host: permission denied"
+                    ) from None
+                raise
+            if claimed.how == "leased":
+                logger.warning(
+                    "%s: leased port %d cannot be opened (%s); choosing another",
+                    request.identity,
+                    port,
+                    exc.strerror or exc,
+                )
+                return None
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return None
             raise
 
-    def _leased(self, request: RegistrationRequest, identity: Identity) -> socket.socket | None:
-        """The identity's leased port, or None if it has none or cannot have it back."""
-        lease = self.leases.of(identity.key)
-        if lease is None:
-            return None
-        candidates = self._candidates(request)
-        if candidates is not None and lease.port not in candidates:
-            logger.info(
-                "%s: leased port %d is no longer allowed (range %s); choosing another",
-                identity,
-                lease.port,
-                candidates,
-            )
-            return None
-        if lease.port in self.in_use:  # the server ends an older session of the same owner first
-            return None
+    async def _abandon(self, ask: Ask, claimed: Claimed) -> None:
         try:
-            return self.bind.listen(lease.port)
-        except OSError as exc:
-            logger.warning(
-                "%s: leased port %d cannot be opened (%s); choosing another",
-                identity,
-                lease.port,
-                exc.strerror or exc,
-            )
-            return None
+            await self.store.abandon(ask, claimed)
+        except StoreUnavailableError as exc:
+            self.health.lost(str(exc))
+            raise StoreDownError(f"the relay's lease store is unavailable ({exc})") from None
 
-    def _free(self, request: RegistrationRequest) -> socket.socket:
+    async def _release(self, port: int, token: str) -> None:
+        # A store that cannot be reached now hears of it at the next sync of our claims.
+        with contextlib.suppress(StoreUnavailableError):
+            await self.store.release(port, token)
+
+    def _refusal(self, denied: Denied, request: RegistrationRequest) -> PortRefusedError:
+        port = denied.port
+        if denied.why == "names":
+            return TooManyLeasesError(
+                f"the relay holds {denied.count} leases of unauthenticated names, the maximum "
+                f"(--max-name-leases {self.max_name_leases}); register without a name, "
+                f"or wait until unused leases end"
+            )
+        if denied.why == "in use by a client":
+            return PortTakenError(f"port {port} is in use by another client")
+        if denied.why == "reserved":
+            return PortTakenError(
+                f"port {port} is reserved for another client, which is away (a lease ends "
+                f"after {_duration(self.ttl)} unused)"
+            )
+        if denied.why == "in use":
+            return PortTakenError(f"port {port} is in use by another registration")
+        if denied.why == "elsewhere":
+            return HeldElsewhereError(
+                f"{request.identity} holds port {port} in another live session (on this "
+                f"relay or another one sharing its lease store); one identity gets one port: "
+                f"ask for port {port}, or end the other session"
+            )
         candidates = self._candidates(request)
-        if candidates is None:
-            return self._os_choice()
-        reserved = self.leases.reserved_ports()
-        ports = list(candidates)
-        count = len(ports)
-        start = bisect.bisect_right(ports, self._last_port)
-        leased = 0
-        for i in range(count):
-            port = ports[(start + i) % count]
-            if port in self.in_use:
-                continue
-            if port in reserved:
-                leased += 1
-                continue
-            try:
-                sock = self.bind.listen(port)
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    continue
-                raise
-            self._last_port = port
-            return sock
+        assert candidates is not None
         where = (
             f"range {candidates.ranges[0][0]}-{candidates.ranges[-1][1]}"
             if request.allowed_ports is None
             else f"the allowed ports {candidates}"
         )
-        away = f" ({leased} reserved for clients that are away)" if leased else ""
-        raise NoFreePortError(f"no free port in {where}{away}")
-
-    def _os_choice(self) -> socket.socket:
-        reserved = self.leases.reserved_ports()
-        rejected: list[socket.socket] = []
-        try:
-            for _ in range(OS_CHOICE_ATTEMPTS):
-                sock = self.bind.listen(0)
-                if int(sock.getsockname()[1]) not in reserved:
-                    return sock
-                rejected.append(sock)  # held open, so the OS picks another one next
-        finally:
-            for sock in rejected:
-                sock.close()
-        raise NoFreePortError(
-            f"the OS offered {OS_CHOICE_ATTEMPTS} ports in a row that are reserved for clients "
-            f"that are away"
-        )
+        away = f" ({denied.count} reserved for clients that are away)" if denied.count else ""
+        return NoFreePortError(f"no free port in {where}{away}")
 
 
 def _duration(seconds: float) -> str:

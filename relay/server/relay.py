@@ -51,14 +51,16 @@ from ..options import OptionError, RelayOptions
 from ..options.declare import takes_options
 from ..stats import RelayStats
 from ..wire.greeting import port_line
+from ..wire.refusal import RETRY, format_refusal
 from .admission import Admission, Refusal
 from .auth import Authenticator, FailureLimiter, watch_auth_file
 from .challenge import ChallengeProtocol
 from .challenge import logger as registration_logger
-from .interface import SessionInfo
-from .leases import Identity, LeaseStore
+from .interface import Health, SessionInfo
+from .leases import Identity
 from .limits import Slot, SourceSlots, share, source_of
-from .ports import PortAllocator, PortRefusedError
+from .membership import StoreKeeper, open_store
+from .ports import PortAllocator, PortRefusedError, StoreDownError
 from .public import PublicConnections
 from .replacement import Decision, holder_of, settle
 from .request import SEED, ProtocolName, RegistrationRequest
@@ -68,18 +70,42 @@ from .tls_listener import TLSListener
 __all__ = ["RelayServer"]
 
 logger = logging.getLogger("relay.server")
+EARLY_LIMIT = 64 * 1024
+"""Bytes a registration may send before its port line is out (it should send none)."""
 
-LEASE_REFRESH_INTERVAL = 60.0
-"""Seconds between saving "still in use" for the leases of registered sessions (at most)."""
 
-
-def _replaced(transport: asyncio.Transport, slot: Slot, task: asyncio.Task[None]) -> None:
-    """The end of a replacement, even one cancelled before it ran (the relay is closing):
-    the newcomer's slot goes back unless it went on to its session, and a newcomer left
-    undecided is dropped."""
+def _settled(transport: asyncio.Transport, slot: Slot, task: asyncio.Task[None]) -> None:
+    """The end of an allocation or a replacement, even one cancelled before it ran (the
+    relay is closing): the registration's slot goes back unless it went on to its session,
+    and a registration left undecided is dropped."""
     slot.release()
     if task.cancelled() or task.exception() is not None:
         transport.abort()
+
+
+class _AwaitingPort(asyncio.Protocol):
+    """A registration while its port is allocated (an await on the lease store): bytes
+    that arrive meanwhile are kept for its yamux session (a well-behaved client sends none;
+    ``EARLY_LIMIT`` at most, then reading pauses), an end is noted."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.early = bytearray()
+        self.ended = False
+        self.paused = False
+
+    def data_received(self, data: bytes) -> None:
+        self.early += data
+        if len(self.early) >= EARLY_LIMIT and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
 
 
 class _SeedProtocol(asyncio.Protocol):
@@ -148,11 +174,10 @@ class RelayServer:
         self.public = PublicConnections(self.stats, checked)
         self._challenge_log = RateLimitedLog(registration_logger)
         """Refused v2 registrations: a stranger must not be able to write our log."""
-        # Leases are kept per name, which only registration v2 carries: a state dir, like
-        # authentication, turns it on.
-        self.protocol: ProtocolName = (
-            "v2" if self.auth is not None or checked.state_dir is not None else protocol
-        )
+        # Leases are kept per name, which only registration v2 carries: a state dir or a
+        # cluster, like authentication, turns it on.
+        leases = checked.state_dir is not None or checked.cluster is not None
+        self.protocol: ProtocolName = "v2" if self.auth is not None or leases else protocol
         self.admission = Admission(
             max_pending=checked.max_pending,
             per_source=share(checked.max_pending_registrations_per_source, checked.max_sessions),
@@ -163,10 +188,15 @@ class RelayServer:
         self._bind: BindAddress | None = None
         self._control: asyncio.Server | TLSListener | None = None
         self._ports: PortAllocator | None = None
+        self._keeper: StoreKeeper | None = None
         self._tasks = yamux.TaskOwner(logger)
-        """The lease refresh, the auth-file watch and the replacements (``_replace``)."""
+        """The store keeper, the auth-file watch, the allocations and the replacements."""
         self._sessions: dict[int, RegisteredSession] = {}
         """The registry: every session from its port line until it has closed everything."""
+        self._in_flight = 0
+        """Registrations waiting for their port (they count toward ``max_sessions``)."""
+        self._allocating: dict[Identity, asyncio.Event] = {}
+        """Identities whose port is being allocated (set when it is done)."""
         self._ids = itertools.count(1)
         self.closing = False
         self._serving: asyncio.Future[None] | None = None
@@ -177,7 +207,10 @@ class RelayServer:
         """Bind the control port and start accepting registrations."""
         loop = asyncio.get_running_loop()
         self._bind = resolve_bind_address(self.options.bind)
-        leases = LeaseStore.open(self.options.state_dir, self.options.lease_ttl)
+        store = await open_store(self.options)
+        ports = PortAllocator(
+            self._bind, self.options.port_range, store, self.options.max_name_leases
+        )
         try:
             sock = self._bind.listen(self._requested_port)
             try:
@@ -186,12 +219,11 @@ class RelayServer:
                 sock.close()
                 raise
         except BaseException:
-            leases.close()
+            await ports.close()
             raise
-        self._ports = PortAllocator(
-            self._bind, self.options.port_range, leases, self.options.max_name_leases
-        )
-        self._tasks.spawn(self._refresh_leases(), name="relay-leases")
+        self._ports = ports
+        self._keeper = StoreKeeper(ports, self._lost_ports)
+        self._tasks.spawn(self._keeper.run(), name="relay-store")
         self._serving = loop.create_future()
         if self.auth is not None and self.auth.auth_file is not None:
             self._tasks.spawn(watch_auth_file(self.auth, self._revoke), name="relay-auth-file")
@@ -224,6 +256,20 @@ class RelayServer:
     @property
     def sessions(self) -> list[SessionInfo]:
         return [session.info() for session in self._sessions.values()]
+
+    def health(self) -> Health:
+        """Not ready while starting, draining or closing, or while the lease store cannot be
+        reached (registrations are refused then; sessions go on)."""
+        if self.closing:
+            return Health(False, "closing")
+        if self.draining:
+            return Health(False, "draining")
+        if self._ports is None:
+            return Health(False, "starting")
+        problem = self._ports.health.problem
+        if problem is not None:
+            return Health(False, f"{self._ports.health.describe} cannot be reached: {problem}")
+        return Health(True, f"serving {len(self._sessions)} session(s)")
 
     async def serve_forever(self) -> None:
         """Run until cancelled (then close) or until ``close()``."""
@@ -277,7 +323,7 @@ class RelayServer:
             await next(iter(self._sessions.values())).wait_closed()
         await self._tasks.wait()
         if self._ports is not None:
-            self._ports.leases.close()
+            await self._ports.close()
 
     async def __aenter__(self) -> RelayServer:
         if self._serving is None:
@@ -349,12 +395,12 @@ class RelayServer:
         if self.draining:
             self.admission.refuse(transport, peer, "draining", "relay is shutting down")
             return
-        if len(self._sessions) >= self.options.max_sessions:
+        if len(self._sessions) + self._in_flight >= self.options.max_sessions:
             self.admission.refuse(
                 transport,
                 peer,
                 "relay full",
-                f"relay is full: {len(self._sessions)} sessions, the maximum "
+                f"relay is full: {len(self._sessions) + self._in_flight} sessions, the maximum "
                 f"(--max-sessions {self.options.max_sessions})",
             )
             return
@@ -372,11 +418,45 @@ class RelayServer:
                 self._tasks.spawn(
                     self._replace(transport, request, newcomer, identity, holder),
                     name="relay-replace",
-                    on_done=partial(_replaced, transport, newcomer),
+                    on_done=partial(_settled, transport, newcomer),
                 )
                 return
+            allocating = self._allocating.get(identity)
+            if allocating is not None:  # the same identity, a moment earlier: after it
+                newcomer = slot.hand_over()
+                self._tasks.spawn(
+                    self._after(allocating, transport, request, newcomer),
+                    name="relay-after",
+                    on_done=partial(_settled, transport, newcomer),
+                )
+                return
+            self._allocating[identity] = asyncio.Event()
+        # The port comes from the lease store (an await): what the connection sends
+        # meanwhile is kept for yamux.
+        waiting = _AwaitingPort(transport)
+        transport.set_protocol(waiting)
+        self._in_flight += 1
+        registration = slot.hand_over()
+        self._tasks.spawn(
+            self._allocate(waiting, peer, request, registration),
+            name="relay-allocate",
+            on_done=partial(_settled, transport, registration),
+        )
+
+    async def _allocate(
+        self, waiting: _AwaitingPort, peer: str, request: RegistrationRequest, slot: Slot
+    ) -> None:
+        """Allocate a public port, send the port line and start the session."""
+        ports = self.allocator
+        transport = waiting.transport
         try:
-            sock = ports.allocate(request)
+            sock = await ports.allocate(request)
+        except StoreDownError as exc:
+            reason = f"{exc}; retry later"
+            self.admission.refused(peer, "store unavailable", reason)
+            transport.write(format_refusal(reason, RETRY))
+            transport.close()
+            return
         except PortRefusedError as exc:
             self.admission.refuse(transport, peer, "port refused", str(exc))
             return
@@ -385,20 +465,53 @@ class RelayServer:
                 transport, peer, "no public port", f"cannot open a public port: {exc}"
             )
             return
-        transport.write(port_line(int(sock.getsockname()[1])))
+        finally:
+            self._in_flight -= 1
+            if request.identity is not None:
+                self._allocating.pop(request.identity).set()
+        port = int(sock.getsockname()[1])
+        if waiting.ended or transport.is_closing() or self.closing or self.draining:
+            sock.close()
+            ports.release(port)
+            if self.draining and not (waiting.ended or transport.is_closing()):
+                self.admission.refuse(transport, peer, "draining", "relay is shutting down")
+            else:
+                transport.abort()
+            return
+        transport.write(port_line(port))
         session = RegisteredSession(
             next(self._ids),
             peer,
             request,
             sock,
-            yamux.Session.attach(transport, client=True, config=self.yamux_config),
+            yamux.Session.attach(
+                transport,
+                client=True,
+                config=self.yamux_config,
+                initial_data=bytes(waiting.early),
+            ),
             slot.hand_over(),
             SourceSlots(self._connections_per_source),
             self,
         )
+        if waiting.paused:
+            transport.resume_reading()
         self._sessions[session.id] = session
         self.stats.sessions_total += 1
         session.start()
+
+    async def _after(
+        self,
+        allocating: asyncio.Event,
+        transport: asyncio.Transport,
+        request: RegistrationRequest,
+        slot: Slot,
+    ) -> None:
+        """Register once the allocation of the same identity is done (then it is a
+        holder, and ``_replace`` decides)."""
+        await allocating.wait()
+        if not transport.is_closing():
+            self.registration_made(transport, request, slot.hand_over())
 
     async def _replace(
         self,
@@ -456,12 +569,12 @@ class RelayServer:
         assert self._ports is not None
         return self._ports
 
-    async def _refresh_leases(self) -> None:
-        """Registered owners keep their leases fresh, so a relay crash does not age them."""
-        assert self._ports is not None
-        interval = min(LEASE_REFRESH_INTERVAL, self.options.lease_ttl / 4)
-        while True:
-            await asyncio.sleep(interval)
-            active = self._ports.active_keys()
-            self._ports.leases.touch(active)
-            self._ports.leases.expire(active)
+    def _lost_ports(self, ports: list[int]) -> None:
+        """The store gave these ports to others while it could not hear from us (a long
+        outage): their sessions end, so that no port serves two identities."""
+        for session in list(self._sessions.values()):
+            if session.public_port in ports:
+                session.end(
+                    f"public port {session.public_port} went to another registration while "
+                    f"the lease store could not be reached"
+                )
