@@ -10,7 +10,8 @@ the same as the command line's flags; a bad one raises ``OptionError``.
 
 from .client.forwarder import Forwarder
 from .client.register import Registration, TLSError, register
-from .client.relayed_server import RelayedServer, start_server
+from .client.relayed_server import RelayedServer
+from .client.relays import RelayedServers, start_server
 from .errors import (
     RegistrationError,
     RelayDisconnectedError,
@@ -41,6 +42,7 @@ __all__ = [
     "RelayRefusedError",
     "RelayServer",
     "RelayedServer",
+    "RelayedServers",
     "SeedRelayError",
     "Service",
     "TLSError",

@@ -98,6 +98,10 @@ def _forward(ctx: click.Context, args: tuple[str, ...], **opts: Any) -> None:
     elif opts["service"] and (len(args) == 2 or (len(args) == 1 and ":" in args[0])):
         host, port = relay_address(ctx, args)  # every service from --service
         services = []
+    elif opts["relays"] and (len(args) == 1 or (not args and opts["service"])):
+        (host, port), *more = opts["relays"]  # the relays are all --relay
+        opts = {**opts, "relays": tuple(more)}
+        services = [Service(port_argument(ctx, args[0], "LOCAL_PORT"))] if args else []
     elif not args and found is not None and "relay" in file_forward:
         host, port = relay_address(ctx, (str(file_forward["relay"]),))
         services = file_services(ctx, found)
@@ -131,6 +135,7 @@ forward_command = GroupedCommand(
         "[OPTIONS] LOCAL_PORT HOST PORT",
         "[OPTIONS] LOCAL_PORT HOST:PORT",
         "[OPTIONS] --service NAME=LOCAL_PORT[:REMOTE_PORT]... HOST PORT",
+        "[OPTIONS] --relay HOST:PORT... LOCAL_PORT",
         "[OPTIONS] --config FILE [LOCAL_PORT]",
     ),
     params=[

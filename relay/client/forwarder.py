@@ -37,6 +37,7 @@ from ..pipe import SocketEnd, pipe
 from ..stats import Traffic
 from ..wire.proxy_header import ProxyAddresses, header
 from .relayed_server import RelayedServer
+from .relays import RelayAddress, relay_addresses, relayed_server
 
 logger = logging.getLogger("relay.forwarder")
 connections_logger = logging.getLogger("relay.connections")
@@ -110,7 +111,10 @@ class Forwarder:
         self.yamux_config = checked.session_config()
         """Every session's settings: with auto-tuning one window budget for all of them."""
         self.servers: list[RelayedServer] = []
-        """One per service while running."""
+        """One per service and relay while running."""
+        self.relays: list[RelayAddress] = []
+        """The relays registered with (``relays`` adds to the one given): set by ``run``."""
+        self._placed: list[tuple[Service, RelayedServer]] = []
         self.traffic = {service: Traffic() for service in self.services}
         """Per service, for metrics: socket -> stream is from the local service."""
         self.local_failures = dict.fromkeys(self.services, 0)
@@ -131,17 +135,24 @@ class Forwarder:
     def relay_endpoint(self) -> str:
         return format_endpoint(self.relay_host, self.relay_port)
 
+    def servers_of(self, service: Service) -> list[RelayedServer]:
+        """The servers of ``service``, one per relay (none while not running)."""
+        return [server for owner, server in self._placed if owner is service]
+
     async def run(self) -> int:
-        """Serve until cancelled; returns 1 when a relay session is lost and reconnecting is off."""
-        self.servers = [self._server(service) for service in self.services]
+        """Serve until cancelled; returns 1 when the relays of a service are lost and
+        reconnecting is off."""
+        self.relays = await relay_addresses((self.relay_host, self.relay_port), self.options.relays)
+        self._placed = [
+            (service, self._server(service, relay))
+            for service in self.services
+            for relay in self.relays
+        ]
+        self.servers = [server for _, server in self._placed]
         try:
             # Services that ask for a port register first: otherwise one without could be
             # handed that port by the relay's round robin a moment before (and lease it).
-            asking = [
-                srv
-                for srv, svc in zip(self.servers, self.services, strict=True)
-                if svc.remote_port is not None
-            ]
+            asking = [srv for svc, srv in self._placed if svc.remote_port is not None]
             for server in asking:
                 await server.start(retry=True)
             if asking and len(asking) < len(self.servers):
@@ -154,7 +165,7 @@ class Forwarder:
                 if server not in asking:
                     await server.start(retry=True)
             await _first_of(
-                [server.wait_closed() for server in self.servers], asyncio.FIRST_COMPLETED
+                [self._lost(service) for service in self.services], asyncio.FIRST_COMPLETED
             )
             return 1
         finally:
@@ -163,8 +174,14 @@ class Forwarder:
             for server in self.servers:
                 await server.wait_closed()
             self.servers = []
+            self._placed = []
 
-    def _server(self, service: Service) -> RelayedServer:
+    async def _lost(self, service: Service) -> None:
+        """Until every relay of ``service`` is lost for good (reconnecting is off)."""
+        for server in self.servers_of(service):
+            await server.wait_closed()
+
+    def _server(self, service: Service, relay: RelayAddress) -> RelayedServer:
         proxy_protocol = self.options.proxy_protocol
 
         def registered(endpoint: str) -> None:
@@ -178,11 +195,10 @@ class Forwarder:
                 )
             self.on_endpoint(endpoint if len(self.services) == 1 else f"{service.name} {endpoint}")
 
-        server = RelayedServer(
+        server = relayed_server(
             # A partial, not a closure: one coroutine less per stream.
             partial(self._forward, service, self.traffic[service]),
-            self.relay_host,
-            self.relay_port,
+            relay,
             dataclasses.replace(self.options, name=service.name, remote_port=service.remote_port),
             on_endpoint=registered,
             config=self.yamux_config,

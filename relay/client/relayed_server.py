@@ -151,6 +151,10 @@ class RelayedServer:
     def is_serving(self) -> bool:
         return not self._closing and self.session is not None and not self.session.closed
 
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
     def __repr__(self) -> str:
         state = "serving" if self.is_serving() else "closed" if self._closing else "reconnecting"
         where = self.public_endpoint if self.public_port is not None else "unregistered"
@@ -330,39 +334,6 @@ class RelayedServer:
     async def _handle(self, reader: yamux.Stream, writer: yamux.Stream) -> None:
         await read_client_address(reader)
         await self._handler(reader, writer)
-
-
-@takes_options(RegistrationOptions, others=True)
-async def start_server(
-    client_connected_cb: Handler,
-    host: str,
-    port: int,
-    options: RegistrationOptions | None = None,
-    *,
-    on_endpoint: Callable[[str], object] | None = None,
-    **keywords: Any,
-) -> RelayedServer:
-    """Register with the relay at ``host:port`` and serve each relayed connection.
-
-    ``client_connected_cb(reader, writer)`` has the shape of asyncio.start_server's
-    callback; the returned server exposes ``public_port`` / ``public_endpoint``.
-    ``options`` and the keywords that name options are ``RegistrationOptions``:
-    with a v2 relay, ``writer.get_extra_info("peername")`` is the public client
-    (``client_address``, on by default), ``name`` keeps the public port (a lease),
-    ``remote_port`` asks for one, ``client_name`` says who we are at a relay with
-    an auth file (``name`` then names one of that client's services), and
-    ``require_v2`` refuses a seed relay (it could be a challenge stripped in
-    transit) with SeedRelayError instead of falling back to the seed protocol.
-    The first registration raises as ``register()`` does; after that the server
-    registers again whenever the relay is lost (``reconnect=False``: it stops),
-    calling ``on_endpoint(endpoint)`` each time. The other keywords go to
-    ``loop.create_connection``.
-    """
-    server = RelayedServer(
-        client_connected_cb, host, port, options, on_endpoint=on_endpoint, **keywords
-    )
-    await server.start()
-    return server
 
 
 async def read_client_address(stream: yamux.Stream) -> ProxyAddresses | None:

@@ -187,7 +187,7 @@ class ForwarderCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         registered = GaugeMetricFamily(
             "relay_forwarder_registered",
-            "1 while the service is registered with the relay.",
+            "Relays the service is registered with now (1 with one relay).",
             labels=["service"],
         )
         registrations = CounterMetricFamily(
@@ -221,11 +221,12 @@ class ForwarderCollector(Collector):
             "Times a stream paused the local connection because the relay's yamux window was full.",
             labels=["service"],
         )
-        for service, server in _services(self.forwarder):
+        for service, servers in _services(self.forwarder):
             label = [service_name(service)]
-            session = server.session if server is not None else None
-            registered.add_metric(label, 1 if server is not None and server.is_serving() else 0)
-            registrations.add_metric(label, server.registrations if server is not None else 0)
+            serving = [server for server in servers if server.is_serving()]
+            session = serving[0].session if serving else None
+            registered.add_metric(label, len(serving))
+            registrations.add_metric(label, sum(server.registrations for server in servers))
             traffic = self.forwarder.traffic[service]
             streams.add_metric(label, traffic.connections_total)
             open_streams.add_metric(label, traffic.open_connections)
@@ -253,29 +254,27 @@ def service_name(service: Service) -> str:
     return service.name or service.local_endpoint
 
 
-def _services(forwarder: Forwarder) -> list[tuple[Service, RelayedServer | None]]:
-    servers: list[RelayedServer | None] = list(forwarder.servers)
-    if len(servers) != len(forwarder.services):  # not running (yet, or any more)
-        servers = [None] * len(forwarder.services)
-    return list(zip(forwarder.services, servers, strict=True))
+def _services(forwarder: Forwarder) -> list[tuple[Service, list[RelayedServer]]]:
+    """Each service and its servers (one per relay; none while not running)."""
+    return [(service, forwarder.servers_of(service)) for service in forwarder.services]
 
 
 def forwarder_status(forwarder: Forwarder) -> dict[str, Any]:
-    """``/status`` of a forwarder: each service and its registration."""
+    """``/status`` of a forwarder: each service and its registrations (one per relay)."""
     services = []
-    for service, server in _services(forwarder):
+    for service, servers in _services(forwarder):
         traffic = forwarder.traffic[service]
-        serving = server is not None and server.is_serving()
-        session = server.session if server is not None else None
+        serving = [server for server in servers if server.is_serving()]
+        first = servers[0] if servers else None
+        session = serving[0].session if serving else None
         services.append(
             {
                 "name": service.name,
-                "relay": forwarder.relay_endpoint,
+                "relay": first.relay_endpoint if first is not None else forwarder.relay_endpoint,
                 "local": service.local_endpoint,
-                "public_endpoint": server.public_endpoint
-                if server is not None and serving
-                else None,
-                "registrations": server.registrations if server is not None else 0,
+                "public_endpoint": serving[0].public_endpoint if serving else None,
+                "public_endpoints": [server.public_endpoint for server in serving],
+                "registrations": sum(server.registrations for server in servers),
                 "since": _iso(traffic.since),
                 "open_connections": traffic.open_connections,
                 "bytes_in": traffic.bytes_out,

@@ -17,12 +17,22 @@ from typing import Self
 from ..wire.tls import client_context
 from ..wire.v2 import NAME
 from .declare import OptionError, option
-from .kinds import PORT, Choice, Flag, Instance, Seconds, ServiceSpec, Text
+from .kinds import PORT, Choice, Endpoint, Flag, Instance, Seconds, ServiceSpec, Text
 from .kinds import Path as PathKind
 from .service import Service, check_name
 from .shared import SharedOptions
 
 PROXY_VERSIONS = {"v1": 1, "v2": 2}
+
+
+class RelayAddress(Endpoint):
+    """``HOST:PORT`` (``[v6]:PORT``) of a relay's control port."""
+
+    def check(self, value: object) -> tuple[str, int]:
+        host, port = super().check(value)
+        if port == 0:
+            raise ValueError("a relay's port must be 1-65535")
+        return host, port
 
 
 def check_client_name(name: str) -> None:
@@ -47,6 +57,16 @@ class RegistrationOptions(SharedOptions):
         "Name of the service: the relay keeps its public port for it across reconnects "
         "and restarts (a lease; without auth a convenience, not security).",
         metavar="NAME",
+    )
+    relays: tuple[tuple[str, int], ...] = option(
+        (),
+        RelayAddress(),
+        "One more relay to register with (repeatable; a host name with several addresses "
+        "is one relay per address): each gives the service a public endpoint, the same "
+        "port on relays that share a --cluster store, and each is reconnected to on its own.",
+        metavar="HOST:PORT",
+        multiple=True,
+        flag="--relay",
     )
     reconnect: bool = option(
         True,

@@ -44,6 +44,9 @@ class Spec:
     short: str | None = None
     spelled: str | None = None
     """How CLI messages name an option of the Python API only (e.g. a config-file table)."""
+    flag: str | None = None
+    """The flag, when it is not the name's (``--relay`` for ``relays``, a repeatable flag
+    that names one each time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +59,7 @@ class Declaration:
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.spec.flag or "--" + self.name.replace("_", "-")
 
     @property
     def envvar(self) -> str:
@@ -84,9 +87,10 @@ def option(
     multiple: bool = False,
     short: str | None = None,
     spelled: str | None = None,
+    flag: str | None = None,
 ) -> Any:
     """Declare a field of an ``Options`` dataclass: its one default, kind and help."""
-    spec = Spec(kind, help, metavar, cli, negatable, multiple, short, spelled)
+    spec = Spec(kind, help, metavar, cli, negatable, multiple, short, spelled, flag)
     return dataclasses.field(default=default, repr=not kind.hidden, metadata={_SPEC: spec})
 
 
