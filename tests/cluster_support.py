@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import require_program
 
-from relay_support import HOST, Processes, wait_until
+from relay_support import HOST, SERVING, Processes, relay_command, wait_until
 from testkit.ports import free_port
 from testkit.procs import Proc
 
@@ -68,3 +68,45 @@ class RedisServer:
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+
+RELAY_ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+"""Three relays on one host, each on an address of its own (all of 127/8 is loopback)."""
+
+
+class ClusterRelay:
+    """``relay server --bind ADDRESS --cluster URL ...`` on ``port``; killed and started again
+    on the same address and port by the test."""
+
+    def __init__(self, procs: Processes, address: str, port: int, *args: str) -> None:
+        self.procs = procs
+        self.address = address
+        self.port = port
+        self.args = args
+        self.proc: Proc | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    def start(self) -> ClusterRelay:
+        self.proc = self.procs.start(
+            [*relay_command(), "server", "--bind", self.address, *self.args, str(self.port)],
+            f"relay-{self.address}",
+        )
+        self.proc.wait_line(SERVING)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye to the store."""
+        assert self.proc is not None
+        self.proc.kill()
+
+
+def cluster_relays(procs: Processes, redis: RedisServer, *args: str) -> list[ClusterRelay]:
+    """Three relays sharing ``redis``, on one control port number at three addresses."""
+    port = free_port()
+    return [
+        ClusterRelay(procs, address, port, "--cluster", redis.url, *args).start()
+        for address in RELAY_ADDRESSES
+    ]

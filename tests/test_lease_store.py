@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
-from cluster_support import RedisServer
 
+from cluster_support import RedisServer
 from relay.store import Ask, Claimed, Denied, Held, LeaseStore, NeedsOffer
 from relay.store.redis_store import RedisLeaseStore, redacted
 from relay.store.sqlite_store import SqliteLeaseStore

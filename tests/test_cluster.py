@@ -1,0 +1,149 @@
+"""Three relays on one real redis-server (``--cluster``), one forwarder registered with all:
+the same port on every relay, a relay killed with -9, Redis restarted during registrations.
+
+Real processes throughout: redis-server, three ``relay server`` on 127.0.0.2-4, the
+``relay forward`` CLI, an echo service, public clients on plain sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cluster_support import ClusterRelay, RedisServer, cluster_relays
+from relay_support import free_port_block, relay_command, wait_until
+from testkit.procs import Proc
+
+pytestmark = pytest.mark.e2e
+
+BACKOFF = ("--reconnect-delay", "0.2", "--reconnect-max-delay", "1")
+MAX_DELAY = 1.0
+ENDPOINT = re.compile(r"^(?:(\S+) )?(127\.0\.0\.\d+):(\d+)$")
+
+
+def endpoints(proc: Proc) -> list[tuple[str | None, str, int]]:
+    """Every endpoint line the forwarder printed: (service, relay address, port)."""
+    found = []
+    for line in proc.stdout:
+        match = ENDPOINT.match(line.strip())
+        if match:
+            found.append((match.group(1), match.group(2), int(match.group(3))))
+    return found
+
+
+def forwarder(procs, relays: list[ClusterRelay], *args: str) -> Proc:
+    more = [arg for relay in relays for arg in ("--relay", relay.endpoint)]
+    return procs.start([*relay_command(), "forward", *more, *BACKOFF, *args], "forwarder")
+
+
+def transfer(address: str, port: int, size: int, pause: threading.Event | None = None) -> bool:
+    """Send ``size`` random bytes through the echo service and compare what comes back;
+    with ``pause``, the transfer waits for it half way (so it is in flight then)."""
+    data = os.urandom(size)
+    received = bytearray()
+    with socket.create_connection((address, port), timeout=20) as sock:
+        half = size // 2
+        sock.sendall(data[:half])
+        while len(received) < half:
+            received += sock.recv(1 << 16)
+        if pause is not None:
+            pause.wait(20)
+        sock.sendall(data[half:])
+        sock.shutdown(socket.SHUT_WR)
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+    return bytes(received) == data
+
+
+def test_kill_9_one_relay_during_100_transfers(procs, tmp_path, echo_port):
+    redis = RedisServer(procs, tmp_path).start()
+    low, high = free_port_block(10)
+    relays = cluster_relays(procs, redis, "--port-range", f"{low}-{high}")
+    a, b, c = relays
+    fwd = forwarder(procs, relays, "--name", "echo", str(echo_port))
+    wait_until(lambda: len(endpoints(fwd)) == 3, timeout=20, message="three endpoints")
+    ports = {port for _, _, port in endpoints(fwd)}
+    assert len(ports) == 1, endpoints(fwd)  # the same port on every relay
+    (port,) = ports
+    assert {address for _, address, _ in endpoints(fwd)} == {a.address, b.address, c.address}
+
+    halfway = threading.Event()
+    through_a = [a.address] * 10
+    survivors = [b.address, c.address] * 50  # 100 transfers through the relays that live
+    with ThreadPoolExecutor(max_workers=len(survivors) + len(through_a)) as pool:
+        lost = [pool.submit(transfer, address, port, 64 * 1024, halfway) for address in through_a]
+        kept = [pool.submit(transfer, address, port, 256 * 1024, halfway) for address in survivors]
+        time.sleep(1.0)  # every transfer is half way now, waiting for the other half
+        a.kill()
+        killed_at = time.monotonic()
+        # New connections through the survivors are served at once, while A is dead.
+        assert transfer(b.address, port, 4096)
+        assert transfer(c.address, port, 4096)
+        served_after = time.monotonic() - killed_at
+        halfway.set()
+        intact = sum(future.result() for future in kept)
+        for future in lost:
+            assert future.exception() is not None or not future.result()
+    assert intact == len(survivors), f"{intact}/{len(survivors)} transfers intact"
+    assert served_after < 1.0
+
+    # A comes back: the forwarder registers there again, on the same port, within one
+    # backoff step of the relay listening again.
+    before = len(endpoints(fwd))
+    a.start()
+    back_at = time.monotonic()
+    wait_until(lambda: len(endpoints(fwd)) > before, timeout=10, message="back on relay A")
+    took = time.monotonic() - back_at
+    assert endpoints(fwd)[-1] == (None, a.address, port)
+    assert took <= MAX_DELAY * 1.2 + 0.5, f"back on A after {took:.2f} s"
+    assert transfer(a.address, port, 4096)
+    print(
+        f"kill -9: {intact}/{len(survivors)} intact, survivors served {served_after:.3f} s "
+        f"after the kill, back on A {took:.2f} s after it listened again"
+    )
+
+
+def test_redis_restarts_during_registrations(procs, tmp_path, echo_port):
+    redis = RedisServer(procs, tmp_path).start()
+    low, high = free_port_block(12)
+    relays = cluster_relays(procs, redis, "--port-range", f"{low}-{high}")
+    first = forwarder(
+        procs, relays, *(arg for n in range(3) for arg in ("--service", f"s{n}={echo_port}"))
+    )
+    wait_until(lambda: len(endpoints(first)) == 9, timeout=20, message="3 services x 3 relays")
+    before = {(name, port) for name, _, port in endpoints(first)}
+    assert len(before) == 3  # one port per service, the same on every relay
+
+    redis.stop()
+    # Registrations while Redis is away are refused with a reason, "retry later".
+    second = forwarder(
+        procs, relays, *(arg for n in range(3) for arg in ("--service", f"t{n}={echo_port}"))
+    )
+    second.wait_line(r"lease store is unavailable .*; retry later; refusal=retry")
+    # Data already flowing never waits for the store.
+    for _, address, port in endpoints(first):
+        assert transfer(address, port, 16 * 1024)
+    for relay in relays:
+        assert relay.proc is not None
+        relay.proc.wait_line(r"cannot be reached")
+    redis.start()
+    wait_until(lambda: len(endpoints(second)) == 9, timeout=20, message="second forwarder in")
+    after = {(name, port) for name, _, port in endpoints(second)}
+    assert len(after) == 3
+    ports = [port for _, port in before | after]
+    assert len(ports) == len(set(ports)) == 6, (before, after)  # no port for two services
+    assert {(name, port) for name, _, port in endpoints(first)} == before  # no lease lost
+    for relay in relays:
+        assert relay.proc is not None
+        relay.proc.wait_line(r"is back after")
+        stderr = relay.proc.stderr_text
+        assert stderr.count("cannot be reached") == 1, stderr  # said once, not per attempt
+        assert stderr.count("is back after") == 1, stderr
+    for _, address, port in endpoints(second):
+        assert transfer(address, port, 16 * 1024)
