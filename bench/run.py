@@ -7,6 +7,7 @@ Run from the repository root::
     python -m bench --only latency,connrate --paths go,py --repeat 5 --json out.json
     python -m bench --baseline /tmp/base   # also the relay of another source tree
     python -m bench --wan           # over emulated WAN links (bench/wan.py; needs root)
+    python -m bench --registration  # registration latency per lease store (bench/registration.py)
 
 Every workload runs on each path -- ``direct`` (the load generator talks to the
 echo server itself), ``go`` (interop/build/go-relay + go-forwarder), ``py``
@@ -259,6 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         argv.remove("--wan")
         return wan_main(argv)
+    if "--registration" in argv:
+        from bench.registration import main as registration_main
+
+        argv.remove("--registration")
+        return registration_main(argv)
     args = parse_args(argv)
     t_start = time.monotonic()
     install_signal_handlers()

@@ -32,6 +32,7 @@ from relay.options import (
     SharedOptions,
     declarations,
 )
+from relay.options.client import RelayAddress
 from relay.options.kinds import (
     ByteSize,
     Choice,
@@ -47,6 +48,7 @@ from relay.options.kinds import (
 from relay.options.kinds import (
     Path as PathKind,
 )
+from relay.options.server import ClusterURL
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLES: list[type[Options]] = [
@@ -160,6 +162,8 @@ SAMPLES: dict[type, str] = {
     PathKind: "/etc/relay/x",
     Secret: "a long enough secret",
     ServiceSpec: "web=8080:7202",
+    ClusterURL: "redis://127.0.0.1:6379/0",
+    RelayAddress: "relay.example.com:7000",
 }
 
 
