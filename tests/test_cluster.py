@@ -147,3 +147,33 @@ def test_redis_restarts_during_registrations(procs, tmp_path, echo_port):
         assert stderr.count("is back after") == 1, stderr
     for _, address, port in endpoints(second):
         assert transfer(address, port, 16 * 1024)
+
+
+def first_line(address: str, port: int, answer: bytes | None = None) -> bytes:
+    """The relay's first line (and, with ``answer`` sent, its second)."""
+    with socket.create_connection((address, port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        line = reader.readline()
+        if answer is not None and b"relay/2" in line:
+            sock.sendall(answer)
+            line = reader.readline()
+        return line
+
+
+def test_failed_registrations_on_one_relay_block_the_source_on_all(procs, tmp_path):
+    redis = RedisServer(procs, tmp_path).start()
+    secret = tmp_path / "secret"
+    secret.write_text("a long enough secret\n")
+    relays = cluster_relays(procs, redis, "--secret-file", str(secret))
+    a, b, _ = relays
+    wrong = b"relay/2 proof=" + b"0" * 64 + b"\n"
+    for _ in range(5):  # the default limit: 5 failures within 60 s
+        assert first_line(a.address, a.port, wrong).startswith(b"error: auth failed")
+    wait_until(
+        lambda: first_line(b.address, b.port).startswith(
+            b"error: too many failed registrations from 127.0.0.1"
+        ),
+        timeout=5,
+        interval=0.2,
+        message="relay B never refused the source that failed on relay A",
+    )

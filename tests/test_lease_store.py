@@ -238,3 +238,47 @@ async def test_an_unreachable_redis_is_a_clear_error_and_the_url_password_is_hid
         await RedisLeaseStore.open(url, TTL)
     assert "hunter2" not in str(raised.value)
     assert redacted(url) == url.replace("hunter2", "***")
+
+
+# ------------------------------------------------------------ shared failure counts
+@pytest.fixture(params=["sqlite", "redis"])
+async def failure_counts(request, tmp_path: Path):
+    """``await failure_counts(clock)``: one more relay's view of one shared failure table."""
+    from relay.store.failures import RedisFailureCounts, SqliteFailureCounts
+
+    closers = []
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        client = redis.Redis.from_url(server.url)
+        await client.flushall()
+        await client.aclose()
+
+    async def make(clock):
+        if request.param == "redis":
+            store = await RedisLeaseStore.open(server.url, TTL)
+            closers.append(store.close)
+            return RedisFailureCounts(store, clock)
+        counts = SqliteFailureCounts.open(tmp_path / "failures.sqlite3", clock)
+        closers.append(asyncio.to_thread(counts.close))
+        return counts
+
+    yield make
+    for close in closers:
+        await (close() if callable(close) else close)
+
+
+async def test_failures_on_any_relay_block_a_key_everywhere_for_the_window(failure_counts):
+    clock = Clock()
+    a, b = await failure_counts(clock), await failure_counts(clock)
+    for _ in range(2):
+        assert await a.failed("192.0.2.7", limit=5, window=60) == 0
+        assert await b.failed("192.0.2.7", limit=5, window=60) == 0
+    clock.now += 10
+    assert await a.failed("192.0.2.7", limit=5, window=60) == pytest.approx(50)
+    assert await b.failed("198.51.100.1", limit=5, window=60) == 0
+    blocked = await b.blocked()
+    assert list(blocked) == ["192.0.2.7"]
+    assert blocked["192.0.2.7"] == pytest.approx(clock.now + 50)
+    clock.now += 51  # the window has passed since the first failures
+    assert await a.blocked() == {}
+    assert await a.failed("192.0.2.7", limit=5, window=60) == 0

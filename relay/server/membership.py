@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..options import RelayOptions
 from ..store import Held, LeaseStore, StoreUnavailableError
 from ..store.state_dir import open_state_dir
+from .auth import FailureLimiter
 from .ports import PortAllocator
+from .session import RegisteredSession
+from .shared_failures import SharedFailureLimiter
 
 logger = logging.getLogger("relay.leases")
 
@@ -45,10 +48,12 @@ async def open_store(options: RelayOptions) -> LeaseStore:
 class StoreKeeper:
     """The relay's membership of its store, and the store's view of its open ports."""
 
-    def __init__(self, ports: PortAllocator, lost_ports: Callable[[list[int]], None]) -> None:
+    def __init__(
+        self, ports: PortAllocator, sessions: Callable[[], Iterable[RegisteredSession]]
+    ) -> None:
         self.ports = ports
         self.health = ports.health
-        self._lost_ports = lost_ports
+        self._sessions = sessions
         self.sync_interval = min(SYNC_INTERVAL, ports.ttl / 4)
 
     async def run(self) -> None:
@@ -84,11 +89,30 @@ class StoreKeeper:
                 failures = 0
 
     def _lose(self, lost: list[Held]) -> None:
-        ports = [item.port for item in lost]
+        """The store gave these ports to others while it could not hear from us (a long
+        outage): their sessions end, so that no port serves two identities."""
+        ports = {item.port for item in lost}
         logger.error(
             "%s gave port(s) %s to other registrations while it could not hear from this "
             "relay; ending their sessions here",
             self.health.describe,
-            ", ".join(map(str, ports)),
+            ", ".join(map(str, sorted(ports))),
         )
-        self._lost_ports(ports)
+        for session in list(self._sessions()):
+            if session.public_port in ports:
+                session.end(
+                    f"public port {session.public_port} went to another registration while "
+                    f"the lease store could not be reached"
+                )
+
+
+def shared_failures(store: LeaseStore, local: FailureLimiter) -> SharedFailureLimiter | None:
+    """With a Redis store, failed registrations count on every relay of the cluster."""
+    from ..store.failures import RedisFailureCounts
+    from ..store.redis_store import RedisLeaseStore
+
+    if not isinstance(store, RedisLeaseStore):
+        return None
+    return SharedFailureLimiter(
+        RedisFailureCounts(store), local.limit, local.window, local.max_sources
+    )

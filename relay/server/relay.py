@@ -41,7 +41,6 @@ import yamux
 from yamux.ratelimit import RateLimitedLog
 
 from ..net import (
-    LISTEN_BACKLOG,
     BindAddress,
     listening_port,
     peer_of,
@@ -53,75 +52,27 @@ from ..stats import RelayStats
 from ..wire.greeting import port_line
 from ..wire.refusal import RETRY, format_refusal
 from .admission import Admission, Refusal
+from .allocation import Allocations, AwaitingPort, after, settled
 from .auth import Authenticator, FailureLimiter, watch_auth_file
 from .challenge import ChallengeProtocol
 from .challenge import logger as registration_logger
+from .control import SeedProtocol, listen
 from .interface import Health, SessionInfo
 from .leases import Identity
 from .limits import Slot, SourceSlots, share, source_of
-from .membership import StoreKeeper, open_store
+from .membership import StoreKeeper, open_store, shared_failures
 from .ports import PortAllocator, PortRefusedError, StoreDownError
 from .public import PublicConnections
 from .replacement import Decision, holder_of, settle
 from .request import SEED, ProtocolName, RegistrationRequest
 from .session import RegisteredSession
+from .shared_failures import SharedFailureLimiter
+from .store_health import relay_health
 from .tls_listener import TLSListener
 
 __all__ = ["RelayServer"]
 
 logger = logging.getLogger("relay.server")
-EARLY_LIMIT = 64 * 1024
-"""Bytes a registration may send before its port line is out (it should send none)."""
-
-
-def _settled(transport: asyncio.Transport, slot: Slot, task: asyncio.Task[None]) -> None:
-    """The end of an allocation or a replacement, even one cancelled before it ran (the
-    relay is closing): the registration's slot goes back unless it went on to its session,
-    and a registration left undecided is dropped."""
-    slot.release()
-    if task.cancelled() or task.exception() is not None:
-        transport.abort()
-
-
-class _AwaitingPort(asyncio.Protocol):
-    """A registration while its port is allocated (an await on the lease store): bytes
-    that arrive meanwhile are kept for its yamux session (a well-behaved client sends none;
-    ``EARLY_LIMIT`` at most, then reading pauses), an end is noted."""
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self.early = bytearray()
-        self.ended = False
-        self.paused = False
-
-    def data_received(self, data: bytes) -> None:
-        self.early += data
-        if len(self.early) >= EARLY_LIMIT and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
-
-    def eof_received(self) -> bool:
-        self.ended = True
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.ended = True
-
-
-class _SeedProtocol(asyncio.Protocol):
-    """A new connection on a seed relay's control port; it is handed over to yamux at once."""
-
-    def __init__(self, relay: RelayServer) -> None:
-        self._relay = relay
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._relay.registration_made(transport)  # type: ignore[arg-type]
-
-    def data_received(self, data: bytes) -> None:
-        """Only reached by a refused connection that is being closed: ignore."""
-
-    def eof_received(self) -> bool:
-        return False
 
 
 class RelayServer:
@@ -178,6 +129,9 @@ class RelayServer:
         # cluster, like authentication, turns it on.
         leases = checked.state_dir is not None or checked.cluster is not None
         self.protocol: ProtocolName = "v2" if self.auth is not None or leases else protocol
+        self._own_failures = auth_failures is None
+        """With a cluster, its failure counts are shared (unless the caller brought its own)."""
+        self._shared_failures: SharedFailureLimiter | None = None
         self.admission = Admission(
             max_pending=checked.max_pending,
             per_source=share(checked.max_pending_registrations_per_source, checked.max_sessions),
@@ -193,10 +147,7 @@ class RelayServer:
         """The store keeper, the auth-file watch, the allocations and the replacements."""
         self._sessions: dict[int, RegisteredSession] = {}
         """The registry: every session from its port line until it has closed everything."""
-        self._in_flight = 0
-        """Registrations waiting for their port (they count toward ``max_sessions``)."""
-        self._allocating: dict[Identity, asyncio.Event] = {}
-        """Identities whose port is being allocated (set when it is done)."""
+        self._allocations = Allocations()
         self._ids = itertools.count(1)
         self.closing = False
         self._serving: asyncio.Future[None] | None = None
@@ -222,8 +173,13 @@ class RelayServer:
             await ports.close()
             raise
         self._ports = ports
-        self._keeper = StoreKeeper(ports, self._lost_ports)
+        self._keeper = StoreKeeper(ports, self._sessions.values)
         self._tasks.spawn(self._keeper.run(), name="relay-store")
+        if self._own_failures:
+            self._shared_failures = shared_failures(store, self.admission.failures)
+        if self._shared_failures is not None:
+            self.admission.failures = self._shared_failures
+            self._tasks.spawn(self._shared_failures.refresh(), name="relay-failures")
         self._serving = loop.create_future()
         if self.auth is not None and self.auth.auth_file is not None:
             self._tasks.spawn(watch_auth_file(self.auth, self._revoke), name="relay-auth-file")
@@ -258,18 +214,12 @@ class RelayServer:
         return [session.info() for session in self._sessions.values()]
 
     def health(self) -> Health:
-        """Not ready while starting, draining or closing, or while the lease store cannot be
-        reached (registrations are refused then; sessions go on)."""
-        if self.closing:
-            return Health(False, "closing")
-        if self.draining:
-            return Health(False, "draining")
-        if self._ports is None:
-            return Health(False, "starting")
-        problem = self._ports.health.problem
-        if problem is not None:
-            return Health(False, f"{self._ports.health.describe} cannot be reached: {problem}")
-        return Health(True, f"serving {len(self._sessions)} session(s)")
+        """Not ready while starting, draining, closing, or without its lease store."""
+        state = "closing" if self.closing else "draining" if self.draining else None
+        if state is None and self._ports is None:
+            state = "starting"
+        store = None if self._ports is None else self._ports.health
+        return relay_health(state, store, len(self._sessions))
 
     async def serve_forever(self) -> None:
         """Run until cancelled (then close) or until ``close()``."""
@@ -322,6 +272,8 @@ class RelayServer:
         while self._sessions:
             await next(iter(self._sessions.values())).wait_closed()
         await self._tasks.wait()
+        if self._shared_failures is not None:
+            await self._shared_failures.close()
         if self._ports is not None:
             await self._ports.close()
 
@@ -336,25 +288,11 @@ class RelayServer:
 
     # ----------------------------------------------------------- registering
     async def _listen(self, sock: socket.socket) -> asyncio.Server | TLSListener:
-        """The control port: plain TCP, or TLS with each connection counted from accept on."""
-        if self.options.ssl is None:
-            return await asyncio.get_running_loop().create_server(
-                self._control_protocol, sock=sock, backlog=LISTEN_BACKLOG
-            )
-        listener = TLSListener(
-            sock,
-            self.options.ssl,
-            timeout=self.options.handshake_timeout,
-            admission=self.admission,
-            protocol_factory=self._control_protocol,
-            log=self.admission.log,
-        )
-        listener.start()
-        return listener
+        return await listen(sock, self.options, self.admission, self._control_protocol)
 
     def _control_protocol(self) -> asyncio.Protocol:
         if self.protocol == "seed":
-            return _SeedProtocol(self)
+            return SeedProtocol(self.registration_made)
         return ChallengeProtocol(
             auth=self.auth,
             admission=self.admission,
@@ -395,12 +333,13 @@ class RelayServer:
         if self.draining:
             self.admission.refuse(transport, peer, "draining", "relay is shutting down")
             return
-        if len(self._sessions) + self._in_flight >= self.options.max_sessions:
+        sessions = len(self._sessions) + self._allocations.in_flight
+        if sessions >= self.options.max_sessions:
             self.admission.refuse(
                 transport,
                 peer,
                 "relay full",
-                f"relay is full: {len(self._sessions) + self._in_flight} sessions, the maximum "
+                f"relay is full: {sessions} sessions, the maximum "
                 f"(--max-sessions {self.options.max_sessions})",
             )
             return
@@ -418,33 +357,33 @@ class RelayServer:
                 self._tasks.spawn(
                     self._replace(transport, request, newcomer, identity, holder),
                     name="relay-replace",
-                    on_done=partial(_settled, transport, newcomer),
+                    on_done=partial(settled, transport, newcomer),
                 )
                 return
-            allocating = self._allocating.get(identity)
+            allocating = self._allocations.of(identity)
             if allocating is not None:  # the same identity, a moment earlier: after it
                 newcomer = slot.hand_over()
+                again = partial(self._register_again, transport, request, newcomer)
                 self._tasks.spawn(
-                    self._after(allocating, transport, request, newcomer),
+                    after(allocating, again),
                     name="relay-after",
-                    on_done=partial(_settled, transport, newcomer),
+                    on_done=partial(settled, transport, newcomer),
                 )
                 return
-            self._allocating[identity] = asyncio.Event()
         # The port comes from the lease store (an await): what the connection sends
         # meanwhile is kept for yamux.
-        waiting = _AwaitingPort(transport)
+        waiting = AwaitingPort(transport)
         transport.set_protocol(waiting)
-        self._in_flight += 1
+        self._allocations.begin(identity)
         registration = slot.hand_over()
         self._tasks.spawn(
             self._allocate(waiting, peer, request, registration),
             name="relay-allocate",
-            on_done=partial(_settled, transport, registration),
+            on_done=partial(settled, transport, registration),
         )
 
     async def _allocate(
-        self, waiting: _AwaitingPort, peer: str, request: RegistrationRequest, slot: Slot
+        self, waiting: AwaitingPort, peer: str, request: RegistrationRequest, slot: Slot
     ) -> None:
         """Allocate a public port, send the port line and start the session."""
         ports = self.allocator
@@ -466,9 +405,7 @@ class RelayServer:
             )
             return
         finally:
-            self._in_flight -= 1
-            if request.identity is not None:
-                self._allocating.pop(request.identity).set()
+            self._allocations.end(request.identity)
         port = int(sock.getsockname()[1])
         if waiting.ended or transport.is_closing() or self.closing or self.draining:
             sock.close()
@@ -500,19 +437,6 @@ class RelayServer:
         self.stats.sessions_total += 1
         session.start()
 
-    async def _after(
-        self,
-        allocating: asyncio.Event,
-        transport: asyncio.Transport,
-        request: RegistrationRequest,
-        slot: Slot,
-    ) -> None:
-        """Register once the allocation of the same identity is done (then it is a
-        holder, and ``_replace`` decides)."""
-        await allocating.wait()
-        if not transport.is_closing():
-            self.registration_made(transport, request, slot.hand_over())
-
     async def _replace(
         self,
         transport: asyncio.Transport,
@@ -535,6 +459,12 @@ class RelayServer:
             return
         if decision is Decision.OWN_PORT:
             request = replace(request, lease=False)
+        self._register_again(transport, request, slot)
+
+    def _register_again(
+        self, transport: asyncio.Transport, request: RegistrationRequest, slot: Slot
+    ) -> None:
+        """After a replacement or the allocation of the same identity was decided."""
         if not transport.is_closing():
             self.registration_made(transport, request, slot.hand_over())
 
@@ -568,13 +498,3 @@ class RelayServer:
         """The public ports (after ``start()``)."""
         assert self._ports is not None
         return self._ports
-
-    def _lost_ports(self, ports: list[int]) -> None:
-        """The store gave these ports to others while it could not hear from us (a long
-        outage): their sessions end, so that no port serves two identities."""
-        for session in list(self._sessions.values()):
-            if session.public_port in ports:
-                session.end(
-                    f"public port {session.public_port} went to another registration while "
-                    f"the lease store could not be reached"
-                )

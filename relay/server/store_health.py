@@ -6,7 +6,19 @@ import asyncio
 import logging
 import time
 
+from .interface import Health
+
 logger = logging.getLogger("relay.leases")
+
+
+def relay_health(state: str | None, store: StoreHealth | None, sessions: int) -> Health:
+    """A relay's readiness: not while ``state`` (starting, draining, closing) nor while its
+    store cannot be reached."""
+    if state is not None:
+        return Health(False, state)
+    if store is not None and store.problem is not None:
+        return Health(False, f"{store.describe} cannot be reached: {store.problem}")
+    return Health(True, f"serving {sessions} session(s)")
 
 
 class StoreHealth:

@@ -116,7 +116,7 @@ class RedisLeaseStore:
         store = cls(client, url, ttl, holder=holder, clock=clock, member_ttl=member_ttl)
         try:
             await store.heartbeat()
-            count = await store._call(client.hlen(PREFIX + "lease"))
+            count = await store.call(client.hlen(PREFIX + "lease"))
         except BaseException:
             await store.close()
             raise
@@ -134,6 +134,11 @@ class RedisLeaseStore:
 
     def describe(self) -> str:
         return f"cluster store {redacted(self.url)}"
+
+    @property
+    def client(self) -> redis.Redis:
+        """The connection (shared with ``relay.store.failures``)."""
+        return self._client
 
     async def allocate(self, ask: Ask) -> Outcome:
         ranges = (
@@ -206,15 +211,15 @@ class RedisLeaseStore:
         await self._run("leave", self._now())
 
     async def lease_of(self, key: str) -> Lease | None:
-        value = await self._call(self._client.hget(PREFIX + "lease", key))
+        value = await self.call(self._client.hget(PREFIX + "lease", key))
         return None if value is None else _lease(key, str(value))
 
     async def lease_on(self, port: int) -> Lease | None:
-        key = await self._call(self._client.hget(PREFIX + "port", str(port)))
+        key = await self.call(self._client.hget(PREFIX + "port", str(port)))
         return None if key is None else await self.lease_of(str(key))
 
     async def leases(self) -> list[Lease]:
-        values = await self._call(self._client.hgetall(PREFIX + "lease"))
+        values = await self.call(self._client.hgetall(PREFIX + "lease"))
         leases = [_lease(str(key), str(value)) for key, value in values.items()]
         return sorted(leases, key=lambda lease: lease.port)
 
@@ -232,9 +237,10 @@ class RedisLeaseStore:
         return f"pid {os.getpid()}"
 
     async def _run(self, op: str, *args: Any) -> Any:
-        return await self._call(self._script(args=[op, self._holder, *args]))
+        return await self.call(self._script(args=[op, self._holder, *args]))
 
-    async def _call(self, call: Awaitable[T]) -> T:
+    async def call(self, call: Awaitable[T]) -> T:
+        """``call`` within ``TIMEOUT``; a Redis that cannot answer is StoreUnavailableError."""
         try:
             async with asyncio.timeout(TIMEOUT):
                 return await call
