@@ -7,6 +7,7 @@ Real processes throughout: redis-server, three ``relay server`` on 127.0.0.2-4, 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -16,8 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cluster_support import ClusterRelay, RedisServer, cluster_relays
+import relay
+from cluster_support import RELAY_ADDRESSES, ClusterRelay, RedisServer, cluster_relays
+from relay import RelayServer
 from relay_support import free_port_block, relay_command, wait_until
+from testkit.ports import free_port
 from testkit.procs import Proc
 
 pytestmark = pytest.mark.e2e
@@ -129,9 +133,9 @@ def test_redis_restarts_during_registrations(procs, tmp_path, echo_port):
     # Data already flowing never waits for the store.
     for _, address, port in endpoints(first):
         assert transfer(address, port, 16 * 1024)
-    for relay in relays:
-        assert relay.proc is not None
-        relay.proc.wait_line(r"cannot be reached")
+    for one in relays:
+        assert one.proc is not None
+        one.proc.wait_line(r"cannot be reached")
     redis.start()
     wait_until(lambda: len(endpoints(second)) == 9, timeout=20, message="second forwarder in")
     after = {(name, port) for name, _, port in endpoints(second)}
@@ -139,10 +143,10 @@ def test_redis_restarts_during_registrations(procs, tmp_path, echo_port):
     ports = [port for _, port in before | after]
     assert len(ports) == len(set(ports)) == 6, (before, after)  # no port for two services
     assert {(name, port) for name, _, port in endpoints(first)} == before  # no lease lost
-    for relay in relays:
-        assert relay.proc is not None
-        relay.proc.wait_line(r"is back after")
-        stderr = relay.proc.stderr_text
+    for one in relays:
+        assert one.proc is not None
+        one.proc.wait_line(r"is back after")
+        stderr = one.proc.stderr_text
         assert stderr.count("cannot be reached") == 1, stderr  # said once, not per attempt
         assert stderr.count("is back after") == 1, stderr
     for _, address, port in endpoints(second):
@@ -177,3 +181,62 @@ def test_failed_registrations_on_one_relay_block_the_source_on_all(procs, tmp_pa
         interval=0.2,
         message="relay B never refused the source that failed on relay A",
     )
+
+
+async def echo_handler(reader, writer) -> None:
+    while data := await reader.read(1 << 16):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+async def roundtrip(address: str, port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(address, port)
+    writer.write(data)
+    writer.write_eof()
+    received = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return received
+
+
+async def test_start_server_on_two_relays_and_readiness_without_redis(procs, tmp_path):
+    redis = RedisServer(procs, tmp_path).start()
+    port = free_port()
+    first, second = (
+        RelayServer(port, bind=address, cluster=redis.url) for address in RELAY_ADDRESSES[:2]
+    )
+    await first.start()
+    await second.start()
+    server = await relay.start_server(
+        echo_handler,
+        RELAY_ADDRESSES[0],
+        port,
+        name="api",
+        relays=[(RELAY_ADDRESSES[1], port), (RELAY_ADDRESSES[0], port)],  # one twice: once
+        reconnect_delay=0.1,
+        reconnect_max_delay=0.5,
+    )
+    try:
+        assert isinstance(server, relay.RelayedServers)
+        await asyncio.wait_for(asyncio.gather(*(s.wait_endpoint() for s in server.servers)), 10)
+        public = server.public_port
+        assert public is not None
+        assert sorted(server.public_endpoints) == [f"{a}:{public}" for a in RELAY_ADDRESSES[:2]]
+        for address in RELAY_ADDRESSES[:2]:
+            assert await roundtrip(address, public, b"hello\n") == b"hello\n"
+        assert first.health().ready
+        await asyncio.to_thread(redis.stop)
+        await asyncio.to_thread(
+            wait_until, lambda: not first.health().ready, 10, 0.05, "still ready without Redis"
+        )
+        assert "cannot be reached" in first.health().reason
+        assert await roundtrip(RELAY_ADDRESSES[1], public, b"still\n") == b"still\n"
+        await asyncio.to_thread(redis.start)
+        await asyncio.to_thread(wait_until, lambda: first.health().ready, 10, 0.05)
+    finally:
+        server.close()
+        await server.wait_closed()
+        for relay_server in (first, second):
+            relay_server.close()
+            await relay_server.wait_closed()
