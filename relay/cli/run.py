@@ -12,10 +12,17 @@ import click
 from ..client.forwarder import Forwarder
 from ..net import format_endpoint
 from ..ops import drain, logs, sdnotify
-from ..options import ProcessOptions, Service
+from ..options import ProcessOptions, RelayOptions, Service
 from ..server.interface import Relay
 from ..store.state_dir import StateDirError
-from .build import build_forwarder, build_server, process_options
+from ..workers.supervisor import STOP_GRACE, Supervisor
+from .build import (
+    build_forwarder,
+    build_server,
+    check_worker_options,
+    process_options,
+    relay_options,
+)
 from .help_layout import DISTRIBUTION
 
 logger = logging.getLogger("relay.cli")
@@ -42,8 +49,11 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
 
 def run_server(ctx: click.Context, port: int, values: Mapping[str, Any]) -> NoReturn:
     process = process_options(ctx, values)
-    server = build_server(ctx, port, values)
+    options = relay_options(ctx, values)
     loop_factory = event_loop_factory(process.event_loop)
+    if options.workers > 1:
+        run_workers(ctx, port, options, process, loop_factory)
+    server = build_server(ctx, port, options)
     setup_logging(process)
     ctx.exit(
         drain.run_until_signal(
@@ -54,6 +64,50 @@ def run_server(ctx: click.Context, port: int, values: Mapping[str, Any]) -> NoRe
             on_drain=lambda: sdnotify.stopping("draining"),
         )
     )
+
+
+def run_workers(
+    ctx: click.Context,
+    port: int,
+    options: RelayOptions,
+    process: ProcessOptions,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+) -> NoReturn:
+    """``relay server --workers N`` (N > 1): a supervisor of N relay processes."""
+    check_worker_options(ctx, port, options)
+    supervisor = Supervisor(port, options, process, uvloop=loop_factory is not None)
+    logs.setup(process.level, process.log_format, connection_log=process.connection_log, worker=0)
+    ctx.exit(
+        drain.run_until_signal(
+            lambda: _supervise(supervisor, process.metrics),
+            loop_factory,
+            # Each worker drains for up to --drain-timeout, then closes what is left.
+            drain=drain.Drain(supervisor.drain, supervisor.wait_idle),
+            drain_timeout=process.drain_timeout and process.drain_timeout + STOP_GRACE,
+            on_drain=lambda: sdnotify.stopping("draining"),
+        )
+    )
+
+
+async def _supervise(supervisor: Supervisor, metrics_address: tuple[str, int] | None) -> int:
+    from ..ops import metrics
+    from ..workers.aggregate import WorkersCollector, workers_status
+
+    try:
+        async with metrics.exposed(
+            metrics_address,
+            WorkersCollector(supervisor),
+            lambda: workers_status(supervisor),
+            refresh=supervisor.refresh,
+        ):
+            return await supervisor.run()
+    except OSError as exc:
+        logger.error(
+            "cannot serve metrics on %s: %s",
+            format_endpoint(*metrics_address or ("?", 0)),
+            exc.strerror or exc,
+        )
+        return 1
 
 
 def run_forward(

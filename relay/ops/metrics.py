@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -290,16 +290,26 @@ def _iso(unix: float) -> str:
 
 
 class MetricsServer:
-    """HTTP/1.1 GET ``/metrics`` and ``/status`` on ``host:port``; one request per connection."""
+    """HTTP/1.1 GET ``/metrics`` and ``/status`` on ``host:port``; one request per connection.
+
+    ``refresh``, if given, is awaited before each answer: what the collector and
+    ``status`` read is fetched from elsewhere (a supervisor asks its workers).
+    """
 
     def __init__(
-        self, host: str, port: int, collector: Collector, status: Callable[[], dict[str, Any]]
+        self,
+        host: str,
+        port: int,
+        collector: Collector,
+        status: Callable[[], dict[str, Any]],
+        refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(collector)
         self.status = status
+        self.refresh = refresh
         self._server: asyncio.Server | None = None
         self._handlers = yamux.TaskOwner(logger)
 
@@ -349,6 +359,8 @@ class MetricsServer:
                 return
             method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
             path = rest.split(" ", 1)[0].split("?", 1)[0]
+            if self.refresh is not None and path in ("/metrics", "/status"):
+                await self.refresh()
             if method not in ("GET", "HEAD"):
                 await self._reply(writer, 405, "text/plain", b"GET only\n")
             elif path == "/metrics":
@@ -397,13 +409,16 @@ class MetricsServer:
 
 @contextlib.asynccontextmanager
 async def exposed(
-    address: tuple[str, int] | None, collector: Collector, status: Callable[[], dict[str, Any]]
+    address: tuple[str, int] | None,
+    collector: Collector,
+    status: Callable[[], dict[str, Any]],
+    refresh: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[MetricsServer | None]:
     """Serve ``/metrics`` and ``/status`` on ``address`` (None: nothing) while in the block."""
     if address is None:
         yield None
         return
-    server = MetricsServer(*address, collector, status)
+    server = MetricsServer(*address, collector, status, refresh)
     await server.start()
     try:
         yield server

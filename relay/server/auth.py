@@ -317,18 +317,24 @@ async def watch_auth_file(
     access ended, so a leaked secret is withdrawn by editing the file, without a restart."""
     while True:
         await asyncio.sleep(interval)
-        try:
-            ended = auth.reload()
-        except AuthConfigError as exc:
-            logger.error("%s; the clients in force stay until it is fixed", exc)
-            continue
-        if ended is None:
-            continue
-        logger.info(
-            "auth file %s reloaded: %d clients%s",
-            auth.auth_file,
-            len(auth.clients),
-            f"; access ended or changed for {', '.join(sorted(ended))}" if ended else "",
-        )
-        if ended:
-            revoke(ended)
+        reload_auth_file(auth, revoke)
+
+
+def reload_auth_file(auth: Authenticator, revoke: Callable[[set[str]], None]) -> None:
+    """Re-read the auth file if it changed (once, now: the watch, or SIGHUP) and ``revoke``
+    the names whose access ended; a broken file is logged and the clients in force stay."""
+    try:
+        ended = auth.reload()
+    except AuthConfigError as exc:
+        logger.error("%s; the clients in force stay until it is fixed", exc)
+        return
+    if ended is None:
+        return
+    logger.info(
+        "auth file %s reloaded: %d clients%s",
+        auth.auth_file,
+        len(auth.clients),
+        f"; access ended or changed for {', '.join(sorted(ended))}" if ended else "",
+    )
+    if ended:
+        revoke(ended)

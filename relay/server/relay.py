@@ -53,7 +53,7 @@ from ..wire.greeting import port_line
 from ..wire.refusal import RETRY, format_refusal
 from .admission import Admission, Refusal
 from .allocation import Allocations, AwaitingPort, after, settled
-from .auth import Authenticator, FailureLimiter, watch_auth_file
+from .auth import Authenticator, FailureLimiter, reload_auth_file, watch_auth_file
 from .challenge import ChallengeProtocol
 from .challenge import logger as registration_logger
 from .control import SeedProtocol, listen
@@ -68,6 +68,7 @@ from .request import SEED, ProtocolName, RegistrationRequest
 from .session import RegisteredSession
 from .shared_failures import SharedFailureLimiter
 from .store_health import relay_health
+from .siblings import WorkerRole
 from .tls_listener import TLSListener
 
 __all__ = ["RelayServer"]
@@ -93,6 +94,8 @@ class RelayServer:
     all relayed traffic) in TLS; a connection in its handshake already counts as a
     pending registration (``relay.server.tls_listener``). ``auth_failures`` counts
     failed proofs per source (a ``FailureLimiter`` of one's own, e.g. to share it).
+    ``worker`` makes it one of several processes that share the control port (see
+    ``relay.server.siblings``); the options' ``workers`` is the supervisor's, not ours.
     """
 
     @takes_options(RelayOptions)
@@ -102,12 +105,20 @@ class RelayServer:
         options: RelayOptions | None = None,
         *,
         auth_failures: FailureLimiter | None = None,
+        worker: WorkerRole | None = None,
         **keywords: Any,
     ) -> None:
         checked = RelayOptions.build(options, **keywords).with_files_read()
         protocol = checked.protocol
         if protocol == "notify":
             raise OptionError("protocol", "is NotifyRelay's, not RelayServer's", protocol)
+        if checked.workers != 1 and worker is None:
+            raise OptionError(
+                "workers",
+                "a RelayServer is one process; `relay server --workers N` runs N of them",
+                checked.workers,
+            )
+        self.worker = worker
         self.options = checked
         """As given, checked, with the secret file read and the TLS context made."""
         self.auth: Authenticator | None = None
@@ -157,13 +168,14 @@ class RelayServer:
     async def start(self) -> None:
         """Bind the control port and start accepting registrations."""
         loop = asyncio.get_running_loop()
+        worker = self.worker
         self._bind = resolve_bind_address(self.options.bind)
         store = await open_store(self.options)
         ports = PortAllocator(
             self._bind, self.options.port_range, store, self.options.max_name_leases
         )
         try:
-            sock = self._bind.listen(self._requested_port)
+            sock = self._bind.listen(self._requested_port, reuse_port=worker is not None)
             try:
                 self._control = await self._listen(sock)
             except BaseException:
@@ -183,9 +195,18 @@ class RelayServer:
         self._serving = loop.create_future()
         if self.auth is not None and self.auth.auth_file is not None:
             self._tasks.spawn(watch_auth_file(self.auth, self._revoke), name="relay-auth-file")
-        logger.info(
-            "Serving relay requests on port %d", self.port, extra={"control_port": self.port}
-        )
+        if worker is None:
+            logger.info(
+                "Serving relay requests on port %d", self.port, extra={"control_port": self.port}
+            )
+        else:
+            logger.info(
+                "worker %d of %d takes registrations on port %d",
+                worker.index,
+                worker.count,
+                self.port,
+                extra={"control_port": self.port},
+            )
         if self.auth is None and not self._bind.is_loopback():
             logger.warning(
                 "the relay listens on %s without authentication: anyone who can reach port %d "
@@ -249,6 +270,12 @@ class RelayServer:
             session.end("relay shutting down")
         if self._serving is not None and not self._serving.done():
             self._serving.set_result(None)
+
+    def reload_auth(self) -> None:
+        """Re-read the auth file now if it changed (SIGHUP; the file watch does it within a
+        second anyway) and end the sessions of clients whose access ended."""
+        if self.auth is not None and self.auth.auth_file is not None:
+            reload_auth_file(self.auth, self._revoke)
 
     def drain(self) -> None:
         """Stop taking registrations and public connections at once, and send Go Away to
