@@ -54,6 +54,18 @@ logger = logging.getLogger("relay.api")
 Handler = Callable[[yamux.Stream, yamux.Stream], Awaitable[None]]
 
 
+class _Lane:
+    """One of a server's registrations with the relay (``sessions=``) and its reconnect loop."""
+
+    def __init__(self, index: int, backoff: Backoff) -> None:
+        self.index = index
+        self.backoff = backoff
+        self.session: yamux.Session | None = None
+        """Its current session (None before its first registration)."""
+        self.task: asyncio.Task[None] | None = None
+        """Its reconnect loop (the first lane's runs in the server's own task)."""
+
+
 class RelayedServer:
     """Like ``asyncio.Server``, for a listener that lives on the relay.
 
@@ -68,6 +80,12 @@ class RelayedServer:
     ``start()`` registers once (and raises if that fails, like
     ``asyncio.start_server`` on a bad address); ``start(retry=True)`` keeps
     trying from the first attempt, as the forwarder does.
+
+    With ``sessions=K`` (and a relay that offers it) the server keeps K
+    registrations of its identity, all on one public port, each with its own
+    reconnect loop (a *lane*): the relay spreads public connections over them,
+    and while one is lost the others serve. The first registers alone; the
+    others follow once the relay said how many it takes.
     """
 
     @takes_options(RegistrationOptions, others=True)
@@ -99,8 +117,8 @@ class RelayedServer:
         """Register again when the relay is lost (the forwarder's drain turns it off)."""
         self.on_endpoint = on_endpoint
         self.backoff = Backoff(checked.reconnect_delay, checked.reconnect_max_delay)
-        self.session: yamux.Session | None = None
-        """The current session with the relay (None before the first registration)."""
+        """The first lane's; each lane backs off on its own."""
+        self._lanes = [_Lane(0, self.backoff)]
         self.public_port: int | None = None
         """The public port of the current (or, while reconnecting, the last) registration."""
         self.client_address = False
@@ -110,11 +128,28 @@ class RelayedServer:
         self._handlers = yamux.TaskOwner(logger)
         self._tasks = yamux.TaskOwner(logger)
         self._closing = False
+        self._warned_sessions = False
         self._lost_reason: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._endpoint_waiters: list[asyncio.Future[str]] = []
 
     # -------------------------------------------------------------- queries
+    @property
+    def session(self) -> yamux.Session | None:
+        """A current session with the relay: the first open one, else the first lane's
+        last (None before the first registration)."""
+        sessions = self.sessions
+        return sessions[0] if sessions else self._lanes[0].session
+
+    @property
+    def sessions(self) -> list[yamux.Session]:
+        """Every open session with the relay (one per lane that is registered)."""
+        return [
+            lane.session
+            for lane in self._lanes
+            if lane.session is not None and not lane.session.closed
+        ]
+
     @property
     def relay_endpoint(self) -> str:
         return format_endpoint(self.relay_host, self.relay_port)
@@ -149,7 +184,7 @@ class RelayedServer:
         return len(self._handlers)
 
     def is_serving(self) -> bool:
-        return not self._closing and self.session is not None and not self.session.closed
+        return not self._closing and bool(self.sessions)
 
     @property
     def started(self) -> bool:
@@ -183,10 +218,9 @@ class RelayedServer:
         """Register and serve in the background; without ``retry`` a first failure raises."""
         if self._task is not None:
             raise RuntimeError("the server was already started")
-        first = None if retry else self._attach(await self._register())
-        self._task = self._tasks.spawn(
-            self._maintain(first), name=f"relay-server-{self.relay_endpoint}"
-        )
+        lane = self._lanes[0]
+        first = None if retry else self._attach(lane, await self._register())
+        self._task = self._tasks.spawn(self._run(first), name=f"relay-server-{self.relay_endpoint}")
 
     def close(self) -> None:
         """Start closing: the session ends (the relay frees the port) and handlers are cancelled."""
@@ -200,9 +234,10 @@ class RelayedServer:
         """Until the server stopped and every handler finished (never raises)."""
         if self._task is not None:
             await asyncio.wait([self._task])
-        if self.session is not None and not self.session.closed:
-            self.session.close()  # closed before its task ever ran
-            await self.session.wait_closed()
+        for lane in self._lanes:
+            if lane.session is not None and not lane.session.closed:
+                lane.session.close()  # closed before its task ever ran
+                await lane.session.wait_closed()
 
     async def serve_forever(self) -> None:
         """Serve until cancelled (then close) or until close(); raise if it stops on its own.
@@ -236,10 +271,32 @@ class RelayedServer:
             self.relay_host, self.relay_port, self.options, self._config, self._connection
         )
 
-    async def _maintain(self, session: yamux.Session | None) -> None:
-        """The one reconnect loop: register, serve until the session ends, wait, again."""
+    async def _run(self, first: yamux.Session | None) -> None:
+        """The first lane, then the others until they stop too; everything ends here."""
+        try:
+            await self._maintain(self._lanes[0], first)
+            while running := [
+                lane.task
+                for lane in self._lanes[1:]
+                if lane.task is not None and not lane.task.done()
+            ]:
+                await asyncio.wait(running)
+        finally:
+            others = [lane.task for lane in self._lanes[1:] if lane.task is not None]
+            for task in others:
+                task.cancel()
+            if others:
+                await asyncio.wait(others)
+            await self._cancel_handlers()
+            for waiter in self._endpoint_waiters:
+                if not waiter.done():
+                    waiter.set_exception(RelayDisconnectedError(self._stopped_message()))
+
+    async def _maintain(self, lane: _Lane, session: yamux.Session | None) -> None:
+        """One lane's reconnect loop: register, serve until the session ends, wait, again."""
         loop = asyncio.get_running_loop()
-        retries = RetryLog(logger, f"cannot register with the relay at {self.relay_endpoint}")
+        what = f"cannot register with the relay at {self.relay_endpoint}"
+        retries = RetryLog(logger, what if lane.index == 0 else f"session {lane.index + 1}: {what}")
         try:
             while True:
                 if session is None:
@@ -259,55 +316,92 @@ class RelayedServer:
                             )
                             self._lost_reason = reason
                             return
-                        delay = self.backoff.next_delay()
+                        delay = lane.backoff.next_delay()
                         retries.failed(reason, delay)
                         await asyncio.sleep(delay)
                         continue
                     retries.recovered()
-                    session = self._attach(registered)
+                    session = self._attach(lane, registered)
                 started = loop.time()
                 reason = await self._serve(session)
                 session = None
-                logger.warning(
-                    "lost the relay at %s: %s; public endpoint %s is gone",
-                    self.relay_endpoint,
-                    reason,
-                    self.public_endpoint,
-                )
+                if self.sessions:
+                    logger.warning(
+                        "lost session %d of %d with the relay at %s: %s; the others serve %s",
+                        lane.index + 1,
+                        len(self._lanes),
+                        self.relay_endpoint,
+                        reason,
+                        self.public_endpoint,
+                    )
+                else:
+                    logger.warning(
+                        "lost the relay at %s: %s; public endpoint %s is gone",
+                        self.relay_endpoint,
+                        reason,
+                        self.public_endpoint,
+                    )
                 self._lost_reason = reason
                 if not self.reconnect:
                     return
-                if loop.time() - started >= self.backoff.maximum:
-                    self.backoff.reset()  # a session that lived: try again quickly
-                delay = self.backoff.next_delay()
+                if loop.time() - started >= lane.backoff.maximum:
+                    lane.backoff.reset()  # a session that lived: try again quickly
+                delay = lane.backoff.next_delay()
                 logger.info("reconnecting to %s in %.2f s", self.relay_endpoint, delay)
                 await asyncio.sleep(delay)
         finally:
-            if self.session is not None:
-                self.session.close()
-                await self.session.wait_closed()
-            await self._cancel_handlers()
-            for waiter in self._endpoint_waiters:
-                if not waiter.done():
-                    waiter.set_exception(RelayDisconnectedError(self._stopped_message()))
+            if lane.session is not None:
+                lane.session.close()
+                await lane.session.wait_closed()
 
-    def _attach(self, registration: Registration) -> yamux.Session:
-        """A new registration: it is the current one; tell whoever waits for the endpoint."""
-        self.session = registration.session
+    def _attach(self, lane: _Lane, registration: Registration) -> yamux.Session:
+        """A new registration of ``lane``; tell whoever waits for the endpoint, unless the
+        others serve it already."""
+        serving = self.public_port if self.sessions else None
+        lane.session = registration.session
         self.public_port = registration.public_port
         self.client_address = registration.client_address
         self.registrations += 1
         self._lost_reason = None
+        if lane.index == 0:
+            self._add_lanes(registration.sessions)
         endpoint = self.public_endpoint
         for waiter in self._endpoint_waiters:
             if not waiter.done():
                 waiter.set_result(endpoint)
+        if serving == registration.public_port:
+            return registration.session
+        if serving is not None:
+            logger.warning(
+                "session %d got public port %d while the others serve %d",
+                lane.index + 1,
+                registration.public_port,
+                serving,
+            )
         if self.on_endpoint is not None:
             try:
                 self.on_endpoint(endpoint)
             except Exception:
                 logger.exception("on_endpoint(%r) failed", endpoint)
         return registration.session
+
+    def _add_lanes(self, granted: int) -> None:
+        """Start the lanes beyond the first once the relay said how many sessions it takes."""
+        wanted = self.options.sessions
+        if wanted > 1 and granted < wanted and not self._warned_sessions:
+            self._warned_sessions = True
+            logger.warning(
+                "the relay at %s does not take several sessions of a service (an older or "
+                "seed relay): registering one, not %d",
+                self.relay_endpoint,
+                wanted,
+            )
+        for index in range(len(self._lanes), min(wanted, granted)):
+            lane = _Lane(index, Backoff(self.backoff.initial, self.backoff.maximum))
+            self._lanes.append(lane)
+            lane.task = self._tasks.spawn(
+                self._maintain(lane, None), name=f"relay-server-{self.relay_endpoint}-{index + 1}"
+            )
 
     async def _serve(self, session: yamux.Session) -> str:
         """Run handlers for the streams of ``session`` until it ends; why it ended.

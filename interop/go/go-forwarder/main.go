@@ -7,6 +7,13 @@
 //
 // It exits when the relay session ends (status 0), or with status 1 when the
 // relay cannot be reached or sends no valid port line.
+//
+// With -name it answers a registration v2 challenge (a relay without auth,
+// docs/protocol.md) with "relay/2 name=NAME" instead of expecting the port line
+// first; with -sessions K (and -name) it registers K sessions of that name,
+// which the relay puts on one public port ("sessions=K" in the response), prints
+// the endpoint once and exits when every session has ended. Without these flags
+// it speaks the seed protocol only, as the original design.
 package main
 
 import (
@@ -18,6 +25,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -30,6 +38,8 @@ var (
 	window    = flag.Int("window", 256*1024, "yamux MaxStreamWindowSize in bytes (>= 262144)")
 	keepalive = flag.Duration("keepalive-interval", 30*time.Second, "yamux keepalive interval (0 = off)")
 	timeout   = flag.Duration("timeout", 10*time.Second, "dial and port-line timeout")
+	name      = flag.String("name", "", "register v2 under this name (a relay without auth)")
+	sessions  = flag.Int("sessions", 1, "sessions of -name on one public port (1-16)")
 )
 
 func main() {
@@ -45,16 +55,95 @@ func main() {
 	if err != nil {
 		log.Fatalf("bad -relay %q: %v", *relayAddr, err)
 	}
-	c, err := net.DialTimeout("tcp", *relayAddr, *timeout)
-	if err != nil {
-		log.Fatalf("dial relay %s: %v", *relayAddr, err)
+	if *sessions < 1 || *sessions > 16 || (*sessions > 1 && *name == "") {
+		log.Fatalf("-sessions must be 1-16, and above 1 only with -name")
 	}
-	port, err := readPortLine(c, *timeout)
+	c, port, err := register(1)
 	if err != nil {
 		log.Fatalf("relay %s: %v", *relayAddr, err)
 	}
 	fmt.Printf("%s\n", net.JoinHostPort(relayHost, strconv.Itoa(port)))
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		serve(c, relayHost, port)
+	}()
+	for i := 2; i <= *sessions; i++ {
+		more, got, err := register(i)
+		if err != nil {
+			log.Fatalf("relay %s, session %d: %v", *relayAddr, i, err)
+		}
+		if got != port {
+			log.Fatalf("session %d got port %d, not %d", i, got, port)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			serve(more, relayHost, port)
+		}()
+	}
+	wg.Wait()
+}
 
+// register dials the relay and reads its port line (answering a v2 challenge
+// first when -name is set).
+func register(session int) (net.Conn, int, error) {
+	c, err := net.DialTimeout("tcp", *relayAddr, *timeout)
+	if err != nil {
+		return nil, 0, fmt.Errorf("dial: %w", err)
+	}
+	if *name != "" {
+		if err := answerChallenge(c); err != nil {
+			c.Close()
+			return nil, 0, err
+		}
+	}
+	port, err := readPortLine(c, *timeout)
+	if err != nil {
+		c.Close()
+		return nil, 0, err
+	}
+	return c, port, nil
+}
+
+// answerChallenge reads a v2 challenge line and answers "relay/2 name=NAME" (and
+// "sessions=K" when the relay offers that feature).
+func answerChallenge(c net.Conn) error {
+	line, err := readLine(c, *timeout, 1024)
+	if err != nil {
+		return fmt.Errorf("reading the challenge: %w", err)
+	}
+	if !strings.HasPrefix(line, "error: ") || !strings.Contains(line, " relay/2 ") {
+		return fmt.Errorf("expected a v2 challenge, got %q", line)
+	}
+	if strings.Contains(line, "auth=required") {
+		return fmt.Errorf("the relay requires a secret; this forwarder has none")
+	}
+	response := "relay/2 name=" + *name
+	if *sessions > 1 && offers(line, "sessions") {
+		response += " sessions=" + strconv.Itoa(*sessions)
+	}
+	_, err = io.WriteString(c, response+"\n")
+	return err
+}
+
+// offers tells whether the challenge's features= list has feature.
+func offers(challenge, feature string) bool {
+	for _, field := range strings.Fields(challenge) {
+		if strings.HasPrefix(field, "features=") {
+			for _, f := range strings.Split(strings.TrimPrefix(field, "features="), ",") {
+				if f == feature {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// serve runs a yamux server session on c and forwards every stream to -local.
+func serve(c net.Conn, relayHost string, port int) {
 	cfg := yamux.DefaultConfig()
 	cfg.MaxStreamWindowSize = uint32(*window)
 	cfg.EnableKeepAlive = *keepalive > 0
@@ -80,28 +169,37 @@ func main() {
 // readPortLine reads "<port>\n" byte by byte: yamux frames may follow it
 // directly, so nothing past the newline may be consumed.
 func readPortLine(c net.Conn, limit time.Duration) (int, error) {
-	if err := c.SetReadDeadline(time.Now().Add(limit)); err != nil {
+	line, err := readLine(c, limit, 16)
+	if err != nil {
 		return 0, err
+	}
+	port, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || port <= 0 || port > 65535 {
+		return 0, fmt.Errorf("bad port line %q", line)
+	}
+	return port, nil
+}
+
+// readLine reads one line (without its newline) byte by byte, at most max bytes.
+func readLine(c net.Conn, limit time.Duration, max int) (string, error) {
+	if err := c.SetReadDeadline(time.Now().Add(limit)); err != nil {
+		return "", err
 	}
 	var line []byte
 	one := make([]byte, 1)
 	for {
 		if _, err := io.ReadFull(c, one); err != nil {
-			return 0, fmt.Errorf("reading the port line (got %q): %w", line, err)
+			return "", fmt.Errorf("reading the port line (got %q): %w", line, err)
 		}
 		if one[0] == '\n' {
 			break
 		}
-		if len(line) >= 16 {
-			return 0, fmt.Errorf("port line too long: %q", line)
+		if len(line) >= max {
+			return "", fmt.Errorf("port line too long: %q", line)
 		}
 		line = append(line, one[0])
 	}
-	port, err := strconv.Atoi(strings.TrimSpace(string(line)))
-	if err != nil || port <= 0 || port > 65535 {
-		return 0, fmt.Errorf("bad port line %q", line)
-	}
-	return port, c.SetReadDeadline(time.Time{})
+	return string(line), c.SetReadDeadline(time.Time{})
 }
 
 func forward(st net.Conn) {
