@@ -265,6 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         argv.remove("--registration")
         return registration_main(argv)
+    if any(arg == "--workers" or arg.startswith("--workers=") for arg in argv):
+        from bench.workers import main as workers_main
+
+        return workers_main(argv)
     args = parse_args(argv)
     t_start = time.monotonic()
     install_signal_handlers()

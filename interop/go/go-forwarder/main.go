@@ -39,6 +39,8 @@ var (
 	keepalive = flag.Duration("keepalive-interval", 30*time.Second, "yamux keepalive interval (0 = off)")
 	timeout   = flag.Duration("timeout", 10*time.Second, "dial and port-line timeout")
 	name      = flag.String("name", "", "register v2 under this name (a relay without auth)")
+	echo      = flag.Bool("echo", false, "echo every stream itself instead of dialing -local (a benchmark's cheapest service)")
+	buffer    = flag.Int("buffer", 0, "bytes copied at once between a stream and its connection (0: io.Copy's own)")
 	sessions  = flag.Int("sessions", 1, "sessions of -name on one public port (1-16)")
 )
 
@@ -46,8 +48,8 @@ func main() {
 	flag.Parse()
 	log.SetOutput(os.Stderr)
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
-	if *relayAddr == "" || *localAddr == "" || flag.NArg() > 0 {
-		fmt.Fprintln(os.Stderr, "usage: go-forwarder -relay HOST:PORT -local HOST:PORT")
+	if *relayAddr == "" || (*localAddr == "") == !*echo || flag.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "usage: go-forwarder -relay HOST:PORT -local HOST:PORT|-echo")
 		flag.PrintDefaults()
 		os.Exit(2)
 	}
@@ -155,7 +157,11 @@ func serve(c net.Conn, relayHost string, port int) {
 	if err != nil {
 		log.Fatalf("yamux: %v", err)
 	}
-	log.Printf("forwarding %s:%d to %s", relayHost, port, *localAddr)
+	target := *localAddr
+	if *echo {
+		target = "itself (echo)"
+	}
+	log.Printf("forwarding %s:%d to %s", relayHost, port, target)
 	for {
 		st, err := sess.Accept()
 		if err != nil {
@@ -203,6 +209,15 @@ func readLine(c net.Conn, limit time.Duration, max int) (string, error) {
 }
 
 func forward(st net.Conn) {
+	if *echo { // the stream's bytes back to it, then FIN
+		size := *buffer
+		if size <= 0 {
+			size = 32 * 1024
+		}
+		io.CopyBuffer(struct{ io.Writer }{st}, struct{ io.Reader }{st}, make([]byte, size))
+		st.Close()
+		return
+	}
 	lc, err := net.DialTimeout("tcp", *localAddr, *timeout)
 	if err != nil {
 		log.Printf("stream %s: dial local %s: %v; closing the stream", st.RemoteAddr(), *localAddr, err)
@@ -216,5 +231,5 @@ func forward(st net.Conn) {
 		st.Close()
 		return
 	}
-	tunnel.Pipe(tcp, st)
+	tunnel.PipeBuffer(tcp, st, *buffer)
 }

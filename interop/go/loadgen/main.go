@@ -15,6 +15,7 @@
 //	                                                 exchanges once and closes; failed connections
 //	                                                 are a result here (counted by kind), not a failure
 //
+// Every result has "cpu_s", the CPU time loadgen itself used.
 // Echoed bytes are checked against the pattern that was sent. Throughput counts
 // both directions (bytes sent + bytes received), in MB = 10^6 bytes. -addr may
 // list several targets, A,B,...: echo and idle spread their connections over
@@ -73,6 +74,7 @@ func main() {
 		usage()
 	}
 	res["workload"] = cmd
+	res["cpu_s"] = cpuSeconds()
 	if _, ok := res["ok"]; !ok {
 		res["ok"] = true
 	}
@@ -85,6 +87,15 @@ func main() {
 	if res["ok"] != true {
 		os.Exit(1)
 	}
+}
+
+// cpuSeconds is the CPU time (user + system) this process has used so far.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 func usage() {
