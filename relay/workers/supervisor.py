@@ -42,6 +42,7 @@ import yamux
 from ..net import resolve_bind_address
 from ..ops import sdnotify
 from ..options import ProcessOptions, RelayOptions
+from ..server.identities import IdentityTable
 from .channel import Channel, ChannelClosedError, Message
 from .setup import WorkerSetup
 
@@ -108,6 +109,8 @@ class Supervisor:
         self.stopping = False
         self.scraped: dict[int, Message] = {}
         """Each worker's answer to the last scrape (``refresh``)."""
+        self.identities = IdentityTable(self._settle)
+        """Every registration with an identity on the host, whichever worker has it."""
         self._port = 0
         self._tasks = yamux.TaskOwner(logger)
         """Restarts, waiting for their delay."""
@@ -248,7 +251,22 @@ class Supervisor:
         process.stdin.close()
 
     async def _from_worker(self, worker: WorkerProcess, message: Message) -> Message | None:
-        if message.get("op") == "ready":
+        op = message.get("op")
+        if op == "claim":
+            verdict = await self.identities.claim(
+                message["key"], message["sessions"], message["authenticated"], worker.index
+            )
+            return {
+                "kind": verdict.kind,
+                "ref": verdict.ref,
+                "port": verdict.port,
+                "holders": verdict.holders,
+            }
+        if op == "registered":
+            self.identities.registered(message["ref"], message["session"], message["port"])
+        elif op == "dropped":
+            self.identities.dropped(message["ref"])
+        elif op == "ready":
             worker.ready = True
             worker.since = time.time()
             if worker.restarts:
@@ -265,6 +283,7 @@ class Supervisor:
         code = await process.wait()
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited {code}"
         worker.ready = False
+        self.identities.drop_worker(worker.index)
         if worker.channel is not None:
             worker.channel.close()
             await worker.channel.wait_closed()
@@ -306,6 +325,17 @@ class Supervisor:
             self._tasks.spawn(
                 self._restart(worker, MAX_RESTART_DELAY), name=f"relay-worker-{worker.index}-start"
             )
+
+    async def _settle(self, index: int, sessions: list[int]) -> set[int]:
+        """Ask worker ``index`` to ping ``sessions`` and end the silent ones; the live ones."""
+        channel = self.workers[index - 1].channel
+        if channel is None:
+            return set()
+        try:
+            answer = await channel.request({"op": "settle", "sessions": sessions})
+        except ChannelClosedError:
+            return set()  # it died: its registrations are gone
+        return set(answer["alive"])
 
     # ----------------------------------------------------------------- metrics
     async def refresh(self) -> None:

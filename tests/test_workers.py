@@ -1,0 +1,218 @@
+"""``relay server --workers N``: a supervisor and N real relay processes on one control port.
+
+Registrations here come from this test process (``relay.start_server``, cheap)
+or from real forwarders; the relay is the real command. Which worker the
+kernel gives a registration is chance, so the tests register until both
+workers hold some and assert only what holds whatever the spread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import relay
+from relay_support import HOST, Processes, free_port, relay_command, wait_until
+from testkit.procs import Proc
+
+pytestmark = pytest.mark.e2e
+
+METRICS = r"metrics on http://([\d.]+:\d+)/metrics"
+
+
+def get(endpoint: str, path: str) -> str:
+    with urllib.request.urlopen(f"http://{endpoint}{path}", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def status(endpoint: str) -> dict:
+    return json.loads(get(endpoint, "/status"))
+
+
+def start_workers(
+    procs: Processes, *args: str, env: dict[str, str] | None = None
+) -> tuple[Proc, int, str]:
+    """``relay server --workers 2`` with metrics; (process, control port, metrics endpoint)."""
+    port = free_port()
+    proc = procs.start(
+        [
+            *relay_command(),
+            "server",
+            "--bind",
+            HOST,
+            "--workers",
+            "2",
+            "--metrics",
+            f"{HOST}:0",
+            *args,
+            str(port),
+        ],
+        "relay",
+        env=env,
+    )
+    _, match = proc.wait_line(METRICS)
+    proc.wait_line(rf"Serving relay requests on port {port} with 2 workers")
+    return proc, port, match.group(1)
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(1 << 16):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+async def roundtrip(port: int, payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(payload)
+    writer.write_eof()
+    data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return data
+
+
+async def spread(
+    stack: AsyncExitStack, control: int, metrics: str, **options: object
+) -> dict[int, list[relay.RelayedServer]]:
+    """Register echo servers until both workers hold one; the servers by worker."""
+    servers: dict[int, relay.RelayedServer] = {}
+    for _ in range(24):
+        server = await relay.start_server(echo, HOST, control, reconnect_delay=0.2, **options)
+        await stack.enter_async_context(server)
+        servers[server.public_port] = server
+        workers = {
+            entry["worker"] for entry in (await asyncio.to_thread(status, metrics))["registrations"]
+        }
+        if workers == {1, 2}:
+            break
+    by_worker: dict[int, list[relay.RelayedServer]] = {1: [], 2: []}
+    for entry in (await asyncio.to_thread(status, metrics))["registrations"]:
+        by_worker[entry["worker"]].append(servers[entry["public_port"]])
+    assert by_worker[1] and by_worker[2], "24 registrations all went to one worker"
+    return by_worker
+
+
+@pytest.fixture
+def notify_socket(tmp_path) -> AsyncIterator[tuple[socket.socket, str]]:
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(30)
+        yield sock, str(path)
+
+
+def notified(sock: socket.socket) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in sock.recv(4096).decode().splitlines())
+
+
+async def test_two_workers_show_one_face(procs: Processes, notify_socket) -> None:
+    """One READY once both listen, one /metrics and /status with every worker's sessions,
+    one log stream with a worker field on every line, one STOPPING and exit 0."""
+    sock, address = notify_socket
+    supervisor, control, metrics = start_workers(
+        procs, "--log-format", "json", env={"NOTIFY_SOCKET": address}
+    )
+    ready = notified(sock)
+    assert ready["READY"] == "1" and ready["MAINPID"] == str(supervisor.pid)
+    first = await asyncio.to_thread(status, metrics)
+    assert [(w["worker"], w["up"]) for w in first["workers"]] == [(1, True), (2, True)]
+    pids = {w["pid"] for w in first["workers"]}
+    assert len(pids) == 2 and supervisor.pid not in pids
+
+    async with AsyncExitStack() as stack:
+        by_worker = await spread(stack, control, metrics)
+        servers = [s for held in by_worker.values() for s in held]
+        for server in servers:
+            payload = f"through {server.public_port}\n".encode() * 1000
+            assert await roundtrip(server.public_port, payload) == payload
+        seen = await asyncio.to_thread(status, metrics)
+        assert sorted(r["public_port"] for r in seen["registrations"]) == sorted(
+            s.public_port for s in servers
+        )
+        assert seen["control_port"] == control and seen["role"] == "relay"
+        families = {
+            f.name: f
+            for f in text_string_to_metric_families(
+                await asyncio.to_thread(get, metrics, "/metrics")
+            )
+        }
+        open_now = {s.labels["worker"]: s.value for s in families["relay_sessions_open"].samples}
+        assert open_now == {"1": len(by_worker[1]), "2": len(by_worker[2])}
+        connections = families["relay_public_connections"].samples
+        assert sum(s.value for s in connections) == len(servers)
+        assert {s.labels["worker"]: s.value for s in families["relay_worker_up"].samples} == {
+            "1": 1,
+            "2": 1,
+        }
+
+    supervisor.send_signal(signal.SIGTERM)
+    assert notified(sock)["STOPPING"] == "1"
+    assert supervisor.wait(20) == 0
+    for pid in pids:
+        wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}"), 5)
+    lines = [json.loads(line) for line in supervisor.stderr]
+    assert {line["worker"] for line in lines} == {0, 1, 2}
+    assert all("event" in line and "time" in line for line in lines)
+    assert sum("Serving relay requests" in line["event"] for line in lines) == 1
+
+
+async def test_a_killed_worker_comes_back_and_only_its_sessions_end(procs: Processes) -> None:
+    supervisor, control, metrics = start_workers(procs)
+    async with AsyncExitStack() as stack:
+        by_worker = await spread(stack, control, metrics)
+        victim = (await asyncio.to_thread(status, metrics))["workers"][0]
+        survivor_server = by_worker[2][0]
+        # A transfer in flight on the other worker goes on while worker 1 is killed.
+        reader, writer = await asyncio.open_connection(HOST, survivor_server.public_port)
+        writer.write(b"before ")
+        await writer.drain()
+        os.kill(victim["pid"], signal.SIGKILL)
+        supervisor.wait_line(r"worker 1 \(pid \d+\) was killed by SIGKILL; its registrations ended")
+        supervisor.wait_line(r"worker 1 \(pid \d+\) is back")
+        now = await asyncio.to_thread(status, metrics)
+        assert now["workers"][0]["pid"] != victim["pid"] and now["workers"][0]["up"]
+        assert now["workers"][0]["restarts"] == 1
+        writer.write(b"and after")
+        writer.write_eof()
+        assert await reader.read() == b"before and after"
+        writer.close()
+        await writer.wait_closed()
+        for server in by_worker[2]:
+            assert server.registrations == 1  # the other worker's sessions never ended
+        for server in by_worker[1]:  # the killed worker's registered again (on any worker)
+            await asyncio.wait_for(_registered_again(server), 15)
+            assert await roundtrip(server.public_port, b"again") == b"again"
+    assert "Traceback" not in supervisor.stderr_text
+
+
+async def _registered_again(server: relay.RelayedServer) -> None:
+    while server.registrations < 2 or not server.is_serving():
+        await asyncio.sleep(0.05)
+
+
+def test_a_worker_that_cannot_start_stops_the_relay(procs: Processes, tmp_path) -> None:
+    """A problem every worker would have (here the control port) is an exit 1 with the
+    reason, not a restart loop."""
+    taken = socket.socket()
+    taken.bind((HOST, 0))
+    taken.listen()
+    with taken:
+        port = taken.getsockname()[1]
+        proc = procs.start(
+            [*relay_command(), "server", "--bind", HOST, "--workers", "2", str(port)], "relay"
+        )
+        assert proc.wait(30) == 1
+    assert re.search(rf"cannot listen on port {port}: .*in use", proc.stderr_text)
+    assert "Traceback" not in proc.stderr_text
