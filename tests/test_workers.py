@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import socket
-import time
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -83,24 +82,41 @@ async def roundtrip(port: int, payload: bytes) -> bytes:
     return data
 
 
-async def spread(
-    stack: AsyncExitStack, control: int, metrics: str, **options: object
-) -> dict[int, list[relay.RelayedServer]]:
-    """Register echo servers until both workers hold one; the servers by worker."""
+class Spread(dict[int, list[relay.RelayedServer]]):
+    """Echo servers by the worker that holds each; ``registered[server]`` is set whenever it
+    registers."""
+
+    registered: dict[relay.RelayedServer, asyncio.Event]
+
+
+async def spread(stack: AsyncExitStack, control: int, metrics: str, **options: object) -> Spread:
+    """Register echo servers until both workers hold one."""
     servers: dict[int, relay.RelayedServer] = {}
+    events: dict[relay.RelayedServer, asyncio.Event] = {}
     for _ in range(24):
-        server = await relay.start_server(echo, HOST, control, reconnect_delay=0.2, **options)
+        registered = asyncio.Event()
+        server = await relay.start_server(
+            echo,
+            HOST,
+            control,
+            reconnect_delay=0.2,
+            on_endpoint=lambda _, registered=registered: registered.set(),
+            **options,
+        )
         await stack.enter_async_context(server)
         servers[server.public_port] = server
+        events[server] = registered
         workers = {
             entry["worker"] for entry in (await asyncio.to_thread(status, metrics))["registrations"]
         }
         if workers == {1, 2}:
             break
-    by_worker: dict[int, list[relay.RelayedServer]] = {1: [], 2: []}
+    by_worker = Spread({1: [], 2: []})
+    by_worker.registered = events
     for entry in (await asyncio.to_thread(status, metrics))["registrations"]:
         by_worker[entry["worker"]].append(servers[entry["public_port"]])
-    assert by_worker[1] and by_worker[2], "24 registrations all went to one worker"
+    assert by_worker[1], "24 registrations all went to worker 2"
+    assert by_worker[2], "24 registrations all went to worker 1"
     return by_worker
 
 
@@ -125,11 +141,13 @@ async def test_two_workers_show_one_face(procs: Processes, notify_socket) -> Non
         procs, "--log-format", "json", env={"NOTIFY_SOCKET": address}
     )
     ready = notified(sock)
-    assert ready["READY"] == "1" and ready["MAINPID"] == str(supervisor.pid)
+    assert ready["READY"] == "1"
+    assert ready["MAINPID"] == str(supervisor.pid)
     first = await asyncio.to_thread(status, metrics)
     assert [(w["worker"], w["up"]) for w in first["workers"]] == [(1, True), (2, True)]
     pids = {w["pid"] for w in first["workers"]}
-    assert len(pids) == 2 and supervisor.pid not in pids
+    assert len(pids) == 2
+    assert supervisor.pid not in pids
 
     async with AsyncExitStack() as stack:
         by_worker = await spread(stack, control, metrics)
@@ -141,7 +159,8 @@ async def test_two_workers_show_one_face(procs: Processes, notify_socket) -> Non
         assert sorted(r["public_port"] for r in seen["registrations"]) == sorted(
             s.public_port for s in servers
         )
-        assert seen["control_port"] == control and seen["role"] == "relay"
+        assert seen["control_port"] == control
+        assert seen["role"] == "relay"
         families = {
             f.name: f
             for f in text_string_to_metric_families(
@@ -173,6 +192,8 @@ async def test_a_killed_worker_comes_back_and_only_its_sessions_end(procs: Proce
     async with AsyncExitStack() as stack:
         by_worker = await spread(stack, control, metrics)
         victim = (await asyncio.to_thread(status, metrics))["workers"][0]
+        for server in by_worker[1]:
+            by_worker.registered[server].clear()
         survivor_server = by_worker[2][0]
         # A transfer in flight on the other worker goes on while worker 1 is killed.
         reader, writer = await asyncio.open_connection(HOST, survivor_server.public_port)
@@ -182,7 +203,8 @@ async def test_a_killed_worker_comes_back_and_only_its_sessions_end(procs: Proce
         supervisor.wait_line(r"worker 1 \(pid \d+\) was killed by SIGKILL; its registrations ended")
         supervisor.wait_line(r"worker 1 \(pid \d+\) is back")
         now = await asyncio.to_thread(status, metrics)
-        assert now["workers"][0]["pid"] != victim["pid"] and now["workers"][0]["up"]
+        assert now["workers"][0]["pid"] != victim["pid"]
+        assert now["workers"][0]["up"]
         assert now["workers"][0]["restarts"] == 1
         writer.write(b"and after")
         writer.write_eof()
@@ -192,14 +214,9 @@ async def test_a_killed_worker_comes_back_and_only_its_sessions_end(procs: Proce
         for server in by_worker[2]:
             assert server.registrations == 1  # the other worker's sessions never ended
         for server in by_worker[1]:  # the killed worker's registered again (on any worker)
-            await asyncio.wait_for(_registered_again(server), 15)
+            await asyncio.wait_for(by_worker.registered[server].wait(), 15)
             assert await roundtrip(server.public_port, b"again") == b"again"
     assert "Traceback" not in supervisor.stderr_text
-
-
-async def _registered_again(server: relay.RelayedServer) -> None:
-    while server.registrations < 2 or not server.is_serving():
-        await asyncio.sleep(0.05)
 
 
 def test_a_worker_that_cannot_start_stops_the_relay(procs: Processes, tmp_path) -> None:
