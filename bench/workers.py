@@ -1,22 +1,23 @@
 """``python -m bench --workers 1,2``: the relay with one worker process and with several.
 
 Every run starts a fresh relay (``relay server --workers N --protocol v2``)
-and the Go forwarders of interop/, each echoing its streams itself
-(``-echo``: no local service to dial), and loads it with interop's Go load
-generator, so that the Python relay is the part that costs: the Go programs
-are cheap per byte and per connection. The
+and in front of it interop's echo-peer for each service (a Go registering
+side that answers every stream with its own bytes, speaking a minimal yamux of
+its own: no local service to dial, and cheaper per byte than hashicorp/yamux),
+and loads it with interop's Go load generator, so that the Python relay is the
+part that costs. The
 worker counts alternate within each repetition (in a rotated order), so the
 machine's drifts hit them alike.
 
 Workloads:
 
-- ``bulk``: 4 services (4 go-forwarders, each its own name), loaded at once:
+- ``bulk``: 4 services (4 echo peers, each its own name), loaded at once:
   one loadgen spreads its connections over the 4 public endpoints, each echoes
   its bytes; MB/s counts both directions.
 - ``connrate``: the same 4 services, loadgen's connect + 64-byte exchange +
   close, its workers spread over the 4 endpoints.
 - ``sessions``: one service loaded alone, registered as 1 session and as 2
-  (``go-forwarder -sessions 2``), on the largest worker count.
+  (``echo-peer -sessions 2``), on the largest worker count.
 
 For every run the CPU time of every relay process (the supervisor and its
 workers) is read from /proc before and after the load: relay CPU per GB (or
@@ -57,10 +58,8 @@ from testkit.procs import CLK_TCK, Proc, ProcessError, raise_nofile
 
 SERVICES = 4
 """Services loaded at once (bulk, connrate)."""
-COPY_BUFFER = 256 * 1024
-"""The Go forwarders echo each stream themselves (``-echo``), copying this much at once."""
-FORWARDER_WINDOW = 16 * 1024 * 1024
-"""The Go forwarders' yamux stream window: the relay's default largest one."""
+PEER_WINDOW = 4 * 1024 * 1024
+"""The receive window each echo-peer grants per stream."""
 
 
 @dataclass
@@ -138,16 +137,13 @@ def start_services(setup: Env, workers: int, names: list[str], sessions: int = 1
     try:
         for name in names:
             forwarder = start(
-                f"go-forwarder-{name}",
+                f"echo-peer-{name}",
                 [
-                    setup.go("go-forwarder"),
+                    setup.go("echo-peer"),
                     "-relay",
                     f"{HOST}:{port}",
-                    "-echo",
-                    "-buffer",
-                    str(COPY_BUFFER),
                     "-window",
-                    str(FORWARDER_WINDOW),
+                    str(PEER_WINDOW),
                     "-name",
                     name,
                     "-sessions",
@@ -160,7 +156,7 @@ def start_services(setup: Env, workers: int, names: list[str], sessions: int = 1
         if sessions > 1:  # every session registered (it logs one line per session)
             for forwarder in relay.forwarders:
                 deadline = time.monotonic() + 30
-                while forwarder.stderr_text.count("forwarding ") < sessions:
+                while forwarder.stderr_text.count(": echoing ") < sessions:
                     if time.monotonic() > deadline or not forwarder.alive():
                         raise BenchError(f"{forwarder.name}: sessions missing: {forwarder.tail()}")
                     time.sleep(0.05)
@@ -285,7 +281,7 @@ WORKLOADS: dict[str, tuple[str, list[Row]]] = {
             Row("relay_cpu_s_per_gb", "relay CPU s per GB", "{:.2f}"),
             Row("relay_cores", "relay cores used", "{:.2f}"),
             Row("busiest_worker_cores", "busiest worker's cores", "{:.2f}"),
-            Row("forwarders_cpu_s_per_gb", "Go forwarders' CPU s per GB", "{:.2f}"),
+            Row("forwarders_cpu_s_per_gb", "echo peers' CPU s per GB", "{:.2f}"),
             Row("loadgen_cpu_s_per_gb", "load generator's CPU s per GB", "{:.2f}"),
         ],
     ),

@@ -24,11 +24,11 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
+	registration "relayinterop/register"
 	"relayinterop/tunnel"
 )
 
@@ -60,7 +60,7 @@ func main() {
 	if *sessions < 1 || *sessions > 16 || (*sessions > 1 && *name == "") {
 		log.Fatalf("-sessions must be 1-16, and above 1 only with -name")
 	}
-	c, port, err := register(1)
+	c, port, err := register()
 	if err != nil {
 		log.Fatalf("relay %s: %v", *relayAddr, err)
 	}
@@ -72,7 +72,7 @@ func main() {
 		serve(c, relayHost, port)
 	}()
 	for i := 2; i <= *sessions; i++ {
-		more, got, err := register(i)
+		more, got, err := register()
 		if err != nil {
 			log.Fatalf("relay %s, session %d: %v", *relayAddr, i, err)
 		}
@@ -90,58 +90,10 @@ func main() {
 
 // register dials the relay and reads its port line (answering a v2 challenge
 // first when -name is set).
-func register(session int) (net.Conn, int, error) {
-	c, err := net.DialTimeout("tcp", *relayAddr, *timeout)
-	if err != nil {
-		return nil, 0, fmt.Errorf("dial: %w", err)
-	}
-	if *name != "" {
-		if err := answerChallenge(c); err != nil {
-			c.Close()
-			return nil, 0, err
-		}
-	}
-	port, err := readPortLine(c, *timeout)
-	if err != nil {
-		c.Close()
-		return nil, 0, err
-	}
-	return c, port, nil
-}
-
-// answerChallenge reads a v2 challenge line and answers "relay/2 name=NAME" (and
-// "sessions=K" when the relay offers that feature).
-func answerChallenge(c net.Conn) error {
-	line, err := readLine(c, *timeout, 1024)
-	if err != nil {
-		return fmt.Errorf("reading the challenge: %w", err)
-	}
-	if !strings.HasPrefix(line, "error: ") || !strings.Contains(line, " relay/2 ") {
-		return fmt.Errorf("expected a v2 challenge, got %q", line)
-	}
-	if strings.Contains(line, "auth=required") {
-		return fmt.Errorf("the relay requires a secret; this forwarder has none")
-	}
-	response := "relay/2 name=" + *name
-	if *sessions > 1 && offers(line, "sessions") {
-		response += " sessions=" + strconv.Itoa(*sessions)
-	}
-	_, err = io.WriteString(c, response+"\n")
-	return err
-}
-
-// offers tells whether the challenge's features= list has feature.
-func offers(challenge, feature string) bool {
-	for _, field := range strings.Fields(challenge) {
-		if strings.HasPrefix(field, "features=") {
-			for _, f := range strings.Split(strings.TrimPrefix(field, "features="), ",") {
-				if f == feature {
-					return true
-				}
-			}
-		}
-	}
-	return false
+func register() (net.Conn, int, error) {
+	return registration.Dial(registration.Options{
+		Relay: *relayAddr, Name: *name, Sessions: *sessions, Timeout: *timeout,
+	})
 }
 
 // serve runs a yamux server session on c and forwards every stream to -local.
@@ -170,42 +122,6 @@ func serve(c net.Conn, relayHost string, port int) {
 		}
 		go forward(st)
 	}
-}
-
-// readPortLine reads "<port>\n" byte by byte: yamux frames may follow it
-// directly, so nothing past the newline may be consumed.
-func readPortLine(c net.Conn, limit time.Duration) (int, error) {
-	line, err := readLine(c, limit, 16)
-	if err != nil {
-		return 0, err
-	}
-	port, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil || port <= 0 || port > 65535 {
-		return 0, fmt.Errorf("bad port line %q", line)
-	}
-	return port, nil
-}
-
-// readLine reads one line (without its newline) byte by byte, at most max bytes.
-func readLine(c net.Conn, limit time.Duration, max int) (string, error) {
-	if err := c.SetReadDeadline(time.Now().Add(limit)); err != nil {
-		return "", err
-	}
-	var line []byte
-	one := make([]byte, 1)
-	for {
-		if _, err := io.ReadFull(c, one); err != nil {
-			return "", fmt.Errorf("reading the port line (got %q): %w", line, err)
-		}
-		if one[0] == '\n' {
-			break
-		}
-		if len(line) >= max {
-			return "", fmt.Errorf("port line too long: %q", line)
-		}
-		line = append(line, one[0])
-	}
-	return string(line), c.SetReadDeadline(time.Time{})
 }
 
 func forward(st net.Conn) {
