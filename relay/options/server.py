@@ -58,6 +58,8 @@ class ClusterURL(Text):
 
     def __init__(self) -> None:
         super().__init__(check_cluster_url)
+
+
 MAX_WORKERS = 256
 """More worker processes than this is a typo, not a host."""
 

@@ -9,7 +9,11 @@ client) claims it first, and the answer is one of:
   (SO_REUSEPORT), so the kernel spreads public connections over all of them;
 * ``own port``: an authenticated client registers a second service while the
   first is alive: a port of its own, without a lease;
-* ``refuse``: the identity is held by live sessions and there is no room.
+* ``refuse``: the identity is held by live sessions and there is no room;
+* ``move``: (several workers) the identity's sessions are all in the worker that
+  asks, and another worker holds none: that worker should take the registration
+  (its connection is handed over), so that the sessions of one service use
+  several cores.
 
 When there is no room, the holders are pinged first (``settle``): a holder
 that does not answer (its owner reconnected after a network blip the relay
@@ -39,31 +43,39 @@ PENDING_TIMEOUT = 30.0
 """A claim waits this long for a registration of the same identity still on its way (which
 ends by being registered or dropped); then it is dropped as lost."""
 
-Kind = Literal["own", "join", "own port", "refuse"]
+Kind = Literal["own", "join", "own port", "refuse", "full", "move"]
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """The answer to a claim; ``ref`` names the claim in ``registered`` and ``dropped``
-    (0 for ``own port`` and ``refuse``, which hold nothing)."""
+    (0 for ``own port``, ``refuse`` and ``full``, which hold nothing)."""
 
     kind: Kind
     ref: int = 0
     port: int | None = None
     """``join``: the port to bind; ``refuse``: the port the live holders have."""
     holders: int = 0
-    """``refuse``: how many live sessions hold the identity."""
+    """``refuse``: how many live sessions hold the identity; ``full``: how many
+    registrations the host has."""
+    worker: int = 0
+    """``move``: the worker that should take the registration."""
 
 
-Settle = Callable[[int, list[int]], Awaitable[set[int]]]
-"""``settle(worker, sessions)``: ping those sessions of that worker; end the silent ones
-(and wait until their ports are free); return the ids of those that answered."""
+Settle = Callable[[int, list[int], str], Awaitable[set[int]]]
+"""``settle(worker, sessions, newcomer)``: ping those sessions of that worker; end the silent
+ones (and wait until their ports are free) for the newcomer (its peer address, for the log);
+return the ids of those that answered."""
 
 
 class Identities(Protocol):
     """What a relay asks of the table (its own, or the supervisor's through a channel)."""
 
-    async def claim(self, key: str, sessions: int, authenticated: bool) -> Verdict: ...
+    async def claim(
+        self, key: str | None, sessions: int, authenticated: bool, newcomer: str, movable: bool
+    ) -> Verdict:
+        """What a registration of ``key`` (None: anonymous, only counted) may do; ``movable``:
+        its connection could be handed to another worker."""
 
     def registered(self, ref: int, session: int, port: int) -> None:
         """The claim ``ref`` has a session now, with this id and public port."""
@@ -76,7 +88,7 @@ class Identities(Protocol):
 class Holding:
     """One registration of an identity: on its way (no session yet) or registered."""
 
-    key: str
+    key: str | None
     ref: int
     worker: int
     sessions: int
@@ -87,10 +99,20 @@ class Holding:
 
 
 class IdentityTable:
-    """Every registration with an identity on this host (see the module doc)."""
+    """Every registration with an identity on this host (see the module doc); with a
+    ``capacity`` the anonymous ones too, counted toward it (``--max-sessions`` of a host
+    whose registrations several processes hold)."""
 
-    def __init__(self, settle: Settle) -> None:
+    def __init__(
+        self,
+        settle: Settle,
+        capacity: int | None = None,
+        workers: Callable[[], list[int]] | None = None,
+    ) -> None:
         self._settle = settle
+        self.capacity = capacity
+        self._workers = workers
+        """The workers that take registrations now (None: one process)."""
         self._held: dict[str, list[Holding]] = {}
         self._by_ref: dict[int, Holding] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -104,9 +126,21 @@ class IdentityTable:
         return list(self._held.get(key, ()))
 
     async def claim(
-        self, key: str, sessions: int, authenticated: bool, worker: int = 0
+        self,
+        key: str | None,
+        sessions: int,
+        authenticated: bool,
+        newcomer: str,
+        movable: bool = False,
+        worker: int = 0,
     ) -> Verdict:
-        """What a registration of ``key`` asking for ``sessions`` (in ``worker``) may do."""
+        """What a registration of ``key`` asking for ``sessions`` (in ``worker``, from the
+        peer ``newcomer``; ``movable`` to another worker) may do; an anonymous one (``key``
+        None) is only counted."""
+        if self.capacity is not None and len(self._by_ref) >= self.capacity:
+            return Verdict("full", holders=len(self._by_ref))
+        if key is None:
+            return Verdict("own", self._hold(None, 1, worker))
         lock, users = self._locks.get(key, (None, 0))
         if lock is None:
             lock = asyncio.Lock()
@@ -114,16 +148,16 @@ class IdentityTable:
         try:
             async with lock:
                 await self._wait_pending(key)
-                verdict = self._room(key, sessions, worker)
+                verdict = self._room(key, sessions, worker, movable)
                 if verdict is not None:
                     return verdict
-                await self._ping(key)
-                verdict = self._room(key, sessions, worker)
+                await self._ping(key, newcomer)
+                verdict = self._room(key, sessions, worker, movable)
                 if verdict is not None:
                     return verdict
                 holders = self._held[key]
                 if authenticated and sessions == 1 and all(h.sessions == 1 for h in holders):
-                    return Verdict("own port")
+                    return Verdict("own port", self._hold(None, 1, worker))
                 return Verdict("refuse", port=holders[0].port, holders=len(holders))
         finally:
             lock, users = self._locks[key]
@@ -143,10 +177,11 @@ class IdentityTable:
         holding = self._by_ref.pop(ref, None)
         if holding is None:
             return
-        held = self._held[holding.key]
-        held.remove(holding)
-        if not held:
-            del self._held[holding.key]
+        if holding.key is not None:
+            held = self._held[holding.key]
+            held.remove(holding)
+            if not held:
+                del self._held[holding.key]
         holding.done.set()
 
     def drop_worker(self, worker: int) -> None:
@@ -164,31 +199,37 @@ class IdentityTable:
                 logger.error("a registration of %s was not heard of for %g s", key, PENDING_TIMEOUT)
                 self.dropped(pending[0].ref)
 
-    def _room(self, key: str, sessions: int, worker: int) -> Verdict | None:
-        """``own`` or ``join`` (the claim is held from now on), or None: no room now."""
+    def _room(self, key: str, sessions: int, worker: int, movable: bool) -> Verdict | None:
+        """``own`` or ``join`` (the claim is held from now on), ``move``, or None: no room."""
         holders = self._held.get(key, [])
         if not holders:
             return Verdict("own", self._hold(key, sessions, worker))
         if sessions > 1 and len(holders) < sessions and all(h.sessions > 1 for h in holders):
+            here = {h.worker for h in holders}
+            if movable and worker in here and self._workers is not None:
+                elsewhere = [w for w in self._workers() if w not in here]
+                if elsewhere:
+                    return Verdict("move", worker=elsewhere[0])
             port = holders[0].port
             return Verdict("join", self._hold(key, sessions, worker), port)
         return None
 
-    def _hold(self, key: str, sessions: int, worker: int) -> int:
+    def _hold(self, key: str | None, sessions: int, worker: int) -> int:
         ref = next(self._refs)
         holding = Holding(key, ref, worker, sessions)
-        self._held.setdefault(key, []).append(holding)
+        if key is not None:
+            self._held.setdefault(key, []).append(holding)
         self._by_ref[ref] = holding
         return ref
 
-    async def _ping(self, key: str) -> None:
+    async def _ping(self, key: str, newcomer: str) -> None:
         """Ping every holder of ``key``, by worker; drop those that did not answer."""
         by_worker: dict[int, list[Holding]] = {}
         for holding in self._held.get(key, ()):
             by_worker.setdefault(holding.worker, []).append(holding)
         answers = await asyncio.gather(
             *(
-                self._settle(worker, [h.session for h in held if h.session is not None])
+                self._settle(worker, [h.session for h in held if h.session is not None], newcomer)
                 for worker, held in by_worker.items()
             )
         )

@@ -29,12 +29,9 @@ registered session, ``relay.server.public`` carries each public connection, and
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import replace
-from functools import partial
 from typing import Any
 
 import yamux
@@ -49,26 +46,24 @@ from ..net import (
 from ..options import OptionError, RelayOptions
 from ..options.declare import takes_options
 from ..stats import RelayStats
-from ..wire.greeting import port_line
-from ..wire.refusal import RETRY, format_refusal
 from .admission import Admission, Refusal
-from .allocation import Allocations, AwaitingPort, after, settled
 from .auth import Authenticator, FailureLimiter, reload_auth_file, watch_auth_file
 from .challenge import ChallengeProtocol
 from .challenge import logger as registration_logger
 from .control import SeedProtocol, listen
+from .identities import IdentityTable
 from .interface import Health, SessionInfo
-from .leases import Identity
-from .limits import Slot, SourceSlots, share, source_of
+from .limits import Slot, share, source_of
 from .membership import StoreKeeper, open_store, shared_failures
-from .ports import PortAllocator, PortRefusedError, StoreDownError
+from .ports import PortAllocator
 from .public import PublicConnections
-from .replacement import Decision, holder_of, settle
+from .registrar import HandOff, Registrar
+from .replacement import settle
 from .request import SEED, ProtocolName, RegistrationRequest
 from .session import RegisteredSession
 from .shared_failures import SharedFailureLimiter
+from .siblings import WorkerRole, open_shared_store
 from .store_health import relay_health
-from .siblings import WorkerRole
 from .tls_listener import TLSListener
 
 __all__ = ["RelayServer"]
@@ -128,9 +123,6 @@ class RelayServer:
             )
         self._requested_port = port
         self.yamux_config = checked.session_config()
-        self._connections_per_source = share(
-            checked.max_connections_per_source, checked.max_connections
-        )
         self.stats = RelayStats()
         """Counters for metrics (``relay.ops.metrics``)."""
         self.public = PublicConnections(self.stats, checked)
@@ -158,8 +150,15 @@ class RelayServer:
         """The store keeper, the auth-file watch, the allocations and the replacements."""
         self._sessions: dict[int, RegisteredSession] = {}
         """The registry: every session from its port line until it has closed everything."""
-        self._allocations = Allocations()
-        self._ids = itertools.count(1)
+        self.registrar = Registrar(
+            self,
+            IdentityTable(self._settle_here),
+            self._tasks,
+            share(checked.max_connections_per_source, checked.max_connections),
+        )
+        """From a checked request to its session (``relay.server.registrar``)."""
+        self.hand_off: HandOff | None = None
+        """How to pass a registration on to another worker (set by the worker's process)."""
         self.closing = False
         self._serving: asyncio.Future[None] | None = None
         self.draining = False
@@ -170,7 +169,11 @@ class RelayServer:
         loop = asyncio.get_running_loop()
         worker = self.worker
         self._bind = resolve_bind_address(self.options.bind)
-        store = await open_store(self.options)
+        store = await (
+            open_store(self.options)
+            if worker is None
+            else open_shared_store(self.options, worker.state_dir)
+        )
         ports = PortAllocator(
             self._bind, self.options.port_range, store, self.options.max_name_leases
         )
@@ -349,151 +352,19 @@ class RelayServer:
                 return
             slot = admitted
         with slot:
-            self._register(transport, peer, request, slot)
+            self.registrar.register(transport, peer, request, slot)
 
-    def _register(
-        self, transport: asyncio.Transport, peer: str, request: RegistrationRequest, slot: Slot
-    ) -> None:
-        if self.closing:
-            transport.abort()
-            return
-        if self.draining:
-            self.admission.refuse(transport, peer, "draining", "relay is shutting down")
-            return
-        sessions = len(self._sessions) + self._allocations.in_flight
-        if sessions >= self.options.max_sessions:
-            self.admission.refuse(
-                transport,
-                peer,
-                "relay full",
-                f"relay is full: {sessions} sessions, the maximum "
-                f"(--max-sessions {self.options.max_sessions})",
-            )
-            return
-        ports = self.allocator
-        try:
-            ports.check(request)
-        except PortRefusedError as exc:
-            self.admission.refuse(transport, peer, "port refused", str(exc))
-            return
-        identity = request.identity
-        if identity is not None:
-            holder = holder_of(self._sessions.values(), identity)
-            if holder is not None:  # decided after a ping; registration_made runs again then
-                newcomer = slot.hand_over()
-                self._tasks.spawn(
-                    self._replace(transport, request, newcomer, identity, holder),
-                    name="relay-replace",
-                    on_done=partial(settled, transport, newcomer),
-                )
-                return
-            allocating = self._allocations.of(identity)
-            if allocating is not None:  # the same identity, a moment earlier: after it
-                newcomer = slot.hand_over()
-                again = partial(self._register_again, transport, request, newcomer)
-                self._tasks.spawn(
-                    after(allocating, again),
-                    name="relay-after",
-                    on_done=partial(settled, transport, newcomer),
-                )
-                return
-        # The port comes from the lease store (an await): what the connection sends
-        # meanwhile is kept for yamux.
-        waiting = AwaitingPort(transport)
-        transport.set_protocol(waiting)
-        self._allocations.begin(identity)
-        registration = slot.hand_over()
-        self._tasks.spawn(
-            self._allocate(waiting, peer, request, registration),
-            name="relay-allocate",
-            on_done=partial(settled, transport, registration),
-        )
+    async def settle(self, sessions: list[int], newcomer: str) -> set[int]:
+        """Ping these sessions, end the silent ones for the registration from ``newcomer``
+        and wait until their ports are free; the ids of those that answered
+        (``relay.server.identities``)."""
+        held = [self._sessions[s] for s in sessions if s in self._sessions]
+        alive = await settle(held, newcomer)
+        await self.allocator.settled()
+        return alive
 
-    async def _allocate(
-        self, waiting: AwaitingPort, peer: str, request: RegistrationRequest, slot: Slot
-    ) -> None:
-        """Allocate a public port, send the port line and start the session."""
-        ports = self.allocator
-        transport = waiting.transport
-        try:
-            sock = await ports.allocate(request)
-        except StoreDownError as exc:
-            reason = f"{exc}; retry later"
-            self.admission.refused(peer, "store unavailable", reason)
-            transport.write(format_refusal(reason, RETRY))
-            transport.close()
-            return
-        except PortRefusedError as exc:
-            self.admission.refuse(transport, peer, "port refused", str(exc))
-            return
-        except OSError as exc:
-            self.admission.refuse(
-                transport, peer, "no public port", f"cannot open a public port: {exc}"
-            )
-            return
-        finally:
-            self._allocations.end(request.identity)
-        port = int(sock.getsockname()[1])
-        if waiting.ended or transport.is_closing() or self.closing or self.draining:
-            sock.close()
-            ports.release(port)
-            if self.draining and not (waiting.ended or transport.is_closing()):
-                self.admission.refuse(transport, peer, "draining", "relay is shutting down")
-            else:
-                transport.abort()
-            return
-        transport.write(port_line(port))
-        session = RegisteredSession(
-            next(self._ids),
-            peer,
-            request,
-            sock,
-            yamux.Session.attach(
-                transport,
-                client=True,
-                config=self.yamux_config,
-                initial_data=bytes(waiting.early),
-            ),
-            slot.hand_over(),
-            SourceSlots(self._connections_per_source),
-            self,
-        )
-        if waiting.paused:
-            transport.resume_reading()
-        self._sessions[session.id] = session
-        self.stats.sessions_total += 1
-        session.start()
-
-    async def _replace(
-        self,
-        transport: asyncio.Transport,
-        request: RegistrationRequest,
-        slot: Slot,
-        identity: Identity,
-        holder: RegisteredSession,
-    ) -> None:
-        """``identity`` registers again while ``holder`` has it (``relay.server.replacement``);
-        the newcomer keeps its admission slot throughout (``_replaced``)."""
-        decision = await settle(holder, identity, peer_of(transport))
-        if decision is Decision.REFUSE:
-            self.admission.refuse(
-                transport,
-                peer_of(transport),
-                "name in use",
-                f"{identity} is already registered (public port "
-                f"{holder.public_port}) and that session is alive",
-            )
-            return
-        if decision is Decision.OWN_PORT:
-            request = replace(request, lease=False)
-        self._register_again(transport, request, slot)
-
-    def _register_again(
-        self, transport: asyncio.Transport, request: RegistrationRequest, slot: Slot
-    ) -> None:
-        """After a replacement or the allocation of the same identity was decided."""
-        if not transport.is_closing():
-            self.registration_made(transport, request, slot.hand_over())
+    async def _settle_here(self, worker: int, sessions: list[int], newcomer: str) -> set[int]:
+        return await self.settle(sessions, newcomer)
 
     def _revoke(self, names: set[str]) -> None:
         """End the sessions of clients whose auth-file entry was removed or changed."""
@@ -517,8 +388,27 @@ class RelayServer:
         return self.public.protocol_for(session)
 
     def forget(self, session: RegisteredSession) -> None:
+        if session.claim:
+            self.registrar.identities.dropped(session.claim)
         self._sessions.pop(session.id, None)
         self.stats.session_ended(session.traffic)
+
+    def adopt(self, sock: socket.socket, request: RegistrationRequest, early: bytes) -> None:
+        """A registration another worker of this relay handed on (``relay.workers.handoff``):
+        it goes on here as if it had arrived here."""
+        self.registrar.adopt(sock, request, early)
+
+    def add(self, session: RegisteredSession) -> None:
+        self._sessions[session.id] = session
+        self.stats.sessions_total += 1
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def counts_anonymous(self) -> bool:
+        return self.worker is not None
 
     @property
     def allocator(self) -> PortAllocator:

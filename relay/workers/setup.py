@@ -34,10 +34,15 @@ class WorkerSetup:
     """Run on uvloop (the supervisor resolved ``--event-loop``)."""
     channel_fd: int
     """The worker's end of its channel to the supervisor (``relay.workers.channel``)."""
+    state_dir: str | None
+    """The lease store's directory, which the supervisor locked (None: ``--cluster``)."""
+    handoff_fd: int
+    """The worker's end of its line for connections handed between workers
+    (``relay.workers.handoff``)."""
 
     @property
     def role(self) -> WorkerRole:
-        return WorkerRole(self.index, self.count)
+        return WorkerRole(self.index, self.count, self.state_dir)
 
     def relay_options(self) -> RelayOptions:
         """The options of this worker's ``RelayServer``: the host's ``--max-total-window``

@@ -29,10 +29,13 @@ import asyncio
 import logging
 import os
 import pickle
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -43,7 +46,12 @@ from ..net import resolve_bind_address
 from ..ops import sdnotify
 from ..options import ProcessOptions, RelayOptions
 from ..server.identities import IdentityTable
+from ..server.siblings import open_shared_store
+from ..store import StoreError
+from ..store.state_dir import StateDirError, lock_state_dir
 from .channel import Channel, ChannelClosedError, Message
+from .handoff import FdLine, Handoff
+from .handoff import pair as handoff_pair
 from .setup import WorkerSetup
 
 logger = logging.getLogger("relay.workers")
@@ -53,6 +61,9 @@ READY_TIMEOUT = 30.0
 STOP_GRACE = 5.0
 """After a drain (or a stop), a worker still running this long is killed."""
 SCRAPE_TIMEOUT = 2.0
+"""A worker that does not answer a scrape within this is left out of it."""
+SETTLE_TIMEOUT = 15.0
+"""A worker pings its sessions for 2 s and waits for the silent ones to close: this is long."""
 """A worker that does not answer a scrape within this is left out of it."""
 RESTART_DELAY = 0.5
 """A worker that dies again within ``STABLE_AFTER`` of its start waits this long before
@@ -68,6 +79,8 @@ class WorkerProcess:
         self.index = index
         self.process: asyncio.subprocess.Process | None = None
         self.channel: Channel | None = None
+        self.line: FdLine | None = None
+        """Connections handed to and from this worker (``relay.workers.handoff``)."""
         self.ready = False
         self.started = 0.0
         """``time.monotonic()`` of the current process's start."""
@@ -78,6 +91,8 @@ class WorkerProcess:
         """Deaths in a row, each soon after its start (the restart delay grows)."""
         self.exited = asyncio.Event()
         self.exited.set()
+        self.holder: str | None = None
+        """The current process's name in the lease store (its claims go when it dies)."""
 
     @property
     def pid(self) -> int | None:
@@ -109,14 +124,21 @@ class Supervisor:
         self.stopping = False
         self.scraped: dict[int, Message] = {}
         """Each worker's answer to the last scrape (``refresh``)."""
-        self.identities = IdentityTable(self._settle)
-        """Every registration with an identity on the host, whichever worker has it."""
+        self.identities = IdentityTable(
+            self._settle,
+            capacity=options.max_sessions,
+            workers=lambda: [w.index for w in self.workers if w.ready],
+        )
+        """Every registration on the host, whichever worker has it (``--max-sessions`` is
+        the host's)."""
         self._port = 0
         self._tasks = yamux.TaskOwner(logger)
         """Restarts, waiting for their delay."""
         self._watchers = yamux.TaskOwner(logger)
         """One per worker process, until it exits."""
         self._startup: asyncio.Future[None] | None = None
+        self.state_dir: str | None = None
+        """The lease store's directory the workers share (None: ``--cluster``)."""
 
     # ---------------------------------------------------------------- queries
     @property
@@ -139,6 +161,12 @@ class Supervisor:
             logger.error("cannot listen on port %d: %s", self.requested_port, exc.strerror or exc)
             return 1
         self._port = int(reserved.getsockname()[1])
+        try:
+            unlock = self._share_store()
+        except (StateDirError, OSError) as exc:
+            logger.error("%s", exc)
+            reserved.close()
+            return 1
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             try:
@@ -159,6 +187,22 @@ class Supervisor:
             loop.remove_signal_handler(signal.SIGHUP)
             await self._stop_all()
             reserved.close()
+            unlock()
+
+    def _share_store(self) -> Callable[[], None]:
+        """Lock the state directory for the workers (or make a private one: leases that last
+        as long as the relay, like a single relay's in memory); what undoes it."""
+        if self.options.cluster is not None:
+            return lambda: None
+        if self.options.state_dir is None:
+            private = tempfile.mkdtemp(prefix="relay-leases-")
+            self.state_dir = private
+            return lambda: shutil.rmtree(private, ignore_errors=True)
+        directory = Path(self.options.state_dir)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = lock_state_dir(directory)
+        self.state_dir = str(directory)
+        return lambda: os.close(fd)
 
     def drain(self) -> None:
         """Every worker drains (as after SIGTERM); none is started again from now on."""
@@ -217,6 +261,7 @@ class Supervisor:
     async def _start(self, worker: WorkerProcess) -> None:
         """Start a process in ``worker``'s slot; it reports on its channel once it listens."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        line, their_line = handoff_pair()
         setup = WorkerSetup(
             index=worker.index,
             count=self.count,
@@ -225,6 +270,8 @@ class Supervisor:
             process=self.process_options,
             uvloop=self.uvloop,
             channel_fd=theirs.fileno(),
+            state_dir=self.state_dir,
+            handoff_fd=their_line.fileno(),
         )
         try:
             process = await asyncio.create_subprocess_exec(
@@ -232,19 +279,22 @@ class Supervisor:
                 "-m",
                 "relay.workers.worker",
                 stdin=asyncio.subprocess.PIPE,
-                pass_fds=(theirs.fileno(),),
+                pass_fds=(theirs.fileno(), their_line.fileno()),
                 env=_worker_environment(),
             )
         except BaseException:
             ours.close()
+            line.close()
             raise
         finally:
             theirs.close()
+            their_line.close()
         worker.process = process
         worker.ready = False
         worker.started = time.monotonic()
         worker.exited.clear()
         worker.channel = await Channel.open(ours, partial(self._from_worker, worker))
+        worker.line = FdLine(line, self._pass_on)
         self._watchers.spawn(self._watch(worker, process), name=f"relay-worker-{worker.index}")
         assert process.stdin is not None
         process.stdin.write(pickle.dumps(setup))
@@ -254,13 +304,19 @@ class Supervisor:
         op = message.get("op")
         if op == "claim":
             verdict = await self.identities.claim(
-                message["key"], message["sessions"], message["authenticated"], worker.index
+                message["key"],
+                message["sessions"],
+                message["authenticated"],
+                message["newcomer"],
+                message["movable"],
+                worker.index,
             )
             return {
                 "kind": verdict.kind,
                 "ref": verdict.ref,
                 "port": verdict.port,
                 "holders": verdict.holders,
+                "worker": verdict.worker,
             }
         if op == "registered":
             self.identities.registered(message["ref"], message["session"], message["port"])
@@ -268,6 +324,7 @@ class Supervisor:
             self.identities.dropped(message["ref"])
         elif op == "ready":
             worker.ready = True
+            worker.holder = message["holder"]
             worker.since = time.time()
             if worker.restarts:
                 logger.info("worker %d (pid %d) is back", worker.index, worker.pid)
@@ -284,10 +341,16 @@ class Supervisor:
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited {code}"
         worker.ready = False
         self.identities.drop_worker(worker.index)
+        if worker.holder is not None:
+            await self._evict(worker.holder)
+            worker.holder = None
         if worker.channel is not None:
             worker.channel.close()
             await worker.channel.wait_closed()
             worker.channel = None
+        if worker.line is not None:
+            worker.line.close()
+            worker.line = None
         worker.exited.set()
         startup = self._startup
         if startup is not None:
@@ -326,15 +389,46 @@ class Supervisor:
                 self._restart(worker, MAX_RESTART_DELAY), name=f"relay-worker-{worker.index}-start"
             )
 
-    async def _settle(self, index: int, sessions: list[int]) -> set[int]:
+    def _pass_on(self, handoff: Handoff, fd: int) -> None:
+        """A worker hands a registration to another: pass it on, keep nothing."""
+        try:
+            target = self.workers[handoff.to - 1].line if 1 <= handoff.to <= self.count else None
+            if target is None:
+                logger.warning("worker %d is gone: a registration handed to it ends", handoff.to)
+                return
+            target.send(handoff, fd)
+        except OSError as exc:
+            logger.error("cannot pass a registration on to worker %d: %s", handoff.to, exc)
+        finally:
+            os.close(fd)
+
+    async def _evict(self, holder: str) -> None:
+        """End the claims of a worker that died: its ports are free for everyone at once
+        (its leases stay), not only once its membership lapses."""
+        try:
+            store = await open_shared_store(self.options, self.state_dir, holder)
+            try:
+                await store.leave()
+            finally:
+                await store.close()
+        except (StoreError, OSError) as exc:
+            logger.warning("the claims of %s end when its membership lapses: %s", holder, exc)
+
+    async def _settle(self, index: int, sessions: list[int], newcomer: str) -> set[int]:
         """Ask worker ``index`` to ping ``sessions`` and end the silent ones; the live ones."""
         channel = self.workers[index - 1].channel
         if channel is None:
             return set()
         try:
-            answer = await channel.request({"op": "settle", "sessions": sessions})
+            async with asyncio.timeout(SETTLE_TIMEOUT):
+                answer = await channel.request(
+                    {"op": "settle", "sessions": sessions, "newcomer": newcomer}
+                )
         except ChannelClosedError:
             return set()  # it died: its registrations are gone
+        except TimeoutError:
+            logger.error("worker %d did not settle sessions %s in time", index, sessions)
+            return set(sessions)  # better a newcomer refused than two on one port
         return set(answer["alive"])
 
     # ----------------------------------------------------------------- metrics

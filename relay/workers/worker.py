@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pickle
 import signal
 import socket
@@ -25,9 +26,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from ..ops import drain, logs
 from ..ops.metrics import RelayCollector, relay_status
-from ..store.state_dir import StateDirError
+from ..server.identities import Verdict
+from ..server.ports import StoreDownError
 from ..server.relay import RelayServer
-from .channel import Channel, Message
+from ..server.request import RegistrationRequest
+from ..store import StoreError
+from ..store.state_dir import StateDirError
+from .channel import Channel, ChannelClosedError, Message
+from .handoff import FdLine, Handoff
 from .setup import WorkerSetup
 
 logger = logging.getLogger("relay.workers")
@@ -45,21 +51,27 @@ class Worker:
         self._registry.register(RelayCollector(self.server))
 
     async def run(self) -> int:
-        try:
-            await self.server.start()
-        except StateDirError as exc:
-            logger.error("%s", exc)
-            return 1
-        except OSError as exc:
-            logger.error("cannot listen on port %d: %s", self.setup.port, exc.strerror or exc)
-            return 1
-        loop = asyncio.get_running_loop()
         channel = await Channel.open(
             socket.socket(fileno=self.setup.channel_fd), self.answer, self._supervisor_gone
         )
+        self.server.registrar.identities = SupervisorIdentities(channel)
+        self.line = FdLine(socket.socket(fileno=self.setup.handoff_fd), self._adopt)
+        self.server.hand_off = self._hand_off
+        try:
+            await self.server.start()
+        except (OSError, StoreError) as exc:
+            if isinstance(exc, StateDirError | StoreError) or not exc.errno:
+                logger.error("%s", exc)
+            else:
+                logger.error("cannot listen on port %d: %s", self.setup.port, exc.strerror)
+            channel.close()
+            await channel.wait_closed()
+            self.line.close()
+            return 1
+        loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.server.reload_auth)
         try:
-            channel.notify({"op": "ready"})
+            channel.notify({"op": "ready", "holder": self.server.allocator.store.holder})
             await self.server.serve_forever()
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
@@ -67,6 +79,7 @@ class Worker:
             await self.server.wait_closed()
             channel.close()
             await channel.wait_closed()
+            self.line.close()
         return 0
 
     async def answer(self, message: Message) -> Message | None:
@@ -77,6 +90,9 @@ class Worker:
                 "metrics": generate_latest(self._registry).decode(),
                 "status": relay_status(self.server),
             }
+        if op == "settle":
+            alive = await self.server.settle(message["sessions"], message["newcomer"])
+            return {"alive": sorted(alive)}
         assert self.stopper is not None
         if op == "drain":
             self.stopper.request_drain("the supervisor asked for a drain")
@@ -88,6 +104,21 @@ class Worker:
             logger.error("unknown request from the supervisor: %r", op)
         return None
 
+    def _hand_off(
+        self, transport: asyncio.Transport, early: bytes, request: RegistrationRequest, to: int
+    ) -> None:
+        """Pass the registration on ``transport`` to worker ``to``, through the supervisor;
+        this process lets go of the connection."""
+        fd = os.dup(transport.get_extra_info("socket").fileno())
+        try:
+            self.line.send(Handoff(to, request, early), fd)
+        finally:
+            os.close(fd)
+        transport.abort()
+
+    def _adopt(self, handoff: Handoff, fd: int) -> None:
+        self.server.adopt(socket.socket(fileno=fd), handoff.request, handoff.early)
+
     def _supervisor_gone(self) -> None:
         if self.stopper is not None and not self.server.closing:
             logger.error("the supervisor is gone; closing every connection of this worker")
@@ -95,6 +126,39 @@ class Worker:
 
     def controls(self, stopper: drain.Stopper) -> None:
         self.stopper = stopper
+
+
+class SupervisorIdentities:
+    """The supervisor's identity table (``relay.server.identities``), through the channel."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    async def claim(
+        self, key: str | None, sessions: int, authenticated: bool, newcomer: str, movable: bool
+    ) -> Verdict:
+        try:
+            answer = await self.channel.request(
+                {
+                    "op": "claim",
+                    "key": key,
+                    "sessions": sessions,
+                    "authenticated": authenticated,
+                    "newcomer": newcomer,
+                    "movable": movable,
+                }
+            )
+        except ChannelClosedError:
+            raise StoreDownError("the relay's supervisor is gone") from None
+        return Verdict(
+            answer["kind"], answer["ref"], answer["port"], answer["holders"], answer["worker"]
+        )
+
+    def registered(self, ref: int, session: int, port: int) -> None:
+        self.channel.notify({"op": "registered", "ref": ref, "session": session, "port": port})
+
+    def dropped(self, ref: int) -> None:
+        self.channel.notify({"op": "dropped", "ref": ref})
 
 
 def main() -> None:
