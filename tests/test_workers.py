@@ -9,11 +9,13 @@ workers hold some and assert only what holds whatever the spread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -233,3 +235,93 @@ def test_a_worker_that_cannot_start_stops_the_relay(procs: Processes, tmp_path) 
         assert proc.wait(30) == 1
     assert re.search(rf"cannot listen on port {port}: .*in use", proc.stderr_text)
     assert "Traceback" not in proc.stderr_text
+
+
+async def named_spread(
+    stack: AsyncExitStack, control: int, metrics: str, count: int
+) -> dict[int, list[relay.RelayedServer]]:
+    """``count`` named echo services (leases: stable ports), at least one on each worker."""
+    servers: dict[int, relay.RelayedServer] = {}
+    for index in range(1, 4 * count):
+        server = await relay.start_server(echo, HOST, control, name=f"svc{index}")
+        await stack.enter_async_context(server)
+        servers[server.public_port] = server
+        holders = {
+            entry["public_port"]: entry["worker"]
+            for entry in (await asyncio.to_thread(status, metrics))["registrations"]
+        }
+        by_worker: dict[int, list[relay.RelayedServer]] = {1: [], 2: []}
+        for port, worker in holders.items():
+            by_worker[worker].append(servers[port])
+        if len(servers) >= count and by_worker[1] and by_worker[2]:
+            first = by_worker[1][: count - 1]
+            return {1: first, 2: by_worker[2][: count - len(first)]}
+    raise AssertionError(f"{4 * count} registrations all went to one worker")
+
+
+async def transfer(port: int, seed: int, chunks: int = 48, size: int = 16384) -> bool:
+    """Send ``chunks`` chunks with pauses between them and read the echo; True if every byte
+    came back in order."""
+    payload = bytes((seed + i) % 251 for i in range(size))
+    try:
+        reader, writer = await asyncio.open_connection(HOST, port)
+    except OSError:
+        return False
+    try:
+
+        async def send() -> None:
+            for _ in range(chunks):
+                writer.write(payload)
+                await writer.drain()
+                await asyncio.sleep(0.02)
+            writer.write_eof()
+
+        sending = asyncio.create_task(send())
+        received = await reader.read()
+        await sending
+        return received == payload * chunks
+    except OSError:
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def test_chaos_kill_one_worker_during_100_transfers(procs: Processes) -> None:
+    """kill -9 one worker during 100 concurrent transfers over 4 services: every transfer
+    through the other worker is intact, and the killed worker's services answer on the same
+    ports again within 6 s."""
+    supervisor, control, metrics = start_workers(procs, "--protocol", "v2")
+    async with AsyncExitStack() as stack:
+        by_worker = await named_spread(stack, control, metrics, 4)
+        victim = next(
+            w for w in (await asyncio.to_thread(status, metrics))["workers"] if w["worker"] == 1
+        )
+        services = [(worker, s.public_port) for worker, held in by_worker.items() for s in held]
+        transfers = [
+            (worker, asyncio.create_task(transfer(port, n)))
+            for n in range(100)
+            for worker, port in [services[n % len(services)]]
+        ]
+        await asyncio.sleep(0.4)  # every transfer is under way
+        os.kill(victim["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        back = await asyncio.gather(
+            *(answers_again(server.public_port, killed) for server in by_worker[1])
+        )
+        outcome = [(worker, await task) for worker, task in transfers]
+        survivors = [ok for worker, ok in outcome if worker == 2]
+        assert len(survivors) >= 25
+        assert all(survivors), f"{survivors.count(False)} transfers through worker 2 broke"
+        assert max(back) <= 6.0, f"the killed worker's services answered after {back} s"
+    assert "Traceback" not in supervisor.stderr_text
+
+
+async def answers_again(port: int, since: float) -> float:
+    """Seconds from ``since`` until an echo on ``port`` works again."""
+    while True:
+        with contextlib.suppress(OSError):
+            if await asyncio.wait_for(roundtrip(port, b"back?"), 2) == b"back?":
+                return time.monotonic() - since
+        await asyncio.sleep(0.05)

@@ -1,0 +1,126 @@
+"""A service over several sessions (``sessions=K``): one public port, K registrations.
+
+In-process RelayServer and ``relay.start_server`` on real sockets: the
+sessions join the first one's port (SO_REUSEPORT), the kernel spreads public
+connections over them, losing one leaves the port served by the others, and
+only the identity that holds the port may join it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+import relay
+from relay.errors import RelayRefusedError
+from relay.wire.v2 import Challenge, HandshakeError, parse_response, response_line
+
+HOST = "127.0.0.1"
+
+
+@pytest.fixture
+async def relay_v2() -> AsyncIterator[relay.RelayServer]:
+    async with relay.RelayServer(0, bind=HOST, protocol="v2") as server:
+        yield server
+
+
+async def echo(reader, writer) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+async def roundtrip(port: int, payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(payload)
+        writer.write_eof()
+        return await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not true within {timeout} s"
+        await asyncio.sleep(0.01)
+
+
+def test_the_response_carries_sessions_only_when_offered_and_with_a_name() -> None:
+    offered = Challenge.fresh(auth_required=False)
+    line = response_line(offered, secret=None, name="web", sessions=3)
+    assert line == b"relay/2 name=web sessions=3\n"
+    assert parse_response(line.rstrip(b"\n"), offered).sessions == 3
+    assert parse_response(b"relay/2 name=web", offered).sessions == 1
+    older = Challenge(offered.nonce, False, frozenset({"client-addr", "service"}))
+    with pytest.raises(HandshakeError, match="sessions was not offered"):
+        parse_response(b"relay/2 name=web sessions=2", older)
+    for bad in (b"sessions=0", b"sessions=17", b"sessions=x"):
+        with pytest.raises(HandshakeError, match="must be 1-16"):
+            parse_response(b"relay/2 name=web " + bad, offered)
+    with pytest.raises(HandshakeError, match="needs name="):
+        parse_response(b"relay/2 sessions=2", offered)
+    with pytest.raises(relay.OptionError, match="sessions=2: several sessions"):
+        relay.RegistrationOptions(sessions=2)
+
+
+async def test_k_sessions_share_one_port_and_the_kernel_spreads_connections(relay_v2) -> None:
+    server = await relay.start_server(echo, HOST, relay_v2.port, name="web", sessions=3)
+    async with server:
+        await until(lambda: len(relay_v2.sessions) == 3)
+        assert {s.public_port for s in relay_v2.sessions} == {server.public_port}
+        assert len(server.sessions) == 3
+        payloads = [bytes([i]) * 10_000 for i in range(60)]
+        replies = await asyncio.gather(*(roundtrip(server.public_port, p) for p in payloads))
+        assert replies == payloads
+        served = [s.connections for s in relay_v2.sessions]  # all closed by now
+        assert served == [0, 0, 0]
+        totals = [s.bytes_in for s in relay_v2.sessions]
+        assert sum(totals) == sum(map(len, payloads))
+        assert all(totals), f"a session got no connection out of 60: {totals}"
+
+
+async def test_losing_one_session_leaves_the_port_served_and_it_joins_again(relay_v2) -> None:
+    server = await relay.start_server(
+        echo, HOST, relay_v2.port, name="web", sessions=2, reconnect_delay=0.1
+    )
+    async with server:
+        await until(lambda: len(relay_v2.sessions) == 2)
+        port = server.public_port
+        first = relay_v2._sessions[min(relay_v2._sessions)]
+        first.end("cut for the test")
+        await until(lambda: len(server.sessions) == 1)
+        for _ in range(20):  # the other session serves every connection meanwhile
+            assert await roundtrip(port, b"still here") == b"still here"
+        await until(lambda: len(relay_v2.sessions) == 2 and len(server.sessions) == 2)
+        assert {s.public_port for s in relay_v2.sessions} == {port}
+        assert server.public_port == port
+        assert server.registrations == 3
+
+
+async def test_only_the_identity_joins_and_an_unoffered_relay_gets_one_session() -> None:
+    async with relay.RelayServer(0, bind=HOST, protocol="v2") as relay_server:
+        server = await relay.start_server(echo, HOST, relay_server.port, name="web", sessions=2)
+        async with server:
+            await until(lambda: len(relay_server.sessions) == 2)
+            with pytest.raises(RelayRefusedError, match=r"port \d+ is in use by another client"):
+                await relay.register(
+                    HOST, relay_server.port, name="other", remote_port=server.public_port
+                )
+            # the same name without sessions= cannot join a port of several sessions, nor
+            # replace its live sessions
+            with pytest.raises(RelayRefusedError, match="is already registered"):
+                await relay.register(HOST, relay_server.port, name="web")
+            assert len(relay_server.sessions) == 2
+    async with relay.RelayServer(0, bind=HOST) as seed_relay:  # seed: no sessions feature
+        server = await relay.start_server(echo, HOST, seed_relay.port, name="web", sessions=2)
+        async with server:
+            await asyncio.sleep(0.2)
+            assert len(seed_relay.sessions) == 1
+            assert len(server.sessions) == 1
