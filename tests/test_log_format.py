@@ -158,7 +158,7 @@ async def test_a_worker_writes_whole_lines_with_its_worker_field(log_format, mon
         return real_write(fd, data)
 
     monkeypatch.setattr(logs.os, "write", recording)
-    stream = open(write_end, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    stream = os.fdopen(write_end, "w", encoding="utf-8")
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     try:
