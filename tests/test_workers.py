@@ -16,7 +16,6 @@ import re
 import signal
 import socket
 import time
-import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
@@ -32,13 +31,22 @@ pytestmark = pytest.mark.e2e
 METRICS = r"metrics on http://([\d.]+:\d+)/metrics"
 
 
-def get(endpoint: str, path: str) -> str:
-    with urllib.request.urlopen(f"http://{endpoint}{path}", timeout=10) as response:
-        return str(response.read().decode())
+async def get(endpoint: str, path: str) -> str:
+    """The body of GET ``path`` from the metrics endpoint (no thread: one event loop)."""
+    host, port = endpoint.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {endpoint}\r\n\r\n".encode())
+        head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return body.decode()
 
 
-def status(endpoint: str) -> dict:
-    return json.loads(get(endpoint, "/status"))
+async def status(endpoint: str) -> dict:
+    return json.loads(await get(endpoint, "/status"))
 
 
 def start_workers(
@@ -84,6 +92,16 @@ async def roundtrip(port: int, payload: bytes) -> bytes:
     return data
 
 
+async def until(probe, condition, tries: int = 300) -> None:
+    """Until ``condition(await probe())`` holds, polling every 50 ms; fails after ``tries``."""
+    for _ in range(tries):
+        last = await probe()
+        if condition(last):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not true after {tries} tries; last {last!r}")
+
+
 class Spread(dict[int, list[relay.RelayedServer]]):
     """Echo servers by the worker that holds each; ``registered[server]`` is set whenever it
     registers."""
@@ -108,14 +126,12 @@ async def spread(stack: AsyncExitStack, control: int, metrics: str, **options: o
         await stack.enter_async_context(server)
         servers[server.public_port] = server
         events[server] = registered
-        workers = {
-            entry["worker"] for entry in (await asyncio.to_thread(status, metrics))["registrations"]
-        }
+        workers = {entry["worker"] for entry in (await status(metrics))["registrations"]}
         if workers == {1, 2}:
             break
     by_worker = Spread({1: [], 2: []})
     by_worker.registered = events
-    for entry in (await asyncio.to_thread(status, metrics))["registrations"]:
+    for entry in (await status(metrics))["registrations"]:
         by_worker[entry["worker"]].append(servers[entry["public_port"]])
     assert by_worker[1], "24 registrations all went to worker 2"
     assert by_worker[2], "24 registrations all went to worker 1"
@@ -145,7 +161,7 @@ async def test_two_workers_show_one_face(procs: Processes, notify_socket) -> Non
     ready = notified(sock)
     assert ready["READY"] == "1"
     assert ready["MAINPID"] == str(supervisor.pid)
-    first = await asyncio.to_thread(status, metrics)
+    first = await status(metrics)
     assert [(w["worker"], w["up"]) for w in first["workers"]] == [(1, True), (2, True)]
     pids = {w["pid"] for w in first["workers"]}
     assert len(pids) == 2
@@ -157,17 +173,14 @@ async def test_two_workers_show_one_face(procs: Processes, notify_socket) -> Non
         for server in servers:
             payload = f"through {server.public_port}\n".encode() * 1000
             assert await roundtrip(server.public_port, payload) == payload
-        seen = await asyncio.to_thread(status, metrics)
+        seen = await status(metrics)
         assert sorted(r["public_port"] for r in seen["registrations"]) == sorted(
             s.public_port for s in servers
         )
         assert seen["control_port"] == control
         assert seen["role"] == "relay"
         families = {
-            f.name: f
-            for f in text_string_to_metric_families(
-                await asyncio.to_thread(get, metrics, "/metrics")
-            )
+            f.name: f for f in text_string_to_metric_families(await get(metrics, "/metrics"))
         }
         open_now = {s.labels["worker"]: s.value for s in families["relay_sessions_open"].samples}
         assert open_now == {"1": len(by_worker[1]), "2": len(by_worker[2])}
@@ -193,7 +206,7 @@ async def test_a_killed_worker_comes_back_and_only_its_sessions_end(procs: Proce
     supervisor, control, metrics = start_workers(procs)
     async with AsyncExitStack() as stack:
         by_worker = await spread(stack, control, metrics)
-        victim = (await asyncio.to_thread(status, metrics))["workers"][0]
+        victim = (await status(metrics))["workers"][0]
         for server in by_worker[1]:
             by_worker.registered[server].clear()
         survivor_server = by_worker[2][0]
@@ -204,7 +217,7 @@ async def test_a_killed_worker_comes_back_and_only_its_sessions_end(procs: Proce
         os.kill(victim["pid"], signal.SIGKILL)
         supervisor.wait_line(r"worker 1 \(pid \d+\) was killed by SIGKILL; its registrations ended")
         supervisor.wait_line(r"worker 1 \(pid \d+\) is back")
-        now = await asyncio.to_thread(status, metrics)
+        now = await status(metrics)
         assert now["workers"][0]["pid"] != victim["pid"]
         assert now["workers"][0]["up"]
         assert now["workers"][0]["restarts"] == 1
@@ -248,7 +261,7 @@ async def named_spread(
         servers[server.public_port] = server
         holders = {
             entry["public_port"]: entry["worker"]
-            for entry in (await asyncio.to_thread(status, metrics))["registrations"]
+            for entry in (await status(metrics))["registrations"]
         }
         by_worker: dict[int, list[relay.RelayedServer]] = {1: [], 2: []}
         for port, worker in holders.items():
@@ -295,9 +308,7 @@ async def test_chaos_kill_one_worker_during_100_transfers(procs: Processes) -> N
     supervisor, control, metrics = start_workers(procs, "--protocol", "v2")
     async with AsyncExitStack() as stack:
         by_worker = await named_spread(stack, control, metrics, 4)
-        victim = next(
-            w for w in (await asyncio.to_thread(status, metrics))["workers"] if w["worker"] == 1
-        )
+        victim = next(w for w in (await status(metrics))["workers"] if w["worker"] == 1)
         services = [(worker, s.public_port) for worker, held in by_worker.items() for s in held]
         transfers = [
             (worker, asyncio.create_task(transfer(port, n)))
@@ -325,3 +336,46 @@ async def answers_again(port: int, since: float) -> float:
             if await asyncio.wait_for(roundtrip(port, b"back?"), 2) == b"back?":
                 return time.monotonic() - since
         await asyncio.sleep(0.05)
+
+
+async def test_a_service_of_two_sessions_has_one_on_each_worker_and_outlives_one(
+    procs: Processes, echo_port: int
+) -> None:
+    """``relay forward --sessions 2``: the second session is handed to the worker without one,
+    both serve one port; with a worker killed the other serves it, and the lost session
+    joins again; the forwarder prints its endpoint once."""
+    supervisor, control, metrics = start_workers(procs, "--protocol", "v2")
+    forwarder = procs.start(
+        [
+            *relay_command(),
+            "forward",
+            "--name",
+            "web",
+            "--sessions",
+            "2",
+            "--reconnect-delay",
+            "0.2",
+            str(echo_port),
+            f"{HOST}:{control}",
+        ],
+        "forwarder",
+    )
+    _, match = forwarder.wait_line(r"^127\.0\.0\.1:(\d+)$", stream="stdout")
+    port = int(match.group(1))
+
+    async def placed() -> list[tuple[str, int, int]]:
+        registrations = (await status(metrics))["registrations"]
+        return sorted((r["client"], r["public_port"], r["worker"]) for r in registrations)
+
+    both = [("web", port, 1), ("web", port, 2)]
+    await until(lambda: placed(), lambda now: len(now) == 2)
+    assert await placed() == both
+    victim = (await status(metrics))["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    supervisor.wait_line(r"worker 1 \(pid \d+\) was killed by SIGKILL")
+    for n in range(30):  # the kernel gives every new connection to the live session
+        payload = f"while worker 1 is down {n}".encode()
+        assert await roundtrip(port, payload) == payload
+    await until(lambda: placed(), lambda now: now == both)  # moved back to worker 1
+    assert forwarder.stdout == [f"{HOST}:{port}"]
+    assert "Traceback" not in supervisor.stderr_text + forwarder.stderr_text

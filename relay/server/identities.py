@@ -184,6 +184,25 @@ class IdentityTable:
                 del self._held[holding.key]
         holding.done.set()
 
+    def crowded(self, worker: int) -> list[tuple[int, int]]:
+        """``(worker, session)`` of one session per identity that has several sessions in one
+        worker and none in ``worker`` (which just started): retired, its owner registers it
+        again, and it is moved there (sessions spread over the workers again)."""
+        found = []
+        for held in self._held.values():
+            registered = [h for h in held if h.session is not None and h.sessions > 1]
+            by_worker: dict[int, list[Holding]] = {}
+            for holding in registered:
+                by_worker.setdefault(holding.worker, []).append(holding)
+            if worker in by_worker:
+                continue
+            most = max(by_worker.values(), key=len, default=[])
+            if len(most) >= 2:
+                newest = most[-1]
+                assert newest.session is not None
+                found.append((newest.worker, newest.session))
+        return found
+
     def drop_worker(self, worker: int) -> None:
         """Every registration of ``worker`` is gone (the process died)."""
         for holding in [h for h in self._by_ref.values() if h.worker == worker]:

@@ -29,6 +29,7 @@ registered session, ``relay.server.public`` carries each public connection, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Callable
@@ -69,6 +70,9 @@ from .tls_listener import TLSListener
 __all__ = ["RelayServer"]
 
 logger = logging.getLogger("relay.server")
+
+RETIRE_TIMEOUT = 30.0
+"""A session retired to spread its service over the workers ends after this at most."""
 
 
 class RelayServer:
@@ -362,6 +366,23 @@ class RelayServer:
         alive = await settle(held, newcomer)
         await self.allocator.settled()
         return alive
+
+    def retire(self, session_id: int, reason: str) -> None:
+        """Stop taking public connections on this session and send Go Away; end it once its
+        connections are done (at most ``RETIRE_TIMEOUT``), so that its owner registers it
+        again (``relay.server.identities.IdentityTable.crowded``)."""
+        session = self._sessions.get(session_id)
+        if session is None or session.ending:
+            return
+        logger.info("session %d: %s; draining it", session.id, reason, extra=session.log_fields())
+        session.drain()
+        self._tasks.spawn(self._retire(session, reason), name=f"relay-retire-{session.id}")
+
+    async def _retire(self, session: RegisteredSession, reason: str) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RETIRE_TIMEOUT):
+                await session.traffic.wait_idle()
+        session.end(reason)
 
     async def _settle_here(self, worker: int, sessions: list[int], newcomer: str) -> set[int]:
         return await self.settle(sessions, newcomer)

@@ -328,6 +328,10 @@ class Supervisor:
             worker.since = time.time()
             if worker.restarts:
                 logger.info("worker %d (pid %d) is back", worker.index, worker.pid)
+                for index, session in self.identities.crowded(worker.index):
+                    holder = self.workers[index - 1].channel
+                    if holder is not None:
+                        holder.notify({"op": "retire", "session": session, "to": worker.index})
             startup = self._startup
             if startup is not None and not startup.done() and all(w.ready for w in self.workers):
                 startup.set_result(None)

@@ -100,6 +100,11 @@ class Worker:
             self.stopper.request_stop("the supervisor asked to stop")
         elif op == "reload":
             self.server.reload_auth()
+        elif op == "retire":
+            self.server.retire(
+                message["session"],
+                f"moves to worker {message['to']}, so that its service uses both",
+            )
         else:
             logger.error("unknown request from the supervisor: %r", op)
         return None
