@@ -379,3 +379,48 @@ async def test_a_service_of_two_sessions_has_one_on_each_worker_and_outlives_one
     await until(lambda: placed(), lambda now: now == both)  # moved back to worker 1
     assert forwarder.stdout == [f"{HOST}:{port}"]
     assert "Traceback" not in supervisor.stderr_text + forwarder.stderr_text
+
+
+async def test_sighup_and_the_auth_file_reach_every_worker(procs: Processes, tmp_path) -> None:
+    auth = tmp_path / "clients.toml"
+    bob = '[clients.bob]\nsecret = "bob secret 22"\n'
+    auth.write_text('[clients.alice]\nsecret = "alice secret 1"\n\n' + bob)
+    supervisor, control, metrics = start_workers(procs, "--auth-file", str(auth))
+    async with AsyncExitStack() as stack:
+        by_worker = await spread(
+            stack, control, metrics, client_name="alice", secret="alice secret 1", reconnect=False
+        )
+        auth.write_text(bob)  # alice's access ends
+        supervisor.send_signal(signal.SIGHUP)
+        supervisor.wait_line("SIGHUP received: every worker re-reads the auth file")
+        servers = [s for held in by_worker.values() for s in held]
+        for server in servers:
+            await asyncio.wait_for(server.wait_closed(), 10)
+        assert (await status(metrics))["registrations"] == []
+    ended = [
+        line
+        for line in supervisor.stderr
+        if "ended: client alice was removed from the auth file" in line
+    ]
+    assert len(ended) == len(servers)
+    assert {line.rsplit("worker=", 1)[1] for line in ended} == {"1", "2"}
+    assert supervisor.alive()  # SIGHUP is no end for the supervisor
+
+
+def test_workers_option_takes_a_count_or_auto() -> None:
+    from click.testing import CliRunner
+
+    from relay.cli import cli
+    from relay.options import OptionError, RelayOptions
+
+    assert RelayOptions(workers="auto").workers == len(os.sched_getaffinity(0))
+    assert RelayOptions(workers=3).workers == 3
+    with pytest.raises(OptionError, match="workers=0: must be 1-256"):
+        RelayOptions(workers=0)
+    with pytest.raises(OptionError, match="notify protocol runs in one process"):
+        RelayOptions(workers=2, protocol="notify")
+    with pytest.raises(OptionError, match="a RelayServer is one process"):
+        relay.RelayServer(0, workers=2)
+    bad = CliRunner().invoke(cli, ["server", "--workers", "many", "7000"])
+    assert bad.exit_code == 2
+    assert "'many' is not an integer" in bad.output

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from yamux.const import INITIAL_STREAM_WINDOW
 
 from ..options import ProcessOptions, RelayOptions
+from ..server.limits import share
 from ..server.siblings import WorkerRole
 
 
@@ -45,8 +46,24 @@ class WorkerSetup:
         return WorkerRole(self.index, self.count, self.state_dir)
 
     def relay_options(self) -> RelayOptions:
-        """The options of this worker's ``RelayServer``: the host's ``--max-total-window``
-        split evenly among the workers (each keeps its own budget: the windows are its
-        memory)."""
-        share = max(self.options.max_total_window // self.count, INITIAL_STREAM_WINDOW)
-        return dataclasses.replace(self.options, max_total_window=share)
+        """The options of this worker's ``RelayServer``: what bounds the host split evenly
+        among the workers, each keeping its share in its own memory.
+
+        The kernel spreads a source's connections over the workers, so a share of
+        ``--max-pending-registrations-per-source`` (and of the registrations in
+        progress) in each adds up to about the host's limit for a stranger; the
+        receive windows of ``--max-total-window`` are each worker's memory.
+        ``--max-sessions`` is not split: the supervisor counts the host's sessions.
+        """
+        options = self.options
+        per_source = share(options.max_pending_registrations_per_source, options.max_sessions)
+        return dataclasses.replace(
+            options,
+            max_total_window=max(options.max_total_window // self.count, INITIAL_STREAM_WINDOW),
+            max_pending_registrations_per_source=per_source and self.part(per_source),
+            max_pending=self.part(options.max_pending),
+        )
+
+    def part(self, limit: int) -> int:
+        """This worker's share of a host's ``limit`` (at least 1)."""
+        return max(1, -(-limit // self.count))

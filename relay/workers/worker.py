@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from ..ops import drain, logs
 from ..ops.metrics import RelayCollector, relay_status
+from ..server.auth import FailureLimiter
 from ..server.identities import Verdict
 from ..server.ports import StoreDownError
 from ..server.relay import RelayServer
@@ -44,7 +45,14 @@ class Worker:
 
     def __init__(self, setup: WorkerSetup) -> None:
         self.setup = setup
-        self.server = RelayServer(setup.port, setup.relay_options(), worker=setup.role)
+        usual = FailureLimiter()
+        self.server = RelayServer(
+            setup.port,
+            setup.relay_options(),
+            worker=setup.role,
+            # A source's failed proofs are counted in the worker they reach: a share each.
+            auth_failures=FailureLimiter(setup.part(usual.limit), usual.window),
+        )
         self.stopper: drain.Stopper | None = None
         """What the signals do, also asked for through the channel (``run_until_signal``)."""
         self._registry = CollectorRegistry(auto_describe=True)
