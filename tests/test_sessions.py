@@ -124,3 +124,27 @@ async def test_only_the_identity_joins_and_an_unoffered_relay_gets_one_session()
             await asyncio.sleep(0.2)
             assert len(seed_relay.sessions) == 1
             assert len(server.sessions) == 1
+
+
+async def test_the_sessions_of_one_service_are_one_series_in_the_metrics(relay_v2) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from relay.ops.metrics import RelayCollector
+
+    server = await relay.start_server(echo, HOST, relay_v2.port, name="web", sessions=2)
+    async with server:
+        await until(lambda: len(relay_v2.sessions) == 2)
+        for n in range(10):
+            assert await roundtrip(server.public_port, b"x" * (n + 1)) == b"x" * (n + 1)
+        registry = CollectorRegistry()
+        registry.register(RelayCollector(relay_v2))
+        families = {
+            f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
+        }
+    series = [
+        (s.labels["service"], s.labels["direction"], s.value)
+        for s in families["relay_service_bytes"].samples
+    ]
+    assert series == [("web", "in", 55), ("web", "out", 55)]
+    assert len(families["relay_keepalive_rtt_seconds"].samples) == 1

@@ -92,16 +92,27 @@ class RelayCollector(Collector):
             labels=["service"],
         )
         total_in, total_out, total_stalls = stats.bytes_in, stats.bytes_out, stats.stalls
+        # One series per service: the sessions of one service (sessions=, or one client's
+        # several) add up, and the slowest ping stands for them.
+        per_service: dict[str, list[int]] = {}
+        rtts: dict[str, float] = {}
         for info in sessions:
             label = service_label(info.public_port, info.client)
-            service_bytes.add_metric([label, "in"], info.bytes_in)
-            service_bytes.add_metric([label, "out"], info.bytes_out)
-            stalls.add_metric([label], info.stalls)
+            sums = per_service.setdefault(label, [0, 0, 0])
+            sums[0] += info.bytes_in
+            sums[1] += info.bytes_out
+            sums[2] += info.stalls
             if info.rtt is not None:
-                rtt.add_metric([label], info.rtt)
-            total_in += info.bytes_in
-            total_out += info.bytes_out
-            total_stalls += info.stalls
+                rtts[label] = max(info.rtt, rtts.get(label, 0.0))
+        for label, (bytes_in, bytes_out, service_stalls) in per_service.items():
+            service_bytes.add_metric([label, "in"], bytes_in)
+            service_bytes.add_metric([label, "out"], bytes_out)
+            stalls.add_metric([label], service_stalls)
+            total_in += bytes_in
+            total_out += bytes_out
+            total_stalls += service_stalls
+        for label, seconds in rtts.items():
+            rtt.add_metric([label], seconds)
         yield service_bytes
         total = CounterMetricFamily(
             "relay_bytes",
