@@ -194,6 +194,9 @@ def measured(relay: Relay, load: Callable[[], dict[str, Any]]) -> dict[str, Any]
     moved = res.get("bytes_moved") or 0
     if res.get("connections"):
         res["relay_cpu_us_per_conn"] = res["relay_cpu_s"] / res["connections"] * 1e6
+        res["peers_cpu_us_per_conn"] = res["forwarders_cpu_s"] / res["connections"] * 1e6
+        if res.get("cpu_s") is not None:
+            res["loadgen_cpu_us_per_conn"] = res["cpu_s"] / res["connections"] * 1e6
     elif moved:
         res["relay_cpu_s_per_gb"] = res["relay_cpu_s"] / (moved / 1e9)
         res["forwarders_cpu_s_per_gb"] = res["forwarders_cpu_s"] / (moved / 1e9)
@@ -290,6 +293,8 @@ WORKLOADS: dict[str, tuple[str, list[Row]]] = {
         [
             Row("conns_per_s", "connections per second"),
             Row("relay_cpu_us_per_conn", "relay CPU us per connection"),
+            Row("peers_cpu_us_per_conn", "echo peers' CPU us per connection"),
+            Row("loadgen_cpu_us_per_conn", "load generator's CPU us per connection"),
             Row("relay_cores", "relay cores used", "{:.2f}"),
             Row("busiest_worker_cores", "busiest worker's cores", "{:.2f}"),
         ],
