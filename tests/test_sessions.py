@@ -148,3 +148,45 @@ async def test_the_sessions_of_one_service_are_one_series_in_the_metrics(relay_v
     ]
     assert series == [("web", "in", 55), ("web", "out", 55)]
     assert len(families["relay_keepalive_rtt_seconds"].samples) == 1
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_a_joining_session_is_handed_on_unless_it_came_over_tls(tls: bool, tmp_path) -> None:
+    """With several workers the identity table asks to move the second session of a service
+    to a worker without one; only a plaintext connection can be handed on (a TLS one keeps
+    its state in this process), so a TLS one joins here."""
+    from conftest import require_program
+    from registration_support import make_certificates
+
+    from relay.server.identities import IdentityTable
+    from relay.wire.tls import client_context, server_context
+
+    ssl_server = ssl_client = None
+    if tls:
+        require_program("openssl")
+        certs = make_certificates(tmp_path)
+        ssl_server = server_context(certs.server_cert, certs.server_key)
+        ssl_client = client_context(certs.ca)
+    handed: list[int] = []
+
+    def hand_off(transport, early, request, worker) -> None:
+        handed.append(worker)
+        transport.abort()
+
+    async with relay.RelayServer(0, bind=HOST, protocol="v2", ssl=ssl_server) as relay_server:
+        relay_server.registrar.identities = IdentityTable(
+            relay_server._settle_here, workers=lambda: [0, 1]
+        )
+        relay_server.hand_off = hand_off
+        server = await relay.start_server(
+            echo, HOST, relay_server.port, name="web", sessions=2, ssl=ssl_client
+        )
+        async with server:
+            if tls:
+                await until(lambda: len(relay_server.sessions) == 2)
+                assert handed == []
+                assert await roundtrip(server.public_port, b"joined") == b"joined"
+            else:
+                await until(lambda: len(handed) >= 1)
+                assert handed[0] == 1  # the worker that holds none of "web"
+                assert len(relay_server.sessions) == 1

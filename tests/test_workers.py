@@ -424,3 +424,21 @@ def test_workers_option_takes_a_count_or_auto() -> None:
     bad = CliRunner().invoke(cli, ["server", "--workers", "many", "7000"])
     assert bad.exit_code == 2
     assert "'many' is not an integer" in bad.output
+
+
+async def test_workers_end_with_their_supervisor(procs: Processes) -> None:
+    """A supervisor killed with -9 leaves no worker behind holding ports."""
+    supervisor, _, metrics = start_workers(procs)
+    pids = [w["pid"] for w in (await status(metrics))["workers"]]
+    os.kill(supervisor.pid, signal.SIGKILL)  # the supervisor alone, not its process group
+    supervisor.wait()
+    for pid in pids:
+        wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}/status") or zombie(pid), 10)
+
+
+def zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status_file:
+            return any(line.startswith("State:\tZ") for line in status_file)
+    except OSError:
+        return True
