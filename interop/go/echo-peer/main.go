@@ -186,7 +186,7 @@ func (s *session) data(id uint32, st *stream, length int64) error {
 	if direct > 0 {
 		s.header(typeData, 0, id, uint32(direct))
 		start := len(s.out)
-		s.out = append(s.out, make([]byte, direct)...)
+		s.out = grow(s.out, int(direct))
 		if _, err := io.ReadFull(s.in, s.out[start:]); err != nil {
 			return err
 		}
@@ -195,12 +195,23 @@ func (s *session) data(id uint32, st *stream, length int64) error {
 	}
 	if rest := length - direct; rest > 0 {
 		start := len(st.pending)
-		st.pending = append(st.pending, make([]byte, rest)...)
+		st.pending = grow(st.pending, int(rest))
 		if _, err := io.ReadFull(s.in, st.pending[start:]); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// grow extends b by n bytes, reusing its capacity (no allocation, nor zeroing, in the
+// steady state: the bytes are overwritten at once).
+func grow(b []byte, n int) []byte {
+	if len(b)+n > cap(b) {
+		bigger := make([]byte, len(b), 2*cap(b)+n)
+		copy(bigger, b)
+		b = bigger
+	}
+	return b[:len(b)+n]
 }
 
 // echo sends what the window allows of the stream's pending bytes, grants the
@@ -213,12 +224,11 @@ func (s *session) echo(id uint32, st *stream) {
 	if n > 0 {
 		s.header(typeData, 0, id, uint32(n))
 		s.out = append(s.out, st.pending[:n]...)
-		st.pending = st.pending[n:]
+		st.pending = st.pending[:copy(st.pending, st.pending[n:])]
 		st.sendWindow -= n
 		s.header(typeWindow, 0, id, uint32(n))
 	}
 	if len(st.pending) == 0 {
-		st.pending = nil
 		if st.finIn && !st.finOut {
 			st.finOut = true
 			s.header(typeData, flagFIN, id, 0)
