@@ -124,6 +124,8 @@ def test_hotpath_rig_frames_and_delivers_every_message() -> None:
         python_calls, bytecodes = float(cells[3]), float(cells[5])
         assert python_calls > 0
         assert bytecodes > python_calls
+
+
 def test_workers_bench_measures_every_worker_process(tmp_path: Path) -> None:
     """``python -m bench --workers 1,2`` on the connection rate: both counts run, the relay's
     CPU is that of all its processes, and the table has both columns and their ratio."""

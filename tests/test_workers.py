@@ -442,3 +442,20 @@ def zombie(pid: int) -> bool:
             return any(line.startswith("State:\tZ") for line in status_file)
     except OSError:
         return True
+
+
+async def test_failed_proofs_count_on_every_worker(procs: Processes, tmp_path) -> None:
+    """A stranger does not get a fresh allowance of wrong secrets per worker: after 5 in
+    all, every worker refuses that source (within the one-second read back)."""
+    from relay.errors import RegistrationError
+
+    secret = tmp_path / "secret"
+    secret.write_text("the right secret\n")
+    _, control, _ = start_workers(procs, "--secret-file", str(secret))
+    for _ in range(5):
+        with pytest.raises(RegistrationError, match="auth failed"):
+            await relay.register(HOST, control, secret="a wrong secret", reconnect=False)
+    await asyncio.sleep(1.5)
+    for _ in range(6):  # the kernel spreads these over both workers
+        with pytest.raises(RegistrationError, match="too many failed registrations"):
+            await relay.register(HOST, control, secret="the right secret")

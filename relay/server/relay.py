@@ -138,7 +138,10 @@ class RelayServer:
         self.protocol: ProtocolName = "v2" if self.auth is not None or leases else protocol
         self._own_failures = auth_failures is None
         """With a cluster, its failure counts are shared (unless the caller brought its own)."""
-        self._shared_failures: SharedFailureLimiter | None = None
+        self._shared_failures = (
+            auth_failures if isinstance(auth_failures, SharedFailureLimiter) else None
+        )
+        """Failures shared with other relays (or other workers): read back while running."""
         self.admission = Admission(
             max_pending=checked.max_pending,
             per_source=share(checked.max_pending_registrations_per_source, checked.max_sessions),

@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -31,7 +32,9 @@ from ..server.identities import Verdict
 from ..server.ports import StoreDownError
 from ..server.relay import RelayServer
 from ..server.request import RegistrationRequest
+from ..server.shared_failures import SharedFailureLimiter
 from ..store import StoreError
+from ..store.failures import SqliteFailureCounts
 from ..store.state_dir import StateDirError
 from .channel import Channel, ChannelClosedError, Message
 from .handoff import FdLine, Handoff
@@ -39,19 +42,25 @@ from .setup import WorkerSetup
 
 logger = logging.getLogger("relay.workers")
 
+FAILURES_NAME = "failures.sqlite3"
+"""The failed registrations of every worker, in the state directory they share."""
+
 
 class Worker:
     """The worker's relay and its side of the channel."""
 
     def __init__(self, setup: WorkerSetup) -> None:
         self.setup = setup
-        usual = FailureLimiter()
+        self.failures: SqliteFailureCounts | None = None
+        """A source's failed proofs, counted by every worker (none with ``--cluster``: the
+        relay counts them in Redis with the other relays)."""
+        shared: SharedFailureLimiter | None = None
+        if setup.state_dir is not None:
+            usual = FailureLimiter()
+            self.failures = SqliteFailureCounts.open(Path(setup.state_dir) / FAILURES_NAME)
+            shared = SharedFailureLimiter(self.failures, usual.limit, usual.window)
         self.server = RelayServer(
-            setup.port,
-            setup.relay_options(),
-            worker=setup.role,
-            # A source's failed proofs are counted in the worker they reach: a share each.
-            auth_failures=FailureLimiter(setup.part(usual.limit), usual.window),
+            setup.port, setup.relay_options(), worker=setup.role, auth_failures=shared
         )
         self.stopper: drain.Stopper | None = None
         """What the signals do, also asked for through the channel (``run_until_signal``)."""
@@ -66,15 +75,22 @@ class Worker:
         self.line = FdLine(socket.socket(fileno=self.setup.handoff_fd), self._adopt)
         self.server.hand_off = self._hand_off
         try:
+            return await self._serve(channel)
+        finally:
+            if self.failures is not None:
+                self.failures.close()
+            channel.close()
+            await channel.wait_closed()
+            self.line.close()
+
+    async def _serve(self, channel: Channel) -> int:
+        try:
             await self.server.start()
         except (OSError, StoreError) as exc:
             if isinstance(exc, StateDirError | StoreError) or not exc.errno:
                 logger.error("%s", exc)
             else:
                 logger.error("cannot listen on port %d: %s", self.setup.port, exc.strerror)
-            channel.close()
-            await channel.wait_closed()
-            self.line.close()
             return 1
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.server.reload_auth)
@@ -85,9 +101,6 @@ class Worker:
             loop.remove_signal_handler(signal.SIGHUP)
             self.server.close()
             await self.server.wait_closed()
-            channel.close()
-            await channel.wait_closed()
-            self.line.close()
         return 0
 
     async def answer(self, message: Message) -> Message | None:
