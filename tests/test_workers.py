@@ -459,3 +459,25 @@ async def test_failed_proofs_count_on_every_worker(procs: Processes, tmp_path) -
     for _ in range(6):  # the kernel spreads these over both workers
         with pytest.raises(RegistrationError, match="too many failed registrations"):
             await relay.register(HOST, control, secret="the right secret")
+
+
+async def test_tls_workers_each_make_their_context_from_the_files(
+    procs: Processes, tmp_path
+) -> None:
+    """A TLS context cannot travel to a worker: each makes its own from --tls-cert/--tls-key,
+    and registrations over TLS in either worker carry traffic."""
+    from conftest import require_program
+    from registration_support import make_certificates
+
+    from relay.wire.tls import client_context
+
+    require_program("openssl")
+    certs = make_certificates(tmp_path)
+    _, control, metrics = start_workers(
+        procs, "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)
+    )
+    async with AsyncExitStack() as stack:
+        by_worker = await spread(stack, control, metrics, ssl=client_context(certs.ca))
+        for server in [s for held in by_worker.values() for s in held]:
+            assert server.session.get_extra_info("ssl_object") is not None
+            assert await roundtrip(server.public_port, b"over TLS") == b"over TLS"
