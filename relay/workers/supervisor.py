@@ -209,6 +209,7 @@ class Supervisor:
         if self.draining:
             return
         self.draining = True
+        self._tasks.cancel()  # restarts waiting for their delay
         for worker in self.workers:
             worker.tell("drain")
 
@@ -293,9 +294,15 @@ class Supervisor:
         worker.ready = False
         worker.started = time.monotonic()
         worker.exited.clear()
-        worker.channel = await Channel.open(ours, partial(self._from_worker, worker))
-        worker.line = FdLine(line, self._pass_on)
         self._watchers.spawn(self._watch(worker, process), name=f"relay-worker-{worker.index}")
+        try:
+            worker.channel = await Channel.open(ours, partial(self._from_worker, worker))
+        except BaseException:  # cancelled (the relay stops): this process goes too
+            process.kill()
+            ours.close()
+            line.close()
+            raise
+        worker.line = FdLine(line, self._pass_on)
         assert process.stdin is not None
         process.stdin.write(pickle.dumps(setup))
         process.stdin.close()
@@ -385,6 +392,8 @@ class Supervisor:
 
     async def _restart(self, worker: WorkerProcess, delay: float) -> None:
         await asyncio.sleep(delay)
+        if self.draining or self.stopping:
+            return
         try:
             await self._start(worker)
         except OSError as exc:
