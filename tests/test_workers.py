@@ -109,14 +109,16 @@ class Spread(dict[int, list[relay.RelayedServer]]):
     registered: dict[relay.RelayedServer, asyncio.Event]
 
 
-async def spread(stack: AsyncExitStack, control: int, metrics: str, **options: object) -> Spread:
-    """Register echo servers until both workers hold one."""
+async def spread(
+    stack: AsyncExitStack, control: int, metrics: str, handler=None, **options: object
+) -> Spread:
+    """Register servers (of ``handler``, by default an echo) until both workers hold one."""
     servers: dict[int, relay.RelayedServer] = {}
     events: dict[relay.RelayedServer, asyncio.Event] = {}
     for _ in range(24):
         registered = asyncio.Event()
         server = await relay.start_server(
-            echo,
+            handler or echo,
             HOST,
             control,
             reconnect_delay=0.2,
@@ -481,3 +483,33 @@ async def test_tls_workers_each_make_their_context_from_the_files(
         for server in [s for held in by_worker.values() for s in held]:
             assert server.session.get_extra_info("ssl_object") is not None
             assert await roundtrip(server.public_port, b"over TLS") == b"over TLS"
+
+
+async def test_sigterm_drains_every_worker(procs: Processes) -> None:
+    """SIGTERM to the supervisor: every worker stops taking connections, the ones in flight
+    (here one in each worker) finish, and the relay exits 0."""
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readline()
+        await asyncio.sleep(1.5)
+        writer.write(b"done: " + request)
+        await writer.drain()
+        writer.close()
+
+    supervisor, control, metrics = start_workers(procs, "--drain-timeout", "20")
+    async with AsyncExitStack() as stack:
+        by_worker = await spread(stack, control, metrics, slow)
+        inflight = []
+        for held in by_worker.values():
+            reader, writer = await asyncio.open_connection(HOST, held[0].public_port)
+            writer.write(b"slow request\n")
+            inflight.append((reader, writer))
+        await asyncio.sleep(0.3)  # both requests are with their services
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait_line(r"SIGTERM received: draining")
+        for reader, writer in inflight:
+            assert await asyncio.wait_for(reader.read(), 10) == b"done: slow request\n"
+            writer.close()
+    assert await asyncio.to_thread(supervisor.wait, 20) == 0
+    drained = [line for line in supervisor.stderr if "drained: no connection in flight" in line]
+    assert {line.rsplit("worker=", 1)[1] for line in drained} == {"0", "1", "2"}
