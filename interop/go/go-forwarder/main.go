@@ -7,13 +7,6 @@
 //
 // It exits when the relay session ends (status 0), or with status 1 when the
 // relay cannot be reached or sends no valid port line.
-//
-// With -name it answers a registration v2 challenge (a relay without auth,
-// docs/protocol.md) with "relay/2 name=NAME" instead of expecting the port line
-// first; with -sessions K (and -name) it registers K sessions of that name,
-// which the relay puts on one public port ("sessions=K" in the response), prints
-// the endpoint once and exits when every session has ended. Without these flags
-// it speaks the seed protocol only, as the original design.
 package main
 
 import (
@@ -24,11 +17,10 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"sync"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/yamux"
-	registration "relayinterop/register"
 	"relayinterop/tunnel"
 )
 
@@ -38,18 +30,14 @@ var (
 	window    = flag.Int("window", 256*1024, "yamux MaxStreamWindowSize in bytes (>= 262144)")
 	keepalive = flag.Duration("keepalive-interval", 30*time.Second, "yamux keepalive interval (0 = off)")
 	timeout   = flag.Duration("timeout", 10*time.Second, "dial and port-line timeout")
-	name      = flag.String("name", "", "register v2 under this name (a relay without auth)")
-	echo      = flag.Bool("echo", false, "echo every stream itself instead of dialing -local (a benchmark's cheapest service)")
-	buffer    = flag.Int("buffer", 0, "bytes copied at once between a stream and its connection (0: io.Copy's own)")
-	sessions  = flag.Int("sessions", 1, "sessions of -name on one public port (1-16)")
 )
 
 func main() {
 	flag.Parse()
 	log.SetOutput(os.Stderr)
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
-	if *relayAddr == "" || (*localAddr == "") == !*echo || flag.NArg() > 0 {
-		fmt.Fprintln(os.Stderr, "usage: go-forwarder -relay HOST:PORT -local HOST:PORT|-echo")
+	if *relayAddr == "" || *localAddr == "" || flag.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "usage: go-forwarder -relay HOST:PORT -local HOST:PORT")
 		flag.PrintDefaults()
 		os.Exit(2)
 	}
@@ -57,47 +45,16 @@ func main() {
 	if err != nil {
 		log.Fatalf("bad -relay %q: %v", *relayAddr, err)
 	}
-	if *sessions < 1 || *sessions > 16 || (*sessions > 1 && *name == "") {
-		log.Fatalf("-sessions must be 1-16, and above 1 only with -name")
+	c, err := net.DialTimeout("tcp", *relayAddr, *timeout)
+	if err != nil {
+		log.Fatalf("dial relay %s: %v", *relayAddr, err)
 	}
-	c, port, err := register()
+	port, err := readPortLine(c, *timeout)
 	if err != nil {
 		log.Fatalf("relay %s: %v", *relayAddr, err)
 	}
 	fmt.Printf("%s\n", net.JoinHostPort(relayHost, strconv.Itoa(port)))
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		serve(c, relayHost, port)
-	}()
-	for i := 2; i <= *sessions; i++ {
-		more, got, err := register()
-		if err != nil {
-			log.Fatalf("relay %s, session %d: %v", *relayAddr, i, err)
-		}
-		if got != port {
-			log.Fatalf("session %d got port %d, not %d", i, got, port)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			serve(more, relayHost, port)
-		}()
-	}
-	wg.Wait()
-}
 
-// register dials the relay and reads its port line (answering a v2 challenge
-// first when -name is set).
-func register() (net.Conn, int, error) {
-	return registration.Dial(registration.Options{
-		Relay: *relayAddr, Name: *name, Sessions: *sessions, Timeout: *timeout,
-	})
-}
-
-// serve runs a yamux server session on c and forwards every stream to -local.
-func serve(c net.Conn, relayHost string, port int) {
 	cfg := yamux.DefaultConfig()
 	cfg.MaxStreamWindowSize = uint32(*window)
 	cfg.EnableKeepAlive = *keepalive > 0
@@ -109,11 +66,7 @@ func serve(c net.Conn, relayHost string, port int) {
 	if err != nil {
 		log.Fatalf("yamux: %v", err)
 	}
-	target := *localAddr
-	if *echo {
-		target = "itself (echo)"
-	}
-	log.Printf("forwarding %s:%d to %s", relayHost, port, target)
+	log.Printf("forwarding %s:%d to %s", relayHost, port, *localAddr)
 	for {
 		st, err := sess.Accept()
 		if err != nil {
@@ -124,16 +77,34 @@ func serve(c net.Conn, relayHost string, port int) {
 	}
 }
 
-func forward(st net.Conn) {
-	if *echo { // the stream's bytes back to it, then FIN
-		size := *buffer
-		if size <= 0 {
-			size = 32 * 1024
-		}
-		io.CopyBuffer(struct{ io.Writer }{st}, struct{ io.Reader }{st}, make([]byte, size))
-		st.Close()
-		return
+// readPortLine reads "<port>\n" byte by byte: yamux frames may follow it
+// directly, so nothing past the newline may be consumed.
+func readPortLine(c net.Conn, limit time.Duration) (int, error) {
+	if err := c.SetReadDeadline(time.Now().Add(limit)); err != nil {
+		return 0, err
 	}
+	var line []byte
+	one := make([]byte, 1)
+	for {
+		if _, err := io.ReadFull(c, one); err != nil {
+			return 0, fmt.Errorf("reading the port line (got %q): %w", line, err)
+		}
+		if one[0] == '\n' {
+			break
+		}
+		if len(line) >= 16 {
+			return 0, fmt.Errorf("port line too long: %q", line)
+		}
+		line = append(line, one[0])
+	}
+	port, err := strconv.Atoi(strings.TrimSpace(string(line)))
+	if err != nil || port <= 0 || port > 65535 {
+		return 0, fmt.Errorf("bad port line %q", line)
+	}
+	return port, c.SetReadDeadline(time.Time{})
+}
+
+func forward(st net.Conn) {
 	lc, err := net.DialTimeout("tcp", *localAddr, *timeout)
 	if err != nil {
 		log.Printf("stream %s: dial local %s: %v; closing the stream", st.RemoteAddr(), *localAddr, err)
@@ -147,5 +118,5 @@ func forward(st net.Conn) {
 		st.Close()
 		return
 	}
-	tunnel.PipeBuffer(tcp, st, *buffer)
+	tunnel.Pipe(tcp, st)
 }
