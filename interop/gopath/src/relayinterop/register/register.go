@@ -1,5 +1,5 @@
 // Package register is how a Go registering side (echo-peer)
-// get a public port from a relay: the seed protocol (the port line first), or
+// gets a public port from a relay: the seed protocol (the port line first), or
 // registration v2 without a secret when given a name (docs/protocol.md).
 package register
 
