@@ -13,6 +13,7 @@ from .client.register import Registration, TLSError, register
 from .client.relayed_server import RelayedServer
 from .client.relays import RelayedServers, start_server
 from .errors import (
+    PermanentRefusalError,
     RegistrationError,
     RelayDisconnectedError,
     RelayError,
@@ -33,6 +34,7 @@ __all__ = [
     "ForwardOptions",
     "Forwarder",
     "OptionError",
+    "PermanentRefusalError",
     "Registration",
     "RegistrationError",
     "RegistrationOptions",

@@ -19,9 +19,9 @@ from typing import Protocol
 LISTEN_BACKLOG = 4096
 """Pending connections the kernel queues per listener (capped by net.core.somaxconn).
 
-asyncio's create_server(sock=...) calls listen() again with its own default
-of 100, so pass this as ``backlog=`` there too: with 100, a burst of clients
-overflows the queue and each dropped SYN costs its client a 1 s retransmit.
+With asyncio's default of 100 a burst of clients overflows the queue, and each
+dropped SYN costs its client a 1 s retransmit; while a listener pauses for want
+of file descriptors (``relay.server.accept``) its clients wait here.
 """
 
 

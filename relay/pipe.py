@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -63,23 +62,20 @@ class SocketEnd(asyncio.Protocol):
     stream to open pauses again once it holds ``EARLY_DATA_PAUSE`` bytes: it
     holds at most that plus one read, and a small request (the usual case)
     goes through without a pause/resume round.
-    ``on_connected(end)`` runs from ``connection_made``.
     """
 
     __slots__ = (
         "_early",
         "_early_size",
         "_lost",
-        "_on_connected",
         "_splice",
         "activity",
         "in_resume_writing",
         "transport",
     )
 
-    def __init__(self, on_connected: Callable[[SocketEnd], None] | None = None) -> None:
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self._on_connected = on_connected
         self._splice: _Splice | None = None
         self._lost = False
         self._early: list[bytes] = []
@@ -93,8 +89,6 @@ class SocketEnd(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.pause_reading()
-        if self._on_connected is not None:
-            self._on_connected(self)
 
     def data_received(self, data: bytes) -> None:
         self.activity += 1

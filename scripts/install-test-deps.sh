@@ -27,6 +27,9 @@ APT_PACKAGES=(
     libnginx-mod-stream
     systemd
     python3-venv
+    chromium
+    mmdebstrap
+    pipx
 )
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

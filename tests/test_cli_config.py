@@ -240,7 +240,7 @@ def test_closed_stdout_is_logged_and_the_forwarder_goes_on(procs, tmp_path):
 def test_config_file_service_asks_for_its_public_port(procs, tmp_path):
     """A [[forward.services]] remote-port is requested from a v2 relay (a secret)."""
     _, echo_port = procs.script(ECHO_SCRIPT, "0", name="echo")
-    secret = "config-file-secret"
+    secret = "config-file-secret, strong enough"
     relay, relay_port = procs.relay("--secret", secret)
     wanted = free_port()
     config = tmp_path / "services.toml"

@@ -146,6 +146,7 @@ def test_the_tls_recipe_in_operations_runs_as_written(procs, echo_port, tmp_path
     steps = [line[2:] for line in block.splitlines() if line.startswith("$ ")]
     assert [step.split()[:2] for step in steps] == [
         ["openssl", "req"],
+        ["relay", "gen-secret"],
         ["relay", "server"],
         ["relay", "forward"],
     ]
@@ -155,9 +156,11 @@ def test_the_tls_recipe_in_operations_runs_as_written(procs, echo_port, tmp_path
         step = step.replace("relay.example.com", "localhost")
         return shlex.split(re.sub(r"\b(7000|6379)\b", lambda m: ports[m.group(1)], step))
 
-    openssl, server, forward = (argv(step) for step in steps)
+    openssl, gen_secret, server, forward = (argv(step) for step in steps)
     subprocess.run(openssl, cwd=tmp_path, check=True, capture_output=True, timeout=60)
-    (tmp_path / "relay.secret").write_text("a secret of the TLS recipe\n")
+    subprocess.run(
+        [*relay_command(), *gen_secret[1:]], cwd=tmp_path, check=True, capture_output=True
+    )
     server[1:2] = ["server", f"--bind={HOST}"]
     relay = procs.start([*relay_command(), *server[1:]], "relay", cwd=tmp_path)
     relay.wait_line(r"Serving relay requests")

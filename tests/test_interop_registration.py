@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -20,13 +21,14 @@ from registration_support import ask_proxy_receiver, listening_ports, start_prox
 import relay
 from interop import harness
 from relay.client.forwarder import Forwarder
+from relay.client.relayed_server import RelayedServer
 from relay.server.relay import RelayServer
 from relay_support import Processes
 
 pytestmark = [pytest.mark.interop, pytest.mark.e2e]
 
 HOST = "127.0.0.1"
-SECRET = "interop secret"
+SECRET = "an interop secret, strong enough"
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +84,47 @@ async def test_v2_client_registers_with_the_go_relay_in_seed_mode(
 
 
 async def test_require_v2_refuses_the_go_relay(go_programs: None) -> None:
-    """The opt-in against a downgrade: the Go relay's port line is an error, not seed mode."""
+    """The opt-in against a downgrade: the Go relay's port line is an error, not seed mode,
+    and a permanent one (that relay will send its port line again)."""
     go_relay, control_port = harness.start_relay()
     try:
-        with pytest.raises(relay.SeedRelayError, match="did not offer registration v2"):
+        with pytest.raises(relay.SeedRelayError, match="did not offer registration v2") as info:
             await relay.start_server(
                 lambda r, w: asyncio.sleep(0), HOST, control_port, secret=SECRET, require_v2=True
             )
+        assert info.value.permanent
     finally:
         go_relay.close()
+
+
+async def test_the_go_relay_refusing_is_retried_as_before(
+    go_programs: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Go relay refuses by closing the connection without a line (here: it cannot open
+    a public port on an address it does not have). No class, no auth failure: a client
+    keeps trying, as it always did."""
+    caplog.set_level(logging.DEBUG, "relay.api")
+    go_relay, control_port = harness.start_relay("-public-bind", "192.0.2.1")
+    try:
+        served = RelayedServer(
+            lambda r, w: asyncio.sleep(0),
+            HOST,
+            control_port,
+            reconnect_delay=0.05,
+            reconnect_max_delay=0.1,
+        )
+        async with served:
+            await served.start(retry=True)
+            await asyncio.sleep(1.5)
+            assert served.refusal is None
+            assert served.registrations == 0
+    finally:
+        go_relay.close()
+    failed = [r.getMessage() for r in caplog.records if "cannot register" in r.getMessage()]
+    assert len(failed) >= 5  # each try at DEBUG, 0.05 s, 0.1 s, 0.1 s ... apart
+    assert all("closed the connection before sending a port line" in m for m in failed)
+    assert "a permanent refusal" not in caplog.text
+    assert "stopped" not in caplog.text
 
 
 @pytest.mark.parametrize("version", [1, 2])

@@ -22,6 +22,7 @@ from registration_support import (
     start_proxy_receiver,
 )
 
+from relay.client.forwarder import EXIT_REFUSED
 from relay.wire.v2 import parse_challenge, response_line
 from relay_support import (
     HOST,
@@ -82,8 +83,10 @@ def test_secret_from_the_environment_and_a_file(
 def test_wrong_secret_forwarder_exits_non_zero_saying_so(procs: Processes) -> None:
     relay, control = procs.relay("--secret", SECRET)
     before = listening_ports(relay.pid)
-    forwarder = procs.start_forwarder(control, 9, "--secret", "not the right one", "--no-reconnect")
-    assert forwarder.wait(15) == 1
+    forwarder = procs.start_forwarder(
+        control, 9, "--secret", "not the right one, but strong", "--no-reconnect"
+    )
+    assert forwarder.wait(15) == EXIT_REFUSED
     assert "the relay refused our secret: auth failed: wrong secret" in forwarder.stderr_text
     assert forwarder.stdout_text == ""
     assert listening_ports(relay.pid) == before
@@ -123,7 +126,7 @@ def test_require_v2_forwarder_exits_against_a_seed_relay(
         )
 
     refused = forwarder(seed)
-    assert refused.wait(15) == 1
+    assert refused.wait(15) == EXIT_REFUSED
     assert "the relay did not offer registration v2 (it sent a port line" in refused.stderr_text
     assert refused.stdout_text == ""  # no endpoint announced
     served = forwarder(v2)
@@ -134,7 +137,7 @@ def test_require_v2_forwarder_exits_against_a_seed_relay(
 def test_forwarder_without_secret_against_relay_with_one(procs: Processes) -> None:
     _, control = procs.relay("--secret", SECRET)
     forwarder = procs.start_forwarder(control, 9, "--no-reconnect")
-    assert forwarder.wait(15) == 1
+    assert forwarder.wait(15) == EXIT_REFUSED
     assert "this relay requires a secret and none is configured" in forwarder.stderr_text
 
 
@@ -152,7 +155,7 @@ def test_replayed_exchange_is_refused_with_nothing_allocated(procs: Processes) -
     with socket.create_connection((HOST, control), timeout=10) as sock:
         read_line(sock)  # a new challenge, with a new nonce
         sock.sendall(recorded)
-        assert read_line(sock) == b"error: auth failed: wrong secret\n"
+        assert read_line(sock) == b"error: auth failed: wrong secret; refusal=permanent\n"
         assert sock.recv(100) == b""
     assert listening_ports(relay.pid) == before
 
@@ -160,18 +163,25 @@ def test_replayed_exchange_is_refused_with_nothing_allocated(procs: Processes) -
 def test_auth_file_names_the_client(procs: Processes, echo_port: int, tmp_path: Path) -> None:
     auth = tmp_path / "auth.toml"
     auth.write_text(
-        '[clients.alice]\nsecret = "alice secret 1"\n\n[clients.bob]\nsecret = "bob secret 22"\n'
+        '[clients.alice]\nsecret = "alice secret 1, strong enough"\n\n'
+        '[clients.bob]\nsecret = "bob secret 22, strong enough"\n'
     )
     relay, control = procs.relay("--auth-file", str(auth))
     _, public = procs.forwarder(
-        control, echo_port, "--client-name", "bob", "--secret", "bob secret 22"
+        control, echo_port, "--client-name", "bob", "--secret", "bob secret 22, strong enough"
     )
     assert echo_roundtrip(public) == b"ping through the relay\n"
     relay.wait_line(rf"\(client bob\): public port {public}")
     refused = procs.start_forwarder(
-        control, echo_port, "--client-name", "alice", "--secret", "bob secret 22", "--no-reconnect"
+        control,
+        echo_port,
+        "--client-name",
+        "alice",
+        "--secret",
+        "bob secret 22, strong enough",
+        "--no-reconnect",
     )
-    assert refused.wait(15) == 1
+    assert refused.wait(15) == EXIT_REFUSED
     assert "unknown client or wrong secret" in refused.stderr_text
 
 
@@ -254,7 +264,8 @@ def test_help_shows_the_new_options() -> None:
 def test_clients_from_the_config_file(procs: Processes, echo_port: int, tmp_path: Path) -> None:
     config = tmp_path / "relay.toml"
     config.write_text(
-        '[[server.clients]]\nname = "carol"\nsecret = "carol secret 333"\nports = "1024-65535"\n'
+        '[[server.clients]]\nname = "carol"\nsecret = "carol secret 333, strong enough"\n'
+        'ports = "1024-65535"\n'
     )
     relay, control = procs.relay("--config", str(config))
     forwarder = procs.start(
@@ -267,7 +278,7 @@ def test_clients_from_the_config_file(procs: Processes, echo_port: int, tmp_path
             str(control),
         ],
         "forwarder",
-        env={"RELAY_SECRET": "carol secret 333"},
+        env={"RELAY_SECRET": "carol secret 333, strong enough"},
     )
     _, endpoint = forwarder.wait_line(r"^127\.0\.0\.1:(\d+)$", stream="stdout")
     assert echo_roundtrip(int(endpoint.group(1))) == b"ping through the relay\n"
@@ -277,8 +288,8 @@ def test_clients_from_the_config_file(procs: Processes, echo_port: int, tmp_path
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--secret", "short"], "a secret needs at least 8 bytes"),
-        (["--secret", "long enough", "--secret-file", "x"], "not both"),
+        (["--secret", "password"], "too weak: about 38 bits"),
+        (["--secret", "a long enough secret", "--secret-file", "x"], "not both"),
         (["--tls-cert", "/nonexistent.pem"], "no such file"),
         (["--tls-client-ca", "ca.pem"], "need --tls-cert"),
     ],
@@ -300,35 +311,44 @@ def test_editing_the_auth_file_revokes_a_client_without_a_restart(
     procs: Processes, echo_port: int, tmp_path: Path
 ) -> None:
     auth = tmp_path / "auth.toml"
-    alice = '[clients.alice]\nsecret = "alice secret 1"\n'
-    auth.write_text(alice + '\n[clients.bob]\nsecret = "bob secret 22"\n')
+    alice = '[clients.alice]\nsecret = "alice secret 1, strong enough"\n'
+    auth.write_text(alice + '\n[clients.bob]\nsecret = "bob secret 22, strong enough"\n')
     relay, control = procs.relay("--auth-file", str(auth))
     _, alice_public = procs.forwarder(
-        control, echo_port, "--client-name", "alice", "--secret", "alice secret 1"
+        control, echo_port, "--client-name", "alice", "--secret", "alice secret 1, strong enough"
     )
     bob, bob_public = procs.forwarder(
-        control, echo_port, "--client-name", "bob", "--secret", "bob secret 22", "--no-reconnect"
+        control,
+        echo_port,
+        "--client-name",
+        "bob",
+        "--secret",
+        "bob secret 22, strong enough",
+        "--no-reconnect",
     )
     assert echo_roundtrip(bob_public) == b"ping through the relay\n"
     auth.write_text("# bob's secret leaked\n" + alice)
     assert bob.wait(15) == 1  # disconnected, and with --no-reconnect it exits
     relay.wait_line(r"access ended or changed for bob")
-    relay.wait_line(
-        rf"client bob was removed from the auth file .*public port {bob_public} "
-        rf"closed"
-    )
+    relay.wait_line(rf"client bob was removed from the auth file; public port {bob_public} closed")
     assert bob_public not in listening_ports(relay.pid)
     assert echo_roundtrip(alice_public) == b"ping through the relay\n"
     again = procs.start_forwarder(
-        control, echo_port, "--client-name", "bob", "--secret", "bob secret 22", "--no-reconnect"
+        control,
+        echo_port,
+        "--client-name",
+        "bob",
+        "--secret",
+        "bob secret 22, strong enough",
+        "--no-reconnect",
     )
-    assert again.wait(15) == 1
+    assert again.wait(15) == EXIT_REFUSED
     assert "unknown client or wrong secret" in again.stderr_text
     # A broken edit keeps the clients in force.
     auth.write_text("[clients.alice\n")
     relay.wait_line(r"auth file .*: .*the clients in force stay")
     _, alice_again = procs.forwarder(
-        control, echo_port, "--client-name", "alice", "--secret", "alice secret 1"
+        control, echo_port, "--client-name", "alice", "--secret", "alice secret 1, strong enough"
     )
     assert echo_roundtrip(alice_again) == b"ping through the relay\n"
 
@@ -363,11 +383,15 @@ def test_tls_relay_out_of_file_descriptors_pauses_and_recovers(
     )
     _, match = relay.wait_line(SERVING)
     control = int(match.group(1))
-    silent = [socket.create_connection((HOST, control), timeout=10) for _ in range(100)]
+    # From another address: their ends count as failed handshakes, which block that address.
+    silent = [
+        socket.create_connection((HOST, control), timeout=10, source_address=("127.0.0.2", 0))
+        for _ in range(100)
+    ]
     try:
         relay.wait_line(
-            r"cannot accept on the control port \(\[Errno 24\] Too many open "
-            r"files\); pausing 1 s"
+            r"ERROR relay\.accept: cannot accept on the control port: Too many open files "
+            r"\(EMFILE\); not accepting there for 0\.1 s at a time"
         )
     finally:
         for sock in silent:
@@ -375,6 +399,8 @@ def test_tls_relay_out_of_file_descriptors_pauses_and_recovers(
     _, public = procs.forwarder(control, echo_port, "--tls-ca", str(certs.ca))
     assert echo_roundtrip(public) == b"ping through the relay\n"
     assert relay.alive()
+    relay.wait_line(r"accepting on the control port again: \d+ failed tries")
+    assert relay.stderr_text.count("relay.accept") == 2  # one episode, two lines
 
 
 def test_mutual_tls_from_the_command_line(

@@ -142,11 +142,13 @@ async def test_the_sessions_of_one_service_are_one_series_in_the_metrics(relay_v
         families = {
             f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
         }
-    series = [
-        (s.labels["service"], s.labels["direction"], s.value)
-        for s in families["relay_service_bytes"].samples
+    # Unauthenticated: the name is no label value; the public port names the service.
+    labels = {"client": "anonymous", "service": str(server.public_port)}
+    series = [(s.labels, s.value) for s in families["relay_service_bytes"].samples]
+    assert series == [({**labels, "direction": "in"}, 55), ({**labels, "direction": "out"}, 55)]
+    assert [(s.labels, s.value) for s in families["relay_service_sessions"].samples] == [
+        (labels, 2)
     ]
-    assert series == [("web", "in", 55), ("web", "out", 55)]
     assert len(families["relay_keepalive_rtt_seconds"].samples) == 1
 
 

@@ -29,6 +29,8 @@ from testkit.procs import Proc
 pytestmark = pytest.mark.e2e
 
 METRICS = r"metrics on http://([\d.]+:\d+)/metrics"
+ALICE_SECRET = "9f1c2e7a5b3d8046c1e9a7f2b5d3c810"
+BOB_SECRET = "4b7e0d2a9c6f1358e2a0c7d9f4b6e135"
 
 
 async def get(endpoint: str, path: str) -> str:
@@ -385,12 +387,12 @@ async def test_a_service_of_two_sessions_has_one_on_each_worker_and_outlives_one
 
 async def test_sighup_and_the_auth_file_reach_every_worker(procs: Processes, tmp_path) -> None:
     auth = tmp_path / "clients.toml"
-    bob = '[clients.bob]\nsecret = "bob secret 22"\n'
-    auth.write_text('[clients.alice]\nsecret = "alice secret 1"\n\n' + bob)
+    bob = f'[clients.bob]\nsecret = "{BOB_SECRET}"\n'
+    auth.write_text(f'[clients.alice]\nsecret = "{ALICE_SECRET}"\n\n' + bob)
     supervisor, control, metrics = start_workers(procs, "--auth-file", str(auth))
     async with AsyncExitStack() as stack:
         by_worker = await spread(
-            stack, control, metrics, client_name="alice", secret="alice secret 1", reconnect=False
+            stack, control, metrics, client_name="alice", secret=ALICE_SECRET, reconnect=False
         )
         auth.write_text(bob)  # alice's access ends
         supervisor.send_signal(signal.SIGHUP)
@@ -452,15 +454,15 @@ async def test_failed_proofs_count_on_every_worker(procs: Processes, tmp_path) -
     from relay.errors import RegistrationError
 
     secret = tmp_path / "secret"
-    secret.write_text("the right secret\n")
+    secret.write_text(f"{ALICE_SECRET}\n")
     _, control, _ = start_workers(procs, "--secret-file", str(secret))
     for _ in range(5):
         with pytest.raises(RegistrationError, match="auth failed"):
-            await relay.register(HOST, control, secret="a wrong secret", reconnect=False)
+            await relay.register(HOST, control, secret=BOB_SECRET, reconnect=False)
     await asyncio.sleep(1.5)
     for _ in range(6):  # the kernel spreads these over both workers
         with pytest.raises(RegistrationError, match="too many failed registrations"):
-            await relay.register(HOST, control, secret="the right secret")
+            await relay.register(HOST, control, secret=ALICE_SECRET)
 
 
 async def test_tls_workers_each_make_their_context_from_the_files(

@@ -42,32 +42,41 @@ logger = logging.getLogger("relay.cli")
 EXIT_SIGINT = drain.EXIT_SIGINT
 
 
-def _json_requested(argv: Sequence[str]) -> bool:
-    """``--log-format json`` on the command line or in RELAY_LOG_FORMAT (before parsing)."""
+def requested_log_format(argv: Sequence[str], ctx: click.Context | None) -> str:
+    """The ``--log-format`` asked for however it was given (flag, RELAY_LOG_FORMAT, the
+    config file), even when the command line did not parse; ``text`` if none."""
     log_format = declaration(ProcessOptions, "log_format")
+    asked: str | None = None
     for i, arg in enumerate(argv):
-        if arg == f"{log_format.flag}=json" or (
-            arg == log_format.flag and argv[i + 1 : i + 2] == ["json"]
-        ):
-            return True
-    return os.environ.get(log_format.envvar) == "json"
+        if arg.startswith(log_format.flag + "="):
+            asked = arg.partition("=")[2]
+        elif arg == log_format.flag and i + 1 < len(argv):
+            asked = argv[i + 1]
+    if asked is None:
+        asked = os.environ.get(log_format.envvar)
+    while asked is None and ctx is not None:
+        asked = (ctx.default_map or {}).get(log_format.name)
+        ctx = ctx.parent
+    return asked if asked in logs.LOG_FORMATS else logs.LOG_FORMATS[0]
 
 
 def main() -> None:
     """Console script entry point (``relay``).
 
-    With ``--log-format json`` a usage error is one JSON log line too, so that
-    every stderr line stays a JSON object; otherwise click prints it as usual.
+    With ``--log-format json`` (or ``logfmt``) a usage error is one log line in that
+    format too, so that every stderr line stays one; otherwise click prints it as usual.
     """
     argv = sys.argv[1:]
     try:
         code = cli.main(argv, prog_name="relay", standalone_mode=False)
     except click.ClickException as exc:
-        if not _json_requested(argv):
+        ctx = exc.ctx if isinstance(exc, click.UsageError) else None
+        log_format = requested_log_format(argv, ctx)
+        if log_format == "text":
             exc.show()
         else:
-            logs.setup("info", "json")
-            usage = exc.ctx.get_usage() if isinstance(exc, click.UsageError) and exc.ctx else None
+            logs.setup("info", log_format)
+            usage = ctx.get_usage() if ctx is not None else None
             logger.error(
                 "%s", exc.format_message(), extra={"exit_code": exc.exit_code, "usage": usage}
             )

@@ -15,7 +15,7 @@ from ..server.interface import Relay
 from ..server.notify import NotifyRelay
 from ..server.relay import RelayServer
 from ..server.siblings import WorkerRole
-from .registry import loaded_config, usage_errors
+from .registry import loaded_config, usage_errors, with_credentials
 
 
 def process_options(ctx: click.Context, values: Mapping[str, Any]) -> ProcessOptions:
@@ -30,7 +30,7 @@ def relay_options(ctx: click.Context, values: Mapping[str, Any]) -> RelayOptions
         clients = None
         if found is not None and found.clients:
             clients = parse_auth_clients(found.clients, found.path.parent)
-        return RelayOptions.from_values(values, auth_clients=clients)
+        return RelayOptions.from_values(with_credentials(ctx, values), auth_clients=clients)
 
 
 def build_server(ctx: click.Context, port: int, options: RelayOptions) -> Relay:
@@ -61,21 +61,33 @@ def build_forwarder(
     first, when the file's services are not used); ``--service`` adds more.
     """
     with usage_errors(ctx):
-        options = ForwardOptions.from_values(values)
+        options = ForwardOptions.from_values(with_credentials(ctx, values))
         ready = ReadyWhenAllRegistered(len(services) + len(options.service))
         return Forwarder(host, port, *services, options=options, on_endpoint=ready)
 
 
 class ReadyWhenAllRegistered:
-    """Print each endpoint; tell systemd READY=1 once every service got its first one."""
+    """Print each endpoint; tell systemd READY=1 once every service got its first one, and
+    the current endpoints in STATUS= after every registration from then on.
+
+    With several services a line is ``NAME HOST:PORT``: a service registering twice
+    before another one did (a blip) still leaves that one waiting.
+    """
 
     def __init__(self, services: int) -> None:
-        self.waiting = services
-        self.endpoints: list[str] = []
+        self.services = services
+        self.endpoints: dict[str, str] = {}
+        """The latest line of each service, by its name (the only one: by "")."""
 
     def __call__(self, endpoint: str) -> None:
         print_endpoint(endpoint)
-        self.endpoints.append(endpoint)
-        self.waiting -= 1
-        if self.waiting == 0:
-            sdnotify.ready("forwarding; public endpoints " + " ".join(self.endpoints))
+        name = endpoint.split(" ", 1)[0] if self.services > 1 else ""
+        first = len(self.endpoints) < self.services
+        self.endpoints[name] = endpoint
+        if len(self.endpoints) < self.services:
+            return
+        status = "forwarding; public endpoints " + ", ".join(self.endpoints.values())
+        if first:
+            sdnotify.ready(status)
+        else:
+            sdnotify.notify(f"STATUS={status}")

@@ -9,6 +9,7 @@ import click
 
 from ..options import Service
 from ..options.kinds import PORT
+from ..options.secret import MIN_SECRET_BITS, generate_secret, write_secret_file
 from .arguments import (
     check_mode_options,
     check_seed_arguments,
@@ -19,6 +20,7 @@ from .arguments import (
 from .help_layout import (
     CONTEXT,
     FORWARD_HELP,
+    GEN_SECRET_HELP,
     SEED_HELP,
     SERVER_HELP,
     GroupedCommand,
@@ -145,6 +147,39 @@ forward_command = GroupedCommand(
 )
 
 
+def _gen_secret(output: str | None) -> None:
+    secret = generate_secret()
+    if output is None:
+        click.echo(secret)
+        return
+    try:
+        write_secret_file(output, secret)
+    except FileExistsError:
+        raise click.ClickException(
+            f"{output} exists: a secret file is never overwritten (its clients would be "
+            f"locked out); remove it first or choose another name"
+        ) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
+    click.echo(f"wrote a new secret to {output} (mode 0600)", err=True)
+
+
+gen_secret_command = click.Command(
+    "gen-secret",
+    callback=_gen_secret,
+    help=GEN_SECRET_HELP,
+    context_settings=CONTEXT,
+    short_help=f"Print a new secret (at least {MIN_SECRET_BITS} bits are required).",
+    params=[
+        click.Option(
+            ["-o", "--output"],
+            metavar="FILE",
+            help="Write it to FILE (created with mode 0600; an existing file is left alone).",
+        )
+    ],
+)
+
+
 class RelayCLI(click.Group):
     """``relay server|forward ...``; anything else is the seed form (``seed_command``)."""
 
@@ -166,5 +201,8 @@ class RelayCLI(click.Group):
 
 
 cli = RelayCLI(
-    "relay", commands=[server_command, forward_command], context_settings=CONTEXT, help=SEED_HELP
+    "relay",
+    commands=[server_command, forward_command, gen_secret_command],
+    context_settings=CONTEXT,
+    help=SEED_HELP,
 )

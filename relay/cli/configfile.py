@@ -1,6 +1,7 @@
 """``--config FILE``: the TOML file becomes the command's ``default_map``.
 
 Precedence stays click's: command line > environment > config file > default.
+Paths in the file are relative to the file (``relay.options.sources``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import click
 
 from ..ops import config as config_file
 from ..options import ENV_PREFIX
+from ..options.sources import in_config_file
 from .registry import COMMON, CONFIG_META, FORWARDER, RELAY, GroupedOption, option_names
 
 
@@ -33,7 +35,10 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -
         *modes.get(ctx.info_name or "", (config_file.SERVER_SECTION, config_file.FORWARD_SECTION))
     )
     arguments = config_file.SERVER_ARGUMENTS | config_file.FORWARD_ARGUMENTS
-    ctx.default_map = {k: v for k, v in defaults.items() if k not in arguments}
+    directory = loaded.path.absolute().parent
+    ctx.default_map = in_config_file(
+        {k: v for k, v in defaults.items() if k not in arguments}, directory
+    )
     ctx.meta[CONFIG_META] = loaded
 
 

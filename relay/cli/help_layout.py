@@ -99,8 +99,9 @@ relay forward LOCAL_PORT HOST PORT):
 
 \b
 Commands (each with its own --help):
-  server   run a relay:      relay server [OPTIONS] PORT
-  forward  run a forwarder:  relay forward [OPTIONS] LOCAL_PORT HOST PORT
+  server      run a relay:      relay server [OPTIONS] PORT
+  forward     run a forwarder:  relay forward [OPTIONS] LOCAL_PORT HOST PORT
+  gen-secret  make a secret:    relay gen-secret [--output FILE]
 
 \b
 Examples:
@@ -120,7 +121,8 @@ Precedence: command line > environment > config file > default.
 Logs go to stderr; the forwarder's stdout carries only endpoints.
 Exit status: 0 on success and after SIGTERM, 130 after Ctrl-C (SIGINT),
 2 on a usage error, 1 on a runtime failure (the control port is in use,
-the relay is lost with --no-reconnect, ...).
+the relay is lost with --no-reconnect, ...), 78 when the forwarder stops
+on a permanent refusal (a wrong secret, a port not allowed, ...).
 """
 
 SERVER_HELP = """Run a relay: accept registrations on control PORT.
@@ -167,6 +169,24 @@ line is NAME HOST:PUBLIC_PORT.
 
 \b
 The seed form "relay --localForwardPort=6379 HOST PORT" is the same command.
+A permanent refusal (a wrong secret, an unknown client, a port not allowed)
+stops it with one ERROR line that says what to fix; --retry-permanent keeps
+trying instead, every few minutes at most.
+
+\b
 Exit status: 0 after SIGTERM, 130 after Ctrl-C, 2 on a usage error, 1 when
-the relay is lost with --no-reconnect.
+the relay is lost with --no-reconnect, 78 on a permanent refusal.
+"""
+
+GEN_SECRET_HELP = """Print a new secret: 256 random bits as 64 hex digits.
+
+\b
+The relay and the forwarder refuse secrets of less than 128 bits (estimated
+from length and characters). openssl rand -hex 32 makes the same kind.
+
+\b
+Examples:
+  relay gen-secret --output relay.secret    # mode 0600, never overwrites
+  relay server --secret-file relay.secret 7000
+  relay forward --secret-file relay.secret 6379 relay.example.com:7000
 """

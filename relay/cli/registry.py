@@ -28,9 +28,12 @@ from ..options import (
 )
 from ..options.declare import own_declarations
 from ..options.kinds import Flag, Kind
+from ..options.sources import credential_files
 
 CONFIG_META = "relay.config"
 """Key of the loaded config file in ``click.Context.meta``."""
+CREDENTIALS_META = "relay.credentials"
+"""Key of the options taken from systemd credentials in ``click.Context.meta``."""
 
 RELAY, FORWARDER, COMMON = "relay", "forwarder", "common"
 """Option groups: relay-only, forwarder-only, both."""
@@ -78,6 +81,8 @@ class GroupedOption(click.Option):
         source = ctx.meta.get(f"relay.source.{self.name}") if ctx is not None else None
         if source is click.core.ParameterSource.ENVIRONMENT and self.envvar:
             return f"{hint} (env var {self.envvar})"
+        if ctx is not None and self.name in ctx.meta.get(CREDENTIALS_META, {}):
+            return f"{hint} (systemd credential {ctx.meta[CREDENTIALS_META][self.name]})"
         if source is click.core.ParameterSource.DEFAULT_MAP and ctx is not None:
             found = loaded_config(ctx)
             return f"{hint} (in {found.path if found is not None else 'the config file'})"
@@ -126,6 +131,14 @@ def option_names(*groups: str) -> set[str]:
 def loaded_config(ctx: click.Context) -> config_file.ConfigFile | None:
     found: config_file.ConfigFile | None = ctx.meta.get(CONFIG_META)
     return found
+
+
+def with_credentials(ctx: click.Context, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with the file options not given taken from systemd's credentials."""
+    given = {name for name, value in values.items() if value is not None}
+    found = credential_files(values.keys(), given)
+    ctx.meta[CREDENTIALS_META] = found
+    return {**values, **found}
 
 
 def _spelled(name: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -23,7 +24,6 @@ from .build import (
     process_options,
     relay_options,
 )
-from .help_layout import DISTRIBUTION
 
 logger = logging.getLogger("relay.cli")
 
@@ -41,7 +41,8 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     except ImportError:
         if choice == "uvloop":
             raise click.UsageError(
-                f"--event-loop uvloop: uvloop is not installed (pip install '{DISTRIBUTION}[fast]')"
+                "--event-loop uvloop: uvloop is not installed (pip install uvloop, or install "
+                "relay with its fast extra: pip install '.[fast]')"
             ) from None
         return None
     return uvloop.new_event_loop
@@ -55,6 +56,7 @@ def run_server(ctx: click.Context, port: int, values: Mapping[str, Any]) -> NoRe
         run_workers(ctx, port, options, process, loop_factory)
     server = build_server(ctx, port, options)
     setup_logging(process)
+    raise_fd_limit()
     ctx.exit(
         drain.run_until_signal(
             lambda: _serve_relay(server, port, process.metrics),
@@ -77,6 +79,7 @@ def run_workers(
     check_worker_options(ctx, port, options)
     supervisor = Supervisor(port, options, process, uvloop=loop_factory is not None)
     logs.setup(process.level, process.log_format, connection_log=process.connection_log, worker=0)
+    raise_fd_limit()
     ctx.exit(
         drain.run_until_signal(
             lambda: _supervise(supervisor, process.metrics),
@@ -90,14 +93,15 @@ def run_workers(
 
 
 async def _supervise(supervisor: Supervisor, metrics_address: tuple[str, int] | None) -> int:
-    from ..ops import metrics
+    from ..ops import http
     from ..workers.aggregate import WorkersCollector, workers_status
 
     try:
-        async with metrics.exposed(
+        async with http.exposed(
             metrics_address,
             WorkersCollector(supervisor),
             lambda: workers_status(supervisor),
+            supervisor.readiness,
             refresh=supervisor.refresh,
         ):
             return await supervisor.run()
@@ -121,6 +125,7 @@ def run_forward(
     forwarder = build_forwarder(ctx, host, port, services, values)
     loop_factory = event_loop_factory(process.event_loop)
     setup_logging(process)
+    raise_fd_limit()
     ctx.exit(
         drain.run_until_signal(
             lambda: _run_forwarder(forwarder, process.metrics),
@@ -133,12 +138,13 @@ def run_forward(
 
 
 async def _run_forwarder(forwarder: Forwarder, metrics_address: tuple[str, int] | None) -> int:
-    from ..ops import metrics
+    from ..ops import http, metrics
 
-    async with metrics.exposed(
+    async with http.exposed(
         metrics_address,
         metrics.ForwarderCollector(forwarder),
         lambda: metrics.forwarder_status(forwarder),
+        forwarder.readiness,
     ):
         return await forwarder.run()
 
@@ -147,8 +153,28 @@ def setup_logging(process: ProcessOptions) -> None:
     logs.setup(process.level, process.log_format, connection_log=process.connection_log)
 
 
+def raise_fd_limit() -> None:
+    """Every connection is a file descriptor (two on a forwarder): take all the system
+    allows (the soft RLIMIT_NOFILE up to the hard one) and say how many that is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        logger.info("file descriptors: at most %d (ulimit -n)", soft)
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        logger.warning(
+            "file descriptors: at most %d; cannot raise it to the hard limit %d: %s",
+            soft,
+            hard,
+            exc,
+        )
+        return
+    logger.info("file descriptors: at most %d (the hard limit; the soft one was %d)", hard, soft)
+
+
 async def _serve_relay(server: Relay, port: int, metrics_address: tuple[str, int] | None) -> int:
-    from ..ops import metrics
+    from ..ops import http, metrics
 
     try:
         await server.start()
@@ -158,11 +184,14 @@ async def _serve_relay(server: Relay, port: int, metrics_address: tuple[str, int
     except OSError as exc:
         logger.error("cannot listen on port %d: %s", port, exc.strerror or exc)
         return 1
-    sdnotify.ready(f"serving relay requests on port {server.port}")
     try:
-        async with metrics.exposed(
-            metrics_address, metrics.RelayCollector(server), lambda: metrics.relay_status(server)
+        async with http.exposed(
+            metrics_address,
+            metrics.RelayCollector(server),
+            lambda: metrics.relay_status(server),
+            server.readiness,
         ):
+            sdnotify.ready(f"serving relay requests on port {server.port}")
             await server.serve_forever()
     except OSError as exc:
         logger.error(

@@ -34,6 +34,7 @@ from ..net import describe_os_error, format_endpoint
 from ..options import ForwardOptions, OptionError, Service
 from ..options.declare import takes_options
 from ..pipe import SocketEnd, pipe
+from ..server.interface import Readiness
 from ..stats import Traffic
 from ..wire.proxy_header import ProxyAddresses, header
 from .relayed_server import RelayedServer
@@ -41,6 +42,12 @@ from .relays import RelayAddress, relay_addresses, relayed_server
 
 logger = logging.getLogger("relay.forwarder")
 connections_logger = logging.getLogger("relay.connections")
+
+EXIT_LOST = 1
+"""``run()`` when a relay session is lost and reconnecting is off."""
+EXIT_REFUSED = 78
+"""``run()`` after a permanent refusal: sysexits' EX_CONFIG, which a systemd unit's
+``RestartPreventExitStatus=78`` keeps from being restarted into the same refusal."""
 
 
 async def _first_of(
@@ -139,8 +146,29 @@ class Forwarder:
         """The servers of ``service``, one per relay (none while not running)."""
         return [server for owner, server in self._placed if owner is service]
 
+    def readiness(self) -> Readiness:
+        """Ready while every service is registered with at least one of its relays, until
+        the drain starts."""
+        if self.draining:
+            return Readiness(False, "draining")
+        relays = ", ".join(relay.endpoint for relay in self.relays) or self.relay_endpoint
+        waiting = [
+            service.label
+            for service in self.services
+            if not any(server.is_serving() for server in self.servers_of(service))
+        ]
+        if not self.servers or waiting:
+            return Readiness(
+                False,
+                f"not registered with the relay at {relays}: "
+                + ", ".join(waiting or (s.label for s in self.services)),
+            )
+        return Readiness(True, f"registered with the relay at {relays}")
+
     async def run(self) -> int:
-        """Serve until cancelled; returns 1 when the relays of a service are lost and
+        """Serve until cancelled. Returns when a service stops on every relay:
+        ``EXIT_REFUSED`` after a permanent refusal (the other services stop too: the
+        configuration needs a fix), ``EXIT_LOST`` when its relay sessions are lost and
         reconnecting is off."""
         self.relays = await relay_addresses((self.relay_host, self.relay_port), self.options.relays)
         self._placed = [
@@ -167,7 +195,8 @@ class Forwarder:
             await _first_of(
                 [self._lost(service) for service in self.services], asyncio.FIRST_COMPLETED
             )
-            return 1
+            refused = any(server.refusal is not None for server in self.servers)
+            return EXIT_REFUSED if refused else EXIT_LOST
         finally:
             for server in self.servers:
                 server.close()

@@ -8,6 +8,12 @@ ngrok's agent caps at 30 s and frp at 20 s; 5 s keeps the endpoint's outage
 within a few seconds of the relay's, while a down relay costs one connection
 attempt per forwarder every ~5 s (1000 forwarders: ~200 refused SYNs a
 second). The jitter spreads the forwarders of a restarted relay apart.
+
+A permanent refusal (docs/protocol.md 1.1) stops the server, unless it is told
+to keep trying (``retry_permanent``): then the delay starts at the transient
+cap and doubles up to ``PERMANENT_MAX_DELAY``, so a forwarder with a stale
+secret costs the relay one try every 5 minutes, not every 5 s. A relay's
+``retry-after`` is a lower bound of the next delay.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import time
 
 from yamux.ratelimit import RateLimitedLog
 
+PERMANENT_MAX_DELAY = 300.0
+"""Longest delay after a permanent refusal, with ``retry_permanent``."""
 RETRY_LOG_INTERVAL = 60.0
 """While the relay stays unreachable, one WARNING per this many seconds (each try at DEBUG)."""
 
@@ -40,6 +48,15 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+    def spread(self, seconds: float) -> float:
+        """``seconds`` plus up to ``jitter`` of it: a wait of at least that long."""
+        return seconds * random.uniform(1, 1 + self.jitter)
+
+    @classmethod
+    def after_permanent(cls, transient: Backoff) -> Backoff:
+        """The backoff after permanent refusals: from ``transient``'s cap to minutes."""
+        return cls(transient.maximum, max(PERMANENT_MAX_DELAY, transient.maximum))
 
 
 class RetryLog:
@@ -74,6 +91,19 @@ class RetryLog:
         )
         self._limited.log(
             logging.WARNING, "failed", "%s: %s; retrying in %.2f s", self.what, reason, delay
+        )
+
+    def refused(self, reason: str, delay: float) -> None:
+        """A permanent refusal, retried as asked: every one at WARNING (they are minutes
+        apart once the backoff has grown)."""
+        if self.failures == 0:
+            self._first = time.monotonic()
+        self.failures += 1
+        self.logger.warning(
+            "%s: %s; a permanent refusal, retrying in %.2f s (retry_permanent)",
+            self.what,
+            reason,
+            delay,
         )
 
     def recovered(self) -> None:

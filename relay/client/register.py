@@ -113,8 +113,13 @@ async def connect(
         )
     except TimeoutError:
         what = "connect to" if protocol is None else "get a port line from"
+        hint = (
+            " (if it serves TLS on this port, connect with --tls)"
+            if protocol is not None and not ssl
+            else ""
+        )
         raise TimeoutError(
-            f"could not {what} the relay at {endpoint} within {options.connect_timeout:g} s"
+            f"could not {what} the relay at {endpoint} within {options.connect_timeout:g} s{hint}"
         ) from None
     finally:
         if not registered and protocol is not None:

@@ -14,7 +14,7 @@ import logging
 
 import yamux
 
-from ..errors import RegistrationError, RelayClosedError
+from ..errors import RegistrationError, RelayClosedError, RelayRefusedError
 from ..options import RegistrationOptions
 from ..wire.greeting import (
     ERROR_PREFIX,
@@ -23,20 +23,30 @@ from ..wire.greeting import (
     parse_greeting,
     plausible_prefix,
 )
+from ..wire.refusal import parse_refusal
 from ..wire.v2 import (
+    AUTH_FAILED,
     FEATURE_CLIENT_ADDR,
     FEATURE_SERVICE,
     FEATURE_SESSIONS,
+    NEEDS_NAME,
     AuthenticationError,
     HandshakeError,
     SeedRelayError,
     is_challenge,
     parse_challenge,
-    refusal,
     response_line,
 )
 
 logger = logging.getLogger("relay.handshake")
+
+
+def refused(line: bytes) -> RelayRefusedError:
+    """The exception for an ``error: ...`` line that is not a challenge: its reason, and
+    whether it is permanent (its class, or for an older relay's line, an auth failure)."""
+    refusal = parse_refusal(line)
+    error = AuthenticationError if refusal.reason.startswith(AUTH_FAILED) else RelayRefusedError
+    return error(refusal.reason, permanent=refusal.permanent, retry_after=refusal.retry_after)
 
 
 class RegisteringProtocol(asyncio.Protocol):
@@ -90,7 +100,14 @@ class RegisteringProtocol(asyncio.Protocol):
             self._answer(line, rest)
             return
         if line.startswith(ERROR_PREFIX):
-            self._fail(refusal(line))
+            error = refused(line)
+            if NEEDS_NAME in error.reason and self.options.client_name is None:
+                error = AuthenticationError(
+                    f"{error.reason}: give our name in its auth file with --client-name "
+                    f"(RELAY_CLIENT_NAME, client_name=)",
+                    permanent=True,
+                )
+            self._fail(error)
             return
         if self.version == 1 and self.options.require_v2:
             self._fail(SeedRelayError())

@@ -36,17 +36,19 @@ from typing import Any
 
 import yamux
 
-from ..errors import RegistrationError, RelayDisconnectedError
+from ..errors import (
+    PermanentRefusalError,
+    RegistrationError,
+    RelayDisconnectedError,
+    RelayError,
+    RelayRefusedError,
+)
 from ..net import describe_os_error, format_endpoint
 from ..options import RegistrationOptions
 from ..options.declare import takes_options
-from ..wire.proxy_header import (
-    V2_HEADER_LENGTH,
-    ProxyAddresses,
-    parse_v2_fixed,
-    parse_v2_payload,
-)
+from .client_address import read_client_address
 from .reconnect import Backoff, RetryLog
+from .refusals import what_to_fix
 from .register import Registration, connect
 
 logger = logging.getLogger("relay.api")
@@ -62,6 +64,8 @@ class _Lane:
         self.backoff = backoff
         self.session: yamux.Session | None = None
         """Its current session (None before its first registration)."""
+        self.refused_backoff = Backoff.after_permanent(backoff)
+        """Its delays after permanent refusals (``retry_permanent``)."""
         self.task: asyncio.Task[None] | None = None
         """Its reconnect loop (the first lane's runs in the server's own task)."""
 
@@ -75,7 +79,10 @@ class RelayedServer:
     endpoint goes to ``on_endpoint(endpoint)`` and to ``wait_endpoint()``.
     Handlers of a lost session are cancelled (their streams are gone). With
     ``reconnect=False`` the server stops when the relay is lost and
-    ``close_reason`` says why.
+    ``close_reason`` says why. A permanent refusal (a wrong secret, a port the
+    client may never have: ``RegistrationError.permanent``) stops it too, with
+    one ERROR line that says what to fix, unless ``retry_permanent``: then it
+    tries again from ``reconnect_max_delay`` doubling up to 5 minutes.
 
     ``start()`` registers once (and raises if that fails, like
     ``asyncio.start_server`` on a bad address); ``start(retry=True)`` keeps
@@ -115,10 +122,13 @@ class RelayedServer:
         self.relay_port = relay_port
         self.reconnect = checked.reconnect
         """Register again when the relay is lost (the forwarder's drain turns it off)."""
+        self.retry_permanent = checked.retry_permanent
         self.on_endpoint = on_endpoint
         self.backoff = Backoff(checked.reconnect_delay, checked.reconnect_max_delay)
         """The first lane's; each lane backs off on its own."""
         self._lanes = [_Lane(0, self.backoff)]
+        self.refusal: RegistrationError | None = None
+        """The permanent refusal that stopped the server, if one did."""
         self.public_port: int | None = None
         """The public port of the current (or, while reconnecting, the last) registration."""
         self.client_address = False
@@ -198,13 +208,14 @@ class RelayedServer:
     async def wait_endpoint(self) -> str:
         """The public endpoint once registered: now if serving, else after the next registration.
 
-        Raises RelayDisconnectedError if the server stops first (closed, or the
-        relay lost with ``reconnect=False``).
+        Raises PermanentRefusalError if the server stopped on a permanent refusal,
+        RelayDisconnectedError if it stops otherwise (closed, or the relay lost with
+        ``reconnect=False``).
         """
         if self.is_serving():
             return self.public_endpoint
         if self._task is None or self._task.done():
-            raise RelayDisconnectedError(self._stopped_message())
+            raise self._stopped_error()
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._endpoint_waiters.append(waiter)
         try:
@@ -242,7 +253,8 @@ class RelayedServer:
     async def serve_forever(self) -> None:
         """Serve until cancelled (then close) or until close(); raise if it stops on its own.
 
-        It stops on its own only with ``reconnect=False``, when the relay is lost.
+        It stops on its own on a permanent refusal (PermanentRefusalError), and with
+        ``reconnect=False`` when the relay is lost (RelayDisconnectedError).
         """
         try:
             await self.wait_closed()
@@ -251,7 +263,7 @@ class RelayedServer:
             await self.wait_closed()
             raise
         if not self._closing:
-            raise RelayDisconnectedError(self._stopped_message())
+            raise self._stopped_error()
 
     async def __aenter__(self) -> RelayedServer:
         return self
@@ -261,10 +273,26 @@ class RelayedServer:
         await self.wait_closed()
 
     # ------------------------------------------------------------- internals
-    def _stopped_message(self) -> str:
+    def _stopped_error(self) -> RelayError:
+        """What waiting for this server raises once it stopped."""
         if self._closing:
-            return "the server is closed"
-        return f"lost the relay at {self.relay_endpoint}: {self._lost_reason}"
+            return RelayDisconnectedError("the server is closed")
+        if self.refusal is not None:
+            refusal = self.refusal
+            reason = refusal.reason if isinstance(refusal, RelayRefusedError) else str(refusal)
+            error = PermanentRefusalError(
+                f"stopped registering with the relay at {self.relay_endpoint}: {refusal}", reason
+            )
+            error.__cause__ = refusal
+            return error
+        return RelayDisconnectedError(
+            f"lost the relay at {self.relay_endpoint}: {self._lost_reason}"
+        )
+
+    @property
+    def _what(self) -> str:
+        service = f" {self.options.name}" if self.options.name else ""
+        return f"cannot register{service} with the relay at {self.relay_endpoint}"
 
     async def _register(self) -> Registration:
         return await connect(
@@ -275,11 +303,13 @@ class RelayedServer:
         """The first lane, then the others until they stop too; everything ends here."""
         try:
             await self._maintain(self._lanes[0], first)
-            while running := [
-                lane.task
-                for lane in self._lanes[1:]
-                if lane.task is not None and not lane.task.done()
-            ]:
+            while self.refusal is None and (
+                running := [
+                    lane.task
+                    for lane in self._lanes[1:]
+                    if lane.task is not None and not lane.task.done()
+                ]
+            ):
                 await asyncio.wait(running)
         finally:
             others = [lane.task for lane in self._lanes[1:] if lane.task is not None]
@@ -290,12 +320,12 @@ class RelayedServer:
             await self._cancel_handlers()
             for waiter in self._endpoint_waiters:
                 if not waiter.done():
-                    waiter.set_exception(RelayDisconnectedError(self._stopped_message()))
+                    waiter.set_exception(self._stopped_error())
 
     async def _maintain(self, lane: _Lane, session: yamux.Session | None) -> None:
         """One lane's reconnect loop: register, serve until the session ends, wait, again."""
         loop = asyncio.get_running_loop()
-        what = f"cannot register with the relay at {self.relay_endpoint}"
+        what = self._what
         retries = RetryLog(logger, what if lane.index == 0 else f"session {lane.index + 1}: {what}")
         try:
             while True:
@@ -303,24 +333,13 @@ class RelayedServer:
                     try:
                         registered = await self._register()
                     except (OSError, TimeoutError) as exc:  # RegistrationError is an OSError
-                        reason = (
-                            str(exc)
-                            if isinstance(exc, RegistrationError | TimeoutError)
-                            else describe_os_error(exc)
-                        )
-                        if not self.reconnect:
-                            logger.error(
-                                "cannot register with the relay at %s: %s",
-                                self.relay_endpoint,
-                                reason,
-                            )
-                            self._lost_reason = reason
+                        delay = self._after_failure(exc, lane, retries)
+                        if delay is None:
                             return
-                        delay = lane.backoff.next_delay()
-                        retries.failed(reason, delay)
                         await asyncio.sleep(delay)
                         continue
                     retries.recovered()
+                    lane.refused_backoff.reset()
                     session = self._attach(lane, registered)
                 started = loop.time()
                 reason = await self._serve(session)
@@ -353,6 +372,41 @@ class RelayedServer:
             if lane.session is not None:
                 lane.session.close()
                 await lane.session.wait_closed()
+
+    def _after_failure(
+        self, exc: OSError | TimeoutError, lane: _Lane, retries: RetryLog
+    ) -> float | None:
+        """Seconds until ``lane`` tries again after a failed registration; None: stop (logged)."""
+        reason = (
+            str(exc)
+            if isinstance(exc, RegistrationError | TimeoutError)
+            else describe_os_error(exc)
+        )
+        permanent = exc if isinstance(exc, RegistrationError) and exc.permanent else None
+        if permanent is not None and not (self.retry_permanent and self.reconnect):
+            self.refusal = permanent
+            self._lost_reason = reason
+            logger.error(
+                "%s: %s; stopped, as trying again cannot succeed: %s%s",
+                self._what,
+                reason,
+                what_to_fix(permanent),
+                "; --retry-permanent (retry_permanent=True) keeps trying" if self.reconnect else "",
+            )
+            return None
+        if not self.reconnect:
+            logger.error("%s: %s", self._what, reason)
+            self._lost_reason = reason
+            return None
+        if permanent is not None:
+            delay = lane.refused_backoff.next_delay()
+            retries.refused(reason, delay)
+            return delay
+        delay = lane.backoff.next_delay()
+        if isinstance(exc, RelayRefusedError) and exc.retry_after is not None:
+            delay = max(delay, lane.backoff.spread(exc.retry_after))
+        retries.failed(reason, delay)
+        return delay
 
     def _attach(self, lane: _Lane, registration: Registration) -> yamux.Session:
         """A new registration of ``lane``; tell whoever waits for the endpoint, unless the
@@ -428,20 +482,3 @@ class RelayedServer:
     async def _handle(self, reader: yamux.Stream, writer: yamux.Stream) -> None:
         await read_client_address(reader)
         await self._handler(reader, writer)
-
-
-async def read_client_address(stream: yamux.Stream) -> ProxyAddresses | None:
-    """Read a stream's PROXY v2 header; the public client becomes its ``peername``.
-
-    The addresses are also ``get_extra_info("client_address")``: a ProxyAddresses,
-    or None if the relay did not know them (a LOCAL header).
-    """
-    fixed = await stream.readexactly(V2_HEADER_LENGTH)
-    version_command, family, length = parse_v2_fixed(fixed)
-    payload = await stream.readexactly(length) if length else b""
-    addresses = parse_v2_payload(version_command, family, payload)
-    stream.set_extra_info("client_address", addresses)
-    if addresses is not None:
-        stream.set_extra_info("peername", addresses.source)
-        stream.set_extra_info("sockname", addresses.destination)
-    return addresses

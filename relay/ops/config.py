@@ -80,12 +80,24 @@ def _key(name: str) -> str:
 
 
 def _options(
-    table: Mapping[str, Any], where: str, allowed: Collection[str], path: Path
+    table: Mapping[str, Any],
+    where: str,
+    allowed: Collection[str],
+    path: Path,
+    elsewhere: Mapping[str, Collection[str]] | None = None,
 ) -> dict[str, Any]:
+    """The table's options; a key it may not hold is an error that names the table it
+    belongs in (``elsewhere``: the keys of each other table), or else the known keys."""
     options: dict[str, Any] = {}
     for name, value in table.items():
         key = _key(name)
         if key not in allowed:
+            homes = [f"[{home}]" for home, keys in (elsewhere or {}).items() if key in keys]
+            if homes:
+                raise ConfigFileError(
+                    f"{path}: '{where}{name}' belongs in {' or '.join(homes)}: move it "
+                    f"under that table header"
+                )
             known = ", ".join(sorted(k.replace("_", "-") for k in allowed))
             raise ConfigFileError(f"{path}: unknown key {where}{name!r} (known: {known})")
         options[key] = value
@@ -120,8 +132,12 @@ def load(
     path = Path(path)
     data = read_toml(path, ConfigFileError)
     config = ConfigFile(path)
-    top = {k: v for k, v in data.items() if k not in (SERVER_SECTION, FORWARD_SECTION)}
-    config.common = _options(top, "", common, path)
+    sections = {
+        SERVER_SECTION: {*server, *SERVER_ARGUMENTS},
+        FORWARD_SECTION: {*forward, *FORWARD_ARGUMENTS},
+    }
+    top = {k: v for k, v in data.items() if k not in sections}
+    config.common = _options(top, "", common, path, sections)
     for section, allowed, arguments, list_key in (
         (SERVER_SECTION, server, SERVER_ARGUMENTS, CLIENTS_KEY),
         (FORWARD_SECTION, forward, FORWARD_ARGUMENTS, SERVICES_KEY),
@@ -131,7 +147,8 @@ def load(
             raise ConfigFileError(f"{path}: {section} must be a table ([{section}])")
         table = dict(table)
         lists = _tables(table.pop(list_key, []), f"{section}.{list_key}", path)
-        options = _options(table, f"{section}.", {*common, *allowed, *arguments}, path)
+        others = {name: keys for name, keys in sections.items() if name != section}
+        options = _options(table, f"{section}.", {*common, *allowed, *arguments}, path, others)
         if section == SERVER_SECTION:
             config.server, config.clients = options, lists
         else:

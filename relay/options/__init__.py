@@ -17,9 +17,10 @@ The checked object is handed down as it is, to the protocol layer.
 from .client import ForwardOptions, RegistrationOptions
 from .declare import ENV_PREFIX, Declaration, OptionError, Options, declarations
 from .process import ProcessOptions
+from .secret import SecretError
 from .server import RelayOptions
 from .service import Service
-from .shared import SecretError, SharedOptions
+from .shared import SharedOptions
 
 __all__ = [
     "ENV_PREFIX",

@@ -92,6 +92,13 @@ class RegistrationOptions(SharedOptions):
     reconnect_max_delay: float = option(
         5.0, Seconds(), "Longest reconnect delay.", metavar="SECONDS"
     )
+    retry_permanent: bool = option(
+        False,
+        Flag(),
+        "Keep trying after a permanent refusal (wrong secret, unknown client, port not "
+        "allowed, ...), from --reconnect-max-delay doubling up to 5 minutes, instead of "
+        "stopping (the forwarder exits 78).",
+    )
     connect_timeout: float = option(
         10.0,
         Seconds(),

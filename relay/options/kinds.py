@@ -14,10 +14,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import PurePath
 from typing import Any, Final
 
 import click
 
+from .secret import check_secret
 from .service import Service
 
 KIB: Final = 1 << 10
@@ -57,6 +59,10 @@ class Kind(click.ParamType):  # type: ignore[type-arg]
     def bounds(self) -> str | None:
         """The range --help shows (``x>=1``), if any."""
         return None
+
+    def in_file(self, value: Any, directory: PurePath) -> Any:
+        """A value as a config file in ``directory`` gives it (a path: relative to it)."""
+        return value
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         parsed = self.parse(value, param, ctx)
@@ -335,10 +341,24 @@ class Text(Kind):
 
 
 class Path(Kind):
-    """A file or directory name; in Python a ``str`` or ``os.PathLike``, kept as ``str``."""
+    """A file or directory name; in Python a ``str`` or ``os.PathLike``, kept as ``str``.
+
+    In a config file a relative name is relative to the file's directory (the working
+    directory of a service is ``/``).
+    """
 
     def __init__(self, name: str = "FILE") -> None:
         self.name = name
+
+    @property
+    def is_file(self) -> bool:
+        """A file (not a directory): systemd can hand it over as a credential."""
+        return self.name == "FILE"
+
+    def in_file(self, value: Any, directory: PurePath) -> Any:
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            return os.path.join(directory, value)
+        return value
 
     def check(self, value: Any) -> str:
         if not isinstance(value, str | os.PathLike):
@@ -350,13 +370,14 @@ class Path(Kind):
 
 
 class Secret(Kind):
-    """A secret (``str``, or ``bytes`` in Python); never shown in a message."""
+    """A secret (``str``, or ``bytes`` in Python), strong enough; never shown in a message."""
 
     hidden = True
 
     def check(self, value: Any) -> str | bytes:
         if not isinstance(value, str | bytes) or not value:
             raise ValueError("must be a non-empty str or bytes")
+        check_secret(value)
         return value
 
 

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Literal, Self, get_args
 
 from ..wire.tls import server_context
 from .declare import OptionError, option
-from .kinds import Choice, Instance, Integer, PortRange, Seconds, Text, Workers
+from .kinds import Choice, Flag, Instance, Integer, PortRange, Seconds, Text, Workers
 from .kinds import Path as PathKind
-from .shared import SecretError, SharedOptions, check_secret
+from .shared import SharedOptions
 
 if TYPE_CHECKING:
     from ..server.auth import AuthClient
@@ -96,6 +96,21 @@ class RelayOptions(SharedOptions):
         "A registering side must answer a yamux ping within this, or it is dropped.",
         metavar="SECONDS",
     )
+    answer_timeout: float = option(
+        # A client answers at once: one round trip. Until then the connection holds a place.
+        5.0,
+        Seconds(),
+        "A v2 client must answer the challenge within this, or it is dropped (and it "
+        "counts as a failed registration of its address).",
+        metavar="SECONDS",
+    )
+    tls_handshake_timeout: float = option(
+        5.0,
+        Seconds(),
+        "A TLS handshake on the control port must be done within this, or it is dropped "
+        "(and it counts as a failed registration of its address).",
+        metavar="SECONDS",
+    )
     idle_timeout: float = option(
         # Ten minutes of no byte either way: ssh or a database connection without
         # keepalives usually says something sooner; an idle browser connection is long gone.
@@ -114,8 +129,36 @@ class RelayOptions(SharedOptions):
     max_pending_registrations_per_source: int | None = option(
         None,
         Integer(0),
-        "Most registrations from one address still in their handshake; 0: no limit.  "
+        "Most registrations from one address (IPv6: one /64) still in their handshake; "
+        "beyond it a newer one takes the place of its oldest unchecked one; 0: no limit.  "
         "[default: nine tenths of --max-sessions]",
+        metavar="N",
+    )
+    max_pending: int = option(
+        # An unanswered challenge costs a socket and a few KiB; a TLS handshake more
+        # (--max-tls-handshakes).
+        10_000,
+        Integer(1),
+        "Most registrations in progress (TLS handshake, challenge, waiting for the yamux "
+        "ping), all sources. When full, a newcomer takes the oldest place of the source "
+        "holding the most (its /24 or /48, then its address), if its own holds fewer.",
+        metavar="N",
+    )
+    max_tls_handshakes: int = option(
+        # Each costs about 300 KiB on asyncio's loop (its TLS read buffer is 256 KiB), about
+        # 60 KiB on uvloop: 256 of them about 80 MiB, 15 MiB. Legitimate handshakes last a
+        # round trip or two; a relay of --max-sessions 100 never needs this many at once.
+        256,
+        Integer(1),
+        "Most TLS handshakes in progress on the control port (each takes a place among "
+        "--max-pending too); when full, the same rule as there.",
+        metavar="N",
+    )
+    max_failure_sources: int = option(
+        10_000,
+        Integer(1),
+        "Most addresses (with --auth-file: address and client pairs) whose failed "
+        "registrations the relay remembers; beyond it those with the fewest are forgotten.",
         metavar="N",
     )
     protocol: ProtocolChoice = option(
@@ -127,12 +170,20 @@ class RelayOptions(SharedOptions):
         "server dials back, one TCP connection per client; "
         "docs/notify-protocol.md).",
     )
+    notify_token: bool = option(
+        False,
+        Flag(),
+        "With --protocol notify: each [NEW] line carries a token ([NEW]<port> <token>) that "
+        "the server sends first on its dial-back, so only the registered server can take "
+        "a client. Servers of the original design do not send it: they need this off.",
+    )
     auth_file: str | None = option(
         None,
         PathKind(),
         "TOML file of named clients, each with its own secret and the ports it may hold "
-        '([clients.NAME] secret = ..., ports = "5000-5009"). Re-read when it changes: '
-        "a removed client is disconnected.",
+        '([clients.NAME] secret = ..., ports = "5000-5009"). Re-read when it (or a secret '
+        "file it names) changes: a removed client is disconnected; deleted or emptied, "
+        "every client of it is.",
         metavar="FILE",
     )
     tls_client_ca: str | None = option(
@@ -194,21 +245,9 @@ class RelayOptions(SharedOptions):
         "The control port's TLS context, instead of one made from ``tls_cert``.",
         cli=False,
     )
-    max_pending: int = option(
-        1000,
-        Integer(1),
-        "Most control connections between accept and the end of their TLS handshake (with "
-        "TLS) or a checked v2 response (registration v2).",
-        cli=False,
-    )
 
     def check_together(self) -> None:
         super().check_together()
-        if self.secret is not None:
-            try:
-                check_secret(self.secret)
-            except SecretError as exc:
-                raise OptionError("secret", str(exc)) from None
         if self.tls_cert is None and (self.tls_key is not None or self.tls_client_ca is not None):
             raise OptionError(
                 "tls_key" if self.tls_key is not None else "tls_client_ca",
@@ -227,6 +266,8 @@ class RelayOptions(SharedOptions):
                 "the notify protocol runs in one process: drop {workers} or use --protocol v2",
                 self.workers,
             )
+        if self.notify_token and self.protocol != "notify":
+            raise OptionError("notify_token", "is an option of {protocol} notify only")
         unsupported = (
             self.auth_file,
             self.auth_clients,

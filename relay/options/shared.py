@@ -9,46 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Self
 
 import yamux
 from yamux.const import INITIAL_STREAM_WINDOW
 
-from ..errors import RelayError
 from .declare import OptionError, Options, option
 from .kinds import MIB, ByteSize, Flag, Seconds, Secret
 from .kinds import Path as PathKind
-
-MIN_SECRET_LENGTH = 8
-"""Shorter secrets are refused: they would fall to an offline guess at once."""
+from .secret import SecretError, read_secret_file
 
 _YAMUX = yamux.Config()
 """yamux's defaults, which keepalive and the session window keep."""
-
-
-class SecretError(RelayError, ValueError):
-    """A secret that cannot be used: too short, or its file unreadable."""
-
-
-def check_secret(secret: str | bytes) -> bytes:
-    """The secret's bytes; SecretError if it is too short to be one."""
-    data = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
-    if len(data) < MIN_SECRET_LENGTH:
-        raise SecretError(f"a secret needs at least {MIN_SECRET_LENGTH} bytes")
-    return data
-
-
-def read_secret_file(path: str | Path) -> bytes:
-    """A secret from a file: its content without the trailing newline."""
-    try:
-        text = Path(path).read_bytes()
-    except OSError as exc:
-        raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from None
-    try:
-        return check_secret(text.rstrip(b"\r\n"))
-    except SecretError as exc:
-        raise SecretError(f"secret file {path}: {exc}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,8 +30,9 @@ class SharedOptions(Options):
     secret: str | bytes | None = option(
         None,
         Secret(),
-        "Shared secret: the relay requires it (registration v2), the forwarder proves it. "
-        "Prefer RELAY_SECRET or --secret-file: a flag shows in the process list.",
+        "Shared secret: the relay requires it (registration v2), the forwarder proves it; "
+        "at least 128 bits (relay gen-secret makes one). Prefer RELAY_SECRET or "
+        "--secret-file: a flag shows in the process list.",
         metavar="SECRET",
     )
     secret_file: str | None = option(

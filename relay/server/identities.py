@@ -54,12 +54,15 @@ class Verdict:
     kind: Kind
     ref: int = 0
     port: int | None = None
-    """``join``: the port to bind; ``refuse``: the port the live holders have."""
+    """``join``: the port to bind; ``refuse`` and ``own port``: the port the live holders
+    have."""
     holders: int = 0
     """``refuse``: how many live sessions hold the identity; ``full``: how many
     registrations the host has."""
     worker: int = 0
     """``move``: the worker that should take the registration."""
+    peer: str | None = None
+    """``own port``: where the live holder registered from (for the operator)."""
 
 
 Settle = Callable[[int, list[int], str], Awaitable[set[int]]]
@@ -92,6 +95,8 @@ class Holding:
     ref: int
     worker: int
     sessions: int
+    peer: str
+    """Where the registration came from."""
     session: int | None = None
     port: int | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -140,7 +145,7 @@ class IdentityTable:
         if self.capacity is not None and len(self._by_ref) >= self.capacity:
             return Verdict("full", holders=len(self._by_ref))
         if key is None:
-            return Verdict("own", self._hold(None, 1, worker))
+            return Verdict("own", self._hold(None, 1, worker, newcomer))
         lock, users = self._locks.get(key, (None, 0))
         if lock is None:
             lock = asyncio.Lock()
@@ -148,16 +153,17 @@ class IdentityTable:
         try:
             async with lock:
                 await self._wait_pending(key)
-                verdict = self._room(key, sessions, worker, movable)
+                verdict = self._room(key, sessions, worker, movable, newcomer)
                 if verdict is not None:
                     return verdict
                 await self._ping(key, newcomer)
-                verdict = self._room(key, sessions, worker, movable)
+                verdict = self._room(key, sessions, worker, movable, newcomer)
                 if verdict is not None:
                     return verdict
                 holders = self._held[key]
                 if authenticated and sessions == 1 and all(h.sessions == 1 for h in holders):
-                    return Verdict("own port", self._hold(None, 1, worker))
+                    ref = self._hold(None, 1, worker, newcomer)
+                    return Verdict("own port", ref, holders[0].port, peer=holders[0].peer)
                 return Verdict("refuse", port=holders[0].port, holders=len(holders))
         finally:
             lock, users = self._locks[key]
@@ -218,11 +224,13 @@ class IdentityTable:
                 logger.error("a registration of %s was not heard of for %g s", key, PENDING_TIMEOUT)
                 self.dropped(pending[0].ref)
 
-    def _room(self, key: str, sessions: int, worker: int, movable: bool) -> Verdict | None:
+    def _room(
+        self, key: str, sessions: int, worker: int, movable: bool, newcomer: str
+    ) -> Verdict | None:
         """``own`` or ``join`` (the claim is held from now on), ``move``, or None: no room."""
         holders = self._held.get(key, [])
         if not holders:
-            return Verdict("own", self._hold(key, sessions, worker))
+            return Verdict("own", self._hold(key, sessions, worker, newcomer))
         if sessions > 1 and len(holders) < sessions and all(h.sessions > 1 for h in holders):
             here = {h.worker for h in holders}
             if movable and worker in here and self._workers is not None:
@@ -230,12 +238,12 @@ class IdentityTable:
                 if elsewhere:
                     return Verdict("move", worker=elsewhere[0])
             port = holders[0].port
-            return Verdict("join", self._hold(key, sessions, worker), port)
+            return Verdict("join", self._hold(key, sessions, worker, newcomer), port)
         return None
 
-    def _hold(self, key: str | None, sessions: int, worker: int) -> int:
+    def _hold(self, key: str | None, sessions: int, worker: int, peer: str) -> int:
         ref = next(self._refs)
-        holding = Holding(key, ref, worker, sessions)
+        holding = Holding(key, ref, worker, sessions, peer)
         if key is not None:
             self._held.setdefault(key, []).append(holding)
         self._by_ref[ref] = holding

@@ -35,16 +35,34 @@ class SessionInfo:
     """Times a stream paused its public connection because the peer's window was full."""
     client: str | None = None
     """The client's name (registration v2); None for a seed-protocol registration."""
+    authenticated: bool = False
+    """``client`` and ``service`` were vouched for by a secret or the auth file; else a
+    stranger may have chosen them."""
+    service: str | None = None
+    """Which of the client's services (``service=`` of registration v2)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Health:
-    """Whether a relay takes registrations now (``/readyz``), and why not."""
+class AuthFileStatus:
+    """How the last read of a relay's auth file went (``relay.server.auth_file``)."""
+
+    path: str
+    ok: bool
+    """The file on disk (and the secret files it names) is in force as written."""
+    clients: int
+    """Clients of the file in force."""
+    error: str | None
+    since: float
+    """Unix time of the read that gave this status."""
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Whether a relay (or forwarder) should get new work now, and why not (``/readyz``)."""
 
     ready: bool
     reason: str
-    """Why it is not ready (``starting``, ``draining``, ``lease store unreachable: ...``),
-    or what it does when it is."""
+    """A few words for the operator: "serving on port 7000", "draining", ..."""
 
 
 class Relay(Protocol):
@@ -64,6 +82,14 @@ class Relay(Protocol):
     @property
     def draining(self) -> bool: ...
 
+    def readiness(self) -> Readiness:
+        """Ready once listening, until the drain or close starts (and while whatever it
+        depends on answers)."""
+
+    @property
+    def auth_file_status(self) -> AuthFileStatus | None:
+        """None without an auth file."""
+
     @property
     def yamux_config(self) -> yamux.Config | None:
         """The yamux settings of its sessions; None if it speaks no yamux."""
@@ -81,6 +107,3 @@ class Relay(Protocol):
 
     async def wait_idle(self) -> None:
         """Until no public connection is open."""
-
-    def health(self) -> Health:
-        """Ready to take registrations, or why not."""

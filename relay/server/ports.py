@@ -16,7 +16,9 @@ The policy, in order:
    who is away.
 
 Every refusal is a ``PortRefusedError`` whose text goes to the registering
-side in the ``error:`` line.
+side in the ``error:`` line, with its class (``relay.wire.refusal``): a port
+the client may never have is permanent, a port taken or none free right now
+is worth a retry.
 
 The decisions are the lease store's (``relay.store``: one atomic step, so
 that relays and processes sharing a store never give one port to two
@@ -48,6 +50,7 @@ from ..store import (
     NeedsOffer,
     StoreUnavailableError,
 )
+from ..wire.refusal import PERMANENT, RETRY, RefusalKind
 from .auth import PortSet
 from .request import RegistrationRequest
 from .store_health import StoreHealth
@@ -59,7 +62,10 @@ OS_CHOICE_ATTEMPTS = 64
 
 
 class PortRefusedError(RegistrationError):
-    """A registration cannot have a public port; ``str()`` is the reason for the error line."""
+    """A registration cannot have a public port; ``str()`` is the reason for the error line,
+    ``kind`` its class."""
+
+    kind: RefusalKind = RETRY
 
 
 class PortTakenError(PortRefusedError):
@@ -69,9 +75,13 @@ class PortTakenError(PortRefusedError):
 class PortOutsideRangeError(PortRefusedError):
     """The requested port is outside the relay's ``--port-range``."""
 
+    kind = PERMANENT
+
 
 class PortNotAllowedError(PortRefusedError):
     """The client may not have the requested port (its allowance, or the OS refuses it)."""
+
+    kind = PERMANENT
 
 
 class NoFreePortError(PortRefusedError):
@@ -79,7 +89,8 @@ class NoFreePortError(PortRefusedError):
 
 
 class TooManyLeasesError(PortRefusedError):
-    """A new unauthenticated name, but the relay holds the most leases of such names."""
+    """A new unauthenticated name, but the relay holds the most leases of such names (a
+    retry may succeed once unused leases end)."""
 
 
 class HeldElsewhereError(PortTakenError):

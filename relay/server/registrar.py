@@ -8,7 +8,7 @@ port, a port of its own, refused, or the host is full), gets its port from the
 lease store (``relay.server.ports``, an await: what the connection sends
 meanwhile is kept for yamux), and the port line goes out and the connection
 becomes a ``RegisteredSession``. Every way out gives back what was taken: the
-admission slot, the claim, the port.
+admission place, the claim, the port.
 """
 
 from __future__ import annotations
@@ -28,16 +28,19 @@ from ..net import peer_of
 from ..options import RelayOptions
 from ..stats import RelayStats
 from ..wire.greeting import port_line
-from ..wire.refusal import RETRY, format_refusal
-from .admission import Admission, Refusal
-from .allocation import EARLY_LIMIT, AwaitingPort, settled
+from ..wire.refusal import RETRY
+from .admission import Admission, Refused
+from .allocation import EARLY_LIMIT, AwaitingPort, gave_way, settled
 from .identities import Identities, Verdict
-from .limits import Slot, SourceSlots, source_of
+from .limits import SourceSlots, source_of
+from .places import Place
 from .ports import PortRefusedError, StoreDownError
 from .request import RegistrationRequest
 from .session import RegisteredSession, Registry
 
 logger = logging.getLogger("relay.server")
+
+DRAINING = Refused("draining", "relay is shutting down", RETRY)
 
 HandOff = Callable[[asyncio.Transport, bytes, RegistrationRequest, int], None]
 """``hand_off(transport, early, request, worker)``: the registration goes on in that worker
@@ -120,12 +123,12 @@ class Registrar:
         transport: asyncio.Transport,
         peer: str,
         request: RegistrationRequest,
-        slot: Slot,
+        place: Place,
         *,
         early: bytes = b"",
         movable: bool = True,
     ) -> None:
-        """Check what can be checked at once, then allocate in a task (``slot`` goes to it).
+        """Check what can be checked at once, then allocate in a task (``place`` goes to it).
 
         ``early``: bytes the client sent already; ``movable``: it may be handed on to
         another worker (not once it was; never a TLS connection)."""
@@ -134,7 +137,7 @@ class Registrar:
             transport.abort()
             return
         if relay.draining:
-            relay.admission.refuse(transport, peer, "draining", "relay is shutting down")
+            relay.admission.refuse(transport, peer, DRAINING)
             return
         held = relay.session_count + self.in_flight
         if held >= relay.options.max_sessions:
@@ -143,12 +146,15 @@ class Registrar:
         try:
             relay.allocator.check(request)
         except PortRefusedError as exc:
-            relay.admission.refuse(transport, peer, "port refused", str(exc))
+            relay.admission.refuse(transport, peer, Refused("port refused", str(exc), exc.kind))
             return
+        # The claim and the port are awaits: what the connection sends meanwhile is kept
+        # for yamux.
         waiting = AwaitingPort(transport, early)
         transport.set_protocol(waiting)
         self.in_flight += 1
-        registration = slot.hand_over()
+        registration = place.hand_over()
+        registration.hold(gave_way(transport))
         movable = (
             movable
             and relay.hand_off is not None
@@ -175,13 +181,15 @@ class Registrar:
             return
         peer = peer_of(transport)
         admission = self.relay.admission
-        admitted = admission.slot(source_of(transport.get_extra_info("peername")))
-        if isinstance(admitted, Refusal):
-            admission.refuse(transport, peer, *admitted)
+        source = source_of(transport.get_extra_info("peername"))
+        admitted = admission.admit(source, lambda reason: transport.abort())
+        if isinstance(admitted, Refused):
+            admission.refuse(transport, peer, admitted)
             return
-        with admitted as slot:
+        admitted.settle()  # its proof was checked by the worker that handed it on
+        with admitted as place:
             self.register(
-                transport, peer, request, slot, early=early + bytes(buffer.data), movable=False
+                transport, peer, request, place, early=early + bytes(buffer.data), movable=False
             )
 
     async def _allocate(
@@ -189,7 +197,7 @@ class Registrar:
         waiting: AwaitingPort,
         peer: str,
         request: RegistrationRequest,
-        slot: Slot,
+        place: Place,
         movable: bool,
     ) -> None:
         """Claim the identity, allocate a public port, send the port line, start the session."""
@@ -234,7 +242,7 @@ class Registrar:
             if claim:
                 self.identities.dropped(claim)
             if relay.draining and not (waiting.ended or transport.is_closing()):
-                relay.admission.refuse(transport, peer, "draining", "relay is shutting down")
+                relay.admission.refuse(transport, peer, DRAINING)
             else:
                 transport.abort()
             return
@@ -250,7 +258,7 @@ class Registrar:
                 config=relay.yamux_config,
                 initial_data=bytes(waiting.early),
             ),
-            slot.hand_over(),
+            place.hand_over(),
             SourceSlots(self._connections_per_source),
             relay,
         )
@@ -276,26 +284,21 @@ class Registrar:
             transport.abort()
 
     def _full(self, transport: asyncio.Transport, peer: str, held: int) -> None:
-        self.relay.admission.refuse(
-            transport,
-            peer,
-            "relay full",
+        reason = (
             f"relay is full: {held} sessions, the maximum "
-            f"(--max-sessions {self.relay.options.max_sessions})",
+            f"(--max-sessions {self.relay.options.max_sessions})"
         )
+        self.relay.admission.refuse(transport, peer, Refused("relay full", reason, RETRY))
 
     def _refuse_allocation(self, transport: asyncio.Transport, peer: str, exc: OSError) -> None:
         """No port for this registration: say why (a store away is worth a retry)."""
-        admission = self.relay.admission
         if isinstance(exc, StoreDownError):
-            reason = f"{exc}; retry later"
-            admission.refused(peer, "store unavailable", reason)
-            transport.write(format_refusal(reason, RETRY))
-            transport.close()
+            refused = Refused("store unavailable", f"{exc}; retry later", RETRY)
         elif isinstance(exc, PortRefusedError):
-            admission.refuse(transport, peer, "port refused", str(exc))
+            refused = Refused("port refused", str(exc), exc.kind)
         else:
-            admission.refuse(transport, peer, "no public port", f"cannot open a public port: {exc}")
+            refused = Refused("no public port", f"cannot open a public port: {exc}", RETRY)
+        self.relay.admission.refuse(transport, peer, refused)
 
     def _granted(
         self,
@@ -324,11 +327,19 @@ class Registrar:
                     f"{identity} is already registered (public port {verdict.port}) and that "
                     f"session is alive"
                 )
-            self.relay.admission.refuse(transport, peer, "name in use", reason)
+            self.relay.admission.refuse(transport, peer, Refused("name in use", reason, RETRY))
             return False
         if verdict.kind == "own port":
-            logger.info(
-                "%s already has a live session; this one gets a port of its own, without a lease",
+            # Two forwarders under one name are often a mistake (a copied config): say
+            # where both are, so the operator can tell which one is the stray.
+            logger.warning(
+                "%s is already registered from %s (public port %s) and that session is "
+                "alive; the new registration from %s gets a port of its own, without a "
+                "lease (two forwarders with one name?)",
                 identity,
+                verdict.peer,
+                verdict.port,
+                peer,
+                extra={"peer": peer, "public_port": verdict.port},
             )
         return True

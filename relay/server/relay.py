@@ -20,10 +20,11 @@ the port is free again. What a stranger can make the relay allocate is bounded:
 connections per session, and per stream the yamux window; ``relay.server.limits`` adds
 per-source shares of those and the idle timeout.
 
-This module admits registrations (admission slots, allocation, refusals) and
-keeps the registry of sessions; ``relay.server.session`` runs and ends one
-registered session, ``relay.server.public`` carries each public connection, and
-``relay.server.replacement`` decides what happens when an identity registers again.
+This module admits registrations (admission places) and keeps the registry of
+sessions; ``relay.server.registrar`` takes a checked registration to its session
+(its identity claimed, its port allocated), ``relay.server.session`` runs and ends
+one registered session, ``relay.server.public`` carries each public connection, and
+``relay.server.replacement`` pings the sessions an identity that registers again holds.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import yamux
@@ -47,16 +48,20 @@ from ..net import (
 from ..options import OptionError, RelayOptions
 from ..options.declare import takes_options
 from ..stats import RelayStats
-from .admission import Admission, Refusal
-from .auth import Authenticator, FailureLimiter, reload_auth_file, watch_auth_file
+from .accept import Acceptor, ProtocolListener, accept_log
+from .admission import Admission, Refused
+from .auth_file import authentication, reload_auth_file, watch_auth_file
 from .challenge import ChallengeProtocol
 from .challenge import logger as registration_logger
 from .control import SeedProtocol, listen
+from .failures import FailureLimiter
 from .identities import IdentityTable
-from .interface import Health, SessionInfo
-from .limits import Slot, share, source_of
+from .interface import AuthFileStatus, Readiness, SessionInfo
+from .limits import share, source_of
 from .membership import StoreKeeper, open_store, shared_failures
+from .places import Place
 from .ports import PortAllocator
+from .protection import log_start
 from .public import PublicConnections
 from .registrar import HandOff, Registrar
 from .replacement import settle
@@ -64,7 +69,7 @@ from .request import SEED, ProtocolName, RegistrationRequest
 from .session import RegisteredSession
 from .shared_failures import SharedFailureLimiter
 from .siblings import WorkerRole, open_shared_store
-from .store_health import relay_health
+from .store_health import store_readiness
 from .tls_listener import TLSListener
 
 __all__ = ["RelayServer"]
@@ -92,9 +97,9 @@ class RelayServer:
     response is checked. ``tls_cert`` (or ``ssl``) wraps the control port (and so
     all relayed traffic) in TLS; a connection in its handshake already counts as a
     pending registration (``relay.server.tls_listener``). ``auth_failures`` counts
-    failed proofs per source (a ``FailureLimiter`` of one's own, e.g. to share it).
-    ``worker`` makes it one of several processes that share the control port (see
-    ``relay.server.siblings``); the options' ``workers`` is the supervisor's, not ours.
+    failed registrations (a ``relay.server.failures.FailureLimiter`` of one's own, e.g.
+    to share it). ``worker`` makes it one of several processes that share the control
+    port (see ``relay.server.siblings``); the options' ``workers`` is the supervisor's.
     """
 
     @takes_options(RelayOptions)
@@ -120,16 +125,15 @@ class RelayServer:
         self.worker = worker
         self.options = checked
         """As given, checked, with the secret file read and the TLS context made."""
-        self.auth: Authenticator | None = None
-        if checked.secret is not None or checked.auth_clients or checked.auth_file is not None:
-            self.auth = Authenticator(
-                secret=checked.secret, clients=checked.auth_clients, auth_file=checked.auth_file
-            )
+        self.auth_file, self.auth = authentication(checked)
+        """The auth file (re-read while the relay runs); who may register (None: anyone)."""
         self._requested_port = port
         self.yamux_config = checked.session_config()
         self.stats = RelayStats()
         """Counters for metrics (``relay.ops.metrics``)."""
-        self.public = PublicConnections(self.stats, checked)
+        self.accept_log = accept_log()
+        """Where every listener of this relay says that accept() fails (out of descriptors)."""
+        self.public = PublicConnections(self.stats, checked, self.accept_log)
         self._challenge_log = RateLimitedLog(registration_logger)
         """Refused v2 registrations: a stranger must not be able to write our log."""
         # Leases are kept per name, which only registration v2 carries: a state dir or a
@@ -142,15 +146,11 @@ class RelayServer:
             auth_failures if isinstance(auth_failures, SharedFailureLimiter) else None
         )
         """Failures shared with other relays (or other workers): read back while running."""
-        self.admission = Admission(
-            max_pending=checked.max_pending,
-            per_source=share(checked.max_pending_registrations_per_source, checked.max_sessions),
-            failures=auth_failures or FailureLimiter(),
-            stats=self.stats,
-            log=RateLimitedLog(logger),
+        self.admission = Admission.of_relay(
+            checked, auth_failures, self.stats, RateLimitedLog(logger)
         )
         self._bind: BindAddress | None = None
-        self._control: asyncio.Server | TLSListener | None = None
+        self._control: ProtocolListener | TLSListener | None = None
         self._ports: PortAllocator | None = None
         self._keeper: StoreKeeper | None = None
         self._tasks = yamux.TaskOwner(logger)
@@ -186,11 +186,9 @@ class RelayServer:
         )
         try:
             sock = self._bind.listen(self._requested_port, reuse_port=worker is not None)
-            try:
-                self._control = await self._listen(sock)
-            except BaseException:
-                sock.close()
-                raise
+            self._control = listen(
+                sock, self.options, self.admission, self._control_protocol, self.accept_log
+            )
         except BaseException:
             await ports.close()
             raise
@@ -203,36 +201,19 @@ class RelayServer:
             self.admission.failures = self._shared_failures
             self._tasks.spawn(self._shared_failures.refresh(), name="relay-failures")
         self._serving = loop.create_future()
-        if self.auth is not None and self.auth.auth_file is not None:
-            self._tasks.spawn(watch_auth_file(self.auth, self._revoke), name="relay-auth-file")
-        if worker is None:
-            logger.info(
-                "Serving relay requests on port %d", self.port, extra={"control_port": self.port}
+        if self.auth is not None and self.auth_file is not None:
+            self._tasks.spawn(
+                watch_auth_file(self.auth_file, self.auth, self._revoke), name="relay-auth-file"
             )
-        else:
-            logger.info(
-                "worker %d of %d takes registrations on port %d",
-                worker.index,
-                worker.count,
-                self.port,
-                extra={"control_port": self.port},
-            )
-        if self.auth is None and not self._bind.is_loopback():
-            logger.warning(
-                "the relay listens on %s without authentication: anyone who can reach port %d "
-                "gets a public port (use --secret or --auth-file)",
-                self._bind,
-                self.port,
-            )
-        logger.debug(
-            "bound to %s; %s; at most %d sessions of %d connections each; registration %s%s%s",
+        log_start(
+            self.port,
             self._bind,
-            self._ports.describe(),
-            self.options.max_sessions,
-            self.options.max_connections,
+            self.auth,
+            None if self.auth_file is None else self.auth_file.path,
+            self.options,
             self.protocol,
-            f", {self.auth!r}" if self.auth else "",
-            ", TLS" if self.options.ssl else "",
+            self._ports,
+            worker,
         )
 
     @property
@@ -244,13 +225,16 @@ class RelayServer:
     def sessions(self) -> list[SessionInfo]:
         return [session.info() for session in self._sessions.values()]
 
-    def health(self) -> Health:
-        """Not ready while starting, draining, closing, or without its lease store."""
-        state = "closing" if self.closing else "draining" if self.draining else None
-        if state is None and self._ports is None:
-            state = "starting"
-        store = None if self._ports is None else self._ports.health
-        return relay_health(state, store, len(self._sessions))
+    def readiness(self) -> Readiness:
+        """Ready once listening, until the drain or close starts, while its lease store
+        answers."""
+        if self.closing:
+            return Readiness(False, "closed")
+        if self.draining:
+            return Readiness(False, "draining")
+        if self._control is None or self._ports is None:
+            return Readiness(False, "not listening yet")
+        return store_readiness(self._ports.health, f"serving on port {self.port}")
 
     async def serve_forever(self) -> None:
         """Run until cancelled (then close) or until ``close()``."""
@@ -283,9 +267,9 @@ class RelayServer:
 
     def reload_auth(self) -> None:
         """Re-read the auth file now if it changed (SIGHUP; the file watch does it within a
-        second anyway) and end the sessions of clients whose access ended."""
-        if self.auth is not None and self.auth.auth_file is not None:
-            reload_auth_file(self.auth, self._revoke)
+        second or two anyway) and end the sessions of clients whose access ended."""
+        if self.auth is not None and self.auth_file is not None:
+            reload_auth_file(self.auth_file, self.auth, self._revoke, at_once=True)
 
     def drain(self) -> None:
         """Stop taking registrations and public connections at once, and send Go Away to
@@ -324,42 +308,44 @@ class RelayServer:
         await self.wait_closed()
 
     # ----------------------------------------------------------- registering
-    async def _listen(self, sock: socket.socket) -> asyncio.Server | TLSListener:
-        return await listen(sock, self.options, self.admission, self._control_protocol)
-
-    def _control_protocol(self) -> asyncio.Protocol:
+    def _control_protocol(self, place: Place | None = None) -> asyncio.Protocol:
+        """The protocol of a control connection; ``place``: the one it holds already (after
+        its TLS handshake)."""
         if self.protocol == "seed":
-            return SeedProtocol(self.registration_made)
+            return SeedProtocol(self.registration_made, place)
         return ChallengeProtocol(
             auth=self.auth,
             admission=self.admission,
-            timeout=self.options.handshake_timeout,
+            timeout=self.options.answer_timeout,
             accepted=self.registration_made,
             log=self._challenge_log,
+            place=place,
         )
 
     def registration_made(
         self,
         transport: asyncio.Transport,
         request: RegistrationRequest = SEED,
-        slot: Slot | None = None,
+        place: Place | None = None,
     ) -> None:
         """Allocate for a registration: seed at once, v2 once its proof is checked.
 
-        ``slot`` is its source's admission slot: a v2 registration has held one since
-        its connection arrived (``ChallengeProtocol``), a seed one takes it here. It is
-        released on every way out of here, unless handed over to the new session
-        (which gives it back once its handshake ping is answered) or to ``_replace``.
+        ``place`` is its admission place: a v2 registration has held one since its
+        connection arrived (``ChallengeProtocol``), as has any registration over TLS; a
+        plaintext seed one takes it here. It is released on every way out of here, unless
+        handed over to the registrar (which hands it to the new session: that gives it
+        back once its handshake ping is answered).
         """
         peer = peer_of(transport)
-        if slot is None:
-            admitted = self.admission.slot(source_of(transport.get_extra_info("peername")))
-            if isinstance(admitted, Refusal):
-                self.admission.refuse(transport, peer, *admitted)
+        if place is None:
+            source = source_of(transport.get_extra_info("peername"))
+            admitted = self.admission.admit(source, lambda reason: transport.abort())
+            if isinstance(admitted, Refused):
+                self.admission.refuse(transport, peer, admitted)
                 return
-            slot = admitted
-        with slot:
-            self.registrar.register(transport, peer, request, slot)
+            place = admitted
+        with place:
+            self.registrar.register(transport, peer, request, place)
 
     async def settle(self, sessions: list[int], newcomer: str) -> set[int]:
         """Ping these sessions, end the silent ones for the registration from ``newcomer``
@@ -390,14 +376,18 @@ class RelayServer:
     async def _settle_here(self, worker: int, sessions: list[int], newcomer: str) -> set[int]:
         return await self.settle(sessions, newcomer)
 
-    def _revoke(self, names: set[str]) -> None:
-        """End the sessions of clients whose auth-file entry was removed or changed."""
+    def _revoke(self, ended: Mapping[str, str]) -> None:
+        """End the sessions of clients whose access ended (name -> why)."""
         for session in list(self._sessions.values()):
             client = session.request.client
-            if client in names and session.request.authenticated:
-                session.end(
-                    f"client {client} was removed from the auth file or its secret or ports changed"
-                )
+            if client is not None and client in ended and session.request.authenticated:
+                reason = f"client {client} {ended[client]}"
+                logger.warning("session %d: cut, %s", session.id, reason)
+                session.end(reason)
+
+    @property
+    def auth_file_status(self) -> AuthFileStatus | None:
+        return self.auth_file.status if self.auth_file is not None else None
 
     # ------------------------------------------- what a session needs of us
     @property
@@ -408,8 +398,8 @@ class RelayServer:
     def log(self) -> RateLimitedLog:
         return self.admission.log
 
-    def public_protocol(self, session: RegisteredSession) -> Callable[[], asyncio.Protocol]:
-        return self.public.protocol_for(session)
+    def public_listener(self, session: RegisteredSession, sock: socket.socket) -> Acceptor:
+        return self.public.listener(session, sock)
 
     def forget(self, session: RegisteredSession) -> None:
         if session.claim:

@@ -6,19 +6,16 @@ import asyncio
 import logging
 import time
 
-from .interface import Health
+from .interface import Readiness
 
 logger = logging.getLogger("relay.leases")
 
 
-def relay_health(state: str | None, store: StoreHealth | None, sessions: int) -> Health:
-    """A relay's readiness: not while ``state`` (starting, draining, closing) nor while its
-    store cannot be reached."""
-    if state is not None:
-        return Health(False, state)
-    if store is not None and store.problem is not None:
-        return Health(False, f"{store.describe} cannot be reached: {store.problem}")
-    return Health(True, f"serving {sessions} session(s)")
+def store_readiness(store: StoreHealth, ready: str) -> Readiness:
+    """Ready (saying ``ready``) unless the store cannot be reached."""
+    if store.problem is not None:
+        return Readiness(False, f"{store.describe} cannot be reached: {store.problem}")
+    return Readiness(True, ready)
 
 
 class StoreHealth:

@@ -146,6 +146,10 @@ class LeaseStore(Protocol):
     def describe(self) -> str:
         """Where the store is, for logs (never a password)."""
 
+    @property
+    def persistent(self) -> bool:
+        """True if the leases outlive this process (a file, or a cluster store)."""
+
     async def allocate(self, ask: Ask) -> Outcome:
         """Claim a port for ``ask`` and lease it to its identity, or say why not (the
         policy: ``relay.server.ports``). Leases unused for ``ttl`` end first."""

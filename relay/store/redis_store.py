@@ -136,6 +136,10 @@ class RedisLeaseStore:
         return f"cluster store {redacted(self.url)}"
 
     @property
+    def persistent(self) -> bool:
+        return True
+
+    @property
     def client(self) -> redis.Redis:
         """The connection (shared with ``relay.store.failures``)."""
         return self._client

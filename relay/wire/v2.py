@@ -45,6 +45,8 @@ MAX_SESSIONS = 16
 """The most sessions one identity may ask for (``sessions=``)."""
 AUTH_FAILED = "auth failed"
 """Every refusal of a proof starts with this, so clients can tell it from others."""
+NEEDS_NAME = "this relay needs a client name (name=)"
+"""The refusal of a proof without ``name=`` by a relay with an auth file."""
 
 _HEX64 = re.compile(rb"[0-9a-f]{64}")
 _KEY = re.compile(rb"[a-z][a-z0-9-]{0,31}")
@@ -54,10 +56,21 @@ NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 
 
 class AuthenticationError(RelayRefusedError):
-    """The relay refused our proof: wrong or missing secret, or an unknown client name."""
+    """The relay refused our proof: wrong or missing secret, or an unknown client name.
 
-    def __init__(self, reason: str, *, sent: bool = True) -> None:
-        super().__init__(reason)
+    ``sent=False``: refused here, before answering (no secret for a relay that requires
+    one). Permanent unless the relay's line says ``retry``.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        sent: bool = True,
+        permanent: bool = True,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(reason, permanent=permanent, retry_after=retry_after)
         self.args = (f"the relay refused our secret: {reason}" if sent else reason,)
 
 
@@ -66,7 +79,10 @@ class SeedRelayError(RegistrationError):
 
     Without TLS someone between us and the relay could strip a challenge this way
     (2.8 of docs/protocol.md); by default a client falls back to the seed protocol.
+    Permanent: that relay will send its port line again.
     """
+
+    permanent = True
 
     def __init__(self) -> None:
         super().__init__(
@@ -79,6 +95,12 @@ class SeedRelayError(RegistrationError):
 
 class HandshakeError(RegistrationError):
     """A v2 line that breaks the rules of docs/protocol.md; ``str()`` is the reason sent back."""
+
+
+class VersionError(HandshakeError):
+    """The relay accepts only response versions this client does not speak (permanent)."""
+
+    permanent = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +178,7 @@ def parse_challenge(line: bytes) -> Challenge:
     except ValueError:
         raise HandshakeError(f"malformed accept={accepts_text!r} in the challenge") from None
     if VERSION not in accepts:
-        raise HandshakeError(
+        raise VersionError(
             f"the relay requires registration version {accepts_text}; this client speaks "
             f"version {VERSION} (upgrade the client)"
         )
@@ -286,11 +308,3 @@ def _fields(tokens: list[bytes], what: str) -> dict[str, str]:
             raise HandshakeError(f"field {text!r} twice in the {what}")
         fields[text] = value.decode("ascii")
     return fields
-
-
-def refusal(line: bytes) -> RelayRefusedError:
-    """The exception for an ``error: ...`` line that is not a challenge."""
-    reason = line[len(ERROR_PREFIX) :].decode("ascii", "replace")
-    if reason.startswith(AUTH_FAILED):
-        return AuthenticationError(reason)
-    return RelayRefusedError(reason)

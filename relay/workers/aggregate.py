@@ -75,14 +75,19 @@ def workers_status(supervisor: Supervisor) -> dict[str, Any]:
     registration with its ``worker``, and the workers themselves."""
     registrations = []
     draining = supervisor.draining
+    auth_files = []
     for index, answer in sorted(supervisor.scraped.items()):
         status = answer["status"]
         draining = draining or bool(status.get("draining"))
         registrations += [{**entry, "worker": index} for entry in status["registrations"]]
+        if status.get("auth_file") is not None:
+            auth_files.append(status["auth_file"])
     return {
         "role": "relay",
         "control_port": supervisor.port,
         "draining": draining,
+        # Every worker reads the same file: one that has not taken an edit shows.
+        "auth_file": min(auth_files, key=lambda entry: bool(entry["ok"]), default=None),
         "registrations": registrations,
         "workers": [
             {

@@ -49,11 +49,15 @@ class WorkerSetup:
         """The options of this worker's ``RelayServer``: what bounds the host split evenly
         among the workers, each keeping its share in its own memory.
 
-        The kernel spreads a source's connections over the workers, so a share of
-        ``--max-pending-registrations-per-source`` (and of the registrations in
-        progress) in each adds up to about the host's limit for a stranger; the
-        receive windows of ``--max-total-window`` are each worker's memory.
-        ``--max-sessions`` is not split: the supervisor counts the host's sessions.
+        The kernel spreads a source's connections over the workers, so each worker's
+        places (``relay.server.places``) are a share of the host's: of
+        ``--max-pending``, of ``--max-pending-registrations-per-source`` and of
+        ``--max-tls-handshakes``; they add up to about the host's limit for a
+        stranger, and who gives way is decided among a worker's places. Each keeps a
+        share of ``--max-failure-sources`` keys in memory (the failures themselves are
+        counted for the host, ``relay.workers.worker``); the receive windows of
+        ``--max-total-window`` are each worker's memory. ``--max-sessions`` is not
+        split: the supervisor counts the host's sessions.
         """
         options = self.options
         per_source = share(options.max_pending_registrations_per_source, options.max_sessions)
@@ -62,6 +66,8 @@ class WorkerSetup:
             max_total_window=max(options.max_total_window // self.count, INITIAL_STREAM_WINDOW),
             max_pending_registrations_per_source=per_source and self.part(per_source),
             max_pending=self.part(options.max_pending),
+            max_tls_handshakes=self.part(options.max_tls_handshakes),
+            max_failure_sources=self.part(options.max_failure_sources),
         )
 
     def part(self, limit: int) -> int:

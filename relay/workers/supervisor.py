@@ -46,6 +46,7 @@ from ..net import resolve_bind_address
 from ..ops import sdnotify
 from ..options import ProcessOptions, RelayOptions
 from ..server.identities import IdentityTable
+from ..server.interface import Readiness
 from ..server.siblings import open_shared_store
 from ..store import StoreError
 from ..store.state_dir import StateDirError, lock_state_dir
@@ -148,6 +149,23 @@ class Supervisor:
     @property
     def count(self) -> int:
         return len(self.workers)
+
+    def readiness(self) -> Readiness:
+        """Ready while some worker listens and, by its last scrape (``refresh``), is ready
+        itself (its lease store answers); not from the drain on."""
+        if self.stopping:
+            return Readiness(False, "closed")
+        if self.draining:
+            return Readiness(False, "draining")
+        listening = [w.index for w in self.workers if w.ready]
+        if not listening:
+            return Readiness(False, "no worker listens")
+        answers = [self.scraped[i]["readiness"] for i in listening if i in self.scraped]
+        if answers and not any(answer["ready"] for answer in answers):
+            return Readiness(False, answers[0]["reason"])
+        return Readiness(
+            True, f"serving on port {self.port}, {len(listening)} of {self.count} workers"
+        )
 
     # -------------------------------------------------------------- lifecycle
     async def run(self) -> int:
@@ -324,6 +342,7 @@ class Supervisor:
                 "port": verdict.port,
                 "holders": verdict.holders,
                 "worker": verdict.worker,
+                "peer": verdict.peer,
             }
         if op == "registered":
             self.identities.registered(message["ref"], message["session"], message["port"])

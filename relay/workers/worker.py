@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from ..ops import drain, logs
 from ..ops.metrics import RelayCollector, relay_status
-from ..server.auth import FailureLimiter
+from ..server.failures import FailureLimiter
 from ..server.identities import Verdict
 from ..server.ports import StoreDownError
 from ..server.relay import RelayServer
@@ -51,17 +51,22 @@ class Worker:
 
     def __init__(self, setup: WorkerSetup) -> None:
         self.setup = setup
+        options = setup.relay_options()
         self.failures: SqliteFailureCounts | None = None
-        """A source's failed proofs, counted by every worker (none with ``--cluster``: the
+        """Failed registrations, counted by every worker (none with ``--cluster``: the
         relay counts them in Redis with the other relays)."""
         shared: SharedFailureLimiter | None = None
         if setup.state_dir is not None:
+            # A key (a source, or a source and client name) gets one allowance on the host,
+            # wherever the kernel sends its connections: each worker counts in its own table
+            # (a share of --max-failure-sources) and in the shared one, and reads the host's
+            # blocks back every second.
             usual = FailureLimiter()
             self.failures = SqliteFailureCounts.open(Path(setup.state_dir) / FAILURES_NAME)
-            shared = SharedFailureLimiter(self.failures, usual.limit, usual.window)
-        self.server = RelayServer(
-            setup.port, setup.relay_options(), worker=setup.role, auth_failures=shared
-        )
+            shared = SharedFailureLimiter(
+                self.failures, usual.limit, usual.window, options.max_failure_sources
+            )
+        self.server = RelayServer(setup.port, options, worker=setup.role, auth_failures=shared)
         self.stopper: drain.Stopper | None = None
         """What the signals do, also asked for through the channel (``run_until_signal``)."""
         self._registry = CollectorRegistry(auto_describe=True)
@@ -107,9 +112,11 @@ class Worker:
         """A request or notice from the supervisor."""
         op = message.get("op")
         if op == "scrape":
+            readiness = self.server.readiness()
             return {
                 "metrics": generate_latest(self._registry).decode(),
                 "status": relay_status(self.server),
+                "readiness": {"ready": readiness.ready, "reason": readiness.reason},
             }
         if op == "settle":
             alive = await self.server.settle(message["sessions"], message["newcomer"])
@@ -177,7 +184,12 @@ class SupervisorIdentities:
         except ChannelClosedError:
             raise StoreDownError("the relay's supervisor is gone") from None
         return Verdict(
-            answer["kind"], answer["ref"], answer["port"], answer["holders"], answer["worker"]
+            answer["kind"],
+            answer["ref"],
+            answer["port"],
+            answer["holders"],
+            answer["worker"],
+            answer["peer"],
         )
 
     def registered(self, ref: int, session: int, port: int) -> None:
