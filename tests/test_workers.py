@@ -294,9 +294,16 @@ async def transfer(port: int, seed: int, chunks: int = 48, size: int = 16384) ->
             writer.write_eof()
 
         sending = asyncio.create_task(send())
-        received = await reader.read()
-        await sending
-        return received == payload * chunks
+        try:
+            received = await reader.read()
+        finally:
+            # Never leave its error unretrieved: logged when the task is collected, maybe in
+            # another thread, its traceback is parsed there (CPython 3.11's AST state is not
+            # thread-safe, and every later ast.parse of the session fails).
+            sending.cancel()
+            await asyncio.wait([sending])
+        sent = not sending.cancelled() and sending.exception() is None
+        return sent and received == payload * chunks
     except OSError:
         return False
     finally:
