@@ -39,6 +39,9 @@ class Registration:
     """2 if the relay challenged (registration v2), 1 for a seed relay."""
     client_address: bool
     """Every stream starts with a PROXY v2 header naming the public client."""
+    sessions: int = 1
+    """Sessions of our identity the relay lets share this port (``sessions=``, if it
+    offers that; 1 otherwise)."""
 
 
 @takes_options(RegistrationOptions, others=True)
@@ -105,7 +108,9 @@ async def connect(
                     f"certificate (--tls-cert/--tls-key) that it did not accept?"
                 ) from exc
         registered = True
-        return Registration(session, public_port, protocol.version, protocol.client_address)
+        return Registration(
+            session, public_port, protocol.version, protocol.client_address, protocol.sessions
+        )
     except TimeoutError:
         what = "connect to" if protocol is None else "get a port line from"
         hint = (

@@ -28,6 +28,7 @@ from ..wire.v2 import (
     AUTH_FAILED,
     FEATURE_CLIENT_ADDR,
     FEATURE_SERVICE,
+    FEATURE_SESSIONS,
     NEEDS_NAME,
     AuthenticationError,
     HandshakeError,
@@ -53,8 +54,9 @@ class RegisteringProtocol(asyncio.Protocol):
 
     ``result`` resolves to ``(session, public_port)``, or fails with a
     RegistrationError (and the connection is closed). After that, ``version`` is
-    2 if a challenge was answered (1 for a seed relay) and ``client_address``
-    says whether every stream starts with a PROXY v2 header.
+    2 if a challenge was answered (1 for a seed relay), ``client_address``
+    says whether every stream starts with a PROXY v2 header and ``sessions`` how many
+    sessions of our identity may share the port.
     """
 
     def __init__(self, config: yamux.Config, options: RegistrationOptions) -> None:
@@ -68,6 +70,8 @@ class RegisteringProtocol(asyncio.Protocol):
         )
         self.version = 1
         self.client_address = False
+        self.sessions = 1
+        """Sessions of our identity the relay lets share the port (``sessions=``, if offered)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -164,8 +168,10 @@ class RegisteringProtocol(asyncio.Protocol):
                 options.wire_service,
                 options.wire_name,
             )
+        sessions = options.sessions if FEATURE_SESSIONS in challenge.features else 1
         self.version = 2
         self.client_address = client_addr
+        self.sessions = sessions
         secret = options.secret if challenge.auth_required else None
         assert self.transport is not None
         self.transport.write(
@@ -176,6 +182,7 @@ class RegisteringProtocol(asyncio.Protocol):
                 service=service,
                 port=options.remote_port,
                 client_addr=client_addr,
+                sessions=sessions,
             )
         )
 

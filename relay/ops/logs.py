@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
+import select
 import sys
 import threading
 import time
@@ -47,6 +49,7 @@ FIELDS = (
     "bytes_out",
     "duration",
     "reason",
+    "worker",
 )
 """The stable field names; a line carries those that apply (see docs/operations.md)."""
 
@@ -219,8 +222,11 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     order of the lines never changes.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, *, shared: bool = False) -> None:
         super().__init__(stream)
+        self._shared = shared
+        """Other processes write to the same stream (the workers of one relay): write whole
+        lines, at most PIPE_BUF bytes per write, so that lines never interleave."""
         self._pending: list[str] = []
         self._last: logging.LogRecord | None = None
         """The last record pending, for ``handleError`` if the write fails."""
@@ -270,12 +276,40 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
         text = "".join(self._pending)
         self._pending.clear()
         try:
+            if self._shared:
+                self._write_lines(text)
+                return
             self.stream.write(text)
             self.stream.flush()
         except RecursionError:
             raise
         except Exception:
             self.handleError(self._last or logging.makeLogRecord({"msg": text}))
+
+    def _write_lines(self, text: str) -> None:
+        """``text`` in writes of whole lines of at most PIPE_BUF bytes (a longer line on
+        its own), each atomic on a pipe, so another process's lines never cut into ours."""
+        self.stream.flush()
+        data = text.encode(self.stream.encoding or "utf-8", "backslashreplace")
+        fd = self.stream.fileno()
+        while data:
+            end = data.rfind(b"\n", 0, select.PIPE_BUF) + 1 or data.find(b"\n") + 1 or len(data)
+            chunk = memoryview(data)[:end]
+            while chunk:
+                chunk = chunk[os.write(fd, chunk) :]
+            data = data[end:]
+
+
+class _WorkerField(logging.Filter):
+    """Every line of a relay process that shares its stream says which process wrote it."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
 
 
 _direct: _Handler | None = None
@@ -329,11 +363,18 @@ def setup(
     *,
     connection_log: bool = True,
     stream: TextIO | None = None,
+    worker: int | None = None,
 ) -> None:
-    """Send every log record to stderr (or ``stream``) in ``log_format``, at ``level``."""
+    """Send every log record to stderr (or ``stream``) in ``log_format``, at ``level``.
+
+    ``worker``: this process is one of a relay's (``relay server --workers``; 0 for the
+    supervisor): every line gets a ``worker`` field, and lines are written whole.
+    """
     global _direct
-    handler = _Handler(stream or sys.stderr)
+    handler = _Handler(stream or sys.stderr, shared=worker is not None)
     handler.setFormatter(formatter(log_format))
+    if worker is not None:
+        handler.addFilter(_WorkerField(worker))
     _direct = handler
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal, Self, get_args
 
 from ..wire.tls import server_context
 from .declare import OptionError, option
-from .kinds import Choice, Flag, Instance, Integer, PortRange, Seconds, Text
+from .kinds import Choice, Flag, Instance, Integer, PortRange, Seconds, Text, Workers
 from .kinds import Path as PathKind
 from .shared import SharedOptions
 
@@ -58,6 +58,10 @@ class ClusterURL(Text):
 
     def __init__(self) -> None:
         super().__init__(check_cluster_url)
+
+
+MAX_WORKERS = 256
+"""More worker processes than this is a typo, not a host."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,6 +225,14 @@ class RelayOptions(SharedOptions):
         Integer(0),
         "Most leases of unauthenticated names; beyond it a new name is refused.",
     )
+    workers: int = option(
+        1,
+        Workers(MAX_WORKERS),
+        "Worker processes that share the control port (SO_REUSEPORT); each registration "
+        "lives in the worker that admitted it, with its public port and all its "
+        "connections. auto: one per usable core. 1: a single process, no supervisor.",
+        metavar="N|auto",
+    )
     auth_clients: Mapping[str, AuthClient] | None = option(
         None,
         Instance(Mapping, what="a mapping of names to clients (relay.server.auth)"),
@@ -249,6 +261,12 @@ class RelayOptions(SharedOptions):
                 "auth_file" if self.auth_file is not None else "auth_clients",
                 "give a shared secret ({secret}, {secret_file}) or named clients "
                 "({auth_file}, {auth_clients}), not both",
+            )
+        if self.protocol == "notify" and self.workers > 1:
+            raise OptionError(
+                "workers",
+                "the notify protocol runs in one process: drop {workers} or use --protocol v2",
+                self.workers,
             )
         if self.notify_token and self.protocol != "notify":
             raise OptionError("notify_token", "is an option of {protocol} notify only")

@@ -134,6 +134,7 @@ class ChallengeProtocol(asyncio.Protocol):
                 remote_port=response.port,
                 allowed_ports=ports,
                 client_address=response.client_addr,
+                sessions=response.sessions,
             ),
             place,
         )

@@ -36,6 +36,9 @@ class RegistrationRequest:
     """Ports this client may hold (auth file); None: whatever the relay's range allows."""
     client_address: bool = False
     """Start every stream with a PROXY v2 header naming the public client."""
+    sessions: int = 1
+    """Sessions of this identity that may share its public port (``sessions=``; needs a
+    name, so a seed or nameless registration is always 1)."""
     lease: bool = True
     """False for a second live session of an authenticated client: a port of its own
     that leaves the first session's lease alone."""

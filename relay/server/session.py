@@ -95,6 +95,8 @@ class RegisteredSession:
         self.traffic = Traffic()
         self.state = SessionState.PENDING
         self.end_reason: str | None = None
+        self.claim = 0
+        """Its claim in the identity table (``relay.server.identities``; 0: none)."""
         self.connection_task_name = f"relay-public-{id}"
         self._sock = sock
         self._place = place
