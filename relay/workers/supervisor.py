@@ -42,6 +42,7 @@ from pathlib import Path
 
 import yamux
 
+from ..errors import RelayError
 from ..net import resolve_bind_address
 from ..ops import sdnotify
 from ..options import ProcessOptions, RelayOptions
@@ -104,7 +105,7 @@ class WorkerProcess:
             self.channel.notify({"op": op})
 
 
-class StartupError(RuntimeError):
+class StartupError(RelayError):
     """A worker could not start at all (the first start of every worker must succeed)."""
 
 
