@@ -121,9 +121,15 @@ class AbuseError(RuntimeError):
 
 
 # ----------------------------------------------------------------- processes
+CHILD_TREE = [REPO]
+"""The checkout whose relay the children run: this one, or ``--relay-tree``'s (an older
+relay, measured by this harness and client code)."""
+
+
 def python_env() -> dict[str, str]:
-    """Children import this checkout (``-m relay``), whatever PYTHONPATH says first."""
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    """Children import ``CHILD_TREE`` (``-m relay``, run there), whatever PYTHONPATH says."""
+    tree = str(CHILD_TREE[0])
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [tree, os.environ.get("PYTHONPATH")]))}
 
 
 def rss(proc: Proc) -> int:
@@ -152,7 +158,9 @@ def start_relay(loop: str, *args: str, nofile: int | None = None) -> tuple[Proc,
         ]
         if nofile is not None:
             command = ["sh", "-c", f'ulimit -n {nofile} && exec "$@"', "sh", *command]
-        proc = Proc(command, "relay", env=python_env(), more_files=nofile is None)
+        proc = Proc(
+            command, "relay", env=python_env(), cwd=CHILD_TREE[0], more_files=nofile is None
+        )
         try:
             proc.wait_line(SERVING)
         except ProcessError:
@@ -178,6 +186,7 @@ def start_forwarder(loop: str, relay_port: int, local_port: int) -> tuple[Proc, 
         ],
         "forwarder",
         env=python_env(),
+        cwd=CHILD_TREE[0],
         more_files=True,
     )
     try:
@@ -1523,7 +1532,12 @@ async def weak_secret_attempt(args: list[str], secret: str, env: dict[str, str])
     """Run ``relay ARGS`` with a weak ``secret``: its exit status (None: still running after
     ``REFUSAL_PATIENCE`` s, so it took the secret), whether its message says how to make a
     strong one, and whether it shows the secret."""
-    proc = Proc([sys.executable, "-m", "relay", *args], "relay", env={**python_env(), **env})
+    proc = Proc(
+        [sys.executable, "-m", "relay", *args],
+        "relay",
+        env={**python_env(), **env},
+        cwd=CHILD_TREE[0],
+    )
     loop = asyncio.get_running_loop()
     start = loop.time()
     try:
@@ -1538,7 +1552,7 @@ async def weak_secret_attempt(args: list[str], secret: str, env: dict[str, str])
         "s": round(loop.time() - start, 2),
         "says_how": bool(HOW_TO_MAKE_ONE.search(text)),
         "shows_secret": secret in text,
-        "message": next((line for line in text.splitlines() if "weak" in line), text[-120:]),
+        "message": next((line for line in text.splitlines() if "weak" in line), ""),
     }
 
 
@@ -1604,7 +1618,9 @@ async def weak_secret(
     notes["exits"] = {name: r["exit"] for name, r in results.items()}
     notes["says_how"] = sum(1 for r in results.values() if r["says_how"])
     notes["shows_secret"] = sum(1 for r in results.values() if r["shows_secret"])
-    notes["slowest_s"] = max(r["s"] for r in results.values() if r["exit"] is not None)
+    notes["slowest_s"] = max(
+        (r["s"] for r in results.values() if r["exit"] is not None), default=None
+    )
     notes["relay_lines_from_forwarder"] = len(relay_proc.stderr) - lines_before
     notes["message"] = results["relay --secret"]["message"][:100]
 
@@ -1670,9 +1686,10 @@ class AuthRelay:
             for family in text_string_to_metric_families(metrics)
             for sample in family.samples
         }
+        auth_file = status.get("auth_file") or {}  # None: a relay from before it said
         return {
-            "ok": status["auth_file"]["ok"],
-            "clients": status["auth_file"]["clients"],
+            "ok": auth_file.get("ok"),
+            "clients": auth_file.get("clients"),
             "gauge_ok": gauges.get("relay_auth_file_ok"),
         }
 
@@ -1688,8 +1705,9 @@ async def cut(since: float, *registrations: relay.Registration) -> tuple[int, fl
     return sum(1 for e in ended if e is None), round(loop.time() - since, 2)
 
 
-APPLIED = r"auth file .* read: "
-"""The relay's line once it read a change of its auth file."""
+READ = r" relay\.auth: .*auth file "
+"""The relay's first line once it read a change of its auth file (an ERROR if it did not
+take)."""
 
 
 async def auth_file_edit(
@@ -1727,13 +1745,13 @@ async def edit_in_place(target: AuthRelay, seconds: float, notes: dict[str, Any]
     alice, bob = await target.register("alice"), await target.register("bob")
     try:
         mistyped = auth_table("alice", target.secrets["alice"], 'ports = "5000-"\n')
-        written = await target.edit(mistyped, APPLIED)
+        written = await target.edit(mistyped, READ)
         notes["removed_cut"], notes["removed_cut_s"] = await cut(written, bob)
         notes["removed_may_register"] = await target.may_register("bob")
         notes["typo_alice_served"] = await serves(alice)
         notes["typo_state"] = await target.state()
         lines = len(target.proc.stderr)
-        await target.edit("[clients.alice\n", r" ERROR .*not valid TOML")
+        await target.edit("[clients.alice\n", READ)
         notes["broken_alice_served"] = await serves(alice)
         notes["broken_state"] = await target.state()
         await asyncio.sleep(seconds)  # the relay looks again and again at the same bad file
@@ -1753,12 +1771,12 @@ async def revoke_all(target: AuthRelay, notes: dict[str, Any]) -> None:
         for edit, text in (("deleted", None), ("emptied", "")):
             alice, bob = await target.register("alice"), await target.register("bob")
             held += [alice, bob]
-            written = await target.edit(text, APPLIED)
+            written = await target.edit(text, READ)
             notes[f"{edit}_cut"], notes[f"{edit}_cut_s"] = await cut(written, alice, bob)
             notes[f"{edit}_may_register"] = await target.may_register("alice")
             notes[f"{edit}_state"] = await target.state()
             if text is None:
-                await target.edit(auth_file_text(target.secrets), r"in force as written again")
+                await target.edit(auth_file_text(target.secrets), READ)
     finally:
         for registration in held:
             await close_registration(registration)
@@ -1938,7 +1956,7 @@ def relay_has_option(name: str) -> bool:
         capture_output=True,
         text=True,
         env={**os.environ, **python_env()},
-        cwd=REPO,
+        cwd=CHILD_TREE[0],
         timeout=60,
         check=False,
     ).stdout
@@ -2014,7 +2032,15 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="attack duration (idle-flood: the idle timeout) [20; churn: 600]",
     )
+    parser.add_argument(
+        "--relay-tree",
+        type=Path,
+        help="run the relay and forwarder processes of this checkout (e.g. an older commit's "
+        "`git archive`) instead of this one's",
+    )
     args = parser.parse_args(argv)
+    if args.relay_tree is not None:
+        CHILD_TREE[0] = args.relay_tree.resolve()
     print(
         f"{'attack':<20} {'loop':<8} {'RSS before':>10} {'peak':>8} {'growth':>8} "
         f"{'log lines':>9}  notes",
