@@ -1572,8 +1572,7 @@ async def weak_secret(
     password, repeated, short_hex = WEAK_SECRETS
     (directory / "weak.secret").write_text(short_hex + "\n")
     (directory / "weak-bob.toml").write_text(
-        f'[clients.alice]\nsecret = "{secrets.token_hex(32)}"\n'
-        f'[clients.bob]\nsecret = "{password}"\n'
+        auth_table("alice", secrets.token_hex(32)) + auth_table("bob", password)
     )
     relay_args = ["--bind", HOST, "--event-loop", loop_name]
     attempts: dict[str, tuple[list[str], str, dict[str, str]]] = {
