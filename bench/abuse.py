@@ -57,6 +57,18 @@ churn                registered sides that register, serve, reset streams, send
 metrics-names        an open relay (--protocol v2, --metrics): 50 strangers
                      register under names of their choosing; /metrics must parse
                      without a duplicate series and carry none of those names
+weak-secret          password, passwordpassword and short hex as the secret of a
+                     relay (--secret, RELAY_SECRET, --secret-file), of bob in an
+                     auth file, and of a forwarder dialling a relay: each must
+                     exit non-zero saying how to make a secret, the forwarder
+                     before it reaches the relay
+auth-file-edit       alice and bob registered with an auth file, which is then
+                     edited: bob removed beside a typo in alice's table, not TOML
+                     at all, deleted, emptied; who is cut, who may register, what
+                     /status and relay_auth_file_ok say
+stream-burst         a JS libp2p relay (node, interop/js/stream-burst.mjs) opens
+                     1,000 streams in one write at a real forwarder, beyond its
+                     accept backlog of 256: every one must be echoed, none reset
 """
 
 from __future__ import annotations
@@ -64,6 +76,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -86,6 +99,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import relay
 import yamux
+from interop import families
 from relay.wire.v2 import is_challenge, parse_challenge, response_line
 from testkit.ports import free_port
 from testkit.procs import REPO, Proc, ProcessError, raise_nofile
@@ -107,9 +121,15 @@ class AbuseError(RuntimeError):
 
 
 # ----------------------------------------------------------------- processes
+CHILD_TREE = [REPO]
+"""The checkout whose relay the children run: this one, or ``--relay-tree``'s (an older
+relay, measured by this harness and client code)."""
+
+
 def python_env() -> dict[str, str]:
-    """Children import this checkout (``-m relay``), whatever PYTHONPATH says first."""
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    """Children import ``CHILD_TREE`` (``-m relay``, run there), whatever PYTHONPATH says."""
+    tree = str(CHILD_TREE[0])
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [tree, os.environ.get("PYTHONPATH")]))}
 
 
 def rss(proc: Proc) -> int:
@@ -138,7 +158,9 @@ def start_relay(loop: str, *args: str, nofile: int | None = None) -> tuple[Proc,
         ]
         if nofile is not None:
             command = ["sh", "-c", f'ulimit -n {nofile} && exec "$@"', "sh", *command]
-        proc = Proc(command, "relay", env=python_env(), more_files=nofile is None)
+        proc = Proc(
+            command, "relay", env=python_env(), cwd=CHILD_TREE[0], more_files=nofile is None
+        )
         try:
             proc.wait_line(SERVING)
         except ProcessError:
@@ -164,6 +186,7 @@ def start_forwarder(loop: str, relay_port: int, local_port: int) -> tuple[Proc, 
         ],
         "forwarder",
         env=python_env(),
+        cwd=CHILD_TREE[0],
         more_files=True,
     )
     try:
@@ -1497,6 +1520,364 @@ async def stale_client(
     notes["junk"] = bob["junk"]
 
 
+# ------------------------------------------------ secrets, the auth file, stream bursts
+WEAK_SECRETS = ("password", "passwordpassword", "deadbeefdeadbeef")
+"""Secrets people type: 38, 42 and 36 bits by the relay's estimate, all under 128."""
+HOW_TO_MAKE_ONE = re.compile(r"relay gen-secret|openssl rand")
+REFUSAL_PATIENCE = 5.0
+"""Seconds a process given a weak secret may take to exit before it counts as accepting it."""
+
+
+async def weak_secret_attempt(args: list[str], secret: str, env: dict[str, str]) -> dict[str, Any]:
+    """Run ``relay ARGS`` with a weak ``secret``: its exit status (None: still running after
+    ``REFUSAL_PATIENCE`` s, so it took the secret), whether its message says how to make a
+    strong one, and whether it shows the secret."""
+    proc = Proc(
+        [sys.executable, "-m", "relay", *args],
+        "relay",
+        env={**python_env(), **env},
+        cwd=CHILD_TREE[0],
+    )
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        exit_status: int | None = await proc.await_exit(REFUSAL_PATIENCE)
+    except subprocess.TimeoutExpired:
+        exit_status = None
+    finally:
+        proc.stop()
+    text = proc.stderr_text
+    return {
+        "exit": exit_status,
+        "s": round(loop.time() - start, 2),
+        "says_how": bool(HOW_TO_MAKE_ONE.search(text)),
+        "shows_secret": secret in text,
+        "message": next((line for line in text.splitlines() if "weak" in line), ""),
+    }
+
+
+async def weak_secret(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    secret: str = "",
+    directory: Path | None = None,
+) -> None:
+    """Weak secrets wherever one is given: a relay with one (``--secret``, RELAY_SECRET,
+    ``--secret-file``), a relay whose auth file gives one to bob, and a forwarder with one
+    that dials this run's relay (which has a strong secret) and must not reach it."""
+    assert directory is not None
+    password, repeated, short_hex = WEAK_SECRETS
+    (directory / "weak.secret").write_text(short_hex + "\n")
+    (directory / "weak-bob.toml").write_text(
+        auth_table("alice", secrets.token_hex(32)) + auth_table("bob", password)
+    )
+    relay_args = ["--bind", HOST, "--event-loop", loop_name]
+    attempts: dict[str, tuple[list[str], str, dict[str, str]]] = {
+        "relay --secret": ([*relay_args, "--secret", password, str(free_port())], password, {}),
+        "relay RELAY_SECRET": (
+            [*relay_args, str(free_port())],
+            repeated,
+            {"RELAY_SECRET": repeated},
+        ),
+        "relay --secret-file": (
+            [*relay_args, "--secret-file", str(directory / "weak.secret"), str(free_port())],
+            short_hex,
+            {},
+        ),
+        "relay --auth-file": (
+            [*relay_args, "--auth-file", str(directory / "weak-bob.toml"), str(free_port())],
+            password,
+            {},
+        ),
+        "forwarder --secret": (
+            [
+                f"--localForwardPort={free_port()}",
+                "--event-loop",
+                loop_name,
+                "--secret",
+                password,
+                HOST,
+                str(port),
+            ],
+            password,
+            {},
+        ),
+    }
+    lines_before = len(relay_proc.stderr)
+    results = {
+        name: await weak_secret_attempt(args, weak, env)
+        for name, (args, weak, env) in attempts.items()
+    }
+    await asyncio.sleep(0.2)  # a registration the forwarder tried would be logged by now
+    notes["refused"] = sum(1 for r in results.values() if r["exit"] not in (None, 0))
+    notes["of"] = len(results)
+    notes["exits"] = {name: r["exit"] for name, r in results.items()}
+    notes["says_how"] = sum(1 for r in results.values() if r["says_how"])
+    notes["shows_secret"] = sum(1 for r in results.values() if r["shows_secret"])
+    notes["slowest_s"] = max(
+        (r["s"] for r in results.values() if r["exit"] is not None), default=None
+    )
+    notes["relay_lines_from_forwarder"] = len(relay_proc.stderr) - lines_before
+    notes["message"] = results["relay --secret"]["message"][:100]
+
+
+AUTH_CHANGE_TIMEOUT = 10.0
+"""The relay looks at its auth file every second and reads a change once it held still."""
+
+
+def auth_table(name: str, secret: str, extra: str = "") -> str:
+    return f'[clients.{name}]\nsecret = "{secret}"\n{extra}'
+
+
+def auth_file_text(clients: dict[str, str]) -> str:
+    return "".join(auth_table(name, secret) for name, secret in clients.items())
+
+
+@dataclass
+class AuthRelay:
+    """A relay process with an auth file and ``--metrics``, seen as its clients see it."""
+
+    proc: Proc
+    port: int
+    auth: Path
+    secrets: dict[str, str]
+    endpoint: str = ""
+
+    async def start(self) -> AuthRelay:
+        _, match = await self.proc.await_line(METRICS_LINE)
+        self.endpoint = match.group(1)
+        return self
+
+    async def register(self, name: str) -> relay.Registration:
+        return await relay.register(
+            HOST, self.port, secret=self.secrets[name], client_name=name, connect_timeout=5
+        )
+
+    async def may_register(self, name: str) -> str:
+        """'yes', or how the relay refused ``name``."""
+        try:
+            registration = await self.register(name)
+        except relay.RelayRefusedError as exc:
+            return "refused for good" if exc.permanent else "refused for now"
+        except (OSError, TimeoutError) as exc:
+            return type(exc).__name__
+        await close_registration(registration)
+        return "yes"
+
+    async def edit(self, text: str | None, pattern: str) -> float:
+        """Write the auth file (None: delete it); wait until the relay logged ``pattern``.
+        Returns when it was written (the loop's time)."""
+        lines = len(self.proc.stderr)
+        written = asyncio.get_running_loop().time()
+        rewrite(self.auth, text)
+        await self.proc.await_line(pattern, after=lines, timeout=AUTH_CHANGE_TIMEOUT)
+        return written
+
+    async def state(self) -> dict[str, Any]:
+        """What /status and relay_auth_file_ok say of the auth file."""
+        status = json.loads(await asyncio.to_thread(_get, f"http://{self.endpoint}/status"))
+        metrics = await asyncio.to_thread(_get, f"http://{self.endpoint}/metrics")
+        gauges = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+        }
+        auth_file = status.get("auth_file") or {}  # None: a relay from before it said
+        return {
+            "ok": auth_file.get("ok"),
+            "clients": auth_file.get("clients"),
+            "gauge_ok": gauges.get("relay_auth_file_ok"),
+        }
+
+
+async def cut(since: float, *registrations: relay.Registration) -> tuple[int, float]:
+    """How many of ``registrations`` the relay ended (within AUTH_CHANGE_TIMEOUT), and
+    seconds from ``since`` (the loop's time) until the last of them ended."""
+    loop = asyncio.get_running_loop()
+    ended = await asyncio.gather(
+        *(asyncio.wait_for(r.session.wait_closed(), AUTH_CHANGE_TIMEOUT) for r in registrations),
+        return_exceptions=True,
+    )
+    return sum(1 for e in ended if e is None), round(loop.time() - since, 2)
+
+
+READ = r" relay\.auth: .*auth file "
+"""The relay's first line once it read a change of its auth file (an ERROR if it did not
+take)."""
+
+
+async def auth_file_edit(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    secrets: dict[str, str] | None = None,
+    auth: Path | None = None,
+) -> None:
+    """alice and bob registered on two relays with an auth file each. On this run's relay,
+    bob is removed beside a typo in alice's table, then the file is made no TOML at all
+    (left so for ``seconds``); on a second relay, the file is deleted, restored, and
+    emptied. After each edit: who was cut, who may register, what /status and
+    ``relay_auth_file_ok`` say."""
+    assert secrets is not None
+    assert auth is not None
+    other_auth = auth.with_name("other-clients.toml")
+    rewrite(other_auth, auth_file_text(secrets))
+    other_proc, other_port = await asyncio.to_thread(
+        start_relay, loop_name, "--auth-file", str(other_auth), "--metrics", f"{HOST}:0"
+    )
+    try:
+        await asyncio.gather(
+            edit_in_place(await AuthRelay(relay_proc, port, auth, secrets).start(), seconds, notes),
+            revoke_all(await AuthRelay(other_proc, other_port, other_auth, secrets).start(), notes),
+        )
+    finally:
+        other_proc.stop()
+
+
+async def edit_in_place(target: AuthRelay, seconds: float, notes: dict[str, Any]) -> None:
+    """bob removed while alice's ports are mistyped; then not TOML for ``seconds``."""
+    alice, bob = await target.register("alice"), await target.register("bob")
+    try:
+        mistyped = auth_table("alice", target.secrets["alice"], 'ports = "5000-"\n')
+        written = await target.edit(mistyped, READ)
+        notes["removed_cut"], notes["removed_cut_s"] = await cut(written, bob)
+        notes["removed_may_register"] = await target.may_register("bob")
+        notes["typo_alice_served"] = await serves(alice)
+        notes["typo_state"] = await target.state()
+        lines = len(target.proc.stderr)
+        await target.edit("[clients.alice\n", READ)
+        notes["broken_alice_served"] = await serves(alice)
+        notes["broken_state"] = await target.state()
+        await asyncio.sleep(seconds)  # the relay looks again and again at the same bad file
+        notes["broken_error_lines"] = sum(
+            1 for line in target.proc.stderr[lines:] if " ERROR " in line
+        )
+        notes["broken_for_s"] = seconds
+    finally:
+        for registration in (alice, bob):
+            await close_registration(registration)
+
+
+async def revoke_all(target: AuthRelay, notes: dict[str, Any]) -> None:
+    """The file deleted, then written again as it was, then emptied."""
+    held: list[relay.Registration] = []
+    try:
+        for edit, text in (("deleted", None), ("emptied", "")):
+            alice, bob = await target.register("alice"), await target.register("bob")
+            held += [alice, bob]
+            written = await target.edit(text, READ)
+            notes[f"{edit}_cut"], notes[f"{edit}_cut_s"] = await cut(written, alice, bob)
+            notes[f"{edit}_may_register"] = await target.may_register("alice")
+            notes[f"{edit}_state"] = await target.state()
+            if text is None:
+                await target.edit(auth_file_text(target.secrets), READ)
+    finally:
+        for registration in held:
+            await close_registration(registration)
+
+
+def rewrite(path: Path, text: str | None) -> None:
+    """Write ``text`` to ``path``; None deletes it."""
+    if text is None:
+        path.unlink()
+    else:
+        path.write_text(text)
+
+
+async def close_registration(registration: relay.Registration) -> None:
+    registration.session.close()
+    await registration.session.wait_closed()
+
+
+async def serves(registration: relay.Registration) -> bool:
+    """A public client's bytes reach the registered side and its answer comes back."""
+    try:
+        reader, writer = await asyncio.open_connection(HOST, registration.public_port)
+    except OSError:
+        return False
+    try:
+        writer.write(b"ping\n")
+        stream = await asyncio.wait_for(registration.session.accept_stream(), 5)
+        try:
+            request = await asyncio.wait_for(stream.read(5), 5)
+            stream.write(b"pong\n")
+            return (
+                request == b"ping\n" and await asyncio.wait_for(reader.readline(), 5) == b"pong\n"
+            )
+        finally:
+            stream.reset()
+    except (OSError, TimeoutError, yamux.YamuxError):
+        return False
+    finally:
+        writer.transport.abort()
+
+
+STREAM_BURST = REPO / "interop" / "js" / "stream-burst.mjs"
+"""A relay on @chainsafe/libp2p-yamux that opens streams at its registered side in one write."""
+BURST_LINE = re.compile(r"^\{.*\}$")
+
+
+async def stream_burst(
+    relay_proc: Proc,
+    port: int,
+    loop_name: str,
+    seconds: float,
+    notes: dict[str, Any],
+    streams: int = 1000,
+    size: int = 600,
+) -> None:
+    """A JS libp2p relay (interop/js/stream-burst.mjs) opens ``streams`` streams in one write
+    at a real forwarder, each with ``size`` bytes and a FIN, far beyond the forwarder's
+    accept backlog (256); each must come back echoed by the local service. This run's relay
+    is not in the path: the JS relay stands in for it, as nothing else opens streams so."""
+    js = families.family("js")
+    missing = js.unavailable_reason()  # raises under CI=true
+    if missing is not None:
+        raise AbuseError(missing)
+    raise_nofile()
+    loop = asyncio.get_running_loop()
+    backends: list[asyncio.Transport] = []
+    service = await loop.create_server(lambda: Echo(backends), HOST, 0, backlog=4096)
+    burst = Proc(
+        [families.node(), str(STREAM_BURST), "-streams", str(streams), "-size", str(size)],
+        "stream-burst",
+    )
+    try:
+        _, match = await burst.await_line(r"^listening (\d+)$", stream="stdout")
+        forwarder, _ = await asyncio.to_thread(
+            start_forwarder, loop_name, int(match.group(1)), service.sockets[0].getsockname()[1]
+        )
+        try:
+            rss_before = rss(forwarder)
+            with RssSampler(forwarder) as sampler:
+                _, match = await burst.await_line(BURST_LINE, stream="stdout", timeout=90)
+            counts = json.loads(match.group(0))
+            notes.update(
+                streams=counts["streams"],
+                echoed=counts["echoed"],
+                reset=counts["reset"],
+                failed=counts["failed"],
+                burst_ms=counts["ms"],
+                forwarder_rss_growth_mib=round((sampler.peak - rss_before) / MIB, 1),
+                forwarder_refusal_lines=sum(1 for line in forwarder.stderr if "refus" in line),
+            )
+            if "first_failure" in counts:
+                notes["first_failure"] = counts["first_failure"]
+        finally:
+            forwarder.stop()
+    finally:
+        burst.stop()
+        for transport in backends:
+            transport.abort()
+        service.close()
+        await service.wait_closed()
+
+
 ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
     "slow-ack-sender": (slow_ack_sender, ()),
     "non-reading-service": (non_reading_service, ()),
@@ -1519,6 +1900,9 @@ ATTACKS: dict[str, tuple[Attack, tuple[str, ...]]] = {
     ),
     "churn": (churn, ("--no-connection-log",)),
     "metrics-names": (metrics_names, ("--protocol", "v2", "--metrics", f"{HOST}:0")),
+    "weak-secret": (weak_secret, ()),
+    "auth-file-edit": (auth_file_edit, ("--metrics", f"{HOST}:0")),
+    "stream-burst": (stream_burst, ()),
 }
 """name: (attack, relay options)."""
 
@@ -1527,17 +1911,18 @@ def prepare_admission(attack: str, directory: Path) -> tuple[tuple[str, ...], di
     """Relay options and attack keywords of the admission attacks: a secret (or an auth
     file of alice and bob), a certificate for the TLS ones, and 1,000 places in all (the
     old default) where the attack is about them."""
-    if attack == "stale-client":
+    if attack in ("stale-client", "auth-file-edit"):
         clients = {name: secrets.token_hex(32) for name in ("alice", "bob")}
         auth = directory / "clients.toml"
-        auth.write_text(
-            "".join(f'[clients.{name}]\nsecret = "{secret}"\n' for name, secret in clients.items())
-        )
-        return ("--auth-file", str(auth)), {"secrets": clients}
+        auth.write_text(auth_file_text(clients))
+        auth_path = {"auth": auth} if attack == "auth-file-edit" else {}
+        return ("--auth-file", str(auth)), {"secrets": clients, **auth_path}
     secret = secrets.token_hex(32)
     (directory / "secret").write_text(secret + "\n")
     options: tuple[str, ...] = ("--secret-file", str(directory / "secret"))
     kwargs: dict[str, Any] = {"secret": secret}
+    if attack == "weak-secret":
+        kwargs["directory"] = directory
     if attack in ("tls-slowloris", "unanswered"):
         cert, key = self_signed_certificate(directory)
         options = (*options, "--tls-cert", str(cert), "--tls-key", str(key))
@@ -1556,6 +1941,8 @@ PREPARE = {
         "failure-flush",
         "unanswered",
         "stale-client",
+        "weak-secret",
+        "auth-file-edit",
     )
 }
 """Attacks whose relay needs files made for the run: name -> (relay options, keywords)."""
@@ -1568,7 +1955,7 @@ def relay_has_option(name: str) -> bool:
         capture_output=True,
         text=True,
         env={**os.environ, **python_env()},
-        cwd=REPO,
+        cwd=CHILD_TREE[0],
         timeout=60,
         check=False,
     ).stdout
@@ -1644,7 +2031,15 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="attack duration (idle-flood: the idle timeout) [20; churn: 600]",
     )
+    parser.add_argument(
+        "--relay-tree",
+        type=Path,
+        help="run the relay and forwarder processes of this checkout (e.g. an older commit's "
+        "`git archive`) instead of this one's",
+    )
     args = parser.parse_args(argv)
+    if args.relay_tree is not None:
+        CHILD_TREE[0] = args.relay_tree.resolve()
     print(
         f"{'attack':<20} {'loop':<8} {'RSS before':>10} {'peak':>8} {'growth':>8} "
         f"{'log lines':>9}  notes",
