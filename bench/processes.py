@@ -24,7 +24,7 @@ from testkit.procs import Proc, ProcessError, ProcGroup, Stream
 
 REPO: Final = Path(__file__).resolve().parent.parent
 BUILD_DIR: Final = gobuild.BUILD_DIR
-GO_PROGRAMS: Final = ("go-relay", "go-forwarder", "loadgen", "echo-server")
+GO_PROGRAMS: Final = ("go-relay", "go-forwarder", "loadgen", "echo-server", "echo-peer")
 HOST: Final = "127.0.0.1"
 
 

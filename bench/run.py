@@ -9,6 +9,7 @@ Run from the repository root::
     python -m bench --wan           # over emulated WAN links (bench/wan.py; needs root)
     python -m bench --registration  # registration latency per lease store (bench/registration.py)
     python -m bench --routing       # names on shared ports vs a dedicated port (bench/routing.py)
+    python -m bench --workers 1,2   # the relay with 1 and 2 worker processes (bench/workers.py)
 
 Every workload runs on each path -- ``direct`` (the load generator talks to the
 echo server itself), ``go`` (interop/build/go-relay + go-forwarder), ``py``
@@ -271,6 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         argv.remove("--registration")
         return registration_main(argv)
+    if any(arg == "--workers" or arg.startswith("--workers=") for arg in argv):
+        from bench.workers import main as workers_main
+
+        return workers_main(argv)
     args = parse_args(argv)
     t_start = time.monotonic()
     install_signal_handlers()

@@ -7,6 +7,8 @@
 Standard library only, like a server written for the original relayServer:
 connect to the control port, read the public port line, then for every
 ``[NEW]<port>`` line dial the relay at that port and echo on that connection.
+A relay with ``--notify-token`` sends ``[NEW]<port> <token>``: then the
+dial-back sends ``<token>`` and a newline first, which proves it is ours.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import asyncio
 import sys
 
 
-async def echo(relay_host: str, port: int) -> None:
+async def echo(relay_host: str, port: int, token: bytes | None) -> None:
     reader, writer = await asyncio.open_connection(relay_host, port)
+    if token is not None:
+        writer.write(token + b"\n")
     while data := await reader.read(64 * 1024):
         writer.write(data)
         await writer.drain()
@@ -25,7 +29,7 @@ async def echo(relay_host: str, port: int) -> None:
 
 
 async def main(relay_host: str, relay_port: int) -> None:
-    control, _ = await asyncio.open_connection(relay_host, relay_port)
+    control, keep_open = await asyncio.open_connection(relay_host, relay_port)
     first = (await control.readline()).decode().strip()
     if not first.isdigit():
         sys.exit(f"notify_echo_server: the relay answered {first!r}")
@@ -34,9 +38,11 @@ async def main(relay_host: str, relay_port: int) -> None:
     while line := await control.readline():
         if not line.startswith(b"[NEW]"):
             continue
-        task = asyncio.create_task(echo(relay_host, int(line[5:].strip())))
+        port, *token = line[5:].split()
+        task = asyncio.create_task(echo(relay_host, int(port), token[0] if token else None))
         sessions.add(task)
         task.add_done_callback(sessions.discard)
+    keep_open.close()
     sys.exit("notify_echo_server: the relay closed the control connection")
 
 

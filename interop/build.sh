@@ -31,7 +31,7 @@ if [[ ! -d "$debian_gopath/src/github.com/hashicorp/yamux" ]]; then
 fi
 
 cd "$here/go"
-for prog in yamux-peer go-relay go-forwarder loadgen echo-server; do
+for prog in yamux-peer go-relay go-forwarder loadgen echo-server echo-peer; do
     go build -trimpath -ldflags='-s -w' -o "$out/$prog" "./$prog"
 done
 echo "build.sh: built into $out" >&2

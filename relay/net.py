@@ -19,9 +19,9 @@ from typing import Protocol
 LISTEN_BACKLOG = 4096
 """Pending connections the kernel queues per listener (capped by net.core.somaxconn).
 
-asyncio's create_server(sock=...) calls listen() again with its own default
-of 100, so pass this as ``backlog=`` there too: with 100, a burst of clients
-overflows the queue and each dropped SYN costs its client a 1 s retransmit.
+With asyncio's default of 100 a burst of clients overflows the queue, and each
+dropped SYN costs its client a 1 s retransmit; while a listener pauses for want
+of file descriptors (``relay.server.accept``) its clients wait here.
 """
 
 
@@ -33,16 +33,47 @@ class BindAddress:
     dual_stack: bool = False
     """An IPv6 socket that accepts IPv4 too."""
 
-    def listen(self, port: int, backlog: int = LISTEN_BACKLOG) -> socket.socket:
-        """A bound, listening, non-blocking socket on ``port`` (0: the OS chooses)."""
-        sock = socket.socket(self.family, socket.SOCK_STREAM)
+    def listen(
+        self, port: int, backlog: int = LISTEN_BACKLOG, *, reuse_port: bool = False
+    ) -> socket.socket:
+        """A bound, listening, non-blocking socket on ``port`` (0: the OS chooses).
+
+        ``reuse_port``: SO_REUSEPORT, so that other sockets of this user with it may
+        listen on the same port, and the kernel spreads new connections over them.
+
+        Made with ``IPPROTO_TCP``, not 0: accepted sockets inherit it, and asyncio's own
+        loop sets TCP_NODELAY only on sockets that say so (uvloop on every TCP socket);
+        without it Nagle holds a small frame or answer back behind an unacknowledged one.
+        """
+        sock = self._bound(port, reuse_port)
+        try:
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def reserve(self, port: int) -> socket.socket:
+        """A socket bound to ``port`` with SO_REUSEPORT that does not listen: it keeps the
+        port for the listeners of ``listen(port, reuse_port=True)`` (of other processes
+        too) while none is open. ``port`` 0: one the OS picks, free for everyone."""
+        if port == 0:
+            with self._bound(0, False) as probe:
+                port = int(probe.getsockname()[1])
+        else:
+            self._bound(port, False).close()  # EADDRINUSE if anyone has it, SO_REUSEPORT or not
+        return self._bound(port, True)
+
+    def _bound(self, port: int, reuse_port: bool) -> socket.socket:
+        sock = socket.socket(self.family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if self.dual_stack:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.bind((self.host, port))
-            sock.listen(backlog)
-            sock.setblocking(False)
         except BaseException:
             sock.close()
             raise

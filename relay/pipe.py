@@ -80,7 +80,7 @@ class SocketEnd(asyncio.Protocol):
     def __init__(self, on_connected: Callable[[SocketEnd], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self._on_connected = on_connected
-        self._splice: _Splice | None = None
+        self._splice: Splice | None = None
         self._lost = False
         self._early: list[bytes] = []
         """Bytes, then b"" for EOF, that came before the splice (uvloop may read while paused)."""
@@ -130,7 +130,7 @@ class SocketEnd(asyncio.Protocol):
         The stream's FIN shuts down and may close this very transport. From inside
         its ``resume_writing`` (with an empty buffer) asyncio 3.11 then runs
         ``shutdown`` or ``_call_connection_lost`` a second time ("Exception in
-        callback ..."), so ``_Splice.eof_received`` defers itself while
+        callback ..."), so ``Splice.eof_received`` defers itself while
         ``in_resume_writing``. Data is not deferred: that would cost a loop
         iteration per backpressure round on the bulk path.
         """
@@ -166,7 +166,7 @@ class SocketEnd(asyncio.Protocol):
         return early
 
 
-class _Splice(asyncio.Protocol):
+class Splice(asyncio.Protocol):
     """Protocol of the stream side, and the socket side's partner; owns the pipe's outcome."""
 
     __slots__ = (
@@ -278,6 +278,34 @@ class _Splice(asyncio.Protocol):
             self._done.set_result(None)
 
 
+def splice(
+    end: SocketEnd, stream: yamux.Stream, done: asyncio.Future[None], result: PipeResult
+) -> Splice:
+    """Start copying both ways between a connected ``end`` and ``stream``, at once (from
+    ``connection_made`` at the earliest): what the socket already sent goes to the stream,
+    what the stream holds to the socket. ``done`` is set once both directions ended or one
+    failed (``result`` says which); ``Splice.fail`` aborts both sides.
+    """
+    joined = Splice(end, stream, done, result)
+    if end.closed:
+        joined.fail(ConnectionAbortedError("connection closed before the stream opened"))
+        return joined
+    end._splice = joined
+    stream.set_protocol(joined)
+    early = end._take_early()
+    for data in early:
+        if joined.finished:
+            break
+        if data:
+            joined.socket_data(data)
+        else:
+            joined.socket_eof()
+    # Replaying may have filled the stream and paused the socket: only resume if not.
+    if not joined.finished and not joined.socket_paused and not (early and early[-1] == b""):
+        end.transport.resume_reading()  # type: ignore[union-attr]
+    return joined
+
+
 async def pipe(
     end: SocketEnd, stream: yamux.Stream, result: PipeResult | None = None
 ) -> PipeResult:
@@ -288,26 +316,15 @@ async def pipe(
     the byte counts while the pipe runs (metrics, status).
     """
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    splice = _Splice(end, stream, done, result if result is not None else PipeResult())
-    if end.closed:
-        splice.fail(ConnectionAbortedError("connection closed before the stream opened"))
-        return splice.result
-    end._splice = splice
-    stream.set_protocol(splice)
-    early = end._take_early()
-    for data in early:
-        if splice.finished:
-            break
-        if data:
-            splice.socket_data(data)
-        else:
-            splice.socket_eof()
-    # Replaying may have filled the stream and paused the socket: only resume if not.
-    if not splice.finished and not splice.socket_paused and not (early and early[-1] == b""):
-        end.transport.resume_reading()  # type: ignore[union-attr]
+    joined = splice(end, stream, done, result if result is not None else PipeResult())
+    return await wait_pipe(joined, done)
+
+
+async def wait_pipe(joined: Splice, done: asyncio.Future[None]) -> PipeResult:
+    """Wait for the ``done`` of ``splice``; cancelling aborts both sides."""
     try:
         await done
     except asyncio.CancelledError:
-        splice.fail(ConnectionAbortedError("relaying cancelled"))
+        joined.fail(ConnectionAbortedError("relaying cancelled"))
         raise
-    return splice.result
+    return joined.result

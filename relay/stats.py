@@ -86,7 +86,8 @@ class RelayStats:
     connections_refused: Counter[str] = field(default_factory=Counter)
     """Public connections refused, by reason: max_connections, per_source, draining, ..."""
     auth_failures: int = 0
-    """Registrations v2 that failed: a wrong proof, a bad or no response."""
+    """Failed registrations (they block a source): a refused proof, a bad or no response, a
+    failed TLS handshake."""
 
     def session_ended(self, traffic: Traffic) -> None:
         """Keep a finished session's totals in the relay-wide counters."""

@@ -1,4 +1,4 @@
-"""Build the Go programs of interop/go (peers, relay, forwarder, loadgen, echo-server) once.
+"""Build the Go programs of interop/go (peers, relay, forwarders, loadgen, echo servers) once.
 
 One build for tests, interop and bench: ``interop/build.sh`` in GOPATH mode against
 Debian's hashicorp/yamux (nothing downloaded), into ``interop/build/``, under an
@@ -21,7 +21,14 @@ REPO: Final = Path(__file__).resolve().parent.parent
 BUILD_DIR: Final = REPO / "interop" / "build"
 BUILD_SCRIPT: Final = REPO / "interop" / "build.sh"
 YAMUX_SRC: Final = Path("/usr/share/gocode/src/github.com/hashicorp/yamux")
-PROGRAMS: Final = ("yamux-peer", "go-relay", "go-forwarder", "loadgen", "echo-server")
+PROGRAMS: Final = (
+    "yamux-peer",
+    "go-relay",
+    "go-forwarder",
+    "loadgen",
+    "echo-server",
+    "echo-peer",
+)
 
 
 class GoBuildError(RuntimeError):

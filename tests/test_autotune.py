@@ -16,11 +16,16 @@ from testkit.link import SlowLink
 from yamux import Config, Connection
 from yamux.const import INITIAL_STREAM_WINDOW
 from yamux.events import DataReceived, StreamOpened
-from yamux.flow import ReceiveWindow, WindowBudget, WindowTuner
+from yamux.flow import Clock, ReceiveWindow, WindowBudget, WindowTuner
 from yamux.frame import FrameDecoder
 
 W = INITIAL_STREAM_WINDOW
 MIB = 1 << 20
+
+
+def at(now: float) -> Clock:
+    """A clock stopped at ``now``."""
+    return lambda: now
 
 
 def tuner_for_one_stream(rtt: float | None) -> WindowTuner:
@@ -38,7 +43,7 @@ def drive(window: ReceiveWindow, tuner: WindowTuner, rounds: int, step: float) -
     for _ in range(rounds):
         window.receive(1, window.credit)
         now += step
-        window.consume(window.buffered, tuner, now)
+        window.consume(window.buffered, tuner, at(now))
         sizes.append(window.max_window)
     return sizes
 
@@ -67,7 +72,7 @@ def test_an_idle_stream_grants_less_and_returns_budget() -> None:
     drive(window, tuner, rounds=4, step=0.001)
     assert window.max_window == 16 * W
     window.receive(1, window.credit)
-    window.consume(window.buffered, tuner, 100.0)  # the next update after a long pause
+    window.consume(window.buffered, tuner, at(100.0))  # the next update after a long pause
     assert window.max_window == 8 * W
     assert window.credit + window.buffered <= window.max_window
     assert tuner.used == 8 * W
@@ -102,7 +107,7 @@ def wire(config: Config, chunks: int) -> bytes:
                 receiver.accept_stream(sid)
             elif isinstance(event, DataReceived):
                 now += 0.001
-                receiver.consume(sid, len(event.data), now)
+                receiver.consume(sid, len(event.data), at(now))
         reply = b"".join(receiver.outbox.take_control())
         out += reply
         sender.receive_data(reply)
@@ -144,7 +149,7 @@ class TunedSession:
             assert not isinstance(event, yamux.events.SessionTerminated), event
             if isinstance(event, DataReceived):
                 now += per_read
-                self.receiver.consume(event.stream_id, len(event.data), now)
+                self.receiver.consume(event.stream_id, len(event.data), at(now))
         self.sender.receive_data(b"".join(self.receiver.outbox.take_control()))
         return now
 
@@ -247,7 +252,7 @@ def test_tuned_window_rule_properties(ops: list[tuple[str, float]], cap: int, bu
             window.receive(1, n)
             peer_credit -= n
         elif op == "consume":
-            peer_credit += window.consume(int(window.buffered * fraction), tuner, now)
+            peer_credit += window.consume(int(window.buffered * fraction), tuner, at(now))
         elif op == "tick":
             now += fraction * 3
         else:
@@ -256,7 +261,7 @@ def test_tuned_window_rule_properties(ops: list[tuple[str, float]], cap: int, bu
         assert window.credit + window.buffered <= window.max_window
         assert W <= window.max_window <= max(W, min(cap, budget))
         assert tuner.used == window.max_window
-    peer_credit += window.consume(window.buffered, tuner, now + 100)
+    peer_credit += window.consume(window.buffered, tuner, at(now + 100))
     assert window.credit > window.max_window // 2  # a reader that drained never stalls the peer
 
 

@@ -162,6 +162,42 @@ def test_hotpath_rig_frames_and_delivers_every_message() -> None:
         assert bytecodes > python_calls
 
 
+def test_workers_bench_measures_every_worker_process(tmp_path: Path) -> None:
+    """``python -m bench --workers 1,2`` on the connection rate: both counts run, the relay's
+    CPU is that of all its processes, and the table has both columns and their ratio."""
+    require_program("go")
+    out = tmp_path / "workers.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--workers",
+            "1,2",
+            "--quick",
+            "--only",
+            "connrate",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["n"], r["ok"]) for r in runs] == [(1, True), (2, True)]
+    one, two = (r["result"] for r in runs)
+    assert len(one["worker_cpu_s"]) == 1
+    assert len(two["worker_cpu_s"]) == 2  # the supervisor's two children
+    assert one["connections"] > 0
+    assert two["connections"] > 0
+    assert "| connections per second | " in done.stdout
+    assert "ratio 2 workers/1 worker" in done.stdout
+
+
 def test_wan_topology_routes_only_through_the_relay_host_and_is_removed() -> None:
     require_root()
     with pytest.raises(RuntimeError, match="boom"), topology() as topo:  # noqa: PT012

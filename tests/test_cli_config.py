@@ -119,7 +119,7 @@ def test_precedence_flag_over_env_over_file_over_default(procs, tmp_path):
         7,
     )
     assert relay_limits(procs, "--config", str(config), str(free_port())) == (3, 7)
-    assert relay_limits(procs, "--bind", HOST, str(free_port())) == (100, 1000)
+    assert relay_limits(procs, "--bind", HOST, str(free_port())) == (100, 10000)
     # the file itself from the environment, its PORT argument from [server] port
     port = free_port()
     config.write_text(f'[server]\nbind = "127.0.0.1"\nport = {port}\nmax-sessions = 3\n')

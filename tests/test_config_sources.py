@@ -164,6 +164,6 @@ def test_systemd_credentials_are_the_secret_and_tls_files(
     assert done.returncode == 2
     assert re.search(
         r"Invalid value for '--secret-file' \(systemd credential .*forwarder-creds/secret-file\)"
-        r".*at least 8 bytes",
+        r".*too weak: .*at least 128",
         done.stderr.replace("\n", " "),
     ), done.stderr

@@ -221,7 +221,7 @@ def test_syn_ack_handshake_frames_and_events() -> None:
     assert events == [StreamOpened(1)]
     assert server.unaccepted_inbound == 1
     assert server.num_streams == 1
-    assert not server.outbox.has_control  # no ACK until the application accepts
+    assert not server.outbox.control  # no ACK until the application accepts
     server.accept_stream(1)
     assert server.unaccepted_inbound == 0
     ack = b"".join(server.outbox.take_control())
@@ -229,7 +229,7 @@ def test_syn_ack_handshake_frames_and_events() -> None:
     assert client.receive_data(ack) == [StreamAcknowledged(1)]
     assert client.unacked_outbound == 0
     server.accept_stream(1)  # a second accept sends nothing
-    assert not server.outbox.has_control
+    assert not server.outbox.control
 
 
 def test_data_may_follow_syn_before_the_ack() -> None:
@@ -264,7 +264,7 @@ def test_larger_window_is_granted_on_syn() -> None:
     events = client.receive_data(encode_all(frames))
     assert not of_type(events, SessionTerminated)
     assert b"".join(e.data for e in of_type(events, DataReceived)) == payload(window)
-    assert not client.outbox.has_control  # nothing consumed yet: no update
+    assert not client.outbox.control  # nothing consumed yet: no update
 
 
 def test_larger_window_is_granted_on_ack() -> None:
@@ -295,16 +295,16 @@ def test_never_sends_beyond_the_peer_window(max_frame: int) -> None:
     client = pair.client
     sid = pair.open()
     client.send_data(sid, payload(W + 5000))
-    assert client.outbox.has_data
+    assert client.outbox.sendable
     frames = decode(flush(client))
     assert data_bytes(frames, sid) == W
     assert all(f.length <= max_frame for f in frames)
     assert client.send_credit(sid) == 0
     assert client.pending_bytes(sid) == 5000
-    assert not client.outbox.has_data  # nothing sendable until the peer grants more
+    assert not client.outbox.sendable  # nothing sendable until the peer grants more
     assert client.outbox.take_data(BIG) == []
     client.send_data(sid, b"more")  # queuing is fine, sending still waits
-    assert not client.outbox.has_data
+    assert not client.outbox.sendable
     assert client.outbox.take_data(BIG) == []
 
 
@@ -336,7 +336,7 @@ def test_window_update_once_half_the_window_is_consumed() -> None:
     fill_window(pair, server, sid)
     assert server.send_credit(sid) == 0
     client.consume(sid, W // 2 - 1)
-    assert not client.outbox.has_control  # not before half
+    assert not client.outbox.control  # not before half
     pair.pump()
     assert window_updates(pair.take_sent(client), sid) == []
     client.consume(sid, 1)
@@ -517,7 +517,7 @@ def test_stray_acks_change_nothing() -> None:
     assert server.unaccepted_inbound == 1
     assert server.unacked_outbound == 0
     server.accept_stream(sid)
-    assert server.outbox.has_control  # still accepted normally: the ACK goes out
+    assert server.outbox.control  # still accepted normally: the ACK goes out
     pair.pump()
     assert client.unacked_outbound == 0
     assert client.receive_data(raw(WU, ACK, sid, 0)) == []
@@ -538,7 +538,7 @@ def test_frames_for_unknown_streams_are_discarded_without_reply() -> None:
     )
     assert events == []
     assert client.discarded_bytes == 107
-    assert not client.outbox.has_control
+    assert not client.outbox.control
     assert not client.closed
     assert client.stream_ids() == [sid]
 
@@ -571,13 +571,13 @@ def test_ping_answer_comes_out_before_queued_stream_data() -> None:
     client.send_data(one, payload(4 * W))
     client.send_data(three, payload(4 * W))
     client.outbox.take_data(64 * KIB)  # the transport took a little, then paused
-    assert client.outbox.has_data
+    assert client.outbox.sendable
     assert client.receive_data(raw(PING, SYN, 0, 77)) == []
-    assert client.outbox.has_control
+    assert client.outbox.control
     out = decode(flush(client, 64 * KIB))
     assert out[0] == Frame(PING, ACK, 0, 77)
     assert [f.type for f in out[1:]] == [DATA]
-    assert client.outbox.has_data
+    assert client.outbox.sendable
 
 
 def test_ping_round_trip_both_ways() -> None:
@@ -599,7 +599,7 @@ def test_ping_round_trip_both_ways() -> None:
 def test_unsolicited_pong_is_only_reported() -> None:
     conn = Connection(client=True)
     assert conn.receive_data(raw(PING, ACK, 0, 999)) == [PongReceived(999)]
-    assert not conn.outbox.has_control
+    assert not conn.outbox.control
     assert not conn.closed
 
 
@@ -644,14 +644,14 @@ def test_remote_go_away_with_error_code_ends_the_session(code: int) -> None:
     assert events[0].error.code == code
     assert client.closed
     assert client.num_streams == 0
-    assert not client.outbox.has_control  # no Go Away echoed back
-    assert not client.outbox.has_data  # queued data is dropped
+    assert not client.outbox.control  # no Go Away echoed back
+    assert not client.outbox.sendable  # queued data is dropped
     with pytest.raises(SessionClosedError):
         client.open_stream()
     with pytest.raises(SessionClosedError):
         client.send_data(1, b"x")
     assert client.receive_data(raw(PING, SYN, 0, 1)) == []  # a dead session says nothing
-    assert not client.outbox.has_control
+    assert not client.outbox.control
 
 
 def test_local_go_away_refuses_new_syns_with_rst() -> None:
@@ -690,12 +690,12 @@ def test_terminate_queues_go_away_only_when_asked() -> None:
     conn.outbox.take_control()
     conn.terminate(SessionClosedError("bye"))
     assert conn.closed
-    assert not conn.outbox.has_control
+    assert not conn.outbox.control
     other = Connection(client=True)
     other.terminate(SessionClosedError("bye"), GoAwayCode.INTERNAL_ERROR)
     assert decode(b"".join(other.outbox.take_control())) == [Frame(GO_AWAY, Flag.NONE, 0, 2)]
     other.terminate(SessionClosedError("again"), GoAwayCode.PROTOCOL_ERROR)
-    assert not other.outbox.has_control  # only the first end counts
+    assert not other.outbox.control  # only the first end counts
 
 
 # --------------------------------------------------------- backlog and limits
@@ -955,7 +955,7 @@ def test_no_window_update_after_the_peers_fin() -> None:
     server.close_stream(sid)
     pair.pump()
     client.consume(sid, W)
-    assert not client.outbox.has_control  # the peer sends nothing more: no credit needed
+    assert not client.outbox.control  # the peer sends nothing more: no credit needed
 
 
 # --------------------------------------------------------------------- reset
@@ -969,7 +969,7 @@ def test_reset_both_ways(resetter: str) -> None:
     pair.transfer(side, 64 * KIB)
     side.reset_stream(sid)
     assert side.pending_bytes(sid) == 0
-    assert not side.outbox.has_data
+    assert not side.outbox.sendable
     assert side.num_streams == 0
     pair.pump()
     assert Frame(WU, RST, sid, 0) in pair.sent[side]
@@ -982,8 +982,8 @@ def test_reset_both_ways(resetter: str) -> None:
         other.send_data(sid, b"x")
     side.reset_stream(sid)  # resetting again sends nothing
     other.close_stream(sid)
-    assert not side.outbox.has_control
-    assert not other.outbox.has_control
+    assert not side.outbox.control
+    assert not other.outbox.control
 
 
 def test_rst_on_the_syn_frame_is_opened_then_reset() -> None:
@@ -1017,8 +1017,8 @@ def test_stream_counts_return_to_zero_after_many_streams() -> None:
     assert client.num_streams == server.num_streams == 0
     assert client.unacked_outbound == server.unacked_outbound == 0
     assert client.unaccepted_inbound == server.unaccepted_inbound == 0
-    assert not client.outbox.has_data
-    assert not server.outbox.has_data
+    assert not client.outbox.sendable
+    assert not server.outbox.sendable
     assert len(set(ids)) == 300
 
 
@@ -1059,6 +1059,109 @@ def test_late_stream_joins_the_rotation() -> None:
     assert order.count(b) >= 2  # b is not starved behind a's backlog
 
 
+# ------------------------------------------- direct paths for a lone Data frame
+def twins(max_frame: int, used: int) -> list[tuple[Pair, int]]:
+    """Two pairs in the same state: one stream open, ``used`` bytes of its window
+    in the server's hands (sent, not consumed)."""
+    out = []
+    for _ in range(2):
+        pair = Pair(Config(max_frame_size=max_frame))
+        sid = pair.open()
+        if used:
+            pair.client.send_data(sid, payload(used))
+            pair.pump()
+            pair.take_events(pair.server)
+        out.append((pair, sid))
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    size=st.one_of(st.integers(1, 200), st.integers(1, 2 * W)),
+    max_frame=st.sampled_from([1000, 16 * KIB, W]),
+    used=st.integers(0, W),
+)
+def test_frame_now_writes_the_frame_send_data_and_a_flush_would(
+    size: int, max_frame: int, used: int
+) -> None:
+    """Byte for byte the same frame, the same credit left; and only when the whole write
+    fits the window and one frame (else the caller queues it as before)."""
+    (direct, sid), (queued, _) = twins(max_frame, used)
+    data = payload(size, 7)
+    header = direct.client.frame_now(sid, data)
+    queued.client.send_data(sid, data)
+    expected = flush(queued.client)
+    if size <= min(W - used, max_frame):
+        assert header is not None
+        assert header + data == expected
+        assert direct.client.send_credit(sid) == queued.client.send_credit(sid) == W - used - size
+    else:
+        assert header is None
+        assert direct.client.send_credit(sid) == W - used  # nothing taken
+
+
+def test_frame_now_never_overtakes_anything_queued() -> None:
+    pair = Pair()
+    a, b = pair.open(), pair.open()
+    client = pair.client
+    client.ping()
+    assert client.frame_now(a, b"x") is None  # a control frame goes first
+    flush(client)
+    client.send_data(b, payload(W + 1))  # b waits for window with 1 byte
+    flush(client)
+    assert client.frame_now(b, b"x") is None  # behind b's own bytes
+    client.send_data(a, payload(10))
+    assert client.frame_now(a, b"x") is None  # behind another stream's data
+    flush(client)
+    assert client.frame_now(a, b"x") is not None
+    client.close_stream(a)
+    assert client.frame_now(a, b"x") is None  # behind its FIN
+    flush(client)
+    assert client.frame_now(a, b"x") is None  # after its FIN
+    with pytest.raises(StreamClosedError):
+        client.send_data(a, b"x")  # the queued path says why
+    client.reset_stream(b)
+    assert client.frame_now(b, b"x") is None
+    c = pair.open()
+    client.terminate(SessionClosedError("test"))
+    assert client.frame_now(c, b"x") is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    size=st.integers(0, W + 1),
+    flags=st.sampled_from([0, 0, 0, SYN, ACK, FIN, RST, 0x100]),
+    used=st.integers(0, W),
+    stream=st.sampled_from(["open", "unknown", "closed"]),
+    tail=st.sampled_from([b"", b"\0"]),
+)
+def test_receive_lone_data_says_what_receive_data_would(
+    size: int, flags: int, used: int, stream: str, tail: bytes
+) -> None:
+    """Where it takes a read, the same DataReceived and the same window accounting after;
+    where it does not, nothing changed (receive_data then takes it, errors included)."""
+    (direct, sid), (queued, _) = twins(W, used)
+    target = sid if stream != "unknown" else sid + 2
+    if stream == "closed":
+        for pair in (direct, queued):
+            pair.client.close_stream(sid)
+            pair.pump()
+            pair.take_events(pair.server)
+    chunk = raw(DATA, flags, target, size, payload(size, 3)) + tail
+    expected = queued.server.receive_data(chunk)
+    lone = direct.server.receive_lone_data(chunk)
+    if lone is None:
+        assert not (size and not flags and not tail and stream == "open" and size <= W - used), (
+            "a lone Data frame within the window must take the direct path"
+        )
+        assert repr(direct.server.receive_data(chunk)) == repr(expected)  # errors: by message
+    else:
+        assert expected == [DataReceived(*lone)]
+    for pair in (direct, queued):  # the reader takes everything: the same window update
+        pair.server.consume(sid, used + (size if lone is not None else 0))
+    assert flush(direct.server) == flush(queued.server)
+
+
 # --------------------------------------------------- random interleavings
 MODEL_CONFIGS = (
     Config(max_stream_window_size=2 * W, accept_backlog=4, max_streams=6, max_frame_size=16 * KIB),
@@ -1091,8 +1194,13 @@ class Side:
 class PairModel:
     """A client and a server driven by random operations, checked against a model."""
 
-    def __init__(self, opens: list[int], accepted: bool) -> None:
-        """Start with a few streams, so the random steps have something to work on."""
+    def __init__(self, opens: list[int], accepted: bool, direct: bool = False) -> None:
+        """Start with a few streams, so the random steps have something to work on.
+
+        ``direct``: writes and deliveries take the direct paths for a lone Data frame
+        where they can (``frame_now``, ``receive_lone_data``), as the Session does.
+        """
+        self.direct = direct
         self.sides = [
             Side(Connection(client=True, config=MODEL_CONFIGS[0])),
             Side(Connection(client=False, config=MODEL_CONFIGS[1])),
@@ -1224,7 +1332,13 @@ class PairModel:
             return
         sid = streams[pick % len(streams)]
         data = payload(size, len(side.written[sid]) + sid)
-        side.conn.send_data(sid, data)
+        header = side.conn.frame_now(sid, data) if self.direct else None
+        if header is None:
+            side.conn.send_data(sid, data)
+        else:  # on the wire at once: the Data frame send_data and a flush would make
+            assert decode(header + data) == [Frame(DATA, 0, sid, size, data)]
+            side.wire += header + data
+            note("direct write")
         side.written[sid] += data
 
     def close(self, i: int, pick: int) -> None:
@@ -1283,7 +1397,12 @@ class PairModel:
         del side.wire[:size]
         if chunk:
             peer = self.peer(side)
-            self.handle(peer, peer.conn.receive_data(chunk))
+            lone = peer.conn.receive_lone_data(chunk) if self.direct else None
+            if lone is None:
+                self.handle(peer, peer.conn.receive_data(chunk))
+            else:  # what receive_data would have said
+                note("direct read")
+                self.handle(peer, [DataReceived(*lone)])
 
     def tick(self) -> None:
         """Both sides write all they can and the network delivers all of it."""
@@ -1333,7 +1452,7 @@ class PairModel:
             peer = self.peer(side)
             assert side.conn.num_streams == 0
             assert side.conn.unacked_outbound == side.conn.unaccepted_inbound == 0
-            assert not side.conn.outbox.has_data
+            assert not side.conn.outbox.sendable
             assert not side.pings, "a ping was never answered"
             for sid, written in side.written.items():
                 if (
@@ -1373,17 +1492,18 @@ OPERATIONS = st.one_of(
 @given(
     opens=st.lists(side_index, min_size=1, max_size=4),
     accepted=st.booleans(),
+    direct=st.booleans(),
     operations=st.lists(OPERATIONS, min_size=20, max_size=80),
 )
 def test_random_interleavings(
-    opens: list[int], accepted: bool, operations: list[tuple[object, ...]]
+    opens: list[int], accepted: bool, direct: bool, operations: list[tuple[object, ...]]
 ) -> None:
     """Any interleaving of API calls, flushes and partial deliveries on a client and a
     server: no exception at all (these are legal uses), no session error, stream ids and
     backlog counts as the model predicts, every byte delivered in order, never more than
     one window held; and after accepting, reading and closing everything, both sides
-    forget every stream."""
-    model = PairModel(opens, accepted)
+    forget every stream. The same with the direct paths for lone Data frames in the mix."""
+    model = PairModel(opens, accepted, direct)
     model.accounting_is_consistent()
     for name, *args in operations:
         getattr(model, str(name))(*args)

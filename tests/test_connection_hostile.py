@@ -134,7 +134,7 @@ def test_control_frames_are_taken_within_a_byte_limit_in_order() -> None:
     assert [f.length for f in FrameDecoder(1 << 32).feed(b"".join(first))] == [0, 1, 2]
     rest = conn.outbox.take_control()
     assert [f.length for f in FrameDecoder(1 << 32).feed(b"".join(rest))] == list(range(3, 10))
-    assert not conn.outbox.has_control
+    assert not conn.outbox.control
 
 
 def test_draining_the_control_queue_keeps_a_busy_session_alive() -> None:

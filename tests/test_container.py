@@ -115,8 +115,13 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         capture_output=True,
         timeout=600,
     )
-    subprocess.run(  # build dependencies, for pip's isolated build of the sources
-        [*pip, "download", "--dest", str(context / "wheels"), "setuptools>=68", "wheel"],
+    subprocess.run(  # build dependencies, for pip's isolated build of the sources; and what
+        # the image's older Python needs beside (redis wants async-timeout before 3.11.3)
+        [
+            *pip,
+            *("download", "--dest", str(context / "wheels")),
+            *("setuptools>=68", "wheel", "async-timeout>=4.0.3"),
+        ],
         check=True,
         capture_output=True,
         timeout=600,

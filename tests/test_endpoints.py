@@ -79,18 +79,20 @@ def test_requested_port_granted_refused_when_taken_or_outside_the_range(procs, e
     assert port == low + 1
     assert echo_roundtrip(port) == b"ping through the relay\n"
 
-    def refused(*args: str) -> str:
+    def refused(status: int, *args: str) -> str:
+        """A taken port may free up (exit 1 without reconnecting); one outside the range
+        never will (78, a permanent refusal)."""
         proc = procs.start_forwarder(relay_port, echo_port, "--no-reconnect", *args)
-        assert proc.wait(15) == 1
+        assert proc.wait(15) == status
         assert proc.stdout_text == ""
         return proc.stderr_text
 
     assert f"relay refused the registration: port {low + 1} is in use by another client" in refused(
-        "--name", "beta", "--remote-port", str(low + 1)
+        1, "--name", "beta", "--remote-port", str(low + 1)
     )
     assert (
         f"relay refused the registration: port {high + 1} is outside the relay's port "
-        f"range {low}-{high}" in refused("--name", "beta", "--remote-port", str(high + 1))
+        f"range {low}-{high}" in refused(78, "--name", "beta", "--remote-port", str(high + 1))
     )
     relay.wait_line(rf"refusing registration from 127\.0\.0\.1:\d+: port {high + 1} is outside")
     # Its owner gone, the port stays reserved for it, for anyone else.
@@ -99,7 +101,7 @@ def test_requested_port_granted_refused_when_taken_or_outside_the_range(procs, e
     assert connection_refused(port)
     assert (
         f"port {low + 1} is reserved for another client, which is away (a lease ends after "
-        f"24 h unused)" in refused("--name", "beta", "--remote-port", str(low + 1))
+        f"24 h unused)" in refused(1, "--name", "beta", "--remote-port", str(low + 1))
     )
     _, again = procs.forwarder(relay_port, echo_port, "--name", "alpha")
     assert again == low + 1  # no --remote-port needed: the lease
@@ -251,7 +253,10 @@ def test_corrupt_lease_store_is_moved_aside_and_the_relay_serves(procs, echo_por
             "'redis' is not NAME=[LOCAL_HOST:]LOCAL_PORT[:REMOTE_PORT]",
         ),
         (["--service", "a=1", "--service", "a=2", "h:1"], "service names must differ"),
-        (["--service", "a=1", "--name", "b", "h:1"], "--name and --remote-port apply to a single"),
+        (
+            ["--service", "a=1", "--name", "b", "h:1"],
+            "--name, --remote-port and --route apply to a single",
+        ),
         (["--name", "no spaces", "1", "h:1"], "'--name': 'no spaces': may only contain"),
         (["--remote-port", "0", "1", "h:1"], "'--remote-port'"),
     ],

@@ -8,6 +8,7 @@ same frames and fails only with ProtocolError.
 
 from __future__ import annotations
 
+import construct as c
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -165,6 +166,63 @@ def test_decoder_handles_any_split(items: list[Frame], cuts: list[int], kind: ty
 def test_decoder_one_byte_at_a_time(items: list[Frame]) -> None:
     data = encode_all(items)
     assert decode_chunks([data[i : i + 1] for i in range(len(data))]) == items
+
+
+def construct_header(chunk: bytes) -> c.Container | None:
+    """The header at the start of ``chunk`` as HEADER parses it, with ``flags`` as the
+    whole 16-bit field (unknown bits too); None if HEADER rejects it."""
+    try:
+        header = HEADER.parse(chunk[:HEADER_SIZE])
+    except c.ConstructError:
+        return None
+    offset = sum(field.sizeof() for field in HEADER.subcons[:2])
+    flags_field = HEADER.subcons[2]
+    assert flags_field.name == "flags"
+    header.flags = flags_field.subcon.subcon.parse(chunk[offset:])  # the FlagsEnum's integer
+    return header
+
+
+plain_data_frames = st.builds(
+    lambda stream_id, body: Frame(FrameType.DATA, 0, stream_id, len(body), body),
+    u32,
+    st.binary(max_size=MAX_BODY + 1),
+)
+"""Data frames without flags, the direct path's case (a body of 0 or MAX_BODY + 1 is not)."""
+
+
+@SETTINGS
+@given(
+    items=st.lists(st.one_of(frames(), plain_data_frames), min_size=1, max_size=3),
+    garbage=st.binary(max_size=20),
+    held=st.binary(max_size=30),
+)
+def test_lone_data_is_exactly_one_data_frame_as_construct_reads_it(
+    items: list[Frame], garbage: bytes, held: bytes
+) -> None:
+    """``lone_data`` says "one whole Data frame, no flags, with a body" exactly when
+    construct's HEADER parses the chunk so, with nothing before or after it and nothing
+    held; the frame it stands for is what ``feed`` yields."""
+    for chunk in (encode_all(items), encode_all(items) + garbage, garbage):
+        decoder = FrameDecoder(MAX_BODY)
+        got = decoder.lone_data(chunk)
+        expected = None
+        header = construct_header(chunk)
+        if (
+            header is not None
+            and header.type == FrameType.DATA.name
+            and header.flags == 0
+            and 0 < header.length == len(chunk) - HEADER_SIZE <= MAX_BODY
+        ):
+            expected = header.stream_id
+        assert got == expected
+        if got is not None:
+            assert list(decoder.feed(chunk)) == [
+                Frame(FrameType.DATA, 0, got, len(chunk) - HEADER_SIZE, chunk[HEADER_SIZE:])
+            ]
+        busy = FrameDecoder(MAX_BODY)
+        list(busy.feed(held[: HEADER_SIZE - 1]))  # a partial header is held
+        if busy.buffered:
+            assert busy.lone_data(chunk) is None
 
 
 def test_decoder_buffered_counts_incomplete_frame() -> None:

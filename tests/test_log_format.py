@@ -140,3 +140,77 @@ def test_lines_logged_in_the_event_loop_go_out_together_and_in_order():
         asyncio.run(again())
     finally:
         log.removeHandler(handler)
+
+
+@pytest.mark.parametrize("log_format", logs.LOG_FORMATS)
+def test_the_connection_line_is_the_same_straight_to_the_handler_or_through_logging(log_format):
+    """``log_plain`` skips logging's record while ``setup``'s handler is the only one; with
+    another handler (or a filter) on the way it logs through logging: the same line."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    out = io.StringIO()
+    log = logging.getLogger(logs.CONNECTIONS_LOGGER)
+    fields = {"session": 3, "peer": "127.0.0.1:5000", "duration": 0.25, "reason": "a b"}
+    seen: list[logging.LogRecord] = []
+    try:
+        logs.setup("info", log_format, stream=out)
+        logs.log_plain(log, "session 3: closed", dict(fields))  # straight (no loop: written now)
+        log.addFilter(seen.append)  # a filter returning None: seen, and dropped
+        logs.log_plain(log, "session 3: closed", dict(fields))
+        log.removeFilter(seen.append)
+        assert len(seen) == 1
+        log.info("session 3: closed", extra=dict(fields))  # through logging
+        logs.setup("info", log_format, connection_log=False, stream=out)
+        logs.log_plain(log, "never written", {})
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        log.setLevel(logging.NOTSET)
+    direct, through = out.getvalue().splitlines()
+    assert without_time(log_format, direct) == without_time(log_format, through)
+    assert "127.0.0.1:5000" in direct
+
+
+@pytest.mark.parametrize("log_format", logs.LOG_FORMATS)
+async def test_a_worker_writes_whole_lines_with_its_worker_field(log_format, monkeypatch):
+    """Several relay processes share one stderr: every line says which wrote it, and each
+    write is whole lines of at most PIPE_BUF bytes (atomic on a pipe)."""
+    import os
+    import select
+
+    read_end, write_end = os.pipe()
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def recording(fd: int, data) -> int:
+        writes.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(logs.os, "write", recording)
+    stream = os.fdopen(write_end, "w", encoding="utf-8")
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    try:
+        logs.setup("info", log_format, stream=stream, worker=2)
+        for n in range(300):
+            logging.getLogger("relay.test").info("line %d %s", n, "x" * 60, extra={"stream": n})
+        await asyncio.sleep(0)  # the lines of one loop iteration go out together
+        await asyncio.sleep(0)
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        stream.close()
+    text = b""
+    while chunk := os.read(read_end, 1 << 16):
+        text += chunk
+    os.close(read_end)
+    assert len(writes) > 1
+    assert all(len(w) <= select.PIPE_BUF and w.endswith(b"\n") for w in writes)
+    lines = text.decode().splitlines()
+    assert len(lines) == 300
+    for n, line in enumerate(lines):
+        if log_format == "json":
+            assert json.loads(line)["worker"] == 2
+            assert json.loads(line)["stream"] == n
+        else:
+            assert line.endswith(f"stream={n} worker=2")

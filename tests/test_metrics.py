@@ -11,8 +11,16 @@ import subprocess
 import urllib.request
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
+import relay
+from relay.ops.metrics import RelayCollector
+from relay.server.auth import parse_auth_clients
 from relay_support import (
     ECHO_SCRIPT,
     HOST,
@@ -54,7 +62,7 @@ def test_relay_and_forwarder_metrics_move_with_traffic(procs):
     forwarder_metrics = match.group(1)
 
     before = scrape(relay_metrics)
-    service = (("direction", "in"), ("service", str(public_port)))
+    service = (("client", "anonymous"), ("direction", "in"), ("service", str(public_port)))
     assert before[("relay_sessions_open", ())] == 1
     assert before[("relay_sessions_total", ())] == 1
     assert before[("relay_service_bytes_total", service)] == 0
@@ -73,9 +81,11 @@ def test_relay_and_forwarder_metrics_move_with_traffic(procs):
     after = scrape(relay_metrics)
     assert after[("relay_public_connections_total", ())] == 1
     assert after[("relay_service_bytes_total", service)] == len(payload)
-    assert after[("relay_service_bytes_total", (("direction", "out"), service[1]))] == len(payload)
+    out = (service[0], ("direction", "out"), service[2])
+    assert after[("relay_service_bytes_total", out)] == len(payload)
     assert after[("relay_bytes_total", (("direction", "in"),))] == len(payload)
-    assert ("relay_keepalive_rtt_seconds", (service[1],)) in after  # the handshake ping
+    assert ("relay_keepalive_rtt_seconds", (service[0], service[2])) in after  # handshake ping
+    assert after[("relay_service_sessions", (service[0], service[2]))] == 1
 
     (registration,) = status(relay_metrics)["registrations"]
     assert registration["public_port"] == public_port
@@ -194,7 +204,86 @@ async def test_config_file_auth_clients_and_refusal_metrics(procs, tmp_path):
         assert samples[("relay_registrations_refused_total", (("reason", "relay_full"),))] == 1
         (registration,) = (await asyncio.to_thread(status, endpoint))["registrations"]
         assert registration["client"] == "alice"
-        assert ("relay_service_bytes_total", (("direction", "in"), ("service", "alice"))) in samples
+        alice = (("client", "alice"), ("direction", "in"), ("service", "alice"))
+        assert ("relay_service_bytes_total", alice) in samples
     finally:
         server.close()
         await server.wait_closed()
+
+
+def exposition(server: object) -> str:
+    """/metrics of ``server`` as the relay serves it (Prometheus text format)."""
+    registry = CollectorRegistry()
+    registry.register(RelayCollector(server))  # type: ignore[arg-type]
+    return generate_latest(registry).decode()
+
+
+def series(text: str) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Every sample's (name, sorted labels), in order; duplicates kept."""
+    return [
+        (sample.name, tuple(sorted(sample.labels.items())))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def strictly_parsed(server: object) -> None:
+    """The same families in OpenMetrics, through prometheus_client's strict parser (it
+    rejects a series that comes back after another one)."""
+    registry = CollectorRegistry()
+    registry.register(RelayCollector(server))  # type: ignore[arg-type]
+    list(openmetrics_families(openmetrics_latest(registry).decode()))
+
+
+async def test_one_series_per_client_and_service(tmp_path):
+    """Two live sessions of one authenticated client and service are one series (the
+    second session gets a port of its own); prometheus_client parses /metrics."""
+    clients = parse_auth_clients({"alice": {"secret": "alice's secret, long enough"}})
+    async with relay.RelayServer(0, bind=HOST, auth_clients=clients) as server:
+        registered = [
+            await relay.start_server(
+                lambda r, w: None,
+                HOST,
+                server.port,
+                name="alice",
+                secret="alice's secret, long enough",
+            )
+            for _ in range(2)
+        ]
+        try:
+            assert len(server.sessions) == 2
+            text = exposition(server)
+            strictly_parsed(server)
+            samples = series(text)
+            assert len(samples) == len(set(samples)), text
+            alice = (("client", "alice"), ("service", "alice"))
+            assert ("relay_service_sessions", alice) in samples
+            assert 'relay_service_sessions{client="alice",service="alice"} 2.0' in text
+        finally:
+            for registration in registered:
+                registration.close()
+                await registration.wait_closed()
+
+
+async def test_no_label_value_a_stranger_picks():
+    """On a relay without authentication, registrations name themselves: no such name
+    becomes a label value (else every stranger's name would be a series)."""
+    async with relay.RelayServer(0, bind=HOST, protocol="v2") as server:
+        registered = [
+            await relay.start_server(lambda r, w: None, HOST, server.port, name=name)
+            for name in ("mallory", "mallory-2", "eve")
+        ]
+        try:
+            samples = series(exposition(server))
+            strictly_parsed(server)
+            values = {value for _, labels in samples for _, value in labels}
+            assert not values & {"mallory", "mallory-2", "eve"}
+            ports = {str(registration.public_port) for registration in registered}
+            service_series = {
+                labels for name, labels in samples if name == "relay_service_sessions"
+            }
+            assert service_series == {(("client", "anonymous"), ("service", p)) for p in ports}
+        finally:
+            for registration in registered:
+                registration.close()
+                await registration.wait_closed()

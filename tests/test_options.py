@@ -174,7 +174,7 @@ def sample(declared: Declaration) -> str:
     if isinstance(kind, Flag):
         return "false" if declared.default else "true"
     if isinstance(kind, Integer) and kind.maximum is not None:
-        return "4242"
+        return str(min(4242, kind.maximum))
     return SAMPLES[type(kind)]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +28,17 @@ def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLo
 
 
 class CountingEnd(SocketEnd):
-    """A SocketEnd that records every connection_lost call."""
+    """A SocketEnd that records every connection_lost call; ``connected(self)`` runs once it
+    has its transport."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, connected: Callable[[CountingEnd], None]) -> None:
+        super().__init__()
+        self.connected = connected
         self.lost_calls: list[Exception | None] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.connected(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost_calls.append(exc)

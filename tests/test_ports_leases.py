@@ -226,8 +226,10 @@ async def test_os_choice_skips_reserved_ports(sockets, allocator):
 
         script: ClassVar[list[int]] = []
 
-        def listen(self, port: int, backlog: int = 100) -> socket.socket:
-            return super().listen(port or self.script.pop(0), backlog)
+        def listen(
+            self, port: int, backlog: int = 100, *, reuse_port: bool = False
+        ) -> socket.socket:
+            return super().listen(port or self.script.pop(0), backlog, reuse_port=reuse_port)
 
     low, high = free_port_block(2)
     ports = await allocator(None, bind=Scripted(socket.AF_INET, HOST))

@@ -155,7 +155,7 @@ def test_replayed_exchange_is_refused_with_nothing_allocated(procs: Processes) -
     with socket.create_connection((HOST, control), timeout=10) as sock:
         read_line(sock)  # a new challenge, with a new nonce
         sock.sendall(recorded)
-        assert read_line(sock) == b"error: auth failed: wrong secret\n"
+        assert read_line(sock) == b"error: auth failed: wrong secret; refusal=permanent\n"
         assert sock.recv(100) == b""
     assert listening_ports(relay.pid) == before
 
@@ -383,11 +383,15 @@ def test_tls_relay_out_of_file_descriptors_pauses_and_recovers(
     )
     _, match = relay.wait_line(SERVING)
     control = int(match.group(1))
-    silent = [socket.create_connection((HOST, control), timeout=10) for _ in range(100)]
+    # From another address: their ends count as failed handshakes, which block that address.
+    silent = [
+        socket.create_connection((HOST, control), timeout=10, source_address=("127.0.0.2", 0))
+        for _ in range(100)
+    ]
     try:
         relay.wait_line(
-            r"cannot accept on the control port \(\[Errno 24\] Too many open "
-            r"files\); pausing 1 s"
+            r"ERROR relay\.accept: cannot accept on the control port: Too many open files "
+            r"\(EMFILE\); not accepting there for 0\.1 s at a time"
         )
     finally:
         for sock in silent:
@@ -395,6 +399,8 @@ def test_tls_relay_out_of_file_descriptors_pauses_and_recovers(
     _, public = procs.forwarder(control, echo_port, "--tls-ca", str(certs.ca))
     assert echo_roundtrip(public) == b"ping through the relay\n"
     assert relay.alive()
+    relay.wait_line(r"accepting on the control port again: \d+ failed tries")
+    assert relay.stderr_text.count("relay.accept") == 2  # one episode, two lines
 
 
 def test_mutual_tls_from_the_command_line(

@@ -105,7 +105,9 @@ async def test_plaintext_client_gets_nothing_useful(
     certs: Certificates, caplog: pytest.LogCaptureFixture
 ) -> None:
     tls = server_context(certs.server_cert, certs.server_key)
-    async with RelayServer(0, bind=HOST, secret=SECRET, ssl=tls, handshake_timeout=0.5) as server:
+    async with RelayServer(
+        0, bind=HOST, secret=SECRET, ssl=tls, tls_handshake_timeout=0.5
+    ) as server:
         before = listening_ports(os.getpid())
         # A seed client waits for a port line; a confused one sends a v2 response; a TLS
         # client starts its ClientHello and stalls.
@@ -161,9 +163,9 @@ async def test_mutual_tls(certs: Certificates, caplog: pytest.LogCaptureFixture)
 async def test_unfinished_tls_handshakes_count_per_source(
     certs: Certificates, secret: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Connections that never send a ClientHello hold a slot of their source from accept
-    on: beyond the limit they are closed at once, another address still registers, and
-    the slots come back at the handshake timeout."""
+    """Connections that never send a ClientHello hold a place of their source from accept
+    on: beyond the source's share a newer one takes the place of the oldest, another
+    address still registers, and the places come back at the handshake timeout."""
     limit, timeout = 4, 1.5
     tls = server_context(certs.server_cert, certs.server_key)
     async with RelayServer(
@@ -171,7 +173,7 @@ async def test_unfinished_tls_handshakes_count_per_source(
         bind=HOST,
         ssl=tls,
         secret=secret,
-        handshake_timeout=timeout,
+        tls_handshake_timeout=timeout,
         max_pending_registrations_per_source=limit,
     ) as server:
         silent = [await asyncio.open_connection(HOST, server.port) for _ in range(3 * limit)]
@@ -179,9 +181,9 @@ async def test_unfinished_tls_handshakes_count_per_source(
             loop = asyncio.get_running_loop()
             started = loop.time()
             ends = await asyncio.gather(*(closed_within(reader, 0.5) for reader, _ in silent))
-            assert ends == [False] * limit + [True] * (2 * limit)
-            assert server.admission.registering.held(HOST) == limit
-            assert "still in their handshake" in caplog.text
+            assert ends == [True] * (2 * limit) + [False] * limit
+            assert server.admission.places.held(HOST) == limit
+            assert "dropping a registration in progress from 127.0.0.1" in caplog.text
 
             with_tls = client_context(certs.ca)
             async with await relay.start_server(
@@ -189,15 +191,15 @@ async def test_unfinished_tls_handshakes_count_per_source(
             ) as served:
                 assert await roundtrip(served.public_port) == b"over TLS\n"
 
-            # The relay drops the silent ones at the handshake timeout, and their slots
+            # The relay drops the silent ones at the handshake timeout, and their places
             # come back: the first source registers again.
             assert all(
                 await asyncio.gather(
-                    *(closed_within(reader, timeout + 2) for reader, _ in silent[:limit])
+                    *(closed_within(reader, timeout + 2) for reader, _ in silent[-limit:])
                 )
             )
             assert loop.time() - started >= timeout - 0.1
-            assert server.admission.registering.held(HOST) == 0
+            assert server.admission.places.held(HOST) == 0
             assert "sent nothing on the TLS control port" in caplog.text
             async with await relay.start_server(
                 echo_handler, HOST, server.port, secret=secret, ssl=with_tls
@@ -208,32 +210,36 @@ async def test_unfinished_tls_handshakes_count_per_source(
                 writer.close()
 
 
-async def test_unfinished_tls_handshakes_count_in_the_relay_total(certs: Certificates) -> None:
-    """The relay-wide limit of registrations in progress counts TLS handshakes too; a
-    client that gives up during its handshake gives its place back at once."""
+@pytest.mark.parametrize("limit", ["max_pending", "max_tls_handshakes"])
+async def test_unfinished_tls_handshakes_count_in_the_relay_total(
+    certs: Certificates, limit: str
+) -> None:
+    """The relay-wide limits count TLS handshakes: when they are full, a source that holds
+    as many as the one holding the most is closed at once, while one that holds fewer
+    (another address, even of the same /24) takes the oldest place."""
     tls = server_context(certs.server_cert, certs.server_key)
     async with RelayServer(
-        0, bind=HOST, ssl=tls, max_pending=3, max_pending_registrations_per_source=0
+        0, bind=HOST, ssl=tls, max_pending_registrations_per_source=0, **{limit: 3}
     ) as server:
-        silent = [await asyncio.open_connection(HOST, server.port) for _ in range(5)]
+        silent = []  # not quite: each has begun its ClientHello
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection(HOST, server.port)
+            writer.write(CLIENT_HELLO_START)
+            silent.append((reader, writer))
+            await asyncio.sleep(0.05)
         try:
             ends = await asyncio.gather(*(closed_within(reader, 0.5) for reader, _ in silent))
             assert ends == [False] * 3 + [True] * 2
             with pytest.raises(TLSError, match="closed the connection during the TLS handshake"):
                 await relay.start_server(
-                    echo_handler,
-                    HOST,
-                    server.port,
-                    connect_timeout=5,
-                    ssl=client_context(certs.ca),
-                    local_addr=(OTHER, 0),
+                    echo_handler, HOST, server.port, connect_timeout=5, ssl=client_context(certs.ca)
                 )
-            silent[0][1].close()
-            await asyncio.sleep(0.2)
             async with await relay.start_server(
                 echo_handler, HOST, server.port, ssl=client_context(certs.ca), local_addr=(OTHER, 0)
             ) as served:
                 assert await roundtrip(served.public_port) == b"over TLS\n"
+                assert await closed_within(silent[0][0], 1)  # the oldest gave way
+                assert not await closed_within(silent[1][0], 0.1)
         finally:
             for _, writer in silent:
                 writer.close()
@@ -265,3 +271,27 @@ def test_system_ca_context_verifies() -> None:
     context = client_context()
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname
+
+
+CLIENT_HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+"""A TLS record that announces a 512-byte ClientHello, and only its first bytes."""
+
+
+async def test_silent_connections_hold_no_tls_handshake_place(certs: Certificates) -> None:
+    """Before its ClientHello begins a connection costs no TLS state, so it does not count
+    among --max-tls-handshakes (only among all registrations in progress)."""
+    tls = server_context(certs.server_cert, certs.server_key)
+    async with RelayServer(0, bind=HOST, ssl=tls, max_tls_handshakes=1) as server:
+        silent = [await asyncio.open_connection(HOST, server.port) for _ in range(3)]
+        try:
+            ends = await asyncio.gather(*(closed_within(reader, 0.3) for reader, _ in silent))
+            assert ends == [False] * 3
+            assert server.admission.places.held(HOST) == 3
+            assert len(server.admission.handshakes) == 0
+            async with await relay.start_server(
+                echo_handler, HOST, server.port, ssl=client_context(certs.ca)
+            ) as served:
+                assert await roundtrip(served.public_port) == b"over TLS\n"
+        finally:
+            for _, writer in silent:
+                writer.close()

@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 import relay
 import yamux
 from relay.errors import RegistrationError
-from relay.wire.greeting import error_line, parse_greeting, port_line
+from relay.wire.greeting import parse_greeting, port_line
+from relay.wire.refusal import format_refusal
 from yamux.const import Flag, FrameType
 from yamux.frame import encode_header, parse_header
 
@@ -199,6 +202,12 @@ async def test_registration_refused_when_the_relay_is_full():
         assert await roundtrip(first.public_port, b"fine\n") == b"fine\n"
 
 
+async def connect_and_read(port: int, clients: list[tuple[Any, Any]]) -> bytes:
+    """Connect (the connection goes to ``clients``) and read to the end."""
+    clients.append(await asyncio.open_connection(HOST, port))
+    return await asyncio.wait_for(clients[-1][0].read(), 5)
+
+
 async def test_max_connections_per_session():
     async with relay.RelayServer(0, bind=HOST, max_connections=2) as relay_server:
         hold = asyncio.Event()
@@ -208,10 +217,11 @@ async def test_max_connections_per_session():
             writer.write(b"done\n")
 
         async with await relay.start_server(holding, HOST, relay_server.port) as server:
-            clients = [await asyncio.open_connection(HOST, server.public_port) for _ in range(3)]
+            clients = [await asyncio.open_connection(HOST, server.public_port) for _ in range(2)]
             try:
-                with pytest.raises(ConnectionResetError):  # the third one is refused
-                    await asyncio.wait_for(clients[2][0].read(), 5)
+                # The third one is refused: reset before or after our connect() returned.
+                with pytest.raises(ConnectionResetError):
+                    await connect_and_read(server.public_port, clients)
                 hold.set()
                 for reader, writer in clients[:2]:
                     writer.write_eof()
@@ -275,10 +285,9 @@ def test_parse_greeting_rejects_anything_but_a_port(line):
 
 def test_error_and_port_lines_wire_format():
     assert port_line(4532) == b"4532\n"
-    assert error_line("no free port in range 5000-5001") == (
-        b"error: no free port in range 5000-5001\n"
+    assert format_refusal("no free port in range 5000-5001", "retry") == (
+        b"error: no free port in range 5000-5001; refusal=retry\n"
     )
-    assert error_line("bad\nline\x00") == b"error: bad?line?\n"  # always one printable line
     with pytest.raises(relay.RelayRefusedError, match="go away") as info:
         parse_greeting(b"error: go away")
     assert info.value.reason == "go away"
@@ -411,3 +420,66 @@ async def test_closed_at_once_after_start_leaves_nothing_behind(relay_server):
     await server.wait_closed()
     assert not server.is_serving()
     await eventually(lambda: asyncio.sleep(0, not relay_server.sessions))
+
+
+def listener_that_never_answers() -> tuple[socket.socket, list[socket.socket]]:
+    """A listening socket whose accept queue is full: a further connect gets no answer
+    (the kernel drops its SYN) until someone accepts."""
+    server = socket.socket()
+    server.bind((HOST, 0))
+    server.listen(0)
+    fillers = []
+    for _ in range(8):
+        sock = socket.socket()
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(server.getsockname())
+        fillers.append(sock)
+    return server, fillers
+
+
+async def test_forwarder_connect_timeout_resets_the_stream_and_serves_on(caplog):
+    """A local service that does not answer within connect_timeout costs only its stream:
+    the public client is reset, the failure counted and logged, and the next connection
+    goes through once the service accepts again."""
+    caplog.set_level(logging.WARNING, "relay.forwarder")
+    service, fillers = listener_that_never_answers()
+    endpoints: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        async with relay.RelayServer(0, bind=HOST) as server:
+            forwarder = relay.Forwarder(
+                HOST,
+                server.port,
+                service.getsockname()[1],
+                reconnect=False,
+                connect_timeout=0.3,
+                on_endpoint=endpoints.put_nowait,
+            )
+            task = asyncio.create_task(forwarder.run())
+            try:
+                port = int((await asyncio.wait_for(endpoints.get(), 10)).rsplit(":", 1)[1])
+                reader, writer = await asyncio.open_connection(HOST, port)
+                with pytest.raises(ConnectionResetError):
+                    await asyncio.wait_for(reader.read(), 10)
+                writer.close()
+                assert forwarder.local_failures == {forwarder.services[0]: 1}
+                assert "is unreachable (no answer within 0.3 s)" in caplog.text
+                for sock in fillers:  # make room in the accept queue
+                    sock.close()
+                service.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        service.accept()[0].close()
+                _, writer = await asyncio.open_connection(HOST, port)
+                service.settimeout(10)
+                accepted, _ = await asyncio.to_thread(service.accept)
+                accepted.close()
+                writer.close()
+                assert not task.done()
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    finally:
+        service.close()
+        for sock in fillers:
+            sock.close()

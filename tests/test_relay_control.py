@@ -140,7 +140,10 @@ def test_no_free_port_in_range_gets_error_line(procs, echo_port):
         taken = holder.getsockname()[1]
         relay, relay_port = procs.relay("--port-range", f"{taken}-{taken}")
         with socket.create_connection((HOST, relay_port), timeout=10) as sock:
-            assert recv_all(sock) == f"error: no free port in range {taken}-{taken}\n".encode()
+            assert (
+                recv_all(sock)
+                == f"error: no free port in range {taken}-{taken}; refusal=retry\n".encode()
+            )
         relay.wait_line(r"refusing registration from 127\.0\.0\.1:\d+: no free port in range")
         forwarder = procs.start_forwarder(relay_port, echo_port, "--no-reconnect")
         assert forwarder.wait(10) == 1

@@ -254,3 +254,24 @@ async def test_our_go_away_refuses_the_held_opens_and_reading_goes_on() -> None:
         ]
         assert is_reading(session)
         assert (await asyncio.wait_for(session.accept_stream(), 5)).id == 1
+
+
+async def test_a_served_session_takes_a_burst_of_opens_in_full() -> None:
+    """With ``serve``, each open is accepted from the read that brought it: a read with
+    more opens than the backlog holds is resumed at once, and every stream is echoed."""
+    async with raw_peer(client=False) as (session, peer):
+        streams = {2 * n + 1: b"%05d" % n * 120 for n in range(1000)}
+        collector = Collector(peer)
+        serving = asyncio.create_task(session.serve(echo))
+        try:
+            peer.writer.write(b"".join(one_stream(sid, body) for sid, body in streams.items()))
+            await until(lambda: len(collector.fins) == len(streams))
+        finally:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+            await collector.stop()
+        assert collector.rsts == []
+        assert {sid: bytes(data) for sid, data in collector.data.items()} == streams
+        assert not session._protocol.core.input_held
+        assert is_reading(session)
+        assert not session.closed

@@ -16,8 +16,8 @@ from relay.server.lifecycle import (
 S, V, E = SessionState, SessionEvent, SessionEffect
 
 
-def test_the_admission_slot_goes_back_exactly_when_a_session_leaves_pending() -> None:
-    releasing = {pair for pair, (_, effects) in TRANSITIONS.items() if E.RELEASE_SLOT in effects}
+def test_the_admission_place_goes_back_exactly_when_a_session_leaves_pending() -> None:
+    releasing = {pair for pair, (_, effects) in TRANSITIONS.items() if E.RELEASE_PLACE in effects}
     assert releasing == {(S.PENDING, V.CONFIRM), (S.PENDING, V.END)}
     assert all(after is not S.PENDING for after, _ in TRANSITIONS.values())
 

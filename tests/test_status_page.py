@@ -36,15 +36,21 @@ def test_the_status_pages_of_a_relay_and_a_forwarder(procs: Processes, tmp_path:
     echo_port = procs.script(ECHO_SCRIPT, "0", name="echo")[1]
     auth = tmp_path / "clients.toml"
     auth.write_text(
-        '[clients.alice]\nsecret = "the secret of alice"\n'
-        '[clients.bob]\nsecret = "the secret of bob!!"\n'
+        '[clients.alice]\nsecret = "alice: 5d1f0c8e7b2a9e4c3f6d8a1b0e7c2f94"\n'
+        '[clients.bob]\nsecret = "bob: a83c0e5f1d7b294e6c0f8b3a2d9e1c75"\n'
     )
     relay, relay_port = procs.relay("--auth-file", str(auth), "--metrics", f"{HOST}:0")
     relay_page = relay.wait_line(METRICS)[1].group(1)
     alice = procs.start(
         [
             *relay_command(),
-            *("forward", "--client-name", "alice", "--secret", "the secret of alice"),
+            *(
+                "forward",
+                "--client-name",
+                "alice",
+                "--secret",
+                "alice: 5d1f0c8e7b2a9e4c3f6d8a1b0e7c2f94",
+            ),
             *("--metrics", f"{HOST}:0", "--service", f"cache={redis_port}"),
             *("--service", f"web={echo_port}", f"{HOST}:{relay_port}"),
         ],
@@ -54,7 +60,13 @@ def test_the_status_pages_of_a_relay_and_a_forwarder(procs: Processes, tmp_path:
     bob = procs.start(
         [
             *relay_command(),
-            *("forward", "--client-name", "bob", "--secret", "the secret of bob!!"),
+            *(
+                "forward",
+                "--client-name",
+                "bob",
+                "--secret",
+                "bob: a83c0e5f1d7b294e6c0f8b3a2d9e1c75",
+            ),
             *("--service", f"api={echo_port}", f"{HOST}:{relay_port}"),
         ],
         "bob",

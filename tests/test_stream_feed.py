@@ -19,9 +19,11 @@ class RecordingLink:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.pending = 0
+        self.loop = asyncio.get_running_loop()
 
-    def send_data(self, stream_id: int, data: bytes) -> None:
+    def send_data(self, stream_id: int, data: bytes) -> int:
         self.calls.append(("send_data", data))
+        return self.pending
 
     def pending_bytes(self, stream_id: int) -> int:
         return self.pending

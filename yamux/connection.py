@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from .config import Config
-from .const import INITIAL_STREAM_WINDOW, Flag, FrameType, GoAwayCode
+from .const import HEADER_SIZE, Flag, FrameType, GoAwayCode
 from .errors import (
     ControlQueueFullError,
     NoNewStreamsError,
@@ -40,12 +40,20 @@ from .events import (
     StreamReset,
     WindowUpdated,
 )
-from .flow import WindowTuner
+from .flow import Clock, no_clock
 from .frame import Frame, FrameDecoder, encode_header
 from .inbound import BacklogFull, Inbound, Read
 from .outbox import Outbox
-from .stream_record import StreamRecord
-from .stream_state import Effect, Handshake, Input, StreamMachine, StreamStateError
+from .stream_record import StreamRecord, StreamTable
+from .stream_state import (
+    RECEIVING,
+    SENDING,
+    Effect,
+    Handshake,
+    Input,
+    StreamMachine,
+    StreamStateError,
+)
 
 _DATA = FrameType.DATA
 _WINDOW_UPDATE = FrameType.WINDOW_UPDATE
@@ -61,7 +69,7 @@ _SEND_FIN, _RECV_FIN = Input.SEND_FIN, Input.RECV_FIN
 _SEND_RST, _RECV_RST = Input.SEND_RST, Input.RECV_RST
 _ACKNOWLEDGED, _ACCEPTED = Effect.ACKNOWLEDGED, Effect.ACCEPTED
 _ENDED, _CLOSED = Effect.ENDED, Effect.CLOSED
-_AWAITING_ACK, _ACK_OWED = Handshake.AWAITING_ACK, Handshake.ACK_OWED
+_ACK_OWED = Handshake.ACK_OWED
 _MAX_STREAM_ID = 0xFFFFFFFF
 
 
@@ -78,36 +86,25 @@ class Connection:
         self.client = client
         self.config = config or Config()
         self._next_id = 1 if client else 2
-        self._streams: dict[int, StreamRecord] = {}
         self.outbox = Outbox(self.config, overflow=self._control_full, finished=self._finished)
         """The frames to send: ``take_control()``, then ``take_data(budget)`` while room lasts."""
         self._sendable = self.outbox.sendable
         self._queue_control = self.outbox.queue_control  # bound once: the per-frame path uses both
+        self._max_frame = self.config.max_frame_size
+        self.streams = StreamTable(self.config, self._sendable)
+        self._streams = self.streams.records
+        self.tuner = self.streams.tuner
+        """Receive-window auto-tuning (Config.window_autotune); the adapter feeds its RTT."""
         self._events: list[Event] = []
         self._decoder = FrameDecoder(
             max(self.config.max_frame_size, self.config.max_stream_window_size)
         )
-        self.tuner: WindowTuner | None = None
-        """Receive-window auto-tuning (Config.window_autotune); the adapter feeds its RTT."""
-        self._stream_window = self.config.max_stream_window_size
-        if self.config.window_autotune:
-            self.tuner = WindowTuner(
-                self.config.max_stream_window_size,
-                self.config.max_session_window,
-                self.config.window_budget,
-            )
-            self._stream_window = INITIAL_STREAM_WINDOW
         self._ping_id = 0
-        self.unacked_outbound = 0
-        """Our opens awaiting ACK; open_stream should wait while this reaches the backlog."""
-        self.unaccepted_inbound = 0
         self._inbound = Inbound(self.config, self._decoder, client=client)
         self.local_go_away = False
         self.remote_go_away = False
         self.error: YamuxError | None = None
         """Why the session ended; None while it is alive."""
-        self._heard: set[int] | None = None
-        """Streams that received a frame, once silent_streams is in use."""
         self.discarded_frames = 0
         """Frames for streams we no longer know (reset or refused), counted, never logged."""
         self.discarded_bytes = 0
@@ -123,8 +120,18 @@ class Connection:
         return len(self._streams)
 
     @property
+    def unacked_outbound(self) -> int:
+        """Our opens awaiting ACK; open_stream should wait while this reaches the backlog."""
+        return self.streams.unacked_outbound
+
+    @property
+    def unaccepted_inbound(self) -> int:
+        """The peer's opens awaiting accept_stream."""
+        return self.streams.unaccepted_inbound
+
+    @property
     def backlog_full(self) -> bool:
-        return self.unacked_outbound >= self.config.accept_backlog
+        return self.streams.unacked_outbound >= self.config.accept_backlog
 
     @property
     def input_held(self) -> bool:
@@ -138,22 +145,6 @@ class Connection:
 
     def stream_ids(self) -> list[int]:
         return list(self._streams)
-
-    @property
-    def heard_any(self) -> bool:
-        """A stream frame arrived since silent_streams last looked."""
-        return bool(self._heard)
-
-    def silent_streams(self) -> list[int]:
-        """Streams that received no frame since the previous call; starts a new period.
-
-        Nothing is tracked before the first call (it costs nothing per stream).
-        """
-        heard = self._heard
-        self._heard = set()
-        if heard is None:
-            return []
-        return [stream_id for stream_id in self._streams if stream_id not in heard]
 
     def stream_state(self, stream_id: int) -> StreamMachine:
         """The state machine of a live stream (a Stream keeps it to read, never to change)."""
@@ -182,8 +173,7 @@ class Connection:
         if stream_id > _MAX_STREAM_ID:
             raise SessionError("stream ids exhausted on this session")
         self._next_id += 2
-        rec = self._new_stream(stream_id, _SEND_SYN)
-        self.unacked_outbound += 1
+        rec = self.streams.open(stream_id, _SEND_SYN)
         self._queue_control(
             encode_header(_WINDOW_UPDATE, _SYN, stream_id, rec.recv.initial_grant())
         )
@@ -214,6 +204,26 @@ class Connection:
         if rec.send.credit > 0:
             self._sendable[stream_id] = rec
 
+    def frame_now(self, stream_id: int, data: bytes) -> bytes | None:
+        """The direct path for a small write: the header of a Data frame carrying ``data``
+        whole (its credit taken; the caller writes header and data at once) if the stream
+        may send, nothing waits in the outbox, and the peer's window and max_frame_size
+        allow. None otherwise: call ``send_data`` (which raises what it must)."""
+        rec = self._streams.get(stream_id)
+        if (
+            rec is None
+            or rec.out.size
+            or self._sendable
+            or self.outbox.control
+            or rec.state.state not in SENDING
+            or self.error is not None
+        ):
+            return None
+        size = len(data)
+        if size > self._max_frame or not rec.send.try_debit(size):
+            return None
+        return encode_header(_DATA, 0, stream_id, size)
+
     def close_stream(self, stream_id: int) -> None:
         """Half-close: queue FIN behind everything already written."""
         rec = self._streams.get(stream_id)
@@ -235,17 +245,20 @@ class Connection:
         if not self.closed:
             self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
 
-    def consume(self, stream_id: int, length: int, now: float = 0.0) -> None:
-        """The application took ``length`` received bytes; maybe queue a window update.
+    def consume(self, stream_id: int, length: int, clock: Clock = no_clock) -> bool:
+        """The application took ``length`` received bytes; True if a window update was queued.
 
-        ``now`` (seconds, any clock) matters only to window auto-tuning.
+        ``clock()`` (seconds, any clock) matters only to window auto-tuning, and is
+        read only when an update is due.
         """
         rec = self._streams.get(stream_id)
-        if rec is None or self.closed:
-            return
-        delta = rec.recv.consume(length, self.tuner, now)
+        if rec is None or self.error is not None:
+            return False
+        delta = rec.recv.consume(length, self.tuner, clock)
         if delta:
             self._queue_control(encode_header(_WINDOW_UPDATE, 0, stream_id, delta))
+            return True
+        return False
 
     def ping(self) -> int:
         """Queue a ping; returns the opaque value its pong will carry."""
@@ -261,7 +274,7 @@ class Connection:
         self._queue_control(encode_header(_GO_AWAY, 0, 0, code))
         if code != GoAwayCode.NORMAL:
             self.error = SessionClosedError(f"we sent go away code {code}")
-            self._forget_all()
+            self.streams.forget_all()
 
     def terminate(self, error: YamuxError, code: int | None = None) -> None:
         """End the session locally; with ``code``, queue a Go Away telling the peer why."""
@@ -271,7 +284,7 @@ class Connection:
             self._queue_control(encode_header(_GO_AWAY, 0, 0, code))
         self.error = error
         self._inbound.clear()
-        self._forget_all()
+        self.streams.forget_all()
 
     # ------------------------------------------------------------------ output
     def take_events(self) -> list[Event]:
@@ -294,6 +307,28 @@ class Connection:
         else:
             inbound.add(bytes(data))
         return self.take_events()
+
+    def receive_lone_data(self, data: bytes) -> tuple[int, bytes] | None:
+        """The direct path for a read of one small message: if ``data`` is exactly one
+        Data frame (no flags) for a stream that may receive it within its window, it is
+        taken as ``receive_data`` would, and its DataReceived is returned as (stream id,
+        payload). None otherwise, with nothing changed: call ``receive_data``."""
+        if self.error is not None or self._inbound.frame is not None:
+            return None
+        stream_id = self._decoder.lone_data(data)
+        if stream_id is None:
+            return None
+        rec = self._streams.get(stream_id)
+        if (
+            rec is None
+            or rec.state.state not in RECEIVING
+            or not rec.recv.try_receive(len(data) - HEADER_SIZE)
+        ):
+            return None
+        heard = self.streams.heard
+        if heard is not None:
+            heard.add(stream_id)
+        return stream_id, data[HEADER_SIZE:]
 
     def receive_frames(self, frames: Iterable[Frame]) -> list[Event]:
         """Like receive_data for frames already decoded, while nothing is held (for tests)."""
@@ -337,14 +372,17 @@ class Connection:
         type_ = frame.type
         if type_ is _DATA or type_ is _WINDOW_UPDATE:
             self._handle_stream_frame(frame)
-        elif type_ is _PING:
-            self._require_session_id(frame)
+            return
+        if frame.stream_id != 0:
+            raise ProtocolError(
+                f"{type_.name} frame with stream id {frame.stream_id}; it must be 0"
+            )
+        if type_ is _PING:
             if frame.flags & _SYN:
                 self._queue_control(encode_header(_PING, _ACK, 0, frame.length))
             else:
                 self._events.append(PongReceived(frame.length))
         else:
-            self._require_session_id(frame)
             code = frame.length
             if code == GoAwayCode.NORMAL:
                 self.remote_go_away = True
@@ -364,8 +402,9 @@ class Connection:
             self.discarded_frames += 1
             self.discarded_bytes += len(frame.body)
             return
-        if self._heard is not None:
-            self._heard.add(stream_id)
+        heard = self.streams.heard
+        if heard is not None:
+            heard.add(stream_id)
         state = rec.state
         if flags & _ACK:
             self._apply(rec, state.process(_RECV_ACK))
@@ -399,19 +438,12 @@ class Connection:
 
     def _incoming_stream(self, frame: Frame, existing: StreamRecord | None) -> StreamRecord | None:
         stream_id = frame.stream_id
-        refusal = self._inbound.refusal(
-            frame,
-            existing,
-            streams=len(self._streams),
-            unaccepted=self.unaccepted_inbound,
-            go_away=self.local_go_away,
-        )
+        refusal = self._inbound.refusal(frame, existing, self.streams, go_away=self.local_go_away)
         if refusal is not None:
             self._queue_control(encode_header(_WINDOW_UPDATE, _RST, stream_id, 0))
             self._events.append(StreamRefused(stream_id, refusal))
             return None
-        rec = self._new_stream(stream_id, _RECV_SYN)
-        self.unaccepted_inbound += 1
+        rec = self.streams.open(stream_id, _RECV_SYN)
         self._events.append(StreamOpened(stream_id, rec.state))
         return rec
 
@@ -420,10 +452,10 @@ class Connection:
         """Carry out what a state machine step asks for (see stream_state.Effect)."""
         for effect in effects:
             if effect is _ACKNOWLEDGED:
-                self.unacked_outbound -= 1
+                self.streams.unacked_outbound -= 1
                 self._events.append(StreamAcknowledged(rec.id))
             elif effect is _ACCEPTED:
-                self.unaccepted_inbound -= 1
+                self.streams.unaccepted_inbound -= 1
                 self._queue_control(
                     encode_header(_WINDOW_UPDATE, _ACK, rec.id, rec.recv.initial_grant())
                 )
@@ -432,10 +464,10 @@ class Connection:
                 self._events.append(StreamEnded(rec.id))
             elif effect is _CLOSED:
                 if not rec.out.fin:  # else take_data finishes it once our FIN is out
-                    self._forget(rec)
+                    self.streams.forget(rec)
                     self._events.append(StreamClosed(rec.id))
             else:
-                self._forget(rec)
+                self.streams.forget(rec)
 
     def _control_full(self, frames: int) -> None:
         """The peer let control frames pile up past the limit (see Outbox.queue_control)."""
@@ -449,7 +481,7 @@ class Connection:
             )
 
     def _finished(self, rec: StreamRecord) -> None:
-        self._forget(rec)
+        self.streams.forget(rec)
         self._events.append(StreamClosed(rec.id))
 
     def _reset_for_misbehaviour(self, rec: StreamRecord, reason: str) -> None:
@@ -457,36 +489,6 @@ class Connection:
         self.reset_stream(rec.id)
         self._events.append(StreamReset(rec.id, reason, violation=True))
 
-    def _new_stream(self, stream_id: int, opening: Input) -> StreamRecord:
-        rec = StreamRecord(stream_id, self._stream_window)
-        rec.state.process(opening)
-        self._streams[stream_id] = rec
-        if self.tuner is not None:
-            self.tuner.stream_opened(self._stream_window)
-        return rec
-
-    def _forget(self, rec: StreamRecord) -> None:
-        if self._streams.pop(rec.id, None) is not None and self.tuner is not None:
-            self.tuner.stream_closed(rec.recv.max_window)
-        self._sendable.pop(rec.id, None)
-        rec.out.clear()
-        handshake = rec.state.handshake
-        if handshake is _AWAITING_ACK:
-            self.unacked_outbound -= 1
-        elif handshake is _ACK_OWED:
-            self.unaccepted_inbound -= 1
-
-    def _forget_all(self) -> None:
-        for rec in list(self._streams.values()):
-            self._forget(rec)
-
     def _check_alive(self) -> None:
         if self.error is not None:
             raise SessionClosedError(reason=self.error)
-
-    @staticmethod
-    def _require_session_id(frame: Frame) -> None:
-        if frame.stream_id != 0:
-            raise ProtocolError(
-                f"{frame.type.name} frame with stream id {frame.stream_id}; it must be 0"
-            )

@@ -30,8 +30,19 @@ opening and closing through ``stream_opened`` and ``stream_closed``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .const import INITIAL_STREAM_WINDOW
 from .errors import ConfigError, ProtocolError
+
+Clock = Callable[[], float]
+"""Seconds on any clock; only differences are used."""
+
+
+def no_clock() -> float:
+    """For callers without window auto-tuning: its clock is never read then."""
+    return 0.0
+
 
 GROW_WITHIN_RTTS = 4
 """Double the window when its next update is due within this many round trips."""
@@ -146,6 +157,14 @@ class ReceiveWindow:
         self.credit += delta
         return delta
 
+    def try_receive(self, length: int) -> bool:
+        """Account a Data frame if it is within the credit granted; False leaves all as it was."""
+        if length > self.credit:
+            return False
+        self.credit -= length
+        self.buffered += length
+        return True
+
     def receive(self, stream_id: int, length: int) -> None:
         """Account a Data frame; a frame beyond the granted credit is a protocol violation."""
         if length > self.credit:
@@ -156,11 +175,14 @@ class ReceiveWindow:
         self.credit -= length
         self.buffered += length
 
-    def consume(self, length: int, tuner: WindowTuner | None = None, now: float = 0.0) -> int:
+    def consume(
+        self, length: int, tuner: WindowTuner | None = None, clock: Clock = no_clock
+    ) -> int:
         """The application consumed ``length`` bytes; return the update to send, or 0.
 
-        With a ``tuner``, an update that is due may first resize the window
-        (``now`` is the caller's clock, in seconds).
+        With a ``tuner``, an update that is due may first resize the window;
+        ``clock()`` (the caller's, in seconds) is read only then: most calls owe
+        no update.
         """
         self.buffered -= length
         window = self.max_window
@@ -168,6 +190,7 @@ class ReceiveWindow:
         if self.ended or delta < window // 2:
             return 0
         if tuner is not None:
+            now = clock()
             resized = tuner.resize(window, now - self.updated_at)
             self.updated_at = now
             if resized != window:
@@ -196,6 +219,13 @@ class SendWindow:
                 f"stream {stream_id}: window update of {delta} bytes grows the send window "
                 f"past 2**32-1"
             )
+
+    def try_debit(self, size: int) -> bool:
+        """Take ``size`` bytes of credit for a frame going out now, if there is that much."""
+        if size > self.credit:
+            return False
+        self.credit -= size
+        return True
 
     def frame_size(self, pending: int, max_frame: int) -> int:
         """Payload bytes the next Data frame may carry: within credit and the frame limit."""

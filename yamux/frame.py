@@ -31,6 +31,7 @@ _pack_header = _HEADER_STRUCT.pack
 _unpack_header = _HEADER_STRUCT.unpack_from
 _TYPES = tuple(FrameType)
 _DATA = FrameType.DATA
+_DATA_CODE = int(FrameType.DATA)
 
 
 class Frame(NamedTuple):
@@ -87,6 +88,28 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes held for a frame not yet complete."""
         return len(self._header_buf) + sum(map(len, self._body_parts))
+
+    def lone_data(self, data: bytes) -> int | None:
+        """The stream id if ``data`` is exactly one whole Data frame with a body and no
+        flags and nothing is buffered before it, else None (then ``feed`` it).
+
+        The frame itself is left to the caller (``data[HEADER_SIZE:]`` is its body):
+        the direct path for the common case of one small message per read.
+        """
+        end = len(data)
+        if end <= HEADER_SIZE or self._header_buf or self._pending is not None:
+            return None
+        fields: tuple[int, int, int, int, int] = _unpack_header(data)
+        version, type_, flags, stream_id, length = fields
+        if (
+            type_ != _DATA_CODE
+            or flags
+            or version != PROTOCOL_VERSION
+            or length != end - HEADER_SIZE
+            or length > self._max_body
+        ):
+            return None
+        return stream_id
 
     def _check_length(self, header: tuple[FrameType, int, int, int]) -> None:
         if header[0] is _DATA and header[3] > self._max_body:

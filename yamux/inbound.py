@@ -20,7 +20,7 @@ from .config import Config
 from .const import Flag
 from .errors import ProtocolError
 from .frame import Frame, FrameDecoder
-from .stream_record import StreamRecord
+from .stream_record import StreamRecord, StreamTable
 from .stream_state import Input, StreamStateError
 
 _RST = int(Flag.RST)
@@ -71,17 +71,15 @@ class Inbound:
         self,
         frame: Frame,
         existing: StreamRecord | None,
+        streams: StreamTable,
         *,
-        streams: int,
-        unaccepted: int,
         go_away: bool,
     ) -> str | None:
-        """Why the peer's SYN ``frame`` is refused, or None to admit it.
+        """Why the peer's SYN ``frame`` is refused, or None to admit it to ``streams``.
 
         Raises ProtocolError for a stream that exists (``existing``) or an id of
-        our parity, and BacklogFull when the accept backlog holds ``unaccepted``
-        streams already (a SYN|RST is admitted all the same: it is gone within
-        its own frame).
+        our parity, and BacklogFull when the accept backlog is full already (a
+        SYN|RST is admitted all the same: it is gone within its own frame).
         """
         stream_id = frame.stream_id
         if existing is not None:
@@ -98,9 +96,9 @@ class Inbound:
             )
         if go_away:
             return "we sent go away"
-        if streams >= self._max_streams:
+        if len(streams) >= self._max_streams:
             return f"session has the maximum of {self._max_streams} streams"
-        if unaccepted >= self._backlog and not frame.flags & _RST:
+        if streams.unaccepted_inbound >= self._backlog and not frame.flags & _RST:
             raise BacklogFull
         return None
 

@@ -20,6 +20,9 @@ from .errors import KeepaliveTimeoutError, SessionClosedError, YamuxError
 from .ratelimit import RateLimitedLog
 from .timers import PingTimes
 
+LOOKS = 8
+"""Times per keepalive timeout that an overdue pong's wait looks for bytes received."""
+
 
 class Liveness:
     """The session's keepalive, RTT estimate and Go Away watch (see the module docstring)."""
@@ -43,8 +46,9 @@ class Liveness:
         self._reset = reset
         self._log = log
         self._loop = asyncio.get_running_loop()
-        self.last_heard = self._loop.time()
-        """When bytes last arrived from the peer: any frame is proof of life."""
+        self.reads = 0
+        """Reads from the peer so far (the session counts them): any frame is proof of life.
+        A count, not a time: the keepalive looks at it only while a pong is overdue."""
         self.rtt: float | None = None
         """Smoothed round-trip time of the pings, once one was answered."""
         self.watching_abandoned = False
@@ -52,9 +56,6 @@ class Liveness:
         """We stopped reading the peer (its opens wait for our accepts): see ``hold``."""
         self._released_at = float("-inf")
         """When reading last resumed, on the pings' clock (time.perf_counter)."""
-
-    def heard(self) -> None:
-        self.last_heard = self._loop.time()
 
     def hold(self) -> None:
         """We stop reading the peer until the application accepts the streams it opened.
@@ -69,14 +70,17 @@ class Liveness:
     def release(self) -> None:
         self.holding = False
         self._released_at = time.perf_counter()
-        self.heard()
+        self.reads += 1  # the timeout starts again
 
     async def keepalive(self) -> None:
         """Ping every keepalive_interval; dead only if nothing at all arrives for the timeout.
 
         A pong can wait behind the peer's queued bulk data on a slow link, but that
         data arriving proves the peer alive; so the deadline is keepalive_timeout
-        after the ping or after the last bytes received, whichever is later.
+        after the ping or after the last bytes received, whichever is later. While
+        the pong is overdue, ``reads`` is looked at every ``timeout / LOOKS``
+        seconds: the last bytes count from the look that saw them, so a dead peer
+        is found between ``timeout`` and ``timeout * (1 + 1/LOOKS)`` after them.
         """
         interval = self._config.keepalive_interval
         timeout = self._config.keepalive_timeout
@@ -84,12 +88,17 @@ class Liveness:
         while True:
             await asyncio.sleep(interval)
             opaque = self._core.ping()
-            sent = loop.time()
+            quiet_since = loop.time()
+            reads = self.reads
             future = self._pings.start(opaque)
             self._flush()
             try:
                 while not future.done() and not self.holding:
-                    remaining = max(sent, self.last_heard) + timeout - loop.time()
+                    now = loop.time()
+                    if self.reads != reads:
+                        reads = self.reads
+                        quiet_since = now
+                    remaining = quiet_since + timeout - now
                     if remaining <= 0:
                         self._fail(
                             KeepaliveTimeoutError(
@@ -98,7 +107,7 @@ class Liveness:
                             )
                         )
                         return
-                    await asyncio.wait([future], timeout=remaining)
+                    await asyncio.wait([future], timeout=min(remaining, timeout / LOOKS))
             finally:
                 self._pings.discard(opaque)
                 ended = future.done() and future.exception() is not None  # also if cancelled
@@ -137,12 +146,13 @@ class Liveness:
         """
         timeout = self._config.go_away_timeout
         core = self._core
-        core.silent_streams()  # starts watching
+        streams = core.streams
+        streams.silent()  # starts watching
         was_empty = False
         while True:
             await asyncio.sleep(timeout)
-            heard = core.heard_any
-            silent = core.silent_streams()
+            heard = streams.heard_any
+            silent = streams.silent()
             if was_empty and not heard and not core.num_streams:
                 self._fail(
                     SessionClosedError(

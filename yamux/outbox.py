@@ -32,7 +32,7 @@ class Outbox:
     of a stream closed both ways went out (the connection then forgets it).
     """
 
-    __slots__ = ("_control", "_control_limit", "_finished", "_max_frame", "_overflow", "sendable")
+    __slots__ = ("_control_limit", "_finished", "_max_frame", "_overflow", "control", "sendable")
 
     def __init__(
         self,
@@ -41,21 +41,15 @@ class Outbox:
         overflow: Callable[[int], None],
         finished: Callable[[StreamRecord], None],
     ) -> None:
-        self._control: list[bytes] = []
+        self.control: list[bytes] = []
+        """Control frames queued, oldest first (only ``queue_control`` and ``take_control``
+        change it; anyone may test it for emptiness)."""
         self._control_limit = config.control_queue_limit
         self._max_frame = config.max_frame_size
         self._overflow = overflow
         self._finished = finished
         self.sendable: dict[int, StreamRecord] = {}
         """Streams with something to frame now (data and credit, or a lone FIN), in turn."""
-
-    @property
-    def has_control(self) -> bool:
-        return bool(self._control)
-
-    @property
-    def has_data(self) -> bool:
-        return bool(self.sendable)
 
     def queue_control(self, frame: bytes) -> None:
         """Queue one control frame; report an overflow past the limit.
@@ -65,19 +59,19 @@ class Outbox:
         reads; pongs, updates and resets it provokes meanwhile must not grow
         without bound (a ping flood).
         """
-        control = self._control
+        control = self.control
         control.append(frame)
         if len(control) * HEADER_SIZE > self._control_limit:
             self._overflow(len(control))
 
     def take_control(self, limit: int | None = None) -> list[bytes]:
         """Queued control frames, oldest first; at most ``limit`` bytes of them if given."""
-        out = self._control
+        out = self.control
         if limit is not None and limit < len(out) * HEADER_SIZE:
             count = limit // HEADER_SIZE
-            self._control = out[count:]
+            self.control = out[count:]
             return out[:count]
-        self._control = []
+        self.control = []
         return out
 
     def take_data(self, budget: int) -> list[bytes | memoryview]:

@@ -74,7 +74,7 @@ class FrameWriter:
         if transport is None or transport.is_closing():
             return False
         outbox = self._outbox
-        if outbox.has_control:
+        if outbox.control:
             if force or not self.paused:
                 transport.writelines(outbox.take_control())
             elif self._paused_control < PAUSED_CONTROL_ALLOWANCE:
@@ -82,7 +82,7 @@ class FrameWriter:
                 self._paused_control += len(frames) * HEADER_SIZE
                 transport.writelines(frames)
         framed = False
-        while outbox.has_data and (force or not self.paused):
+        while outbox.sendable and (force or not self.paused):
             transport.writelines(outbox.take_data(FLUSH_BUDGET))
             framed = True
         return framed

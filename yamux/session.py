@@ -145,12 +145,11 @@ class Session:
         protocol = self._protocol
         owner = protocol.tasks if tasks is None else tasks
         log = protocol.log if logger is None else RateLimitedLog(logger)
-        while True:  # as ``async for stream in self``, without an async generator per stream
-            try:
-                stream = await protocol.accept_stream()
-            except SessionClosedError:
-                return
+
+        def start(stream: Stream) -> None:
             owner.spawn(run_stream_handler(handler, stream, log), name=f"yamux-stream-{stream.id}")
+
+        await protocol.serve_streams(start)
 
     # -------------------------------------------------------------- control
     async def ping(self) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, assert_never, cast
 
 from .backlog import Backlog
@@ -28,8 +29,6 @@ from .errors import (
     ControlQueueFullError,
     KeepaliveTimeoutError,
     SessionClosedError,
-    StreamOpenTimeoutError,
-    StreamResetError,
     YamuxError,
 )
 from .events import (
@@ -50,13 +49,14 @@ from .events import (
 from .liveness import Liveness
 from .output import FrameWriter
 from .ratelimit import RateLimitedLog
+from .session_streams import SessionStreams
 from .stream import Stream
-from .stream_state import State
 from .tasks import TaskOwner
-from .timers import PingTimes, StreamTimers
+from .timers import PingTimes
 
-_LOCAL_CLOSE = State.LOCAL_CLOSE
-"""Bound once: a class attribute lookup of an Enum member is slow on Python 3.11."""
+JOIN_LIMIT = 16 * 1024
+"""A Data frame written at once goes out as header + payload in one bytes object up to
+this payload size (one write call); a larger payload is not copied (writelines)."""
 _PEER_GONE = (KeepaliveTimeoutError, ConnectionWriteTimeoutError, ControlQueueFullError)
 """Ends after which the peer reads nothing more: the transport is aborted, not flushed."""
 
@@ -80,22 +80,20 @@ class SessionProtocol(asyncio.Protocol):
         """The user's object (a Session, which sets it) for ``get_extra_info("session")``."""
         self._loop = asyncio.get_running_loop()
         self._read_transport: asyncio.BaseTransport | None = None
-        self._streams: dict[int, Stream] = {}
+        self.log = RateLimitedLog(logger)
+        """Every line the peer can trigger over and over goes through this."""
+        self.streams = SessionStreams(
+            self._loop, self.config, self.log, fail=self._shutdown, reset=self.reset_stream
+        )
+        self._streams = self.streams.by_id
         self.backlog = Backlog(self.core)
         """The peer's streams waiting for accept_stream, our opens waiting for ACKs."""
-        self._drain_waiting: dict[int, Stream] = {}
-        self._open_timers = StreamTimers(
-            self._loop, self.config.stream_open_timeout, self._open_timed_out
-        )
-        self._close_timers = StreamTimers(
-            self._loop, self.config.stream_close_timeout, self._close_timed_out
-        )
+        self._on_stream: Callable[[Stream], None] | None = None
+        """While ``serve_streams`` runs: takes each new stream, accepted."""
         self.pings = PingTimes(self._loop)
         self._writer = FrameWriter(self.core.outbox, self.config, self._write_stalled)
         self._abort_timer: asyncio.TimerHandle | None = None
-        self.log = RateLimitedLog(logger)
-        """Every line the peer can trigger over and over goes through this."""
-        self.tasks = TaskOwner(logger)
+        self.tasks = TaskOwner(logger, self._loop)
         """The session's tasks: keepalive, watches, and the handlers ``Session.serve`` runs."""
         self.liveness = Liveness(
             self.config,
@@ -134,10 +132,24 @@ class SessionProtocol(asyncio.Protocol):
         core = self.core
         stream_id = core.open_stream()
         stream = Stream(self, stream_id, core.stream_state(stream_id))
-        self._streams[stream_id] = stream
-        self._open_timers.arm(stream_id)
+        self.streams.add(stream, opened_by_us=True)
         self._flush()
         return stream
+
+    async def serve_streams(self, on_stream: Callable[[Stream], None]) -> None:
+        """Accept every stream the peer opens and hand it to ``on_stream`` until the session
+        ends: those already waiting first, then each from the callback that read its SYN
+        (no accept waiter to wake, no loop iteration in between)."""
+        if self._on_stream is not None:
+            raise RuntimeError("the session's streams are served already")
+        self._on_stream = on_stream
+        try:
+            while True:  # only the streams that came before: later ones skip the backlog
+                on_stream(await self.accept_stream())
+        except SessionClosedError:
+            return
+        finally:
+            self._on_stream = None
 
     async def accept_stream(self) -> Stream:
         stream = await self.backlog.next_incoming()
@@ -191,32 +203,46 @@ class SessionProtocol(asyncio.Protocol):
     def read_chunk_size(self) -> int:
         return self.config.max_stream_window_size
 
-    def send_data(self, stream_id: int, data: bytes) -> None:
-        self.core.send_data(stream_id, data)
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def send_data(self, stream_id: int, data: bytes) -> int:
+        core = self.core
+        writer = self._writer
+        transport = writer.transport
+        if transport is not None and not writer.paused and not transport.is_closing():
+            header = core.frame_now(stream_id, data)
+            if header is not None:  # nothing waits before it: no queue, no flush
+                if len(data) <= JOIN_LIMIT:
+                    transport.write(header + data)
+                else:
+                    transport.writelines((header, data))
+                return 0
+        core.send_data(stream_id, data)
         self._flush()
+        return core.pending_bytes(stream_id)
 
     def pending_bytes(self, stream_id: int) -> int:
         return self.core.pending_bytes(stream_id)
 
     def consume(self, stream_id: int, length: int) -> None:
-        core = self.core
-        core.consume(stream_id, length, time.perf_counter())  # the clock of the RTTs
-        tuner = core.tuner
-        if tuner is not None and tuner.rtt is None and not self._rtt_probed and tuner.can_grow:
-            # Measured once data flows, not at session start: until then the wire is the
-            # seed's, frame for frame (the relay's handshake ping may have measured it).
-            self._rtt_probed = True
-            if not self.closing:
-                self.tasks.spawn(self.liveness.measure_rtt(), name="yamux-rtt")
-        if core.outbox.has_control:
+        if self.core.consume(stream_id, length, time.perf_counter):  # the clock of the RTTs
             self._flush()
+        if not self._rtt_probed:
+            self._probe_rtt()
+
+    def _probe_rtt(self) -> None:
+        """Measure the RTT once data flows, not at session start: until then the wire is the
+        seed's, frame for frame (the relay's handshake ping may have measured it)."""
+        self._rtt_probed = True
+        tuner = self.core.tuner
+        if tuner is not None and tuner.rtt is None and tuner.can_grow and not self.closing:
+            self.tasks.spawn(self.liveness.measure_rtt(), name="yamux-rtt")
 
     def close_stream(self, stream_id: int) -> None:
-        self._open_timers.cancel(stream_id)
         self.core.close_stream(stream_id)
-        stream = self._streams.get(stream_id)
-        if stream is not None and stream.state is _LOCAL_CLOSE:
-            self._close_timers.arm(stream_id)
+        self.streams.closed_locally(stream_id)
         self._flush()
 
     def reset_stream(self, stream_id: int) -> None:
@@ -226,7 +252,7 @@ class SessionProtocol(asyncio.Protocol):
         self.backlog.wake_openers()
 
     def watch_pending(self, stream: Stream) -> None:
-        self._drain_waiting[stream.id] = stream
+        self.streams.watch_pending(stream)
 
     def protocol_failed(self, stream_id: int, callback: str, exc: Exception) -> None:
         self.log.log(
@@ -253,7 +279,13 @@ class SessionProtocol(asyncio.Protocol):
         return False
 
     def data_received(self, data: bytes) -> None:
-        self.liveness.heard()
+        self.liveness.reads += 1
+        lone = self.core.receive_lone_data(data)
+        if lone is not None:  # one Data frame: its DataReceived, without events or a flush
+            stream = self._streams.get(lone[0])
+            if stream is not None:
+                stream.feed_data(lone[1])
+            return
         if self._dispatch(self.core.receive_data(data)):
             self._flush()
             self.backlog.wake_openers()
@@ -303,17 +335,18 @@ class SessionProtocol(asyncio.Protocol):
                     pass
                 case StreamOpened(stream_id, state):
                     stream = Stream(self, stream_id, state)
-                    streams[stream_id] = stream
-                    self.backlog.add(stream)
+                    self.streams.add(stream)
+                    if self._on_stream is None:
+                        self.backlog.add(stream)
+                    else:  # its ACK goes out with this read's flush
+                        self.core.accept_stream(stream_id)
+                        self._on_stream(stream)
                 case StreamAcknowledged(stream_id):
-                    self._open_timers.cancel(stream_id)
+                    self.streams.acknowledged(stream_id)
                 case StreamEnded(stream_id):
-                    stream = streams.get(stream_id)
-                    if stream is not None:
-                        stream.feed_eof()
-                    self._close_timers.cancel(stream_id)
+                    self.streams.ended(stream_id)
                 case StreamClosed(stream_id):
-                    self._forget(stream_id)
+                    self.streams.forget(stream_id)
                 case StreamReset(stream_id, reason, violation):
                     if violation:
                         self.log.log(logging.WARNING, "stream-violation", "resetting %s", reason)
@@ -341,6 +374,8 @@ class SessionProtocol(asyncio.Protocol):
                     self.backlog.wake_openers(force=True)
                 case InputHeld():
                     self._hold_input()
+                    if self._on_stream is not None:  # the opens before it are accepted
+                        self._loop.call_soon(self._resume_input)
                 case SessionTerminated(error):
                     self._shutdown(error)
                     return False
@@ -378,14 +413,7 @@ class SessionProtocol(asyncio.Protocol):
             if events:
                 self._dispatch(events)
                 self.backlog.wake_openers()  # a finished stream that was never ACKed frees backlog
-        if self._drain_waiting:
-            self._wake_drained()
-
-    def _wake_drained(self) -> None:
-        core = self.core
-        for stream_id, stream in list(self._drain_waiting.items()):
-            if not stream.pending_changed(core.pending_bytes(stream_id)):
-                self._drain_waiting.pop(stream_id, None)  # a failing protocol may have reset it
+        self.streams.wake_drained(core.pending_bytes)
 
     # ----------------------------------------------------------------- timers
     def _write_stalled(self, buffered: int) -> None:
@@ -395,25 +423,6 @@ class SessionProtocol(asyncio.Protocol):
                 f"{self.config.connection_write_timeout} s ({buffered} bytes waiting)"
             )
         )
-
-    def _open_timed_out(self, stream_id: int) -> None:
-        self._shutdown(
-            StreamOpenTimeoutError(
-                f"stream {stream_id} was not acknowledged within "
-                f"{self.config.stream_open_timeout} s (stream open timeout)"
-            ),
-            GoAwayCode.INTERNAL_ERROR,
-        )
-
-    def _close_timed_out(self, stream_id: int) -> None:
-        self.log.log(
-            logging.WARNING,
-            "close-timeout",
-            "stream %d: peer sent no FIN within %s s of our close; resetting",
-            stream_id,
-            self.config.stream_close_timeout,
-        )
-        self.reset_stream(stream_id)
 
     def _watch_abandoned_streams(self) -> None:
         """After Go Away either way, start resetting streams the peer went silent on (once)."""
@@ -451,12 +460,7 @@ class SessionProtocol(asyncio.Protocol):
         self.core.terminate(error, code)
         self._flush()
         self._writer.stop()
-        self._open_timers.cancel_all()
-        self._close_timers.cancel_all()
-        for stream in list(self._streams.values()):
-            stream.set_exception(error)
-        self._streams.clear()
-        self._drain_waiting.clear()
+        self.streams.end(error)
         self.backlog.end(error)
         self.pings.fail_all(SessionClosedError(reason=error))
         self.tasks.cancel()
@@ -479,16 +483,7 @@ class SessionProtocol(asyncio.Protocol):
         if self.closing:
             raise SessionClosedError(reason=self.close_reason)
 
-    def _forget(self, stream_id: int) -> None:
-        self._streams.pop(stream_id, None)
-        self._open_timers.cancel(stream_id)
-        self._close_timers.cancel(stream_id)
-
     def _drop_reset(self, stream_id: int, reason: str) -> None:
         """A reset stream, ours or the peer's, leaves the session at once."""
-        stream = self._streams.get(stream_id)
-        self._forget(stream_id)
-        self._drain_waiting.pop(stream_id, None)
         self.backlog.discard(stream_id)
-        if stream is not None:
-            stream.set_exception(StreamResetError(reason))
+        self.streams.reset(stream_id, reason)

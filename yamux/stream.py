@@ -36,7 +36,14 @@ class StreamLink(Protocol):
         """How much ``read(-1)`` asks for at a time: the receive window."""
         ...
 
-    def send_data(self, stream_id: int, data: bytes) -> None: ...
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the session runs on (the stream's futures belong to it)."""
+        ...
+
+    def send_data(self, stream_id: int, data: bytes) -> int:
+        """Send or queue ``data`` (not empty); the bytes of the stream still unsent."""
+        ...
 
     def pending_bytes(self, stream_id: int) -> int:
         """Bytes written and not yet handed to the transport."""
@@ -94,7 +101,7 @@ class Stream:
         self, link: StreamLink, stream_id: int, state: StreamMachine, limit: int = DEFAULT_LIMIT
     ) -> None:
         self._link = link
-        self._loop = asyncio.get_running_loop()
+        self._loop = link.loop
         self.id = stream_id
         self._state = state
         self._limit = limit
@@ -217,15 +224,14 @@ class Stream:
         if self._state.local_closed:
             raise StreamClosedError(f"stream {self.id}: write after close/write_eof")
         if data:
-            link = self._link
-            link.send_data(self.id, data if type(data) is bytes else bytes(data))
+            pending = self._link.send_data(self.id, data if type(data) is bytes else bytes(data))
             if (
-                self._protocol is not None
+                pending > WRITE_BUFFER_LIMIT
+                and self._protocol is not None
                 and not self._writing_paused
-                and link.pending_bytes(self.id) > WRITE_BUFFER_LIMIT
             ):
                 self._writing_paused = True
-                link.watch_pending(self)
+                self._link.watch_pending(self)
                 try:
                     self._protocol.pause_writing()
                 except Exception as exc:

@@ -169,7 +169,24 @@ def _steps() -> dict[tuple[State, Handshake, Input], tuple[State, Handshake, tup
     return steps
 
 
+def _unchanged_by(input_: Input) -> frozenset[State]:
+    """The states in which ``input_`` is legal and changes nothing: no next state, no
+    handshake step, no side effect. Derived from the tables, like ``_STEPS``."""
+    if any(step is input_ for _, step in HANDSHAKE):
+        return frozenset()
+    return frozenset(
+        state
+        for (state, step), (nxt, effects) in LIFECYCLE.items()
+        if step is input_ and nxt is state and not effects
+    )
+
+
 _STEPS = _steps()
+SENDING = _unchanged_by(Input.SEND_DATA)
+"""States in which sending data is a step that changes nothing: the direct path for a
+lone Data frame (Connection.frame_now) checks membership instead of stepping."""
+RECEIVING = _unchanged_by(Input.RECV_DATA)
+"""The same for receiving data (Connection.receive_lone_data)."""
 _LOCAL_CLOSED = frozenset({State.LOCAL_CLOSE, State.CLOSED})
 _REMOTE_CLOSED = frozenset({State.REMOTE_CLOSE, State.CLOSED})
 

@@ -28,12 +28,17 @@ StreamHandler = Callable[["Stream", "Stream"], Awaitable[None]]
 class TaskOwner:
     """A set of tasks with one owner: spawn, log failures, cancel and wait."""
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(
+        self, logger: logging.Logger, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         self._logger = logger
         self._tasks: dict[asyncio.Task[Any], Callable[[asyncio.Task[Any]], None] | None] = {}
         """Each task and its ``on_done``."""
         self._on_done = self._done
         """One bound method for every task's done callback, not a new one per spawn."""
+        self._loop = loop
+        """Given by an owner that knows it: asking for the running loop is a system call
+        (getpid) on Python 3.11, and some owners spawn a task per connection."""
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -50,7 +55,8 @@ class TaskOwner:
         ``on_done`` is called from the owner's one done callback: a second callback
         would cost every task its own context copy (thousands of idle connections).
         """
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+        loop = self._loop or asyncio.get_running_loop()
+        task = loop.create_task(coro, name=name)
         self._tasks[task] = on_done
         task.add_done_callback(self._on_done)
         return task

@@ -6,14 +6,22 @@ import asyncio
 import time
 from collections.abc import Callable
 
+_SLACK = 0.001
+"""A deadline this close counts as passed when the timer fires (the loops' clocks and timers
+have millisecond granularity: uvloop's at least)."""
 
-class StreamTimers:
-    """One timer per stream id for one purpose, e.g. "ACK awaited" or "peer's FIN awaited".
 
-    ``callback(stream_id)`` runs when a timer fires; a delay of 0 disables them.
+class StreamDeadlines:
+    """A deadline per stream id for one purpose, e.g. "ACK awaited" or "peer's FIN awaited".
+
+    ``callback(stream_id)`` runs once a stream's deadline passes; a delay of 0
+    disables them. All share one timer: the delay is the same for every stream, so
+    the deadlines fall due in the order they were set, and the timer is always that
+    of the oldest. Setting or clearing one is a dict operation (no timer handle per
+    stream; one that was cleared is skipped when the timer fires).
     """
 
-    __slots__ = ("_callback", "_delay", "_loop", "_timers")
+    __slots__ = ("_callback", "_delay", "_due", "_loop", "_timer")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, delay: float, callback: Callable[[int], None]
@@ -21,25 +29,41 @@ class StreamTimers:
         self._loop = loop
         self._delay = delay
         self._callback = callback
-        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._due: dict[int, float] = {}
+        """Each stream's deadline (loop.time()), oldest first."""
+        self._timer: asyncio.TimerHandle | None = None
 
     def arm(self, stream_id: int) -> None:
-        if self._delay:
-            self._timers[stream_id] = self._loop.call_later(self._delay, self._fire, stream_id)
+        if not self._delay:
+            return
+        due = self._due
+        due.pop(stream_id, None)  # armed again: it moves to the end
+        due[stream_id] = self._loop.time() + self._delay
+        if self._timer is None:
+            self._timer = self._loop.call_at(due[next(iter(due))], self._fire)
 
     def cancel(self, stream_id: int) -> None:
-        timer = self._timers.pop(stream_id, None)
-        if timer is not None:
-            timer.cancel()
+        self._due.pop(stream_id, None)
 
     def cancel_all(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        self._due.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _fire(self, stream_id: int) -> None:
-        del self._timers[stream_id]
-        self._callback(stream_id)
+    def _fire(self) -> None:
+        self._timer = None
+        due = self._due
+        now = self._loop.time() + _SLACK
+        while due:
+            stream_id = next(iter(due))
+            when = due[stream_id]
+            if when > now:
+                if self._timer is None:  # a callback may have armed it already
+                    self._timer = self._loop.call_at(when, self._fire)
+                return
+            del due[stream_id]
+            self._callback(stream_id)
 
 
 class WriteStallWatch:

@@ -14,6 +14,7 @@ from ..server.auth import parse_auth_clients
 from ..server.interface import Relay
 from ..server.notify import NotifyRelay
 from ..server.relay import RelayServer
+from ..server.siblings import WorkerRole
 from .registry import loaded_config, usage_errors, with_credentials
 
 
@@ -22,17 +23,29 @@ def process_options(ctx: click.Context, values: Mapping[str, Any]) -> ProcessOpt
         return ProcessOptions.from_values(values)
 
 
-def build_server(ctx: click.Context, port: int, values: Mapping[str, Any]) -> Relay:
-    """The relay that ``relay server`` runs; the config file may add named clients."""
+def relay_options(ctx: click.Context, values: Mapping[str, Any]) -> RelayOptions:
+    """The options of ``relay server``; the config file may add named clients."""
     found = loaded_config(ctx)
     with usage_errors(ctx):
         clients = None
         if found is not None and found.clients:
             clients = parse_auth_clients(found.clients, found.path.parent)
-        options = RelayOptions.from_values(with_credentials(ctx, values), auth_clients=clients)
+        return RelayOptions.from_values(with_credentials(ctx, values), auth_clients=clients)
+
+
+def build_server(ctx: click.Context, port: int, options: RelayOptions) -> Relay:
+    """The relay that ``relay server`` runs in this process."""
+    with usage_errors(ctx):
         if options.protocol == "notify":
             return NotifyRelay(port, options)
         return RelayServer(port, options)
+
+
+def check_worker_options(ctx: click.Context, port: int, options: RelayOptions) -> None:
+    """Fail now, as a usage error, on what would stop every worker: a relay is built as a
+    worker builds its own (secret and auth files read, TLS context made) and dropped."""
+    with usage_errors(ctx):
+        RelayServer(port, options, worker=WorkerRole(0, options.workers))
 
 
 def build_forwarder(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -12,10 +13,17 @@ import click
 from ..client.forwarder import Forwarder
 from ..net import format_endpoint
 from ..ops import drain, logs, sdnotify
-from ..options import ProcessOptions, Service
+from ..options import ProcessOptions, RelayOptions, Service
 from ..server.interface import Relay
 from ..store.state_dir import StateDirError
-from .build import build_forwarder, build_server, process_options
+from ..workers.supervisor import STOP_GRACE, Supervisor
+from .build import (
+    build_forwarder,
+    build_server,
+    check_worker_options,
+    process_options,
+    relay_options,
+)
 
 logger = logging.getLogger("relay.cli")
 
@@ -42,9 +50,13 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
 
 def run_server(ctx: click.Context, port: int, values: Mapping[str, Any]) -> NoReturn:
     process = process_options(ctx, values)
-    server = build_server(ctx, port, values)
+    options = relay_options(ctx, values)
     loop_factory = event_loop_factory(process.event_loop)
+    if options.workers > 1:
+        run_workers(ctx, port, options, process, loop_factory)
+    server = build_server(ctx, port, options)
     setup_logging(process)
+    raise_fd_limit()
     ctx.exit(
         drain.run_until_signal(
             lambda: _serve_relay(server, port, process.metrics),
@@ -54,6 +66,52 @@ def run_server(ctx: click.Context, port: int, values: Mapping[str, Any]) -> NoRe
             on_drain=lambda: sdnotify.stopping("draining"),
         )
     )
+
+
+def run_workers(
+    ctx: click.Context,
+    port: int,
+    options: RelayOptions,
+    process: ProcessOptions,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+) -> NoReturn:
+    """``relay server --workers N`` (N > 1): a supervisor of N relay processes."""
+    check_worker_options(ctx, port, options)
+    supervisor = Supervisor(port, options, process, uvloop=loop_factory is not None)
+    logs.setup(process.level, process.log_format, connection_log=process.connection_log, worker=0)
+    raise_fd_limit()
+    ctx.exit(
+        drain.run_until_signal(
+            lambda: _supervise(supervisor, process.metrics),
+            loop_factory,
+            # Each worker drains for up to --drain-timeout, then closes what is left.
+            drain=drain.Drain(supervisor.drain, supervisor.wait_idle),
+            drain_timeout=process.drain_timeout and process.drain_timeout + STOP_GRACE,
+            on_drain=lambda: sdnotify.stopping("draining"),
+        )
+    )
+
+
+async def _supervise(supervisor: Supervisor, metrics_address: tuple[str, int] | None) -> int:
+    from ..ops import http
+    from ..workers.aggregate import WorkersCollector, workers_status
+
+    try:
+        async with http.exposed(
+            metrics_address,
+            WorkersCollector(supervisor),
+            lambda: workers_status(supervisor),
+            supervisor.readiness,
+            refresh=supervisor.refresh,
+        ):
+            return await supervisor.run()
+    except OSError as exc:
+        logger.error(
+            "cannot serve metrics on %s: %s",
+            format_endpoint(*metrics_address or ("?", 0)),
+            exc.strerror or exc,
+        )
+        return 1
 
 
 def run_forward(
@@ -67,6 +125,7 @@ def run_forward(
     forwarder = build_forwarder(ctx, host, port, services, values)
     loop_factory = event_loop_factory(process.event_loop)
     setup_logging(process)
+    raise_fd_limit()
     ctx.exit(
         drain.run_until_signal(
             lambda: _run_forwarder(forwarder, process.metrics),
@@ -79,9 +138,9 @@ def run_forward(
 
 
 async def _run_forwarder(forwarder: Forwarder, metrics_address: tuple[str, int] | None) -> int:
-    from ..ops import metrics
+    from ..ops import http, metrics
 
-    async with metrics.exposed(
+    async with http.exposed(
         metrics_address,
         metrics.ForwarderCollector(forwarder),
         lambda: metrics.forwarder_status(forwarder),
@@ -94,8 +153,28 @@ def setup_logging(process: ProcessOptions) -> None:
     logs.setup(process.level, process.log_format, connection_log=process.connection_log)
 
 
+def raise_fd_limit() -> None:
+    """Every connection is a file descriptor (two on a forwarder): take all the system
+    allows (the soft RLIMIT_NOFILE up to the hard one) and say how many that is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        logger.info("file descriptors: at most %d (ulimit -n)", soft)
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        logger.warning(
+            "file descriptors: at most %d; cannot raise it to the hard limit %d: %s",
+            soft,
+            hard,
+            exc,
+        )
+        return
+    logger.info("file descriptors: at most %d (the hard limit; the soft one was %d)", hard, soft)
+
+
 async def _serve_relay(server: Relay, port: int, metrics_address: tuple[str, int] | None) -> int:
-    from ..ops import metrics
+    from ..ops import http, metrics
 
     try:
         await server.start()
@@ -106,7 +185,7 @@ async def _serve_relay(server: Relay, port: int, metrics_address: tuple[str, int
         logger.error("cannot listen on port %d: %s", port, exc.strerror or exc)
         return 1
     try:
-        async with metrics.exposed(
+        async with http.exposed(
             metrics_address,
             metrics.RelayCollector(server),
             lambda: metrics.relay_status(server),

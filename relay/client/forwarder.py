@@ -31,9 +31,10 @@ from typing import Any
 import yamux
 
 from ..net import describe_os_error, format_endpoint
+from ..ops.logs import log_plain
 from ..options import ForwardOptions, OptionError, Service
 from ..options.declare import takes_options
-from ..pipe import SocketEnd, pipe
+from ..pipe import PipeResult, SocketEnd, Splice, splice, wait_pipe
 from ..server.interface import Readiness
 from ..stats import Traffic
 from ..wire.proxy_header import ProxyAddresses, header
@@ -93,6 +94,9 @@ class Forwarder:
     ``HOST:PORT`` alone with one service (the seed's output), ``NAME HOST:PORT``
     with several.
     """
+
+    _loop: asyncio.AbstractEventLoop
+    """Set by ``run``: the streams' handlers need it, and asking is a system call (getpid)."""
 
     @takes_options(ForwardOptions)
     def __init__(
@@ -170,6 +174,7 @@ class Forwarder:
         ``EXIT_REFUSED`` after a permanent refusal (the other services stop too: the
         configuration needs a fix), ``EXIT_LOST`` when its relay sessions are lost and
         reconnecting is off."""
+        self._loop = asyncio.get_running_loop()
         self.relays = await relay_addresses((self.relay_host, self.relay_port), self.options.relays)
         self._placed = [
             (service, self._server(service, relay))
@@ -245,33 +250,44 @@ class Forwarder:
         if self.draining:
             stream.reset()
             return
+        loop = self._loop
         timeout = self.options.connect_timeout
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
         client: ProxyAddresses | None = stream.get_extra_info("client_address")
         local = service.local_endpoint
+        proxy_protocol = self.options.proxy_protocol
+        dial = _Dial(
+            stream,
+            traffic,
+            loop.create_future(),
+            header(proxy_protocol, client) if proxy_protocol is not None else b"",
+        )
+        task = asyncio.current_task(loop)
+        assert task is not None
+        timer = loop.call_later(timeout, dial.expire, task)
         try:
-            async with asyncio.timeout(timeout):
-                _, end = await loop.create_connection(
-                    SocketEnd,
-                    service.local_host or self.options.local_forward_host,
-                    service.local_port,
-                )
-        except (OSError, TimeoutError) as exc:
-            reason = (
-                f"no answer within {timeout:g} s"
-                if isinstance(exc, TimeoutError)
-                else describe_os_error(exc)
+            await loop.create_connection(
+                partial(SocketEnd, dial.connected),
+                service.local_host or self.options.local_forward_host,
+                service.local_port,
             )
+        except (OSError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not dial.timed_out(task):
+                dial.abort()
+                raise
+            reason = f"no answer within {timeout:g} s" if dial.expired else describe_os_error(exc)
             logger.warning(
                 "stream %d: local service %s is unreachable (%s); resetting the stream",
                 stream.id,
                 local,
                 reason,
             )
+            dial.abort()
             stream.reset()
             self.local_failures[service] += 1
             return
+        finally:
+            timer.cancel()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "stream %d: connected to %s%s",
@@ -279,23 +295,20 @@ class Forwarder:
                 local,
                 f" for {format_endpoint(*client.source)}" if client else "",
             )
-        proxy_protocol = self.options.proxy_protocol
-        if proxy_protocol is not None and end.transport is not None:
-            end.transport.write(header(proxy_protocol, client))
-        result = traffic.opened()
+        assert dial.pipe is not None
+        assert dial.result is not None
+        result = dial.result
         try:
-            await pipe(end, stream, result)
+            await wait_pipe(dial.pipe, dial.done)
         finally:
             traffic.closed(result)
         if connections_logger.isEnabledFor(logging.INFO):
-            connections_logger.info(
-                "stream %d to %s closed: %d bytes to the relay, %d to the service%s",
-                stream.id,
-                local,
-                result.sent,
-                result.received,
-                f" ({result.error})" if result.error else "",
-                extra={
+            log_plain(
+                connections_logger,
+                f"stream {stream.id} to {local} closed: {result.sent} bytes to the relay, "
+                f"{result.received} to the service"
+                + (f" ({result.error})" if result.error else ""),
+                {
                     "stream": stream.id,
                     "local": local,
                     "bytes_in": result.received,
@@ -304,6 +317,47 @@ class Forwarder:
                     "reason": str(result.error) if result.error else "closed",
                 },
             )
+
+
+class _Dial:
+    """One stream's connection to its local service: the pipe starts from the socket's
+    ``connection_made`` (no task wake-up before the first bytes go through), and the
+    connect is bounded by one timer that cancels the dialing task."""
+
+    __slots__ = ("done", "expired", "header", "pipe", "result", "stream", "traffic")
+
+    def __init__(
+        self, stream: yamux.Stream, traffic: Traffic, done: asyncio.Future[None], header: bytes
+    ) -> None:
+        self.stream = stream
+        self.traffic = traffic
+        self.done = done
+        self.header = header
+        """The PROXY protocol header to send before anything else (b"": none)."""
+        self.pipe: Splice | None = None
+        self.result: PipeResult | None = None
+        self.expired = False
+
+    def connected(self, end: SocketEnd) -> None:
+        if self.header and end.transport is not None:
+            end.transport.write(self.header)
+        self.result = self.traffic.opened()
+        self.pipe = splice(end, self.stream, self.done, self.result)
+
+    def expire(self, task: asyncio.Task[None]) -> None:
+        self.expired = True
+        task.cancel()
+
+    def timed_out(self, task: asyncio.Task[None]) -> bool:
+        """The cancellation that stopped the connect was ours alone (as asyncio.timeout)."""
+        return self.expired and task.uncancel() == 0
+
+    def abort(self) -> None:
+        """The connect failed or was cancelled after the socket connected: end the pipe."""
+        if self.pipe is not None:
+            self.pipe.fail(ConnectionAbortedError("connecting to the local service failed"))
+        if self.result is not None:
+            self.traffic.closed(self.result)
 
 
 def _services(given: Sequence[Service | int], options: ForwardOptions) -> list[Service]:

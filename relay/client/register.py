@@ -45,6 +45,9 @@ class Registration:
     """How public clients name a service reached by name (None: a port of its own)."""
     host: str | None = None
     """The host name public clients use for a service reached by name."""
+    sessions: int = 1
+    """Sessions of our identity the relay lets share this port (``sessions=``, if it
+    offers that; 1 otherwise)."""
 
     @property
     def url(self) -> str | None:
@@ -125,6 +128,7 @@ async def connect(
             protocol.client_address,
             protocol.route,
             protocol.host,
+            protocol.sessions,
         )
     except TimeoutError:
         what = "connect to" if protocol is None else "get a port line from"

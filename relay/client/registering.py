@@ -30,6 +30,7 @@ from ..wire.v2 import (
     AUTH_FAILED,
     FEATURE_CLIENT_ADDR,
     FEATURE_SERVICE,
+    FEATURE_SESSIONS,
     NEEDS_NAME,
     AuthenticationError,
     HandshakeError,
@@ -56,8 +57,9 @@ class RegisteringProtocol(asyncio.Protocol):
     ``result`` resolves to ``(session, public_port)``, or fails with a
     RegistrationError (and the connection is closed). After that, ``version`` is
     2 if a challenge was answered (1 for a seed relay), ``client_address``
-    says whether every stream starts with a PROXY v2 header, and ``route`` and
-    ``host`` where a service reached by name is (None: it has a port of its own).
+    says whether every stream starts with a PROXY v2 header, ``sessions`` how many
+    sessions of our identity may share the port, and ``route`` and ``host`` where a
+    service reached by name is (None: it has a port of its own).
     """
 
     def __init__(self, config: yamux.Config, options: RegistrationOptions) -> None:
@@ -73,6 +75,8 @@ class RegisteringProtocol(asyncio.Protocol):
         self.client_address = False
         self.route: RouteKind | None = None
         self.host: str | None = None
+        self.sessions = 1
+        """Sessions of our identity the relay lets share the port (``sessions=``, if offered)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -174,6 +178,7 @@ class RegisteringProtocol(asyncio.Protocol):
                 options.wire_service,
                 options.wire_name,
             )
+        sessions = options.sessions if FEATURE_SESSIONS in challenge.features else 1
         route = (
             options.route
             if options.route and feature(options.route) in challenge.features
@@ -190,6 +195,7 @@ class RegisteringProtocol(asyncio.Protocol):
         self.version = 2
         self.client_address = client_addr
         self.route = route
+        self.sessions = sessions
         secret = options.secret if challenge.auth_required else None
         assert self.transport is not None
         self.transport.write(
@@ -201,6 +207,7 @@ class RegisteringProtocol(asyncio.Protocol):
                 port=options.remote_port,
                 route=route,
                 client_addr=client_addr,
+                sessions=sessions,
             )
         )
 

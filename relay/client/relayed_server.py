@@ -46,12 +46,7 @@ from ..errors import (
 from ..net import describe_os_error, format_endpoint
 from ..options import RegistrationOptions
 from ..options.declare import takes_options
-from ..wire.proxy_header import (
-    V2_HEADER_LENGTH,
-    ProxyAddresses,
-    parse_v2_fixed,
-    parse_v2_payload,
-)
+from .client_address import read_client_address
 from .reconnect import Backoff, RetryLog
 from .refusals import what_to_fix
 from .register import Registration, connect
@@ -59,6 +54,20 @@ from .register import Registration, connect
 logger = logging.getLogger("relay.api")
 
 Handler = Callable[[yamux.Stream, yamux.Stream], Awaitable[None]]
+
+
+class _Lane:
+    """One of a server's registrations with the relay (``sessions=``) and its reconnect loop."""
+
+    def __init__(self, index: int, backoff: Backoff) -> None:
+        self.index = index
+        self.backoff = backoff
+        self.session: yamux.Session | None = None
+        """Its current session (None before its first registration)."""
+        self.refused_backoff = Backoff.after_permanent(backoff)
+        """Its delays after permanent refusals (``retry_permanent``)."""
+        self.task: asyncio.Task[None] | None = None
+        """Its reconnect loop (the first lane's runs in the server's own task)."""
 
 
 class RelayedServer:
@@ -78,6 +87,12 @@ class RelayedServer:
     ``start()`` registers once (and raises if that fails, like
     ``asyncio.start_server`` on a bad address); ``start(retry=True)`` keeps
     trying from the first attempt, as the forwarder does.
+
+    With ``sessions=K`` (and a relay that offers it) the server keeps K
+    registrations of its identity, all on one public port, each with its own
+    reconnect loop (a *lane*): the relay spreads public connections over them,
+    and while one is lost the others serve. The first registers alone; the
+    others follow once the relay said how many it takes.
     """
 
     @takes_options(RegistrationOptions, others=True)
@@ -110,12 +125,10 @@ class RelayedServer:
         self.retry_permanent = checked.retry_permanent
         self.on_endpoint = on_endpoint
         self.backoff = Backoff(checked.reconnect_delay, checked.reconnect_max_delay)
-        self.refused_backoff = Backoff.after_permanent(self.backoff)
-        """The delays after permanent refusals (``retry_permanent``)."""
+        """The first lane's; each lane backs off on its own."""
+        self._lanes = [_Lane(0, self.backoff)]
         self.refusal: RegistrationError | None = None
         """The permanent refusal that stopped the server, if one did."""
-        self.session: yamux.Session | None = None
-        """The current session with the relay (None before the first registration)."""
         self.public_port: int | None = None
         """The public port of the current (or, while reconnecting, the last) registration."""
         self.client_address = False
@@ -129,11 +142,28 @@ class RelayedServer:
         self._handlers = yamux.TaskOwner(logger)
         self._tasks = yamux.TaskOwner(logger)
         self._closing = False
+        self._warned_sessions = False
         self._lost_reason: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._endpoint_waiters: list[asyncio.Future[str]] = []
 
     # -------------------------------------------------------------- queries
+    @property
+    def session(self) -> yamux.Session | None:
+        """A current session with the relay: the first open one, else the first lane's
+        last (None before the first registration)."""
+        sessions = self.sessions
+        return sessions[0] if sessions else self._lanes[0].session
+
+    @property
+    def sessions(self) -> list[yamux.Session]:
+        """Every open session with the relay (one per lane that is registered)."""
+        return [
+            lane.session
+            for lane in self._lanes
+            if lane.session is not None and not lane.session.closed
+        ]
+
     @property
     def relay_endpoint(self) -> str:
         return format_endpoint(self.relay_host, self.relay_port)
@@ -169,7 +199,7 @@ class RelayedServer:
         return len(self._handlers)
 
     def is_serving(self) -> bool:
-        return not self._closing and self.session is not None and not self.session.closed
+        return not self._closing and bool(self.sessions)
 
     @property
     def started(self) -> bool:
@@ -204,10 +234,9 @@ class RelayedServer:
         """Register and serve in the background; without ``retry`` a first failure raises."""
         if self._task is not None:
             raise RuntimeError("the server was already started")
-        first = None if retry else self._attach(await self._register())
-        self._task = self._tasks.spawn(
-            self._maintain(first), name=f"relay-server-{self.relay_endpoint}"
-        )
+        lane = self._lanes[0]
+        first = None if retry else self._attach(lane, await self._register())
+        self._task = self._tasks.spawn(self._run(first), name=f"relay-server-{self.relay_endpoint}")
 
     def close(self) -> None:
         """Start closing: the session ends (the relay frees the port) and handlers are cancelled."""
@@ -221,9 +250,10 @@ class RelayedServer:
         """Until the server stopped and every handler finished (never raises)."""
         if self._task is not None:
             await asyncio.wait([self._task])
-        if self.session is not None and not self.session.closed:
-            self.session.close()  # closed before its task ever ran
-            await self.session.wait_closed()
+        for lane in self._lanes:
+            if lane.session is not None and not lane.session.closed:
+                lane.session.close()  # closed before its task ever ran
+                await lane.session.wait_closed()
 
     async def serve_forever(self) -> None:
         """Serve until cancelled (then close) or until close(); raise if it stops on its own.
@@ -274,52 +304,84 @@ class RelayedServer:
             self.relay_host, self.relay_port, self.options, self._config, self._connection
         )
 
-    async def _maintain(self, session: yamux.Session | None) -> None:
-        """The one reconnect loop: register, serve until the session ends, wait, again."""
+    async def _run(self, first: yamux.Session | None) -> None:
+        """The first lane, then the others until they stop too; everything ends here."""
+        try:
+            await self._maintain(self._lanes[0], first)
+            while self.refusal is None and (
+                running := [
+                    lane.task
+                    for lane in self._lanes[1:]
+                    if lane.task is not None and not lane.task.done()
+                ]
+            ):
+                await asyncio.wait(running)
+        finally:
+            others = [lane.task for lane in self._lanes[1:] if lane.task is not None]
+            for task in others:
+                task.cancel()
+            if others:
+                await asyncio.wait(others)
+            await self._cancel_handlers()
+            for waiter in self._endpoint_waiters:
+                if not waiter.done():
+                    waiter.set_exception(self._stopped_error())
+
+    async def _maintain(self, lane: _Lane, session: yamux.Session | None) -> None:
+        """One lane's reconnect loop: register, serve until the session ends, wait, again."""
         loop = asyncio.get_running_loop()
-        retries = RetryLog(logger, self._what)
+        what = self._what
+        retries = RetryLog(logger, what if lane.index == 0 else f"session {lane.index + 1}: {what}")
         try:
             while True:
                 if session is None:
                     try:
                         registered = await self._register()
                     except (OSError, TimeoutError) as exc:  # RegistrationError is an OSError
-                        delay = self._after_failure(exc, retries)
+                        delay = self._after_failure(exc, lane, retries)
                         if delay is None:
                             return
                         await asyncio.sleep(delay)
                         continue
                     retries.recovered()
-                    self.refused_backoff.reset()
-                    session = self._attach(registered)
+                    lane.refused_backoff.reset()
+                    session = self._attach(lane, registered)
                 started = loop.time()
                 reason = await self._serve(session)
                 session = None
-                logger.warning(
-                    "lost the relay at %s: %s; public endpoint %s is gone",
-                    self.relay_endpoint,
-                    reason,
-                    self.public_endpoint,
-                )
+                if self.sessions:
+                    logger.warning(
+                        "lost session %d of %d with the relay at %s: %s; the others serve %s",
+                        lane.index + 1,
+                        len(self._lanes),
+                        self.relay_endpoint,
+                        reason,
+                        self.public_endpoint,
+                    )
+                else:
+                    logger.warning(
+                        "lost the relay at %s: %s; public endpoint %s is gone",
+                        self.relay_endpoint,
+                        reason,
+                        self.public_endpoint,
+                    )
                 self._lost_reason = reason
                 if not self.reconnect:
                     return
-                if loop.time() - started >= self.backoff.maximum:
-                    self.backoff.reset()  # a session that lived: try again quickly
-                delay = self.backoff.next_delay()
+                if loop.time() - started >= lane.backoff.maximum:
+                    lane.backoff.reset()  # a session that lived: try again quickly
+                delay = lane.backoff.next_delay()
                 logger.info("reconnecting to %s in %.2f s", self.relay_endpoint, delay)
                 await asyncio.sleep(delay)
         finally:
-            if self.session is not None:
-                self.session.close()
-                await self.session.wait_closed()
-            await self._cancel_handlers()
-            for waiter in self._endpoint_waiters:
-                if not waiter.done():
-                    waiter.set_exception(self._stopped_error())
+            if lane.session is not None:
+                lane.session.close()
+                await lane.session.wait_closed()
 
-    def _after_failure(self, exc: OSError | TimeoutError, retries: RetryLog) -> float | None:
-        """Seconds until the next try after a failed registration; None: stop (logged)."""
+    def _after_failure(
+        self, exc: OSError | TimeoutError, lane: _Lane, retries: RetryLog
+    ) -> float | None:
+        """Seconds until ``lane`` tries again after a failed registration; None: stop (logged)."""
         reason = (
             str(exc)
             if isinstance(exc, RegistrationError | TimeoutError)
@@ -342,34 +404,65 @@ class RelayedServer:
             self._lost_reason = reason
             return None
         if permanent is not None:
-            delay = self.refused_backoff.next_delay()
+            delay = lane.refused_backoff.next_delay()
             retries.refused(reason, delay)
             return delay
-        delay = self.backoff.next_delay()
+        delay = lane.backoff.next_delay()
         if isinstance(exc, RelayRefusedError) and exc.retry_after is not None:
-            delay = max(delay, self.backoff.spread(exc.retry_after))
+            delay = max(delay, lane.backoff.spread(exc.retry_after))
         retries.failed(reason, delay)
         return delay
 
-    def _attach(self, registration: Registration) -> yamux.Session:
-        """A new registration: it is the current one; tell whoever waits for the endpoint."""
-        self.session = registration.session
+    def _attach(self, lane: _Lane, registration: Registration) -> yamux.Session:
+        """A new registration of ``lane``; tell whoever waits for the endpoint, unless the
+        others serve it already."""
+        serving = self.public_port if self.sessions else None
+        lane.session = registration.session
         self.public_port = registration.public_port
         self.client_address = registration.client_address
         self.url = registration.url
         self._host = registration.host
         self.registrations += 1
         self._lost_reason = None
+        if lane.index == 0:
+            self._add_lanes(registration.sessions)
         endpoint = self.public_endpoint
         for waiter in self._endpoint_waiters:
             if not waiter.done():
                 waiter.set_result(endpoint)
+        if serving == registration.public_port:
+            return registration.session
+        if serving is not None:
+            logger.warning(
+                "session %d got public port %d while the others serve %d",
+                lane.index + 1,
+                registration.public_port,
+                serving,
+            )
         if self.on_endpoint is not None:
             try:
                 self.on_endpoint(endpoint)
             except Exception:
                 logger.exception("on_endpoint(%r) failed", endpoint)
         return registration.session
+
+    def _add_lanes(self, granted: int) -> None:
+        """Start the lanes beyond the first once the relay said how many sessions it takes."""
+        wanted = self.options.sessions
+        if wanted > 1 and granted < wanted and not self._warned_sessions:
+            self._warned_sessions = True
+            logger.warning(
+                "the relay at %s does not take several sessions of a service (an older or "
+                "seed relay): registering one, not %d",
+                self.relay_endpoint,
+                wanted,
+            )
+        for index in range(len(self._lanes), min(wanted, granted)):
+            lane = _Lane(index, Backoff(self.backoff.initial, self.backoff.maximum))
+            self._lanes.append(lane)
+            lane.task = self._tasks.spawn(
+                self._maintain(lane, None), name=f"relay-server-{self.relay_endpoint}-{index + 1}"
+            )
 
     async def _serve(self, session: yamux.Session) -> str:
         """Run handlers for the streams of ``session`` until it ends; why it ended.
@@ -396,20 +489,3 @@ class RelayedServer:
     async def _handle(self, reader: yamux.Stream, writer: yamux.Stream) -> None:
         await read_client_address(reader)
         await self._handler(reader, writer)
-
-
-async def read_client_address(stream: yamux.Stream) -> ProxyAddresses | None:
-    """Read a stream's PROXY v2 header; the public client becomes its ``peername``.
-
-    The addresses are also ``get_extra_info("client_address")``: a ProxyAddresses,
-    or None if the relay did not know them (a LOCAL header).
-    """
-    fixed = await stream.readexactly(V2_HEADER_LENGTH)
-    version_command, family, length = parse_v2_fixed(fixed)
-    payload = await stream.readexactly(length) if length else b""
-    addresses = parse_v2_payload(version_command, family, payload)
-    stream.set_extra_info("client_address", addresses)
-    if addresses is not None:
-        stream.set_extra_info("peername", addresses.source)
-        stream.set_extra_info("sockname", addresses.destination)
-    return addresses

@@ -1,27 +1,19 @@
-"""``--metrics HOST:PORT``: Prometheus text at ``/metrics``, JSON at ``/status``, health.
-
-``/livez`` answers 200 while the event loop does; ``/readyz`` 200 while the relay
-listens (a forwarder: every service is registered) and 503 from the drain on;
-``/`` is the status page (``relay.ops.status_page``), which shows ``/status``.
+"""``--metrics HOST:PORT``: what the relay and the forwarder show there.
 
 The numbers are read at scrape time from the relay's (or the forwarders')
 own counters (``relay.stats``), by a prometheus_client ``Collector`` on a
 registry of its own, so nothing is counted twice and embedding several relays
-in one process works. The HTTP endpoint is a small asyncio server in the same
-event loop as the relay: a scrape sees a consistent state, with no thread.
+in one process works; ``/status`` is the same state as JSON. The HTTP endpoint
+that serves them is ``relay.ops.http``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -29,23 +21,51 @@ import yamux
 
 from ..client.forwarder import Forwarder
 from ..client.relayed_server import RelayedServer
-from ..net import format_endpoint
 from ..options import Service
-from ..server.interface import Readiness, Relay
-from . import status_page
+from ..server.interface import Relay, SessionInfo
 
 logger = logging.getLogger("relay.metrics")
 
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-MAX_REQUEST_HEAD = 8192
-"""Bytes of request line and headers we read before answering 431."""
-REQUEST_TIMEOUT = 5.0
+ANONYMOUS = "anonymous"
+"""The ``client`` label of a registration that no secret vouches for."""
 
 
-def service_label(public_port: int, client: str | None = None, host: str | None = None) -> str:
-    """The ``service`` label of a registration: the host name of a service reached by name,
-    else its client name, else its public port."""
-    return host or client or str(public_port)
+def series_labels(info: SessionInfo) -> tuple[str, str]:
+    """The ``client`` and ``service`` labels of a registration's series.
+
+    Only names a secret or the auth file vouches for become label values: on an
+    open relay anyone may register under any name, and a label value per name
+    would be a series per stranger. So an unauthenticated registration is
+    ``anonymous`` and its service is its public port (at most one registration
+    holds a port at a time); an authenticated one is its client, and its service is
+    its ``service=`` name, else its client name (a forwarder with a secret and
+    ``--name`` sends that as its name).
+    """
+    if not info.authenticated:
+        return ANONYMOUS, str(info.public_port)
+    client = info.client or ANONYMOUS
+    return client, info.service or info.client or str(info.public_port)
+
+
+class _Series:
+    """What the sessions of one (client, service) add up to."""
+
+    __slots__ = ("bytes_in", "bytes_out", "rtt", "sessions", "stalls")
+
+    def __init__(self) -> None:
+        self.sessions = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.stalls = 0
+        self.rtt: float | None = None
+
+    def add(self, info: SessionInfo) -> None:
+        self.sessions += 1
+        self.bytes_in += info.bytes_in
+        self.bytes_out += info.bytes_out
+        self.stalls += info.stalls
+        if info.rtt is not None:
+            self.rtt = info.rtt if self.rtt is None else max(self.rtt, info.rtt)
 
 
 class RelayCollector(Collector):
@@ -80,34 +100,46 @@ class RelayCollector(Collector):
         for reason, count in sorted(stats.connections_refused.items()):
             refused_conns.add_metric([reason], count)
         yield refused_conns
+        series: dict[tuple[str, str], _Series] = {}
+        for info in sessions:
+            labels = series_labels(info)
+            if (entry := series.get(labels)) is None:
+                entry = series[labels] = _Series()
+            entry.add(info)
+        service_sessions = GaugeMetricFamily(
+            "relay_service_sessions",
+            "Registered sessions per client and service.",
+            labels=["client", "service"],
+        )
         service_bytes = CounterMetricFamily(
             "relay_service_bytes",
-            "Bytes relayed per registered service; in = from the public "
+            "Bytes relayed per client and service; in = from the public "
             "clients, out = to them (open connections included).",
-            labels=["service", "direction"],
+            labels=["client", "service", "direction"],
         )
         rtt = GaugeMetricFamily(
             "relay_keepalive_rtt_seconds",
-            "Last keepalive (or handshake) ping round trip per service.",
-            labels=["service"],
+            "Last keepalive (or handshake) ping round trip per client and service "
+            "(the slowest of its sessions).",
+            labels=["client", "service"],
         )
         stalls = CounterMetricFamily(
             "relay_service_window_stalls",
             "Times a stream paused its public connection because "
-            "the registered side's yamux window was full, per service.",
-            labels=["service"],
+            "the registered side's yamux window was full, per client and service.",
+            labels=["client", "service"],
         )
-        total_in, total_out, total_stalls = stats.bytes_in, stats.bytes_out, stats.stalls
-        for info in sessions:
-            label = service_label(info.public_port, info.client, info.host)
-            service_bytes.add_metric([label, "in"], info.bytes_in)
-            service_bytes.add_metric([label, "out"], info.bytes_out)
-            stalls.add_metric([label], info.stalls)
-            if info.rtt is not None:
-                rtt.add_metric([label], info.rtt)
-            total_in += info.bytes_in
-            total_out += info.bytes_out
-            total_stalls += info.stalls
+        for (client, service), entry in series.items():
+            service_sessions.add_metric([client, service], entry.sessions)
+            service_bytes.add_metric([client, service, "in"], entry.bytes_in)
+            service_bytes.add_metric([client, service, "out"], entry.bytes_out)
+            stalls.add_metric([client, service], entry.stalls)
+            if entry.rtt is not None:
+                rtt.add_metric([client, service], entry.rtt)
+        total_in = stats.bytes_in + sum(info.bytes_in for info in sessions)
+        total_out = stats.bytes_out + sum(info.bytes_out for info in sessions)
+        total_stalls = stats.stalls + sum(info.stalls for info in sessions)
+        yield service_sessions
         yield service_bytes
         total = CounterMetricFamily(
             "relay_bytes",
@@ -132,7 +164,7 @@ class RelayCollector(Collector):
         yield refused
         yield CounterMetricFamily(
             "relay_auth_failures",
-            "Registrations that failed authentication.",
+            "Failed registrations: refused proofs, malformed responses, no answer, failed TLS.",
             stats.auth_failures,
         )
         yield GaugeMetricFamily(
@@ -190,6 +222,8 @@ def relay_status(server: Relay) -> dict[str, Any]:
             {
                 "session": info.id,
                 "client": info.client,
+                "service": info.service,
+                "authenticated": info.authenticated,
                 "peer": info.peer,
                 "public_port": info.public_port,
                 "host": info.host,
@@ -315,149 +349,3 @@ def forwarder_status(forwarder: Forwarder) -> dict[str, Any]:
 
 def _iso(unix: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
-
-
-class MetricsServer:
-    """HTTP/1.1 GET ``/metrics``, ``/status``, ``/livez``, ``/readyz`` and the status page
-    ``/`` on ``host:port``; one request per connection."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        collector: Collector,
-        status: Callable[[], dict[str, Any]],
-        readiness: Callable[[], Readiness],
-    ) -> None:
-        self.host = host
-        self.requested_port = port
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(collector)
-        self.status = status
-        self.readiness = readiness
-        self._server: asyncio.Server | None = None
-        self._handlers = yamux.TaskOwner(logger)
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self.requested_port, limit=MAX_REQUEST_HEAD
-        )
-        logger.info(
-            "metrics on http://%s/metrics; the status page on /, JSON on /status, "
-            "health on /livez and /readyz",
-            self.endpoint,
-            extra={"metrics": self.endpoint},
-        )
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        assert self._server.sockets
-        return int(self._server.sockets[0].getsockname()[1])
-
-    @property
-    def endpoint(self) -> str:
-        return format_endpoint(self.host, self.port)
-
-    def close(self) -> None:
-        """Stop listening and cancel the requests in progress (asyncio's convention)."""
-        if self._server is not None:
-            self._server.close()
-        self._handlers.cancel()
-
-    async def wait_closed(self) -> None:
-        await self._handlers.wait()
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._handlers.spawn(self._serve(reader, writer), name="relay-metrics-request")
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            try:
-                async with asyncio.timeout(REQUEST_TIMEOUT):
-                    head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.LimitOverrunError:
-                await self._reply(writer, 431, "text/plain", b"request head too large\n")
-                return
-            except (asyncio.IncompleteReadError, TimeoutError):
-                return
-            method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
-            path = rest.split(" ", 1)[0].split("?", 1)[0]
-            if method not in ("GET", "HEAD"):
-                await self._reply(writer, 405, "text/plain", b"GET only\n")
-                return
-            code, content_type, body = self._answer(path)
-            await self._reply(writer, code, content_type, body, head_only=method == "HEAD")
-        except OSError:
-            pass  # the scraper went away; nothing to tell it
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    def _answer(self, path: str) -> tuple[int, str, bytes]:
-        """Status code, content type and body of a GET of ``path``."""
-        if path == "/metrics":
-            return 200, PROMETHEUS_CONTENT_TYPE, generate_latest(self.registry)
-        if path == "/status":
-            return 200, "application/json", json.dumps(self.status(), indent=2).encode() + b"\n"
-        if path == "/livez":
-            return 200, "text/plain; charset=utf-8", b"alive\n"
-        if path == "/readyz":
-            readiness = self.readiness()
-            word = "ready" if readiness.ready else "not ready"
-            return (
-                200 if readiness.ready else 503,
-                "text/plain; charset=utf-8",
-                f"{word}: {readiness.reason}\n".encode(),
-            )
-        if path in ("/", "/index.html"):
-            return 200, "text/html; charset=utf-8", status_page.html()
-        return 404, "text/plain", b"try / (the status page), /metrics, /status, /livez, /readyz\n"
-
-    @staticmethod
-    async def _reply(
-        writer: asyncio.StreamWriter,
-        code: int,
-        content_type: str,
-        body: bytes,
-        *,
-        head_only: bool = False,
-    ) -> None:
-        reasons = {
-            200: "OK",
-            404: "Not Found",
-            405: "Method Not Allowed",
-            431: "Request Header Fields Too Large",
-            503: "Service Unavailable",
-        }
-        writer.write(
-            f"HTTP/1.1 {code} {reasons[code]}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
-            f"Connection: close\r\n\r\n".encode()
-        )
-        if not head_only:
-            writer.write(body)
-        await writer.drain()
-
-
-@contextlib.asynccontextmanager
-async def exposed(
-    address: tuple[str, int] | None,
-    collector: Collector,
-    status: Callable[[], dict[str, Any]],
-    readiness: Callable[[], Readiness],
-) -> AsyncIterator[MetricsServer | None]:
-    """Serve the metrics, status and health on ``address`` (None: nothing) while in the block."""
-    if address is None:
-        yield None
-        return
-    server = MetricsServer(*address, collector, status, readiness)
-    await server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-        await server.wait_closed()

@@ -16,9 +16,9 @@ from typing import Self
 
 from ..wire.route import ROUTE_KINDS, RouteKind
 from ..wire.tls import client_context
-from ..wire.v2 import NAME
+from ..wire.v2 import MAX_SESSIONS, NAME
 from .declare import OptionError, option
-from .kinds import PORT, Choice, Endpoint, Flag, Instance, Seconds, ServiceSpec, Text
+from .kinds import PORT, Choice, Endpoint, Flag, Instance, Integer, Seconds, ServiceSpec, Text
 from .kinds import Path as PathKind
 from .service import Service, check_name
 from .shared import SharedOptions
@@ -76,6 +76,15 @@ class RegistrationOptions(SharedOptions):
         metavar="HOST:PORT",
         multiple=True,
         flag="--relay",
+    )
+    sessions: int = option(
+        1,
+        Integer(1, MAX_SESSIONS),
+        "Registrations of each service at once, all on one public port (the relay's "
+        "kernel spreads public connections over them, and losing one leaves the port "
+        "served by the others); needs --name or --client-name and a relay that offers "
+        "it (registration v2), else one is used.",
+        metavar="K",
     )
     reconnect: bool = option(
         True,
@@ -169,6 +178,22 @@ class RegistrationOptions(SharedOptions):
             raise OptionError(
                 "remote_port", "a service reached by name ({route}) has no port of its own"
             )
+        if self.route is not None and self.sessions > 1:
+            raise OptionError(
+                "sessions", "a service reached by name ({route}) has one session", self.sessions
+            )
+        if self.sessions > 1 and not self.has_identity:
+            raise OptionError(
+                "sessions",
+                "several sessions of a service need an identity the relay can tie them "
+                "to: give {name} or {client_name}",
+                self.sessions,
+            )
+
+    @property
+    def has_identity(self) -> bool:
+        """The relay can tell this registration's sessions apart from everyone else's."""
+        return self.name is not None or self.client_name is not None
 
     @property
     def wire_name(self) -> str | None:
@@ -214,3 +239,9 @@ class ForwardOptions(RegistrationOptions):
         "Send the local service a PROXY protocol header (v1 text, v2 binary) with the "
         "public client's address before the first byte.",
     )
+
+    @property
+    def has_identity(self) -> bool:
+        """Every ``--service`` has a name (and an unnamed LOCAL_PORT beside them is refused
+        when the services are made)."""
+        return super().has_identity or bool(self.service)

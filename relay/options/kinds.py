@@ -129,6 +129,31 @@ class Integer(_Number):
 PORT = Integer(1, 65535, "a port number (1-65535)")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and
+    ``taskset`` narrow), not every core of the host."""
+    return len(os.sched_getaffinity(0))
+
+
+class Workers(Integer):
+    """A number of processes, or ``auto``: one per usable core (``usable_cores``)."""
+
+    name = "N|auto"
+
+    def __init__(self, maximum: int) -> None:
+        super().__init__(1, maximum)
+
+    def parse(self, raw: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(raw, str) and raw.strip().lower() == "auto":
+            return "auto"
+        return super().parse(raw, param, ctx)
+
+    def check(self, value: Any) -> int:
+        if value == "auto":
+            return min(usable_cores(), self.maximum or usable_cores())
+        return super().check(value)
+
+
 class Seconds(_Number):
     """A duration in seconds: more than 0, or with ``zero_off`` 0 too (meaning: off)."""
 

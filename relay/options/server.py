@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal, Self, get_args
 from ..wire.hostname import normal_host
 from ..wire.tls import server_context
 from .declare import OptionError, option
-from .kinds import Choice, Instance, Integer, PortRange, Seconds, Text
+from .kinds import Choice, Flag, Instance, Integer, PortRange, Seconds, Text, Workers
 from .kinds import Path as PathKind
 from .shared import SharedOptions
 
@@ -61,6 +61,10 @@ class ClusterURL(Text):
         super().__init__(check_cluster_url)
 
 
+MAX_WORKERS = 256
+"""More worker processes than this is a typo, not a host."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class RelayOptions(SharedOptions):
     """How a relay runs: ``RelayServer(port, **options)``, ``relay server [OPTIONS] PORT``."""
@@ -83,7 +87,9 @@ class RelayOptions(SharedOptions):
         "Most registered services at once; beyond it a registration gets an error line.",
     )
     max_connections: int = option(
-        1000,
+        # A busy service meets thousands at once (a burst of 5,000 from one address
+        # must pass the per-source share); each costs a descriptor and ~5 KB.
+        10_000,
         Integer(1),
         "Most open public connections per registered service; beyond it they are reset.",
     )
@@ -91,6 +97,21 @@ class RelayOptions(SharedOptions):
         10.0,
         Seconds(),
         "A registering side must answer a yamux ping within this, or it is dropped.",
+        metavar="SECONDS",
+    )
+    answer_timeout: float = option(
+        # A client answers at once: one round trip. Until then the connection holds a place.
+        5.0,
+        Seconds(),
+        "A v2 client must answer the challenge within this, or it is dropped (and it "
+        "counts as a failed registration of its address).",
+        metavar="SECONDS",
+    )
+    tls_handshake_timeout: float = option(
+        5.0,
+        Seconds(),
+        "A TLS handshake on the control port must be done within this, or it is dropped "
+        "(and it counts as a failed registration of its address).",
         metavar="SECONDS",
     )
     idle_timeout: float = option(
@@ -111,8 +132,36 @@ class RelayOptions(SharedOptions):
     max_pending_registrations_per_source: int | None = option(
         None,
         Integer(0),
-        "Most registrations from one address still in their handshake; 0: no limit.  "
+        "Most registrations from one address (IPv6: one /64) still in their handshake; "
+        "beyond it a newer one takes the place of its oldest unchecked one; 0: no limit.  "
         "[default: nine tenths of --max-sessions]",
+        metavar="N",
+    )
+    max_pending: int = option(
+        # An unanswered challenge costs a socket and a few KiB; a TLS handshake more
+        # (--max-tls-handshakes).
+        10_000,
+        Integer(1),
+        "Most registrations in progress (TLS handshake, challenge, waiting for the yamux "
+        "ping), all sources. When full, a newcomer takes the oldest place of the source "
+        "holding the most (its /24 or /48, then its address), if its own holds fewer.",
+        metavar="N",
+    )
+    max_tls_handshakes: int = option(
+        # Each costs about 300 KiB on asyncio's loop (its TLS read buffer is 256 KiB), about
+        # 60 KiB on uvloop: 256 of them about 80 MiB, 15 MiB. Legitimate handshakes last a
+        # round trip or two; a relay of --max-sessions 100 never needs this many at once.
+        256,
+        Integer(1),
+        "Most TLS handshakes in progress on the control port (each takes a place among "
+        "--max-pending too); when full, the same rule as there.",
+        metavar="N",
+    )
+    max_failure_sources: int = option(
+        10_000,
+        Integer(1),
+        "Most addresses (with --auth-file: address and client pairs) whose failed "
+        "registrations the relay remembers; beyond it those with the fewest are forgotten.",
         metavar="N",
     )
     protocol: ProtocolChoice = option(
@@ -123,6 +172,13 @@ class RelayOptions(SharedOptions):
         "--auth-file; notify is the first seed design ([NEW]<port> lines, the "
         "server dials back, one TCP connection per client; "
         "docs/notify-protocol.md).",
+    )
+    notify_token: bool = option(
+        False,
+        Flag(),
+        "With --protocol notify: each [NEW] line carries a token ([NEW]<port> <token>) that "
+        "the server sends first on its dial-back, so only the registered server can take "
+        "a client. Servers of the original design do not send it: they need this off.",
     )
     auth_file: str | None = option(
         None,
@@ -198,6 +254,14 @@ class RelayOptions(SharedOptions):
         "ClientHello) within this, or it gets 408 (HTTP) or is closed (TLS).",
         metavar="SECONDS",
     )
+    workers: int = option(
+        1,
+        Workers(MAX_WORKERS),
+        "Worker processes that share the control port (SO_REUSEPORT); each registration "
+        "lives in the worker that admitted it, with its public port and all its "
+        "connections. auto: one per usable core. 1: a single process, no supervisor.",
+        metavar="N|auto",
+    )
     auth_clients: Mapping[str, AuthClient] | None = option(
         None,
         Instance(Mapping, what="a mapping of names to clients (relay.server.auth)"),
@@ -210,13 +274,6 @@ class RelayOptions(SharedOptions):
         None,
         Instance(ssl_module.SSLContext, what="an ssl.SSLContext"),
         "The control port's TLS context, instead of one made from ``tls_cert``.",
-        cli=False,
-    )
-    max_pending: int = option(
-        1000,
-        Integer(1),
-        "Most control connections between accept and the end of their TLS handshake (with "
-        "TLS) or a checked v2 response (registration v2).",
         cli=False,
     )
 
@@ -235,6 +292,14 @@ class RelayOptions(SharedOptions):
                 "({auth_file}, {auth_clients}), not both",
             )
         self._check_routing()
+        if self.protocol == "notify" and self.workers > 1:
+            raise OptionError(
+                "workers",
+                "the notify protocol runs in one process: drop {workers} or use --protocol v2",
+                self.workers,
+            )
+        if self.notify_token and self.protocol != "notify":
+            raise OptionError("notify_token", "is an option of {protocol} notify only")
         unsupported = (
             self.auth_file,
             self.auth_clients,
@@ -260,6 +325,13 @@ class RelayOptions(SharedOptions):
             raise OptionError("domain", "needs {http_port} or {tls_port} (or both)", self.domain)
         if len(shared) == 2 and self.http_port == self.tls_port != 0:
             raise OptionError("tls_port", "must differ from {http_port}", self.tls_port)
+        if self.domain is not None and self.workers > 1:
+            raise OptionError(
+                "workers",
+                "names on shared ports ({domain}) are served by one process: "
+                "use {workers} 1, or drop {domain}",
+                self.workers,
+            )
 
     def with_files_read(self) -> Self:
         """These options with the secret file read and the TLS context made (once, here)."""

@@ -86,7 +86,8 @@ class SharedOptions(Options):
         ByteSize(INITIAL_STREAM_WINDOW),
         "With --window-autotune: the same bound for all sessions of this process together "
         "(every registration, every reconnect), so many sessions cannot pin many times "
-        "--max-session-window. At least 256KiB.",
+        "--max-session-window; a relay of several --workers splits it evenly among them. "
+        "At least 256KiB.",
     )
     window_autotune: bool = option(
         True,

@@ -1,10 +1,12 @@
 """A registration between its checked request and its port line: the await on the store.
 
-The port comes from the lease store (``relay.server.ports``), an await: the
-control connection's admission slot stays held meanwhile (``settled`` gives it
-back on every way out), bytes the client sends are kept for its yamux session
-(``AwaitingPort``), and a second registration of the same identity waits for
-the first (``Allocations``) so that one identity is never allocated twice at once.
+The port comes from the lease store (``relay.server.ports``), an await, after
+the claim of the registration's identity (``relay.server.identities``, which
+also makes a second registration of an identity wait for the first): the
+control connection's admission place stays held meanwhile (``settled`` gives it
+back on every way out; ``gave_way`` ends it if a newcomer takes the place), and
+bytes the client sends are kept for its yamux session (``AwaitingPort``).
+``relay.server.registrar`` runs the steps.
 """
 
 from __future__ import annotations
@@ -12,18 +14,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from .leases import Identity
-from .limits import Slot
+from ..wire.refusal import RETRY, format_refusal
+from .places import Place
 
 EARLY_LIMIT = 64 * 1024
 """Bytes a registration may send before its port line is out (it should send none)."""
 
 
-def settled(transport: asyncio.Transport, slot: Slot, task: asyncio.Task[None]) -> None:
+def settled(transport: asyncio.Transport, place: Place, task: asyncio.Task[None]) -> None:
     """The end of an allocation or a replacement, even one cancelled before it ran (the
-    relay is closing): the registration's slot goes back unless it went on to its session,
+    relay is closing): the registration's place goes back unless it went on to its session,
     and a registration left undecided is dropped."""
-    slot.release()
+    place.release()
     if task.cancelled() or task.exception() is not None:
         transport.abort()
 
@@ -33,9 +35,9 @@ class AwaitingPort(asyncio.Protocol):
     that arrive meanwhile are kept for its yamux session (a well-behaved client sends none;
     ``EARLY_LIMIT`` at most, then reading pauses), an end is noted."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, early: bytes = b"") -> None:
         self.transport = transport
-        self.early = bytearray()
+        self.early = bytearray(early)
         self.ended = False
         self.paused = False
 
@@ -53,31 +55,13 @@ class AwaitingPort(asyncio.Protocol):
         self.ended = True
 
 
-class Allocations:
-    """Registrations waiting for their port: how many (they count toward
-    ``--max-sessions``), and which identities (one allocation each at a time)."""
+def gave_way(transport: asyncio.Transport) -> Callable[[str], None]:
+    """How a registration whose place is taken while it waits (for its identity's claim,
+    for its port) ends: told why in a refusal line, then closed."""
 
-    def __init__(self) -> None:
-        self.in_flight = 0
-        self._identities: dict[Identity, asyncio.Event] = {}
+    def end(reason: str) -> None:
+        if not transport.is_closing():
+            transport.write(format_refusal(reason, RETRY))
+            transport.close()
 
-    def of(self, identity: Identity) -> asyncio.Event | None:
-        """The allocation of ``identity`` under way (set when it is done), if any."""
-        return self._identities.get(identity)
-
-    def begin(self, identity: Identity | None) -> None:
-        self.in_flight += 1
-        if identity is not None:
-            self._identities[identity] = asyncio.Event()
-
-    def end(self, identity: Identity | None) -> None:
-        self.in_flight -= 1
-        if identity is not None:
-            self._identities.pop(identity).set()
-
-
-async def after(allocation: asyncio.Event, register: Callable[[], None]) -> None:
-    """``register`` again once the allocation of the same identity is done (then that one
-    is a holder, and the replacement rules decide)."""
-    await allocation.wait()
-    register()
+    return end

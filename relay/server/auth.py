@@ -21,8 +21,6 @@ shape), so a larger config file can hold it too.
 from __future__ import annotations
 
 import logging
-import time
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,44 +251,3 @@ def load_auth_file(path: str | Path) -> dict[str, AuthClient]:
         return parse_auth_clients(data.get("clients", {}), base=path.parent)
     except AuthConfigError as exc:
         raise AuthConfigError(f"auth file {path}: {exc}") from None
-
-
-class FailureLimiter:
-    """Per source address: after ``limit`` failed proofs within ``window`` seconds, refuse
-    that source at once (no nonce, no HMAC) until the window has passed.
-
-    Bounded: at most ``max_sources`` addresses are remembered (oldest forgotten first).
-    """
-
-    def __init__(self, limit: int = 5, window: float = 60.0, max_sources: int = 10_000) -> None:
-        self.limit = limit
-        self.window = window
-        self.max_sources = max_sources
-        self._failures: OrderedDict[str, list[float]] = OrderedDict()
-
-    def _recent(self, source: str, now: float) -> list[float]:
-        times = [t for t in self._failures.get(source, ()) if now - t < self.window]
-        if times:
-            self._failures[source] = times
-        else:
-            self._failures.pop(source, None)
-        return times
-
-    def blocked_for(self, source: str) -> float:
-        """Seconds until ``source`` may try again (0: it may now)."""
-        now = time.monotonic()
-        times = self._recent(source, now)
-        if len(times) < self.limit:
-            return 0.0
-        return max(0.0, times[-self.limit] + self.window - now)
-
-    def failed(self, source: str) -> int:
-        """Record a failure; returns how many ``source`` has within the window."""
-        now = time.monotonic()
-        times = self._recent(source, now)
-        times.append(now)
-        self._failures[source] = times[-self.limit :]
-        self._failures.move_to_end(source)
-        while len(self._failures) > self.max_sources:
-            self._failures.popitem(last=False)
-        return len(times)

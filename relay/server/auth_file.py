@@ -127,8 +127,9 @@ class AuthFile:
     def _stamps(self) -> Stamps:
         return _stamp(self.path), tuple(_stamp(path) for path in self._secret_files)
 
-    def reload(self) -> dict[str, str] | None:
-        """Read the files again if they changed (and then held still for one look).
+    def reload(self, *, at_once: bool = False) -> dict[str, str] | None:
+        """Read the files again if they changed (and then held still for one look, unless
+        ``at_once``: the operator said they are written, with SIGHUP).
 
         Returns the clients whose access ended or changed, each with why (their
         sessions should end); None if nothing was read. ``status`` says how it went.
@@ -137,7 +138,7 @@ class AuthFile:
         if stamps == self._seen:
             self._pending = None
             return None
-        if stamps != self._pending:
+        if stamps != self._pending and not at_once:
             self._pending = stamps  # changed since the last look: read it once it holds still
             return None
         self._pending = None
@@ -229,21 +230,33 @@ async def watch_auth_file(
     ``auth``, and ``revoke`` those whose access ended (name -> why)."""
     while True:
         await asyncio.sleep(interval)
-        was_ok = auth_file.status.ok
-        ended = auth_file.reload()
-        if ended is None:
-            continue
-        auth.clients = auth_file.clients
-        status = auth_file.status
-        if status.error is not None:
-            logger.error("auth file %s: %s", auth_file.path, status.error)
-        elif not was_ok:
-            logger.info("auth file %s is in force as written again", auth_file.path)
-        logger.info(
-            "auth file %s read: %d clients%s",
-            auth_file.path,
-            status.clients,
-            f"; access ended or changed for {', '.join(sorted(ended))}" if ended else "",
-        )
-        if ended:
-            revoke(ended)
+        reload_auth_file(auth_file, auth, revoke)
+
+
+def reload_auth_file(
+    auth_file: AuthFile,
+    auth: Authenticator,
+    revoke: Callable[[Mapping[str, str]], None],
+    *,
+    at_once: bool = False,
+) -> None:
+    """One look of ``watch_auth_file`` (``at_once``: SIGHUP, the files are read now if they
+    changed, without waiting for them to hold still)."""
+    was_ok = auth_file.status.ok
+    ended = auth_file.reload(at_once=at_once)
+    if ended is None:
+        return
+    auth.clients = auth_file.clients
+    status = auth_file.status
+    if status.error is not None:
+        logger.error("auth file %s: %s", auth_file.path, status.error)
+    elif not was_ok:
+        logger.info("auth file %s is in force as written again", auth_file.path)
+    logger.info(
+        "auth file %s read: %d clients%s",
+        auth_file.path,
+        status.clients,
+        f"; access ended or changed for {', '.join(sorted(ended))}" if ended else "",
+    )
+    if ended:
+        revoke(ended)

@@ -2,10 +2,17 @@
 
 ``ChallengeProtocol`` owns a control connection from its first byte until the
 proof is checked; only then does it hand a ``RegistrationRequest`` and its
-admission slot to the relay, which allocates (public listener, yamux session).
+admission place to the relay, which allocates (public listener, yamux session).
 Until that point a connection costs a transport, a timer and at most
-``MAX_GREETING`` buffered bytes; every refusal is ``error: <reason>`` and the
-connection is closed.
+``MAX_GREETING`` buffered bytes; every refusal is one ``error: ...`` line with
+its class, and the connection is closed.
+
+Failures are counted where they happen (``relay.server.failures``): a wrong
+proof against the source and the client it names (if the relay knows that
+client), anything else against the source: a malformed response, no answer
+within the answer timeout, a connection closed or reset before its answer. A
+blocked key's proof is refused before its HMAC is computed, however many
+challenges its source opened first.
 """
 
 from __future__ import annotations
@@ -17,18 +24,25 @@ from collections.abc import Callable
 from yamux.ratelimit import RateLimitedLog
 
 from ..net import peer_of
-from ..wire.greeting import MAX_GREETING, error_line
+from ..wire.greeting import MAX_GREETING
+from ..wire.refusal import PERMANENT, RETRY, RefusalKind, format_refusal
 from ..wire.v2 import Challenge, HandshakeError, parse_response
-from .admission import Admission, Refusal
+from .admission import Admission, Refused
 from .auth import Authenticator, AuthRefused
-from .limits import Slot, source_of
+from .failures import FailureKey
+from .limits import source_of
+from .places import Place
 from .request import RegistrationRequest
 
 logger = logging.getLogger("relay.registration")
 
 
 class ChallengeProtocol(asyncio.Protocol):
-    """One control connection of a v2 relay, until its proof is checked."""
+    """One control connection of a v2 relay, until its proof is checked.
+
+    ``place``: the place it holds already (it comes from a TLS handshake); None: it takes
+    one when the connection is made.
+    """
 
     def __init__(
         self,
@@ -36,16 +50,17 @@ class ChallengeProtocol(asyncio.Protocol):
         auth: Authenticator | None,
         admission: Admission,
         timeout: float,
-        accepted: Callable[[asyncio.Transport, RegistrationRequest, Slot], None],
+        accepted: Callable[[asyncio.Transport, RegistrationRequest, Place], None],
         log: RateLimitedLog,
         features: frozenset[str] | None = None,
+        place: Place | None = None,
     ) -> None:
         self._auth = auth
         self._admission = admission
         self._timeout = timeout
         self._accepted = accepted
-        self._slot: Slot | None = None
-        """This connection's admission slot; on success it passes to the registration."""
+        self._place = place
+        """This connection's admission place; on success it passes to the registration."""
         self._log = log
         self._features = features
         """What the challenge offers (None: ``relay.wire.v2.FEATURES``)."""
@@ -54,25 +69,22 @@ class ChallengeProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.source = "unknown"
+        self._gone = False
+        """The connection is lost: nothing more can be sent."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = peer_of(transport)
-        source = source_of(transport.get_extra_info("peername"))
-        wait = self._admission.failures.blocked_for(source)
-        if wait > 0:
-            self._refuse(
-                f"too many failed registrations from {source}; retry in {wait:.0f} s",
-                key="blocked",
-                level=logging.DEBUG,
-            )
-            return
-        admitted = self._admission.admit(source)
-        if isinstance(admitted, Refusal):
-            self._refuse(admitted.reason, key="busy")
-            return
-        self._slot = admitted
-        self._admission.pending.add(self)
+        self.source = source_of(transport.get_extra_info("peername"))
+        if self._place is None:
+            admitted = self._admission.admit(self.source, self._aborted)
+            if isinstance(admitted, Refused):
+                self._refused(admitted)
+                return
+            self._place = admitted
+        else:
+            self._place.hold(self._aborted)
         self._challenge = Challenge.fresh(self._auth is not None, self._features)
         transport.write(self._challenge.line())  # type: ignore[attr-defined]
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._timed_out)
@@ -93,21 +105,28 @@ class ChallengeProtocol(asyncio.Protocol):
         challenge = self._challenge
         try:
             response = parse_response(line, challenge)
+        except HandshakeError as exc:
+            self._fail(f"bad response: {exc}")
+            return
+        key = self._failure_key(response.name)
+        blocked = self._admission.blocked(key)
+        if blocked is not None:  # no HMAC for a blocked key, and no failure counted
+            self._refused(blocked)
+            return
+        try:
             if self._auth is not None:
                 proven = self._auth.check(challenge, response)
                 client, authenticated, ports = proven.name, True, proven.ports
                 hosts = proven.hosts
             else:
                 client, authenticated, ports, hosts = response.name, False, None, frozenset()
-        except (HandshakeError, AuthRefused) as exc:
-            if isinstance(exc, AuthRefused):
-                self._fail(str(exc), key="auth")
-            else:
-                self._fail(f"bad response: {exc}")
+        except AuthRefused as exc:
+            self._fail(str(exc), key=key, label="auth")
             return
         assert self.transport is not None
-        assert self._slot is not None
-        slot = self._slot.hand_over()
+        assert self._place is not None
+        self._place.settle()
+        place = self._place.hand_over()
         self._done()
         self._accepted(
             self.transport,
@@ -121,63 +140,85 @@ class ChallengeProtocol(asyncio.Protocol):
                 client_address=response.client_addr,
                 route=response.route,
                 allowed_hosts=hosts,
+                sessions=response.sessions,
             ),
-            slot,
+            place,
         )
 
     def eof_received(self) -> bool:
         if self._challenge is not None:
             self._fail(
-                "closed the connection before answering the challenge", send=False, key="no-answer"
+                "closed the connection before answering the challenge",
+                label="no-answer",
+                kind=RETRY,
             )
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._gone = True
+        if self._challenge is not None:  # reset (or closed) by the client before its answer
+            self._fail(
+                f"the connection ended before the answer ({exc or 'closed'})",
+                label="no-answer",
+                kind=RETRY,
+            )
         self._done()
 
-    def abort(self) -> None:
-        """Drop the connection (relay shutting down)."""
+    def _aborted(self, reason: str) -> None:
+        """Its place was taken, or the relay is closing: drop it, not a failure of its own."""
+        if self._challenge is None or self.transport is None:
+            return
         self._done()
-        if self.transport is not None:
-            self.transport.abort()
+        if not self._gone:
+            self.transport.write(format_refusal(reason, RETRY))
+        self.transport.close()
 
     def _timed_out(self) -> None:
         self._timer = None
-        self._fail(f"no answer to the challenge within {self._timeout:g} s", key="no-answer")
+        self._fail(
+            f"no answer to the challenge within {self._timeout:g} s",
+            label="no-answer",
+            kind=RETRY,
+        )
 
-    def _fail(self, reason: str, *, send: bool = True, key: str = "bad-response") -> None:
-        """A failure of this source: counted for its block (``FailureLimiter``), then refused."""
-        assert self.transport is not None
-        source = source_of(self.transport.get_extra_info("peername"))
-        count = self._admission.failed(source)
-        limiter = self._admission.failures
-        if count == limiter.limit:
-            self._log.log(
-                logging.WARNING,
-                "blocking",
-                "%s: %d failed registrations within %g s; refusing it for a while",
-                source,
-                count,
-                limiter.window,
-            )
-        self._refuse(reason, send=send, key=key)
+    def _failure_key(self, name: str | None) -> FailureKey:
+        """The source, and the client name if the relay has such a client (auth file)."""
+        if name is not None and self._auth is not None and name in self._auth.clients:
+            return (self.source, name)
+        return (self.source, None)
 
-    def _refuse(
-        self, reason: str, *, send: bool = True, key: str, level: int = logging.WARNING
+    def _fail(
+        self,
+        reason: str,
+        *,
+        key: FailureKey | None = None,
+        label: str = "bad-response",
+        kind: RefusalKind = PERMANENT,
     ) -> None:
-        """Log (rate-limited per kind of refusal), send ``error: reason``, close."""
+        """A failure of ``key`` (default: the source alone): counted, then refused."""
+        self._admission.failed(key or (self.source, None))
+        self._refused(Refused(label, reason, kind))
+
+    def _refused(self, refused: Refused) -> None:
+        """Log (rate-limited per kind of refusal), send the line unless the client is gone,
+        close."""
         self._done()
-        self._log.log(level, key, "refusing registration from %s: %s", self.peer, reason)
+        self._log.log(
+            refused.level,
+            refused.label,
+            "refusing registration from %s: %s",
+            self.peer,
+            refused.reason,
+        )
         assert self.transport is not None
-        if send:
-            self.transport.write(error_line(reason))
+        if not self._gone and not self.transport.is_closing():
+            self.transport.write(refused.line())
         self.transport.close()
 
     def _done(self) -> None:
         self._challenge = None
-        self._admission.pending.discard(self)
-        if self._slot is not None:
-            self._slot.release()
+        if self._place is not None:
+            self._place.release()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -12,32 +12,43 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from ..net import LISTEN_BACKLOG
+from yamux.ratelimit import RateLimitedLog
+
 from ..options import RelayOptions
+from .accept import ProtocolListener
 from .admission import Admission
+from .places import Place
+from .request import SEED, RegistrationRequest
 from .tls_listener import TLSListener
 
 
-async def listen(
+def listen(
     sock: socket.socket,
     options: RelayOptions,
     admission: Admission,
-    protocol: Callable[[], asyncio.Protocol],
-) -> asyncio.Server | TLSListener:
+    protocol: Callable[[Place | None], asyncio.Protocol],
+    accept_log: RateLimitedLog,
+) -> ProtocolListener | TLSListener:
     """Serve the control port on ``sock``: plain TCP, or TLS with each connection counted
-    from accept on."""
+    from accept on; either way accepted as every port is (``relay.server.accept``), and
+    ``accept_log`` says when accept() fails. ``protocol(place)``: the control protocol of
+    a connection, with the admission place it holds already (after its TLS handshake) or
+    None."""
+    listener: ProtocolListener | TLSListener
     if options.ssl is None:
-        return await asyncio.get_running_loop().create_server(
-            protocol, sock=sock, backlog=LISTEN_BACKLOG
+        listener = ProtocolListener(
+            sock, lambda: protocol(None), what="the control port", log=accept_log
         )
-    listener = TLSListener(
-        sock,
-        options.ssl,
-        timeout=options.handshake_timeout,
-        admission=admission,
-        protocol_factory=protocol,
-        log=admission.log,
-    )
+    else:
+        listener = TLSListener(
+            sock,
+            options.ssl,
+            timeout=options.tls_handshake_timeout,
+            admission=admission,
+            protocol_factory=protocol,
+            log=admission.log,
+            accept_log=accept_log,
+        )
     listener.start()
     return listener
 
@@ -45,11 +56,17 @@ async def listen(
 class SeedProtocol(asyncio.Protocol):
     """A new connection on a seed relay's control port; it is handed over to yamux at once."""
 
-    def __init__(self, registration_made: Callable[[asyncio.Transport], None]) -> None:
+    def __init__(
+        self,
+        registration_made: Callable[[asyncio.Transport, RegistrationRequest, Place | None], None],
+        place: Place | None = None,
+    ) -> None:
         self._registration_made = registration_made
+        self._place = place
+        """The place it holds already (after a TLS handshake), or None."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._registration_made(transport)  # type: ignore[arg-type]
+        self._registration_made(transport, SEED, self._place)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         """Only reached by a refused connection that is being closed: ignore."""

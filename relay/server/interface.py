@@ -37,6 +37,11 @@ class SessionInfo:
     """The client's name (registration v2); None for a seed-protocol registration."""
     host: str | None = None
     """The host name of a service reached by name on a shared port (``public_port``)."""
+    authenticated: bool = False
+    """``client`` and ``service`` were vouched for by a secret or the auth file; else a
+    stranger may have chosen them."""
+    service: str | None = None
+    """Which of the client's services (``service=`` of registration v2)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """The lifecycle of a registered session: every rule in one table, as ``yamux.stream_state``.
 
 A session is ``PENDING`` from its port line until the registered side answers
-the handshake ping (``CONFIRM``); until then it holds its source's admission
-slot, so one address cannot keep many registrations half-open. ``END`` (Go
+the handshake ping (``CONFIRM``); until then it holds its admission place, so
+one address cannot keep many registrations half-open. ``END`` (Go
 Away, the yamux session closed, the handshake timeout, ``end()`` by the relay)
 stops it at once: its public port is freed and its tasks are cancelled. It is
 ``ENDED`` once everything it held is closed and awaited (``CLOSED``). A pair
@@ -32,8 +32,8 @@ class SessionEvent(Enum):
 class SessionEffect(Enum):
     """What the session does on a step."""
 
-    RELEASE_SLOT = "release slot"
-    """The source's admission slot goes back (the only place it does)."""
+    RELEASE_PLACE = "release place"
+    """The admission place goes back (the only place it does)."""
     STOP = "stop"
     """The public listener closes, the port is released, every task is cancelled, and the
     closing of the yamux session starts."""
@@ -50,8 +50,8 @@ _S, _V, _E = SessionState, SessionEvent, SessionEffect
 TRANSITIONS: dict[
     tuple[SessionState, SessionEvent], tuple[SessionState, tuple[SessionEffect, ...]]
 ] = {
-    (_S.PENDING, _V.CONFIRM): (_S.CONFIRMED, (_E.RELEASE_SLOT,)),
-    (_S.PENDING, _V.END): (_S.ENDING, (_E.RELEASE_SLOT, _E.STOP)),
+    (_S.PENDING, _V.CONFIRM): (_S.CONFIRMED, (_E.RELEASE_PLACE,)),
+    (_S.PENDING, _V.END): (_S.ENDING, (_E.RELEASE_PLACE, _E.STOP)),
     (_S.CONFIRMED, _V.END): (_S.ENDING, (_E.STOP,)),
     (_S.ENDING, _V.END): (_S.ENDING, ()),
     (_S.ENDING, _V.CLOSED): (_S.ENDED, (_E.FORGET,)),

@@ -9,9 +9,14 @@ of ``relay.options.RelayOptions``, each 0 to turn it off:
   from one source (default: nine tenths of ``--max-connections``);
 * ``max_pending_registrations_per_source``: registrations from one source
   that have not yet answered the handshake ping, on a TLS relay from the
-  moment they are accepted (default: nine tenths of ``--max-sessions``);
+  moment they are accepted (default: nine tenths of ``--max-sessions``;
+  counted by ``relay.server.places``, where a newer one takes the place of
+  the oldest);
 * ``idle_timeout``: a public connection that moved no byte either way for
   this long is reset (both the socket and its stream).
+
+Every public connection is a file descriptor: ``check_descriptors`` says at
+start when the process's limit is below what one service may hold.
 
 A source is an IPv4 address, or an IPv6 /64 (one host usually owns a whole
 /64, so counting single IPv6 addresses would be no limit at all).
@@ -21,13 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import math
+import resource
 from collections.abc import Callable
-from typing import Any
-
-from ..pipe import SocketEnd
+from typing import Any, Generic, Protocol, TypeVar
 
 IPV6_PREFIX = 64
+DESCRIPTOR_RESERVE = 100
+"""Descriptors a relay holds besides public connections: listeners, control connections."""
+
+logger = logging.getLogger("relay.server")
 
 
 def share(per_source: int | None, slots: int) -> int:
@@ -39,6 +48,21 @@ def share(per_source: int | None, slots: int) -> int:
     a tighter number.
     """
     return slots - slots // 10 if per_source is None else per_source
+
+
+def check_descriptors(max_connections: int) -> None:
+    """Warn when the file limit (``ulimit -n``) is below one service's ``max_connections``:
+    then accept() fails for every service, not just this one, before that limit holds."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= max_connections + DESCRIPTOR_RESERVE:
+        return
+    logger.warning(
+        "file descriptors: at most %d (ulimit -n), fewer than one service's "
+        "--max-connections %d needs; raise the limit (systemd: LimitNOFILE=) or lower "
+        "--max-connections",
+        soft,
+        max_connections,
+    )
 
 
 def source_of(peername: Any) -> str:
@@ -122,7 +146,16 @@ class Slot:
         self.release()
 
 
-class IdleWatch:
+class Active(Protocol):
+    """A connection the idle timeout watches: it counts what it moves in ``activity``."""
+
+    activity: int
+
+
+A = TypeVar("A", bound=Active)
+
+
+class IdleWatch(Generic[A]):
     """Resets public connections that moved no byte either way for ``timeout`` seconds.
 
     One timer for all connections, not one per connection: it ticks every
@@ -133,7 +166,7 @@ class IdleWatch:
     between ``timeout`` and ``timeout`` + two ticks after its last byte.
     """
 
-    def __init__(self, timeout: float, on_idle: Callable[[SocketEnd], None]) -> None:
+    def __init__(self, timeout: float, on_idle: Callable[[A], None]) -> None:
         if timeout < 0:
             raise ValueError(f"idle timeout must be >= 0 seconds (0: off), got {timeout}")
         self.timeout = timeout
@@ -142,19 +175,19 @@ class IdleWatch:
         self._quiet_limit = math.ceil(timeout / self._tick) + 1
         """Quiet ticks in a row that close a connection: the first may come right after
         its last byte, so one more than ``timeout`` holds."""
-        self._watched: dict[SocketEnd, int] = {}
+        self._watched: dict[A, int] = {}
         """Each connection's quiet ticks in a row."""
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
 
-    def watch(self, end: SocketEnd) -> None:
+    def watch(self, end: A) -> None:
         if not self.timeout or self._closed:
             return
         self._watched[end] = 0
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._tick, self._check)
 
-    def forget(self, end: SocketEnd) -> None:
+    def forget(self, end: A) -> None:
         self._watched.pop(end, None)
 
     def close(self) -> None:

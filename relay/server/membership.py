@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from ..options import RelayOptions
 from ..store import Held, LeaseStore, StoreUnavailableError
 from ..store.state_dir import open_state_dir
-from .auth import FailureLimiter
+from .failures import FailureLimiter
 from .ports import PortAllocator
 from .session import RegisteredSession
 from .shared_failures import SharedFailureLimiter
@@ -114,5 +114,5 @@ def shared_failures(store: LeaseStore, local: FailureLimiter) -> SharedFailureLi
     if not isinstance(store, RedisLeaseStore):
         return None
     return SharedFailureLimiter(
-        RedisFailureCounts(store), local.limit, local.window, local.max_sources
+        RedisFailureCounts(store), local.limit, local.window, local.max_keys
     )

@@ -16,7 +16,9 @@ The policy, in order:
    who is away.
 
 Every refusal is a ``PortRefusedError`` whose text goes to the registering
-side in the ``error:`` line.
+side in the ``error:`` line, with its class (``relay.wire.refusal``): a port
+the client may never have is permanent, a port taken or none free right now
+is worth a retry.
 
 The decisions are the lease store's (``relay.store``: one atomic step, so
 that relays and processes sharing a store never give one port to two
@@ -48,6 +50,7 @@ from ..store import (
     NeedsOffer,
     StoreUnavailableError,
 )
+from ..wire.refusal import PERMANENT, RETRY, RefusalKind
 from .auth import PortSet
 from .request import RegistrationRequest
 from .store_health import StoreHealth
@@ -59,7 +62,10 @@ OS_CHOICE_ATTEMPTS = 64
 
 
 class PortRefusedError(RegistrationError):
-    """A registration cannot have a public port; ``str()`` is the reason for the error line."""
+    """A registration cannot have a public port; ``str()`` is the reason for the error line,
+    ``kind`` its class."""
+
+    kind: RefusalKind = RETRY
 
 
 class PortTakenError(PortRefusedError):
@@ -69,9 +75,13 @@ class PortTakenError(PortRefusedError):
 class PortOutsideRangeError(PortRefusedError):
     """The requested port is outside the relay's ``--port-range``."""
 
+    kind = PERMANENT
+
 
 class PortNotAllowedError(PortRefusedError):
     """The client may not have the requested port (its allowance, or the OS refuses it)."""
+
+    kind = PERMANENT
 
 
 class NoFreePortError(PortRefusedError):
@@ -79,7 +89,8 @@ class NoFreePortError(PortRefusedError):
 
 
 class TooManyLeasesError(PortRefusedError):
-    """A new unauthenticated name, but the relay holds the most leases of such names."""
+    """A new unauthenticated name, but the relay holds the most leases of such names (a
+    retry may succeed once unused leases end)."""
 
 
 class HeldElsewhereError(PortTakenError):
@@ -103,12 +114,15 @@ def intersection(a: PortSet, b: PortSet) -> PortSet:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Holding:
     """An open public port of this relay: whose it is in the store."""
 
     key: str | None
     token: str
+    sessions: int = 1
+    """Sessions of this relay on the port: several sessions of one identity
+    (``sessions=``) share it, and its claim goes with the last."""
 
 
 class PortAllocator:
@@ -142,10 +156,18 @@ class PortAllocator:
     def ttl(self) -> float:
         return self.store.ttl
 
-    async def allocate(self, request: RegistrationRequest) -> socket.socket:
+    async def allocate(
+        self, request: RegistrationRequest, *, join: int | None = None
+    ) -> socket.socket:
         """A bound, listening socket for ``request``; raises PortRefusedError (StoreDownError
-        when the store cannot be reached) or OSError."""
+        when the store cannot be reached) or OSError.
+
+        A registration of several sessions (``request.sessions``) binds with SO_REUSEPORT,
+        so that the other sessions of its identity can bind the same port; ``join`` is
+        that port, for one of them (``relay.server.identities`` says which)."""
         await self.settled()
+        if join is not None:
+            return await self._join(request, join)
         identity = request.identity
         candidates = self._candidates(request)
         ask = Ask(
@@ -174,6 +196,13 @@ class PortAllocator:
                         continue
                     assert isinstance(outcome, Claimed)
                     offers.remove(offered)
+                    if request.sessions > 1:  # SO_REUSEPORT is set before the bind
+                        offered.close()
+                        shared = await self._bind(request, ask, outcome)
+                        if shared is None:
+                            ask = replace(ask, port=None, offered=False)
+                            continue
+                        offered = shared
                     return self._opened(offered, ask, outcome)
                 if isinstance(outcome, Denied):
                     raise self._refusal(outcome, request)
@@ -186,10 +215,14 @@ class PortAllocator:
                 sock.close()
 
     def release(self, port: int) -> None:
-        """The registration on ``port`` ended: its claim goes, its lease (if any) now counts
-        its unused time."""
-        holding = self.in_use.pop(port, None)
-        if holding is not None:
+        """The registration on ``port`` ended: its claim goes (with the last session on the
+        port), its lease (if any) now counts its unused time."""
+        holding = self.in_use.get(port)
+        if holding is None:
+            return
+        holding.sessions -= 1
+        if holding.sessions == 0:
+            del self.in_use[port]
             self._releases.spawn(self._release(port, holding.token), name=f"release-{port}")
 
     async def settled(self) -> None:
@@ -293,7 +326,7 @@ class PortAllocator:
         """The claimed port, bound; None to choose another (the claim is taken back)."""
         port = claimed.port
         try:
-            return self.bind.listen(port)
+            return self.bind.listen(port, reuse_port=request.sessions > 1)
         except OSError as exc:
             await self._abandon(ask, claimed)
             if claimed.how == "requested":
@@ -317,6 +350,39 @@ class PortAllocator:
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 return None
             raise
+
+    async def _join(self, request: RegistrationRequest, port: int) -> socket.socket:
+        """``port``, bound beside the sessions of the same identity that have it."""
+        identity = request.identity
+        assert identity is not None
+        holding = self.in_use.get(port)
+        ask = Ask(key=identity.key, token=str(next(self._tokens)), port=port)
+        claimed: Claimed | None = None
+        if holding is None:  # its sessions are in other processes: claim it here too
+            outcome = await self._ask(ask)
+            if not isinstance(outcome, Claimed):
+                raise (
+                    self._refusal(outcome, request)
+                    if isinstance(outcome, Denied)
+                    else PortTakenError(f"port {port} is not the identity's")
+                )
+            claimed = outcome
+        elif holding.key != identity.key:
+            raise PortTakenError(f"port {port} is in use by another registration")
+        try:
+            sock = self.bind.listen(port, reuse_port=True)
+        except OSError as exc:
+            if claimed is not None:
+                await self._abandon(ask, claimed)
+            raise PortTakenError(
+                f"cannot open port {port} beside the other sessions of {identity}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        if claimed is not None:
+            return self._opened(sock, ask, claimed)
+        assert holding is not None
+        holding.sessions += 1
+        return sock
 
     async def _abandon(self, ask: Ask, claimed: Claimed) -> None:
         try:

@@ -10,12 +10,16 @@ from __future__ import annotations
 import logging
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..net import BindAddress
 from ..options import RelayOptions
 from ..store import LeaseStore
 from .auth import Authenticator
 from .ports import PortAllocator
+
+if TYPE_CHECKING:
+    from .siblings import WorkerRole
 
 logger = logging.getLogger("relay.server")
 
@@ -64,17 +68,26 @@ def log_start(
     options: RelayOptions,
     protocol: str,
     ports: PortAllocator,
+    worker: WorkerRole | None = None,
 ) -> None:
     """The start line (with what protects the relay), and a warning when a relay that
-    anyone can reach lets anyone register."""
+    anyone can reach lets anyone register. A ``worker`` of several says which it is (the
+    supervisor has the start line), and only the first warns."""
     protection = describe_protection(auth, auth_file, options, protocol, ports.store)
-    logger.info(
-        "Serving relay requests on port %d (%s)",
-        port,
-        "; ".join(f"{key}: {value}" for key, value in protection.items()),
-        extra={"control_port": port, **protection},
-    )
-    if auth is None and not bind.is_loopback():
+    words = "; ".join(f"{key}: {value}" for key, value in protection.items())
+    extra = {"control_port": port, **protection}
+    if worker is None:
+        logger.info("Serving relay requests on port %d (%s)", port, words, extra=extra)
+    else:
+        logger.info(
+            "worker %d of %d takes registrations on port %d (%s)",
+            worker.index,
+            worker.count,
+            port,
+            words,
+            extra=extra,
+        )
+    if auth is None and not bind.is_loopback() and (worker is None or worker.index == 1):
         logger.warning(
             "the relay listens on %s without authentication: anyone who can reach port %d "
             "gets a public port (use --secret or --auth-file)",

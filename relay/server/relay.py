@@ -22,21 +22,20 @@ What a stranger can make the relay allocate is bounded:
 connections per session, and per stream the yamux window; ``relay.server.limits`` adds
 per-source shares of those and the idle timeout.
 
-This module admits registrations (admission slots, allocation, refusals) and
-keeps the registry of sessions; ``relay.server.session`` runs and ends one
-registered session, ``relay.server.public`` carries each public connection, and
-``relay.server.replacement`` decides what happens when an identity registers again.
+This module admits registrations (admission places) and keeps the registry of
+sessions; ``relay.server.registrar`` takes a checked registration to its session
+(its identity claimed, its port allocated), ``relay.server.session`` runs and ends
+one registered session, ``relay.server.public`` carries each public connection, and
+``relay.server.replacement`` pings the sessions an identity that registers again holds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
 import logging
 import socket
-from collections.abc import Callable, Mapping
-from dataclasses import replace
-from functools import partial
+from collections.abc import Mapping
 from typing import Any
 
 import yamux
@@ -51,35 +50,37 @@ from ..net import (
 from ..options import OptionError, RelayOptions
 from ..options.declare import takes_options
 from ..stats import RelayStats
-from ..wire.greeting import port_line
-from ..wire.refusal import RETRY, format_refusal
-from ..wire.route import Route
-from .admission import Admission, Refusal
-from .allocation import Allocations, AwaitingPort, after, settled
-from .auth import FailureLimiter
-from .auth_file import authentication, watch_auth_file
+from .accept import Acceptor, ProtocolListener, accept_log
+from .admission import Admission, Refused
+from .auth_file import authentication, reload_auth_file, watch_auth_file
 from .challenge import ChallengeProtocol
 from .challenge import logger as registration_logger
 from .control import SeedProtocol, listen
+from .failures import FailureLimiter
+from .identities import IdentityTable
 from .interface import AuthFileStatus, Readiness, SessionInfo
-from .leases import Identity
-from .limits import Slot, SourceSlots, share, source_of
+from .limits import check_descriptors, share, source_of
 from .membership import StoreKeeper, open_store, shared_failures
-from .ports import PortAllocator, PortRefusedError, StoreDownError
+from .places import Place
+from .ports import PortAllocator
 from .protection import log_start
 from .public import PublicConnections
-from .replacement import Decision, holder_of, settle
+from .registrar import HandOff, Registrar
+from .replacement import settle
 from .request import SEED, ProtocolName, RegistrationRequest
-from .routes import RouteRefusedError
 from .session import RegisteredSession
 from .shared_failures import SharedFailureLimiter
 from .shared_ports import SharedPorts
+from .siblings import WorkerRole, open_shared_store
 from .store_health import store_readiness
 from .tls_listener import TLSListener
 
 __all__ = ["RelayServer"]
 
 logger = logging.getLogger("relay.server")
+
+RETIRE_TIMEOUT = 30.0
+"""A session retired to spread its service over the workers ends after this at most."""
 
 
 class RelayServer:
@@ -99,7 +100,9 @@ class RelayServer:
     response is checked. ``tls_cert`` (or ``ssl``) wraps the control port (and so
     all relayed traffic) in TLS; a connection in its handshake already counts as a
     pending registration (``relay.server.tls_listener``). ``auth_failures`` counts
-    failed proofs per source (a ``FailureLimiter`` of one's own, e.g. to share it).
+    failed registrations (a ``relay.server.failures.FailureLimiter`` of one's own, e.g.
+    to share it). ``worker`` makes it one of several processes that share the control
+    port (see ``relay.server.siblings``); the options' ``workers`` is the supervisor's.
     """
 
     @takes_options(RelayOptions)
@@ -109,24 +112,31 @@ class RelayServer:
         options: RelayOptions | None = None,
         *,
         auth_failures: FailureLimiter | None = None,
+        worker: WorkerRole | None = None,
         **keywords: Any,
     ) -> None:
         checked = RelayOptions.build(options, **keywords).with_files_read()
         protocol = checked.protocol
         if protocol == "notify":
             raise OptionError("protocol", "is NotifyRelay's, not RelayServer's", protocol)
+        if checked.workers != 1 and worker is None:
+            raise OptionError(
+                "workers",
+                "a RelayServer is one process; `relay server --workers N` runs N of them",
+                checked.workers,
+            )
+        self.worker = worker
         self.options = checked
         """As given, checked, with the secret file read and the TLS context made."""
         self.auth_file, self.auth = authentication(checked)
         """The auth file (re-read while the relay runs); who may register (None: anyone)."""
         self._requested_port = port
         self.yamux_config = checked.session_config()
-        self._connections_per_source = share(
-            checked.max_connections_per_source, checked.max_connections
-        )
         self.stats = RelayStats()
         """Counters for metrics (``relay.ops.metrics``)."""
-        self.public = PublicConnections(self.stats, checked)
+        self.accept_log = accept_log()
+        """Where every listener of this relay says that accept() fails (out of descriptors)."""
+        self.public = PublicConnections(self.stats, checked, self.accept_log)
         self._challenge_log = RateLimitedLog(registration_logger)
         """Refused v2 registrations: a stranger must not be able to write our log."""
         # Leases are kept per name, which only registration v2 carries: a state dir or a
@@ -135,28 +145,36 @@ class RelayServer:
         names = checked.domain is not None
         v2 = self.auth is not None or leases or names
         self.protocol: ProtocolName = "v2" if v2 else protocol
-        self.shared = None if not names else SharedPorts(checked, self.public.accept, self.stats)
+        self.shared = (
+            None if not names else SharedPorts(checked, self.public.accept_routed, self.stats)
+        )
         """The shared HTTP and TLS ports and the host names they route by (``domain``)."""
         self._own_failures = auth_failures is None
         """With a cluster, its failure counts are shared (unless the caller brought its own)."""
-        self._shared_failures: SharedFailureLimiter | None = None
-        self.admission = Admission(
-            max_pending=checked.max_pending,
-            per_source=share(checked.max_pending_registrations_per_source, checked.max_sessions),
-            failures=auth_failures or FailureLimiter(),
-            stats=self.stats,
-            log=RateLimitedLog(logger),
+        self._shared_failures = (
+            auth_failures if isinstance(auth_failures, SharedFailureLimiter) else None
+        )
+        """Failures shared with other relays (or other workers): read back while running."""
+        self.admission = Admission.of_relay(
+            checked, auth_failures, self.stats, RateLimitedLog(logger)
         )
         self._bind: BindAddress | None = None
-        self._control: asyncio.Server | TLSListener | None = None
+        self._control: ProtocolListener | TLSListener | None = None
         self._ports: PortAllocator | None = None
         self._keeper: StoreKeeper | None = None
         self._tasks = yamux.TaskOwner(logger)
         """The store keeper, the auth-file watch, the allocations and the replacements."""
         self._sessions: dict[int, RegisteredSession] = {}
         """The registry: every session from its port line until it has closed everything."""
-        self._allocations = Allocations()
-        self._ids = itertools.count(1)
+        self.registrar = Registrar(
+            self,
+            IdentityTable(self._settle_here),
+            self._tasks,
+            share(checked.max_connections_per_source, checked.max_connections),
+        )
+        """From a checked request to its session (``relay.server.registrar``)."""
+        self.hand_off: HandOff | None = None
+        """How to pass a registration on to another worker (set by the worker's process)."""
         self.closing = False
         self._serving: asyncio.Future[None] | None = None
         self.draining = False
@@ -165,20 +183,23 @@ class RelayServer:
     async def start(self) -> None:
         """Bind the control port and start accepting registrations."""
         loop = asyncio.get_running_loop()
+        worker = self.worker
         self._bind = resolve_bind_address(self.options.bind)
-        store = await open_store(self.options)
+        store = await (
+            open_store(self.options)
+            if worker is None
+            else open_shared_store(self.options, worker.state_dir)
+        )
         ports = PortAllocator(
             self._bind, self.options.port_range, store, self.options.max_name_leases
         )
         try:
             if self.shared is not None:
                 await self.shared.start(self._bind)
-            sock = self._bind.listen(self._requested_port)
-            try:
-                self._control = await self._listen(sock)
-            except BaseException:
-                sock.close()
-                raise
+            sock = self._bind.listen(self._requested_port, reuse_port=worker is not None)
+            self._control = listen(
+                sock, self.options, self.admission, self._control_protocol, self.accept_log
+            )
         except BaseException:
             if self.shared is not None:
                 self.shared.close()
@@ -206,7 +227,9 @@ class RelayServer:
             self.options,
             self.protocol,
             self._ports,
+            worker,
         )
+        check_descriptors(self.options.max_connections)
 
     @property
     def port(self) -> int:
@@ -259,6 +282,12 @@ class RelayServer:
         if self._serving is not None and not self._serving.done():
             self._serving.set_result(None)
 
+    def reload_auth(self) -> None:
+        """Re-read the auth file now if it changed (SIGHUP; the file watch does it within a
+        second or two anyway) and end the sessions of clients whose access ended."""
+        if self.auth is not None and self.auth_file is not None:
+            reload_auth_file(self.auth_file, self.auth, self._revoke, at_once=True)
+
     def drain(self) -> None:
         """Stop taking registrations and public connections at once, and send Go Away to
         every session; connections in flight go on (``relay.ops.drain`` waits for them)."""
@@ -300,203 +329,74 @@ class RelayServer:
         await self.wait_closed()
 
     # ----------------------------------------------------------- registering
-    async def _listen(self, sock: socket.socket) -> asyncio.Server | TLSListener:
-        return await listen(sock, self.options, self.admission, self._control_protocol)
-
-    def _control_protocol(self) -> asyncio.Protocol:
+    def _control_protocol(self, place: Place | None = None) -> asyncio.Protocol:
+        """The protocol of a control connection; ``place``: the one it holds already (after
+        its TLS handshake)."""
         if self.protocol == "seed":
-            return SeedProtocol(self.registration_made)
+            return SeedProtocol(self.registration_made, place)
         return ChallengeProtocol(
             auth=self.auth,
             admission=self.admission,
-            timeout=self.options.handshake_timeout,
+            timeout=self.options.answer_timeout,
             accepted=self.registration_made,
             log=self._challenge_log,
             features=None if self.shared is None else self.shared.features,
+            place=place,
         )
 
     def registration_made(
         self,
         transport: asyncio.Transport,
         request: RegistrationRequest = SEED,
-        slot: Slot | None = None,
+        place: Place | None = None,
     ) -> None:
         """Allocate for a registration: seed at once, v2 once its proof is checked.
 
-        ``slot`` is its source's admission slot: a v2 registration has held one since
-        its connection arrived (``ChallengeProtocol``), a seed one takes it here. It is
-        released on every way out of here, unless handed over to the new session
-        (which gives it back once its handshake ping is answered) or to ``_replace``.
+        ``place`` is its admission place: a v2 registration has held one since its
+        connection arrived (``ChallengeProtocol``), as has any registration over TLS; a
+        plaintext seed one takes it here. It is released on every way out of here, unless
+        handed over to the registrar (which hands it to the new session: that gives it
+        back once its handshake ping is answered).
         """
         peer = peer_of(transport)
-        if slot is None:
-            admitted = self.admission.slot(source_of(transport.get_extra_info("peername")))
-            if isinstance(admitted, Refusal):
-                self.admission.refuse(transport, peer, *admitted)
+        if place is None:
+            source = source_of(transport.get_extra_info("peername"))
+            admitted = self.admission.admit(source, lambda reason: transport.abort())
+            if isinstance(admitted, Refused):
+                self.admission.refuse(transport, peer, admitted)
                 return
-            slot = admitted
-        with slot:
-            self._register(transport, peer, request, slot)
+            place = admitted
+        with place:
+            self.registrar.register(transport, peer, request, place)
 
-    def _register(
-        self, transport: asyncio.Transport, peer: str, request: RegistrationRequest, slot: Slot
-    ) -> None:
-        if self.closing:
-            transport.abort()
-            return
-        if self.draining:
-            self.admission.refuse(transport, peer, "draining", "relay is shutting down")
-            return
-        sessions = len(self._sessions) + self._allocations.in_flight
-        if sessions >= self.options.max_sessions:
-            self.admission.refuse(
-                transport,
-                peer,
-                "relay full",
-                f"relay is full: {sessions} sessions, the maximum "
-                f"(--max-sessions {self.options.max_sessions})",
-            )
-            return
-        ports = self.allocator
-        try:
-            ports.check(request)
-        except PortRefusedError as exc:
-            self.admission.refuse(transport, peer, "port refused", str(exc))
-            return
-        identity = request.identity
-        if identity is not None:
-            holder = holder_of(self._sessions.values(), identity)
-            if holder is not None:  # decided after a ping; registration_made runs again then
-                newcomer = slot.hand_over()
-                self._tasks.spawn(
-                    self._replace(transport, request, newcomer, identity, holder),
-                    name="relay-replace",
-                    on_done=partial(settled, transport, newcomer),
-                )
-                return
-            allocating = self._allocations.of(identity)
-            if allocating is not None:  # the same identity, a moment earlier: after it
-                newcomer = slot.hand_over()
-                again = partial(self._register_again, transport, request, newcomer)
-                self._tasks.spawn(
-                    after(allocating, again),
-                    name="relay-after",
-                    on_done=partial(settled, transport, newcomer),
-                )
-                return
-        # The port comes from the lease store (an await): what the connection sends
-        # meanwhile is kept for yamux.
-        waiting = AwaitingPort(transport)
-        transport.set_protocol(waiting)
-        self._allocations.begin(identity)
-        registration = slot.hand_over()
-        self._tasks.spawn(
-            self._allocate(waiting, peer, request, registration),
-            name="relay-allocate",
-            on_done=partial(settled, transport, registration),
-        )
+    async def settle(self, sessions: list[int], newcomer: str) -> set[int]:
+        """Ping these sessions, end the silent ones for the registration from ``newcomer``
+        and wait until their ports are free; the ids of those that answered
+        (``relay.server.identities``)."""
+        held = [self._sessions[s] for s in sessions if s in self._sessions]
+        alive = await settle(held, newcomer)
+        await self.allocator.settled()
+        return alive
 
-    async def _allocate(
-        self, waiting: AwaitingPort, peer: str, request: RegistrationRequest, slot: Slot
-    ) -> None:
-        """Allocate a public port (or a name on a shared port: ``route``), send the port (or
-        route) line and start the session."""
-        ports = self.allocator
-        transport = waiting.transport
-        shared = self.shared if request.route is not None else None
-        sock: socket.socket | None = None
-        route: Route | None = None
-        try:
-            if shared is None:
-                sock = await ports.allocate(request)
-            else:
-                route = shared.routes.route_for(request)
-        except RouteRefusedError as exc:
-            self.admission.refused(peer, "route refused", str(exc))
-            transport.write(format_refusal(str(exc), exc.kind))
-            transport.close()
+    def retire(self, session_id: int, reason: str) -> None:
+        """Stop taking public connections on this session and send Go Away; end it once its
+        connections are done (at most ``RETIRE_TIMEOUT``), so that its owner registers it
+        again (``relay.server.identities.IdentityTable.crowded``)."""
+        session = self._sessions.get(session_id)
+        if session is None or session.ending:
             return
-        except StoreDownError as exc:
-            reason = f"{exc}; retry later"
-            self.admission.refused(peer, "store unavailable", reason)
-            transport.write(format_refusal(reason, RETRY))
-            transport.close()
-            return
-        except PortRefusedError as exc:
-            self.admission.refuse(transport, peer, "port refused", str(exc))
-            return
-        except OSError as exc:
-            self.admission.refuse(
-                transport, peer, "no public port", f"cannot open a public port: {exc}"
-            )
-            return
-        finally:
-            self._allocations.end(request.identity)
-        port = 0 if sock is None else int(sock.getsockname()[1])
-        if waiting.ended or transport.is_closing() or self.closing or self.draining:
-            if sock is not None:
-                sock.close()
-                ports.release(port)
-            if self.draining and not (waiting.ended or transport.is_closing()):
-                self.admission.refuse(transport, peer, "draining", "relay is shutting down")
-            else:
-                transport.abort()
-            return
-        transport.write(port_line(port) if route is None else route.line())
-        session = RegisteredSession(
-            next(self._ids),
-            peer,
-            request,
-            sock,
-            yamux.Session.attach(
-                transport,
-                client=True,
-                config=self.yamux_config,
-                initial_data=bytes(waiting.early),
-            ),
-            slot.hand_over(),
-            SourceSlots(self._connections_per_source),
-            self,
-            route,
-        )
-        if waiting.paused:
-            transport.resume_reading()
-        if shared is not None and route is not None:
-            shared.routes.add(route, session)
-        self._sessions[session.id] = session
-        self.stats.sessions_total += 1
-        session.start()
+        logger.info("session %d: %s; draining it", session.id, reason, extra=session.log_fields())
+        session.drain()
+        self._tasks.spawn(self._retire(session, reason), name=f"relay-retire-{session.id}")
 
-    async def _replace(
-        self,
-        transport: asyncio.Transport,
-        request: RegistrationRequest,
-        slot: Slot,
-        identity: Identity,
-        holder: RegisteredSession,
-    ) -> None:
-        """``identity`` registers again while ``holder`` has it (``relay.server.replacement``);
-        the newcomer keeps its admission slot throughout (``_replaced``)."""
-        decision = await settle(holder, identity, peer_of(transport))
-        if decision is Decision.REFUSE:
-            self.admission.refuse(
-                transport,
-                peer_of(transport),
-                "name in use",
-                f"{identity} is already registered (public port "
-                f"{holder.public_port}) and that session is alive",
-            )
-            return
-        if decision is Decision.OWN_PORT:
-            request = replace(request, lease=False)
-        self._register_again(transport, request, slot)
+    async def _retire(self, session: RegisteredSession, reason: str) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RETIRE_TIMEOUT):
+                await session.traffic.wait_idle()
+        session.end(reason)
 
-    def _register_again(
-        self, transport: asyncio.Transport, request: RegistrationRequest, slot: Slot
-    ) -> None:
-        """After a replacement or the allocation of the same identity was decided."""
-        if not transport.is_closing():
-            self.registration_made(transport, request, slot.hand_over())
+    async def _settle_here(self, worker: int, sessions: list[int], newcomer: str) -> set[int]:
+        return await self.settle(sessions, newcomer)
 
     def _revoke(self, ended: Mapping[str, str]) -> None:
         """End the sessions of clients whose access ended (name -> why)."""
@@ -520,14 +420,33 @@ class RelayServer:
     def log(self) -> RateLimitedLog:
         return self.admission.log
 
-    def public_protocol(self, session: RegisteredSession) -> Callable[[], asyncio.Protocol]:
-        return self.public.protocol_for(session)
+    def public_listener(self, session: RegisteredSession, sock: socket.socket) -> Acceptor:
+        return self.public.listener(session, sock)
 
     def forget(self, session: RegisteredSession) -> None:
+        if session.claim:
+            self.registrar.identities.dropped(session.claim)
         self._sessions.pop(session.id, None)
         if self.shared is not None:
             self.shared.routes.forget(session)
         self.stats.session_ended(session.traffic)
+
+    def adopt(self, sock: socket.socket, request: RegistrationRequest, early: bytes) -> None:
+        """A registration another worker of this relay handed on (``relay.workers.handoff``):
+        it goes on here as if it had arrived here."""
+        self.registrar.adopt(sock, request, early)
+
+    def add(self, session: RegisteredSession) -> None:
+        self._sessions[session.id] = session
+        self.stats.sessions_total += 1
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def counts_anonymous(self) -> bool:
+        return self.worker is not None
 
     @property
     def allocator(self) -> PortAllocator:

@@ -42,6 +42,9 @@ class RegistrationRequest:
     a port of its own (``relay.server.routes``)."""
     allowed_hosts: frozenset[str] = frozenset()
     """Host names this client may have besides its names on the domain (auth file)."""
+    sessions: int = 1
+    """Sessions of this identity that may share its public port (``sessions=``; needs a
+    name, so a seed or nameless registration is always 1)."""
     lease: bool = True
     """False for a second live session of an authenticated client: a port of its own
     that leaves the first session's lease alone."""

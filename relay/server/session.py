@@ -1,6 +1,6 @@
 """A registered session (``RegisteredSession``): its lifecycle and everything it holds.
 
-From its port line on, a registration holds its source's admission slot, a
+From its port line on, a registration holds its admission place, a
 public listener (or, reached by name, a route on a shared port), a yamux
 session, its tasks and its public connections. The
 handshake ping confirms it; Go Away, the end of the yamux session or ``end()``
@@ -13,19 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
 from typing import Protocol
 
 import yamux
 from yamux.ratelimit import RateLimitedLog
 
-from ..net import LISTEN_BACKLOG
 from ..stats import Traffic
 from ..wire.route import Route
+from .accept import Acceptor
 from .interface import SessionInfo
 from .leases import Identity
 from .lifecycle import SessionEffect, SessionEvent, SessionState, step
-from .limits import Slot, SourceSlots
+from .limits import SourceSlots
+from .places import Place
 from .ports import PortAllocator
 from .request import RegistrationRequest
 
@@ -51,8 +51,8 @@ class Registry(Protocol):
     @property
     def allocator(self) -> PortAllocator: ...
 
-    def public_protocol(self, session: RegisteredSession) -> Callable[[], asyncio.Protocol]:
-        """The protocol factory of the session's public listener."""
+    def public_listener(self, session: RegisteredSession, sock: socket.socket) -> Acceptor:
+        """The session's public listener on ``sock`` (not started)."""
 
     def forget(self, session: RegisteredSession) -> None:
         """The session has closed everything: its port and its place are free."""
@@ -78,7 +78,7 @@ class RegisteredSession:
         request: RegistrationRequest,
         sock: socket.socket | None,
         session: yamux.Session,
-        slot: Slot,
+        place: Place,
         sources: SourceSlots,
         registry: Registry,
         route: Route | None = None,
@@ -108,11 +108,16 @@ class RegisteredSession:
         self.traffic = Traffic()
         self.state = SessionState.PENDING
         self.end_reason: str | None = None
+        self.claim = 0
+        """Its claim in the identity table (``relay.server.identities``; 0: none)."""
         self.connection_task_name = f"relay-public-{id}"
         self._sock = sock
-        self._slot = slot
+        self._place = place
+        place.hold(self.end)
+        """Until confirmed: a pending seed registration may have to give its place to a
+        newcomer (``relay.server.places``), which ends it."""
         self._registry = registry
-        self._listener: asyncio.Server | None = None
+        self._listener: Acceptor | None = None
         self._tasks = yamux.TaskOwner(logger)
         """The handshake ping, the run, the stream rejecter, the closing."""
         self._handshake: asyncio.Task[float | None] | None = None
@@ -159,6 +164,8 @@ class RegisteredSession:
             stalls=self.traffic.stalls,
             client=self.request.client,
             host=None if self.route is None else self.route.host,
+            authenticated=self.request.authenticated,
+            service=self.request.service,
         )
 
     def log_fields(self) -> dict[str, object]:
@@ -179,8 +186,8 @@ class RegisteredSession:
         before = self.state
         self.state, effects = step(before, event)
         for effect in effects:
-            if effect is SessionEffect.RELEASE_SLOT:
-                self._slot.release()
+            if effect is SessionEffect.RELEASE_PLACE:
+                self._place.release()
             elif effect is SessionEffect.STOP:
                 self.end_reason = reason
                 self._stop(confirmed=before is SessionState.CONFIRMED)
@@ -199,9 +206,8 @@ class RegisteredSession:
     async def _run(self) -> None:
         """Listen on the public port, wait for the handshake, then until Go Away."""
         if self._sock is not None:
-            self._listener = await asyncio.get_running_loop().create_server(
-                self._registry.public_protocol(self), sock=self._sock, backlog=LISTEN_BACKLOG
-            )
+            self._listener = self._registry.public_listener(self, self._sock)
+            self._listener.start()
         logger.debug(
             "session %d from %s: %s, waiting for the handshake ping",
             self.id,

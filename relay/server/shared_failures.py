@@ -19,7 +19,7 @@ import yamux
 
 from ..store import StoreUnavailableError
 from ..store.failures import FailureCounts
-from .auth import FailureLimiter
+from .failures import FailureKey, FailureLimiter
 
 logger = logging.getLogger("relay.auth")
 
@@ -27,27 +27,34 @@ REFRESH = 1.0
 """Seconds between reading back the cluster's blocks."""
 
 
+def shared_key(key: FailureKey) -> str:
+    """The store's key for a failure key: the source, then the client name if one is known
+    (names never contain a space)."""
+    source, name = key
+    return source if name is None else f"{source} {name}"
+
+
 class SharedFailureLimiter(FailureLimiter):
     """A ``FailureLimiter`` whose failures and blocks are also the cluster's."""
 
     def __init__(
-        self, counts: FailureCounts, limit: int = 5, window: float = 60.0, max_sources: int = 10_000
+        self, counts: FailureCounts, limit: int = 5, window: float = 60.0, max_keys: int = 10_000
     ) -> None:
-        super().__init__(limit, window, max_sources)
+        super().__init__(limit, window, max_keys)
         self.counts = counts
         self._shared: dict[str, float] = {}
         """Keys the cluster blocks -> the wall-clock time the block ends."""
         self._tasks = yamux.TaskOwner(logger)
         """The failures on their way to the store (one short call each)."""
 
-    def blocked_for(self, source: str) -> float:
-        ends = self._shared.get(source)
+    def blocked_for(self, key: FailureKey) -> float:
+        ends = self._shared.get(shared_key(key))
         shared = 0.0 if ends is None else max(0.0, ends - time.time())
-        return max(super().blocked_for(source), shared)
+        return max(super().blocked_for(key), shared)
 
-    def failed(self, source: str) -> int:
-        count = super().failed(source)
-        self._tasks.spawn(self._share(source), name="relay-failure-shared")
+    def failed(self, key: FailureKey) -> int:
+        count = super().failed(key)
+        self._tasks.spawn(self._share(shared_key(key)), name="relay-failure-shared")
         return count
 
     async def refresh(self) -> None:
@@ -61,8 +68,8 @@ class SharedFailureLimiter(FailureLimiter):
         self._tasks.cancel()
         await self._tasks.wait()
 
-    async def _share(self, source: str) -> None:
+    async def _share(self, key: str) -> None:
         with contextlib.suppress(StoreUnavailableError):
-            wait = await self.counts.failed(source, self.limit, self.window)
+            wait = await self.counts.failed(key, self.limit, self.window)
             if wait > 0:
-                self._shared[source] = time.time() + wait
+                self._shared[key] = time.time() + wait

@@ -4,17 +4,20 @@
 the connection, so unfinished handshakes were counted nowhere: one address
 could hold thousands, each with its TLS read buffer (256 KiB on asyncio's
 loop), until the handshake timeout. Here the relay accepts plain TCP itself
-and admits a connection before anything is allocated for it: it takes a place
-among the relay's pending registrations (``--max-pending``, all sources) and a
-slot of its source (``--max-pending-registrations-per-source``), or it is
-closed at once. Only then does its TLS handshake run
+(``relay.server.accept``, as on every port) and admits a connection before
+anything is allocated for it: it takes a place among the registrations in
+progress (``relay.server.admission``; it may be taken from whoever holds the
+most), or it is closed at once. A silent
+connection costs no TLS state: only when its ClientHello begins does it take
+one of the fewer places of TLS handshakes, and its handshake run
 (``loop.connect_accepted_socket(ssl=...)``, on asyncio's loop and on uvloop).
 
-When the handshake completes, the connection gives its place and slot back and
-goes to the control protocol (seed or v2), which takes its own in the same
-callback, as for a plaintext connection: no other connection can slip in
-between. A failed or timed-out handshake ends only that connection, with a
-rate-limited log line that says why.
+When the handshake completes, the connection gives its handshake place back
+and goes, with its other place, to the control protocol (seed or v2) in the
+same callback. A failed or timed-out handshake ends only that connection,
+counts as a failure of its source, and is logged (rate-limited) with the reason;
+a connection silent for a few seconds is most likely a plaintext client, and is
+told so in a refusal line.
 """
 
 from __future__ import annotations
@@ -30,23 +33,42 @@ import yamux
 from yamux.ratelimit import RateLimitedLog
 
 from ..net import format_peer
-from ..wire.greeting import error_line
+from ..wire.refusal import PERMANENT, format_refusal
 from ..wire.tls import describe_client_tls_error
-from .admission import Admission, PendingRegistration, Refusal
-from .limits import Slot, source_of
+from .accept import Acceptor
+from .admission import Admission, Refused
+from .limits import source_of
+from .places import Place
 
 logger = logging.getLogger("relay.tls")
 
-ACCEPT_PAUSE = 1.0
-"""Seconds without accepting after accept() failed, e.g. out of file descriptors
-(asyncio's own servers pause as long)."""
+MIN_HANDSHAKE_TIME = 0.1
+"""Seconds a handshake whose ClientHello began at the deadline still has."""
 PLAINTEXT_HINT_DELAY = 2.0
 """A TLS client sends its ClientHello at once; one silent this long is most likely a
 plaintext forwarder waiting for the port line, and gets a refusal line that says so."""
-PLAINTEXT_HINT = error_line(
+PLAINTEXT_HINT = format_refusal(
     "this relay's control port speaks TLS: connect with TLS (relay forward --tls, "
-    "or --tls-ca FILE to verify a private CA)"
+    "or --tls-ca FILE to verify a private CA)",
+    PERMANENT,
 )
+
+
+async def _readable(sock: socket.socket) -> None:
+    """Until ``sock`` has bytes to read, or its end."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+    loop.add_reader(fd, _set_once, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def _set_once(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
 
 
 class TLSListener:
@@ -57,7 +79,8 @@ class TLSListener:
 
     ``admission`` admits, counts and logs refusals; ``protocol_factory`` makes
     the control protocol that a connection goes to once its handshake is done;
-    ``log`` takes the lines of failed handshakes.
+    ``log`` takes the lines of failed handshakes, ``accept_log`` those of an
+    accept() that fails (``relay.server.accept``).
     """
 
     def __init__(
@@ -67,97 +90,80 @@ class TLSListener:
         *,
         timeout: float,
         admission: Admission,
-        protocol_factory: Callable[[], asyncio.Protocol],
+        protocol_factory: Callable[[Place], asyncio.Protocol],
         log: RateLimitedLog,
+        accept_log: RateLimitedLog,
     ) -> None:
-        self._sock: socket.socket | None = sock
+        self._acceptor = Acceptor(sock, self._admit, what="the control port", log=accept_log)
         self._context = context
         self._timeout = timeout
         self._admission = admission
         self._protocol_factory = protocol_factory
         self._log = log
-        self._accepting = yamux.TaskOwner(logger)
-        """The accept loop."""
         self._handshakes = yamux.TaskOwner(logger)
         """One task per admitted connection, until its handshake is done."""
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
-        return () if self._sock is None else (self._sock,)
+        return self._acceptor.sockets
 
     def start(self) -> None:
-        assert self._sock is not None
-        self._accepting.spawn(self._accept(self._sock), name="relay-tls-accept")
+        self._acceptor.start()
 
     def close(self) -> None:
         """Stop accepting (the port is free at once); handshakes in progress go on."""
-        if self._sock is None:
-            return
-        self._accepting.cancel()
-        self._sock.close()
-        self._sock = None
+        self._acceptor.close()
 
     async def wait_closed(self) -> None:
-        await self._accepting.wait()
         await self._handshakes.wait()
 
-    async def _accept(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, address = await loop.sock_accept(sock)
-            except ConnectionAbortedError:
-                continue  # the client gave up before we accepted
-            except OSError as exc:  # out of file descriptors or memory, most likely
-                self._log.log(
-                    logging.ERROR,
-                    "accept",
-                    "cannot accept on the control port (%s); pausing %g s",
-                    exc,
-                    ACCEPT_PAUSE,
-                )
-                await asyncio.sleep(ACCEPT_PAUSE)
-                continue
-            self._admit(conn, address)
-
     def _admit(self, conn: socket.socket, address: object) -> None:
-        """Take a pending place and a slot of the source, or close at once."""
+        """Take a place, or close at once."""
         peer = format_peer(address)
-        admitted = self._admission.admit(source_of(address))
-        if isinstance(admitted, Refusal):
+        source = source_of(address)
+        handshake = _Handshake(conn, self._hand_over)
+        admitted = self._admission.admit(source, handshake.abort)
+        if isinstance(admitted, Refused):
             conn.close()
-            self._admission.refused(peer, *admitted)
+            self._admission.refused(peer, admitted)
             return
-        pending = self._admission.pending
-        handshake = _Handshake(conn, admitted, pending, self._hand_over)
-        pending.add(handshake)
+        handshake.place = admitted
         handshake.task = self._handshakes.spawn(
-            self._handshake(handshake, peer), name="relay-tls-handshake", on_done=handshake.ended
+            self._handshake(handshake, peer, source),
+            name="relay-tls-handshake",
+            on_done=handshake.ended,
         )
 
-    async def _handshake(self, handshake: _Handshake, peer: str) -> None:
-        speaks = await _speaks_first(
-            handshake.waiting_socket, min(PLAINTEXT_HINT_DELAY, self._timeout)
-        )
-        conn = handshake.take_socket()
-        if not speaks:
-            with conn, contextlib.suppress(OSError):  # gone already: no one to tell
-                conn.send(PLAINTEXT_HINT)
-            self._log.log(
-                logging.WARNING,
-                "tls: silent",
-                "%s sent nothing on the TLS control port: a plaintext client waiting for "
-                "the port line? Told it to use TLS; connection closed",
-                peer,
-                extra={"peer": peer, "reason": "plaintext client"},
-            )
-            return
+    async def _handshake(self, handshake: _Handshake, peer: str, source: str) -> None:
+        """Wait for the ClientHello's first bytes (a silent connection costs no TLS state),
+        take a handshake's place, then the handshake; all within the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: handshake, conn, ssl=self._context, ssl_handshake_timeout=self._timeout
+            try:
+                async with asyncio.timeout(min(PLAINTEXT_HINT_DELAY, self._timeout)):
+                    await _readable(handshake.sock)
+            except TimeoutError:
+                self._tell_plaintext(handshake.take_socket(), peer)
+                self._admission.failed((source, None))
+                return
+            admitted = self._admission.start_handshake(source, handshake.abort)
+            if isinstance(admitted, Refused):
+                self._admission.refused(peer, admitted)
+                return  # the socket is closed when the task ends
+            handshake.handshake_place = admitted
+            await loop.connect_accepted_socket(
+                lambda: handshake,
+                handshake.take_socket(),
+                ssl=self._context,
+                ssl_handshake_timeout=max(deadline - loop.time(), MIN_HANDSHAKE_TIME),
             )
         except OSError as exc:  # ssl.SSLError, the handshake timeout, a reset
-            reason = describe_client_tls_error(exc, self._timeout)
+            reason = (
+                f"no complete TLS handshake within {self._timeout:g} s"
+                if isinstance(exc, TimeoutError)
+                else describe_client_tls_error(exc, self._timeout)
+            )
             self._log.log(
                 logging.WARNING,
                 f"tls: {type(exc).__name__}",
@@ -166,60 +172,55 @@ class TLSListener:
                 reason,
                 extra={"peer": peer, "reason": reason},
             )
+            self._admission.failed((source, None))
+            # Its traceback holds asyncio's frames, whose waiter holds it back: a cycle that
+            # would keep this connection's TLS buffers until the garbage collector runs.
+            exc.__traceback__ = None
 
-    def _hand_over(self, transport: asyncio.BaseTransport) -> None:
-        protocol = self._protocol_factory()
+    def _tell_plaintext(self, conn: socket.socket, peer: str) -> None:
+        with conn, contextlib.suppress(OSError):  # gone already: no one to tell
+            conn.send(PLAINTEXT_HINT)
+        self._log.log(
+            logging.WARNING,
+            "tls: silent",
+            "%s sent nothing on the TLS control port: a plaintext client waiting for "
+            "the port line? Told it to use TLS; connection closed",
+            peer,
+            extra={"peer": peer, "reason": "plaintext client"},
+        )
+
+    def _hand_over(self, transport: asyncio.BaseTransport, place: Place) -> None:
+        protocol = self._protocol_factory(place)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
 
 
-async def _speaks_first(conn: socket.socket, delay: float) -> bool:
-    """Whether ``conn`` has something to read (or its end) within ``delay`` seconds."""
-    loop = asyncio.get_running_loop()
-    readable: asyncio.Future[None] = loop.create_future()
-    fd = conn.fileno()
-
-    def ready() -> None:
-        if not readable.done():
-            readable.set_result(None)
-
-    loop.add_reader(fd, ready)
-    try:
-        async with asyncio.timeout(delay):
-            await readable
-    except TimeoutError:
-        return False
-    finally:
-        loop.remove_reader(fd)
-    return True
-
-
 class _Handshake(asyncio.Protocol):
-    """One admitted connection during its TLS handshake: a pending registration.
+    """One admitted connection during its TLS handshake.
 
     It is the protocol that ``connect_accepted_socket`` hands the TLS transport
-    to when the handshake completes; it gives its place and slot back, then
-    hands the transport over (or, if the handshake failed, gives them back when
-    its task ends).
+    to when the handshake completes; it gives its handshake place back and hands
+    the transport and its place over (or, if the handshake failed or was
+    dropped, gives both back when its task ends).
     """
 
     def __init__(
         self,
         conn: socket.socket,
-        slot: Slot,
-        pending: set[PendingRegistration],
-        hand_over: Callable[[asyncio.BaseTransport], None],
+        hand_over: Callable[[asyncio.BaseTransport, Place], None],
     ) -> None:
         self._conn: socket.socket | None = conn
         """Ours until the handshake task takes it."""
-        self._slot = slot
-        self._pending = pending
+        self.place: Place | None = None
+        """Its place among the registrations in progress; it goes on with the connection."""
+        self.handshake_place: Place | None = None
+        """Its place among the TLS handshakes, from the ClientHello's first bytes on."""
         self._hand_over = hand_over
         self.task: asyncio.Task[None] | None = None
 
     @property
-    def waiting_socket(self) -> socket.socket:
-        """The connection, still ours (closed by ``ended`` if the task is cancelled)."""
+    def sock(self) -> socket.socket:
+        """The connection's socket, while it is ours."""
         assert self._conn is not None
         return self._conn
 
@@ -230,22 +231,29 @@ class _Handshake(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """The handshake is done: on to the control protocol, before any byte is read."""
-        self._give_back()
-        self._hand_over(transport)
+        assert self.place is not None
+        assert self.handshake_place is not None
+        self.handshake_place.release()
+        if not self.place.held:  # dropped (its place taken) while the handshake finished
+            transport.close()
+            return
+        self._hand_over(transport, self.place.hand_over())
 
     def ended(self, task: asyncio.Task[None]) -> None:
         """The task's end, even one cancelled before it ran (the socket is still ours)."""
+        self.task = None  # a cancelled task's traceback holds us: no cycle through the task
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        self._give_back()
+        for place in (self.place, self.handshake_place):
+            if place is not None:
+                place.release()
 
-    def abort(self) -> None:
-        """The relay is closing."""
+    def abort(self, reason: str) -> None:
+        """Its place was taken, or the relay is closing (nothing can be said before TLS): both
+        places are free at once, the task ends soon."""
+        for place in (self.place, self.handshake_place):
+            if place is not None:
+                place.release()
         if self.task is not None:
             self.task.cancel()
-
-    def _give_back(self) -> None:
-        """Both idempotent: the handshake's end may come after the hand-over."""
-        self._pending.discard(self)
-        self._slot.release()

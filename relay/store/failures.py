@@ -4,7 +4,7 @@ A stranger who fails on one relay must not get a fresh allowance on the next:
 each failure goes to the shared ``FailureCounts``, and a key (a source, or a
 source and client name) with ``limit`` failures within ``window`` seconds is
 blocked everywhere until the window has passed. The relay's own limiter
-(``relay.server.auth.FailureLimiter``) still decides at once, without a round
+(``relay.server.failures.FailureLimiter``) still decides at once, without a round
 trip; the shared blocks reach it within a refresh (``relay.server.shared_failures``).
 
 Two implementations: Redis (``RedisFailureCounts``: a sorted set of failure

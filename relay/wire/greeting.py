@@ -3,7 +3,8 @@
 Wire format (byte for byte what the Go relay of the same design sends):
 
 * success: the public port in decimal followed by a newline, e.g. ``b"4532\\n"``;
-* refusal: ``b"error: <reason>\\n"`` and the relay closes the connection.
+* refusal: ``b"error: <reason>\\n"`` and the relay closes the connection (the
+  reason ends with its class: ``relay.wire.refusal``).
 
 The registering side sends nothing before the line; everything after the
 newline is already yamux. The relay is the yamux client, the registered side
@@ -20,7 +21,6 @@ MAX_GREETING = 1024
 """Longest greeting line accepted, newline included (a port line is at most 6 bytes)."""
 ERROR_PREFIX = b"error: "
 _PORT_LINE = re.compile(rb"[0-9]{1,5}")
-_MAX_ERROR_TEXT = MAX_GREETING - len(ERROR_PREFIX) - 1
 
 
 def port_line(port: int) -> bytes:
@@ -28,12 +28,6 @@ def port_line(port: int) -> bytes:
     if not 1 <= port <= 65535:
         raise ValueError(f"port must be 1-65535, got {port}")
     return b"%d\n" % port
-
-
-def error_line(reason: str) -> bytes:
-    """The greeting for a refusal: printable ASCII on one line, bounded in length."""
-    text = "".join(ch if " " <= ch <= "~" else "?" for ch in reason)[:_MAX_ERROR_TEXT]
-    return ERROR_PREFIX + text.encode("ascii") + b"\n"
 
 
 def excerpt(data: bytes | bytearray) -> str:

@@ -4,7 +4,7 @@ A relay that needs more than the seed protocol speaks first, with a line that
 can never be a port line and that a seed client shows as a refusal::
 
     error: v2 needed: this relay requires registration v2 (upgrade the client); relay/2 \
-nonce=<64 hex> auth=required features=client-addr,service
+nonce=<64 hex> auth=required features=client-addr,service,sessions
 
 The client answers with one line; ``proof`` is last and covers everything before it::
 
@@ -39,9 +39,13 @@ NONCE_BYTES = 32
 FEATURE_CLIENT_ADDR = "client-addr"
 FEATURE_SERVICE = "service"
 """``service=`` in the response: one client's services are identities (leases) of their own."""
-FEATURES = (FEATURE_CLIENT_ADDR, FEATURE_SERVICE)
+FEATURE_SESSIONS = "sessions"
+"""``sessions=K`` in the response: K registrations of one identity share its public port."""
+FEATURES = (FEATURE_CLIENT_ADDR, FEATURE_SERVICE, FEATURE_SESSIONS)
 """What every v2 relay offers; one with ``--domain`` adds ``route-http`` / ``route-tls``
 (``relay.wire.route``)."""
+MAX_SESSIONS = 16
+"""The most sessions one identity may ask for (``sessions=``)."""
 AUTH_FAILED = "auth failed"
 """Every refusal of a proof starts with this, so clients can tell it from others."""
 NEEDS_NAME = "this relay needs a client name (name=)"
@@ -138,6 +142,8 @@ class Response:
     client_addr: bool = False
     route: RouteKind | None = None
     """Reach the service by name on the relay's shared port of this kind."""
+    sessions: int = 1
+    """How many sessions of this identity share its port (``sessions=``; 1: just this one)."""
     proof: bytes | None = None
     """64 lowercase hex digits, or None when the relay asked for no proof."""
     signed: bytes = field(default=b"", compare=False)
@@ -205,8 +211,10 @@ def response_line(
     port: int | None = None,
     route: RouteKind | None = None,
     client_addr: bool = False,
+    sessions: int = 1,
 ) -> bytes:
-    """The client's answer to ``challenge`` (with its newline)."""
+    """The client's answer to ``challenge`` (with its newline); ``sessions`` above 1 only
+    if the challenge offers it, with a ``name``."""
     parts = [VERSION_TOKEN]
     for key, value in ((b"name", name), (b"service", service)):
         if value is not None:
@@ -221,6 +229,10 @@ def response_line(
         parts.append(b"route=" + route.encode("ascii"))
     if client_addr:
         parts.append(b"client-addr=1")
+    if sessions != 1:
+        if not 2 <= sessions <= MAX_SESSIONS or name is None:
+            raise ValueError(f"sessions must be 1-{MAX_SESSIONS}, and above 1 only with a name")
+        parts.append(b"sessions=%d" % sessions)
     signed = b" ".join(parts)
     if secret is not None:
         return signed + b" proof=" + sign(secret, challenge.nonce, signed) + b"\n"
@@ -247,7 +259,14 @@ def parse_response(line: bytes, challenge: Challenge) -> Response:
         signed = b" ".join(tokens)
     fields = _fields(tokens[1:], "response")
     for key in fields:
-        if key not in ("name", "port", "route", FEATURE_CLIENT_ADDR, FEATURE_SERVICE):
+        if key not in (
+            "name",
+            "port",
+            "route",
+            FEATURE_CLIENT_ADDR,
+            FEATURE_SERVICE,
+            FEATURE_SESSIONS,
+        ):
             raise HandshakeError(f"unknown option {key!r}")
     name, service = fields.get("name"), fields.get(FEATURE_SERVICE)
     for key, value in (("name", name), (FEATURE_SERVICE, service)):
@@ -265,6 +284,9 @@ def parse_response(line: bytes, challenge: Challenge) -> Response:
             raise HandshakeError(f"port={text!r} is not a port number (1-65535)")
         port = int(text)
     route = _route(fields.get("route"), challenge, name, port)
+    sessions = _sessions(fields.get(FEATURE_SESSIONS), name, challenge)
+    if route is not None and sessions != 1:
+        raise HandshakeError("route= and sessions= exclude each other (sessions share a port)")
     client_addr = fields.get(FEATURE_CLIENT_ADDR, "0")
     if client_addr not in ("0", "1"):
         raise HandshakeError("client-addr= must be 0 or 1")
@@ -276,6 +298,7 @@ def parse_response(line: bytes, challenge: Challenge) -> Response:
         port=port,
         client_addr=client_addr == "1",
         route=route,
+        sessions=sessions,
         proof=proof,
         signed=signed,
     )
@@ -297,6 +320,19 @@ def _route(
     if port is not None:
         raise HandshakeError("route= and port= exclude each other (a routed service has no port)")
     return kind
+
+
+def _sessions(text: str | None, name: str | None, challenge: Challenge) -> int:
+    """The ``sessions=`` of a response: 1 when absent."""
+    if text is None:
+        return 1
+    if FEATURE_SESSIONS not in challenge.features:
+        raise HandshakeError("sessions was not offered")
+    if not (text.isdigit() and len(text) <= 2 and 1 <= int(text) <= MAX_SESSIONS):
+        raise HandshakeError(f"sessions={text[:8]!r} must be 1-{MAX_SESSIONS}")
+    if name is None:
+        raise HandshakeError("sessions= needs name= (the sessions share that identity's port)")
+    return int(text)
 
 
 def _fields(tokens: list[bytes], what: str) -> dict[str, str]:

@@ -21,8 +21,11 @@
 //	                                                 exchanges once and closes; failed connections
 //	                                                 are a result here (counted by kind), not a failure
 //
+// Every result has "cpu_s", the CPU time loadgen itself used.
 // Echoed bytes are checked against the pattern that was sent. Throughput counts
-// both directions (bytes sent + bytes received), in MB = 10^6 bytes.
+// both directions (bytes sent + bytes received), in MB = 10^6 bytes. -addr may
+// list several targets, A,B,...: echo and idle spread their connections over
+// them in turn, connrate its workers; the result is for all of them together.
 package main
 
 import (
@@ -38,6 +41,7 @@ import (
 	"net"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -77,6 +81,7 @@ func main() {
 		usage()
 	}
 	res["workload"] = cmd
+	res["cpu_s"] = cpuSeconds()
 	if _, ok := res["ok"]; !ok {
 		res["ok"] = true
 	}
@@ -89,6 +94,15 @@ func main() {
 	if res["ok"] != true {
 		os.Exit(1)
 	}
+}
+
+// cpuSeconds is the CPU time (user + system) this process has used so far.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 func usage() {
@@ -124,10 +138,15 @@ func (f *firstError) get() (error, int64) {
 	return f.err, f.count
 }
 
-// dialAll opens n connections with at most `parallel` dials in flight (a
-// listener's accept backlog is finite: a flood of SYNs only measures SYN
-// retransmission timers).
-func dialAll(addr string, n, parallel int, deadline time.Time) ([]*net.TCPConn, error) {
+// targets is -addr as a list: "A" or "A,B,...".
+func targets(addr string) []string {
+	return strings.Split(addr, ",")
+}
+
+// dialAll opens n connections, connection i to addrs[i % len(addrs)], with at
+// most `parallel` dials in flight (a listener's accept backlog is finite: a
+// flood of SYNs only measures SYN retransmission timers).
+func dialAll(addrs []string, n, parallel int, deadline time.Time) ([]*net.TCPConn, error) {
 	conns := make([]*net.TCPConn, n)
 	var errs firstError
 	var next int64 = -1
@@ -148,9 +167,10 @@ func dialAll(addr string, n, parallel int, deadline time.Time) ([]*net.TCPConn, 
 				if e, _ := errs.get(); e != nil {
 					return
 				}
+				addr := addrs[i%int64(len(addrs))]
 				c, err := d.Dial("tcp", addr)
 				if err != nil {
-					errs.add(fmt.Errorf("dial %d of %d: %w", i+1, n, err))
+					errs.add(fmt.Errorf("dial %d of %d (%s): %w", i+1, n, addr, err))
 					return
 				}
 				conns[i] = c.(*net.TCPConn)
@@ -265,7 +285,7 @@ func exchange(c net.Conn, size int, buf []byte) error {
 
 func runEcho(args []string) result {
 	fs := flag.NewFlagSet("echo", flag.ExitOnError)
-	addr := fs.String("addr", "", "target HOST:PORT")
+	addr := fs.String("addr", "", "target HOST:PORT (or several: A,B,...)")
 	conns := fs.Int("conns", 1, "connections, all open at once")
 	size := fs.Int64("bytes", 1_000_000_000, "bytes each connection sends (and gets back)")
 	chunk := fs.Int("chunk", 64*1024, "write size")
@@ -276,7 +296,7 @@ func runEcho(args []string) result {
 	deadline := time.Now().Add(*timeout)
 
 	t0 := time.Now()
-	cs, err := dialAll(*addr, *conns, *parallel, deadline)
+	cs, err := dialAll(targets(*addr), *conns, *parallel, deadline)
 	if err != nil {
 		return fail(res, "%v", err)
 	}
@@ -351,7 +371,7 @@ func percentiles(res result, prefix string, samples []time.Duration) {
 
 func runLatency(args []string) result {
 	fs := flag.NewFlagSet("latency", flag.ExitOnError)
-	addr := fs.String("addr", "", "target HOST:PORT")
+	addr := fs.String("addr", "", "target HOST:PORT (or several: A,B,...)")
 	size := fs.Int("size", 64, "request (and response) size in bytes")
 	n := fs.Int("n", 20000, "measured round trips (at most)")
 	warmup := fs.Int("warmup", 500, "round trips before measuring")
@@ -360,7 +380,7 @@ func runLatency(args []string) result {
 	fs.Parse(args)
 	res := result{"size": *size}
 	deadline := time.Now().Add(*timeout)
-	cs, err := dialAll(*addr, 1, 1, deadline)
+	cs, err := dialAll(targets(*addr)[:1], 1, 1, deadline)
 	if err != nil {
 		return fail(res, "%v", err)
 	}
@@ -395,7 +415,7 @@ func runLatency(args []string) result {
 
 func runConnrate(args []string) result {
 	fs := flag.NewFlagSet("connrate", flag.ExitOnError)
-	addr := fs.String("addr", "", "target HOST:PORT")
+	addr := fs.String("addr", "", "target HOST:PORT (or several: A,B,...)")
 	size := fs.Int("size", 64, "bytes exchanged on each connection")
 	concurrency := fs.Int("concurrency", 16, "connections in flight at once")
 	duration := fs.Duration("duration", 3*time.Second, "how long to open connections")
@@ -421,23 +441,24 @@ func runConnrate(args []string) result {
 	var wg sync.WaitGroup
 	t0 := time.Now()
 	stop := t0.Add(*duration)
+	addrs := targets(*addr)
 	for w := 0; w < *concurrency; w++ {
 		wg.Add(1)
-		go func() {
+		go func(addr string) {
 			defer wg.Done()
 			buf := make([]byte, *size)
 			local := make([]time.Duration, 0, 4096)
 			localB := make([]time.Duration, 0, 4096)
 			d := net.Dialer{Timeout: *timeout}
 			for n := 0; time.Now().Before(stop) && atomic.AddInt64(&started, 1) <= int64(*maxConns); n++ {
-				target, onB := *addr, *addrB != "" && n%2 == 1
+				target, onB := addr, *addrB != "" && n%2 == 1
 				if onB {
 					target = *addrB
 				}
 				t := time.Now()
 				c, err := d.Dial("tcp", target)
 				if err != nil {
-					errs.add(fmt.Errorf("dial: %w", err))
+					errs.add(fmt.Errorf("dial %s: %w", target, err))
 					time.Sleep(10 * time.Millisecond)
 					continue
 				}
@@ -462,7 +483,7 @@ func runConnrate(args []string) result {
 			samples = append(samples, local...)
 			samplesB = append(samplesB, localB...)
 			mu.Unlock()
-		}()
+		}(addrs[w%len(addrs)])
 	}
 	wg.Wait()
 	elapsed := time.Since(t0).Seconds()
@@ -484,7 +505,7 @@ func runConnrate(args []string) result {
 
 func runIdle(args []string) result {
 	fs := flag.NewFlagSet("idle", flag.ExitOnError)
-	addr := fs.String("addr", "", "target HOST:PORT")
+	addr := fs.String("addr", "", "target HOST:PORT (or several: A,B,...)")
 	conns := fs.Int("conns", 10000, "connections held open at once")
 	size := fs.Int("size", 64, "bytes exchanged on each connection once all are open")
 	parallel := fs.Int("dial-parallel", 64, "dials in flight at once")
@@ -494,7 +515,7 @@ func runIdle(args []string) result {
 	deadline := time.Now().Add(*timeout)
 
 	t0 := time.Now()
-	cs, err := dialAll(*addr, *conns, *parallel, deadline)
+	cs, err := dialAll(targets(*addr), *conns, *parallel, deadline)
 	if err != nil {
 		return fail(res, "%v", err)
 	}

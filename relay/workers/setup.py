@@ -1,0 +1,75 @@
+"""What the supervisor hands a worker process when it starts it: ``WorkerSetup``.
+
+The worker is a fresh interpreter (``python -m relay.workers.worker``), so
+everything it needs travels as one pickled ``WorkerSetup`` on its stdin: the
+checked options (the secret file already read; a TLS context cannot be pickled,
+so the worker makes its own from the same files), its place among the workers,
+the control port the supervisor reserved, and the channel's file descriptor.
+The pipe is private to the two processes, so pickle is safe here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from yamux.const import INITIAL_STREAM_WINDOW
+
+from ..options import ProcessOptions, RelayOptions
+from ..server.limits import share
+from ..server.siblings import WorkerRole
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    index: int
+    """1 to ``count``."""
+    count: int
+    port: int
+    """The control port: the worker listens on it with SO_REUSEPORT."""
+    options: RelayOptions
+    """As the supervisor checked them, the secret read and without a TLS context."""
+    process: ProcessOptions
+    """Logging and drain; the supervisor alone serves metrics."""
+    uvloop: bool
+    """Run on uvloop (the supervisor resolved ``--event-loop``)."""
+    channel_fd: int
+    """The worker's end of its channel to the supervisor (``relay.workers.channel``)."""
+    state_dir: str | None
+    """The lease store's directory, which the supervisor locked (None: ``--cluster``)."""
+    handoff_fd: int
+    """The worker's end of its line for connections handed between workers
+    (``relay.workers.handoff``)."""
+
+    @property
+    def role(self) -> WorkerRole:
+        return WorkerRole(self.index, self.count, self.state_dir)
+
+    def relay_options(self) -> RelayOptions:
+        """The options of this worker's ``RelayServer``: what bounds the host split evenly
+        among the workers, each keeping its share in its own memory.
+
+        The kernel spreads a source's connections over the workers, so each worker's
+        places (``relay.server.places``) are a share of the host's: of
+        ``--max-pending``, of ``--max-pending-registrations-per-source`` and of
+        ``--max-tls-handshakes``; they add up to about the host's limit for a
+        stranger, and who gives way is decided among a worker's places. Each keeps a
+        share of ``--max-failure-sources`` keys in memory (the failures themselves are
+        counted for the host, ``relay.workers.worker``); the receive windows of
+        ``--max-total-window`` are each worker's memory. ``--max-sessions`` is not
+        split: the supervisor counts the host's sessions.
+        """
+        options = self.options
+        per_source = share(options.max_pending_registrations_per_source, options.max_sessions)
+        return dataclasses.replace(
+            options,
+            max_total_window=max(options.max_total_window // self.count, INITIAL_STREAM_WINDOW),
+            max_pending_registrations_per_source=per_source and self.part(per_source),
+            max_pending=self.part(options.max_pending),
+            max_tls_handshakes=self.part(options.max_tls_handshakes),
+            max_failure_sources=self.part(options.max_failure_sources),
+        )
+
+    def part(self, limit: int) -> int:
+        """This worker's share of a host's ``limit`` (at least 1)."""
+        return max(1, -(-limit // self.count))
