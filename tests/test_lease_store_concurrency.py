@@ -129,3 +129,40 @@ def test_the_checker_sees_a_shared_port_and_a_split_identity() -> None:
 if __name__ == "__main__":
     backend, target, seed, count = sys.argv[1:]
     print(json.dumps(asyncio.run(work(backend, target, int(seed), int(count)))))
+
+
+OPENER = """
+import sys, time
+from pathlib import Path
+from relay.store.failures import SqliteFailureCounts
+from relay.store.schema import open_database
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+directory = Path(sys.argv[1])
+SqliteFailureCounts.open(directory / "failures.db")
+print("lease store", "ok" if open_database(directory / "leases.db") is not None else "lost")
+"""
+
+
+def test_processes_that_open_the_files_at_once_all_start(tmp_path: Path) -> None:
+    """A relay's workers open the state dir's files together: each gets them (switching a
+    new file to WAL takes a lock the busy timeout does not wait for), and no lease store
+    is taken for unreadable and moved aside."""
+    start = time.time() + 1.0
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, str(tmp_path), str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    results = [proc.communicate(timeout=30) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 8, [err for _, err in results]
+    assert [out.strip() for out, _ in results] == ["lease store ok"] * 8
+    assert sorted(p.name for p in tmp_path.iterdir() if ".db" in p.name and "-" not in p.name) == [
+        "failures.db",
+        "leases.db",
+    ]

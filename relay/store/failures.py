@@ -27,7 +27,7 @@ import redis.asyncio as redis
 
 from .interface import StoreUnavailableError
 from .redis_store import RedisLeaseStore
-from .schema import BUSY_TIMEOUT_MS
+from .schema import BUSY_TIMEOUT_MS, use_wal
 
 MAX_BLOCKED = 10_000
 """Blocks read back at most (the most recent)."""
@@ -105,7 +105,7 @@ class SqliteFailureCounts:
             ":memory:" if path is None else str(path), isolation_level=None, check_same_thread=False
         )
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        db.execute("PRAGMA journal_mode=WAL")
+        use_wal(db)
         db.execute("CREATE TABLE IF NOT EXISTS failures (key TEXT NOT NULL, at REAL NOT NULL)")
         db.execute("CREATE INDEX IF NOT EXISTS failures_by_key ON failures (key, at)")
         db.execute("CREATE TABLE IF NOT EXISTS blocked (key TEXT PRIMARY KEY, ends REAL NOT NULL)")

@@ -43,6 +43,22 @@ class SchemaError(RelayError):
     """The file is a database, but not a lease store this relay understands."""
 
 
+def use_wal(db: sqlite3.Connection) -> None:
+    """Put ``db`` in WAL mode. Several processes (a relay's workers) may open the file at
+    once: the change of journal mode takes a lock that the busy timeout does not wait
+    for, so it is tried again until that timeout, instead of failing a worker's start or
+    taking a locked file for an unreadable one."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def open_database(path: Path | None) -> sqlite3.Connection | None:
     """The lease store at ``path`` (None: a private one in memory), ready for
     ``BEGIN IMMEDIATE`` transactions; None if the file cannot be used even after moving
@@ -83,7 +99,7 @@ def _open(name: str) -> sqlite3.Connection:
     db = sqlite3.connect(name, isolation_level=None, check_same_thread=False)
     try:
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        db.execute("PRAGMA journal_mode=WAL")
+        use_wal(db)
         db.execute("PRAGMA synchronous=NORMAL")
         check = db.execute("PRAGMA quick_check").fetchone()
         if check is None or check[0] != "ok":
