@@ -43,6 +43,7 @@ from typing import cast
 
 from bench.processes import BUILD_DIR, HOST, build_go, log, run_to_end, start, stop_all, wait_for
 from relay.options import RelayOptions
+from relay.server.accept import accept_log
 from relay.server.session import RegisteredSession
 from relay.server.shared_ports import Peek, SharedPorts
 from relay.stats import RelayStats
@@ -87,7 +88,7 @@ def code_cost(batch: int = 5000, repeat: int = 7) -> dict[RouteKind, float]:
 
     async def measure() -> dict[RouteKind, float]:
         options = RelayOptions.build(None, domain=DOMAIN, http_port=0, tls_port=0)
-        ports = SharedPorts(options, lambda session, end: None, RelayStats())
+        ports = SharedPorts(options, lambda session, end: None, RelayStats(), accept_log())
         heads: dict[RouteKind, bytes] = {"http": HTTP_HEAD, "tls": client_hello(f"sec.{DOMAIN}")}
         names: dict[RouteKind, str] = {"http": "web", "tls": "sec"}
         for kind, name in names.items():

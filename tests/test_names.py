@@ -273,3 +273,45 @@ def test_names_configured_by_environment_and_config_files(procs: Processes, tmp_
     assert url.group(1) == f"http://site.{DOMAIN}:{http_port}/"
     got = curl(f"site.{DOMAIN}", http_port)
     assert (got.returncode, got.stdout) == (0, "configured\n"), got.stderr
+
+
+def test_the_shared_port_out_of_file_descriptors_pauses_and_recovers(procs: Processes) -> None:
+    """The shared port accepts as every port of the relay does: when accept() fails (here
+    RLIMIT_NOFILE 64 and 100 connections that name nothing yet) it says so once and
+    pauses, and answers again once descriptors are free."""
+    relay = procs.start(
+        [
+            "sh",
+            "-c",
+            'ulimit -n 64 && exec "$@"',
+            "sh",
+            *relay_command(),
+            "--bind",
+            HOST,
+            "--event-loop",
+            "asyncio",
+            "--domain",
+            DOMAIN,
+            "--http-port",
+            "0",
+            str(free_port()),
+        ],
+        "relay",
+    )
+    _, match = relay.wait_line(r"Serving names under tunnel\.test: HTTP on port (\d+)")
+    http_port = int(match.group(1))
+    silent = [socket.create_connection((HOST, http_port), timeout=10) for _ in range(100)]
+    try:
+        relay.wait_line(
+            r"ERROR relay\.accept: cannot accept on the shared HTTP port: Too many open files "
+            r"\(EMFILE\); not accepting there for 0\.1 s at a time"
+        )
+    finally:
+        for sock in silent:
+            sock.close()
+    with socket.create_connection((HOST, http_port), timeout=10) as sock:
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: nobody.{DOMAIN}\r\n\r\n".encode())
+        assert recv_all(sock).startswith(b"HTTP/1.1 404 ")
+    assert relay.alive()
+    relay.wait_line(r"accepting on the shared HTTP port again: \d+ failed tries")
+    assert relay.stderr_text.count("relay.accept") == 2  # one episode, two lines

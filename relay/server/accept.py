@@ -8,9 +8,11 @@ every queued connection with a reserve descriptor and closes it at once, so
 clients that would have been served a moment later are dropped.
 
 Here every listener (the control port, the TLS control port, each public port,
-the notify protocol's ports) accepts from a reader callback, in batches, and
-hands the accepted socket to its owner, which checks its limits before a
-transport exists and makes one with ``loop.connect_accepted_socket``. When
+the shared HTTP and TLS ports, the notify protocol's ports) accepts from a
+reader callback, in batches, and hands the accepted socket to its owner, which
+checks its limits before a transport exists and makes one with
+``loop.connect_accepted_socket`` (a ``ProtocolListener`` makes the transport
+first: the plain control port, the shared ports). When
 ``accept()`` fails for want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM) the
 listener stops reading its socket for ``ACCEPT_PAUSE`` seconds, then tries
 again: queued connections wait in the kernel's backlog until there are

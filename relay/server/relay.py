@@ -146,7 +146,9 @@ class RelayServer:
         v2 = self.auth is not None or leases or names
         self.protocol: ProtocolName = "v2" if v2 else protocol
         self.shared = (
-            None if not names else SharedPorts(checked, self.public.accept_routed, self.stats)
+            None
+            if not names
+            else SharedPorts(checked, self.public.accept_routed, self.stats, self.accept_log)
         )
         """The shared HTTP and TLS ports and the host names they route by (``domain``)."""
         self._own_failures = auth_failures is None

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from yamux.ratelimit import RateLimitedLog
 
-from ..net import LISTEN_BACKLOG, BindAddress, format_peer
+from ..net import BindAddress, format_peer, listening_port
 from ..options import RelayOptions
 from ..pipe import SocketEnd
 from ..stats import RelayStats
@@ -43,6 +43,7 @@ from ..wire.client_hello import (
 from ..wire.http_head import HeadError, HostReader, error_response
 from ..wire.route import RouteKind
 from ..wire.v2 import FEATURES
+from .accept import ProtocolListener
 from .limits import Slot, SourceSlots, share, source_of
 from .routes import Routes
 from .session import RegisteredSession
@@ -64,12 +65,20 @@ Accept = Callable[[RegisteredSession, SocketEnd], None]
 class SharedPorts:
     """The listeners of the shared ports and their connections until each is routed."""
 
-    def __init__(self, options: RelayOptions, accept: Accept, stats: RelayStats) -> None:
+    def __init__(
+        self,
+        options: RelayOptions,
+        accept: Accept,
+        stats: RelayStats,
+        accept_log: RateLimitedLog,
+    ) -> None:
         assert options.domain is not None
         self.routes = Routes(options.domain)
         """Where each host name leads (the ports are set by ``start``)."""
         self.accept = accept
         self.stats = stats
+        self.accept_log = accept_log
+        """Where the listeners say that accept() fails (shared by the relay's listeners)."""
         self.timeout = options.route_timeout
         self.max_unrouted = options.max_connections
         self.unrouted: dict[Peek, float] = {}
@@ -88,7 +97,9 @@ class SharedPorts:
             self._wanted["http"] = options.http_port
         if options.tls_port is not None:
             self._wanted["tls"] = options.tls_port
-        self._servers: list[asyncio.Server] = []
+        self._listeners: list[ProtocolListener] = []
+        self.closed = False
+        """Closed: a connection whose transport is made only now is dropped."""
 
     @property
     def features(self) -> frozenset[str]:
@@ -97,21 +108,17 @@ class SharedPorts:
 
     async def start(self, bind: BindAddress) -> None:
         """Bind and listen on every shared port (OSError if one cannot be had)."""
-        loop = asyncio.get_running_loop()
         try:
             for kind, port in self._wanted.items():
-                sock = bind.listen(port)
-                try:
-                    server = await loop.create_server(
-                        lambda kind=kind: Peek(self, kind),  # type: ignore[misc]
-                        sock=sock,
-                        backlog=LISTEN_BACKLOG,
-                    )
-                except BaseException:
-                    sock.close()
-                    raise
-                self._servers.append(server)
-                self.routes.ports[kind] = int(sock.getsockname()[1])
+                listener = ProtocolListener(
+                    bind.listen(port),
+                    lambda kind=kind: Peek(self, kind),  # type: ignore[misc]
+                    what=f"the shared {kind.upper()} port",
+                    log=self.accept_log,
+                )
+                self._listeners.append(listener)
+                listener.start()
+                self.routes.ports[kind] = listening_port(listener)
         except BaseException:
             self.close()
             raise
@@ -127,10 +134,11 @@ class SharedPorts:
 
     def stop_listening(self) -> None:
         """Take no new connection (a drain); those being routed go on."""
-        for server in self._servers:
-            server.close()
+        for listener in self._listeners:
+            listener.close()
 
     def close(self) -> None:
+        self.closed = True
         self.stop_listening()
         for peek in [*self.unrouted, *self.lingering]:
             peek.abort()
@@ -140,8 +148,8 @@ class SharedPorts:
         self.log.summary(logging.INFO, "shared ports")
 
     async def wait_closed(self) -> None:
-        for server in self._servers:
-            await server.wait_closed()
+        for listener in self._listeners:
+            await listener.wait_closed()
 
     @property
     def held(self) -> int:
@@ -203,6 +211,9 @@ class Peek(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.peername = transport.get_extra_info("peername")
         ports = self.ports
+        if ports.closed:
+            transport.close()
+            return
         source = source_of(self.peername)
         if ports.held >= ports.max_unrouted:
             self._drop("routing_full", f"{ports.held} connections are being routed")
