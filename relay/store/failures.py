@@ -27,7 +27,7 @@ import redis.asyncio as redis
 
 from .interface import StoreUnavailableError
 from .redis_store import RedisLeaseStore
-from .schema import BUSY_TIMEOUT_MS, use_wal
+from .schema import BUSY_TIMEOUT_MS, immediate, use_wal
 
 MAX_BLOCKED = 10_000
 """Blocks read back at most (the most recent)."""
@@ -125,19 +125,9 @@ class SqliteFailureCounts:
 
     async def _run(self, step: Callable[..., float | dict[str, float]], *args: object) -> Any:
         try:
-            return await asyncio.to_thread(self._transaction, step, *args)
+            return await asyncio.to_thread(immediate, self._db, step, *args)
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"failure counts: {exc}") from exc
-
-    def _transaction(self, step: Callable[..., object], *args: object) -> object:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            result = step(*args)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-        return result
 
     def _failed(self, key: str, limit: int, window: float) -> float:
         now = self._clock()

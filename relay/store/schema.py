@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ..errors import RelayError
 
@@ -41,6 +43,23 @@ BUSY_TIMEOUT_MS = 5000
 
 class SchemaError(RelayError):
     """The file is a database, but not a lease store this relay understands."""
+
+
+T = TypeVar("T")
+
+
+def immediate(db: sqlite3.Connection, step: Callable[..., T], *args: object) -> T:
+    """``step(*args)`` in one ``BEGIN IMMEDIATE`` transaction of ``db`` (the write lock
+    first, so two processes never both read and then write): committed, or rolled back
+    if it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = step(*args)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return result
 
 
 def use_wal(db: sqlite3.Connection) -> None:
@@ -104,13 +123,7 @@ def _open(name: str) -> sqlite3.Connection:
         check = db.execute("PRAGMA quick_check").fetchone()
         if check is None or check[0] != "ok":
             raise SchemaError(f"integrity check failed: {check[0] if check else 'no answer'}")
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            _upgrade(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        immediate(db, _upgrade, db)
     except BaseException:
         db.close()
         raise

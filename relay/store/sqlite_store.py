@@ -39,7 +39,7 @@ from .interface import (
     StoreUnavailableError,
 )
 from .policy import Write, decide
-from .schema import open_database
+from .schema import immediate, open_database
 
 logger = logging.getLogger("relay.leases")
 
@@ -173,7 +173,7 @@ class SqliteLeaseStore:
         """``step(*args)`` in one write transaction, on the store's thread."""
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self._thread, self._transaction, step, args)
+            result = await loop.run_in_executor(self._thread, immediate, self._db, step, *args)
         except sqlite3.Error as exc:
             reason = f"{self.describe()}: {exc}"
             if self._failing is None:
@@ -183,16 +183,6 @@ class SqliteLeaseStore:
         if self._failing is not None:
             logger.warning("%s works again", self.describe())
             self._failing = None
-        return result
-
-    def _transaction(self, step: Callable[..., T], args: tuple[object, ...]) -> T:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            result = step(*args)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
         return result
 
     def _q(self, sql: str, *args: object) -> list[Any]:
