@@ -1,6 +1,6 @@
 """/livez and /readyz on the --metrics port, as Kubernetes probes use them.
 
-Real relay and forwarder processes; a slow request keeps the drain going while the
+Real relay and forwarder processes; a connection held open keeps the drain going while the
 probes are asked.
 """
 
@@ -10,8 +10,6 @@ import signal
 import socket
 import urllib.error
 import urllib.request
-
-from test_drain import SLOW_SCRIPT, start_request
 
 from relay_support import (
     ECHO_SCRIPT,
@@ -38,13 +36,15 @@ def probe(endpoint: str, path: str) -> tuple[int, str]:
 def test_relay_probes_and_the_drain(procs) -> None:
     """Ready while listening; on SIGTERM /readyz answers 503 no later than the control port
     closes, while /livez, /metrics and the connection in flight go on."""
-    _, slow_port = procs.script(SLOW_SCRIPT, "0", "6", name="slow")
+    _, echo_port = procs.script(ECHO_SCRIPT, "0", name="echo")
     relay, relay_port = procs.relay("--metrics", f"{HOST}:0", "--drain-timeout", "20")
     endpoint = relay.wait_line(METRICS)[1].group(1)
     assert probe(endpoint, "/livez") == (200, "alive\n")
     assert probe(endpoint, "/readyz") == (200, f"ready: serving on port {relay_port}\n")
-    _, public_port = procs.forwarder(relay_port, slow_port)
-    in_flight = start_request(public_port)
+    _, public_port = procs.forwarder(relay_port, echo_port)
+    in_flight = socket.create_connection((HOST, public_port), timeout=10)
+    in_flight.sendall(b"before\n")
+    assert in_flight.recv(100) == b"before\n"
 
     relay.send_signal(signal.SIGTERM)
     relay.wait_line(r"SIGTERM received: draining")
@@ -53,8 +53,9 @@ def test_relay_probes_and_the_drain(procs) -> None:
     assert probe(endpoint, "/readyz") == (503, "not ready: draining\n")
     assert probe(endpoint, "/livez") == (200, "alive\n")
     assert probe(endpoint, "/metrics")[0] == 200
-    assert relay.popen.poll() is None  # still draining: the request is in flight
-    assert in_flight.recv(100) == b"done: slow request\n"
+    assert relay.popen.poll() is None  # still draining: a connection is in flight
+    in_flight.sendall(b"during the drain\n")
+    assert in_flight.recv(100) == b"during the drain\n"
     in_flight.close()
     assert relay.wait(15) == 0
 
