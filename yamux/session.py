@@ -116,6 +116,11 @@ class Session:
         """
         return await self._protocol.open_stream()
 
+    def open_stream_nowait(self) -> Stream | None:
+        """``open_stream`` if it need not wait, else None: its SYN goes out in the caller's
+        loop iteration, with no task or await. Raises as ``open_stream``."""
+        return self._protocol.open_stream_nowait()
+
     async def accept_stream(self) -> Stream:
         """The next stream the peer opened; raises SessionClosedError once the session ends."""
         return await self._protocol.accept_stream()

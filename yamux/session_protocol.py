@@ -129,6 +129,12 @@ class SessionProtocol(asyncio.Protocol):
     # ------------------------------------- Session's commands (documented there)
     async def open_stream(self) -> Stream:
         await self.backlog.room_to_open()
+        return self._open()
+
+    def open_stream_nowait(self) -> Stream | None:
+        return self._open() if self.backlog.may_open() else None
+
+    def _open(self) -> Stream:
         core = self.core
         stream_id = core.open_stream()
         stream = Stream(self, stream_id, core.stream_state(stream_id))

@@ -22,7 +22,7 @@ from yamux.ratelimit import RateLimitedLog
 from ..net import format_peer, peer_of
 from ..ops.logs import log_plain
 from ..options import RelayOptions
-from ..pipe import PipeResult, SocketEnd, pipe
+from ..pipe import PipeResult, SocketEnd, Splice, splice, wait_pipe
 from ..stats import RelayStats
 from ..wire.proxy_header import addresses_of, v2_header
 from .accept import Acceptor, reset
@@ -45,9 +45,12 @@ class PublicConnections:
         self.idle_timeout = options.idle_timeout
         self._idle: IdleWatch[SocketEnd] = IdleWatch(options.idle_timeout, self._idle_connection)
         self._accept_log = accept_log
+        self._loop: asyncio.AbstractEventLoop
+        """Set by ``listener``: asking for it per connection is a system call (getpid)."""
 
     def listener(self, reg: RegisteredSession, sock: socket.socket) -> Acceptor:
         """``reg``'s public listener on ``sock`` (not started)."""
+        self._loop = asyncio.get_running_loop()
         return Acceptor(
             sock,
             partial(self.accept, reg),
@@ -61,7 +64,8 @@ class PublicConnections:
 
     def accept(self, reg: RegisteredSession, conn: socket.socket, peername: object) -> None:
         """An accepted socket of ``reg``'s public port: refused with RST over a limit, else
-        relayed by a task of its own."""
+        its stream opened at once (the SYN leaves in this loop iteration) and relayed by a
+        task of its own."""
         if reg.ending or reg.session.closed:
             reset(conn)
             return
@@ -98,8 +102,17 @@ class PublicConnections:
             self.stats.connections_refused["per_source"] += 1
             reset(conn)
             return
-        connection = _Connection(reg, conn, peername, slot, self._idle)
+        connection = _Connection(reg, conn, peername, slot, self._idle, self._loop)
         self.stats.connections_total += 1
+        try:
+            stream = reg.session.open_stream_nowait()
+        except yamux.SessionError as exc:
+            connection.take_socket()
+            _open_failed(reg, conn, exc)
+            connection.ended(None)
+            return
+        if stream is not None:
+            connection.opened(stream)
         reg.connections.spawn(
             self._relay(connection), name=reg.connection_task_name, on_done=connection.ended
         )
@@ -113,52 +126,32 @@ class PublicConnections:
         end.abort()
 
     async def _relay(self, connection: _Connection) -> None:
-        """Open the stream, make the transport, pipe; the per-connection line is only built
-        if it is logged."""
-        started = time.monotonic()
-        reg, result = connection.reg, connection.result
+        """Make the transport (the stream is open already unless the session's backlog of
+        unacknowledged opens was full), splice from its ``connection_made``, wait for the
+        pipe; the per-connection line is only built if it is logged."""
+        reg, loop = connection.reg, self._loop
         conn = connection.take_socket()
+        if connection.stream is None:
+            try:
+                connection.opened(await reg.session.open_stream())
+            except asyncio.CancelledError:
+                reset(conn)
+                raise
+            except yamux.SessionError as exc:
+                _open_failed(reg, conn, exc)
+                return
         try:
-            stream = await reg.session.open_stream()
+            await loop.connect_accepted_socket(connection.socket_end, conn)
         except asyncio.CancelledError:
-            reset(conn)
-            raise
-        except yamux.TooManyStreamsError as exc:
-            reg.log.log(
-                logging.WARNING,
-                "public refused: streams",
-                "session %d: refusing a public connection: %s",
-                reg.id,
-                exc,
-                extra=reg.log_fields(),
-            )
-            reset(conn)
-            return
-        except yamux.SessionClosedError:
-            reset(conn)
-            return
-        except yamux.NoNewStreamsError:
-            reset(conn)
-            reg.end(WENT_AWAY)
-            return
-        except yamux.SessionError as exc:  # stream ids exhausted: the session is done
-            reset(conn)
-            reg.end(f"cannot open streams any more: {exc}")
-            return
-        try:
-            if reg.request.client_address:
-                stream.write(v2_header(addresses_of(connection.peername, conn.getsockname())))
-            _, end = await asyncio.get_running_loop().connect_accepted_socket(SocketEnd, conn)
-        except asyncio.CancelledError:
-            stream.reset()
+            connection.abort(ConnectionAbortedError("relaying cancelled"))
             raise
         except OSError as exc:  # reset by the client already
-            stream.reset()
+            connection.abort(exc)
             reset(conn)
-            result.error = exc
             return
-        connection.end = end
-        self._idle.watch(end)
+        splice, stream = connection.splice, connection.stream
+        assert splice is not None
+        assert stream is not None
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "session %d: public connection from %s on stream %d",
@@ -166,17 +159,49 @@ class PublicConnections:
                 format_peer(connection.peername),
                 stream.id,
             )
-        await pipe(end, stream, result)
+        result = await wait_pipe(splice, connection.done)
         if connections_logger.isEnabledFor(logging.INFO):
-            _log_closed(reg, connection.peername, stream.id, result, started)
+            _log_closed(reg, connection.peername, stream.id, result, connection.started)
+
+
+def _open_failed(reg: RegisteredSession, conn: socket.socket, exc: yamux.SessionError) -> None:
+    """The stream for ``conn`` could not be opened: refuse it (RST), and end the session
+    where it can open no more."""
+    reset(conn)
+    if isinstance(exc, yamux.TooManyStreamsError):
+        reg.log.log(
+            logging.WARNING,
+            "public refused: streams",
+            "session %d: refusing a public connection: %s",
+            reg.id,
+            exc,
+            extra=reg.log_fields(),
+        )
+    elif isinstance(exc, yamux.NoNewStreamsError):
+        reg.end(WENT_AWAY)
+    elif not isinstance(exc, yamux.SessionClosedError):  # stream ids exhausted
+        reg.end(f"cannot open streams any more: {exc}")
 
 
 class _Connection:
-    """One public connection from accept to its task's end: what the task needs, and what
-    its done callback gives back (source slot, idle watch, traffic entry). One small object
-    instead of a partial, its arguments and a bound method."""
+    """One public connection from accept to its task's end: what the task needs, the
+    callback that splices the socket to its stream from ``connection_made`` (no task
+    wake-up before bytes flow), and what its done callback gives back (source slot, idle
+    watch, traffic entry). One small object instead of partials and bound methods."""
 
-    __slots__ = ("_conn", "end", "idle", "peername", "reg", "result", "slot")
+    __slots__ = (
+        "_conn",
+        "done",
+        "end",
+        "idle",
+        "peername",
+        "reg",
+        "result",
+        "slot",
+        "splice",
+        "started",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -185,7 +210,9 @@ class _Connection:
         peername: object,
         slot: Slot,
         idle: IdleWatch[SocketEnd],
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
+        self.started = time.monotonic()
         self.reg = reg
         self._conn: socket.socket | None = conn
         """Ours until the task takes it (a task cancelled before it ran never does)."""
@@ -193,17 +220,49 @@ class _Connection:
         self.slot = slot
         self.idle = idle
         self.result = reg.traffic.opened()
+        self.stream: yamux.Stream | None = None
         self.end: SocketEnd | None = None
+        self.splice: Splice | None = None
+        self.done: asyncio.Future[None] = loop.create_future()
 
     def take_socket(self) -> socket.socket:
         conn, self._conn = self._conn, None
         assert conn is not None
         return conn
 
-    def ended(self, task: asyncio.Task[None]) -> None:
+    def opened(self, stream: yamux.Stream) -> None:
+        """The stream is open (its SYN on its way): the client's address goes first."""
+        self.stream = stream
+        if self.reg.request.client_address:
+            conn = self._conn
+            assert conn is not None
+            stream.write(v2_header(addresses_of(self.peername, conn.getsockname())))
+
+    def socket_end(self) -> SocketEnd:
+        """The protocol of the public socket's transport."""
+        return SocketEnd(self.connected)
+
+    def connected(self, end: SocketEnd) -> None:
+        assert self.stream is not None
+        self.end = end
+        self.idle.watch(end)
+        self.splice = splice(end, self.stream, self.done, self.result)
+
+    def abort(self, exc: BaseException) -> None:
+        """Making the transport failed or was cancelled: reset the stream (and the socket,
+        if it got as far as the pipe)."""
+        if self.splice is not None:
+            self.splice.fail(exc)
+        elif self.stream is not None:
+            self.stream.reset()
+        self.result.error = exc
+
+    def ended(self, task: asyncio.Task[None] | None) -> None:
         if self._conn is not None:
             reset(self._conn)
             self._conn = None
+            if self.stream is not None:  # cancelled before it ran
+                self.stream.reset()
         self.slot.release()
         if self.end is not None:
             self.idle.forget(self.end)
