@@ -74,15 +74,21 @@ class FrameWriter:
         if transport is None or transport.is_closing():
             return False
         outbox = self._outbox
+        control: list[bytes | memoryview] = []
         if outbox.control:
             if force or not self.paused:
-                transport.writelines(outbox.take_control())
+                control.extend(outbox.take_control())
             elif self._paused_control < PAUSED_CONTROL_ALLOWANCE:
-                frames = outbox.take_control(PAUSED_CONTROL_ALLOWANCE - self._paused_control)
-                self._paused_control += len(frames) * HEADER_SIZE
-                transport.writelines(frames)
+                control.extend(outbox.take_control(PAUSED_CONTROL_ALLOWANCE - self._paused_control))
+                self._paused_control += len(control) * HEADER_SIZE
         framed = False
         while outbox.sendable and (force or not self.paused):
-            transport.writelines(outbox.take_data(FLUSH_BUDGET))
+            frames = outbox.take_data(FLUSH_BUDGET)
+            if control:  # one write for both (a SYN and its stream's first data)
+                control.extend(frames)
+                frames, control = control, []
+            transport.writelines(frames)
             framed = True
+        if control:
+            transport.writelines(control)
         return framed

@@ -116,10 +116,11 @@ class Session:
         """
         return await self._protocol.open_stream()
 
-    def open_stream_nowait(self) -> Stream | None:
+    def open_stream_nowait(self, first: bytes = b"") -> Stream | None:
         """``open_stream`` if it need not wait, else None: its SYN goes out in the caller's
-        loop iteration, with no task or await. Raises as ``open_stream``."""
-        return self._protocol.open_stream_nowait()
+        loop iteration, with no task or await, and ``first`` (at most the stream's write
+        buffer limit) as its first data, in the same write. Raises as ``open_stream``."""
+        return self._protocol.open_stream_nowait(first)
 
     async def accept_stream(self) -> Stream:
         """The next stream the peer opened; raises SessionClosedError once the session ends."""

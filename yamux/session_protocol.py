@@ -131,14 +131,16 @@ class SessionProtocol(asyncio.Protocol):
         await self.backlog.room_to_open()
         return self._open()
 
-    def open_stream_nowait(self) -> Stream | None:
-        return self._open() if self.backlog.may_open() else None
+    def open_stream_nowait(self, first: bytes = b"") -> Stream | None:
+        return self._open(first) if self.backlog.may_open() else None
 
-    def _open(self) -> Stream:
+    def _open(self, first: bytes = b"") -> Stream:
         core = self.core
         stream_id = core.open_stream()
         stream = Stream(self, stream_id, core.stream_state(stream_id))
         self.streams.add(stream, opened_by_us=True)
+        if first:
+            core.send_data(stream_id, first)
         self._flush()
         return stream
 

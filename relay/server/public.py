@@ -105,14 +105,15 @@ class PublicConnections:
         connection = _Connection(reg, conn, peername, slot, self._idle, self._loop)
         self.stats.connections_total += 1
         try:
-            stream = reg.session.open_stream_nowait()
+            first = connection.read_first()
+            connection.stream = reg.session.open_stream_nowait(first)
         except yamux.SessionError as exc:
             connection.take_socket()
             _open_failed(reg, conn, exc)
             connection.ended(None)
             return
-        if stream is not None:
-            connection.opened(stream)
+        if connection.stream is None:
+            connection.first = first  # for open_stream, once the backlog has room
         reg.connections.spawn(
             self._relay(connection), name=reg.connection_task_name, on_done=connection.ended
         )
@@ -133,7 +134,10 @@ class PublicConnections:
         conn = connection.take_socket()
         if connection.stream is None:
             try:
-                connection.opened(await reg.session.open_stream())
+                connection.stream = stream = await reg.session.open_stream()
+                if connection.first:
+                    stream.write(connection.first)
+                    connection.first = b""
             except asyncio.CancelledError:
                 reset(conn)
                 raise
@@ -183,6 +187,11 @@ def _open_failed(reg: RegisteredSession, conn: socket.socket, exc: yamux.Session
         reg.end(f"cannot open streams any more: {exc}")
 
 
+EARLY_READ = 64 * 1024
+"""The most read from a public socket before its transport exists (a stream's write
+buffer limit: it goes out at once within the initial window)."""
+
+
 class _Connection:
     """One public connection from accept to its task's end: what the task needs, the
     callback that splices the socket to its stream from ``connection_made`` (no task
@@ -193,6 +202,7 @@ class _Connection:
         "_conn",
         "done",
         "end",
+        "first",
         "idle",
         "peername",
         "reg",
@@ -223,6 +233,8 @@ class _Connection:
         self.stream: yamux.Stream | None = None
         self.end: SocketEnd | None = None
         self.splice: Splice | None = None
+        self.first = b""
+        """What ``read_first`` gave while the stream waits for room in the backlog."""
         self.done: asyncio.Future[None] = loop.create_future()
 
     def take_socket(self) -> socket.socket:
@@ -230,13 +242,20 @@ class _Connection:
         assert conn is not None
         return conn
 
-    def opened(self, stream: yamux.Stream) -> None:
-        """The stream is open (its SYN on its way): the client's address goes first."""
-        self.stream = stream
+    def read_first(self) -> bytes:
+        """What the stream carries first, with its SYN: the client's address if asked for,
+        and what the client sent already (read at once: most clients speak first, and then
+        the request leaves in the accept's own write, without waiting for a transport)."""
+        conn = self._conn
+        assert conn is not None
+        try:
+            early = conn.recv(EARLY_READ, socket.MSG_DONTWAIT)
+        except OSError:  # nothing yet (EAGAIN), or reset: the transport finds out
+            early = b""
+        self.result.sent += len(early)
         if self.reg.request.client_address:
-            conn = self._conn
-            assert conn is not None
-            stream.write(v2_header(addresses_of(self.peername, conn.getsockname())))
+            early = v2_header(addresses_of(self.peername, conn.getsockname())) + early
+        return early
 
     def socket_end(self) -> SocketEnd:
         """The protocol of the public socket's transport."""
