@@ -84,6 +84,11 @@ class Backlog:
             raise NoNewStreamsError(GoAwayCode.NORMAL)
         return not core.backlog_full
 
+    def open_would_wait(self) -> bool:
+        """Whether ``room_to_open`` would wait (False if it would raise instead)."""
+        core = self._core
+        return self._ended is None and not core.remote_go_away and core.backlog_full
+
     def wake_openers(self, force: bool = False) -> None:
         """Wake every waiting open if there may be room (or always, with ``force``)."""
         waiters = self._open_waiters

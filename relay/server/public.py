@@ -104,16 +104,15 @@ class PublicConnections:
             return
         connection = _Connection(reg, conn, peername, slot, self._idle, self._loop)
         self.stats.connections_total += 1
-        try:
-            first = connection.read_first()
-            connection.stream = reg.session.open_stream_nowait(first)
-        except yamux.SessionError as exc:
-            connection.take_socket()
-            _open_failed(reg, conn, exc)
-            connection.ended(None)
-            return
-        if connection.stream is None:
-            connection.first = first  # for open_stream, once the backlog has room
+        session = reg.session
+        if not session.open_would_wait():  # else the task waits for room, the bytes in the kernel
+            try:
+                connection.stream = session.open_stream_nowait(connection.first_bytes(True))
+            except yamux.SessionError as exc:
+                connection.take_socket()
+                _open_failed(reg, conn, exc)
+                connection.ended(None)
+                return
         reg.connections.spawn(
             self._relay(connection), name=reg.connection_task_name, on_done=connection.ended
         )
@@ -135,9 +134,8 @@ class PublicConnections:
         if connection.stream is None:
             try:
                 connection.stream = stream = await reg.session.open_stream()
-                if connection.first:
-                    stream.write(connection.first)
-                    connection.first = b""
+                if first := connection.first_bytes(False, conn):
+                    stream.write(first)
             except asyncio.CancelledError:
                 reset(conn)
                 raise
@@ -202,7 +200,6 @@ class _Connection:
         "_conn",
         "done",
         "end",
-        "first",
         "idle",
         "peername",
         "reg",
@@ -233,8 +230,6 @@ class _Connection:
         self.stream: yamux.Stream | None = None
         self.end: SocketEnd | None = None
         self.splice: Splice | None = None
-        self.first = b""
-        """What ``read_first`` gave while the stream waits for room in the backlog."""
         self.done: asyncio.Future[None] = loop.create_future()
 
     def take_socket(self) -> socket.socket:
@@ -242,20 +237,23 @@ class _Connection:
         assert conn is not None
         return conn
 
-    def read_first(self) -> bytes:
-        """What the stream carries first, with its SYN: the client's address if asked for,
-        and what the client sent already (read at once: most clients speak first, and then
-        the request leaves in the accept's own write, without waiting for a transport)."""
-        conn = self._conn
+    def first_bytes(self, early: bool, conn: socket.socket | None = None) -> bytes:
+        """What the stream carries first: the client's address if asked for, and with
+        ``early`` what the client sent already (read at once: most clients speak first, and
+        then the request leaves with the stream's SYN, in the accept's own write, without
+        waiting for a transport)."""
+        conn = conn or self._conn
         assert conn is not None
-        try:
-            early = conn.recv(EARLY_READ, socket.MSG_DONTWAIT)
-        except OSError:  # nothing yet (EAGAIN), or reset: the transport finds out
-            early = b""
-        self.result.sent += len(early)
+        first = b""
+        if early:
+            try:
+                first = conn.recv(EARLY_READ, socket.MSG_DONTWAIT)
+            except OSError:  # nothing yet (EAGAIN), or reset: the transport finds out
+                first = b""
+            self.result.sent += len(first)
         if self.reg.request.client_address:
-            early = v2_header(addresses_of(self.peername, conn.getsockname())) + early
-        return early
+            return v2_header(addresses_of(self.peername, conn.getsockname())) + first
+        return first
 
     def socket_end(self) -> SocketEnd:
         """The protocol of the public socket's transport."""
