@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from .config import Config
 from .const import HEADER_SIZE
 from .outbox import Outbox
 from .timers import WriteStallWatch
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 FLUSH_BUDGET = 256 * 1024
 """Payload framed per take_data call; the transport's pause_writing stops the loop sooner."""
@@ -62,6 +65,20 @@ class FrameWriter:
     def stop(self) -> None:
         self._stall.cancel()
 
+    def write_first(self, core: Connection, stream_id: int, data: bytes) -> bool:
+        """The queued control frames (a new stream's SYN) and a Data frame of ``data`` for
+        ``stream_id``, in one write: True if the transport took them now and the core could
+        frame ``data`` at once (``Connection.frame_now``); else the caller queues ``data``."""
+        transport = self.transport
+        if transport is None or self.paused or transport.is_closing():
+            return False
+        frames: list[bytes] = self._outbox.take_control()
+        header = core.frame_now(stream_id, data)
+        if header is not None:
+            frames += (header, data)
+        transport.writelines(frames)
+        return header is not None
+
     def write(self, force: bool = False) -> bool:
         """Write what may go now (everything with ``force``); True if stream data was framed
         (which may have finished streams: the core then has events to take).
@@ -74,21 +91,15 @@ class FrameWriter:
         if transport is None or transport.is_closing():
             return False
         outbox = self._outbox
-        control: list[bytes | memoryview] = []
         if outbox.control:
             if force or not self.paused:
-                control.extend(outbox.take_control())
+                transport.writelines(outbox.take_control())
             elif self._paused_control < PAUSED_CONTROL_ALLOWANCE:
-                control.extend(outbox.take_control(PAUSED_CONTROL_ALLOWANCE - self._paused_control))
-                self._paused_control += len(control) * HEADER_SIZE
+                frames = outbox.take_control(PAUSED_CONTROL_ALLOWANCE - self._paused_control)
+                self._paused_control += len(frames) * HEADER_SIZE
+                transport.writelines(frames)
         framed = False
         while outbox.sendable and (force or not self.paused):
-            frames = outbox.take_data(FLUSH_BUDGET)
-            if control:  # one write for both (a SYN and its stream's first data)
-                control.extend(frames)
-                frames, control = control, []
-            transport.writelines(frames)
+            transport.writelines(outbox.take_data(FLUSH_BUDGET))
             framed = True
-        if control:
-            transport.writelines(control)
         return framed

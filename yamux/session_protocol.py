@@ -139,9 +139,10 @@ class SessionProtocol(asyncio.Protocol):
         stream_id = core.open_stream()
         stream = Stream(self, stream_id, core.stream_state(stream_id))
         self.streams.add(stream, opened_by_us=True)
-        if first:
-            core.send_data(stream_id, first)
-        self._flush()
+        if not first or not self._writer.write_first(core, stream_id, first):
+            if first:
+                core.send_data(stream_id, first)
+            self._flush()
         return stream
 
     async def serve_streams(self, on_stream: Callable[[Stream], None]) -> None:
