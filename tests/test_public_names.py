@@ -88,6 +88,8 @@ def test_session_shows_only_the_user_api() -> None:
         "last_rtt",
         "num_streams",
         "open_stream",
+        "open_stream_nowait",
+        "open_would_wait",
         "ping",
         "remote_go_away",
         "rtt",

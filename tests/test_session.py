@@ -133,6 +133,41 @@ async def test_finishing_an_unacknowledged_stream_wakes_a_blocked_open() -> None
         assert (await asyncio.wait_for(blocked, 2)).id == 3
 
 
+async def test_open_stream_nowait_sends_its_syn_at_once_and_declines_a_full_backlog() -> None:
+    async with raw_peer(config=yamux.Config(accept_backlog=2)) as (session, peer):
+        first = session.open_stream_nowait()
+        second = session.open_stream_nowait()
+        assert first is not None
+        assert second is not None
+        assert session.open_would_wait()
+        assert session.open_stream_nowait() is None  # two opens await their ACK
+        frames = [await peer.expect(FrameType.WINDOW_UPDATE) for _ in range(2)]
+        assert [(f.stream_id, f.flags) for f in frames] == [(1, Flag.SYN), (3, Flag.SYN)]
+        peer.send(FrameType.WINDOW_UPDATE, Flag.ACK, 1, 0)
+        await asyncio.sleep(0.05)
+        third = session.open_stream_nowait()
+        assert third is not None
+        assert third.id == 5
+        session.close()
+        await session.wait_closed()
+        with pytest.raises(yamux.SessionClosedError):
+            session.open_stream_nowait()
+
+
+async def test_open_stream_nowait_sends_its_first_data_in_the_syns_write() -> None:
+    async with raw_peer() as (session, peer):
+        assert not session.open_would_wait()
+        stream = session.open_stream_nowait(b"request")
+        assert stream is not None
+        syn = await peer.next_frame()
+        assert peer.frames  # the Data frame came in the same read
+        data = await peer.next_frame()
+        assert (syn.type, syn.flags, syn.stream_id) == (FrameType.WINDOW_UPDATE, Flag.SYN, 1)
+        assert (data.type, data.stream_id, data.body) == (FrameType.DATA, 1, b"request")
+        stream.write(b" more")
+        assert (await peer.expect(FrameType.DATA)).body == b" more"
+
+
 async def test_open_blocked_by_backlog_fails_when_session_closes() -> None:
     async with raw_peer(config=yamux.Config(accept_backlog=2)) as (session, _peer):
         await session.open_stream()

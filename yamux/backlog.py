@@ -64,13 +64,8 @@ class Backlog:
         Raises SessionClosedError once the session ends, NoNewStreamsError once the
         peer sent Go Away.
         """
-        core = self._core
         while True:
-            if self._ended is not None:
-                raise SessionClosedError(reason=self._ended)
-            if core.remote_go_away:
-                raise NoNewStreamsError(GoAwayCode.NORMAL)
-            if not core.backlog_full:
+            if self.may_open():
                 return
             waiter = self._loop.create_future()
             self._open_waiters.append(waiter)
@@ -79,6 +74,20 @@ class Backlog:
             finally:
                 if waiter in self._open_waiters:
                     self._open_waiters.remove(waiter)
+
+    def may_open(self) -> bool:
+        """Whether an open may go out now (``room_to_open`` would not wait); raises as it."""
+        if self._ended is not None:
+            raise SessionClosedError(reason=self._ended)
+        core = self._core
+        if core.remote_go_away:
+            raise NoNewStreamsError(GoAwayCode.NORMAL)
+        return not core.backlog_full
+
+    def open_would_wait(self) -> bool:
+        """Whether ``room_to_open`` would wait (False if it would raise instead)."""
+        core = self._core
+        return self._ended is None and not core.remote_go_away and core.backlog_full
 
     def wake_openers(self, force: bool = False) -> None:
         """Wake every waiting open if there may be room (or always, with ``force``)."""

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from .config import Config
 from .const import HEADER_SIZE
 from .outbox import Outbox
 from .timers import WriteStallWatch
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 FLUSH_BUDGET = 256 * 1024
 """Payload framed per take_data call; the transport's pause_writing stops the loop sooner."""
@@ -61,6 +64,20 @@ class FrameWriter:
 
     def stop(self) -> None:
         self._stall.cancel()
+
+    def write_first(self, core: Connection, stream_id: int, data: bytes) -> bool:
+        """The queued control frames (a new stream's SYN) and a Data frame of ``data`` for
+        ``stream_id``, in one write: True if the transport took them now and the core could
+        frame ``data`` at once (``Connection.frame_now``); else the caller queues ``data``."""
+        transport = self.transport
+        if transport is None or self.paused or transport.is_closing():
+            return False
+        frames: list[bytes] = self._outbox.take_control()
+        header = core.frame_now(stream_id, data)
+        if header is not None:
+            frames += (header, data)
+        transport.writelines(frames)
+        return header is not None
 
     def write(self, force: bool = False) -> bool:
         """Write what may go now (everything with ``force``); True if stream data was framed

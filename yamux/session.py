@@ -116,6 +116,17 @@ class Session:
         """
         return await self._protocol.open_stream()
 
+    def open_would_wait(self) -> bool:
+        """Whether ``open_stream`` would wait now: ``accept_backlog`` of our opens await
+        their ACK. (False too where it would raise.)"""
+        return self._protocol.backlog.open_would_wait()
+
+    def open_stream_nowait(self, first: bytes = b"") -> Stream | None:
+        """``open_stream`` if it need not wait, else None: its SYN goes out in the caller's
+        loop iteration, with no task or await, and ``first`` (at most the stream's write
+        buffer limit) as its first data, in the same write. Raises as ``open_stream``."""
+        return self._protocol.open_stream_nowait(first)
+
     async def accept_stream(self) -> Stream:
         """The next stream the peer opened; raises SessionClosedError once the session ends."""
         return await self._protocol.accept_stream()

@@ -129,11 +129,20 @@ class SessionProtocol(asyncio.Protocol):
     # ------------------------------------- Session's commands (documented there)
     async def open_stream(self) -> Stream:
         await self.backlog.room_to_open()
+        return self._open()
+
+    def open_stream_nowait(self, first: bytes = b"") -> Stream | None:
+        return self._open(first) if self.backlog.may_open() else None
+
+    def _open(self, first: bytes = b"") -> Stream:
         core = self.core
         stream_id = core.open_stream()
         stream = Stream(self, stream_id, core.stream_state(stream_id))
         self.streams.add(stream, opened_by_us=True)
-        self._flush()
+        if not first or not self._writer.write_first(core, stream_id, first):
+            if first:
+                core.send_data(stream_id, first)
+            self._flush()
         return stream
 
     async def serve_streams(self, on_stream: Callable[[Stream], None]) -> None:

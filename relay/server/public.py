@@ -24,7 +24,7 @@ from yamux.ratelimit import RateLimitedLog
 from ..net import format_peer, peer_of
 from ..ops.logs import log_plain
 from ..options import RelayOptions
-from ..pipe import PipeResult, SocketEnd, pipe
+from ..pipe import PipeResult, SocketEnd, Splice, splice, wait_pipe
 from ..stats import RelayStats
 from ..wire.proxy_header import addresses_of, v2_header
 from .accept import Acceptor, reset
@@ -47,9 +47,12 @@ class PublicConnections:
         self.idle_timeout = options.idle_timeout
         self._idle: IdleWatch[SocketEnd] = IdleWatch(options.idle_timeout, self._idle_connection)
         self._accept_log = accept_log
+        self._loop: asyncio.AbstractEventLoop
+        """Set by ``listener``: asking for it per connection is a system call (getpid)."""
 
     def listener(self, reg: RegisteredSession, sock: socket.socket) -> Acceptor:
         """``reg``'s public listener on ``sock`` (not started)."""
+        self._loop = asyncio.get_running_loop()
         return Acceptor(
             sock,
             partial(self.accept, reg),
@@ -63,14 +66,17 @@ class PublicConnections:
 
     def accept(self, reg: RegisteredSession, conn: socket.socket, peername: object) -> None:
         """An accepted socket of ``reg``'s public port: refused with RST over a limit, else
-        relayed by a task of its own."""
-        self._admit(reg, peername, conn, None)
+        its stream opened at once (the SYN leaves in this loop iteration) and relayed by a
+        task of its own."""
+        self._admit(reg, peername, conn, None, b"")
 
-    def accept_routed(self, reg: RegisteredSession, end: SocketEnd) -> None:
+    def accept_routed(self, reg: RegisteredSession, end: SocketEnd, first: bytes = b"") -> None:
         """A connection of a shared port routed to ``reg`` (``relay.server.shared_ports``):
-        its transport exists, holding what was read to route it."""
+        its transport exists; ``first`` is what was read to route it (it goes with the
+        stream's SYN)."""
         assert end.transport is not None
-        self._admit(reg, end.transport.get_extra_info("peername"), None, end)
+        self._loop = asyncio.get_running_loop()
+        self._admit(reg, end.transport.get_extra_info("peername"), None, end, first)
 
     def _admit(
         self,
@@ -78,6 +84,7 @@ class PublicConnections:
         peername: object,
         conn: socket.socket | None,
         end: SocketEnd | None,
+        first: bytes,
     ) -> None:
         refuse = partial(reset, conn) if conn is not None else end.abort  # type: ignore[union-attr]
         if reg.ending or reg.session.closed:
@@ -116,8 +123,17 @@ class PublicConnections:
             self.stats.connections_refused["per_source"] += 1
             refuse()
             return
-        connection = _Connection(reg, conn, peername, slot, self._idle, end)
+        connection = _Connection(reg, conn, peername, slot, self._idle, self._loop, end, first)
         self.stats.connections_total += 1
+        session = reg.session
+        if not session.open_would_wait():  # else the task waits for room, the bytes in the kernel
+            try:
+                connection.stream = session.open_stream_nowait(connection.first_bytes(True))
+            except yamux.SessionError as exc:
+                connection.drop()
+                _open_failed(reg, exc)
+                connection.ended(None)
+                return
         reg.connections.spawn(
             self._relay(connection), name=reg.connection_task_name, on_done=connection.ended
         )
@@ -131,50 +147,38 @@ class PublicConnections:
         end.abort()
 
     async def _relay(self, connection: _Connection) -> None:
-        """Open the stream, make the transport, pipe; the per-connection line is only built
-        if it is logged."""
-        started = time.monotonic()
-        reg, result = connection.reg, connection.result
-        try:
-            stream = await reg.session.open_stream()
-        except asyncio.CancelledError:
-            connection.drop()
-            raise
-        except yamux.TooManyStreamsError as exc:
-            reg.log.log(
-                logging.WARNING,
-                "public refused: streams",
-                "session %d: refusing a public connection: %s",
-                reg.id,
-                exc,
-                extra=reg.log_fields(),
-            )
-            connection.drop()
-            return
-        except yamux.SessionClosedError:
-            connection.drop()
-            return
-        except yamux.NoNewStreamsError:
-            connection.drop()
-            reg.end(WENT_AWAY)
-            return
-        except yamux.SessionError as exc:  # stream ids exhausted: the session is done
-            connection.drop()
-            reg.end(f"cannot open streams any more: {exc}")
-            return
-        try:
-            if reg.request.client_address:
-                stream.write(v2_header(addresses_of(connection.peername, connection.sockname())))
-            end = connection.end or await connection.transport_end()
-        except asyncio.CancelledError:
-            stream.reset()
-            raise
-        except OSError as exc:  # reset by the client already
-            stream.reset()
-            connection.drop()
-            result.error = exc
-            return
-        self._idle.watch(end)
+        """Make the transport (the stream is open already unless the session's backlog of
+        unacknowledged opens was full), splice from its ``connection_made``, wait for the
+        pipe; the per-connection line is only built if it is logged."""
+        reg = connection.reg
+        if connection.stream is None:
+            try:
+                connection.stream = stream = await reg.session.open_stream()
+                if first := connection.first_bytes(False):
+                    stream.write(first)
+            except asyncio.CancelledError:
+                connection.drop()
+                raise
+            except yamux.SessionError as exc:
+                connection.drop()
+                _open_failed(reg, exc)
+                return
+        if connection.end is not None:  # routed: the transport exists
+            connection.connected(connection.end)
+        else:
+            conn = connection.take_socket()
+            try:
+                await self._loop.connect_accepted_socket(connection.socket_end, conn)
+            except asyncio.CancelledError:
+                connection.abort(ConnectionAbortedError("relaying cancelled"))
+                raise
+            except OSError as exc:  # reset by the client already
+                connection.abort(exc)
+                reset(conn)
+                return
+        splice, stream = connection.splice, connection.stream
+        assert splice is not None
+        assert stream is not None
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "session %d: public connection from %s on stream %d",
@@ -182,18 +186,54 @@ class PublicConnections:
                 format_peer(connection.peername),
                 stream.id,
             )
-        connection.piped = True
-        await pipe(end, stream, result)
+        result = await wait_pipe(splice, connection.done)
         if connections_logger.isEnabledFor(logging.INFO):
-            _log_closed(reg, connection.peername, stream.id, result, started)
+            _log_closed(reg, connection.peername, stream.id, result, connection.started)
+
+
+def _open_failed(reg: RegisteredSession, exc: yamux.SessionError) -> None:
+    """The stream for a public connection could not be opened (the connection is refused):
+    say why, and end the session where it can open no more."""
+    if isinstance(exc, yamux.TooManyStreamsError):
+        reg.log.log(
+            logging.WARNING,
+            "public refused: streams",
+            "session %d: refusing a public connection: %s",
+            reg.id,
+            exc,
+            extra=reg.log_fields(),
+        )
+    elif isinstance(exc, yamux.NoNewStreamsError):
+        reg.end(WENT_AWAY)
+    elif not isinstance(exc, yamux.SessionClosedError):  # stream ids exhausted
+        reg.end(f"cannot open streams any more: {exc}")
+
+
+EARLY_READ = 64 * 1024
+"""The most read from a public socket before its transport exists (a stream's write
+buffer limit: it goes out at once within the initial window)."""
 
 
 class _Connection:
-    """One public connection from accept to its task's end: what the task needs, and what
-    its done callback gives back (source slot, idle watch, traffic entry). One small object
-    instead of a partial, its arguments and a bound method."""
+    """One public connection from accept to its task's end: what the task needs, the
+    callback that splices the socket to its stream from ``connection_made`` (no task
+    wake-up before bytes flow), and what its done callback gives back (source slot, idle
+    watch, traffic entry). One small object instead of partials and bound methods."""
 
-    __slots__ = ("_conn", "end", "idle", "peername", "piped", "reg", "result", "slot")
+    __slots__ = (
+        "_conn",
+        "_routed",
+        "done",
+        "end",
+        "idle",
+        "peername",
+        "reg",
+        "result",
+        "slot",
+        "splice",
+        "started",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -202,38 +242,30 @@ class _Connection:
         peername: object,
         slot: Slot,
         idle: IdleWatch[SocketEnd],
-        end: SocketEnd | None = None,
+        loop: asyncio.AbstractEventLoop,
+        end: SocketEnd | None,
+        routed: bytes,
     ) -> None:
+        self.started = time.monotonic()
         self.reg = reg
         self._conn: socket.socket | None = conn
-        """The accepted socket, ours until its transport is made (a task cancelled before
-        that never makes it); None for a routed connection, whose ``end`` exists."""
+        """Ours until the task takes it (a task cancelled before it ran never does); None
+        for a routed connection, whose ``end`` exists."""
         self.peername = peername
         self.slot = slot
         self.idle = idle
         self.result = reg.traffic.opened()
+        self.stream: yamux.Stream | None = None
         self.end = end
-        self.piped = False
-        """``pipe`` has the transport (and closes it)."""
+        self._routed = routed
+        """A routed connection's bytes read to route it."""
+        self.splice: Splice | None = None
+        self.done: asyncio.Future[None] = loop.create_future()
 
-    def sockname(self) -> object:
-        if self._conn is not None:
-            return self._conn.getsockname()
-        assert self.end is not None
-        assert self.end.transport is not None
-        return self.end.transport.get_extra_info("sockname")
-
-    async def transport_end(self) -> SocketEnd:
-        """The transport of the accepted socket (OSError if the client reset it already)."""
+    def take_socket(self) -> socket.socket:
         conn, self._conn = self._conn, None
         assert conn is not None
-        try:
-            _, end = await asyncio.get_running_loop().connect_accepted_socket(SocketEnd, conn)
-        except BaseException:
-            reset(conn)
-            raise
-        self.end = end
-        return end
+        return conn
 
     def drop(self) -> None:
         """Reset the connection, in whichever form it is now."""
@@ -243,12 +275,54 @@ class _Connection:
         elif self.end is not None:
             self.end.abort()
 
-    def ended(self, task: asyncio.Task[None]) -> None:
-        if self._conn is not None:
-            reset(self._conn)
-            self._conn = None
-        elif self.end is not None and not self.piped:
-            self.end.abort()
+    def first_bytes(self, early: bool) -> bytes:
+        """What the stream carries first: the client's address if asked for, a routed
+        connection's bytes read to route it, and with ``early`` what an accepted client
+        sent already (read at once: most clients speak first, and then the request leaves
+        with the stream's SYN, in the accept's own write, without waiting for a
+        transport)."""
+        conn = self._conn
+        first, self._routed = self._routed, b""
+        if early and conn is not None:
+            try:
+                first = conn.recv(EARLY_READ, socket.MSG_DONTWAIT)
+            except OSError:  # nothing yet (EAGAIN), or reset: the transport finds out
+                first = b""
+        self.result.sent += len(first)
+        if self.reg.request.client_address:
+            if conn is not None:
+                sockname = conn.getsockname()
+            else:
+                assert self.end is not None
+                assert self.end.transport is not None
+                sockname = self.end.transport.get_extra_info("sockname")
+            return v2_header(addresses_of(self.peername, sockname)) + first
+        return first
+
+    def socket_end(self) -> SocketEnd:
+        """The protocol of the public socket's transport."""
+        return SocketEnd(self.connected)
+
+    def connected(self, end: SocketEnd) -> None:
+        assert self.stream is not None
+        self.end = end
+        self.idle.watch(end)
+        self.splice = splice(end, self.stream, self.done, self.result)
+
+    def abort(self, exc: BaseException) -> None:
+        """Making the transport failed or was cancelled: reset the stream (and the socket,
+        if it got as far as the pipe)."""
+        if self.splice is not None:
+            self.splice.fail(exc)
+        elif self.stream is not None:
+            self.stream.reset()
+        self.result.error = exc
+
+    def ended(self, task: asyncio.Task[None] | None) -> None:
+        if self.splice is None:  # cancelled (or failed) before the pipe took the connection
+            self.drop()
+            if self.stream is not None:
+                self.stream.reset()
         self.slot.release()
         if self.end is not None:
             self.idle.forget(self.end)

@@ -57,9 +57,9 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 ALERTS = {ALERT_UNRECOGNIZED_NAME: "unrecognized_name", ALERT_DECODE_ERROR: "decode_error"}
 
 
-Accept = Callable[[RegisteredSession, SocketEnd], None]
-"""Takes a routed connection on as a public connection of a session
-(``relay.server.public.PublicConnections.accept``)."""
+Accept = Callable[[RegisteredSession, SocketEnd, bytes], None]
+"""Takes a routed connection on as a public connection of a session, with the bytes read
+to route it (``relay.server.public.PublicConnections.accept_routed``)."""
 
 
 class SharedPorts:
@@ -270,16 +270,15 @@ class Peek(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self._done()
-        # The connection goes on as one of the session's own port would, minus the pause
-        # of a new one: what arrives until its stream is open is kept by the SocketEnd
-        # (``EARLY_DATA_PAUSE`` at most), after the bytes read here.
+        # The connection goes on as one of the session's own port would: the bytes read
+        # here go with its stream's SYN; what arrives until the stream is open is kept by
+        # the SocketEnd (``EARLY_DATA_PAUSE`` at most).
         end = SocketEnd()
         end.transport = transport
         transport.set_protocol(end)
-        for data in self.received:
-            end.data_received(data)
+        first = b"".join(self.received)
         self.received = []
-        self.ports.accept(session, end)
+        self.ports.accept(session, end, first)
 
     def _refuse(self, answer: int, reason: str) -> None:
         """Answer (an HTTP status or a TLS alert), then linger and close."""
