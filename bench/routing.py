@@ -88,7 +88,7 @@ def code_cost(batch: int = 5000, repeat: int = 7) -> dict[RouteKind, float]:
 
     async def measure() -> dict[RouteKind, float]:
         options = RelayOptions.build(None, domain=DOMAIN, http_port=0, tls_port=0)
-        ports = SharedPorts(options, lambda session, end: None, RelayStats(), accept_log())
+        ports = SharedPorts(options, lambda session, end, first: None, RelayStats(), accept_log())
         heads: dict[RouteKind, bytes] = {"http": HTTP_HEAD, "tls": client_hello(f"sec.{DOMAIN}")}
         names: dict[RouteKind, str] = {"http": "web", "tls": "sec"}
         for kind, name in names.items():
