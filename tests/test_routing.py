@@ -251,21 +251,3 @@ async def test_a_routed_handler_sees_the_public_client_address() -> None:
             await routed.wait_closed()
     assert answer.startswith(b"('127.0.0.2', ")
     assert answer.endswith(b" " + get(f"who.{DOMAIN}"))
-
-
-def test_names_on_shared_ports_are_served_by_one_process() -> None:
-    """Routes live in the process that holds the registration: several workers would each
-    see only their own names, so the combination is refused before anything listens."""
-    from click.testing import CliRunner
-
-    from relay.cli import cli
-    from relay.options import OptionError, RelayOptions
-
-    with pytest.raises(OptionError, match=r"names on shared ports .* are served by one process"):
-        RelayOptions(domain=DOMAIN, http_port=0, workers=2)
-    assert RelayOptions(domain=DOMAIN, http_port=0, workers=1).workers == 1
-    args = ["server", "--domain", DOMAIN, "--http-port", "0", "--workers", "2", "7000"]
-    bad = CliRunner().invoke(cli, args)
-    assert bad.exit_code == 2
-    assert "--workers 1" in bad.output
-    assert "--domain" in bad.output
