@@ -205,6 +205,9 @@ class SharedPorts:
     ) -> None:
         """A connection another worker accepted for ``host``, with what it read of it;
         ``refusal``: one of ours that could not be handed on, to answer 503 for that."""
+        if self.closed:  # this worker is stopping: its own connections end too
+            sock.close()
+            return
         handed = Handed(host, early, refusal)
         self._tasks.spawn(self._take(kind, handed, sock), name="relay-route-take")
 
@@ -388,7 +391,6 @@ class Peek(asyncio.Protocol):
         try:
             ports.elsewhere.send(worker, self.kind, host, early, transport.get_extra_info("socket"))
         except OSError as exc:
-            self.received = [early]
             transport.resume_reading()
             self.refuse_handed(f"worker {worker}, which holds {host}, cannot take it now: {exc}")
             return
