@@ -256,7 +256,7 @@ async def test_a_routed_handler_sees_the_public_client_address() -> None:
 
 
 class OtherWorkers:
-    """The other workers as one worker reaches them (``shared_ports.Elsewhere``): here the
+    """The other workers as one worker reaches them (``relay.server.elsewhere.Elsewhere``): here the
     supervisor's answers come from ``holders``, and the line keeps a copy of each socket
     it is given (as the supervisor's does, until the other worker has its own), or fails
     with ``fail``."""

@@ -21,7 +21,7 @@ lease: the identity rules of registration (one live session per identity,
 and this table refuses a second live session for a host name that is taken.
 With ``--workers`` each worker keeps its own sessions here and knows which
 worker holds every other name (``elsewhere``, kept by the supervisor's
-broadcasts, ``relay.workers.hosts``): a name another worker holds is taken too.
+broadcasts, ``relay.workers.routes``): a name another worker holds is taken too.
 A name is a label of a host name (letters, digits, ``-``); the table keys
 are normal host names (``relay.wire.hostname``).
 """

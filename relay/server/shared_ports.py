@@ -34,8 +34,6 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 import yamux
 from yamux.ratelimit import RateLimitedLog
@@ -56,6 +54,7 @@ from ..wire.http_head import HeadError, HostReader, error_response
 from ..wire.route import RouteKind
 from ..wire.v2 import FEATURES
 from .accept import ProtocolListener
+from .elsewhere import Elsewhere, Handed
 from .limits import Slot, SourceSlots, share, source_of
 from .routes import Routes
 from .session import RegisteredSession
@@ -76,17 +75,6 @@ ALERTS = {
 Accept = Callable[[RegisteredSession, SocketEnd], None]
 """Takes a routed connection on as a public connection of a session
 (``relay.server.public.PublicConnections.accept``)."""
-
-
-class Elsewhere(Protocol):
-    """The other workers of this relay, as one worker reaches them (``relay.workers.hosts``)."""
-
-    async def where(self, kind: RouteKind, host: str) -> int | None:
-        """Which other worker holds ``host`` now, asking the supervisor (None: none)."""
-
-    def send(self, to: int, kind: RouteKind, host: str, early: bytes, sock: socket.socket) -> None:
-        """Hand the connection on ``sock`` (``early``: what was read of it) to worker ``to``;
-        OSError if that cannot be done now."""
 
 
 class SharedPorts:
@@ -191,7 +179,11 @@ class SharedPorts:
 
     async def _asked(self, peek: Peek, host: str) -> None:
         assert self.elsewhere is not None
-        worker = await self.elsewhere.where(peek.kind, host)
+        try:
+            async with asyncio.timeout(self.timeout):  # by then ``peek`` timed out anyway
+                worker = await self.elsewhere.where(peek.kind, host)
+        except TimeoutError:
+            return
         if peek in self.unrouted:  # not timed out, gone or closed meanwhile
             peek.heard(host, worker)
 
@@ -245,17 +237,6 @@ class SharedPorts:
                 return
             del self.unrouted[peek]
             peek.timed_out()
-
-
-@dataclass(frozen=True, slots=True)
-class Handed:
-    """A connection another worker read until its host name, then handed here."""
-
-    host: str
-    early: bytes
-    """What that worker read: the service gets it first, unchanged."""
-    refusal: str | None = None
-    """It could not be handed on (it came back): why, for the 503."""
 
 
 class Peek(asyncio.Protocol):

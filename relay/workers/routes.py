@@ -139,7 +139,7 @@ class HostTable:
 
 class WorkerHosts:
     """A worker's side: it tells the supervisor of its names, hears of the others', and
-    hands connections to them (``relay.server.shared_ports.Elsewhere``)."""
+    hands connections to them (``relay.server.elsewhere.Elsewhere``)."""
 
     def __init__(self, index: int, shared: SharedPorts, channel: Channel, line: FdLine) -> None:
         self.index = index
