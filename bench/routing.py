@@ -24,6 +24,14 @@ The last line is the relay's routing code alone, in process and without sockets
 (``code_cost``): a connection on each shared port from its first bytes to the
 hand-over, over a transport that does nothing; what the loop, the kernel and
 the order of events add is in the rows above.
+
+``--workers 2``: the relay runs two workers, and the kernel gives a connection
+on a shared port to either, so about half of them are handed to the worker
+that holds the name; the table then compares that mix with the dedicated port
+(which only the holder listens on). A second table splits the two: one
+connection at a time from this process (connect, the first bytes echoed, 64
+bytes, close), each counted as handed or not by the relay's
+``relay_routed_connections_handed`` before and after it (``handoff_split``).
 """
 
 from __future__ import annotations
@@ -32,14 +40,18 @@ import argparse
 import asyncio
 import json
 import shutil
+import socket
 import ssl
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.processes import BUILD_DIR, HOST, build_go, log, run_to_end, start, stop_all, wait_for
 from relay.options import RelayOptions
@@ -113,8 +125,9 @@ def code_cost(batch: int = 5000, repeat: int = 7) -> dict[RouteKind, float]:
     return asyncio.run(measure())
 
 
-def start_paths(python: str, event_loop: str, logdir: Path) -> dict[str, str]:
-    """Relay, echo server and forwarder; the address of each path."""
+def start_paths(python: str, event_loop: str, logdir: Path, workers: int) -> dict[str, str]:
+    """Relay, echo server and forwarder; the address of each path (and of the relay's
+    metrics with several workers)."""
     echo = start("echo-server", [str(BUILD_DIR / "echo-server"), "-addr", f"{HOST}:0"], logdir)
     echo_port = wait_for(echo, r"^\S+:(\d+)$", 10).group(1)
     control = free_port()
@@ -138,11 +151,19 @@ def start_paths(python: str, event_loop: str, logdir: Path) -> dict[str, str]:
             "--max-connections",
             "100000",
             "--no-connection-log",
+            "--workers",
+            str(workers),
+            *(["--metrics", f"{HOST}:0"] if workers > 1 else []),
             str(control),
         ],
         logdir,
     )
     names = wait_for(relay, r"HTTP on port (\d+) \(by Host\); TLS on port (\d+)", 10, "stderr")
+    metrics = (
+        wait_for(relay, r"metrics on http://(\S+)/metrics", 10, "stderr").group(1)
+        if workers > 1
+        else ""
+    )
     forwarder = start(
         "forwarder",
         [
@@ -170,7 +191,71 @@ def start_paths(python: str, event_loop: str, logdir: Path) -> dict[str, str]:
         "dedicated": f"{HOST}:{plain}",
         "http": f"{HOST}:{names.group(1)}",
         "tls": f"{HOST}:{names.group(2)}",
+        "metrics": metrics,
     }
+
+
+def handed_so_far(metrics: str) -> float:
+    """``relay_routed_connections_handed``, all workers."""
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "relay_routed_connections_handed"
+        for sample in family.samples
+    )
+
+
+def _read(sock: socket.socket, size: int) -> None:
+    got = 0
+    while got < size:
+        chunk = sock.recv(size - got)
+        if not chunk:
+            raise ConnectionError("the relay closed the connection early")
+        got += len(chunk)
+
+
+def handoff_split(address: str, metrics: str, head: bytes, count: int) -> dict[str, list[float]]:
+    """Microseconds of each of ``count`` connections, one at a time, by whether the relay
+    handed it to the other worker ("handed") or the worker that accepted it held the name
+    ("within")."""
+    host, port = address.rsplit(":", 1)
+    cycles: dict[str, list[float]] = {"handed": [], "within": []}
+    before = handed_so_far(metrics)
+    for _ in range(count):
+        started = time.perf_counter()
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(head)
+            _read(sock, len(head))
+            sock.sendall(bytes(64))
+            _read(sock, 64)
+        elapsed = (time.perf_counter() - started) * 1e6
+        after = handed_so_far(metrics)
+        cycles["handed" if after > before else "within"].append(elapsed)
+        before = after
+    return cycles
+
+
+def render_split(addresses: dict[str, str], count: int) -> str:
+    lines = [
+        "| first bytes | within the worker that holds the name: p50 (us) | handed to it: "
+        "p50 (us) | added by the handoff (us) | handed / all |",
+        "|---|---|---|---|---|",
+    ]
+    heads = (("http", "HTTP request head", HTTP_HEAD), ("tls", "TLS ClientHello", None))
+    for kind, what, head in heads:
+        first = head if head is not None else client_hello(f"sec.{DOMAIN}")
+        cycles = handoff_split(addresses[kind], addresses["metrics"], first, count)
+        within, handed = (statistics.median(cycles[k]) for k in ("within", "handed"))
+        lines.append(
+            f"| {what} | {within:.0f} | {handed:.0f} | {handed - within:+.0f} | "
+            f"{len(cycles['handed'])} / {count} |"
+        )
+    lines.append("")
+    lines.append(f"{count} connections per kind, one at a time, from Python (both alike)")
+    return "\n".join(lines)
 
 
 def connrate(
@@ -269,14 +354,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--event-loop", default="auto", choices=("auto", "asyncio", "uvloop"), help="of both"
     )
     ap.add_argument("--no-build", action="store_true", help="use interop/build/ as it is")
+    ap.add_argument("--workers", type=int, default=1, help="relay processes (default 1)")
+    ap.add_argument(
+        "--split", type=int, default=400, help="connections per kind for the handoff split (400)"
+    )
     args = ap.parse_args(argv)
     if not args.no_build:
         build_go()
     logdir = Path(tempfile.mkdtemp(prefix="relay-bench-routing-"))
     try:
-        addresses = start_paths(args.python, args.event_loop, logdir)
+        addresses = start_paths(args.python, args.event_loop, logdir, args.workers)
         runs = measure(addresses, args.repeat, args.pairs, args.seconds, logdir)
         print(render(runs, args.repeat, args.pairs), flush=True)
+        if args.workers > 1:
+            print(render_split(addresses, args.split), flush=True)
         cost = code_cost()
         print(
             f"routing code alone, in process: HTTP {cost['http']:.1f} us, "

@@ -85,6 +85,9 @@ class RelayStats:
     """Registrations refused after authentication, by reason: full, no_port, ..."""
     connections_refused: Counter[str] = field(default_factory=Counter)
     """Public connections refused, by reason: max_connections, per_source, draining, ..."""
+    connections_handed: int = 0
+    """Connections of a shared port handed to the worker that holds their name
+    (``--workers``)."""
     auth_failures: int = 0
     """Failed registrations (they block a source): a refused proof, a bad or no response, a
     failed TLS handshake."""

@@ -127,3 +127,75 @@ def test_a_requested_stop_during_a_drain_closes_at_once() -> None:
     code, events = run_with_stopper(body)
     assert code == 0
     assert events == ["drain"]
+
+
+async def test_the_host_table_tells_every_other_worker_and_keeps_the_first_holder() -> None:
+    """``relay.workers.routes.HostTable`` over real channels to three workers: a name one
+    worker gains or loses reaches the others (not itself), a restarted worker gets the
+    whole table, a dead worker's names go, and a second worker registering a name
+    already held is told to end that session."""
+    from relay.workers.routes import HostTable
+
+    heard: dict[int, list[Message]] = {1: [], 2: [], 3: []}
+    pairs = {}
+    for index in heard:
+
+        async def worker(message: Message, index: int = index) -> Message | None:
+            if message["op"] != "sync":
+                heard[index].append(message)
+            return None
+
+        async def supervisor(message: Message) -> Message | None:
+            return None
+
+        pairs[index] = await pair(supervisor, worker)
+    table = HostTable(lambda: [(index, ours) for index, (ours, _) in pairs.items()])
+
+    async def settled() -> None:  # every notice sent so far has arrived
+        for ours, _ in pairs.values():
+            await ours.request({"op": "sync"})
+
+    def route(worker: int, host: str, session: int, held: bool) -> None:
+        table.answer(
+            worker,
+            {"op": "route", "kind": "http", "host": host, "session": session, "held": held},
+        )
+
+    def where(worker: int, host: str) -> object:
+        answer = table.answer(worker, {"op": "where", "kind": "http", "host": host})
+        assert answer is not None
+        return answer["worker"]
+
+    try:
+        route(1, "a.test", 7, True)
+        route(2, "b.test", 3, True)
+        route(2, "a.test", 4, True)  # a race: worker 1 holds it already
+        await settled()
+        notes = [m for m in heard[3] if m["op"] == "host"]
+        assert [(m["host"], m["worker"]) for m in notes] == [("a.test", 1), ("b.test", 2)]
+        assert [m for m in heard[2] if m["op"] == "host taken"] == [
+            {"op": "host taken", "session": 4, "host": "a.test"}
+        ]
+        assert (where(2, "a.test"), where(1, "a.test"), where(1, "nope.test")) == (1, None, None)
+        route(2, "a.test", 4, False)  # the loser's session ends: the holder keeps its name
+        assert where(3, "a.test") == 1
+        heard[3].clear()
+        table.welcome(3)
+        await settled()
+        assert heard[3] == [
+            {"op": "hosts", "hosts": [["http", "a.test", 1], ["http", "b.test", 2]]}
+        ]
+        table.drop_worker(1)
+        route(2, "b.test", 3, False)
+        await settled()
+        assert [(m["host"], m["worker"]) for m in heard[3][1:]] == [
+            ("a.test", None),
+            ("b.test", None),
+        ]
+        assert len(table) == 0
+    finally:
+        for ours, theirs in pairs.values():
+            ours.close()
+            theirs.close()
+            await ours.wait_closed()
+            await theirs.wait_closed()

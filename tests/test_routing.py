@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from routing_support import client_hello
@@ -253,19 +255,106 @@ async def test_a_routed_handler_sees_the_public_client_address() -> None:
     assert answer.endswith(b" " + get(f"who.{DOMAIN}"))
 
 
-def test_names_on_shared_ports_are_served_by_one_process() -> None:
-    """Routes live in the process that holds the registration: several workers would each
-    see only their own names, so the combination is refused before anything listens."""
-    from click.testing import CliRunner
+class OtherWorkers:
+    """The other workers as one worker reaches them (``relay.server.elsewhere.Elsewhere``): here the
+    supervisor's answers come from ``holders``, and the line keeps a copy of each socket
+    it is given (as the supervisor's does, until the other worker has its own), or fails
+    with ``fail``."""
 
-    from relay.cli import cli
-    from relay.options import OptionError, RelayOptions
+    def __init__(self, holders: dict[str, int], fail: str | None = None) -> None:
+        self.holders = holders
+        self.fail = fail
+        self.asked: list[str] = []
+        self.sent: list[tuple[int, str, str, bytes, socket.socket]] = []
 
-    with pytest.raises(OptionError, match=r"names on shared ports .* are served by one process"):
-        RelayOptions(domain=DOMAIN, http_port=0, workers=2)
-    assert RelayOptions(domain=DOMAIN, http_port=0, workers=1).workers == 1
-    args = ["server", "--domain", DOMAIN, "--http-port", "0", "--workers", "2", "7000"]
-    bad = CliRunner().invoke(cli, args)
-    assert bad.exit_code == 2
-    assert "--workers 1" in bad.output
-    assert "--domain" in bad.output
+    async def where(self, kind: str, host: str) -> int | None:
+        self.asked.append(host)
+        return self.holders.get(host)
+
+    def send(self, to: int, kind: str, host: str, early: bytes, sock: socket.socket) -> None:
+        if self.fail is not None:
+            raise OSError(self.fail)
+        self.sent.append((to, kind, host, early, socket.socket(fileno=os.dup(sock.fileno()))))
+
+
+async def test_a_name_another_worker_holds_is_handed_on_with_its_head() -> None:
+    """A worker hands a connection for a name another worker holds (known, or asked of the
+    supervisor) with the bytes it read, unchanged, and lets go of it; a name nobody holds
+    is asked once, then 404; a line that cannot take the connection: 503 (TLS: the alert
+    internal_error), counted as route_handoff_failed."""
+    async with names_relay() as server:
+        shared = server.shared
+        http, tls = shared.routes.ports["http"], shared.routes.ports["tls"]
+        workers = OtherWorkers({f"late.{DOMAIN}": 2})
+        shared.elsewhere = workers
+        shared.routes.elsewhere[("http", f"far.{DOMAIN}")] = 2
+        with pytest.raises(RelayRefusedError, match=r"far\.tunnel\.test is in use .* worker 2"):
+            await relay.register(HOST, server.port, name="far", route="http")
+
+        for host in (f"far.{DOMAIN}", f"late.{DOMAIN}"):
+            reader, writer = await asyncio.open_connection(HOST, http)
+            writer.write(get(host) + b"body")
+            await until(lambda: len(workers.sent) == 1)
+            to, kind, named, early, sock = workers.sent.pop()
+            assert (to, kind, named) == (2, "http", host)
+            assert early.startswith(get(host))  # the head (and what came with it), unchanged
+            with sock:  # the connection outlives this worker's copy: "worker 2" answers
+                sock.sendall(b"from worker 2")
+            assert await asyncio.wait_for(reader.read(), 10) == b"from worker 2"
+            writer.close()
+        assert workers.asked == [f"late.{DOMAIN}"]  # far was known without asking
+        assert server.stats.connections_handed == 2
+
+        answer = await ask(http, get(f"nope.{DOMAIN}"))
+        assert answer.startswith(b"HTTP/1.1 404 Not Found\r\n")
+        assert workers.asked[-1] == f"nope.{DOMAIN}"
+
+        workers.fail = "[Errno 105] No buffer space available"
+        answer = await ask(http, get(f"far.{DOMAIN}"))
+        assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert b"worker 2, which holds far.tunnel.test, cannot take it now" in answer
+        shared.routes.elsewhere[("tls", f"far.{DOMAIN}")] = 2
+        assert await ask(tls, client_hello(f"far.{DOMAIN}")) == alert_record(80)
+        assert server.stats.connections_refused["route_handoff_failed"] == 2
+        assert server.stats.connections_handed == 2
+        assert not shared.unrouted
+
+
+async def test_a_connection_handed_here_goes_on_from_the_bytes_read_elsewhere() -> None:
+    """The worker that holds the name takes a handed connection as its own (the service
+    gets the other worker's bytes first); for a name it does not hold (any more) it
+    answers 404 without asking anyone; one that came back undelivered gets the 503."""
+    async with names_relay() as server, serving(server.port, name="near", route="http"):
+        shared = server.shared
+        workers = OtherWorkers({})
+        shared.elsewhere = workers
+
+        async def handed(host: str, early: bytes, refusal: str | None = None) -> bytes:
+            with socket.create_server((HOST, 0)) as server_sock:
+                client = socket.create_connection(server_sock.getsockname()[:2])
+                sock, _ = server_sock.accept()
+            shared.take("http", host, early, sock, refusal)
+            reader, writer = await asyncio.open_connection(sock=client)
+            writer.write(b" and more")
+            writer.write_eof()
+            try:
+                return await asyncio.wait_for(reader.read(), 10)
+            finally:
+                writer.close()
+
+        head = get(f"near.{DOMAIN}")
+        assert await handed(f"near.{DOMAIN}", head) == head + b" and more"  # echoed
+        gone = await handed(f"gone.{DOMAIN}", get(f"gone.{DOMAIN}"))
+        assert gone.startswith(b"HTTP/1.1 404 Not Found\r\n")
+        back = await handed(f"near.{DOMAIN}", head, "worker 2 cannot take it now")
+        assert back.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert workers.asked == []
+        assert server.stats.connections_refused["route_handoff_failed"] == 1
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not true within 2 s")

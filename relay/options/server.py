@@ -325,13 +325,6 @@ class RelayOptions(SharedOptions):
             raise OptionError("domain", "needs {http_port} or {tls_port} (or both)", self.domain)
         if len(shared) == 2 and self.http_port == self.tls_port != 0:
             raise OptionError("tls_port", "must differ from {http_port}", self.tls_port)
-        if self.domain is not None and self.workers > 1:
-            raise OptionError(
-                "workers",
-                "names on shared ports ({domain}) are served by one process: "
-                "use {workers} 1, or drop {domain}",
-                self.workers,
-            )
 
     def with_files_read(self) -> Self:
         """These options with the secret file read and the TLS context made (once, here)."""

@@ -197,7 +197,7 @@ class RelayServer:
         )
         try:
             if self.shared is not None:
-                await self.shared.start(self._bind)
+                await self.shared.start(self._bind, reuse_port=worker is not None)
             sock = self._bind.listen(self._requested_port, reuse_port=worker is not None)
             self._control = listen(
                 sock, self.options, self.admission, self._control_protocol, self.accept_log

@@ -19,12 +19,16 @@ Without per-client secrets a name is first come, first served, like a port
 lease: the identity rules of registration (one live session per identity,
 ``relay.server.replacement``) decide between two registrations of one name,
 and this table refuses a second live session for a host name that is taken.
+With ``--workers`` each worker keeps its own sessions here and knows which
+worker holds every other name (``elsewhere``, kept by the supervisor's
+broadcasts, ``relay.workers.routes``): a name another worker holds is taken too.
 A name is a label of a host name (letters, digits, ``-``); the table keys
 are normal host names (``relay.wire.hostname``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import RegistrationError
@@ -54,6 +58,12 @@ class Routes:
         self.ports: dict[RouteKind, int] = {}
         """The shared port of each kind the relay serves, once bound."""
         self._table: dict[tuple[RouteKind, str], RegisteredSession] = {}
+        self.elsewhere: dict[tuple[RouteKind, str], int] = {}
+        """The host names the other workers of this relay hold, and which worker holds
+        each (empty in a single process)."""
+        self.changed: Callable[[RouteKind, str, int, bool], None] | None = None
+        """Told ``(kind, host, session id, held)`` whenever this table gains or loses a host
+        (a worker tells its supervisor)."""
 
     @property
     def features(self) -> frozenset[str]:
@@ -69,6 +79,13 @@ class Routes:
             raise RouteRefusedError(
                 f"host name {route.host} is in use by another registration "
                 f"({holder.request.describe()}, session {holder.id}) that is alive",
+                RETRY,
+            )
+        worker = self.elsewhere.get((route.kind, route.host))
+        if worker is not None:
+            raise RouteRefusedError(
+                f"host name {route.host} is in use by another registration (in worker "
+                f"{worker} of this relay) that is alive",
                 RETRY,
             )
         return route
@@ -110,17 +127,25 @@ class Routes:
     def add(self, route: Route, session: RegisteredSession) -> None:
         """``session`` has ``route`` from now on (``route_for`` said it was free)."""
         self._table[(route.kind, route.host)] = session
+        if self.changed is not None:
+            self.changed(route.kind, route.host, session.id, True)
 
     def forget(self, session: RegisteredSession) -> None:
         """``session`` has closed; its name leads nowhere (unless it went on to another)."""
         route = session.route
         if route is not None and self._table.get((route.kind, route.host)) is session:
             del self._table[(route.kind, route.host)]
+            if self.changed is not None:
+                self.changed(route.kind, route.host, session.id, False)
 
     def find(self, kind: RouteKind, host: str) -> RegisteredSession | None:
         """The live session ``host`` leads to on the port of ``kind``, if any."""
         session = self._table.get((kind, host))
         return None if session is None or session.ending else session
+
+    def where(self, kind: RouteKind, host: str) -> int | None:
+        """The other worker that holds ``host`` on the port of ``kind``, as last heard."""
+        return self.elsewhere.get((kind, host))
 
     def __len__(self) -> int:
         return len(self._table)

@@ -16,6 +16,14 @@ too slow, 431 head over 16 KiB) or a fatal TLS alert (``unrecognized_name``,
 the client read the answer. Until it is routed a connection holds a place among
 ``--max-connections`` unrouted ones and a slot of its source's share of them
 (``--max-connections-per-source``), and has ``--route-timeout`` seconds.
+
+With ``--workers`` every worker listens on the shared ports (SO_REUSEPORT), and
+the kernel gives a connection to any of them. A name another worker holds
+(``Routes.elsewhere``) is handed to that worker with the bytes read so far
+(``Elsewhere.send``, the socket's descriptor through the supervisor), and
+that worker routes it as if it had read them itself (``SharedPorts.take``); a
+name nobody is known to hold is asked of the supervisor once (a registration
+may be newer than its broadcast) before the answer is 404.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import socket
 import struct
 from collections.abc import Callable
 
+import yamux
 from yamux.ratelimit import RateLimitedLog
 
 from ..net import BindAddress, format_peer, listening_port
@@ -35,6 +44,7 @@ from ..pipe import SocketEnd
 from ..stats import RelayStats
 from ..wire.client_hello import (
     ALERT_DECODE_ERROR,
+    ALERT_INTERNAL_ERROR,
     ALERT_UNRECOGNIZED_NAME,
     ClientHelloError,
     ServerNameReader,
@@ -44,6 +54,7 @@ from ..wire.http_head import HeadError, HostReader, error_response
 from ..wire.route import RouteKind
 from ..wire.v2 import FEATURES
 from .accept import ProtocolListener
+from .elsewhere import Elsewhere, Handed
 from .limits import Slot, SourceSlots, share, source_of
 from .routes import Routes
 from .session import RegisteredSession
@@ -54,7 +65,11 @@ LINGER = 2.0
 """Seconds a refused connection may keep sending (discarded) after its answer, so that
 closing with unread bytes does not reset the answer away before the client reads it."""
 _LINGER_RESET = struct.pack("ii", 1, 0)
-ALERTS = {ALERT_UNRECOGNIZED_NAME: "unrecognized_name", ALERT_DECODE_ERROR: "decode_error"}
+ALERTS = {
+    ALERT_UNRECOGNIZED_NAME: "unrecognized_name",
+    ALERT_DECODE_ERROR: "decode_error",
+    ALERT_INTERNAL_ERROR: "internal_error",
+}
 
 
 Accept = Callable[[RegisteredSession, SocketEnd, bytes], None]
@@ -98,6 +113,10 @@ class SharedPorts:
         if options.tls_port is not None:
             self._wanted["tls"] = options.tls_port
         self._listeners: list[ProtocolListener] = []
+        self.elsewhere: Elsewhere | None = None
+        """The other workers (set by a worker's process; None: a single relay)."""
+        self._tasks = yamux.TaskOwner(logger)
+        """Questions to the supervisor, and connections handed here being set up."""
         self.closed = False
         """Closed: a connection whose transport is made only now is dropped."""
 
@@ -106,12 +125,13 @@ class SharedPorts:
         """What the relay's challenge offers: every v2 relay's, and routes to the ports."""
         return self.routes.features | frozenset(FEATURES)
 
-    async def start(self, bind: BindAddress) -> None:
-        """Bind and listen on every shared port (OSError if one cannot be had)."""
+    async def start(self, bind: BindAddress, *, reuse_port: bool = False) -> None:
+        """Bind and listen on every shared port (OSError if one cannot be had); ``reuse_port``:
+        alongside the other workers."""
         try:
             for kind, port in self._wanted.items():
                 listener = ProtocolListener(
-                    bind.listen(port),
+                    bind.listen(port, reuse_port=reuse_port),
                     lambda kind=kind: Peek(self, kind),  # type: ignore[misc]
                     what=f"the shared {kind.upper()} port",
                     log=self.accept_log,
@@ -145,11 +165,52 @@ class SharedPorts:
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
+        self._tasks.cancel()
         self.log.summary(logging.INFO, "shared ports")
 
     async def wait_closed(self) -> None:
         for listener in self._listeners:
             await listener.wait_closed()
+        await self._tasks.wait()
+
+    def ask(self, peek: Peek, host: str) -> None:
+        """Ask the supervisor which worker holds ``host``; ``peek`` waits, not reading."""
+        self._tasks.spawn(self._asked(peek, host), name="relay-route-ask")
+
+    async def _asked(self, peek: Peek, host: str) -> None:
+        assert self.elsewhere is not None
+        try:
+            async with asyncio.timeout(self.timeout):  # by then ``peek`` timed out anyway
+                worker = await self.elsewhere.where(peek.kind, host)
+        except TimeoutError:
+            return
+        if peek in self.unrouted:  # not timed out, gone or closed meanwhile
+            peek.heard(host, worker)
+
+    def take(
+        self,
+        kind: RouteKind,
+        host: str,
+        early: bytes,
+        sock: socket.socket,
+        refusal: str | None = None,
+    ) -> None:
+        """A connection another worker accepted for ``host``, with what it read of it;
+        ``refusal``: one of ours that could not be handed on, to answer 503 for that."""
+        if self.closed:  # this worker is stopping: its own connections end too
+            sock.close()
+            return
+        handed = Handed(host, early, refusal)
+        self._tasks.spawn(self._take(kind, handed, sock), name="relay-route-take")
+
+    async def _take(self, kind: RouteKind, handed: Handed, sock: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: Peek(self, kind, handed), sock
+            )
+        except OSError as exc:  # the client left already: nothing to answer
+            sock.close()
+            self.log.log(logging.INFO, "take", "cannot take a handed connection: %s", exc)
 
     @property
     def held(self) -> int:
@@ -185,6 +246,7 @@ class Peek(asyncio.Protocol):
         "_answered",
         "_linger",
         "_slot",
+        "handed",
         "kind",
         "peername",
         "ports",
@@ -193,7 +255,7 @@ class Peek(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, ports: SharedPorts, kind: RouteKind) -> None:
+    def __init__(self, ports: SharedPorts, kind: RouteKind, handed: Handed | None = None) -> None:
         self.ports = ports
         self.kind = kind
         self.reader: HostReader | ServerNameReader = (
@@ -206,6 +268,8 @@ class Peek(asyncio.Protocol):
         self._slot: Slot | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._answered = False
+        self.handed = handed
+        """Handed on by the worker that read it."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -213,6 +277,13 @@ class Peek(asyncio.Protocol):
         ports = self.ports
         if ports.closed:
             transport.close()
+            return
+        if self.handed is not None:  # its place was held in the worker that read it
+            if self.handed.refusal is not None:
+                self.refuse_handed(self.handed.refusal)
+            else:
+                self.received = [self.handed.early]
+                self._route(self.handed.host)
             return
         source = source_of(self.peername)
         if ports.held >= ports.max_unrouted:
@@ -260,13 +331,62 @@ class Peek(asyncio.Protocol):
 
     # ------------------------------------------------------------ outcomes
     def _route(self, host: str) -> None:
+        ports = self.ports
+        session = ports.routes.find(self.kind, host)
+        if session is not None:
+            self._to_session(session)
+        elif ports.elsewhere is None or self.handed is not None:
+            self._unknown(host)
+        elif (worker := ports.routes.where(self.kind, host)) is not None:
+            self._hand_off(worker, host)
+        else:  # maybe registered in another worker just now: ask before the 404
+            assert self.transport is not None
+            self.transport.pause_reading()
+            ports.ask(self, host)
+
+    def heard(self, host: str, worker: int | None) -> None:
+        """The supervisor says which other worker holds ``host`` (None: none)."""
+        assert self.transport is not None
         session = self.ports.routes.find(self.kind, host)
-        if session is None:
-            if self.kind == "http":
-                self._refuse(404, f"no service is registered as {host} on this relay")
-            else:
-                self._refuse(ALERT_UNRECOGNIZED_NAME, f"no service is registered as {host}")
+        if session is None and worker is not None:
+            self._hand_off(worker, host)
             return
+        self.transport.resume_reading()
+        if session is None:
+            self._unknown(host)
+        else:
+            self._to_session(session)
+
+    def _unknown(self, host: str) -> None:
+        if self.kind == "http":
+            self._refuse(404, f"no service is registered as {host} on this relay")
+        else:
+            self._refuse(ALERT_UNRECOGNIZED_NAME, f"no service is registered as {host}")
+
+    def _hand_off(self, worker: int, host: str) -> None:
+        """Pass the connection to ``worker``, which holds ``host``; this worker lets go."""
+        ports, transport = self.ports, self.transport
+        assert ports.elsewhere is not None
+        assert transport is not None
+        early = b"".join(self.received)
+        try:
+            ports.elsewhere.send(worker, self.kind, host, early, transport.get_extra_info("socket"))
+        except OSError as exc:
+            transport.resume_reading()
+            self.refuse_handed(f"worker {worker}, which holds {host}, cannot take it now: {exc}")
+            return
+        ports.stats.connections_handed += 1
+        self._done()
+        self.received = []
+        transport.abort()
+
+    def refuse_handed(self, reason: str) -> None:
+        """A connection that could not reach the worker that holds its name: 503 (or a TLS
+        internal_error alert), counted and logged as such."""
+        answer = 503 if self.kind == "http" else ALERT_INTERNAL_ERROR
+        self._refuse(answer, reason, label="route_handoff_failed")
+
+    def _to_session(self, session: RegisteredSession) -> None:
         transport = self.transport
         assert transport is not None
         self._done()
@@ -280,16 +400,17 @@ class Peek(asyncio.Protocol):
         self.received = []
         self.ports.accept(session, end, first)
 
-    def _refuse(self, answer: int, reason: str) -> None:
-        """Answer (an HTTP status or a TLS alert), then linger and close."""
+    def _refuse(self, answer: int, reason: str, label: str | None = None) -> None:
+        """Answer (an HTTP status or a TLS alert), then linger and close; ``label``: what it
+        counts as, a fault of the relay's (by default the answer, the client's)."""
         assert self.transport is not None
         self._answered = True
         self.received = []
-        label = f"{self.kind}_{answer if self.kind == 'http' else ALERTS[answer]}"
-        self.ports.stats.connections_refused[f"route_{label}"] += 1
+        key = label or f"{self.kind}_{answer if self.kind == 'http' else ALERTS[answer]}"
+        self.ports.stats.connections_refused[label or f"route_{key}"] += 1
         self.ports.log.log(
-            logging.INFO,
-            label,
+            logging.INFO if label is None else logging.WARNING,
+            key,
             "%s port: refusing a connection from %s: %s",
             self.kind.upper(),
             format_peer(self.peername),

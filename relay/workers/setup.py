@@ -4,14 +4,17 @@ The worker is a fresh interpreter (``python -m relay.workers.worker``), so
 everything it needs travels as one pickled ``WorkerSetup`` on its stdin: the
 checked options (the secret file already read; a TLS context cannot be pickled,
 so the worker makes its own from the same files), its place among the workers,
-the control port the supervisor reserved, and the channel's file descriptor.
-The pipe is private to the two processes, so pickle is safe here.
+the control port (and shared ports) the supervisor reserved, and the channel's
+file descriptor. The pipe is private to the two processes, so pickle is safe
+here. Its environment is the supervisor's (``worker_environment``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from yamux.const import INITIAL_STREAM_WINDOW
 
@@ -73,3 +76,13 @@ class WorkerSetup:
     def part(self, limit: int) -> int:
         """This worker's share of a host's ``limit`` (at least 1)."""
         return max(1, -(-limit // self.count))
+
+
+def worker_environment() -> dict[str, str]:
+    """The worker's environment: ours, with the relay package first on the path (the worker
+    must run this code), and no NOTIFY_SOCKET (only the supervisor talks to systemd)."""
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    return env

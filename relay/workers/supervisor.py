@@ -14,7 +14,9 @@ and watches them:
 * SIGTERM drains every worker (each as a single relay does), SIGINT stops
   them, SIGHUP makes each re-read its auth file;
 * ``--metrics`` is served here: each scrape asks every worker for its own
-  metrics and status and merges them (``relay.workers.aggregate``).
+  metrics and status and merges them (``relay.workers.aggregate``);
+* with ``--domain`` it reserves the shared ports too, keeps which worker holds
+  each host name and tells the others (``relay.workers.routes``).
 
 Workers are spawned (a fresh ``python -m relay.workers.worker``), not forked:
 the supervisor restarts them while its own event loop runs, and a fork of a
@@ -52,9 +54,11 @@ from ..server.siblings import open_shared_store
 from ..store import StoreError
 from ..store.state_dir import StateDirError, lock_state_dir
 from .channel import Channel, ChannelClosedError, Message
-from .handoff import FdLine, Handoff
+from .handoff import FdLine, pass_on
+from .handoff import Message as HandedOn
 from .handoff import pair as handoff_pair
-from .setup import WorkerSetup
+from .routes import HOST_OPS, HostTable, reserve_shared_ports
+from .setup import WorkerSetup, worker_environment
 
 logger = logging.getLogger("relay.workers")
 
@@ -66,7 +70,6 @@ SCRAPE_TIMEOUT = 2.0
 """A worker that does not answer a scrape within this is left out of it."""
 SETTLE_TIMEOUT = 15.0
 """A worker pings its sessions for 2 s and waits for the silent ones to close: this is long."""
-"""A worker that does not answer a scrape within this is left out of it."""
 RESTART_DELAY = 0.5
 """A worker that dies again within ``STABLE_AFTER`` of its start waits this long before
 its next start, doubling up to ``MAX_RESTART_DELAY``; the first death restarts at once."""
@@ -133,6 +136,8 @@ class Supervisor:
         )
         """Every registration on the host, whichever worker has it (``--max-sessions`` is
         the host's)."""
+        self.hosts = HostTable(lambda: [(w.index, w.channel) for w in self.workers if w.channel])
+        """Which worker holds each host name (``--domain``)."""
         self._port = 0
         self._tasks = yamux.TaskOwner(logger)
         """Restarts, waiting for their delay."""
@@ -181,10 +186,18 @@ class Supervisor:
             return 1
         self._port = int(reserved.getsockname()[1])
         try:
+            self.options, shared = reserve_shared_ports(bind, self.options)
+        except OSError as exc:
+            logger.error("cannot listen on %s", exc.strerror)
+            reserved.close()
+            return 1
+        try:
             unlock = self._share_store()
         except (StateDirError, OSError) as exc:
             logger.error("%s", exc)
             reserved.close()
+            for sock in shared:
+                sock.close()
             return 1
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
@@ -205,7 +218,8 @@ class Supervisor:
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
             await self._stop_all()
-            reserved.close()
+            for sock in [reserved, *shared]:
+                sock.close()
             unlock()
 
     def _share_store(self) -> Callable[[], None]:
@@ -300,7 +314,7 @@ class Supervisor:
                 "relay.workers.worker",
                 stdin=asyncio.subprocess.PIPE,
                 pass_fds=(theirs.fileno(), their_line.fileno()),
-                env=_worker_environment(),
+                env=worker_environment(),
             )
         except BaseException:
             ours.close()
@@ -321,13 +335,15 @@ class Supervisor:
             ours.close()
             line.close()
             raise
-        worker.line = FdLine(line, self._pass_on)
+        worker.line = FdLine(line, partial(self._pass_on, worker))
         assert process.stdin is not None
         process.stdin.write(pickle.dumps(setup))
         process.stdin.close()
 
     async def _from_worker(self, worker: WorkerProcess, message: Message) -> Message | None:
         op = message.get("op")
+        if op in HOST_OPS:
+            return self.hosts.answer(worker.index, message)
         if op == "claim":
             verdict = await self.identities.claim(
                 message["key"],
@@ -353,6 +369,7 @@ class Supervisor:
             worker.ready = True
             worker.holder = message["holder"]
             worker.since = time.time()
+            self.hosts.welcome(worker.index)
             if worker.restarts:
                 logger.info("worker %d (pid %d) is back", worker.index, worker.pid)
                 for index, session in self.identities.crowded(worker.index):
@@ -372,6 +389,7 @@ class Supervisor:
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited {code}"
         worker.ready = False
         self.identities.drop_worker(worker.index)
+        self.hosts.drop_worker(worker.index)
         if worker.holder is not None:
             await self._evict(worker.holder)
             worker.holder = None
@@ -422,18 +440,11 @@ class Supervisor:
                 self._restart(worker, MAX_RESTART_DELAY), name=f"relay-worker-{worker.index}-start"
             )
 
-    def _pass_on(self, handoff: Handoff, fd: int) -> None:
-        """A worker hands a registration to another: pass it on, keep nothing."""
-        try:
-            target = self.workers[handoff.to - 1].line if 1 <= handoff.to <= self.count else None
-            if target is None:
-                logger.warning("worker %d is gone: a registration handed to it ends", handoff.to)
-                return
-            target.send(handoff, fd)
-        except OSError as exc:
-            logger.error("cannot pass a registration on to worker %d: %s", handoff.to, exc)
-        finally:
-            os.close(fd)
+    def _pass_on(self, sender: WorkerProcess, message: HandedOn, fd: int) -> None:
+        """A worker hands a registration or a connection to another: pass it on, keep
+        nothing (``relay.workers.handoff``)."""
+        to = self.workers[message.to - 1] if 1 <= message.to <= self.count else None
+        pass_on(message, fd, None if to is None else to.line, sender.line)
 
     async def _evict(self, holder: str) -> None:
         """End the claims of a worker that died: its ports are free for everyone at once
@@ -482,13 +493,3 @@ class Supervisor:
                 return await worker.channel.request({"op": "scrape"})
         except (ChannelClosedError, TimeoutError):
             return None
-
-
-def _worker_environment() -> dict[str, str]:
-    """The worker's environment: ours, with the relay package first on the path (the worker
-    must run this code), and no NOTIFY_SOCKET (only the supervisor talks to systemd)."""
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    root = str(Path(__file__).resolve().parent.parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    return env

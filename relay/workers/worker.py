@@ -3,7 +3,9 @@
 It reads its ``WorkerSetup`` from stdin, listens on the shared control port
 with a socket of its own (SO_REUSEPORT), and runs a ``RelayServer`` like a
 single relay does: the registrations it admits are its own, with their public
-ports and every connection on them. Through its channel the supervisor scrapes
+ports and every connection on them; with ``--domain`` it listens on the shared
+ports too, and learns and tells which worker holds each host name
+(``relay.workers.routes``). Through its channel the supervisor scrapes
 its metrics and status and asks it to drain, stop or re-read the auth file.
 Signals work as for a single relay (SIGTERM drains, SIGINT stops, SIGHUP
 re-reads the auth file), so a signal sent to the whole process group (systemd,
@@ -38,6 +40,8 @@ from ..store.failures import SqliteFailureCounts
 from ..store.state_dir import StateDirError
 from .channel import Channel, ChannelClosedError, Message
 from .handoff import FdLine, Handoff
+from .handoff import Message as HandedOn
+from .routes import HandoffCollector, WorkerHosts
 from .setup import WorkerSetup
 
 logger = logging.getLogger("relay.workers")
@@ -71,6 +75,10 @@ class Worker:
         """What the signals do, also asked for through the channel (``run_until_signal``)."""
         self._registry = CollectorRegistry(auto_describe=True)
         self._registry.register(RelayCollector(self.server))
+        if self.server.shared is not None:
+            self._registry.register(HandoffCollector(self.server.stats))
+        self.hosts: WorkerHosts | None = None
+        """Which worker holds each host name (``--domain``)."""
 
     async def run(self) -> int:
         channel = await Channel.open(
@@ -79,6 +87,8 @@ class Worker:
         self.server.registrar.identities = SupervisorIdentities(channel)
         self.line = FdLine(socket.socket(fileno=self.setup.handoff_fd), self._adopt)
         self.server.hand_off = self._hand_off
+        if self.server.shared is not None:
+            self.hosts = WorkerHosts(self.setup.index, self.server.shared, channel, self.line)
         try:
             return await self._serve(channel)
         finally:
@@ -121,6 +131,9 @@ class Worker:
         if op == "settle":
             alive = await self.server.settle(message["sessions"], message["newcomer"])
             return {"alive": sorted(alive)}
+        if op in ("host", "hosts") and self.hosts is not None:
+            self.hosts.heard(message)
+            return None
         assert self.stopper is not None
         if op == "drain":
             self.stopper.request_drain("the supervisor asked for a drain")
@@ -132,6 +145,10 @@ class Worker:
             self.server.retire(
                 message["session"],
                 f"moves to worker {message['to']}, so that its service uses both",
+            )
+        elif op == "host taken":
+            self.server.retire(
+                message["session"], f"host name {message['host']} is held by another worker"
             )
         else:
             logger.error("unknown request from the supervisor: %r", op)
@@ -149,8 +166,12 @@ class Worker:
             os.close(fd)
         transport.abort()
 
-    def _adopt(self, handoff: Handoff, fd: int) -> None:
-        self.server.adopt(socket.socket(fileno=fd), handoff.request, handoff.early)
+    def _adopt(self, message: HandedOn, fd: int) -> None:
+        if isinstance(message, Handoff):
+            self.server.adopt(socket.socket(fileno=fd), message.request, message.early)
+        else:  # only a worker with shared ports hands on connections of them
+            assert self.hosts is not None
+            self.hosts.received(message, fd)
 
     def _supervisor_gone(self) -> None:
         if self.stopper is not None and not self.server.closing:
