@@ -3,7 +3,8 @@
 With ``--workers`` a connection on a shared port may name a host that another
 worker holds: ``Elsewhere`` is how the worker that read it finds that worker and
 hands it the connection (``relay.workers.routes`` implements it over the
-supervisor's channel and line), ``Handed`` what the other worker gets.
+supervisor's channel and the lines between workers), ``Handed`` what the other
+worker gets.
 """
 
 from __future__ import annotations
@@ -33,5 +34,3 @@ class Handed:
     host: str
     early: bytes
     """What that worker read: the service gets it first, unchanged."""
-    refusal: str | None = None
-    """It could not be handed on (it came back): why, for the 503."""

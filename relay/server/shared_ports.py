@@ -20,7 +20,7 @@ the client read the answer. Until it is routed a connection holds a place among
 With ``--workers`` every worker listens on the shared ports (SO_REUSEPORT), and
 the kernel gives a connection to any of them. A name another worker holds
 (``Routes.elsewhere``) is handed to that worker with the bytes read so far
-(``Elsewhere.send``, the socket's descriptor through the supervisor), and
+(``Elsewhere.send``, the socket's descriptor on the line between the two), and
 that worker routes it as if it had read them itself (``SharedPorts.take``); a
 name nobody is known to hold is asked of the supervisor once (a registration
 may be newer than its broadcast) before the answer is 404.
@@ -187,20 +187,12 @@ class SharedPorts:
         if peek in self.unrouted:  # not timed out, gone or closed meanwhile
             peek.heard(host, worker)
 
-    def take(
-        self,
-        kind: RouteKind,
-        host: str,
-        early: bytes,
-        sock: socket.socket,
-        refusal: str | None = None,
-    ) -> None:
-        """A connection another worker accepted for ``host``, with what it read of it;
-        ``refusal``: one of ours that could not be handed on, to answer 503 for that."""
+    def take(self, kind: RouteKind, host: str, early: bytes, sock: socket.socket) -> None:
+        """A connection another worker accepted for ``host``, with what it read of it."""
         if self.closed:  # this worker is stopping: its own connections end too
             sock.close()
             return
-        handed = Handed(host, early, refusal)
+        handed = Handed(host, early)
         self._tasks.spawn(self._take(kind, handed, sock), name="relay-route-take")
 
     async def _take(self, kind: RouteKind, handed: Handed, sock: socket.socket) -> None:
@@ -279,11 +271,8 @@ class Peek(asyncio.Protocol):
             transport.close()
             return
         if self.handed is not None:  # its place was held in the worker that read it
-            if self.handed.refusal is not None:
-                self.refuse_handed(self.handed.refusal)
-            else:
-                self.received = [self.handed.early]
-                self._route(self.handed.host)
+            self.received = [self.handed.early]
+            self._route(self.handed.host)
             return
         source = source_of(self.peername)
         if ports.held >= ports.max_unrouted:
@@ -373,18 +362,16 @@ class Peek(asyncio.Protocol):
             ports.elsewhere.send(worker, self.kind, host, early, transport.get_extra_info("socket"))
         except OSError as exc:
             transport.resume_reading()
-            self.refuse_handed(f"worker {worker}, which holds {host}, cannot take it now: {exc}")
+            self._refuse(
+                503 if self.kind == "http" else ALERT_INTERNAL_ERROR,
+                f"worker {worker}, which holds {host}, cannot take it now: {exc}",
+                label="route_handoff_failed",
+            )
             return
         ports.stats.connections_handed += 1
         self._done()
         self.received = []
         transport.abort()
-
-    def refuse_handed(self, reason: str) -> None:
-        """A connection that could not reach the worker that holds its name: 503 (or a TLS
-        internal_error alert), counted and logged as such."""
-        answer = 503 if self.kind == "http" else ALERT_INTERNAL_ERROR
-        self._refuse(answer, reason, label="route_handoff_failed")
 
     def _to_session(self, session: RegisteredSession) -> None:
         transport = self.transport

@@ -1,4 +1,4 @@
-"""Connections handed from one worker to another, through the supervisor (SCM_RIGHTS).
+"""Connections handed from one worker to another (SCM_RIGHTS) on the lines between them.
 
 When a service registers several sessions (``sessions=K``) and the kernel
 gives the next one to a worker that holds one already, that worker hands the
@@ -11,13 +11,17 @@ is never handed on (its state is in the process that did the handshake).
 A public connection of a shared port goes the same way when the kernel gives
 it to a worker that does not hold its host name (``RoutedConnection``,
 ``relay.server.shared_ports``): the worker that holds it goes on from the
-bytes read so far. One that cannot be delivered (the worker is gone, its line
-is full) goes back to the worker that sent it, which answers the client 503.
+bytes read so far. One that cannot be sent (no line to that worker, or its
+line is full) is answered 503 by the worker that read it.
 
-Each worker has a line to the supervisor for this: a SOCK_SEQPACKET socket
-pair, each message one pickled ``Handoff`` (or ``RoutedConnection``) and the
-connection's descriptor. The supervisor passes the message on to the worker it
-names and closes its own copy of the descriptor at once: it holds no connection.
+Each pair of workers has a line of its own (``relay.workers.lines``): a
+SOCK_SEQPACKET socket pair, each message one pickled ``Handoff`` or
+``RoutedConnection`` and the connection's descriptor, sent straight to the
+worker that takes it; the supervisor is not woken up. Both ends are the
+relay's own processes (a socket pair has no address anyone else could reach),
+so pickle is safe; a message that is not what the line carries (damaged, cut
+at ``MAX_HANDOFF``, without its descriptor) is logged and its descriptor
+closed, and the line goes on.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import os
 import pickle
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from yamux.ratelimit import RateLimitedLog
 
@@ -36,8 +41,8 @@ from ..server.request import RegistrationRequest
 from ..wire.route import RouteKind
 
 logger = logging.getLogger("relay.workers")
-_passing = RateLimitedLog(logger)
-"""The supervisor's lines about messages it cannot pass on (under load, one per connection)."""
+_damaged = RateLimitedLog(logger)
+"""Lines about messages a line cannot use (a bug's, so possibly one per connection)."""
 
 MAX_HANDOFF = 256 * 1024
 """Bytes of one message at most: a request and the bytes the client sent early (64 KiB),
@@ -49,8 +54,6 @@ send buffer may take less: the send fails (OSError) either way."""
 class Handoff:
     """A registration on its way to another worker, with its connection's descriptor."""
 
-    to: int
-    """The worker that takes it."""
     request: RegistrationRequest
     early: bytes
     """What the client sent after its response (a well-behaved one sends nothing)."""
@@ -60,40 +63,46 @@ class Handoff:
 class RoutedConnection:
     """A public connection of a shared port on its way to the worker that holds its name."""
 
-    to: int
     kind: RouteKind
     host: str
     early: bytes
     """Everything read of it so far (the head that named ``host``): the service gets it
     first, unchanged."""
-    sender: int
-    """The worker it came from."""
-    returned: bool = False
-    """Could not be delivered: back at its sender, to be answered 503."""
 
 
-Message = Handoff | RoutedConnection
+M = TypeVar("M")
 
 
 def pair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
-class FdLine:
-    """One end of a line of (``Handoff`` or ``RoutedConnection``, descriptor) messages;
-    ``on_message`` gets each (and owns the descriptor); the line ends when the other
-    process does."""
+class FdLine(Generic[M]):
+    """One end of a line of (message, descriptor) pairs; ``on_message`` gets each message
+    of the ``carries`` types (and owns its descriptor); the line ends when the other
+    process does (or closes its end)."""
 
-    def __init__(self, sock: socket.socket, on_message: Callable[[Message, int], None]) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        carries: tuple[type[M], ...],
+        on_message: Callable[[M, int], None],
+        name: str,
+    ) -> None:
         self.sock = sock
         sock.setblocking(False)
+        self.name = name
+        """What the logs call it (``the line to worker 2``)."""
+        self._carries = carries
         self._on_message = on_message
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
         self.closed = False
 
-    def send(self, message: Message, fd: int) -> None:
+    def send(self, message: M, fd: int) -> None:
         """Send ``message`` with a copy of ``fd``; OSError if the line cannot take it now."""
+        if self.closed:
+            raise OSError(f"{self.name} is closed")
         data = pickle.dumps(message)
         if len(data) > MAX_HANDOFF:
             raise OSError(f"a handoff of {len(data)} bytes is over {MAX_HANDOFF}")
@@ -107,50 +116,39 @@ class FdLine:
 
     def _readable(self) -> None:
         try:
-            data, fds, _, _ = socket.recv_fds(self.sock, MAX_HANDOFF, 1)
+            data, fds, flags, _ = socket.recv_fds(self.sock, MAX_HANDOFF, 1)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            logger.error("handoff line: %s", exc)
+            logger.error("%s: %s", self.name, exc)
             self.close()
             return
-        if not data:
+        if not data:  # the other end is closed (this line never carries an empty message)
             self.close()
             for fd in fds:
                 os.close(fd)
             return
-        if not fds:
-            logger.error("handoff line: a message without its connection")
+        message = self._read(data, fds, flags)
+        if message is None:
+            for fd in fds:
+                os.close(fd)
             return
-        self._on_message(pickle.loads(data), fds[0])
-        for fd in fds[1:]:
-            os.close(fd)
+        self._on_message(message, fds[0])
 
-
-def pass_on(message: Message, fd: int, target: FdLine | None, sender: FdLine | None) -> None:
-    """The supervisor's part: send ``message`` on to ``target`` (None: its worker is gone);
-    a routed connection that cannot go there goes back to ``sender``. Closes ``fd``."""
-    try:
-        try:
-            if target is None:
-                raise OSError(f"worker {message.to} is gone")
-            target.send(message, fd)
-        except OSError as exc:
-            if not isinstance(message, RoutedConnection) or sender is None or message.returned:
-                raise
-            _passing.log(
-                logging.WARNING,
-                "routed",
-                "cannot pass a connection on to worker %d: %s; back to worker %d, to answer 503",
-                message.to,
-                exc,
-                message.sender,
-            )
-            sender.send(replace(message, returned=True), fd)
-    except OSError as exc:
-        what = "a registration" if isinstance(message, Handoff) else "a connection"
-        _passing.log(
-            logging.ERROR, what, "cannot pass %s on to worker %d: %s", what, message.to, exc
-        )
-    finally:
-        os.close(fd)
+    def _read(self, data: bytes, fds: list[int], flags: int) -> M | None:
+        """The message in ``data``; None (logged) if it is not one this line carries."""
+        if flags & socket.MSG_TRUNC:
+            problem = f"a message over {MAX_HANDOFF} bytes"
+        elif len(fds) != 1 or flags & socket.MSG_CTRUNC:
+            problem = "a message without exactly one descriptor"
+        else:
+            try:
+                message = pickle.loads(data)
+            except Exception as exc:  # a damaged pickle raises any of a dozen types
+                problem = f"a damaged message of {len(data)} bytes ({type(exc).__name__})"
+            else:
+                if isinstance(message, self._carries):
+                    return message
+                problem = f"a {type(message).__name__}, which it does not carry"
+        _damaged.log(logging.ERROR, self.name, "%s: %s; its descriptor closed", self.name, problem)
+        return None

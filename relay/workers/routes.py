@@ -6,10 +6,11 @@ worker keeps its own sessions in its ``Routes`` and tells the supervisor
 whenever it gains or loses a host name; the supervisor keeps the table of the
 whole host (``HostTable``) and tells every other worker, so that a worker
 knows without asking which worker holds a name (``Routes.elsewhere``) and
-hands it a connection for that name (``RoutedConnection``, through the
-supervisor). A worker that starts gets the whole table; a worker that dies
-loses its names at once. A name nobody is known to hold is asked of the
-supervisor once before the 404: a registration can be newer than the news of it.
+hands it a connection for that name (``RoutedConnection``, on the line
+between the two, ``relay.workers.lines``). A worker that starts gets the whole
+table; a worker that dies loses its names at once. A name nobody is known to
+hold is asked of the supervisor once before the 404: a registration can be
+newer than the news of it.
 
 Two workers could register one host name at the same moment (each checks the
 names of the others as last heard): the supervisor keeps the first and has the
@@ -37,7 +38,8 @@ from ..server.shared_ports import SharedPorts
 from ..stats import RelayStats
 from ..wire.route import RouteKind
 from .channel import Channel, ChannelClosedError, Message
-from .handoff import FdLine, RoutedConnection
+from .handoff import RoutedConnection
+from .lines import WorkerLines
 
 logger = logging.getLogger("relay.workers")
 
@@ -141,11 +143,10 @@ class WorkerHosts:
     """A worker's side: it tells the supervisor of its names, hears of the others', and
     hands connections to them (``relay.server.elsewhere.Elsewhere``)."""
 
-    def __init__(self, index: int, shared: SharedPorts, channel: Channel, line: FdLine) -> None:
-        self.index = index
+    def __init__(self, shared: SharedPorts, channel: Channel, lines: WorkerLines) -> None:
         self.shared = shared
         self.channel = channel
-        self.line = line
+        self.lines = lines
         shared.routes.changed = self._changed
         shared.elsewhere = self
 
@@ -170,17 +171,11 @@ class WorkerHosts:
         return worker
 
     def send(self, to: int, kind: RouteKind, host: str, early: bytes, sock: socket.socket) -> None:
-        self.line.send(RoutedConnection(to, kind, host, early, self.index), sock.fileno())
+        self.lines.send(to, RoutedConnection(kind, host, early), sock.fileno())
 
     def received(self, routed: RoutedConnection, fd: int) -> None:
-        """A connection for one of this worker's names (or one of its own that could not
-        be delivered)."""
-        refusal = (
-            f"worker {routed.to}, which holds {routed.host}, cannot take it now"
-            if routed.returned
-            else None
-        )
-        self.shared.take(routed.kind, routed.host, routed.early, socket.socket(fileno=fd), refusal)
+        """A connection another worker read for one of this worker's names."""
+        self.shared.take(routed.kind, routed.host, routed.early, socket.socket(fileno=fd))
 
     def _changed(self, kind: RouteKind, host: str, session: int, held: bool) -> None:
         self.channel.notify(

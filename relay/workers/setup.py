@@ -4,9 +4,10 @@ The worker is a fresh interpreter (``python -m relay.workers.worker``), so
 everything it needs travels as one pickled ``WorkerSetup`` on its stdin: the
 checked options (the secret file already read; a TLS context cannot be pickled,
 so the worker makes its own from the same files), its place among the workers,
-the control port (and shared ports) the supervisor reserved, and the channel's
-file descriptor. The pipe is private to the two processes, so pickle is safe
-here. Its environment is the supervisor's (``worker_environment``).
+the control port (and shared ports) the supervisor reserved, and the file
+descriptors of its channel and lines (``relay.workers.lines``). The pipe is
+private to the two processes, so pickle is safe here. Its environment is the
+supervisor's (``worker_environment``).
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ class WorkerSetup:
     """The worker's end of its channel to the supervisor (``relay.workers.channel``)."""
     state_dir: str | None
     """The lease store's directory, which the supervisor locked (None: ``--cluster``)."""
-    handoff_fd: int
-    """The worker's end of its line for connections handed between workers
-    (``relay.workers.handoff``)."""
+    lines_fd: int
+    """The worker's end of its line from the supervisor, on which its lines to the workers
+    that start after it come (``relay.workers.lines``)."""
+    peer_fds: dict[int, int]
+    """Its ends of the lines to the workers running when it starts, by their index."""
 
     @property
     def role(self) -> WorkerRole:

@@ -16,7 +16,9 @@ and watches them:
 * ``--metrics`` is served here: each scrape asks every worker for its own
   metrics and status and merges them (``relay.workers.aggregate``);
 * with ``--domain`` it reserves the shared ports too, keeps which worker holds
-  each host name and tells the others (``relay.workers.routes``).
+  each host name and tells the others (``relay.workers.routes``);
+* it makes a line between each pair of workers, on which they hand each other
+  connections without it (``relay.workers.lines``).
 
 Workers are spawned (a fresh ``python -m relay.workers.worker``), not forked:
 the supervisor restarts them while its own event loop runs, and a fork of a
@@ -54,9 +56,8 @@ from ..server.siblings import open_shared_store
 from ..store import StoreError
 from ..store.state_dir import StateDirError, lock_state_dir
 from .channel import Channel, ChannelClosedError, Message
-from .handoff import FdLine, pass_on
-from .handoff import Message as HandedOn
-from .handoff import pair as handoff_pair
+from .handoff import pair as line_pair
+from .lines import lines_to
 from .routes import HOST_OPS, HostTable, reserve_shared_ports
 from .setup import WorkerSetup, worker_environment
 
@@ -84,8 +85,8 @@ class WorkerProcess:
         self.index = index
         self.process: asyncio.subprocess.Process | None = None
         self.channel: Channel | None = None
-        self.line: FdLine | None = None
-        """Connections handed to and from this worker (``relay.workers.handoff``)."""
+        self.line: socket.socket | None = None
+        """Its lines to the workers that start after it go on this (``relay.workers.lines``)."""
         self.ready = False
         self.started = 0.0
         """``time.monotonic()`` of the current process's start."""
@@ -102,6 +103,11 @@ class WorkerProcess:
     @property
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
+
+    def close_line(self) -> None:
+        if self.line is not None:
+            self.line.close()
+            self.line = None
 
     def tell(self, op: str) -> None:
         if self.channel is not None:
@@ -295,7 +301,12 @@ class Supervisor:
     async def _start(self, worker: WorkerProcess) -> None:
         """Start a process in ``worker``'s slot; it reports on its channel once it listens."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        line, their_line = handoff_pair()
+        line, their_line = line_pair()
+        line.setblocking(False)
+        peers = lines_to(
+            worker.index, [(w.index, w.line) for w in self.workers if w.line is not None]
+        )
+        worker.line = line  # before any await: a worker starting meanwhile gets a line to it
         setup = WorkerSetup(
             index=worker.index,
             count=self.count,
@@ -305,7 +316,8 @@ class Supervisor:
             uvloop=self.uvloop,
             channel_fd=theirs.fileno(),
             state_dir=self.state_dir,
-            handoff_fd=their_line.fileno(),
+            lines_fd=their_line.fileno(),
+            peer_fds={index: end.fileno() for index, end in peers.items()},
         )
         try:
             process = await asyncio.create_subprocess_exec(
@@ -313,16 +325,16 @@ class Supervisor:
                 "-m",
                 "relay.workers.worker",
                 stdin=asyncio.subprocess.PIPE,
-                pass_fds=(theirs.fileno(), their_line.fileno()),
+                pass_fds=(theirs.fileno(), their_line.fileno(), *setup.peer_fds.values()),
                 env=worker_environment(),
             )
         except BaseException:
             ours.close()
-            line.close()
+            worker.close_line()
             raise
         finally:
-            theirs.close()
-            their_line.close()
+            for sock in [theirs, their_line, *peers.values()]:
+                sock.close()
         worker.process = process
         worker.ready = False
         worker.started = time.monotonic()
@@ -333,9 +345,8 @@ class Supervisor:
         except BaseException:  # cancelled (the relay stops): this process goes too
             process.kill()
             ours.close()
-            line.close()
+            worker.close_line()
             raise
-        worker.line = FdLine(line, partial(self._pass_on, worker))
         assert process.stdin is not None
         process.stdin.write(pickle.dumps(setup))
         process.stdin.close()
@@ -388,6 +399,7 @@ class Supervisor:
         code = await process.wait()
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited {code}"
         worker.ready = False
+        worker.close_line()
         self.identities.drop_worker(worker.index)
         self.hosts.drop_worker(worker.index)
         if worker.holder is not None:
@@ -397,9 +409,6 @@ class Supervisor:
             worker.channel.close()
             await worker.channel.wait_closed()
             worker.channel = None
-        if worker.line is not None:
-            worker.line.close()
-            worker.line = None
         worker.exited.set()
         startup = self._startup
         if startup is not None:
@@ -439,12 +448,6 @@ class Supervisor:
             self._tasks.spawn(
                 self._restart(worker, MAX_RESTART_DELAY), name=f"relay-worker-{worker.index}-start"
             )
-
-    def _pass_on(self, sender: WorkerProcess, message: HandedOn, fd: int) -> None:
-        """A worker hands a registration or a connection to another: pass it on, keep
-        nothing (``relay.workers.handoff``)."""
-        to = self.workers[message.to - 1] if 1 <= message.to <= self.count else None
-        pass_on(message, fd, None if to is None else to.line, sender.line)
 
     async def _evict(self, holder: str) -> None:
         """End the claims of a worker that died: its ports are free for everyone at once

@@ -39,8 +39,8 @@ from ..store import StoreError
 from ..store.failures import SqliteFailureCounts
 from ..store.state_dir import StateDirError
 from .channel import Channel, ChannelClosedError, Message
-from .handoff import FdLine, Handoff
-from .handoff import Message as HandedOn
+from .handoff import Handoff
+from .lines import Passed, WorkerLines
 from .routes import HandoffCollector, WorkerHosts
 from .setup import WorkerSetup
 
@@ -85,10 +85,14 @@ class Worker:
             socket.socket(fileno=self.setup.channel_fd), self.answer, self._supervisor_gone
         )
         self.server.registrar.identities = SupervisorIdentities(channel)
-        self.line = FdLine(socket.socket(fileno=self.setup.handoff_fd), self._adopt)
+        self.lines = WorkerLines(
+            socket.socket(fileno=self.setup.lines_fd),
+            {peer: socket.socket(fileno=fd) for peer, fd in self.setup.peer_fds.items()},
+            self._adopt,
+        )
         self.server.hand_off = self._hand_off
         if self.server.shared is not None:
-            self.hosts = WorkerHosts(self.setup.index, self.server.shared, channel, self.line)
+            self.hosts = WorkerHosts(self.server.shared, channel, self.lines)
         try:
             return await self._serve(channel)
         finally:
@@ -96,7 +100,7 @@ class Worker:
                 self.failures.close()
             channel.close()
             await channel.wait_closed()
-            self.line.close()
+            self.lines.close()
 
     async def _serve(self, channel: Channel) -> int:
         try:
@@ -157,16 +161,16 @@ class Worker:
     def _hand_off(
         self, transport: asyncio.Transport, early: bytes, request: RegistrationRequest, to: int
     ) -> None:
-        """Pass the registration on ``transport`` to worker ``to``, through the supervisor;
-        this process lets go of the connection."""
+        """Pass the registration on ``transport`` to worker ``to`` (on the line between the
+        two); this process lets go of the connection."""
         fd = os.dup(transport.get_extra_info("socket").fileno())
         try:
-            self.line.send(Handoff(to, request, early), fd)
+            self.lines.send(to, Handoff(request, early), fd)
         finally:
             os.close(fd)
         transport.abort()
 
-    def _adopt(self, message: HandedOn, fd: int) -> None:
+    def _adopt(self, message: Passed, fd: int) -> None:
         if isinstance(message, Handoff):
             self.server.adopt(socket.socket(fileno=fd), message.request, message.early)
         else:  # only a worker with shared ports hands on connections of them
