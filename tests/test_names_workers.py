@@ -55,12 +55,17 @@ def get(endpoint: str, path: str) -> str:
         return str(answer.read().decode())
 
 
-def handed(metrics: str) -> float:
-    """Connections handed from one worker to another so far, all workers."""
+def handed_by(metrics: str) -> dict[str, float]:
+    """Connections each worker handed to another so far, by worker."""
     for family in text_string_to_metric_families(get(metrics, "/metrics")):
         if family.name == "relay_routed_connections_handed":
-            return sum(sample.value for sample in family.samples)
+            return {sample.labels["worker"]: sample.value for sample in family.samples}
     raise AssertionError("no relay_routed_connections_handed in /metrics")
+
+
+def handed(metrics: str) -> float:
+    """Connections handed from one worker to another so far, all workers."""
+    return sum(handed_by(metrics).values())
 
 
 def holders(metrics: str) -> dict[str, int]:
@@ -197,10 +202,9 @@ def test_a_killed_worker_loses_only_its_names_until_they_register_again(
 ) -> None:
     require_program("curl")
     relay, control, http_port, _, metrics = start_relay(procs)
-    labels = [f"site{i}" for i in range(8)]
-    held, forwarders = register_across_workers(
-        procs, control, metrics, nginx_http(procs, tmp_path / "http", labels), 2
-    )
+    ports = nginx_http(procs, tmp_path / "http", [f"site{i}" for i in range(18)])
+    spare = {label: ports.pop(label) for label in list(ports)[8:]}
+    held, forwarders = register_across_workers(procs, control, metrics, ports, 2)
     status = json.loads(get(metrics, "/status"))
     victim = next(w for w in status["workers"] if w["worker"] == 1)
     survivors = [host.split(".")[0] for host, worker in held.items() if worker == 2]
@@ -226,3 +230,26 @@ def test_a_killed_worker_loses_only_its_names_until_they_register_again(
     for label in (survivors + lost) * 2:
         got = curl(f"{label}.{DOMAIN}", http_port)
         assert (got.returncode, got.stdout) == (0, f"service {label}\n"), got.stderr
+
+    # The new worker 1 and worker 2 hand each other connections, both ways, on the fresh
+    # line the supervisor made between them at the restart.
+    held, _ = register_across_workers(procs, control, metrics, spare, 1)
+    before = handed_by(metrics)
+    names = [host.split(".")[0] for host in held]
+    for attempt in range(80):
+        label = names[attempt % len(names)]
+        got = curl(f"{label}.{DOMAIN}", http_port)
+        assert (got.returncode, got.stdout) == (0, f"service {label}\n"), got.stderr
+        now = handed_by(metrics)
+        if all(now[worker] > before.get(worker, 0) for worker in ("1", "2")):
+            break
+    else:
+        raise AssertionError(f"80 connections, not handed both ways: {before} -> {now}")
+    refused = [
+        sample
+        for family in text_string_to_metric_families(get(metrics, "/metrics"))
+        if family.name == "relay_public_connections_refused"
+        for sample in family.samples
+        if sample.labels["reason"] == "route_handoff_failed"
+    ]
+    assert sum(sample.value for sample in refused) == 0, refused
