@@ -237,6 +237,38 @@ async def test_protocol_mode_reports_a_reset_as_connection_lost() -> None:
         assert isinstance(recorder.lost, yamux.StreamResetError)
 
 
+async def test_protocol_mode_reports_a_reset_that_came_before_it() -> None:
+    """A protocol set on a stream the peer has reset already gets connection_lost at once
+    (a relay splices a public socket only once its transport exists)."""
+    async with session_pair() as (client, server):
+        stream = await client.open_stream()
+        stream.write(b"x")
+        peer = await server.accept_stream()
+        stream.reset()
+        with pytest.raises(yamux.StreamResetError):
+            await peer.read()
+        recorder = Recorder()
+        peer.set_protocol(recorder)
+        assert recorder.calls == ["lost"]
+        assert isinstance(recorder.lost, yamux.StreamResetError)
+
+
+async def test_protocol_mode_after_the_session_ended_delivers_what_came_then_the_loss() -> None:
+    async with session_pair() as (client, server):
+        stream = await client.open_stream()
+        stream.write(b"last words")
+        peer = await server.accept_stream()
+        await asyncio.sleep(0.02)
+        client.close()
+        await client.wait_closed()
+        await asyncio.sleep(0.02)
+        recorder = Recorder()
+        peer.set_protocol(recorder)
+        assert recorder.data == b"last words"
+        assert recorder.calls[-1] == "lost"
+        assert recorder.lost is not None
+
+
 async def test_protocol_mode_pause_reading_withholds_credit_from_the_sender() -> None:
     async with session_pair() as (client, server):
         stream = await client.open_stream()

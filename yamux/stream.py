@@ -327,6 +327,8 @@ class Stream:
         """
         self._protocol = protocol
         self._deliver()
+        if self._error is not None:  # ended before the protocol came: it hears so now
+            self._lose_protocol()
 
     def pause_reading(self) -> None:
         self._reading_paused = True
@@ -429,11 +431,13 @@ class Stream:
             self._buffer.clear()
         self._wake_reader()
         self._wake_writers()
-        protocol = self._protocol
+        self._lose_protocol()
+
+    def _lose_protocol(self) -> None:
+        protocol, self._protocol = self._protocol, None
         if protocol is not None:
-            self._protocol = None
             try:
-                protocol.connection_lost(error)
+                protocol.connection_lost(self._error)
             except Exception as exc:
                 self._link.protocol_failed(self.id, "connection_lost", exc)
 
