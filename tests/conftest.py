@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 import pytest
+import uvloop
 
 from relay_support import ECHO_SCRIPT, Processes, processes
+
+EVENT_LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on asyncio's own loop; those of a module that sets
+    ``BOTH_LOOPS = True`` on uvloop too, where the two loops differ in what they test
+    (when ``pause_reading`` takes effect, socket options, timers)."""
+    if getattr(getattr(item, "module", None), "BOTH_LOOPS", False):
+        return EVENT_LOOPS
+    return {"asyncio": EVENT_LOOPS["asyncio"]}
 
 
 def open_socket_fds() -> set[str]:

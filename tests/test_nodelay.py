@@ -14,19 +14,13 @@ import os
 import socket
 from collections.abc import Iterator
 
-import pytest
-import uvloop
-
 import relay
 
 HOST = "127.0.0.1"
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
+BOTH_LOOPS = True
+"""Every test runs on asyncio's own loop and on uvloop (``conftest``)."""
 
 
 def tcp_sockets() -> Iterator[tuple[tuple[str, int], tuple[str, int] | None, bool]]:

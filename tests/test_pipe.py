@@ -13,18 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import uvloop
 
 import yamux
 from relay.pipe import EARLY_DATA_PAUSE, MAX_READ, PipeResult, SocketEnd, pipe
 
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    """Run each test on asyncio's own loop and on uvloop."""
-    if request.param == "uvloop":
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
+BOTH_LOOPS = True
+"""Every test runs on asyncio's own loop and on uvloop (``conftest``)."""
 
 
 class CountingEnd(SocketEnd):

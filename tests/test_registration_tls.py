@@ -11,7 +11,6 @@ import ssl
 from pathlib import Path
 
 import pytest
-import uvloop
 from conftest import require_program
 from registration_support import PUBLIC_CLIENT, Certificates, listening_ports, make_certificates
 
@@ -27,11 +26,8 @@ OTHER = "127.0.0.2"
 SECRET = "tls and a secret together"
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
+BOTH_LOOPS = True
+"""Every test runs on asyncio's own loop and on uvloop (``conftest``)."""
 
 
 @pytest.fixture(scope="module")

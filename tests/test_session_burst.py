@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import uvloop
 
 import yamux
 from yamux.const import Flag, FrameType
@@ -29,11 +28,8 @@ MAX_READ = 256 * 1024
 """The largest single read of either loop: what a held session may keep at most."""
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
+BOTH_LOOPS = True
+"""Every test runs on asyncio's own loop and on uvloop (``conftest``)."""
 
 
 def is_reading(session: yamux.Session) -> bool:

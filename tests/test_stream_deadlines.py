@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-import uvloop
-
 from yamux.timers import StreamDeadlines
 from yamux_peers import until
 
 DELAY = 0.05
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
+BOTH_LOOPS = True
+"""Every test runs on asyncio's own loop and on uvloop (``conftest``)."""
 
 
 async def test_deadlines_fire_in_order_once_unless_cleared() -> None:

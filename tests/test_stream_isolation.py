@@ -13,7 +13,6 @@ import logging
 from typing import Any
 
 import pytest
-import uvloop
 
 import yamux
 from yamux.const import Flag, FrameType
@@ -25,11 +24,8 @@ BIG = 400 * 1024
 """More than the peer's window (256 KiB) and the stream's write buffer limit (64 KiB) together."""
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        return uvloop.EventLoopPolicy()
-    return asyncio.DefaultEventLoopPolicy()
+BOTH_LOOPS = True
+"""Every test runs on asyncio's own loop and on uvloop (``conftest``)."""
 
 
 class Boom(Exception):
