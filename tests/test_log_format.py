@@ -94,13 +94,12 @@ def test_a_record_with_an_exception_keeps_its_traceback(log_format):
         1_700_000_059_999_999_000,
     ],
 )
-def test_time_stamps_are_written_as_structlogs_iso_utc_stamper_writes_them(monkeypatch, ns):
-    monkeypatch.setattr(logs.time, "time_ns", lambda: ns)
+def test_time_stamps_are_written_as_structlogs_iso_utc_stamper_writes_them(ns):
     seconds, fraction = divmod(ns, 1_000_000_000)
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC).replace(
         microsecond=fraction // 1000
     )
-    assert logs._utc_now() == moment.isoformat().replace("+00:00", "Z")
+    assert logs._utc_now(ns) == moment.isoformat().replace("+00:00", "Z")
 
 
 def test_lines_logged_in_the_event_loop_go_out_together_and_in_order():
@@ -142,9 +141,13 @@ def test_lines_logged_in_the_event_loop_go_out_together_and_in_order():
         log.removeHandler(handler)
 
 
+def closed_line(session: int, fields: dict[str, object]) -> tuple[str, dict[str, object]]:
+    return f"session {session}: closed", dict(fields)
+
+
 @pytest.mark.parametrize("log_format", logs.LOG_FORMATS)
 def test_the_connection_line_is_the_same_straight_to_the_handler_or_through_logging(log_format):
-    """``log_plain`` skips logging's record while ``setup``'s handler is the only one; with
+    """``log_later`` skips logging's record while ``setup``'s handler is the only one; with
     another handler (or a filter) on the way it logs through logging: the same line."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
@@ -154,14 +157,14 @@ def test_the_connection_line_is_the_same_straight_to_the_handler_or_through_logg
     seen: list[logging.LogRecord] = []
     try:
         logs.setup("info", log_format, stream=out)
-        logs.log_plain(log, "session 3: closed", dict(fields))  # straight (no loop: written now)
+        logs.log_later(log, closed_line, 3, fields)  # straight (no loop: written now)
         log.addFilter(seen.append)  # a filter returning None: seen, and dropped
-        logs.log_plain(log, "session 3: closed", dict(fields))
+        logs.log_later(log, closed_line, 3, fields)
         log.removeFilter(seen.append)
         assert len(seen) == 1
         log.info("session 3: closed", extra=dict(fields))  # through logging
         logs.setup("info", log_format, connection_log=False, stream=out)
-        logs.log_plain(log, "never written", {})
+        logs.log_later(log, closed_line, 4, {})
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
@@ -169,6 +172,54 @@ def test_the_connection_line_is_the_same_straight_to_the_handler_or_through_logg
     direct, through = out.getvalue().splitlines()
     assert without_time(log_format, direct) == without_time(log_format, through)
     assert "127.0.0.1:5000" in direct
+
+
+async def test_connection_lines_wait_for_the_next_ones_and_keep_their_order_and_time():
+    """Per-connection lines are built and written together, at most BATCH_DELAY after the
+    first; any other line writes those waiting before it; each keeps the time it was
+    logged at."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    out = io.StringIO()
+    connections = logging.getLogger(logs.CONNECTIONS_LOGGER)
+    built: list[int] = []
+
+    def line(n: int) -> tuple[str, dict[str, object]]:
+        built.append(n)
+        return f"connection {n} closed", {"stream": n}
+
+    try:
+        logs.setup("info", "text", stream=out)
+        logs.log_later(connections, line, 1)
+        logged_at = datetime.datetime.now(datetime.UTC)
+        logs.log_later(connections, line, 2)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert out.getvalue() == ""  # waiting for the next ones
+        assert built == []
+        await asyncio.sleep(logs.BATCH_DELAY)  # the batch's timer, set before, runs first
+        first, second = out.getvalue().splitlines()
+        assert first.endswith("relay.connections: connection 1 closed stream=1")
+        assert second.endswith("connection 2 closed stream=2")
+        stamp = datetime.datetime.fromisoformat(first.split()[0].replace("Z", "+00:00"))
+        assert abs((stamp - logged_at).total_seconds()) < 0.05  # when logged, not written
+
+        logs.log_later(connections, line, 3)
+        logging.getLogger("relay.server").warning("a warning")  # writes what waits first
+        await asyncio.sleep(0)
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 4
+        assert lines[2].endswith("connection 3 closed stream=3")
+        assert lines[3].endswith("WARNING relay.server: a warning")
+
+        for n in range(4, 4 + logs.BATCH_LINES):  # so many waiting: written at once
+            logs.log_later(connections, line, n)
+        await asyncio.sleep(0)
+        assert len(out.getvalue().splitlines()) == 4 + logs.BATCH_LINES
+        assert built == list(range(1, 4 + logs.BATCH_LINES))
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 @pytest.mark.parametrize("log_format", logs.LOG_FORMATS)

@@ -31,7 +31,7 @@ from typing import Any
 import yamux
 
 from ..net import describe_os_error, format_endpoint
-from ..ops.logs import log_plain
+from ..ops.logs import EventDict, log_later
 from ..options import ForwardOptions, OptionError, Service
 from ..options.declare import takes_options
 from ..pipe import PipeResult, SocketEnd, Splice, splice, wait_pipe
@@ -303,20 +303,39 @@ class Forwarder:
         finally:
             traffic.closed(result)
         if connections_logger.isEnabledFor(logging.INFO):
-            log_plain(
+            log_later(
                 connections_logger,
-                f"stream {stream.id} to {local} closed: {result.sent} bytes to the relay, "
-                f"{result.received} to the service"
-                + (f" ({result.error})" if result.error else ""),
-                {
-                    "stream": stream.id,
-                    "local": local,
-                    "bytes_in": result.received,
-                    "bytes_out": result.sent,
-                    "duration": round(time.monotonic() - started, 6),
-                    "reason": str(result.error) if result.error else "closed",
-                },
+                _closed_line,
+                stream.id,
+                local,
+                result.sent,
+                result.received,
+                result.error,
+                time.monotonic() - started,
             )
+
+
+def _closed_line(
+    stream_id: int,
+    local: str,
+    sent: int,
+    received: int,
+    error: BaseException | None,
+    duration: float,
+) -> tuple[str, EventDict]:
+    """The per-stream line (built with the next ones, see ``relay.ops.logs``)."""
+    message = (
+        f"stream {stream_id} to {local} closed: {sent} bytes to the relay, "
+        f"{received} to the service" + (f" ({error})" if error else "")
+    )
+    return message, {
+        "stream": stream_id,
+        "local": local,
+        "bytes_in": received,
+        "bytes_out": sent,
+        "duration": round(duration, 6),
+        "reason": str(error) if error else "closed",
+    }
 
 
 class _Dial:

@@ -22,9 +22,9 @@ import yamux
 from yamux.ratelimit import RateLimitedLog
 
 from ..net import format_peer, peer_of
-from ..ops.logs import log_plain
+from ..ops.logs import EventDict, log_later
 from ..options import RelayOptions
-from ..pipe import PipeResult, SocketEnd, Splice, splice, wait_pipe
+from ..pipe import SocketEnd, Splice, splice, wait_pipe
 from ..stats import RelayStats
 from ..wire.proxy_header import addresses_of, v2_header
 from .accept import Acceptor, reset
@@ -188,7 +188,17 @@ class PublicConnections:
             )
         result = await wait_pipe(splice, connection.done)
         if connections_logger.isEnabledFor(logging.INFO):
-            _log_closed(reg, connection.peername, stream.id, result, connection.started)
+            log_later(
+                connections_logger,
+                _closed_line,
+                reg,
+                connection.peername,
+                stream.id,
+                result.sent,
+                result.received,
+                result.error,
+                time.monotonic() - connection.started,
+            )
 
 
 def _open_failed(reg: RegisteredSession, exc: yamux.SessionError) -> None:
@@ -329,25 +339,28 @@ class _Connection:
         self.reg.traffic.closed(self.result)
 
 
-def _log_closed(
-    reg: RegisteredSession, peername: object, stream_id: int, result: PipeResult, started: float
-) -> None:
-    """The per-connection line; out of ``_relay`` so its deep call stack is not part of every
-    connection's coroutine frame."""
+def _closed_line(
+    reg: RegisteredSession,
+    peername: object,
+    stream_id: int,
+    sent: int,
+    received: int,
+    error: BaseException | None,
+    duration: float,
+) -> tuple[str, EventDict]:
+    """The per-connection line (built with the next ones, see ``relay.ops.logs``)."""
     peer = format_peer(peername)
     fields = reg.log_fields()  # a fresh dict: the connection's fields go in it
     fields.update(
         peer=peer,
         stream=stream_id,
-        bytes_in=result.sent,
-        bytes_out=result.received,
-        duration=round(time.monotonic() - started, 6),
-        reason=str(result.error) if result.error else "closed",
+        bytes_in=sent,
+        bytes_out=received,
+        duration=round(duration, 6),
+        reason=str(error) if error else "closed",
     )
-    log_plain(
-        connections_logger,
+    message = (
         f"session {reg.id}: connection from {peer} on stream {stream_id} closed: "
-        f"{result.sent} bytes in, {result.received} out"
-        + (f" ({result.error})" if result.error else ""),
-        fields,
+        f"{sent} bytes in, {received} out" + (f" ({error})" if error else "")
     )
+    return message, fields
