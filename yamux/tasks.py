@@ -37,8 +37,9 @@ class TaskOwner:
         self._on_done = self._done
         """One bound method for every task's done callback, not a new one per spawn."""
         self._loop = loop
-        """Given by an owner that knows it: asking for the running loop is a system call
-        (getpid) on Python 3.11, and some owners spawn a task per connection."""
+        """Given, or the one of the last spawn while it runs: asking for the running loop
+        is a system call (getpid) on Python 3.11, and some owners spawn a task per
+        connection."""
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -55,7 +56,9 @@ class TaskOwner:
         ``on_done`` is called from the owner's one done callback: a second callback
         would cost every task its own context copy (thousands of idle connections).
         """
-        loop = self._loop or asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
         task = loop.create_task(coro, name=name)
         self._tasks[task] = on_done
         task.add_done_callback(self._on_done)
