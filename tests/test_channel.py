@@ -199,3 +199,21 @@ async def test_the_host_table_tells_every_other_worker_and_keeps_the_first_holde
             theirs.close()
             await ours.wait_closed()
             await theirs.wait_closed()
+
+
+def test_what_exists_before_the_loop_runs_is_out_of_the_cyclic_collectors_way() -> None:
+    """The modules and configuration live as long as the process: frozen, so that the
+    collector's full collections under a stream of connections do not go through them."""
+    import gc
+
+    async def main() -> int:
+        return gc.get_freeze_count()
+
+    async def idle() -> None:
+        return None
+
+    try:
+        frozen = run_until_signal(main, drain=Drain(lambda: None, idle), drain_timeout=1)
+    finally:
+        gc.unfreeze()
+    assert frozen > 10_000

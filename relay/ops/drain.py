@@ -13,6 +13,7 @@ signal during that exits without cleaning up.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -169,6 +170,11 @@ def run_until_signal(
             loop.add_signal_handler(signum, stopper.on_signal, signum)
         if controls is not None:
             controls(stopper)
+        # What exists by now (modules, configuration: some 50,000 objects) lives as long
+        # as the process: out of the cyclic collector's way, whose full collections
+        # otherwise go through all of it again and again under a stream of connections
+        # (7 % of a short connection's CPU time).
+        gc.freeze()
         try:
             return await main()
         except asyncio.CancelledError:
